@@ -1,0 +1,59 @@
+# StratMaster Workbench. `make demo` and `make test` are the two commands a newcomer types.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.stamp
+export UV_CACHE_DIR ?= $(CURDIR)/.cache/uv
+export SM_RUN_DIR ?= $(CURDIR)/runs
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# Portable llama.cpp build: a cached wheel runs on any x86-64 machine with AVX2.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+
+.PHONY: setup demo test bench ui lab serve models-up models-down lint clean help
+
+help:
+	@echo "make demo   run the main job end to end on the embedded defaults"
+	@echo "make test   run the test suite (what CI runs)"
+	@echo "make setup  create .venv from requirements.lock (idempotent)"
+	@echo "make bench  print speed and quality figures (benchmarks/)"
+	@echo "make ui     Dagster UI on http://127.0.0.1:3000"
+	@echo "make lab    JupyterLab on the project's kernel"
+	@echo "make serve  serve the latest Bento on http://127.0.0.1:3001"
+	@echo "make lint   ruff and mypy"
+
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.lock pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	@touch $@
+
+demo: setup
+	.venv/bin/stratmaster demo
+
+test: setup
+	bash scripts/test.sh
+
+bench: setup
+	$(PY) benchmarks/gateway.py
+
+ui: setup
+	.venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+lab: setup
+	.venv/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+
+models-up: setup
+	.venv/bin/stratmaster models up
+
+models-down: setup
+	.venv/bin/stratmaster models down
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy pipelines router_models
+
+clean:
+	-.venv/bin/stratmaster models down
+	rm -rf .venv runs

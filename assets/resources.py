@@ -1,0 +1,29 @@
+"""Dagster resources: thin wrappers that build library objects from settings (never at import time)."""
+
+
+from functools import cached_property
+
+import dagster as dg
+
+from pipelines.llm.gateway import Gateway
+from pipelines.settings import Settings
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """Workbench settings: SM_* environment variables, then any field named in `overrides`."""
+
+    overrides: dict[str, str] = {}
+
+    def get(self) -> Settings:
+        return Settings(**self.overrides)
+
+
+class GatewayResource(dg.ConfigurableResource):
+    settings: SettingsResource
+
+    @cached_property
+    def _gateway(self) -> Gateway:
+        return Gateway(self.settings.get())
+
+    def get(self) -> Gateway:
+        return self._gateway

@@ -1,0 +1,80 @@
+"""Gateway overhead: per local model, 20 short chats called directly (OpenAI SDK to llama.cpp) and through
+the gateway (LiteLLM Router), interleaved so both see the same machine load. Prints tokens/s, p50/p95 latency
+and the gateway/direct latency ratio.  Usage: python benchmarks/gateway.py [--n 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from openai import OpenAI
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.llm import servers
+from pipelines.llm.catalog import load_catalog
+from pipelines.llm.gateway import LOCAL_API_KEY, Gateway
+from pipelines.settings import Settings
+
+PROMPTS = [
+    "Name a primary colour.", "What is 7 times 6?", "Give a synonym for 'fast'.",
+    "What is the capital of Italy?", "Name a planet in the solar system.", "Say hello in French.",
+    "What is water made of?", "Name a mammal.",
+]  # fmt: skip
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def direct_call(client: OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    out = 0
+    for chunk in stream:
+        if chunk.usage:
+            out = chunk.usage.completion_tokens
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=20)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    args = ap.parse_args()
+    settings = Settings()
+    catalog = load_catalog(settings)
+    gw = Gateway(settings, catalog)
+    table = Table("model", "path", "n", "tokens/s", "p50 s", "p95 s", "gateway/direct p50")
+    for entry in catalog.local():
+        servers.start(entry, settings)
+        client = OpenAI(base_url=entry.api_base, api_key=LOCAL_API_KEY)
+        direct_call(client, entry.name, PROMPTS[0], 4)  # warm-up
+        lat = {"direct": [], "gateway": []}
+        toks = {"direct": 0, "gateway": 0}
+        for i in range(args.n):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            t, out = direct_call(client, entry.name, prompt, args.max_tokens)
+            lat["direct"].append(t)
+            toks["direct"] += out
+            r = gw.chat(entry.name, [{"role": "user", "content": prompt}], max_tokens=args.max_tokens)
+            lat["gateway"].append(r.latency_s)
+            toks["gateway"] += r.output_tokens
+        ratio = statistics.median(lat["gateway"]) / statistics.median(lat["direct"])
+        for path in ("direct", "gateway"):
+            table.add_row(
+                entry.name, path, str(args.n), f"{toks[path] / sum(lat[path]):.1f}",
+                f"{pct(lat[path], 0.5):.3f}", f"{pct(lat[path], 0.95):.3f}",
+                f"{ratio:.3f}" if path == "gateway" else "",
+            )  # fmt: skip
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The outcome table (DESIGN.md): one row per prompt x model, and the RouterBench import into it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+OUTCOME_COLUMNS = [
+    "prompt_id", "task", "prompt", "model", "score", "cost_usd", "latency_s", "ttft_s",
+    "input_tokens", "output_tokens", "error", "run_id",
+]  # fmt: skip
+
+# Task taxonomy: fine-grained task names as they appear in the data, and the family each belongs to.
+TASK_FAMILY = {
+    "arc-challenge": "multiple_choice",
+    "winogrande": "multiple_choice",
+    "mbpp": "code",
+}
+TAXONOMY = ["multiple_choice", "code", "extraction", "rag_answer", "chat"]
+
+
+def task_family(task: str) -> str:
+    return TASK_FAMILY.get(task, task if task in TAXONOMY else "chat")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a parquet or CSV table, chosen by the file's extension."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix == ".csv":
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: expected a .parquet or .csv file")
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write atomically (temp file in the same folder, then rename): a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{path}: expected a .parquet or .csv file")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The RouterBench slice as (prompts, outcomes): prompts carry prompt_id, task, prompt, reference."""
+    data_dir = Path(data_dir)
+    prompts_path, outcomes_path = data_dir / f"prompts_{split}.csv", data_dir / f"outcomes_{split}.csv"
+    for p in (prompts_path, outcomes_path):
+        if not p.exists():
+            raise FileNotFoundError(f"RouterBench file not found: {p}")
+    prompts = pd.read_csv(prompts_path, dtype={"prompt_id": str, "reference": str})
+    outcomes = pd.read_csv(outcomes_path, dtype={"prompt_id": str, "model": str})
+    return prompts, outcomes
+
+
+def routerbench_outcome_table(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
+    """RouterBench outcomes in the outcome-table shape; rows without a score are dropped."""
+    prompts, outcomes = load_routerbench(data_dir, split)
+    df = outcomes.merge(prompts[["prompt_id", "task", "prompt"]], on="prompt_id", how="left")
+    df = df.dropna(subset=["score"])
+    for col in ("latency_s", "ttft_s", "input_tokens", "output_tokens"):
+        df[col] = float("nan")
+    df["error"] = None
+    df["run_id"] = f"routerbench-{split}"
+    return df[OUTCOME_COLUMNS].reset_index(drop=True)

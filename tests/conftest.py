@@ -1,0 +1,68 @@
+"""Shared fixtures. Local model servers run for real on their own ports and run directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+
+from pipelines.settings import REPO_ROOT, Settings
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def free_port_pair() -> int:
+    """A base port p with p and p+1 both free."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p < 65000:
+            with socket.socket() as s2:
+                if s2.connect_ex(("127.0.0.1", p + 1)) != 0:
+                    return p
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def model_settings(tmp_path_factory) -> Settings:
+    return Settings(
+        run_dir=tmp_path_factory.mktemp("run"),
+        model_cache_dir=REPO_ROOT / "runs" / "models",
+        local_base_port=free_port_pair(),
+        request_timeout_s=30,
+        local_ready_timeout_s=90,
+    )
+
+
+@pytest.fixture(scope="session")
+def local_servers(model_settings):
+    """Both local llama.cpp servers, started once per session and stopped at the end."""
+    from pipelines.llm import servers
+    from pipelines.llm.catalog import load_catalog
+
+    catalog = load_catalog(model_settings)
+    for e in catalog.local():
+        servers.start(e, model_settings)
+    yield catalog
+    for e in catalog.local():
+        servers.stop(e, model_settings)
+
+
+@pytest.fixture(scope="session")
+def gateway(model_settings, local_servers):
+    from pipelines.llm.gateway import Gateway
+
+    return Gateway(model_settings, local_servers)

@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from pipelines.llm.catalog import CatalogError, load_catalog
+from pipelines.settings import Settings
+
+
+def test_package_catalog_has_local_and_remote_models():
+    cat = load_catalog(Settings())
+    local = {m.name for m in cat.local()}
+    assert local == {"smollm2-135m", "gemma3-270m"}
+    privacies = {m.privacy for m in cat.models}
+    assert privacies == {"local", "open_weights_remote", "remote"}
+
+
+def test_local_models_get_a_price_from_the_cpu_hour(monkeypatch):
+    cheap = load_catalog(Settings(cpu_hour_usd=0.10)).get("smollm2-135m")
+    dear = load_catalog(Settings(cpu_hour_usd=0.20)).get("smollm2-135m")
+    assert cheap.cost_per_1k_output_usd > 0 and cheap.cost_per_1k_input_usd > 0
+    assert dear.cost_per_1k_output_usd == pytest.approx(2 * cheap.cost_per_1k_output_usd)
+
+
+def test_models_without_their_key_are_unavailable_not_errors(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cat = load_catalog(Settings())
+    gpt = cat.get("gpt-4o-mini")
+    assert gpt.unavailable_reason() == "OPENAI_API_KEY is not set"
+    assert "gpt-4o-mini" not in {m.name for m in cat.available()}
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert "gpt-4o-mini" in {m.name for m in load_catalog(Settings()).available()}
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("models: [\n  - name: x\n    bad", "not valid YAML"),
+        ("- just a list", "top-level 'models:'"),
+        (
+            "models:\n  - name: x\n    litellm_model: openai/x\n    provider: p\n    privacy: secret\n"
+            "    context_window: 10\n    cost_per_1k_input_usd: 0\n    cost_per_1k_output_usd: 0\n",
+            "privacy",
+        ),
+        (
+            "models:\n  - name: x\n    litellm_model: openai/x\n    provider: p\n    privacy: remote\n"
+            "    context_window: 10\n",
+            "needs cost_per_1k_input_usd",
+        ),
+    ],
+)
+def test_bad_catalog_yaml_gives_a_clear_error(tmp_path: Path, text: str, fragment: str):
+    p = tmp_path / "catalog.yaml"
+    p.write_text(text)
+    with pytest.raises(CatalogError, match=fragment):
+        load_catalog(Settings(), path=p)
+
+
+def test_duplicate_names_are_refused(tmp_path: Path):
+    entry = (
+        "  - name: x\n    litellm_model: openai/x\n    provider: p\n    privacy: remote\n"
+        "    context_window: 10\n    cost_per_1k_input_usd: 0\n    cost_per_1k_output_usd: 0\n"
+    )
+    p = tmp_path / "c.yaml"
+    p.write_text("models:\n" + entry + entry)
+    with pytest.raises(CatalogError, match="duplicate model names: x"):
+        load_catalog(Settings(), path=p)
+
+
+def test_missing_catalog_file(tmp_path: Path):
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(Settings(), path=tmp_path / "nope.yaml")

@@ -1,0 +1,123 @@
+"""The gateway against the real local llama.cpp servers (no mocks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.llm import servers
+from pipelines.llm.catalog import Catalog, ModelEntry
+from pipelines.llm.gateway import Gateway, GatewayError
+
+pytestmark = pytest.mark.models
+HELLO = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_chat_through_the_gateway_returns_text_usage_cost_latency(gateway, name):
+    r = gateway.chat(name, HELLO, max_tokens=16)
+    assert r.text.strip(), "empty answer"
+    assert r.model == name and not r.fallback_used
+    assert r.input_tokens > 5 and 0 < r.output_tokens <= 16
+    assert r.cost_usd > 0
+    assert 0 < r.ttft_s <= r.latency_s
+    assert "<start_of_turn>" not in r.text and "<|im_start|>" not in r.text  # chat templates applied
+
+
+def test_non_streamed_call_has_usage_too(gateway):
+    r = gateway.chat("smollm2-135m", HELLO, max_tokens=8, stream=False)
+    assert r.output_tokens > 0 and r.ttft_s is None
+
+
+def test_unknown_model_names_the_catalog(gateway):
+    with pytest.raises(GatewayError, match="unknown model 'gpt-17'.*smollm2-135m"):
+        gateway.chat("gpt-17", HELLO)
+
+
+@pytest.mark.parametrize("messages", [[], [{"role": "user", "content": "   "}], [{"content": "hi"}]])
+def test_empty_or_malformed_messages_are_refused(gateway, messages):
+    with pytest.raises(GatewayError, match="smollm2-135m"):
+        gateway.chat("smollm2-135m", messages)
+
+
+def test_context_overflow_is_a_clear_error(gateway):
+    long = [{"role": "user", "content": "word " * 5000}]
+    t0 = time.perf_counter()
+    with pytest.raises(GatewayError, match="smollm2-135m: context overflow"):
+        gateway.chat("smollm2-135m", long)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_unavailable_model_says_which_variable(gateway, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(GatewayError, match="gpt-4o.*OPENAI_API_KEY is not set"):
+        gateway.chat("gpt-4o", HELLO)
+
+
+def test_a_hanging_server_times_out_with_the_model_named(model_settings):
+    """A TCP server that accepts and never answers: the call fails within the timeout, naming the model."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(srv.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    entry = ModelEntry(name="stuck", litellm_model="hosted_vllm/stuck", provider="vllm", privacy="local",
+                       context_window=4096, cost_per_1k_input_usd=0.001, cost_per_1k_output_usd=0.001,
+                       api_base=f"http://127.0.0.1:{port}/v1")  # fmt: skip
+    gw = Gateway(model_settings.model_copy(update={"request_timeout_s": 2, "num_retries": 0}),
+                 Catalog(models=[entry]))  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(GatewayError, match="stuck: call failed.*Timeout"):
+            gw.chat("stuck", HELLO)
+    finally:
+        stop.set()
+        for c in held:
+            c.close()
+        srv.close()
+    assert time.perf_counter() - t0 < 15
+
+
+def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, model_settings):
+    from router_models.cli import app
+
+    gateway = Gateway(model_settings, gateway.catalog)  # its own Router: cooldowns stay in this test
+    smol = gateway.catalog.get("smollm2-135m")
+    pid = servers.status(smol, model_settings).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        if servers.status(smol, model_settings).state == "down":
+            break
+        time.sleep(0.1)
+    try:
+        r = gateway.chat("smollm2-135m", HELLO, max_tokens=8)
+        assert r.fallback_used and r.model == "gemma3-270m" and r.requested_model == "smollm2-135m"
+        assert r.text.strip()
+        env = {
+            "SM_RUN_DIR": str(model_settings.run_dir),
+            "SM_LOCAL_BASE_PORT": str(model_settings.local_base_port),
+        }
+        res = CliRunner().invoke(app, ["models", "status", "--json"], env=env)
+        assert res.exit_code == 3, res.output
+        states = {row["name"]: row["state"] for row in __import__("json").loads(res.stdout)}
+        assert states == {"smollm2-135m": "down", "gemma3-270m": "up"}
+    finally:
+        servers.start(smol, model_settings)
+    assert servers.status(smol, model_settings).state == "up"
