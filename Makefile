@@ -8,6 +8,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export DAGSTER_HOME ?= $(CURDIR)/runs/dagster
 # Portable llama.cpp build: a cached wheel runs on any x86-64 machine with AVX2.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
@@ -40,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/gateway.py
 
 ui: setup
+	mkdir -p $(DAGSTER_HOME)
 	.venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 lab: setup

@@ -57,11 +57,6 @@ class ModelEntry(BaseModel):
                 return f"{var} is not set"
         return None
 
-    def resolved_api_base(self) -> str | None:
-        if self.api_base_env:
-            return os.environ.get(self.api_base_env)
-        return self.api_base
-
 
 class Catalog(BaseModel):
     models: list[ModelEntry]
