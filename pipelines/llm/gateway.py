@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import litellm
+from opentelemetry.trace import Status, StatusCode
 
 from pipelines.llm.catalog import Catalog, ModelEntry, load_catalog
 from pipelines.settings import Settings
+from pipelines.tracing import tracer
 
 litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # register_model warns about cache prices we do not use
@@ -161,6 +163,37 @@ class Gateway:
         """Call `model` (a catalog name) through the Router; streamed by default to measure TTFT."""
         entry = self._entry(model)
         self._check(entry, messages, max_tokens)
+        with tracer().start_as_current_span(f"chat {model}") as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
+            span.set_attribute("gen_ai.request.model", model)
+            span.set_attribute("gen_ai.request.max_tokens", max_tokens)
+            span.set_attribute("gen_ai.request.temperature", temperature)
+            try:
+                result = self._call(entry, messages, max_tokens, temperature, stream, **kwargs)
+            except GatewayError as e:
+                span.set_attribute("error.type", type(e).__name__)
+                span.set_status(Status(StatusCode.ERROR, str(e)[:200]))
+                raise
+            span.set_attribute("gen_ai.system", self.catalog.get(result.model).provider)
+            span.set_attribute("gen_ai.response.model", result.model)
+            span.set_attribute("gen_ai.usage.input_tokens", result.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
+            span.set_attribute("stratmaster.cost_usd", result.cost_usd)
+            span.set_attribute("stratmaster.fallback_used", result.fallback_used)
+            if result.ttft_s is not None:
+                span.set_attribute("stratmaster.ttft_s", result.ttft_s)
+            return result
+
+    def _call(
+        self,
+        entry: ModelEntry,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        temperature: float,
+        stream: bool,
+        **kwargs: Any,
+    ) -> ChatResult:
+        model = entry.name
         t0 = time.perf_counter()
         ttft: float | None = None
         try:

@@ -1,0 +1,93 @@
+"""OpenTelemetry tracing: a tracer provider from settings (file, console, OTLP to Langfuse or a collector).
+
+Spans carry GenAI semantic-convention attributes (model, tokens, cost), never prompt or answer text: a prompt
+may hold PII, so no text is ever put on a span.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from pipelines.settings import Settings
+
+TRACER_NAME = "stratmaster"
+_lock = threading.Lock()
+_configured: TracerProvider | None = None
+
+
+class JsonlFileExporter(SpanExporter):
+    """One JSON object per finished span, appended to a file (the embedded default)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with _lock, open(self.path, "a") as f:
+            for s in spans:
+                f.write(s.to_json(indent=None) + "\n")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _otlp_exporter(settings: Settings) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    if not settings.otel_endpoint:
+        raise ValueError("SM_OTEL_EXPORTER=otlp needs SM_OTEL_ENDPOINT, e.g. http://HOST:3000/api/public/otel")
+    headers = {}
+    pk, sk = os.environ.get("LANGFUSE_PUBLIC_KEY"), os.environ.get("LANGFUSE_SECRET_KEY")
+    if pk and sk:  # Langfuse's OTLP endpoint takes basic auth with the project keys
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{pk}:{sk}".encode()).decode()
+    endpoint = settings.otel_endpoint.rstrip("/")
+    if not endpoint.endswith("/v1/traces"):
+        endpoint += "/v1/traces"
+    return OTLPSpanExporter(endpoint=endpoint, headers=headers)
+
+
+def setup_tracing(settings: Settings, service_name: str = "stratmaster") -> TracerProvider | None:
+    """Install the global tracer provider once per process; later calls return the same provider."""
+    global _configured
+    with _lock:
+        if _configured is not None or settings.otel_exporter == "none":
+            return _configured
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        if settings.otel_exporter == "file":
+            path = settings.run_dir / "traces" / "spans.jsonl"
+            provider.add_span_processor(SimpleSpanProcessor(JsonlFileExporter(path)))
+        elif settings.otel_exporter == "console":
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        else:
+            provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(settings)))
+        trace.set_tracer_provider(provider)
+        _configured = provider
+        return provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def read_spans(path: Path) -> list[dict]:
+    """The spans a file exporter wrote (for tests and notebooks)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,38 @@
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from pipelines.tracing import read_spans, setup_tracing
+
+
+@pytest.mark.models
+def test_gateway_span_has_genai_attributes_and_no_prompt_text(gateway, model_settings):
+    provider = setup_tracing(model_settings.model_copy(update={"otel_exporter": "file"}))
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    secret = "my card is 4111 1111 1111 1111 and mail jane.doe@example.com"
+    r = gateway.chat("smollm2-135m", [{"role": "user", "content": secret}], max_tokens=8)
+    spans = [s for s in memory.get_finished_spans() if s.name == "chat smollm2-135m"]
+    assert spans, [s.name for s in memory.get_finished_spans()]
+    attrs = dict(spans[-1].attributes)
+    assert attrs["gen_ai.request.model"] == "smollm2-135m"
+    assert attrs["gen_ai.response.model"] == r.model
+    assert attrs["gen_ai.usage.output_tokens"] == r.output_tokens
+    assert attrs["stratmaster.cost_usd"] == pytest.approx(r.cost_usd)
+    dumped = spans[-1].to_json()
+    assert "4111" not in dumped and "jane.doe" not in dumped and r.text[:20] not in dumped
+
+
+def test_file_exporter_writes_jsonl(tmp_path):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from pipelines.tracing import JsonlFileExporter
+
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonlFileExporter(path)))
+    t = provider.get_tracer("t")
+    with t.start_as_current_span("outer"), t.start_as_current_span("inner"):
+        pass
+    names = [s["name"] for s in read_spans(path)]
+    assert names == ["inner", "outer"]
