@@ -1,0 +1,223 @@
+"""Router quality by k-fold cross-validation inside the RouterBench train files, baselines side by side.
+
+    .venv/bin/python benchmarks/router_quality.py [--folds 5] [--predictors a,b] [--embedder minilm]
+
+Prints, for each predictor, gap recovered, the cost at which it first reaches the best single model's
+quality (as a fraction of that model's cost) and AIQ, pooled over the out-of-fold predictions (with the
+spread over folds); then FrugalGPT agreement cascades replayed on `responses_train.csv` (thresholds and
+chains calibrated on the training folds, every called model paid); then `route()` decision latency
+in-process, embedding included. Embeddings are cached under runs/cache/ (ignored by git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pipelines.bench.outcomes import load_routerbench  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+from router_models.router.cascade import ProbeRouter, calibrate, normalise_answer, simulate  # noqa: E402
+from router_models.router.crossval import TRUE_TASK, cross_val_predictions, fold_ids, fold_summaries  # noqa: E402
+from router_models.router.features import TaskClassifier, embed_prompts  # noqa: E402
+from router_models.router.metrics import LAMBDAS, hull_area, single_models, summary  # noqa: E402
+
+BASELINES = ["global_mean", TRUE_TASK, "task_mean", "knn", "logistic", "mf", "bayes", "stack"]
+TARGET_GAP, TARGET_COST_RATIO = 0.30, 0.60
+PROBES_2 = ("mistralai/mixtral-8x7b-chat", "zero-one-ai/Yi-34B-Chat")
+PROBES_3 = (*PROBES_2, "gpt-3.5-turbo-1106")
+
+
+def predictor_table(prompts, outcomes, emb, names, folds) -> pd.DataFrame:
+    rows = []
+    for name in names:
+        t0 = time.perf_counter()
+        pred = cross_val_predictions(name, prompts, outcomes, emb, folds=folds)
+        s = fold_summaries(pred, outcomes)
+        per_fold, pooled = s[s.fold != "all"], s[s.fold == "all"].iloc[0]
+        rows.append(
+            {
+                "predictor": name,
+                "gap_recovered": pooled["gap_recovered"],
+                "gap_fold_sd": per_fold["gap_recovered"].std(),
+                "cost_ratio_to_match_best": pooled["cost_ratio_to_match_best"],
+                "aiq": pooled["aiq"],
+                "max_quality": pooled["router_max_quality"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        print(
+            f"  {name:18s} gap {rows[-1]['gap_recovered']:.3f}  cost ratio "
+            f"{rows[-1]['cost_ratio_to_match_best']:.3f}  ({rows[-1]['seconds']:.0f} s)",
+            flush=True,
+        )
+    return pd.DataFrame(rows)
+
+
+def _matrix(df: pd.DataFrame, col: str, ids: list[str], models: list[str]) -> pd.DataFrame:
+    return df.pivot(index="prompt_id", columns="model", values=col).reindex(index=ids, columns=models)
+
+
+def replay_data(data_dir: Path, prompts: pd.DataFrame, outcomes: pd.DataFrame):
+    """Answers (normalised), scores and costs as prompts x models arrays, for replaying cascades offline."""
+    resp = pd.read_csv(data_dir / "responses_train.csv", dtype={"prompt_id": str, "model": str})
+    ids = prompts["prompt_id"].astype(str).tolist()
+    models = sorted(outcomes["model"].unique())
+    answers = _matrix(resp, "response", ids, models).map(normalise_answer).to_numpy()
+    scores = _matrix(outcomes, "score", ids, models).fillna(0.0).to_numpy()
+    costs = _matrix(outcomes, "cost_usd", ids, models).to_numpy()
+    return models, answers, scores, costs
+
+
+def cascade_table(replay, folds: int, fractions=(0.2, 0.3, 0.4, 0.5, 0.6)) -> pd.DataFrame:
+    """Agreement cascades: chain and thresholds calibrated on the training folds for each budget."""
+    models, answers, scores, costs = replay
+    best = int(scores.mean(0).argmax())
+    best_cost = float(np.nanmean(costs[:, best]))
+    fold = fold_ids(len(scores), folds)
+    rows = []
+    for frac in fractions:
+        q_all, c_all, chains = np.zeros(len(scores)), np.zeros(len(scores)), []
+        for f in range(folds):
+            tr, te = fold != f, fold == f
+            found = calibrate(models, answers[tr], scores[tr], costs[tr], frac * np.nanmean(costs[tr, best]))
+            if found is None:
+                continue
+            q_all[te], c_all[te] = simulate(found[0], models, answers[te], scores[te], costs[te])
+            chains.append(
+                " -> ".join(m.split("/")[-1] for m in found[0].chain) + f" @{found[0].thresholds[1:]}"
+            )
+        rows.append(
+            {
+                "budget_fraction": frac,
+                "quality": q_all.mean(),
+                "cost_ratio": c_all.mean() / best_cost,
+                "chain (most common)": max(set(chains), key=chains.count) if chains else "-",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def probe_router_table(replay, prompts, emb, outcomes, folds: int, probe_sets) -> pd.DataFrame:
+    """Answer-aware routing (ProbeRouter) swept over willingness to pay; tasks come from the classifier."""
+    models, answers, scores, costs = replay
+    ref = summary(outcomes[["prompt_id", "model"]].assign(predicted_score=0.0), outcomes)
+    singles = single_models(outcomes)
+    lo, hi = min(c for c, _ in singles.values()), max(c for c, _ in singles.values())
+    labels = prompts["task"].astype(str).to_numpy()
+    fold = fold_ids(len(scores), folds)
+    rows = []
+    for probes in probe_sets:
+        q, c = np.zeros((len(LAMBDAS), len(scores))), np.zeros((len(LAMBDAS), len(scores)))
+        for f in range(folds):
+            tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
+            clf = TaskClassifier.fit(emb[tr], labels[tr].tolist())
+            t_tr = np.array([clf.classes.index(t) for t in labels[tr]])
+            t_te = clf.predict_proba(emb[te]).argmax(1)  # no task label at routing time
+            pr = ProbeRouter(models, list(probes), len(clf.classes)).fit(
+                t_tr, answers[tr], scores[tr], costs[tr]
+            )
+            for i, lam in enumerate(LAMBDAS):
+                q[i, te], c[i, te] = pr.simulate(lam, t_te, answers[te], scores[te], costs[te])
+        pts = list(zip(c.mean(1), q.mean(1), strict=True))
+        aiq = hull_area(pts, lo, hi)
+        reach = [pc for pc, pq in pts if pq >= ref["best_single_quality"] - 1e-9]
+        rows.append(
+            {
+                "probes": " + ".join(p.split("/")[-1] for p in probes),
+                "gap_recovered": (aiq - ref["aiq_single_models_hull"])
+                / (ref["aiq_oracle"] - ref["aiq_single_models_hull"]),
+                "cost_ratio_to_match_best": min(reach) / ref["best_single_cost"] if reach else float("nan"),
+                "aiq": aiq,
+                "max_quality": max(pq for _, pq in pts),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def latency(prompts, outcomes, embedder: str, n: int = 200) -> dict[str, float]:
+    from router_models.router.signals import Constraints
+    from router_models.router.train import train_router
+
+    router = train_router(
+        prompts,
+        outcomes,
+        predictor="stack",
+        embedder=embedder,
+        cache_dir=Settings().run_dir / "cache" / "embeddings",
+    )
+    sample = prompts["prompt"].sample(n=min(n, len(prompts)), random_state=1).tolist()
+    for p in sample[:5]:
+        router.route(p)
+    times = []
+    for p in sample:
+        t0 = time.perf_counter()
+        router.route(p, Constraints(max_cost_usd=0.004, latency_slo_s=5.0))
+        times.append((time.perf_counter() - t0) * 1000)
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "n": len(times),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--predictors", default=",".join(BASELINES))
+    ap.add_argument("--embedder", default="minilm")
+    ap.add_argument("--skip-cascade", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+
+    settings = Settings()
+    data_dir = settings.shared_data_dir / "routerbench"
+    prompts, outcomes = load_routerbench(data_dir, "train")
+    t0 = time.perf_counter()
+    emb = embed_prompts(prompts["prompt"].tolist(), args.embedder, settings.run_dir / "cache" / "embeddings")
+    print(
+        f"{len(prompts)} prompts, {outcomes['model'].nunique()} models; embeddings ({args.embedder}) "
+        f"in {time.perf_counter() - t0:.1f} s (cached under runs/cache/)"
+    )
+    print(f"\n{args.folds}-fold cross-validation, grouped by prompt:")
+    table = predictor_table(prompts, outcomes, emb, args.predictors.split(","), args.folds)
+    pd.set_option("display.width", 160)
+    print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(
+        f"\ntargets: gap recovered >= {TARGET_GAP}, best single model's quality at <= {TARGET_COST_RATIO}x "
+        f"its cost, without the task label ({TRUE_TASK} is told the label: a baseline only)"
+    )
+    if not args.skip_cascade:
+        replay = replay_data(data_dir, prompts, outcomes)
+        print(
+            "\nFrugalGPT agreement cascades (replayed on responses_train.csv, every call paid; the best "
+            "single model alone: cost ratio 1.0), chain calibrated on the training folds per budget:"
+        )
+        print(cascade_table(replay, args.folds).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(
+            "\nAnswer-aware routing (ProbeRouter: pay the probes, then accept their plurality answer or "
+            "escalate, per predicted task x agreement), swept over willingness to pay; same folds, metrics:"
+        )
+        probe_sets = [PROBES_2, PROBES_3, ("mistralai/mistral-7b-chat", "mistralai/mixtral-8x7b-chat")]
+        probe = probe_router_table(replay, prompts, emb, outcomes, args.folds, probe_sets)
+        print(probe.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if not args.skip_latency:
+        lat = latency(prompts, outcomes, args.embedder)
+        print(
+            f"\nroute() latency in-process, embedding included ({lat['n']} prompts): "
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""A trained router on disk: a directory with manifest.json, numpy arrays and the rules it was trained with.
+
+No pickle: every fitted part is plain JSON plus .npz arrays, so an artifact can be inspected and loaded by
+a newer version of the code. `FORMAT_VERSION` changes when the layout does; older layouts are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from router_models.router.features import CostModel, TaskClassifier
+from router_models.router.policies import policy_from_dict
+from router_models.router.predictors.base import PREDICTORS, get_predictor
+from router_models.router.router import Router
+from router_models.router.rules import ModelInfo, Rule
+
+FORMAT = "stratmaster-router"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(ValueError):
+    """The directory is not a router artifact this code can load."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_router(router: Router, out_dir: str | Path) -> Path:
+    """Write the artifact into a temporary sibling, then swap it in: a reader never sees half a router."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        params, arrays = router.predictor.get_state()
+        np.savez_compressed(tmp / "predictor.npz", **arrays)
+        np.savez_compressed(tmp / "task_classifier.npz", **router.task_clf.arrays())
+        np.savez_compressed(
+            tmp / "cost_model.npz", coef=router.cost_model.coef, floor=router.cost_model.floor
+        )
+        rules = [{k: v for k, v in asdict(r).items() if v or k != "when"} for r in router.rules]
+        (tmp / "rules.yaml").write_text(yaml.safe_dump({"version": 1, "rules": rules}, sort_keys=False))
+        files = ["predictor.npz", "task_classifier.npz", "cost_model.npz", "rules.yaml"]
+        if router.reference:
+            np.savez_compressed(tmp / "reference.npz", **router.reference)
+            files.append("reference.npz")
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "predictor": router.predictor.name,
+            "predictor_params": params,
+            "models": router.models,
+            "strongest": router.strongest,
+            "embedder": router.embedder,
+            "task_classes": router.task_clf.classes,
+            "policy": router.policy.to_dict(),
+            "metadata": {m: asdict(i) for m, i in router.metadata.items()},
+            "training": router.info,
+            "files": {f: _sha256(tmp / f) for f in files},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
+        if out_dir.exists():
+            if not (out_dir / MANIFEST).exists() and any(out_dir.iterdir()):
+                raise ArtifactError(f"{out_dir} exists and is not a router artifact; refusing to overwrite")
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not a router artifact (no readable {MANIFEST}): {e}") from e
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format version {manifest.get('format_version')} cannot be loaded by this code "
+            f"(version {FORMAT_VERSION}); retrain with `stratmaster router train`"
+        )
+    return manifest
+
+
+def load_router(path: str | Path) -> Router:
+    path = Path(path)
+    manifest = read_manifest(path)
+    for name, digest in manifest["files"].items():
+        if not (path / name).exists() or _sha256(path / name) != digest:
+            raise ArtifactError(f"{path / name} is missing or differs from the manifest's checksum")
+    get_predictor("global_mean")  # make sure the registry is populated
+    if manifest["predictor"] not in PREDICTORS:
+        raise ArtifactError(f"{path}: unknown predictor {manifest['predictor']!r}")
+    with np.load(path / "predictor.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    predictor = PREDICTORS[manifest["predictor"]].from_state(manifest["predictor_params"], arrays)
+    with np.load(path / "task_classifier.npz") as z:
+        task_clf = TaskClassifier(manifest["task_classes"], z["coef"], z["intercept"])
+    with np.load(path / "cost_model.npz") as z:
+        cost_model = CostModel(z["coef"], z["floor"])
+    if cost_model.coef.shape[0] != 1 + len(manifest["task_classes"]):
+        raise ArtifactError(f"{path}: the cost model predates this code's layout; retrain the router")
+    rules = [Rule(**r) for r in yaml.safe_load((path / "rules.yaml").read_text())["rules"]]
+    reference = {}
+    if "reference.npz" in manifest["files"]:
+        with np.load(path / "reference.npz") as z:
+            reference = {k: z[k] for k in z.files}
+    metadata = {m: ModelInfo(**v) for m, v in manifest["metadata"].items()}
+    return Router(
+        models=manifest["models"],
+        predictor=predictor,
+        task_clf=task_clf,
+        cost_model=cost_model,
+        embedder=manifest["embedder"],
+        metadata=metadata,
+        rules=rules,
+        policy=policy_from_dict(manifest["policy"]),
+        strongest=manifest["strongest"],
+        info=manifest.get("training", {}),
+        reference=reference,
+    )

@@ -1,0 +1,144 @@
+"""`stratmaster router train | predict | evaluate` (DESIGN.md "Router contract").
+
+Heavy libraries load inside the commands so that `stratmaster --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Train, predict with and evaluate routers.", no_args_is_help=True)
+
+PromptsOpt = Annotated[Path, typer.Option("--prompts", help="CSV/parquet with prompt_id, prompt[, task]")]
+OutcomesOpt = Annotated[
+    Path, typer.Option("--outcomes", help="outcome table: prompt_id, model, score, cost_usd")
+]
+RouterOpt = Annotated[Path, typer.Option("--router", help="router artifact directory (from `train`)")]
+
+
+def _read(path: Path) -> pd.DataFrame:  # noqa: F821 - pandas is imported lazily
+    from pipelines.bench.outcomes import read_table
+
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist")
+    df = read_table(path)
+    if "prompt_id" in df:
+        df["prompt_id"] = df["prompt_id"].astype(str)
+    return df
+
+
+@app.command()
+def train(
+    prompts: PromptsOpt,
+    outcomes: OutcomesOpt,
+    out: Annotated[Path, typer.Option("--out", help="directory to write the router artifact to")],
+    predictor: Annotated[str, typer.Option("--predictor", help="predictor name (registry)")] = "stack",
+    embedder: Annotated[str, typer.Option("--embedder", help="minilm | static")] = "minilm",
+    budget: Annotated[
+        float,
+        typer.Option(
+            "--budget",
+            help="default policy: spend at most this fraction of the strongest model's cost",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.5,
+    prior_table: Annotated[
+        Path | None,
+        typer.Option(
+            "--prior-table", help="task x model prior CSV (task, model, quality_mean, quality_sd) for `bayes`"
+        ),
+    ] = None,
+) -> None:
+    """Fit a router on an outcome table; the candidate models are those the table holds."""
+    from pipelines.settings import Settings
+    from router_models.router.artifact import save_router
+    from router_models.router.predictors.base import PREDICTORS, get_predictor
+    from router_models.router.train import train_router
+
+    get_predictor("global_mean")
+    if predictor not in PREDICTORS:
+        raise typer.BadParameter(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
+    params = {}
+    if prior_table is not None:
+        if predictor != "bayes":
+            raise typer.BadParameter("--prior-table is used by the `bayes` predictor only")
+        params["prior_table"] = _read(prior_table)
+    try:
+        router = train_router(
+            _read(prompts),
+            _read(outcomes),
+            predictor=predictor,
+            embedder=embedder,
+            budget_fraction=budget,
+            predictor_params=params,
+            cache_dir=Settings().run_dir / "cache" / "embeddings",
+        )
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    save_router(router, out)
+    typer.echo(
+        json.dumps(
+            {
+                "router": str(out),
+                "predictor": predictor,
+                "models": router.models,
+                "n_prompts": router.info["n_prompts"],
+                "policy": router.policy.describe(),
+            }
+        )
+    )
+
+
+@app.command()
+def predict(
+    router: RouterOpt,
+    prompts: PromptsOpt,
+    out: Annotated[Path, typer.Option("--out", help="predictions CSV/parquet to write")],
+) -> None:
+    """Predicted score and cost for every prompt x model of the training panel."""
+    from pipelines.bench.outcomes import write_table
+    from router_models.router.artifact import load_router
+
+    r = load_router(router)
+    df = _read(prompts)
+    for col in ("prompt_id", "prompt"):
+        if col not in df:
+            raise typer.BadParameter(f"{prompts} needs a {col!r} column")
+    pred = r.predict_frame(df)
+    write_table(pred[["prompt_id", "model", "predicted_score", "predicted_cost_usd"]], out)
+    typer.echo(
+        json.dumps({"predictions": str(out), "rows": len(pred), "prompts": len(df), "models": r.models})
+    )
+
+
+@app.command()
+def evaluate(
+    router: RouterOpt,
+    prompts: PromptsOpt,
+    outcomes: OutcomesOpt,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the Pareto plot PNG here")] = None,
+) -> None:
+    """AIQ, gap recovered and cost to match the best single model, as JSON (RouterBench definitions)."""
+    from router_models.router.artifact import load_router
+    from router_models.router.metrics import pareto_plot, summary
+
+    r = load_router(router)
+    p = _read(prompts)
+    o = _read(outcomes)
+    o = o[o["prompt_id"].isin(set(p["prompt_id"]))]
+    if o.empty:
+        typer.echo("error: no outcome row matches the prompts", err=True)
+        raise typer.Exit(2)
+    unknown = sorted(set(o["model"]) - set(r.models))
+    pred = r.predict_frame(p[p["prompt_id"].isin(set(o["prompt_id"]))])
+    result = summary(pred, o)
+    result.update({"predictor": r.predictor.name, "models_not_in_router": unknown})
+    if plot is not None:
+        result["plot"] = str(pareto_plot(pred, o, plot, title=f"router ({r.predictor.name})"))
+    typer.echo(json.dumps(result, indent=2, default=float))

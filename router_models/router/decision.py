@@ -1,0 +1,59 @@
+"""A routing decision that explains itself (DESIGN.md "Routing decision")."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Candidate:
+    model: str
+    quality_mean: float
+    quality_sd: float
+    cost_usd: float
+    utility: float
+    allowed: bool
+    excluded_by: str | None = None  # rule or constraint name
+    reason: str | None = None
+
+
+@dataclass
+class Decision:
+    model: str | None  # None: no candidate satisfies the rules and constraints
+    candidates: list[Candidate]
+    binding: str | None  # the rule or constraint that changed the choice, if any
+    policy: str
+    explanation: str
+    signals: dict[str, Any] = field(default_factory=dict)
+    decision_ms: float | None = None
+
+    def chosen(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.model == self.model), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt(c: Candidate) -> str:
+    return f"{c.model} (quality {c.quality_mean:.2f} ± {c.quality_sd:.2f}, ${c.cost_usd:.5f})"
+
+
+def explain(
+    chosen: Candidate | None,
+    unconstrained: Candidate | None,
+    binding: Candidate | None,
+    policy: str,
+    n_allowed: int,
+) -> str:
+    """One readable sentence: what was chosen, by which policy, and what bound the choice."""
+    if chosen is None:
+        why = f" ({binding.excluded_by}: {binding.reason})" if binding and binding.reason else ""
+        return f"No model can take this request: every candidate is excluded by a rule or constraint{why}."
+    head = f"Chose {_fmt(chosen)} by {policy}"
+    if binding is not None and unconstrained is not None:
+        return (
+            f"{head}; the preferred {unconstrained.model} was ruled out by {binding.excluded_by} "
+            f"({binding.reason}), leaving {n_allowed} candidate(s)."
+        )
+    return f"{head}; no rule or constraint bound the choice ({n_allowed} candidate(s) allowed)."

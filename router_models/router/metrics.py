@@ -1,0 +1,142 @@
+"""Cost-quality metrics of a router on an outcome table, by the same definitions as RouterBench.
+
+Predictions are a table (prompt_id, model, predicted_score[, predicted_cost_usd]). For each willingness to
+pay `lam`, every prompt goes to argmax(predicted_score - lam * predicted_cost); the realised (mean cost,
+mean score) pairs trace the router's curve.
+
+- AIQ: area under the upper convex hull of that curve over [cheapest, costliest single model] mean cost,
+  divided by that range.
+- gap recovered: (AIQ - AIQ of the single models' hull) / (AIQ of the per-prompt oracle - same).
+- cost to match the best single model: the least mean cost at which the router reaches its quality.
+
+`tests/test_router_metrics.py` checks agreement with `../shared/tools/router_metrics.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-2, 1e6, 400)])
+_GRID_POINTS = 2001
+
+
+def hull_area(points: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
+    """Area under the non-decreasing upper convex hull of (cost, quality) points on [lo, hi], over hi - lo."""
+    pts = sorted({(float(c), float(q)) for c, q in points})
+    hull: list[tuple[float, float]] = []
+    for p in pts:
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    xs = np.array([h[0] for h in hull])
+    ys = np.maximum.accumulate(np.array([h[1] for h in hull]))
+    grid = np.linspace(lo, hi, _GRID_POINTS)
+    yg = np.interp(grid, xs, ys, left=np.nan, right=ys[-1])
+    yg = np.where(np.isnan(yg), 0.0, yg)  # below the cheapest point nothing is reached
+    return float(np.trapezoid(yg, grid) / (hi - lo))
+
+
+def _matrices(outcomes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    scores = outcomes.pivot(index="prompt_id", columns="model", values="score").fillna(0.0)
+    costs = outcomes.pivot(index="prompt_id", columns="model", values="cost_usd")
+    return scores, costs
+
+
+def router_curve(
+    predictions: pd.DataFrame, outcomes: pd.DataFrame, lams: np.ndarray = LAMBDAS
+) -> list[tuple[float, float]]:
+    """Realised (mean cost, mean score) of the router for each willingness to pay in `lams`."""
+    scores, costs = _matrices(outcomes)
+    ps = predictions.pivot(index="prompt_id", columns="model", values="predicted_score")
+    ps = ps.reindex(index=scores.index, columns=scores.columns)
+    if "predicted_cost_usd" in predictions:
+        pc = predictions.pivot(index="prompt_id", columns="model", values="predicted_cost_usd")
+        pc = pc.reindex(index=scores.index, columns=scores.columns)
+    else:
+        pc = pd.DataFrame([costs.mean()] * len(scores), index=scores.index)[scores.columns]
+    s_val, c_val = ps.fillna(-1e9).to_numpy(), pc.fillna(1e9).to_numpy()
+    idx = np.arange(len(scores))
+    points = []
+    for lam in lams:
+        choice = (s_val - lam * c_val).argmax(1)
+        points.append((costs.to_numpy()[idx, choice].mean(), scores.to_numpy()[idx, choice].mean()))
+    return points
+
+
+def oracle_predictions(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The per-prompt oracle as a router: it knows every score and cost."""
+    orc = outcomes.rename(columns={"score": "predicted_score", "cost_usd": "predicted_cost_usd"})
+    return orc.fillna({"predicted_score": 0.0})
+
+
+def single_models(outcomes: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    scores, costs = _matrices(outcomes)
+    return {m: (float(costs[m].mean()), float(scores[m].mean())) for m in scores.columns}
+
+
+def summary(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, float | str]:
+    """AIQ, gap recovered, cost to match the best single model and the reference points, as one dict."""
+    scores, _ = _matrices(outcomes)
+    singles = single_models(outcomes)
+    best = max(singles, key=lambda m: singles[m][1])
+    cheap = min(singles, key=lambda m: singles[m][0])
+    lo, hi = singles[cheap][0], max(v[0] for v in singles.values())
+    pts = router_curve(predictions, outcomes)
+    aiq = hull_area(pts, lo, hi)
+    aiq_singles = hull_area(list(singles.values()), lo, hi)
+    aiq_oracle = hull_area(router_curve(oracle_predictions(outcomes), outcomes), lo, hi)
+    best_c, best_q = singles[best]
+    reach = [c for c, q in pts if q >= best_q - 1e-9]
+    cost_at_best = min(reach) if reach else float("nan")
+    return {
+        "aiq": aiq,
+        "aiq_single_models_hull": aiq_singles,
+        "aiq_oracle": aiq_oracle,
+        "gap_recovered": (aiq - aiq_singles) / (aiq_oracle - aiq_singles),
+        "best_single": best,
+        "best_single_quality": best_q,
+        "best_single_cost": best_c,
+        "oracle_quality": float(scores.to_numpy().max(1).mean()),
+        "router_max_quality": max(q for _, q in pts),
+        "router_cost_to_match_best": cost_at_best,
+        "cost_ratio_to_match_best": cost_at_best / best_c if reach else float("nan"),
+        "n_prompts": int(len(scores)),
+        "n_models": int(scores.shape[1]),
+    }
+
+
+def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Router curve, single models and the oracle in the cost-quality plane, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    singles = single_models(outcomes)
+    router = sorted(set(router_curve(predictions, outcomes)))
+    oracle = sorted(set(router_curve(oracle_predictions(outcomes), outcomes)))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(*zip(*router, strict=True), "-o", ms=3, label="router")
+    ax.plot(*zip(*oracle, strict=True), "--", color="grey", label="per-prompt oracle")
+    for name, (c, q) in singles.items():
+        ax.scatter([c], [q], color="black", s=18)
+        ax.annotate(name.split("/")[-1], (c, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("mean cost per prompt (USD, log scale)")
+    ax.set_ylabel("mean quality")
+    ax.set_title(title or "Router cost-quality curve")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

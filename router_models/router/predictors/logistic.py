@@ -1,0 +1,63 @@
+"""Per-model L2 logistic regression on prompt features, with a Laplace (delta-method) sd."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from router_models.router.predictors.base import Features, Predictor, QualityPrediction, register
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+@register
+class Logistic(Predictor):
+    """P(model m answers well | prompt) = sigmoid(w_m . [embedding, task probabilities, length] + b_m)."""
+
+    name = "logistic"
+
+    def __init__(self, c: float = 0.5) -> None:
+        self.c = c
+
+    def fit(self, x: Features, y: np.ndarray, models: list[str], tasks: np.ndarray | None = None) -> Logistic:
+        from sklearn.linear_model import LogisticRegression
+
+        self.models = list(models)
+        xd = x.dense()
+        x1 = np.hstack([xd, np.ones((len(xd), 1))])
+        d = x1.shape[1]
+        self.coef_ = np.zeros((len(models), d))
+        self.cov_ = np.zeros((len(models), d, d), dtype=np.float32)
+        for j in range(len(models)):
+            rows = ~np.isnan(y[:, j])
+            yj = (y[rows, j] >= 0.5).astype(int)
+            if yj.min() == yj.max():  # one class only: a constant rate, no slope
+                self.coef_[j, -1] = np.log((yj.mean() * len(yj) + 1) / ((1 - yj.mean()) * len(yj) + 1))
+                self.cov_[j] = np.eye(d, dtype=np.float32) * self.c
+                continue
+            clf = LogisticRegression(C=self.c, max_iter=2000).fit(xd[rows], yj)
+            self.coef_[j, :-1], self.coef_[j, -1] = clf.coef_[0], clf.intercept_[0]
+            p = _sigmoid(x1[rows] @ self.coef_[j])
+            prec = (x1[rows] * (p * (1 - p))[:, None]).T @ x1[rows]
+            prec[np.diag_indices(d)] += np.r_[np.full(d - 1, 1.0 / self.c), 1e-4]
+            self.cov_[j] = np.linalg.inv(prec).astype(np.float32)
+        return self
+
+    def predict(self, x: Features) -> QualityPrediction:
+        xd = x.dense()
+        x1 = np.hstack([xd, np.ones((len(xd), 1))])
+        p = _sigmoid(x1 @ self.coef_.T)
+        var_logit = np.stack([((x1 @ cov) * x1).sum(1) for cov in self.cov_.astype(np.float64)], axis=1)
+        return QualityPrediction(p, p * (1 - p) * np.sqrt(np.maximum(var_logit, 0.0)))
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"models": self.models, "c": self.c}, {"coef": self.coef_, "cov": self.cov_}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Logistic:
+        self = cls(c=params["c"])
+        self.models, self.coef_, self.cov_ = params["models"], arrays["coef"], arrays["cov"]
+        return self

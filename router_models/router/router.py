@@ -1,0 +1,129 @@
+"""The router: signals -> rules -> predictions -> constraints -> policy -> a decision that explains itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router_models.router.decision import Candidate, Decision, explain
+from router_models.router.features import CostModel, TaskClassifier, embed_prompts, make_features
+from router_models.router.policies import Budget, MaxUtility
+from router_models.router.predictors.base import Predictor, QualityPrediction
+from router_models.router.rules import Exclusion, ModelInfo, Rule, apply_rules
+from router_models.router.signals import Constraints, request_signals
+
+MAX_COST = "max_cost_usd"
+
+
+@dataclass
+class Router:
+    models: list[str]
+    predictor: Predictor
+    task_clf: TaskClassifier
+    cost_model: CostModel
+    embedder: str
+    metadata: dict[str, ModelInfo]
+    rules: list[Rule]
+    policy: MaxUtility | Budget
+    strongest: str
+    info: dict[str, Any] = field(default_factory=dict)  # training provenance, saved in the manifest
+    # out-of-fold predicted quality and cost on the training prompts: what budget policies calibrate on
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def budget_policy(self, fraction: float) -> Budget:
+        """A policy that spends on average at most `fraction` of the strongest model's cost."""
+        if not self.reference:
+            raise ValueError("this router has no reference predictions to calibrate a budget on")
+        return Budget(fraction=fraction).calibrate(
+            self.reference["mean"], self.reference["cost"], self.models, self.strongest
+        )
+
+    def warm_up(self) -> None:
+        """Load the embedder and the PII recognizers now, so the first request does not pay for it."""
+        self.route("warm-up request")
+
+    def predict(self, prompts: Sequence[str]) -> tuple[QualityPrediction, np.ndarray, np.ndarray]:
+        """Quality (mean, sd) and cost per prompt x model, plus the task probabilities."""
+        emb = embed_prompts(list(prompts), self.embedder)
+        x, tokens = make_features(list(prompts), emb, self.task_clf)
+        return self.predictor.predict(x), self.cost_model.predict(tokens, x.task_proba), x.task_proba
+
+    def predict_frame(self, prompts: pd.DataFrame) -> pd.DataFrame:
+        """prompt_id, model, predicted_score, predicted_sd, predicted_cost_usd for every prompt x model."""
+        q, cost, _ = self.predict(prompts["prompt"].astype(str).tolist())
+        n, m = q.mean.shape
+        return pd.DataFrame(
+            {
+                "prompt_id": np.repeat(prompts["prompt_id"].astype(str).to_numpy(), m),
+                "model": np.tile(self.models, n),
+                "predicted_score": q.mean.ravel(),
+                "predicted_sd": q.sd.ravel(),
+                "predicted_cost_usd": cost.ravel(),
+            }
+        )
+
+    def route(
+        self,
+        prompt: str,
+        constraints: Constraints | None = None,
+        policy: MaxUtility | Budget | None = None,
+        p95_latency_s: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """Pick one model for `prompt`. `p95_latency_s`: the gateway's recent p95 per model, if known."""
+        t0 = time.perf_counter()
+        constraints = constraints or Constraints()
+        policy = policy or self.policy
+        q, cost, proba = self.predict([prompt])
+        mean, sd, cost = q.mean[0], q.sd[0], cost[0]
+        top = int(proba[0].argmax())
+        signals = request_signals(prompt, constraints, self.task_clf.classes[top], float(proba[0, top]))
+        ctx = signals.as_context(constraints)
+        meta = {m: self._with_latency(m, p95_latency_s) for m in self.models}
+        excluded: dict[str, Exclusion] = apply_rules(self.rules, meta, ctx)
+        if constraints.max_cost_usd is not None:
+            for j, m in enumerate(self.models):
+                if m not in excluded and cost[j] > constraints.max_cost_usd:
+                    excluded[m] = Exclusion(
+                        MAX_COST,
+                        f"{m}'s predicted cost ${cost[j]:.5f} exceeds the ${constraints.max_cost_usd:g} cap",
+                    )
+        util = policy.utilities(mean, sd, cost)
+        allowed = np.array([m not in excluded for m in self.models])
+        candidates = [
+            Candidate(
+                m,
+                float(mean[j]),
+                float(sd[j]),
+                float(cost[j]),
+                float(util[j]),
+                bool(allowed[j]),
+                excluded[m].rule if m in excluded else None,
+                excluded[m].reason if m in excluded else None,
+            )
+            for j, m in enumerate(self.models)
+        ]
+        pick = int(np.where(allowed, util, -np.inf).argmax()) if allowed.any() else None
+        free = candidates[int(util.argmax())]
+        chosen = candidates[pick] if pick is not None else None
+        binding = free if free.excluded_by is not None else None
+        text = explain(chosen, free, binding, policy.describe(), int(allowed.sum()))
+        candidates.sort(key=lambda c: -c.utility)
+        return Decision(
+            model=chosen.model if chosen else None,
+            candidates=candidates,
+            binding=binding.excluded_by if binding else None,
+            policy=policy.name,
+            explanation=text,
+            signals={**ctx, "pii_entities": list(signals.pii_entities)},
+            decision_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    def _with_latency(self, model: str, live: Mapping[str, float] | None) -> ModelInfo:
+        base = self.metadata.get(model, ModelInfo(model))
+        p95 = (live or {}).get(model, base.p95_latency_s)
+        return ModelInfo(model, base.privacy, base.context_window, p95)

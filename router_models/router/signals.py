@@ -1,0 +1,131 @@
+"""Request signals: constraints, PII flag (Presidio pattern recognizers), token estimate, focus text.
+
+Everything here runs offline: Presidio's pattern recognizers need no spaCy model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+# Presidio's pattern scores: a phone number scores 0.4 without the context enhancer, an IP 0.6, an e-mail 0.5.
+PII_MIN_SCORE = 0.4
+CHARS_PER_TOKEN = 4.0
+
+
+class Constraints(BaseModel):
+    """What the caller demands of this one request."""
+
+    max_cost_usd: float | None = Field(default=None, ge=0, description="cap on the predicted cost")
+    latency_slo_s: float | None = Field(
+        default=None, gt=0, description="drop models whose recent p95 exceeds"
+    )
+    privacy: Literal["allow_remote", "local_only"] = "allow_remote"
+    expected_output_tokens: int = Field(default=256, ge=0, description="reserved in the context window")
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the router knows about a request before predicting quality."""
+
+    input_tokens: int
+    tokens_needed: int
+    pii: bool
+    pii_entities: tuple[str, ...] = ()
+    task: str | None = None
+    task_probability: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_context(self, constraints: Constraints) -> dict[str, Any]:
+        """The flat name -> value mapping that rules read (`$tokens_needed`, `privacy`, ...)."""
+        ctx: dict[str, Any] = {
+            "input_tokens": self.input_tokens,
+            "tokens_needed": self.tokens_needed,
+            "pii": self.pii,
+            "pii_entities": ", ".join(self.pii_entities) or "none",
+            "task": self.task,
+            "task_probability": self.task_probability,
+        }
+        ctx.update(constraints.model_dump())
+        ctx.update(self.extra)
+        return ctx
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap tokenizer-free estimate (about four characters per token for English and code)."""
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+def focus_text(prompt: str) -> str:
+    """The last turn of a prompt whose turns are joined by blank lines (few-shot examples come first).
+
+    Embedders truncate long inputs, so a few-shot prompt would otherwise embed as its shared preamble.
+    """
+    blocks = [b for b in prompt.split("\n\n") if b.strip()]
+    return blocks[-1].strip() if blocks else prompt
+
+
+@cache
+def _recognizers() -> tuple[Any, ...]:
+    from presidio_analyzer import Pattern
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        UsSsnRecognizer,
+    )
+
+    class AnyEmailRecognizer(EmailRecognizer):
+        """E-mail addresses without the top-level-domain check: that check downloads the public suffix list
+        (minutes of timeouts offline), and for privacy an address-shaped string is personal data anyway."""
+
+        PATTERNS = [
+            *EmailRecognizer.PATTERNS,
+            Pattern("Email (any local part)", r"[^\s@<>()\[\],;:\"]+@\w[\w-]*(?:\.[\w-]+)+", 0.5),
+        ]
+
+        def validate_result(self, pattern_text: str) -> None:
+            return None
+
+    return (
+        AnyEmailRecognizer(),
+        PhoneRecognizer(),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        IpRecognizer(),
+        UsSsnRecognizer(),
+    )
+
+
+def detect_pii(text: str, min_score: float = PII_MIN_SCORE) -> tuple[str, ...]:
+    """Entity types (EMAIL_ADDRESS, PHONE_NUMBER, ...) that Presidio's pattern recognizers find in `text`."""
+    found: set[str] = set()
+    for rec in _recognizers():
+        for res in rec.analyze(text, entities=rec.supported_entities, nlp_artifacts=None):
+            if res.score >= min_score:
+                found.add(res.entity_type)
+    return tuple(sorted(found))
+
+
+def request_signals(
+    prompt: str,
+    constraints: Constraints,
+    task: str | None = None,
+    task_probability: float | None = None,
+) -> Signals:
+    tokens = estimate_tokens(prompt)
+    entities = detect_pii(prompt)
+    return Signals(
+        input_tokens=tokens,
+        tokens_needed=tokens + constraints.expected_output_tokens,
+        pii=bool(entities),
+        pii_entities=entities,
+        task=task,
+        task_probability=task_probability,
+    )

@@ -1,0 +1,139 @@
+"""Train a router on our own outcome tables: the candidate models are those the outcome table holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router_models.router.features import CostModel, TaskClassifier, embed_prompts, make_features
+from router_models.router.policies import Budget
+from router_models.router.predictors.base import Features, get_predictor
+from router_models.router.router import Router
+from router_models.router.rules import load_rules, model_metadata
+
+DEFAULT_PREDICTOR = "stack"
+NO_TASK = "all"
+
+
+def panel(
+    prompts: pd.DataFrame, outcomes: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray]:
+    """Align prompts with outcomes: (prompts in row order, models, scores, costs); NaN where unseen."""
+    for col in ("prompt_id", "prompt"):
+        if col not in prompts:
+            raise ValueError(f"prompts table needs a {col!r} column")
+    for col in ("prompt_id", "model", "score", "cost_usd"):
+        if col not in outcomes:
+            raise ValueError(f"outcome table needs a {col!r} column")
+    prompts = prompts.assign(prompt_id=prompts["prompt_id"].astype(str)).drop_duplicates("prompt_id")
+    outcomes = outcomes.assign(
+        prompt_id=outcomes["prompt_id"].astype(str), model=outcomes["model"].astype(str)
+    )
+    if "task" not in prompts and "task" in outcomes:
+        prompts = prompts.merge(
+            outcomes.groupby("prompt_id")["task"].first().reset_index(), on="prompt_id", how="left"
+        )
+    scored = outcomes.dropna(subset=["score"])
+    prompts = prompts[prompts["prompt_id"].isin(scored["prompt_id"])].reset_index(drop=True)
+    models = sorted(scored["model"].unique())
+    if len(models) < 2:
+        raise ValueError(f"a router needs at least two models in the outcome table, found {models}")
+    if prompts.empty:
+        raise ValueError("no prompt of the prompts table has a scored outcome")
+    ids = prompts["prompt_id"]
+    y = scored.pivot_table(index="prompt_id", columns="model", values="score", aggfunc="mean")
+    c = outcomes.pivot_table(index="prompt_id", columns="model", values="cost_usd", aggfunc="mean")
+    return (
+        prompts,
+        models,
+        y.reindex(index=ids, columns=models).to_numpy(),
+        c.reindex(index=ids, columns=models).to_numpy(),
+    )
+
+
+def task_labels(prompts: pd.DataFrame) -> list[str]:
+    if "task" not in prompts:
+        return [NO_TASK] * len(prompts)
+    return prompts["task"].fillna(NO_TASK).astype(str).tolist()
+
+
+def oof_predictions(
+    predictor: str,
+    x: Features,
+    y: np.ndarray,
+    models: list[str],
+    tasks: np.ndarray,
+    folds: int = 3,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Out-of-fold predicted means, for calibrating the budget policy without in-sample optimism."""
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(len(x)) % folds
+    out = np.zeros_like(y, dtype=np.float64)
+    for f in range(folds):
+        tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
+        p = get_predictor(predictor, **(params or {})).fit(x.take(tr), y[tr], models, tasks[tr])
+        out[te] = p.predict(x.take(te)).mean
+    return out
+
+
+def train_router(
+    prompts: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    predictor: str = DEFAULT_PREDICTOR,
+    embedder: str = "minilm",
+    budget_fraction: float = 0.5,
+    predictor_params: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+    rules_path: Path | None = None,
+    models_path: Path | None = None,
+) -> Router:
+    """Fit the task classifier, the cost model and the quality predictor; calibrate the budget policy.
+
+    Task labels are used in training only: at prediction time the classifier's probabilities stand in.
+    """
+    prompts, models, y, cost = panel(prompts, outcomes)
+    texts = prompts["prompt"].astype(str).tolist()
+    labels = task_labels(prompts)
+    emb = embed_prompts(texts, embedder, cache_dir)
+    task_clf = TaskClassifier.fit(emb, labels)
+    x, tokens = make_features(texts, emb, task_clf)
+    tasks = np.array([task_clf.classes.index(t) for t in labels])
+    cost_model = CostModel.fit(tokens, x.task_proba, cost)
+    fitted = get_predictor(predictor, **(predictor_params or {})).fit(x, y, models, tasks)
+    quality = np.nanmean(y, axis=0)
+    strongest = models[int(np.nanargmax(quality))]
+    oof = oof_predictions(predictor, x, y, models, tasks, params=predictor_params) if len(x) >= 30 else None
+    ref = oof if oof is not None else fitted.predict(x).mean
+    ref_cost = cost_model.predict(tokens, x.task_proba)
+    policy = Budget(fraction=budget_fraction).calibrate(ref, ref_cost, models, strongest)
+    metadata = model_metadata(models, models_path)
+    if "latency_s" in outcomes:
+        lat = outcomes.dropna(subset=["latency_s"]).groupby("model")["latency_s"].quantile(0.95)
+        for m, v in lat.items():
+            if m in metadata:
+                metadata[m].p95_latency_s = float(v)
+    info = {
+        "n_prompts": len(prompts),
+        "n_outcomes": int((~np.isnan(y)).sum()),
+        "tasks": sorted(set(labels)),
+        "model_quality": {m: float(q) for m, q in zip(models, quality, strict=True)},
+        "model_mean_cost_usd": {m: float(v) for m, v in zip(models, np.nanmean(cost, axis=0), strict=True)},
+    }
+    return Router(
+        models,
+        fitted,
+        task_clf,
+        cost_model,
+        embedder,
+        metadata,
+        load_rules(rules_path),
+        policy,
+        strongest,
+        info,
+        reference={"mean": ref, "cost": ref_cost},
+    )

@@ -1,0 +1,145 @@
+"""train -> predict -> evaluate through the `router` sub-app on a small RouterBench slice; artifact checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from router_models.router.artifact import ArtifactError, load_router
+from router_models.router.cli import app
+from router_models.router.signals import Constraints
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def slices(shared_data, tmp_path_factory):
+    """Train: 60 prompts per task; test: 25 other prompts per task, given without their task label."""
+    rb = shared_data / "routerbench"
+    prompts = pd.read_csv(rb / "prompts_train.csv", dtype={"prompt_id": str})
+    outcomes = pd.read_csv(rb / "outcomes_train.csv", dtype={"prompt_id": str})
+    shuffled = prompts.sample(frac=1.0, random_state=2)
+    train = shuffled.groupby("task").head(60)
+    test = shuffled.drop(train.index).groupby("task").head(25)
+    d = tmp_path_factory.mktemp("router_cli")
+    train[["prompt_id", "task", "prompt"]].to_csv(d / "train_prompts.csv", index=False)
+    outcomes[outcomes.prompt_id.isin(train.prompt_id)].to_csv(d / "train_outcomes.csv", index=False)
+    test[["prompt_id", "prompt"]].to_csv(d / "test_prompts.csv", index=False)
+    outcomes[outcomes.prompt_id.isin(test.prompt_id)].to_csv(d / "test_outcomes.csv", index=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(slices):
+    out = slices / "router"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--prompts",
+            str(slices / "train_prompts.csv"),
+            "--outcomes",
+            str(slices / "train_outcomes.csv"),
+            "--out",
+            str(out),
+            "--embedder",
+            "static",
+        ],
+        env={"SM_RUN_DIR": str(slices / "run")},
+    )
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout)
+
+
+def test_train_writes_a_versioned_artifact(trained):
+    out, info = trained
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["predictor"] == "stack"
+    assert len(manifest["models"]) == 11 == len(info["models"])
+    assert set(manifest["files"]) >= {"predictor.npz", "rules.yaml"}
+    assert manifest["policy"]["name"] == "budget" and manifest["strongest"] == "gpt-4-1106-preview"
+
+
+def test_predict_then_evaluate_round_trip(trained, slices):
+    out, _ = trained
+    preds = slices / "predictions.csv"
+    res = runner.invoke(
+        app,
+        ["predict", "--router", str(out), "--prompts", str(slices / "test_prompts.csv"), "--out", str(preds)],
+    )
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(preds)
+    assert list(df.columns) == ["prompt_id", "model", "predicted_score", "predicted_cost_usd"]
+    assert len(df) == 75 * 11 and df.groupby("prompt_id").size().eq(11).all()
+    assert df["predicted_score"].between(0, 1).all() and (df["predicted_cost_usd"] > 0).all()
+
+    plot = slices / "pareto.png"
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--router",
+            str(out),
+            "--prompts",
+            str(slices / "test_prompts.csv"),
+            "--outcomes",
+            str(slices / "test_outcomes.csv"),
+            "--plot",
+            str(plot),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    for key in ("aiq", "gap_recovered", "cost_ratio_to_match_best", "aiq_oracle", "best_single"):
+        assert key in result
+    assert result["n_prompts"] == 75 and result["aiq_oracle"] > result["aiq_single_models_hull"]
+    assert result["aiq"] > 0 and np.isfinite(result["gap_recovered"])
+    assert plot.stat().st_size > 1000
+
+
+def test_loaded_router_routes_and_explains(trained):
+    router = load_router(trained[0])
+    d = router.route("Write a function to reverse a linked list in Python.", Constraints(max_cost_usd=0.001))
+    assert d.model is not None and d.policy == "budget"
+    assert all(c.cost_usd <= 0.001 for c in d.candidates if c.allowed)
+    assert d.explanation.startswith("Chose ") and len(d.candidates) == 11
+    tight, loose = router.budget_policy(0.1), router.budget_policy(0.9)
+    assert tight.lambda_cost > loose.lambda_cost and tight.achieved_fraction <= 0.1 + 1e-9
+    assert router.route("Is the sky blue? A) yes B) no", policy=tight).policy == "budget"
+
+
+def test_tampered_or_foreign_artifacts_are_refused(trained, tmp_path):
+    with pytest.raises(ArtifactError, match="not a router artifact"):
+        load_router(tmp_path)
+    out, _ = trained
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format version 99"):
+        load_router(copy)
+
+
+def test_train_refuses_a_single_model_panel(slices, tmp_path):
+    o = pd.read_csv(slices / "train_outcomes.csv")
+    o[o.model == "claude-v2"].to_csv(tmp_path / "one.csv", index=False)
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--prompts",
+            str(slices / "train_prompts.csv"),
+            "--outcomes",
+            str(tmp_path / "one.csv"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert res.exit_code == 2 and "at least two models" in res.output

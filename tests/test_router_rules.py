@@ -1,0 +1,170 @@
+"""Rules and constraints: PII never reaches a remote model, constraints always hold, explanations name them.
+
+The router here is real (rules from the package YAML, Presidio, the static embedder) with a fixed-rate
+predictor whose rates the tests choose, so that every score ordering can be tried.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router_models.router.features import CostModel, TaskClassifier
+from router_models.router.policies import MaxUtility
+from router_models.router.predictors.baselines import GlobalMean
+from router_models.router.router import Router
+from router_models.router.rules import ModelInfo, Rule, RuleError, apply_rules, load_rules
+from router_models.router.signals import Constraints, detect_pii
+
+PANEL = [
+    ModelInfo("remote-strong", "remote", 128_000),
+    ModelInfo("remote-cheap", "remote", 16_000),
+    ModelInfo("open-remote", "open_weights_remote", 32_000),
+    ModelInfo("local-small", "local", 512),
+    ModelInfo("local-big", "local", 8_192),
+]
+NAMES = [m.name for m in PANEL]
+STATIC_DIM = 64
+PLAIN = "Which gas do plants absorb from the air? A) oxygen B) carbon dioxide C) helium D) neon"
+
+
+def make_router(means, costs, panel=PANEL, lam: float = 0.0) -> Router:
+    names = [m.name for m in panel]
+    means = np.asarray(means, dtype=float)
+    predictor = GlobalMean.from_state({"models": names}, {"mean": means, "sd": np.full(len(names), 0.05)})
+    coef = np.zeros((2, len(names)))  # rows: per 1k input tokens, then the one task ("all")
+    coef[1] = costs  # a fixed cost per model, whatever the prompt's length
+    return Router(
+        models=names,
+        predictor=predictor,
+        task_clf=TaskClassifier(["all"], np.zeros((1, STATIC_DIM)), np.zeros(1)),
+        cost_model=CostModel(coef, np.zeros(len(names))),
+        embedder="static",
+        metadata={m.name: m for m in panel},
+        rules=load_rules(),
+        policy=MaxUtility(lambda_cost=lam),
+        strongest=names[0],
+    )
+
+
+def test_email_prompt_goes_local_even_when_remote_models_score_best():
+    router = make_router([0.99, 0.98, 0.97, 0.10, 0.20], [0.0001, 0.0, 0.0, 0.01, 0.01])
+    d = router.route(f"Draft a reply to jane.doe@example.com about the invoice. {PLAIN}")
+    assert d.model == "local-big"
+    assert d.binding == "pii_local_only"
+    assert "personal data" in d.explanation and "EMAIL_ADDRESS" in d.explanation
+    assert {c.model for c in d.candidates if c.allowed} == {"local-small", "local-big"}
+
+
+def test_pii_with_no_local_model_is_refused_not_sent_remote():
+    panel = [m for m in PANEL if m.privacy != "local"]
+    router = make_router([0.9, 0.8, 0.7], [0.001, 0.001, 0.001], panel=panel)
+    d = router.route("My card is 4111 1111 1111 1111, is that enough for the booking?")
+    assert d.model is None
+    assert d.binding == "pii_local_only"
+    assert "No model" in d.explanation and "pii_local_only" in d.explanation
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    email=st.emails(),
+    means=st.lists(st.floats(0, 1), min_size=5, max_size=5),
+    costs=st.lists(st.floats(0, 0.01), min_size=5, max_size=5),
+)
+def test_any_email_address_never_reaches_a_remote_model(email, means, costs):
+    router = make_router(means, costs)
+    d = router.route(f"Please write to {email} and ask about the delivery date.")
+    assert d.model is None or router.metadata[d.model].privacy == "local"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    means=st.lists(st.floats(0, 1), min_size=5, max_size=5),
+    costs=st.lists(st.floats(0, 0.01), min_size=5, max_size=5),
+    p95=st.lists(st.one_of(st.none(), st.floats(0.05, 20)), min_size=5, max_size=5),
+    max_cost=st.one_of(st.none(), st.floats(0, 0.01)),
+    slo=st.one_of(st.none(), st.floats(0.1, 10)),
+    privacy=st.sampled_from(["allow_remote", "local_only"]),
+    pii=st.booleans(),
+    long_prompt=st.booleans(),
+    lam=st.floats(0, 1000),
+)
+def test_constraints_always_respected(means, costs, p95, max_cost, slo, privacy, pii, long_prompt, lam):
+    router = make_router(means, costs, lam=lam)
+    prompt = (
+        PLAIN + (" Call me on +1 212 555 0198." if pii else "") + (" and more" * 400 if long_prompt else "")
+    )
+    c = Constraints(max_cost_usd=max_cost, latency_slo_s=slo, privacy=privacy)
+    latencies = {n: v for n, v in zip(NAMES, p95, strict=True) if v is not None}
+    d = router.route(prompt, c, p95_latency_s=latencies)
+    allowed = [cand for cand in d.candidates if cand.allowed]
+    for cand in allowed:
+        info = router.metadata[cand.model]
+        if pii or privacy == "local_only":
+            assert info.privacy == "local"
+        if max_cost is not None:
+            assert cand.cost_usd <= max_cost
+        if slo is not None and cand.model in latencies:
+            assert latencies[cand.model] <= slo
+        assert info.context_window >= d.signals["tokens_needed"]
+    if d.model is None:
+        assert not allowed
+    else:
+        assert d.model in {cand.model for cand in allowed}
+        assert d.chosen().utility == max(cand.utility for cand in allowed)  # the policy's best allowed
+
+
+def test_explanation_names_the_binding_cost_cap():
+    router = make_router([0.95, 0.6, 0.5, 0.3, 0.4], [0.005, 0.0005, 0.0004, 0.0001, 0.0002])
+    d = router.route(PLAIN, Constraints(max_cost_usd=0.001))
+    assert d.model == "remote-cheap"
+    assert d.binding == "max_cost_usd"
+    assert (
+        "max_cost_usd" in d.explanation
+        and "remote-strong" in d.explanation
+        and "remote-cheap" in d.explanation
+    )
+
+
+def test_explanation_names_the_binding_latency_slo_and_local_only():
+    router = make_router([0.95, 0.6, 0.5, 0.3, 0.4], [0.001] * 5)
+    d = router.route(PLAIN, Constraints(latency_slo_s=1.0), p95_latency_s={"remote-strong": 3.2})
+    assert (d.model, d.binding) == ("remote-cheap", "latency_slo")
+    assert "3.20 s" in d.explanation and "latency_slo" in d.explanation
+    d = router.route(PLAIN, Constraints(privacy="local_only"))
+    assert (d.model, d.binding) == ("local-big", "local_only_requested")
+
+
+def test_no_binding_when_the_preferred_model_is_allowed():
+    router = make_router([0.95, 0.6, 0.5, 0.3, 0.4], [0.001] * 5)
+    d = router.route(PLAIN, Constraints(max_cost_usd=1.0))
+    assert d.model == "remote-strong" and d.binding is None
+    assert "no rule or constraint bound" in d.explanation
+
+
+def test_context_window_rule_drops_small_models():
+    router = make_router([0.1, 0.1, 0.1, 0.9, 0.2], [0.001] * 5)
+    d = router.route(PLAIN + " filler" * 600)  # ~1,000 tokens + 256 reserved > local-small's 512
+    assert d.model != "local-small"
+    assert d.binding == "context_window"
+
+
+def test_pattern_recognizers_find_pii_and_leave_plain_text_alone():
+    assert detect_pii("write to jane.doe@example.com") == ("EMAIL_ADDRESS",)
+    assert "CREDIT_CARD" in detect_pii("card 4111 1111 1111 1111")
+    assert "IBAN_CODE" in detect_pii("pay to GB82 WEST 1234 5698 7654 32")
+    assert detect_pii(PLAIN) == ()
+    assert detect_pii("def add(a, b):\n    return a + b  # 2024 is a year, 3.14159 is pi") == ()
+
+
+def test_rules_are_data_and_bad_operators_are_refused(tmp_path):
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: no_open\n    drop: {privacy: {eq: open_weights_remote}}\n    because: nope\n"
+    )
+    rules = load_rules(tmp_path / "rules.yaml")
+    out = apply_rules(rules, {m.name: m for m in PANEL}, {})
+    assert set(out) == {"open-remote"} and out["open-remote"].rule == "no_open"
+    with pytest.raises(RuleError, match="unknown operator"):
+        Rule(name="x", drop={"privacy": {"like": "local"}}, because="")
