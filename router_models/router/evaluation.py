@@ -1,0 +1,64 @@
+"""Cross-validated router evaluation and the seed's quality gate, as plain functions the assets call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from router_models.router.crossval import cross_val_predictions
+from router_models.router.features import embed_prompts
+from router_models.router.metrics import LAMBDAS, pareto_plot, router_curve, single_models, summary
+
+
+def crossval_evaluation(
+    prompts: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    predictor: str = "stack",
+    folds: int = 5,
+    embedder: str = "minilm",
+    cache_dir: Path | None = None,
+    plot_path: Path | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Out-of-fold predictions for every prompt x model, their metrics, and (optionally) a Pareto plot."""
+    emb = embed_prompts(prompts["prompt"].astype(str).tolist(), embedder, cache_dir)
+    pred = cross_val_predictions(predictor, prompts, outcomes, emb, folds=folds)
+    result = summary(pred, outcomes)
+    result.update(predictor=predictor, folds=folds, embedder=embedder)
+    if plot_path is not None:
+        result["pareto_png"] = str(pareto_plot(pred, outcomes, plot_path, f"{predictor}, {folds}-fold CV"))
+    return pred, result
+
+
+def utility_gate(
+    predictions: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    lambda_cost: float,
+    max_cost_fraction: float = 0.8,
+    min_gain: float = 0.05,
+) -> dict:
+    """The seed's gate: some operating point of the router beats the best single model's utility
+    (quality - lambda_cost * cost) by at least `min_gain` (relative) at no more than `max_cost_fraction`
+    of that model's cost."""
+    singles = single_models(outcomes)
+    best = max(singles, key=lambda m: singles[m][1])
+    best_cost, best_q = singles[best]
+    best_u = best_q - lambda_cost * best_cost
+    curve = router_curve(predictions, outcomes, LAMBDAS)
+    points = [(c, q) for c, q in curve if c <= max_cost_fraction * best_cost]
+    if points:
+        cost, quality = max(points, key=lambda p: p[1] - lambda_cost * p[0])
+        router_u = quality - lambda_cost * cost
+    else:
+        cost = quality = router_u = float("nan")
+    gain = (router_u - best_u) / abs(best_u) if best_u and np.isfinite(router_u) else float("nan")
+    return {
+        "best_single": best,
+        "best_single_utility": best_u,
+        "router_utility": router_u,
+        "router_quality": quality,
+        "router_cost_ratio": cost / best_cost if np.isfinite(cost) else float("nan"),
+        "utility_gain": gain,
+        "passed": bool(np.isfinite(gain) and gain >= min_gain),
+    }

@@ -1,0 +1,117 @@
+"""Outcome rows -> per (task, model) cell statistics the utility model is fitted on.
+
+Scores of 0/1 are aggregated to Binomial counts per cell (the same likelihood as per-prompt Bernoulli
+rows for a cell-level model); cost and latency to the sufficient statistics of a log-normal.
+A task whose scores are not all 0/1 is "graded": its rows stay individual for a Beta likelihood.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
+
+GRADED_EPS = 1e-3  # graded scores are clipped into (eps, 1 - eps) for the Beta likelihood
+MIN_COST = 1e-9  # a zero cost (free local call) is floored before taking its log
+
+
+def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -> pd.DataFrame:
+    """RouterBench-layout files (prompts: prompt_id, task, prompt; outcomes: prompt_id, model, score,
+    cost_usd) as one outcome table; rows without a score are dropped. An outcomes file that already
+    carries `task` needs no prompts file."""
+    out = read_table(outcomes)
+    out["prompt_id"] = out["prompt_id"].astype(str)
+    if prompts is not None:
+        pr = read_table(prompts)
+        pr["prompt_id"] = pr["prompt_id"].astype(str)
+        cols = [c for c in ("prompt_id", "task", "prompt") if c in pr.columns]
+        out = out.drop(columns=[c for c in ("task", "prompt") if c in out.columns]).merge(
+            pr[cols], on="prompt_id", how="left"
+        )
+    if "task" not in out.columns:
+        raise ValueError("outcomes carry no `task` column: pass the prompts file too")
+    out = out.dropna(subset=["score", "task"])
+    for col in OUTCOME_COLUMNS:
+        if col not in out.columns:
+            out[col] = np.nan
+    return out[OUTCOME_COLUMNS].reset_index(drop=True)
+
+
+def data_version(outcomes: pd.DataFrame) -> str:
+    """sha256 of the outcome rows the fit uses (order-independent)."""
+    cols = [c for c in ("prompt_id", "task", "model", "score", "cost_usd", "latency_s") if c in outcomes]
+    canon = outcomes[cols].astype(str).sort_values(cols).to_csv(index=False)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def _lognormal_stats(values: pd.Series) -> tuple[int, float, float, float]:
+    v = values.dropna().to_numpy(dtype=float)
+    if len(v) == 0:
+        return 0, np.nan, np.nan, np.nan
+    logs = np.log(np.maximum(v, MIN_COST))
+    return len(v), float(logs.mean()), float(((logs - logs.mean()) ** 2).sum()), float(v.mean())
+
+
+@dataclass
+class CellData:
+    """What `build_model` needs: coords, per-cell statistics, graded rows, and the data version."""
+
+    tasks: list[str]
+    models: list[str]
+    cells: pd.DataFrame  # task, model, t, m, n, score_sum, binary, cost_*, latency_*
+    graded: pd.DataFrame = field(default_factory=pd.DataFrame)  # t, m, score (graded tasks only)
+    data_hash: str = ""
+
+    @property
+    def binary_cells(self) -> pd.DataFrame:
+        return self.cells[self.cells["binary"] & (self.cells["n"] > 0)]
+
+    def stat_cells(self, kind: str) -> pd.DataFrame:
+        """Cells with a cost (kind="cost") or latency (kind="latency") observation."""
+        return self.cells[self.cells[f"{kind}_n"] > 0]
+
+    @property
+    def has_latency(self) -> bool:
+        return bool((self.cells["latency_n"] > 0).any())
+
+
+def cell_data(
+    outcomes: pd.DataFrame, tasks: list[str] | None = None, models: list[str] | None = None
+) -> CellData:
+    """Aggregate an outcome table; `tasks`/`models` may add coords with no rows (predicted by pooling)."""
+    df = outcomes.dropna(subset=["score"]).copy()
+    df["score"] = df["score"].astype(float)
+    if ((df["score"] < 0) | (df["score"] > 1)).any():
+        raise ValueError("scores must lie in [0, 1]")
+    for col in ("cost_usd", "latency_s"):
+        if col not in df.columns:
+            df[col] = np.nan
+    tasks = sorted(set(df["task"]) | set(tasks or []))
+    models = sorted(set(df["model"]) | set(models or []))
+    binary_task = df.groupby("task")["score"].apply(lambda s: bool(np.isin(s, (0.0, 1.0)).all()))
+    rows = []
+    groups = dict(tuple(df.groupby(["task", "model"])))
+    for ti, task in enumerate(tasks):
+        for mi, model in enumerate(models):
+            g = groups.get((task, model), df.iloc[:0])
+            cn, cmean, css, craw = _lognormal_stats(g["cost_usd"])
+            ln, lmean, lss, lraw = _lognormal_stats(g["latency_s"])
+            rows.append(dict(
+                task=task, model=model, t=ti, m=mi, n=len(g), score_sum=float(g["score"].sum()),
+                binary=bool(binary_task.get(task, True)),
+                cost_n=cn, cost_logmean=cmean, cost_logss=css, cost_mean=craw,
+                latency_n=ln, latency_logmean=lmean, latency_logss=lss, latency_mean=lraw,
+            ))  # fmt: skip
+    cells = pd.DataFrame(rows)
+    graded_rows = df[~df["task"].map(binary_task).astype(bool)]
+    graded = pd.DataFrame({
+        "t": graded_rows["task"].map({t: i for i, t in enumerate(tasks)}).to_numpy(dtype=int),
+        "m": graded_rows["model"].map({m: i for i, m in enumerate(models)}).to_numpy(dtype=int),
+        "score": graded_rows["score"].clip(GRADED_EPS, 1 - GRADED_EPS).to_numpy(dtype=float),
+    })  # fmt: skip
+    return CellData(tasks, models, cells, graded, data_version(df))

@@ -1,0 +1,227 @@
+"""The hierarchical utility model (STYLE.md item 5): build, prior predictive check, sample, diagnose.
+
+Quality:  logit q[t, m] = mu + alpha[m] + beta[t] + gamma[t, m]
+  alpha[m] ~ Normal(scaled leaderboard score, prior sd)   (weak prior where no figure)
+  beta     ~ ZeroSumNormal(sigma_beta) over tasks
+  gamma    = tau_gamma * ZeroSumNormal(1) over tasks and models   (partially pooled interaction)
+  0/1 scores: Binomial(n, q) per cell; graded scores: Beta(q * phi, (1 - q) * phi) per row.
+Cost (and latency where present): log y ~ Normal(c[t, m], s[t, m]) per prompt, c and log s pooled
+  towards model + task effects; fitted from per-cell sufficient statistics (mean and sum of squares).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from router_models.utility.data import CellData
+from router_models.utility.priors import alpha_priors
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    draws: int = 1000
+    tune: int = 1000
+    chains: int = 4
+    cores: int = 2
+    seed: int = 20261130
+    # measured on the RouterBench outcomes, 4 x (1000 + 1000), 2 cores: nutpie 40 CPU-s to compile and
+    # 2.5 CPU-s to sample; PyMC's own NUTS 190 CPU-s to sample. nutpie it is.
+    sampler: Literal["nutpie", "pymc"] = "nutpie"
+    target_accept: float = 0.9
+    prior_sd: float = 0.5
+    weak_prior_sd: float = 1.5
+    prior_predictive_draws: int = 500
+    # hierarchical cell effects: centred (many prompts per cell) or not; None picks by median cell size
+    centered: bool | None = None
+
+    def hash(self, priors_table: pd.DataFrame | None = None) -> str:
+        """Everything that changes the posterior (not draws-independent settings like cores)."""
+        payload = {k: v for k, v in asdict(self).items() if k not in ("cores",)}
+        if priors_table is not None:
+            payload["priors"] = priors_table[["model", "alpha_mu", "alpha_sigma"]].round(9).values.tolist()
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _zerosum(pm, name: str, sigma, dims: tuple[str, ...], sizes: tuple[int, ...]):
+    """ZeroSumNormal over the axes with more than one level (a single level is pinned at zero)."""
+    if all(s > 1 for s in sizes):
+        return pm.ZeroSumNormal(name, sigma=sigma, dims=dims, n_zerosum_axes=len(dims))
+    if len(dims) == 2 and sizes[1] > 1:
+        return pm.ZeroSumNormal(name, sigma=sigma, dims=dims, n_zerosum_axes=1)
+    if len(dims) == 2 and sizes[0] > 1:
+        z = pm.ZeroSumNormal(f"{name}_t", sigma=sigma, dims=(dims[1], dims[0]), n_zerosum_axes=1)
+        return pm.Deterministic(name, z.T, dims=dims)
+    import pytensor.tensor as pt
+
+    return pm.Deterministic(name, pt.zeros(sizes), dims=dims)
+
+
+def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int, int]):
+    """Log-normal cost or latency per (task, model); returns the expected value per cell.
+
+    The cell location and log-sd are pooled towards model + task effects with fixed scales: enough
+    to predict cells without observations, and no learned scale (hence no funnel) to slow NUTS."""
+    cells = data.stat_cells(kind)
+    center = float(np.average(cells[f"{kind}_logmean"], weights=cells[f"{kind}_n"]))
+    nt, _ = coords_sizes
+    c_m = pm.Normal(f"{kind}_model", center, 2.0, dims="model")
+    c_t = _zerosum(pm, f"{kind}_task", 1.0, ("task",), (nt,))
+    loc = pm.Normal(f"{kind}_loc", c_m[None, :] + c_t[:, None], 1.0, dims=("task", "model"))
+    ls_m = pm.Normal(f"{kind}_logsd_model", -1.0, 1.0, dims="model")
+    ls = pm.Normal(f"{kind}_logsd", ls_m[None, :], 0.5, dims=("task", "model"))
+    sd = pt.exp(ls)
+    ti, mi = cells["t"].to_numpy(), cells["m"].to_numpy()
+    n = cells[f"{kind}_n"].to_numpy(dtype=float)
+    t_idx = pm.Data(f"{kind}_t", ti, dims=f"{kind}_cell")
+    m_idx = pm.Data(f"{kind}_m", mi, dims=f"{kind}_cell")
+    n_data = pm.Data(f"{kind}_n", n, dims=f"{kind}_cell")
+    pm.Normal(
+        f"{kind}_logmean_obs", loc[t_idx, m_idx], sd[t_idx, m_idx] / pt.sqrt(n_data),
+        observed=cells[f"{kind}_logmean"].to_numpy(), dims=f"{kind}_cell",
+    )  # fmt: skip
+    multi = cells[f"{kind}_n"].to_numpy() >= 2
+    if multi.any():  # sum of squared log deviations: sigma^2 * chi2(n - 1)
+        nn = n[multi]
+        ss = np.maximum(cells[f"{kind}_logss"].to_numpy()[multi], 1e-8 * nn)
+        sd_c = sd[ti[multi], mi[multi]]
+        pm.Gamma(f"{kind}_logss_obs", alpha=(nn - 1) / 2, beta=1 / (2 * sd_c**2), observed=ss)
+    return pm.Deterministic(f"{kind}_expected", pt.exp(loc + sd**2 / 2), dims=("task", "model"))
+
+
+def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig | None = None):
+    """The PyMC model for `data` with leaderboard `priors` (a `leaderboard_priors` table, or None)."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    config = config or FitConfig()
+    nt, nm = len(data.tasks), len(data.models)
+    observed_n = data.cells.loc[data.cells["n"] > 0, "n"]
+    centered = config.centered if config.centered is not None else float(observed_n.median()) >= 30
+    ap = alpha_priors(priors, data.models, config.prior_sd, config.weak_prior_sd)
+    coords = {"task": data.tasks, "model": data.models}
+    bc = data.binary_cells
+    coords["cell"] = [f"{a}|{b}" for a, b in zip(bc["task"], bc["model"], strict=True)]
+    for kind in ("cost", "latency"):
+        sc = data.stat_cells(kind)
+        coords[f"{kind}_cell"] = [f"{a}|{b}" for a, b in zip(sc["task"], sc["model"], strict=True)]
+    coords["graded_obs"] = np.arange(len(data.graded))
+    with pm.Model(coords=coords) as model:
+        alpha_mu = pm.Data("alpha_prior_mu", ap["alpha_mu"].to_numpy(), dims="model")
+        alpha_sigma = pm.Data("alpha_prior_sigma", ap["alpha_sigma"].to_numpy(), dims="model")
+        mu = pm.Normal("mu", 0.0, 1.5)
+        # mu + alpha[m] is sampled directly (the data pin it down); alpha is recovered from it, which
+        # avoids the ridge between the intercept and the model effects
+        model_level = pm.Normal("model_level", mu + alpha_mu, alpha_sigma, dims="model")
+        pm.Deterministic("alpha", model_level - mu, dims="model")
+        sigma_beta = pm.HalfNormal("sigma_beta", 1.5)
+        tau_gamma = pm.HalfNormal("tau_gamma", 1.0)
+        if centered:
+            beta = _zerosum(pm, "beta", sigma_beta, ("task",), (nt,))
+            gamma = _zerosum(pm, "gamma", tau_gamma, ("task", "model"), (nt, nm))
+        else:
+            beta = _zerosum(pm, "beta_z", 1.0, ("task",), (nt,)) * sigma_beta
+            beta = pm.Deterministic("beta", beta, dims="task")
+            gamma = _zerosum(pm, "gamma_z", 1.0, ("task", "model"), (nt, nm)) * tau_gamma
+            gamma = pm.Deterministic("gamma", gamma, dims=("task", "model"))
+        logit_q = model_level[None, :] + beta[:, None] + gamma
+        quality = pm.Deterministic("quality", pm.math.invlogit(logit_q), dims=("task", "model"))
+        if len(bc):
+            t_idx = pm.Data("cell_t", bc["t"].to_numpy(), dims="cell")
+            m_idx = pm.Data("cell_m", bc["m"].to_numpy(), dims="cell")
+            n_trials = pm.Data("n_trials", bc["n"].to_numpy(), dims="cell")
+            pm.Binomial("successes", n=n_trials, p=quality[t_idx, m_idx],
+                        observed=bc["score_sum"].round().astype(int).to_numpy(), dims="cell")  # fmt: skip
+        if len(data.graded):
+            phi = pm.Gamma("phi", 2.0, 0.1)
+            g_t = pm.Data("graded_t", data.graded["t"].to_numpy(), dims="graded_obs")
+            g_m = pm.Data("graded_m", data.graded["m"].to_numpy(), dims="graded_obs")
+            q = quality[g_t, g_m]
+            pm.Beta("graded_score", alpha=q * phi, beta=(1 - q) * phi,
+                    observed=data.graded["score"].to_numpy(), dims="graded_obs")  # fmt: skip
+        for kind in ("cost", "latency"):
+            if len(data.stat_cells(kind)):
+                _lognormal_block(pm, pt, data, kind, (nt, nm))
+    return model
+
+
+def prior_predictive_check(model, data: CellData, draws: int = 500, seed: int = 0):
+    """Sample the prior predictive; report whether the observed cell rates lie inside its 1-99% range.
+
+    Returns (prior InferenceData, report dict)."""
+    import pymc as pm
+
+    with model:
+        prior = pm.sample_prior_predictive(draws=draws, random_seed=seed)
+    report = {"draws": draws, "cells": 0, "observed_inside_prior_98": float("nan")}
+    bc = data.binary_cells
+    if len(bc) and "successes" in prior.prior_predictive:
+        rates = (
+            prior.prior_predictive["successes"].stack(s=("chain", "draw")).values
+            / bc["n"].to_numpy()[:, None]
+        )
+        lo, hi = np.quantile(rates, [0.01, 0.99], axis=1)
+        obs = bc["score_sum"].to_numpy() / bc["n"].to_numpy()
+        report.update(cells=len(bc), observed_inside_prior_98=float(np.mean((obs >= lo) & (obs <= hi))))
+    return prior, report
+
+
+@dataclass
+class UtilityFit:
+    idata: object  # arviz.InferenceData with posterior, prior, sample_stats, observed/constant data
+    data: CellData
+    priors_table: pd.DataFrame  # alpha_priors output used by the fit
+    config: FitConfig
+    diagnostics: dict
+    prior_check: dict
+
+    @property
+    def fit_hash(self) -> str:
+        return fit_hash(self.data.data_hash, self.config.hash(self.priors_table))
+
+
+def fit_hash(data_hash: str, config_hash: str) -> str:
+    return hashlib.sha256(f"{data_hash}:{config_hash}".encode()).hexdigest()
+
+
+def diagnostics(idata, var_names: list[str]) -> dict:
+    """r_hat max, ESS bulk min over the free variables and quality; divergences."""
+    import arviz as az
+
+    names = [v for v in var_names if v in idata.posterior]
+    rhat = az.rhat(idata, var_names=names)
+    ess = az.ess(idata, var_names=names, method="bulk")
+    r_max = max(float(np.nanmax(rhat[v].values)) for v in names)
+    e_min = min(float(np.nanmin(ess[v].values)) for v in names)
+    div = int(idata.sample_stats["diverging"].sum()) if "diverging" in idata.sample_stats else 0
+    return {"r_hat_max": r_max, "ess_bulk_min": e_min, "divergences": div}
+
+
+def fit_utility(data: CellData, priors: pd.DataFrame | None, config: FitConfig | None = None) -> UtilityFit:
+    """Build, check the prior predictive, sample with NUTS, diagnose. The one call an asset makes."""
+    import pymc as pm
+
+    config = config or FitConfig()
+    start = time.perf_counter()
+    model = build_model(data, priors, config)
+    prior, prior_report = prior_predictive_check(model, data, config.prior_predictive_draws, config.seed)
+    kwargs = dict(
+        draws=config.draws, tune=config.tune, chains=config.chains, cores=min(config.cores, config.chains),
+        random_seed=config.seed, target_accept=config.target_accept, progressbar=False,
+        nuts_sampler=config.sampler,
+    )  # fmt: skip
+    with model:
+        idata = pm.sample(**kwargs)
+    idata.extend(prior)
+    names = [rv.name for rv in model.free_RVs] + ["quality"]
+    diag = diagnostics(idata, names)
+    diag["fit_seconds"] = time.perf_counter() - start
+    diag["sampler"] = config.sampler
+    ap = alpha_priors(priors, data.models, config.prior_sd, config.weak_prior_sd)
+    return UtilityFit(idata, data, ap, config, diag, prior_report)

@@ -1,0 +1,117 @@
+"""The fit end to end, as the few plain calls the CLI and the Dagster assets make.
+
+leaderboard_priors(shared_csv, models)           -> priors table         (asset `leaderboard_priors`)
+fit_posterior(outcomes, priors, out_dir, ...)    -> PosteriorArtifacts   (asset `utility_posterior`)
+register_posterior(artifacts, url)               -> fit_id               (asset `model_registry`)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from router_models.utility.data import cell_data
+from router_models.utility.model import FitConfig, UtilityFit, fit_utility
+from router_models.utility.plots import calibration_plot, calibration_table, forest_plot
+from router_models.utility.posterior import UtilityPosterior, save_posterior
+from router_models.utility.registry import code_version, registry_engine, write_fit
+
+SUMMARY_ROW_KEYS = [
+    "task",
+    "model",
+    "quality_mean",
+    "quality_p05",
+    "quality_p95",
+    "cost_usd_mean",
+    "utility_mean",
+]
+DIAGNOSTIC_KEYS = ["r_hat_max", "ess_bulk_min", "divergences", "fit_seconds"]
+NETCDF_NAME = "utility_posterior.nc"
+
+
+@dataclass
+class PosteriorArtifacts:
+    fit: UtilityFit
+    summary: pd.DataFrame  # UtilityPosterior.summary() plus n_obs and observed_rate
+    calibration: pd.DataFrame
+    paths: dict[str, Path] = field(default_factory=dict)  # netcdf, summary_json, forest_png, calibration_png
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def checks(self) -> dict[str, bool]:
+        """The asset checks' verdicts: r_hat <= 1.01, ESS_bulk >= 400, no divergences, calibration."""
+        d = self.fit.diagnostics
+        share = float(self.calibration["calibrated"].mean()) if len(self.calibration) else float("nan")
+        return {
+            "r_hat": d["r_hat_max"] <= 1.01,
+            "ess_bulk": d["ess_bulk_min"] >= 400,
+            "divergences": d["divergences"] == 0,
+            # 90% intervals: with k cells, accept a calibrated share down to 0.9 - 3 binomial sd
+            "calibration": share >= 0.9 - 3 * math.sqrt(0.09 / max(len(self.calibration), 1)),
+        }
+
+
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def summary_json(summary: pd.DataFrame, diagnostics: dict) -> dict:
+    """The `summary.json` document: {"rows": [...], "diagnostics": {...}} with exactly the contract's keys."""
+    rows = [{k: _json_value(r[k]) for k in SUMMARY_ROW_KEYS} for r in summary.to_dict("records")]
+    return {"rows": rows, "diagnostics": {k: _json_value(diagnostics[k]) for k in DIAGNOSTIC_KEYS}}
+
+
+def fit_posterior(
+    outcomes: pd.DataFrame,
+    priors: pd.DataFrame | None,
+    out_dir: str | Path,
+    config: FitConfig | None = None,
+    lambda_cost: float | None = None,
+    lambda_latency: float | None = None,
+    models: list[str] | None = None,
+) -> PosteriorArtifacts:
+    """Fit on an outcome table; write the NetCDF, summary.json, forest and calibration plots to out_dir.
+
+    Lambdas default to the settings' `lambda_cost` / `lambda_latency`; `models` adds catalog models with
+    no outcomes yet (their quality is predicted from the prior and the pooling)."""
+    if lambda_cost is None or lambda_latency is None:
+        from pipelines.settings import Settings
+
+        s = Settings()
+        lambda_cost = s.lambda_cost if lambda_cost is None else lambda_cost
+        lambda_latency = s.lambda_latency if lambda_latency is None else lambda_latency
+    out_dir = Path(out_dir)
+    data = cell_data(outcomes, models=models)
+    fit = fit_utility(data, priors, config)
+    post = UtilityPosterior(fit.idata, lambda_cost, lambda_latency)
+    summary = post.summary().merge(
+        data.cells[["task", "model", "n"]].rename(columns={"n": "n_obs"}), on=["task", "model"], how="left"
+    )
+    calib = calibration_table(fit.idata, data, seed=fit.config.seed)
+    notes = [] if post.latency_in_utility else ["no latency observations: latency contributes 0 to utility"]
+    art = PosteriorArtifacts(fit, summary, calib, notes=notes)
+    art.paths["netcdf"] = save_posterior(fit, out_dir / NETCDF_NAME)
+    art.paths["summary_json"] = out_dir / "summary.json"
+    doc = summary_json(summary, fit.diagnostics)
+    tmp = out_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(art.paths["summary_json"])
+    art.paths["forest_png"] = forest_plot(fit.idata, out_dir / "quality_forest.png")
+    art.paths["calibration_png"] = calibration_plot(calib, out_dir / "calibration.png")
+    return art
+
+
+def register_posterior(art: PosteriorArtifacts, url: str | None = None) -> str:
+    """Write the fit's summary to the registry and make it current (one transaction)."""
+    engine = registry_engine(url)
+    try:
+        return write_fit(engine, art.summary, art.fit.data.data_hash, code_version(),
+                         art.fit.diagnostics, art.fit.fit_hash)  # fmt: skip
+    finally:
+        engine.dispose()

@@ -1,0 +1,85 @@
+"""`stratmaster utility fit` on a slice of the RouterBench outcomes, and the leaderboard priors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from router_models.utility.cli import app
+from router_models.utility.data import outcome_table_from_files
+from router_models.utility.pipeline import DIAGNOSTIC_KEYS, SUMMARY_ROW_KEYS
+from router_models.utility.posterior import load_posterior
+from router_models.utility.priors import SNAPSHOT_PATH, alpha_priors, leaderboard_priors, load_priors
+
+
+@pytest.fixture(scope="module")
+def routerbench_slice(shared_data, tmp_path_factory):
+    """80 prompts per task (3 tasks x 11 models), with some scores blanked as in the source."""
+    rb = shared_data / "routerbench"
+    prompts = pd.read_csv(rb / "prompts_train.csv", dtype={"prompt_id": str})
+    outcomes = pd.read_csv(rb / "outcomes_train.csv", dtype={"prompt_id": str})
+    keep = prompts.groupby("task").head(80)
+    out = outcomes[outcomes["prompt_id"].isin(keep["prompt_id"])].copy()
+    out.loc[out.index[:7], "score"] = np.nan
+    d = tmp_path_factory.mktemp("rb")
+    keep[["prompt_id", "task", "prompt"]].to_csv(d / "prompts_s.csv", index=False)
+    out.to_csv(d / "outcomes_s.csv", index=False)
+    return d / "prompts_s.csv", d / "outcomes_s.csv", int(out["score"].notna().sum())
+
+
+def test_outcome_table_from_routerbench_files(routerbench_slice):
+    p, o, n_scored = routerbench_slice
+    table = outcome_table_from_files(p, o)
+    assert len(table) == n_scored and table["score"].notna().all() and table["task"].notna().all()
+    assert table["task"].nunique() == 3
+
+
+def test_cli_fit_writes_netcdf_and_the_summary_shape(routerbench_slice, shared_data, tmp_path):
+    p, o, _ = routerbench_slice
+    out = tmp_path / "fit"
+    args = ["fit", "--prompts", str(p), "--outcomes", str(o), "--priors",
+            str(shared_data / "priors" / "arena_elo.csv"), "--out", str(out),
+            "--draws", "150", "--tune", "200", "--chains", "2", "--sampler", "pymc"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "summary.json").read_text())
+    assert set(doc) == {"rows", "diagnostics"}
+    assert set(doc["diagnostics"]) == set(DIAGNOSTIC_KEYS)
+    assert len(doc["rows"]) == 3 * 11 and all(list(r) == SUMMARY_ROW_KEYS for r in doc["rows"])
+    gpt4 = [r for r in doc["rows"] if r["model"] == "gpt-4-1106-preview"]
+    assert all(r["quality_p05"] <= r["quality_mean"] <= r["quality_p95"] for r in gpt4)
+    assert all(r["cost_usd_mean"] > 0 for r in doc["rows"])
+    assert doc["diagnostics"]["fit_seconds"] > 0 and doc["diagnostics"]["divergences"] >= 0
+    assert "latency contributes 0" in res.output
+    idata = load_posterior(out / "utility_posterior.nc")
+    assert idata.posterior["quality"].sizes["model"] == 11
+    for png in ("quality_forest.png", "calibration.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_snapshot_names_its_sources_and_covers_the_models(shared_data):
+    snap = load_priors()
+    assert SNAPSHOT_PATH.exists() and snap["source"].str.len().gt(0).all()
+    arena = pd.read_csv(shared_data / "priors" / "arena_elo.csv")
+    assert set(arena["model"]) <= set(snap["model"])
+    assert {"smollm2-135m", "gemma3-270m"} <= set(snap["model"])
+    assert snap.set_index("model").loc[["smollm2-135m", "gemma3-270m"], "arena_elo"].isna().all()
+
+
+def test_shared_csv_overlays_snapshot_and_unknown_models_get_weak_priors(shared_data, tmp_path):
+    shared = tmp_path / "elo.csv"
+    pd.DataFrame({"model": ["claude-v2", "gemma3-270m"], "arena_elo": [1200, np.nan],
+                  "source": ["newer copy", "none"]}).to_csv(shared, index=False)  # fmt: skip
+    pri = leaderboard_priors(shared, models=["brand-new-model"]).set_index("model")
+    assert pri.loc["claude-v2", "arena_elo"] == 1200 and pri.loc["claude-v2", "source"] == "newer copy"
+    assert pri.loc["gpt-4-1106-preview", "arena_elo"] == 1252  # the snapshot fills the rest
+    assert np.isnan(pri.loc["brand-new-model", "arena_elo"])
+    ap = alpha_priors(
+        pri.reset_index(), ["gpt-4-1106-preview", "WizardLM/WizardLM-13B-V1.2", "brand-new-model"]
+    )
+    assert list(ap["has_figure"]) == [True, False, False]
+    assert ap["alpha_sigma"].iloc[1] == ap["alpha_sigma"].iloc[2] > ap["alpha_sigma"].iloc[0]

@@ -1,0 +1,147 @@
+"""The Bayesian utility model on data simulated from known parameters (brief sampling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router_models.utility.data import cell_data
+from router_models.utility.model import FitConfig, build_model, fit_utility, prior_predictive_check
+from router_models.utility.plots import calibration_table, forest_plot
+from router_models.utility.posterior import (
+    PosteriorHashMismatch,
+    UtilityPosterior,
+    load_posterior,
+    save_posterior,
+)
+from router_models.utility.priors import alpha_priors
+from router_models.utility.simulate import simulate_outcomes
+
+# pymc's C backend caches compiled code on disk, which makes repeated small fits cheaper than nutpie's JIT
+QUICK = FitConfig(draws=250, tune=250, chains=2, prior_predictive_draws=100, sampler="pymc")
+TASKS = [f"task{i}" for i in range(4)]
+MODELS = [f"model{i}" for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def recovery():
+    """4 tasks x 5 models, 80 prompts per cell, with latency; weak priors only (priors=None)."""
+    df, truth = simulate_outcomes(TASKS, MODELS, 80, seed=11, latency=True)
+    data = cell_data(df)
+    return data, truth, fit_utility(data, None, QUICK)
+
+
+def test_parameters_recovered_at_about_the_nominal_rate(recovery):
+    data, truth, fit = recovery
+    q = fit.idata.posterior["quality"].stack(s=("chain", "draw")).values  # task, model, s
+    lo, hi = np.quantile(q, [0.05, 0.95], axis=-1)
+    covered = (lo <= truth["quality"]) & (truth["quality"] <= hi)
+    assert 0.7 <= covered.mean() <= 1.0, covered.mean()  # 20 cells, nominal 0.9
+    assert (hi - lo).mean() < 0.25  # and the intervals are informative, not merely wide
+    c = fit.idata.posterior["cost_expected"].stack(s=("chain", "draw")).values
+    clo, chi = np.quantile(c, [0.05, 0.95], axis=-1)
+    cost_cov = ((clo <= truth["cost_expected"]) & (truth["cost_expected"] <= chi)).mean()
+    assert cost_cov >= 0.7, cost_cov
+    assert fit.diagnostics["divergences"] <= 5
+    assert fit.diagnostics["r_hat_max"] < 1.1
+
+
+def test_prior_predictive_covers_the_data(recovery):
+    _, _, fit = recovery
+    assert fit.prior_check["cells"] == 20
+    assert fit.prior_check["observed_inside_prior_98"] >= 0.9
+    assert "quality" in fit.idata.prior
+
+
+def test_summary_utility_and_thompson_draw(recovery):
+    data, _, fit = recovery
+    post = UtilityPosterior(fit.idata, lambda_cost=100.0, lambda_latency=0.01)
+    s = post.summary()
+    assert len(s) == 20 and s["latency_in_utility"].all()
+    assert (s["quality_p05"] <= s["quality_mean"]).all() and (s["quality_mean"] <= s["quality_p95"]).all()
+    expect = s["quality_mean"] - 100.0 * s["cost_usd_mean"] - 0.01 * s["latency_s_mean"]
+    np.testing.assert_allclose(s["utility_mean"], expect, rtol=1e-9, atol=1e-12)
+    assert list(post.prior_table().columns) == ["task", "model", "quality_mean", "quality_sd"]
+    d1, d2 = post.thompson_draw("task1", rng=1), post.thompson_draw("task1", rng=1)
+    pd.testing.assert_frame_equal(d1, d2)
+    assert list(d1["model"]) == MODELS and d1["quality"].between(0, 1).all()
+    draws = np.stack([post.thompson_draw("task1", rng=i)["quality"].to_numpy() for i in range(200)])
+    assert draws.std(0).min() > 0  # it samples the posterior, not the mean
+    np.testing.assert_allclose(draws.mean(0), s[s["task"] == "task1"]["quality_mean"], atol=0.03)
+    assert len(post.thompson_draw("a-task-never-seen", rng=0)) == len(MODELS)
+
+
+def test_without_latency_the_term_is_zero_and_said(recovery):
+    df, _ = simulate_outcomes(TASKS[:2], MODELS[:2], 5, seed=3)
+    data = cell_data(df)
+    assert not data.has_latency
+    model = build_model(data, None, QUICK)
+    assert "latency_expected" not in model.named_vars and "cost_expected" in model.named_vars
+
+
+def test_calibration_table_and_forest_plot(recovery, tmp_path):
+    data, _, fit = recovery
+    cal = calibration_table(fit.idata, data)
+    assert list(cal.columns[-4:]) == ["predicted_mean", "pred_p05", "pred_p95", "calibrated"]
+    assert len(cal) == 20 and cal["calibrated"].mean() >= 0.75
+    png = forest_plot(fit.idata, tmp_path / "forest.png")
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_netcdf_hash_roundtrip_and_refusal(recovery, tmp_path):
+    data, _, fit = recovery
+    path = save_posterior(fit, tmp_path / "post.nc")
+    idata = load_posterior(path, expected_hash=fit.fit_hash)
+    np.testing.assert_allclose(idata.posterior["quality"].values, fit.idata.posterior["quality"].values)
+    with pytest.raises(PosteriorHashMismatch, match="refit"):
+        load_posterior(path, expected_hash="0" * 64)
+    # the hash moves with the data and with the configuration
+    other = FitConfig(draws=301, tune=300, chains=2)
+    assert other.hash(fit.priors_table) != fit.config.hash(fit.priors_table)
+    df2, _ = simulate_outcomes(TASKS, MODELS, 80, seed=12)
+    assert cell_data(df2).data_hash != data.data_hash
+
+
+def test_prior_matters_with_few_observations_and_washes_out_with_many():
+    """In one fit: pairs of models with identical data but opposite leaderboard figures, one pair with
+    3 prompts per cell and one with 1,500; plus a model with no figure at all."""
+    tasks = ["a", "b", "c"]
+    models = ["few_high", "few_low", "many_high", "many_low", "nofigure"]
+    elo = [1350.0, 950.0, 1350.0, 950.0, np.nan]
+    priors = pd.DataFrame({"model": models, "arena_elo": elo})
+    few, _ = simulate_outcomes(tasks, ["few_high"], 3, seed=5, alpha=np.array([0.0]))
+    many, _ = simulate_outcomes(tasks, ["many_high"], 1500, seed=6, alpha=np.array([0.0]))
+    nofig, _ = simulate_outcomes(tasks, ["nofigure"], 20, seed=7, alpha=np.array([0.5]))
+    df = pd.concat([few, few.assign(model="few_low"), many, many.assign(model="many_low"), nofig])
+    fit = fit_utility(cell_data(df), priors, QUICK)
+    q = fit.idata.posterior["quality"].mean(("chain", "draw")).to_pandas()
+    few_gap = float((q["few_high"] - q["few_low"]).mean())
+    many_gap = float((q["many_high"] - q["many_low"]).abs().mean())
+    assert few_gap > 0.1, few_gap  # with 3 prompts per cell the leaderboard moves the estimate
+    assert many_gap < 0.02, many_gap  # with 1,500 it hardly does
+    assert np.isfinite(q["nofigure"]).all()  # a missing prior works
+    assert fit.priors_table.set_index("model").loc["nofigure", "alpha_sigma"] == QUICK.weak_prior_sd
+
+
+def test_alpha_priors_scaling_and_weak_default():
+    priors = pd.DataFrame({"model": ["a", "b"], "arena_elo": [1200.0, 1000.0], "source": ["x", "y"]})
+    ap = alpha_priors(priors, ["a", "b", "c"]).set_index("model")
+    assert ap.loc["a", "alpha_mu"] == pytest.approx(100 * np.log(10) / 400)
+    assert ap.loc["b", "alpha_mu"] == pytest.approx(-ap.loc["a", "alpha_mu"])
+    assert ap.loc["c", "alpha_mu"] == 0 and ap.loc["c", "alpha_sigma"] > ap.loc["a", "alpha_sigma"]
+    assert not ap.loc["c", "has_figure"]
+    assert (alpha_priors(None, ["a"])["alpha_sigma"] == 1.5).all()
+
+
+def test_graded_scores_use_a_beta_likelihood():
+    df, _ = simulate_outcomes(["mc", "open"], ["m1", "m2"], 20, seed=2)
+    df.loc[df["task"] == "open", "score"] = np.linspace(0, 1, int((df["task"] == "open").sum()))
+    data = cell_data(df)
+    assert set(data.cells.loc[~data.cells["binary"], "task"]) == {"open"}
+    model = build_model(data, None)
+    assert "graded_score" in model.named_vars and "successes" in model.named_vars
+    prior, report = prior_predictive_check(model, data, draws=50)
+    assert prior.prior_predictive["graded_score"].shape[-1] == 40 and report["cells"] == 2
+    with pytest.raises(ValueError, match="0, 1"):
+        cell_data(df.assign(score=df["score"] * 2))
