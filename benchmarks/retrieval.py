@@ -1,0 +1,105 @@
+"""Retrieval benchmark on a BEIR folder (default: ../shared/data/scifact, train claims): nDCG@10 and
+Recall@100 for bm25, dense, hybrid (convex), hybrid_rrf and hybrid_graph; indexing throughput (chunks/s)
+and per-query latency p50/p95. Indexes are built once under runs/bench/<corpus> and reused (incremental:
+an interrupted embedding run resumes where it stopped).
+
+    .venv/bin/python benchmarks/retrieval.py [--corpus DIR] [--queries Q.jsonl] [--qrels Q.tsv]
+        [--retrievers bm25,dense,hybrid,hybrid_rrf,hybrid_graph] [--tune]
+
+--tune sweeps the convex weight alpha (and the RRF k) on the given queries (tune on train claims only) and
+prints the best; the default alpha lives in settings (SM_HYBRID_ALPHA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipelines.corpus.store import LocalStore  # noqa: E402
+from pipelines.rag.evaluate import prepare_indexes, run_queries, score_run  # noqa: E402
+from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10  # noqa: E402
+from pipelines.rag.retrieve import open_retriever  # noqa: E402
+from pipelines.settings import REPO_ROOT, Settings  # noqa: E402
+
+
+def tune(retriever, queries, qids, qrels) -> dict:
+    """Sweep alpha for the convex combination and k for RRF on cached per-retriever lists."""
+    from pipelines.index.base import doc_id_of
+    from pipelines.rag.fusion import convex, rrf
+
+    lists = {q: retriever.lists(queries[q], "hybrid") for q in qids}
+
+    def score(fuse) -> float:
+        run = {q: list(dict.fromkeys(doc_id_of(c) for c, _ in fuse(lists[q]))) for q in qids}
+        return ndcg_at_10(run, qrels)
+
+    out = {}
+    for norm in ("minmax", "tmm"):
+        for a in [x / 20 for x in range(0, 21)]:
+            w = {"bm25": 1 - a, "dense": a}
+            out[f"convex {norm} alpha={a:.2f}"] = round(score(lambda ls, w=w, n=norm: convex(ls, w, n)), 4)
+    for k in (10, 30, 60, 100):
+        out[f"rrf k={k}"] = round(score(lambda ls, k=k: rrf(ls, k=k)), 4)
+    return out
+
+
+def main() -> None:
+    data = Settings().shared_data_dir / "scifact"
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", type=Path, default=data)
+    p.add_argument("--queries", type=Path, default=data / "queries_train.jsonl")
+    p.add_argument("--qrels", type=Path, default=data / "qrels_train.tsv")
+    p.add_argument("--index-dir", type=Path, default=None)
+    p.add_argument("--retrievers", default="bm25,dense,hybrid,hybrid_rrf,hybrid_graph")
+    p.add_argument("--tune", action="store_true")
+    args = p.parse_args()
+    if not (args.corpus / "corpus.jsonl").exists():
+        sys.exit(f"no BEIR corpus at {args.corpus}")
+    settings = Settings()
+    modes = tuple(args.retrievers.split(","))
+    index_dir = args.index_dir or REPO_ROOT / "runs" / "bench" / args.corpus.name
+    t0 = time.perf_counter()
+    reports = prepare_indexes(settings, args.corpus, index_dir, modes, progress=True)
+    print(
+        json.dumps({"indexing": reports, "seconds": round(time.perf_counter() - t0, 1)}, default=str)[:3000]
+    )
+    queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
+    qids = [q for q in qrels if q in queries]
+    r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=modes)
+    rows = []
+    try:
+        if args.tune:
+            print(json.dumps(tune(r, queries, qids, qrels), indent=1))
+        for mode in modes:
+            run, lat = run_queries(r, queries, qids, mode)
+            rows.append({"retriever": mode, **score_run(run, qrels, lat)})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        r.close()
+    print("\n| retriever | nDCG@10 | Recall@100 | p50 ms | p95 ms |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['retriever']} | {row['ndcg@10']:.4f} | {row['recall@100']:.4f} | "
+              f"{row['query_p50_ms']:.1f} | {row['query_p95_ms']:.1f} |")  # fmt: skip
+    for name, rep in reports.items():
+        if name != "ingest":
+            print(
+                f"{name} index: {rep['added']} chunks added in {rep['seconds']} s "
+                f"({rep['chunks_per_s']} chunks/s)"
+            )
+    ing = reports["ingest"]
+    print(
+        f"ingest: {ing['docs_total']} docs, {ing['chunks_total']} chunks, {ing['seconds']} s, "
+        f"PII {ing['pii_redacted']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Corpus: loaders and parsers, PII redaction, token-aware chunking, the object store, incremental ingest."""

@@ -1,0 +1,248 @@
+"""Incremental ingest: source files -> parse -> redact PII -> chunk -> parquet in the object store.
+
+Layout in the store: `corpus/manifest.json` (what was ingested, with content hashes) and one parquet file of
+chunks per source file under `corpus/chunks/`. Work is done only where content changed: an unchanged file is
+not read twice; in a changed BEIR file only the changed documents are redacted and chunked again. PII is
+redacted before anything (chunk text, titles) is written; the manifest holds only hashes and names.
+A bad file is skipped and recorded with the reason; it never fails the run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from pipelines.corpus.chunking import chunk_text
+from pipelines.corpus.parsers import Document, SkipFile, parse_file
+from pipelines.corpus.store import ObjectStore, open_source, open_store
+from pipelines.settings import Settings
+
+MANIFEST = "corpus/manifest.json"
+CHUNKS_PREFIX = "corpus/chunks/"
+CHUNK_COLUMNS = [
+    "chunk_id", "doc_id", "ordinal", "title", "text", "source", "doc_hash",
+    "char_start", "char_end", "n_tokens",
+]  # fmt: skip
+
+
+@dataclass
+class IngestReport:
+    source: str
+    store: str
+    files_seen: int = 0
+    files_unchanged: int = 0
+    files_processed: int = 0
+    files_removed: int = 0
+    docs_processed: int = 0
+    docs_reused: int = 0
+    chunks_written: int = 0
+    chunks_total: int = 0
+    docs_total: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    pii_redacted: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def did_work(self) -> bool:
+        return bool(self.files_processed or self.files_removed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _config(settings: Settings) -> dict:
+    """Anything that changes chunk content; when it changes, everything is processed again."""
+    return {"v": 1, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
+            "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
+
+
+def _load_manifest(store: ObjectStore) -> dict:
+    try:
+        return json.loads(store.get(MANIFEST))
+    except KeyError:
+        return {"files": {}}
+
+
+def _chunk_key(name: str) -> str:
+    return f"{CHUNKS_PREFIX}{hashlib.sha1(name.encode()).hexdigest()[:20]}.parquet"
+
+
+def _doc_hash(doc: Document) -> str:
+    return _sha(f"{doc.doc_id}\x00{doc.title}\x00{doc.text}".encode())
+
+
+class _Processor:
+    """Redacts and chunks documents; the Presidio engine is built on first use only."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._redactor = None
+        self.pii: Counter = Counter()
+
+    def redact(self, text: str) -> str:
+        if self._redactor is None:
+            from pipelines.corpus.pii import get_redactor
+
+            self._redactor = get_redactor(self.settings.pii_spacy_model, str(self.settings.run_dir / "cache"))
+        out, counts = self._redactor.redact(text)
+        self.pii.update(counts)
+        return out
+
+    def rows(self, doc: Document, doc_hash: str) -> list[dict]:
+        title, text = self.redact(doc.title) if doc.title else "", self.redact(doc.text)
+        s = self.settings
+        return [
+            {
+                "chunk_id": c.chunk_id,
+                "doc_id": doc.doc_id,
+                "ordinal": c.ordinal,
+                "title": title,
+                "text": c.text,
+                "source": doc.source,
+                "doc_hash": doc_hash,
+                "char_start": c.char_start,
+                "char_end": c.char_end,
+                "n_tokens": c.n_tokens,
+            }  # fmt: skip
+            for c in chunk_text(doc.doc_id, text, s.chunk_tokens, s.chunk_overlap)
+        ]
+
+
+def _write_parquet(store: ObjectStore, key: str, rows: list[dict] | pd.DataFrame) -> None:
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=CHUNK_COLUMNS)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    store.put(key, buf.getvalue())
+
+
+def _read_parquet(store: ObjectStore, key: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(store.get(key)))
+
+
+def _corpus_files(src: ObjectStore, include: str | None) -> dict[str, int]:
+    """Files to ingest; in a BEIR folder (top-level corpus.jsonl) only that file: queries are no corpus."""
+    listing = src.list()
+    if include:
+        return {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
+    if "corpus.jsonl" in listing:
+        return {"corpus.jsonl": listing["corpus.jsonl"]}
+    return listing
+
+
+def ingest_corpus(
+    settings: Settings,
+    source: str | None = None,
+    store: ObjectStore | None = None,
+    include: str | None = None,
+) -> IngestReport:
+    """Bring the chunk store up to date with `source` (default `settings.corpus_dir`); returns what was done.
+
+    `source` is a folder or `s3://bucket/prefix`; `include` an optional glob on the keys below it.
+    """
+    t0 = time.perf_counter()
+    spec = source or settings.corpus_dir
+    if not spec:
+        raise ValueError("no corpus source: pass one or set SM_CORPUS_DIR (a folder or s3://bucket/prefix)")
+    src = open_source(spec, settings)
+    store = store or open_store(settings)
+    report = IngestReport(source=src.uri, store=store.uri)
+    manifest = _load_manifest(store)
+    config = _config(settings)
+    old_files = manifest["files"] if manifest.get("config") == config else {}
+    files, proc = {}, _Processor(settings)
+    max_bytes = int(settings.max_file_mb * 1024 * 1024)
+
+    for name, size in _corpus_files(src, include).items():
+        report.files_seen += 1
+        prev = old_files.get(name)
+        if size > max_bytes:
+            report.skipped.append({"path": name, "reason": f"oversized ({size} bytes > {max_bytes})"})
+            continue
+        data = b""
+        try:
+            data = src.get(name)
+            digest = _sha(data)
+            if prev and prev["sha256"] == digest:
+                files[name] = prev
+                report.files_unchanged += 1
+                if prev.get("skipped"):
+                    report.skipped.append({"path": name, "reason": prev["skipped"]})
+                report.skipped.extend(_problem_records(name, prev.get("problems", [])))
+                continue
+            files[name] = _process_file(name, data, digest, prev, store, proc, report)
+        except Exception as e:  # one bad file never fails the run
+            reason = str(e) if isinstance(e, SkipFile) else f"error: {type(e).__name__}: {e}"
+            report.skipped.append({"path": name, "reason": reason})
+            files[name] = {"sha256": _sha(data), "skipped": reason}
+            report.files_processed += 1
+
+    for name, prev in old_files.items():
+        if name not in files and prev.get("chunk_key"):
+            store.delete(prev["chunk_key"])
+            report.files_removed += 1
+    for name, entry in files.items():  # files that became bad lose their old chunks
+        prev = old_files.get(name)
+        if entry.get("skipped") and prev and prev.get("chunk_key"):
+            store.delete(prev["chunk_key"])
+    if report.did_work or manifest.get("config") != config:
+        store.put(MANIFEST, json.dumps({"config": config, "files": files}, indent=1).encode())
+    report.chunks_total = sum(f.get("n_chunks", 0) for f in files.values())
+    report.docs_total = sum(len(f.get("docs", {})) for f in files.values())
+    report.pii_redacted = dict(proc.pii)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _process_file(name, data, digest, prev, store, proc, report) -> dict:
+    docs, problems = parse_file(name, data)
+    report.skipped.extend(_problem_records(name, problems))
+    old_by_doc: dict[str, pd.DataFrame] = {}
+    if prev and prev.get("chunk_key") and store.exists(prev["chunk_key"]):
+        old = _read_parquet(store, prev["chunk_key"])
+        old_by_doc = {d: g for d, g in old.groupby("doc_id", sort=False)}
+    old_hashes = (prev or {}).get("docs", {})
+    parts, new_rows, doc_hashes = [], [], {}
+    for doc in docs:
+        h = _doc_hash(doc)
+        doc_hashes[doc.doc_id] = h
+        if old_hashes.get(doc.doc_id) == h and doc.doc_id in old_by_doc:
+            parts.append(old_by_doc[doc.doc_id])
+            report.docs_reused += 1
+        else:
+            new_rows.extend(proc.rows(doc, h))
+            report.docs_processed += 1
+    if new_rows:
+        parts.append(pd.DataFrame(new_rows, columns=CHUNK_COLUMNS))
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CHUNK_COLUMNS)
+    df = df.drop_duplicates("chunk_id", keep="last")
+    key = _chunk_key(name)
+    _write_parquet(store, key, df)
+    report.files_processed += 1
+    report.chunks_written += len(new_rows)
+    return {"sha256": digest, "chunk_key": key, "docs": doc_hashes, "n_chunks": len(df), "problems": problems}
+
+
+def _problem_records(name: str, problems: list[str]) -> list[dict]:
+    return [{"path": f"{name}:{p.split(':')[0]}", "reason": p} for p in problems]
+
+
+def load_chunks(settings: Settings, store: ObjectStore | None = None) -> pd.DataFrame:
+    """All chunks currently in the store (one row per chunk, CHUNK_COLUMNS)."""
+    store = store or open_store(settings)
+    manifest = _load_manifest(store)
+    keys = [f["chunk_key"] for f in manifest["files"].values() if f.get("chunk_key") and not f.get("skipped")]
+    parts = [_read_parquet(store, k) for k in keys]
+    if not parts:
+        return pd.DataFrame(columns=CHUNK_COLUMNS)
+    return pd.concat(parts, ignore_index=True).drop_duplicates("chunk_id", keep="last").reset_index(drop=True)

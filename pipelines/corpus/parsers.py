@@ -1,0 +1,119 @@
+"""Parse a source file into documents: .txt, .md, .html, .pdf (pypdf), BEIR .jsonl (`_id`, `title`, `text`).
+
+A file that cannot be used raises `SkipFile` with a reason a person can act on; the caller records it and
+goes on with the next file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+SUPPORTED = (".txt", ".md", ".html", ".htm", ".pdf", ".jsonl")
+
+
+class SkipFile(Exception):
+    """This file is skipped; `str(e)` says why."""
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    title: str
+    text: str
+    source: str
+
+
+def _decode_text(data: bytes) -> str:
+    if b"\x00" in data[:8192]:
+        raise SkipFile("binary content (NUL bytes)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SkipFile(f"not UTF-8 text (byte {e.start})") from None
+
+
+def _clean(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"[ \t\f\v]+", " ", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _parse_md(raw: str, stem: str) -> tuple[str, str]:
+    m = re.search(r"^#\s+(.+)$", raw, flags=re.M)
+    return (m.group(1).strip() if m else stem), raw
+
+
+def _parse_html(raw: str, stem: str) -> tuple[str, str]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(raw, "html.parser")
+    for tag in soup(["script", "style", "noscript", "template"]):
+        tag.decompose()
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    if soup.title:
+        soup.title.decompose()
+    return title or stem, soup.get_text("\n")
+
+
+def _parse_pdf(data: bytes, stem: str) -> tuple[str, str]:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    if not data.lstrip()[:5].startswith(b"%PDF-"):
+        raise SkipFile("malformed PDF (no %PDF- header)")
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        pages = [p.extract_text() or "" for p in reader.pages]
+        title = (reader.metadata.title if reader.metadata else None) or stem
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise SkipFile(f"malformed PDF ({type(e).__name__}: {e})") from None
+    return str(title), "\n\n".join(pages)
+
+
+def _parse_jsonl(raw: str, name: str) -> tuple[list[Document], list[str]]:
+    docs, problems = [], []
+    for i, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            doc_id, text = str(obj["_id"]), _clean(str(obj.get("text") or ""))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            problems.append(f"line {i}: {type(e).__name__}: {e}")
+            continue
+        title = _clean(str(obj.get("title") or ""))
+        if not (text or title):
+            problems.append(f"line {i}: empty document {doc_id!r}")
+            continue
+        docs.append(Document(doc_id, title, text, name))
+    return docs, problems
+
+
+def parse_file(name: str, data: bytes) -> tuple[list[Document], list[str]]:
+    """Documents in one file plus the problems with individual records (BEIR lines) that were dropped."""
+    suffix = PurePosixPath(name).suffix.lower()
+    stem = PurePosixPath(name).stem
+    if suffix not in SUPPORTED:
+        raise SkipFile(f"unsupported file type {suffix or '(none)'!r}")
+    if not data.strip():
+        raise SkipFile("empty file")
+    if suffix == ".pdf":
+        title, text = _parse_pdf(data, stem)
+    else:
+        raw = _decode_text(data)
+        if suffix == ".jsonl":
+            docs, problems = _parse_jsonl(raw, name)
+            if not docs:
+                raise SkipFile("no valid BEIR records" + (f" ({problems[0]})" if problems else ""))
+            return docs, problems
+        title, text = {".md": _parse_md, ".html": _parse_html, ".htm": _parse_html}.get(
+            suffix, lambda r, s: (s, r)
+        )(raw, stem)
+    text = _clean(text)
+    if not text:
+        raise SkipFile("no extractable text")
+    return [Document(name, _clean(title), text, name)], []

@@ -1,0 +1,114 @@
+"""PII redaction with Presidio, offline.
+
+The default (`pii_spacy_model="blank"`) runs a blank spaCy English pipeline (tokenizer only, saved to disk on
+first use) with Presidio's pattern recognizers and catches DEFAULT_ENTITIES: e-mail addresses, phone numbers
+(9+ digits, i.e. with an area code), credit-card numbers (Luhn-checked), IBANs (checksummed) and IP addresses.
+Names, places and organisations need an NER model: set `SM_PII_SPACY_MODEL` to an installed spaCy pipeline
+(a package name or a path) and PERSON, LOCATION and ORGANIZATION are redacted too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS")
+NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION")
+MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not phone numbers
+
+# Cheap necessary conditions: a recognizer only runs when its trigger matches somewhere in the text.
+_TRIGGERS = {
+    "EMAIL_ADDRESS": re.compile(r"@"),
+    "PHONE_NUMBER": re.compile(r"\d(?:[\s\-.()/+]{0,3}\d){" + str(MIN_PHONE_DIGITS - 1) + ",}"),
+    "CREDIT_CARD": re.compile(r"\d(?:[\s\-]?\d){11,}"),
+    "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
+    "IP_ADDRESS": re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
+}
+
+
+def _blank_model_path(cache_dir: Path) -> Path:
+    import spacy
+
+    path = cache_dir / "spacy-blank-en"
+    if not (path / "config.cfg").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spacy.blank("en").to_disk(path)
+    return path
+
+
+def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
+    import tldextract
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        SpacyRecognizer,
+    )
+
+    offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled snapshot, no network
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return offline_tld(pattern_text).fqdn != ""
+
+    by_entity = {
+        "EMAIL_ADDRESS": OfflineEmailRecognizer, "PHONE_NUMBER": PhoneRecognizer,
+        "CREDIT_CARD": CreditCardRecognizer, "IBAN_CODE": IbanRecognizer, "IP_ADDRESS": IpRecognizer,
+    }  # fmt: skip
+    recs = [cls() for e, cls in by_entity.items() if e in entities]
+    if with_ner:
+        recs.append(SpacyRecognizer(supported_entities=[e for e in NER_ENTITIES if e in entities]))
+    return recs
+
+
+class Redactor:
+    """`redact(text) -> (text with <ENTITY_TYPE> placeholders, counts per entity type)`."""
+
+    def __init__(self, spacy_model: str = "blank", cache_dir: str | Path = ".", entities=None) -> None:
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+        from presidio_anonymizer import AnonymizerEngine
+
+        with_ner = spacy_model != "blank"
+        self.spacy_model = spacy_model
+        self.entities = tuple(entities or (DEFAULT_ENTITIES + (NER_ENTITIES if with_ner else ())))
+        model = spacy_model if with_ner else str(_blank_model_path(Path(cache_dir)))
+        nlp = NlpEngineProvider(
+            nlp_configuration={
+                "nlp_engine_name": "spacy",
+                "models": [{"lang_code": "en", "model_name": model}],
+            }
+        ).create_engine()
+        registry = RecognizerRegistry(supported_languages=["en"])
+        for rec in _recognizers(self.entities, with_ner):
+            registry.add_recognizer(rec)
+        self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
+        self._anonymizer = AnonymizerEngine()
+        self._always = [e for e in self.entities if e not in _TRIGGERS]
+
+    def _keep(self, text: str, r) -> bool:
+        if r.entity_type == "PHONE_NUMBER":
+            return sum(c.isdigit() for c in text[r.start : r.end]) >= MIN_PHONE_DIGITS
+        return True
+
+    def redact(self, text: str) -> tuple[str, Counter]:
+        wanted = self._always + [e for e, rx in _TRIGGERS.items() if e in self.entities and rx.search(text)]
+        if not wanted or not text:
+            return text, Counter()
+        results = [
+            r for r in self._analyzer.analyze(text, language="en", entities=wanted) if self._keep(text, r)
+        ]
+        if not results:
+            return text, Counter()
+        out = self._anonymizer.anonymize(text=text, analyzer_results=results).text
+        return out, Counter(r.entity_type for r in results)
+
+
+@lru_cache(maxsize=4)
+def get_redactor(spacy_model: str = "blank", cache_dir: str = ".") -> Redactor:
+    """A shared Redactor per configuration: building Presidio's engine takes seconds."""
+    return Redactor(spacy_model, cache_dir)

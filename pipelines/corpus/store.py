@@ -1,0 +1,156 @@
+"""Object stores behind one small interface: a local directory (default) or an S3 bucket via `minio`.
+
+Keys are '/'-separated strings. Every `put` is atomic: a reader sees the old object or the new one, never
+half a file (a temp file renamed into place locally; a single PUT on S3).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from pipelines.settings import Settings
+
+
+class ObjectStore(Protocol):
+    uri: str
+
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> dict[str, int]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class LocalStore:
+    """Objects are files under `root`; `list` returns key -> size for every file below a prefix."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        p = (self.root / key).resolve()
+        if p != self.root and self.root not in p.parents:
+            raise ValueError(f"key {key!r} escapes the store root")
+        return p
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> dict[str, int]:
+        if not self.root.exists():
+            return {}
+        out = {}
+        for p in self.root.rglob("*"):
+            if p.is_file() and not p.name.startswith(".") and not p.is_symlink():
+                key = p.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    out[key] = p.stat().st_size
+        return dict(sorted(out.items()))
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class S3Store:
+    """A bucket (and optional key prefix) on MinIO or any S3 service, through the official `minio` client."""
+
+    def __init__(
+        self, endpoint: str, bucket: str, access_key: str, secret_key: str,
+        secure: bool = False, prefix: str = "", create_bucket: bool = True,
+    ) -> None:  # fmt: skip
+        from minio import Minio
+
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.uri = f"s3://{bucket}/{self.prefix}"
+        if create_bucket and not self.client.bucket_exists(bucket):
+            self.client.make_bucket(bucket)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), length=len(data))
+
+    def get(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            resp = self.client.get_object(self.bucket, self._key(key))
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                raise KeyError(key) from None
+            raise
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(self.bucket, self._key(key))
+            return True
+        except S3Error:
+            return False
+
+    def list(self, prefix: str = "") -> dict[str, int]:
+        objs = self.client.list_objects(self.bucket, prefix=self._key(prefix), recursive=True)
+        n = len(self.prefix)
+        return dict(sorted((o.object_name[n:], o.size or 0) for o in objs if not o.is_dir))
+
+    def delete(self, key: str) -> None:
+        self.client.remove_object(self.bucket, self._key(key))
+
+
+def s3_store(settings: Settings, bucket: str | None = None, prefix: str = "", create: bool = True) -> S3Store:
+    return S3Store(
+        settings.s3_endpoint, bucket or settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key,
+        secure=settings.s3_secure, prefix=prefix, create_bucket=create,
+    )  # fmt: skip
+
+
+def open_store(settings: Settings, root: str | Path | None = None) -> ObjectStore:
+    """Where chunks and the ingest manifest live: `run_dir/store` (or `root`) locally, or the S3 bucket."""
+    if settings.object_store == "s3":
+        return s3_store(settings, prefix=str(root or ""))
+    return LocalStore(root or settings.run_dir / "store")
+
+
+def open_source(spec: str | Path, settings: Settings) -> ObjectStore:
+    """A corpus source: a local folder, or `s3://bucket/prefix` read through the `minio` client."""
+    spec = str(spec)
+    if spec.startswith("s3://"):
+        u = urlparse(spec)
+        return s3_store(settings, bucket=u.netloc, prefix=u.path.lstrip("/"), create=False)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FileNotFoundError(f"corpus folder not found: {path}")
+    return LocalStore(path)

@@ -1,0 +1,73 @@
+"""What every index shares: the scored hit, the sync report, and the incremental sync by chunk id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    chunk_id: str
+    score: float
+
+    @property
+    def doc_id(self) -> str:
+        return doc_id_of(self.chunk_id)
+
+
+def doc_id_of(chunk_id: str) -> str:
+    """Chunk ids are `doc_id#hash` (pipelines.corpus.chunking); the hash never holds '#'."""
+    return chunk_id.rsplit("#", 1)[0]
+
+
+@dataclass
+class IndexReport:
+    backend: str
+    location: str
+    added: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    total: int = 0
+    seconds: float = 0.0
+
+    @property
+    def did_work(self) -> bool:
+        return bool(self.added or self.deleted)
+
+    @property
+    def chunks_per_s(self) -> float | None:
+        return round(self.added / self.seconds, 1) if self.added and self.seconds > 0 else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "chunks_per_s": self.chunks_per_s}
+
+
+class ChunkIndex(Protocol):
+    backend: str
+    location: str
+
+    def indexed_ids(self) -> set[str]: ...
+    def upsert(self, chunks: pd.DataFrame) -> None: ...
+    def delete(self, chunk_ids: Iterable[str]) -> None: ...
+
+
+def sync_index(index: ChunkIndex, chunks: pd.DataFrame, batch: int = 2048) -> IndexReport:
+    """Make `index` hold exactly `chunks`: add the new chunk ids, delete the gone ones, touch nothing else."""
+    t0 = time.perf_counter()
+    have = index.indexed_ids()
+    want = set(chunks["chunk_id"])
+    gone = sorted(have - want)
+    new = chunks[~chunks["chunk_id"].isin(have)]
+    if gone:
+        index.delete(gone)
+    for i in range(0, len(new), batch):
+        index.upsert(new.iloc[i : i + batch])
+    return IndexReport(
+        backend=index.backend, location=index.location, added=len(new), deleted=len(gone),
+        unchanged=len(want & have), total=len(want), seconds=round(time.perf_counter() - t0, 3),
+    )  # fmt: skip

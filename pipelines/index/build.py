@@ -1,0 +1,46 @@
+"""One call per index, as the Dagster assets use them: read the chunks from the store, bring the index up to
+date incrementally (new chunk ids added, gone ones deleted, nothing else touched), report what was done."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.corpus.ingest import load_chunks
+from pipelines.corpus.store import ObjectStore
+from pipelines.index.base import IndexReport, sync_index
+from pipelines.index.embeddings import Embedder
+from pipelines.settings import Settings
+
+
+def build_keyword_index(
+    settings: Settings, index_dir: str | Path | None = None, store: ObjectStore | None = None
+) -> IndexReport:
+    from pipelines.index.keyword import open_keyword_index
+
+    index = open_keyword_index(settings, index_dir)
+    return sync_index(index, load_chunks(settings, store))
+
+
+def build_dense_index(
+    settings: Settings, index_dir: str | Path | None = None, store: ObjectStore | None = None,
+    embedder: Embedder | None = None, progress: bool = False,
+) -> IndexReport:  # fmt: skip
+    from pipelines.index.vector import open_dense_index
+
+    index = open_dense_index(settings, index_dir, embedder, progress)
+    try:
+        return sync_index(index, load_chunks(settings, store), batch=1024)
+    finally:
+        index.close()
+
+
+def build_graph_index(
+    settings: Settings, index_dir: str | Path | None = None, store: ObjectStore | None = None
+) -> IndexReport:
+    from pipelines.index.graph import open_graph, sync_graph
+
+    graph = open_graph(settings, index_dir)
+    try:
+        return sync_graph(graph, load_chunks(settings, store))
+    finally:
+        graph.close()

@@ -1,0 +1,94 @@
+"""Entity extraction that runs offline on CPU, plus an optional LLM extractor through the gateway.
+
+The rule extractor finds three kinds of mention and normalises each to a lowercase key:
+- acronyms and symbols (two or more capitals, or a capital and a digit: TNF, IL-6, BRCA1, PrP, mRNA);
+- capitalised multi-word names not at a sentence start (Chatbot Arena, Los Angeles);
+- key phrases: runs of 2-3 content words between stop words and punctuation, and the word pairs inside
+  longer runs (colorectal cancer).
+Relations are co-occurrence within a chunk; the graph keeps the chunk ids as provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+STOP = frozenset(
+    """
+    a about above after again against all also am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further had has
+    have having he her here hers herself him himself his how however i if in into is it its itself just
+    let me more most my no nor not now of off on once only or other our ours out over own same she
+    should so some such than that the their theirs them themselves then there these they this those
+    through to too under until up very was we were what when where which while who whom why will with
+    within without would you your yours we using used use may might must shall study studies result
+    results show shows showed shown found find data effect effects increase increased decrease decreased
+    patients patient level levels associated compared however whereas thus therefore although among
+    across per via vs versus one two three four five high low higher lower significant significantly
+    """.split()  # noqa: SIM905
+)
+_ACRONYM = re.compile(r"\b(?=[\w-]*[A-Z][\w-]*[A-Z0-9])(?=[\w-]*[A-Za-z])[A-Za-z0-9][\w-]{1,14}\b")
+_CAPNAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+(?:\s+(?:of|de|la|van|von)?\s*[A-Z][a-z]+)+)")
+_WORD = re.compile(r"[A-Za-z][A-Za-z-]*[A-Za-z]|[A-Za-z]")
+_BREAK = re.compile(r"[^\w\s-]|\d")
+
+
+def normalise(name: str) -> str:
+    words = re.sub(r"\s+", " ", name.strip().lower()).split(" ")
+    last = words[-1]
+    if len(last) > 4 and last.endswith("ies"):
+        words[-1] = last[:-3] + "y"
+    elif len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is", "es")):
+        words[-1] = last[:-1]
+    return " ".join(words)
+
+
+def _key_phrases(text: str, max_words: int = 3) -> Iterable[str]:
+    for segment in _BREAK.split(text):
+        run: list[str] = []
+        for w in [*_WORD.findall(segment), ""]:
+            lw = w.lower()
+            if w and lw not in STOP and len(lw) > 2:
+                run.append(lw)
+                continue
+            if 2 <= len(run) <= max_words:
+                yield " ".join(run)
+            if (
+                len(run) > 2
+            ):  # the pairs inside a longer run too: "parp inhibitors exploit" names "parp inhibitors"
+                yield from (" ".join(run[i : i + 2]) for i in range(len(run) - 1))
+            run = []
+
+
+class RuleEntityExtractor:
+    name = "rules"
+
+    def extract(self, text: str) -> list[str]:
+        found = [m.group(0) for m in _ACRONYM.finditer(text) if not m.group(0).isdigit()]
+        found += [m.group(1) for m in _CAPNAME.finditer(text)]
+        found += list(_key_phrases(text))
+        return list(dict.fromkeys(n for n in map(normalise, found) if len(n) > 1 and n not in STOP))
+
+
+class LLMEntityExtractor:
+    """Asks a catalog model (through the gateway) for the entities of a text, as a JSON list of strings."""
+
+    name = "llm"
+    PROMPT = (
+        "List the named entities and key technical terms in the text below as a JSON array of strings, "
+        "nothing else.\n\nText:\n{text}"
+    )
+
+    def __init__(self, gateway, model: str, max_tokens: int = 200) -> None:
+        self.gateway, self.model, self.max_tokens = gateway, model, max_tokens
+
+    def extract(self, text: str) -> list[str]:
+        msg = [{"role": "user", "content": self.PROMPT.format(text=text[:4000])}]
+        out = self.gateway.chat(self.model, msg, max_tokens=self.max_tokens, temperature=0.0).text
+        m = re.search(r"\[.*\]", out, flags=re.S)
+        try:
+            names = json.loads(m.group(0)) if m else []
+        except json.JSONDecodeError:
+            names = re.findall(r'"([^"]+)"', m.group(0)) if m else []
+        return list(dict.fromkeys(normalise(str(n)) for n in names if str(n).strip()))

@@ -1,0 +1,259 @@
+"""Knowledge graph of chunks and entities: ladybug (embedded, Cypher; default) or NebulaGraph (nGQL).
+
+Nodes: Chunk(id, doc_id), Entity(name, df). Edges: Chunk -MENTIONS-> Entity (provenance: which chunk says
+what), Entity -RELATED-> Entity (co-occurrence in `weight` chunks, both directions). Entities seen in fewer
+than `min_df` chunks or in more than `max_df_frac` of them (and 20) are dropped: the first are noise, the
+second are too common to connect anything. The graph is rebuilt whenever the chunk set changes (extraction is
+cheap and the co-occurrence weights are corpus-wide); an unchanged chunk set does no work.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections import Counter
+from itertools import combinations
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.index.base import IndexReport, ScoredChunk
+from pipelines.index.entities import RuleEntityExtractor
+from pipelines.settings import Settings
+
+
+def extract_graph(chunks: pd.DataFrame, extractor=None, min_df: int = 2, max_df_frac: float = 0.05,
+                  max_per_chunk: int = 12) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """Tables for the graph: chunk, entity (name, df), mentions (from chunk, to entity) and related."""
+    extractor = extractor or RuleEntityExtractor()
+    per_chunk = [
+        extractor.extract(f"{t}. {x}" if t else x)
+        for t, x in zip(chunks["title"].fillna(""), chunks["text"], strict=True)
+    ]
+    df = Counter(e for ents in per_chunk for e in set(ents))
+    max_df = max(min_df, 20, int(max_df_frac * len(chunks)))  # the fraction only bites on big corpora
+    keep = {e for e, n in df.items() if min_df <= n <= max_df}
+    mentions, pairs = [], Counter()
+    for cid, ents in zip(chunks["chunk_id"], per_chunk, strict=True):
+        kept = [e for e in dict.fromkeys(ents) if e in keep]
+        mentions.extend((cid, e) for e in kept)
+        top = sorted(kept, key=lambda e: df[e])[:max_per_chunk]  # rarest first: most specific
+        pairs.update(tuple(sorted(p)) for p in combinations(top, 2))
+    related = [(a, b, w) for (a, b), w in pairs.items() if w >= 2]
+    related += [(b, a, w) for a, b, w in related]
+    return {
+        "chunk": pd.DataFrame({"id": chunks["chunk_id"].values, "doc_id": chunks["doc_id"].values}),
+        "entity": pd.DataFrame(
+            {"name": sorted(keep), "df": [df[e] for e in sorted(keep)]}, columns=["name", "df"]
+        ),
+        "mentions": pd.DataFrame(mentions, columns=["from", "to"]),
+        "related": pd.DataFrame(related, columns=["from", "to", "weight"]),
+    }
+
+
+class LadybugGraph:
+    backend = "ladybug"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        self._open()
+
+    def _open(self) -> None:
+        import ladybug
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = ladybug.Database(str(self.path))
+        self.conn = ladybug.Connection(self.db)
+        tables = set(self.conn.execute("CALL show_tables() RETURN name").get_as_df()["name"])
+        if "Chunk" not in tables:
+            for stmt in (
+                "CREATE NODE TABLE Chunk(id STRING PRIMARY KEY, doc_id STRING)",
+                "CREATE NODE TABLE Entity(name STRING PRIMARY KEY, df INT64)",
+                "CREATE REL TABLE MENTIONS(FROM Chunk TO Entity)",
+                "CREATE REL TABLE RELATED(FROM Entity TO Entity, weight INT64)",
+            ):
+                self.conn.execute(stmt)
+
+    def close(self) -> None:
+        self.conn.close()
+        self.db.close()
+
+    def _df(self, query: str, params: dict | None = None) -> pd.DataFrame:
+        return self.conn.execute(query, params or {}).get_as_df()
+
+    def indexed_ids(self) -> set[str]:
+        return set(self._df("MATCH (c:Chunk) RETURN c.id AS id")["id"])
+
+    def replace(self, tables: dict[str, pd.DataFrame]) -> None:
+        """Drop the graph and load the new tables (bulk COPY from data frames)."""
+        self.close()
+        if self.path.is_dir():
+            shutil.rmtree(self.path)
+        else:
+            for p in self.path.parent.glob(self.path.name + "*"):
+                p.unlink()
+        self._open()
+        for table, key in (
+            ("Chunk", "chunk"),
+            ("Entity", "entity"),
+            ("MENTIONS", "mentions"),
+            ("RELATED", "related"),
+        ):
+            frame = tables[key]
+            if len(frame):
+                self.conn.execute(f"COPY {table} FROM frame")
+
+    def entities(self, names: list[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        d = self._df("MATCH (e:Entity) WHERE e.name IN $n RETURN e.name AS name, e.df AS df", {"n": names})
+        return dict(zip(d["name"], d["df"], strict=True))
+
+    def neighbours(self, names: list[str], per_entity: int = 5) -> pd.DataFrame:
+        q = ("MATCH (a:Entity)-[r:RELATED]->(b:Entity) WHERE a.name IN $n AND NOT b.name IN $n "
+             "RETURN a.name AS src, b.name AS name, b.df AS df, r.weight AS weight")  # fmt: skip
+        d = self._df(q, {"n": names})
+        return d.sort_values("weight", ascending=False).groupby("src").head(per_entity)
+
+    def mentions(self, names: list[str]) -> pd.DataFrame:
+        q = (
+            "MATCH (c:Chunk)-[:MENTIONS]->(e:Entity) WHERE e.name IN $n "
+            "RETURN c.id AS chunk_id, e.name AS name"
+        )
+        return self._df(q, {"n": names})
+
+
+class NebulaGraph:
+    """The same graph on NebulaGraph through `nebula3-python` (nGQL). Vertex ids are the chunk ids and
+    entity names; a full replace clears the space's data. Written against the official client; not run
+    here (no NebulaGraph server on the development machine)."""
+
+    backend = "nebula"
+
+    def __init__(self, address: str, user: str, password: str, space: str) -> None:
+        from nebula3.Config import Config
+        from nebula3.gclient.net import ConnectionPool
+
+        host, port = address.rsplit(":", 1)
+        self.pool = ConnectionPool()
+        if not self.pool.init([(host, int(port))], Config()):
+            raise ConnectionError(f"cannot reach NebulaGraph at {address}")
+        self.user, self.password, self.space = user, password, space
+        self.location = f"nebula://{address}/{space}"
+        self._run(
+            f"CREATE SPACE IF NOT EXISTS {space}(vid_type=FIXED_STRING(256)); USE {space}; "
+            "CREATE TAG IF NOT EXISTS chunk(doc_id string); "
+            "CREATE TAG IF NOT EXISTS entity(name string, df int); "
+            "CREATE EDGE IF NOT EXISTS mentions(); CREATE EDGE IF NOT EXISTS related(weight int);",
+            use=False,
+        )
+
+    def _run(self, ngql: str, use: bool = True):
+        with self.pool.session_context(self.user, self.password) as s:
+            r = s.execute((f"USE {self.space}; " if use else "") + ngql)
+            if not r.is_succeeded():
+                raise RuntimeError(f"nGQL failed: {r.error_msg()}")
+            return r
+
+    @staticmethod
+    def _q(s: str) -> str:
+        return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def indexed_ids(self) -> set[str]:
+        r = self._run("MATCH (c:chunk) RETURN id(c) AS id")
+        return {v.as_string() for v in r.column_values("id")}
+
+    def replace(self, tables: dict[str, pd.DataFrame], batch: int = 500) -> None:
+        self._run("MATCH (v) DETACH DELETE v")  # clear, keep schema
+        q = self._q
+        rows = {
+            "INSERT VERTEX chunk(doc_id) VALUES ": [
+                f"{q(r.id)}:({q(r.doc_id)})" for r in tables["chunk"].itertuples()
+            ],
+            "INSERT VERTEX entity(name, df) VALUES ": [
+                f"{q(r.name)}:({q(r.name)}, {int(r.df)})" for r in tables["entity"].itertuples()
+            ],
+            "INSERT EDGE mentions() VALUES ": [f"{q(a)}->{q(b)}:()" for a, b in tables["mentions"].values],
+            "INSERT EDGE related(weight) VALUES ": [
+                f"{q(a)}->{q(b)}:({int(w)})" for a, b, w in tables["related"].values
+            ],
+        }
+        for head, values in rows.items():
+            for i in range(0, len(values), batch):
+                self._run(head + ", ".join(values[i : i + batch]))
+
+    def entities(self, names: list[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        r = self._run(
+            f"FETCH PROP ON entity {', '.join(map(self._q, names))} YIELD entity.name AS n, entity.df AS d"
+        )
+        return {
+            n.as_string(): d.as_int() for n, d in zip(r.column_values("n"), r.column_values("d"), strict=True)
+        }
+
+    def neighbours(self, names: list[str], per_entity: int = 5) -> pd.DataFrame:
+        r = self._run(
+            f"GO FROM {', '.join(map(self._q, names))} OVER related "
+            "YIELD src(edge) AS src, dst(edge) AS name, "
+            "$$.entity.df AS df, related.weight AS weight"
+        )
+        d = pd.DataFrame({c: [v.cast() for v in r.column_values(c)] for c in ("src", "name", "df", "weight")})
+        d = d[~d["name"].isin(names)]
+        return d.sort_values("weight", ascending=False).groupby("src").head(per_entity)
+
+    def mentions(self, names: list[str]) -> pd.DataFrame:
+        r = self._run(
+            f"GO FROM {', '.join(map(self._q, names))} OVER mentions REVERSELY YIELD src(edge) AS chunk_id, "
+            "dst(edge) AS name"
+        )
+        return pd.DataFrame({c: [v.cast() for v in r.column_values(c)] for c in ("chunk_id", "name")})
+
+
+def graph_search(graph, query: str, n_chunks: int, k: int = 100, extractor=None,
+                 neighbour_discount: float = 0.5, per_entity: int = 5) -> list[ScoredChunk]:  # fmt: skip
+    """Query entities -> their RELATED neighbours -> the chunks that mention either, scored by summed IDF
+    (neighbours discounted by relation strength): the multi-hop evidence a keyword or vector match misses."""
+    extractor = extractor or RuleEntityExtractor()
+    known = graph.entities(extractor.extract(query))
+    if not known:
+        return []
+    weight = {e: math.log(1 + n_chunks / df) for e, df in known.items()}
+    nb = graph.neighbours(list(known), per_entity)
+    if len(nb):
+        top = nb.groupby("src")["weight"].transform("max")
+        for name, df, w, t in zip(nb["name"], nb["df"], nb["weight"], top, strict=True):
+            weight[name] = max(
+                weight.get(name, 0.0), neighbour_discount * (w / t) * math.log(1 + n_chunks / df)
+            )
+    m = graph.mentions(list(weight))
+    scores = Counter()
+    for cid, name in zip(m["chunk_id"], m["name"], strict=True):
+        scores[cid] += weight[name]
+    return [ScoredChunk(c, float(s)) for c, s in scores.most_common(k)]
+
+
+def open_graph(settings: Settings, index_dir: str | Path | None = None):
+    if settings.graph_backend == "nebula":
+        return NebulaGraph(
+            settings.nebula_address, settings.nebula_user, settings.nebula_password, settings.nebula_space
+        )
+    return LadybugGraph(Path(index_dir or settings.run_dir / "index") / "graph" / "kg.lbug")
+
+
+def sync_graph(graph, chunks: pd.DataFrame, extractor=None) -> IndexReport:
+    t0 = time.perf_counter()
+    have, want = graph.indexed_ids(), set(chunks["chunk_id"])
+    report = IndexReport(backend=graph.backend, location=graph.location, total=len(want))
+    if have == want:
+        report.unchanged = len(want)
+    else:
+        graph.replace(extract_graph(chunks, extractor))
+        report.added, report.deleted, report.unchanged = len(want - have), len(have - want), len(want & have)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report

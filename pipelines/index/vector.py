@@ -1,0 +1,116 @@
+"""Dense index on Qdrant: local mode on disk (`QdrantClient(path=...)`, default) or a server (`url=`), one
+code path.
+
+Points carry the payload doc id, chunk id, title, text and source; point ids are UUIDv5 of the chunk id, so
+re-adding a chunk replaces it. The collection name carries the embedder, so changing the embedder never mixes
+vector spaces.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.index.base import ScoredChunk
+from pipelines.index.embeddings import Embedder, get_embedder
+from pipelines.settings import Settings
+
+
+def point_id(chunk_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"chunk:{chunk_id}"))
+
+
+def embed_passages(embedder: Embedder, chunks: pd.DataFrame, progress: bool = False) -> np.ndarray:
+    """Passages are embedded with their (redacted) document title in front: it names the topic."""
+    texts = [f"{t}. {x}" if t else x for t, x in zip(chunks["title"].fillna(""), chunks["text"], strict=True)]
+    return embedder.embed(texts, progress=progress)
+
+
+class QdrantIndex:
+    backend = "qdrant"
+
+    def __init__(
+        self, embedder: Embedder, collection: str, path: str | Path | None = None, url: str | None = None,
+        progress: bool = False,
+    ) -> None:  # fmt: skip
+        from qdrant_client import QdrantClient, models
+
+        if (path is None) == (url is None):
+            raise ValueError("give exactly one of path (local mode) or url (server)")
+        self.embedder, self.progress, self._m = embedder, progress, models
+        slug = "".join(c if c.isalnum() else "_" for c in embedder.name.lower())
+        self.collection = f"{collection}__{slug}"
+        if path is not None:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self.client = QdrantClient(path=str(path))
+            self.location = f"{path}:{self.collection}"
+        else:
+            self.client = QdrantClient(url=url, timeout=60)
+            self.location = f"{url}/collections/{self.collection}"
+        if not self.client.collection_exists(self.collection):
+            self.client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=embedder.dim, distance=models.Distance.COSINE),
+            )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def indexed_ids(self) -> set[str]:
+        ids, offset = set(), None
+        while True:
+            recs, offset = self.client.scroll(
+                self.collection, limit=2048, offset=offset, with_payload=["chunk_id"], with_vectors=False
+            )
+            ids.update(r.payload["chunk_id"] for r in recs)
+            if offset is None:
+                return ids
+
+    def upsert(self, chunks: pd.DataFrame, vectors: np.ndarray | None = None) -> None:
+        if vectors is None:
+            vectors = embed_passages(self.embedder, chunks, self.progress)
+        payload_cols = ["chunk_id", "doc_id", "title", "text", "source"]
+        payloads = chunks[payload_cols].fillna("").to_dict("records")
+        self.client.upsert(
+            self.collection,
+            points=self._m.Batch(
+                ids=[point_id(p["chunk_id"]) for p in payloads], vectors=vectors.tolist(), payloads=payloads
+            ),
+        )
+
+    def delete(self, chunk_ids: Iterable[str]) -> None:
+        ids = [point_id(c) for c in chunk_ids]
+        if ids:
+            self.client.delete(self.collection, points_selector=self._m.PointIdsList(points=ids))
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 100) -> list[list[ScoredChunk]]:
+        reqs = [
+            self._m.QueryRequest(query=v.tolist(), limit=k, with_payload=["chunk_id"])
+            for v in np.atleast_2d(vectors)
+        ]
+        out = []
+        for i in range(0, len(reqs), 64):
+            for resp in self.client.query_batch_points(self.collection, reqs[i : i + 64]):
+                out.append([ScoredChunk(p.payload["chunk_id"], float(p.score)) for p in resp.points])
+        return out
+
+    def search(self, query: str, k: int = 100) -> list[ScoredChunk]:
+        return self.search_batch([query], k)[0]
+
+    def search_batch(self, queries: Sequence[str], k: int = 100) -> list[list[ScoredChunk]]:
+        return self.search_vectors(self.embedder.embed(list(queries)), k)
+
+
+def open_dense_index(
+    settings: Settings, index_dir: str | Path | None = None, embedder: Embedder | None = None, progress=False
+) -> QdrantIndex:
+    """The vector backend chosen by `settings.vector_backend` (local files under index_dir, or the server)."""
+    embedder = embedder or get_embedder(settings.embedder)
+    if settings.vector_backend == "qdrant_server":
+        return QdrantIndex(embedder, settings.qdrant_collection, url=settings.qdrant_url, progress=progress)
+    path = Path(index_dir or settings.run_dir / "index") / "qdrant"
+    return QdrantIndex(embedder, settings.qdrant_collection, path=path, progress=progress)

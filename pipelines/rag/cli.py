@@ -1,0 +1,73 @@
+"""`stratmaster retrieval ...`: ingest a corpus, build the indexes, evaluate retrievers, ask questions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pipelines.settings import Settings
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Hybrid RAG: indexes, evaluation, answers."
+)
+
+
+@app.command()
+def evaluate(
+    corpus: Path = typer.Option(..., exists=True, file_okay=False, help="BEIR folder (corpus.jsonl)"),
+    queries: Path = typer.Option(..., exists=True, dir_okay=False, help="queries .jsonl (_id, text)"),
+    qrels: Path = typer.Option(
+        ..., exists=True, dir_okay=False, help="qrels .tsv (query-id, corpus-id, score)"
+    ),
+    retriever: str = typer.Option("hybrid", help="bm25 | dense | hybrid | hybrid_rrf | hybrid_graph"),
+    index_dir: Path | None = typer.Option(None, help="where the store and indexes live (reused if built)"),
+    progress: bool = typer.Option(False, help="show the embedding progress bar"),
+) -> None:
+    """Index a BEIR folder (reusing an index built before) and print one JSON object of metrics."""
+    from pipelines.rag.evaluate import evaluate as run_eval
+    from pipelines.rag.retrieve import MODES
+
+    if retriever not in MODES:
+        raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--retriever")
+    print(json.dumps(run_eval(Settings(), corpus, queries, qrels, retriever, index_dir, progress)))
+
+
+@app.command()
+def ingest(
+    source: str = typer.Argument(None, help="folder or s3://bucket/prefix; default SM_CORPUS_DIR"),
+) -> None:
+    """Ingest a corpus into the store and bring every index up to date; prints the reports as JSON."""
+    from pipelines.corpus.ingest import ingest_corpus
+    from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
+
+    s = Settings()
+    out = {"ingest": ingest_corpus(s, source).to_dict()}
+    for name, build in (
+        ("keyword", build_keyword_index),
+        ("dense", build_dense_index),
+        ("graph", build_graph_index),
+    ):
+        out[name] = build(s).to_dict()
+    print(json.dumps(out, indent=1))
+
+
+@app.command()
+def ask(
+    question: str,
+    model: str = typer.Option("smollm2-135m", help="catalog model name"),
+    k: int = typer.Option(4, help="chunks given to the model"),
+    mode: str = typer.Option("hybrid", help="retrieval mode"),
+) -> None:
+    """Answer a question from the ingested corpus with citations (chunk ids), through the gateway."""
+    from pipelines.llm.gateway import Gateway
+    from pipelines.rag.answer import answer
+    from pipelines.rag.retrieve import open_retriever
+
+    s = Settings()
+    r = open_retriever(s)
+    try:
+        print(json.dumps(answer(question, r, Gateway(s), model=model, k=k, mode=mode).to_dict(), indent=1))
+    finally:
+        r.close()

