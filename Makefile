@@ -32,6 +32,12 @@ $(VENV_STAMP): requirements.lock pyproject.toml scripts/setup.sh
 	@touch $@
 
 demo: setup
+	.venv/bin/stratmaster models up
+	mkdir -p $(DAGSTER_HOME) runs/demo
+	@echo "[demo] materializing the asset graph (log: runs/demo/dagster.log)"
+	set -o pipefail; .venv/bin/dagster job execute -m assets -j demo 2>&1 | tee runs/demo/dagster.log \
+	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATION|RUN_SUCCESS|RUN_FAILURE" \
+	  | sed -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
 	.venv/bin/stratmaster demo
 
 test: setup

@@ -1,6 +1,5 @@
 """The local model panel as an asset: servers up, one real chat each through the gateway."""
 
-
 import dagster as dg
 import pandas as pd
 

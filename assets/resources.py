@@ -1,6 +1,5 @@
 """Dagster resources: thin wrappers that build library objects from settings (never at import time)."""
 
-
 from functools import cached_property
 
 import dagster as dg

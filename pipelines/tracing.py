@@ -52,7 +52,9 @@ def _otlp_exporter(settings: Settings) -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     if not settings.otel_endpoint:
-        raise ValueError("SM_OTEL_EXPORTER=otlp needs SM_OTEL_ENDPOINT, e.g. http://HOST:3000/api/public/otel")
+        raise ValueError(
+            "SM_OTEL_EXPORTER=otlp needs SM_OTEL_ENDPOINT, e.g. http://HOST:3000/api/public/otel"
+        )
     headers = {}
     pk, sk = os.environ.get("LANGFUSE_PUBLIC_KEY"), os.environ.get("LANGFUSE_SECRET_KEY")
     if pk and sk:  # Langfuse's OTLP endpoint takes basic auth with the project keys

@@ -1,21 +1,20 @@
-"""The `stratmaster` console script: library commands plus the router and utility sub-apps."""
+"""The `stratmaster` console script: library commands plus the retrieval, bench, router and utility sub-apps.
+
+Each sub-app imports its heavy libraries inside its commands, so `stratmaster --help` stays fast.
+"""
 
 from __future__ import annotations
 
+from pipelines.bench.cli import app as bench_app
 from pipelines.cli import app
+from pipelines.rag.cli import app as retrieval_app
+from router_models.router.cli import app as router_app
+from router_models.utility.cli import app as utility_app
 
-try:  # the sub-apps land with their issues; the CLI works without them
-    from router_models.router.cli import app as router_app
-
-    app.add_typer(router_app, name="router", help="Train, predict with and evaluate routers.")
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from router_models.utility.cli import app as utility_app
-
-    app.add_typer(utility_app, name="utility", help="The Bayesian utility model per task x model.")
-except ImportError:  # pragma: no cover
-    pass
+app.add_typer(retrieval_app, name="retrieval", help="Hybrid RAG: ingest, evaluate, ask.")
+app.add_typer(bench_app, name="bench", help="The micro-bench: prompt sets, runs, RouterBench import.")
+app.add_typer(router_app, name="router", help="Train, predict with and evaluate routers.")
+app.add_typer(utility_app, name="utility", help="The Bayesian utility model per task x model.")
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,66 @@
+"""Corpus and indexes: chunks in the object store, then keyword, dense and graph indexes over them."""
+
+from dataclasses import asdict
+
+import dagster as dg
+import pandas as pd
+
+from assets.resources import SettingsResource
+from pipelines.corpus.ingest import ingest_corpus
+from pipelines.demo_corpus import write_demo_corpus
+from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
+from pipelines.settings import Settings
+
+
+def corpus_source(settings: Settings) -> str:
+    """SM_CORPUS_DIR when set, else Python's reference topics written into the run directory."""
+    return settings.corpus_dir or str(write_demo_corpus(settings.run_dir / "demo_corpus"))
+
+
+def _index_result(report) -> dg.MaterializeResult:
+    md = {k: v for k, v in asdict(report).items() if isinstance(v, int | float | str)}
+    if report.chunks_per_s:
+        md["chunks_per_s"] = report.chunks_per_s
+    return dg.MaterializeResult(metadata=md)
+
+
+@dg.asset(group_name="corpus", kinds={"parquet", "presidio"})
+def corpus_chunks(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
+    """Ingest the corpus (PII redacted before anything persists), chunk it, write parquet to the object store.
+    Incremental: unchanged documents do no work; skipped files are listed with their reason."""
+    s = settings.get()
+    report = ingest_corpus(s, corpus_source(s))
+    context.log.info(f"ingest: {report.files_processed} processed, {report.files_unchanged} unchanged")
+    skipped = pd.DataFrame(report.skipped or [], columns=["path", "reason"])
+    return dg.MaterializeResult(
+        metadata={
+            "source": report.source,
+            "store": report.store,
+            "docs_total": report.docs_total,
+            "chunks_total": report.chunks_total,
+            "files_processed": report.files_processed,
+            "files_unchanged": report.files_unchanged,
+            "chunks_written": report.chunks_written,
+            "skipped": dg.MetadataValue.md(skipped.to_markdown(index=False) if len(skipped) else "none"),
+            "pii_redacted": dg.MetadataValue.json(report.pii_redacted),
+            "seconds": round(report.seconds, 2),
+        }
+    )
+
+
+@dg.asset(group_name="indexes", deps=[corpus_chunks], kinds={"tantivy"})
+def keyword_index(settings: SettingsResource) -> dg.MaterializeResult:
+    """BM25 over the chunks: tantivy on disk by default, OpenSearch by settings."""
+    return _index_result(build_keyword_index(settings.get()))
+
+
+@dg.asset(group_name="indexes", deps=[corpus_chunks], kinds={"qdrant"})
+def dense_index(settings: SettingsResource) -> dg.MaterializeResult:
+    """MiniLM embeddings in Qdrant (local mode by default, a server by URL)."""
+    return _index_result(build_dense_index(settings.get(), progress=True))
+
+
+@dg.asset(group_name="indexes", deps=[corpus_chunks], kinds={"ladybug"})
+def knowledge_graph(settings: SettingsResource) -> dg.MaterializeResult:
+    """Entities and relations per chunk with chunk->entity provenance (ladybug by default, NebulaGraph)."""
+    return _index_result(build_graph_index(settings.get()))

@@ -1,0 +1,87 @@
+"""The router trained on the outcome tables, and its cross-validated evaluation with the seed's gate."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from assets.resources import SettingsResource
+from pipelines.bench.outcomes import load_routerbench
+from pipelines.settings import Settings
+from router_models.router.artifact import save_router
+from router_models.router.evaluation import crossval_evaluation, utility_gate
+from router_models.router.train import train_router
+
+PREDICTOR = "stack"
+
+
+def _routerbench(s: Settings):
+    prompts, outcomes = load_routerbench(s.shared_data_dir / "routerbench")
+    return prompts, outcomes.dropna(subset=["score"])
+
+
+def _publish(version_dir: Path, current: Path) -> None:
+    """Point `current` at the new version atomically (a symlink swapped by rename)."""
+    tmp = current.with_name(f".{current.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(version_dir.name)
+    tmp.replace(current)
+
+
+@dg.asset(group_name="router", kinds={"scikit-learn"})
+def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
+    """A router over the outcome table's panel: task classifier, cost model, stacked quality predictor and a
+    budget policy calibrated out of fold. Versioned directory; `runs/router/current` points at the latest."""
+    s = settings.get()
+    prompts, outcomes = _routerbench(s)
+    r = train_router(prompts, outcomes, predictor=PREDICTOR, cache_dir=s.run_dir / "cache" / "embeddings")
+    root = s.run_dir / "router"
+    version = time.strftime("%Y%m%dT%H%M%S")
+    path = save_router(r, root / version)
+    _publish(path, root / "current")
+    context.log.info(f"router saved to {path}")
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(path),
+            "models": len(r.models),
+            "prompts": r.info["n_prompts"],
+            "predictor": PREDICTOR,
+            "strongest": r.strongest,
+            "policy": r.policy.describe(),
+        }
+    )
+
+
+@dg.asset(
+    group_name="router",
+    deps=[router],
+    check_specs=[dg.AssetCheckSpec("beats_best_single_model", asset="router_evaluation")],
+)
+def router_evaluation(settings: SettingsResource):
+    """5-fold cross-validated AIQ, gap recovered and cost to match the best single model, with a Pareto plot;
+    the check is the seed's gate: >= 5% more utility than the best single model at <= 80% of its cost."""
+    s = settings.get()
+    prompts, outcomes = _routerbench(s)
+    out = s.run_dir / "router_evaluation"
+    cache = s.run_dir / "cache" / "embeddings"
+    plot = out / "pareto.png"
+    pred, result = crossval_evaluation(prompts, outcomes, PREDICTOR, cache_dir=cache, plot_path=plot)
+    gate = utility_gate(pred, outcomes, s.lambda_cost)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({**result, "gate": gate}, indent=1, default=str))
+    pred.to_parquet(out / "predictions.parquet", index=False)
+    png = Path(result["pareto_png"])
+    yield dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in result.items() if isinstance(v, int | float | str) and k != "pareto_png"},
+            "pareto": dg.MetadataValue.md(f"![pareto]({png.as_uri()})"),
+            "pareto_path": dg.MetadataValue.path(str(png)),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="beats_best_single_model",
+        passed=gate["passed"],
+        metadata={k: v for k, v in gate.items() if isinstance(v, int | float | str)},
+    )

@@ -1,0 +1,72 @@
+"""Leaderboard priors, the PyMC utility posterior per task x model, and the registry table."""
+
+import dagster as dg
+
+from assets.resources import SettingsResource
+from pipelines.bench.outcomes import routerbench_outcome_table, write_table
+from pipelines.llm.catalog import load_catalog
+from router_models.utility.pipeline import fit_posterior, register_posterior
+from router_models.utility.priors import leaderboard_priors as build_priors
+
+CHECKS = ["r_hat", "ess_bulk", "divergences", "calibration"]
+
+
+@dg.asset(group_name="utility", kinds={"csv"})
+def leaderboard_priors(settings: SettingsResource) -> dg.MaterializeResult:
+    """The versioned leaderboard snapshot shipped with the package, overlaid by the shared Arena figures; a
+    model with no public figure gets a weak prior."""
+    s = settings.get()
+    models = [e.name for e in load_catalog(s).local()]
+    priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv", models)
+    path = write_table(priors, s.run_dir / "utility" / "leaderboard_priors.csv")
+    return dg.MaterializeResult(
+        metadata={
+            "path": str(path),
+            "models": len(priors),
+            "with_figure": int(priors["arena_elo"].notna().sum()),
+            "table": dg.MetadataValue.md(priors.to_markdown(index=False)),
+        }
+    )
+
+
+@dg.multi_asset(
+    group_name="utility",
+    specs=[
+        dg.AssetSpec("utility_posterior", deps=[leaderboard_priors], kinds={"pymc"}),
+        dg.AssetSpec("model_registry", deps=["utility_posterior"], kinds={"sqlite"}),
+    ],
+    check_specs=[dg.AssetCheckSpec(c, asset="utility_posterior") for c in CHECKS],
+)
+def utility_posterior(settings: SettingsResource):
+    """Fit the hierarchical model (NUTS), save the NetCDF with its data+config hash, then record the fit in
+    the registry table in one transaction (a reader never sees half a fit)."""
+    s = settings.get()
+    outcomes = routerbench_outcome_table(s.shared_data_dir / "routerbench")
+    priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv")
+    art = fit_posterior(outcomes, priors, s.run_dir / "utility", lambda_cost=s.lambda_cost,
+                        lambda_latency=s.lambda_latency)  # fmt: skip
+    fit_id = register_posterior(art, s.registry_sqlalchemy_url)
+    d = art.fit.diagnostics
+    forest = art.paths["forest_png"]
+    yield dg.MaterializeResult(
+        asset_key="utility_posterior",
+        metadata={
+            "netcdf": str(art.paths["netcdf"]),
+            "fit_hash": art.fit.fit_hash,
+            **{k: float(v) for k, v in d.items() if isinstance(v, int | float)},
+            "summary": dg.MetadataValue.md(art.summary.round(4).to_markdown(index=False)),
+            "forest_plot": dg.MetadataValue.md(f"![forest]({forest.as_uri()})"),
+            "notes": "; ".join(art.notes) or "none",
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="model_registry",
+        metadata={
+            "fit_id": fit_id,
+            "rows": len(art.summary),
+            "url": s.registry_sqlalchemy_url.split("@")[-1],
+        },
+    )
+    checks = art.checks
+    for name in CHECKS:
+        yield dg.AssetCheckResult(asset_key="utility_posterior", check_name=name, passed=bool(checks[name]))
