@@ -1,0 +1,142 @@
+"""`stratmaster bench ...`: run the micro-bench on a prompt set, import RouterBench outcomes, run lm-eval."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Micro-bench: run prompt sets against the model panel and score the answers.",
+                  no_args_is_help=True)  # fmt: skip
+
+
+def resolve_models(spec: str, catalog) -> list[str]:
+    """'local' means every available model of privacy tier local; otherwise comma-separated catalog names."""
+    names: list[str] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if item == "local":
+            names += [e.name for e in catalog.available() if e.privacy == "local"]
+        else:
+            catalog.get(item)  # unknown names fail here, listing the catalog
+            names.append(item)
+    return list(dict.fromkeys(names))
+
+
+def _print_accuracy(df) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.bench.runner import accuracy_table
+
+    t = Table("task", "model", "accuracy", "n", "error rate")
+    for r in accuracy_table(df).itertuples():
+        acc = "-" if r.n == 0 else f"{r.accuracy:.3f}"
+        t.add_row(r.task, r.model, acc, str(r.n), f"{r.error_rate:.1%}")
+    Console().print(t)
+
+
+@app.command("run")
+def run(
+    prompt_set: str = typer.Option(
+        ..., "--prompt-set", help="a .jsonl/.csv prompt file or a name: demo, routerbench"
+    ),
+    models: str = typer.Option("local", "--models", help="NAME,NAME or 'local'"),
+    limit: int = typer.Option(0, "--limit", help="stratified sample of at most N prompts (0: all)"),
+    out: Path = typer.Option(..., "--out", help="outcome table, .parquet or .csv"),
+    concurrency: int = typer.Option(2, "--concurrency", min=1),
+    max_tokens: int = typer.Option(0, "--max-tokens", help="cap on generated tokens (0: per task default)"),
+    seed: int = typer.Option(0, "--seed"),
+    work_dir: Path = typer.Option(None, "--work-dir", help="committed parts (resume); default OUT.parts/"),
+    start_servers: bool = typer.Option(True, "--start-servers/--no-start-servers"),
+) -> None:
+    """Run PROMPT_SET x MODELS through the gateway; resumable (run it again to finish a killed run)."""
+    from pipelines.bench.outcomes import write_table
+    from pipelines.bench.prompts import PromptSetError, load_prompt_set, stratified_sample
+    from pipelines.bench.runner import collect_outcomes, error_rate_by_model, run_bench
+    from pipelines.llm import servers
+    from pipelines.llm.catalog import load_catalog
+    from pipelines.llm.gateway import Gateway
+    from pipelines.settings import Settings
+
+    if out.suffix not in (".parquet", ".csv"):
+        raise typer.BadParameter(f"{out}: expected a .parquet or .csv file", param_hint="--out")
+    settings = Settings()
+    try:
+        prompts = load_prompt_set(prompt_set, settings)
+    except (PromptSetError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if limit:
+        prompts = stratified_sample(prompts, size=limit, seed=seed)
+    catalog = load_catalog(settings)
+    try:
+        names = resolve_models(models, catalog)
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    if not names:
+        typer.echo("error: no model selected (no available model of privacy tier local?)", err=True)
+        raise typer.Exit(2)
+    if start_servers:
+        for name in names:
+            entry = catalog.get(name)
+            if entry.is_local_server:
+                servers.start(entry, settings)
+    work_dir = work_dir or out.with_name(out.name + ".parts")
+    report = run_bench(prompts, names, Gateway(settings, catalog), work_dir, concurrency=concurrency,
+                       max_tokens=max_tokens or None)  # fmt: skip
+    df = collect_outcomes(work_dir)
+    df = df[df["prompt_id"].isin(prompts["prompt_id"]) & df["model"].isin(names)]
+    write_table(df, out)
+    typer.echo(f"run {report.run_id}: {report.cells_run} calls now, {report.cells_done_before} resumed, "
+               f"{len(df)} rows -> {out}")  # fmt: skip
+    _print_accuracy(df)
+    for m, r in error_rate_by_model(df).items():
+        typer.echo(f"error rate {m}: {r:.1%}")
+
+
+@app.command("import-routerbench")
+def import_routerbench(
+    data_dir: Path = typer.Argument(..., help="folder with prompts_<split>.csv and outcomes_<split>.csv"),
+    out: Path = typer.Option(None, "--out", help="outcome table (.parquet/.csv); default run_dir/bench/"),
+    split: str = typer.Option("train", "--split"),
+) -> None:
+    """Import RouterBench outcomes (11 public models) into the outcome-table shape."""
+    from pipelines.bench.outcomes import routerbench_outcome_table, write_table
+    from pipelines.settings import Settings
+
+    try:
+        df = routerbench_outcome_table(data_dir, split)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    out = out or Settings().run_dir / "bench" / f"routerbench_{split}.parquet"
+    write_table(df, out)
+    typer.echo(
+        f"{len(df)} rows, {df['model'].nunique()} models, {df['prompt_id'].nunique()} prompts -> {out}"
+    )
+    _print_accuracy(df)
+
+
+@app.command("lm-eval")
+def lm_eval_cmd(
+    model: str = typer.Option("smollm2-135m", "--model"),
+    task: str = typer.Option("sm_arc_mini", "--task"),
+    limit: int = typer.Option(0, "--limit"),
+    out: Path = typer.Option(..., "--out", help="outcome table, .parquet or .csv"),
+) -> None:
+    """Run a committed lm-eval-harness task against a local server; store per-sample outcome rows."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from pipelines.bench.lm_eval_run import run_lm_eval
+    from pipelines.bench.outcomes import write_table
+    from pipelines.llm import servers
+    from pipelines.llm.catalog import load_catalog
+    from pipelines.settings import Settings
+
+    settings = Settings()
+    entry = load_catalog(settings).get(model)
+    servers.start(entry, settings)
+    df = run_lm_eval(entry, task, limit=limit or None)
+    write_table(df, out)
+    typer.echo(f"{task} x {model}: accuracy {df['score'].mean():.3f} on {len(df)} samples -> {out}")

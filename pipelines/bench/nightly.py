@@ -1,0 +1,81 @@
+"""The nightly micro-bench as plain functions, one per Dagster asset or asset check (assets/ stays thin)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from pipelines.bench.runner import accuracy_table, collect_outcomes, error_rate_by_model, run_bench
+from pipelines.settings import Settings
+
+MAX_ERROR_RATE = 0.005
+
+
+@dataclass
+class CheckResult:
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def panel_models(settings: Settings, models: list[str] | None = None) -> list[str]:
+    """The bench panel: the given names, or every available model of privacy tier local."""
+    from pipelines.llm.catalog import load_catalog
+
+    catalog = load_catalog(settings)
+    return models or [e.name for e in catalog.available() if e.privacy == "local"]
+
+
+def run_benchmark_partition(settings: Settings, prompts: pd.DataFrame, partition: str,
+                            models: list[str] | None = None, concurrency: int = 2,
+                            start_servers: bool = True) -> pd.DataFrame:  # fmt: skip
+    """Run (or resume) the bench for one daily partition; returns its outcome table.
+
+    Parts live in run_dir/bench/<partition>/ with run_id 'bench-<partition>', so a re-materialization after a
+    crash finishes the partition instead of starting over.
+    """
+    from pipelines.llm import servers
+    from pipelines.llm.catalog import load_catalog
+    from pipelines.llm.gateway import Gateway
+
+    catalog = load_catalog(settings)
+    names = panel_models(settings, models)
+    if start_servers:
+        for n in names:
+            if catalog.get(n).is_local_server:
+                servers.start(catalog.get(n), settings)
+    out_dir = settings.run_dir / "bench" / partition
+    run_bench(prompts, names, Gateway(settings, catalog), out_dir, run_id=f"bench-{partition}",
+              concurrency=concurrency, progress=False)  # fmt: skip
+    df = collect_outcomes(out_dir)
+    return df[df["prompt_id"].isin(prompts["prompt_id"]) & df["model"].isin(names)].reset_index(drop=True)
+
+
+def accuracy_metadata(df: pd.DataFrame) -> dict[str, Any]:
+    """Accuracy per task x model (and n) as a flat dict, plus a markdown table, for asset metadata."""
+    acc = accuracy_table(df)
+    flat = {f"accuracy/{r.task}/{r.model}": (None if r.n == 0 else round(float(r.accuracy), 4))
+            for r in acc.itertuples()}  # fmt: skip
+    return {"rows": len(df), **flat, "accuracy_table": acc.round(4).to_markdown(index=False)}
+
+
+def check_error_rate(df: pd.DataFrame, max_rate: float = MAX_ERROR_RATE) -> CheckResult:
+    rates = error_rate_by_model(df) if len(df) else {}
+    overall = float(df["error"].notna().mean()) if len(df) else 0.0
+    return CheckResult(
+        overall < max_rate,
+        f"error rate {overall:.2%} (limit {max_rate:.2%})",
+        {"error_rate": overall, **{f"error_rate/{m}": r for m, r in rates.items()}},
+    )
+
+
+def check_not_empty(df: pd.DataFrame) -> CheckResult:
+    return CheckResult(len(df) > 0, f"{len(df)} rows", {"rows": len(df)})
+
+
+def check_scores_in_range(df: pd.DataFrame) -> CheckResult:
+    s = df["score"].dropna()
+    bad = int((~s.between(0.0, 1.0)).sum())
+    return CheckResult(bad == 0, f"{bad} scores outside [0, 1]", {"out_of_range": bad, "scored": len(s)})

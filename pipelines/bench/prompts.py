@@ -1,0 +1,199 @@
+"""Prompt sets: a validated table of prompts (prompt_id, task, prompt, reference, tests, contexts), loaded
+from JSONL or CSV (a malformed file is refused with its line number) or by name, and stratified by task with a
+fixed seed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.bench.outcomes import task_family
+from pipelines.settings import Settings
+
+# `reference` is always a string (the first accepted answer); `answers` lists every accepted answer when a
+# file gives several, so each column has one type and the table round-trips through parquet
+PROMPT_COLUMNS = ["prompt_id", "task", "prompt", "reference", "answers", "tests", "contexts"]
+REQUIRED = ("prompt_id", "task", "prompt")
+DATA_DIR = Path(__file__).parent / "data"
+# named sets: committed demo sets (files under pipelines/bench/data) and the RouterBench slice
+NAMED = {"demo": DATA_DIR / "demo.jsonl"}
+ROUTERBENCH_SETS = ("routerbench", "routerbench-mc")
+
+
+class PromptSetError(ValueError):
+    """A prompt file is malformed; the message names the file and the line."""
+
+
+def _check_row(row: dict, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise PromptSetError(f"{where}: expected an object with {', '.join(REQUIRED)}")
+    for key in REQUIRED:
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise PromptSetError(f"{where}: missing or empty field {key!r}")
+    for key in ("tests", "contexts"):
+        v = row.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            raise PromptSetError(f"{where}: field {key!r} must be a list of strings")
+    ref = row.get("reference")
+    if ref is not None and not isinstance(ref, (str, list)):
+        raise PromptSetError(f"{where}: field 'reference' must be a string or a list of strings")
+    out = {k: row.get(k) for k in PROMPT_COLUMNS}
+    if isinstance(ref, list):
+        if not all(isinstance(x, str) for x in ref):
+            raise PromptSetError(f"{where}: field 'reference' must be a string or a list of strings")
+        out["reference"], out["answers"] = (ref[0] if ref else None), (ref or None)
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptSetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            rows.append((n, _check_row(obj, f"{path}:{n}")))
+    return _unique(rows, path)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PromptSetError(f"{path}:1: header lacks column(s) {', '.join(missing)}")
+        start = reader.line_num + 1
+        for rec in reader:
+            where = f"{path}:{start}"
+            if None in rec or any(v is None for v in rec.values()):
+                raise PromptSetError(f"{where}: wrong number of fields")
+            row = {k: (v if v != "" else None) for k, v in rec.items()}
+            for key in ("tests", "contexts"):
+                if row.get(key):
+                    try:
+                        row[key] = json.loads(row[key])
+                    except json.JSONDecodeError:
+                        raise PromptSetError(
+                            f"{where}: field {key!r} must be a JSON list of strings"
+                        ) from None
+            rows.append((start, _check_row(row, where)))
+            start = reader.line_num + 1
+    return _unique(rows, path)
+
+
+def _unique(rows: list[tuple[int, dict]], path: Path) -> list[dict]:
+    seen: dict[str, int] = {}
+    for n, r in rows:
+        if r["prompt_id"] in seen:
+            raise PromptSetError(f"{path}:{n}: duplicate prompt_id {r['prompt_id']!r} (first on line "
+                                 f"{seen[r['prompt_id']]})")  # fmt: skip
+        seen[r["prompt_id"]] = n
+    if not rows:
+        raise PromptSetError(f"{path}: no prompts")
+    return [r for _, r in rows]
+
+
+def read_prompt_file(path: str | Path) -> pd.DataFrame:
+    """A JSONL or CSV prompt file as a validated table (columns PROMPT_COLUMNS plus `family`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    if path.suffix == ".jsonl":
+        rows = _read_jsonl(path)
+    elif path.suffix == ".csv":
+        rows = _read_csv(path)
+    else:
+        raise PromptSetError(f"{path}: expected a .jsonl or .csv prompt file")
+    return _frame(rows)
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=PROMPT_COLUMNS)
+    df["prompt_id"] = df["prompt_id"].astype(str)
+    df["family"] = df["task"].map(task_family)
+    return df
+
+
+def asserts_from_prompt(prompt: str) -> list[str]:
+    """MBPP-style prompts list their tests ("assert f(1) == 2" lines); an empty list when there are none."""
+    return [m.strip() for m in re.findall(r"^\s*(assert .+)$", prompt, flags=re.M)]
+
+
+def routerbench_prompts(
+    data_dir: str | Path, split: str = "train", scorable_only: bool = True
+) -> pd.DataFrame:
+    """RouterBench prompts; `scorable_only` keeps rows we can score (a gold letter, or code with tests)."""
+    p = pd.read_csv(Path(data_dir) / f"prompts_{split}.csv", dtype={"prompt_id": str, "reference": str})
+    df = _frame([{"prompt_id": r.prompt_id, "task": r.task, "prompt": r.prompt,
+                  "reference": r.reference if isinstance(r.reference, str) and r.reference else None,
+                  "tests": asserts_from_prompt(r.prompt) or None, "contexts": None}
+                 for r in p.itertuples()])  # fmt: skip
+    if scorable_only:
+        ok = ((df["family"] == "multiple_choice") & df["reference"].notna()) | (
+            (df["family"] == "code") & df["tests"].notna()
+        )
+        df = df[ok]
+    return df.reset_index(drop=True)
+
+
+def load_prompt_set(name_or_path: str | Path, settings: Settings | None = None) -> pd.DataFrame:
+    """A prompt set by file path or by name: 'demo', 'routerbench' (scorable RouterBench rows)."""
+    key = str(name_or_path)
+    if key in NAMED:
+        return read_prompt_file(NAMED[key])
+    if key in ROUTERBENCH_SETS:
+        settings = settings or Settings()
+        return routerbench_prompts(settings.shared_data_dir / "routerbench")
+    path = Path(name_or_path)
+    if not path.exists():
+        names = ", ".join([*NAMED, *ROUTERBENCH_SETS])
+        raise FileNotFoundError(f"prompt set {key!r} is neither a file nor a known name ({names})")
+    return read_prompt_file(path)
+
+
+def stratified_sample(df: pd.DataFrame, size: int | None = None, per_task: int | None = None,
+                      seed: int = 0, by: str = "task") -> pd.DataFrame:  # fmt: skip
+    """Equal allocation per task (`per_task`, or `size` split evenly, remainder to the first tasks), drawn
+    with a fixed seed; a task with fewer rows gives all it has. Order: by task, then prompt_id."""
+    groups = sorted(df[by].unique())
+    if per_task is None:
+        if size is None:
+            return df.sort_values([by, "prompt_id"]).reset_index(drop=True)
+        base, extra = divmod(size, max(len(groups), 1))
+        quota = {g: base + (i < extra) for i, g in enumerate(groups)}
+    else:
+        quota = dict.fromkeys(groups, per_task)
+    parts = [
+        g_df.sample(n=min(quota[g], len(g_df)), random_state=seed)
+        for g, g_df in df.groupby(by)
+        if quota[g] > 0
+    ]
+    out = pd.concat(parts) if parts else df.iloc[:0]
+    return out.sort_values([by, "prompt_id"]).reset_index(drop=True)
+
+
+def counts_per_task(df: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in df["task"].value_counts().sort_index().items()}
+
+
+def build_prompt_set(settings: Settings, per_task: int = 20, seed: int = 0,
+                     extra: tuple[str, ...] = ("demo",)) -> pd.DataFrame:  # fmt: skip
+    """The micro-bench prompt set: a stratified RouterBench sample (ARC, Winogrande) plus the committed demo
+    sets (code with tests, extraction, RAG answers), each task capped at `per_task`."""
+    frames = []
+    rb = settings.shared_data_dir / "routerbench"
+    if (rb / "prompts_train.csv").exists():
+        frames.append(routerbench_prompts(rb))
+    frames += [load_prompt_set(name, settings) for name in extra]
+    if not frames:
+        raise FileNotFoundError(f"no prompt source: {rb} is missing and no extra sets were named")
+    df = pd.concat(frames, ignore_index=True).drop_duplicates("prompt_id")
+    return stratified_sample(df, per_task=per_task, seed=seed)

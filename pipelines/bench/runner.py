@@ -1,0 +1,212 @@
+"""The micro-bench runner: prompt set x model panel through the gateway, scored, as an outcome table.
+
+Bounded concurrency (a thread pool of `concurrency` workers), streamed calls (time to first token), and
+crash-safe resumption: completed cells are committed in batches, each batch one parquet part file written to
+a temp name and renamed into `out_dir` (atomic, append-only). A run killed at any point (even SIGKILL) and
+started again reads the committed parts, skips every (prompt_id, model) already there and runs the rest, so
+no row is lost or duplicated; at most one uncommitted batch is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from pipelines.bench.outcomes import OUTCOME_COLUMNS, task_family, write_table
+from pipelines.bench.scorers import score_row
+
+MAX_TOKENS = {"multiple_choice": 16, "extraction": 48, "code": 192, "rag_answer": 128, "chat": 128}
+PART_GLOB = "part-*.parquet"
+Scorer = Callable[[dict[str, Any], str], float]
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    out_dir: str
+    cells_total: int
+    cells_done_before: int
+    cells_run: int
+    parts_written: int
+    seconds: float
+    errors_by_model: dict[str, int] = field(default_factory=dict)
+    calls_by_model: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A prompt row as chat messages; a rag_answer row's contexts come numbered before the question."""
+    contexts = row.get("contexts")
+    if contexts is not None and len(contexts):
+        ctx = "\n\n".join(f"[{i}] {c}" for i, c in enumerate(contexts, 1))
+        text = (f"Answer the question using only the context below. Be brief.\n\nContext:\n{ctx}\n\n"
+                f"Question: {row['prompt']}\nAnswer:")  # fmt: skip
+        return [{"role": "user", "content": text}]
+    return [{"role": "user", "content": row["prompt"]}]
+
+
+def committed_cells(out_dir: Path) -> set[tuple[str, str]]:
+    cells: set[tuple[str, str]] = set()
+    for part in sorted(out_dir.glob(PART_GLOB)):
+        df = pd.read_parquet(part, columns=["prompt_id", "model"])
+        cells.update(zip(df["prompt_id"].astype(str), df["model"].astype(str), strict=True))
+    return cells
+
+
+def collect_outcomes(out_dir: str | Path, with_response: bool = False) -> pd.DataFrame:
+    """Every committed row of a run folder, in the outcome-table shape (plus `response` if asked)."""
+    parts = sorted(Path(out_dir).glob(PART_GLOB))
+    cols = OUTCOME_COLUMNS + (["response"] if with_response else [])
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return df[cols].sort_values(["prompt_id", "model"]).reset_index(drop=True)
+
+
+def _run_id(out_dir: Path, run_id: str | None) -> str:
+    manifest = out_dir / "run.json"
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())["run_id"]
+        if run_id and run_id != saved:
+            raise ValueError(
+                f"{out_dir} holds run {saved!r}; resume it with that run_id or use another folder"
+            )
+        return saved
+    run_id = run_id or datetime.now(UTC).strftime("bench-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "created_at": datetime.now(UTC).isoformat()}))
+    tmp.replace(manifest)
+    return run_id
+
+
+def _call(gateway: Any, row: dict[str, Any], model: str, run_id: str, scorer: Scorer,
+          max_tokens: int | None) -> dict[str, Any]:  # fmt: skip
+    family = row.get("family") or task_family(row["task"])
+    out: dict[str, Any] = {
+        "prompt_id": row["prompt_id"], "task": row["task"], "prompt": row["prompt"], "model": model,
+        "score": math.nan, "cost_usd": 0.0, "latency_s": math.nan, "ttft_s": math.nan,
+        "input_tokens": 0, "output_tokens": 0, "error": None, "run_id": run_id, "response": None,
+    }  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        r = gateway.chat(model, build_messages(row), max_tokens=max_tokens or MAX_TOKENS.get(family, 128))
+    except Exception as e:  # a model error or timeout is an error row, never a crash
+        out.update(latency_s=time.perf_counter() - t0, error=f"{type(e).__name__}: {e}"[:500])
+        return out
+    ttft = r.ttft_s if r.ttft_s is not None else math.nan
+    out.update(cost_usd=r.cost_usd, latency_s=r.latency_s, ttft_s=ttft,
+               input_tokens=r.input_tokens, output_tokens=r.output_tokens, response=r.text)  # fmt: skip
+    if r.fallback_used:  # the answer is another model's: it must not be scored as this one's
+        out["error"] = f"fallback: {model} did not answer, {r.model} did"
+        return out
+    try:
+        score = float(scorer(row, r.text))
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"score {score} outside [0, 1]")
+        out["score"] = score
+    except Exception as e:  # a failing scorer marks this row, never the run
+        out["error"] = f"scorer: {type(e).__name__}: {e}"[:500]
+    return out
+
+
+def _commit(rows: list[dict[str, Any]], out_dir: Path) -> Path:
+    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    df = pd.DataFrame(rows, columns=OUTCOME_COLUMNS + ["response"])
+    df["error"] = df["error"].astype("string")
+    df["response"] = df["response"].astype("string")
+    return write_table(df, out_dir / name)  # temp file + rename: a part is whole or absent
+
+
+def pending_cells(
+    prompts: pd.DataFrame, models: Iterable[str], done: set[tuple[str, str]]
+) -> list[tuple[dict, str]]:
+    """Cells not yet committed, prompt-major so consecutive calls alternate between models."""
+    rows = prompts.to_dict("records")
+    return [(r, m) for r in rows for m in models if (str(r["prompt_id"]), m) not in done]
+
+
+def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: str | Path,
+              run_id: str | None = None, concurrency: int = 2, batch_size: int = 8,
+              max_tokens: int | None = None, scorer: Scorer = score_row,
+              progress: bool = True) -> RunReport:  # fmt: skip
+    """Run every missing (prompt, model) cell and commit results under `out_dir`; returns a summary."""
+    if not models:
+        raise ValueError("no models to run")
+    if prompts["prompt_id"].duplicated().any():
+        raise ValueError("the prompt set has duplicate prompt_id values")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = _run_id(out_dir, run_id)
+    done = committed_cells(out_dir)
+    todo = pending_cells(prompts, models, done)
+    total = len(prompts) * len(models)
+    t0, parts, pending = time.perf_counter(), 0, []
+    calls: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    bar = tqdm(
+        total=total, initial=total - len(todo), desc=f"bench {run_id}", unit="call", disable=not progress
+    )
+    queue = iter(todo)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        inflight: set[Future] = set()
+        try:
+            while True:
+                while len(inflight) < max(1, concurrency):  # bounded: never more than `concurrency` queued
+                    nxt = next(queue, None)
+                    if nxt is None:
+                        break
+                    inflight.add(pool.submit(_call, gateway, nxt[0], nxt[1], run_id, scorer, max_tokens))
+                if not inflight:
+                    break
+                finished, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    row = fut.result()
+                    pending.append(row)
+                    calls[row["model"]] += 1
+                    errors[row["model"]] += row["error"] is not None
+                    bar.update(1)
+                    bar.set_postfix(errors=sum(errors.values()))
+                if len(pending) >= batch_size:
+                    _commit(pending, out_dir)
+                    parts, pending = parts + 1, []
+        finally:
+            for fut in inflight:
+                fut.cancel()
+            if pending:  # an interrupt (Ctrl-C) keeps what finished; SIGKILL loses at most this batch
+                _commit(pending, out_dir)
+                parts += 1
+            bar.close()
+    return RunReport(run_id=run_id, out_dir=str(out_dir), cells_total=total,
+                     cells_done_before=total - len(todo), cells_run=sum(calls.values()),
+                     parts_written=parts, seconds=round(time.perf_counter() - t0, 2),
+                     errors_by_model=dict(errors), calls_by_model=dict(calls))  # fmt: skip
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (mean score over scored rows), n, and error rate per task x model."""
+    g = df.assign(errored=df["error"].notna()).groupby(["task", "model"])
+    out = g.agg(
+        accuracy=("score", "mean"),
+        n=("score", "count"),
+        rows=("score", "size"),
+        error_rate=("errored", "mean"),
+    )
+    return out.reset_index()
+
+
+def error_rate_by_model(df: pd.DataFrame) -> dict[str, float]:
+    return {str(k): float(v) for k, v in df["error"].notna().groupby(df["model"]).mean().items()}

@@ -1,0 +1,160 @@
+"""Reference scorers, one per task family; each returns a score in [0, 1].
+
+- multiple choice: the choice letter extracted from free text ("The answer is (B).", "b", "B) house",
+  or the text of exactly one option), exact match against the gold letter;
+- extraction: SQuAD-style exact match and token F1 (the score is F1, max over the accepted answers);
+- code: the generated function run against its tests in a sandboxed subprocess (`code_exec`);
+- rag_answer: token F1 against a reference answer when there is one (RAGAS/TruLens run separately).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines.bench.code_exec import run_tests
+from pipelines.bench.outcomes import task_family
+
+
+def _missing(v: Any) -> bool:
+    """None, or the NaN pandas puts in an empty object cell."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+class ScoreError(ValueError):
+    """The row cannot be scored (no reference, no tests); the runner records it in the `error` column."""
+
+
+_OPTION = re.compile(r"^\s*\(?([A-H])[).:]\s*(.+?)\s*$", re.M)
+
+
+def parse_choices(prompt: str) -> dict[str, str]:
+    """The options of the LAST question in a (few-shot) prompt: {"A": "dry palms", ...}."""
+    blocks = [b for b in re.split(r"\n\s*\n", prompt) if _OPTION.search(b)]
+    if not blocks:
+        return {}
+    return {m.group(1): m.group(2) for m in _OPTION.finditer(blocks[-1])}
+
+
+def extract_choice(
+    text: str, letters: Sequence[str] = "ABCD", options: dict[str, str] | None = None
+) -> str | None:
+    """The choice letter an answer commits to, or None when it commits to none (or to several)."""
+    if not text:
+        return None
+    up = "".join(letters).upper()
+    # a capital letter as a word, or a lower-case one only where it cannot be the article "a" ("b)", "b.")
+    let = rf"(?:([{up}])\b|([{up.lower()}])(?=[\)\].:,]|\s*$))"
+    t = text.strip()
+    if len(set(re.findall(rf"^\s*\(?([{up}])\)", t, flags=re.M))) > 1:
+        return None  # the answer echoes the option list ("A) 36 V\nB) 4 V"): no commitment
+
+    def pick(m: re.Match | None) -> str | None:
+        return (m.group(1) or m.group(2)).upper() if m else None
+
+    # 1. the whole answer is a letter: "B", "(b)", "B.", "B)"
+    if re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t):
+        return pick(re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t))
+    # 2. an explicit statement: "The answer is (B).", "answer: b", "Correct option: C"
+    m = re.search(rf"(?i:answer|option|choice)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t)
+    if m:
+        return pick(m)
+    # 3. the answer starts with a marked letter: "B) house", "(C) ...", "D. impact", "B\n..."
+    m = re.match(rf"[\(\[]?([{up}{up.lower()}])(?:[\)\]:.,]|\s*$|\s*\n)", t)
+    if m:
+        return m.group(1).upper()
+    # 4. the text of exactly one option ("house", "wet palms"); an option inside another counts once
+    if options:
+        low = t.lower()
+        hits = {k for k, v in options.items() if k in up and v.strip() and v.strip().lower() in low}
+        hits = {k for k in hits if not any(k != o and options[k].lower() in options[o].lower() for o in hits)}
+        if len(hits) == 1:
+            return hits.pop()
+    # 5. exactly one distinct capital letter in brackets or standing alone, "A" as an article excluded
+    found = {x.upper() for x in re.findall(rf"\(([{up}{up.lower()}])\)", t)}
+    if not found:
+        article = r"\s+(?!(?:or|and|is)\b)[a-z]"  # "A dog", but not "A or B"
+        found = {m.group(1) for m in re.finditer(rf"\b([{up}])\b", t)
+                 if not (m.group(1) == "A" and re.match(article, t[m.end():]))}  # fmt: skip
+    return found.pop() if len(found) == 1 else None
+
+
+def score_multiple_choice(output: str, reference: str, prompt: str = "") -> float:
+    if not isinstance(reference, str) or not reference.strip():
+        raise ScoreError("multiple choice row has no gold letter")
+    options = parse_choices(prompt)
+    letters = "".join(sorted(options)) or "ABCD"
+    return float(extract_choice(output, letters, options) == reference.strip().upper())
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = Counter(pred) & Counter(ref)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    p, r = same / len(pred), same / len(ref)
+    return 2 * p * r / (p + r)
+
+
+def _refs(reference: Any) -> list[str]:
+    refs = [reference] if isinstance(reference, str) else ([] if _missing(reference) else list(reference))
+    refs = [r for r in refs if isinstance(r, str) and r.strip()]
+    if not refs:
+        raise ScoreError("row has no reference answer")
+    return refs
+
+
+def _first_line(output: str) -> str:
+    """Small models add explanations after the answer; the extraction answer is its first line."""
+    lines = [x for x in output.strip().splitlines() if x.strip()]
+    return re.sub(r"^(?:the\s+)?answer\s*(?:is)?\s*:?\s*", "", lines[0].strip(), flags=re.I) if lines else ""
+
+
+def score_extraction(output: str, reference: Any) -> dict[str, float]:
+    refs, ans = _refs(reference), _first_line(output)
+    return {"em": max(exact_match(ans, r) for r in refs), "f1": max(token_f1(ans, r) for r in refs)}
+
+
+def extract_code(output: str) -> str:
+    """The code of the answer: its fenced blocks joined, or the whole text when it has none."""
+    blocks = re.findall(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", output, flags=re.S)
+    return "\n\n".join(b for b in blocks if b.strip()) if blocks else output
+
+
+def score_code(output: str, tests: Sequence[str] | None, timeout_s: float = 5.0) -> float:
+    if _missing(tests) or len(tests) == 0:  # a list, or a numpy array after a parquet round trip
+        raise ScoreError("code row has no tests")
+    return float(run_tests(extract_code(output), list(tests), timeout_s=timeout_s).passed_all)
+
+
+def score_row(row: dict[str, Any], output: str) -> float:
+    """The row's score in [0, 1] by its task family; raises ScoreError when it cannot be scored."""
+    family = row.get("family") or task_family(row["task"])
+    if family == "multiple_choice":
+        return score_multiple_choice(output, row.get("reference") or "", row.get("prompt", ""))
+    if family == "code":
+        return score_code(output, row.get("tests"))
+    if family in ("extraction", "rag_answer", "chat"):
+        answers = row.get("answers")
+        refs = answers if not _missing(answers) and len(answers) else row.get("reference")
+        return score_extraction(output, refs)["f1"]
+    raise ScoreError(f"no scorer for task family {family!r}")

@@ -1,0 +1,69 @@
+"""The functions behind the benchmark-results asset checks and metadata, and the RouterBench import."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from pipelines.bench.cli import app
+from pipelines.bench.nightly import (
+    accuracy_metadata,
+    check_error_rate,
+    check_not_empty,
+    check_scores_in_range,
+)
+from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
+
+
+def _table(scores, errors):
+    n = len(scores)
+    return pd.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "task": ["winogrande"] * n, "prompt": "x",
+                         "model": ["m1", "m2"] * (n // 2), "score": scores, "cost_usd": 0.0, "latency_s": 1.0,
+                         "ttft_s": 0.5, "input_tokens": 1, "output_tokens": 1, "error": errors,
+                         "run_id": "r"})[OUTCOME_COLUMNS]  # fmt: skip
+
+
+def test_checks_pass_on_a_clean_partition_and_fail_on_a_bad_one():
+    good = _table([1.0, 0.0, 1.0, 1.0], [None] * 4)
+    assert (
+        check_error_rate(good).passed and check_not_empty(good).passed and check_scores_in_range(good).passed
+    )
+    bad = _table([1.0, math.nan, 1.5, 0.0], [None, "GatewayError: timeout", None, None])
+    er = check_error_rate(bad)
+    assert not er.passed and er.metadata["error_rate"] == 0.25 and er.metadata["error_rate/m2"] == 0.5
+    assert not check_scores_in_range(bad).passed and check_scores_in_range(bad).metadata["out_of_range"] == 1
+    assert not check_not_empty(good.iloc[:0]).passed
+
+
+def test_accuracy_metadata_is_per_task_and_model():
+    md = accuracy_metadata(_table([1.0, 0.0, 1.0, 1.0], [None] * 4))
+    assert md["accuracy/winogrande/m1"] == 1.0 and md["accuracy/winogrande/m2"] == 0.5
+    assert "| winogrande" in md["accuracy_table"]
+
+
+def test_import_routerbench_cli_writes_the_outcome_table(shared_data, tmp_path):
+    out = tmp_path / "rb.parquet"
+    r = CliRunner().invoke(app, ["import-routerbench", str(shared_data / "routerbench"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    df = read_table(out)
+    assert list(df.columns) == OUTCOME_COLUMNS and df["model"].nunique() == 11
+    assert df["score"].between(0, 1).all() and "11 models" in r.output and "arc-challenge" in r.output
+    r = CliRunner().invoke(app, ["import-routerbench", str(tmp_path)])
+    assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_rag_rows_join_a_runs_answers_with_their_contexts():
+    from pipelines.bench.prompts import load_prompt_set
+    from pipelines.bench.rag_scorers import rag_rows_from_outcomes
+
+    prompts = load_prompt_set("demo")
+    out = _table([0.5, 0.5], [None, "GatewayError: down"]).assign(
+        prompt_id=["demo-rag-001", "demo-rag-002"], task="rag_answer", response=["It falls back.", None]
+    )
+    rows = rag_rows_from_outcomes(out, prompts)
+    assert len(rows) == 1  # the error row has no answer to judge
+    r = rows.iloc[0]
+    assert r["answer"] == "It falls back." and r["question"].startswith("What does the gateway do")
+    assert len(r["contexts"]) == 2 and r["reference"] == "It falls back to the other local model."

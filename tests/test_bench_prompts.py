@@ -1,0 +1,118 @@
+"""Prompt sets: validation with line numbers, named sets, stratified sampling, the RouterBench source."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.bench.cli import app
+from pipelines.bench.prompts import (
+    PromptSetError,
+    asserts_from_prompt,
+    build_prompt_set,
+    counts_per_task,
+    load_prompt_set,
+    read_prompt_file,
+    routerbench_prompts,
+    stratified_sample,
+)
+from pipelines.settings import Settings
+
+GOOD = {"prompt_id": "p1", "task": "extraction", "prompt": "Q?", "reference": "a"}
+
+
+def _jsonl(path, lines):
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("line3", "message"),
+    [
+        ('{"prompt_id": "p3", "task": "chat", "prompt": "hi"', r":3: not valid JSON"),
+        ({"prompt_id": "p3", "task": "chat"}, r":3: missing or empty field 'prompt'"),
+        (
+            {"prompt_id": "p1", "task": "chat", "prompt": "dup"},
+            r":3: duplicate prompt_id 'p1' \(first on line 1\)",
+        ),
+        (
+            {"prompt_id": "p3", "task": "code", "prompt": "x", "tests": "assert 1"},
+            r":3: field 'tests' must be",
+        ),
+        ([1, 2], r":3: expected an object"),
+    ],
+)
+def test_malformed_jsonl_is_refused_with_its_line_number(tmp_path, line3, message):
+    path = _jsonl(tmp_path / "p.jsonl", [GOOD, {**GOOD, "prompt_id": "p2"}, line3])
+    with pytest.raises(PromptSetError, match=message):
+        read_prompt_file(path)
+
+
+def test_malformed_csv_is_refused_with_its_line_number(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text('prompt_id,task,prompt,reference\np1,chat,"two\nlines",x\np2,chat,,x\n')
+    with pytest.raises(PromptSetError, match=r"p\.csv:4: missing or empty field 'prompt'"):
+        read_prompt_file(path)
+    (tmp_path / "h.csv").write_text("id,task,prompt\n1,chat,hi\n")
+    with pytest.raises(PromptSetError, match=r"h\.csv:1: header lacks column\(s\) prompt_id"):
+        read_prompt_file(tmp_path / "h.csv")
+
+
+def test_cli_refuses_a_malformed_prompt_file_naming_the_line(tmp_path):
+    path = _jsonl(tmp_path / "bad.jsonl", [GOOD, "not json"])
+    r = CliRunner().invoke(app, ["run", "--prompt-set", str(path), "--out", str(tmp_path / "o.csv")])
+    assert r.exit_code == 2
+    assert "bad.jsonl:2: not valid JSON" in r.output
+    r = CliRunner().invoke(app, ["run", "--prompt-set", "no-such-set", "--out", str(tmp_path / "o.csv")])
+    assert r.exit_code == 2 and "neither a file nor a known name" in r.output
+
+
+def test_good_files_load_with_lists_and_families(tmp_path):
+    rows = [GOOD, {"prompt_id": "c1", "task": "mbpp", "prompt": "f", "tests": ["assert 1"]},
+            {"prompt_id": "r1", "task": "rag_answer", "prompt": "q", "contexts": ["c1", "c2"]}]  # fmt: skip
+    df = read_prompt_file(_jsonl(tmp_path / "ok.jsonl", rows))
+    assert list(df["family"]) == ["extraction", "code", "rag_answer"]
+    assert df.loc[1, "tests"] == ["assert 1"] and df.loc[2, "contexts"] == ["c1", "c2"]
+    csv_path = tmp_path / "ok.csv"
+    csv_path.write_text('prompt_id,task,prompt,tests\nc1,code,f,"[""assert 1""]"\n')
+    assert read_prompt_file(csv_path).loc[0, "tests"] == ["assert 1"]
+
+
+def test_demo_set_has_every_scorable_family_with_what_it_needs(tmp_path):
+    df = load_prompt_set("demo")
+    df.to_parquet(tmp_path / "p.parquet")  # one type per column: the prompt_set asset can be parquet
+    back = pd.read_parquet(tmp_path / "p.parquet")
+    assert list(back.loc[back["prompt_id"] == "demo-extract-004", "answers"].iloc[0]) == ["12", "twelve"]
+    assert back["reference"].dropna().map(lambda r: isinstance(r, str)).all()
+    assert set(df["family"]) == {"code", "extraction", "rag_answer"}
+    assert df[df["family"] == "code"]["tests"].map(len).min() >= 3
+    assert df[df["family"] == "rag_answer"]["contexts"].notna().all()
+
+
+def test_stratified_sample_is_balanced_and_reproducible():
+    df = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(60)], "task": ["a"] * 40 + ["b"] * 15 + ["c"] * 5,
+                       "prompt": "x"})  # fmt: skip
+    s1 = stratified_sample(df, size=21, seed=7)
+    assert counts_per_task(s1) == {"a": 7, "b": 7, "c": 5}  # a small task gives all it has
+    assert s1.equals(stratified_sample(df, size=21, seed=7))
+    assert not s1.equals(stratified_sample(df, size=21, seed=8))
+    assert counts_per_task(stratified_sample(df, per_task=3)) == {"a": 3, "b": 3, "c": 3}
+
+
+def test_mbpp_tests_come_from_assert_lines_in_the_prompt():
+    p = "Write f.\nYour code should pass these tests:\nassert f(1) == 2\n  assert f(0) == 1\nnot assert x"
+    assert asserts_from_prompt(p) == ["assert f(1) == 2", "assert f(0) == 1"]
+
+
+def test_routerbench_source_keeps_only_scorable_rows(shared_data):
+    df = routerbench_prompts(shared_data / "routerbench")
+    # MBPP prompts in the shared slice carry no tests: only ARC and Winogrande rows with a gold letter remain
+    assert set(df["task"]) == {"arc-challenge", "winogrande"}
+    assert df["reference"].isin(list("ABCDE")).all()
+    ps = build_prompt_set(Settings(shared_data_dir=shared_data), per_task=5, seed=0)
+    counts = counts_per_task(ps)
+    assert counts["arc-challenge"] == counts["winogrande"] == counts["code"] == 5
+    assert ps.equals(build_prompt_set(Settings(shared_data_dir=shared_data), per_task=5, seed=0))

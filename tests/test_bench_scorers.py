@@ -1,0 +1,159 @@
+"""Scorers on tricky outputs, and the code sandbox killing what must be killed (all pure, no models)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.bench.code_exec import run_tests
+from pipelines.bench.scorers import (
+    ScoreError,
+    exact_match,
+    extract_choice,
+    extract_code,
+    parse_choices,
+    score_extraction,
+    score_multiple_choice,
+    score_row,
+    token_f1,
+)
+
+WINO = (
+    "He never comes to my home, but I always go to his house because the _ is bigger.\nA) home\nB) house\n"
+    'Print only a single choice  from "A" or "B" without explanation. Answer:\nB\n\n'
+    "Kyle doesn't wear leg warmers to bed, while Logan almost always does. _ is more likely to live in a "
+    "colder climate.\nA) Kyle\nB) Logan\n"
+    'Print only a single choice  from "A" or "B" without explanation. Answer:'
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is (B).", "B"),
+        ("b", "B"),
+        ("(c)", "C"),
+        ("D.", "D"),
+        ("answer: c", "C"),
+        ("ANSWER IS d", "D"),
+        ("B) wet palms", "B"),
+        ("C\nBecause oil reduces friction.", "C"),
+        ("I think it is B because wet palms slip.", "B"),
+        ("The correct option is (A) dry palms", "A"),
+        ("wet palms", "B"),  # the text of exactly one option
+        ("A fold happens when plates converge.", None),  # "A" as an article is no answer
+        ("the answer is a dog", None),
+        ("A or B", None),  # commits to two letters
+        ("A) dry palms\nB) wet palms", None),  # echoes the options
+        ("", None),
+        ("E", None),  # not one of the offered letters
+    ],
+)
+def test_extract_choice_on_tricky_outputs(text, expected):
+    options = {
+        "A": "dry palms",
+        "B": "wet palms",
+        "C": "palms covered with oil",
+        "D": "palms covered with lotion",
+    }
+    assert extract_choice(text, "ABCD", options) == expected
+
+
+def test_choices_come_from_the_last_question_of_a_few_shot_prompt():
+    assert parse_choices(WINO) == {"A": "Kyle", "B": "Logan"}
+    assert score_multiple_choice("Logan", "B", WINO) == 1.0
+    assert score_multiple_choice("The answer is (A).", "B", WINO) == 0.0
+    assert score_multiple_choice("C", "B", WINO) == 0.0  # C is not offered in a two-way question
+
+
+def test_routerbench_prompts_parse_to_their_options(shared_data):
+    import pandas as pd
+
+    p = pd.read_csv(shared_data / "routerbench" / "prompts_train.csv").groupby("task").head(30)
+    mc = p[p["task"].isin(["arc-challenge", "winogrande"])]
+    for prompt, task, ref in zip(mc["prompt"], mc["task"], mc["reference"], strict=True):
+        opts = parse_choices(prompt)
+        assert len(opts) == (2 if task == "winogrande" else len(opts)) and len(opts) >= 2, prompt[-300:]
+        if isinstance(ref, str):
+            assert ref in opts
+
+
+def test_extraction_exact_match_and_f1():
+    assert exact_match("The Lisbon.", "lisbon") == 1.0
+    assert token_f1("port ellis harbour", "Port Ellis") == pytest.approx(0.8)
+    assert token_f1("", "x") == 0.0
+    s = score_extraction("Answer: Northwind Traders\nIt issued the invoice.", ["Northwind Traders"])
+    assert s == {"em": 1.0, "f1": 1.0}
+    assert score_extraction("twelve mugs", ["12", "twelve"])["f1"] == pytest.approx(2 / 3)
+    with pytest.raises(ScoreError):
+        score_extraction("x", None)
+
+
+def test_extract_code_from_fences_or_plain_text():
+    out = "Sure!\n```python\ndef f(x):\n    return x\n```\nThat is all."
+    assert extract_code(out) == "def f(x):\n    return x\n"
+    assert extract_code("def g():\n    return 1") == "def g():\n    return 1"
+    assert "def h" in extract_code("```\ndef h():\n    pass")  # unterminated fence
+
+
+def test_code_passes_and_fails_by_its_tests():
+    tests = ["assert square(3) == 9", "assert square(-2) == 4"]
+    ok = run_tests("def square(n):\n    return n * n", tests)
+    assert (ok.passed, ok.total, ok.status, ok.passed_all) == (2, 2, "ok", True)
+    bad = run_tests("def square(n):\n    return n + n", tests)
+    assert bad.passed == 0 and bad.status == "failed" and "AssertionError" in bad.detail
+    syntax = run_tests("def square(n) return", tests)
+    assert syntax.passed == 0 and "SyntaxError" in syntax.detail
+
+
+def test_code_scorer_kills_an_infinite_loop():
+    t0 = time.perf_counter()
+    r = run_tests("def f():\n    while True:\n        pass\nf()", ["assert True"], timeout_s=2)
+    assert r.status in ("timeout", "killed") and not r.passed_all
+    assert time.perf_counter() - t0 < 10
+
+
+def test_code_scorer_stops_a_memory_hog():
+    hog = "def f():\n    xs = []\n    while True:\n        xs.append(bytearray(50 << 20))\n"
+    r = run_tests(hog, ["f()"], timeout_s=10, memory_mb=256)
+    assert not r.passed_all and "MemoryError" in r.detail
+    # a hog that swallows MemoryError and keeps going is still stopped by the time limit
+    stubborn = (
+        "while True:\n    try:\n        x = bytearray(1 << 34)\n    except MemoryError:\n        pass\n"
+    )
+    assert run_tests(stubborn, ["assert True"], timeout_s=2).status in ("timeout", "killed")
+
+
+def test_generated_code_runs_outside_this_process(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = "import os\nopen('escaped.txt', 'w').write('x')\nMARK = os.getpid()"
+    r = run_tests(
+        code, ["import os\nassert MARK == os.getpid()", "import os\nassert 'SECRET' not in os.environ"]
+    )
+    assert r.passed_all
+    assert not Path(tmp_path / "escaped.txt").exists()  # it wrote inside its own temp dir only
+
+
+def test_score_row_dispatches_by_family_and_refuses_unscorable_rows():
+    mc = {"task": "winogrande", "prompt": WINO, "reference": "B"}
+    assert score_row(mc, "(B)") == 1.0
+    code = {"task": "code", "prompt": "", "tests": ["assert inc(1) == 2"]}
+    assert score_row(code, "```python\ndef inc(x):\n    return x + 1\n```") == 1.0
+    assert (
+        score_row({"task": "mbpp", "prompt": "", "tests": None}.copy() | {"tests": ["assert 0"]}, "") == 0.0
+    )
+    with pytest.raises(ScoreError, match="no tests"):
+        score_row({"task": "mbpp", "prompt": "", "tests": None}, "def f(): pass")
+    with pytest.raises(ScoreError, match="gold letter"):
+        score_row({"task": "arc-challenge", "prompt": WINO, "reference": None}, "A")
+    assert not math.isnan(score_row({"task": "rag_answer", "reference": "Lisbon"}, "Lisbon"))
+    import numpy as np  # list columns come back from parquet as arrays
+
+    row = {"task": "extraction", "reference": "12", "answers": np.array(["12", "twelve"])}
+    assert score_row(row, "twelve") == 1.0
+    assert score_row({"task": "code", "tests": np.array(["assert 1"])}, "x = 1") == 1.0
+    with pytest.raises(ScoreError):  # an empty cell read back by pandas is NaN, not None
+        score_row({"task": "extraction", "reference": math.nan, "answers": math.nan}, "x")
