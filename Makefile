@@ -37,7 +37,12 @@ demo: setup
 	@echo "[demo] materializing the asset graph (log: runs/demo/dagster.log)"
 	set -o pipefail; .venv/bin/dagster job execute -m assets -j demo 2>&1 | tee runs/demo/dagster.log \
 	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATION|RUN_SUCCESS|RUN_FAILURE" \
-	  | sed -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
+	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
+	@echo "[demo] today's micro-bench partition (benchmark_results)"
+	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select benchmark_results \
+	  --partition $$(date -u +%F) 2>&1 | tee runs/demo/bench.log \
+	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATION|RUN_SUCCESS|RUN_FAILURE" \
+	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
 	.venv/bin/stratmaster demo
 
 test: setup

@@ -1,21 +1,29 @@
 import dagster as dg
 
-from assets import models, rag, router, utility
+from assets import bench, models, rag, router, utility
 from assets.resources import GatewayResource, SettingsResource
 
-MODULES = [models, rag, utility, router]
-GROUPS = ["models", "corpus", "indexes", "utility", "router"]
+MODULES = [models, rag, bench, utility, router]
+GROUPS = ["models", "corpus", "indexes", "bench", "utility", "router"]
 settings = SettingsResource()
 
-# `make demo` runs this job: the whole graph on the embedded defaults (partitioned assets excluded).
+# `make demo` runs this job (the unpartitioned graph), then today's micro-bench partition.
 demo_job = dg.define_asset_job(
-    "demo", selection=dg.AssetSelection.all(), description="Everything, end to end, on embedded defaults."
+    "demo",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(bench.benchmark_results),
+    description="Everything but the daily micro-bench, end to end, on embedded defaults.",
 )
-group_jobs = [dg.define_asset_job(f"{g}_job", selection=dg.AssetSelection.groups(g)) for g in GROUPS]
+group_jobs = [
+    dg.define_asset_job(
+        f"{g}_job", selection=dg.AssetSelection.groups(g) - dg.AssetSelection.assets(bench.benchmark_results)
+    )
+    for g in GROUPS
+]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(MODULES),
     asset_checks=dg.load_asset_checks_from_modules(MODULES),
-    jobs=[demo_job, *group_jobs],
+    jobs=[demo_job, bench.bench_job, *group_jobs],
+    schedules=[bench.nightly_bench_schedule],
     resources={"settings": settings, "gateway": GatewayResource(settings=settings)},
 )

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     graph_weight: float = 0.1
     registry_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in run_dir if unset")
 
+    # micro-bench: prompts per task in the stratified prompt set
+    bench_per_task: int = 8
+
     # utility model
     lambda_cost: float = 100.0
     lambda_latency: float = 0.01

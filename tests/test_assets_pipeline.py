@@ -16,9 +16,12 @@ def _resources(**overrides: str) -> dict:
 def test_every_asset_group_is_defined_with_its_checks():
     graph = defs.resolve_asset_graph()
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
-    assert {"models", "corpus", "indexes", "utility", "router"} <= groups
+    assert {"models", "corpus", "indexes", "bench", "utility", "router"} <= groups
+    assert [s.name for s in defs.schedules] == ["nightly_bench_schedule"]
+    assert graph.get(dg.AssetKey("benchmark_results")).partitions_def is not None
     checks = {k.name for k in graph.asset_check_keys}
     assert {"r_hat", "ess_bulk", "divergences", "calibration", "beats_best_single_model"} <= checks
+    assert {"error_rate_below_0_5pct", "partition_not_empty", "scores_in_unit_interval"} <= checks
 
 
 def test_leaderboard_priors_asset_gives_every_local_model_a_row(tmp_path, shared_data):
