@@ -22,6 +22,17 @@ def _routerbench(s: Settings):
     return prompts, outcomes.dropna(subset=["score"])
 
 
+def _plain(d: dict) -> dict:
+    """Metadata Dagster can store: python numbers and strings only (numpy scalars converted)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bool | str):
+            out[k] = v
+        elif isinstance(v, int | float):
+            out[k] = float(v) if isinstance(v, float) else int(v)
+    return out
+
+
 def _publish(version_dir: Path, current: Path) -> None:
     """Point `current` at the new version atomically (a symlink swapped by rename)."""
     tmp = current.with_name(f".{current.name}.{os.getpid()}")
@@ -75,7 +86,7 @@ def router_evaluation(settings: SettingsResource):
     png = Path(result["pareto_png"])
     yield dg.MaterializeResult(
         metadata={
-            **{k: v for k, v in result.items() if isinstance(v, int | float | str) and k != "pareto_png"},
+            **_plain({k: v for k, v in result.items() if k != "pareto_png"}),
             "pareto": dg.MetadataValue.md(f"![pareto]({png.as_uri()})"),
             "pareto_path": dg.MetadataValue.path(str(png)),
         }
@@ -83,5 +94,5 @@ def router_evaluation(settings: SettingsResource):
     yield dg.AssetCheckResult(
         check_name="beats_best_single_model",
         passed=gate["passed"],
-        metadata={k: v for k, v in gate.items() if isinstance(v, int | float | str)},
+        metadata=_plain(gate),
     )

@@ -1,0 +1,62 @@
+"""HTTP plumbing for the service: OpenAI-shaped errors and size-limited, validated JSON bodies."""
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from pipelines.llm.gateway import GatewayError
+from serving.security import MAX_BODY_BYTES
+
+RETRY_AFTER_S = 10
+
+
+class HTTPFailure(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+        self.headers, self.extra = headers or {}, extra or {}
+
+
+def error_response(status: int, message: str, kind: str, headers: dict[str, str] | None = None, **extra: Any):
+    """OpenAI's error shape: {"error": {"message", "type", "code"}}; never a stack trace."""
+    body = {"error": {"message": message, "type": kind, "code": status, **extra}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, model: type[BaseModel]) -> Any:
+    """Parse a JSON body into `model`, refusing oversized bodies (413) and invalid ones (400/422)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise HTTPFailure(413, f"request body exceeds {MAX_BODY_BYTES} bytes", "request_too_large")
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPFailure(413, f"request body exceeds {MAX_BODY_BYTES} bytes", "request_too_large")
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError:
+        raise HTTPFailure(400, "the body is not valid JSON", "invalid_request_error") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()[:10]
+        )
+        raise HTTPFailure(422, f"invalid request: {reasons}", "invalid_request_error") from None
+
+
+def upstream_failure(e: GatewayError) -> HTTPFailure:
+    return HTTPFailure(
+        503, f"the model call failed: {e}", "upstream_unavailable", {"Retry-After": str(RETRY_AFTER_S)}
+    )

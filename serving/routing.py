@@ -1,0 +1,156 @@
+"""Turn a request's `model` field into the catalog model to call, with the router's decision when it chose.
+
+The router may have been trained on a panel the gateway cannot call (RouterBench's GPT-4, say): only panel
+models that are in the catalog and available are eligible. When none of the panel is callable, the request
+goes to a local catalog model and the decision says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.llm.catalog import Catalog
+from router_models.router.decision import Decision
+from router_models.router.policies import Budget, MaxUtility
+from router_models.router.router import Router
+from router_models.router.rules import ModelInfo
+from router_models.router.signals import Constraints, request_signals
+
+UNAVAILABLE = "not_callable"
+PANEL_FALLBACK = "panel_fallback"
+
+
+class RoutingError(ValueError):
+    """The request names an unknown model or policy, or no model can take it (a 4xx, not a 5xx)."""
+
+    def __init__(self, message: str, status: int = 400, decision: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.decision = decision
+
+
+@dataclass
+class Choice:
+    model: str
+    chosen_by: str  # "request" (a catalog name), "router" or PANEL_FALLBACK
+    decision: dict[str, Any] | None
+
+
+def prompt_of(messages: list[dict[str, Any]]) -> str:
+    """Every turn's text, blank-line separated: the router embeds the last turn, PII is sought in all."""
+    return "\n\n".join(str(m.get("content") or "") for m in messages)
+
+
+class ModelResolver:
+    def __init__(self, router: Router | None, catalog: Catalog) -> None:
+        self.router = router
+        self.catalog = catalog
+        if router is not None:  # the catalog is the authority on privacy and context windows
+            for name in router.models:
+                if name in catalog.names():
+                    e = catalog.get(name)
+                    old = router.metadata.get(name, ModelInfo(name))
+                    router.metadata[name] = ModelInfo(name, e.privacy, e.context_window, old.p95_latency_s)
+
+    def callable_models(self) -> dict[str, str | None]:
+        """Catalog name -> None if callable now, else why not."""
+        return {e.name: e.unavailable_reason() for e in self.catalog.models}
+
+    def policy(self, name: str | None) -> MaxUtility | Budget | None:
+        if self.router is None or not name:
+            return None
+        base = self.router.policy
+        if name == base.name:
+            return base
+        if name == "max_utility":
+            return MaxUtility()
+        if name == "budget":
+            return self.router.budget_policy(0.5)
+        if name.startswith("budget-"):
+            try:
+                fraction = float(name.removeprefix("budget-"))
+            except ValueError:
+                fraction = -1.0
+            if 0 < fraction <= 1:
+                return self.router.budget_policy(fraction)
+        raise RoutingError(
+            f"unknown routing policy {name!r}; use router, router:max_utility, router:budget "
+            "or router:budget-<fraction in (0, 1]>"
+        )
+
+    def resolve(
+        self,
+        model: str,
+        prompt: str,
+        constraints: Constraints,
+        p95: dict[str, float] | None = None,
+    ) -> Choice:
+        if model == "router" or model.startswith("router:"):
+            policy_name = model.partition(":")[2] or None
+            return self.route(prompt, constraints, policy_name, p95)
+        if model not in self.catalog.names():
+            raise RoutingError(
+                f"unknown model {model!r}; use 'router', 'router:<policy>' or one of: "
+                + ", ".join(self.catalog.names()),
+                status=404,
+            )
+        reason = self.catalog.get(model).unavailable_reason()
+        if reason:
+            raise RoutingError(f"model {model!r} is unavailable: {reason}", status=400)
+        return Choice(model, "request", None)
+
+    def route(
+        self,
+        prompt: str,
+        constraints: Constraints,
+        policy_name: str | None = None,
+        p95: dict[str, float] | None = None,
+    ) -> Choice:
+        if self.router is None:
+            raise RoutingError("no router is loaded (set SM_ROUTER_DIR); name a catalog model", status=503)
+        policy = self.policy(policy_name)
+        decision = self.router.route(prompt, constraints, policy, p95)
+        status = self.callable_models()
+        panel_callable = [m for m in self.router.models if status.get(m, "x") is None]
+        for c in decision.candidates:
+            if c.allowed and status.get(c.model, "x") is not None:
+                c.allowed = False
+                c.excluded_by = UNAVAILABLE
+                c.reason = status.get(c.model) or f"{c.model} is not in the gateway's catalog"
+        usable = [c for c in decision.candidates if c.allowed]  # candidates are sorted by utility
+        if usable:
+            if decision.model != usable[0].model:
+                best = usable[0].model
+                decision.explanation += f" The gateway cannot call {decision.model}; it calls {best}."
+                decision.binding = decision.binding or UNAVAILABLE
+            decision.model = usable[0].model
+            return Choice(decision.model, "router", _as_dict(decision))
+        if panel_callable:  # callable panel models exist but rules or constraints exclude all of them
+            raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
+        return self._local_fallback(prompt, constraints, decision)
+
+    def _local_fallback(self, prompt: str, constraints: Constraints, decision: Decision) -> Choice:
+        needed = request_signals(prompt, constraints).tokens_needed
+        local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
+        fits = [e for e in local if e.context_window >= needed]
+        if not fits:
+            raise RoutingError(
+                f"the router's panel has no model the gateway can call, and no local model fits the "
+                f"{needed} tokens this request needs",
+                status=422,
+                decision=_as_dict(decision),
+            )
+        pick = fits[0].name
+        decision.explanation = (
+            f"The router's panel ({', '.join(self.router.models)}) has no model the gateway can call "
+            f"(its choice was {decision.model or 'none'}); falling back to the local model {pick}. "
+            f"Router said: {decision.explanation}"
+        )
+        decision.model = pick
+        decision.binding = PANEL_FALLBACK
+        return Choice(pick, PANEL_FALLBACK, _as_dict(decision))
+
+
+def _as_dict(decision: Decision) -> dict[str, Any]:
+    return decision.to_dict()

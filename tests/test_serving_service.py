@@ -1,0 +1,434 @@
+"""The service over HTTP through `StratMaster.to_asgi()`: every endpoint, its errors, auth, PII routing.
+
+Routers are tiny (a dozen RouterBench prompts per task, static embedder). One is trained on RouterBench
+outcomes renamed to catalog models, so its panel overlaps the gateway's catalog; the other keeps RouterBench's
+names, a panel the gateway cannot call. Tests marked `models` call the real local llama.cpp servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from functools import cache
+
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sm-prom-"))  # as `bentoml serve`
+
+import httpx
+import pandas as pd
+import pytest
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from pipelines.llm.catalog import load_catalog
+from router_models.router.artifact import load_router
+from router_models.router.cli import app as router_app
+from router_models.router.signals import Constraints
+
+KEYS = ("key-one", "key-two")
+AUTH = {"Authorization": f"Bearer {KEYS[1]}"}
+LOCAL = {"smollm2-135m", "gemma3-270m"}
+PII_PROMPT = "Write one line to jane.doe@example.com confirming the meeting."
+# RouterBench models renamed to catalog names, so the router's panel overlaps the gateway's catalog
+CATALOG_PANEL = {
+    "gpt-4-1106-preview": "gpt-4o",
+    "gpt-3.5-turbo-1106": "gpt-4o-mini",
+    "meta/llama-2-70b-chat": "gemma3-270m",
+    "mistralai/mistral-7b-chat": "smollm2-135m",
+}
+
+
+def _closed_port() -> int:
+    """A port nothing listens on: the local model servers are 'down' there."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(shared_data, out_dir, rename: dict[str, str] | None, per_task: int = 12):
+    rb = shared_data / "routerbench"
+    prompts = pd.read_csv(rb / "prompts_train.csv", dtype={"prompt_id": str})
+    outcomes = pd.read_csv(rb / "outcomes_train.csv", dtype={"prompt_id": str})
+    train = prompts.sample(frac=1.0, random_state=3).groupby("task").head(per_task)
+    out = outcomes[outcomes.prompt_id.isin(train.prompt_id)]
+    if rename:
+        out = out[out.model.isin(rename)].assign(model=lambda d: d.model.map(rename))
+    train[["prompt_id", "task", "prompt"]].to_csv(out_dir / "prompts.csv", index=False)
+    out.to_csv(out_dir / "outcomes.csv", index=False)
+    res = CliRunner().invoke(
+        router_app,
+        ["train", "--prompts", str(out_dir / "prompts.csv"), "--outcomes", str(out_dir / "outcomes.csv"),
+         "--out", str(out_dir / "router"), "--embedder", "static"],
+        env={"SM_RUN_DIR": str(out_dir / "run")},
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return out_dir / "router"
+
+
+@pytest.fixture(scope="module")
+def catalog_router(shared_data, tmp_path_factory):
+    return _train(shared_data, tmp_path_factory.mktemp("catalog_router"), CATALOG_PANEL)
+
+
+@cache
+def _asgi_app():
+    """One ASGI app per process (BentoML registers its metrics once); each lifespan makes a new service."""
+    from serving.service import StratMaster
+
+    return StratMaster.to_asgi()
+
+
+class _Service:
+    """The one running service instance, restarted when a test needs another environment."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self._client: TestClient | None = None
+        self._mp: pytest.MonkeyPatch | None = None
+
+    def get(self, key: str, env: dict[str, str]) -> TestClient:
+        if self.key != key:
+            self.close()
+            self._mp = pytest.MonkeyPatch()
+            for k in ("OPENAI_API_KEY", "SM_API_KEYS_FILE"):
+                self._mp.delenv(k, raising=False)
+            for k, v in env.items():
+                self._mp.setenv(k, v)
+            self._client = TestClient(_asgi_app(), raise_server_exceptions=False).__enter__()
+            self.key = key
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.__exit__(None, None, None)
+            self._mp.undo()
+        self._client, self._mp, self.key = None, None, None
+
+
+@pytest.fixture(scope="module")
+def service():
+    s = _Service()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def offline_env(catalog_router, tmp_path_factory) -> dict[str, str]:
+    """Keys, the catalog router and local servers that are down (nothing listens on the port)."""
+    return {
+        "SM_ROUTER_DIR": str(catalog_router),
+        "SM_API_KEYS": ",".join(KEYS),
+        "SM_EMBEDDER": "static",
+        "SM_RUN_DIR": str(tmp_path_factory.mktemp("svc_run")),
+        "SM_LOCAL_BASE_PORT": str(_closed_port()),
+        "SM_REQUEST_TIMEOUT_S": "5",
+        "SM_NUM_RETRIES": "0",
+    }
+
+
+@pytest.fixture
+def client(service, offline_env):
+    return service.get("offline", offline_env)
+
+
+def _no_trace(resp) -> None:
+    assert "Traceback" not in resp.text and 'File "' not in resp.text
+
+
+# -- health, auth, models ---------------------------------------------------------------------------------
+def test_health_endpoints_are_open(client):
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {KEYS[0]}"},
+        {"Authorization": "Bearer "},
+    ],
+)
+def test_every_api_endpoint_needs_a_valid_key(client, headers):
+    for method, path, body in [
+        ("GET", "/v1/models", None),
+        ("POST", "/v1/route", {"prompt": "hi"}),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"model": "router", "messages": [{"role": "user", "content": "hi"}]},
+        ),
+    ]:
+        r = client.request(method, path, json=body, headers=headers)
+        assert r.status_code == 401, (path, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["type"] == "authentication_error"
+
+
+def test_keys_come_from_a_file_and_compare_as_hashes(tmp_path, monkeypatch):
+    from serving.security import ApiKeys
+
+    f = tmp_path / "keys"
+    f.write_text("# service keys\nfile-key\n")
+    monkeypatch.setenv("SM_API_KEYS", "env-key")
+    monkeypatch.setenv("SM_API_KEYS_FILE", str(f))
+    keys = ApiKeys.from_env()
+    assert keys.check("Bearer file-key") and keys.check("bearer env-key")
+    assert not keys.check("Bearer file-key2") and not keys.check(None) and not keys.check("file-key")
+    assert all(k not in repr(vars(keys)) for k in ("file-key", "env-key"))
+    assert ApiKeys([]).check(None)  # no keys configured: auth is off
+
+
+def test_models_lists_router_and_catalog_with_availability(client):
+    r = client.get("/v1/models", headers=AUTH)
+    assert r.status_code == 200
+    data = {m["id"]: m for m in r.json()["data"]}
+    assert {"router", "router:max_utility", "router:budget"} <= set(data)
+    assert set(load_catalog().names()) <= set(data)
+    assert data["smollm2-135m"]["stratmaster"]["available"] is True
+    assert data["gpt-4o"]["stratmaster"] == {
+        "privacy": "remote",
+        "context_window": 128000,
+        "available": False,
+        "unavailable_reason": "OPENAI_API_KEY is not set",
+    }
+
+
+# -- /v1/route ------------------------------------------------------------------------------------------
+def test_route_skips_panel_models_the_gateway_cannot_call(client):
+    r = client.post("/v1/route", json={"prompt": "What is the capital of France?"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    cands = {c["model"]: c for c in body["routing"]["candidates"]}
+    assert set(cands) == set(CATALOG_PANEL.values())
+    assert body["model"] in LOCAL and body["routing"]["model"] == body["model"]
+    for remote in ("gpt-4o", "gpt-4o-mini"):
+        assert cands[remote]["excluded_by"] == "not_callable" and not cands[remote]["allowed"]
+        assert "OPENAI_API_KEY" in cands[remote]["reason"]
+
+
+def test_pii_prompt_is_routed_to_a_local_model_even_when_remote_is_callable(client, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")  # remote becomes callable; route only, no call
+    plain = client.post("/v1/route", json={"prompt": "Write one line confirming the meeting."}, headers=AUTH)
+    assert plain.status_code == 200
+    assert all(c["allowed"] for c in plain.json()["routing"]["candidates"])
+    r = client.post("/v1/route", json={"messages": [{"role": "user", "content": PII_PROMPT}]}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] in LOCAL
+    assert body["routing"]["signals"]["pii"] is True
+    assert body["routing"]["signals"]["pii_entities"] == ["EMAIL_ADDRESS"]
+    cands = {c["model"]: c for c in body["routing"]["candidates"]}
+    assert cands["gpt-4o"]["excluded_by"] == cands["gpt-4o-mini"]["excluded_by"] == "pii_local_only"
+
+
+def test_route_policies_and_constraints(client):
+    r = client.post("/v1/route", json={"prompt": "2+2?", "model": "router:max_utility"}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["routing"]["policy"] == "max_utility"
+    r = client.post("/v1/route", json={"prompt": "2+2?", "model": "router:budget-0.2"}, headers=AUTH)
+    assert r.status_code == 200 and "20%" in r.json()["routing"]["explanation"]
+    body = {"prompt": "2+2?", "constraints": {"privacy": "local_only"}}
+    r = client.post("/v1/route", json=body, headers=AUTH)
+    cands = {c["model"]: c for c in r.json()["routing"]["candidates"]}
+    assert cands["gpt-4o"]["excluded_by"] == "local_only_requested"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"prompt": "hi", "model": "router:nope"}, 400, "unknown routing policy"),
+        ({"prompt": "hi", "model": "gpt-4o"}, 422, "'router' or 'router:<policy>'"),
+        ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, 422, "exactly one"),
+        ({"prompt": "hi", "constraints": {"max_cost_usd": -1}}, 422, "constraints.max_cost_usd"),
+        ({"prompt": "hi", "extra": 1}, 422, "extra"),
+        ({"prompt": "x" * 8000, "constraints": {"privacy": "local_only"}}, 422, "No model can take"),
+    ],
+)
+def test_route_errors_are_4xx_with_a_reason(client, body, status, needle):
+    r = client.post("/v1/route", json=body, headers=AUTH)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    _no_trace(r)
+    if status == 422 and "routing" in r.json()["error"]:  # the decision comes back with the refusal
+        cands = {c["model"]: c["excluded_by"] for c in r.json()["error"]["routing"]["candidates"]}
+        assert cands["smollm2-135m"] == cands["gemma3-270m"] == "context_window"
+
+
+def test_a_panel_the_gateway_cannot_call_falls_back_to_a_local_model(shared_data, tmp_path):
+    from serving.routing import ModelResolver
+
+    router = load_router(_train(shared_data, tmp_path, None, per_task=6))
+    resolver = ModelResolver(router, load_catalog())
+    choice = resolver.resolve("router", PII_PROMPT, Constraints())
+    assert choice.chosen_by == "panel_fallback" and choice.model in LOCAL
+    assert choice.decision["binding"] == "panel_fallback"
+    assert "has no model the gateway can call" in choice.decision["explanation"]
+
+
+# -- /v1/chat/completions errors ---------------------------------------------------------------------------
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "needle"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (json.dumps({"model": "router", "messages": []}).encode(), 422, "messages"),
+        (
+            json.dumps({"model": "router", "messages": [{"role": "robot", "content": "x"}]}).encode(),
+            422,
+            "role",
+        ),
+        (json.dumps({"model": "router", "messages": MSG, "max_tokens": 0}).encode(), 422, "max_tokens"),
+        (json.dumps({"model": "no-such-model", "messages": MSG}).encode(), 404, "unknown model"),
+        (json.dumps({"model": "gpt-4o", "messages": MSG}).encode(), 400, "OPENAI_API_KEY is not set"),
+        (json.dumps({"model": "router", "messages": MSG, "pad": "x" * (1 << 20)}).encode(), 413, "exceeds"),
+    ],
+)
+def test_chat_errors_are_4xx_with_a_reason(client, content, status, needle):
+    r = client.post(
+        "/v1/chat/completions", content=content, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+    _no_trace(r)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_failure_is_503_with_retry_after(client, stream):
+    body = {"model": "smollm2-135m", "messages": MSG, "max_tokens": 2, "stream": stream}
+    r = client.post("/v1/chat/completions", json=body, headers=AUTH)
+    assert r.status_code == 503, r.text
+    assert int(r.headers["retry-after"]) > 0
+    assert r.json()["error"]["type"] == "upstream_unavailable"
+    _no_trace(r)
+
+
+def test_rag_without_an_index_is_503_and_validates_first(client):
+    r = client.post("/v1/rag", json={"question": "How tall is the Eiffel Tower?"}, headers=AUTH)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, r.text
+    assert "index" in r.json()["error"]["message"]
+    _no_trace(r)
+    r = client.post("/v1/rag", json={"question": "x", "mode": "hybrid_graph"}, headers=AUTH)
+    assert r.status_code == 422 and "mode" in r.json()["error"]["message"]
+    assert client.post("/v1/rag", json={"question": "x"}).status_code == 401
+
+
+# -- real local models ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def indexed_run_dir(model_settings, tmp_path_factory):
+    """Two small documents ingested and indexed (keyword + dense, static embedder) in the default places."""
+    from pipelines.corpus.ingest import ingest_corpus
+    from pipelines.index.build import build_dense_index, build_keyword_index
+
+    run = tmp_path_factory.mktemp("svc_live_run")
+    docs = run / "docs"
+    docs.mkdir()
+    (docs / "tower.txt").write_text("The Eiffel Tower in Paris is 330 metres tall and was finished in 1889.")
+    (docs / "bridge.txt").write_text("The Golden Gate Bridge in San Francisco opened in 1937.")
+    settings = model_settings.model_copy(update={"run_dir": run, "embedder": "static"})
+    ingest_corpus(settings, str(docs))
+    build_keyword_index(settings)
+    build_dense_index(settings)
+    return run
+
+
+@pytest.fixture
+def live(service, catalog_router, model_settings, local_servers, indexed_run_dir):
+    env = {
+        "SM_ROUTER_DIR": str(catalog_router),
+        "SM_API_KEYS": KEYS[0],
+        "SM_EMBEDDER": "static",
+        "SM_RUN_DIR": str(indexed_run_dir),
+        "SM_MODEL_CACHE_DIR": str(model_settings.model_cache_dir),
+        "SM_LOCAL_BASE_PORT": str(model_settings.local_base_port),
+        "SM_REQUEST_TIMEOUT_S": "60",
+    }
+    return service.get("live", env)
+
+
+LIVE_AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+
+
+@pytest.mark.models
+def test_chat_with_router_answers_a_pii_prompt_locally(live):
+    body = {"model": "router", "messages": [{"role": "user", "content": PII_PROMPT}], "max_tokens": 4}
+    r = live.post("/v1/chat/completions", json=body, headers=LIVE_AUTH)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["object"] == "chat.completion" and out["model"] in LOCAL
+    assert isinstance(out["choices"][0]["message"]["content"], str)
+    assert out["usage"]["completion_tokens"] >= 1 and out["usage"]["prompt_tokens"] > 0
+    sm = out["stratmaster"]
+    assert sm["chosen_by"] == "router" and sm["routing"]["signals"]["pii"] is True
+    assert sm["routing"]["model"] == sm["requested_model"]
+    metrics = live.get("/metrics").text
+    assert f'stratmaster_routed_requests_total{{chosen_by="router",model="{out["model"]}"}}' in metrics
+    assert "stratmaster_model_latency_seconds_bucket" in metrics
+
+
+@pytest.mark.models
+def test_chat_streams_server_sent_events(live):
+    body = {"model": "smollm2-135m", "messages": MSG, "max_tokens": 4, "stream": True}
+    with live.stream("POST", "/v1/chat/completions", json=body, headers=LIVE_AUTH) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert all(e["object"] == "chat.completion.chunk" and e["model"] == "smollm2-135m" for e in events)
+    assert events[0]["stratmaster"]["chosen_by"] == "request" and events[0]["stratmaster"]["routing"] is None
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert events[-1]["usage"]["completion_tokens"] >= 1
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+    assert text.strip()
+
+
+class _ViaTestClient(httpx.BaseTransport):
+    """An httpx transport that hands each request to the ASGI test client (the SDK needs an httpx.Client)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        r = self.client.request(
+            request.method, str(request.url), headers=dict(request.headers), content=request.read()
+        )
+        headers = [(k, v) for k, v in r.headers.items() if k.lower() != "content-encoding"]
+        return httpx.Response(r.status_code, headers=headers, content=r.content)
+
+
+@pytest.mark.models
+def test_the_openai_sdk_works_unchanged(live):
+    import openai
+
+    transport = _ViaTestClient(live)
+    sdk = openai.OpenAI(
+        base_url="http://testserver/v1", api_key=KEYS[0], http_client=httpx.Client(transport=transport)
+    )
+    out = sdk.chat.completions.create(model="router", messages=MSG, max_tokens=3)
+    assert out.model in LOCAL and out.usage.completion_tokens >= 1
+    assert out.model_extra["stratmaster"]["routing"]["model"] == out.stratmaster["requested_model"]
+    stream = sdk.chat.completions.create(model="router:max_utility", messages=MSG, max_tokens=3, stream=True)
+    chunks = list(stream)
+    assert chunks and all(c.model in LOCAL for c in chunks)
+    assert chunks[0].model_extra["stratmaster"]["routing"]["policy"] == "max_utility"
+    assert [m.id for m in sdk.models.list()][:1] == ["router"]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(
+            base_url="http://testserver/v1", api_key="wrong", http_client=httpx.Client(transport=transport)
+        ).models.list()
+
+
+@pytest.mark.models
+def test_rag_answers_with_citations_and_chunks(live):
+    body = {"question": "How tall is the Eiffel Tower?", "k": 2, "max_tokens": 16}
+    r = live.post("/v1/rag", json=body, headers=LIVE_AUTH)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["chunks"][0]["doc_id"] == "tower.txt" and out["chunks"][0]["scores"]
+    assert set(out["citations"]) <= {c["chunk_id"] for c in out["chunks"]}
+    assert out["model"] in LOCAL and out["stratmaster"]["chosen_by"] == "router"
+    assert isinstance(out["answer"], str) and out["stratmaster"]["usage"]["input_tokens"] > 20
