@@ -22,7 +22,7 @@ help:
 	@echo "make bench  print speed and quality figures (benchmarks/)"
 	@echo "make ui     Dagster UI on http://127.0.0.1:3000"
 	@echo "make lab    JupyterLab on the project's kernel"
-	@echo "make serve  serve the latest Bento on http://127.0.0.1:3001"
+	@echo "make serve  the BentoML service on http://127.0.0.1:3001 (router from runs/router/current)"
 	@echo "make lint   ruff and mypy"
 
 setup: $(VENV_STAMP)
@@ -70,3 +70,7 @@ lint: setup
 clean:
 	-.venv/bin/stratmaster models down
 	rm -rf .venv runs
+
+serve: setup
+	SM_ROUTER_DIR=$${SM_ROUTER_DIR:-$(SM_RUN_DIR)/router/current} .venv/bin/bentoml serve serving.service:StratMaster \
+	  --host 127.0.0.1 --port 3001
