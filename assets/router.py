@@ -18,8 +18,8 @@ PREDICTOR = "stack"
 
 
 def _routerbench(s: Settings):
-    prompts, outcomes = load_routerbench(s.shared_data_dir / "routerbench")
-    return prompts, outcomes.dropna(subset=["score"])
+    # rows without a score keep their cost: the metrics count them as 0 and still pay for them
+    return load_routerbench(s.shared_data_dir / "routerbench")
 
 
 def _plain(d: dict) -> dict:

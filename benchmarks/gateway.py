@@ -36,11 +36,13 @@ def direct_call(client: OpenAI, model: str, prompt: str, max_tokens: int) -> tup
         model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
         stream=True, stream_options={"include_usage": True},
     )  # fmt: skip
-    out = 0
+    out = pieces = 0
     for chunk in stream:
         if chunk.usage:
             out = chunk.usage.completion_tokens
-    return time.perf_counter() - t0, out
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces += 1  # llama.cpp streams one token per chunk and sends no usage chunk
+    return time.perf_counter() - t0, out or pieces
 
 
 def main() -> None:
