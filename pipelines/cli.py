@@ -22,6 +22,8 @@ gateway_app = typer.Typer(no_args_is_help=True, help="The LiteLLM gateway.")
 app.add_typer(models_app, name="models")
 app.add_typer(gateway_app, name="gateway")
 console = Console()
+if not console.is_terminal:  # piped or logged: keep tables readable instead of 80 columns
+    console = Console(width=140)
 
 
 def _local_entries(settings: Settings, names: list[str] | None):
