@@ -71,7 +71,12 @@ def setup_tracing(settings: Settings, service_name: str = "stratmaster") -> Trac
     with _lock:
         if _configured is not None or settings.otel_exporter == "none":
             return _configured
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        current = trace.get_tracer_provider()
+        if isinstance(current, TracerProvider):
+            provider = current  # an SDK provider is installed already (BentoML's, say): export from it too
+        else:
+            provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+            trace.set_tracer_provider(provider)
         if settings.otel_exporter == "file":
             path = settings.run_dir / "traces" / "spans.jsonl"
             provider.add_span_processor(SimpleSpanProcessor(JsonlFileExporter(path)))
@@ -79,7 +84,6 @@ def setup_tracing(settings: Settings, service_name: str = "stratmaster") -> Trac
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         else:
             provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(settings)))
-        trace.set_tracer_provider(provider)
         _configured = provider
         return provider
 

@@ -6,7 +6,10 @@ from pipelines.tracing import read_spans, setup_tracing
 
 
 @pytest.mark.models
-def test_gateway_span_has_genai_attributes_and_no_prompt_text(gateway, model_settings):
+def test_gateway_span_has_genai_attributes_and_no_prompt_text(local_servers, model_settings):
+    from pipelines.llm.gateway import Gateway
+
+    gateway = Gateway(model_settings, local_servers)  # its own Router: no cooldowns left by other tests
     provider = setup_tracing(model_settings.model_copy(update={"otel_exporter": "file"}))
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))
