@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Start (or stop) a throwaway PostgreSQL from Debian's packages for the tests: cluster in .cache/pg,
+# Start (or stop) a throwaway PostgreSQL from Debian's packages for the tests: cluster under /tmp,
 # socket and TCP on 127.0.0.1:${SM_PG_PORT:-55432}. Prints the SQLAlchemy URL on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${SM_PG_PORT:-55432}
-DATA=$PWD/.cache/pg/data
+# outside the checkout: the postgres user must be able to reach it wherever the clone lives
+DATA=${SM_PG_DATA:-/tmp/stratmaster-pg-$PORT/data}
 if [[ "${1:-start}" == "stop" ]]; then
   [[ -d $DATA ]] && su postgres -c "$(ls -d /usr/lib/postgresql/*/bin | tail -1)/pg_ctl -D $DATA -m fast stop" >/dev/null 2>&1 || true
   exit 0
