@@ -5,7 +5,7 @@ from dataclasses import asdict
 import dagster as dg
 import pandas as pd
 
-from assets.resources import SettingsResource
+from assets.resources import SettingsResource, plain_metadata
 from pipelines.corpus.ingest import ingest_corpus
 from pipelines.demo_corpus import write_demo_corpus
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
@@ -18,7 +18,7 @@ def corpus_source(settings: Settings) -> str:
 
 
 def _index_result(report) -> dg.MaterializeResult:
-    md = {k: v for k, v in asdict(report).items() if isinstance(v, int | float | str)}
+    md = plain_metadata(asdict(report))
     if report.chunks_per_s:
         md["chunks_per_s"] = report.chunks_per_s
     return dg.MaterializeResult(metadata=md)

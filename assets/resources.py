@@ -8,6 +8,17 @@ from pipelines.llm.gateway import Gateway
 from pipelines.settings import Settings
 
 
+def plain_metadata(d: dict) -> dict:
+    """The numbers, booleans and strings of `d` as python types Dagster stores (numpy scalars converted)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bool | str):
+            out[k] = v
+        elif isinstance(v, int | float):
+            out[k] = float(v) if isinstance(v, float) else int(v)
+    return out
+
+
 class SettingsResource(dg.ConfigurableResource):
     """Workbench settings: SM_* environment variables, then any field named in `overrides`."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.resources import SettingsResource
+from assets.resources import SettingsResource, plain_metadata
 from pipelines.bench.outcomes import load_routerbench
 from pipelines.settings import Settings
 from router_models.router.artifact import save_router
@@ -20,17 +20,6 @@ PREDICTOR = "stack"
 def _routerbench(s: Settings):
     # rows without a score keep their cost: the metrics count them as 0 and still pay for them
     return load_routerbench(s.shared_data_dir / "routerbench")
-
-
-def _plain(d: dict) -> dict:
-    """Metadata Dagster can store: python numbers and strings only (numpy scalars converted)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, bool | str):
-            out[k] = v
-        elif isinstance(v, int | float):
-            out[k] = float(v) if isinstance(v, float) else int(v)
-    return out
 
 
 def _publish(version_dir: Path, current: Path) -> None:
@@ -86,7 +75,7 @@ def router_evaluation(settings: SettingsResource):
     png = Path(result["pareto_png"])
     yield dg.MaterializeResult(
         metadata={
-            **_plain({k: v for k, v in result.items() if k != "pareto_png"}),
+            **plain_metadata({k: v for k, v in result.items() if k != "pareto_png"}),
             "pareto": dg.MetadataValue.md(f"![pareto]({png.as_uri()})"),
             "pareto_path": dg.MetadataValue.path(str(png)),
         }
@@ -94,5 +83,5 @@ def router_evaluation(settings: SettingsResource):
     yield dg.AssetCheckResult(
         check_name="beats_best_single_model",
         passed=gate["passed"],
-        metadata=_plain(gate),
+        metadata=plain_metadata(gate),
     )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.resources import SettingsResource
+from assets.resources import SettingsResource, plain_metadata
 from pipelines.bench.outcomes import routerbench_outcome_table, write_table
 from pipelines.llm.catalog import load_catalog
 from router_models.utility.pipeline import fit_posterior, register_posterior
@@ -53,7 +53,7 @@ def utility_posterior(settings: SettingsResource):
         metadata={
             "netcdf": str(art.paths["netcdf"]),
             "fit_hash": art.fit.fit_hash,
-            **{k: float(v) for k, v in d.items() if isinstance(v, int | float)},
+            **plain_metadata(d),
             "summary": dg.MetadataValue.md(art.summary.round(4).to_markdown(index=False)),
             "forest_plot": dg.MetadataValue.md(f"![forest]({forest.as_uri()})"),
             "notes": "; ".join(art.notes) or "none",
