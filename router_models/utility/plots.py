@@ -74,6 +74,12 @@ def forest_plot(idata, path: str | Path, interval: float = 0.9) -> Path:
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Quality per task x model: prior vs posterior", fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,9 +106,4 @@ def calibration_plot(table: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("mean score")
     ax.set_title(f"Posterior predictive calibration: {ok.mean():.0%} of {len(t)} cells inside 90%")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
