@@ -149,3 +149,13 @@ def test_oversized_file_is_skipped_and_run_goes_on(env, tmp_path):
     manifest = json.loads(store.get(MANIFEST))
     assert "huge.txt" not in manifest["files"]
     assert pd.api.types.is_integer_dtype(load_chunks(settings, store)["n_tokens"])
+
+
+def test_ip_addresses_are_redacted_but_not_bnf_or_slices(tmp_path):
+    from pipelines.corpus.pii import get_redactor
+
+    text = "Host 192.168.1.20 and 2001:db8::8a2e:370:7334 went down. Grammar: expr ::= term; x = y[1::2]."
+    out, counts = get_redactor("blank", str(tmp_path)).redact(text)
+    assert counts["IP_ADDRESS"] == 2
+    assert "192.168.1.20" not in out and "8a2e" not in out
+    assert "expr ::= term" in out and "y[1::2]" in out

@@ -9,6 +9,7 @@ Names, places and organisations need an NER model: set `SM_PII_SPACY_MODEL` to a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
 from functools import lru_cache
@@ -65,6 +66,16 @@ def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
     return recs
 
 
+def _plausible_ip(span: str) -> bool:
+    """An IPv4 address, or an IPv6 one with at least three groups: `::`, `::=` (BNF) and `1::2` (slices) in
+    technical prose are not addresses, though Presidio's IPv6 pattern matches them."""
+    try:
+        addr = ipaddress.ip_address(span.strip("[]"))
+    except ValueError:
+        return False
+    return addr.version == 4 or sum(bool(g) for g in span.split(":")) >= 3
+
+
 class Redactor:
     """`redact(text) -> (text with <ENTITY_TYPE> placeholders, counts per entity type)`."""
 
@@ -91,8 +102,11 @@ class Redactor:
         self._always = [e for e in self.entities if e not in _TRIGGERS]
 
     def _keep(self, text: str, r) -> bool:
+        span = text[r.start : r.end]
         if r.entity_type == "PHONE_NUMBER":
-            return sum(c.isdigit() for c in text[r.start : r.end]) >= MIN_PHONE_DIGITS
+            return sum(c.isdigit() for c in span) >= MIN_PHONE_DIGITS
+        if r.entity_type == "IP_ADDRESS":
+            return _plausible_ip(span)
         return True
 
     def redact(self, text: str) -> tuple[str, Counter]:
