@@ -1,5 +1,6 @@
 """Corpus and indexes: chunks in the object store, then keyword, dense and graph indexes over them."""
 
+import json
 from dataclasses import asdict
 
 import dagster as dg
@@ -9,6 +10,7 @@ from assets.resources import SettingsResource, plain_metadata
 from pipelines.corpus.ingest import ingest_corpus
 from pipelines.demo_corpus import write_demo_corpus
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
+from pipelines.rag.evaluate import evaluate_retrievers, retrieval_plot, write_beir_sample
 from pipelines.settings import Settings
 
 
@@ -64,3 +66,48 @@ def dense_index(settings: SettingsResource) -> dg.MaterializeResult:
 def knowledge_graph(settings: SettingsResource) -> dg.MaterializeResult:
     """Entities and relations per chunk with chunk->entity provenance (ladybug by default, NebulaGraph)."""
     return _index_result(build_graph_index(settings.get()))
+
+
+@dg.asset(
+    group_name="indexes",
+    deps=[keyword_index, dense_index],
+    check_specs=[dg.AssetCheckSpec("ndcg_floor", asset="retrieval_evaluation")],
+    kinds={"tantivy", "qdrant"},
+)
+def retrieval_evaluation(context: dg.AssetExecutionContext, settings: SettingsResource):
+    """Every retriever on a labelled sample of a BEIR folder (SciFact train claims by default: sampled
+    queries, their relevant abstracts and random distractors), with the same index code as the corpus
+    indexes. The check holds hybrid nDCG@10 above SM_RETRIEVAL_NDCG_FLOOR. Full-corpus figures:
+    benchmarks/retrieval.py."""
+    s = settings.get()
+    src = s.retrieval_eval_dir or s.shared_data_dir / "scifact"
+    if not (src / "corpus.jsonl").exists():
+        raise dg.Failure(f"no labelled BEIR folder at {src}; set SM_RETRIEVAL_EVAL_DIR")
+    out = s.run_dir / "retrieval_evaluation"
+    sample = write_beir_sample(src, out / "sample", s.retrieval_eval_queries, s.retrieval_eval_distractors)
+    modes = ("bm25", "dense", "hybrid", "hybrid_rrf")
+    result = evaluate_retrievers(
+        s, sample, sample / "queries.jsonl", sample / "qrels.tsv", modes, out / "index"
+    )
+    rows = result["retrievers"]
+    png = retrieval_plot(rows, out / "retrieval.png", f"{src.name} sample: {rows[0]['queries']} queries")
+    summary = {"source": str(src), "sample": str(sample), "retrievers": rows}
+    tmp = out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(out / "summary.json")
+    context.log.info("\n" + pd.DataFrame(rows).to_string(index=False))
+    by_mode = {r["retriever"]: r for r in rows}
+    yield dg.MaterializeResult(
+        metadata={
+            **{f"{m} ndcg@10": r["ndcg@10"] for m, r in by_mode.items()},
+            "table": dg.MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False)),
+            "plot": dg.MetadataValue.md(f"![retrieval]({png.as_uri()})"),
+            "plot_path": dg.MetadataValue.path(str(png)),
+        }
+    )
+    hybrid = by_mode["hybrid"]["ndcg@10"]
+    yield dg.AssetCheckResult(
+        check_name="ndcg_floor",
+        passed=bool(hybrid >= s.retrieval_ndcg_floor),
+        metadata={"hybrid ndcg@10": float(hybrid), "floor": float(s.retrieval_ndcg_floor)},
+    )

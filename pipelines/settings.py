@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     hybrid_alpha: float = Field(default=0.5, description="dense weight in the convex combination")
     rrf_k: int = 60
     graph_weight: float = 0.1
+    retrieval_eval_dir: Path | None = Field(default=None, description="labelled BEIR folder; shared scifact")
+    retrieval_eval_queries: int = 100
+    retrieval_eval_distractors: int = 500
+    retrieval_ndcg_floor: float = Field(default=0.70, description="hybrid nDCG@10 floor on the eval sample")
     registry_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in run_dir if unset")
 
     # micro-bench: prompts per task in the stratified prompt set

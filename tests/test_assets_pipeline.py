@@ -52,3 +52,27 @@ def test_rag_assets_build_every_index_and_rematerialize_without_work(tmp_path):
     md2 = second.asset_materializations_for_node("corpus_chunks")[0].metadata
     assert md2["files_processed"].value == 0 and md2["chunks_written"].value == 0
     assert second.asset_materializations_for_node("dense_index")[0].metadata["added"].value == 0
+
+
+def test_retrieval_evaluation_scores_a_scifact_sample_and_its_floor_check_can_fail(tmp_path, shared_data):
+    from assets.rag import retrieval_evaluation
+
+    def run(floor: str):
+        res = _resources(run_dir=str(tmp_path), retrieval_eval_queries="6", retrieval_eval_distractors="20",
+                         retrieval_ndcg_floor=floor)  # fmt: skip
+        return dg.materialize([retrieval_evaluation], resources=res, raise_on_error=False)
+
+    first = run("0.2")
+    assert first.success
+    md = first.asset_materializations_for_node("retrieval_evaluation")[0].metadata
+    assert 0 < md["bm25 ndcg@10"].value <= 1 and 0 < md["hybrid ndcg@10"].value <= 1
+    (check,) = first.get_asset_check_evaluations()
+    assert check.passed and check.metadata["floor"].value == 0.2
+    sample = tmp_path / "retrieval_evaluation" / "sample"
+    qrels = (sample / "qrels.tsv").read_text().splitlines()[1:]
+    corpus = (sample / "corpus.jsonl").read_text()
+    assert len({line.split("\t")[0] for line in qrels}) == 6
+    assert all(f'"_id": "{line.split(chr(9))[1]}"' in corpus for line in qrels)  # every relevant doc kept
+    (failing,) = run("1.01").get_asset_check_evaluations()  # same sample and indexes, impossible floor
+    assert not failing.passed
+    assert (tmp_path / "retrieval_evaluation" / "retrieval.png").stat().st_size > 0

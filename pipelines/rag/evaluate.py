@@ -72,3 +72,85 @@ def evaluate(
     return {"retriever": retriever, **score_run(run, qrels, latencies), "index_dir": str(index_dir),
             "ingest": {k: ingest[k] for k in ("docs_total", "chunks_total", "chunks_written", "seconds")},
             "indexing": indexing}  # fmt: skip
+
+
+def write_beir_sample(src: str | Path, out: str | Path, n_queries: int = 100, n_distractors: int = 500,
+                      seed: int = 0, split: str = "train") -> Path:  # fmt: skip
+    """A small BEIR folder from a large one: `n_queries` sampled queries with all their relevant documents
+    plus `n_distractors` random others. Deterministic for a seed; rewritten only when its inputs change.
+    Scores on a sample are higher than on the full corpus (fewer distractors): use it for floors, not for
+    the benchmark table (benchmarks/retrieval.py runs the full corpus)."""
+    import json
+    import random
+
+    src, out = Path(src), Path(out)
+    stamp = f"{src.resolve()}|{n_queries}|{n_distractors}|{seed}|{split}"
+    if (out / "sample.txt").exists() and (out / "sample.txt").read_text() == stamp:
+        return out
+    queries, qrels = load_queries(src / f"queries_{split}.jsonl"), load_qrels(src / f"qrels_{split}.tsv")
+    rng = random.Random(seed)
+    qids = sorted(q for q in qrels if q in queries)
+    qids = sorted(rng.sample(qids, min(n_queries, len(qids))))
+    relevant = set().union(*(qrels[q] for q in qids))
+    with open(src / "corpus.jsonl", encoding="utf-8") as f:
+        docs = {str(d["_id"]): d for d in map(json.loads, filter(str.strip, f))}
+    others = sorted(set(docs) - relevant)
+    keep = sorted(relevant & set(docs)) + rng.sample(others, min(n_distractors, len(others)))
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "corpus.jsonl": "".join(json.dumps(docs[d]) + "\n" for d in keep),
+        "queries.jsonl": "".join(json.dumps({"_id": q, "text": queries[q]}) + "\n" for q in qids),
+        "qrels.tsv": "query-id\tcorpus-id\tscore\n"
+        + "".join(f"{q}\t{d}\t1\n" for q in qids for d in sorted(qrels[q])),
+        "sample.txt": stamp,
+    }
+    for name, text in files.items():  # atomic per file; sample.txt last marks the folder complete
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+    return out
+
+
+def evaluate_retrievers(settings: Settings, corpus: str | Path, queries_path: str | Path,
+                        qrels_path: str | Path, modes: tuple[str, ...], index_dir: Path,
+                        progress: bool = False) -> dict:  # fmt: skip
+    """Every retriever in `modes` on one BEIR folder (indexes built once): one row of metrics each."""
+    reports = prepare_indexes(settings, corpus, index_dir, modes, progress)
+    queries, qrels = load_queries(queries_path), load_qrels(qrels_path)
+    qids = [q for q in qrels if q in queries]
+    r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=modes)
+    rows = []
+    try:
+        for mode in modes:
+            run, latencies = run_queries(r, queries, qids, mode)
+            rows.append({"retriever": mode, **score_run(run, {q: qrels[q] for q in qids}, latencies)})
+    finally:
+        r.close()
+    return {"retrievers": rows, "indexing": reports}
+
+
+def retrieval_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """nDCG@10 and Recall@100 per retriever, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["retriever"] for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(1.4 * len(rows) + 2, 3.6))
+    for off, metric in ((-0.2, "ndcg@10"), (0.2, "recall@100")):
+        bars = ax.bar([i + off for i in x], [r[metric] for r in rows], width=0.4, label=metric)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(list(x), names)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
