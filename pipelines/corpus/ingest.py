@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -23,6 +24,9 @@ from pipelines.corpus.chunking import chunk_text
 from pipelines.corpus.parsers import Document, SkipFile, parse_file
 from pipelines.corpus.store import ObjectStore, open_source, open_store
 from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines.corpus.pii import Redactor
 
 MANIFEST = "corpus/manifest.json"
 CHUNKS_PREFIX = "corpus/chunks/"
@@ -87,7 +91,7 @@ class _Processor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._redactor = None
+        self._redactor: Redactor | None = None
         self.pii: Counter = Counter()
 
     def redact(self, text: str) -> str:

@@ -118,7 +118,7 @@ class Redactor:
         ]
         if not results:
             return text, Counter()
-        out = self._anonymizer.anonymize(text=text, analyzer_results=results).text
+        out = self._anonymizer.anonymize(text=text, analyzer_results=results).text  # type: ignore[arg-type]
         return out, Counter(r.entity_type for r in results)
 
 

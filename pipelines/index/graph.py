@@ -9,11 +9,13 @@ cheap and the co-occurrence weights are corpus-wide); an unchanged chunk set doe
 
 from __future__ import annotations
 
+import heapq
 import math
 import shutil
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from itertools import combinations
+from operator import itemgetter
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +36,8 @@ def extract_graph(chunks: pd.DataFrame, extractor=None, min_df: int = 2, max_df_
     df = Counter(e for ents in per_chunk for e in set(ents))
     max_df = max(min_df, 20, int(max_df_frac * len(chunks)))  # the fraction only bites on big corpora
     keep = {e for e, n in df.items() if min_df <= n <= max_df}
-    mentions, pairs = [], Counter()
+    mentions: list[tuple[str, str]] = []
+    pairs: Counter[tuple[str, str]] = Counter()
     for cid, ents in zip(chunks["chunk_id"], per_chunk, strict=True):
         kept = [e for e in dict.fromkeys(ents) if e in keep]
         mentions.extend((cid, e) for e in kept)
@@ -66,7 +69,7 @@ class LadybugGraph:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = ladybug.Database(str(self.path))
         self.conn = ladybug.Connection(self.db)
-        tables = set(self.conn.execute("CALL show_tables() RETURN name").get_as_df()["name"])
+        tables = set(self._df("CALL show_tables() RETURN name")["name"])
         if "Chunk" not in tables:
             for stmt in (
                 "CREATE NODE TABLE Chunk(id STRING PRIMARY KEY, doc_id STRING)",
@@ -81,7 +84,9 @@ class LadybugGraph:
         self.db.close()
 
     def _df(self, query: str, params: dict | None = None) -> pd.DataFrame:
-        return self.conn.execute(query, params or {}).get_as_df()
+        result = self.conn.execute(query, params or {})
+        assert not isinstance(result, list), "one statement per query"
+        return result.get_as_df()
 
     def indexed_ids(self) -> set[str]:
         return set(self._df("MATCH (c:Chunk) RETURN c.id AS id")["id"])
@@ -232,10 +237,10 @@ def graph_search(graph, query: str, n_chunks: int, k: int = 100, extractor=None,
                 weight.get(name, 0.0), neighbour_discount * (w / t) * math.log(1 + n_chunks / df)
             )
     m = graph.mentions(list(weight))
-    scores = Counter()
+    scores: dict[str, float] = defaultdict(float)
     for cid, name in zip(m["chunk_id"], m["name"], strict=True):
         scores[cid] += weight[name]
-    return [ScoredChunk(c, float(s)) for c, s in scores.most_common(k)]
+    return [ScoredChunk(c, float(s)) for c, s in heapq.nlargest(k, scores.items(), key=itemgetter(1))]
 
 
 def open_graph(settings: Settings, index_dir: str | Path | None = None):

@@ -61,12 +61,13 @@ class QdrantIndex:
         self.client.close()
 
     def indexed_ids(self) -> set[str]:
-        ids, offset = set(), None
+        ids: set[str] = set()
+        offset = None
         while True:
             recs, offset = self.client.scroll(
                 self.collection, limit=2048, offset=offset, with_payload=["chunk_id"], with_vectors=False
             )
-            ids.update(r.payload["chunk_id"] for r in recs)
+            ids.update(r.payload["chunk_id"] for r in recs if r.payload)
             if offset is None:
                 return ids
 
@@ -83,7 +84,7 @@ class QdrantIndex:
         )
 
     def delete(self, chunk_ids: Iterable[str]) -> None:
-        ids = [point_id(c) for c in chunk_ids]
+        ids: list[int | str | uuid.UUID] = [point_id(c) for c in chunk_ids]
         if ids:
             self.client.delete(self.collection, points_selector=self._m.PointIdsList(points=ids))
 
@@ -95,7 +96,7 @@ class QdrantIndex:
         out = []
         for i in range(0, len(reqs), 64):
             for resp in self.client.query_batch_points(self.collection, reqs[i : i + 64]):
-                out.append([ScoredChunk(p.payload["chunk_id"], float(p.score)) for p in resp.points])
+                out.append([ScoredChunk((p.payload or {})["chunk_id"], float(p.score)) for p in resp.points])
         return out
 
     def search(self, query: str, k: int = 100) -> list[ScoredChunk]:
