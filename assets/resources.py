@@ -1,11 +1,14 @@
 """Dagster resources: thin wrappers that build library objects from settings (never at import time)."""
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from pipelines.llm.gateway import Gateway
 from pipelines.settings import Settings
+
+if TYPE_CHECKING:  # litellm takes seconds to import: only runs that use the gateway pay for it
+    from pipelines.llm.gateway import Gateway
 
 
 def plain_metadata(d: dict) -> dict:
@@ -32,8 +35,10 @@ class GatewayResource(dg.ConfigurableResource):
     settings: SettingsResource
 
     @cached_property
-    def _gateway(self) -> Gateway:
+    def _gateway(self) -> "Gateway":
+        from pipelines.llm.gateway import Gateway
+
         return Gateway(self.settings.get())
 
-    def get(self) -> Gateway:
+    def get(self) -> "Gateway":
         return self._gateway

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,3 +67,15 @@ def gateway(model_settings, local_servers):
     from pipelines.llm.gateway import Gateway
 
     return Gateway(model_settings, local_servers)
+
+
+@pytest.fixture(autouse=True)
+def _reset_dagster_defs_state_storage():
+    """Dagster keeps the current defs-state storage in a ContextVar; a schedule or sensor evaluated under
+    `instance_for_test()` can leave it pointing at that (closed) instance, and the next test that builds
+    Definitions fails with "undefined DagsterInstance weakref". Clear it after every test."""
+    yield
+    if "dagster" in sys.modules:
+        from dagster._core.storage.defs_state.base import _current_storage
+
+        _current_storage.set(None)

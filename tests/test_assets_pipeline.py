@@ -17,7 +17,8 @@ def test_every_asset_group_is_defined_with_its_checks():
     graph = defs.resolve_asset_graph()
     groups = {graph.get(k).group_name for k in graph.get_all_asset_keys()}
     assert {"models", "corpus", "indexes", "bench", "utility", "router"} <= groups
-    assert [s.name for s in defs.schedules] == ["nightly_bench_schedule"]
+    names = {s.name for s in defs.schedules}
+    assert {"nightly_bench_schedule", "nightly_refit_schedule", "weekly_reindex_schedule"} <= names
     assert graph.get(dg.AssetKey("benchmark_results")).partitions_def is not None
     checks = {k.name for k in graph.asset_check_keys}
     assert {"r_hat", "ess_bulk", "divergences", "calibration", "beats_best_single_model"} <= checks

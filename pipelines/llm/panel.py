@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.llm import servers
-from pipelines.llm.gateway import Gateway, GatewayError
+
+if TYPE_CHECKING:
+    from pipelines.llm.gateway import Gateway
 
 PING = [{"role": "user", "content": "Reply with the single word: ready"}]
 
 
 def panel_check(gateway: Gateway, start: bool = True) -> list[dict[str, Any]]:
+    from pipelines.llm.gateway import GatewayError  # litellm: imported when a check runs, not with the assets
+
     rows = []
     for entry in gateway.catalog.local():
         if start:

@@ -1,0 +1,35 @@
+"""Schedules beyond the nightly micro-bench (which lives with its partitioned job in `assets.bench`).
+
+Times are UTC. The bench runs at 02:00, so the nightly refit at 04:00 sees last night's outcomes; the
+weekly re-index runs on Sunday at 03:00, a safety net behind the new-documents sensor.
+"""
+
+import dagster as dg
+
+refit_job = dg.define_asset_job(
+    "nightly_refit",
+    selection=dg.AssetSelection.groups("utility", "router"),
+    description="Refit the Bayesian utility model, retrain the router and evaluate it (its checks gate it).",
+)
+reindex_job = dg.define_asset_job(
+    "reindex",
+    selection=dg.AssetSelection.groups("corpus", "indexes"),
+    description="Ingest the corpus (incremental) and bring the keyword, dense and graph indexes up to date.",
+)
+
+nightly_refit_schedule = dg.ScheduleDefinition(
+    name="nightly_refit_schedule",
+    job=refit_job,
+    cron_schedule="0 4 * * *",
+    execution_timezone="UTC",
+    description="Every night at 04:00 UTC, two hours after the nightly micro-bench.",
+)
+weekly_reindex_schedule = dg.ScheduleDefinition(
+    name="weekly_reindex_schedule",
+    job=reindex_job,
+    cron_schedule="0 3 * * 0",
+    execution_timezone="UTC",
+    description="Every Sunday at 03:00 UTC: a full incremental pass even when the sensor saw nothing.",
+)
+
+SCHEDULES = [nightly_refit_schedule, weekly_reindex_schedule]

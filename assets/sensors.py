@@ -1,0 +1,154 @@
+"""The new-documents sensor: watches the corpus source and asks for a re-index when a document is added,
+changed or removed.
+
+The cursor keeps, per file, its size, mtime and a content hash. A tick stats every file and reads only
+those whose size or mtime moved, so a `touch` costs one hash and starts no run; only a different content
+(or a new or removed file) does. An S3 source (`s3://bucket/prefix`) is compared by size and ETag.
+The very first tick (no cursor yet) requests one run: ingest is incremental, so a corpus that is already
+indexed costs little, and documents added while the sensor was off are not missed.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from assets.resources import SettingsResource
+from pipelines.corpus.store import S3Store, open_source
+from pipelines.settings import Settings
+
+# name -> [size, mtime_ns, content hash]; S3 objects have mtime 0 and their ETag as the hash
+Fingerprints = dict[str, list]
+
+# the chunks and the indexes built straight from them (not what merely runs after them, such as the
+# retrieval evaluation on its own labelled sample: the weekly re-index covers that)
+new_documents_job = dg.define_asset_job(
+    "ingest_new_documents",
+    selection=dg.AssetSelection.assets("corpus_chunks").downstream(depth=1)
+    & dg.AssetSelection.groups("corpus", "indexes"),
+    description="Ingest changed corpus documents and update the keyword, dense and graph indexes.",
+)
+
+
+def watched_source(settings: Settings) -> str:
+    """What `corpus_chunks` ingests: SM_CORPUS_DIR, else the demo corpus folder in the run directory."""
+    return settings.corpus_dir or str(settings.run_dir / "demo_corpus")
+
+
+def _sha16(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def scan_folder(root: Path, previous: Fingerprints) -> Fingerprints:
+    """Fingerprints of the files below `root` (hidden files, links and temp files left out, as ingest
+    does); a file whose size and mtime match `previous` keeps its previous hash without being read."""
+    out: Fingerprints = {}
+    for p in sorted(root.rglob("*")):
+        if p.name.startswith(".") or p.suffix == ".tmp" or p.is_symlink() or not p.is_file():
+            continue
+        name = p.relative_to(root).as_posix()
+        try:
+            st = p.stat()
+            prev = previous.get(name)
+            same = prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns
+            out[name] = [st.st_size, st.st_mtime_ns, prev[2] if same and prev else _sha16(p)]
+        except OSError:  # removed between listing and reading: the next tick sees it gone
+            continue
+    return out
+
+
+def scan_s3(src: S3Store) -> Fingerprints:
+    objs = src.client.list_objects(src.bucket, prefix=src.prefix, recursive=True)
+    n = len(src.prefix)
+    return {
+        o.object_name[n:]: [o.size or 0, 0, (o.etag or "").strip('"')]
+        for o in objs
+        if not o.is_dir and o.object_name
+    }
+
+
+def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Fingerprints:
+    """Fingerprints of a corpus source; FileNotFoundError when a local folder does not exist."""
+    src = open_source(spec, settings)
+    if isinstance(src, S3Store):
+        return scan_s3(src)
+    return scan_folder(Path(spec), previous)
+
+
+@dataclass
+class CorpusChanges:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        return self.added + self.changed + self.removed
+
+    def __bool__(self) -> bool:
+        return bool(self.files)
+
+    def summary(self) -> str:
+        kinds = (("added", self.added), ("changed", self.changed), ("removed", self.removed))
+        counts = ", ".join(f"{len(v)} {k}" for k, v in kinds if v)
+        return f"{counts}: {', '.join(self.files[:3])}{', ...' if len(self.files) > 3 else ''}"
+
+
+def diff(previous: Fingerprints, current: Fingerprints) -> CorpusChanges:
+    """Documents added, changed (content hash differs) and removed between two scans."""
+    return CorpusChanges(
+        added=sorted(set(current) - set(previous)),
+        changed=sorted(k for k in set(current) & set(previous) if current[k][2] != previous[k][2]),
+        removed=sorted(set(previous) - set(current)),
+    )
+
+
+def _load_cursor(cursor: str | None, spec: str) -> Fingerprints | None:
+    """The previous scan of `spec`, or None when there is none (first tick, or the source changed)."""
+    if not cursor:
+        return None
+    state = json.loads(cursor)
+    return state["files"] if state.get("source") == spec else None
+
+
+@dg.sensor(
+    job=new_documents_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Re-index when a corpus document is added, changed or removed (content hash).",
+)
+def new_documents_sensor(context: dg.SensorEvaluationContext, settings: SettingsResource):
+    s = settings.get()
+    spec = watched_source(s)
+    previous = _load_cursor(context.cursor, spec)
+    try:
+        current = scan_source(spec, s, previous or {})
+    except FileNotFoundError:
+        return dg.SkipReason(f"corpus folder {spec} does not exist yet")
+    cursor = json.dumps({"source": spec, "files": current}, separators=(",", ":"), sort_keys=True)
+    changes = diff(previous or {}, current)
+    if previous is not None and not changes:
+        # mtimes may have moved without a content change: keep them so those files are not read again
+        return dg.SensorResult(skip_reason=f"no document changed in {spec}", cursor=cursor)
+    reason = "first scan" if previous is None else changes.summary()
+    context.log.info(f"{spec}: {reason}")
+    request = dg.RunRequest(
+        run_key=hashlib.sha256(cursor.encode()).hexdigest()[:24],
+        tags={
+            "stratmaster/corpus": spec,
+            "stratmaster/changes": reason[:200],
+            "stratmaster/added": str(len(changes.added)),
+            "stratmaster/changed": str(len(changes.changed)),
+            "stratmaster/removed": str(len(changes.removed)),
+        },
+    )
+    return dg.SensorResult(run_requests=[request], cursor=cursor)
+
+
+SENSORS = [new_documents_sensor]
