@@ -16,6 +16,9 @@ echo "[setup] installing the locked set into .venv"
 .venv/bin/uv pip install --python .venv/bin/python --require-hashes -r requirements.lock
 .venv/bin/uv pip install --python .venv/bin/python --no-deps --no-build-isolation -e .
 
+# `make lab` and papermill run notebooks on this kernel
+.venv/bin/python -m ipykernel install --sys-prefix --name stratmaster --display-name "StratMaster (.venv)" >/dev/null
+
 echo "[setup] preparing local model files"
 LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -m pipelines.llm.weights
 echo "[setup] done"

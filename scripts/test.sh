@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make test` (and so CI): lint, supply-chain report (SBOM, pip-audit), then pytest with coverage against the
+# `make test` (and so CI): lint, types, supply-chain report (SBOM, pip-audit), then pytest with coverage against the
 # real services the tests need (PostgreSQL from Debian's packages, started here and stopped at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,9 @@ fail=0
 
 echo "== ruff"
 .venv/bin/ruff check . && .venv/bin/ruff format --check . || fail=1
+
+echo "== mypy (pipelines, router_models)"
+.venv/bin/mypy pipelines router_models || fail=1
 
 echo "== SBOM (CycloneDX) -> runs/ci/sbom.cdx.json"
 .venv/bin/cyclonedx-py environment --of JSON -o runs/ci/sbom.cdx.json .venv >/dev/null || fail=1
@@ -26,10 +29,15 @@ else
 fi
 
 echo "== pytest"
+# the Dagster UI test drives Debian's Chromium through Playwright
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]]; then
+  echo "[test] installing Debian's chromium package"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
 export SM_TEST_POSTGRES_URL=${SM_TEST_POSTGRES_URL:-$(bash scripts/postgres.sh start)}
 trap 'bash scripts/postgres.sh stop' EXIT
 .venv/bin/python -m pytest --cov=pipelines --cov=router_models --cov-report=term:skip-covered \
-  --cov-report=xml:runs/ci/coverage.xml "$@"
+  --cov-report=xml:runs/ci/coverage.xml --cov-fail-under=85 "$@"
 rc=$?
 # pytest's 5 means no test ran: that is a failure of the suite, not a pass
 if [[ $rc -eq 5 ]]; then echo "no tests ran"; rc=1; fi

@@ -35,7 +35,7 @@ def _resolved_task_dir(task: str, dest: Path) -> None:
 
 def _prompt_text(sample: dict[str, Any]) -> str:
     """The user turn lm-eval sent (its chat request arrives as a JSON list of messages)."""
-    raw = sample["arguments"][0][0] if sample.get("arguments") else ""
+    raw: Any = sample["arguments"][0][0] if sample.get("arguments") else ""
     raw = raw[0] if isinstance(raw, (list, tuple)) and raw else raw  # (JsonChatStr,) or [json string]
     try:
         return "\n".join(m["content"] for m in json.loads(raw) if m.get("role") == "user")

@@ -77,9 +77,10 @@ def _read_csv(path: Path) -> list[dict]:
                 raise PromptSetError(f"{where}: wrong number of fields")
             row = {k: (v if v != "" else None) for k, v in rec.items()}
             for key in ("tests", "contexts"):
-                if row.get(key):
+                raw = row.get(key)
+                if isinstance(raw, str) and raw:
                     try:
-                        row[key] = json.loads(row[key])
+                        row[key] = json.loads(raw)
                     except json.JSONDecodeError:
                         raise PromptSetError(
                             f"{where}: field {key!r} must be a JSON list of strings"

@@ -58,7 +58,7 @@ def _ragas_embeddings(embedder_name: str):
         def embed_documents(self, texts: list[str]) -> list[list[float]]:
             return get_embedder(embedder_name).embed(list(texts)).tolist()
 
-        def embed_query(self, text: str) -> list[list[float]]:
+        def embed_query(self, text: str) -> list[float]:
             return self.embed_documents([text])[0]
 
         async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -76,6 +76,7 @@ def ragas_scores(rows: pd.DataFrame, gateway: Gateway, judge: str, embedder: str
     """Per-row RAGAS metrics (columns named as in `metrics`, NaN where the judge failed on that row)."""
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     from ragas import EvaluationDataset, evaluate
+    from ragas.dataset_schema import EvaluationResult
     from ragas.metrics._answer_relevance import ResponseRelevancy
     from ragas.metrics._bleu_score import BleuScore
     from ragas.metrics._context_precision import LLMContextPrecisionWithReference
@@ -110,8 +111,9 @@ def ragas_scores(rows: pd.DataFrame, gateway: Gateway, judge: str, embedder: str
     ])  # fmt: skip
     result = evaluate(data, metrics=objs, llm=_ragas_llm(gateway, judge, max_tokens),
                       embeddings=_ragas_embeddings(embedder), raise_exceptions=False, show_progress=False,
-                      run_config=RunConfig(max_workers=2, timeout=gateway.settings.request_timeout_s * 4,
+                      run_config=RunConfig(max_workers=2, timeout=int(gateway.settings.request_timeout_s * 4),
                                            max_retries=1))  # fmt: skip
+    assert isinstance(result, EvaluationResult)  # an Executor only with return_executor=True
     out = result.to_pandas().rename(columns=lambda c: c.split("(")[0])  # "rouge_l(mode=fmeasure)"
     return out[[c for c in chosen if c in out.columns]].reset_index(drop=True)
 
@@ -141,7 +143,8 @@ def trulens_provider(gateway: Gateway, judge: str, max_tokens: int = 256):
             return self._gateway.chat(judge, msgs, max_tokens=max_tokens, temperature=temperature,
                                       stream=False).text  # fmt: skip
 
-    provider = GatewayProvider(model_engine=judge, endpoint=Endpoint(name=f"gateway-{judge}"))
+    # tru_class_info is filled in by TruLens's own validator; its pydantic signature marks it required
+    provider = GatewayProvider(model_engine=judge, endpoint=Endpoint(name=f"gateway-{judge}"))  # type: ignore[call-arg]
     provider._gateway = gateway
     return provider
 

@@ -141,7 +141,7 @@ def extract_code(output: str) -> str:
 
 
 def score_code(output: str, tests: Sequence[str] | None, timeout_s: float = 5.0) -> float:
-    if _missing(tests) or len(tests) == 0:  # a list, or a numpy array after a parquet round trip
+    if tests is None or _missing(tests) or len(tests) == 0:  # a list, or a numpy array after parquet
         raise ScoreError("code row has no tests")
     return float(run_tests(extract_code(output), list(tests), timeout_s=timeout_s).passed_all)
 
@@ -155,6 +155,7 @@ def score_row(row: dict[str, Any], output: str) -> float:
         return score_code(output, row.get("tests"))
     if family in ("extraction", "rag_answer", "chat"):
         answers = row.get("answers")
-        refs = answers if not _missing(answers) and len(answers) else row.get("reference")
+        has_answers = answers is not None and not _missing(answers) and len(answers) > 0
+        refs = answers if has_answers else row.get("reference")
         return score_extraction(output, refs)["f1"]
     raise ScoreError(f"no scorer for task family {family!r}")

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(help="Train, predict with and evaluate routers.", no_args_is_help=True)
 
@@ -20,7 +23,7 @@ OutcomesOpt = Annotated[
 RouterOpt = Annotated[Path, typer.Option("--router", help="router artifact directory (from `train`)")]
 
 
-def _read(path: Path) -> pd.DataFrame:  # noqa: F821 - pandas is imported lazily
+def _read(path: Path) -> pd.DataFrame:
     from pipelines.bench.outcomes import read_table
 
     if not path.exists():
@@ -137,7 +140,7 @@ def evaluate(
         raise typer.Exit(2)
     unknown = sorted(set(o["model"]) - set(r.models))
     pred = r.predict_frame(p[p["prompt_id"].isin(set(o["prompt_id"]))])
-    result = summary(pred, o)
+    result: dict[str, Any] = dict(summary(pred, o))
     result.update({"predictor": r.predictor.name, "models_not_in_router": unknown})
     if plot is not None:
         result["plot"] = str(pareto_plot(pred, o, plot, title=f"router ({r.predictor.name})"))

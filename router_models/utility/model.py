@@ -105,7 +105,7 @@ def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
     observed_n = data.cells.loc[data.cells["n"] > 0, "n"]
     centered = config.centered if config.centered is not None else float(observed_n.median()) >= 30
     ap = alpha_priors(priors, data.models, config.prior_sd, config.weak_prior_sd)
-    coords = {"task": data.tasks, "model": data.models}
+    coords: dict[str, list[str] | np.ndarray] = {"task": data.tasks, "model": data.models}
     bc = data.binary_cells
     coords["cell"] = [f"{a}|{b}" for a, b in zip(bc["task"], bc["model"], strict=True)]
     for kind in ("cost", "latency"):

@@ -33,7 +33,10 @@ class UtilityPosterior:
         self.idata = idata
         self.tasks = [str(t) for t in idata.posterior["task"].values]
         self.models = [str(m) for m in idata.posterior["model"].values]
-        self.quality = _draws(idata, "quality")
+        quality = _draws(idata, "quality")
+        if quality is None:
+            raise ValueError("the posterior has no 'quality' variable: not a utility-model fit")
+        self.quality: np.ndarray = quality
         self.cost = _draws(idata, "cost_expected")
         self.latency = _draws(idata, "latency_expected")
         self.lambda_cost, self.lambda_latency = lambda_cost, lambda_latency
