@@ -68,6 +68,14 @@ def _json(path: Path) -> dict | None:
 
 def _figures(console: Console, settings: Settings) -> None:
     run = settings.run_dir
+    ret = _json(run / "retrieval_evaluation" / "summary.json")
+    if ret:
+        rows = ret["retrievers"]
+        console.print(
+            f"[bold]Retrieval[/] ({rows[0]['queries']} labelled queries, {Path(ret['source']).name} sample): "
+            + ", ".join(f"{r['retriever']} nDCG@10 {r['ndcg@10']:.3f}" for r in rows)
+        )
+        console.print(f"   plot: {run / 'retrieval_evaluation' / 'retrieval.png'}")
     ev = _json(run / "router_evaluation" / "summary.json")
     if ev:
         g = ev.get("gate", {})
@@ -94,6 +102,9 @@ def _figures(console: Console, settings: Settings) -> None:
         console.print(
             f"   plots: {run / 'utility' / 'quality_forest.png'}, {run / 'utility' / 'calibration.png'}"
         )
+    html = sorted((run / "reports").glob("*/*.html"))
+    if html:
+        console.print("[bold]Notebook reports[/]: " + ", ".join(str(p) for p in html))
     console.print(
         "Next: [bold]make ui[/] (Dagster at http://127.0.0.1:3000), [bold]make lab[/] (notebooks), "
         "[bold]stratmaster router evaluate --help[/], [bold]stratmaster retrieval evaluate --help[/]."
