@@ -1,14 +1,16 @@
 """HTTP plumbing for the service: OpenAI-shaped errors and size-limited, validated JSON bodies."""
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from pipelines.llm.gateway import GatewayError
 from serving.security import MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from pipelines.llm.gateway import GatewayError
 
 RETRY_AFTER_S = 10
 
@@ -56,7 +58,16 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
         raise HTTPFailure(422, f"invalid request: {reasons}", "invalid_request_error") from None
 
 
-def upstream_failure(e: GatewayError) -> HTTPFailure:
+# GatewayError messages of requests the model can never take (the gateway's own checks, a 400 upstream)
+_REQUEST_FAULTS = (
+    "context overflow", "request refused", "messages must", "needs a role", "has empty content",
+)  # fmt: skip
+
+
+def upstream_failure(e: "GatewayError") -> HTTPFailure:
+    """A 400 when the request itself cannot be served (retrying will not help), else 503 with Retry-After."""
+    if any(f in str(e) for f in _REQUEST_FAULTS):
+        return HTTPFailure(400, f"the model cannot take this request: {e}", "invalid_request_error")
     return HTTPFailure(
         503, f"the model call failed: {e}", "upstream_unavailable", {"Retry-After": str(RETRY_AFTER_S)}
     )

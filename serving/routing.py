@@ -46,6 +46,8 @@ class ModelResolver:
     def __init__(self, router: Router | None, catalog: Catalog) -> None:
         self.router = router
         self.catalog = catalog
+        # budget policies, calibrated once per fraction (a bisection over the reference predictions)
+        self._budgets: dict[float, Budget] = {}
         if router is not None:  # the catalog is the authority on privacy and context windows
             for name in router.models:
                 if name in catalog.names():
@@ -66,18 +68,27 @@ class ModelResolver:
         if name == "max_utility":
             return MaxUtility()
         if name == "budget":
-            return self.router.budget_policy(0.5)
+            return self._budget(0.5)
         if name.startswith("budget-"):
             try:
                 fraction = float(name.removeprefix("budget-"))
             except ValueError:
                 fraction = -1.0
             if 0 < fraction <= 1:
-                return self.router.budget_policy(fraction)
+                return self._budget(fraction)
         raise RoutingError(
             f"unknown routing policy {name!r}; use router, router:max_utility, router:budget "
             "or router:budget-<fraction in (0, 1]>"
         )
+
+    def _budget(self, fraction: float) -> Budget:
+        assert self.router is not None
+        policy = self._budgets.get(fraction)
+        if policy is None:
+            if len(self._budgets) >= 64:  # fractions come from requests: keep the table small
+                self._budgets.clear()
+            policy = self._budgets[fraction] = self.router.budget_policy(fraction)
+        return policy
 
     def resolve(
         self,
@@ -131,6 +142,7 @@ class ModelResolver:
         return self._local_fallback(prompt, constraints, decision)
 
     def _local_fallback(self, prompt: str, constraints: Constraints, decision: Decision) -> Choice:
+        assert self.router is not None
         needed = request_signals(prompt, constraints).tokens_needed
         local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
         fits = [e for e in local if e.context_window >= needed]

@@ -4,8 +4,11 @@ Endpoints (DESIGN.md "Service contract"): POST /v1/chat/completions (JSON or SSE
 POST /v1/rag, GET /v1/models; BentoML's own GET /healthz, /livez, /readyz (`__is_ready__`) and /metrics.
 The /v1 routes are a FastAPI app whose handlers are methods of the service class (BentoML binds `self`).
 
-Configuration from the environment: `SM_ROUTER_DIR` (a router artifact directory), `SM_API_KEYS` or
-`SM_API_KEYS_FILE`, `SM_MAX_REQUEST_BYTES`, and every `pipelines.settings.Settings` field.
+Artifacts (router, registry snapshot, index snapshot, catalog) are BentoML models loaded by tag
+(`serving.artifacts`; a Bento pins the versions it was built with); GET /v1/artifacts says which were loaded.
+Spans: request -> route -> retrieval -> LLM call (`serving.tracing`), exported as `SM_OTEL_EXPORTER` says.
+Configuration from the environment: `SM_<KIND>_TAG`, `SM_API_KEYS` or `SM_API_KEYS_FILE`,
+`SM_MAX_REQUEST_BYTES`, and every `pipelines.settings.Settings` field.
 """
 
 import json
@@ -14,7 +17,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import bentoml
@@ -22,15 +24,24 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.llm.gateway import Gateway, GatewayError
+from pipelines.llm.catalog import load_catalog
 from pipelines.settings import Settings
+from pipelines.tracing import setup_tracing
 from router_models.router.artifact import load_router
+from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts
 from serving.http import RETRY_AFTER_S, HTTPFailure, error_response, read_body, upstream_failure
 from serving.metrics import record_call
+from serving.openapi import json_body
 from serving.routing import Choice, ModelResolver, RoutingError, prompt_of
 from serving.schemas import ChatRequest, RagRequest, RouteRequest
 from serving.security import ApiKeys
-from serving.streaming import ChatStream
+from serving.tracing import (
+    TracedRetriever,
+    request_span,
+    route_span,
+    set_route,
+    set_usage,
+)
 
 log = logging.getLogger("stratmaster.serving")
 
@@ -51,16 +62,36 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 @bentoml.service(name="stratmaster", traffic={"timeout": 300})
 @bentoml.asgi_app(api, path="/v1")
 class StratMaster:
+    # resolved lazily (never in dev when absent); `bentoml build` pins the versions these name into the Bento
+    router_model = bentoml.models.BentoModel(default_tag("router"))
+    registry_model = bentoml.models.BentoModel(default_tag("registry"))
+    index_model = bentoml.models.BentoModel(default_tag("index"))
+    catalog_model = bentoml.models.BentoModel(default_tag("catalog"))
+
     def __init__(self) -> None:
         self.settings = Settings()
-        self.gateway = Gateway(self.settings)
+        setup_tracing(self.settings)
+        self.art = load_artifacts(self.settings, getattr(StratMaster, "bento", None))
+        if self.art.index_embedder and "SM_EMBEDDER" not in os.environ:  # queries embed as the index did
+            self.settings = self.settings.model_copy(update={"embedder": self.art.index_embedder})
+        from pipelines.llm.gateway import Gateway  # imported here: `bentoml build` needs no LiteLLM
+
+        self.gateway = Gateway(self.settings, load_catalog(self.settings, self.art.catalog_path))
         self.keys = ApiKeys.from_env()
-        router_dir = os.environ.get("SM_ROUTER_DIR")
-        self.router = load_router(router_dir) if router_dir else None
+        self.router = load_router(self.art.router_dir) if self.art.router_dir else None
         if self.router is None:
-            log.warning("SM_ROUTER_DIR is not set: model='router' is refused, catalog names still work")
+            log.warning(
+                "no router (no model %s, no SM_ROUTER_DIR): model='router' is refused, catalog names work",
+                default_tag("router"),
+            )
         else:
             self.router.warm_up()
+        self.registry_rows: Any = None  # a DataFrame when a registry snapshot is loaded
+        if self.art.registry_dir is not None:
+            import pandas as pd
+
+            self.registry_rows = pd.read_csv(self.art.registry_dir / "registry.csv")
+            self.registry_fit = json.loads((self.art.registry_dir / "fit.json").read_text())
         self.resolver = ModelResolver(self.router, self.gateway.catalog)
         self._retriever: Any = None
         self._retriever_lock = threading.Lock()
@@ -87,35 +118,52 @@ class StratMaster:
         return out
 
     async def _choose(self, model: str, prompt: str, constraints: Any) -> Choice:
-        try:
-            return await run_in_threadpool(self.resolver.resolve, model, prompt, constraints, self._p95())
-        except RoutingError as e:
-            kind = "invalid_request_error" if e.status < 500 else "not_ready"
-            raise HTTPFailure(
-                e.status, str(e), kind, extra={"routing": e.decision} if e.decision else {}
-            ) from None
-
-    # -- endpoints -----------------------------------------------------------------------------------
-    @api.post("/chat/completions")
-    async def chat_completions(self, request: Request):
-        self._authorize(request)
-        req: ChatRequest = await read_body(request, ChatRequest)
-        messages = req.message_dicts()
-        choice = await self._choose(req.model, prompt_of(messages), req.constraints)
-        if req.stream:
+        with route_span(model) as span:
             try:
-                stream = await run_in_threadpool(
-                    ChatStream, self.gateway, choice.model, messages, req.token_budget(), req.temperature
+                choice = await run_in_threadpool(
+                    self.resolver.resolve, model, prompt, constraints, self._p95()
                 )
-            except GatewayError as e:
-                raise upstream_failure(e) from None
-            return StreamingResponse(self._sse(stream, choice), media_type="text/event-stream")
+            except RoutingError as e:
+                kind = "invalid_request_error" if e.status < 500 else "not_ready"
+                span.set_attribute("error.type", kind)
+                raise HTTPFailure(
+                    e.status, str(e), kind, extra={"routing": e.decision} if e.decision else {}
+                ) from None
+            set_route(span, choice.model, choice.chosen_by, choice.decision)
+            return choice
+
+    async def _model_call(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` in a worker thread; a GatewayError becomes the HTTP failure it stands for."""
+        from pipelines.llm.gateway import GatewayError
+
         try:
-            res = await run_in_threadpool(
-                self.gateway.chat, choice.model, messages, req.token_budget(), req.temperature
-            )
+            return await run_in_threadpool(fn, *args)
         except GatewayError as e:
             raise upstream_failure(e) from None
+
+    # -- endpoints -----------------------------------------------------------------------------------
+    @api.post("/chat/completions", openapi_extra=json_body(ChatRequest))
+    async def chat_completions(self, request: Request):
+        with request_span("chat.completions") as rs:
+            self._authorize(request)
+            req: ChatRequest = await read_body(request, ChatRequest)
+            rs.span.set_attribute("gen_ai.request.model", req.model)
+            rs.span.set_attribute("stratmaster.stream", req.stream)
+            messages = req.message_dicts()
+            choice = await self._choose(req.model, prompt_of(messages), req.constraints)
+            if req.stream:  # the gateway's `chat <model>` span is this request span's child
+                from serving.sse import chat_events
+                from serving.streaming import ChatStream
+
+                stream = await self._model_call(
+                    ChatStream, self.gateway, choice.model, messages, req.token_budget(), req.temperature
+                )
+                sse = chat_events(stream, choice, rs.detach())
+                return StreamingResponse(sse, media_type="text/event-stream")
+            res = await self._model_call(
+                self.gateway.chat, choice.model, messages, req.token_budget(), req.temperature
+            )
+            set_usage(rs.span, res.model, res.input_tokens, res.output_tokens, res.cost_usd)
         record_call(res.model, choice.chosen_by, res.latency_s, res.output_tokens, _fallback(choice, res))
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -145,61 +193,15 @@ class StratMaster:
             },
         }
 
-    def _sse(self, stream: ChatStream, choice: Choice) -> Iterator[str]:
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-            chunk = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": stream.stats.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra,
-            }
-            return f"data: {json.dumps(chunk)}\n\n"
-
-        meta = {
-            "routing": choice.decision,
-            "chosen_by": choice.chosen_by,
-            "requested_model": stream.stats.requested_model,
-            "fallback_used": stream.stats.fallback_used,
-        }
-        yield event({"role": "assistant", "content": ""}, stratmaster=meta)
-        try:
-            for text in stream.deltas():
-                yield event({"content": text})
-        except Exception as e:  # the stream broke after it started: say so in-band, no trace
-            log.error("stream from %s failed: %s", stream.stats.model, type(e).__name__)
-            err = {
-                "error": {"message": "the model stream failed", "type": "upstream_unavailable", "code": 503}
-            }
-            yield f"data: {json.dumps(err)}\n\n"
-            return
-        s = stream.stats
-        fb = "gateway" if s.fallback_used else ("panel" if choice.chosen_by == "panel_fallback" else None)
-        record_call(s.model, choice.chosen_by, s.latency_s, s.output_tokens, fb)
-        usage = {
-            "prompt_tokens": s.input_tokens,
-            "completion_tokens": s.output_tokens,
-            "total_tokens": s.input_tokens + s.output_tokens,
-        }
-        yield event(
-            {},
-            s.finish_reason or "stop",
-            usage=usage,
-            stratmaster={**meta, "latency_s": s.latency_s, "ttft_s": s.ttft_s},
-        )
-        yield "data: [DONE]\n\n"
-
-    @api.post("/route")
+    @api.post("/route", openapi_extra=json_body(RouteRequest))
     async def route(self, request: Request):
-        self._authorize(request)
-        req: RouteRequest = await read_body(request, RouteRequest)
-        prompt = (
-            req.prompt if req.prompt is not None else prompt_of([m.model_dump() for m in req.messages or []])
-        )
-        choice = await self._choose(req.model, prompt, req.constraints)
+        with request_span("route") as rs:
+            self._authorize(request)
+            req: RouteRequest = await read_body(request, RouteRequest)
+            rs.span.set_attribute("gen_ai.request.model", req.model)
+            messages = [m.model_dump() for m in req.messages or []]
+            prompt = req.prompt if req.prompt is not None else prompt_of(messages)
+            choice = await self._choose(req.model, prompt, req.constraints)
         return {"model": choice.model, "chosen_by": choice.chosen_by, "routing": choice.decision}
 
     def _open_retriever(self) -> Any:
@@ -209,8 +211,12 @@ class StratMaster:
                 from pipelines.rag.retrieve import open_retriever
 
                 try:
-                    index_dir = os.environ.get("SM_INDEX_DIR") or None
-                    r = open_retriever(self.settings, index_dir, modes=("hybrid",))
+                    store = None
+                    if self.art.store_dir is not None:
+                        from pipelines.corpus.store import LocalStore
+
+                        store = LocalStore(self.art.store_dir)
+                    r = open_retriever(self.settings, self.art.index_dir, store, modes=("hybrid",))
                     if r.chunks.empty:
                         r.close()
                         raise LookupError("no chunks in the store")
@@ -223,20 +229,23 @@ class StratMaster:
                     ) from None  # fmt: skip
             return self._retriever
 
-    @api.post("/rag")
+    @api.post("/rag", openapi_extra=json_body(RagRequest))
     async def rag(self, request: Request):
         from pipelines.rag.answer import answer
 
-        self._authorize(request)
-        req: RagRequest = await read_body(request, RagRequest)
-        choice = await self._choose(req.model, req.question, req.constraints)
-        retriever = await run_in_threadpool(self._open_retriever)
-        try:
-            a = await run_in_threadpool(
+        with request_span("rag") as rs:
+            self._authorize(request)
+            req: RagRequest = await read_body(request, RagRequest)
+            rs.span.set_attribute("gen_ai.request.model", req.model)
+            choice = await self._choose(req.model, req.question, req.constraints)
+            retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
+            a = await self._model_call(
                 answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens
             )
-        except GatewayError as e:
-            raise upstream_failure(e) from None
+            if a.model:
+                usage = a.usage or {}
+                set_usage(rs.span, a.model, usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,
+                          a.cost_usd or 0.0)  # fmt: skip
         if a.model:
             out_tokens = int(a.usage.get("output_tokens") or 0)
             record_call(a.model, choice.chosen_by, a.latency_s, out_tokens, _fallback(choice, a))
@@ -260,7 +269,7 @@ class StratMaster:
     @api.get("/models")
     async def models(self, request: Request):
         self._authorize(request)
-        data = []
+        data: list[dict[str, Any]] = []
         if self.router is not None:
             for name in ("router", "router:max_utility", "router:budget"):
                 data.append(
@@ -289,6 +298,25 @@ class StratMaster:
                 }
             )
         return {"object": "list", "data": data}
+
+    @api.get("/artifacts")
+    async def list_artifacts(self, request: Request):
+        """Which model tag (or development folder) each artifact came from, with the model's labels."""
+        self._authorize(request)
+        sources = self.art.sources
+        return {kind: sources.get(kind) for kind in MODEL_NAMES}
+
+    @api.get("/registry")
+    async def registry_snapshot(self, request: Request, task: str | None = None):
+        """The utility registry snapshot shipped with the service: posterior quality, cost and utility."""
+        self._authorize(request)
+        if self.registry_rows is None:
+            raise HTTPFailure(404, "no registry snapshot is loaded (model stratmaster-registry)", "not_found")
+        rows = self.registry_rows if task is None else self.registry_rows[self.registry_rows.task == task]
+        cols = ["task", "model", "quality_mean", "quality_p05", "quality_p95", "cost_usd_mean"]
+        cols.append("utility_mean")
+        data = json.loads(rows[[c for c in cols if c in rows.columns]].to_json(orient="records"))
+        return {"fit": self.registry_fit, "rows": data}
 
 
 def _fallback(choice: Choice, res: Any) -> str | None:

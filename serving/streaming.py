@@ -1,16 +1,17 @@
-"""Streamed chat through the gateway's LiteLLM Router: the text deltas, then what a ChatResult would hold.
+"""Streamed chat for SSE: the gateway's public `Gateway.stream`, with the figures the service reports.
 
-The gateway's `chat` streams internally but returns one result; SSE needs the deltas as they arrive.
+`Gateway.stream` opens the call (validation, retries, fallbacks and the first chunk happen before any byte
+is sent, so a failure is still an HTTP error) and owns the accounting: usage, cost, latency, TTFT and the
+OTel span are those `Gateway.chat` would give. This wrapper only keeps the shape the service reads.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.llm.gateway import Gateway, GatewayError
+from pipelines.llm.gateway import Gateway
 
 
 @dataclass
@@ -20,13 +21,14 @@ class StreamStats:
     fallback_used: bool
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = 0.0
     latency_s: float = 0.0
     ttft_s: float | None = None
     finish_reason: str | None = None
 
 
 class ChatStream:
-    """Opens the stream eagerly (so a failed call is a GatewayError before any byte is sent)."""
+    """Opens the stream eagerly (a failed call raises GatewayError here, before any byte is sent)."""
 
     def __init__(
         self,
@@ -36,42 +38,23 @@ class ChatStream:
         max_tokens: int,
         temperature: float,
     ) -> None:
-        entry = gateway._entry(model)
-        gateway._check(entry, messages, max_tokens)
-        self._t0 = time.perf_counter()
-        try:
-            self._resp = gateway._router.completion(
-                model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
-                stream=True, stream_options={"include_usage": True},
-            )  # fmt: skip
-            self._it = iter(self._resp)
-            self._first = next(self._it, None)
-        except Exception as e:  # connection errors, timeouts, every fallback exhausted
-            raise GatewayError(
-                f"{model}: call failed after retries and fallbacks ({type(e).__name__})"
-            ) from None
-        answered = gateway._answered(self._resp, entry)
-        self.stats = StreamStats(answered, model, answered != model)
-        self._gateway = gateway
+        self._call = gateway.stream(model, messages, max_tokens, temperature)
+        self.stats = StreamStats(self._call.model, self._call.requested_model, self._call.fallback_used)
 
     def deltas(self) -> Iterator[str]:
-        """Text pieces as they arrive; `stats` is complete once this is exhausted."""
-        chunk = self._first
-        rest = self._it
-        while chunk is not None:
-            usage = getattr(chunk, "usage", None)
-            if usage:
-                self.stats.input_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-                self.stats.output_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-            if chunk.choices:
-                choice = chunk.choices[0]
-                if choice.finish_reason:
-                    self.stats.finish_reason = choice.finish_reason
-                text = choice.delta.content if choice.delta else None
-                if text:
-                    if self.stats.ttft_s is None:
-                        self.stats.ttft_s = time.perf_counter() - self._t0
-                    yield text
-            chunk = next(rest, None)
-        self.stats.latency_s = time.perf_counter() - self._t0
-        self._gateway._latencies[self.stats.model].append(self.stats.latency_s)
+        """Text pieces as they arrive; `stats` is complete once this is exhausted.
+
+        Closing this iterator early (the client went away) closes the model stream and ends its span.
+        """
+        try:
+            yield from self._call
+        finally:
+            self._call.close()
+        r = self._call.result
+        if r is not None:
+            self.stats.input_tokens, self.stats.output_tokens = r.input_tokens, r.output_tokens
+            self.stats.cost_usd, self.stats.latency_s = r.cost_usd, r.latency_s
+            self.stats.ttft_s, self.stats.finish_reason = r.ttft_s, r.finish_reason
+
+    def close(self) -> None:
+        self._call.close()

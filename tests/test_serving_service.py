@@ -14,6 +14,7 @@ import tempfile
 from functools import cache
 
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sm-prom-"))  # as `bentoml serve`
+os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="sm-bentoml-"))  # no stray models by tag
 
 import httpx
 import pandas as pd
@@ -267,6 +268,46 @@ def test_a_panel_the_gateway_cannot_call_falls_back_to_a_local_model(shared_data
     assert "has no model the gateway can call" in choice.decision["explanation"]
 
 
+# -- tracing -----------------------------------------------------------------------------------------------
+@pytest.fixture
+def spans():
+    """Every span finished during the test, from the service's tracer provider (OTel's in-memory exporter)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider), "the service installs an SDK provider (exporter: file)"
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    yield memory
+    memory.shutdown()
+
+
+def _named(memory, name):
+    found = [s for s in memory.get_finished_spans() if s.name == name]
+    assert found, [s.name for s in memory.get_finished_spans()]
+    return found[-1]
+
+
+def test_route_spans_carry_the_decision_and_never_the_pii_prompt(client, spans):
+    r = client.post("/v1/route", json={"messages": [{"role": "user", "content": PII_PROMPT}]}, headers=AUTH)
+    assert r.status_code == 200
+    request, route = _named(spans, "request route"), _named(spans, "route")
+    assert route.parent.span_id == request.context.span_id
+    attrs = dict(route.attributes)
+    assert attrs["stratmaster.route.pii"] is True and attrs["stratmaster.route.model"] in LOCAL
+    assert list(attrs["stratmaster.route.pii_entities"]) == ["EMAIL_ADDRESS"]
+    assert attrs["gen_ai.request.model"] == "router" and attrs["stratmaster.route.chosen_by"] == "router"
+    dumped = "".join(s.to_json() for s in spans.get_finished_spans())
+    assert "jane.doe" not in dumped and "confirming the meeting" not in dumped
+    body = {"prompt": "jane.doe@example.com", "model": "router:nope"}
+    assert client.post("/v1/route", json=body, headers=AUTH).status_code == 400
+    assert dict(_named(spans, "request route").attributes)["http.response.status_code"] == 400
+    assert "jane.doe" not in "".join(s.to_json() for s in spans.get_finished_spans())
+
+
 # -- /v1/chat/completions errors ---------------------------------------------------------------------------
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -384,6 +425,29 @@ def test_chat_streams_server_sent_events(live):
     assert events[-1]["usage"]["completion_tokens"] >= 1
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
     assert text.strip()
+
+
+@pytest.mark.models
+def test_a_pii_chat_is_answered_locally_and_its_text_is_in_no_span(live, spans):
+    for stream in (False, True):
+        body = {"model": "router", "messages": [{"role": "user", "content": PII_PROMPT}], "max_tokens": 3,
+                "stream": stream}  # fmt: skip
+        r = live.post("/v1/chat/completions", json=body, headers=LIVE_AUTH)
+        assert r.status_code == 200, r.text
+        answer = r.text
+        request, route = _named(spans, "request chat.completions"), _named(spans, "route")
+        chat = [s for s in spans.get_finished_spans() if s.name.startswith("chat ")][-1]
+        assert route.parent.span_id == chat.parent.span_id == request.context.span_id
+        req, llm = dict(request.attributes), dict(chat.attributes)
+        assert req["gen_ai.request.model"] == "router" and req["stratmaster.stream"] is stream
+        assert req["gen_ai.response.model"] in LOCAL
+        assert dict(route.attributes)["stratmaster.route.pii"] is True
+        assert llm["gen_ai.request.model"] in LOCAL and llm["gen_ai.usage.output_tokens"] >= 1
+        assert llm["gen_ai.usage.input_tokens"] > 0 and llm["stratmaster.cost_usd"] > 0
+        assert req["gen_ai.usage.output_tokens"] == llm["gen_ai.usage.output_tokens"]
+    dumped = "".join(s.to_json() for s in spans.get_finished_spans())
+    assert "jane.doe" not in dumped and "example.com" not in dumped and "confirming the meeting" not in dumped
+    assert answer  # the (streamed) answer text is in the response, and only there
 
 
 class _ViaTestClient(httpx.BaseTransport):
