@@ -14,11 +14,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import litellm
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
 from pipelines.llm.catalog import Catalog, ModelEntry, load_catalog
 from pipelines.settings import Settings
@@ -161,28 +162,60 @@ class Gateway:
         **kwargs: Any,
     ) -> ChatResult:
         """Call `model` (a catalog name) through the Router; streamed by default to measure TTFT."""
+        if stream:
+            call = self.stream(model, messages, max_tokens, temperature, **kwargs)
+            for _ in call:
+                pass
+            assert call.result is not None  # a stream read to its end always has one
+            return call.result
         entry = self._entry(model)
         self._check(entry, messages, max_tokens)
         with tracer().start_as_current_span(f"chat {model}") as span:
-            span.set_attribute("gen_ai.operation.name", "chat")
-            span.set_attribute("gen_ai.request.model", model)
-            span.set_attribute("gen_ai.request.max_tokens", max_tokens)
-            span.set_attribute("gen_ai.request.temperature", temperature)
+            _span_request(span, model, max_tokens, temperature, stream=False)
             try:
-                result = self._call(entry, messages, max_tokens, temperature, stream, **kwargs)
+                result = self._call(entry, messages, max_tokens, temperature, **kwargs)
             except GatewayError as e:
-                span.set_attribute("error.type", type(e).__name__)
-                span.set_status(Status(StatusCode.ERROR, str(e)[:200]))
+                _span_error(span, e)
                 raise
-            span.set_attribute("gen_ai.system", self.catalog.get(result.model).provider)
-            span.set_attribute("gen_ai.response.model", result.model)
-            span.set_attribute("gen_ai.usage.input_tokens", result.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
-            span.set_attribute("stratmaster.cost_usd", result.cost_usd)
-            span.set_attribute("stratmaster.fallback_used", result.fallback_used)
-            if result.ttft_s is not None:
-                span.set_attribute("stratmaster.ttft_s", result.ttft_s)
+            self._span_result(span, result)
             return result
+
+    def stream(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        **kwargs: Any,
+    ) -> StreamedChat:
+        """Open a streamed call to `model`: iterate the returned object for text deltas; its `result` is
+        the ChatResult (usage, cost, latency, TTFT, answering model, fallback) once the stream is read.
+
+        The call is opened eagerly: validation, retries, fallbacks and the wait for the first chunk happen
+        here, so a failure is a GatewayError before the caller has sent anything to its own client. The span
+        `chat <model>` starts now and ends when the stream is exhausted, fails or is closed.
+        """
+        entry = self._entry(model)
+        self._check(entry, messages, max_tokens)
+        span = tracer().start_span(f"chat {model}")
+        _span_request(span, model, max_tokens, temperature, stream=True)
+        t0 = time.perf_counter()
+        try:
+            resp = self._router.completion(
+                model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                stream=True, stream_options={"include_usage": True}, **kwargs,
+            )  # fmt: skip
+            chunks = iter(resp)
+            first = next(chunks, None)
+            if first is None:
+                raise GatewayError(f"{model}: the server returned an empty stream")
+        except Exception as e:  # timeouts, connection errors, refusals, every fallback exhausted
+            err = _failure(model, e)
+            _span_error(span, err)
+            span.end()
+            raise err from None
+        answered = self._answered(resp, entry)
+        return StreamedChat(self, entry, answered, messages, span, resp, chunks, first, t0)
 
     def _call(
         self,
@@ -190,53 +223,62 @@ class Gateway:
         messages: list[dict[str, Any]],
         max_tokens: int,
         temperature: float,
-        stream: bool,
         **kwargs: Any,
     ) -> ChatResult:
-        model = entry.name
+        """One non-streamed call."""
         t0 = time.perf_counter()
-        ttft: float | None = None
         try:
             resp = self._router.completion(
-                model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
-                stream=stream, **({"stream_options": {"include_usage": True}} if stream else {}), **kwargs,
+                model=entry.name, messages=messages, max_tokens=max_tokens, temperature=temperature,
+                stream=False, **kwargs,
             )  # fmt: skip
-            if stream:
-                chunks = []
-                for chunk in resp:
-                    if ttft is None and chunk.choices and chunk.choices[0].delta.content:
-                        ttft = time.perf_counter() - t0
-                    chunks.append(chunk)
-                resp = litellm.stream_chunk_builder(chunks, messages=messages)
-        except litellm.exceptions.ContextWindowExceededError as e:
-            raise GatewayError(f"{model}: context overflow: {e.message}") from None
-        except litellm.exceptions.BadRequestError as e:
-            raise GatewayError(f"{model}: request refused: {e.message}") from None
-        except Exception as e:  # timeouts, connection errors, every fallback exhausted
-            kind = type(e).__name__
-            raise GatewayError(f"{model}: call failed after retries and fallbacks ({kind}): {e}") from None
+        except Exception as e:
+            raise _failure(entry.name, e) from None
         latency = time.perf_counter() - t0
-        if resp is None or not resp.choices:
-            raise GatewayError(f"{model}: the server returned no choices")
-        answered = self._answered(resp, entry)
+        if not isinstance(resp, litellm.ModelResponse) or not resp.choices:
+            raise GatewayError(f"{entry.name}: the server returned no choices")
+        return self._result(entry, resp, resp, latency, None)
+
+    def _result(
+        self, requested: ModelEntry, source: Any, resp: Any, latency: float, ttft: float | None
+    ) -> ChatResult:
+        """A ChatResult from a complete response; `source`, what LiteLLM returned, knows who answered."""
+        answered = self._answered(source, requested)
         usage = getattr(resp, "usage", None)
         in_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
         out_tok = int(getattr(usage, "completion_tokens", 0) or 0)
-        e = self.catalog.get(answered)
-        cost = (in_tok * (e.cost_per_1k_input_usd or 0) + out_tok * (e.cost_per_1k_output_usd or 0)) / 1000
         self._latencies[answered].append(latency)
+        choice = resp.choices[0]
         return ChatResult(
-            text=resp.choices[0].message.content or "",
+            text=choice.message.content or "",
             model=answered,
-            requested_model=model,
-            fallback_used=answered != model,
+            requested_model=requested.name,
+            fallback_used=answered != requested.name,
             input_tokens=in_tok,
             output_tokens=out_tok,
-            cost_usd=cost,
+            cost_usd=self.cost_usd(answered, in_tok, out_tok),
             latency_s=latency,
-            ttft_s=ttft if stream else None,
-            finish_reason=resp.choices[0].finish_reason,
+            ttft_s=ttft,
+            finish_reason=choice.finish_reason,
         )
+
+    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> float:
+        """What a call with these token counts costs at the catalog price of `model`."""
+        e = self.catalog.get(model)
+        inp, out = e.cost_per_1k_input_usd or 0.0, e.cost_per_1k_output_usd or 0.0
+        return (input_tokens * inp + output_tokens * out) / 1000
+
+    def _span_result(self, span: Span, result: ChatResult) -> None:
+        span.set_attribute("gen_ai.system", self.catalog.get(result.model).provider)
+        span.set_attribute("gen_ai.response.model", result.model)
+        span.set_attribute("gen_ai.usage.input_tokens", result.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", result.output_tokens)
+        span.set_attribute("stratmaster.cost_usd", result.cost_usd)
+        span.set_attribute("stratmaster.fallback_used", result.fallback_used)
+        if result.ttft_s is not None:
+            span.set_attribute("stratmaster.ttft_s", result.ttft_s)
+        if result.finish_reason:
+            span.set_attribute("gen_ai.response.finish_reasons", [result.finish_reason])
 
     def _answered(self, resp: Any, requested: ModelEntry) -> str:
         hidden = getattr(resp, "_hidden_params", {}) or {}
@@ -253,3 +295,128 @@ class Gateway:
         """p95 of this process's recent calls that `model` answered, for the router's latency rule."""
         lat = sorted(self._latencies.get(model, ()))
         return lat[int(0.95 * (len(lat) - 1))] if lat else None
+
+
+class StreamedChat:
+    """A streamed call that `Gateway.stream` opened: iterating it yields the text deltas as they arrive.
+
+    `model`, `requested_model` and `fallback_used` are known from the start; `result` (a ChatResult, with
+    usage counted as `Gateway.chat` counts it) once the stream has been read to its end. A stream that
+    breaks midway raises GatewayError (fallbacks cannot apply once text has been sent). Read it once.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        entry: ModelEntry,
+        answered: str,
+        messages: list[dict[str, Any]],
+        span: Span,
+        resp: Any,
+        chunks: Iterator[Any],
+        first: Any,
+        t0: float,
+    ) -> None:
+        self.model = answered
+        self.requested_model = entry.name
+        self.fallback_used = answered != entry.name
+        self.result: ChatResult | None = None
+        self.ttft_s: float | None = None
+        self._gateway, self._entry, self._messages = gateway, entry, messages
+        self._span, self._resp, self._chunks, self._first, self._t0 = span, resp, chunks, first, t0
+        self._gen: Generator[str, None, None] | None = None
+        self._ended = False
+
+    def __iter__(self) -> Iterator[str]:
+        if self._gen is not None or self._ended:
+            raise GatewayError(f"{self.requested_model}: this stream has already been read")
+        self._gen = self._deltas()
+        return self._gen
+
+    def close(self) -> None:
+        """Stop reading: release the connection and end the span (nothing to do once the stream ended)."""
+        gen, self._gen = self._gen, None
+        if gen is not None:
+            gen.close()  # its `finally` ends the span
+        self._end(GeneratorExit())
+
+    def __enter__(self) -> StreamedChat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _deltas(self) -> Generator[str, None, None]:
+        chunks: list[Any] = []
+        outcome: BaseException | None = None
+        try:
+            chunk = self._first
+            while chunk is not None:
+                chunks.append(chunk)
+                text = _delta_text(chunk)
+                if text:
+                    if self.ttft_s is None:
+                        self.ttft_s = time.perf_counter() - self._t0
+                    yield text
+                try:
+                    chunk = next(self._chunks, None)
+                except Exception as e:
+                    raise _failure(self.requested_model, e, midway=True) from None
+            latency = time.perf_counter() - self._t0
+            built = litellm.stream_chunk_builder(chunks, messages=self._messages)
+            if built is None or not built.choices:
+                raise GatewayError(f"{self.requested_model}: the server returned no choices")
+            self.result = self._gateway._result(self._entry, self._resp, built, latency, self.ttft_s)
+        except BaseException as e:  # GeneratorExit too: the consumer stopped reading (client gone)
+            outcome = e
+            raise
+        finally:
+            self._end(outcome)
+
+    def _end(self, outcome: BaseException | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self.result is not None:
+            self._gateway._span_result(self._span, self.result)
+        else:
+            close = getattr(self._resp, "close", None)
+            if callable(close):  # frees the HTTP connection of a stream nobody will read to its end
+                close()
+            if isinstance(outcome, GeneratorExit):
+                self._span.set_attribute("stratmaster.stream_closed_early", True)
+            elif outcome is not None:
+                _span_error(self._span, outcome)
+        self._span.end()
+
+
+def _delta_text(chunk: Any) -> str | None:
+    choices = getattr(chunk, "choices", None)
+    delta = choices[0].delta if choices else None
+    return delta.content if delta is not None else None
+
+
+def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError:
+    """The caller-facing error for what LiteLLM raised: names the model and the cause."""
+    if isinstance(e, GatewayError):
+        return e
+    if isinstance(e, litellm.exceptions.ContextWindowExceededError):
+        return GatewayError(f"{model}: context overflow: {e.message}")
+    if isinstance(e, litellm.exceptions.BadRequestError):
+        return GatewayError(f"{model}: request refused: {e.message}")
+    if midway:
+        return GatewayError(f"{model}: the stream broke after it started ({type(e).__name__}): {e}")
+    return GatewayError(f"{model}: call failed after retries and fallbacks ({type(e).__name__}): {e}")
+
+
+def _span_request(span: Span, model: str, max_tokens: int, temperature: float, stream: bool) -> None:
+    span.set_attribute("gen_ai.operation.name", "chat")
+    span.set_attribute("gen_ai.request.model", model)
+    span.set_attribute("gen_ai.request.max_tokens", max_tokens)
+    span.set_attribute("gen_ai.request.temperature", temperature)
+    span.set_attribute("stratmaster.stream", stream)
+
+
+def _span_error(span: Span, e: BaseException) -> None:
+    span.set_attribute("error.type", type(e).__name__)
+    span.set_status(Status(StatusCode.ERROR, str(e)[:200]))

@@ -45,8 +45,8 @@ def save_router(router: Router, out_dir: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         params, arrays = router.predictor.get_state()
-        np.savez_compressed(tmp / "predictor.npz", **arrays)
-        np.savez_compressed(tmp / "task_classifier.npz", **router.task_clf.arrays())
+        np.savez_compressed(tmp / "predictor.npz", allow_pickle=False, **arrays)
+        np.savez_compressed(tmp / "task_classifier.npz", allow_pickle=False, **router.task_clf.arrays())
         np.savez_compressed(
             tmp / "cost_model.npz", coef=router.cost_model.coef, floor=router.cost_model.floor
         )
@@ -54,7 +54,7 @@ def save_router(router: Router, out_dir: str | Path) -> Path:
         (tmp / "rules.yaml").write_text(yaml.safe_dump({"version": 1, "rules": rules}, sort_keys=False))
         files = ["predictor.npz", "task_classifier.npz", "cost_model.npz", "rules.yaml"]
         if router.reference:
-            np.savez_compressed(tmp / "reference.npz", **router.reference)
+            np.savez_compressed(tmp / "reference.npz", allow_pickle=False, **router.reference)
             files.append("reference.npz")
         manifest = {
             "format": FORMAT,

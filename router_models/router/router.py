@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +18,10 @@ from router_models.router.features import CostModel, TaskClassifier, embed_promp
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.predictors.base import Predictor, QualityPrediction
 from router_models.router.rules import Exclusion, ModelInfo, Rule, apply_rules
-from router_models.router.signals import Constraints, request_signals
+from router_models.router.signals import Constraints, focus_text, request_signals
 
 MAX_COST = "max_cost_usd"
+EMBED_CACHE_SIZE = 4096  # distinct prompts whose embedding route() keeps (384 floats each)
 
 
 @dataclass
@@ -34,6 +38,10 @@ class Router:
     info: dict[str, Any] = field(default_factory=dict)  # training provenance, saved in the manifest
     # out-of-fold predicted quality and cost on the training prompts: what budget policies calibrate on
     reference: dict[str, np.ndarray] = field(default_factory=dict)
+    _embeddings: OrderedDict[bytes, np.ndarray] = field(
+        default_factory=OrderedDict, init=False, repr=False, compare=False
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def budget_policy(self, fraction: float) -> Budget:
         """A policy that spends on average at most `fraction` of the strongest model's cost."""
@@ -43,13 +51,48 @@ class Router:
             self.reference["mean"], self.reference["cost"], self.models, self.strongest
         )
 
-    def warm_up(self) -> None:
-        """Load the embedder and the PII recognizers now, so the first request does not pay for it."""
+    def warm_up(self, torch_threads: int | None = 1) -> None:
+        """Load the embedder and the PII recognizers now, so the first request does not pay for it.
+
+        `torch_threads` (None: leave torch alone) sets the process's intra-op threads for serving. One
+        prompt is too small a matrix product to share out across cores, and concurrent requests that each
+        split theirs oversubscribe the CPU: on 2 busy shared cores one MiniLM embedding took 0.7-1.1 s with
+        2 threads and 0.11-0.13 s with 1. Decisions do not change (tests/test_router_speed.py).
+        """
+        if torch_threads and self.embedder.startswith("minilm"):
+            import torch
+
+            torch.set_num_threads(torch_threads)
         self.route("warm-up request")
 
-    def predict(self, prompts: Sequence[str]) -> tuple[QualityPrediction, np.ndarray, np.ndarray]:
-        """Quality (mean, sd) and cost per prompt x model, plus the task probabilities."""
-        emb = embed_prompts(list(prompts), self.embedder)
+    def embed(self, prompt: str) -> np.ndarray:
+        """The (1, d) embedding route() uses: `embed_prompts`' value, kept for the last distinct prompts.
+
+        Read-only: the array is shared with later calls for the same prompt.
+        """
+        key = hashlib.blake2b(f"{self.embedder}\x00{focus_text(prompt)}".encode(), digest_size=16).digest()
+        with self._lock:
+            emb = self._embeddings.get(key)
+            if emb is not None:
+                self._embeddings.move_to_end(key)
+                return emb
+        emb = embed_prompts([prompt], self.embedder)
+        emb.flags.writeable = False
+        with self._lock:
+            self._embeddings[key] = emb
+            while len(self._embeddings) > EMBED_CACHE_SIZE:
+                self._embeddings.popitem(last=False)
+        return emb
+
+    def predict(
+        self, prompts: Sequence[str], emb: np.ndarray | None = None
+    ) -> tuple[QualityPrediction, np.ndarray, np.ndarray]:
+        """Quality (mean, sd) and cost per prompt x model, plus the task probabilities.
+
+        `emb`: the prompts' embeddings when the caller has them (`embed_prompts` computes them otherwise).
+        """
+        if emb is None:
+            emb = embed_prompts(list(prompts), self.embedder)
         x, tokens = make_features(list(prompts), emb, self.task_clf)
         return self.predictor.predict(x), self.cost_model.predict(tokens, x.task_proba), x.task_proba
 
@@ -78,7 +121,7 @@ class Router:
         t0 = time.perf_counter()
         constraints = constraints or Constraints()
         policy = policy or self.policy
-        q, cost, proba = self.predict([prompt])
+        q, cost, proba = self.predict([prompt], self.embed(prompt))
         mean, sd, cost = q.mean[0], q.sd[0], cost[0]
         top = int(proba[0].argmax())
         signals = request_signals(prompt, constraints, self.task_clf.classes[top], float(proba[0, top]))

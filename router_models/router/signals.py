@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 # Presidio's pattern scores: a phone number scores 0.4 without the context enhancer, an IP 0.6, an e-mail 0.5.
 PII_MIN_SCORE = 0.4
 CHARS_PER_TOKEN = 4.0
+PII_CACHE_MAX_CHARS = 16_000
 
 
 class Constraints(BaseModel):
@@ -104,7 +105,22 @@ def _recognizers() -> tuple[Any, ...]:
 
 
 def detect_pii(text: str, min_score: float = PII_MIN_SCORE) -> tuple[str, ...]:
-    """Entity types (EMAIL_ADDRESS, PHONE_NUMBER, ...) that Presidio's pattern recognizers find in `text`."""
+    """Entity types (EMAIL_ADDRESS, PHONE_NUMBER, ...) that Presidio's pattern recognizers find in `text`.
+
+    Remembered for the last distinct texts up to PII_CACHE_MAX_CHARS long (the phone recognizer alone
+    takes milliseconds per prompt); the cache holds at most 2,048 of them.
+    """
+    if len(text) <= PII_CACHE_MAX_CHARS:
+        return _detect_pii_cached(text, min_score)
+    return _detect_pii(text, min_score)
+
+
+@lru_cache(maxsize=2048)
+def _detect_pii_cached(text: str, min_score: float) -> tuple[str, ...]:
+    return _detect_pii(text, min_score)
+
+
+def _detect_pii(text: str, min_score: float) -> tuple[str, ...]:
     found: set[str] = set()
     for rec in _recognizers():
         for res in rec.analyze(text, entities=rec.supported_entities, nlp_artifacts=None):

@@ -101,13 +101,20 @@ class BayesTaskPrior(Predictor):
 
     def predict(self, x: Features) -> QualityPrediction:
         prior = mixture(x.task_proba, self.task_mean_, self.task_sd_)
-        y0, mask = observed(self.y_)
+        y0, mask = self._observed()
         succ, trials = neighbour_counts(x.emb, self.emb_, y0, mask, self.k)
         mu = prior.mean.clip(1e-3, 1 - 1e-3)
         a = self.kappa * mu + succ
         b = self.kappa * (1 - mu) + trials - succ
         mean = a / (a + b)
         return QualityPrediction(mean, np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))))
+
+    def _observed(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training outcomes with NaN -> 0 and their mask, computed once per fitted predictor."""
+        cached: tuple[np.ndarray, np.ndarray, np.ndarray] | None = getattr(self, "observed_", None)
+        if cached is None or cached[0] is not self.y_:
+            cached = self.observed_ = (self.y_, *observed(self.y_))
+        return cached[1], cached[2]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         params = {

@@ -50,8 +50,15 @@ class Logistic(Predictor):
         xd = x.dense()
         x1 = np.hstack([xd, np.ones((len(xd), 1))])
         p = _sigmoid(x1 @ self.coef_.T)
-        var_logit = np.stack([((x1 @ cov) * x1).sum(1) for cov in self.cov_.astype(np.float64)], axis=1)
+        var_logit = np.stack([((x1 @ cov) * x1).sum(1) for cov in self._cov64()], axis=1)
         return QualityPrediction(p, p * (1 - p) * np.sqrt(np.maximum(var_logit, 0.0)))
+
+    def _cov64(self) -> np.ndarray:
+        """The covariances in float64, converted once (stored as float32; converting per call cost ~10 ms)."""
+        cov64: np.ndarray | None = getattr(self, "cov64_", None)
+        if cov64 is None or cov64.shape != self.cov_.shape:
+            cov64 = self.cov64_ = self.cov_.astype(np.float64)
+        return cov64
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {"models": self.models, "c": self.c}, {"coef": self.coef_, "cov": self.cov_}
