@@ -13,7 +13,7 @@ export DAGSTER_HOME ?= $(CURDIR)/runs/dagster
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: setup demo test bench ui lab serve models-up models-down lint clean help
+.PHONY: setup demo test bench bench-serving ui lab serve models-up models-down lint clean help
 
 help:
 	@echo "make demo   run the main job end to end on the embedded defaults"
@@ -22,7 +22,7 @@ help:
 	@echo "make bench  print speed and quality figures (benchmarks/)"
 	@echo "make ui     Dagster UI on http://127.0.0.1:3000"
 	@echo "make lab    JupyterLab on the project's kernel"
-	@echo "make serve  the BentoML service on http://127.0.0.1:3001 (router from runs/router/current)"
+	@echo "make serve  the latest Bento (runs/bentoml) on http://127.0.0.1:3001"
 	@echo "make lint   ruff and mypy"
 
 setup: $(VENV_STAMP)
@@ -43,6 +43,10 @@ demo: setup
 	  --partition $$(date -u +%F) 2>&1 | tee runs/demo/bench.log \
 	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATION|RUN_SUCCESS|RUN_FAILURE" \
 	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
+	@echo "[demo] notebook reports (runs/reports/<name>/<name>.html)"
+	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select reports 2>&1 | tee runs/demo/reports.log \
+	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|RUN_SUCCESS|RUN_FAILURE" \
+	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|RUN_[A-Z]+) - /  \1 \2 /'
 	.venv/bin/stratmaster demo
 
 test: setup
@@ -56,7 +60,7 @@ ui: setup
 	.venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 lab: setup
-	.venv/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
+	JUPYTER_PREFER_ENV_PATH=1 .venv/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1
 
 models-up: setup
 	.venv/bin/stratmaster models up
@@ -72,5 +76,10 @@ clean:
 	rm -rf .venv runs
 
 serve: setup
-	SM_ROUTER_DIR=$${SM_ROUTER_DIR:-$(SM_RUN_DIR)/router/current} .venv/bin/bentoml serve serving.service:StratMaster \
-	  --host 127.0.0.1 --port 3001
+	@export BENTOML_HOME=$${BENTOML_HOME:-$(SM_RUN_DIR)/bentoml}; \
+	if ! .venv/bin/bentoml get stratmaster:latest >/dev/null 2>&1; then \
+	  echo "no Bento in $$BENTOML_HOME yet: run 'make demo' (it materializes the bento asset)"; exit 1; fi; \
+	.venv/bin/bentoml serve stratmaster:latest --host 127.0.0.1 --port 3001
+
+bench-serving: setup
+	nice -n 10 $(PY) benchmarks/serving.py --in-process 100

@@ -1,17 +1,18 @@
 import dagster as dg
 
-from assets import bench, models, rag, router, utility
+from assets import bench, models, rag, reports, router, schedules, sensors, serving, utility
 from assets.resources import GatewayResource, SettingsResource
 
-MODULES = [models, rag, bench, utility, router]
-GROUPS = ["models", "corpus", "indexes", "bench", "utility", "router"]
+MODULES = [models, rag, bench, utility, router, serving, reports]
+GROUPS = ["models", "corpus", "indexes", "bench", "utility", "router", "serving", "reports"]
 settings = SettingsResource()
 
-# `make demo` runs this job (the unpartitioned graph), then today's micro-bench partition.
+# `make demo` runs this job (the unpartitioned graph), then today's micro-bench partition, then the reports
+# (their benchmarks notebook reads that partition).
 demo_job = dg.define_asset_job(
     "demo",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(bench.benchmark_results),
-    description="Everything but the daily micro-bench, end to end, on embedded defaults.",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets(bench.benchmark_results, reports.reports),
+    description="Everything but the daily micro-bench and the notebook reports, on embedded defaults.",
 )
 group_jobs = [
     dg.define_asset_job(
@@ -24,6 +25,9 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules(MODULES),
     asset_checks=dg.load_asset_checks_from_modules(MODULES),
     jobs=[demo_job, bench.bench_job, *group_jobs],
-    schedules=[bench.nightly_bench_schedule],
+    schedules=[bench.nightly_bench_schedule, *schedules.SCHEDULES],
+    sensors=sensors.SENSORS,
+    # one process per run, steps in it: a subprocess per step re-imports the stack (seconds each) on 2 cores
+    executor=dg.in_process_executor,
     resources={"settings": settings, "gateway": GatewayResource(settings=settings)},
 )
