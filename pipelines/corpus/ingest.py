@@ -66,8 +66,9 @@ def _sha(data: bytes) -> str:
 
 
 def _config(settings: Settings) -> dict:
-    """Anything that changes chunk content; when it changes, everything is processed again."""
-    return {"v": 1, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
+    """Anything that changes chunk content; when it changes, everything is processed again. Bump `v` when
+    the chunker or the redaction rules change (v2: IP addresses no longer matched in `::=` and `1::2`)."""
+    return {"v": 2, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 
 
