@@ -126,6 +126,12 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
 # -- Gateway.stream: the public streaming call (what the service's SSE path uses) -----------------------
 
 
+@pytest.fixture
+def fresh(local_servers, model_settings):
+    """A Gateway of its own: the kill test above leaves smollm2 in the shared gateway's LiteLLM cooldown."""
+    return Gateway(model_settings, local_servers)
+
+
 def _memory_spans(model_settings):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -138,19 +144,19 @@ def _memory_spans(model_settings):
     return memory
 
 
-def test_stream_yields_deltas_then_the_accounting_chat_gives(gateway, model_settings):
+def test_stream_yields_deltas_then_the_accounting_chat_gives(fresh, model_settings):
     memory = _memory_spans(model_settings)
-    call = gateway.stream("smollm2-135m", HELLO, max_tokens=16)
+    call = fresh.stream("smollm2-135m", HELLO, max_tokens=16)
     assert (call.model, call.requested_model, call.fallback_used) == ("smollm2-135m", "smollm2-135m", False)
     assert call.result is None
     pieces = list(call)
     r = call.result
     assert len(pieces) >= 2 and "".join(pieces) == r.text and r.text.strip()
     assert r.input_tokens > 5 and 0 < r.output_tokens <= 16
-    assert r.cost_usd == pytest.approx(gateway.cost_usd("smollm2-135m", r.input_tokens, r.output_tokens))
+    assert r.cost_usd == pytest.approx(fresh.cost_usd("smollm2-135m", r.input_tokens, r.output_tokens))
     assert r.cost_usd > 0 and 0 < r.ttft_s <= r.latency_s
-    assert gateway.recent_latency_p95("smollm2-135m") is not None
-    same = gateway.chat("smollm2-135m", HELLO, max_tokens=16)  # greedy decoding: the same answer
+    assert fresh.recent_latency_p95("smollm2-135m") is not None
+    same = fresh.chat("smollm2-135m", HELLO, max_tokens=16)  # greedy decoding: the same answer
     assert (same.text, same.input_tokens, same.output_tokens) == (r.text, r.input_tokens, r.output_tokens)
     spans = [s for s in memory.get_finished_spans() if s.name == "chat smollm2-135m"]
     attrs = dict(spans[0].attributes)
@@ -161,32 +167,30 @@ def test_stream_yields_deltas_then_the_accounting_chat_gives(gateway, model_sett
         iter(call)
 
 
-def test_stream_refuses_before_the_first_byte(gateway):
+def test_stream_refuses_before_the_first_byte(fresh):
     with pytest.raises(GatewayError, match="unknown model 'gpt-17'"):
-        gateway.stream("gpt-17", HELLO)
+        fresh.stream("gpt-17", HELLO)
     with pytest.raises(GatewayError, match="smollm2-135m: context overflow"):
-        gateway.stream("smollm2-135m", [{"role": "user", "content": "word " * 5000}])
+        fresh.stream("smollm2-135m", [{"role": "user", "content": "word " * 5000}])
 
 
-def test_stream_closed_early_ends_its_span(gateway, model_settings):
+def test_stream_closed_early_ends_its_span(fresh, model_settings):
     memory = _memory_spans(model_settings)
-    with gateway.stream("gemma3-270m", HELLO, max_tokens=64) as call:
+    with fresh.stream("gemma3-270m", HELLO, max_tokens=64) as call:
         first = next(iter(call))
     assert first and call.result is None
     spans = [s for s in memory.get_finished_spans() if s.name == "chat gemma3-270m"]
     assert spans and spans[-1].attributes["stratmaster.stream_closed_early"] is True
-    assert gateway.chat("gemma3-270m", HELLO, max_tokens=4).output_tokens > 0  # the server is still fine
+    assert fresh.chat("gemma3-270m", HELLO, max_tokens=4).output_tokens > 0  # the server is still fine
 
 
-def test_stream_falls_back_to_the_other_local_model(gateway, model_settings):
+def test_stream_falls_back_to_the_other_local_model(fresh, model_settings):
     """smollm2's address points at a closed port: the Router falls back to gemma before streaming."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    smol = gateway.catalog.get("smollm2-135m").model_copy(
-        update={"api_base": f"http://127.0.0.1:{closed}/v1"}
-    )
-    gw = Gateway(model_settings, Catalog(models=[smol, gateway.catalog.get("gemma3-270m")]))
+    smol = fresh.catalog.get("smollm2-135m").model_copy(update={"api_base": f"http://127.0.0.1:{closed}/v1"})
+    gw = Gateway(model_settings, Catalog(models=[smol, fresh.catalog.get("gemma3-270m")]))
     call = gw.stream("smollm2-135m", HELLO, max_tokens=8)
     assert call.fallback_used and call.model == "gemma3-270m" and call.requested_model == "smollm2-135m"
     text = "".join(call)
