@@ -152,7 +152,7 @@ def test_notebook_runs_through_the_reports_asset(materialized_reports, name):
 def test_notebooks_show_what_the_assets_hold(materialized_reports):
     out, _ = materialized_reports
     shown = {n: outputs_text(out / n / f"{n}.ipynb") for n in NOTEBOOKS}
-    assert "Source: stored evaluation" in shown["retrieval"]
+    assert "labelled queries sampled from" in shown["retrieval"]
     assert "hybrid" in shown["retrieval"] and "rank" in shown["retrieval"]
     assert "micro-bench partitions: 20" in shown["benchmarks"]  # today's partition of the local panel
     assert "smollm2-135m" in shown["benchmarks"] and "Yi-34B-Chat" in shown["benchmarks"]
