@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml._internal.models import ModelStore
 from bentoml.exceptions import NotFound
 
 from pipelines.settings import Settings
@@ -62,7 +63,11 @@ def pinned_tags(bento: Any) -> dict[str, str]:
 
 def _model(kind: str, pinned: dict[str, str]) -> Any | None:
     tag = os.environ.get(TAG_ENV[kind]) or pinned.get(kind) or f"{MODEL_NAMES[kind]}:latest"
+    home = os.environ.get("BENTOML_HOME")
     try:
+        if home:  # the store BENTOML_HOME names now, not the one BentoML configured at its first use
+            models = Path(home) / "models"
+            return bentoml.models.get(tag, _model_store=ModelStore(str(models))) if models.is_dir() else None
         return bentoml.models.get(tag)
     except NotFound:
         return None
