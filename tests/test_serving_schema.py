@@ -21,6 +21,7 @@ from test_serving_service import (  # noqa: F401  (fixtures)
     KEYS,
     catalog_router,
     indexed_run_dir,
+    live_env,
     service,
 )
 
@@ -30,16 +31,7 @@ MAX_TOKENS = 4
 
 @pytest.fixture(scope="module")
 def live_client(service, catalog_router, model_settings, local_servers, indexed_run_dir):  # noqa: F811
-    env = {
-        "SM_ROUTER_DIR": str(catalog_router),
-        "SM_API_KEYS": KEYS[0],
-        "SM_EMBEDDER": "static",
-        "SM_RUN_DIR": str(indexed_run_dir),
-        "SM_MODEL_CACHE_DIR": str(model_settings.model_cache_dir),
-        "SM_LOCAL_BASE_PORT": str(model_settings.local_base_port),
-        "SM_REQUEST_TIMEOUT_S": "60",
-    }
-    return service.get("schema", env)
+    return service.get("schema", live_env(catalog_router, model_settings, indexed_run_dir))
 
 
 def _short(body):

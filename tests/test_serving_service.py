@@ -376,9 +376,9 @@ def indexed_run_dir(model_settings, tmp_path_factory):
     return run
 
 
-@pytest.fixture
-def live(service, catalog_router, model_settings, local_servers, indexed_run_dir):
-    env = {
+def live_env(catalog_router, model_settings, indexed_run_dir) -> dict[str, str]:
+    """The service on the real local models, the catalog router and the indexed run directory."""
+    return {
         "SM_ROUTER_DIR": str(catalog_router),
         "SM_API_KEYS": KEYS[0],
         "SM_EMBEDDER": "static",
@@ -387,7 +387,11 @@ def live(service, catalog_router, model_settings, local_servers, indexed_run_dir
         "SM_LOCAL_BASE_PORT": str(model_settings.local_base_port),
         "SM_REQUEST_TIMEOUT_S": "60",
     }
-    return service.get("live", env)
+
+
+@pytest.fixture
+def live(service, catalog_router, model_settings, local_servers, indexed_run_dir):
+    return service.get("live", live_env(catalog_router, model_settings, indexed_run_dir))
 
 
 LIVE_AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
