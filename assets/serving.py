@@ -1,21 +1,21 @@
 """The bundle: BentoML models from the materialized router, registry, indexes and catalog, then the Bento.
 
 Models and Bentos live in `BENTOML_HOME` (default `run_dir/bentoml`); `make serve` serves the latest Bento.
+The work is `python -m serving.bundle` in a subprocess: nothing imports `serving` (DESIGN.md), and BentoML's
+process-wide state (its model store, its config) never leaks into the Dagster process.
 """
+
+import json
+import os
+import subprocess
+import sys
 
 import dagster as dg
 
 from assets.resources import SettingsResource
-from serving.bundle import (
-    MODEL_NAMES,
-    bentoml_home,
-    build_bento,
-    snapshot_catalog,
-    snapshot_index,
-    snapshot_registry,
-    snapshot_router,
-)
+from pipelines.settings import REPO_ROOT, Settings
 
+MODEL_KINDS = ("router", "registry", "index", "catalog")
 ROUTER, REGISTRY = dg.AssetKey("router"), dg.AssetKey("model_registry")
 INDEX = [dg.AssetKey(k) for k in ("corpus_chunks", "keyword_index", "dense_index", "knowledge_graph")]
 
@@ -35,6 +35,18 @@ def asset_versions(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> dic
     return out
 
 
+def run_bundle(settings: Settings, *args: str, timeout_s: float = 900) -> dict:
+    """`python -m serving.bundle ARGS` with `settings` as SM_* variables; its JSON answer, or a Failure."""
+    env = {**os.environ, **settings.as_env()}
+    cmd = [sys.executable, "-m", "serving.bundle", *args]
+    proc = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise dg.Failure(f"serving.bundle {args[0]} failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
 @dg.asset(
     group_name="serving",
     deps=[ROUTER, REGISTRY, *INDEX],
@@ -43,20 +55,19 @@ def asset_versions(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> dic
 def bento_models(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     """BentoML models stratmaster-router, -registry, -index and -catalog, copied from the materialized assets;
     each model's labels name the asset versions (Dagster data version and run) it was made from."""
-    s = settings.get()
-    home = bentoml_home(s)
     inst = context.instance
-    tags = {
-        "router": snapshot_router(s.run_dir / "router" / "current", home, asset_versions(inst, [ROUTER])),
-        "registry": snapshot_registry(s, home, asset_versions(inst, [REGISTRY])),
-        "index": snapshot_index(s, home, asset_versions(inst, INDEX)),
-        "catalog": snapshot_catalog(s, home),
+    labels = {
+        "router": asset_versions(inst, [ROUTER]),
+        "registry": asset_versions(inst, [REGISTRY]),
+        "index": asset_versions(inst, INDEX),
     }
-    context.log.info(f"models in {home}: {tags}")
+    out = run_bundle(settings.get(), "models", "--labels", json.dumps(labels))
+    tags = out["tags"]
+    context.log.info(f"models in {out['home']}: {tags}")
     return dg.MaterializeResult(
         metadata={
             **{f"{kind}_tag": tag for kind, tag in tags.items()},
-            "bentoml_home": str(home),
+            "bentoml_home": out["home"],
         }
     )
 
@@ -65,23 +76,23 @@ def bento_models(context: dg.AssetExecutionContext, settings: SettingsResource) 
 def bento(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     """`bentoml build` of bentofile.yaml pinned to the models `bento_models` just made; the Bento's labels
     name those model tags and the asset versions inside them."""
-    s = settings.get()
-    home = bentoml_home(s)
     event = context.instance.get_latest_materialization_event(bento_models.key)
     md = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    model_tags = {kind: str(md[f"{kind}_tag"].value) for kind in MODEL_NAMES if f"{kind}_tag" in md}
-    if len(model_tags) != len(MODEL_NAMES):
+    model_tags = {kind: str(md[f"{kind}_tag"].value) for kind in MODEL_KINDS if f"{kind}_tag" in md}
+    if len(model_tags) != len(MODEL_KINDS):
         raise LookupError("bento_models has not recorded the four model tags: materialize it first")
     upstream = asset_versions(context.instance, [ROUTER, REGISTRY, bento_models.key])
-    info = build_bento(home, model_tags, upstream)
-    context.log.info(f"built {info.tag} in {info.path}")
+    info = run_bundle(
+        settings.get(), "build", "--models", json.dumps(model_tags), "--labels", json.dumps(upstream)
+    )
+    context.log.info(f"built {info['tag']} in {info['path']}")
     return dg.MaterializeResult(
         metadata={
-            "tag": info.tag,
-            "path": str(info.path),
-            "size_mb": round(info.size_bytes / 2**20, 2),
-            "models": ", ".join(info.models),
+            "tag": info["tag"],
+            "path": info["path"],
+            "size_mb": round(info["size_bytes"] / 2**20, 2),
+            "models": ", ".join(info["models"]),
             **upstream,
-            "serve": f"BENTOML_HOME={home} bentoml serve {info.tag} --host 127.0.0.1 --port 3001",
+            "serve": f"BENTOML_HOME={info['home']} bentoml serve {info['tag']} --host 127.0.0.1 --port 3001",
         }
     )

@@ -5,6 +5,7 @@ Nothing reads a global: callers build `Settings()` (or receive one) and pass it 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -107,3 +108,13 @@ class Settings(BaseSettings):
     @property
     def registry_sqlalchemy_url(self) -> str:
         return self.registry_url or f"sqlite:///{self.run_dir / 'registry.sqlite'}"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as SM_* variables, so a child process builds the same `Settings()`."""
+        out = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                out[f"SM_{name.upper()}"] = (
+                    json.dumps(value) if isinstance(value, list | dict) else str(value)
+                )
+        return out

@@ -6,10 +6,17 @@ the fit record), `stratmaster-index` (keyword, dense and graph indexes plus the 
 the embedded engines) and `stratmaster-catalog` (the model catalog YAML). Their labels name the asset
 versions they came from. The Bento is built by the `bentoml build` CLI in a subprocess so its BENTOML_HOME
 is exactly the one given, whatever this process has loaded before.
+
+The Dagster assets call this module as a command (DESIGN: nothing imports `serving`), with the settings as
+SM_* variables; each command prints one JSON object on its last stdout line:
+
+    python -m serving.bundle models [--labels '{"router": {...}, "registry": {...}, "index": {...}}']
+    python -m serving.bundle build --models '{"router": TAG, ...}' [--labels '{...}']
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -210,3 +217,49 @@ def build_bento(
         tail = (proc.stderr or proc.stdout)[-2000:]
         raise RuntimeError(f"bentoml build failed (exit {proc.returncode}):\n{tail}")
     return read_bento(home, found.group(1))
+
+
+# -- the command the assets run -----------------------------------------------------------------------
+def snapshot_all(settings: Settings, home: Path, labels: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The four models from `settings.run_dir`'s current router, registry fit, indexes and catalog."""
+    return {
+        "router": snapshot_router(settings.run_dir / "router" / "current", home, labels.get("router")),
+        "registry": snapshot_registry(settings, home, labels.get("registry")),
+        "index": snapshot_index(settings, home, labels.get("index")),
+        "catalog": snapshot_catalog(settings, home, labels.get("catalog")),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.bundle", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("models", help="snapshot the materialized artifacts into the BentoML model store")
+    m.add_argument("--labels", default="{}", help="JSON: labels per model kind")
+    b = sub.add_parser("build", help="build the Bento pinned to the given model tags")
+    b.add_argument("--models", required=True, help="JSON: model tag per kind")
+    b.add_argument("--labels", default="{}", help="JSON: labels of the Bento")
+    args = p.parse_args(argv)
+    settings = Settings()
+    home = bentoml_home(settings)
+    try:
+        if args.command == "models":
+            out: dict[str, Any] = {
+                "home": str(home),
+                "tags": snapshot_all(settings, home, json.loads(args.labels)),
+            }
+        else:
+            tags = json.loads(args.models)
+            if sorted(tags) != sorted(MODEL_NAMES):
+                raise LookupError(f"--models must name a tag for each of {sorted(MODEL_NAMES)}")
+            info = build_bento(home, tags, json.loads(args.labels))
+            out = {"home": str(home), "tag": info.tag, "path": str(info.path), "size_bytes": info.size_bytes,
+                   "models": info.models}  # fmt: skip
+    except (LookupError, OSError, RuntimeError, ValueError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,6 +28,9 @@ class HTTPFailure(Exception):
         self.status, self.message, self.kind = status, message, kind
         self.headers, self.extra = headers or {}, extra or {}
 
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.kind, self.headers, **self.extra)
+
 
 def error_response(status: int, message: str, kind: str, headers: dict[str, str] | None = None, **extra: Any):
     """OpenAI's error shape: {"error": {"message", "type", "code"}}; never a stack trace."""

@@ -18,7 +18,7 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
     ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+    if isinstance(ref, str) and ref.startswith("#/$defs/") and ref.removeprefix("#/$defs/") in defs:
         return _inline(defs[ref.removeprefix("#/$defs/")], defs)
     out = {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
     for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
@@ -43,3 +43,11 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema()
     inlined = _inline(schema, schema.get("$defs", {}))
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inlined}}}}
+
+
+def openapi30(schema: dict[str, Any], cls: Any = None) -> None:
+    """`json_schema_extra` hook: rewrite a model's own schema in OpenAPI 3.0's dialect, in place (the
+    schemas BentoML publishes for the typed `@bentoml.api` methods; nested models keep their `$ref`)."""
+    fixed = _inline(schema, {})
+    schema.clear()
+    schema.update(fixed)

@@ -2,7 +2,10 @@
 
 Endpoints (DESIGN.md "Service contract"): POST /v1/chat/completions (JSON or SSE), POST /v1/route,
 POST /v1/rag, GET /v1/models; BentoML's own GET /healthz, /livez, /readyz (`__is_ready__`) and /metrics.
-The /v1 routes are a FastAPI app whose handlers are methods of the service class (BentoML binds `self`).
+The /v1 routes are a FastAPI app whose handlers are methods of the service class (BentoML binds `self`):
+OpenAI's wire format and error shape. The typed `@bentoml.api` methods `route` and `rag` (POST /route,
+POST /rag) are the same decisions for BentoML clients (`bentoml.SyncHTTPClient(url).route(...)`), with
+BentoML's validation and error shape.
 
 Artifacts (router, registry snapshot, index snapshot, catalog) are BentoML models loaded by tag
 (`serving.artifacts`; a Bento pins the versions it was built with); GET /v1/artifacts says which were loaded.
@@ -33,7 +36,7 @@ from serving.http import RETRY_AFTER_S, HTTPFailure, error_response, read_body, 
 from serving.metrics import record_call
 from serving.openapi import json_body
 from serving.routing import Choice, ModelResolver, RoutingError, prompt_of
-from serving.schemas import ChatRequest, RagRequest, RouteRequest
+from serving.schemas import ChatRequest, RagAnswer, RagRequest, RouteDecision, RouteRequest
 from serving.security import ApiKeys
 from serving.tracing import (
     TracedRetriever,
@@ -50,7 +53,7 @@ api = FastAPI(title="StratMaster", version="1", docs_url=None, redoc_url=None)
 
 @api.exception_handler(HTTPFailure)
 async def _failure(_: Request, exc: HTTPFailure) -> JSONResponse:
-    return error_response(exc.status, exc.message, exc.kind, exc.headers, **exc.extra)
+    return exc.response()
 
 
 @api.exception_handler(Exception)
@@ -100,8 +103,9 @@ class StratMaster:
         return bool(self.gateway.catalog.available())
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _authorize(self, request: Request) -> None:
-        if not self.keys.check(request.headers.get("authorization")):
+    def _authorize(self, request: Request | bentoml.Context) -> None:
+        if not self.keys.check(request.headers.get("authorization") if isinstance(request, Request)
+                               else request.request.headers.get("authorization")):  # fmt: skip
             raise HTTPFailure(
                 401,
                 "a valid API key is required (Authorization: Bearer <key>)",
@@ -193,16 +197,30 @@ class StratMaster:
             },
         }
 
+    async def _route(self, req: RouteRequest) -> RouteDecision:
+        messages = [m.model_dump() for m in req.messages or []]
+        prompt = req.prompt if req.prompt is not None else prompt_of(messages)
+        choice = await self._choose(req.model, prompt, req.constraints)
+        return RouteDecision(model=choice.model, chosen_by=choice.chosen_by, routing=choice.decision)
+
     @api.post("/route", openapi_extra=json_body(RouteRequest))
-    async def route(self, request: Request):
+    async def v1_route(self, request: Request):
         with request_span("route") as rs:
             self._authorize(request)
             req: RouteRequest = await read_body(request, RouteRequest)
             rs.span.set_attribute("gen_ai.request.model", req.model)
-            messages = [m.model_dump() for m in req.messages or []]
-            prompt = req.prompt if req.prompt is not None else prompt_of(messages)
-            choice = await self._choose(req.model, prompt, req.constraints)
-        return {"model": choice.model, "chosen_by": choice.chosen_by, "routing": choice.decision}
+            return (await self._route(req)).model_dump()
+
+    @bentoml.api
+    async def route(self, req: RouteRequest, /, ctx: bentoml.Context) -> RouteDecision:
+        """The routing decision for a prompt or messages: which model, chosen by what, and why."""
+        with request_span("route") as rs:
+            rs.span.set_attribute("gen_ai.request.model", req.model)
+            try:
+                self._authorize(ctx)
+                return await self._route(req)
+            except HTTPFailure as e:
+                return _typed_error(ctx, e)
 
     def _open_retriever(self) -> Any:
         """The hybrid retriever over the indexes in `SM_INDEX_DIR` (default run_dir/index), opened once."""
@@ -229,32 +247,27 @@ class StratMaster:
                     ) from None  # fmt: skip
             return self._retriever
 
-    @api.post("/rag", openapi_extra=json_body(RagRequest))
-    async def rag(self, request: Request):
+    async def _rag(self, req: RagRequest, rs: Any) -> RagAnswer:
         from pipelines.rag.answer import answer
 
-        with request_span("rag") as rs:
-            self._authorize(request)
-            req: RagRequest = await read_body(request, RagRequest)
-            rs.span.set_attribute("gen_ai.request.model", req.model)
-            choice = await self._choose(req.model, req.question, req.constraints)
-            retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
-            a = await self._model_call(
-                answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens
-            )
-            if a.model:
-                usage = a.usage or {}
-                set_usage(rs.span, a.model, usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,
-                          a.cost_usd or 0.0)  # fmt: skip
+        rs.span.set_attribute("gen_ai.request.model", req.model)
+        choice = await self._choose(req.model, req.question, req.constraints)
+        retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
+        a = await self._model_call(
+            answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens
+        )
         if a.model:
-            out_tokens = int(a.usage.get("output_tokens") or 0)
-            record_call(a.model, choice.chosen_by, a.latency_s, out_tokens, _fallback(choice, a))
-        return {
-            "answer": a.text,
-            "citations": a.citations,
-            "chunks": [h.to_dict() for h in a.chunks],
-            "model": a.model,
-            "stratmaster": {
+            usage = a.usage or {}
+            set_usage(rs.span, a.model, usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,
+                      a.cost_usd or 0.0)  # fmt: skip
+            record_call(a.model, choice.chosen_by, a.latency_s, int(usage.get("output_tokens") or 0),
+                        _fallback(choice, a))  # fmt: skip
+        return RagAnswer(
+            answer=a.text,
+            citations=a.citations,
+            chunks=[h.to_dict() for h in a.chunks],
+            model=a.model,
+            stratmaster={
                 "routing": choice.decision,
                 "chosen_by": choice.chosen_by,
                 "requested_model": a.requested_model,
@@ -264,7 +277,24 @@ class StratMaster:
                 "latency_s": a.latency_s,
                 "usage": a.usage,
             },
-        }
+        )
+
+    @api.post("/rag", openapi_extra=json_body(RagRequest))
+    async def v1_rag(self, request: Request):
+        with request_span("rag") as rs:
+            self._authorize(request)
+            req: RagRequest = await read_body(request, RagRequest)
+            return (await self._rag(req, rs)).model_dump()
+
+    @bentoml.api
+    async def rag(self, req: RagRequest, /, ctx: bentoml.Context) -> RagAnswer:
+        """An answer from retrieved chunks, citing their ids, with the chunks, scores and provenance."""
+        with request_span("rag") as rs:
+            try:
+                self._authorize(ctx)
+                return await self._rag(req, rs)
+            except HTTPFailure as e:
+                return _typed_error(ctx, e)
 
     @api.get("/models")
     async def models(self, request: Request):
@@ -317,6 +347,12 @@ class StratMaster:
         cols.append("utility_mean")
         data = json.loads(rows[[c for c in cols if c in rows.columns]].to_json(orient="records"))
         return {"fit": self.registry_fit, "rows": data}
+
+
+def _typed_error(ctx: bentoml.Context, e: HTTPFailure) -> Any:
+    """A typed method's failure as the /v1 error body and headers (BentoML applies ctx's status last)."""
+    ctx.response.status_code = e.status
+    return e.response()
 
 
 def _fallback(choice: Choice, res: Any) -> str | None:

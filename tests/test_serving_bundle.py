@@ -221,3 +221,17 @@ def test_a_real_bentoml_serve_answers_the_openai_sdk(served, built):
     assert EMAIL not in text and "jane.doe" not in text and "confirming the meeting" not in text
     assert "Eiffel" not in text
     assert EMAIL not in (served["run"] / "serve.log").read_text()
+
+
+def test_bento_models_fails_visibly_before_the_router_exists(tmp_path, monkeypatch):
+    """The asset runs `python -m serving.bundle` in a subprocess; its error reaches Dagster, no model made."""
+    home = tmp_path / "bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    resources = {"settings": SettingsResource(overrides={"run_dir": str(tmp_path / "run")})}
+    result = dg.materialize(
+        [bento_models], resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    assert not result.success
+    failure = result.failure_data_for_node("bento_models")
+    assert failure is not None and "not a router artifact" in str(failure.error.message)
+    assert not any((home / "models").glob("stratmaster-*/*"))

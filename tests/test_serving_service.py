@@ -257,6 +257,33 @@ def test_route_errors_are_4xx_with_a_reason(client, body, status, needle):
         assert cands["smollm2-135m"] == cands["gemma3-270m"] == "context_window"
 
 
+def test_typed_bentoml_route_gives_the_v1_decision_with_bentoml_errors(client):
+    """POST /route is the typed `@bentoml.api` twin of /v1/route: same decision, BentoML's validation."""
+    body = {"prompt": "What is the capital of France?"}
+    typed, v1 = (
+        client.post("/route", json=body, headers=AUTH),
+        client.post("/v1/route", json=body, headers=AUTH),
+    )
+    assert typed.status_code == 200, typed.text
+    assert typed.json()["model"] == v1.json()["model"] and typed.json()["chosen_by"] == v1.json()["chosen_by"]
+    assert typed.json()["routing"]["candidates"] == v1.json()["routing"]["candidates"]
+    assert client.post("/route", json=body).status_code == 401
+    for bad, needle in (({"prompt": "hi", "extra": 1}, "extra"), ({}, "exactly one")):
+        r = client.post("/route", json=bad, headers=AUTH)
+        assert r.status_code == 400 and needle in r.text, r.text
+        _no_trace(r)
+    r = client.post("/route", json={"prompt": "hi", "model": "router:nope"}, headers=AUTH)
+    assert r.status_code == 400 and "unknown routing policy" in r.json()["error"]["message"], r.text
+
+
+def test_typed_bentoml_rag_refuses_without_an_index(client):
+    r = client.post("/rag", json={"question": "How tall is the Eiffel Tower?"}, headers=AUTH)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, r.text
+    assert r.json()["error"]["type"] == "not_ready"
+    _no_trace(r)
+    assert client.post("/rag", json={"question": "x"}).status_code == 401
+
+
 def test_a_panel_the_gateway_cannot_call_falls_back_to_a_local_model(shared_data, tmp_path):
     from serving.routing import ModelResolver
 
