@@ -73,6 +73,13 @@ def _model(kind: str, pinned: dict[str, str]) -> Any | None:
         return None
 
 
+def model_ref(kind: str) -> Any | None:
+    """The service's `BentoModel` declaration for `kind` when that model is in the store, else None: `bentoml
+    build` pins what the bundle made, and `bentoml serve` in development (no models yet) does not try to
+    fetch a missing one from BentoCloud."""
+    return bentoml.models.BentoModel(default_tag(kind)) if _model(kind, {}) is not None else None
+
+
 def load_artifacts(settings: Settings, bento: Any = None) -> Artifacts:
     pinned = pinned_tags(bento)
     a = Artifacts()

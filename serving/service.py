@@ -31,7 +31,7 @@ from pipelines.llm.catalog import load_catalog
 from pipelines.settings import Settings
 from pipelines.tracing import setup_tracing
 from router_models.router.artifact import load_router
-from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts
+from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_ref
 from serving.http import RETRY_AFTER_S, HTTPFailure, error_response, read_body, upstream_failure
 from serving.metrics import record_call
 from serving.openapi import json_body
@@ -65,11 +65,11 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 @bentoml.service(name="stratmaster", traffic={"timeout": 300})
 @bentoml.asgi_app(api, path="/v1")
 class StratMaster:
-    # resolved lazily (never in dev when absent); `bentoml build` pins the versions these name into the Bento
-    router_model = bentoml.models.BentoModel(default_tag("router"))
-    registry_model = bentoml.models.BentoModel(default_tag("registry"))
-    index_model = bentoml.models.BentoModel(default_tag("index"))
-    catalog_model = bentoml.models.BentoModel(default_tag("catalog"))
+    # declared when in the store: `bentoml build` pins the versions these name into the Bento
+    router_model = model_ref("router")
+    registry_model = model_ref("registry")
+    index_model = model_ref("index")
+    catalog_model = model_ref("catalog")
 
     def __init__(self) -> None:
         self.settings = Settings()
