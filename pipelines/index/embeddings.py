@@ -72,6 +72,8 @@ class MiniLMEmbedder:
 
 
 class MiniLMInt8Embedder(MiniLMEmbedder):
+    name = "all-MiniLM-L6-v2-int8"
+
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device, quantize=True)
 
@@ -92,7 +94,11 @@ class StaticEmbedder:
         return _normalise(np.vstack(out)) if out else np.zeros((0, self.dim), np.float32)
 
 
-EMBEDDERS = {"minilm": MiniLMEmbedder, "minilm-int8": MiniLMInt8Embedder, "static": StaticEmbedder}
+EMBEDDERS: dict[str, type[MiniLMEmbedder] | type[StaticEmbedder]] = {
+    "minilm": MiniLMEmbedder,
+    "minilm-int8": MiniLMInt8Embedder,
+    "static": StaticEmbedder,
+}
 
 
 @cache
@@ -101,3 +107,21 @@ def get_embedder(name: str = "minilm") -> Embedder:
     if name not in EMBEDDERS:
         raise ValueError(f"unknown embedder {name!r}; choose one of {sorted(EMBEDDERS)}")
     return EMBEDDERS[name]()
+
+
+class LazyEmbedder:
+    """`get_embedder(key)` at the first `embed`: opening an index with nothing new to embed loads no model
+    (importing torch and loading MiniLM is most of a no-op index run)."""
+
+    def __init__(self, key: str) -> None:
+        if key not in EMBEDDERS:
+            raise ValueError(f"unknown embedder {key!r}; choose one of {sorted(EMBEDDERS)}")
+        self.key, self.name, self.dim = key, EMBEDDERS[key].name, EMBEDDERS[key].dim
+
+    def embed(
+        self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        e = get_embedder(self.key)
+        if batch_size is None:  # the embedder's own default
+            return e.embed(texts, progress=progress)
+        return e.embed(texts, batch_size, progress)

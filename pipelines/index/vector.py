@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.index.base import ScoredChunk
-from pipelines.index.embeddings import Embedder, get_embedder
+from pipelines.index.embeddings import Embedder, LazyEmbedder
 from pipelines.settings import Settings
 
 
@@ -110,7 +110,7 @@ def open_dense_index(
     settings: Settings, index_dir: str | Path | None = None, embedder: Embedder | None = None, progress=False
 ) -> QdrantIndex:
     """The vector backend chosen by `settings.vector_backend` (local files under index_dir, or the server)."""
-    embedder = embedder or get_embedder(settings.embedder)
+    embedder = embedder or LazyEmbedder(settings.embedder)
     if settings.vector_backend == "qdrant_server":
         return QdrantIndex(embedder, settings.qdrant_collection, url=settings.qdrant_url, progress=progress)
     path = Path(index_dir or settings.run_dir / "index") / "qdrant"
