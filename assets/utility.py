@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.resources import SettingsResource, plain_metadata
 from pipelines.bench.outcomes import routerbench_outcome_table, write_table
+from pipelines.corpus.store import open_store
 from pipelines.llm.catalog import load_catalog
 from router_models.utility.pipeline import fit_posterior, register_posterior
 from router_models.utility.priors import leaderboard_priors as build_priors
@@ -38,20 +39,31 @@ def leaderboard_priors(settings: SettingsResource) -> dg.MaterializeResult:
     check_specs=[dg.AssetCheckSpec(c, asset="utility_posterior") for c in CHECKS],
 )
 def utility_posterior(settings: SettingsResource):
-    """Fit the hierarchical model (NUTS), save the NetCDF with its data+config hash, then record the fit in
-    the registry table in one transaction (a reader never sees half a fit)."""
+    """Fit the hierarchical model (NUTS), save the NetCDF with its data+config hash (run_dir/utility, and
+    the object store under utility/<hash>/), then record the fit in the registry table in one transaction (a
+    reader never sees half a fit). When the saved NetCDF's hash matches the data, priors and configuration,
+    it is read, not refitted (a rerun does no needless work)."""
     s = settings.get()
     outcomes = routerbench_outcome_table(s.shared_data_dir / "routerbench")
     priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv")
     art = fit_posterior(outcomes, priors, s.run_dir / "utility", lambda_cost=s.lambda_cost,
-                        lambda_latency=s.lambda_latency)  # fmt: skip
+                        lambda_latency=s.lambda_latency, reuse=True)  # fmt: skip
+    # the NetCDF (its data+config hash inside) and summary.json in the object store, keyed by that hash
+    store, prefix = open_store(s), f"utility/{art.fit.fit_hash[:16]}"
+    for name in ("netcdf", "summary_json"):
+        key = f"{prefix}/{art.paths[name].name}"
+        if not store.exists(key):
+            store.put(key, art.paths[name].read_bytes())
     fit_id = register_posterior(art, s.registry_sqlalchemy_url)
     d = art.fit.diagnostics
     forest = art.paths["forest_png"]
+    version = dg.DataVersion(art.fit.fit_hash[:16])  # same data, priors and config: same version
     yield dg.MaterializeResult(
         asset_key="utility_posterior",
+        data_version=version,
         metadata={
             "netcdf": str(art.paths["netcdf"]),
+            "object_store_prefix": f"{s.object_store}:{prefix}",
             "fit_hash": art.fit.fit_hash,
             **plain_metadata(d),
             "summary": dg.MetadataValue.md(art.summary.round(4).to_markdown(index=False)),
@@ -61,6 +73,7 @@ def utility_posterior(settings: SettingsResource):
     )
     yield dg.MaterializeResult(
         asset_key="model_registry",
+        data_version=version,
         metadata={
             "fit_id": fit_id,
             "rows": len(art.summary),

@@ -83,3 +83,27 @@ def test_shared_csv_overlays_snapshot_and_unknown_models_get_weak_priors(shared_
     )
     assert list(ap["has_figure"]) == [True, False, False]
     assert ap["alpha_sigma"].iloc[1] == ap["alpha_sigma"].iloc[2] > ap["alpha_sigma"].iloc[0]
+
+
+def test_a_rerun_on_the_same_data_reads_the_fit_and_a_change_refits(routerbench_slice, shared_data, tmp_path):
+    from router_models.utility.model import FitConfig
+    from router_models.utility.pipeline import fit_posterior, register_posterior
+
+    p, o, _ = routerbench_slice
+    table = outcome_table_from_files(p, o)
+    priors = load_priors(shared_data / "priors" / "arena_elo.csv")
+    cfg = FitConfig(draws=50, tune=50, chains=2, sampler="pymc", prior_predictive_draws=20)
+    url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    first = fit_posterior(table, priors, tmp_path / "fit", cfg, 1.0, 0.0, reuse=True)
+    first_id = register_posterior(first, url)
+    stamp = (tmp_path / "fit" / "utility_posterior.nc").stat().st_mtime_ns
+    again = fit_posterior(table, priors, tmp_path / "fit", cfg, 1.0, 0.0, reuse=True)
+    assert again.fit.prior_check.get("reused") and any("reused" in n for n in again.notes)
+    assert (tmp_path / "fit" / "utility_posterior.nc").stat().st_mtime_ns == stamp  # not written again
+    pd.testing.assert_frame_equal(again.summary, first.summary)
+    assert again.fit.diagnostics == first.fit.diagnostics
+    assert register_posterior(again, url) == first_id  # the same fit stays current
+    reseeded = FitConfig(**{**cfg.__dict__, "seed": 7})
+    changed = fit_posterior(table, priors, tmp_path / "fit", reseeded, 1.0, 0.0, reuse=True)
+    assert "reused" not in changed.fit.prior_check and changed.fit.fit_hash != first.fit.fit_hash
+    assert register_posterior(changed, url) != first_id

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from router_models.utility.data import cell_data
-from router_models.utility.model import FitConfig, UtilityFit, fit_utility
+from router_models.utility.data import CellData, cell_data
+from router_models.utility.model import FitConfig, UtilityFit, fit_hash, fit_utility
 from router_models.utility.plots import calibration_plot, calibration_table, forest_plot
-from router_models.utility.posterior import UtilityPosterior, save_posterior
-from router_models.utility.registry import code_version, registry_engine, write_fit
+from router_models.utility.posterior import UtilityPosterior, load_posterior, save_posterior
+from router_models.utility.priors import alpha_priors
+from router_models.utility.registry import code_version, current_fit_id, list_fits, registry_engine, write_fit
 
 SUMMARY_ROW_KEYS = [
     "task",
@@ -67,6 +68,23 @@ def summary_json(summary: pd.DataFrame, diagnostics: dict) -> dict:
     return {"rows": rows, "diagnostics": {k: _json_value(diagnostics[k]) for k in DIAGNOSTIC_KEYS}}
 
 
+def reusable_fit(
+    path: Path, data: CellData, priors: pd.DataFrame | None, config: FitConfig | None
+) -> UtilityFit | None:
+    """The fit saved at `path` if it was made from exactly this data, priors and configuration, else None."""
+    if not path.exists():
+        return None
+    config = config or FitConfig()
+    ap = alpha_priors(priors, data.models, config.prior_sd, config.weak_prior_sd)
+    expected = fit_hash(data.data_hash, config.hash(ap))
+    try:
+        idata = load_posterior(path, expected)
+        diag = json.loads(idata.posterior.attrs["stratmaster_diagnostics"])
+    except (OSError, ValueError, KeyError):  # another fit, an unreadable or older file: fit again
+        return None
+    return UtilityFit(idata, data, ap, config, diag, {"reused": str(path)})
+
+
 def fit_posterior(
     outcomes: pd.DataFrame,
     priors: pd.DataFrame | None,
@@ -75,11 +93,14 @@ def fit_posterior(
     lambda_cost: float | None = None,
     lambda_latency: float | None = None,
     models: list[str] | None = None,
+    reuse: bool = False,
 ) -> PosteriorArtifacts:
     """Fit on an outcome table; write the NetCDF, summary.json, forest and calibration plots to out_dir.
 
     Lambdas default to the settings' `lambda_cost` / `lambda_latency`; `models` adds catalog models with
-    no outcomes yet (their quality is predicted from the prior and the pooling)."""
+    no outcomes yet (their quality is predicted from the prior and the pooling). With `reuse`, a NetCDF in
+    out_dir fitted on the same data, priors and configuration (its hash says so) is read instead of
+    sampling again; the notes say so."""
     if lambda_cost is None or lambda_latency is None:
         from pipelines.settings import Settings
 
@@ -88,15 +109,18 @@ def fit_posterior(
         lambda_latency = s.lambda_latency if lambda_latency is None else lambda_latency
     out_dir = Path(out_dir)
     data = cell_data(outcomes, models=models)
-    fit = fit_utility(data, priors, config)
+    reused = reusable_fit(out_dir / NETCDF_NAME, data, priors, config) if reuse else None
+    fit = reused or fit_utility(data, priors, config)
     post = UtilityPosterior(fit.idata, lambda_cost, lambda_latency)
     summary = post.summary().merge(
         data.cells[["task", "model", "n"]].rename(columns={"n": "n_obs"}), on=["task", "model"], how="left"
     )
     calib = calibration_table(fit.idata, data, seed=fit.config.seed)
     notes = [] if post.latency_in_utility else ["no latency observations: latency contributes 0 to utility"]
+    if reused is not None:
+        notes.append(f"reused the posterior fitted on the same data and configuration ({fit.fit_hash[:12]})")
     art = PosteriorArtifacts(fit, summary, calib, notes=notes)
-    art.paths["netcdf"] = save_posterior(fit, out_dir / NETCDF_NAME)
+    art.paths["netcdf"] = out_dir / NETCDF_NAME if reused else save_posterior(fit, out_dir / NETCDF_NAME)
     art.paths["summary_json"] = out_dir / "summary.json"
     doc = summary_json(summary, fit.diagnostics)
     tmp = out_dir / ".summary.json.tmp"
@@ -108,9 +132,15 @@ def fit_posterior(
 
 
 def register_posterior(art: PosteriorArtifacts, url: str | None = None) -> str:
-    """Write the fit's summary to the registry and make it current (one transaction)."""
+    """Write the fit's summary to the registry and make it current (one transaction); when the current fit
+    has the same data+config hash, it stays current and its id is returned."""
     engine = registry_engine(url)
     try:
+        current = current_fit_id(engine)
+        if current is not None:
+            fits = list_fits(engine)
+            if (fits[fits.fit_id == current].fit_hash == art.fit.fit_hash).any():
+                return current
         return write_fit(engine, art.summary, art.fit.data.data_hash, code_version(),
                          art.fit.diagnostics, art.fit.fit_hash)  # fmt: skip
     finally:
