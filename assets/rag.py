@@ -10,8 +10,9 @@ from assets.resources import SettingsResource, plain_metadata
 from pipelines.corpus.ingest import ingest_corpus
 from pipelines.demo_corpus import write_demo_corpus
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
+from pipelines.memo import fingerprint, recall, remember, source_digest
 from pipelines.rag.evaluate import evaluate_retrievers, retrieval_plot, write_beir_sample
-from pipelines.settings import Settings
+from pipelines.settings import REPO_ROOT, Settings
 
 
 def corpus_source(settings: Settings) -> str:
@@ -86,15 +87,23 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, settings: SettingsRe
     out = s.run_dir / "retrieval_evaluation"
     sample = write_beir_sample(src, out / "sample", s.retrieval_eval_queries, s.retrieval_eval_distractors)
     modes = ("bm25", "dense", "hybrid", "hybrid_rrf")
-    result = evaluate_retrievers(
-        s, sample, sample / "queries.jsonl", sample / "qrels.tsv", modes, out / "index"
-    )
-    rows = result["retrievers"]
-    png = retrieval_plot(rows, out / "retrieval.png", f"{src.name} sample: {rows[0]['queries']} queries")
-    summary = {"source": str(src), "sample": str(sample), "retrievers": rows}
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(out / "summary.json")
+    code = source_digest(*(REPO_ROOT / "pipelines" / d for d in ("corpus", "index", "rag")))
+    fp = fingerprint(sample, modes, s.model_dump(mode="json", exclude={"retrieval_ndcg_floor"}), code)
+    png = out / "retrieval.png"
+    reused = recall(out / "fingerprint.json", fp) is not None and png.exists()
+    if reused:  # same sample, settings and retrieval code: the figures stand (latencies as measured then)
+        rows = json.loads((out / "summary.json").read_text())["retrievers"]
+    else:
+        result = evaluate_retrievers(
+            s, sample, sample / "queries.jsonl", sample / "qrels.tsv", modes, out / "index"
+        )
+        rows = result["retrievers"]
+        retrieval_plot(rows, png, f"{src.name} sample: {rows[0]['queries']} queries")
+        summary = {"source": str(src), "sample": str(sample), "retrievers": rows}
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(out / "summary.json")
+        remember(out / "fingerprint.json", fp, summary=str(out / "summary.json"))
     context.log.info("\n" + pd.DataFrame(rows).to_string(index=False))
     by_mode = {r["retriever"]: r for r in rows}
     yield dg.MaterializeResult(
@@ -103,7 +112,9 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, settings: SettingsRe
             "table": dg.MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False)),
             "plot": dg.MetadataValue.md(f"![retrieval]({png.as_uri()})"),
             "plot_path": dg.MetadataValue.path(str(png)),
-        }
+            "reused": reused,
+        },
+        data_version=dg.DataVersion(fp[:16]),
     )
     hybrid = by_mode["hybrid"]["ndcg@10"]
     yield dg.AssetCheckResult(

@@ -1,9 +1,13 @@
 """Research reports: the four notebooks executed by papermill over the materialized assets, as HTML + PNGs."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from assets.resources import SettingsResource
-from pipelines.reports import NOTEBOOKS, NotebookError, run_notebooks
+from pipelines.memo import fingerprint, recall, remember, source_digest
+from pipelines.reports import NOTEBOOKS, NOTEBOOKS_DIR, NotebookError, run_notebooks
+from pipelines.settings import REPO_ROOT
 
 # what the notebooks read; benchmark_results is daily-partitioned, so the reports read whatever partitions
 # exist instead of depending on one (the benchmarks notebook says when there is none yet)
@@ -28,17 +32,36 @@ def reports(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg
     common = {"run_dir": str(s.run_dir)}
     params = {n: dict(common) for n in NOTEBOOKS}
     params["router"]["shared_data_dir"] = str(s.shared_data_dir)
-    try:
-        done = run_notebooks(out, params)
-    except NotebookError as e:
-        raise dg.Failure(description=str(e), metadata={"notebook": e.name}) from e
-    md: dict[str, dg.RawMetadataValue] = {"folder": dg.MetadataValue.path(str(out))}
-    for r in done:
-        context.log.info(f"{r.name}: {r.html} ({len(r.figures)} figures, {r.seconds:.0f} s)")
-        md[f"{r.name}_html"] = dg.MetadataValue.url(r.html.as_uri())
-        md[f"{r.name}_path"] = dg.MetadataValue.path(str(r.html))
-        md[f"{r.name}_pngs"] = len(r.figures)
-        md[f"{r.name}_seconds"] = round(r.seconds, 1)
-    links = "\n".join(f"- [{r.name}]({r.html.as_uri()}): {len(r.figures)} figures" for r in done)
+    # what the notebooks read, by content: an unchanged run folder keeps the reports it already has
+    reads = [
+        s.run_dir / d for d in ("retrieval_evaluation", "router_evaluation", "utility", "bench", "store")
+    ]
+    fp = fingerprint(params, NOTEBOOKS_DIR, (s.run_dir / "router" / "current").resolve(), *reads,
+                     source_digest(REPO_ROOT / "pipelines" / "reports.py"))  # fmt: skip
+    done = recall(out / "fingerprint.json", fp)
+    reused = done is not None and all(Path(r["html"]).exists() for r in done["reports"])
+    if not reused:
+        try:
+            ran = run_notebooks(out, params)
+        except NotebookError as e:
+            raise dg.Failure(description=str(e), metadata={"notebook": e.name}) from e
+        rows = [
+            {"name": r.name, "html": str(r.html), "figures": len(r.figures), "seconds": r.seconds}
+            for r in ran
+        ]
+        remember(out / "fingerprint.json", fp, reports=rows)
+        done = {"reports": rows}
+    assert done is not None
+    md: dict[str, dg.RawMetadataValue] = {"folder": dg.MetadataValue.path(str(out)), "reused": reused}
+    for r in done["reports"]:
+        html = Path(r["html"])
+        context.log.info(f"{r['name']}: {html} ({r['figures']} figures, {r['seconds']:.0f} s)")
+        md[f"{r['name']}_html"] = dg.MetadataValue.url(html.as_uri())
+        md[f"{r['name']}_path"] = dg.MetadataValue.path(str(html))
+        md[f"{r['name']}_pngs"] = r["figures"]
+        md[f"{r['name']}_seconds"] = round(r["seconds"], 1)
+    links = "\n".join(
+        f"- [{r['name']}]({Path(r['html']).as_uri()}): {r['figures']} figures" for r in done["reports"]
+    )
     md["reports"] = dg.MetadataValue.md(links)
-    return dg.MaterializeResult(metadata=md)
+    return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(fp[:16]))

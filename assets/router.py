@@ -9,12 +9,14 @@ import dagster as dg
 
 from assets.resources import SettingsResource, plain_metadata
 from pipelines.bench.outcomes import load_routerbench
+from pipelines.memo import fingerprint, recall, remember, source_digest
 from pipelines.settings import Settings
-from router_models.router.artifact import save_router
+from router_models.router.artifact import MANIFEST, save_router
 from router_models.router.evaluation import crossval_evaluation, utility_gate
 from router_models.router.train import train_router
 
 PREDICTOR = "stack"
+ROUTER_CODE = Path(__file__).resolve().parent.parent / "router_models" / "router"
 
 
 def _routerbench(s: Settings):
@@ -36,22 +38,31 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
     budget policy calibrated out of fold. Versioned directory; `runs/router/current` points at the latest."""
     s = settings.get()
     prompts, outcomes = _routerbench(s)
-    r = train_router(prompts, outcomes, predictor=PREDICTOR, cache_dir=s.run_dir / "cache" / "embeddings")
     root = s.run_dir / "router"
+    fp = fingerprint(prompts, outcomes, PREDICTOR, source_digest(ROUTER_CODE))
+    last = recall(root / "fingerprint.json", fp)
+    if (
+        last is not None
+        and (Path(last["path"]) / MANIFEST).exists()
+        and (root / "current").resolve() == Path(last["path"]).resolve()
+    ):
+        context.log.info(f"inputs and code unchanged: keeping {last['path']}")
+        return dg.MaterializeResult(metadata={**last, "reused": True}, data_version=dg.DataVersion(fp[:16]))
+    r = train_router(prompts, outcomes, predictor=PREDICTOR, cache_dir=s.run_dir / "cache" / "embeddings")
     version = time.strftime("%Y%m%dT%H%M%S")
     path = save_router(r, root / version)
     _publish(path, root / "current")
     context.log.info(f"router saved to {path}")
-    return dg.MaterializeResult(
-        metadata={
-            "path": str(path),
-            "models": len(r.models),
-            "prompts": r.info["n_prompts"],
-            "predictor": PREDICTOR,
-            "strongest": r.strongest,
-            "policy": r.policy.describe(),
-        }
-    )
+    md = {
+        "path": str(path),
+        "models": len(r.models),
+        "prompts": r.info["n_prompts"],
+        "predictor": PREDICTOR,
+        "strongest": r.strongest,
+        "policy": r.policy.describe(),
+    }
+    remember(root / "fingerprint.json", fp, **md)
+    return dg.MaterializeResult(metadata={**md, "reused": False}, data_version=dg.DataVersion(fp[:16]))
 
 
 @dg.asset(
@@ -65,20 +76,30 @@ def router_evaluation(settings: SettingsResource):
     s = settings.get()
     prompts, outcomes = _routerbench(s)
     out = s.run_dir / "router_evaluation"
-    cache = s.run_dir / "cache" / "embeddings"
-    plot = out / "pareto.png"
-    pred, result = crossval_evaluation(prompts, outcomes, PREDICTOR, cache_dir=cache, plot_path=plot)
-    gate = utility_gate(pred, outcomes, s.lambda_cost)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({**result, "gate": gate}, indent=1, default=str))
-    pred.to_parquet(out / "predictions.parquet", index=False)
+    fp = fingerprint(prompts, outcomes, PREDICTOR, s.lambda_cost, source_digest(ROUTER_CODE))
+    doc = recall(out / "fingerprint.json", fp)
+    reused = doc is not None and (out / "summary.json").exists() and (out / "pareto.png").exists()
+    if not reused:
+        cache = s.run_dir / "cache" / "embeddings"
+        pred, result = crossval_evaluation(
+            prompts, outcomes, PREDICTOR, cache_dir=cache, plot_path=out / "pareto.png"
+        )
+        gate = utility_gate(pred, outcomes, s.lambda_cost)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({**result, "gate": gate}, indent=1, default=str))
+        pred.to_parquet(out / "predictions.parquet", index=False)
+        remember(out / "fingerprint.json", fp, summary=str(out / "summary.json"))
+    result = json.loads((out / "summary.json").read_text())
+    gate = result.pop("gate")
     png = Path(result["pareto_png"])
     yield dg.MaterializeResult(
         metadata={
             **plain_metadata({k: v for k, v in result.items() if k != "pareto_png"}),
             "pareto": dg.MetadataValue.md(f"![pareto]({png.as_uri()})"),
             "pareto_path": dg.MetadataValue.path(str(png)),
-        }
+            "reused": reused,
+        },
+        data_version=dg.DataVersion(fp[:16]),
     )
     yield dg.AssetCheckResult(
         check_name="beats_best_single_model",

@@ -9,13 +9,16 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 
 from assets.resources import SettingsResource
+from pipelines.memo import fingerprint, recall, remember, source_digest
 from pipelines.settings import REPO_ROOT, Settings
 
 MODEL_KINDS = ("router", "registry", "index", "catalog")
+SERVING_CODE = source_digest(REPO_ROOT / "serving")
 ROUTER, REGISTRY = dg.AssetKey("router"), dg.AssetKey("model_registry")
 INDEX = [dg.AssetKey(k) for k in ("corpus_chunks", "keyword_index", "dense_index", "knowledge_graph")]
 
@@ -55,21 +58,64 @@ def run_bundle(settings: Settings, *args: str, timeout_s: float = 900) -> dict:
 def bento_models(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     """BentoML models stratmaster-router, -registry, -index and -catalog, copied from the materialized assets;
     each model's labels name the asset versions (Dagster data version and run) it was made from."""
+    s = settings.get()
     inst = context.instance
     labels = {
         "router": asset_versions(inst, [ROUTER]),
         "registry": asset_versions(inst, [REGISTRY]),
         "index": asset_versions(inst, INDEX),
     }
-    out = run_bundle(settings.get(), "models", "--labels", json.dumps(labels))
+    fp = _models_fingerprint(s)
+    record = s.run_dir / "bundle" / "models.json"
+    out = recall(record, fp) if fp else None
+    reused = out is not None and all(_stored(out["home"], tag) for tag in out["tags"].values())
+    if not reused:
+        out = run_bundle(s, "models", "--labels", json.dumps(labels))
+        if fp:
+            remember(record, fp, **out)
+    assert out is not None
     tags = out["tags"]
-    context.log.info(f"models in {out['home']}: {tags}")
+    context.log.info(f"models in {out['home']}{' (unchanged, reused)' if reused else ''}: {tags}")
     return dg.MaterializeResult(
         metadata={
             **{f"{kind}_tag": tag for kind, tag in tags.items()},
             "bentoml_home": out["home"],
-        }
+            "reused": reused,
+        },
+        data_version=dg.DataVersion(fp[:16]) if fp else None,
     )
+
+
+def _stored(home: str, tag: str) -> bool:
+    name, _, version = tag.partition(":")
+    return (Path(home) / "models" / name / version).is_dir() or (
+        Path(home) / "bentos" / name / version
+    ).is_dir()
+
+
+def _models_fingerprint(s: Settings) -> str | None:
+    """What the four models are made of: the router artifact, the registry's current fit, the chunk store
+    (the embedded indexes are a function of the chunks, the settings and the code; their files change when
+    an engine merely opens them), the catalog, the engines, the code and the BentoML home. None with scale
+    engines, whose content lives in the engines: the snapshot then only names them, and is made each time.
+    (Not the labels: unchanged content keeps the models, whose labels name the runs that made it.)"""
+    from router_models.utility.registry import current_fit_id, registry_engine
+
+    engines = (s.object_store, s.keyword_backend, s.vector_backend, s.graph_backend)
+    if engines != ("local", "tantivy", "qdrant_local", "ladybug"):
+        return None
+    engine = registry_engine(s.registry_sqlalchemy_url)
+    try:
+        fit_id = current_fit_id(engine)
+    finally:
+        engine.dispose()
+    catalog = s.catalog_path or REPO_ROOT / "pipelines" / "llm" / "catalog.yaml"
+    home = os.environ.get("BENTOML_HOME", str(s.run_dir / "bentoml"))
+    code = source_digest(REPO_ROOT / "pipelines" / "index", REPO_ROOT / "pipelines" / "corpus")
+    return fingerprint(
+        (s.run_dir / "router" / "current").resolve(), fit_id, s.run_dir / "store", Path(catalog),
+        s.model_dump(mode="json"), SERVING_CODE, code, home,
+    )  # fmt: skip
 
 
 @dg.asset(group_name="serving", deps=[bento_models], kinds={"bentoml"})
@@ -82,10 +128,17 @@ def bento(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.M
     if len(model_tags) != len(MODEL_KINDS):
         raise LookupError("bento_models has not recorded the four model tags: materialize it first")
     upstream = asset_versions(context.instance, [ROUTER, REGISTRY, bento_models.key])
-    info = run_bundle(
-        settings.get(), "build", "--models", json.dumps(model_tags), "--labels", json.dumps(upstream)
-    )
-    context.log.info(f"built {info['tag']} in {info['path']}")
+    s = settings.get()
+    lock = REPO_ROOT / "requirements.lock"
+    fp = fingerprint(model_tags, REPO_ROOT / "bentofile.yaml", lock, SERVING_CODE)
+    record = s.run_dir / "bundle" / "bento.json"
+    info = recall(record, fp)
+    reused = info is not None and _stored(info["home"], info["tag"])
+    if not reused:
+        info = run_bundle(s, "build", "--models", json.dumps(model_tags), "--labels", json.dumps(upstream))
+        remember(record, fp, **info)
+    assert info is not None
+    context.log.info(f"{'kept' if reused else 'built'} {info['tag']} in {info['path']}")
     return dg.MaterializeResult(
         metadata={
             "tag": info["tag"],
@@ -93,6 +146,8 @@ def bento(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.M
             "size_mb": round(info["size_bytes"] / 2**20, 2),
             "models": ", ".join(info["models"]),
             **upstream,
+            "reused": reused,
             "serve": f"BENTOML_HOME={info['home']} bentoml serve {info['tag']} --host 127.0.0.1 --port 3001",
-        }
+        },
+        data_version=dg.DataVersion(fp[:16]),
     )

@@ -74,6 +74,8 @@ def test_retrieval_evaluation_scores_a_scifact_sample_and_its_floor_check_can_fa
     corpus = (sample / "corpus.jsonl").read_text()
     assert len({line.split("\t")[0] for line in qrels}) == 6
     assert all(f'"_id": "{line.split(chr(9))[1]}"' in corpus for line in qrels)  # every relevant doc kept
-    (failing,) = run("1.01").get_asset_check_evaluations()  # same sample and indexes, impossible floor
+    again = run("1.01")  # same sample, indexes and code, an impossible floor: the figures are reused
+    assert again.asset_materializations_for_node("retrieval_evaluation")[0].metadata["reused"].value is True
+    (failing,) = again.get_asset_check_evaluations()
     assert not failing.passed
     assert (tmp_path / "retrieval_evaluation" / "retrieval.png").stat().st_size > 0

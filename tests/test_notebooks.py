@@ -119,6 +119,9 @@ def materialized_reports(report_inputs):
     result = dg.materialize([reports], resources={"settings": res})
     assert result.success
     mats = result.asset_materializations_for_node("reports")
+    assert mats[0].metadata["reused"].value is False
+    again = dg.materialize([reports], resources={"settings": res})  # nothing changed: nothing re-executed
+    assert again.asset_materializations_for_node("reports")[0].metadata["reused"].value is True
     return s.run_dir / "reports", mats[0].metadata
 
 

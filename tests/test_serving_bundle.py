@@ -83,11 +83,23 @@ def built(shared_data, tmp_path_factory):
     resources = {"settings": SettingsResource(overrides={"run_dir": str(run), "embedder": "static"})}
     try:
         result = dg.materialize([bento_models, bento], resources=resources, instance=instance)
+        again = dg.materialize([bento_models, bento], resources=resources, instance=instance)
     finally:
         mp.undo()
-    assert result.success
+    assert result.success and again.success
     md = {n: result.asset_materializations_for_node(n)[0].metadata for n in ("bento_models", "bento")}
-    return {"home": home, "run": run, "fit_id": fit_id, "models": md["bento_models"], "bento": md["bento"]}
+    md2 = {n: again.asset_materializations_for_node(n)[0].metadata for n in ("bento_models", "bento")}
+    return {"home": home, "run": run, "fit_id": fit_id, "models": md["bento_models"], "bento": md["bento"],
+            "again": md2}  # fmt: skip
+
+
+def test_a_second_materialization_of_unchanged_artifacts_keeps_the_models_and_the_bento(built):
+    again = built["again"]
+    assert again["bento_models"]["reused"].value is True and again["bento"]["reused"].value is True
+    for kind in ("router", "registry", "index", "catalog"):
+        assert again["bento_models"][f"{kind}_tag"].value == built["models"][f"{kind}_tag"].value
+    assert again["bento"]["tag"].value == built["bento"]["tag"].value
+    assert built["models"]["reused"].value is False and built["bento"]["reused"].value is False
 
 
 def test_models_carry_the_artifacts_and_name_their_asset_versions(built):

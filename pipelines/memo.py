@@ -1,0 +1,68 @@
+"""Input fingerprints, so that an asset whose inputs, settings and code are unchanged reuses its last output.
+
+fp = fingerprint(prompts, outcomes, "stack", source_digest(Path("router_models/router")))
+if (last := recall(out / "fingerprint.json", fp)) is not None: ...  # reuse `last`
+...                                                                 # else compute, then
+remember(out / "fingerprint.json", fp, path=str(path))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _update_with_path(h: Any, p: Path) -> None:
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+
+
+def fingerprint(*parts: Any) -> str:
+    """sha256 over the parts: DataFrames by content, paths (files or folders) by bytes, the rest as JSON."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(b"\x00")
+        if isinstance(part, pd.DataFrame):
+            h.update(json.dumps([str(c) for c in part.columns]).encode())
+            h.update(pd.util.hash_pandas_object(part, index=False).values.tobytes())
+        elif isinstance(part, Path) and part.exists():
+            _update_with_path(h, part)
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def source_digest(*dirs: Path) -> str:
+    """A hash of the Python sources under `dirs`: changes whenever that code does."""
+    h = hashlib.sha256()
+    for d in dirs:
+        for f in sorted(Path(d).rglob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def recall(record: Path, fp: str) -> dict[str, Any] | None:
+    """The result remembered under `fp` in `record`, or None (no record, another fingerprint, unreadable)."""
+    try:
+        doc = json.loads(Path(record).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc.get("result") if isinstance(doc, dict) and doc.get("fingerprint") == fp else None
+
+
+def remember(record: Path, fp: str, **result: Any) -> None:
+    """Write {fingerprint, result} atomically."""
+    record = Path(record)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"fingerprint": fp, "result": result}, indent=1, default=str))
+    tmp.replace(record)

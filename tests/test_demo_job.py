@@ -1,0 +1,109 @@
+"""The demo path end to end: the `demo` job (`make demo` materializes it first) on a fresh run folder with the
+real local models, checks and all; then the same job again, which must do no needless work; then the summary
+`stratmaster demo` prints from what the job materialized.
+
+The retrieval evaluation samples fewer SciFact claims than the demo's default; everything else is the demo's.
+Today's micro-bench partition and the notebook reports are the demo's next two steps; test_bench_nightly and
+test_notebooks run those.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+from conftest import free_port_pair
+from rich.console import Console
+
+from assets.definitions import defs
+from assets.resources import GatewayResource, SettingsResource
+
+pytestmark = [pytest.mark.slow, pytest.mark.models]
+
+
+def _materialize(overrides: dict[str, str], instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def("demo")
+    settings = SettingsResource(overrides=overrides)
+    return job.execute_in_process(
+        instance=instance, resources={"settings": settings, "gateway": GatewayResource(settings=settings)}
+    )
+
+
+def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    out = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        out[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def demo_runs(model_settings, shared_data, tmp_path_factory):
+    """The job's own model servers (the `model_panel` asset starts them, as in `make demo`), stopped after."""
+    from pipelines.llm import servers
+    from pipelines.llm.catalog import load_catalog
+    from pipelines.settings import Settings
+
+    run = tmp_path_factory.mktemp("demo_run")
+    overrides = {
+        "run_dir": str(run),
+        "shared_data_dir": str(shared_data),
+        "model_cache_dir": str(model_settings.models_dir),
+        "local_base_port": str(free_port_pair()),
+        "retrieval_eval_queries": "12",
+        "retrieval_eval_distractors": "60",
+    }
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BENTOML_HOME", str(run / "bentoml"))
+    for k, v in overrides.items():  # what `stratmaster demo` reads: the environment, as in `make demo`
+        mp.setenv(f"SM_{k.upper()}", v)
+    instance = dg.DagsterInstance.ephemeral()
+    try:
+        first = _materialize(overrides, instance)
+        second = _materialize(overrides, instance)
+        console = Console(record=True, width=200)
+        from pipelines.demo import _figures
+
+        _figures(console, Settings())
+        summary = console.export_text()
+    finally:
+        settings = Settings(**overrides)
+        for entry in load_catalog(settings).local():
+            servers.stop(entry, settings)
+        mp.undo()
+    return {"run": run, "first": first, "second": second, "summary": summary}
+
+
+def test_the_demo_job_materializes_every_asset_and_passes_every_check(demo_runs):
+    first = demo_runs["first"]
+    assert first.success
+    job_assets = {k.to_user_string() for k in defs.resolve_job_def("demo").asset_layer.executable_asset_keys}
+    assert set(_metadata(first)) == job_assets
+    checks = first.get_asset_check_evaluations()
+    assert {c.check_name for c in checks} >= {"ndcg_floor", "beats_best_single_model", "r_hat", "calibration"}
+    assert all(c.passed for c in checks), [c.check_name for c in checks if not c.passed]
+    run = demo_runs["run"]
+    assert (run / "router" / "current" / "manifest.json").exists()
+    assert any((run / "bentoml" / "bentos" / "stratmaster").iterdir())
+    prefix = _metadata(first)["utility_posterior"]["object_store_prefix"].removeprefix("local:")
+    assert (run / "store" / prefix / "utility_posterior.nc").stat().st_size > 0  # the object store's copy
+
+
+def test_a_second_run_does_no_needless_work(demo_runs):
+    first, second = _metadata(demo_runs["first"]), _metadata(demo_runs["second"])
+    assert demo_runs["second"].success and set(second) == set(first)
+    assert second["corpus_chunks"]["files_processed"] == 0 and second["corpus_chunks"]["chunks_written"] == 0
+    for index in ("keyword_index", "dense_index", "knowledge_graph"):
+        assert second[index]["added"] == 0 and second[index]["deleted"] == 0, index
+    for asset in ("router", "router_evaluation", "retrieval_evaluation", "bento_models", "bento"):
+        assert second[asset]["reused"] is True, asset
+    assert "reused the posterior" in second["utility_posterior"]["notes"]
+    assert second["model_registry"]["fit_id"] == first["model_registry"]["fit_id"]
+    assert second["bento"]["tag"] == first["bento"]["tag"]
+
+
+def test_the_summary_prints_the_figures_and_where_the_plots_are(demo_runs):
+    text = demo_runs["summary"]
+    assert "Retrieval (12 labelled queries" in text and "hybrid nDCG@10" in text
+    assert "gap recovered" in text and "Pareto plot" in text
+    assert "Utility posterior: 33 task x model cells" in text
+    assert str(demo_runs["run"] / "utility" / "quality_forest.png") in text
