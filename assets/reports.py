@@ -33,9 +33,8 @@ def reports(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg
     params = {n: dict(common) for n in NOTEBOOKS}
     params["router"]["shared_data_dir"] = str(s.shared_data_dir)
     # what the notebooks read, by content: an unchanged run folder keeps the reports it already has
-    reads = [
-        s.run_dir / d for d in ("retrieval_evaluation", "router_evaluation", "utility", "bench", "store")
-    ]
+    reads = [s.run_dir / d for d in ("retrieval_evaluation", "router_evaluation", "utility", "bench")]
+    reads.append(s.run_dir / "store" / "corpus" / "manifest.json")  # the chunks, by their content hashes
     fp = fingerprint(params, NOTEBOOKS_DIR, (s.run_dir / "router" / "current").resolve(), *reads,
                      source_digest(REPO_ROOT / "pipelines" / "reports.py"))  # fmt: skip
     done = recall(out / "fingerprint.json", fp)

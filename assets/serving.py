@@ -18,7 +18,6 @@ from pipelines.memo import fingerprint, recall, remember, source_digest
 from pipelines.settings import REPO_ROOT, Settings
 
 MODEL_KINDS = ("router", "registry", "index", "catalog")
-SERVING_CODE = source_digest(REPO_ROOT / "serving")
 ROUTER, REGISTRY = dg.AssetKey("router"), dg.AssetKey("model_registry")
 INDEX = [dg.AssetKey(k) for k in ("corpus_chunks", "keyword_index", "dense_index", "knowledge_graph")]
 
@@ -94,15 +93,14 @@ def _stored(home: str, tag: str) -> bool:
 
 
 def _models_fingerprint(s: Settings) -> str | None:
-    """What the four models are made of: the router artifact, the registry's current fit, the chunk store
-    (the embedded indexes are a function of the chunks, the settings and the code; their files change when
-    an engine merely opens them), the catalog, the engines, the code and the BentoML home. None with scale
-    engines, whose content lives in the engines: the snapshot then only names them, and is made each time.
+    """What the four models are made of: the router artifact, the registry's current fit, the chunks (by
+    the ingest manifest's content hashes: the embedded indexes follow from the chunks, the settings and the
+    code, and their files change when an engine merely opens them), the catalog, the settings and the code.
+    None with scale engines, whose content lives in the engines: the snapshot then only names them.
     (Not the labels: unchanged content keeps the models, whose labels name the runs that made it.)"""
     from router_models.utility.registry import current_fit_id, registry_engine
 
-    engines = (s.object_store, s.keyword_backend, s.vector_backend, s.graph_backend)
-    if engines != ("local", "tantivy", "qdrant_local", "ladybug"):
+    if not s.embedded_engines:
         return None
     engine = registry_engine(s.registry_sqlalchemy_url)
     try:
@@ -110,11 +108,11 @@ def _models_fingerprint(s: Settings) -> str | None:
     finally:
         engine.dispose()
     catalog = s.catalog_path or REPO_ROOT / "pipelines" / "llm" / "catalog.yaml"
-    home = os.environ.get("BENTOML_HOME", str(s.run_dir / "bentoml"))
-    code = source_digest(REPO_ROOT / "pipelines" / "index", REPO_ROOT / "pipelines" / "corpus")
+    code = source_digest(*(REPO_ROOT / d for d in ("serving", "pipelines/index", "pipelines/corpus")))
+    chunks = s.run_dir / "store" / "corpus" / "manifest.json"
     return fingerprint(
-        (s.run_dir / "router" / "current").resolve(), fit_id, s.run_dir / "store", Path(catalog),
-        s.model_dump(mode="json"), SERVING_CODE, code, home,
+        (s.run_dir / "router" / "current").resolve(), fit_id, chunks, Path(catalog),
+        s.model_dump(mode="json"), str(s.bentoml_home), code,
     )  # fmt: skip
 
 
@@ -130,7 +128,7 @@ def bento(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.M
     upstream = asset_versions(context.instance, [ROUTER, REGISTRY, bento_models.key])
     s = settings.get()
     lock = REPO_ROOT / "requirements.lock"
-    fp = fingerprint(model_tags, REPO_ROOT / "bentofile.yaml", lock, SERVING_CODE)
+    fp = fingerprint(model_tags, REPO_ROOT / "bentofile.yaml", lock, source_digest(REPO_ROOT / "serving"))
     record = s.run_dir / "bundle" / "bento.json"
     info = recall(record, fp)
     reused = info is not None and _stored(info["home"], info["tag"])

@@ -41,11 +41,11 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def source_digest(*dirs: Path) -> str:
-    """A hash of the Python sources under `dirs`: changes whenever that code does."""
+def source_digest(*dirs: Path, patterns: tuple[str, ...] = ("*.py",)) -> str:
+    """A hash of the files matching `patterns` under `dirs`: changes whenever that code does."""
     h = hashlib.sha256()
     for d in dirs:
-        for f in sorted(Path(d).rglob("*.py")):
+        for f in sorted(f for p in patterns for f in Path(d).rglob(p)):
             h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 

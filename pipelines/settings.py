@@ -6,6 +6,7 @@ Nothing reads a global: callers build `Settings()` (or receive one) and pass it 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -108,6 +109,18 @@ class Settings(BaseSettings):
     @property
     def registry_sqlalchemy_url(self) -> str:
         return self.registry_url or f"sqlite:///{self.run_dir / 'registry.sqlite'}"
+
+    @property
+    def embedded_engines(self) -> bool:
+        """True when the chunk store and the indexes are files in run_dir (a snapshot can carry them)."""
+        engines = (self.object_store, self.keyword_backend, self.vector_backend, self.graph_backend)
+        return engines == ("local", "tantivy", "qdrant_local", "ladybug")
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BENTOML_HOME when set, else `run_dir/bentoml`: the models and Bentos of this workbench."""
+        env = os.environ.get("BENTOML_HOME")
+        return Path(env) if env else self.run_dir / "bentoml"
 
     def as_env(self) -> dict[str, str]:
         """These settings as SM_* variables, so a child process builds the same `Settings()`."""

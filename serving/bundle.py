@@ -38,12 +38,6 @@ from serving.artifacts import MODEL_NAMES, TAG_ENV
 BENTOFILE = REPO_ROOT / "bentofile.yaml"
 
 
-def bentoml_home(settings: Settings) -> Path:
-    """BENTOML_HOME when set, else `run_dir/bentoml`: the models and Bentos of this workbench."""
-    env = os.environ.get("BENTOML_HOME")
-    return Path(env) if env else settings.run_dir / "bentoml"
-
-
 def model_store(home: Path) -> ModelStore:
     (home / "models").mkdir(parents=True, exist_ok=True)
     return ModelStore(str(home / "models"))
@@ -116,20 +110,13 @@ def snapshot_registry(settings: Settings, home: Path, labels: dict[str, Any] | N
     return create_model("registry", fill, home, {"fit_id": fit_id, **(labels or {})}, meta)
 
 
-def embedded_index(settings: Settings) -> bool:
-    """True when the indexes and chunk store are files in run_dir (a snapshot can carry them)."""
-    s = settings
-    engines = (s.object_store, s.keyword_backend, s.vector_backend, s.graph_backend)
-    return engines == ("local", "tantivy", "qdrant_local", "ladybug")
-
-
 def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None = None) -> str:
     """`index/` (keyword, qdrant, graph) and `store/` (chunks, manifest) copied from run_dir.
 
     With scale engines the data lives in the engines; the model then records only which engines to use.
     """
     index_dir, store_dir = settings.run_dir / "index", settings.run_dir / "store"
-    embedded = embedded_index(settings)
+    embedded = settings.embedded_engines
     if embedded and not (index_dir / "keyword").is_dir():
         raise LookupError(f"no keyword index in {index_dir}: materialize the index assets first")
     engines = {
@@ -240,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--labels", default="{}", help="JSON: labels of the Bento")
     args = p.parse_args(argv)
     settings = Settings()
-    home = bentoml_home(settings)
+    home = settings.bentoml_home
     try:
         if args.command == "models":
             out: dict[str, Any] = {

@@ -7,7 +7,6 @@ SQLite by default (`Settings().registry_sqlalchemy_url`), Postgres by URL.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+
+from pipelines.memo import source_digest
 
 metadata = sa.MetaData()
 POINTER = "utility"
@@ -59,11 +60,7 @@ current = sa.Table(
 
 def code_version() -> str:
     """A hash of this package's source and prior snapshot: changes whenever the model code does."""
-    here = Path(__file__).parent
-    h = hashlib.sha256()
-    for p in sorted([*here.glob("*.py"), *here.glob("*.csv")]):
-        h.update(p.name.encode() + p.read_bytes())
-    return f"utility-{h.hexdigest()[:16]}"
+    return f"utility-{source_digest(Path(__file__).parent, patterns=('*.py', '*.csv'))}"
 
 
 def registry_engine(url: str | None = None) -> sa.Engine:
