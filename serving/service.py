@@ -4,8 +4,8 @@ Endpoints (DESIGN.md "Service contract"): POST /v1/chat/completions (JSON or SSE
 POST /v1/rag, GET /v1/models; BentoML's own GET /healthz, /livez, /readyz (`__is_ready__`) and /metrics.
 The /v1 routes are a FastAPI app whose handlers are methods of the service class (BentoML binds `self`):
 OpenAI's wire format and error shape. The typed `@bentoml.api` methods `route` and `rag` (POST /route,
-POST /rag) are the same decisions for BentoML clients (`bentoml.SyncHTTPClient(url).route(...)`), with
-BentoML's validation and error shape.
+POST /rag) are the same decisions for BentoML clients (`bentoml.SyncHTTPClient(url).route(...)`):
+BentoML validates their bodies (400 in its shape); their other failures answer in the /v1 error shape.
 
 Artifacts (router, registry snapshot, index snapshot, catalog) are BentoML models loaded by tag
 (`serving.artifacts`; a Bento pins the versions it was built with); GET /v1/artifacts says which were loaded.
@@ -26,6 +26,7 @@ import bentoml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from pipelines.llm.catalog import load_catalog
 from pipelines.settings import Settings
@@ -103,9 +104,10 @@ class StratMaster:
         return bool(self.gateway.catalog.available())
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _authorize(self, request: Request | bentoml.Context) -> None:
-        if not self.keys.check(request.headers.get("authorization") if isinstance(request, Request)
-                               else request.request.headers.get("authorization")):  # fmt: skip
+    def _authorize(
+        self, request: HTTPConnection
+    ) -> None:  # a FastAPI request, or a typed method's ctx.request
+        if not self.keys.check(request.headers.get("authorization")):
             raise HTTPFailure(
                 401,
                 "a valid API key is required (Authorization: Bearer <key>)",
@@ -217,7 +219,7 @@ class StratMaster:
         with request_span("route") as rs:
             rs.span.set_attribute("gen_ai.request.model", req.model)
             try:
-                self._authorize(ctx)
+                self._authorize(ctx.request)
                 return await self._route(req)
             except HTTPFailure as e:
                 return _typed_error(ctx, e)
@@ -291,7 +293,7 @@ class StratMaster:
         """An answer from retrieved chunks, citing their ids, with the chunks, scores and provenance."""
         with request_span("rag") as rs:
             try:
-                self._authorize(ctx)
+                self._authorize(ctx.request)
                 return await self._rag(req, rs)
             except HTTPFailure as e:
                 return _typed_error(ctx, e)
