@@ -101,12 +101,16 @@ EMBEDDERS: dict[str, type[MiniLMEmbedder] | type[StaticEmbedder]] = {
 }
 
 
+def _embedder_class(name: str) -> type[MiniLMEmbedder] | type[StaticEmbedder]:
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; choose one of {sorted(EMBEDDERS)}")
+    return EMBEDDERS[name]
+
+
 @cache
 def get_embedder(name: str = "minilm") -> Embedder:
     """A shared instance per name; loading MiniLM takes about a second, so it happens once per process."""
-    if name not in EMBEDDERS:
-        raise ValueError(f"unknown embedder {name!r}; choose one of {sorted(EMBEDDERS)}")
-    return EMBEDDERS[name]()
+    return _embedder_class(name)()
 
 
 class LazyEmbedder:
@@ -114,9 +118,8 @@ class LazyEmbedder:
     (importing torch and loading MiniLM is most of a no-op index run)."""
 
     def __init__(self, key: str) -> None:
-        if key not in EMBEDDERS:
-            raise ValueError(f"unknown embedder {key!r}; choose one of {sorted(EMBEDDERS)}")
-        self.key, self.name, self.dim = key, EMBEDDERS[key].name, EMBEDDERS[key].dim
+        cls = _embedder_class(key)
+        self.key, self.name, self.dim = key, cls.name, cls.dim
 
     def embed(
         self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False
