@@ -126,8 +126,11 @@ def fit_posterior(
     tmp = out_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(art.paths["summary_json"])
-    art.paths["forest_png"] = forest_plot(fit.idata, out_dir / "quality_forest.png")
-    art.paths["calibration_png"] = calibration_plot(calib, out_dir / "calibration.png")
+    forest, calibration = out_dir / "quality_forest.png", out_dir / "calibration.png"
+    if reused is None or not (forest.exists() and calibration.exists()):  # a reused fit's plots stand
+        forest_plot(fit.idata, forest)
+        calibration_plot(calib, calibration)
+    art.paths["forest_png"], art.paths["calibration_png"] = forest, calibration
     return art
 
 
