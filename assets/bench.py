@@ -14,11 +14,15 @@ daily = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=1)
 @dg.asset(group_name="bench", kinds={"parquet"})
 def prompt_set(settings: SettingsResource) -> dg.MaterializeResult:
     """Stratified by task with a fixed seed: RouterBench ARC/Winogrande prompts (shared with the public
-    panel) plus the demo code, extraction and RAG prompts."""
+    panel), the demo code, extraction and RAG prompts, and the service's prompt log when a judge is set."""
     s = settings.get()
     df = build_prompt_set(s, per_task=s.bench_per_task)
     path = write_table(df, s.run_dir / "bench" / "prompt_set.parquet")
-    return dg.MaterializeResult(metadata={"path": str(path), "rows": len(df), **counts_per_task(df)})
+    logged = int(df["prompt_id"].str.startswith("log-").sum())
+    note = f"{logged} sampled" if s.judge_model else "not sampled: set SM_JUDGE_MODEL to rate its answers"
+    return dg.MaterializeResult(
+        metadata={"path": str(path), "rows": len(df), **counts_per_task(df), "prompt_log": note}
+    )
 
 
 @dg.asset(group_name="bench", kinds={"parquet"})

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
 
     # micro-bench: prompts per task in the stratified prompt set
     bench_per_task: int = 8
+    prompt_log: bool = Field(default=True, description="the service logs chat prompts, PII-redacted")
+    prompt_log_days: int = Field(default=7, description="the prompt set samples this many days of the log")
+    judge_model: str | None = Field(
+        default=None, description="catalog model that rates answers to prompts without a reference"
+    )
 
     # utility model
     lambda_cost: float = 100.0
@@ -105,6 +110,10 @@ class Settings(BaseSettings):
     @property
     def servers_dir(self) -> Path:
         return self.run_dir / "servers"
+
+    @property
+    def prompt_log_dir(self) -> Path:
+        return self.run_dir / "prompt_log"
 
     @property
     def registry_sqlalchemy_url(self) -> str:

@@ -10,6 +10,8 @@ BentoML validates their bodies (400 in its shape); their other failures answer i
 Artifacts (router, registry snapshot, index snapshot, catalog) are BentoML models loaded by tag
 (`serving.artifacts`; a Bento pins the versions it was built with); GET /v1/artifacts says which were loaded.
 Spans: request -> route -> retrieval -> LLM call (`serving.tracing`), exported as `SM_OTEL_EXPORTER` says.
+Chat prompts go to the prompt log (`pipelines.bench.prompt_log`, PII-redacted first; `SM_PROMPT_LOG=false`
+turns it off), which the micro-bench samples as real prompts.
 Configuration from the environment: `SM_<KIND>_TAG`, `SM_API_KEYS` or `SM_API_KEYS_FILE`,
 `SM_MAX_REQUEST_BYTES`, and every `pipelines.settings.Settings` field.
 """
@@ -20,6 +22,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bentoml
@@ -97,6 +100,9 @@ class StratMaster:
             self.registry_rows = pd.read_csv(self.art.registry_dir / "registry.csv")
             self.registry_fit = json.loads((self.art.registry_dir / "fit.json").read_text())
         self.resolver = ModelResolver(self.router, self.gateway.catalog)
+        # one writer thread: logging never delays a response, and lines are written in order
+        self._log_pool = ThreadPoolExecutor(1, "prompt-log") if self.settings.prompt_log else None
+        self._prompt_log: Any = None
         self._retriever: Any = None
         self._retriever_lock = threading.Lock()
 
@@ -138,6 +144,25 @@ class StratMaster:
             set_route(span, choice.model, choice.chosen_by, choice.decision)
             return choice
 
+    def _log_prompt(self, prompt: str, choice: Choice) -> None:
+        """Queue `prompt` for the prompt log, which redacts it before writing; the micro-bench samples it."""
+        if self._log_pool is not None:
+            task = ((choice.decision or {}).get("signals") or {}).get("task")
+            self._log_pool.submit(self._write_prompt_log, prompt, task, choice.model, choice.chosen_by)
+
+    def _write_prompt_log(self, prompt: str, task: str | None, model: str, chosen_by: str) -> None:
+        try:
+            if self._prompt_log is None:  # Presidio's engine takes seconds to build: not at start-up
+                from pipelines.bench.prompt_log import PromptLog
+                from pipelines.corpus.pii import get_redactor
+
+                s = self.settings
+                redactor = get_redactor(s.pii_spacy_model, str(s.run_dir / "cache"))
+                self._prompt_log = PromptLog(s.prompt_log_dir, redactor.redact)
+            self._prompt_log.append(prompt, task, model, chosen_by)
+        except Exception as e:  # the log is best effort: never a failed request, never the prompt in a log
+            log.warning("prompt log: could not write a record (%s)", type(e).__name__)
+
     async def _model_call(self, fn: Any, *args: Any) -> Any:
         """`fn(*args)` in a worker thread; a GatewayError becomes the HTTP failure it stands for."""
         from pipelines.llm.gateway import GatewayError
@@ -156,7 +181,9 @@ class StratMaster:
             rs.span.set_attribute("gen_ai.request.model", req.model)
             rs.span.set_attribute("stratmaster.stream", req.stream)
             messages = req.message_dicts()
-            choice = await self._choose(req.model, prompt_of(messages), req.constraints)
+            prompt = prompt_of(messages)
+            choice = await self._choose(req.model, prompt, req.constraints)
+            self._log_prompt(prompt, choice)
             if req.stream:  # the gateway's `chat <model>` span is this request span's child
                 from serving.sse import chat_events
                 from serving.streaming import ChatStream

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from functools import cache
 
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sm-prom-"))  # as `bentoml serve`
@@ -479,6 +480,24 @@ def test_a_pii_chat_is_answered_locally_and_its_text_is_in_no_span(live, spans):
     dumped = "".join(s.to_json() for s in spans.get_finished_spans())
     assert "jane.doe" not in dumped and "example.com" not in dumped and "confirming the meeting" not in dumped
     assert answer  # the (streamed) answer text is in the response, and only there
+
+
+@pytest.mark.models
+def test_chat_prompts_are_logged_redacted_for_the_micro_bench(live, indexed_run_dir):
+    from pipelines.bench.prompt_log import read_prompt_log
+
+    body = {"model": "router", "messages": [{"role": "user", "content": PII_PROMPT}], "max_tokens": 2}
+    assert live.post("/v1/chat/completions", json=body, headers=LIVE_AUTH).status_code == 200
+    log_dir = indexed_run_dir / "prompt_log"
+    deadline = time.monotonic() + 60  # written off the request path; the first write builds Presidio
+    while time.monotonic() < deadline and not any(
+        "EMAIL_ADDRESS" in p.read_text() for p in log_dir.glob("*")
+    ):
+        time.sleep(0.5)
+    raw = "".join(p.read_text() for p in log_dir.glob("*.jsonl"))
+    assert "<EMAIL_ADDRESS> confirming the meeting" in raw and "jane.doe" not in raw
+    rows, bad = read_prompt_log(log_dir)
+    assert bad == 0 and "Write one line to <EMAIL_ADDRESS> confirming the meeting." in set(rows["prompt"])
 
 
 class _ViaTestClient(httpx.BaseTransport):

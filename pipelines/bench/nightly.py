@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.bench.runner import accuracy_table, collect_outcomes, error_rate_by_model, run_bench
+from pipelines.bench.scorers import JudgeScorer, score_row
 from pipelines.settings import Settings
 
 MAX_ERROR_RATE = 0.005
@@ -47,8 +48,10 @@ def run_benchmark_partition(settings: Settings, prompts: pd.DataFrame, partition
             if catalog.get(n).is_local_server:
                 servers.start(catalog.get(n), settings)
     out_dir = settings.run_dir / "bench" / partition
-    run_bench(prompts, names, Gateway(settings, catalog), out_dir, run_id=f"bench-{partition}",
-              concurrency=concurrency, progress=False)  # fmt: skip
+    gateway = Gateway(settings, catalog)
+    scorer = JudgeScorer(gateway, settings.judge_model) if settings.judge_model else score_row
+    run_bench(prompts, names, gateway, out_dir, run_id=f"bench-{partition}", concurrency=concurrency,
+              scorer=scorer, progress=False)  # fmt: skip
     df = collect_outcomes(out_dir)
     return df[df["prompt_id"].isin(prompts["prompt_id"]) & df["model"].isin(names)].reset_index(drop=True)
 

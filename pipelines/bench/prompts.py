@@ -185,15 +185,27 @@ def counts_per_task(df: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in df["task"].value_counts().sort_index().items()}
 
 
-def build_prompt_set(settings: Settings, per_task: int = 20, seed: int = 0,
-                     extra: tuple[str, ...] = ("demo",)) -> pd.DataFrame:  # fmt: skip
-    """The micro-bench prompt set: a stratified RouterBench sample (ARC, Winogrande) plus the committed demo
-    sets (code with tests, extraction, RAG answers), each task capped at `per_task`."""
+def build_prompt_set(
+    settings: Settings,
+    per_task: int = 20,
+    seed: int = 0,
+    extra: tuple[str, ...] = ("demo",),
+    with_log: bool | None = None,
+) -> pd.DataFrame:
+    """The micro-bench prompt set: a stratified RouterBench sample (ARC, Winogrande), the committed demo sets
+    (code with tests, extraction, RAG answers) and, `with_log` (default: when a judge model is set), the
+    service's prompt log of the last `prompt_log_days` days as task `chat`; each task capped at `per_task`."""
+    from pipelines.bench.prompt_log import read_prompt_log
+
     frames = []
     rb = settings.shared_data_dir / "routerbench"
     if (rb / "prompts_train.csv").exists():
         frames.append(routerbench_prompts(rb))
     frames += [load_prompt_set(name, settings) for name in extra]
+    if settings.judge_model is not None if with_log is None else with_log:
+        logged, _ = read_prompt_log(settings.prompt_log_dir, settings.prompt_log_days)
+        frames.append(logged)
+    frames = [f for f in frames if len(f)]
     if not frames:
         raise FileNotFoundError(f"no prompt source: {rb} is missing and no extra sets were named")
     df = pd.concat(frames, ignore_index=True).drop_duplicates("prompt_id")

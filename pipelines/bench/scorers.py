@@ -159,3 +159,47 @@ def score_row(row: dict[str, Any], output: str) -> float:
         refs = answers if has_answers else row.get("reference")
         return score_extraction(output, refs)["f1"]
     raise ScoreError(f"no scorer for task family {family!r}")
+
+
+JUDGE_PROMPT = """You grade an assistant's answer to a user's request.
+
+Request:
+{prompt}
+
+Answer:
+{answer}
+
+How helpful, correct and complete is the answer? Reply with one integer from 1 (useless or wrong) to 10
+(fully correct and helpful), and nothing else."""
+
+
+def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
+    """The judge's rating as a score in [0, 1]: the first integer in [low, high] ("8", "Rating: 8/10")."""
+    for m in re.finditer(r"(?<![\d.])(\d{1,2})(?![\d.]\d)", text or ""):
+        v = int(m.group(1))
+        if low <= v <= high:
+            return (v - low) / (high - low)
+    raise ScoreError(f"the judge gave no rating from {low} to {high}: {(text or '')[:80]!r}")
+
+
+class JudgeScorer:
+    """`score_row` where a row has a reference or tests; an LLM judge through the gateway (a 1-10 rating,
+    rescaled to [0, 1]) where it has neither, as for prompts from the service's prompt log. The judge should
+    be a capable catalog model (`SM_JUDGE_MODEL`); a rating it fails to give marks that row only."""
+
+    def __init__(self, gateway: Any, judge: str, max_tokens: int = 8) -> None:
+        self.gateway, self.judge, self.max_tokens = gateway, judge, max_tokens
+
+    def __call__(self, row: dict[str, Any], output: str) -> float:
+        if not _needs_judge(row):
+            return score_row(row, output)
+        text = JUDGE_PROMPT.format(prompt=row["prompt"], answer=output.strip() or "(empty)")
+        res = self.gateway.chat(self.judge, [{"role": "user", "content": text}], max_tokens=self.max_tokens)
+        return parse_rating(res.text)
+
+
+def _needs_judge(row: dict[str, Any]) -> bool:
+    def empty(v: Any) -> bool:
+        return _missing(v) or (v.strip() == "" if isinstance(v, str) else len(v) == 0)
+
+    return all(empty(row.get(k)) for k in ("reference", "answers", "tests"))

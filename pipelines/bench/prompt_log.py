@@ -1,0 +1,86 @@
+"""The service's prompt log: the prompts users really send, PII-redacted before they are written.
+
+The service appends one JSON line per chat request to a daily file `<dir>/YYYY-MM-DD.jsonl` (one `write` of
+one line in append mode, so concurrent workers do not interleave and a crash loses at most the line being
+written). Each line: prompt_id (a hash of the redacted text, so a repeated prompt keeps its id), ts, the
+redacted prompt, the entity types redacted, the router's predicted task and the model that was chosen.
+
+`read_prompt_log` turns the log into prompt-set rows of task `chat` with no reference: the micro-bench
+samples them as one more stratum and scores the answers with a judge model (`scorers.JudgeScorer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+LOG_TASK = "chat"
+MAX_PROMPT_CHARS = 20_000  # a longer prompt is logged cut to this length
+
+
+class PromptLog:
+    """Appends redacted prompts to `directory`; `redact(text) -> (text, entity counts)` runs first."""
+
+    def __init__(self, directory: str | Path, redact: Any) -> None:
+        self.directory = Path(directory)
+        self._redact = redact
+        self._lock = threading.Lock()
+
+    def append(self, prompt: str, task: str | None = None, model: str | None = None,
+               chosen_by: str | None = None) -> dict[str, Any]:  # fmt: skip
+        text, found = self._redact(prompt[:MAX_PROMPT_CHARS])
+        now = datetime.now(UTC)
+        rec = {
+            "prompt_id": "log-" + hashlib.sha256(text.encode()).hexdigest()[:16],
+            "ts": now.isoformat(timespec="seconds"),
+            "prompt": text,
+            "redacted": sorted(found),
+            "predicted_task": task,
+            "model": model,
+            "chosen_by": chosen_by,
+        }
+        line = json.dumps(rec, ensure_ascii=False) + "\n"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.directory / f"{now:%Y-%m-%d}.jsonl", "a", encoding="utf-8") as f:
+            f.write(line)
+        return rec
+
+
+def read_prompt_log(directory: str | Path, days: int | None = None,
+                    now: datetime | None = None) -> tuple[pd.DataFrame, int]:  # fmt: skip
+    """The logged prompts of the last `days` days (all when None), one row per distinct prompt, as
+    prompt-set rows (task `chat`, no reference), and how many malformed lines were skipped."""
+    from pipelines.bench.prompts import PROMPT_COLUMNS, _frame
+
+    directory = Path(directory)
+    first = ((now or datetime.now(UTC)) - timedelta(days=days)).date() if days is not None else None
+    rows, bad = {}, 0
+    for path in sorted(directory.glob("*.jsonl")):
+        try:
+            day = datetime.strptime(path.stem, "%Y-%m-%d").date()
+        except ValueError:
+            continue  # not a log file
+        if first is not None and day < first:
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            try:
+                rec = json.loads(line)
+                pid, prompt = str(rec["prompt_id"]), str(rec["prompt"])
+            except (ValueError, KeyError, TypeError):
+                bad += 1  # a torn last line after a crash, or a hand edit
+                log.warning("%s:%d: not a prompt-log record, skipped", path, n)
+                continue
+            if prompt.strip():
+                rows.setdefault(pid, {"prompt_id": pid, "task": LOG_TASK, "prompt": prompt, "reference": None,
+                                      "tests": None, "contexts": None})  # fmt: skip
+    if not rows:
+        return pd.DataFrame(columns=[*PROMPT_COLUMNS, "family"]), bad
+    return _frame(list(rows.values())), bad

@@ -1,0 +1,100 @@
+"""The service's prompt log as a micro-bench source: redacted before it is written, read back as `chat`
+prompts, sampled only when a judge can rate the answers, and rated by a judge model through the gateway."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipelines.bench.prompt_log import PromptLog, read_prompt_log
+from pipelines.bench.prompts import build_prompt_set
+from pipelines.bench.runner import collect_outcomes, run_bench
+from pipelines.bench.scorers import JudgeScorer, ScoreError, parse_rating
+from pipelines.corpus.pii import get_redactor
+from pipelines.settings import Settings
+
+SECRETS = ("jane.doe@example.com", "+1 415 555 0134", "4111 1111 1111 1111")
+PII_PROMPT = f"Mail {SECRETS[0]} or call {SECRETS[1]}; my card is {SECRETS[2]}. Draft a polite reminder."
+
+
+@pytest.fixture(scope="module")
+def redact(tmp_path_factory):
+    return get_redactor("blank", str(tmp_path_factory.mktemp("pii-cache"))).redact
+
+
+def test_prompts_are_redacted_before_they_are_written_and_read_back_as_chat(tmp_path, redact):
+    plog = PromptLog(tmp_path / "log", redact)
+    rec = plog.append(PII_PROMPT, task="chat", model="smollm2-135m", chosen_by="router")
+    plog.append(PII_PROMPT, task="chat", model="gemma3-270m", chosen_by="router")  # the same prompt again
+    plog.append("Name three prime numbers.", task="gsm8k", model="gemma3-270m", chosen_by="request")
+    raw = "".join(p.read_text() for p in (tmp_path / "log").glob("*.jsonl"))
+    assert not any(s in raw for s in SECRETS) and "<EMAIL_ADDRESS>" in raw and "<CREDIT_CARD>" in raw
+    assert {"EMAIL_ADDRESS", "CREDIT_CARD", "PHONE_NUMBER"} <= set(rec["redacted"])
+    df, bad = read_prompt_log(tmp_path / "log")
+    assert bad == 0 and len(df) == 2  # one row per distinct prompt
+    assert set(df["task"]) == {"chat"} and df["reference"].isna().all()
+    assert df["prompt_id"].str.startswith("log-").all() and rec["prompt_id"] in set(df["prompt_id"])
+
+
+def test_a_torn_line_is_skipped_and_counted_and_old_days_are_left_out(tmp_path, redact):
+    log_dir = tmp_path / "log"
+    PromptLog(log_dir, redact).append("What is the capital of Peru?")
+    today = next(log_dir.glob("*.jsonl"))
+    with today.open("a") as f:
+        f.write('{"prompt_id": "log-x", "prom')  # a crash mid-line
+    (log_dir / "2020-01-01.jsonl").write_text(json.dumps({"prompt_id": "log-old", "prompt": "old"}) + "\n")
+    (log_dir / "notes.jsonl").write_text("not a day file\n")
+    recent, bad = read_prompt_log(log_dir, days=7)
+    assert bad == 1 and list(recent["prompt"]) == ["What is the capital of Peru?"]
+    everything, _ = read_prompt_log(log_dir)
+    assert set(everything["prompt_id"]) == {recent["prompt_id"][0], "log-old"}
+
+
+def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_path, redact, shared_data):
+    s = Settings(run_dir=tmp_path, shared_data_dir=shared_data)
+    plog = PromptLog(s.prompt_log_dir, redact)
+    for i in range(5):
+        plog.append(f"Write a haiku about the number {i}.")
+    without = build_prompt_set(s, per_task=3)
+    assert "chat" not in set(without["task"])
+    with_judge = build_prompt_set(s.model_copy(update={"judge_model": "gemma3-270m"}), per_task=3)
+    chat = with_judge[with_judge["task"] == "chat"]
+    assert len(chat) == 3 and chat["prompt_id"].str.startswith("log-").all()
+    assert (with_judge.groupby("task").size() <= 3).all()
+
+
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [("8", 7 / 9), ("Rating: 10/10", 1.0), ("I'd give it a 1.", 0.0), ("**5** out of 10", 4 / 9),
+     ("0, no: 7", 6 / 9), ("3.5", None), ("eleven", None), ("", None)],
+)  # fmt: skip
+def test_judge_ratings_are_parsed_from_free_text(text, score):
+    if score is None:
+        with pytest.raises(ScoreError):
+            parse_rating(text)
+    else:
+        assert parse_rating(text) == pytest.approx(score)
+
+
+def test_rows_with_a_reference_are_scored_without_the_judge():
+    judge = JudgeScorer(gateway=None, judge="unused")  # a judge call would fail on the missing gateway
+    row = {"task": "extraction", "prompt": "Who?", "reference": "Ada Lovelace", "tests": None}
+    assert judge(row, "Ada Lovelace") == 1.0
+    code = {"task": "code", "prompt": "def f", "reference": None, "tests": ["assert f() == 1"]}
+    assert judge(code, "def f():\n    return 1") == 1.0
+
+
+@pytest.mark.models
+def test_a_local_judge_rates_logged_prompts_through_the_gateway(gateway, tmp_path, redact):
+    plog = PromptLog(tmp_path / "log", redact)
+    for p in ("What is 2 + 2?", "Name a colour of the sky on a clear day."):
+        plog.append(p)
+    prompts, _ = read_prompt_log(tmp_path / "log")
+    report = run_bench(prompts, ["smollm2-135m"], gateway, tmp_path / "out",
+                       scorer=JudgeScorer(gateway, "gemma3-270m"), progress=False)  # fmt: skip
+    df = collect_outcomes(tmp_path / "out", with_response=True)
+    assert report.cells_run == 2 and len(df) == 2
+    for r in df.itertuples():  # a rating in [0, 1], or a row marked because the judge gave none
+        assert (0.0 <= r.score <= 1.0 and pd.isna(r.error)) or str(r.error).startswith("scorer: ")
