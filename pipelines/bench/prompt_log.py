@@ -62,7 +62,8 @@ def read_prompt_log(directory: str | Path, days: int | None = None,
 
     directory = Path(directory)
     first = ((now or datetime.now(UTC)) - timedelta(days=days)).date() if days is not None else None
-    rows, bad = {}, 0
+    rows: dict[str, dict[str, Any]] = {}
+    bad = 0
     for path in sorted(directory.glob("*.jsonl")):
         try:
             day = datetime.strptime(path.stem, "%Y-%m-%d").date()
