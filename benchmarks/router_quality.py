@@ -1,6 +1,6 @@
 """Router quality by k-fold cross-validation inside the RouterBench train files, baselines side by side.
 
-    .venv/bin/python benchmarks/router_quality.py [--folds 5] [--predictors a,b] [--embedder minilm]
+    .venv/bin/python benchmarks/router_quality.py [--folds 5] [--predictors a,b] [--embedder static|minilm]
 
 Prints, for each predictor, gap recovered, the cost at which it first reaches the best single model's
 quality (as a fraction of that model's cost) and AIQ, pooled over the out-of-fold predictions (with the
@@ -29,7 +29,7 @@ from pipelines.bench.outcomes import load_routerbench  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from router_models.router.cascade import ProbeRouter, calibrate, normalise_answer, simulate  # noqa: E402
 from router_models.router.crossval import TRUE_TASK, cross_val_predictions, fold_ids, fold_summaries  # noqa: E402
-from router_models.router.features import TaskClassifier, embed_prompts  # noqa: E402
+from router_models.router.features import ROUTER_EMBEDDER, TaskClassifier, embed_prompts  # noqa: E402
 from router_models.router.metrics import LAMBDAS, hull_area, single_models, summary  # noqa: E402
 
 BASELINES = ["global_mean", TRUE_TASK, "task_mean", "knn", "logistic", "mf", "bayes", "stack"]
@@ -175,7 +175,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--predictors", default=",".join(BASELINES))
-    ap.add_argument("--embedder", default="minilm")
+    ap.add_argument("--embedder", default=ROUTER_EMBEDDER)
     ap.add_argument("--skip-cascade", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()

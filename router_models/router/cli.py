@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from router_models.router.features import ROUTER_EMBEDDER
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -40,7 +42,7 @@ def train(
     outcomes: OutcomesOpt,
     out: Annotated[Path, typer.Option("--out", help="directory to write the router artifact to")],
     predictor: Annotated[str, typer.Option("--predictor", help="predictor name (registry)")] = "stack",
-    embedder: Annotated[str, typer.Option("--embedder", help="minilm | static")] = "minilm",
+    embedder: Annotated[str, typer.Option("--embedder", help="static | minilm")] = ROUTER_EMBEDDER,
     budget: Annotated[
         float,
         typer.Option(

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from router_models.router.crossval import cross_val_predictions
-from router_models.router.features import embed_prompts
+from router_models.router.features import ROUTER_EMBEDDER, embed_prompts
 from router_models.router.metrics import LAMBDAS, pareto_plot, router_curve, single_models, summary
 
 
@@ -17,7 +17,7 @@ def crossval_evaluation(
     outcomes: pd.DataFrame,
     predictor: str = "stack",
     folds: int = 5,
-    embedder: str = "minilm",
+    embedder: str = ROUTER_EMBEDDER,
     cache_dir: Path | None = None,
     plot_path: Path | None = None,
 ) -> tuple[pd.DataFrame, dict]:

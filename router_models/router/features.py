@@ -11,9 +11,13 @@ import numpy as np
 from router_models.router.predictors.base import Features
 from router_models.router.signals import estimate_tokens, focus_text
 
+# the router's default: in 5-fold CV on RouterBench train the 64-d static model recovered more of the gap
+# than MiniLM (stack 0.201 vs 0.184) and embeds a prompt ~15x faster (route() p50 4.7 vs 77 ms)
+ROUTER_EMBEDDER = "static"
+
 
 def embed_prompts(
-    prompts: Sequence[str], embedder: str = "minilm", cache_dir: Path | None = None
+    prompts: Sequence[str], embedder: str = ROUTER_EMBEDDER, cache_dir: Path | None = None
 ) -> np.ndarray:
     """Embeddings of each prompt's last turn; with `cache_dir`, reused across runs for the same texts."""
     from pipelines.index.embeddings import get_embedder

@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router_models.router.features import CostModel, TaskClassifier, embed_prompts, make_features
+from router_models.router.features import (
+    ROUTER_EMBEDDER,
+    CostModel,
+    TaskClassifier,
+    embed_prompts,
+    make_features,
+)
 from router_models.router.policies import Budget
 from router_models.router.predictors.base import Features, get_predictor
 from router_models.router.router import Router
@@ -85,7 +91,7 @@ def train_router(
     prompts: pd.DataFrame,
     outcomes: pd.DataFrame,
     predictor: str = DEFAULT_PREDICTOR,
-    embedder: str = "minilm",
+    embedder: str = ROUTER_EMBEDDER,
     budget_fraction: float = 0.5,
     predictor_params: dict[str, Any] | None = None,
     cache_dir: Path | None = None,
