@@ -5,6 +5,8 @@ Starts the local model servers (or reuses ones already answering on --models-por
 `make serve`) and a generated API key; waits for /readyz; then, one phase after the other, a fixed number of
 concurrent users each send a request, wait for the answer and send the next, for --duration seconds:
 
+  livez          GET /livez, BentoML's own liveness probe: the ceiling of the server stack and this client
+                 on this machine, the reference the route phases are compared with (ratio printed)
   route          POST /v1/route, distinct RouterBench prompts (no prompt repeats: embeddings are computed)
   route-repeat   POST /v1/route, a pool of 32 prompts (what the router's embedding/PII caches save)
   chat           POST /v1/chat/completions, model smollm2-135m, short questions, 32 tokens
@@ -43,7 +45,7 @@ import pandas as pd
 
 from pipelines.settings import REPO_ROOT, Settings
 
-PHASES = ("route", "route-repeat", "chat", "chat-stream", "rag")
+PHASES = ("livez", "route", "route-repeat", "chat", "chat-stream", "rag")
 CHAT_QUESTIONS = [
     "Name a primary colour.", "What is 7 times 6?", "Give a synonym for 'fast'.",
     "What is the capital of Italy?", "Name a planet in the solar system.", "Say hello in French.",
@@ -58,6 +60,7 @@ RAG_QUESTIONS = [
     "How does the del statement work?", "What are the bitwise operators?",
 ]  # fmt: skip
 TARGETS = {  # phase -> (what, limit) from the seed and issue 7
+    "livez": "reference: BentoML + this client, no work",
     "route": "p99 <= 25 ms and >= 200 req/s",
     "route-repeat": "p99 <= 25 ms and >= 200 req/s",
     "chat": "p95 < 1.5 s",
@@ -70,7 +73,7 @@ TARGETS = {  # phase -> (what, limit) from the seed and issue 7
 class Phase:
     name: str
     users: int
-    make: Callable[[int], tuple[str, dict[str, Any]]]  # request index -> (path, JSON body)
+    make: Callable[[int], tuple[str, dict[str, Any] | None]]  # request index -> (path, JSON body; None: GET)
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
@@ -174,7 +177,7 @@ async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, wa
     for _ in range(warmup):  # the first call of an endpoint pays for lazy loading (retriever, connections)
         path, body = phase.make(next(counter))
         with contextlib.suppress(httpx.HTTPError):
-            await client.post(path, json=body)
+            await (client.get(path) if body is None else client.post(path, json=body))
     deadline = time.perf_counter() + duration
 
     async def user() -> None:
@@ -182,7 +185,9 @@ async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, wa
             path, body = phase.make(next(counter))
             t0 = time.perf_counter()
             try:
-                if body.get("stream"):
+                if body is None:
+                    r = await client.get(path)
+                elif body.get("stream"):
                     ttft = None
                     async with client.stream("POST", path, json=body) as r:
                         async for line in r.aiter_lines():
@@ -233,6 +238,7 @@ def phases(args: argparse.Namespace) -> list[Phase]:
         return "/v1/rag", {"question": q, "model": chat_model, "k": 4, "max_tokens": 64}
 
     made = {
+        "livez": Phase("livez", args.route_users, lambda i: ("/livez", None)),
         "route": Phase(
             "route", args.route_users, lambda i: ("/v1/route", {"prompt": distinct[i % len(distinct)]})
         ),
@@ -272,6 +278,11 @@ def report(results: list[Phase], models_note: str, args: argparse.Namespace | No
         if p.note:
             print(f"{'':<13}{p.note}")
     print(f"overall error rate: {100 * errors / max(1, total):.2f}% of {total} requests (target < 0.5%)")
+    rates = {p.name: len(p.latencies) / p.elapsed for p in results if p.elapsed and p.latencies}
+    for name in ("route", "route-repeat"):
+        if "livez" in rates and name in rates:
+            print(f"{name} throughput / livez throughput (same server, same client): "
+                  f"{rates[name] / rates['livez']:.2f}")  # fmt: skip
 
 
 async def load(port: int, key: str, plan: list[Phase], duration: float) -> None:

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     lambda_cost: float = 100.0
     lambda_latency: float = 0.01
 
+    # serving: BentoML worker processes (each loads the router; a Python worker uses at most one core)
+    service_workers: int = Field(default=1, ge=1)
+
     # tracing
     otel_exporter: Literal["console", "file", "otlp", "none"] = "file"
     otel_endpoint: str | None = None

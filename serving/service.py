@@ -66,7 +66,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal error; see the server log", "server_error")
 
 
-@bentoml.service(name="stratmaster", traffic={"timeout": 300})
+@bentoml.service(name="stratmaster", traffic={"timeout": 300}, workers=Settings().service_workers)
 @bentoml.asgi_app(api, path="/v1")
 class StratMaster:
     # declared when in the store: `bentoml build` pins the versions these name into the Bento

@@ -7,6 +7,7 @@ predictor whose rates the tests choose, so that every score ordering can be trie
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,7 @@ from router_models.router.policies import MaxUtility
 from router_models.router.predictors.baselines import GlobalMean
 from router_models.router.router import Router
 from router_models.router.rules import ModelInfo, Rule, RuleError, apply_rules, load_rules
-from router_models.router.signals import Constraints, detect_pii
+from router_models.router.signals import PII_MIN_SCORE, Constraints, _detect_pii, detect_pii
 
 PANEL = [
     ModelInfo("remote-strong", "remote", 128_000),
@@ -168,3 +169,24 @@ def test_rules_are_data_and_bad_operators_are_refused(tmp_path):
     assert set(out) == {"open-remote"} and out["open-remote"].rule == "no_open"
     with pytest.raises(RuleError, match="unknown operator"):
         Rule(name="x", drop={"privacy": {"like": "local"}}, because="")
+
+
+def test_pii_triggers_skip_recognizers_without_changing_a_flag(shared_data):
+    """Each trigger is a necessary condition of its recognizer's matches: gated and ungated detection agree
+    on every RouterBench prompt and on PII written the ways the recognizers accept."""
+    texts = pd.read_csv(shared_data / "routerbench" / "prompts_train.csv")["prompt"].tolist()
+    texts += [
+        "call +49 333333", "tel (030) 111", "ring 555-0134 now", "ssn 123-45-6789", "ssn 123 45 6789",
+        "card 4111-1111-1111-1111", "card 4111111111111111", "iban GB82 WEST 1234 5698 7654 32",
+        "GB 82 WEST 1234 5698 7654 32", "host ::1", "fe80::1%eth0", "ip 10.0.0.1", "mail a@b.co",
+        "x = a[1::2]", "write to jane.doe@example.com",
+    ]  # fmt: skip
+    gated = [_detect_pii(t, PII_MIN_SCORE) for t in texts]
+    assert gated == [_detect_pii(t, PII_MIN_SCORE, gated=False) for t in texts]
+    assert sum(bool(g) for g in gated[-15:]) >= 10  # the crafted texts do exercise the recognizers
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet="0123456789 -.()/+:@abcfGBxe\n", max_size=40))
+def test_pii_triggers_agree_on_generated_digit_and_punctuation_strings(text):
+    assert _detect_pii(text, PII_MIN_SCORE) == _detect_pii(text, PII_MIN_SCORE, gated=False)

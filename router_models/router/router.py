@@ -54,15 +54,21 @@ class Router:
     def warm_up(self, torch_threads: int | None = 1) -> None:
         """Load the embedder and the PII recognizers now, so the first request does not pay for it.
 
-        `torch_threads` (None: leave torch alone) sets the process's intra-op threads for serving. One
-        prompt is too small a matrix product to share out across cores, and concurrent requests that each
+        `torch_threads` (None: leave torch and BLAS alone) sets the process's intra-op threads for serving.
+        One prompt is too small a matrix product to share out across cores, and concurrent requests that each
         split theirs oversubscribe the CPU: on 2 busy shared cores one MiniLM embedding took 0.7-1.1 s with
         2 threads and 0.11-0.13 s with 1. Decisions do not change (tests/test_router_speed.py).
         """
-        if torch_threads and self.embedder.startswith("minilm"):
-            import torch
+        if torch_threads:
+            if self.embedder.startswith("minilm"):
+                import torch
 
-            torch.set_num_threads(torch_threads)
+                torch.set_num_threads(torch_threads)
+            # the same for BLAS: one prompt's kNN product is tiny, and under concurrent requests OpenBLAS's
+            # thread hand-offs made it 18% of a serving worker's samples (py-spy, benchmarks/serving.py)
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=torch_threads, user_api="blas")
         self.route("warm-up request")
 
     def embed(self, prompt: str) -> np.ndarray:
