@@ -63,6 +63,8 @@ def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_
     chat = with_judge[with_judge["task"] == "chat"]
     assert len(chat) == 3 and chat["prompt_id"].str.startswith("log-").all()
     assert (with_judge.groupby("task").size() <= 3).all()
+    derived = with_judge[with_judge["prompt_id"].str.startswith("scifact-")]  # SciFact claims, gold chunks
+    assert len(derived) >= 1 and derived["gold_chunk_ids"].map(len).min() >= 1
 
 
 @pytest.mark.parametrize(
@@ -98,3 +100,34 @@ def test_a_local_judge_rates_logged_prompts_through_the_gateway(gateway, tmp_pat
     assert report.cells_run == 2 and len(df) == 2
     for r in df.itertuples():  # a rating in [0, 1], or a row marked because the judge gave none
         assert (0.0 <= r.score <= 1.0 and pd.isna(r.error)) or str(r.error).startswith("scorer: ")
+
+
+def test_rag_questions_from_a_beir_corpus_carry_the_chunk_ids_ingest_gives(tmp_path):
+    from pipelines.bench.rag_questions import beir_rag_questions
+    from pipelines.corpus.ingest import ingest_corpus, load_chunks
+
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    docs = [
+        {"_id": "d1", "title": "Aspirin", "text": "Aspirin lowers heart attack risk. Contact a@b.org."},
+        {"_id": "d2", "title": "Statins", "text": "Statins reduce LDL cholesterol in most adults."},
+        {"_id": "d3", "title": "Coffee", "text": "Coffee has no effect on bone density in this cohort."},
+    ]
+    (beir / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = [
+        {"_id": "1", "text": "Aspirin prevents heart attacks."},
+        {"_id": "2", "text": "Statins raise LDL."},
+        {"_id": "3", "text": "A claim about a missing document."},
+    ]
+    (beir / "queries_train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (beir / "qrels_train.tsv").write_text("query-id\tcorpus-id\tscore\n1\td1\t1\n2\td2\t1\n3\tgone\t1\n")
+    s = Settings(run_dir=tmp_path / "run")
+    rows = beir_rag_questions(s, beir, n=10)
+    assert sorted(rows["prompt_id"]) == ["beir-train-1", "beir-train-2"]  # query 3's document is missing
+    assert set(rows["task"]) == {"rag_answer"} and rows["reference"].isna().all()
+    ingest_corpus(s, str(beir), include="corpus.jsonl")
+    stored = load_chunks(s).set_index("chunk_id")
+    for r in rows.itertuples():
+        assert len(r.gold_chunk_ids) == 1 and all(c in stored.index for c in r.gold_chunk_ids)
+        assert r.contexts[0].endswith(stored.loc[r.gold_chunk_ids[0], "text"])
+    assert "a@b.org" not in "".join(rows.loc[rows.prompt_id == "beir-train-1", "contexts"].iloc[0])

@@ -16,7 +16,9 @@ from pipelines.settings import Settings
 
 # `reference` is always a string (the first accepted answer); `answers` lists every accepted answer when a
 # file gives several, so each column has one type and the table round-trips through parquet
-PROMPT_COLUMNS = ["prompt_id", "task", "prompt", "reference", "answers", "tests", "contexts"]
+PROMPT_COLUMNS = [
+    "prompt_id", "task", "prompt", "reference", "answers", "tests", "contexts", "gold_chunk_ids",
+]  # fmt: skip
 REQUIRED = ("prompt_id", "task", "prompt")
 DATA_DIR = Path(__file__).parent / "data"
 # named sets: committed demo sets (files under pipelines/bench/data) and the RouterBench slice
@@ -34,7 +36,7 @@ def _check_row(row: dict, where: str) -> dict:
     for key in REQUIRED:
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise PromptSetError(f"{where}: missing or empty field {key!r}")
-    for key in ("tests", "contexts"):
+    for key in ("tests", "contexts", "gold_chunk_ids"):
         v = row.get(key)
         if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
             raise PromptSetError(f"{where}: field {key!r} must be a list of strings")
@@ -76,7 +78,7 @@ def _read_csv(path: Path) -> list[dict]:
             if None in rec or any(v is None for v in rec.values()):
                 raise PromptSetError(f"{where}: wrong number of fields")
             row = {k: (v if v != "" else None) for k, v in rec.items()}
-            for key in ("tests", "contexts"):
+            for key in ("tests", "contexts", "gold_chunk_ids"):
                 raw = row.get(key)
                 if isinstance(raw, str) and raw:
                     try:
@@ -194,17 +196,23 @@ def build_prompt_set(
 ) -> pd.DataFrame:
     """The micro-bench prompt set: a stratified RouterBench sample (ARC, Winogrande), the committed demo sets
     (code with tests, extraction, RAG answers) and, `with_log` (default: when a judge model is set), the
-    service's prompt log of the last `prompt_log_days` days as task `chat`; each task capped at `per_task`."""
+    prompts without a reference: the service's prompt log of the last `prompt_log_days` days as task `chat`
+    and RAG questions derived from the labelled BEIR corpus (SciFact) with gold chunk ids; each task capped
+    at `per_task`."""
     from pipelines.bench.prompt_log import read_prompt_log
+    from pipelines.bench.rag_questions import beir_rag_questions
 
     frames = []
     rb = settings.shared_data_dir / "routerbench"
     if (rb / "prompts_train.csv").exists():
         frames.append(routerbench_prompts(rb))
     frames += [load_prompt_set(name, settings) for name in extra]
-    if settings.judge_model is not None if with_log is None else with_log:
+    if settings.judge_model is not None if with_log is None else with_log:  # rows a judge must rate
         logged, _ = read_prompt_log(settings.prompt_log_dir, settings.prompt_log_days)
         frames.append(logged)
+        beir = settings.retrieval_eval_dir or settings.shared_data_dir / "scifact"
+        if (beir / "qrels_train.tsv").exists():
+            frames.append(beir_rag_questions(settings, beir, n=per_task, seed=seed))
     frames = [f for f in frames if len(f)]
     if not frames:
         raise FileNotFoundError(f"no prompt source: {rb} is missing and no extra sets were named")

@@ -124,6 +124,12 @@ class _Processor:
         ]
 
 
+def chunk_rows(settings: Settings, docs: list[Document]) -> list[dict]:
+    """The chunk rows ingest stores for `docs`: redacted and chunked the same way, so the same chunk ids."""
+    proc = _Processor(settings)
+    return [row for doc in docs for row in proc.rows(doc, _doc_hash(doc))]
+
+
 def _write_parquet(store: ObjectStore, key: str, rows: list[dict] | pd.DataFrame) -> None:
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=CHUNK_COLUMNS)
     buf = io.BytesIO()
