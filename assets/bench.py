@@ -7,6 +7,7 @@ from assets.resources import SettingsResource
 from pipelines.bench import nightly
 from pipelines.bench.outcomes import routerbench_outcome_table, write_table
 from pipelines.bench.prompts import build_prompt_set, counts_per_task
+from pipelines.bench.scorers import needs_judge
 
 daily = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=1)
 
@@ -14,14 +15,15 @@ daily = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=1)
 @dg.asset(group_name="bench", kinds={"parquet"})
 def prompt_set(settings: SettingsResource) -> dg.MaterializeResult:
     """Stratified by task with a fixed seed: RouterBench ARC/Winogrande prompts (shared with the public
-    panel), the demo code, extraction and RAG prompts, and the service's prompt log when a judge is set."""
+    panel), the demo code, extraction and RAG prompts, and, when a judge is set, the reference-free prompts:
+    the service's prompt log and RAG questions derived from SciFact."""
     s = settings.get()
     df = build_prompt_set(s, per_task=s.bench_per_task)
     path = write_table(df, s.run_dir / "bench" / "prompt_set.parquet")
-    logged = int(df["prompt_id"].str.startswith("log-").sum())
-    note = f"{logged} sampled" if s.judge_model else "not sampled: set SM_JUDGE_MODEL to rate its answers"
+    free = sum(needs_judge(r) for r in df.to_dict("records"))  # rows only the judge can score
+    note = f"{free} sampled" if s.judge_model else "not sampled: set SM_JUDGE_MODEL to rate their answers"
     return dg.MaterializeResult(
-        metadata={"path": str(path), "rows": len(df), **counts_per_task(df), "prompt_log": note}
+        metadata={"path": str(path), "rows": len(df), **counts_per_task(df), "reference_free": note}
     )
 
 

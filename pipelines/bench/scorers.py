@@ -191,14 +191,14 @@ class JudgeScorer:
         self.gateway, self.judge, self.max_tokens = gateway, judge, max_tokens
 
     def __call__(self, row: dict[str, Any], output: str) -> float:
-        if not _needs_judge(row):
+        if not needs_judge(row):
             return score_row(row, output)
         text = JUDGE_PROMPT.format(prompt=row["prompt"], answer=output.strip() or "(empty)")
         res = self.gateway.chat(self.judge, [{"role": "user", "content": text}], max_tokens=self.max_tokens)
         return parse_rating(res.text)
 
 
-def _needs_judge(row: dict[str, Any]) -> bool:
+def needs_judge(row: dict[str, Any]) -> bool:
     def empty(v: Any) -> bool:
         return _missing(v) or (v.strip() == "" if isinstance(v, str) else len(v) == 0)
 

@@ -23,14 +23,6 @@ PII_CACHE_MAX_CHARS = 16_000
 # punctuation or spaces; SSNs 9 digits; cards 13+ digits with single '-' or ' '; IBANs a country code and
 # 2 digits; IPs a dotted quad or two colons with at most 4 hex digits between.
 _DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){4,}")
-PII_TRIGGERS = {
-    "AnyEmailRecognizer": re.compile("@"),
-    "PhoneRecognizer": _DIGIT_RUN,
-    "UsSsnRecognizer": _DIGIT_RUN,
-    "CreditCardRecognizer": re.compile(r"\d(?:[\s\-]?\d){11,}"),
-    "IbanRecognizer": re.compile(r"[A-Za-z]{2}[ \-]?\d{2}"),
-    "IpRecognizer": re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
-}
 
 
 class Constraints(BaseModel):
@@ -86,7 +78,7 @@ def focus_text(prompt: str) -> str:
 
 
 @cache
-def _recognizers() -> tuple[Any, ...]:
+def _recognizers() -> tuple[tuple[Any, re.Pattern[str]], ...]:
     from presidio_analyzer import Pattern
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
@@ -109,13 +101,13 @@ def _recognizers() -> tuple[Any, ...]:
         def validate_result(self, pattern_text: str) -> None:
             return None
 
-    return (
-        AnyEmailRecognizer(),
-        PhoneRecognizer(),
-        CreditCardRecognizer(),
-        IbanRecognizer(),
-        IpRecognizer(),
-        UsSsnRecognizer(),
+    return (  # (recognizer, its trigger)
+        (AnyEmailRecognizer(), re.compile("@")),
+        (PhoneRecognizer(), _DIGIT_RUN),
+        (CreditCardRecognizer(), re.compile(r"\d(?:[\s\-]?\d){11,}")),
+        (IbanRecognizer(), re.compile(r"[A-Za-z]{2}[ \-]?\d{2}")),
+        (IpRecognizer(), re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")),
+        (UsSsnRecognizer(), _DIGIT_RUN),
     )
 
 
@@ -137,9 +129,8 @@ def _detect_pii_cached(text: str, min_score: float) -> tuple[str, ...]:
 
 def _detect_pii(text: str, min_score: float, gated: bool = True) -> tuple[str, ...]:
     found: set[str] = set()
-    for rec in _recognizers():
-        trigger = PII_TRIGGERS.get(type(rec).__name__)
-        if gated and trigger is not None and not trigger.search(text):
+    for rec, trigger in _recognizers():
+        if gated and not trigger.search(text):
             continue
         for res in rec.analyze(text, entities=rec.supported_entities, nlp_artifacts=None):
             if res.score >= min_score:
