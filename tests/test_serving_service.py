@@ -144,6 +144,39 @@ def test_health_endpoints_are_open(client):
     assert client.get("/readyz").status_code == 200
 
 
+def _live_timers() -> int:
+    import asyncio
+    import gc
+
+    return sum(isinstance(o, asyncio.TimerHandle) and not o.cancelled() for o in gc.get_objects())
+
+
+def test_answered_requests_leave_no_timeout_timer_behind(client):
+    """BentoML's own middleware kept each request's timer (and its future, context and spans) for the whole
+    traffic timeout, 300 s; serving/timeout.py cancels it once the answer is sent."""
+    before = _live_timers()
+    for _ in range(300):
+        assert client.get("/livez").status_code == 200
+    assert _live_timers() - before < 30
+
+
+def test_the_request_timeout_still_answers_504():
+    import asyncio
+
+    from starlette.responses import PlainTextResponse
+
+    from serving.timeout import TimeoutMiddleware
+
+    async def slow(scope, receive, send):
+        await asyncio.sleep(float(scope["path"].strip("/")))
+        await PlainTextResponse("done")(scope, receive, send)
+
+    c = TestClient(TimeoutMiddleware(slow, timeout=0.2))  # no lifespan: the app only speaks http
+    assert c.get("/0").text == "done"
+    r = c.get("/2")
+    assert r.status_code == 504 and "0.2 seconds" in r.json()["error"]
+
+
 @pytest.mark.parametrize(
     "headers",
     [
