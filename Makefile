@@ -82,4 +82,7 @@ serve: setup
 	.venv/bin/bentoml serve stratmaster:latest --host 127.0.0.1 --port 3001
 
 bench-serving: setup
+	@# wrk drives the /v1/route phases (a Python client costs the server half a core); without it, httpx does
+	command -v wrk >/dev/null || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null; } || true
 	nice -n 10 $(PY) benchmarks/serving.py --in-process 100

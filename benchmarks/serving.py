@@ -15,9 +15,13 @@ concurrent users each send a request, wait for the answer and send the next, for
 
 and prints requests/s, p50/p95/p99 and the error rate per phase against the seed's targets (/v1/route p99
 <= 25 ms and >= 200 req/s on 2 cores; p95 < 1.5 s simple chat, < 3 s RAG; errors < 0.5%). Everything it
-started is stopped at the end. The load generator (asyncio + httpx) runs on the same cores as the server.
+started is stopped at the end. The load generator runs on the same cores as the server: the livez and route
+phases use `wrk` (C, one thread, a Lua script cycling through the request bodies) when it is installed, as
+it costs the server far less CPU than a Python client; the others, and all phases with `--client httpx`,
+use asyncio + httpx.
 
 Usage: python benchmarks/serving.py [--duration 30] [--port 8320] [--models-port 8321] [--phases route,chat]
+    [--route-users 2,8] [--client auto|wrk|httpx]
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +52,7 @@ import pandas as pd
 from pipelines.settings import REPO_ROOT, Settings
 
 PHASES = ("livez", "route", "route-repeat", "chat", "chat-stream", "rag")
+WRK_PHASES = ("livez", "route", "route-repeat")  # no streaming: wrk measures them with less client CPU
 CHAT_QUESTIONS = [
     "Name a primary colour.", "What is 7 times 6?", "Give a synonym for 'fast'.",
     "What is the capital of Italy?", "Name a planet in the solar system.", "Say hello in French.",
@@ -79,10 +86,18 @@ class Phase:
     errors: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     note: str = ""
+    client: str = "httpx"
+    wrk_ms: dict[int, float] = field(default_factory=dict)  # wrk's latency percentiles: q -> ms
+    wrk_ok: int = 0
 
     @property
-    def n(self) -> int:
-        return len(self.latencies) + sum(self.errors.values())
+    def ok(self) -> int:
+        return self.wrk_ok if self.client == "wrk" else len(self.latencies)
+
+    def pct_ms(self, q: int) -> float:
+        if self.client == "wrk":
+            return self.wrk_ms.get(q, float("nan"))
+        return pct([x * 1000 for x in self.latencies], q)
 
 
 def _free(port: int) -> bool:
@@ -213,6 +228,52 @@ async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, wa
     phase.elapsed = time.perf_counter() - t0
 
 
+WRK_SCRIPT = r"""
+-- request bodies, one JSON document per line; each wrk thread starts at its own offset
+local bodies, path, n = {}, os.getenv("SM_WRK_PATH"), 0
+local f = os.getenv("SM_WRK_BODIES")
+if f ~= "" then for line in io.lines(f) do bodies[#bodies + 1] = line end end
+local threads, i = 0, 0
+function setup(thread) thread:set("offset", threads * 1000003); threads = threads + 1 end
+function init(args) i = tonumber(wrk.thread:get("offset")) or 0 end
+function request()
+  i = i + 1
+  if #bodies == 0 then return wrk.format("GET", path) end
+  return wrk.format("POST", path, nil, bodies[(i % #bodies) + 1])
+end
+function done(s, latency, requests)
+  local e = s.errors
+  io.write(string.format(
+    'WRK {"requests": %d, "duration_us": %d, "connect": %d, "read": %d, "write": %d, "status": %d, ' ..
+    '"timeout": %d, "p50": %d, "p95": %d, "p99": %d}\n', s.requests, s.duration, e.connect, e.read,
+    e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+
+
+def run_wrk(port: int, key: str, phase: Phase, duration: float, bodies: list[dict[str, Any]] | None,
+            path: str) -> None:  # fmt: skip
+    """The phase with wrk: one thread, `phase.users` connections, closed loop, `duration` seconds."""
+    with tempfile.TemporaryDirectory(prefix="sm-bench-wrk-") as d:
+        script, body_file = Path(d, "bench.lua"), Path(d, "bodies.jsonl")
+        script.write_text(WRK_SCRIPT)
+        body_file.write_text("".join(json.dumps(b) + "\n" for b in bodies or []))
+        env = {**os.environ, "SM_WRK_PATH": path, "SM_WRK_BODIES": str(body_file) if bodies else ""}
+        cmd = ["wrk", "-t1", f"-c{phase.users}", f"-d{duration:.0f}s", "--timeout", "10s", "-s", str(script),
+               "-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json",
+               f"http://127.0.0.1:{port}"]  # fmt: skip
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK ")), None)
+    if out.returncode or line is None:
+        phase.note = f"wrk failed ({out.returncode}): {(out.stderr or out.stdout)[-300:]}"
+        return
+    r = json.loads(line[4:])
+    phase.client, phase.elapsed = "wrk", r["duration_us"] / 1e6
+    phase.errors = {k: r[k] for k in ("connect", "read", "write", "status", "timeout") if r[k]}
+    phase.wrk_ok = r["requests"] - r["status"]  # non-2xx answers are counted in requests too
+    phase.wrk_ms = {q: r[f"p{q}"] / 1000 for q in (50, 95, 99)}
+
+
 def route_prompts(n: int, seed: int = 0) -> list[str]:
     path = Settings().shared_data_dir / "routerbench" / "prompts_train.csv"
     prompts = pd.read_csv(path, usecols=["prompt"])["prompt"].astype(str).drop_duplicates()
@@ -237,19 +298,22 @@ def phases(args: argparse.Namespace) -> list[Phase]:
         q = RAG_QUESTIONS[i % len(RAG_QUESTIONS)]
         return "/v1/rag", {"question": q, "model": chat_model, "k": 4, "max_tokens": 64}
 
-    made = {
-        "livez": Phase("livez", args.route_users, lambda i: ("/livez", None)),
-        "route": Phase(
-            "route", args.route_users, lambda i: ("/v1/route", {"prompt": distinct[i % len(distinct)]})
-        ),
-        "route-repeat": Phase(
-            "route-repeat", args.route_users, lambda i: ("/v1/route", {"prompt": repeated[i % len(repeated)]})
-        ),
-        "chat": Phase("chat", args.chat_users, chat),
-        "chat-stream": Phase("chat-stream", args.chat_users, lambda i: chat(i, stream=True)),
-        "rag": Phase("rag", args.chat_users, rag),
-    }
-    return [made[p] for p in args.phases]
+    def make(name: str) -> Callable[[int], tuple[str, dict[str, Any] | None]]:
+        return {
+            "livez": lambda i: ("/livez", None),
+            "route": lambda i: ("/v1/route", {"prompt": distinct[i % len(distinct)]}),
+            "route-repeat": lambda i: ("/v1/route", {"prompt": repeated[i % len(repeated)]}),
+            "chat": chat,
+            "chat-stream": lambda i: chat(i, stream=True),
+            "rag": rag,
+        }[name]
+
+    # livez and the route phases once per --route-users level (the closed loop's concurrency)
+    return [
+        Phase(name, users, make(name))
+        for name in args.phases
+        for users in (args.route_users if name in WRK_PHASES else [args.chat_users])
+    ]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -264,28 +328,28 @@ def report(results: list[Phase], models_note: str, args: argparse.Namespace | No
     print(head + f"{'p99 ms':>9}{'ttft p95':>10}  target")
     total = errors = 0
     for p in results:
-        ok, err = len(p.latencies), sum(p.errors.values())
+        ok, err = p.ok, sum(p.errors.values())
         total, errors = total + ok + err, errors + err
-        ms = [x * 1000 for x in p.latencies]
         rate = ok / p.elapsed if p.elapsed else float("nan")
         ttft = f"{pct(p.ttfts, 95) * 1000:.0f} ms" if p.ttfts else "-"
         print(
             f"{p.name:<13}{p.users:>6}{ok:>7}{err:>5}{100 * err / max(1, ok + err):>7.2f}{rate:>8.1f}"
-            f"{pct(ms, 50):>9.1f}{pct(ms, 95):>9.1f}{pct(ms, 99):>9.1f}{ttft:>10}  {TARGETS[p.name]}"
+            f"{p.pct_ms(50):>9.1f}{p.pct_ms(95):>9.1f}{p.pct_ms(99):>9.1f}{ttft:>10}  {TARGETS[p.name]}"
+            f"  ({p.client})"
         )
         if p.errors:
             print(f"{'':<13}errors: {p.errors}")
         if p.note:
             print(f"{'':<13}{p.note}")
     print(f"overall error rate: {100 * errors / max(1, total):.2f}% of {total} requests (target < 0.5%)")
-    rates = {p.name: len(p.latencies) / p.elapsed for p in results if p.elapsed and p.latencies}
-    for name in ("route", "route-repeat"):
-        if "livez" in rates and name in rates:
-            print(f"{name} throughput / livez throughput (same server, same client): "
-                  f"{rates[name] / rates['livez']:.2f}")  # fmt: skip
+    rates = {(p.name, p.users): p.ok / p.elapsed for p in results if p.elapsed and p.ok}
+    for (name, users), rate in rates.items():
+        if name.startswith("route") and ("livez", users) in rates:
+            print(f"{name} throughput / livez throughput at {users} users (same server, same client): "
+                  f"{rate / rates['livez', users]:.2f}")  # fmt: skip
 
 
-async def load(port: int, key: str, plan: list[Phase], duration: float) -> None:
+async def load(port: int, key: str, plan: list[Phase], duration: float, use_wrk: bool) -> None:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(
@@ -302,7 +366,16 @@ async def load(port: int, key: str, plan: list[Phase], duration: float) -> None:
                     p.note = f"skipped: /v1/rag answered {r.status_code}: {r.text[:200]}"
                     continue
             print(f"phase {p.name}: {p.users} users, {duration:.0f}s", flush=True)
-            await run_phase(client, p, duration)
+            if use_wrk and p.name in WRK_PHASES:
+                for i in range(2):  # warm-up, as run_phase does
+                    path, body = p.make(i)
+                    with contextlib.suppress(httpx.HTTPError):
+                        await (client.get(path) if body is None else client.post(path, json=body))
+                path, body = p.make(0)
+                bodies = None if body is None else [p.make(i)[1] for i in range(20_000)]
+                await asyncio.to_thread(run_wrk, port, key, p, duration, bodies, path)  # type: ignore[arg-type]
+            else:
+                await run_phase(client, p, duration)
             report([p], "", None)
 
 
@@ -362,10 +435,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8320)
     ap.add_argument("--models-port", type=int, default=8321, help="base port of the two llama.cpp servers")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds of load per phase")
-    ap.add_argument("--route-users", type=int, default=8)
+    ap.add_argument("--route-users", type=lambda s: [int(x) for x in s.split(",")], default=[2, 8],
+                    help="concurrent users of livez and the route phases, a run per level")  # fmt: skip
     ap.add_argument("--chat-users", type=int, default=2)
     ap.add_argument("--chat-model", default="smollm2-135m")
     ap.add_argument("--phases", type=lambda s: s.split(","), default=list(PHASES))
+    ap.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto",
+                    help="load generator of livez and the route phases (auto: wrk if installed)")  # fmt: skip
     ap.add_argument("--ready-timeout", type=float, default=600.0)
     ap.add_argument("--workdir", type=Path, default=REPO_ROOT,
                     help="where `bentoml serve` runs (its serving/ is the service measured)")  # fmt: skip
@@ -390,13 +466,16 @@ def main() -> None:
         in_process(router_dir, args.in_process)
     if not plan_run:
         return
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        ap.error("--client wrk: wrk is not installed (apt-get install wrk)")
     key = "sk-bench-" + secrets.token_urlsafe(24)
     with (
         local_models(args.models_port) as models_note,
         bento(args.port, args.models_port, key, router_dir, args.ready_timeout, args.workdir),
     ):
         try:
-            asyncio.run(load(args.port, key, plan_run, args.duration))
+            asyncio.run(load(args.port, key, plan_run, args.duration, use_wrk))
         finally:
             report(plan, models_note, args)
 
