@@ -51,6 +51,26 @@ def tune(retriever, queries, qids, qrels) -> dict:
     return out
 
 
+def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
+    """MiniLM on the same `n` chunks in fp32 and at the precision the index uses (bf16 where the CPU has it):
+    chunks/s of each, their ratio, and how close the vectors are."""
+    from pipelines.corpus.ingest import load_chunks
+    from pipelines.index.embeddings import MiniLMEmbedder
+    from pipelines.index.vector import embed_passages
+
+    chunks = load_chunks(settings, LocalStore(index_dir / "store")).head(n)
+    runs = []
+    for precision in ("fp32", "auto"):
+        e = MiniLMEmbedder(precision=precision)
+        embed_passages(e, chunks.head(32))  # warm-up
+        t0 = time.perf_counter()
+        vecs = embed_passages(e, chunks)
+        runs.append((e.precision, len(chunks) / (time.perf_counter() - t0), vecs))
+    (p0, r0, v0), (p1, r1, v1) = runs
+    print(f"MiniLM on {len(chunks)} chunks: {p0} {r0:.1f} chunks/s, {p1} {r1:.1f} chunks/s "
+          f"(x{r1 / r0:.2f}), mean cosine between them {float((v0 * v1).sum(1).mean()):.5f}")  # fmt: skip
+
+
 def main() -> None:
     data = Settings().shared_data_dir / "scifact"
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,6 +80,8 @@ def main() -> None:
     p.add_argument("--index-dir", type=Path, default=None)
     p.add_argument("--retrievers", default="bm25,dense,hybrid,hybrid_rrf,hybrid_graph")
     p.add_argument("--tune", action="store_true")
+    p.add_argument("--embed-speed", type=int, default=400, metavar="N",
+                   help="time MiniLM fp32 against the index's precision on N chunks (0: skip)")  # fmt: skip
     args = p.parse_args()
     if not (args.corpus / "corpus.jsonl").exists():
         sys.exit(f"no BEIR corpus at {args.corpus}")
@@ -94,6 +116,8 @@ def main() -> None:
                 f"{name} index: {rep['added']} chunks added in {rep['seconds']} s "
                 f"({rep['chunks_per_s']} chunks/s)"
             )
+    if args.embed_speed and "dense" in reports:
+        embedding_speed(settings, index_dir, args.embed_speed)
     ing = reports["ingest"]
     print(
         f"ingest: {ing['docs_total']} docs, {ing['chunks_total']} chunks, {ing['seconds']} s, "
