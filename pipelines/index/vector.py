@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import ThreadpoolController
 
 from pipelines.index.base import ScoredChunk
 from pipelines.index.embeddings import Embedder, LazyEmbedder
 from pipelines.settings import Settings
+
+
+@cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def point_id(chunk_id: str) -> str:
@@ -94,9 +101,15 @@ class QdrantIndex:
             for v in np.atleast_2d(vectors)
         ]
         out = []
-        for i in range(0, len(reqs), 64):
-            for resp in self.client.query_batch_points(self.collection, reqs[i : i + 64]):
-                out.append([ScoredChunk((p.payload or {})["chunk_id"], float(p.score)) for p in resp.points])
+        # local mode scores with numpy on one BLAS thread: a few queries' product gains nothing from more,
+        # and OpenBLAS threads left spinning after it slowed the next query's torch embedding ~10x (dense
+        # query on SciFact p95 124 -> 20 ms, benchmarks/retrieval.py)
+        with _blas().limit(limits=1, user_api="blas"):
+            for i in range(0, len(reqs), 64):
+                for resp in self.client.query_batch_points(self.collection, reqs[i : i + 64]):
+                    out.append(
+                        [ScoredChunk((p.payload or {})["chunk_id"], float(p.score)) for p in resp.points]
+                    )
         return out
 
     def search(self, query: str, k: int = 100) -> list[ScoredChunk]:
