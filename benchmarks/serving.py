@@ -186,13 +186,18 @@ def _tail(path: str, n: int = 3000) -> str:
     return Path(path).read_text(errors="replace")[-n:]
 
 
-async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, warmup: int = 2) -> None:
-    """Closed loop: `phase.users` workers, each sends the next request when its previous one is answered."""
-    counter = itertools.count()
-    for _ in range(warmup):  # the first call of an endpoint pays for lazy loading (retriever, connections)
-        path, body = phase.make(next(counter))
+async def warm_up(client: httpx.AsyncClient, phase: Phase, n: int = 2) -> None:
+    """The first call of an endpoint pays for lazy loading (retriever, connections): not measured."""
+    for i in range(n):
+        path, body = phase.make(i)
         with contextlib.suppress(httpx.HTTPError):
             await (client.get(path) if body is None else client.post(path, json=body))
+
+
+async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, warmup: int = 2) -> None:
+    """Closed loop: `phase.users` workers, each sends the next request when its previous one is answered."""
+    await warm_up(client, phase, warmup)
+    counter = itertools.count(warmup)
     deadline = time.perf_counter() + duration
 
     async def user() -> None:
@@ -230,7 +235,7 @@ async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, wa
 
 WRK_SCRIPT = r"""
 -- request bodies, one JSON document per line; each wrk thread starts at its own offset
-local bodies, path, n = {}, os.getenv("SM_WRK_PATH"), 0
+local bodies, path = {}, os.getenv("SM_WRK_PATH")
 local f = os.getenv("SM_WRK_BODIES")
 if f ~= "" then for line in io.lines(f) do bodies[#bodies + 1] = line end end
 local threads, i = 0, 0
@@ -367,10 +372,7 @@ async def load(port: int, key: str, plan: list[Phase], duration: float, use_wrk:
                     continue
             print(f"phase {p.name}: {p.users} users, {duration:.0f}s", flush=True)
             if use_wrk and p.name in WRK_PHASES:
-                for i in range(2):  # warm-up, as run_phase does
-                    path, body = p.make(i)
-                    with contextlib.suppress(httpx.HTTPError):
-                        await (client.get(path) if body is None else client.post(path, json=body))
+                await warm_up(client, p)
                 path, body = p.make(0)
                 bodies = None if body is None else [p.make(i)[1] for i in range(20_000)]
                 await asyncio.to_thread(run_wrk, port, key, p, duration, bodies, path)  # type: ignore[arg-type]
