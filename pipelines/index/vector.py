@@ -102,8 +102,8 @@ class QdrantIndex:
         ]
         out = []
         # local mode scores with numpy on one BLAS thread: a few queries' product gains nothing from more,
-        # and OpenBLAS threads left spinning after it slowed the next query's torch embedding ~10x (dense
-        # query on SciFact p95 124 -> 20 ms, benchmarks/retrieval.py)
+        # and OpenBLAS threads left spinning after it slowed the next query's torch embedding ~10x (SciFact
+        # dense query p95 121 -> 29 ms, benchmarks/retrieval.py)
         with _blas().limit(limits=1, user_api="blas"):
             for i in range(0, len(reqs), 64):
                 for resp in self.client.query_batch_points(self.collection, reqs[i : i + 64]):
