@@ -9,9 +9,12 @@ no router means `model="router"` is refused, no index means the settings' run_di
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,3 +116,20 @@ def load_artifacts(settings: Settings, bento: Any = None) -> Artifacts:
     elif models["catalog"] is not None:
         a.catalog_path = Path(models["catalog"].path) / "catalog.yaml"
     return a
+
+
+def worker_index_dir(index_dir: Path, workers: int) -> Path:
+    """The index folder this worker serves from. Qdrant's local mode locks its folder to one client, so with
+    several workers each one reads its own copy of `qdrant/` (read-only here), made in a temporary folder
+    that links the other engines' shared files and goes when the worker exits. A Qdrant server needs none.
+    """
+    if workers <= 1 or not (index_dir / "qdrant").is_dir():
+        return index_dir
+    tmp = Path(tempfile.mkdtemp(prefix=f"sm-index-{os.getpid()}-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    for entry in index_dir.iterdir():
+        if entry.name == "qdrant":
+            shutil.copytree(entry, tmp / "qdrant")
+        else:
+            (tmp / entry.name).symlink_to(entry.resolve())
+    return tmp

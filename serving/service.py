@@ -36,7 +36,7 @@ from pipelines.llm.catalog import load_catalog
 from pipelines.settings import Settings
 from pipelines.tracing import setup_tracing
 from router_models.router.artifact import load_router
-from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_ref
+from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_ref, worker_index_dir
 from serving.http import RETRY_AFTER_S, HTTPFailure, error_response, read_body, upstream_failure
 from serving.metrics import record_call
 from serving.openapi import json_body
@@ -281,7 +281,10 @@ class StratMaster:
                         from pipelines.corpus.store import LocalStore
 
                         store = LocalStore(self.art.store_dir)
-                    r = open_retriever(self.settings, self.art.index_dir, store, modes=("hybrid",))
+                    index_dir = self.art.index_dir or self.settings.run_dir / "index"
+                    if self.settings.vector_backend == "qdrant_local":
+                        index_dir = worker_index_dir(index_dir, self.settings.service_workers)
+                    r = open_retriever(self.settings, index_dir, store, modes=("hybrid",))
                     if r.chunks.empty:
                         r.close()
                         raise LookupError("no chunks in the store")

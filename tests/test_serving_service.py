@@ -579,3 +579,40 @@ def test_rag_answers_with_citations_and_chunks(live):
     assert set(out["citations"]) <= {c["chunk_id"] for c in out["chunks"]}
     assert out["model"] in LOCAL and out["stratmaster"]["chosen_by"] == "router"
     assert isinstance(out["answer"], str) and out["stratmaster"]["usage"]["input_tokens"] > 20
+
+
+def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp_path):
+    """Qdrant's local mode locks its folder to one client: a second worker opening the same index failed
+    every /v1/rag with 503 (SM_SERVICE_WORKERS=2). worker_index_dir gives each its own copy."""
+    from pipelines.corpus.ingest import ingest_corpus
+    from pipelines.corpus.store import LocalStore
+    from pipelines.index.build import build_dense_index, build_keyword_index
+    from pipelines.rag.retrieve import open_retriever
+    from pipelines.settings import Settings
+    from serving.artifacts import worker_index_dir
+
+    settings = Settings(run_dir=tmp_path / "run", embedder="static")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tower.txt").write_text("The Eiffel Tower in Paris is 330 metres tall.")
+    (docs / "bridge.txt").write_text("The Golden Gate Bridge in San Francisco opened in 1937.")
+    store, ix = LocalStore(tmp_path / "store"), tmp_path / "ix"
+    ingest_corpus(settings, str(docs), store=store)
+    build_keyword_index(settings, ix, store)
+    build_dense_index(settings, ix, store)
+
+    assert worker_index_dir(ix, 1) == ix
+    first = open_retriever(settings, ix, store, modes=("hybrid",))
+    try:
+        with pytest.raises(RuntimeError, match="already accessed"):
+            open_retriever(settings, ix, store, modes=("hybrid",))
+        copies = [worker_index_dir(ix, 2) for _ in range(2)]
+        assert len({*copies, ix}) == 3
+        for d in copies:
+            r = open_retriever(settings, d, store, modes=("hybrid",))
+            try:
+                assert r.search("How tall is the Eiffel Tower?", k=1)[0].doc_id == "tower.txt"
+            finally:
+                r.close()
+    finally:
+        first.close()
