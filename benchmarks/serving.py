@@ -234,13 +234,10 @@ async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, wa
 
 
 WRK_SCRIPT = r"""
--- request bodies, one JSON document per line; each wrk thread starts at its own offset
-local bodies, path = {}, os.getenv("SM_WRK_PATH")
+-- request bodies, one JSON document per line, sent in turn (wrk runs one thread: one Lua state)
+local bodies, path, i = {}, os.getenv("SM_WRK_PATH"), 0
 local f = os.getenv("SM_WRK_BODIES")
 if f ~= "" then for line in io.lines(f) do bodies[#bodies + 1] = line end end
-local threads, i = 0, 0
-function setup(thread) thread:set("offset", threads * 1000003); threads = threads + 1 end
-function init(args) i = tonumber(wrk.thread:get("offset")) or 0 end
 function request()
   i = i + 1
   if #bodies == 0 then return wrk.format("GET", path) end

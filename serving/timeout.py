@@ -17,8 +17,6 @@ from starlette.responses import JSONResponse
 
 
 class TimeoutMiddleware(traffic.TimeoutMiddleware):
-    cancels_timer = True
-
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
