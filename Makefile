@@ -54,6 +54,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/gateway.py
+	$(PY) benchmarks/local_llm.py
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)

@@ -14,6 +14,8 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from pipelines.hardware import native_bf16
+
 
 class Embedder(Protocol):
     name: str
@@ -31,16 +33,6 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def _batches(texts: Sequence[str], batch_size: int, progress: bool, desc: str):
     starts = range(0, len(texts), batch_size)
     return tqdm(starts, desc=desc, unit="batch", disable=not progress or len(texts) <= batch_size)
-
-
-@cache
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class MiniLMEmbedder:

@@ -23,6 +23,9 @@ class LocalServing(BaseModel):
     weights: str
     port_offset: int = Field(ge=0)
     chat_format: str | None = None  # llama-cpp-python chat format; None uses the GGUF's own template
+    # Serve a BF16 copy of the shipped weights where the CPU computes bf16 natively (pipelines/llm/weights.py)
+    cpu_bf16: bool = False
+    flash_attn: bool = False
     throughput_tokens_s: dict[Literal["input", "output"], float]
 
 

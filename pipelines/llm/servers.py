@@ -131,6 +131,8 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     ]  # fmt: skip
     if entry.local and entry.local.chat_format:
         cmd += ["--chat_format", entry.local.chat_format]
+    if entry.local and entry.local.flash_attn:
+        cmd += ["--flash_attn", "True"]
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     tmp = pid_file.with_suffix(".tmp")

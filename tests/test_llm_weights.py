@@ -1,0 +1,52 @@
+"""The local weights served: the shipped GGUF, or a BF16 copy made by llama.cpp's own quantizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.llm import weights
+from pipelines.llm.catalog import load_catalog
+
+LLAMA_FTYPE_MOSTLY_BF16 = 32
+
+
+@pytest.fixture(scope="module")
+def smol(model_settings):
+    return next(e for e in load_catalog(model_settings).local() if e.name == "smollm2-135m")
+
+
+def test_the_bf16_copy_is_the_same_model_in_bf16_and_is_written_once(smol, model_settings, tmp_path):
+    from llama_cpp import Llama
+
+    shipped = weights._shipped_path(smol, model_settings)
+    copy = weights.bf16_copy(shipped, tmp_path)
+    assert copy.parent == tmp_path and not list(tmp_path.glob(".*.tmp"))
+    stamp = copy.stat().st_mtime_ns
+    assert weights.bf16_copy(shipped, tmp_path) == copy and copy.stat().st_mtime_ns == stamp
+
+    text = b"The three primary colours of light are red, green and blue. Mixed, they give white light."
+    logprobs = []
+    for path in (shipped, copy):
+        llm = Llama(str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+        assert (path == copy) == (int(llm.metadata["general.file_type"]) == LLAMA_FTYPE_MOSTLY_BF16)
+        toks = llm.tokenize(text)
+        llm.eval(toks)
+        z = np.array(llm.scores[: len(toks) - 1], dtype=np.float64)
+        z -= z.max(1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        logprobs.append(lp[np.arange(len(toks) - 1), toks[1:]])
+        del llm
+    # the same model: each next token's log-probability agrees to bf16 rounding (a 4-bit requant does not)
+    assert np.abs(logprobs[0] - logprobs[1]).max() < 0.5  # measured 0.22 (a Q4_0 requant: 2.4)
+    assert abs(logprobs[0].mean() - logprobs[1].mean()) < 0.1  # measured 0.04 (Q4_0: 0.31)
+
+
+def test_the_served_weights_follow_the_cpu(smol, model_settings, monkeypatch):
+    shipped = weights._shipped_path(smol, model_settings)
+    monkeypatch.setattr(weights, "native_bf16", lambda: False)  # a CPU without bf16: BF16 would be emulated
+    assert weights.weights_path(smol, model_settings) == shipped
+    monkeypatch.setattr(weights, "native_bf16", lambda: True)
+    assert weights.weights_path(smol, model_settings).name == f"{shipped.stem}.BF16.gguf"
+    gemma = next(e for e in load_catalog(model_settings).local() if e.name == "gemma3-270m")
+    assert weights.weights_path(gemma, model_settings) == weights._shipped_path(gemma, model_settings)
