@@ -127,6 +127,9 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
         "--port", str(port),
         "--n_ctx", str(min(entry.context_window, settings.local_ctx)),
         "--n_threads", str(settings.local_threads),
+        # the server's default keeps logits for every prompt token (prompt logprobs, unused here): 49k floats
+        # per token computed and copied, 35% of a RAG prompt's evaluation (benchmarks/local_llm.py)
+        "--logits_all", "False",
         "--verbose", "False",
     ]  # fmt: skip
     if entry.local and entry.local.chat_format:
