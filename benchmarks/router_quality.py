@@ -145,6 +145,22 @@ def probe_router_table(replay, prompts, emb, outcomes, folds: int, probe_sets) -
     return pd.DataFrame(rows)
 
 
+def ceiling_table(outcomes, fractions=(0.05, 0.1, 0.2, 0.3, 0.5)) -> pd.DataFrame:
+    """What a gap recovered needs here: the gap of a router whose curve is the single models' hull plus one
+    point, the best single model's quality at a fraction of its cost (quality beyond it needs per-prompt
+    picks that beat the best model where it fails)."""
+    ref = summary(outcomes[["prompt_id", "model"]].assign(predicted_score=0.0), outcomes)
+    singles = single_models(outcomes)
+    lo, hi = min(c for c, _ in singles.values()), max(c for c, _ in singles.values())
+    base, top = ref["aiq_single_models_hull"], ref["aiq_oracle"]
+    rows = []
+    for frac in fractions:
+        point = (frac * ref["best_single_cost"], ref["best_single_quality"])
+        aiq = hull_area([*singles.values(), point], lo, hi)
+        rows.append({"best_quality_at_cost_ratio": frac, "gap_recovered": (aiq - base) / (top - base)})
+    return pd.DataFrame(rows)
+
+
 def latency(prompts, outcomes, embedder: str, n: int = 200) -> dict[str, float]:
     from router_models.router.signals import Constraints
     from router_models.router.train import train_router
@@ -197,6 +213,11 @@ def main() -> None:
         f"\ntargets: gap recovered >= {TARGET_GAP}, best single model's quality at <= {TARGET_COST_RATIO}x "
         f"its cost, without the task label ({TRUE_TASK} is told the label: a baseline only)"
     )
+    print(
+        "\nCeiling: the gap recovered by a router that reaches the best single model's quality at a "
+        "fraction of its cost and goes no higher:"
+    )
+    print(ceiling_table(outcomes).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if not args.skip_cascade:
         replay = replay_data(data_dir, prompts, outcomes)
         print(
