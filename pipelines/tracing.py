@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
 from pipelines.settings import Settings
 
@@ -65,6 +66,11 @@ def _otlp_exporter(settings: Settings) -> SpanExporter:
     return OTLPSpanExporter(endpoint=endpoint, headers=headers)
 
 
+def sampler(settings: Settings) -> Sampler:
+    """Keep `otel_sample_ratio` of the traces, chosen by trace id at the root; a span follows its parent."""
+    return ParentBased(TraceIdRatioBased(settings.otel_sample_ratio))
+
+
 def setup_tracing(settings: Settings, service_name: str = "stratmaster") -> TracerProvider | None:
     """Install the global tracer provider once per process; later calls return the same provider."""
     global _configured
@@ -75,7 +81,9 @@ def setup_tracing(settings: Settings, service_name: str = "stratmaster") -> Trac
         if isinstance(current, TracerProvider):
             provider = current  # an SDK provider is installed already (BentoML's, say): export from it too
         else:
-            provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+            provider = TracerProvider(
+                resource=Resource.create({"service.name": service_name}), sampler=sampler(settings)
+            )
             trace.set_tracer_provider(provider)
         if settings.otel_exporter == "file":
             path = settings.run_dir / "traces" / "spans.jsonl"

@@ -39,3 +39,32 @@ def test_file_exporter_writes_jsonl(tmp_path):
         pass
     names = [s["name"] for s in read_spans(path)]
     assert names == ["inner", "outer"]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
+def test_the_sample_ratio_keeps_that_share_of_whole_traces(ratio):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from pipelines.settings import Settings
+    from pipelines.tracing import sampler
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(sampler=sampler(Settings(otel_sample_ratio=ratio)))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    t = provider.get_tracer("t")
+    for _ in range(2000):
+        with t.start_as_current_span("request"), t.start_as_current_span("route"):
+            pass
+    spans = memory.get_finished_spans()
+    roots = [s for s in spans if s.parent is None]
+    assert len(spans) == 2 * len(roots)  # a kept request keeps its child; a dropped one drops both
+    assert len(roots) / 2000 == pytest.approx(ratio, abs=0.04)
+
+
+def test_a_sample_ratio_outside_0_1_is_refused():
+    from pydantic import ValidationError
+
+    from pipelines.settings import Settings
+
+    with pytest.raises(ValidationError, match="otel_sample_ratio"):
+        Settings(otel_sample_ratio=1.5)
