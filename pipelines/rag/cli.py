@@ -34,6 +34,32 @@ def evaluate(
     print(json.dumps(run_eval(Settings(), corpus, queries, qrels, retriever, index_dir, progress)))
 
 
+@app.command("tune-embedder")
+def tune_embedder(
+    corpus: Path = typer.Option(..., exists=True, file_okay=False, help="BEIR folder (corpus.jsonl)"),
+    queries: Path = typer.Option(..., exists=True, dir_okay=False, help="training queries .jsonl"),
+    qrels: Path = typer.Option(..., exists=True, dir_okay=False, help="training qrels .tsv"),
+    out: Path = typer.Option(..., help="folder for the fine-tuned model (then SM_EMBEDDER=<out>)"),
+    epochs: int = typer.Option(2, min=1),
+    lr: float = typer.Option(3e-5),
+    index_dir: Path | None = typer.Option(None, help="where the corpus store lives (reused if ingested)"),
+) -> None:
+    """Fine-tune MiniLM on labelled queries of a corpus (in-batch negatives); prints the manifest as JSON."""
+    from pipelines.corpus.ingest import ingest_corpus, load_chunks
+    from pipelines.corpus.store import LocalStore
+    from pipelines.index.finetune import finetune_minilm, read_manifest, training_pairs
+    from pipelines.rag.evaluate import default_index_dir
+    from pipelines.rag.metrics import load_qrels, load_queries
+
+    s = Settings()
+    store = LocalStore((index_dir or default_index_dir(s, corpus)) / "store")
+    ingest_corpus(s, str(corpus), store=store)
+    pairs = training_pairs(load_chunks(s, store), load_queries(queries), load_qrels(qrels))
+    if not pairs:
+        raise typer.BadParameter("no query in the qrels has a relevant document in the corpus")
+    print(json.dumps(read_manifest(finetune_minilm(pairs, out, epochs=epochs, lr=lr))))
+
+
 @app.command()
 def ingest(
     source: str = typer.Argument(None, help="folder or s3://bucket/prefix; default SM_CORPUS_DIR"),
