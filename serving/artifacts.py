@@ -111,6 +111,8 @@ def load_artifacts(settings: Settings, bento: Any = None) -> Artifacts:
         engines = Path(models["index"].path) / "engines.json"
         if engines.exists():
             a.index_embedder = json.loads(engines.read_text()).get("embedder")
+            if a.index_embedder and (Path(models["index"].path) / a.index_embedder).is_dir():
+                a.index_embedder = str(Path(models["index"].path) / a.index_embedder)  # shipped in the model
     if override("catalog", "SM_CATALOG_PATH", str(settings.catalog_path) if settings.catalog_path else None):
         a.catalog_path = settings.catalog_path
     elif models["catalog"] is not None:

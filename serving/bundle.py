@@ -115,8 +115,11 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
 
     With scale engines the data lives in the engines; the model then records only which engines to use.
     """
+    from pipelines.index.finetune import read_manifest
+
     index_dir, store_dir = settings.run_dir / "index", settings.run_dir / "store"
     embedded = settings.embedded_engines
+    tuned = read_manifest(settings.embedder) if Path(settings.embedder).is_dir() else None
     if embedded and not (index_dir / "keyword").is_dir():
         raise LookupError(f"no keyword index in {index_dir}: materialize the index assets first")
     engines = {
@@ -124,7 +127,7 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
         "keyword_backend": settings.keyword_backend,
         "vector_backend": settings.vector_backend,
         "graph_backend": settings.graph_backend,
-        "embedder": settings.embedder,
+        "embedder": tuned["name"] if tuned else settings.embedder,
     }
 
     def fill(p: Path) -> None:
@@ -133,7 +136,11 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
                 if (index_dir / part).is_dir():
                     _copy_tree(index_dir / part, p / "index" / part)
             _copy_tree(store_dir, p / "store")
-        (p / "engines.json").write_text(json.dumps({**engines, "embedded": embedded}, indent=1))
+        shipped = dict(engines)
+        if tuned:  # a fine-tuned embedder travels with the index; the service resolves it in the model
+            _copy_tree(Path(settings.embedder), p / "embedder")
+            shipped["embedder"] = "embedder"
+        (p / "engines.json").write_text(json.dumps({**shipped, "embedded": embedded}, indent=1))
 
     return create_model("index", fill, home, {"embedded": str(embedded).lower(), **(labels or {})}, engines)
 

@@ -252,3 +252,29 @@ def test_bento_models_fails_visibly_before_the_router_exists(tmp_path, monkeypat
     failure = result.failure_data_for_node("bento_models")
     assert failure is not None and "not a router artifact" in str(failure.error.message)
     assert not any((home / "models").glob("stratmaster-*/*"))
+
+
+def test_a_fine_tuned_embedder_travels_inside_the_index_model(tmp_path, monkeypatch):
+    import shutil
+
+    from pipelines.index.embeddings import get_embedder
+    from pipelines.index.finetune import finetune_minilm, read_manifest
+    from serving.bundle import snapshot_index
+
+    pairs = [("how tall is the tower", "The Eiffel Tower in Paris is 330 metres tall."),
+             ("when did the bridge open", "The Golden Gate Bridge opened in 1937.")]  # fmt: skip
+    tuned = finetune_minilm(pairs, tmp_path / "ft", epochs=1, progress=False)
+    settings = Settings(run_dir=tmp_path / "run", embedder=str(tuned))
+    settings.run_dir.mkdir()
+    _index(settings)
+    home = tmp_path / "bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    tag = snapshot_index(settings, home)
+    name = read_manifest(tuned)["name"]
+    shutil.rmtree(tuned)  # the folder it was trained into is gone: the model must carry its own copy
+
+    path = home / "models" / tag.partition(":")[0] / tag.partition(":")[2]
+    engines = json.loads((path / "engines.json").read_text())
+    assert engines["embedder"] == "embedder" and read_manifest(path / "embedder")["name"] == name
+    vec = get_embedder(str(path / "embedder")).embed(["how tall is the tower"])
+    assert vec.shape == (1, 384)
