@@ -6,7 +6,8 @@ sentence-transformers' MultipleNegativesRankingLoss, scale 20), except copies of
 The result is a SentenceTransformer folder with a manifest; `SM_EMBEDDER=<folder>` indexes and queries with
 it (its own Qdrant collection: the name carries a hash of the training data and parameters).
 
-Measured on SciFact (benchmarks/retrieval.py --finetune-folds): see the README.
+Measured on SciFact train claims by 5-fold cross-validation (benchmarks/retrieval.py --finetune-folds 5):
+dense nDCG@10 0.6709 -> 0.7018, hybrid 0.7341 -> 0.7530.
 """
 
 from __future__ import annotations
