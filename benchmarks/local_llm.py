@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from llama_cpp import Llama  # noqa: E402
 
 from pipelines.llm.catalog import load_catalog  # noqa: E402
-from pipelines.llm.weights import _shipped_path, weights_path  # noqa: E402
+from pipelines.llm.weights import shipped_path, weights_path  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main() -> None:
     settings = Settings()
     print(f"{'model':14s} {'weights':36s} {'flash':5s} {'prompt tok/s':>12s} {'gen tok/s':>9s} {'ppl':>7s}")
     for entry in load_catalog(settings).local():
-        shipped, served = _shipped_path(entry, settings), weights_path(entry, settings)
+        shipped, served = shipped_path(entry, settings), weights_path(entry, settings)
         variants = [(shipped, False), (served, bool(entry.local.flash_attn))]
         rows = []
         for path, fa in dict.fromkeys(variants):

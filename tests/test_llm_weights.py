@@ -19,7 +19,7 @@ def smol(model_settings):
 def test_the_bf16_copy_is_the_same_model_in_bf16_and_is_written_once(smol, model_settings, tmp_path):
     from llama_cpp import Llama
 
-    shipped = weights._shipped_path(smol, model_settings)
+    shipped = weights.shipped_path(smol, model_settings)
     copy = weights.bf16_copy(shipped, tmp_path)
     assert copy.parent == tmp_path and not list(tmp_path.glob(".*.tmp"))
     stamp = copy.stat().st_mtime_ns
@@ -43,10 +43,10 @@ def test_the_bf16_copy_is_the_same_model_in_bf16_and_is_written_once(smol, model
 
 
 def test_the_served_weights_follow_the_cpu(smol, model_settings, monkeypatch):
-    shipped = weights._shipped_path(smol, model_settings)
+    shipped = weights.shipped_path(smol, model_settings)
     monkeypatch.setattr(weights, "native_bf16", lambda: False)  # a CPU without bf16: BF16 would be emulated
     assert weights.weights_path(smol, model_settings) == shipped
     monkeypatch.setattr(weights, "native_bf16", lambda: True)
     assert weights.weights_path(smol, model_settings).name == f"{shipped.stem}.BF16.gguf"
     gemma = next(e for e in load_catalog(model_settings).local() if e.name == "gemma3-270m")
-    assert weights.weights_path(gemma, model_settings) == weights._shipped_path(gemma, model_settings)
+    assert weights.weights_path(gemma, model_settings) == weights.shipped_path(gemma, model_settings)

