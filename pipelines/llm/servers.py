@@ -128,7 +128,7 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
         "--n_ctx", str(min(entry.context_window, settings.local_ctx)),
         "--n_threads", str(settings.local_threads),
         # the server's default keeps logits for every prompt token (prompt logprobs, unused here): 49k floats
-        # per token computed and copied, 35% of a RAG prompt's evaluation (benchmarks/local_llm.py)
+        # per token computed and copied (SmolLM2, 1,000-token prompt: 359 tok/s with them, 466 without)
         "--logits_all", "False",
         "--verbose", "False",
     ]  # fmt: skip
