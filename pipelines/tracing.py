@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -80,6 +81,12 @@ def setup_tracing(settings: Settings, service_name: str = "stratmaster") -> Trac
         current = trace.get_tracer_provider()
         if isinstance(current, TracerProvider):
             provider = current  # an SDK provider is installed already (BentoML's, say): export from it too
+            if settings.otel_sample_ratio < 1:  # its sampler, set by its owner, decides what is kept
+                logging.getLogger(__name__).warning(
+                    "SM_OTEL_SAMPLE_RATIO=%s not applied: a tracer provider with its own sampler was "
+                    "installed before StratMaster's",
+                    settings.otel_sample_ratio,
+                )
         else:
             provider = TracerProvider(
                 resource=Resource.create({"service.name": service_name}), sampler=sampler(settings)

@@ -119,7 +119,7 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
 
     index_dir, store_dir = settings.run_dir / "index", settings.run_dir / "store"
     embedded = settings.embedded_engines
-    tuned = read_manifest(settings.embedder) if Path(settings.embedder).is_dir() else None
+    tuned = read_manifest(settings.embedder)  # None unless the embedder is a fine-tuned model's folder
     if embedded and not (index_dir / "keyword").is_dir():
         raise LookupError(f"no keyword index in {index_dir}: materialize the index assets first")
     engines = {

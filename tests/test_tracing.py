@@ -68,3 +68,18 @@ def test_a_sample_ratio_outside_0_1_is_refused():
 
     with pytest.raises(ValidationError, match="otel_sample_ratio"):
         Settings(otel_sample_ratio=1.5)
+
+
+def test_a_sample_ratio_that_cannot_apply_is_said(monkeypatch, caplog):
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import pipelines.tracing as tracing
+    from pipelines.settings import Settings
+
+    theirs = TracerProvider()  # installed by someone else first (BentoML's, say), with its own sampler
+    monkeypatch.setattr(tracing, "_configured", None)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: theirs)
+    with caplog.at_level("WARNING", logger="pipelines.tracing"):
+        assert setup_tracing(Settings(otel_exporter="console", otel_sample_ratio=0.1)) is theirs
+    assert "SM_OTEL_SAMPLE_RATIO=0.1 not applied" in caplog.text

@@ -80,8 +80,8 @@ def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: i
         random.Random(seed + epoch).shuffle(order)
         for i in range(0, len(order), batch_size):
             batch = order[i : i + batch_size]
-            logits = 20.0 * encode([q for q, _ in batch]) @ encode([p for _, p in batch]).T
             passages = [p for _, p in batch]
+            logits = 20.0 * encode([q for q, _ in batch]) @ encode(passages).T
             same = torch.tensor([[a == b and r != c for c, b in enumerate(passages)]
                                  for r, a in enumerate(passages)])  # fmt: skip
             loss = torch.nn.functional.cross_entropy(logits.masked_fill(same, -1e4), torch.arange(len(batch)))
