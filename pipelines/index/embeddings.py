@@ -44,6 +44,9 @@ class MiniLMEmbedder:
     0.6716), else in fp32; "fp32" and "bf16" force one. The vectors are the same model's to four decimals, so
     they share one name and one collection. `quantize=True` applies PyTorch dynamic int8 quantization to the
     Linear layers instead: as fast as bf16 but further from fp32 (mean cosine 0.93).
+    Batches of 16 by default: on 1,000 SciFact passages (208 tokens mean) in bf16, 8/16/32/64 per batch
+    embed 47-52/46-49/45/41 chunks/s; larger batches fall out of cache (attention's softmax over
+    batch x 12 heads x L^2 scores is about a quarter of the time).
     """
 
     name = "all-MiniLM-L6-v2"
@@ -72,7 +75,7 @@ class MiniLMEmbedder:
         if bf16:
             self._model = self._model.to(torch.bfloat16)
 
-    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 16, progress: bool = False) -> np.ndarray:
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
