@@ -167,6 +167,31 @@ def test_stream_yields_deltas_then_the_accounting_chat_gives(fresh, model_settin
         iter(call)
 
 
+def test_concurrent_streams_both_get_their_whole_answer(fresh):
+    """The llama.cpp server queues a second request instead of cutting the first stream off (its default)."""
+    story = [{"role": "user", "content": "Write a long story about a dragon."}]
+    alone = fresh.chat("smollm2-135m", story, max_tokens=48, temperature=0.0)
+    assert alone.output_tokens == 48
+    results: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            results[i] = fresh.chat("smollm2-135m", story, max_tokens=48, temperature=0.0)
+        except Exception as e:  # noqa: BLE001 -- the assertion below names it
+            results[i] = e
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)  # the first is streaming when the second arrives
+    for t in threads:
+        t.join(120)
+    for i in range(2):
+        r = results[i]
+        assert not isinstance(r, Exception), f"call {i}: {r!r}"
+        assert (r.model, r.fallback_used, r.output_tokens, r.text) == ("smollm2-135m", False, 48, alone.text)
+
+
 def test_stream_refuses_before_the_first_byte(fresh):
     with pytest.raises(GatewayError, match="unknown model 'gpt-17'"):
         fresh.stream("gpt-17", HELLO)

@@ -130,6 +130,9 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
         # the server's default keeps logits for every prompt token (prompt logprobs, unused here): 49k floats
         # per token computed and copied (SmolLM2, 1,000-token prompt: 359 tok/s with them, 466 without)
         "--logits_all", "False",
+        # the server's default cuts a streamed answer off (closes its connection mid-body) as soon as another
+        # request waits for the model: with two users, one of them lost its answer; queue them instead
+        "--interrupt_requests", "False",
         "--verbose", "False",
     ]  # fmt: skip
     if entry.local and entry.local.chat_format:
