@@ -83,6 +83,7 @@ class Phase:
     make: Callable[[int], tuple[str, dict[str, Any] | None]]  # request index -> (path, JSON body; None: GET)
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # output tokens per answer: a cut-off answer shows here
     errors: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     note: str = ""
@@ -208,17 +209,23 @@ async def run_phase(client: httpx.AsyncClient, phase: Phase, duration: float, wa
                 if body is None:
                     r = await client.get(path)
                 elif body.get("stream"):
-                    ttft = None
+                    ttft, deltas = None, 0
                     async with client.stream("POST", path, json=body) as r:
                         async for line in r.aiter_lines():
-                            if ttft is None and '"content": "' in line and '"content": ""' not in line:
-                                ttft = time.perf_counter() - t0
+                            if '"content": "' in line and '"content": ""' not in line:
+                                deltas += 1
+                                ttft = ttft or time.perf_counter() - t0
                             if line.startswith('data: {"error"'):
                                 raise httpx.HTTPError("in-band stream error")
                     if ttft is not None:
                         phase.ttfts.append(ttft)
+                    phase.tokens.append(deltas)
                 else:
                     r = await client.post(path, json=body)
+                    doc = r.json() if r.status_code == 200 and path != "/v1/route" else {}
+                    usage = doc.get("usage") or doc.get("stratmaster", {}).get("usage")  # chat | rag
+                    if usage:
+                        phase.tokens.append(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
                 ok = r.status_code == 200
                 kind = f"HTTP {r.status_code}"
             except httpx.HTTPError as e:
@@ -327,17 +334,18 @@ def report(results: list[Phase], models_note: str, args: argparse.Namespace | No
         print(f"\nserving load test: {args.duration:.0f}s per phase, local models {models_note}, "
               f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
     head = f"{'phase':<13}{'users':>6}{'ok':>7}{'err':>5}{'err %':>7}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}"
-    print(head + f"{'p99 ms':>9}{'ttft p95':>10}  target")
+    print(head + f"{'p99 ms':>9}{'ttft p95':>10}{'tok/ans':>8}  target")
     total = errors = 0
     for p in results:
         ok, err = p.ok, sum(p.errors.values())
         total, errors = total + ok + err, errors + err
         rate = ok / p.elapsed if p.elapsed else float("nan")
         ttft = f"{pct(p.ttfts, 95) * 1000:.0f} ms" if p.ttfts else "-"
+        tok = f"{np.mean(p.tokens):.1f}" if p.tokens else "-"
         print(
             f"{p.name:<13}{p.users:>6}{ok:>7}{err:>5}{100 * err / max(1, ok + err):>7.2f}{rate:>8.1f}"
-            f"{p.pct_ms(50):>9.1f}{p.pct_ms(95):>9.1f}{p.pct_ms(99):>9.1f}{ttft:>10}  {TARGETS[p.name]}"
-            f"  ({p.client})"
+            f"{p.pct_ms(50):>9.1f}{p.pct_ms(95):>9.1f}{p.pct_ms(99):>9.1f}{ttft:>10}{tok:>8}"
+            f"  {TARGETS[p.name]}  ({p.client})"
         )
         if p.errors:
             print(f"{'':<13}errors: {p.errors}")
