@@ -73,7 +73,7 @@ def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
 
 
 def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict, qrels: dict, qids: list,
-                folds: int, epochs: int, lr: float) -> dict[str, float]:  # fmt: skip
+                folds: int, epochs: int, lr: float, modes: tuple[str, ...]) -> dict[str, float]:  # fmt: skip
     """K-fold over the queries: fine-tune MiniLM on the other folds' queries, index the corpus with it, score
     this fold's queries; nDCG@10 of the pooled out-of-fold runs (every query scored by a model that never
     saw it). Models and their collections stay under index_dir and are reused."""
@@ -85,7 +85,7 @@ def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict
     store = LocalStore(index_dir / "store")
     chunks = load_chunks(settings, store)
     fold = {q: zlib.crc32(q.encode()) % folds for q in qids}
-    runs: dict[str, dict] = {"dense": {}, "hybrid": {}}
+    runs: dict[str, dict] = {m: {} for m in modes if m in ("dense", "hybrid", "hybrid_graph")}
     for f in range(folds):
         test = [q for q in qids if fold[q] == f]
         model_dir = index_dir / "finetuned" / f"minilm-e{epochs}-lr{lr:g}-fold{f}of{folds}"
@@ -94,7 +94,7 @@ def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict
             finetune_minilm(training_pairs(chunks, queries, train), model_dir, epochs=epochs, lr=lr)
         tuned = settings.model_copy(update={"embedder": str(model_dir)})
         prepare_indexes(tuned, corpus, index_dir, ("dense",), progress=True)
-        r = open_retriever(tuned, index_dir, store, modes=("hybrid",))
+        r = open_retriever(tuned, index_dir, store, modes=tuple(runs))
         try:
             for mode in runs:
                 runs[mode].update(run_queries(r, queries, test, mode)[0])
@@ -161,7 +161,7 @@ def main() -> None:
     if args.finetune_folds:
         base = {row["retriever"]: row["ndcg@10"] for row in rows}
         cv = finetune_cv(settings, args.corpus, index_dir, queries, qrels, qids, args.finetune_folds,
-                         args.finetune_epochs, args.finetune_lr)  # fmt: skip
+                         args.finetune_epochs, args.finetune_lr, modes)  # fmt: skip
         print(f"\nMiniLM fine-tuned on the other folds' queries ({args.finetune_folds}-fold CV, "
               f"{args.finetune_epochs} epochs, lr {args.finetune_lr:g}); nDCG@10, same queries:")  # fmt: skip
         for mode, nd in cv.items():
