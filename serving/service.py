@@ -28,7 +28,7 @@ from typing import Any
 
 import bentoml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
@@ -255,7 +255,10 @@ class StratMaster:
             self._authorize(request)
             req: RouteRequest = await read_body(request, RouteRequest)
             rs.span.set_attribute("gen_ai.request.model", req.model)
-            return (await self._route(req)).model_dump()
+            # serialised by pydantic: FastAPI's jsonable_encoder over the decision's nested dict was a fifth
+            # of the request's CPU under load (py-spy, 8 users)
+            decision = await self._route(req)
+            return Response(decision.model_dump_json(), media_type="application/json")
 
     @bentoml.api
     async def route(self, req: RouteRequest, /, ctx: bentoml.Context) -> RouteDecision:
