@@ -13,7 +13,8 @@ concurrent users each send a request, wait for the answer and send the next, for
   chat-stream    the same with stream=true: time to first token and to the last byte
   rag            POST /v1/rag, model smollm2-135m, questions about the demo corpus (Python reference docs)
 
-and prints requests/s, p50/p95/p99 and the error rate per phase against the seed's targets (/v1/route p99
+and prints requests/s, p50/p95/p99, output tokens per answer (an answer cut short shows there, not only as
+a fast one) and the error rate per phase against the seed's targets (/v1/route p99
 <= 25 ms and >= 200 req/s on 2 cores; p95 < 1.5 s simple chat, < 3 s RAG; errors < 0.5%). Everything it
 started is stopped at the end. The load generator runs on the same cores as the server: the livez and route
 phases use `wrk` (C, one thread, a Lua script cycling through the request bodies) when it is installed, as
