@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # share of traces kept, decided at the root and kept by its children (parent-based), so a trace is whole
     # or absent; the file exporter costs /v1/route about a quarter of its throughput at 1.0
     otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    # the file exporter's spans.jsonl is rotated past this size, keeping this many older files
+    otel_file_max_mb: int = Field(default=100, ge=1)
+    otel_file_backups: int = Field(default=3, ge=0)
 
     @property
     def models_dir(self) -> Path:

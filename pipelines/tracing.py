@@ -34,17 +34,36 @@ _configured: TracerProvider | None = None
 
 
 class JsonlFileExporter(SpanExporter):
-    """One JSON object per finished span, appended to a file (the embedded default)."""
+    """One JSON object per finished span, appended to a file (the embedded default).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    A file past `max_bytes` is renamed `<name>.1` (an older `.1` becomes `.2`, ... up to `backups`; the
+    oldest is dropped) and a new one is started, so a long-running service keeps at most (backups + 1) x
+    max_bytes of traces (a day of /v1/route load tests had grown one file to 1.2 GB).
+    """
+
+    def __init__(self, path: Path, max_bytes: int = 100 * 2**20, backups: int = 3) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        with _lock, open(self.path, "a") as f:
-            for s in spans:
-                f.write(s.to_json(indent=None) + "\n")
+        lines = "".join(s.to_json(indent=None) + "\n" for s in spans)
+        with _lock:
+            self._rotate()
+            with open(self.path, "a") as f:
+                f.write(lines)
         return SpanExportResult.SUCCESS
+
+    def _rotate(self) -> None:
+        try:
+            if self.path.stat().st_size < self.max_bytes:
+                return
+        except FileNotFoundError:
+            return
+        for i in range(self.backups, 0, -1):  # os.replace drops what it overwrites: the oldest goes
+            newer = self.path.with_name(f"{self.path.name}.{i - 1}") if i > 1 else self.path
+            if newer.exists():
+                os.replace(newer, self.path.with_name(f"{self.path.name}.{i}"))
+        self.path.unlink(missing_ok=True)  # with no backups kept, the file starts again
 
     def shutdown(self) -> None:
         pass
@@ -100,7 +119,9 @@ def setup_tracing(settings: Settings, service_name: str = "stratmaster") -> Trac
             # 15-30 ms on the requests waiting for it
             provider.add_span_processor(
                 BatchSpanProcessor(
-                    JsonlFileExporter(path), schedule_delay_millis=1000, max_export_batch_size=64
+                    JsonlFileExporter(path, settings.otel_file_max_mb * 2**20, settings.otel_file_backups),
+                    schedule_delay_millis=1000,
+                    max_export_batch_size=64,
                 )
             )
         elif settings.otel_exporter == "console":

@@ -41,6 +41,28 @@ def test_file_exporter_writes_jsonl(tmp_path):
     assert names == ["inner", "outer"]
 
 
+def test_file_exporter_rotates_and_keeps_the_newest_files(tmp_path):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from pipelines.tracing import JsonlFileExporter
+
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonlFileExporter(path, max_bytes=2000, backups=2)))
+    t = provider.get_tracer("t")
+    for i in range(60):
+        with t.start_as_current_span(f"span-{i}"):
+            pass
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["spans.jsonl", "spans.jsonl.1", "spans.jsonl.2"]
+    assert all(p.stat().st_size < 2000 + 1500 for p in tmp_path.iterdir())  # one span past the limit at most
+    kept = [
+        s["name"] for f in ("spans.jsonl.2", "spans.jsonl.1", "spans.jsonl") for s in read_spans(tmp_path / f)
+    ]
+    assert kept == [f"span-{i}" for i in range(60 - len(kept), 60)]  # the newest spans, in order, none twice
+    assert 6 < len(kept) < 60
+
+
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 1.0])
 def test_the_sample_ratio_keeps_that_share_of_whole_traces(ratio):
     from opentelemetry.sdk.trace import TracerProvider
