@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     otel_exporter: Literal["console", "file", "otlp", "none"] = "file"
     otel_endpoint: str | None = None
     # share of traces kept, decided at the root and kept by its children (parent-based), so a trace is whole
-    # or absent; the file exporter costs /v1/route about a quarter of its throughput at 1.0
+    # or absent; at 1.0 the file exporter costs /v1/route about a tenth of its throughput (492 vs 550 req/s)
     otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     # the file exporter's spans.jsonl is rotated past this size, keeping this many older files
     otel_file_max_mb: int = Field(default=100, ge=1)
