@@ -15,7 +15,7 @@ from router_models.router.decision import Decision
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.router import Router
 from router_models.router.rules import ModelInfo
-from router_models.router.signals import Constraints, request_signals
+from router_models.router.signals import Constraints
 
 UNAVAILABLE = "not_callable"
 PANEL_FALLBACK = "panel_fallback"
@@ -139,11 +139,11 @@ class ModelResolver:
             return Choice(decision.model, "router", _as_dict(decision))
         if panel_callable:  # callable panel models exist but rules or constraints exclude all of them
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
-        return self._local_fallback(prompt, constraints, decision)
+        return self._local_fallback(decision)
 
-    def _local_fallback(self, prompt: str, constraints: Constraints, decision: Decision) -> Choice:
+    def _local_fallback(self, decision: Decision) -> Choice:
         assert self.router is not None
-        needed = request_signals(prompt, constraints).tokens_needed
+        needed = int(decision.signals["tokens_needed"])  # the router computed the request's signals
         local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
         fits = [e for e in local if e.context_window >= needed]
         if not fits:
