@@ -38,7 +38,9 @@ class JsonlFileExporter(SpanExporter):
 
     A file past `max_bytes` is renamed `<name>.1` (an older `.1` becomes `.2`, ... up to `backups`; the
     oldest is dropped) and a new one is started, so a long-running service keeps at most (backups + 1) x
-    max_bytes of traces (a day of /v1/route load tests had grown one file to 1.2 GB).
+    max_bytes of traces (a day of /v1/route load tests had grown one file to 1.2 GB). Not the standard
+    library's RotatingFileHandler: that keeps its file open and sizes it by its own offset, so with several
+    service workers appending to one file, a worker would go on writing into a file another had rotated away.
     """
 
     def __init__(self, path: Path, max_bytes: int = 100 * 2**20, backups: int = 3) -> None:

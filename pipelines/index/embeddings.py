@@ -45,8 +45,8 @@ class MiniLMEmbedder:
     they share one name and one collection. `quantize=True` applies PyTorch dynamic int8 quantization to the
     Linear layers instead: as fast as bf16 but further from fp32 (mean cosine 0.93).
     Batches of 16 by default: on 1,000 SciFact passages (208 tokens mean) in bf16, 8/16/32/64 per batch
-    embed 47-52/46-49/45/41 chunks/s; larger batches fall out of cache (attention's softmax over
-    batch x 12 heads x L^2 scores is about a quarter of the time).
+    embed 47-52/46-49/45/41 chunks/s (the attention kernel, whose scores grow as batch x 12 heads x L^2, is
+    about a quarter of the time at batch 8).
     """
 
     name = "all-MiniLM-L6-v2"
