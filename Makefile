@@ -9,8 +9,6 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DAGSTER_HOME ?= $(CURDIR)/runs/dagster
-# Portable llama.cpp build: a cached wheel runs on any x86-64 machine with AVX2.
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: setup demo test bench bench-serving ui lab serve models-up models-down lint clean help
