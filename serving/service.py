@@ -118,6 +118,9 @@ class StratMaster:
         self._prompt_log: Any = None
         self._retriever: Any = None
         self._retriever_lock = threading.Lock()
+        # open the indexes now, beside start-up, rather than in each worker's first /v1/rag (seconds: MiniLM,
+        # BM25, the graph, a worker's copy of the local Qdrant folder); without indexes, /v1/rag tries again
+        threading.Thread(target=self._preopen_retriever, name="open-indexes", daemon=True).start()
         # Everything loaded so far (torch, Presidio, LiteLLM's tables, the router) lives as long as the
         # worker: move it out of the collector's sight, so a full collection under load walks only what
         # requests allocate (/v1/route under wrk, 8 users, timer fix in place: p99 472 -> 72 ms)
@@ -274,7 +277,15 @@ class StratMaster:
             except HTTPFailure as e:
                 return _typed_error(ctx, e)
 
-    def _open_retriever(self) -> Any:
+    def _preopen_retriever(self) -> None:
+        try:
+            self._open_retriever(quiet=True)
+        except HTTPFailure:
+            log.info("no retrieval indexes yet: /v1/rag opens them when they exist")
+            return
+        gc.freeze()  # like the rest of start-up: out of the collector's sight
+
+    def _open_retriever(self, quiet: bool = False) -> Any:
         """The hybrid retriever over the indexes in `SM_INDEX_DIR` (default run_dir/index), opened once."""
         with self._retriever_lock:
             if self._retriever is None:
@@ -295,7 +306,8 @@ class StratMaster:
                         raise LookupError("no chunks in the store")
                     self._retriever = r
                 except Exception as e:  # no index yet, an engine down: the client can retry later
-                    log.error("cannot open the retrieval indexes: %s", type(e).__name__)
+                    if not quiet:
+                        log.error("cannot open the retrieval indexes: %s", type(e).__name__)
                     raise HTTPFailure(
                         503, "the retrieval index is not available (build the indexes first)",
                         "not_ready", {"Retry-After": str(RETRY_AFTER_S)},
