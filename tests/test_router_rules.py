@@ -59,6 +59,18 @@ def test_email_prompt_goes_local_even_when_remote_models_score_best():
     assert {c.model for c in d.candidates if c.allowed} == {"local-small", "local-big"}
 
 
+def test_a_decision_as_a_dict_is_what_dataclasses_asdict_gives_and_shares_nothing():
+    from dataclasses import asdict
+
+    router = make_router([0.99, 0.98, 0.97, 0.10, 0.20], [0.0001, 0.0, 0.0, 0.01, 0.01])
+    d = router.route(f"Draft a reply to jane.doe@example.com about the invoice. {PLAIN}")
+    out = d.to_dict()
+    assert out == asdict(d) and out["signals"]["pii_entities"] == ["EMAIL_ADDRESS"]
+    out["signals"]["pii_entities"].append("changed")
+    out["candidates"][0]["model"] = "changed"
+    assert d.signals["pii_entities"] == ["EMAIL_ADDRESS"] and d.candidates[0].model != "changed"
+
+
 def test_pii_with_no_local_model_is_refused_not_sent_remote():
     panel = [m for m in PANEL if m.privacy != "local"]
     router = make_router([0.9, 0.8, 0.7], [0.001, 0.001, 0.001], panel=panel)
