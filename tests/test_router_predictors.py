@@ -81,3 +81,15 @@ def test_bayes_prior_table_pulls_predictions_toward_it(split):
     assert with_prior.predict(x_te).mean[:, 0].mean() < without.predict(x_te).mean[:, 0].mean() - 0.03
     with pytest.raises(ValueError, match="lacks columns"):
         BayesTaskPrior(prior_table=table.drop(columns="quality_sd")).fit(x_tr, y_tr, models, tasks_tr)
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_one_prompt_at_a_time_predicts_what_the_batch_does(split, name):
+    """route() predicts one prompt, evaluation thousands: some predictors take a different path for each."""
+    x_tr, y_tr, tasks_tr, x_te, _, models = split
+    fitted = get_predictor(name).fit(x_tr, y_tr, models, tasks_tr)
+    batch = fitted.predict(x_te)
+    for i in range(0, len(x_te), 7):
+        one = fitted.predict(x_te.take(np.array([i])))
+        np.testing.assert_allclose(one.mean[0], batch.mean[i], rtol=1e-5, atol=1e-7)  # float32 kNN
+        np.testing.assert_allclose(one.sd[0], batch.sd[i], rtol=1e-5, atol=1e-7)

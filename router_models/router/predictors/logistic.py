@@ -50,7 +50,11 @@ class Logistic(Predictor):
         xd = x.dense()
         x1 = np.hstack([xd, np.ones((len(xd), 1))])
         p = _sigmoid(x1 @ self.coef_.T)
-        var_logit = np.stack([((x1 @ cov) * x1).sum(1) for cov in self._cov64()], axis=1)
+        cov = self._cov64()
+        if len(x1) <= 16:  # a request's prompt: one batched product (17 us for one prompt; the loop: 73)
+            var_logit = ((x1 @ cov) * x1).sum(2).T
+        else:  # many prompts: a product per model (12 ms for 5,000; the batched one: 37)
+            var_logit = np.stack([((x1 @ c) * x1).sum(1) for c in cov], axis=1)
         return QualityPrediction(p, p * (1 - p) * np.sqrt(np.maximum(var_logit, 0.0)))
 
     def _cov64(self) -> np.ndarray:
