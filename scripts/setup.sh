@@ -10,7 +10,7 @@ command -v "$PY" >/dev/null || PY=python3
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
 
-# llama-cpp-python compiles from source (about 5 minutes on 2 cores), for the vector extensions this CPU has:
+# llama-cpp-python compiles from source (4 minutes here, on 2 cores), for the vector extensions this CPU has:
 # on 2 Zen 4 cores, AVX-512 with its BF16 and VNNI kernels evaluates SmolLM2's prompts 1.6-1.9x as fast as an
 # AVX2-only build (benchmarks/local_llm.py). The extensions go in as build settings, and uv keys its cache of
 # the built wheel (.cache/uv) by them: a cache carried to another CPU builds again instead of crashing there.
