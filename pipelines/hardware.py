@@ -1,16 +1,81 @@
-"""What the CPU computes natively: decides the precision of local models (MiniLM, llama.cpp weights)."""
+"""What the CPU computes natively: decides the precision of local models (MiniLM, llama.cpp weights) and the
+vector extensions llama.cpp is compiled for.
+
+`python -m pipelines.hardware uv-settings` prints the uv build settings for llama-cpp-python on this CPU, one
+per line; `python -m pipelines.hardware check-llama` exits non-zero when the installed llama.cpp lacks an
+extension the CPU has. scripts/setup.sh runs both (stdlib only: it runs before the project is installed).
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
+# ggml's x86-64 build options and the /proc/cpuinfo flags each one needs
+GGML_OPTIONS: dict[str, tuple[str, ...]] = {
+    "SSE42": ("sse4_2",),
+    "AVX": ("avx",),
+    "AVX2": ("avx2",),
+    "BMI2": ("bmi2",),
+    "FMA": ("fma",),
+    "F16C": ("f16c",),
+    "AVX_VNNI": ("avx_vnni",),
+    "AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "AVX512_VBMI": ("avx512f", "avx512vbmi"),
+    "AVX512_VNNI": ("avx512f", "avx512_vnni"),
+    "AVX512_BF16": ("avx512f", "avx512_bf16"),
+    "AMX_TILE": ("amx_tile",),
+    "AMX_INT8": ("amx_tile", "amx_int8"),
+    "AMX_BF16": ("amx_tile", "amx_bf16"),
+}
+NOT_IN_SYSTEM_INFO = {"SSE42", "AMX_TILE", "AMX_BF16"}  # built in, but llama.cpp's system info omits them
+
 
 @cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return frozenset()
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere it is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def ggml_options(flags: Iterable[str] | None = None) -> dict[str, bool]:
+    """Each ggml build option, on where the CPU has every flag it needs."""
+    have = cpu_flags() if flags is None else set(flags)
+    return {option: set(needs) <= have for option, needs in GGML_OPTIONS.items()}
+
+
+def missing_from_build(system_info: str, options: dict[str, bool]) -> list[str]:
+    """The options on in `options` that llama.cpp's `llama_print_system_info()` does not list as built."""
+    parts = (p.partition("=") for p in system_info.replace(":", "|").split("|"))
+    built = {k.strip() for k, _, v in parts if v.strip() == "1"}
+    return [o for o, on in options.items() if on and o not in built | NOT_IN_SYSTEM_INFO]
+
+
+def main(argv: list[str]) -> int:
+    options = ggml_options()
+    if argv == ["uv-settings"]:
+        settings = {"NATIVE": False, **options}
+        for option, on in settings.items():
+            print(f"llama-cpp-python:cmake.define.GGML_{option}={'ON' if on else 'OFF'}")
+        return 0
+    if argv == ["check-llama"]:
+        import llama_cpp
+
+        missing = missing_from_build(llama_cpp.llama_print_system_info().decode(), options)
+        if missing:
+            print(f"[setup] llama.cpp was built without {', '.join(missing)}", file=sys.stderr)
+        return 1 if missing else 0
+    print("usage: python -m pipelines.hardware uv-settings|check-llama", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -50,3 +50,22 @@ def test_the_served_weights_follow_the_cpu(smol, model_settings, monkeypatch):
     assert weights.weights_path(smol, model_settings).name == f"{shipped.stem}.BF16.gguf"
     gemma = next(e for e in load_catalog(model_settings).local() if e.name == "gemma3-270m")
     assert weights.weights_path(gemma, model_settings) == weights.shipped_path(gemma, model_settings)
+
+
+ZEN4 = "fma sse4_2 avx f16c avx2 bmi2 avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16 avx512vbmi "
+ZEN4 += "avx512_vnni"
+
+
+def test_llama_cpp_is_built_for_the_extensions_the_cpu_has():
+    from pipelines.hardware import ggml_options, missing_from_build
+
+    zen4 = ggml_options(ZEN4.split())
+    assert zen4["AVX512_BF16"] and zen4["AVX512_VNNI"] and not zen4["AVX_VNNI"] and not zen4["AMX_INT8"]
+    alder_lake = ggml_options(["fma", "sse4_2", "avx", "f16c", "avx2", "bmi2", "avx_vnni"])
+    assert alder_lake["AVX_VNNI"] and not alder_lake["AVX512"]
+    assert not ggml_options(["avx2", "avx512f", "avx512_bf16"])["AVX512"]  # AVX512 needs BW, VL, DQ, CD too
+    # the system info of the AVX2-only build used before: rebuilt on a Zen 4
+    avx2 = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | LLAMAFILE = 1 | "
+    assert missing_from_build(avx2, zen4) == ["AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16"]
+    native = avx2 + "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | "
+    assert missing_from_build(native, zen4) == []
