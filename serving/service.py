@@ -282,8 +282,6 @@ class StratMaster:
             self._open_retriever(quiet=True)
         except HTTPFailure:
             log.info("no retrieval indexes yet: /v1/rag opens them when they exist")
-            return
-        gc.freeze()  # like the rest of start-up: out of the collector's sight
 
     def _open_retriever(self, quiet: bool = False) -> Any:
         """The hybrid retriever over the indexes in `SM_INDEX_DIR` (default run_dir/index), opened once."""
