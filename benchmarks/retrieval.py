@@ -53,23 +53,27 @@ def tune(retriever, queries, qids, qrels) -> dict:
 
 
 def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
-    """MiniLM on the same `n` chunks in fp32 and at the precision the index uses (bf16 where the CPU has it):
-    chunks/s of each, their ratio, and how close the vectors are."""
+    """MiniLM on the same `n` chunks: torch fp32, torch at the index's precision (bf16 where the CPU has it)
+    and the index's default (OpenVINO at that precision): chunks/s of each, ratios to torch at the same
+    precision, and how close each one's vectors are to fp32's."""
     from pipelines.corpus.ingest import load_chunks
     from pipelines.index.embeddings import MiniLMEmbedder
     from pipelines.index.vector import embed_passages
 
     chunks = load_chunks(settings, LocalStore(index_dir / "store")).head(n)
     runs = []
-    for precision in ("fp32", "auto"):
-        e = MiniLMEmbedder(precision=precision)
+    for kw in ({"precision": "fp32", "backend": "torch"}, {"backend": "torch"}, {}):
+        e = MiniLMEmbedder(**kw)
         embed_passages(e, chunks.head(32))  # warm-up
         t0 = time.perf_counter()
         vecs = embed_passages(e, chunks)
-        runs.append((e.precision, len(chunks) / (time.perf_counter() - t0), vecs))
-    (p0, r0, v0), (p1, r1, v1) = runs
-    print(f"MiniLM on {len(chunks)} chunks: {p0} {r0:.1f} chunks/s, {p1} {r1:.1f} chunks/s "
-          f"(x{r1 / r0:.2f}), mean cosine between them {float((v0 * v1).sum(1).mean()):.5f}")  # fmt: skip
+        runs.append((f"{e.backend} {e.precision}", len(chunks) / (time.perf_counter() - t0), vecs))
+    ref, same = runs[0], runs[1]
+    print(f"MiniLM on {len(chunks)} chunks:")
+    for name, rate, vecs in runs:
+        cos = float((vecs * ref[2]).sum(1).mean())
+        print(f"  {name:<16} {rate:6.1f} chunks/s  x{rate / ref[1]:.2f} of torch fp32, "
+              f"x{rate / same[1]:.2f} of {same[0]}, mean cosine to fp32 {cos:.5f}")  # fmt: skip
 
 
 def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict, qrels: dict, qids: list,
@@ -114,7 +118,8 @@ def main() -> None:
     p.add_argument("--retrievers", default="bm25,dense,hybrid,hybrid_rrf,hybrid_graph")
     p.add_argument("--tune", action="store_true")
     p.add_argument("--embed-speed", type=int, default=400, metavar="N",
-                   help="time MiniLM fp32 against the index's precision on N chunks (0: skip)")  # fmt: skip
+                   help="time MiniLM on N chunks: torch fp32, then torch and OpenVINO at the index's "
+                        "precision (0: skip)")  # fmt: skip
     p.add_argument(
         "--finetune-folds",
         type=int,

@@ -58,6 +58,30 @@ def test_embedder_contract_normalised_rows_in_input_order():
     assert emb.embed([]).shape == (0, emb.dim)
 
 
+def test_openvino_minilm_gives_torch_fp32_vectors_also_to_concurrent_callers():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sentence_transformers import SentenceTransformer, models
+
+    from pipelines.index.embeddings import MiniLMEmbedder, _OpenVINOEncoder
+
+    emb = get_embedder("minilm")
+    assert emb.backend == "openvino"  # the default on a CPU
+    texts = [f"claim {i}: " + "vitamin D lowers the risk of hip fracture in older women. " * (1 + i % 7)
+             for i in range(12)] + ["a kitten on a rug", "gluons " * 400]  # fmt: skip
+    ref = MiniLMEmbedder(backend="torch", precision="fp32").embed(texts)
+    assert ((emb.embed(texts, batch_size=3) * ref).sum(1)).min() > 0.999
+    # one queue, one callback: callers running at once must each get their own texts' vectors
+    parts = [texts[i::4] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda p: emb.embed(p, batch_size=2), parts))
+    for i, v in enumerate(got):
+        assert ((v * ref[i::4]).sum(1)).min() > 0.999
+    # only transformer -> mean pooling models run there; asking for it with another one is refused
+    cls = SentenceTransformer(modules=[emb._model[0], models.Pooling(emb.dim, pooling_mode="cls")])
+    assert _OpenVINOEncoder.fits(emb._model) and not _OpenVINOEncoder.fits(cls)
+
+
 def test_qdrant_local_sync_search_and_payload(tmp_path):
     settings = Settings(run_dir=tmp_path)
     idx = open_dense_index(settings, tmp_path / "ix")
