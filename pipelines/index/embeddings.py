@@ -99,10 +99,10 @@ class MiniLMEmbedder:
     `precision`: "auto" runs the model in bfloat16 where the CPU has native bf16 (measured on SciFact
     chunks: 45 vs 28 chunks/s on 2 Zen 4 cores, cosine to the fp32 vectors 0.9999, dense nDCG@10 0.6712 vs
     0.6716), else in fp32; "fp32" and "bf16" force one. The vectors are the same model's to four decimals, so
-    they share one name and one collection. `backend`: "auto" runs the model on OpenVINO on a CPU (1.4-1.6x
-    torch at the same precision, see _OpenVINOEncoder), "torch" keeps PyTorch. `quantize=True` applies
-    PyTorch dynamic int8 quantization to the Linear layers instead: as fast as bf16 but further from fp32
-    (mean cosine 0.93).
+    they share one name and one collection. `backend`: "auto" runs the model on OpenVINO on a CPU, at
+    1.27-1.37x torch's speed at the same precision (see _OpenVINOEncoder); "torch" keeps PyTorch.
+    `quantize=True` applies PyTorch dynamic int8 quantization to the Linear layers instead: as fast as bf16
+    but further from fp32 (mean cosine 0.93).
     Batches of 16 by default: on 1,000 SciFact passages (208 tokens mean) in bf16, 8/16/32/64 per batch
     embed 47-52/46-49/45/41 chunks/s (the attention kernel, whose scores grow as batch x 12 heads x L^2, is
     about a quarter of the time at batch 8).
