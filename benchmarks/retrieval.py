@@ -53,8 +53,8 @@ def tune(retriever, queries, qids, qrels) -> dict:
 
 
 def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
-    """MiniLM on the same `n` chunks: torch fp32, torch at the index's precision (bf16 where the CPU has it)
-    and the index's default (OpenVINO at that precision): chunks/s of each, ratios to torch at the same
+    """MiniLM on the same `n` chunks: torch fp32, torch in bf16 where the CPU has it, OpenVINO at that
+    precision, and OpenVINO int8 (the default embedder): chunks/s of each, ratios to torch at the same
     precision, and how close each one's vectors are to fp32's."""
     from pipelines.corpus.ingest import load_chunks
     from pipelines.index.embeddings import MiniLMEmbedder
@@ -62,7 +62,7 @@ def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
 
     chunks = load_chunks(settings, LocalStore(index_dir / "store")).head(n)
     runs = []
-    for kw in ({"precision": "fp32", "backend": "torch"}, {"backend": "torch"}, {}):
+    for kw in ({"precision": "fp32", "backend": "torch"}, {"backend": "torch"}, {}, {"precision": "int8"}):
         e = MiniLMEmbedder(**kw)
         embed_passages(e, chunks.head(32))  # warm-up
         t0 = time.perf_counter()
@@ -118,8 +118,8 @@ def main() -> None:
     p.add_argument("--retrievers", default="bm25,dense,hybrid,hybrid_rrf,hybrid_graph")
     p.add_argument("--tune", action="store_true")
     p.add_argument("--embed-speed", type=int, default=400, metavar="N",
-                   help="time MiniLM on N chunks: torch fp32, then torch and OpenVINO at the index's "
-                        "precision (0: skip)")  # fmt: skip
+                   help="time MiniLM on N chunks: torch fp32, torch and OpenVINO in bf16 where the CPU "
+                        "has it, OpenVINO int8 (0: skip)")  # fmt: skip
     p.add_argument(
         "--finetune-folds",
         type=int,

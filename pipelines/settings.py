@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     chunk_overlap: int = 32
     max_file_mb: float = 20.0
     embedder: str = Field(
-        default="minilm",
-        description="minilm | minilm-int8 | static, or a fine-tuned MiniLM folder (retrieval tune-embedder)",
+        default="minilm-int8",
+        description="minilm-int8 (MiniLM, int8 on OpenVINO) | minilm (MiniLM in bf16/fp32) | static, "
+        "or a fine-tuned MiniLM folder (retrieval tune-embedder)",
     )
     fusion: Literal["convex", "rrf"] = "convex"
     hybrid_alpha: float = Field(default=0.5, description="dense weight in the convex combination")

@@ -82,6 +82,34 @@ def test_openvino_minilm_gives_torch_fp32_vectors_also_to_concurrent_callers():
     assert _OpenVINOEncoder.fits(emb._model) and not _OpenVINOEncoder.fits(cls)
 
 
+def test_int8_minilm_is_calibrated_once_cached_and_ranks_like_fp32(tmp_path):
+    from pipelines.index.embeddings import MiniLMEmbedder
+
+    passages = ["Vitamin D supplements lower the risk of hip fracture in older women.",
+                "Diesel engines need their oil changed every 10,000 kilometres.",
+                "The kitten slept on a warm rug by the fire.",
+                "Interest rates rose for the third time this year, the central bank said.",
+                "Mutations in BRCA1 raise the lifetime risk of breast cancer."]  # fmt: skip
+    queries = ["do vitamins prevent broken hips", "car maintenance schedule", "a cat napping",
+               "monetary policy tightening", "hereditary cancer genes"]  # fmt: skip
+    ref = MiniLMEmbedder(backend="torch", precision="fp32")
+    int8 = MiniLMEmbedder(precision="int8", cache_dir=tmp_path)
+    assert int8.name != ref.name and int8.backend == "openvino" and int8.precision == "int8"
+    cached = sorted(tmp_path.iterdir())
+    assert [p.suffix for p in cached] == [".bin", ".xml"] and not any(p.name.startswith(".") for p in cached)
+    p8, q8 = int8.embed(passages), int8.embed(queries)
+    p32 = ref.embed(passages)
+    assert (p8 * p32).sum(1).min() > 0.97  # near the float vectors, not equal to them
+    assert ((q8 @ p8.T).argmax(1) == np.arange(len(queries))).all()
+    # a second instance reads the calibrated model instead of quantizing again
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    again = MiniLMEmbedder(precision="int8", cache_dir=tmp_path)
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes
+    assert np.allclose(again.embed(passages), p8, atol=1e-5)
+    with pytest.raises(ValueError, match="OpenVINO on a CPU"):
+        MiniLMEmbedder(precision="int8", backend="torch")
+
+
 def test_qdrant_local_sync_search_and_payload(tmp_path):
     settings = Settings(run_dir=tmp_path)
     idx = open_dense_index(settings, tmp_path / "ix")
