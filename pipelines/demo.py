@@ -51,7 +51,10 @@ def _rag(console: Console, settings: Settings, gateway: Gateway) -> None:
         return
     try:
         for q in DEMO_QUESTIONS:
-            a = answer(q, retriever, gateway, model=gateway.catalog.local()[0].name, k=4, mode="hybrid")
+            model = gateway.catalog.local()[0].name
+            a = answer(
+                q, retriever, gateway, model, k=4, mode="hybrid", max_context_chars=settings.rag_context_chars
+            )
             console.print(
                 f"[bold]Q:[/] {q}\n[bold]A[/] ({a.model}, {a.latency_s:.1f}s): {' '.join(a.text.split())}"
             )

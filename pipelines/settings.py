@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         description="minilm-int8 (MiniLM, int8 on OpenVINO) | minilm (MiniLM in bf16/fp32) | static, "
         "or a fine-tuned MiniLM folder (retrieval tune-embedder)",
     )
+    rag_context_chars: int = Field(
+        default=4000,
+        ge=200,
+        description="characters of retrieved text in a RAG prompt, shared by its sources",
+    )
     fusion: Literal["convex", "rrf"] = "convex"
     hybrid_alpha: float = Field(default=0.5, description="dense weight in the convex combination")
     rrf_k: int = 60

@@ -319,8 +319,9 @@ class StratMaster:
         choice = await self._choose(req.model, req.question, req.constraints)
         retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
         a = await self._model_call(
-            answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens
-        )
+            answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens,
+            self.settings.rag_context_chars,
+        )  # fmt: skip
         if a.model:
             usage = a.usage or {}
             set_usage(rs.span, a.model, usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,

@@ -13,7 +13,7 @@ from pipelines.rag.answer import build_messages, resolve_citations
 from pipelines.rag.fusion import convex, normalise, rrf
 from pipelines.rag.metrics import load_qrels, ndcg_at_10, recall_at_100
 from pipelines.rag.retrieve import Hit
-from pipelines.settings import REPO_ROOT
+from pipelines.settings import REPO_ROOT, Settings
 
 
 def reference_metrics():
@@ -78,6 +78,12 @@ def test_citations_map_labels_to_chunk_ids():
     msgs = build_messages("What is alpha?", hits)
     assert msgs[0]["role"] == "system" and "[1] T1: Alpha text." in msgs[1]["content"]
     assert "[2] Beta text." in msgs[1]["content"] and "What is alpha?" in msgs[1]["content"]
+    # the sources share the prompt's budget of retrieved text (SM_RAG_CONTEXT_CHARS), equally
+    long = [Hit(f"d{i}#0", f"d{i}", 1.0, "", f"{i}" * 3000) for i in range(4)]
+    small = build_messages("q?", long, Settings(rag_context_chars=1000).rag_context_chars)[1]["content"]
+    assert all(small.count(f"{i}" * 250) == 1 and f"{i}" * 251 not in small for i in range(4))
+    with pytest.raises(ValueError):
+        Settings(rag_context_chars=50)
 
 
 def test_chunking_is_stable_bounded_and_overlapping():

@@ -94,6 +94,9 @@ def ask(
     s = Settings()
     r = open_retriever(s)
     try:
-        print(json.dumps(answer(question, r, Gateway(s), model=model, k=k, mode=mode).to_dict(), indent=1))
+        a = answer(
+            question, r, Gateway(s), model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars
+        )
+        print(json.dumps(a.to_dict(), indent=1))
     finally:
         r.close()
