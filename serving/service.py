@@ -302,6 +302,8 @@ class StratMaster:
                     if r.chunks.empty:
                         r.close()
                         raise LookupError("no chunks in the store")
+                    if r.dense is not None:  # load the query embedder now (int8 MiniLM calibrates once: 18 s)
+                        r.dense.embedder.embed(["warm-up"])
                     self._retriever = r
                 except Exception as e:  # no index yet, an engine down: the client can retry later
                     if not quiet:

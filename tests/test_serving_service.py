@@ -619,10 +619,11 @@ def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp
 
 
 def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp_path, monkeypatch):
-    """The first /v1/rag of each worker paid for opening the indexes (seconds, with MiniLM): with two
-    workers, the second one's first answer was the slowest of a load test."""
+    """The first /v1/rag of each worker paid for opening the indexes and loading the query embedder
+    (seconds, with MiniLM): with two workers, the second one's first answer was the slowest of a load test."""
     from pipelines.corpus.ingest import ingest_corpus
     from pipelines.index.build import build_dense_index, build_keyword_index
+    from pipelines.index.embeddings import get_embedder
     from pipelines.settings import Settings
     from serving.service import StratMaster
 
@@ -634,6 +635,7 @@ def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp
     ingest_corpus(settings, str(docs))
     build_keyword_index(settings)
     build_dense_index(settings)
+    get_embedder.cache_clear()
     for k, v in {"SM_RUN_DIR": str(run), "SM_EMBEDDER": "static", "SM_API_KEYS": KEYS[0]}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("SM_ROUTER_DIR", raising=False)
@@ -642,6 +644,7 @@ def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp
     while svc._retriever is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert svc._retriever is not None, "no request came, yet the indexes should be open"
+    assert get_embedder.cache_info().currsize == 1  # and the query embedder loaded
     try:
         assert svc._retriever.search("How tall is the Eiffel Tower?", k=1)[0].doc_id == "tower.txt"
     finally:
