@@ -71,7 +71,8 @@ class _OpenVINOEncoder:
     Measured on 2 Zen 4 cores, both in bf16: the SciFact dense index (9,112 chunks, Qdrant writes included)
     built at 51.1 against torch's 37.3 chunks/s in the same hour (x1.37); on 400 passages, 58.6 against
     46.2 chunks/s. Cosine to torch fp32's vectors 0.99998 (torch bf16: 0.99995); dense nDCG@10 0.6719
-    (torch: 0.6713). Converting the model costs about 3 s per process."""
+    (torch: 0.6713). Converting the model costs about 3 s per process. With `int8_dir`, the model runs with
+    int8 weights and activations, quantized once and read from that folder afterwards (see `_int8`)."""
 
     def __init__(self, st, bf16: bool, int8_dir: Path | None = None) -> None:
         import openvino as ov
@@ -100,8 +101,9 @@ class _OpenVINOEncoder:
         self._lock = threading.Lock()  # one queue, one callback: callers take turns
 
     def _int8(self, model, path: Path):
-        """`model` with int8 weights and activations by NNCF's post-training quantization (about 12 s),
-        calibrated on paragraphs of Python's own reference docs, present on every machine; saved to `path`."""
+        """`model` with int8 weights and activations by NNCF's post-training quantization, calibrated on
+        paragraphs of Python's own reference docs (present on every machine); saved to `path` (atomically),
+        which later processes read instead. Converting and quantizing take about 18 s here."""
         import nncf
         import openvino as ov
 
