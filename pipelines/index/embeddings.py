@@ -51,11 +51,10 @@ def _calibration_texts() -> list[str]:
 def _int8_file(st) -> str:
     """The quantized model's file name: a hash of the weights, the calibration texts and the toolchain."""
     import hashlib
+    from importlib.metadata import version
 
-    import nncf
-    import openvino as ov
-
-    key = hashlib.sha256(f"{ov.__version__} {nncf.__version__}".encode())
+    # the installed versions, not `import nncf` (about a second, spent by every process that loads the model)
+    key = hashlib.sha256(f"{version('openvino')} {version('nncf')}".encode())
     for text in _calibration_texts():
         key.update(text.encode())
     for tensor in st[0].auto_model.state_dict().values():
@@ -83,16 +82,15 @@ class _OpenVINOEncoder:
         example = {k: v for k, v in self._tokenize(["an example", "a second, longer example"]).items()
                    if isinstance(v, torch.Tensor)}  # fmt: skip
         cached = int8_dir / _int8_file(st) if int8_dir is not None else None
-        hit = cached is not None and cached.exists()
-        if hit:
+        if cached is not None and cached.exists():
             model = ov.Core().read_model(cached)
         else:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent branches of HF code
                 model = ov.convert_model(st[0].auto_model.eval(), example_input=example)
+            if cached is not None:
+                model = self._int8(model, cached)
         self._inputs = [i.get_any_name() for i in model.inputs]
-        if cached is not None and not hit:
-            model = self._int8(model, cached)
         precision = "bf16" if bf16 else "f32"
         compiled = ov.Core().compile_model(
             model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": precision}
@@ -107,11 +105,11 @@ class _OpenVINOEncoder:
         import nncf
         import openvino as ov
 
-        texts = _calibration_texts()
+        texts, inputs = _calibration_texts(), [i.get_any_name() for i in model.inputs]
         batches = []
         for i in range(0, len(texts), 8):
             feats = self._tokenize(texts[i : i + 8])
-            batches.append({n: feats[n].numpy() for n in self._inputs})
+            batches.append({n: feats[n].numpy() for n in inputs})
         quantized = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
                                   subset_size=len(batches))  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,14 +190,14 @@ class MiniLMEmbedder:
             raise ValueError("int8 runs on OpenVINO on a CPU")
         bf16 = precision == "bf16" or (precision in ("auto", "int8") and device == "cpu" and native_bf16())
         self.precision = "int8" if int8 else "bf16" if bf16 else "fp32"
+        int8_dir = None
         if int8:  # other vectors than the float model's (cosine 0.994): another name, another collection
             from pipelines.settings import Settings
 
             self.name += INT8_SUFFIX
             int8_dir = cache_dir or Settings().models_dir / "openvino"
+        if int8 or backend == "openvino" or (backend == "auto" and device == "cpu" and fits):
             self._ov, self.backend = _OpenVINOEncoder(self._model, bf16, int8_dir), "openvino"
-        elif backend == "openvino" or (backend == "auto" and device == "cpu" and fits):
-            self._ov, self.backend = _OpenVINOEncoder(self._model, bf16), "openvino"
         elif bf16:
             self._model = self._model.to(torch.bfloat16)
 
