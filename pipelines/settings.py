@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     local_base_port: int = 8081
     local_threads: int = 2
     local_ctx: int = 2048
+    # the engine of local models (pipelines/llm/servers.py): llama.cpp's llama-server (built by `make setup`;
+    # unset binary: .venv/bin/llama-server, then PATH) serves `local_parallel` requests at once per model,
+    # decoding them together, each with local_ctx tokens of context; llama-cpp-python's answers one at a time.
+    # "auto": llama-server where there is one and the catalog entry names no llama-cpp-python chat format.
+    local_engine: Literal["auto", "llama-server", "llama-cpp-python"] = "auto"
+    local_parallel: int = Field(default=2, ge=1)
+    llama_server_bin: str = ""
     local_ready_timeout_s: float = 60.0
     # the stated CPU-hour price from which local models' $/1k tokens are derived
     cpu_hour_usd: float = 0.10

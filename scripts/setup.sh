@@ -32,6 +32,13 @@ if [[ ${#llama_settings[@]} -gt 0 ]] && ! .venv/bin/python -m pipelines.hardware
 fi
 .venv/bin/uv pip install --python .venv/bin/python --no-deps --no-build-isolation -e .
 
+# llama.cpp's own server, from the same locked source and for the same CPU options: it answers parallel requests
+# together, where llama-cpp-python's server queues them (pipelines/llm/native.py; kept in .cache/llama-server)
+if ! command -v cmake >/dev/null && [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++) >/dev/null
+fi
+.venv/bin/python -m pipelines.llm.native install
+
 # `make lab` and papermill run notebooks on this kernel
 .venv/bin/python -m ipykernel install --sys-prefix --name stratmaster --display-name "StratMaster (.venv)" >/dev/null
 

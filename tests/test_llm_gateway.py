@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -167,8 +168,31 @@ def test_stream_yields_deltas_then_the_accounting_chat_gives(fresh, model_settin
         iter(call)
 
 
+def test_smollm2_runs_on_llama_server_with_parallel_slots_and_gemma_on_its_chat_format(
+    gateway, model_settings
+):
+    """SmolLM2 (its chat template is in the GGUF) is served by llama.cpp's llama-server with local_parallel
+    slots of local_ctx tokens each; Gemma names a llama-cpp-python chat format, so that server runs it."""
+    import httpx
+
+    smol, gemma = gateway.catalog.get("smollm2-135m"), gateway.catalog.get("gemma3-270m")
+    st = servers.status(smol, model_settings)
+    assert (st.state, st.detail) == ("up", f"llama-server, {model_settings.local_parallel} parallel")
+    props = httpx.get(f"http://{model_settings.local_host}:{st.port}/props", timeout=10).json()
+    assert props["total_slots"] == model_settings.local_parallel == 2
+    assert props["default_generation_settings"]["n_ctx"] == min(smol.context_window, model_settings.local_ctx)
+    assert servers.status(gemma, model_settings).detail == "llama-cpp-python"
+    without = model_settings.model_copy(update={"llama_server_bin": ""})
+    cmd = servers.command(smol, Path("m.gguf"), 1, without)
+    assert Path(cmd[0]).name == "llama-server"  # make setup put it next to this Python
+    metrics = httpx.get(f"http://{model_settings.local_host}:{st.port}/metrics", timeout=10).text
+    assert "llamacpp:prompt_tokens_total" in metrics
+
+
 def test_concurrent_streams_both_get_their_whole_answer(fresh):
-    """The llama.cpp server queues a second request instead of cutting the first stream off (its default)."""
+    """A second request does not cut the first stream off (llama-cpp-python's server default did): both get
+    all their tokens. llama-server decodes them together, which is not bit-identical to one at a time, so the
+    texts are not compared word for word."""
     story = [{"role": "user", "content": "Write a long story about a dragon."}]
     alone = fresh.chat("smollm2-135m", story, max_tokens=48, temperature=0.0)
     assert alone.output_tokens == 48
@@ -189,7 +213,8 @@ def test_concurrent_streams_both_get_their_whole_answer(fresh):
     for i in range(2):
         r = results[i]
         assert not isinstance(r, Exception), f"call {i}: {r!r}"
-        assert (r.model, r.fallback_used, r.output_tokens, r.text) == ("smollm2-135m", False, 48, alone.text)
+        assert (r.model, r.fallback_used, r.output_tokens) == ("smollm2-135m", False, 48)
+        assert len(r.text.split()) >= 20 and r.text.split()[:3] == alone.text.split()[:3]
 
 
 def test_stream_refuses_before_the_first_byte(fresh):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,33 @@ def test_llama_cpp_is_built_for_the_extensions_the_cpu_has():
     assert missing_from_build(avx2, zen4) == ["AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16"]
     native = avx2 + "AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | "
     assert missing_from_build(native, zen4) == []
+
+
+def test_llama_server_is_built_from_the_locked_source_for_the_same_cpu_options(tmp_path):
+    """`make setup` built llama.cpp's server from the sdist the lock pins, with the options llama-cpp-python
+    got, and keeps it in .cache: installing it again copies it without building."""
+    import filecmp
+    import subprocess
+    import sys
+
+    import llama_cpp
+
+    from pipelines.hardware import ggml_options
+    from pipelines.llm import native
+    from pipelines.settings import REPO_ROOT
+
+    version, sha256 = native.locked_source(REPO_ROOT / "requirements.lock")
+    assert version == llama_cpp.__version__ and len(sha256) == 64
+    flags = native.cmake_flags(ggml_options(ZEN4.split()))
+    assert (
+        "-DGGML_AVX512_BF16=ON" in flags and "-DGGML_AMX_INT8=OFF" in flags and "-DGGML_NATIVE=OFF" in flags
+    )
+    assert native.cmake_flags({}) == [f for f in flags if "GGML" not in f]  # elsewhere: llama.cpp's default
+    assert native.cache_key(version, flags) != native.cache_key(version, native.cmake_flags({}))
+    built = Path(sys.executable).parent / "llama-server"
+    target = native.install(
+        REPO_ROOT / "requirements.lock", REPO_ROOT / ".cache" / "llama-server", tmp_path / "s"
+    )
+    assert filecmp.cmp(target, built, shallow=False) and not list(tmp_path.glob("*.tmp"))
+    out = subprocess.run([str(target), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "built with" in out.stdout + out.stderr

@@ -1,4 +1,9 @@
-"""Local llama.cpp servers (llama-cpp-python[server]): start, stop and a truthful status.
+"""Local llama.cpp servers: start, stop and a truthful status.
+
+The engine is llama.cpp's own `llama-server` (built by `make setup`, `pipelines.llm.native`): it serves
+`local_parallel` requests at once, decoding them together. A catalog entry that names a llama-cpp-python chat
+format (Gemma's `snoozy`: a handler of that package, with its own stop string), or a machine without the
+binary, gets llama-cpp-python's server, which answers one request at a time.
 
 Each server runs in its own session (it outlives the CLI that started it); its PID file, port and log live
 under `<run_dir>/servers/`. A PID file whose process is gone, or now belongs to another program, is stale and
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,12 +68,62 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _ours(pid: int, port: int) -> bool:
+def _ours(pid: int, port: int, exe: str | None) -> bool:
+    """Whether process `pid` is the server started for `port` (its PID file names the executable)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"llama_cpp.server" in cmd and str(port).encode() in cmd
+    engine = b"llama_cpp.server" in cmd or (exe is not None and cmd[0] == exe.encode())
+    return engine and str(port).encode() in cmd
+
+
+def llama_server_binary(settings: Settings) -> str | None:
+    """The llama-server to run: the setting, else the one `make setup` put next to this Python, else PATH."""
+    if settings.llama_server_bin:
+        return settings.llama_server_bin
+    built = Path(sys.executable).parent / "llama-server"
+    return str(built) if built.exists() else shutil.which("llama-server")
+
+
+def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> list[str]:
+    """The server command line for a local model (see the module docstring for which engine)."""
+    assert entry.local is not None
+    ctx = min(entry.context_window, settings.local_ctx)
+    binary = llama_server_binary(settings) if settings.local_engine != "llama-cpp-python" else None
+    if settings.local_engine == "llama-server" and (binary is None or entry.local.chat_format):
+        why = "no llama-server binary" if binary is None else f"its chat format {entry.local.chat_format!r}"
+        raise ServerError(f"{entry.name}: SM_LOCAL_ENGINE=llama-server, but {why} (make setup builds one)")
+    if binary and not entry.local.chat_format:
+        return [
+            binary, "--model", str(model), "--alias", entry.name,
+            "--host", settings.local_host, "--port", str(port),
+            "--ctx-size", str(ctx * settings.local_parallel), "--parallel", str(settings.local_parallel),
+            "--threads", str(settings.local_threads), "--threads-batch", str(settings.local_threads),
+            "--flash-attn", "on" if entry.local.flash_attn else "off",
+            "--no-webui", "--metrics",
+        ]  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model),
+        "--model_alias", entry.name,
+        "--host", settings.local_host,
+        "--port", str(port),
+        "--n_ctx", str(ctx),
+        "--n_threads", str(settings.local_threads),
+        # the server's default keeps logits for every prompt token (prompt logprobs, unused here): 49k floats
+        # per token computed and copied (SmolLM2, 1,000-token prompt: 359 tok/s with them, 466 without)
+        "--logits_all", "False",
+        # the server's default cuts a streamed answer off (closes its connection mid-body) as soon as another
+        # request waits for the model: with two users, one of them lost its answer; queue them instead
+        "--interrupt_requests", "False",
+        "--verbose", "False",
+    ]  # fmt: skip
+    if entry.local.chat_format:
+        cmd += ["--chat_format", entry.local.chat_format]
+    if entry.local.flash_attn:
+        cmd += ["--flash_attn", "True"]
+    return cmd
 
 
 def _read_pid(pid_file: Path) -> dict | None:
@@ -98,13 +154,13 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
     if info is None:
         return ServerStatus(entry.name, "down", port, None, "not started")
     pid = int(info["pid"])
-    if not (_alive(pid) and _ours(pid, port)):
+    if not (_alive(pid) and _ours(pid, port, info.get("exe"))):
         pid_file.unlink(missing_ok=True)
         return ServerStatus(
             entry.name, "down", port, None, f"stale PID file (process {pid} is gone), removed"
         )
     if _healthy(port, settings.local_host):
-        return ServerStatus(entry.name, "up", port, pid)
+        return ServerStatus(entry.name, "up", port, pid, info.get("engine", ""))
     return ServerStatus(entry.name, "starting", port, pid, "process alive, not answering yet")
 
 
@@ -119,30 +175,15 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     model = weights_path(entry, settings)
     pid_file, log_file = _files(entry, settings)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model),
-        "--model_alias", entry.name,
-        "--host", settings.local_host,
-        "--port", str(port),
-        "--n_ctx", str(min(entry.context_window, settings.local_ctx)),
-        "--n_threads", str(settings.local_threads),
-        # the server's default keeps logits for every prompt token (prompt logprobs, unused here): 49k floats
-        # per token computed and copied (SmolLM2, 1,000-token prompt: 359 tok/s with them, 466 without)
-        "--logits_all", "False",
-        # the server's default cuts a streamed answer off (closes its connection mid-body) as soon as another
-        # request waits for the model: with two users, one of them lost its answer; queue them instead
-        "--interrupt_requests", "False",
-        "--verbose", "False",
-    ]  # fmt: skip
-    if entry.local and entry.local.chat_format:
-        cmd += ["--chat_format", entry.local.chat_format]
-    if entry.local and entry.local.flash_attn:
-        cmd += ["--flash_attn", "True"]
+    cmd = command(entry, model, port, settings)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     tmp = pid_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": proc.pid, "port": port, "model": str(model), "started": time.time()}))
+    python = "llama_cpp.server" in cmd
+    engine = "llama-cpp-python" if python else f"llama-server, {settings.local_parallel} parallel"
+    info = {"pid": proc.pid, "port": port, "model": str(model), "exe": cmd[0], "engine": engine,
+            "started": time.time()}  # fmt: skip
+    tmp.write_text(json.dumps(info))
     tmp.replace(pid_file)
     return wait_ready(entry, settings)
 
@@ -158,7 +199,7 @@ def wait_ready(entry: ModelEntry, settings: Settings) -> ServerStatus:
             pid_file.unlink(missing_ok=True)
             raise ServerError(f"{entry.name}: server exited during start-up; log {log_file}:\n{tail}")
         if _healthy(port, settings.local_host, timeout=1.0):
-            return ServerStatus(entry.name, "up", port, int(info["pid"]))
+            return ServerStatus(entry.name, "up", port, int(info["pid"]), info.get("engine", ""))
         time.sleep(0.2)
     raise ServerError(f"{entry.name}: not ready on port {port} after {settings.local_ready_timeout_s:.0f}s")
 
@@ -170,7 +211,7 @@ def stop(entry: ModelEntry, settings: Settings, timeout_s: float = 10.0) -> Serv
     if info is None:
         return ServerStatus(entry.name, "down", port, None, "was not running")
     pid = int(info["pid"])
-    if _alive(pid) and _ours(pid, port):
+    if _alive(pid) and _ours(pid, port, info.get("exe")):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while _alive(pid) and time.monotonic() < deadline:

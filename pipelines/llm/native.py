@@ -1,0 +1,129 @@
+"""llama.cpp's own HTTP server (`llama-server`), built from the source of the locked llama-cpp-python.
+
+llama-cpp-python's server answers one request at a time: with two users, one waits for the other's whole
+answer. llama-server serves parallel slots from its own C++ loop: in the serving bench's RAG phase at 2 users
+on 2 cores it gave p95 5.1 s against 7.0 s (and 3.5 s against 6.8 s with half the context), in the same
+hour (`benchmarks/serving.py`). The source is the llama-cpp-python sdist pinned in
+requirements.lock (checked against the lock's sha256), so both engines run the same llama.cpp, compiled
+for the same vector extensions (`pipelines.hardware`).
+
+    .venv/bin/python -m pipelines.llm.native install   # scripts/setup.sh runs it
+
+The built binary is kept in `.cache/llama-server/<version>-<options>/` (an optimisation: without it, the
+build runs again, about 6 minutes on 2 cores) and copied to `.venv/bin/llama-server`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from pipelines.hardware import ggml_options
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = "llama-server"
+
+
+def locked_source(lock: Path) -> tuple[str, str]:
+    """(version, sha256) of llama-cpp-python in a hash-pinned requirements file."""
+    pattern = r"^llama-cpp-python==(\S+)\s*\\\s*\n\s*--hash=sha256:([0-9a-f]{64})"
+    m = re.search(pattern, lock.read_text(), re.M)
+    if not m:
+        raise ValueError(f"{lock}: no hash-pinned llama-cpp-python")
+    return m.group(1), m.group(2)
+
+
+def cmake_flags(options: dict[str, bool]) -> list[str]:
+    """A static llama-server, no downloads (curl) or TLS, with ggml's CPU options as scripts/setup.sh gives
+    them to llama-cpp-python's build (no options: llama.cpp's default, built for the CPU it compiles on)."""
+    cpu = [f"-DGGML_{k}={'ON' if on else 'OFF'}" for k, on in options.items()]
+    return ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
+            "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
+            *(["-DGGML_NATIVE=OFF", *cpu] if options else [])]  # fmt: skip
+
+
+def cache_key(version: str, flags: list[str]) -> str:
+    return f"{version}-{hashlib.sha256(json.dumps(flags).encode()).hexdigest()[:12]}"
+
+
+def fetch_source(version: str, sha256: str, dest: Path) -> Path:
+    """Download the llama-cpp-python sdist whose hash the lock pins, from the package index (PEP 691 JSON;
+    `PIP_INDEX_URL` or PyPI), checking the hash of what arrives."""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    req = urllib.request.Request(
+        f"{index}/llama-cpp-python/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        files = json.load(r)["files"]
+    found = [f for f in files if f.get("hashes", {}).get("sha256") == sha256]
+    if not found:
+        raise RuntimeError(f"{index}: no llama-cpp-python {version} file with the lock's sha256 {sha256}")
+    path = dest / found[0]["filename"]
+    h = hashlib.sha256()
+    with urllib.request.urlopen(found[0]["url"], timeout=300) as r, open(path, "wb") as out:
+        while chunk := r.read(1 << 20):
+            h.update(chunk)
+            out.write(chunk)
+    if h.hexdigest() != sha256:
+        raise RuntimeError(f"{path.name}: sha256 {h.hexdigest()} is not the lock's {sha256}")
+    return path
+
+
+def build(sdist: Path, flags: list[str], work: Path) -> Path:
+    """Compile the llama-server target from the sdist's vendored llama.cpp; returns the binary."""
+    with tarfile.open(sdist) as tar:
+        tar.extractall(work, filter="data")
+    src = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+    build_dir = src / "build"
+    jobs = str(os.cpu_count() or 2)
+    log = work / "build.log"
+    with open(log, "w") as out:
+        for cmd in (["cmake", "-S", str(src), "-B", str(build_dir), *flags],
+                    ["cmake", "--build", str(build_dir), "--target", BINARY, "-j", jobs]):  # fmt: skip
+            if subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode:
+                raise RuntimeError(f"{' '.join(cmd[:2])} failed:\n{log.read_text()[-3000:]}")
+    return build_dir / "bin" / BINARY
+
+
+def install(lock: Path, cache_dir: Path, target: Path) -> Path:
+    """The llama-server for the locked version and this CPU at `target`, from the cache or a fresh build."""
+    version, sha256 = locked_source(lock)
+    flags = cmake_flags(ggml_options() if os.uname().machine == "x86_64" else {})
+    cached = cache_dir / cache_key(version, flags) / BINARY
+    if not cached.exists():
+        if shutil.which("cmake") is None:
+            raise RuntimeError("building llama-server needs cmake and a C++ compiler (apt install cmake g++)")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+            print(f"[setup] building llama-server {version} (llama.cpp's server; about 6 min on 2 cores)")
+            binary = build(fetch_source(version, sha256, Path(tmp)), flags, Path(tmp))
+            shutil.copy2(binary, cached.with_suffix(".tmp"))
+            cached.with_suffix(".tmp").replace(cached)
+    tmp_target = target.with_suffix(".tmp")
+    shutil.copy2(cached, tmp_target)
+    tmp_target.replace(target)
+    return target
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["install"]:
+        print("usage: python -m pipelines.llm.native install", file=sys.stderr)
+        return 2
+    target = Path(sys.executable).parent / BINARY
+    install(ROOT / "requirements.lock", ROOT / ".cache" / "llama-server", target)
+    print(f"[setup] {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
