@@ -11,7 +11,7 @@ concurrent users each send a request, wait for the answer and send the next, for
   route-repeat   POST /v1/route, a pool of 32 prompts (what the router's embedding/PII caches save)
   chat           POST /v1/chat/completions, model smollm2-135m, short questions, 32 tokens
   chat-stream    the same with stream=true: time to first token and to the last byte
-  rag            POST /v1/rag, model smollm2-135m, questions about the demo corpus (Python reference docs)
+  rag            POST /v1/rag, model smollm2-135m, distinct questions about the demo corpus (Python reference)
 
 and prints requests/s, p50/p95/p99, output tokens per answer (an answer cut short shows there, not only as
 a fast one) and the error rate per phase against the seed's targets (/v1/route p99
@@ -67,6 +67,17 @@ RAG_QUESTIONS = [
     "How are comparisons chained?", "What is a formatted string literal?",
     "How does the del statement work?", "What are the bitwise operators?",
 ]  # fmt: skip
+
+
+def rag_questions() -> list[str]:
+    """The questions above, then one per reference topic of the demo corpus (91 in all), so that no prompt
+    repeats within a run: llama-server keeps past prompts' state, and a repeat would be nearly free."""
+    from pydoc_data.topics import topics
+
+    about = [f"What does the Python reference say about {t.replace('-', ' ')}?" for t in topics]
+    return RAG_QUESTIONS + about
+
+
 TARGETS = {  # phase -> (what, limit) from the seed and issue 7
     "livez": "reference: BentoML + this client, no work",
     "route": "p99 <= 25 ms and >= 200 req/s",
@@ -310,8 +321,10 @@ def phases(args: argparse.Namespace) -> list[Phase]:
             "stream": stream,
         }
 
+    rag_pool = rag_questions()
+
     def rag(i: int) -> tuple[str, dict[str, Any]]:
-        q = RAG_QUESTIONS[i % len(RAG_QUESTIONS)]
+        q = rag_pool[i % len(rag_pool)]
         return "/v1/rag", {"question": q, "model": chat_model, "k": 4, "max_tokens": 64}
 
     def make(name: str) -> Callable[[int], tuple[str, dict[str, Any] | None]]:
@@ -377,7 +390,7 @@ async def load(
         for p in plan:
             if p.name == "rag":  # the first call opens the indexes: give it time, and say why when it fails
                 try:
-                    r = await client.post("/v1/rag", json=p.make(0)[1], timeout=600)
+                    r = await client.post("/v1/rag", json=p.make(-1)[1], timeout=600)  # the last question
                 except httpx.HTTPError as e:
                     p.note = f"skipped: the first /v1/rag call failed ({type(e).__name__})"
                     continue
