@@ -70,8 +70,9 @@ RAG_QUESTIONS = [
 
 
 def rag_questions() -> list[str]:
-    """The questions above, then one per reference topic of the demo corpus (91 in all), so that no prompt
-    repeats within a run: llama-server keeps past prompts' state, and a repeat would be nearly free."""
+    """The questions above, then one per reference topic of the demo corpus (91 with Python 3.11.7's topics),
+    so that a phase repeats no prompt until it has sent them all: llama-server keeps past prompts' state, and
+    a repeat would be nearly free."""
     from pydoc_data.topics import topics
 
     about = [f"What does the Python reference say about {t.replace('-', ' ')}?" for t in topics]

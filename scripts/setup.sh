@@ -32,12 +32,17 @@ if [[ ${#llama_settings[@]} -gt 0 ]] && ! .venv/bin/python -m pipelines.hardware
 fi
 .venv/bin/uv pip install --python .venv/bin/python --no-deps --no-build-isolation -e .
 
-# llama.cpp's own server, from the same locked source and for the same CPU options: it answers parallel requests
-# together, where llama-cpp-python's server queues them (pipelines/llm/native.py; kept in .cache/llama-server)
-if ! command -v cmake >/dev/null && [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++) >/dev/null
+# llama.cpp's own server, from the same locked source and for the same CPU options: it serves parallel requests
+# from its C++ loop, where llama-cpp-python's server queues them (pipelines/llm/native.py; kept in
+# .cache/llama-server). With a CMAKE_ARGS of your own, point SM_LLAMA_SERVER_BIN at a llama-server built the
+# same way. Without one, local models run on llama-cpp-python's server (tests/test_llm_weights.py fails).
+if [[ -z "${CMAKE_ARGS:-}" ]]; then
+  if ! command -v cmake >/dev/null && [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++) >/dev/null
+  fi
+  .venv/bin/python -m pipelines.llm.native install ||
+    echo "[setup] WARNING: no llama-server (above: why); local models will run on llama-cpp-python's server" >&2
 fi
-.venv/bin/python -m pipelines.llm.native install
 
 # `make lab` and papermill run notebooks on this kernel
 .venv/bin/python -m ipykernel install --sys-prefix --name stratmaster --display-name "StratMaster (.venv)" >/dev/null

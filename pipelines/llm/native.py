@@ -2,15 +2,15 @@
 
 llama-cpp-python's server answers one request at a time: with two users, one waits for the other's whole
 answer. llama-server serves parallel slots from its own C++ loop: in the serving bench's RAG phase at 2 users
-on 2 cores it gave p95 5.1 s against 7.0 s (and 3.5 s against 6.8 s with half the context), in the same
-hour (`benchmarks/serving.py`). The source is the llama-cpp-python sdist pinned in
+on 2 cores, two rounds in the same hour, p95 5.13 and 5.17 s against 6.96 and 6.51 s (README,
+`benchmarks/serving.py`). The source is the llama-cpp-python sdist pinned in
 requirements.lock (checked against the lock's sha256), so both engines run the same llama.cpp, compiled
 for the same vector extensions (`pipelines.hardware`).
 
     .venv/bin/python -m pipelines.llm.native install   # scripts/setup.sh runs it
 
 The built binary is kept in `.cache/llama-server/<version>-<options>/` (an optimisation: without it, the
-build runs again, about 6 minutes on 2 cores) and copied to `.venv/bin/llama-server`.
+build runs again, 6 to 10 minutes on 2 cores) and copied to `.venv/bin/llama-server`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipelines.hardware import ggml_options
+from pipelines.hardware import cpu_flags, ggml_options
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = "llama-server"
@@ -53,24 +54,30 @@ def cmake_flags(options: dict[str, bool]) -> list[str]:
 
 
 def cache_key(version: str, flags: list[str]) -> str:
-    return f"{version}-{hashlib.sha256(json.dumps(flags).encode()).hexdigest()[:12]}"
+    """Version and a digest of the flags; a build for the CPU it compiles on (no GGML_NATIVE=OFF: outside
+    x86-64) also digests the architecture and the CPU's flags, so a carried cache never runs elsewhere."""
+    parts = flags if "-DGGML_NATIVE=OFF" in flags else [flags, os.uname().machine, sorted(cpu_flags())]
+    return f"{version}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]}"
 
 
 def fetch_source(version: str, sha256: str, dest: Path) -> Path:
-    """Download the llama-cpp-python sdist whose hash the lock pins, from the package index (PEP 691 JSON;
-    `PIP_INDEX_URL` or PyPI), checking the hash of what arrives."""
-    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
-    req = urllib.request.Request(
-        f"{index}/llama-cpp-python/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        files = json.load(r)["files"]
+    """Download the llama-cpp-python sdist whose hash the lock pins from the package index (PEP 691 JSON at
+    `UV_INDEX_URL`, `PIP_INDEX_URL` or PyPI), checking the hash of what arrives before anything reads it."""
+    index = os.environ.get("UV_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    page = f"{index.rstrip('/')}/llama-cpp-python/"
+    req = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            files = json.load(r)["files"]
+    except (OSError, ValueError, KeyError) as e:
+        raise RuntimeError(f"the package index did not list llama-cpp-python as PEP 691 JSON ({e})") from e
     found = [f for f in files if f.get("hashes", {}).get("sha256") == sha256]
     if not found:
-        raise RuntimeError(f"{index}: no llama-cpp-python {version} file with the lock's sha256 {sha256}")
-    path = dest / found[0]["filename"]
+        raise RuntimeError(f"the package index has no llama-cpp-python {version} file with sha256 {sha256}")
+    path = dest / Path(found[0]["filename"]).name
     h = hashlib.sha256()
-    with urllib.request.urlopen(found[0]["url"], timeout=300) as r, open(path, "wb") as out:
+    url = urllib.parse.urljoin(page, found[0]["url"])
+    with urllib.request.urlopen(url, timeout=300) as r, open(path, "wb") as out:
         while chunk := r.read(1 << 20):
             h.update(chunk)
             out.write(chunk)
@@ -81,6 +88,8 @@ def fetch_source(version: str, sha256: str, dest: Path) -> Path:
 
 def build(sdist: Path, flags: list[str], work: Path) -> Path:
     """Compile the llama-server target from the sdist's vendored llama.cpp; returns the binary."""
+    if not hasattr(tarfile, "data_filter"):
+        raise RuntimeError("unpacking the source safely needs Python 3.11.4 or later (tarfile's data filter)")
     with tarfile.open(sdist) as tar:
         tar.extractall(work, filter="data")
     src = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
@@ -105,7 +114,7 @@ def install(lock: Path, cache_dir: Path, target: Path) -> Path:
             raise RuntimeError("building llama-server needs cmake and a C++ compiler (apt install cmake g++)")
         cached.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-            print(f"[setup] building llama-server {version} (llama.cpp's server; about 6 min on 2 cores)")
+            print(f"[setup] building llama-server {version} (llama.cpp's server; 6 to 10 min on 2 cores)")
             binary = build(fetch_source(version, sha256, Path(tmp)), flags, Path(tmp))
             shutil.copy2(binary, cached.with_suffix(".tmp"))
             cached.with_suffix(".tmp").replace(cached)

@@ -68,33 +68,58 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _ours(pid: int, port: int, exe: str | None) -> bool:
-    """Whether process `pid` is the server started for `port` (its PID file names the executable)."""
+def _start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot): with the PID, it names one process for good."""
     try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ours(pid: int, info: dict) -> bool:
+    """Whether process `pid` is still the server its PID file recorded (not a later process given the PID)."""
+    if "start_ticks" in info:
+        return info["start_ticks"] is not None and _start_ticks(pid) == info["start_ticks"]
+    try:  # a PID file written before start times were recorded: a llama-cpp-python server on its port
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    engine = b"llama_cpp.server" in cmd or (exe is not None and cmd[0] == exe.encode())
-    return engine and str(port).encode() in cmd
+    return b"llama_cpp.server" in cmd and str(info.get("port")).encode() in cmd
 
 
 def llama_server_binary(settings: Settings) -> str | None:
     """The llama-server to run: the setting, else the one `make setup` put next to this Python, else PATH."""
     if settings.llama_server_bin:
-        return settings.llama_server_bin
+        found = shutil.which(settings.llama_server_bin)
+        if found is None:
+            raise ServerError(f"SM_LLAMA_SERVER_BIN={settings.llama_server_bin}: no such executable")
+        return found
     built = Path(sys.executable).parent / "llama-server"
     return str(built) if built.exists() else shutil.which("llama-server")
 
 
-def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> list[str]:
-    """The server command line for a local model (see the module docstring for which engine)."""
+def _llama_server_for(entry: ModelEntry, settings: Settings) -> str | None:
+    """The llama-server binary that serves `entry`, or None for llama-cpp-python's server."""
+    assert entry.local is not None
+    if settings.local_engine == "llama-cpp-python":
+        return None
+    binary = llama_server_binary(settings)
+    if settings.local_engine == "llama-server":
+        if entry.local.chat_format:
+            raise ServerError(f"{entry.name}: SM_LOCAL_ENGINE=llama-server, but its catalog entry needs "
+                              f"llama-cpp-python's chat format {entry.local.chat_format!r}")  # fmt: skip
+        if binary is None:
+            raise ServerError("SM_LOCAL_ENGINE=llama-server, but no llama-server is built (make setup)")
+    return None if entry.local.chat_format else binary
+
+
+def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tuple[list[str], str]:
+    """The server command line for a local model and the engine's name (module docstring: which engine)."""
     assert entry.local is not None
     ctx = min(entry.context_window, settings.local_ctx)
-    binary = llama_server_binary(settings) if settings.local_engine != "llama-cpp-python" else None
-    if settings.local_engine == "llama-server" and (binary is None or entry.local.chat_format):
-        why = "no llama-server binary" if binary is None else f"its chat format {entry.local.chat_format!r}"
-        raise ServerError(f"{entry.name}: SM_LOCAL_ENGINE=llama-server, but {why} (make setup builds one)")
-    if binary and not entry.local.chat_format:
+    binary = _llama_server_for(entry, settings)
+    if binary:
         return [
             binary, "--model", str(model), "--alias", entry.name,
             "--host", settings.local_host, "--port", str(port),
@@ -102,7 +127,7 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> li
             "--threads", str(settings.local_threads), "--threads-batch", str(settings.local_threads),
             "--flash-attn", "on" if entry.local.flash_attn else "off",
             "--no-webui", "--metrics",
-        ]  # fmt: skip
+        ], f"llama-server, {settings.local_parallel} parallel"  # fmt: skip
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model),
@@ -123,7 +148,7 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> li
         cmd += ["--chat_format", entry.local.chat_format]
     if entry.local.flash_attn:
         cmd += ["--flash_attn", "True"]
-    return cmd
+    return cmd, "llama-cpp-python"
 
 
 def _read_pid(pid_file: Path) -> dict | None:
@@ -154,7 +179,7 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
     if info is None:
         return ServerStatus(entry.name, "down", port, None, "not started")
     pid = int(info["pid"])
-    if not (_alive(pid) and _ours(pid, port, info.get("exe"))):
+    if not (_alive(pid) and _ours(pid, info)):
         pid_file.unlink(missing_ok=True)
         return ServerStatus(
             entry.name, "down", port, None, f"stale PID file (process {pid} is gone), removed"
@@ -175,14 +200,12 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     model = weights_path(entry, settings)
     pid_file, log_file = _files(entry, settings)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd = command(entry, model, port, settings)
+    cmd, engine = command(entry, model, port, settings)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     tmp = pid_file.with_suffix(".tmp")
-    python = "llama_cpp.server" in cmd
-    engine = "llama-cpp-python" if python else f"llama-server, {settings.local_parallel} parallel"
-    info = {"pid": proc.pid, "port": port, "model": str(model), "exe": cmd[0], "engine": engine,
-            "started": time.time()}  # fmt: skip
+    info = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "port": port, "model": str(model),
+            "engine": engine, "started": time.time()}  # fmt: skip
     tmp.write_text(json.dumps(info))
     tmp.replace(pid_file)
     return wait_ready(entry, settings)
@@ -211,7 +234,7 @@ def stop(entry: ModelEntry, settings: Settings, timeout_s: float = 10.0) -> Serv
     if info is None:
         return ServerStatus(entry.name, "down", port, None, "was not running")
     pid = int(info["pid"])
-    if _alive(pid) and _ours(pid, port, info.get("exe")):
+    if _alive(pid) and _ours(pid, info):
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while _alive(pid) and time.monotonic() < deadline:
