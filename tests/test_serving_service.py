@@ -7,6 +7,7 @@ names, a panel the gateway cannot call. Tests marked `models` call the real loca
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -640,11 +641,13 @@ def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("SM_ROUTER_DIR", raising=False)
     svc = StratMaster.inner()
+    frozen = gc.get_freeze_count()  # start-up froze what it loaded
     deadline = time.monotonic() + 60
-    while svc._retriever is None and time.monotonic() < deadline:
+    while (svc._retriever is None or gc.get_freeze_count() == frozen) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert svc._retriever is not None, "no request came, yet the indexes should be open"
     assert get_embedder.cache_info().currsize == 1  # and the query embedder loaded
+    assert gc.get_freeze_count() > frozen  # and both left the collector's sight, as start-up's objects do
     try:
         assert svc._retriever.search("How tall is the Eiffel Tower?", k=1)[0].doc_id == "tower.txt"
     finally:
