@@ -59,12 +59,17 @@ def missing_from_build(system_info: str, options: dict[str, bool]) -> list[str]:
     return [o for o, on in options.items() if on and o not in built | NOT_IN_SYSTEM_INFO]
 
 
+def ggml_defines(options: dict[str, bool]) -> list[str]:
+    """The CMake defines for ggml's options (native detection off): llama-cpp-python's build and
+    llama-server's (pipelines/llm/native.py) get the same ones."""
+    return [f"GGML_{option}={'ON' if on else 'OFF'}" for option, on in {"NATIVE": False, **options}.items()]
+
+
 def main(argv: list[str]) -> int:
     options = ggml_options()
     if argv == ["uv-settings"]:
-        settings = {"NATIVE": False, **options}
-        for option, on in settings.items():
-            print(f"llama-cpp-python:cmake.define.GGML_{option}={'ON' if on else 'OFF'}")
+        for define in ggml_defines(options):
+            print(f"llama-cpp-python:cmake.define.{define}")
         return 0
     if argv == ["check-llama"]:
         import llama_cpp

@@ -28,9 +28,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipelines.hardware import cpu_flags, ggml_options
+from pipelines.hardware import cpu_flags, ggml_defines, ggml_options
+from pipelines.settings import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 BINARY = "llama-server"
 
 
@@ -46,11 +46,10 @@ def locked_source(lock: Path) -> tuple[str, str]:
 def cmake_flags(options: dict[str, bool]) -> list[str]:
     """A static llama-server, no downloads (curl) or TLS, with ggml's CPU options as scripts/setup.sh gives
     them to llama-cpp-python's build (no options: llama.cpp's default, built for the CPU it compiles on)."""
-    cpu = [f"-DGGML_{k}={'ON' if on else 'OFF'}" for k, on in options.items()]
     return ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
             "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
             "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
-            *(["-DGGML_NATIVE=OFF", *cpu] if options else [])]  # fmt: skip
+            *(f"-D{d}" for d in (ggml_defines(options) if options else []))]  # fmt: skip
 
 
 def cache_key(version: str, flags: list[str]) -> str:
@@ -129,7 +128,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m pipelines.llm.native install", file=sys.stderr)
         return 2
     target = Path(sys.executable).parent / BINARY
-    install(ROOT / "requirements.lock", ROOT / ".cache" / "llama-server", target)
+    install(REPO_ROOT / "requirements.lock", REPO_ROOT / ".cache" / "llama-server", target)
     print(f"[setup] {target}")
     return 0
 

@@ -60,21 +60,23 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie child counts as gone
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"  # a zombie child counts as gone
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name (state first), or [] when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
 
 
 def _start_ticks(pid: int) -> int | None:
     """When process `pid` started (clock ticks since boot): with the PID, it names one process for good."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return int(fields[19]) if len(fields) > 19 else None
 
 
 def _ours(pid: int, info: dict) -> bool:
