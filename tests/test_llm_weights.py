@@ -101,3 +101,8 @@ def test_llama_server_is_built_from_the_locked_source_for_the_same_cpu_options(t
     assert filecmp.cmp(target, built, shallow=False) and not list(tmp_path.glob("*.tmp"))
     out = subprocess.run([str(target), "--version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "built with" in out.stdout + out.stderr
+    # no cached build for this version: a failed build leaves no older llama-server behind to be used
+    monkeypatch.setattr(native, "fetch_source", lambda *a: (_ for _ in ()).throw(RuntimeError("offline")))
+    with pytest.raises(RuntimeError, match="offline|cmake"):
+        native.install(REPO_ROOT / "requirements.lock", tmp_path / "empty-cache", target)
+    assert not target.exists()

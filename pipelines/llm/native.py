@@ -109,6 +109,8 @@ def install(lock: Path, cache_dir: Path, target: Path) -> Path:
     flags = cmake_flags(ggml_options() if os.uname().machine == "x86_64" else {})
     cached = cache_dir / cache_key(version, flags) / BINARY
     if not cached.exists():
+        # an older build at `target` (another version or other CPU options) must not outlive a failed one
+        target.unlink(missing_ok=True)
         if shutil.which("cmake") is None:
             raise RuntimeError("building llama-server needs cmake and a C++ compiler (apt install cmake g++)")
         cached.parent.mkdir(parents=True, exist_ok=True)
