@@ -1,7 +1,8 @@
 """StratMaster's BentoML service: an OpenAI-compatible chat API whose `model="router"` picks the model.
 
 Endpoints (DESIGN.md "Service contract"): POST /v1/chat/completions (JSON or SSE), POST /v1/route,
-POST /v1/rag, GET /v1/models; BentoML's own GET /healthz, /livez, /readyz (`__is_ready__`) and /metrics.
+POST /v1/rag, GET /v1/models; BentoML's own GET /healthz, /livez, /readyz (`__is_ready__`: the
+catalog has a model and the start-up index opening has ended) and /metrics.
 The /v1 routes are a FastAPI app whose handlers are methods of the service class (BentoML binds `self`):
 OpenAI's wire format and error shape. The typed `@bentoml.api` methods `route` and `rag` (POST /route,
 POST /rag) are the same decisions for BentoML clients (`bentoml.SyncHTTPClient(url).route(...)`):
@@ -119,7 +120,10 @@ class StratMaster:
         self._retriever: Any = None
         self._retriever_lock = threading.Lock()
         # open the indexes now, beside start-up, rather than in each worker's first /v1/rag (seconds: MiniLM,
-        # BM25, the graph, a worker's copy of the local Qdrant folder); without indexes, /v1/rag tries again
+        # BM25, the graph, a worker's copy of the local Qdrant folder); without indexes, /v1/rag tries again.
+        # /readyz waits for it: until then the opening takes CPU from requests (a load test that started at
+        # once measured it still running 30 s in) and a /v1/rag would wait for it
+        self._warmed_up = threading.Event()
         threading.Thread(target=self._preopen_retriever, name="open-indexes", daemon=True).start()
         # Everything loaded so far (torch, Presidio, LiteLLM's tables, the router) lives as long as the
         # worker: move it out of the collector's sight, so a full collection under load walks only what
@@ -128,7 +132,7 @@ class StratMaster:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return bool(self.gateway.catalog.available())
+        return self._warmed_up.is_set() and bool(self.gateway.catalog.available())
 
     # -- helpers -------------------------------------------------------------------------------------
     def _authorize(
@@ -282,11 +286,13 @@ class StratMaster:
             self._open_retriever(quiet=True)
         except HTTPFailure:
             log.info("no retrieval indexes yet: /v1/rag opens them when they exist")
-            return
-        # the indexes and the query embedder were loaded after start-up's freeze: out of the collector's
-        # sight with the rest (left in it, /v1/route p99 at 8 users was 138 ms on 2026-12-01)
-        gc.collect()
-        gc.freeze()
+        else:
+            # the indexes and the query embedder were loaded after start-up's freeze: out of the collector's
+            # sight with the rest (left in it, /v1/route p99 at 8 users was 138 ms on 2026-12-01)
+            gc.collect()
+            gc.freeze()
+        finally:
+            self._warmed_up.set()  # ready, whatever happened: /v1/route and chat need no index
 
     def _open_retriever(self, quiet: bool = False) -> Any:
         """The hybrid retriever over the indexes in `SM_INDEX_DIR` (default run_dir/index), opened once."""

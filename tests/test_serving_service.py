@@ -142,6 +142,9 @@ def _no_trace(resp) -> None:
 # -- health, auth, models ---------------------------------------------------------------------------------
 def test_health_endpoints_are_open(client):
     assert client.get("/healthz").status_code == 200
+    deadline = time.monotonic() + 60  # ready once the worker's start-up index opening has ended
+    while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert client.get("/readyz").status_code == 200
 
 
@@ -643,9 +646,10 @@ def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp
     svc = StratMaster.inner()
     frozen = gc.get_freeze_count()  # start-up froze what it loaded
     deadline = time.monotonic() + 60
-    while (svc._retriever is None or gc.get_freeze_count() == frozen) and time.monotonic() < deadline:
+    while not svc.__is_ready__() and time.monotonic() < deadline:  # /readyz
         time.sleep(0.1)
-    assert svc._retriever is not None, "no request came, yet the indexes should be open"
+    # ready only once the indexes are open (no request came): load is not sent while they still take CPU
+    assert svc._retriever is not None, "ready, yet the indexes are not open"
     assert get_embedder.cache_info().currsize == 1  # and the query embedder loaded
     assert gc.get_freeze_count() > frozen  # and both left the collector's sight, as start-up's objects do
     try:
