@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     local_engine: Literal["auto", "llama-server", "llama-cpp-python"] = "auto"
     local_parallel: int = Field(default=2, ge=1)
     llama_server_bin: str = ""
+    # llama-server keeps finished prompts' KV states in RAM for reuse by later prompts with the same start;
+    # its own default cap is 8 GiB, a lot for a workbench beside other work (SmolLM2's full 2,048-token
+    # state is about 45 MiB); 0 turns the cache off
+    local_cache_ram_mib: int = Field(default=256, ge=0)
     local_ready_timeout_s: float = 60.0
     # the stated CPU-hour price from which local models' $/1k tokens are derived
     cpu_hour_usd: float = 0.10

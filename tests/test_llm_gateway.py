@@ -181,6 +181,9 @@ def test_smollm2_runs_on_llama_server_with_parallel_slots_and_gemma_on_its_chat_
     props = httpx.get(f"http://{model_settings.local_host}:{st.port}/props", timeout=10).json()
     assert props["total_slots"] == model_settings.local_parallel
     assert props["default_generation_settings"]["n_ctx"] == min(smol.context_window, model_settings.local_ctx)
+    # its prompt cache is capped by the setting, not by llama-server's own 8 GiB default
+    argv = Path(f"/proc/{st.pid}/cmdline").read_bytes().decode().split("\0")
+    assert argv[argv.index("--cache-ram") + 1] == str(model_settings.local_cache_ram_mib)
     assert servers.status(gemma, model_settings).detail == "llama-cpp-python"
     without = model_settings.model_copy(update={"llama_server_bin": ""})
     cmd, engine = servers.command(smol, Path("m.gguf"), 1, without)

@@ -128,6 +128,7 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tu
             "--ctx-size", str(ctx * settings.local_parallel), "--parallel", str(settings.local_parallel),
             "--threads", str(settings.local_threads), "--threads-batch", str(settings.local_threads),
             "--flash-attn", "on" if entry.local.flash_attn else "off",
+            "--cache-ram", str(settings.local_cache_ram_mib),
             "--no-webui", "--metrics",
         ], f"llama-server, {settings.local_parallel} parallel"  # fmt: skip
     cmd = [
