@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     # the engine of local models (pipelines/llm/servers.py): llama.cpp's llama-server (built by `make setup`;
     # unset binary: .venv/bin/llama-server, then PATH) serves `local_parallel` requests at once per model,
     # decoding them together, each with local_ctx tokens of context; llama-cpp-python's answers one at a time.
-    # "auto": llama-server where there is one and the catalog entry names no llama-cpp-python chat format.
+    # "auto": llama-server where there is one, unless the catalog entry names a llama-cpp-python chat format
+    # and no chat_template for llama-server.
     local_engine: Literal["auto", "llama-server", "llama-cpp-python"] = "auto"
     local_parallel: int = Field(default=2, ge=1)
     llama_server_bin: str = ""

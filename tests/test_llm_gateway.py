@@ -168,12 +168,14 @@ def test_stream_yields_deltas_then_the_accounting_chat_gives(fresh, model_settin
         iter(call)
 
 
-def test_smollm2_runs_on_llama_server_with_parallel_slots_and_gemma_on_its_chat_format(
+def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_its_chat_format(
     gateway, model_settings
 ):
-    """SmolLM2 (its chat template is in the GGUF) is served by llama.cpp's llama-server with local_parallel
-    slots of local_ctx tokens each; Gemma names a llama-cpp-python chat format, so that server runs it."""
+    """Both local models are served by llama.cpp's llama-server with local_parallel slots of local_ctx tokens
+    each. Gemma's catalog entry names llama-cpp-python's `snoozy` chat format: llama-server gets the same
+    prompt from snoozy.jinja, and the format's stop string goes with every request."""
     import httpx
+    from llama_cpp.llama_chat_format import format_snoozy
 
     smol, gemma = gateway.catalog.get("smollm2-135m"), gateway.catalog.get("gemma3-270m")
     st = servers.status(smol, model_settings)
@@ -184,13 +186,29 @@ def test_smollm2_runs_on_llama_server_with_parallel_slots_and_gemma_on_its_chat_
     # its prompt cache is capped by the setting, not by llama-server's own 8 GiB default
     argv = Path(f"/proc/{st.pid}/cmdline").read_bytes().decode().split("\0")
     assert argv[argv.index("--cache-ram") + 1] == str(model_settings.local_cache_ram_mib)
-    assert servers.status(gemma, model_settings).detail == "llama-cpp-python"
+    gst = servers.status(gemma, model_settings)
+    assert gst.detail == st.detail
+    for messages in (
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a prime."},
+         {"role": "assistant", "content": "7"}, {"role": "user", "content": "Another one?"}],
+    ):  # fmt: skip
+        url = f"http://{model_settings.local_host}:{gst.port}/apply-template"
+        assert httpx.post(url, json={"messages": messages}, timeout=10).json()["prompt"] == (
+            format_snoozy(messages).prompt
+        )
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    for extra in ({}, {"stop": ["\n\n"]}):  # a caller's stop strings add to the format's, not replace them
+        answer = gateway.chat("gemma3-270m", question, max_tokens=48, temperature=0.0, **extra)
+        assert answer.text.strip() and "###" not in answer.text and answer.output_tokens < 48
     without = model_settings.model_copy(update={"llama_server_bin": ""})
     cmd, engine = servers.command(smol, Path("m.gguf"), 1, without)
     assert Path(cmd[0]).name == "llama-server" and engine == st.detail  # make setup put it next to Python
-    assert servers.command(gemma, Path("m.gguf"), 1, without)[1] == "llama-cpp-python"
+    python_only = gemma.model_copy(update={"local": gemma.local.model_copy(update={"chat_template": None})})
+    assert servers.command(python_only, Path("m.gguf"), 1, without)[1] == "llama-cpp-python"
     with pytest.raises(servers.ServerError, match="chat format 'snoozy'"):
-        servers.command(gemma, Path("m.gguf"), 1, without.model_copy(update={"local_engine": "llama-server"}))
+        forced = without.model_copy(update={"local_engine": "llama-server"})
+        servers.command(python_only, Path("m.gguf"), 1, forced)
     missing = without.model_copy(update={"llama_server_bin": "/nonexistent"})
     with pytest.raises(servers.ServerError, match="no such executable"):
         servers.command(smol, Path("m.gguf"), 1, missing)

@@ -23,6 +23,17 @@ class LocalServing(BaseModel):
     weights: str
     port_offset: int = Field(ge=0)
     chat_format: str | None = None  # llama-cpp-python chat format; None uses the GGUF's own template
+    # the same format for llama-server: a Jinja chat template file next to this module, and the stop
+    # strings that llama-cpp-python's handler would have added (sent with every request to the model)
+    chat_template: str | None = None
+    stop: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _template_exists(self) -> LocalServing:
+        if self.chat_template and not (Path(__file__).parent / self.chat_template).is_file():
+            raise ValueError(f"chat_template {self.chat_template!r} is not a file in {Path(__file__).parent}")
+        return self
+
     # Serve a BF16 copy of the shipped weights where the CPU computes bf16 natively (pipelines/llm/weights.py)
     cpu_bf16: bool = False
     flash_attn: bool = False

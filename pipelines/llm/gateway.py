@@ -67,7 +67,18 @@ def _params(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
         p["api_key"] = f"os.environ/{entry.api_key_env}"
     elif entry.is_local_server or entry.provider == "vllm":
         p["api_key"] = LOCAL_API_KEY
+    if entry.local is not None and entry.local.stop:  # the chat format's own stop strings (catalog.py)
+        p["stop"] = list(entry.local.stop)
     return p
+
+
+def _with_stops(entry: ModelEntry, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A caller's `stop` replaces the deployment's in LiteLLM: keep the chat format's stop strings too."""
+    own = entry.local.stop if entry.local is not None else []
+    if not own or kwargs.get("stop") is None:
+        return kwargs
+    stop = kwargs["stop"]
+    return {**kwargs, "stop": list(dict.fromkeys([*([stop] if isinstance(stop, str) else stop), *own]))}
 
 
 def router_config(catalog: Catalog, settings: Settings, only_available: bool = True) -> dict[str, Any]:
@@ -197,6 +208,7 @@ class Gateway:
         """
         entry = self._entry(model)
         self._check(entry, messages, max_tokens)
+        kwargs = _with_stops(entry, kwargs)
         span = tracer().start_span(f"chat {model}")
         _span_request(span, model, max_tokens, temperature, stream=True)
         t0 = time.perf_counter()
@@ -226,6 +238,7 @@ class Gateway:
         **kwargs: Any,
     ) -> ChatResult:
         """One non-streamed call."""
+        kwargs = _with_stops(entry, kwargs)
         t0 = time.perf_counter()
         try:
             resp = self._router.completion(

@@ -2,8 +2,9 @@
 
 The engine is llama.cpp's own `llama-server` (built by `make setup`, `pipelines.llm.native`): it serves
 `local_parallel` requests at once, decoding them together. A catalog entry that names a llama-cpp-python chat
-format (Gemma's `snoozy`: a handler of that package, with its own stop string), or a machine without the
-binary, gets llama-cpp-python's server, which answers one request at a time.
+format gives llama-server the same format as a Jinja template (`chat_template`; Gemma's `snoozy.jinja`) and
+its stop strings go with every request (pipelines.llm.gateway); an entry with a chat format and no template,
+or a machine without the binary, gets llama-cpp-python's server, which answers one request at a time.
 
 Each server runs in its own session (it outlives the CLI that started it); its PID file, port and log live
 under `<run_dir>/servers/`. A PID file whose process is gone, or now belongs to another program, is stale and
@@ -101,19 +102,24 @@ def llama_server_binary(settings: Settings) -> str | None:
     return str(built) if built.exists() else shutil.which("llama-server")
 
 
+TEMPLATES = Path(__file__).parent  # the catalog's chat_template files live beside it
+
+
 def _llama_server_for(entry: ModelEntry, settings: Settings) -> str | None:
     """The llama-server binary that serves `entry`, or None for llama-cpp-python's server."""
     assert entry.local is not None
     if settings.local_engine == "llama-cpp-python":
         return None
     binary = llama_server_binary(settings)
+    python_only = bool(entry.local.chat_format) and not entry.local.chat_template
     if settings.local_engine == "llama-server":
-        if entry.local.chat_format:
+        if python_only:
             raise ServerError(f"{entry.name}: SM_LOCAL_ENGINE=llama-server, but its catalog entry needs "
-                              f"llama-cpp-python's chat format {entry.local.chat_format!r}")  # fmt: skip
+                              f"llama-cpp-python's chat format {entry.local.chat_format!r} and names no "
+                              "chat_template for llama-server")  # fmt: skip
         if binary is None:
             raise ServerError("SM_LOCAL_ENGINE=llama-server, but no llama-server is built (make setup)")
-    return None if entry.local.chat_format else binary
+    return None if python_only else binary
 
 
 def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tuple[list[str], str]:
@@ -122,6 +128,9 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tu
     ctx = min(entry.context_window, settings.local_ctx)
     binary = _llama_server_for(entry, settings)
     if binary:
+        template = []
+        if entry.local.chat_template:
+            template = ["--jinja", "--chat-template-file", str(TEMPLATES / entry.local.chat_template)]
         return [
             binary, "--model", str(model), "--alias", entry.name,
             "--host", settings.local_host, "--port", str(port),
@@ -129,7 +138,7 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tu
             "--threads", str(settings.local_threads), "--threads-batch", str(settings.local_threads),
             "--flash-attn", "on" if entry.local.flash_attn else "off",
             "--cache-ram", str(settings.local_cache_ram_mib),
-            "--no-webui", "--metrics",
+            "--no-webui", "--metrics", *template,
         ], f"llama-server, {settings.local_parallel} parallel"  # fmt: skip
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
