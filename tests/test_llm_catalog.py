@@ -46,6 +46,12 @@ def test_models_without_their_key_are_unavailable_not_errors(monkeypatch):
             "    context_window: 10\n",
             "needs cost_per_1k_input_usd",
         ),
+        (
+            "models:\n  - name: x\n    litellm_model: openai/x\n    provider: llama.cpp\n    privacy: local\n"
+            "    context_window: 10\n    local: {weights: w, port_offset: 0, chat_template: nope.jinja,\n"
+            "      throughput_tokens_s: {input: 1, output: 1}}\n",
+            "chat_template 'nope.jinja' is not a file",
+        ),
     ],
 )
 def test_bad_catalog_yaml_gives_a_clear_error(tmp_path: Path, text: str, fragment: str):

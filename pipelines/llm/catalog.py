@@ -27,17 +27,20 @@ class LocalServing(BaseModel):
     # strings that llama-cpp-python's handler would have added (sent with every request to the model)
     chat_template: str | None = None
     stop: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _template_exists(self) -> LocalServing:
-        if self.chat_template and not (Path(__file__).parent / self.chat_template).is_file():
-            raise ValueError(f"chat_template {self.chat_template!r} is not a file in {Path(__file__).parent}")
-        return self
-
     # Serve a BF16 copy of the shipped weights where the CPU computes bf16 natively (pipelines/llm/weights.py)
     cpu_bf16: bool = False
     flash_attn: bool = False
     throughput_tokens_s: dict[Literal["input", "output"], float]
+
+    @model_validator(mode="after")
+    def _template_exists(self) -> LocalServing:
+        path = self.template_path()
+        if path is not None and not path.is_file():
+            raise ValueError(f"chat_template {self.chat_template!r} is not a file in {path.parent}")
+        return self
+
+    def template_path(self) -> Path | None:
+        return Path(__file__).with_name(self.chat_template) if self.chat_template else None
 
 
 class ModelEntry(BaseModel):

@@ -102,9 +102,6 @@ def llama_server_binary(settings: Settings) -> str | None:
     return str(built) if built.exists() else shutil.which("llama-server")
 
 
-TEMPLATES = Path(__file__).parent  # the catalog's chat_template files live beside it
-
-
 def _llama_server_for(entry: ModelEntry, settings: Settings) -> str | None:
     """The llama-server binary that serves `entry`, or None for llama-cpp-python's server."""
     assert entry.local is not None
@@ -128,9 +125,8 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tu
     ctx = min(entry.context_window, settings.local_ctx)
     binary = _llama_server_for(entry, settings)
     if binary:
-        template = []
-        if entry.local.chat_template:
-            template = ["--jinja", "--chat-template-file", str(TEMPLATES / entry.local.chat_template)]
+        template = entry.local.template_path()
+        jinja = ["--jinja", "--chat-template-file", str(template)] if template else []
         return [
             binary, "--model", str(model), "--alias", entry.name,
             "--host", settings.local_host, "--port", str(port),
@@ -138,7 +134,7 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tu
             "--threads", str(settings.local_threads), "--threads-batch", str(settings.local_threads),
             "--flash-attn", "on" if entry.local.flash_attn else "off",
             "--cache-ram", str(settings.local_cache_ram_mib),
-            "--no-webui", "--metrics", *template,
+            "--no-webui", "--metrics", *jinja,
         ], f"llama-server, {settings.local_parallel} parallel"  # fmt: skip
     cmd = [
         sys.executable, "-m", "llama_cpp.server",
