@@ -98,7 +98,7 @@ def test_a_hanging_server_times_out_with_the_model_named(model_settings):
 def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, model_settings):
     from router_models.cli import app
 
-    gateway = Gateway(model_settings, gateway.catalog)  # its own Router: cooldowns stay in this test
+    shared, gateway = gateway, Gateway(model_settings, gateway.catalog)  # its own Router and cooldowns
     smol = gateway.catalog.get("smollm2-135m")
     pid = servers.status(smol, model_settings).pid
     assert pid is not None
@@ -122,6 +122,13 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
     finally:
         servers.start(smol, model_settings)
     assert servers.status(smol, model_settings).state == "up"
+    # the session's gateway shares LiteLLM's cached HTTP clients: its first calls after the restart may fail
+    # and cool smollm2 down; wait until it answers again, so later tests (test_bench_runner when run after
+    # this file) do not get gemma by fallback
+    deadline = time.monotonic() + model_settings.cooldown_s + 15
+    while shared.chat("smollm2-135m", HELLO, max_tokens=2).fallback_used and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not shared.chat("smollm2-135m", HELLO, max_tokens=2).fallback_used
 
 
 # -- Gateway.stream: the public streaming call (what the service's SSE path uses) -----------------------
