@@ -281,3 +281,18 @@ def test_stream_falls_back_to_the_other_local_model(fresh, model_settings):
     r = call.result
     assert r.text == text and r.model == "gemma3-270m" and r.fallback_used and r.output_tokens > 0
     assert r.cost_usd == pytest.approx(gw.cost_usd("gemma3-270m", r.input_tokens, r.output_tokens))
+
+
+def test_a_fallback_keeps_the_answering_models_stop_strings_next_to_the_callers(fresh, model_settings):
+    """LiteLLM lets a caller's `stop` replace the deployment's: when smollm2 is down and gemma answers a call
+    that brought its own stop list, gemma still gets its chat format's `###`, streamed and not."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    smol = fresh.catalog.get("smollm2-135m").model_copy(update={"api_base": f"http://127.0.0.1:{closed}/v1"})
+    gw = Gateway(model_settings, Catalog(models=[smol, fresh.catalog.get("gemma3-270m")]))
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    for stream in (True, False):
+        r = gw.chat("smollm2-135m", question, max_tokens=48, stream=stream, stop=["\n\n"])
+        assert r.fallback_used and r.model == "gemma3-270m"
+        assert r.text.strip() and "###" not in r.text and r.output_tokens < 48

@@ -72,15 +72,6 @@ def _params(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
     return p
 
 
-def _with_stops(entry: ModelEntry, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A caller's `stop` replaces the deployment's in LiteLLM: keep the chat format's stop strings too."""
-    own = entry.local.stop if entry.local is not None else []
-    if not own or kwargs.get("stop") is None:
-        return kwargs
-    stop = kwargs["stop"]
-    return {**kwargs, "stop": list(dict.fromkeys([*([stop] if isinstance(stop, str) else stop), *own]))}
-
-
 def router_config(catalog: Catalog, settings: Settings, only_available: bool = True) -> dict[str, Any]:
     """The Router's model list and settings; also what `stratmaster gateway export` writes for the Proxy."""
     entries = catalog.available() if only_available else catalog.models
@@ -134,6 +125,7 @@ class Gateway:
         cfg = router_config(self.catalog, self.settings)
         self._by_litellm = {e.litellm_model: e for e in self.catalog.models}
         self._router = litellm.Router(model_list=cfg["model_list"], **cfg["router_settings"])
+        self._fallbacks = {k: v for f in cfg["router_settings"]["fallbacks"] for k, v in f.items()}
         self._latencies: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=200))
 
     def _entry(self, name: str) -> ModelEntry:
@@ -145,6 +137,23 @@ class Gateway:
         if reason:
             raise GatewayError(f"model {name!r} is unavailable: {reason}")
         return entry
+
+    def _with_stops(self, entry: ModelEntry, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A caller's `stop` replaces a deployment's in LiteLLM: keep each chat format's stop strings too,
+        for the requested model and for every model the Router may fall back to (as per-request fallback
+        targets that carry their own stop lists)."""
+        if kwargs.get("stop") is None:
+            return kwargs
+        caller = [kwargs["stop"]] if isinstance(kwargs["stop"], str) else list(kwargs["stop"])
+
+        def stops(e: ModelEntry) -> list[str]:
+            return list(dict.fromkeys([*caller, *(e.local.stop if e.local is not None else [])]))
+
+        out = {**kwargs, "stop": stops(entry)}
+        if entry.name in self._fallbacks and "fallbacks" not in kwargs:
+            targets = [{"model": t, "stop": stops(self.catalog.get(t))} for t in self._fallbacks[entry.name]]
+            out["fallbacks"] = [{entry.name: targets}]
+        return out
 
     def _check(self, entry: ModelEntry, messages: list[dict[str, Any]], max_tokens: int) -> None:
         if not isinstance(messages, list) or not messages:
@@ -208,7 +217,7 @@ class Gateway:
         """
         entry = self._entry(model)
         self._check(entry, messages, max_tokens)
-        kwargs = _with_stops(entry, kwargs)
+        kwargs = self._with_stops(entry, kwargs)
         span = tracer().start_span(f"chat {model}")
         _span_request(span, model, max_tokens, temperature, stream=True)
         t0 = time.perf_counter()
@@ -238,7 +247,7 @@ class Gateway:
         **kwargs: Any,
     ) -> ChatResult:
         """One non-streamed call."""
-        kwargs = _with_stops(entry, kwargs)
+        kwargs = self._with_stops(entry, kwargs)
         t0 = time.perf_counter()
         try:
             resp = self._router.completion(
