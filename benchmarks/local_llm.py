@@ -1,6 +1,6 @@
-"""The local models' weights as shipped against the weights served (the catalog's `cpu_bf16` copy and
-`flash_attn`), in the same run: prompt evaluation and generation speed, and perplexity as the check that the
-served model is the same model.
+"""The local models' weights as shipped against the weights served (the catalog's `cpu_bf16` or
+`no_bf16_type` copy and `flash_attn`), in the same run: prompt evaluation and generation speed, and perplexity
+as the check that the served model is the same model.
 
     .venv/bin/python benchmarks/local_llm.py [--prompt-tokens 1000] [--gen-tokens 64]
 

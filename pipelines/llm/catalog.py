@@ -27,8 +27,10 @@ class LocalServing(BaseModel):
     # strings that llama-cpp-python's handler would have added (sent with every request to the model)
     chat_template: str | None = None
     stop: list[str] = Field(default_factory=list)
-    # Serve a BF16 copy of the shipped weights where the CPU computes bf16 natively (pipelines/llm/weights.py)
+    # Serve a BF16 copy of the shipped weights where the CPU computes bf16 natively, and a copy in
+    # `no_bf16_type` elsewhere when set (pipelines/llm/weights.py)
     cpu_bf16: bool = False
+    no_bf16_type: Literal["F16", "Q8_0"] | None = None
     flash_attn: bool = False
     throughput_tokens_s: dict[Literal["input", "output"], float]
 

@@ -25,30 +25,37 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def bf16_copy(source: Path, models_dir: Path) -> Path:
-    """A BF16 GGUF of `source` in `models_dir`, written once (atomically) by llama.cpp's own quantizer.
+FILE_TYPES = ("BF16", "F16", "Q8_0")  # a served copy's llama.cpp type: finer than any 4-bit type's step
 
-    Dequantizing to BF16 keeps the shipped model's values (to bf16 rounding) in a type whose matrix kernels
-    use the CPU's bf16 dot products; the file is about three times the size of a 4-bit one."""
+
+def converted_copy(source: Path, models_dir: Path, file_type: str = "BF16") -> Path:
+    """A copy of `source` in llama.cpp's `file_type` in `models_dir`, written once (atomically) by llama.cpp's
+    own quantizer.
+
+    Each type in FILE_TYPES holds the shipped 4-bit weights' values (BF16 and F16 to 16-bit rounding, Q8_0
+    to 8 bits a value), in a type whose kernels read prompts faster on some CPUs: BF16 where the CPU has bf16
+    dot products, Q8_0 on AVX2 (catalog.py); the file is two to three times the size of a 4-bit one."""
     import ctypes
 
     import llama_cpp
     from llama_cpp._logger import logger as llama_logger
 
-    target = models_dir / f"{source.stem}.BF16.gguf"
+    if file_type not in FILE_TYPES:
+        raise WeightsError(f"unsupported file type {file_type!r}: one of {', '.join(FILE_TYPES)}")
+    target = models_dir / f"{source.stem}.{file_type}.gguf"
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}")
     params.allow_requantize = True
     level = llama_logger.level
     llama_logger.setLevel(logging.ERROR)  # the quantizer logs a line per tensor
     try:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
-            raise WeightsError(f"llama.cpp could not convert {source.name} to BF16 (code {rc})")
+            raise WeightsError(f"llama.cpp could not convert {source.name} to {file_type} (code {rc})")
         tmp.replace(target)
     finally:
         llama_logger.setLevel(level)
@@ -58,10 +65,13 @@ def bf16_copy(source: Path, models_dir: Path) -> Path:
 
 def weights_path(entry: ModelEntry, settings: Settings) -> Path:
     """The GGUF file to serve for a local model: the shipped one (assembled into the run directory when it
-    comes in chunks), or its BF16 copy when the entry asks for one and the CPU computes bf16 natively."""
+    comes in chunks), its BF16 copy when the entry asks for one and the CPU computes bf16 natively, or else a
+    copy in the entry's `no_bf16_type` when it names one."""
     shipped = shipped_path(entry, settings)
     if entry.local is not None and entry.local.cpu_bf16 and native_bf16():
-        return bf16_copy(shipped, settings.models_dir)
+        return converted_copy(shipped, settings.models_dir, "BF16")
+    if entry.local is not None and entry.local.no_bf16_type:
+        return converted_copy(shipped, settings.models_dir, entry.local.no_bf16_type)
     return shipped
 
 
