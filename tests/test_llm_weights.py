@@ -11,6 +11,8 @@ from pipelines.llm import weights
 from pipelines.llm.catalog import load_catalog
 
 FILE_TYPE_IDS = {"BF16": 32, "Q8_0": 7}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* values (GGUF general.file_type)
+# largest next-token log-probability gap to the shipped file: measured BF16 0.22-0.29, Q8_0 0.47 (Q4_0: 2.4)
+MAX_GAP = {"BF16": 0.5, "Q8_0": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_a_converted_copy_is_the_same_model_and_is_written_once(smol, model_sett
         logprobs.append(lp[np.arange(len(toks) - 1), toks[1:]])
         del llm
     # the same model: each next token's log-probability agrees to rounding (a 4-bit requant does not)
-    assert np.abs(logprobs[0] - logprobs[1]).max() < 1.0  # measured BF16 0.22-0.29, Q8_0 0.47 (Q4_0: 2.4)
+    assert np.abs(logprobs[0] - logprobs[1]).max() < MAX_GAP[file_type]
     assert abs(logprobs[0].mean() - logprobs[1].mean()) < 0.1  # measured 0.04 both (Q4_0: 0.31)
 
 

@@ -19,6 +19,10 @@ class CatalogError(ValueError):
     """The catalog file is missing, not YAML, or an entry breaks the schema."""
 
 
+# llama.cpp file types a served copy of 4-bit weights may have: each is finer than any 4-bit type's step
+CopyType = Literal["BF16", "F16", "Q8_0"]
+
+
 class LocalServing(BaseModel):
     weights: str
     port_offset: int = Field(ge=0)
@@ -30,7 +34,7 @@ class LocalServing(BaseModel):
     # Serve a BF16 copy of the shipped weights where the CPU computes bf16 natively, and a copy in
     # `no_bf16_type` elsewhere when set (pipelines/llm/weights.py)
     cpu_bf16: bool = False
-    no_bf16_type: Literal["F16", "Q8_0"] | None = None
+    no_bf16_type: CopyType | None = None
     flash_attn: bool = False
     throughput_tokens_s: dict[Literal["input", "output"], float]
 

@@ -7,9 +7,10 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
+from typing import get_args
 
 from pipelines.hardware import native_bf16
-from pipelines.llm.catalog import ModelEntry, load_catalog
+from pipelines.llm.catalog import CopyType, ModelEntry, load_catalog
 from pipelines.settings import Settings
 
 
@@ -25,14 +26,11 @@ def _package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-FILE_TYPES = ("BF16", "F16", "Q8_0")  # a served copy's llama.cpp type: finer than any 4-bit type's step
-
-
 def converted_copy(source: Path, models_dir: Path, file_type: str = "BF16") -> Path:
     """A copy of `source` in llama.cpp's `file_type` in `models_dir`, written once (atomically) by llama.cpp's
     own quantizer.
 
-    Each type in FILE_TYPES holds the shipped 4-bit weights' values (BF16 and F16 to 16-bit rounding, Q8_0
+    Each CopyType holds the shipped 4-bit weights' values (BF16 and F16 to 16-bit rounding, Q8_0
     to 8 bits a value), in a type whose kernels read prompts faster on some CPUs: BF16 where the CPU has bf16
     dot products, Q8_0 on AVX2 (catalog.py); the file is two to three times the size of a 4-bit one."""
     import ctypes
@@ -40,8 +38,8 @@ def converted_copy(source: Path, models_dir: Path, file_type: str = "BF16") -> P
     import llama_cpp
     from llama_cpp._logger import logger as llama_logger
 
-    if file_type not in FILE_TYPES:
-        raise WeightsError(f"unsupported file type {file_type!r}: one of {', '.join(FILE_TYPES)}")
+    if file_type not in get_args(CopyType):
+        raise WeightsError(f"unsupported file type {file_type!r}: one of {', '.join(get_args(CopyType))}")
     target = models_dir / f"{source.stem}.{file_type}.gguf"
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
