@@ -60,8 +60,8 @@ def missing_from_build(system_info: str, options: dict[str, bool]) -> list[str]:
 
 
 def ggml_defines(options: dict[str, bool]) -> list[str]:
-    """The CMake defines for ggml's options (native detection off): llama-cpp-python's build and
-    llama-server's (pipelines/llm/native.py) get the same ones."""
+    """The CMake defines for ggml's options (native detection off), for llama-cpp-python's build (which also
+    makes llama-server: pipelines/llm/native.py)."""
     return [f"GGML_{option}={'ON' if on else 'OFF'}" for option, on in {"NATIVE": False, **options}.items()]
 
 

@@ -81,36 +81,31 @@ def test_llama_cpp_is_built_for_the_extensions_the_cpu_has():
     assert missing_from_build(native, zen4) == []
 
 
-def test_llama_server_is_built_from_the_locked_source_for_the_same_cpu_options(tmp_path, monkeypatch):
-    """`make setup` built llama.cpp's server from the sdist the lock pins, with the options llama-cpp-python
-    got, and keeps it in .cache: installing it again copies it without downloading or building."""
+def test_llama_server_is_built_with_the_bindings_and_loads_their_libraries():
+    """`make setup` builds llama-server in llama-cpp-python's own compile (pipelines/llm/native.py): it sits
+    in the llama_cpp package and loads the libllama and ggml the Python bindings load."""
     import filecmp
     import subprocess
     import sys
 
     import llama_cpp
 
-    from pipelines.hardware import ggml_options
     from pipelines.llm import native
-    from pipelines.settings import REPO_ROOT
 
-    version, sha256 = native.locked_source(REPO_ROOT / "requirements.lock")
-    assert version == llama_cpp.__version__ and len(sha256) == 64
-    flags = native.cmake_flags(ggml_options(ZEN4.split()))
-    assert {"-DGGML_AVX512_BF16=ON", "-DGGML_AMX_INT8=OFF", "-DGGML_NATIVE=OFF"} <= set(flags)
-    assert native.cmake_flags({}) == [f for f in flags if "GGML" not in f]  # elsewhere: llama.cpp's default
-    assert native.cache_key(version, flags) != native.cache_key(version, native.cmake_flags({}))
-    built = Path(sys.executable).parent / "llama-server"
-    assert built.exists(), "make setup did not build llama-server: see its [setup] output"
-    cache = REPO_ROOT / ".cache" / "llama-server"
-    for step in ("fetch_source", "build"):
-        monkeypatch.setattr(native, step, lambda *a, s=step: pytest.fail(f"{s} ran: the cache was not used"))
-    target = native.install(REPO_ROOT / "requirements.lock", cache, tmp_path / "s")
-    assert filecmp.cmp(target, built, shallow=False) and not list(tmp_path.glob("*.tmp"))
-    out = subprocess.run([str(target), "--version"], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0 and "built with" in out.stdout + out.stderr
-    # no cached build for this version: a failed build leaves no older llama-server behind to be used
-    monkeypatch.setattr(native, "fetch_source", lambda *a: (_ for _ in ()).throw(RuntimeError("offline")))
-    with pytest.raises(RuntimeError, match="offline|cmake"):
-        native.install(REPO_ROOT / "requirements.lock", tmp_path / "empty-cache", target)
-    assert not target.exists()
+    assert "llama-cpp-python:cmake.define.LLAMA_BUILD_SERVER=ON" in native.build_settings()
+    out = subprocess.run([sys.executable, "-m", "pipelines.llm.native", "uv-settings"], capture_output=True,
+                         text=True, check=True).stdout.split()  # fmt: skip
+    assert out == native.build_settings()
+    server = native.binary()
+    assert server is not None, "make setup did not build llama-server: see its [setup] output"
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    assert server.parent == lib_dir
+    run = subprocess.run([str(server), "--version"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and "built with" in run.stdout + run.stderr
+    # the libraries it links resolve next to it (RPATH $ORIGIN): the library the bindings loaded (a wheel
+    # holds copies, not symlinks, of libllama.so and libllama.so.0)
+    ldd = subprocess.run(["ldd", str(server)], capture_output=True, text=True, check=True).stdout
+    linked = {name.strip(): Path(to.split(" (")[0].strip()) for name, _, to in
+              (line.partition(" => ") for line in ldd.splitlines()) if to}  # fmt: skip
+    assert {linked[lib].resolve().parent for lib in ("libllama.so.0", "libggml.so.0")} == {lib_dir.resolve()}
+    assert filecmp.cmp(linked["libllama.so.0"], llama_cpp.llama_cpp._lib._name, shallow=False)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from pipelines.llm import native
 from pipelines.llm.catalog import ModelEntry
 from pipelines.llm.weights import weights_path
 from pipelines.settings import Settings
@@ -92,14 +93,14 @@ def _ours(pid: int, info: dict) -> bool:
 
 
 def llama_server_binary(settings: Settings) -> str | None:
-    """The llama-server to run: the setting, else the one `make setup` put next to this Python, else PATH."""
+    """The llama-server to run: the setting, else the one built with llama-cpp-python, else PATH's."""
     if settings.llama_server_bin:
         found = shutil.which(settings.llama_server_bin)
         if found is None:
             raise ServerError(f"SM_LLAMA_SERVER_BIN={settings.llama_server_bin}: no such executable")
         return found
-    built = Path(sys.executable).parent / "llama-server"
-    return str(built) if built.exists() else shutil.which("llama-server")
+    built = native.binary()
+    return str(built) if built else shutil.which("llama-server")
 
 
 def _llama_server_for(entry: ModelEntry, settings: Settings) -> str | None:
