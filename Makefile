@@ -53,6 +53,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/gateway.py
 	$(PY) benchmarks/local_llm.py
+	$(PY) benchmarks/local_servers.py
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # its own default cap is 8 GiB, a lot for a workbench beside other work (SmolLM2's full 2,048-token
     # state is about 45 MiB); 0 turns the cache off
     local_cache_ram_mib: int = Field(default=256, ge=0)
+    # how llama.cpp's threads wait at their OpenMP barriers (pipelines.llm.servers.server_env): "auto" is
+    # passive where one server's threads take every core, so that a second busy server (or the embedder)
+    # does not make them spin against each other
+    local_omp_wait_policy: Literal["auto", "default", "passive"] = "auto"
     local_ready_timeout_s: float = 60.0
     # the stated CPU-hour price from which local models' $/1k tokens are derived
     cpu_hour_usd: float = 0.10

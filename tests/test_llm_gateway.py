@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pipelines.llm import servers
 from pipelines.llm.catalog import Catalog, ModelEntry
 from pipelines.llm.gateway import Gateway, GatewayError
+from pipelines.settings import Settings
 
 pytestmark = pytest.mark.models
 HELLO = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -193,6 +194,10 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
     # its prompt cache is capped by the setting, not by llama-server's own 8 GiB default
     argv = Path(f"/proc/{st.pid}/cmdline").read_bytes().decode().split("\0")
     assert argv[argv.index("--cache-ram") + 1] == str(model_settings.local_cache_ram_mib)
+    # and it waits at its OpenMP barriers as server_env says (passive where its threads take every core)
+    raw = Path(f"/proc/{st.pid}/environ").read_bytes().decode().split("\0")
+    environ = dict(v.split("=", 1) for v in raw if v)
+    assert environ.get("OMP_WAIT_POLICY") == servers.server_env(model_settings).get("OMP_WAIT_POLICY")
     gst = servers.status(gemma, model_settings)
     assert gst.detail == st.detail
     for messages in (
@@ -210,7 +215,7 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
         assert answer.text.strip() and "###" not in answer.text and answer.output_tokens < 48
     without = model_settings.model_copy(update={"llama_server_bin": ""})
     cmd, engine = servers.command(smol, Path("m.gguf"), 1, without)
-    assert Path(cmd[0]).name == "llama-server" and engine == st.detail  # make setup put it next to Python
+    assert Path(cmd[0]).name == "llama-server" and engine == st.detail  # the one built with llama-cpp-python
     python_only = gemma.model_copy(update={"local": gemma.local.model_copy(update={"chat_template": None})})
     assert servers.command(python_only, Path("m.gguf"), 1, without)[1] == "llama-cpp-python"
     with pytest.raises(servers.ServerError, match="chat format 'snoozy'"):
@@ -221,6 +226,20 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
         servers.command(smol, Path("m.gguf"), 1, missing)
     metrics = httpx.get(f"http://{model_settings.local_host}:{st.port}/metrics", timeout=10).text
     assert "llamacpp:prompt_tokens_total" in metrics
+
+
+def test_servers_wait_passively_where_one_servers_threads_take_every_core(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(servers.os, "cpu_count", lambda: 2)
+
+    def policy(**kw) -> str | None:
+        return servers.server_env(Settings(**kw)).get("OMP_WAIT_POLICY")
+
+    assert policy(local_threads=2) == "passive" and policy(local_threads=1) is None
+    assert policy(local_threads=2, local_omp_wait_policy="default") is None
+    assert policy(local_threads=1, local_omp_wait_policy="passive") == "passive"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's own choice stays
+    assert policy(local_threads=2) == "active"
 
 
 def test_concurrent_streams_both_get_their_whole_answer(fresh):

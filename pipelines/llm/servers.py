@@ -198,6 +198,23 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
     return ServerStatus(entry.name, "starting", port, pid, "process alive, not answering yet")
 
 
+def server_env(settings: Settings) -> dict[str, str]:
+    """The environment a local server starts with. llama.cpp's CPU threads meet at an OpenMP barrier many
+    times per token, and by default spin there. Where one server's threads take every core, two busy servers
+    (the panel is two models) spin against each other: on 2 cores, 2 threads each, a 400-token prompt with 32
+    tokens out took 6.4 to 31 s per request with both servers answering at once (median of 3; one took 75 s),
+    and 3.7 s with passive waits, at 1.9 against 2.25 s for a server answering alone
+    (benchmarks/local_servers.py). "default" leaves OpenMP's own: spin a while, then sleep (its "active"
+    never sleeps, so an idle server's threads would take the cores). A policy in the environment is kept."""
+    env = dict(os.environ)
+    policy = settings.local_omp_wait_policy
+    if policy == "auto":
+        policy = "passive" if settings.local_threads >= (os.cpu_count() or 1) else "default"
+    if policy == "passive":
+        env.setdefault("OMP_WAIT_POLICY", "passive")
+    return env
+
+
 def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     """Start the server for a local model (no-op when it is already up) and wait until it answers."""
     st = status(entry, settings)
@@ -211,7 +228,8 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     cmd, engine = command(entry, model, port, settings)
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=server_env(settings))  # fmt: skip
     tmp = pid_file.with_suffix(".tmp")
     info = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "port": port, "model": str(model),
             "engine": engine, "started": time.time()}  # fmt: skip

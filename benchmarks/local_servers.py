@@ -1,0 +1,74 @@
+"""The two local servers answering at once, under each OpenMP wait policy (`SM_LOCAL_OMP_WAIT_POLICY`), in the
+same run: seconds per request for SmolLM2 answering alone, and for SmolLM2 and Gemma answering one request
+each at the same time.
+
+    .venv/bin/python benchmarks/local_servers.py [--rounds 3]
+
+A request is ~400 tokens of this README with 32 tokens out, prompt cache off. The servers run as the project
+starts them (`pipelines.llm.servers.start`), from a scratch run folder, on ports 8191-8192.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from pipelines.llm import servers  # noqa: E402
+from pipelines.llm.catalog import load_catalog  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+
+PROMPT = (ROOT / "README.md").read_text()[:1600]
+
+
+def ask(settings: Settings, port: int, i: int, out: list[float]) -> None:
+    body = {"prompt": f"{i} {PROMPT}", "n_predict": 32, "cache_prompt": False, "temperature": 0}
+    t0 = time.perf_counter()
+    httpx.post(f"http://{settings.local_host}:{port}/completion", json=body, timeout=600).raise_for_status()
+    out.append(time.perf_counter() - t0)
+
+
+def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, float]:
+    s = Settings(run_dir=run_dir, model_cache_dir=ROOT / "runs" / "models", local_base_port=8191,
+                 local_omp_wait_policy=policy)  # fmt: skip
+    entries = load_catalog(s).local()
+    ports = [servers.start(e, s).port for e in entries]
+    try:
+        alone: list[float] = []
+        for i in range(rounds + 1):
+            ask(s, ports[0], i, alone)
+        both: list[float] = []
+        for i in range(rounds):
+            threads = [threading.Thread(target=ask, args=(s, p, 100 + i, both)) for p in ports]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        for e in entries:
+            servers.stop(e, s)
+    return statistics.median(alone[1:]), statistics.median(both), max(both)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    print(f"{'wait policy':12s} {'alone s':>8s} {'both s':>8s} {'both max s':>10s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for policy in ("default", "passive"):
+            alone, both, worst = measure(policy, args.rounds, Path(tmp))
+            print(f"{policy:12s} {alone:8.2f} {both:8.2f} {worst:10.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
