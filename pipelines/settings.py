@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     local_threads: int = 2
     local_ctx: int = 2048
     # the engine of local models (pipelines/llm/servers.py): llama.cpp's llama-server (built by `make setup`;
-    # unset binary: .venv/bin/llama-server, then PATH) serves `local_parallel` requests at once per model,
-    # decoding them together, each with local_ctx tokens of context; llama-cpp-python's answers one at a time.
+    # unset binary: the one in the llama_cpp package, then PATH) serves `local_parallel` requests at once per
+    # model, decoding them together, each with local_ctx tokens of context; llama-cpp-python's answers one at
+    # a time.
     # "auto": llama-server where there is one, unless the catalog entry names a llama-cpp-python chat format
     # and no chat_template for llama-server.
     local_engine: Literal["auto", "llama-server", "llama-cpp-python"] = "auto"
