@@ -18,10 +18,9 @@ command -v "$PY" >/dev/null || PY=python3
 # carried to another CPU builds again instead of crashing there. pipelines/hardware.py maps the CPU's flags to
 # ggml's options; a CMAKE_ARGS of your own (a GPU build, say) replaces those.
 llama_settings=()
+cpu_options=$([[ -z "${CMAKE_ARGS:-}" && "$(uname -m)" == x86_64 ]] && echo 1 || true)
 settings=$(.venv/bin/python -m pipelines.llm.native uv-settings)
-if [[ -z "${CMAKE_ARGS:-}" && "$(uname -m)" == x86_64 ]]; then
-  settings+=" $(.venv/bin/python -m pipelines.hardware uv-settings)"
-fi
+if [[ -n "$cpu_options" ]]; then settings+=" $(.venv/bin/python -m pipelines.hardware uv-settings)"; fi
 for setting in $settings; do llama_settings+=(--config-settings-package "$setting"); done
 # the build needs a C++ compiler (CMake and Ninja come from PyPI, through scikit-build-core)
 if ! command -v c++ >/dev/null && [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null; then
@@ -33,7 +32,7 @@ echo "[setup] installing the locked set into .venv"
 .venv/bin/uv pip install --python .venv/bin/python --require-hashes -r requirements.lock "${llama_settings[@]}"
 # a .venv from before keeps the llama.cpp it has: rebuild it when it lacks llama-server or an extension the CPU has
 if ! .venv/bin/python -m pipelines.llm.native check ||
-  { [[ -z "${CMAKE_ARGS:-}" && "$(uname -m)" == x86_64 ]] && ! .venv/bin/python -m pipelines.hardware check-llama; }; then
+  { [[ -n "$cpu_options" ]] && ! .venv/bin/python -m pipelines.hardware check-llama; }; then
   .venv/bin/uv pip install --python .venv/bin/python --require-hashes -r requirements.lock "${llama_settings[@]}" \
     --reinstall-package llama-cpp-python
 fi

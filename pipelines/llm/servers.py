@@ -200,12 +200,10 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
 
 def server_env(settings: Settings) -> dict[str, str]:
     """The environment a local server starts with. llama.cpp's CPU threads meet at an OpenMP barrier many
-    times per token, and by default spin there. Where one server's threads take every core, two busy servers
-    (the panel is two models) spin against each other: on 2 cores, 2 threads each, a 400-token prompt with 32
-    tokens out took 6.4 to 31 s per request with both servers answering at once (median of 3; one took 75 s),
-    and 3.7 s with passive waits, at 1.9 against 2.25 s for a server answering alone
-    (benchmarks/local_servers.py). "default" leaves OpenMP's own: spin a while, then sleep (its "active"
-    never sleeps, so an idle server's threads would take the cores). A policy in the environment is kept."""
+    times per token, and by default spin there: where one server's threads take every core, two busy servers
+    spin against each other, so they wait passively (figures: README, benchmarks/local_servers.py).
+    "default" leaves OpenMP's own: spin a while, then sleep (its "active" never sleeps, so an idle server's
+    threads would take the cores). A policy in the environment is kept."""
     env = dict(os.environ)
     policy = settings.local_omp_wait_policy
     if policy == "auto":
