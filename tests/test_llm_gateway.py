@@ -99,7 +99,7 @@ def test_a_hanging_server_times_out_with_the_model_named(model_settings):
 def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, model_settings):
     from router_models.cli import app
 
-    shared, gateway = gateway, Gateway(model_settings, gateway.catalog)  # its own Router and cooldowns
+    shared, gateway = gateway, Gateway(model_settings, gateway.catalog)  # its own Router
     smol = gateway.catalog.get("smollm2-135m")
     pid = servers.status(smol, model_settings).pid
     assert pid is not None
@@ -123,9 +123,9 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
     finally:
         servers.start(smol, model_settings)
     assert servers.status(smol, model_settings).state == "up"
-    # the session's gateway shares LiteLLM's cached HTTP clients: its first calls after the restart may fail
-    # and cool smollm2 down; wait until it answers again, so later tests (test_bench_runner when run after
-    # this file) do not get gemma by fallback
+    # the session's gateway calls the same endpoint, so it shares this deployment's cooldown (LiteLLM's
+    # Routers hear each other's failures); wait until it answers again, so later tests (test_bench_runner
+    # when run after this file) do not get gemma by fallback
     deadline = time.monotonic() + model_settings.cooldown_s + 15
     while shared.chat("smollm2-135m", HELLO, max_tokens=2).fallback_used and time.monotonic() < deadline:
         time.sleep(1)
@@ -137,7 +137,7 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
 
 @pytest.fixture
 def fresh(local_servers, model_settings):
-    """A Gateway of its own: the kill test above leaves smollm2 in the shared gateway's LiteLLM cooldown."""
+    """A Gateway of its own Router (the kill test above may leave smollm2's endpoint in cooldown a while)."""
     return Gateway(model_settings, local_servers)
 
 
@@ -300,6 +300,21 @@ def test_stream_falls_back_to_the_other_local_model(fresh, model_settings):
     r = call.result
     assert r.text == text and r.model == "gemma3-270m" and r.fallback_used and r.output_tokens > 0
     assert r.cost_usd == pytest.approx(gw.cost_usd("gemma3-270m", r.input_tokens, r.output_tokens))
+
+
+def test_a_dead_endpoint_cools_down_only_its_own_gateways_model(fresh, model_settings):
+    """LiteLLM's Routers hear each other's failures and cool down by deployment id: a Gateway whose smollm2
+    points at a closed port must not send another Gateway's healthy smollm2 to gemma (it did while the id
+    was the bare name)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    smol = fresh.catalog.get("smollm2-135m").model_copy(update={"api_base": f"http://127.0.0.1:{closed}/v1"})
+    broken = Gateway(model_settings, Catalog(models=[smol, fresh.catalog.get("gemma3-270m")]))
+    for _ in range(3):  # more failures than allowed_fails: the broken deployment is cooled down
+        assert broken.chat("smollm2-135m", HELLO, max_tokens=2).fallback_used
+    r = fresh.chat("smollm2-135m", HELLO, max_tokens=2)
+    assert (r.model, r.fallback_used) == ("smollm2-135m", False)
 
 
 def test_a_fallback_keeps_the_answering_models_stop_strings_next_to_the_callers(fresh, model_settings):

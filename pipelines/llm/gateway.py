@@ -11,6 +11,8 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 
+import hashlib
+import json
 import logging
 import time
 from collections import defaultdict, deque
@@ -72,17 +74,25 @@ def _params(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
     return p
 
 
+def deployment_id(name: str, params: dict[str, Any]) -> str:
+    """`name@<hash of the endpoint>`. Every LiteLLM Router hears every Router's failures (it registers its
+    failure callback in LiteLLM's global list) and cools deployments down by this id: with the bare name, a
+    Gateway whose smollm2 pointed at a dead port sent every other Gateway's smollm2 to gemma for 30 s. The
+    hash covers the call's target (an environment variable's name, never a key's value)."""
+    target = {k: params.get(k) for k in ("model", "api_base", "api_key")}
+    if not str(target["api_key"] or "").startswith("os.environ/"):
+        target["api_key"] = None
+    return f"{name}@{hashlib.sha256(json.dumps(target, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
 def router_config(catalog: Catalog, settings: Settings, only_available: bool = True) -> dict[str, Any]:
     """The Router's model list and settings; also what `stratmaster gateway export` writes for the Proxy."""
     entries = catalog.available() if only_available else catalog.models
-    model_list = [
-        {
-            "model_name": e.name,
-            "litellm_params": _params(e, settings),
-            "model_info": {"id": e.name, "privacy": e.privacy, "context_window": e.context_window},
-        }
-        for e in entries
-    ]
+    model_list = []
+    for e in entries:
+        params = _params(e, settings)
+        info = {"id": deployment_id(e.name, params), "privacy": e.privacy, "context_window": e.context_window}
+        model_list.append({"model_name": e.name, "litellm_params": params, "model_info": info})
     names = {e.name for e in entries}
     local = [e.name for e in entries if e.is_local_server]
     fallbacks = [{m: [o for o in local if o != m]} for m in local if len(local) > 1]
@@ -304,9 +314,9 @@ class Gateway:
 
     def _answered(self, resp: Any, requested: ModelEntry) -> str:
         hidden = getattr(resp, "_hidden_params", {}) or {}
-        model_id = hidden.get("model_id")
-        if model_id in self.catalog.names():
-            return str(model_id)
+        name = str(hidden.get("model_id") or "").partition("@")[0]
+        if name in self.catalog.names():
+            return name
         served = getattr(resp, "model", None) or ""
         for name in self.catalog.names():
             if served == name or served.endswith("/" + name):
