@@ -132,6 +132,16 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
     assert not shared.chat("smollm2-135m", HELLO, max_tokens=2).fallback_used
 
 
+def test_a_server_killed_a_moment_ago_starts_again(local_servers, model_settings):
+    """status() says down once the PID is gone, while the dying server's threads may still hold its port:
+    start() waits for the port to be free instead of calling it taken by another program."""
+    smol = local_servers.get("smollm2-135m")
+    os.kill(servers.status(smol, model_settings).pid, signal.SIGKILL)
+    while servers.status(smol, model_settings).state != "down":
+        time.sleep(0.01)
+    assert servers.start(smol, model_settings).state == "up"
+
+
 # -- Gateway.stream: the public streaming call (what the service's SSE path uses) -----------------------
 
 

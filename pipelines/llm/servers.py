@@ -175,10 +175,17 @@ def _healthy(port: int, host: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _port_busy(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+def _port_busy(host: str, port: int, wait_s: float = 0.0) -> bool:
+    """Whether something listens on the port, after waiting up to `wait_s` for it to go: a server killed a
+    moment ago is reported down (its PID is gone) while its exiting threads still hold the socket."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            busy = s.connect_ex((host, port)) == 0
+        if not busy or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.1)
 
 
 def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
@@ -219,7 +226,7 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     if st.state in ("up", "starting"):
         return wait_ready(entry, settings) if st.state == "starting" else st
     port = port_of(entry, settings)
-    if _port_busy(settings.local_host, port):
+    if _port_busy(settings.local_host, port, wait_s=5.0):
         raise ServerError(f"{entry.name}: port {port} is taken by another program; set SM_LOCAL_BASE_PORT")
     model = weights_path(entry, settings)
     pid_file, log_file = _files(entry, settings)
