@@ -1,6 +1,7 @@
 """The two local servers answering at once, under each OpenMP wait policy (`SM_LOCAL_OMP_WAIT_POLICY`), in the
-same run: seconds per request for SmolLM2 answering alone, and for SmolLM2 and Gemma answering one request
-each at the same time.
+same run: seconds per request for SmolLM2 answering alone, for SmolLM2 answering two requests at once (its
+two parallel slots: the serving bench's RAG phase at 2 users), and for SmolLM2 and Gemma answering one
+request each at the same time.
 
     .venv/bin/python benchmarks/local_servers.py [--rounds 3]
 
@@ -37,7 +38,15 @@ def ask(settings: Settings, port: int, i: int, out: list[float]) -> None:
     out.append(time.perf_counter() - t0)
 
 
-def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, float]:
+def at_once(settings: Settings, ports: list[int], i: int, out: list[float]) -> None:
+    threads = [threading.Thread(target=ask, args=(settings, p, i + k, out)) for k, p in enumerate(ports)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, float, float]:
     s = Settings(run_dir=run_dir, model_cache_dir=ROOT / "runs" / "models", local_base_port=8191,
                  local_omp_wait_policy=policy)  # fmt: skip
     entries = load_catalog(s).local()
@@ -46,28 +55,26 @@ def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, floa
         alone: list[float] = []
         for i in range(rounds + 1):
             ask(s, ports[0], i, alone)
+        two: list[float] = []
         both: list[float] = []
         for i in range(rounds):
-            threads = [threading.Thread(target=ask, args=(s, p, 100 + i, both)) for p in ports]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            at_once(s, [ports[0], ports[0]], 100 + 2 * i, two)
+            at_once(s, ports, 200 + 2 * i, both)
     finally:
         for e in entries:
             servers.stop(e, s)
-    return statistics.median(alone[1:]), statistics.median(both), max(both)
+    return statistics.median(alone[1:]), statistics.median(two), statistics.median(both), max(both)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    print(f"{'wait policy':12s} {'alone s':>8s} {'both s':>8s} {'both max s':>10s}")
+    print(f"{'wait policy':12s} {'alone s':>8s} {'2 on one s':>10s} {'both s':>8s} {'both max s':>10s}")
     with tempfile.TemporaryDirectory() as tmp:
         for policy in ("default", "passive"):
-            alone, both, worst = measure(policy, args.rounds, Path(tmp))
-            print(f"{policy:12s} {alone:8.2f} {both:8.2f} {worst:10.2f}", flush=True)
+            alone, two, both, worst = measure(policy, args.rounds, Path(tmp))
+            print(f"{policy:12s} {alone:8.2f} {two:10.2f} {both:8.2f} {worst:10.2f}", flush=True)
 
 
 if __name__ == "__main__":
