@@ -194,6 +194,7 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
     prompt from snoozy.jinja, and the format's stop string goes with every request."""
     import httpx
     from llama_cpp.llama_chat_format import format_snoozy
+    from llama_cpp.server.types import repeat_penalty_field
 
     smol, gemma = gateway.catalog.get("smollm2-135m"), gateway.catalog.get("gemma3-270m")
     st = servers.status(smol, model_settings)
@@ -201,6 +202,9 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
     props = httpx.get(f"http://{model_settings.local_host}:{st.port}/props", timeout=10).json()
     assert props["total_slots"] == model_settings.local_parallel
     assert props["default_generation_settings"]["n_ctx"] == min(smol.context_window, model_settings.local_ctx)
+    # SmolLM2's repeats are penalised as llama-cpp-python's server does by default (llama-server's is off)
+    penalty = props["default_generation_settings"]["params"]["repeat_penalty"]
+    assert penalty == pytest.approx(repeat_penalty_field.default) == smol.local.repeat_penalty
     # its prompt cache is capped by the setting, not by llama-server's own 8 GiB default
     argv = Path(f"/proc/{st.pid}/cmdline").read_bytes().decode().split("\0")
     assert argv[argv.index("--cache-ram") + 1] == str(model_settings.local_cache_ram_mib)

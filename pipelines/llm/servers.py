@@ -135,6 +135,7 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tu
             "--threads", str(settings.local_threads), "--threads-batch", str(settings.local_threads),
             "--flash-attn", "on" if entry.local.flash_attn else "off",
             "--cache-ram", str(settings.local_cache_ram_mib),
+            "--repeat-penalty", str(entry.local.repeat_penalty),
             "--no-webui", "--metrics", *jinja,
         ], f"llama-server, {settings.local_parallel} parallel"  # fmt: skip
     cmd = [
