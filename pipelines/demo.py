@@ -56,7 +56,8 @@ def _rag(console: Console, settings: Settings, gateway: Gateway) -> None:
                 q, retriever, gateway, model, k=4, mode="hybrid", max_context_chars=settings.rag_context_chars
             )
             console.print(
-                f"[bold]Q:[/] {q}\n[bold]A[/] ({a.model}, {a.latency_s:.1f}s): {' '.join(a.text.split())}"
+                f"[bold]Q:[/] {q}\n[bold]A[/] ({a.model}, {a.latency_s:.1f}s, cited by {a.citations_by}): "
+                f"{' '.join(a.text.split())}"
             )
             for h in a.chunks[:4]:
                 mark = "*" if h.chunk_id in a.citations else " "

@@ -85,6 +85,9 @@ class RouteDecision(ApiModel):
 class RagAnswer(ApiModel):
     answer: str
     citations: list[str] = Field(description="chunk ids the answer cites")
+    citations_by: Literal["model", "overlap", "none"] = Field(
+        description="model: the model's own labels; overlap: attributed afterwards by shared words"
+    )
     chunks: list[dict[str, Any]] = Field(description="retrieved chunks with scores and provenance")
     model: str | None = Field(description="the model that answered; null when nothing was retrieved")
     stratmaster: dict[str, Any] = Field(description="routing decision, fallback, cost, latency, usage")

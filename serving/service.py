@@ -344,6 +344,7 @@ class StratMaster:
         return RagAnswer(
             answer=a.text,
             citations=a.citations,
+            citations_by=a.citations_by,
             chunks=[h.to_dict() for h in a.chunks],
             model=a.model,
             stratmaster={

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.corpus.chunking import chunk_text
 from pipelines.index.base import ScoredChunk
-from pipelines.rag.answer import build_messages, resolve_citations
+from pipelines.rag.answer import build_messages, cite, resolve_citations
 from pipelines.rag.fusion import convex, normalise, rrf
 from pipelines.rag.metrics import load_qrels, ndcg_at_10, recall_at_100
 from pipelines.rag.retrieve import Hit
@@ -84,6 +84,24 @@ def test_citations_map_labels_to_chunk_ids():
     assert all(small.count(f"{i}" * 250) == 1 and f"{i}" * 251 not in small for i in range(4))
     with pytest.raises(ValueError):
         Settings(rag_context_chars=50)
+
+
+def test_an_answer_without_labels_is_attributed_by_shared_words():
+    tower, bridge = "tower.txt#a1", "bridge.txt#b2"
+    hits = [
+        Hit(tower, "tower.txt", 1.0, "Eiffel Tower", "The Eiffel Tower in Paris is 330 metres tall."),
+        Hit(bridge, "bridge.txt", 0.4, "", "The Golden Gate Bridge in San Francisco opened in 1937."),
+    ]
+    assert cite("It is 330 metres tall [1].", hits) == (f"It is 330 metres tall [{tower}].", [tower], "model")
+    answer = "The Eiffel Tower is 330 metres tall! Bananas are yellow. It opened in 1937 in San Francisco"
+    text, cited, by = cite(answer, hits)
+    assert by == "overlap" and cited == [tower, bridge]
+    assert text == (
+        f"The Eiffel Tower is 330 metres tall! [{tower}] Bananas are yellow. "
+        f"It opened in 1937 in San Francisco [{bridge}]"
+    )
+    unrelated = "Bananas are yellow fruit. Ask someone else."
+    assert cite(unrelated, hits) == (unrelated, [], "none") and cite("", hits) == ("", [], "none")
 
 
 def test_chunking_is_stable_bounded_and_overlapping():
