@@ -75,3 +75,31 @@ def test_duplicate_names_are_refused(tmp_path: Path):
 def test_missing_catalog_file(tmp_path: Path):
     with pytest.raises(CatalogError, match="cannot read"):
         load_catalog(Settings(), path=tmp_path / "nope.yaml")
+
+
+def test_deployment_ids_name_the_model_and_its_endpoint_never_a_key(monkeypatch):
+    """LiteLLM cools deployments down by id across every Router in the process: the id is the catalog name
+    plus a hash of where calls go, so two Gateways share a cooldown only for the same endpoint."""
+    from types import SimpleNamespace
+
+    from pipelines.llm.gateway import Gateway, deployment_id, router_config
+
+    settings = Settings()
+    catalog = load_catalog(settings)
+
+    def ids_now() -> list[str]:
+        return [m["model_info"]["id"] for m in router_config(catalog, settings, False)["model_list"]]
+
+    ids = ids_now()
+    assert [i.partition("@")[0] for i in ids] == catalog.names()
+    assert all(len(i.partition("@")[2]) == 12 for i in ids) and ids == ids_now()  # stable
+    base = {"model": "openai/x", "api_base": "http://127.0.0.1:8081/v1", "api_key": "sk-secret-1"}
+    assert deployment_id("x", base) == deployment_id("x", {**base, "api_key": "sk-secret-2"})  # no key value
+    assert deployment_id("x", base) != deployment_id("x", {**base, "api_base": "http://127.0.0.1:9/v1"})
+    assert deployment_id("x", {**base, "api_key": "os.environ/A"}) != deployment_id(
+        "x", {**base, "api_key": "os.environ/B"}
+    )  # which variable holds the key is part of the endpoint
+    gateway = Gateway(settings, catalog)
+    smol = catalog.get("smollm2-135m")
+    resp = SimpleNamespace(_hidden_params={"model_id": ids[catalog.names().index("gemma3-270m")]}, model="")
+    assert gateway._answered(resp, smol) == "gemma3-270m"

@@ -137,7 +137,8 @@ def test_a_server_killed_a_moment_ago_starts_again(local_servers, model_settings
     start() waits for the port to be free instead of calling it taken by another program."""
     smol = local_servers.get("smollm2-135m")
     os.kill(servers.status(smol, model_settings).pid, signal.SIGKILL)
-    while servers.status(smol, model_settings).state != "down":
+    deadline = time.monotonic() + 10
+    while servers.status(smol, model_settings).state != "down" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert servers.start(smol, model_settings).state == "up"
 
@@ -194,7 +195,6 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
     prompt from snoozy.jinja, and the format's stop string goes with every request."""
     import httpx
     from llama_cpp.llama_chat_format import format_snoozy
-    from llama_cpp.server.types import repeat_penalty_field
 
     smol, gemma = gateway.catalog.get("smollm2-135m"), gateway.catalog.get("gemma3-270m")
     st = servers.status(smol, model_settings)
@@ -202,9 +202,9 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
     props = httpx.get(f"http://{model_settings.local_host}:{st.port}/props", timeout=10).json()
     assert props["total_slots"] == model_settings.local_parallel
     assert props["default_generation_settings"]["n_ctx"] == min(smol.context_window, model_settings.local_ctx)
-    # SmolLM2's repeats are penalised as llama-cpp-python's server does by default (llama-server's is off)
+    # SmolLM2's repeats are penalised (llama-server's own default is off); Gemma's are not (catalog.yaml)
     penalty = props["default_generation_settings"]["params"]["repeat_penalty"]
-    assert penalty == pytest.approx(repeat_penalty_field.default) == smol.local.repeat_penalty
+    assert penalty == pytest.approx(smol.local.repeat_penalty) and penalty > 1.0
     # its prompt cache is capped by the setting, not by llama-server's own 8 GiB default
     argv = Path(f"/proc/{st.pid}/cmdline").read_bytes().decode().split("\0")
     assert argv[argv.index("--cache-ram") + 1] == str(model_settings.local_cache_ram_mib)
@@ -214,6 +214,8 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
     assert environ.get("OMP_WAIT_POLICY") == servers.server_env(model_settings).get("OMP_WAIT_POLICY")
     gst = servers.status(gemma, model_settings)
     assert gst.detail == st.detail
+    gprops = httpx.get(f"http://{model_settings.local_host}:{gst.port}/props", timeout=10).json()
+    assert gprops["default_generation_settings"]["params"]["repeat_penalty"] == 1.0
     for messages in (
         [{"role": "user", "content": "What is the capital of France?"}],
         [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a prime."},

@@ -93,15 +93,19 @@ def test_an_answer_without_labels_is_attributed_by_shared_words():
         Hit(bridge, "bridge.txt", 0.4, "", "The Golden Gate Bridge in San Francisco opened in 1937."),
     ]
     assert cite("It is 330 metres tall [1].", hits) == (f"It is 330 metres tall [{tower}].", [tower], "model")
-    answer = "The Eiffel Tower is 330 metres tall! Bananas are yellow. It opened in 1937 in San Francisco"
+    answer = "The Eiffel Tower is 330 metres tall!\n- Bananas are yellow.\n- It opened in 1937, San Francisco"
     text, cited, by = cite(answer, hits)
     assert by == "overlap" and cited == [tower, bridge]
     assert text == (
-        f"The Eiffel Tower is 330 metres tall! [{tower}] Bananas are yellow. "
-        f"It opened in 1937 in San Francisco [{bridge}]"
-    )
-    unrelated = "Bananas are yellow fruit. Ask someone else."
-    assert cite(unrelated, hits) == (unrelated, [], "none") and cite("", hits) == ("", [], "none")
+        f"The Eiffel Tower is 330 metres tall! [{tower}]\n- Bananas are yellow.\n"
+        f"- It opened in 1937, San Francisco [{bridge}]"
+    )  # line breaks kept
+    # a refusal shares only stop words with the sources; a source the prompt cut off is not evidence
+    for uncited in ("The sources do not say.\n\nSorry.", "Bananas are yellow fruit. Ask someone else.", ""):
+        assert cite(uncited, hits) == (uncited, [], "none")
+    long = [Hit("x#1", "x", 1.0, "", "filler " * 100 + "Gustave Eiffel designed the tower.")]
+    assert cite("Gustave Eiffel designed the tower.", long, max_context_chars=200)[2] == "none"
+    assert cite("Gustave Eiffel designed the tower.", long, max_context_chars=4000)[2] == "overlap"
 
 
 def test_chunking_is_stable_bounded_and_overlapping():

@@ -581,9 +581,7 @@ def test_rag_answers_with_citations_and_chunks(live):
     out = r.json()
     assert out["chunks"][0]["doc_id"] == "tower.txt" and out["chunks"][0]["scores"]
     assert set(out["citations"]) <= {c["chunk_id"] for c in out["chunks"]}
-    assert out["citations_by"] in ("model", "overlap", "none") and (out["citations_by"] == "none") == (
-        not out["citations"]
-    )
+    assert out["citations_by"] in ("model", "overlap", "none")
     assert out["model"] in LOCAL and out["stratmaster"]["chosen_by"] == "router"
     assert isinstance(out["answer"], str) and out["stratmaster"]["usage"]["input_tokens"] > 20
 

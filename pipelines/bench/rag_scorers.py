@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.llm.gateway import Gateway
+from pipelines.rag.answer import SENTENCE_BREAK
 
 RAGAS_LLM_METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 RAGAS_NONLLM_METRICS = ("rouge_l", "bleu")
@@ -119,7 +120,7 @@ def ragas_scores(rows: pd.DataFrame, gateway: Gateway, judge: str, embedder: str
 
 
 def _split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+    return [s.strip() for s in re.split(SENTENCE_BREAK, text) if s.strip()]
 
 
 def trulens_provider(gateway: Gateway, judge: str, max_tokens: int = 256):

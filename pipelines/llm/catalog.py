@@ -36,7 +36,8 @@ class LocalServing(BaseModel):
     cpu_bf16: bool = False
     no_bf16_type: CopyType | None = None
     flash_attn: bool = False
-    # llama-server's default repeat penalty for requests that set none (its own default: 1.0, off)
+    # llama-server's default repeat penalty for requests that set none (its own default: 1.0, off); the
+    # llama-cpp-python engine ignores it and applies its own 1.1 to every model
     repeat_penalty: float = Field(default=1.0, ge=1.0)
     throughput_tokens_s: dict[Literal["input", "output"], float]
 

@@ -4,13 +4,14 @@ and cite them, and return the answer with the retrieved chunks, their scores and
 Sources are shown to the model as [1], [2], ... (small models cite short labels far more reliably than
 hash ids); the returned text and `citations` carry the real chunk ids. Where the model cites nothing (the
 135M local model never did on 8 questions about Python's docs), each sentence is attributed after the fact
-to the source that holds most of its words, if one holds at least half; `citations_by` says which happened.
+to the source that holds most of its content words, if one holds at least half; `citations_by` says which.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from pipelines.rag.retrieve import Hit, Retriever
 
@@ -19,9 +20,18 @@ SYSTEM = (
     "numbers in square brackets, like [1] or [2]. If the sources do not contain the answer, say so."
 )
 _LABEL = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SENTENCE_BREAK = r"(?<=[.!?])\s+|\n+"  # also splits answers for pipelines.bench.rag_scorers
 _WORD = re.compile(r"[a-z0-9_]{3,}")
-MIN_OVERLAP = 0.5  # share of a sentence's words a source must hold to be cited for it
+_STOP_WORDS = (  # words too common to tie a sentence to a source
+    "the and for are but not you your with this that from have has had was were will would can could should "
+    "its into than then them they their there these those what which who whom when where why how all any "
+    "each other some such only own same also more most very just does did doing been being about above below "
+    "sources source answer question say says said"
+)
+_STOP = frozenset(_STOP_WORDS.split())
+MIN_OVERLAP = 0.5  # share of a sentence's content words a source must hold to be cited for it
+MIN_WORDS = 3  # sentences with fewer content words are not attributed
+CitedBy = Literal["model", "overlap", "none"]  # the model's own [n] labels, attributed afterwards, or none
 
 
 @dataclass
@@ -34,7 +44,7 @@ class Answer:
     requested_model: str
     fallback_used: bool
     mode: str
-    citations_by: str = "none"  # "model" (its own [n] labels), "overlap" (attributed afterwards) or "none"
+    citations_by: CitedBy = "none"
     cost_usd: float = 0.0
     latency_s: float = 0.0
     usage: dict = field(default_factory=dict)
@@ -43,11 +53,14 @@ class Answer:
         return asdict(self)
 
 
-def build_messages(question: str, hits: list[Hit], max_context_chars: int = 4000) -> list[dict]:
+def _shown(hits: list[Hit], max_context_chars: int) -> list[str]:
+    """Each source as the model sees it: they share `max_context_chars` equally."""
     per = max(200, max_context_chars // max(1, len(hits)))
-    sources = "\n\n".join(
-        f"[{i}] {(h.title + ': ') if h.title else ''}{h.text[:per]}" for i, h in enumerate(hits, 1)
-    )
+    return [f"{(h.title + ': ') if h.title else ''}{h.text[:per]}" for h in hits]
+
+
+def build_messages(question: str, hits: list[Hit], max_context_chars: int = 4000) -> list[dict]:
+    sources = "\n\n".join(f"[{i}] {text}" for i, text in enumerate(_shown(hits, max_context_chars), 1))
     return [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}\nAnswer (cite sources):"},
@@ -69,28 +82,35 @@ def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[str]]:
     return _LABEL.sub(swap, text).strip(), list(dict.fromkeys(cited))
 
 
-def attribute(text: str, hits: list[Hit], min_overlap: float = MIN_OVERLAP) -> tuple[str, list[str]]:
-    """For an answer that cites nothing: after each sentence, [chunk_id] of the source that holds the largest
-    share of the sentence's words (3+ letters, lowercased), when that share is at least `min_overlap`."""
-    sources = [set(_WORD.findall(f"{h.title} {h.text}".lower())) for h in hits]
-    out, cited = [], []
-    for sentence in _SENTENCE_END.split(text.strip()):
-        words = set(_WORD.findall(sentence.lower()))
-        shares = [len(words & src) / len(words) if words else 0.0 for src in sources]
-        best = max(range(len(hits)), key=shares.__getitem__, default=None)
-        if best is not None and shares[best] >= min_overlap:
-            sentence += f" [{hits[best].chunk_id}]"
+def _content_words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower())) - _STOP
+
+
+def attribute(text: str, hits: list[Hit], max_context_chars: int = 4000) -> tuple[str, list[str]]:
+    """For an answer that cites nothing: after each sentence, [chunk_id] of the source (as the model saw it)
+    that holds the largest share of the sentence's content words, when it holds at least MIN_OVERLAP of them
+    and the sentence has MIN_WORDS or more. The text is otherwise left as it was, line breaks included."""
+    sources = [_content_words(t) for t in _shown(hits, max_context_chars)]
+    parts = re.split(f"({SENTENCE_BREAK})", text)  # sentences at even indices, the breaks between them
+    cited = []
+    for i in range(0, len(parts), 2):
+        words = _content_words(parts[i])
+        if len(words) < MIN_WORDS or not sources:
+            continue
+        shares = [len(words & src) / len(words) for src in sources]
+        best = max(range(len(sources)), key=shares.__getitem__)
+        if shares[best] >= MIN_OVERLAP:
+            parts[i] += f" [{hits[best].chunk_id}]"
             cited.append(hits[best].chunk_id)
-        out.append(sentence)
-    return " ".join(out), list(dict.fromkeys(cited))
+    return ("".join(parts), list(dict.fromkeys(cited))) if cited else (text, [])
 
 
-def cite(text: str, hits: list[Hit]) -> tuple[str, list[str], str]:
+def cite(text: str, hits: list[Hit], max_context_chars: int = 4000) -> tuple[str, list[str], CitedBy]:
     """The answer's text with chunk ids, the ids cited, and who cited them (`Answer.citations_by`)."""
     resolved, cited = resolve_citations(text, hits)
     if cited:
         return resolved, cited, "model"
-    resolved, cited = attribute(resolved, hits)
+    resolved, cited = attribute(resolved, hits, max_context_chars)
     return resolved, cited, "overlap" if cited else "none"
 
 
@@ -101,7 +121,7 @@ def answer(question: str, retriever: Retriever, gateway, model: str = "smollm2-1
     if not hits:
         return Answer(question, "No indexed source matches this question.", [], [], "", model, False, mode)
     result = gateway.chat(model, build_messages(question, hits, max_context_chars), max_tokens=max_tokens)
-    text, citations, citations_by = cite(result.text, hits)
+    text, citations, citations_by = cite(result.text, hits, max_context_chars)
     return Answer(
         question=question, text=text, citations=citations, chunks=hits, model=result.model,
         requested_model=result.requested_model, fallback_used=result.fallback_used, mode=mode,
