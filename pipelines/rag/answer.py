@@ -91,11 +91,13 @@ def attribute(text: str, hits: list[Hit], max_context_chars: int = 4000) -> tupl
     that holds the largest share of the sentence's content words, when it holds at least MIN_OVERLAP of them
     and the sentence has MIN_WORDS or more. The text is otherwise left as it was, line breaks included."""
     sources = [_content_words(t) for t in _shown(hits, max_context_chars)]
+    if not sources:
+        return text, []
     parts = re.split(f"({SENTENCE_BREAK})", text)  # sentences at even indices, the breaks between them
     cited = []
     for i in range(0, len(parts), 2):
         words = _content_words(parts[i])
-        if len(words) < MIN_WORDS or not sources:
+        if len(words) < MIN_WORDS:
             continue
         shares = [len(words & src) / len(words) for src in sources]
         best = max(range(len(sources)), key=shares.__getitem__)
