@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,17 @@ class Report:
 def kernel_manager_class() -> type:
     """A KernelManager that starts ipykernel on `sys.executable`, not on whatever `python3` resolves to."""
     from jupyter_client.manager import KernelManager
+    from traitlets import CaselessStrEnum, default
 
     class ThisInterpreterKernelManager(KernelManager):
+        # over Unix sockets, not TCP ports: kernels started at the same moment cannot race for a port, and
+        # nothing listens on the network
+        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _ip_default(self) -> str:  # the sockets' path prefix, one per kernel (short: a socket path is
+            return os.path.join(tempfile.gettempdir(), f"sm-kernel-{uuid.uuid4().hex[:12]}")  # <108 bytes)
+
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             return [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file,
                     *(extra_arguments or [])]  # fmt: skip
@@ -171,16 +181,26 @@ def run_notebooks(
     parameters: dict[str, dict[str, Any]],
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
     names: tuple[str, ...] = NOTEBOOKS,
+    workers: int = 2,
 ) -> list[Report]:
-    """Run each named notebook (parameters per name); every notebook runs, then the first failure raises."""
-    reports, errors = [], []
-    for n in names:
+    """Run each named notebook (parameters per name), `workers` at a time, each in its own kernel; every
+    notebook runs, then the first failure raises. Reports come back in the order of `names`.
+
+    A kernel spends most of a report's time on one core (imports, pandas, plotting): on 2 cores, two at a
+    time took the four reports in 86 s against 130 s one at a time (ratio 0.66, benchmarks/reports.py)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(n: str) -> Report | NotebookError:
         try:
-            reports.append(run_notebook(Path(notebooks_dir) / f"{n}.ipynb", out_dir, parameters.get(n, {})))
+            return run_notebook(Path(notebooks_dir) / f"{n}.ipynb", out_dir, parameters.get(n, {}))
         except NotebookError as e:
-            errors.append(e)
+            return e
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="notebook") as pool:
+        ran = list(pool.map(one, names))
+    errors = [r for r in ran if isinstance(r, NotebookError)]
     if errors:
         if len(errors) == 1:
             raise errors[0]
         raise NotebookError(", ".join(e.name for e in errors), "; ".join(str(e) for e in errors))
-    return reports
+    return [r for r in ran if isinstance(r, Report)]
