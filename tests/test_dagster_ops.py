@@ -17,7 +17,7 @@ import pytest
 from assets import definitions, schedules, sensors
 from assets.resources import SettingsResource
 from assets.sensors import new_documents_sensor
-from pipelines.settings import REPO_ROOT
+from pipelines.settings import REPO_ROOT, Settings
 
 
 @functools.cache
@@ -105,6 +105,16 @@ def test_new_documents_sensor_watches_the_demo_corpus_without_corpus_dir(tmp_pat
         )
         (req,) = new_documents_sensor.evaluate_tick(ctx).run_requests
     assert req.tags["stratmaster/corpus"] == str(tmp_path / "demo_corpus")
+
+
+def test_without_corpus_dir_the_corpus_is_every_python_reference_topic_in_the_run_folder(tmp_path):
+    from pydoc_data.topics import topics
+
+    from assets.rag import corpus_source
+
+    source = corpus_source(Settings(run_dir=tmp_path))
+    assert source == str(tmp_path / "demo_corpus") and len(list(Path(source).glob("*.md"))) == len(topics)
+    assert corpus_source(Settings(run_dir=tmp_path, corpus_dir="s3://bucket/docs")) == "s3://bucket/docs"
 
 
 # -- schedules, jobs, checks -------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 real local models, checks and all; then the same job again, which must do no needless work; then the summary
 `stratmaster demo` prints from what the job materialized.
 
-The retrieval evaluation samples fewer SciFact claims than the demo's default; everything else is the demo's.
+The retrieval evaluation samples fewer SciFact claims than the demo's default, and the corpus is the first
+DEMO_TOPICS of the demo's Python reference topics (embedding all of them is most of a minute and a half here);
+everything else is the demo's.
 Today's micro-bench partition and the notebook reports are the demo's next two steps; test_bench_nightly and
 test_notebooks run those.
 """
@@ -18,6 +20,7 @@ from assets.definitions import defs
 from assets.resources import GatewayResource, SettingsResource
 
 pytestmark = [pytest.mark.slow, pytest.mark.models]
+DEMO_TOPICS = 16
 
 
 def _materialize(overrides: dict[str, str], instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -39,13 +42,16 @@ def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def demo_runs(model_settings, shared_data, tmp_path_factory):
     """The job's own model servers (the `model_panel` asset starts them, as in `make demo`), stopped after."""
+    from pipelines.demo_corpus import write_demo_corpus
     from pipelines.llm import servers
     from pipelines.llm.catalog import load_catalog
     from pipelines.settings import Settings
 
     run = tmp_path_factory.mktemp("demo_run")
+    corpus = write_demo_corpus(tmp_path_factory.mktemp("demo_corpus"), limit=DEMO_TOPICS)
     overrides = {
         "run_dir": str(run),
+        "corpus_dir": str(corpus),
         "shared_data_dir": str(shared_data),
         "model_cache_dir": str(model_settings.models_dir),
         "local_base_port": str(free_port_pair()),
@@ -91,6 +97,7 @@ def test_the_demo_job_materializes_every_asset_and_passes_every_check(demo_runs)
 def test_a_second_run_does_no_needless_work(demo_runs):
     first, second = _metadata(demo_runs["first"]), _metadata(demo_runs["second"])
     assert demo_runs["second"].success and set(second) == set(first)
+    assert first["corpus_chunks"]["files_processed"] == DEMO_TOPICS
     assert second["corpus_chunks"]["files_processed"] == 0 and second["corpus_chunks"]["chunks_written"] == 0
     for index in ("keyword_index", "dense_index", "knowledge_graph"):
         assert second[index]["added"] == 0 and second[index]["deleted"] == 0, index
