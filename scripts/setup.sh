@@ -28,7 +28,7 @@ if ! command -v c++ >/dev/null && [[ "$(id -u)" -eq 0 ]] && command -v apt-get >
 fi
 
 # The lock carries hashes; torch comes from the CPU wheel on this disk (--find-links in the lock).
-echo "[setup] installing the locked set into .venv"
+echo "[setup] installing the locked set into .venv  [$(date -u +%T)]"
 .venv/bin/uv pip install --python .venv/bin/python --require-hashes -r requirements.lock "${llama_settings[@]}"
 # a .venv from before keeps the llama.cpp it has: rebuild it when it lacks llama-server or an extension the CPU has
 if ! .venv/bin/python -m pipelines.llm.native check ||
@@ -42,6 +42,6 @@ rm -f .venv/bin/llama-server  # a separate build by an older setup; llama-server
 # `make lab` and papermill run notebooks on this kernel
 .venv/bin/python -m ipykernel install --sys-prefix --name stratmaster --display-name "StratMaster (.venv)" >/dev/null
 
-echo "[setup] preparing local model files"
+echo "[setup] preparing local model files  [$(date -u +%T), ${SECONDS} s into setup]"
 LITELLM_LOCAL_MODEL_COST_MAP=True .venv/bin/python -m pipelines.llm.weights
-echo "[setup] done"
+echo "[setup] done  [$(date -u +%T), ${SECONDS} s]"
