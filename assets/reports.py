@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.resources import SettingsResource
 from pipelines.memo import fingerprint, recall, remember, source_digest
-from pipelines.reports import NOTEBOOKS, NOTEBOOKS_DIR, NotebookError, run_notebooks
+from pipelines.reports import NOTEBOOKS_DIR, NotebookError, report_parameters, run_notebooks
 from pipelines.settings import REPO_ROOT
 
 # what the notebooks read; benchmark_results is daily-partitioned, so the reports read whatever partitions
@@ -29,9 +29,7 @@ def reports(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg
     runs/reports/<name>/ with the executed notebook, a self-contained HTML page and its figures as PNG."""
     s = settings.get()
     out = s.run_dir / "reports"
-    common = {"run_dir": str(s.run_dir)}
-    params = {n: dict(common) for n in NOTEBOOKS}
-    params["router"]["shared_data_dir"] = str(s.shared_data_dir)
+    params = report_parameters(s)
     # what the notebooks read, by content: an unchanged run folder keeps the reports it already has
     reads = [s.run_dir / d for d in ("retrieval_evaluation", "router_evaluation", "utility", "bench")]
     reads.append(s.run_dir / "store" / "corpus" / "manifest.json")  # the chunks, by their content hashes

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.reports import NOTEBOOKS, run_notebooks  # noqa: E402
+from pipelines.reports import NOTEBOOKS, report_parameters, run_notebooks  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 
@@ -26,8 +26,7 @@ def main() -> None:
     s = Settings()
     if not (s.run_dir / "router" / "current").exists():
         sys.exit(f"no materialized run folder at {s.run_dir}: run `make demo` first")
-    params = {n: {"run_dir": str(s.run_dir)} for n in NOTEBOOKS}
-    params["router"]["shared_data_dir"] = str(s.shared_data_dir)
+    params = report_parameters(s)
     seconds: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(args.rounds):
         for workers in (1, 2):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import REPO_ROOT
+from pipelines.settings import REPO_ROOT, Settings
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ("retrieval", "benchmarks", "utility", "router")
@@ -65,16 +65,19 @@ class Report:
 def kernel_manager_class() -> type:
     """A KernelManager that starts ipykernel on `sys.executable`, not on whatever `python3` resolves to."""
     from jupyter_client.manager import KernelManager
-    from traitlets import CaselessStrEnum, default
+    from traitlets import default
 
     class ThisInterpreterKernelManager(KernelManager):
         # over Unix sockets, not TCP ports: kernels started at the same moment cannot race for a port, and
         # nothing listens on the network
-        transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
 
         @default("ip")
-        def _ip_default(self) -> str:  # the sockets' path prefix, one per kernel (short: a socket path is
-            return os.path.join(tempfile.gettempdir(), f"sm-kernel-{uuid.uuid4().hex[:12]}")  # <108 bytes)
+        def _ip_default(self) -> str:
+            """The sockets' path prefix: one per kernel, and short (a socket's path is under 108 bytes)."""
+            return os.path.join(tempfile.gettempdir(), f"sm-kernel-{uuid.uuid4().hex[:12]}")
 
         def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
             return [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file,
@@ -174,6 +177,13 @@ def run_notebook(
         seconds=seconds,
         parameters=parameters,
     )
+
+
+def report_parameters(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each notebook's papermill parameters for the run folder of `settings`."""
+    params: dict[str, dict[str, Any]] = {n: {"run_dir": str(settings.run_dir)} for n in NOTEBOOKS}
+    params["router"]["shared_data_dir"] = str(settings.shared_data_dir)
+    return params
 
 
 def run_notebooks(
