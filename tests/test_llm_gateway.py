@@ -20,6 +20,7 @@ from pipelines.settings import Settings
 
 pytestmark = pytest.mark.models
 HELLO = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+PENALTY_PROMPT = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
@@ -242,6 +243,37 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
         servers.command(smol, Path("m.gguf"), 1, missing)
     metrics = httpx.get(f"http://{model_settings.local_host}:{st.port}/metrics", timeout=10).text
     assert "llamacpp:prompt_tokens_total" in metrics
+
+
+def test_the_catalogs_repeat_penalty_reaches_llama_cpp_pythons_server_too(model_settings, tmp_path):
+    """llama-cpp-python's server has no repeat-penalty option and applies 1.1 to every request that names
+    none; the gateway sends the catalog's with each request, so Gemma (1.0) answers as on llama-server."""
+    import httpx
+
+    from pipelines.llm.catalog import load_catalog
+    from tests.conftest import free_port_pair
+
+    python = model_settings.model_copy(
+        update={"local_engine": "llama-cpp-python", "run_dir": tmp_path, "local_base_port": free_port_pair()}
+    )
+    catalog = load_catalog(python)
+    gemma = catalog.get("gemma3-270m")
+    assert gemma.local is not None and gemma.local.repeat_penalty == 1.0
+    st = servers.start(gemma, python)
+    try:
+        assert st.detail == "llama-cpp-python"
+        url = f"http://{python.local_host}:{st.port}/v1/chat/completions"
+
+        def direct(**extra) -> str:
+            body = {"messages": PENALTY_PROMPT, "max_tokens": 48, "temperature": 0, "stop": ["###"], **extra}
+            return httpx.post(url, json=body, timeout=60).json()["choices"][0]["message"]["content"]
+
+        with_penalty, without = direct(), direct(repeat_penalty=1.0)
+        assert with_penalty != without  # the server's own default penalty changes this answer
+        answer = Gateway(python, catalog).chat("gemma3-270m", PENALTY_PROMPT, max_tokens=48, temperature=0.0)
+        assert answer.text == without
+    finally:
+        servers.stop(gemma, python)
 
 
 def test_servers_wait_passively_where_one_servers_threads_take_every_core(monkeypatch):

@@ -36,8 +36,8 @@ class LocalServing(BaseModel):
     cpu_bf16: bool = False
     no_bf16_type: CopyType | None = None
     flash_attn: bool = False
-    # llama-server's default repeat penalty for requests that set none (its own default: 1.0, off); the
-    # llama-cpp-python engine ignores it and applies its own 1.1 to every model
+    # the repeat penalty: llama-server's default for requests that set none (its own default: 1.0, off), and
+    # sent with every request by the gateway (llama-cpp-python's server would otherwise apply 1.1)
     repeat_penalty: float = Field(default=1.0, ge=1.0)
     throughput_tokens_s: dict[Literal["input", "output"], float]
 

@@ -69,8 +69,12 @@ def _params(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
         p["api_key"] = f"os.environ/{entry.api_key_env}"
     elif entry.is_local_server or entry.provider == "vllm":
         p["api_key"] = LOCAL_API_KEY
-    if entry.local is not None and entry.local.stop:  # the chat format's own stop strings (catalog.py)
-        p["stop"] = list(entry.local.stop)
+    if entry.local is not None:
+        if entry.local.stop:  # the chat format's own stop strings (catalog.py)
+            p["stop"] = list(entry.local.stop)
+        # the catalog's repeat penalty with every request: llama-cpp-python's server has no such option and
+        # would apply its own 1.1 to every model (Gemma's "###" stop included)
+        p["extra_body"] = {"repeat_penalty": entry.local.repeat_penalty}
     return p
 
 
