@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port_pair
 from typer.testing import CliRunner
 
 from pipelines.llm import servers
-from pipelines.llm.catalog import Catalog, ModelEntry
+from pipelines.llm.catalog import Catalog, ModelEntry, load_catalog
 from pipelines.llm.gateway import Gateway, GatewayError
 from pipelines.settings import Settings
 
@@ -249,9 +250,6 @@ def test_the_catalogs_repeat_penalty_reaches_llama_cpp_pythons_server_too(model_
     """llama-cpp-python's server has no repeat-penalty option and applies 1.1 to every request that names
     none; the gateway sends the catalog's with each request, so Gemma (1.0) answers as on llama-server."""
     import httpx
-
-    from pipelines.llm.catalog import load_catalog
-    from tests.conftest import free_port_pair
 
     python = model_settings.model_copy(
         update={"local_engine": "llama-cpp-python", "run_dir": tmp_path, "local_base_port": free_port_pair()}
