@@ -2,7 +2,7 @@
 
 Endpoints (DESIGN.md "Service contract"): POST /v1/chat/completions (JSON or SSE), POST /v1/route,
 POST /v1/rag, GET /v1/models; BentoML's own GET /healthz, /livez, /readyz (`__is_ready__`: the
-catalog has a model and the start-up index opening has ended) and /metrics.
+catalog has a model and every worker's start-up index opening has ended) and /metrics.
 The /v1 routes are a FastAPI app whose handlers are methods of the service class (BentoML binds `self`):
 OpenAI's wire format and error shape. The typed `@bentoml.api` methods `route` and `rag` (POST /route,
 POST /rag) are the same decisions for BentoML clients (`bentoml.SyncHTTPClient(url).route(...)`):
@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bentoml
+from bentoml._internal.context import server_context
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -41,6 +42,7 @@ from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_re
 from serving.http import RETRY_AFTER_S, HTTPFailure, error_response, read_body, upstream_failure
 from serving.metrics import record_call
 from serving.openapi import json_body
+from serving.readiness import Readiness
 from serving.routing import Choice, ModelResolver, RoutingError, prompt_of
 from serving.schemas import ChatRequest, RagAnswer, RagRequest, RouteDecision, RouteRequest
 from serving.security import ApiKeys
@@ -121,9 +123,10 @@ class StratMaster:
         self._retriever_lock = threading.Lock()
         # open the indexes now, beside start-up, rather than in each worker's first /v1/rag (seconds: MiniLM,
         # BM25, the graph, a worker's copy of the local Qdrant folder); without indexes, /v1/rag tries again.
-        # /readyz waits for it: until then the opening takes CPU from requests (a load test that started at
-        # once measured it still running 30 s in) and a /v1/rag would wait for it
-        self._warmed_up = threading.Event()
+        # /readyz waits for it, in every worker (serving.readiness): until then the opening takes CPU from
+        # requests (a load test that started at once measured it still running 30 s in) and a /v1/rag would
+        # wait for it
+        self._readiness = Readiness(self.settings.service_workers, server_context.worker_index)
         threading.Thread(target=self._preopen_retriever, name="open-indexes", daemon=True).start()
         # Everything loaded so far (torch, Presidio, LiteLLM's tables, the router) lives as long as the
         # worker: move it out of the collector's sight, so a full collection under load walks only what
@@ -132,7 +135,7 @@ class StratMaster:
         gc.freeze()
 
     def __is_ready__(self) -> bool:
-        return self._warmed_up.is_set() and bool(self.gateway.catalog.available())
+        return self._readiness.all_ready() and bool(self.gateway.catalog.available())
 
     # -- helpers -------------------------------------------------------------------------------------
     def _authorize(
@@ -292,7 +295,7 @@ class StratMaster:
             gc.collect()
             gc.freeze()
         finally:
-            self._warmed_up.set()  # ready, whatever happened: /v1/route and chat need no index
+            self._readiness.mark_ready()  # whatever happened: /v1/route and chat need no index
 
     def _open_retriever(self, quiet: bool = False) -> Any:
         """The hybrid retriever over the indexes in `SM_INDEX_DIR` (default run_dir/index), opened once."""

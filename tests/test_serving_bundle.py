@@ -147,6 +147,7 @@ def test_the_bento_pins_the_models_and_names_the_asset_versions(built):
 def served(built, model_settings, local_servers, tmp_path_factory):
     """`bentoml serve <the Bento>` on 127.0.0.1:PORT, stopped (its whole process group) at the end."""
     serve_run = tmp_path_factory.mktemp("served_run")  # empty: no router, index or registry to fall back on
+    serve_tmp = tmp_path_factory.mktemp("served_tmp")  # its TMPDIR: where the workers mark themselves ready
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "PROMETHEUS_"))}
     env.update(
         BENTOML_HOME=str(built["home"]),
@@ -157,6 +158,8 @@ def served(built, model_settings, local_servers, tmp_path_factory):
         SM_MODEL_CACHE_DIR=str(model_settings.model_cache_dir),
         SM_LOCAL_BASE_PORT=str(model_settings.local_base_port),
         SM_REQUEST_TIMEOUT_S="60",
+        SM_SERVICE_WORKERS="2",  # /readyz is 200 only once both are ready; each serves RAG from its own copy
+        TMPDIR=str(serve_tmp),
     )
     log = open(serve_run / "serve.log", "w")  # noqa: SIM115  (closed below)
     bentoml_cli = str(Path(sys.executable).with_name("bentoml"))
@@ -175,7 +178,7 @@ def served(built, model_settings, local_servers, tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, (serve_run / "serve.log").read_text()[-3000:]
             time.sleep(1)
-        yield {"base": base, "run": serve_run}
+        yield {"base": base, "run": serve_run, "tmp": serve_tmp}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -191,6 +194,9 @@ def served(built, model_settings, local_servers, tmp_path_factory):
 def test_a_real_bentoml_serve_answers_the_openai_sdk(served, built):
     import openai
 
+    # both workers of this one `bentoml serve` marked themselves ready in one folder before /readyz said 200
+    folders = list(served["tmp"].glob("stratmaster-ready-*"))
+    assert len(folders) == 1 and sorted(p.name for p in folders[0].iterdir()) == ["worker-1", "worker-2"]
     sdk = openai.OpenAI(base_url=f"{served['base']}/v1", api_key=KEY, max_retries=0)
     pii = [{"role": "user", "content": PII_PROMPT}]
     out = sdk.chat.completions.create(model="router", messages=pii, max_tokens=4)

@@ -623,14 +623,12 @@ def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp
         first.close()
 
 
-def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp_path, monkeypatch):
-    """The first /v1/rag of each worker paid for opening the indexes and loading the query embedder
-    (seconds, with MiniLM): with two workers, the second one's first answer was the slowest of a load test."""
+def _serve_a_tiny_index(tmp_path, monkeypatch) -> None:
+    """Indexes of one document in tmp_path/run, and the environment for a service to open them at start-up."""
     from pipelines.corpus.ingest import ingest_corpus
     from pipelines.index.build import build_dense_index, build_keyword_index
     from pipelines.index.embeddings import get_embedder
     from pipelines.settings import Settings
-    from serving.service import StratMaster
 
     run = tmp_path / "run"
     settings = Settings(run_dir=run, embedder="static")
@@ -644,11 +642,25 @@ def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp
     for k, v in {"SM_RUN_DIR": str(run), "SM_EMBEDDER": "static", "SM_API_KEYS": KEYS[0]}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("SM_ROUTER_DIR", raising=False)
+
+
+def _wait_until(predicate, timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp_path, monkeypatch):
+    """The first /v1/rag of each worker paid for opening the indexes and loading the query embedder
+    (seconds, with MiniLM): with two workers, the second one's first answer was the slowest of a load test."""
+    from pipelines.index.embeddings import get_embedder
+    from serving.service import StratMaster
+
+    _serve_a_tiny_index(tmp_path, monkeypatch)
     svc = StratMaster.inner()
     frozen = gc.get_freeze_count()  # start-up froze what it loaded
-    deadline = time.monotonic() + 60
-    while not svc.__is_ready__() and time.monotonic() < deadline:  # /readyz
-        time.sleep(0.1)
+    _wait_until(svc.__is_ready__)  # /readyz
     # ready only once the indexes are open (no request came): load is not sent while they still take CPU
     assert svc._retriever is not None, "ready, yet the indexes are not open"
     assert get_embedder.cache_info().currsize == 1  # and the query embedder loaded
@@ -657,3 +669,31 @@ def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp
         assert svc._retriever.search("How tall is the Eiffel Tower?", k=1)[0].doc_id == "tower.txt"
     finally:
         svc._retriever.close()
+
+
+def test_readyz_waits_for_every_worker(tmp_path, monkeypatch):
+    """BentoML answers /readyz from whichever worker takes the request. With SM_SERVICE_WORKERS=2, one ready
+    worker said 200 while its sibling was still opening its indexes (and got its share of the traffic)."""
+    from bentoml._internal.context import server_context
+
+    from serving.readiness import Readiness
+    from serving.service import StratMaster
+
+    _serve_a_tiny_index(tmp_path, monkeypatch)
+    monkeypatch.setenv("SM_SERVICE_WORKERS", "2")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the workers mark themselves ready
+    monkeypatch.setattr(server_context, "worker_index", 1)  # as `bentoml serve` sets it in worker 1
+    first = StratMaster.inner()
+    workers = [first]
+    try:
+        assert _wait_until(lambda: first._readiness._ready), "worker 1 never opened its indexes"
+        assert not first.__is_ready__()  # worker 2 has not started
+        monkeypatch.setattr(server_context, "worker_index", 2)
+        workers.append(StratMaster.inner())
+        assert _wait_until(lambda: all(w.__is_ready__() for w in workers))
+        Readiness(2, 2)  # worker 2 died and circus started another in its place: not ready until it opens
+        assert not first.__is_ready__()
+    finally:
+        for w in workers:
+            if w._retriever is not None:
+                w._retriever.close()

@@ -75,7 +75,7 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
-def _start_ticks(pid: int) -> int | None:
+def start_ticks(pid: int) -> int | None:
     """When process `pid` started (clock ticks since boot): with the PID, it names one process for good."""
     fields = _stat(pid)
     return int(fields[19]) if len(fields) > 19 else None
@@ -84,7 +84,7 @@ def _start_ticks(pid: int) -> int | None:
 def _ours(pid: int, info: dict) -> bool:
     """Whether process `pid` is still the server its PID file recorded (not a later process given the PID)."""
     if "start_ticks" in info:
-        return info["start_ticks"] is not None and _start_ticks(pid) == info["start_ticks"]
+        return info["start_ticks"] is not None and start_ticks(pid) == info["start_ticks"]
     try:  # a PID file written before start times were recorded: a llama-cpp-python server on its port
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -237,7 +237,7 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 env=server_env(settings))  # fmt: skip
     tmp = pid_file.with_suffix(".tmp")
-    info = {"pid": proc.pid, "start_ticks": _start_ticks(proc.pid), "port": port, "model": str(model),
+    info = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "port": port, "model": str(model),
             "engine": engine, "started": time.time()}  # fmt: skip
     tmp.write_text(json.dumps(info))
     tmp.replace(pid_file)
