@@ -159,3 +159,51 @@ def test_ip_addresses_are_redacted_but_not_bnf_or_slices(tmp_path):
     assert counts["IP_ADDRESS"] == 2
     assert "192.168.1.20" not in out and "8a2e" not in out
     assert "expr ::= term" in out and "y[1::2]" in out
+
+
+def test_a_title_only_edit_gives_new_chunk_ids_so_the_indexes_replace_them(env):
+    """Chunk ids hashed the text alone: a changed <title> reached the store, yet the keyword and dense
+    indexes, which sync by chunk id, kept the old title."""
+    settings, corpus, store = env
+    ingest_corpus(settings, str(corpus), store=store)
+    old = load_chunks(settings, store).set_index("doc_id")
+    (corpus / "page.html").write_text((corpus / "page.html").read_text().replace("Graph page", "Atlas page"))
+    r = ingest_corpus(settings, str(corpus), store=store)
+    new = load_chunks(settings, store).set_index("doc_id")
+    assert r.docs_processed == 1 and new.loc["page.html", "title"] == "Atlas page"
+    assert new.loc["page.html", "chunk_id"] != old.loc["page.html", "chunk_id"]
+    assert new.loc["page.html", "text"] == old.loc["page.html", "text"]
+
+
+def test_beir_lines_fail_alone(env, tmp_path):
+    """A repeated _id, a bad byte, a NUL or a U+2028 inside a JSON string each cost at most their own line:
+    before, one bad byte or NUL skipped the whole file, U+2028 split a record, and a repeated _id merged two
+    records into one document whose later edit left the old record's chunk behind."""
+    settings, _, store = env
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    records = [{"_id": "a", "text": "First line\u2028same record."}, {"_id": "b", "text": "Bananas."},
+               {"_id": "a", "text": "A second record under a's id."}]  # fmt: skip
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in records]
+    lines[1:1] = [b'{"_id": "bad", "text": "caf\xe9"}', b'{"_id": "nul", "text": "x\x00"}']
+    (beir / "corpus.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    r = ingest_corpus(settings, str(beir), store=store)
+    chunks = load_chunks(settings, store)
+    assert sorted(chunks["doc_id"]) == ["a", "b"]
+    assert "same record" in chunks.set_index("doc_id").loc["a", "text"]
+    reasons = {s["path"]: s["reason"] for s in r.skipped}
+    assert "UTF-8" in reasons["corpus.jsonl:line 2"] and "NUL" in reasons["corpus.jsonl:line 3"]
+    assert "duplicate _id 'a'" in reasons["corpus.jsonl:line 5"]
+
+
+def test_a_document_over_a_million_characters_is_redacted_in_pieces(env, tmp_path):
+    """spaCy refuses a text over 1,000,000 characters: Presidio raised, and the whole file was skipped."""
+    settings, _, store = env
+    big = tmp_path / "big"
+    big.mkdir()
+    filler = "The survey covers retrieval engines and their indexes.\n" * 20_000  # 1.1 M characters
+    (big / "long.txt").write_text(filler + f"Contact {EMAIL} for the raw data.\n" + filler)
+    r = ingest_corpus(settings, str(big), store=store)
+    assert not r.skipped and r.pii_redacted.get("EMAIL_ADDRESS") == 1
+    text = " ".join(load_chunks(settings, store)["text"])
+    assert "<EMAIL_ADDRESS>" in text and EMAIL not in text

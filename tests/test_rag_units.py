@@ -11,7 +11,7 @@ from pipelines.corpus.chunking import chunk_text
 from pipelines.index.base import ScoredChunk
 from pipelines.rag.answer import build_messages, cite, resolve_citations
 from pipelines.rag.fusion import convex, normalise, rrf
-from pipelines.rag.metrics import load_qrels, ndcg_at_10, recall_at_100
+from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10, recall_at_100
 from pipelines.rag.retrieve import Hit
 from pipelines.settings import REPO_ROOT, Settings
 
@@ -40,6 +40,18 @@ def test_metrics_agree_with_the_reference_implementation():
     assert ndcg_at_10(run, qrels) == pytest.approx(ref.ndcg_at_10(run, qrels), abs=1e-12)
     assert recall_at_100(run, qrels) == pytest.approx(ref.recall_at_100(run, qrels), abs=1e-12)
     assert 0 < ndcg_at_10(run, qrels) < 1
+
+
+def test_a_malformed_queries_file_or_qrels_that_match_no_query_are_clear_errors(tmp_path):
+    from pipelines.rag.evaluate import load_labels
+
+    (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n{"_id": "q2", "text": broken\n')
+    with pytest.raises(ValueError, match="q.jsonl line 2"):
+        load_queries(tmp_path / "q.jsonl")
+    (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n')
+    (tmp_path / "qrels.csv").write_text("query-id,corpus-id,score\nq1,d1,1\n")  # not tab-separated
+    with pytest.raises(ValueError, match="no query of .*qrels.csv"):
+        load_labels(tmp_path / "q.jsonl", tmp_path / "qrels.csv")
 
 
 def test_qrels_reader_skips_header_and_non_positive(tmp_path):
@@ -118,6 +130,7 @@ def test_chunking_is_stable_bounded_and_overlapping():
     changed = chunk_text("doc", text.replace("Sentence number 70", "Sentence number seventy"), 64, 16)
     assert [c.chunk_id for c in changed][:3] == [c.chunk_id for c in a][:3]  # early chunks keep their ids
     assert {c.chunk_id for c in changed} != {c.chunk_id for c in a}
+    assert [c.chunk_id for c in chunk_text("doc", text, 64, 16, title="Renamed")][0] != a[0].chunk_id
     assert chunk_text("doc", "", 64, 16) == []
     long_word = chunk_text("doc", "alpha beta gamma " * 400, 64, 0)  # no sentence boundary at all
     assert all(c.n_tokens <= 64 for c in long_word) and len(long_word) > 1

@@ -2,8 +2,9 @@
 embedder's WordPiece tokenizer), and each window starts with the last `overlap` tokens' worth of sentences of
 the one before. A sentence longer than a window is cut on token boundaries.
 
-Chunk ids are stable: `doc_id#<12 hex>` from a hash of the doc id, the chunk's ordinal and its text, so an
-unchanged document always yields the same ids, and a changed passage gets a new one.
+Chunk ids are stable: `doc_id#<12 hex>` from a hash of the doc id, the chunk's ordinal, its text and the
+document's title (indexed with every chunk), so an unchanged document always yields the same ids, and a
+changed passage, or a changed title, gets new ones.
 """
 
 from __future__ import annotations
@@ -62,12 +63,13 @@ def _sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def chunk_id(doc_id: str, ordinal: int, text: str) -> str:
-    h = hashlib.sha256(f"{doc_id}\x00{ordinal}\x00{text}".encode()).hexdigest()[:12]
+def chunk_id(doc_id: str, ordinal: int, text: str, title: str = "") -> str:
+    h = hashlib.sha256(f"{doc_id}\x00{ordinal}\x00{title}\x00{text}".encode()).hexdigest()[:12]
     return f"{doc_id}#{h}"
 
 
-def chunk_text(doc_id: str, text: str, max_tokens: int = 256, overlap: int = 32) -> list[Chunk]:
+def chunk_text(doc_id: str, text: str, max_tokens: int = 256, overlap: int = 32,
+               title: str = "") -> list[Chunk]:  # fmt: skip
     if max_tokens <= 0 or not 0 <= overlap < max_tokens:
         raise ValueError("need max_tokens > 0 and 0 <= overlap < max_tokens")
     tokens = token_spans(text)
@@ -104,5 +106,5 @@ def chunk_text(doc_id: str, text: str, max_tokens: int = 256, overlap: int = 32)
     for ordinal, (a, b) in enumerate(windows):
         lo, hi = tokens[a][0], tokens[b - 1][1]
         piece = text[lo:hi]
-        chunks.append(Chunk(chunk_id(doc_id, ordinal, piece), doc_id, ordinal, piece, lo, hi, b - a))
+        chunks.append(Chunk(chunk_id(doc_id, ordinal, piece, title), doc_id, ordinal, piece, lo, hi, b - a))
     return chunks

@@ -67,8 +67,9 @@ def _sha(data: bytes) -> str:
 
 def _config(settings: Settings) -> dict:
     """Anything that changes chunk content; when it changes, everything is processed again. Bump `v` when
-    the chunker or the redaction rules change (v2: IP addresses no longer matched in `::=` and `1::2`)."""
-    return {"v": 2, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
+    the chunker or the redaction rules change (v2: IP addresses no longer matched in `::=` and `1::2`;
+    v3: chunk ids hash the title too, and a BEIR file keeps the first of records sharing an `_id`)."""
+    return {"v": 3, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 
 
@@ -120,7 +121,7 @@ class _Processor:
                 "char_end": c.char_end,
                 "n_tokens": c.n_tokens,
             }  # fmt: skip
-            for c in chunk_text(doc.doc_id, text, s.chunk_tokens, s.chunk_overlap)
+            for c in chunk_text(doc.doc_id, text, s.chunk_tokens, s.chunk_overlap, title)
         ]
 
 

@@ -74,22 +74,31 @@ def _parse_pdf(data: bytes, stem: str) -> tuple[str, str]:
     return str(title), "\n\n".join(pages)
 
 
-def _parse_jsonl(raw: str, name: str) -> tuple[list[Document], list[str]]:
-    docs, problems = [], []
-    for i, line in enumerate(raw.splitlines(), 1):
+def _parse_jsonl(data: bytes, name: str) -> tuple[list[Document], list[str]]:
+    """One record per line, each decoded on its own: a bad byte or a malformed line loses that record only.
+    Lines end at "\n" alone (U+2028 and the like are legal inside a JSON string). A repeated `_id` keeps its
+    first record: two records under one id would share, and on an edit mix up, that document's chunks."""
+    docs, problems, seen = [], [], set()
+    for i, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(_decode_text(line))
             doc_id, text = str(obj["_id"]), _clean(str(obj.get("text") or ""))
+        except SkipFile as e:
+            problems.append(f"line {i}: {e}")
+            continue
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             problems.append(f"line {i}: {type(e).__name__}: {e}")
             continue
         title = _clean(str(obj.get("title") or ""))
-        if not (text or title):
+        if doc_id in seen:
+            problems.append(f"line {i}: duplicate _id {doc_id!r} (the first record is kept)")
+        elif not (text or title):
             problems.append(f"line {i}: empty document {doc_id!r}")
-            continue
-        docs.append(Document(doc_id, title, text, name))
+        else:
+            seen.add(doc_id)
+            docs.append(Document(doc_id, title, text, name))
     return docs, problems
 
 
@@ -101,15 +110,15 @@ def parse_file(name: str, data: bytes) -> tuple[list[Document], list[str]]:
         raise SkipFile(f"unsupported file type {suffix or '(none)'!r}")
     if not data.strip():
         raise SkipFile("empty file")
+    if suffix == ".jsonl":
+        docs, problems = _parse_jsonl(data, name)
+        if not docs:
+            raise SkipFile("no valid BEIR records" + (f" ({problems[0]})" if problems else ""))
+        return docs, problems
     if suffix == ".pdf":
         title, text = _parse_pdf(data, stem)
     else:
         raw = _decode_text(data)
-        if suffix == ".jsonl":
-            docs, problems = _parse_jsonl(raw, name)
-            if not docs:
-                raise SkipFile("no valid BEIR records" + (f" ({problems[0]})" if problems else ""))
-            return docs, problems
         title, text = {".md": _parse_md, ".html": _parse_html, ".htm": _parse_html}.get(
             suffix, lambda r, s: (s, r)
         )(raw, stem)

@@ -76,6 +76,24 @@ def _plausible_ip(span: str) -> bool:
     return addr.version == 4 or sum(bool(g) for g in span.split(":")) >= 3
 
 
+PIECE_CHARS = 100_000  # longer texts are redacted in pieces cut at line breaks (or spaces)
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters, at a line break in the second half of a window
+    where there is one, else at a space, so no entity is cut in two; the pieces join back into `text`."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        lo, hi = start + limit // 2, start + limit
+        cut = text.rfind("\n", lo, hi)
+        if cut < 0:
+            cut = text.rfind(" ", lo, hi)
+        cut = cut + 1 if cut >= 0 else hi
+        pieces.append(text[start:cut])
+        start = cut
+    return [*pieces, text[start:]]
+
+
 class Redactor:
     """`redact(text) -> (text with <ENTITY_TYPE> placeholders, counts per entity type)`."""
 
@@ -110,6 +128,9 @@ class Redactor:
         return True
 
     def redact(self, text: str) -> tuple[str, Counter]:
+        if len(text) > PIECE_CHARS:  # spaCy refuses a text over 1,000,000 characters (E088)
+            done = [self.redact(piece) for piece in _pieces(text, PIECE_CHARS)]
+            return "".join(t for t, _ in done), sum((c for _, c in done), Counter())
         wanted = self._always + [e for e, rx in _TRIGGERS.items() if e in self.entities and rx.search(text)]
         if not wanted or not text:
             return text, Counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -31,7 +32,15 @@ def evaluate(
 
     if retriever not in MODES:
         raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--retriever")
-    print(json.dumps(run_eval(Settings(), corpus, queries, qrels, retriever, index_dir, progress)))
+    try:
+        print(json.dumps(run_eval(Settings(), corpus, queries, qrels, retriever, index_dir, progress)))
+    except ValueError as e:  # a malformed queries or qrels file
+        _fail(e)
+
+
+def _fail(e: Exception) -> NoReturn:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2) from None
 
 
 @app.command("tune-embedder")
@@ -51,10 +60,14 @@ def tune_embedder(
     from pipelines.rag.evaluate import default_index_dir
     from pipelines.rag.metrics import load_qrels, load_queries
 
+    try:
+        labels = load_queries(queries), load_qrels(qrels)
+    except ValueError as e:
+        _fail(e)
     s = Settings()
     store = LocalStore((index_dir or default_index_dir(s, corpus)) / "store")
     ingest_corpus(s, str(corpus), store=store)
-    pairs = training_pairs(load_chunks(s, store), load_queries(queries), load_qrels(qrels))
+    pairs = training_pairs(load_chunks(s, store), *labels)
     if not pairs:
         raise typer.BadParameter("no query in the qrels has a relevant document in the corpus")
     print(json.dumps(read_manifest(finetune_minilm(pairs, out, epochs=epochs, lr=lr))))
@@ -69,7 +82,10 @@ def ingest(
     from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 
     s = Settings()
-    out = {"ingest": ingest_corpus(s, source).to_dict()}
+    try:
+        out = {"ingest": ingest_corpus(s, source).to_dict()}
+    except (ValueError, FileNotFoundError) as e:  # no source given, a folder that is not there
+        _fail(e)
     for name, build in (
         ("keyword", build_keyword_index),
         ("dense", build_dense_index),
@@ -89,8 +105,10 @@ def ask(
     """Answer a question from the ingested corpus with citations (chunk ids), through the gateway."""
     from pipelines.llm.gateway import Gateway
     from pipelines.rag.answer import answer
-    from pipelines.rag.retrieve import open_retriever
+    from pipelines.rag.retrieve import MODES, open_retriever
 
+    if mode not in MODES:
+        raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
     s = Settings()
     r = open_retriever(s)
     try:

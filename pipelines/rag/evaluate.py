@@ -36,6 +36,18 @@ def prepare_indexes(settings: Settings, corpus: str | Path, index_dir: Path, mod
     return reports
 
 
+def load_labels(queries_path: str | Path, qrels_path: str | Path) -> tuple[dict, dict, list[str]]:
+    """Queries, qrels, and the qrels' query ids that have a query; a ValueError when none has one."""
+    queries, qrels = load_queries(queries_path), load_qrels(qrels_path)
+    qids = [q for q in qrels if q in queries]
+    if not qids:
+        raise ValueError(
+            f"no query of {qrels_path} ({len(qrels)} with a relevant document) is in {queries_path}: "
+            "qrels are tab-separated lines of query-id, corpus-id, score"
+        )
+    return queries, qrels, qids
+
+
 def run_queries(retriever: Retriever, queries: dict[str, str], qids: list[str], mode: str,
                 k: int = 100) -> tuple[dict[str, list[str]], list[float]]:  # fmt: skip
     run, latencies = {}, []
@@ -58,9 +70,8 @@ def evaluate(
     if retriever not in MODES:
         raise ValueError(f"unknown retriever {retriever!r}; choose one of {MODES}")
     index_dir = Path(index_dir) if index_dir else default_index_dir(settings, corpus)
+    queries, qrels, qids = load_labels(queries_path, qrels_path)  # before the indexing: a bad file fails fast
     reports = prepare_indexes(settings, corpus, index_dir, (retriever,), progress)
-    queries, qrels = load_queries(queries_path), load_qrels(qrels_path)
-    qids = [q for q in qrels if q in queries]
     r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=(retriever,))
     try:
         run, latencies = run_queries(r, queries, qids, retriever)
@@ -115,15 +126,14 @@ def evaluate_retrievers(settings: Settings, corpus: str | Path, queries_path: st
                         qrels_path: str | Path, modes: tuple[str, ...], index_dir: Path,
                         progress: bool = False) -> dict:  # fmt: skip
     """Every retriever in `modes` on one BEIR folder (indexes built once): one row of metrics each."""
+    queries, qrels, qids = load_labels(queries_path, qrels_path)
     reports = prepare_indexes(settings, corpus, index_dir, modes, progress)
-    queries, qrels = load_queries(queries_path), load_qrels(qrels_path)
-    qids = [q for q in qrels if q in queries]
     r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=modes)
     rows = []
     try:
         for mode in modes:
             run, latencies = run_queries(r, queries, qids, mode)
-            rows.append({"retriever": mode, **score_run(run, {q: qrels[q] for q in qids}, latencies)})
+            rows.append({"retriever": mode, **score_run(run, qrels, latencies)})  # over every qrels query
     finally:
         r.close()
     return {"retrievers": rows, "indexing": reports}

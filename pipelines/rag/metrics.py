@@ -11,8 +11,18 @@ import numpy as np
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
+    """BEIR queries (.jsonl of {"_id", "text"}); a malformed line is a ValueError naming it."""
+    queries = {}
     with open(path, encoding="utf-8") as f:
-        return {str(j["_id"]): j["text"] for j in map(json.loads, filter(str.strip, f))}
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                j = json.loads(line)
+                queries[str(j["_id"])] = str(j["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path} line {i}: not a JSON object with _id and text ({e!r})") from None
+    return queries
 
 
 def load_qrels(path: str | Path) -> dict[str, set[str]]:
