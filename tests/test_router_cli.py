@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,7 @@ def test_predict_then_evaluate_round_trip(trained, slices):
         ],
     )
     assert res.exit_code == 0, res.output
-    result = json.loads(res.stdout)
+    result = json.loads(res.stdout, parse_constant=pytest.fail)  # strict JSON: NaN is null
     for key in ("aiq", "gap_recovered", "cost_ratio_to_match_best", "aiq_oracle", "best_single"):
         assert key in result
     assert result["n_prompts"] == 75 and result["aiq_oracle"] > result["aiq_single_models_hull"]
@@ -143,3 +144,47 @@ def test_train_refuses_a_single_model_panel(slices, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "at least two models" in res.output
+
+
+def test_bad_inputs_are_one_line_errors_not_tracebacks(trained, slices, tmp_path):
+    out, _ = trained
+    o = pd.read_csv(slices / "test_outcomes.csv", dtype={"prompt_id": str})
+    p = pd.read_csv(slices / "test_prompts.csv", dtype={"prompt_id": str})
+
+    def evaluate(outcomes: pd.DataFrame, prompts: pd.DataFrame = p):
+        outcomes.to_csv(tmp_path / "o.csv", index=False)
+        prompts.to_csv(tmp_path / "p.csv", index=False)
+        args = ["evaluate", "--router", str(out), "--prompts", str(tmp_path / "p.csv")]
+        return runner.invoke(app, [*args, "--outcomes", str(tmp_path / "o.csv")])
+
+    def predict(router, prompts):
+        return runner.invoke(app, ["predict", "--router", str(router), "--prompts", str(prompts),
+                                   "--out", str(tmp_path / "x.csv")])  # fmt: skip
+
+    no_cost = o.assign(cost_usd=o["cost_usd"].where(o.index % 7 != 0))  # AIQ changed from run to run
+    ghost = pd.concat([o, o.head(1).assign(prompt_id="ghost-1")])  # was dropped without a word
+    (tmp_path / "empty.csv").write_text("")
+    cases = [
+        (evaluate(no_cost), "scored outcome rows have no cost_usd"),
+        (evaluate(ghost), "prompt_ids of"),
+        (evaluate(pd.concat([o, o.head(2)])), "repeats 2 (prompt_id, model) pairs"),
+        (evaluate(o.drop(columns="score")), "needs the columns ['score']"),
+        (evaluate(o, pd.concat([p, p.head(1)])), "repeats prompt_id"),
+        (predict(tmp_path, slices / "test_prompts.csv"), "not a router artifact"),
+        (predict(out, tmp_path / "empty.csv"), "empty.csv"),
+    ]
+    for res, needle in cases:
+        assert res.exit_code == 2, res.output  # a traceback exits with 1
+        said = " ".join(re.sub("[│─╭╮╰╯]", " ", res.output).split())  # typer's error box wraps the message
+        assert needle in said, res.output
+
+
+def test_an_empty_prompt_is_predicted_like_any_other(trained, tmp_path):
+    """An empty prompt reads from CSV as NaN; predict, evaluate and train failed on it with a traceback."""
+    pd.DataFrame({"prompt_id": ["a", "b"], "prompt": ["", "Ünïcødé 你好: what is 2+2?"]}).to_csv(
+        tmp_path / "p.csv", index=False
+    )
+    res = runner.invoke(app, ["predict", "--router", str(trained[0]), "--prompts", str(tmp_path / "p.csv"),
+                              "--out", str(tmp_path / "x.csv")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(tmp_path / "x.csv").groupby("prompt_id").size().to_dict() == {"a": 11, "b": 11}

@@ -24,6 +24,11 @@ def test_budget_policy_spends_within_its_fraction_of_the_strongest_cost():
         assert spend <= frac * 0.005 + 1e-12
         assert pol.achieved_fraction == pytest.approx(spend / 0.005)
         assert f"{frac:.0%} of strong's cost" in pol.describe()
+        assert "unreachable" not in pol.describe()
+    # below what the cheapest model costs, no willingness to pay meets the budget: the policy says so
+    tiny = Budget(fraction=0.01).calibrate(mean, cost, MODELS, "strong")
+    assert tiny.achieved_fraction == pytest.approx(0.0001 / 0.005)
+    assert "unreachable: the cheapest choices spend 2.0% of its cost" in tiny.describe()
     loose = Budget(fraction=1.0).calibrate(mean, cost, MODELS, "strong")
     assert loose.lambda_cost == 0.0  # no need to trade quality for cost
     again = policy_from_dict(pol.to_dict())

@@ -162,6 +162,20 @@ def test_context_window_rule_drops_small_models():
     d = router.route(PLAIN + " filler" * 600)  # ~1,000 tokens + 256 reserved > local-small's 512
     assert d.model != "local-small"
     assert d.binding == "context_window"
+    # at four characters a token, 300 CJK characters counted as 75 tokens and passed; BPE gives each one 1+
+    d = router.route("请总结这段文字。" * 40)
+    assert d.model != "local-small" and d.binding == "context_window" and d.signals["input_tokens"] >= 320
+
+
+def test_an_slo_that_cannot_be_checked_is_said_so():
+    """RouterBench outcomes carry no latency: with no recent p95 for a model, the SLO cannot drop it, and
+    the explanation said nothing bound the choice."""
+    router = make_router([0.95, 0.6, 0.5, 0.3, 0.4], [0.001] * 5)
+    d = router.route(PLAIN, Constraints(latency_slo_s=0.5))
+    assert d.model == "remote-strong"
+    assert "No recent latency is known for remote-strong, so the 0.5 s SLO was not checked." in d.explanation
+    d = router.route(PLAIN, Constraints(latency_slo_s=0.5), p95_latency_s={"remote-strong": 0.2})
+    assert d.model == "remote-strong" and "not checked" not in d.explanation
 
 
 def test_pattern_recognizers_find_pii_and_leave_plain_text_alone():

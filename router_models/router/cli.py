@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -30,10 +30,29 @@ def _read(path: Path) -> pd.DataFrame:
 
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist")
-    df = read_table(path)
+    try:
+        df = read_table(path)
+    except ValueError as e:  # not .csv/.parquet, an empty or malformed file (pandas' errors are ValueErrors)
+        raise typer.BadParameter(f"{path}: {e}") from None
     if "prompt_id" in df:
         df["prompt_id"] = df["prompt_id"].astype(str)
     return df
+
+
+def _read_prompts(path: Path) -> pd.DataFrame:
+    df = _read(path)
+    for col in ("prompt_id", "prompt"):
+        if col not in df:
+            raise typer.BadParameter(f"{path} needs a {col!r} column")
+    repeated = df["prompt_id"].duplicated()
+    if repeated.any():
+        raise typer.BadParameter(f"{path} repeats prompt_id {df['prompt_id'][repeated].iloc[0]!r}")
+    return df
+
+
+def _fail(why: object) -> NoReturn:
+    typer.echo(f"error: {why}", err=True)
+    raise typer.Exit(2) from None
 
 
 @app.command()
@@ -83,10 +102,9 @@ def train(
             predictor_params=params,
             cache_dir=Settings().run_dir / "cache" / "embeddings",
         )
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
-    save_router(router, out)
+        save_router(router, out)
+    except ValueError as e:  # a table the router cannot learn from, an --out that is not a router's folder
+        _fail(e)
     typer.echo(
         json.dumps(
             {
@@ -110,13 +128,13 @@ def predict(
     from pipelines.bench.outcomes import write_table
     from router_models.router.artifact import load_router
 
-    r = load_router(router)
-    df = _read(prompts)
-    for col in ("prompt_id", "prompt"):
-        if col not in df:
-            raise typer.BadParameter(f"{prompts} needs a {col!r} column")
-    pred = r.predict_frame(df)
-    write_table(pred[["prompt_id", "model", "predicted_score", "predicted_cost_usd"]], out)
+    df = _read_prompts(prompts)
+    try:
+        r = load_router(router)
+        pred = r.predict_frame(df)
+        write_table(pred[["prompt_id", "model", "predicted_score", "predicted_cost_usd"]], out)
+    except ValueError as e:  # not a router's folder, an --out that is not .csv/.parquet
+        _fail(e)
     typer.echo(
         json.dumps({"predictions": str(out), "rows": len(pred), "prompts": len(df), "models": r.models})
     )
@@ -130,20 +148,26 @@ def evaluate(
     plot: Annotated[Path | None, typer.Option("--plot", help="write the Pareto plot PNG here")] = None,
 ) -> None:
     """AIQ, gap recovered and cost to match the best single model, as JSON (RouterBench definitions)."""
-    from router_models.router.artifact import load_router
-    from router_models.router.metrics import pareto_plot, summary
+    import math
 
-    r = load_router(router)
-    p = _read(prompts)
-    o = _read(outcomes)
-    o = o[o["prompt_id"].isin(set(p["prompt_id"]))]
-    if o.empty:
-        typer.echo("error: no outcome row matches the prompts", err=True)
-        raise typer.Exit(2)
+    from router_models.router.artifact import load_router
+    from router_models.router.metrics import check_outcomes, pareto_plot, summary
+
+    p, o = _read_prompts(prompts), _read(outcomes)
+    try:
+        r = load_router(router)
+        check_outcomes(o)
+    except ValueError as e:
+        _fail(e)
+    orphans = sorted(set(o["prompt_id"]) - set(p["prompt_id"]))
+    if orphans:  # scoring the rest would judge the router on other prompts than the table's
+        _fail(f"{len(orphans)} prompt_ids of {outcomes} are not in {prompts}: {orphans[:3]}")
     unknown = sorted(set(o["model"]) - set(r.models))
     pred = r.predict_frame(p[p["prompt_id"].isin(set(o["prompt_id"]))])
     result: dict[str, Any] = dict(summary(pred, o))
     result.update({"predictor": r.predictor.name, "models_not_in_router": unknown})
     if plot is not None:
         result["plot"] = str(pareto_plot(pred, o, plot, title=f"router ({r.predictor.name})"))
+    # JSON has no NaN: a cost the router never reaches (it never matches the best model) is null
+    result = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}
     typer.echo(json.dumps(result, indent=2, default=float))

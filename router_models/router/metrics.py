@@ -44,7 +44,28 @@ def hull_area(points: Iterable[tuple[float, float]], lo: float, hi: float) -> fl
     return float(np.trapezoid(yg, grid) / (hi - lo))
 
 
+def check_outcomes(outcomes: pd.DataFrame) -> None:
+    """A ValueError naming what is wrong with an outcome table the metrics cannot use. A scored row without a
+    cost is one: NaN points made the hull's order, and so AIQ, change from one run to the next."""
+    missing = [c for c in ("prompt_id", "model", "score", "cost_usd") if c not in outcomes]
+    if missing:
+        raise ValueError(f"the outcome table needs the columns {missing}")
+    if not outcomes["score"].notna().any():
+        raise ValueError("the outcome table has no scored row")
+    repeated = outcomes.duplicated(["prompt_id", "model"])
+    if repeated.any():
+        first = outcomes.loc[repeated, ["prompt_id", "model"]].iloc[0].tolist()
+        raise ValueError(
+            f"the outcome table repeats {int(repeated.sum())} (prompt_id, model) pairs: {first}, ..."
+        )
+    no_cost = outcomes["score"].notna() & outcomes["cost_usd"].isna()
+    if no_cost.any():
+        first = outcomes.loc[no_cost, ["prompt_id", "model"]].iloc[0].tolist()
+        raise ValueError(f"{int(no_cost.sum())} scored outcome rows have no cost_usd, e.g. {first}")
+
+
 def _matrices(outcomes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    check_outcomes(outcomes)
     scores = outcomes.pivot(index="prompt_id", columns="model", values="score").fillna(0.0)
     costs = outcomes.pivot(index="prompt_id", columns="model", values="cost_usd")
     return scores, costs

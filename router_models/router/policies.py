@@ -76,10 +76,13 @@ class Budget:
         return self
 
     def describe(self) -> str:
-        return (
+        text = (
             f"budget: at most {self.fraction:.0%} of {self.strongest}'s cost on average "
             f"(calibrated willingness to pay {self.lambda_cost:.3g} quality points per USD)"
         )
+        if self.achieved_fraction is not None and self.achieved_fraction > self.fraction * 1.001:
+            text += f"; unreachable: the cheapest choices spend {self.achieved_fraction:.1%} of its cost"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -104,7 +104,7 @@ class Router:
 
     def predict_frame(self, prompts: pd.DataFrame) -> pd.DataFrame:
         """prompt_id, model, predicted_score, predicted_sd, predicted_cost_usd for every prompt x model."""
-        q, cost, _ = self.predict(prompts["prompt"].astype(str).tolist())
+        q, cost, _ = self.predict(prompts["prompt"].fillna("").astype(str).tolist())  # "" reads as NaN
         n, m = q.mean.shape
         return pd.DataFrame(
             {
@@ -161,6 +161,9 @@ class Router:
         chosen = candidates[pick] if pick is not None else None
         binding = free if free.excluded_by is not None else None
         text = explain(chosen, free, binding, policy.describe(), int(allowed.sum()))
+        slo = constraints.latency_slo_s
+        if chosen is not None and slo is not None and meta[chosen.model].p95_latency_s is None:
+            text += f" No recent latency is known for {chosen.model}, so the {slo:g} s SLO was not checked."
         candidates.sort(key=lambda c: -c.utility)
         return Decision(
             model=chosen.model if chosen else None,

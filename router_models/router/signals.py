@@ -67,8 +67,11 @@ class Signals:
 
 
 def estimate_tokens(text: str) -> int:
-    """A cheap tokenizer-free estimate (about four characters per token for English and code)."""
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+    """A cheap tokenizer-free estimate: about four ASCII characters per token (English and code), and a
+    token for every other character (BPE tokenizers give CJK characters one or more each: at four characters
+    a token, 3,000 of them counted as 750 and passed a 2,048-token context window)."""
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return max(1, math.ceil(ascii_chars / CHARS_PER_TOKEN) + len(text) - ascii_chars)
 
 
 def focus_text(prompt: str) -> str:

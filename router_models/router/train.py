@@ -103,7 +103,7 @@ def train_router(
     Task labels are used in training only: at prediction time the classifier's probabilities stand in.
     """
     prompts, models, y, cost = panel(prompts, outcomes)
-    texts = prompts["prompt"].astype(str).tolist()
+    texts = prompts["prompt"].fillna("").astype(str).tolist()  # an empty prompt reads from CSV as NaN
     labels = task_labels(prompts)
     emb = embed_prompts(texts, embedder, cache_dir)
     task_clf = TaskClassifier.fit(emb, labels)
