@@ -50,7 +50,7 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
             raise HTTPFailure(413, f"request body exceeds {MAX_BODY_BYTES} bytes", "request_too_large")
     try:
         data = json.loads(raw or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser's recursion limit
         raise HTTPFailure(400, "the body is not valid JSON", "invalid_request_error") from None
     try:
         return model.model_validate(data)

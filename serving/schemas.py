@@ -9,27 +9,49 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from router_models.router.signals import Constraints
 from serving.openapi import openapi30
 
+# Validation errors quote no input: BentoML logs a typed method's ValidationError, and a prompt may hold PII.
+# Numbers are finite: JSON's 1e999 parses as inf, which no JSON response can carry (it was a 500).
+_CONFIG = ConfigDict(json_schema_extra=openapi30, hide_input_in_errors=True, allow_inf_nan=False)
+
 
 class ApiModel(BaseModel):
     """Bodies of the service: their JSON schemas are written in OpenAPI 3.0's dialect (BentoML's document)."""
 
-    model_config = ConfigDict(json_schema_extra=openapi30)
+    model_config = _CONFIG
 
 
 class ApiConstraints(Constraints):
     __doc__ = Constraints.__doc__
-    model_config = ConfigDict(json_schema_extra=openapi30)
+    model_config = _CONFIG
 
 
 class Message(ApiModel):
+    """OpenAI's `developer` role is read as `system`; content may be a list of text parts, joined."""
+
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"]
     content: str = Field(min_length=1, max_length=200_000)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_forms(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("role") == "developer":
+            data["role"] = "system"
+        parts = data.get("content")
+        if isinstance(parts, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
+                raise ValueError("only text content parts are supported")
+            data["content"] = "\n".join(str(p.get("text", "")) for p in parts)
+        return data
+
 
 class ChatRequest(ApiModel):
-    """OpenAI fields the service does not use (n, top_p, user, ...) are accepted and ignored."""
+    """OpenAI fields the service does not use (top_p, user, ...) are accepted and ignored; those that would
+    change the answer and cannot be honoured (n > 1, tools, a JSON response format) are refused."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -37,12 +59,36 @@ class ChatRequest(ApiModel):
     messages: list[Message] = Field(min_length=1, max_length=200)
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    stream: bool = False
+    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0, description="null means 0")
+    stream: bool | None = Field(default=False, description="null means false")
+    stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
+    n: int | None = Field(default=None, ge=1, le=1, description="one choice only")
     constraints: ApiConstraints = Field(default_factory=ApiConstraints, description="routing constraints")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("tools") and data.get("tool_choice") != "none":
+                raise ValueError("tools are not supported: no model of the panel is called with functions")
+            fmt = data.get("response_format")
+            if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+                raise ValueError(f"response_format {fmt.get('type')!r} is not supported, only 'text'")
+        return data
+
+    @model_validator(mode="after")
+    def _stops(self) -> ChatRequest:
+        if isinstance(self.stop, list) and (len(self.stop) > 4 or not all(self.stop)):
+            raise ValueError("`stop` takes at most 4 non-empty strings")
+        return self
 
     def token_budget(self) -> int:
         return self.max_completion_tokens or self.max_tokens or 256
+
+    def sampling(self) -> tuple[float, dict[str, Any]]:
+        """The temperature and the extra call options (the caller's stop strings) for the gateway."""
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        return self.temperature or 0.0, {"stop": stops} if stops else {}
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump() for m in self.messages]

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import bentoml
@@ -209,22 +210,23 @@ class StratMaster:
             self._authorize(request)
             req: ChatRequest = await read_body(request, ChatRequest)
             rs.span.set_attribute("gen_ai.request.model", req.model)
-            rs.span.set_attribute("stratmaster.stream", req.stream)
+            rs.span.set_attribute("stratmaster.stream", bool(req.stream))
             messages = req.message_dicts()
             prompt = prompt_of(messages)
             choice = await self._choose(req.model, prompt, req.constraints)
             self._log_prompt(prompt, choice)
+            temperature, options = req.sampling()
             if req.stream:  # the gateway's `chat <model>` span is this request span's child
                 from serving.sse import chat_events
                 from serving.streaming import ChatStream
 
                 stream = await self._model_call(
-                    ChatStream, self.gateway, choice.model, messages, req.token_budget(), req.temperature
+                    ChatStream, self.gateway, choice.model, messages, req.token_budget(), temperature, options
                 )
                 sse = chat_events(stream, choice, rs.detach())
                 return StreamingResponse(sse, media_type="text/event-stream")
             res = await self._model_call(
-                self.gateway.chat, choice.model, messages, req.token_budget(), req.temperature
+                partial(self.gateway.chat, **options), choice.model, messages, req.token_budget(), temperature
             )
             set_usage(rs.span, res.model, res.input_tokens, res.output_tokens, res.cost_usd)
         record_call(res.model, choice.chosen_by, res.latency_s, res.output_tokens, _fallback(choice, res))

@@ -37,8 +37,9 @@ class ChatStream:
         messages: list[dict[str, Any]],
         max_tokens: int,
         temperature: float,
+        options: dict[str, Any] | None = None,
     ) -> None:
-        self._call = gateway.stream(model, messages, max_tokens, temperature)
+        self._call = gateway.stream(model, messages, max_tokens, temperature, **(options or {}))
         self.stats = StreamStats(self._call.model, self._call.requested_model, self._call.fallback_used)
 
     def deltas(self) -> Iterator[str]:

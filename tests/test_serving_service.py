@@ -391,6 +391,33 @@ MSG = [{"role": "user", "content": "hi"}]
         (json.dumps({"model": "no-such-model", "messages": MSG}).encode(), 404, "unknown model"),
         (json.dumps({"model": "gpt-4o", "messages": MSG}).encode(), 400, "OPENAI_API_KEY is not set"),
         (json.dumps({"model": "router", "messages": MSG, "pad": "x" * (1 << 20)}).encode(), 413, "exceeds"),
+        (
+            b"[" * 100_000 + b"]" * 100_000,
+            400,
+            "not valid JSON",
+        ),  # past the parser's recursion limit: was 500
+        # 1e999 parses as inf: it passed validation, then no JSON response could carry it (500 after the call)
+        (
+            b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "constraints": '
+            b'{"max_cost_usd": 1e999}}',
+            422,
+            "finite",
+        ),  # fmt: skip
+        # OpenAI options that would change the answer and cannot be honoured are refused, not ignored
+        (json.dumps({"model": "router", "messages": MSG, "n": 2}).encode(), 422, "n:"),
+        (
+            json.dumps({"model": "router", "messages": MSG, "tools": [{"type": "function"}]}).encode(),
+            422,
+            "tools",
+        ),
+        (
+            json.dumps(
+                {"model": "router", "messages": MSG, "response_format": {"type": "json_object"}}
+            ).encode(),
+            422,
+            "response_format",
+        ),
+        (json.dumps({"model": "router", "messages": MSG, "stop": ["a", ""]}).encode(), 422, "stop"),
     ],
 )
 def test_chat_errors_are_4xx_with_a_reason(client, content, status, needle):
@@ -697,3 +724,43 @@ def test_readyz_waits_for_every_worker(tmp_path, monkeypatch):
         for w in workers:
             if w._retriever is not None:
                 w._retriever.close()
+
+
+def test_openai_request_forms_are_read_as_openai_means_them():
+    """null temperature and stream, text content parts and the developer role are valid OpenAI requests
+    that were refused with 422; a validation error quotes no input (BentoML logs a typed method's error)."""
+    from pydantic import ValidationError
+
+    from serving.schemas import ChatRequest, RagRequest
+
+    parts = [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]
+    req = ChatRequest.model_validate({
+        "model": "router", "temperature": None, "stream": None, "stop": "###", "n": 1,
+        "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": parts}],
+    })  # fmt: skip
+    assert req.message_dicts() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi\nthere"},
+    ]
+    assert not req.stream and req.sampling() == (0.0, {"stop": ["###"]})
+    assert ChatRequest.model_validate({"model": "m", "messages": MSG}).sampling() == (0.0, {})
+    with pytest.raises(ValidationError, match="only text content parts"):
+        ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
+        )
+    with pytest.raises(ValidationError) as e:
+        RagRequest.model_validate({"question": f"My card is 4111 1111 1111 1111. {'x' * 4000}"})
+    assert "4111" not in str(e.value)
+
+
+@pytest.mark.models
+def test_the_callers_stop_strings_reach_the_model(live):
+    body = {"model": "smollm2-135m", "messages": MSG, "max_tokens": 24}
+    r = live.post("/v1/chat/completions", json=body, headers=LIVE_AUTH)
+    full = r.json()["choices"][0]["message"]["content"]
+    words = full.split()
+    assert len(words) >= 4, full
+    stop = words[3]
+    r = live.post("/v1/chat/completions", json={**body, "stop": [stop]}, headers=LIVE_AUTH)
+    cut = r.json()["choices"][0]["message"]["content"]
+    assert r.status_code == 200 and stop not in cut and full.startswith(cut.strip()) and len(cut) < len(full)
