@@ -25,7 +25,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import bentoml
@@ -194,12 +193,12 @@ class StratMaster:
         except Exception as e:  # the log is best effort: never a failed request, never the prompt in a log
             log.warning("prompt log: could not write a record (%s)", type(e).__name__)
 
-    async def _model_call(self, fn: Any, *args: Any) -> Any:
-        """`fn(*args)` in a worker thread; a GatewayError becomes the HTTP failure it stands for."""
+    async def _model_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn(*args, **kwargs)` in a worker thread; a GatewayError becomes the HTTP failure it stands for."""
         from pipelines.llm.gateway import GatewayError
 
         try:
-            return await run_in_threadpool(fn, *args)
+            return await run_in_threadpool(fn, *args, **kwargs)
         except GatewayError as e:
             raise upstream_failure(e) from None
 
@@ -221,12 +220,18 @@ class StratMaster:
                 from serving.streaming import ChatStream
 
                 stream = await self._model_call(
-                    ChatStream, self.gateway, choice.model, messages, req.token_budget(), temperature, options
+                    ChatStream,
+                    self.gateway,
+                    choice.model,
+                    messages,
+                    req.token_budget(),
+                    temperature,
+                    **options,
                 )
                 sse = chat_events(stream, choice, rs.detach())
                 return StreamingResponse(sse, media_type="text/event-stream")
             res = await self._model_call(
-                partial(self.gateway.chat, **options), choice.model, messages, req.token_budget(), temperature
+                self.gateway.chat, choice.model, messages, req.token_budget(), temperature, **options
             )
             set_usage(rs.span, res.model, res.input_tokens, res.output_tokens, res.cost_usd)
         record_call(res.model, choice.chosen_by, res.latency_s, res.output_tokens, _fallback(choice, res))

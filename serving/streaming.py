@@ -37,9 +37,9 @@ class ChatStream:
         messages: list[dict[str, Any]],
         max_tokens: int,
         temperature: float,
-        options: dict[str, Any] | None = None,
+        **options: Any,  # the caller's stop strings
     ) -> None:
-        self._call = gateway.stream(model, messages, max_tokens, temperature, **(options or {}))
+        self._call = gateway.stream(model, messages, max_tokens, temperature, **options)
         self.stats = StreamStats(self._call.model, self._call.requested_model, self._call.fallback_used)
 
     def deltas(self) -> Iterator[str]:

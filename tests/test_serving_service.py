@@ -700,7 +700,9 @@ def test_a_worker_opens_the_indexes_at_start_up_not_in_its_first_rag_request(tmp
 
 def test_readyz_waits_for_every_worker(tmp_path, monkeypatch):
     """BentoML answers /readyz from whichever worker takes the request. With SM_SERVICE_WORKERS=2, one ready
-    worker said 200 while its sibling was still opening its indexes (and got its share of the traffic)."""
+    worker said 200 while its sibling was still opening its indexes (and got its share of the traffic).
+    Here two service instances play workers 1 and 2 (the index `bentoml serve` gives each); the real
+    two-worker `bentoml serve` marking itself ready is checked in test_serving_bundle.py."""
     from bentoml._internal.context import server_context
 
     from serving.readiness import Readiness

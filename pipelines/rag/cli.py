@@ -38,8 +38,8 @@ def evaluate(
         _fail(e)
 
 
-def _fail(e: Exception) -> NoReturn:
-    typer.echo(f"error: {e}", err=True)
+def _fail(why: object) -> NoReturn:
+    typer.echo(f"error: {why}", err=True)
     raise typer.Exit(2) from None
 
 

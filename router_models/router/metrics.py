@@ -65,7 +65,6 @@ def check_outcomes(outcomes: pd.DataFrame) -> None:
 
 
 def _matrices(outcomes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    check_outcomes(outcomes)
     scores = outcomes.pivot(index="prompt_id", columns="model", values="score").fillna(0.0)
     costs = outcomes.pivot(index="prompt_id", columns="model", values="cost_usd")
     return scores, costs
@@ -105,6 +104,7 @@ def single_models(outcomes: pd.DataFrame) -> dict[str, tuple[float, float]]:
 
 def summary(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, float | str]:
     """AIQ, gap recovered, cost to match the best single model and the reference points, as one dict."""
+    check_outcomes(outcomes)
     scores, _ = _matrices(outcomes)
     singles = single_models(outcomes)
     best = max(singles, key=lambda m: singles[m][1])
@@ -136,6 +136,7 @@ def summary(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, floa
 
 def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Router curve, single models and the oracle in the cost-quality plane, written as a PNG."""
+    check_outcomes(outcomes)
     import matplotlib
 
     matplotlib.use("Agg")
