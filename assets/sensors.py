@@ -6,6 +6,8 @@ those whose size or mtime moved, so a `touch` costs one hash and starts no run; 
 (or a new or removed file) does. An S3 source (`s3://bucket/prefix`) is compared by size and ETag.
 The very first tick (no cursor yet) requests one run: ingest is incremental, so a corpus that is already
 indexed costs little, and documents added while the sensor was off are not missed.
+File names may hold PII: the cursor keys files by a digest keyed by the store's secret (as ingest does), and
+run tags and logs name only the files whose names no PII recognizer could match.
 """
 
 import hashlib
@@ -16,11 +18,15 @@ from pathlib import Path
 import dagster as dg
 
 from assets.resources import SettingsResource
-from pipelines.corpus.store import S3Store, open_source
+from pipelines.corpus.ingest import name_digest, name_key
+from pipelines.corpus.pii import may_hold_pii
+from pipelines.corpus.store import S3Store, open_source, open_store
 from pipelines.settings import Settings
 
-# name -> [size, mtime_ns, content hash]; S3 objects have mtime 0 and their ETag as the hash
+# name digest -> [size, mtime_ns, content hash, name or "" where it may hold PII]; S3 objects have mtime 0
+# and their ETag as the hash
 Fingerprints = dict[str, list]
+CURSOR_VERSION = 2  # v2: files keyed by a name digest; an older cursor counts as none (one ingest run)
 
 # the chunks and the indexes built straight from them (not what merely runs after them, such as the
 # retrieval evaluation on its own labelled sample: the weekly re-index covers that)
@@ -45,7 +51,11 @@ def _sha16(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def scan_folder(root: Path, previous: Fingerprints) -> Fingerprints:
+def _shown(name: str) -> str:
+    return "" if may_hold_pii(name) else name
+
+
+def scan_folder(root: Path, previous: Fingerprints, key: bytes) -> Fingerprints:
     """Fingerprints of the files below `root` (hidden files, links and temp files left out, as ingest
     does); a file whose size and mtime match `previous` keeps its previous hash without being read."""
     out: Fingerprints = {}
@@ -53,21 +63,28 @@ def scan_folder(root: Path, previous: Fingerprints) -> Fingerprints:
         if p.name.startswith(".") or p.suffix == ".tmp" or p.is_symlink() or not p.is_file():
             continue
         name = p.relative_to(root).as_posix()
+        digest = name_digest(name, key)
         try:
             st = p.stat()
-            prev = previous.get(name)
+            prev = previous.get(digest)
             same = prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns
-            out[name] = [st.st_size, st.st_mtime_ns, prev[2] if same and prev else _sha16(p)]
+            content = prev[2] if same and prev else _sha16(p)
+            out[digest] = [st.st_size, st.st_mtime_ns, content, _shown(name)]
         except OSError:  # removed between listing and reading: the next tick sees it gone
             continue
     return out
 
 
-def scan_s3(src: S3Store) -> Fingerprints:
+def scan_s3(src: S3Store, key: bytes) -> Fingerprints:
     objs = src.client.list_objects(src.bucket, prefix=src.prefix, recursive=True)
     n = len(src.prefix)
     return {
-        o.object_name[n:]: [o.size or 0, 0, (o.etag or "").strip('"')]
+        name_digest(o.object_name[n:], key): [
+            o.size or 0,
+            0,
+            (o.etag or "").strip('"'),
+            _shown(o.object_name[n:]),
+        ]
         for o in objs
         if not o.is_dir and o.object_name
     }
@@ -76,9 +93,10 @@ def scan_s3(src: S3Store) -> Fingerprints:
 def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Fingerprints:
     """Fingerprints of a corpus source; FileNotFoundError when a local folder does not exist."""
     src = open_source(spec, settings)
+    key = name_key(open_store(settings))
     if isinstance(src, S3Store):
-        return scan_s3(src)
-    return scan_folder(Path(spec), previous)
+        return scan_s3(src, key)
+    return scan_folder(Path(spec), previous, key)
 
 
 @dataclass
@@ -97,15 +115,22 @@ class CorpusChanges:
     def summary(self) -> str:
         kinds = (("added", self.added), ("changed", self.changed), ("removed", self.removed))
         counts = ", ".join(f"{len(v)} {k}" for k, v in kinds if v)
-        return f"{counts}: {', '.join(self.files[:3])}{', ...' if len(self.files) > 3 else ''}"
+        shown = sorted(f for f in self.files if f)
+        hidden = len(self.files) - len(shown)
+        text = counts + (f": {', '.join(shown[:3])}" if shown else "") + (", ..." if len(shown) > 3 else "")
+        return text + (f" ({hidden} withheld: the name may hold PII)" if hidden else "")
 
 
 def diff(previous: Fingerprints, current: Fingerprints) -> CorpusChanges:
-    """Documents added, changed (content hash differs) and removed between two scans."""
+    """Documents added, changed (content hash differs) and removed between two scans, by shown name."""
+
+    def names(scan: Fingerprints, digests) -> list[str]:
+        return [scan[d][3] for d in sorted(digests)]
+
     return CorpusChanges(
-        added=sorted(set(current) - set(previous)),
-        changed=sorted(k for k in set(current) & set(previous) if current[k][2] != previous[k][2]),
-        removed=sorted(set(previous) - set(current)),
+        added=names(current, set(current) - set(previous)),
+        changed=names(current, {k for k in set(current) & set(previous) if current[k][2] != previous[k][2]}),
+        removed=names(previous, set(previous) - set(current)),
     )
 
 
@@ -114,7 +139,7 @@ def _load_cursor(cursor: str | None, spec: str) -> Fingerprints | None:
     if not cursor:
         return None
     state = json.loads(cursor)
-    return state["files"] if state.get("source") == spec else None
+    return state["files"] if state.get("source") == spec and state.get("v") == CURSOR_VERSION else None
 
 
 @dg.sensor(
@@ -131,7 +156,9 @@ def new_documents_sensor(context: dg.SensorEvaluationContext, settings: Settings
         current = scan_source(spec, s, previous or {})
     except FileNotFoundError:
         return dg.SkipReason(f"corpus folder {spec} does not exist yet")
-    cursor = json.dumps({"source": spec, "files": current}, separators=(",", ":"), sort_keys=True)
+    cursor = json.dumps(
+        {"v": CURSOR_VERSION, "source": spec, "files": current}, separators=(",", ":"), sort_keys=True
+    )
     changes = diff(previous or {}, current)
     if previous is not None and not changes:
         # mtimes may have moved without a content change: keep them so those files are not read again

@@ -25,13 +25,14 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import bentoml
 import yaml
 from bentoml._internal.models import ModelStore
 
+from pipelines.corpus.ingest import NAME_KEY
 from pipelines.settings import REPO_ROOT, Settings
 from serving.artifacts import MODEL_NAMES, TAG_ENV
 
@@ -65,8 +66,9 @@ def create_model(
     return str(m.tag)
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src.resolve(), dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock", "*.tmp"))
+def _copy_tree(src: Path, dst: Path, *skip: str) -> None:
+    ignore = shutil.ignore_patterns(".lock", "*.tmp", *skip)
+    shutil.copytree(src.resolve(), dst, dirs_exist_ok=True, ignore=ignore)
 
 
 # -- the four snapshots ------------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
             for part in ("keyword", "qdrant", "graph"):
                 if (index_dir / part).is_dir():
                     _copy_tree(index_dir / part, p / "index" / part)
-            _copy_tree(store_dir, p / "store")
+            _copy_tree(store_dir, p / "store", PurePosixPath(NAME_KEY).name)  # the store's secret stays home
         shipped = dict(engines)
         if tuned:  # a fine-tuned embedder travels with the index; the service resolves it in the model
             _copy_tree(Path(settings.embedder), p / "embedder")

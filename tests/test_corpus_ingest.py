@@ -207,3 +207,33 @@ def test_a_document_over_a_million_characters_is_redacted_in_pieces(env, tmp_pat
     assert not r.skipped and r.pii_redacted.get("EMAIL_ADDRESS") == 1
     text = " ".join(load_chunks(settings, store)["text"])
     assert "<EMAIL_ADDRESS>" in text and EMAIL not in text
+
+
+def test_pii_in_file_names_is_kept_nowhere(env, tmp_path):
+    """File names were kept as they were, as doc ids, sources, chunk-id prefixes, manifest keys and skip
+    records: an e-mail address or phone number in a name reached the store, every index and the Bento."""
+    settings, _, store = env
+    src = tmp_path / "named"
+    (src / "jane.doe@example.com").mkdir(parents=True)
+    (src / "jane.doe@example.com" / "cv.txt").write_text("Curriculum vitae: retrieval engineer.")
+    (src / "notes for john.roe@example.org.md").write_text("# Notes\n\nQdrant and tantivy.")
+    (src / "notes for mary.poe@example.org.md").write_text("# Notes\n\nLadybug and BM25.")
+    (src / "call 415 555 2671.txt").write_text("Phone log.")
+    (src / "broken john.roe@example.org.pdf").write_bytes(b"%PDF-1.7 garbage")
+    (src / "plain.txt").write_text("Nothing personal.")
+    r = ingest_corpus(settings, str(src), store=store)
+    chunks = load_chunks(settings, store)
+    assert sorted(chunks.doc_id.str.replace(r"~[0-9a-f]{12}", "~", regex=True)) == [
+        "<EMAIL_ADDRESS>/cv~.txt", "call <PHONE_NUMBER>~.txt", "notes for <EMAIL_ADDRESS>~.md",
+        "notes for <EMAIL_ADDRESS>~.md", "plain.txt",
+    ]  # fmt: skip
+    assert chunks.doc_id.nunique() == 5 and r.pii_redacted["EMAIL_ADDRESS"] >= 3
+    (skip,) = r.skipped
+    assert skip["path"].startswith("broken <EMAIL_ADDRESS>~") and "PDF" in skip["reason"]
+    kept = b"".join(store.get(k) for k in store.list()) + json.dumps(r.to_dict()).encode()
+    cells = " ".join(chunks.astype(str).to_numpy().ravel())  # parquet bytes may be compressed
+    for secret in ("jane.doe", "john.roe", "mary.poe", "example.", "555 2671"):
+        assert secret.encode() not in kept and secret not in cells, secret
+    again = ingest_corpus(settings, str(src), store=store)
+    assert not again.did_work and again.skipped == r.skipped
+    assert set(load_chunks(settings, store).chunk_id) == set(chunks.chunk_id)

@@ -2,6 +2,7 @@
 asset check in the definitions, and `deploy/dagster.yaml` against a real PostgreSQL."""
 
 import functools
+import json
 import os
 import shutil
 import socket
@@ -41,7 +42,9 @@ def _tick(instance, folder: Path, cursor: str | None):
     ctx = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"settings": SettingsResource(overrides={"corpus_dir": str(folder)})},
+        resources={
+            "settings": SettingsResource(overrides={"corpus_dir": str(folder), "run_dir": str(folder.parent)})
+        },
     )
     return new_documents_sensor.evaluate_tick(ctx)
 
@@ -94,6 +97,24 @@ def test_new_documents_sensor_requests_a_reindex_only_when_content_changes(tmp_p
         other.mkdir()
         (other / "d.md").write_text("Delta.")
         assert _tick(instance, other, removed.cursor).run_requests[0].tags["stratmaster/added"] == "1"
+
+
+def test_the_sensor_keeps_no_file_name_that_may_hold_pii(tmp_path):
+    """The cursor (in Dagster's storage) and the run tags held every file name as it was."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "plain.md").write_text("Alpha.")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, docs, None)
+        (docs / "jane.doe@example.com.md").write_text("Beta.")
+        added = _tick(instance, docs, first.cursor)
+        (req,) = added.run_requests
+        assert req.tags["stratmaster/added"] == "1" and "1 withheld" in req.tags["stratmaster/changes"]
+        assert "jane.doe" not in added.cursor + json.dumps(req.tags) and "plain.md" in added.cursor
+        (docs / "jane.doe@example.com.md").write_text("Beta, revised.")
+        assert _tick(instance, docs, added.cursor).run_requests[0].tags["stratmaster/changed"] == "1"
+        old_cursor = json.dumps({"source": str(docs), "files": {"plain.md": [6, 0, "x"]}})  # before v2
+        assert _tick(instance, docs, old_cursor).run_requests[0].tags["stratmaster/changes"] == "first scan"
 
 
 def test_new_documents_sensor_watches_the_demo_corpus_without_corpus_dir(tmp_path):

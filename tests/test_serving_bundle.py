@@ -120,7 +120,8 @@ def test_models_carry_the_artifacts_and_name_their_asset_versions(built):
     assert len(pd.read_csv(path / "registry.csv")) == 4
     assert info["labels"]["model_registry_version"] == "mv1"
     path, info = model(tags["index"])
-    assert (path / "index" / "keyword").is_dir() and (path / "store").is_dir()
+    assert (path / "index" / "keyword").is_dir() and (path / "store" / "corpus" / "manifest.json").is_file()
+    assert not list(path.rglob("names.key"))  # the secret behind the file-name digests stays in the store
     assert json.loads((path / "engines.json").read_text())["embedder"] == "static"
     assert info["labels"]["keyword_index_version"] == "unmaterialized"  # never materialized in this instance
     path, _ = model(tags["catalog"])

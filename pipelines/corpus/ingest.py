@@ -3,7 +3,11 @@
 Layout in the store: `corpus/manifest.json` (what was ingested, with content hashes) and one parquet file of
 chunks per source file under `corpus/chunks/`. Work is done only where content changed: an unchanged file is
 not read twice; in a changed BEIR file only the changed documents are redacted and chunked again. PII is
-redacted before anything (chunk text, titles) is written; the manifest holds only hashes and names.
+redacted before anything (chunk text, titles, file names) is written; the manifest holds only hashes and
+names. A file name with PII in it (`letters/jane.doe@example.com.txt`) is kept everywhere (doc id, chunk ids,
+source, manifest, skip records) as its redacted form plus a digest keyed by a secret the store keeps
+(`letters/<EMAIL_ADDRESS>~3f0c9a1b22de.txt`): two such files stay apart, and the digest cannot be checked
+against a guessed name without the store. BEIR `_id`s are kept as they are: qrels refer to them.
 A bad file is skipped and recorded with the reason; it never fails the run.
 """
 
@@ -11,11 +15,15 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import io
 import json
+import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -29,6 +37,7 @@ if TYPE_CHECKING:
     from pipelines.corpus.pii import Redactor
 
 MANIFEST = "corpus/manifest.json"
+NAME_KEY = "corpus/names.key"  # the store's secret for name digests; never copied into an index or a Bento
 CHUNKS_PREFIX = "corpus/chunks/"
 CHUNK_COLUMNS = [
     "chunk_id", "doc_id", "ordinal", "title", "text", "source", "doc_hash",
@@ -80,6 +89,37 @@ def _load_manifest(store: ObjectStore) -> dict:
         return {"files": {}}
 
 
+def name_key(store: ObjectStore) -> bytes:
+    """The store's secret for name digests, made on first use."""
+    try:
+        return store.get(NAME_KEY)
+    except KeyError:
+        key = secrets.token_bytes(32)
+        store.put(NAME_KEY, key)
+        return key
+
+
+def name_digest(name: str, key: bytes) -> str:
+    return hmac.new(key, name.encode(), hashlib.sha256).hexdigest()[:12]
+
+
+def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
+    """`name` with PII in its path parts redacted and a keyed digest of the original added; a name without
+    PII is returned as it is. A part is redacted without its extension (`a@b.org.md`: `.md` is a TLD too),
+    else whole (a folder `a@b.com`)."""
+    parts = name.split("/")
+    out = []
+    for part in parts:
+        suffix = PurePosixPath(part).suffix
+        new = redact(part[: len(part) - len(suffix)]) + suffix
+        out.append(redact(part) if new == part else new)
+    if out == parts:
+        return name
+    last = PurePosixPath(out[-1])
+    out[-1] = f"{last.stem}~{name_digest(name, key)}{last.suffix}"
+    return "/".join(out)
+
+
 def _chunk_key(name: str) -> str:
     return f"{CHUNKS_PREFIX}{hashlib.sha1(name.encode()).hexdigest()[:20]}.parquet"
 
@@ -98,6 +138,10 @@ class _Processor:
 
     def redact(self, text: str) -> str:
         if self._redactor is None:
+            from pipelines.corpus.pii import may_hold_pii
+
+            if not may_hold_pii(text, self.settings.pii_spacy_model):  # no engine to build for clean names
+                return text
             from pipelines.corpus.pii import get_redactor
 
             self._redactor = get_redactor(self.settings.pii_spacy_model, str(self.settings.run_dir / "cache"))
@@ -174,16 +218,18 @@ def ingest_corpus(
     old_files = manifest["files"] if manifest.get("config") == config else {}
     files, proc = {}, _Processor(settings)
     max_bytes = int(settings.max_file_mb * 1024 * 1024)
+    key = name_key(store)
 
-    for name, size in _corpus_files(src, include).items():
+    for raw, size in _corpus_files(src, include).items():
         report.files_seen += 1
+        name = safe_name(raw, proc.redact, key)  # the only name that is kept from here on
         prev = old_files.get(name)
         if size > max_bytes:
             report.skipped.append({"path": name, "reason": f"oversized ({size} bytes > {max_bytes})"})
             continue
         data = b""
         try:
-            data = src.get(name)
+            data = src.get(raw)
             digest = _sha(data)
             if prev and prev["sha256"] == digest:
                 files[name] = prev

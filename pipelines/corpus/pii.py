@@ -29,6 +29,12 @@ _TRIGGERS = {
 }
 
 
+def may_hold_pii(text: str, spacy_model: str = "blank") -> bool:
+    """False when no default recognizer could match `text` (so no engine need be built); with an NER model
+    any text may name a person."""
+    return spacy_model != "blank" or any(rx.search(text) for rx in _TRIGGERS.values())
+
+
 def _blank_model_path(cache_dir: Path) -> Path:
     import spacy
 
