@@ -137,6 +137,39 @@ def test_generated_code_runs_outside_this_process(tmp_path, monkeypatch):
     assert not Path(tmp_path / "escaped.txt").exists()  # it wrote inside its own temp dir only
 
 
+def test_generated_code_cannot_outlive_its_timeout_flood_memory_or_fake_a_pass(tmp_path):
+    """A grandchild that left the process group kept run_tests waiting on its pipe (20 s, or forever) and
+    outlived it; a print loop filled the caller's memory through the pipe; a printed result line passed."""
+    from pipelines.bench.code_exec import namespace_prefix
+
+    mark = tmp_path / "survivor.txt"
+    escape = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(3)\n"
+        f"    open({str(mark)!r}, 'w').write('alive')\n    os._exit(0)\ntime.sleep(60)\n"
+    )
+    t0 = time.perf_counter()
+    r = run_tests(escape, ["assert True"], timeout_s=1)
+    assert r.status == "timeout" and time.perf_counter() - t0 < 3
+    time.sleep(4)
+    if namespace_prefix():  # without one, a root child may fork and outlive the kill (stated in code_exec)
+        assert not mark.exists()
+    flood = run_tests("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", ["assert True"])
+    assert flood.status == "crashed" and "File too large" in flood.detail  # the 1 MiB output cap
+    fake = "import os\nprint('\\n__RESULT__' + '{\"passed\": 1, \"errors\": []}')\nos._exit(0)\n"
+    forged = run_tests(fake, ["assert missing()"])
+    assert forged.status == "crashed" and not forged.passed_all
+
+
+def test_generated_code_has_no_network_where_namespaces_are_allowed():
+    from pipelines.bench.code_exec import namespace_prefix
+
+    if not namespace_prefix():
+        pytest.skip("unshare may not make namespaces here")
+    probe = "import socket\ns = socket.create_connection(('127.0.0.1', 9), timeout=1)"
+    r = run_tests("x = 1", [probe])
+    assert r.passed == 0 and ("unreachable" in r.detail or "OSError" in r.detail or "refused" in r.detail)
+
+
 def test_score_row_dispatches_by_family_and_refuses_unscorable_rows():
     mc = {"task": "winogrande", "prompt": WINO, "reference": "B"}
     assert score_row(mc, "(B)") == 1.0
