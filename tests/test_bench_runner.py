@@ -114,6 +114,34 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(gateway, model_settin
     assert set(after["run_id"]) == {"resume-test"}
 
 
+def test_a_resume_retries_the_calls_that_failed(gateway, model_settings, ten_prompts, tmp_path):
+    """Failed calls were committed as done: after a run with the servers down, running again (the stated
+    recovery) retried nothing and the partition failed its error-rate check for good."""
+    from conftest import free_port_pair
+
+    from pipelines.llm.catalog import load_catalog
+    from pipelines.llm.gateway import Gateway
+
+    prompts = ten_prompts.head(4)
+    down = model_settings.model_copy(update={"local_base_port": free_port_pair(), "request_timeout_s": 5})
+    first = run_bench(prompts, MODELS[:1], Gateway(down, load_catalog(down)), tmp_path, progress=False)
+    assert first.errors_by_model == {MODELS[0]: 4}
+    second = run_bench(prompts, MODELS[:1], gateway, tmp_path, max_tokens=8, progress=False)
+    assert (second.cells_done_before, second.cells_run) == (0, 4)
+    df = collect_outcomes(tmp_path)
+    assert len(df) == 4 and not df["error"].fillna("").str.contains("Connection|refused").any()
+    assert run_bench(prompts, MODELS[:1], gateway, tmp_path, progress=False).cells_run == 0
+
+    from pipelines.bench.runner import _lock
+
+    held = _lock(tmp_path)  # another run writing this folder
+    try:
+        with pytest.raises(RuntimeError, match="another bench run"):
+            run_bench(prompts, MODELS[:1], gateway, tmp_path, progress=False)
+    finally:
+        os.close(held)
+
+
 def test_cli_run_writes_the_table_and_prints_accuracy(gateway, model_settings, tmp_path, monkeypatch):
     for k, v in _env(model_settings).items():
         if k.startswith("SM_"):

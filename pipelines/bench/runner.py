@@ -3,14 +3,19 @@
 Bounded concurrency (a thread pool of `concurrency` workers), streamed calls (time to first token), and
 crash-safe resumption: completed cells are committed in batches, each batch one parquet part file written to
 a temp name and renamed into `out_dir` (atomic, append-only). A run killed at any point (even SIGKILL) and
-started again reads the committed parts, skips every (prompt_id, model) already there and runs the rest, so
-no row is lost or duplicated; at most one uncommitted batch is recomputed.
+started again reads the committed parts, skips every (prompt_id, model) already answered and runs the rest,
+so no row is lost or duplicated; at most one uncommitted batch is recomputed. A cell whose call failed (an
+error, a timeout, a fallback) is not done: running again retries it, and its newest row is the one read.
+One run at a time writes a folder (a lock); a second is refused with a clear error.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -59,22 +64,46 @@ def build_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": row["prompt"]}]
 
 
+def _latest_rows(out_dir: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
+    """The newest committed row per (prompt_id, model): parts are named by commit time."""
+    parts = sorted(out_dir.glob(PART_GLOB))
+    if not parts:
+        return None
+    df = pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+    return df.drop_duplicates(["prompt_id", "model"], keep="last")
+
+
 def committed_cells(out_dir: Path) -> set[tuple[str, str]]:
-    cells: set[tuple[str, str]] = set()
-    for part in sorted(out_dir.glob(PART_GLOB)):
-        df = pd.read_parquet(part, columns=["prompt_id", "model"])
-        cells.update(zip(df["prompt_id"].astype(str), df["model"].astype(str), strict=True))
-    return cells
+    """Cells with an answer (scored, or kept with a scorer error); failed calls are retried."""
+    df = _latest_rows(out_dir, ["prompt_id", "model", "error"])
+    if df is None:
+        return set()
+    answered = df["error"].isna() | df["error"].astype(str).str.startswith("scorer:")
+    df = df[answered]
+    return set(zip(df["prompt_id"].astype(str), df["model"].astype(str), strict=True))
 
 
 def collect_outcomes(out_dir: str | Path, with_response: bool = False) -> pd.DataFrame:
-    """Every committed row of a run folder, in the outcome-table shape (plus `response` if asked)."""
-    parts = sorted(Path(out_dir).glob(PART_GLOB))
+    """The committed rows of a run folder, the newest per cell, in the outcome-table shape (plus `response`
+    if asked)."""
     cols = OUTCOME_COLUMNS + (["response"] if with_response else [])
-    if not parts:
+    df = _latest_rows(Path(out_dir))
+    if df is None:
         return pd.DataFrame(columns=cols)
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     return df[cols].sort_values(["prompt_id", "model"]).reset_index(drop=True)
+
+
+def _lock(out_dir: Path) -> int:
+    """An exclusive lock on the run folder, held until the returned descriptor is closed."""
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(
+            f"another bench run is writing {out_dir}; wait for it or use another folder"
+        ) from None
+    return fd
 
 
 def _run_id(out_dir: Path, run_id: str | None) -> str:
@@ -87,9 +116,10 @@ def _run_id(out_dir: Path, run_id: str | None) -> str:
             )
         return saved
     run_id = run_id or datetime.now(UTC).strftime("bench-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "created_at": datetime.now(UTC).isoformat()}))
-    tmp.replace(manifest)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".run.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"run_id": run_id, "created_at": datetime.now(UTC).isoformat()}))
+    os.replace(tmp, manifest)
     return run_id
 
 
@@ -150,6 +180,16 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
         raise ValueError("the prompt set has duplicate prompt_id values")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out_dir)
+    try:
+        return _run_locked(prompts, models, gateway, out_dir, run_id, concurrency, batch_size, max_tokens,
+                           scorer, progress)  # fmt: skip
+    finally:
+        os.close(lock)
+
+
+def _run_locked(prompts, models, gateway, out_dir, run_id, concurrency, batch_size, max_tokens, scorer,
+                progress) -> RunReport:  # fmt: skip
     run_id = _run_id(out_dir, run_id)
     done = committed_cells(out_dir)
     todo = pending_cells(prompts, models, done)
