@@ -34,15 +34,16 @@ def leaderboard_priors(settings: SettingsResource) -> dg.MaterializeResult:
     group_name="utility",
     specs=[
         dg.AssetSpec("utility_posterior", deps=[leaderboard_priors], kinds={"pymc"}),
-        dg.AssetSpec("model_registry", deps=["utility_posterior"], kinds={"sqlite"}),
+        dg.AssetSpec("model_registry", deps=["utility_posterior"], kinds={"sqlite"}, skippable=True),
     ],
     check_specs=[dg.AssetCheckSpec(c, asset="utility_posterior") for c in CHECKS],
 )
-def utility_posterior(settings: SettingsResource):
+def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResource):
     """Fit the hierarchical model (NUTS), save the NetCDF with its data+config hash (run_dir/utility, and
     the object store under utility/<hash>/), then record the fit in the registry table in one transaction (a
     reader never sees half a fit). When the saved NetCDF's hash matches the data, priors and configuration,
-    it is read, not refitted (a rerun does no needless work)."""
+    it is read, not refitted (a rerun does no needless work). A fit that fails a check is not registered:
+    the registry keeps its current fit, and `model_registry` is not materialized."""
     s = settings.get()
     outcomes = routerbench_outcome_table(s.shared_data_dir / "routerbench")
     priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv")
@@ -54,7 +55,8 @@ def utility_posterior(settings: SettingsResource):
         key = f"{prefix}/{art.paths[name].name}"
         if not store.exists(key):
             store.put(key, art.paths[name].read_bytes())
-    fit_id = register_posterior(art, s.registry_sqlalchemy_url)
+    checks = art.checks
+    failed = [name for name in CHECKS if not checks[name]]
     d = art.fit.diagnostics
     forest = art.paths["forest_png"]
     version = dg.DataVersion(art.fit.fit_hash[:16])  # same data, priors and config: same version
@@ -71,15 +73,17 @@ def utility_posterior(settings: SettingsResource):
             "notes": "; ".join(art.notes) or "none",
         },
     )
-    yield dg.MaterializeResult(
-        asset_key="model_registry",
-        data_version=version,
-        metadata={
-            "fit_id": fit_id,
-            "rows": len(art.summary),
-            "url": s.registry_sqlalchemy_url.split("@")[-1],
-        },
-    )
-    checks = art.checks
+    if failed:
+        context.log.warning(f"utility fit {art.fit.fit_hash[:12]} failed {', '.join(failed)}: not registered")
+    else:
+        yield dg.MaterializeResult(
+            asset_key="model_registry",
+            data_version=dg.DataVersion(art.registry_hash[:16]),  # the fit and the lambdas
+            metadata={
+                "fit_id": register_posterior(art, s.registry_sqlalchemy_url),
+                "rows": len(art.summary),
+                "url": s.registry_sqlalchemy_url.split("@")[-1],
+            },
+        )
     for name in CHECKS:
         yield dg.AssetCheckResult(asset_key="utility_posterior", check_name=name, passed=bool(checks[name]))

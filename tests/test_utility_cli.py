@@ -55,6 +55,7 @@ def test_cli_fit_writes_netcdf_and_the_summary_shape(routerbench_slice, shared_d
     assert all(r["cost_usd_mean"] > 0 for r in doc["rows"])
     assert doc["diagnostics"]["fit_seconds"] > 0 and doc["diagnostics"]["divergences"] >= 0
     assert "latency contributes 0" in res.output
+    assert "the fit failed its checks (" in res.output and "ess_bulk" in res.output  # 300 draws: ESS < 400
     idata = load_posterior(out / "utility_posterior.nc")
     assert idata.posterior["quality"].sizes["model"] == 11
     for png in ("quality_forest.png", "calibration.png"):
@@ -88,6 +89,7 @@ def test_shared_csv_overlays_snapshot_and_unknown_models_get_weak_priors(shared_
 def test_a_rerun_on_the_same_data_reads_the_fit_and_a_change_refits(routerbench_slice, shared_data, tmp_path):
     from router_models.utility.model import FitConfig
     from router_models.utility.pipeline import fit_posterior, register_posterior
+    from router_models.utility.registry import read_current, registry_engine
 
     p, o, _ = routerbench_slice
     table = outcome_table_from_files(p, o)
@@ -108,3 +110,39 @@ def test_a_rerun_on_the_same_data_reads_the_fit_and_a_change_refits(routerbench_
     changed = fit_posterior(table, priors, tmp_path / "fit", reseeded, 1.0, 0.0, reuse=True)
     assert "reused" not in changed.fit.prior_check and changed.fit.fit_hash != first.fit.fit_hash
     assert register_posterior(changed, url) != first_id
+    # the same fit with another cost weight: read, not refitted, but its utilities are new registry rows
+    pricier = fit_posterior(table, priors, tmp_path / "fit", reseeded, 1000.0, 0.0, reuse=True)
+    assert pricier.fit.prior_check.get("reused") and pricier.fit.fit_hash == changed.fit.fit_hash
+    pricier_id = register_posterior(pricier, url)
+    assert pricier_id not in (first_id, register_posterior(changed, url))
+    rows = read_current(registry_engine(url)).set_index(["task", "model"])["utility_mean"].sort_index()
+    assert np.allclose(rows, changed.summary.set_index(["task", "model"])["utility_mean"].sort_index())
+
+
+def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
+    """A blank model name, a non-numeric score or a missing priors file was a 24-134-line traceback or,
+    for the priors, silently ignored."""
+    p, o, _ = routerbench_slice
+    table = pd.read_csv(o)
+    for name, broken in {
+        "blank": table.assign(model=table["model"].where(table.index != 3, "")),
+        "text": table.assign(score=table["score"].astype(object).where(table.index != 5, "x")),
+    }.items():
+        path = tmp_path / f"{name}.csv"
+        broken.to_csv(path, index=False)
+        args = ["fit", "--prompts", str(p), "--outcomes", str(path), "--out", str(tmp_path)]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert ("name no model" if name == "blank" else "'x' is not a number") in res.output
+    args = [
+        "fit",
+        "--outcomes",
+        str(o),
+        "--prompts",
+        str(p),
+        "--priors",
+        "/no/such.csv",
+        "--out",
+        str(tmp_path),
+    ]
+    assert CliRunner().invoke(app, args).exit_code == 2

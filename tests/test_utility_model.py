@@ -145,3 +145,24 @@ def test_graded_scores_use_a_beta_likelihood():
     assert prior.prior_predictive["graded_score"].shape[-1] == 40 and report["cells"] == 2
     with pytest.raises(ValueError, match="0, 1"):
         cell_data(df.assign(score=df["score"] * 2))
+
+
+def test_free_calls_and_a_model_without_rows_keep_costs_finite():
+    """A $0 row was floored to 1e-9 USD in the logs: 2 free rows of 40 put the cell's expected cost at 70x
+    the observed. A model with no rows drew log-sds whose expected cost reached 1e10 to 1e30 USD."""
+    df, _ = simulate_outcomes(["t0", "t1"], ["m0", "m1", "m2"], 40, seed=1)
+    cell = (df["task"] == "t0") & (df["model"] == "m0")
+    df.loc[df.index[cell][:2], "cost_usd"] = 0.0
+    data = cell_data(df, models=["new-model"])
+    stats = data.cells.set_index(["task", "model"])
+    assert stats.loc[("t0", "m0"), "cost_share"] == pytest.approx(38 / 40)
+    assert stats.loc[("t0", "m0"), "cost_n"] == 38 and stats.loc[("t0", "new-model"), "cost_n"] == 0
+    s = (
+        UtilityPosterior(fit_utility(data, None, QUICK).idata, 1.0, 0.0)
+        .summary()
+        .set_index(["task", "model"])
+    )
+    observed = df.loc[cell, "cost_usd"].mean()
+    assert 0.5 < s.loc[("t0", "m0"), "cost_usd_mean"] / observed < 2.0
+    unseen = s.xs("new-model", level="model")["cost_usd_mean"]
+    assert (unseen < 50 * df["cost_usd"].mean()).all(), unseen  # a wide prior's mean, not 1e10 USD

@@ -20,7 +20,9 @@ def fit(
     outcomes: Annotated[Path, typer.Option("--outcomes", exists=True, help="outcomes CSV/parquet")],
     out: Annotated[Path, typer.Option("--out", help="output folder (NetCDF, summary.json, plots)")],
     prompts: Annotated[Path | None, typer.Option("--prompts", exists=True, help="prompts CSV")] = None,
-    priors: Annotated[Path | None, typer.Option("--priors", help="leaderboard priors CSV")] = None,
+    priors: Annotated[
+        Path | None, typer.Option("--priors", exists=True, help="leaderboard priors CSV")
+    ] = None,
     draws: Annotated[int, typer.Option(help="posterior draws per chain")] = 1000,
     tune: Annotated[int, typer.Option(help="tuning steps per chain")] = 1000,
     chains: Annotated[int, typer.Option(help="chains")] = 4,
@@ -33,14 +35,18 @@ def fit(
     from router_models.utility.pipeline import fit_posterior
     from router_models.utility.priors import leaderboard_priors
 
-    table = outcome_table_from_files(prompts, outcomes)
-    if table.empty:
-        raise typer.BadParameter("no scored outcome rows", param_hint="--outcomes")
     if sampler not in ("nutpie", "pymc"):
         raise typer.BadParameter("nutpie or pymc", param_hint="--sampler")
-    prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
-    config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler)  # type: ignore[arg-type]
-    art = fit_posterior(table, prior_table, out, config)
+    try:  # a malformed file is one line, not a traceback
+        table = outcome_table_from_files(prompts, outcomes)
+        if table.empty:
+            raise typer.BadParameter("no scored outcome rows", param_hint="--outcomes")
+        prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
+        config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler)  # type: ignore[arg-type]
+        art = fit_posterior(table, prior_table, out, config)
+    except (ValueError, TypeError, KeyError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     d = art.fit.diagnostics
     n_tasks, n_models = table["task"].nunique(), table["model"].nunique()
     typer.echo(f"{len(table)} outcome rows, {n_tasks} tasks, {n_models} models")
@@ -51,3 +57,7 @@ def fit(
         typer.echo(f"note: {note}")
     for name, p in art.paths.items():
         typer.echo(f"{name}: {p}")
+    failed = [name for name, ok in art.checks.items() if not ok]
+    if failed:  # written, so it can be looked at; the Dagster asset does not register such a fit
+        typer.echo(f"warning: the fit failed its checks ({', '.join(failed)}): not a fit to use; "
+                   "run more draws or tuning steps", err=True)  # fmt: skip

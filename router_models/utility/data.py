@@ -17,7 +17,6 @@ import pandas as pd
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
 
 GRADED_EPS = 1e-3  # graded scores are clipped into (eps, 1 - eps) for the Beta likelihood
-MIN_COST = 1e-9  # a zero cost (free local call) is floored before taking its log
 
 
 def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -> pd.DataFrame:
@@ -25,6 +24,15 @@ def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -
     cost_usd) as one outcome table; rows without a score are dropped. An outcomes file that already
     carries `task` needs no prompts file."""
     out = read_table(outcomes)
+    for col in ("prompt_id", "model", "score"):
+        if col not in out.columns:
+            raise ValueError(f"{outcomes}: no `{col}` column")
+    if (unnamed := int((out["model"].fillna("").astype(str).str.strip() == "").sum())) > 0:
+        raise ValueError(f"{outcomes}: {unnamed} row(s) name no model")
+    raw = out["score"]
+    out["score"] = pd.to_numeric(raw, errors="coerce")
+    if (bad := out["score"].isna() & raw.notna()).any():
+        raise ValueError(f"{outcomes}: score {raw[bad].iloc[0]!r} is not a number")
     out["prompt_id"] = out["prompt_id"].astype(str)
     if prompts is not None:
         pr = read_table(prompts)
@@ -49,12 +57,17 @@ def data_version(outcomes: pd.DataFrame) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _lognormal_stats(values: pd.Series) -> tuple[int, float, float, float]:
+def _lognormal_stats(values: pd.Series) -> tuple[int, float, float, float, float]:
+    """n, mean and sum of squares of the logs of the positive values, their raw mean, and the positive
+    share: a zero (a free call) is counted in the share, not floored into the logs, where one $0 row among
+    40 made the cell's log-sd 3 and its expected cost 70x the observed."""
     v = values.dropna().to_numpy(dtype=float)
-    if len(v) == 0:
-        return 0, np.nan, np.nan, np.nan
-    logs = np.log(np.maximum(v, MIN_COST))
-    return len(v), float(logs.mean()), float(((logs - logs.mean()) ** 2).sum()), float(v.mean())
+    pos = v[v > 0]
+    share = len(pos) / len(v) if len(v) else 1.0
+    if len(pos) == 0:
+        return 0, np.nan, np.nan, np.nan, share
+    logs = np.log(pos)
+    return len(pos), float(logs.mean()), float(((logs - logs.mean()) ** 2).sum()), float(pos.mean()), share
 
 
 @dataclass
@@ -99,13 +112,14 @@ def cell_data(
     for ti, task in enumerate(tasks):
         for mi, model in enumerate(models):
             g = groups.get((task, model), df.iloc[:0])
-            cn, cmean, css, craw = _lognormal_stats(g["cost_usd"])
-            ln, lmean, lss, lraw = _lognormal_stats(g["latency_s"])
+            cn, cmean, css, craw, cshare = _lognormal_stats(g["cost_usd"])
+            ln, lmean, lss, lraw, lshare = _lognormal_stats(g["latency_s"])
             rows.append(dict(
                 task=task, model=model, t=ti, m=mi, n=len(g), score_sum=float(g["score"].sum()),
                 binary=bool(binary_task.get(task, True)),
-                cost_n=cn, cost_logmean=cmean, cost_logss=css, cost_mean=craw,
+                cost_n=cn, cost_logmean=cmean, cost_logss=css, cost_mean=craw, cost_share=cshare,
                 latency_n=ln, latency_logmean=lmean, latency_logss=lss, latency_mean=lraw,
+                latency_share=lshare,
             ))  # fmt: skip
     cells = pd.DataFrame(rows)
     graded_rows = df[~df["task"].map(binary_task).astype(bool)]

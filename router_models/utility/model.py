@@ -5,8 +5,10 @@ Quality:  logit q[t, m] = mu + alpha[m] + beta[t] + gamma[t, m]
   beta     ~ ZeroSumNormal(sigma_beta) over tasks
   gamma    = tau_gamma * ZeroSumNormal(1) over tasks and models   (partially pooled interaction)
   0/1 scores: Binomial(n, q) per cell; graded scores: Beta(q * phi, (1 - q) * phi) per row.
-Cost (and latency where present): log y ~ Normal(c[t, m], s[t, m]) per prompt, c and log s pooled
-  towards model + task effects; fitted from per-cell sufficient statistics (mean and sum of squares).
+Cost (and latency where present): log y ~ Normal(c[t, m], s[t, m]) per prompt with y > 0, c and log s
+  pooled towards model + task effects (log s across models too); fitted from per-cell sufficient statistics
+  (mean and sum of squares). The expected value is the positive share of the cell's rows (free calls count
+  as 0) times the log-normal mean.
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ class FitConfig:
     centered: bool | None = None
 
     def hash(self, priors_table: pd.DataFrame | None = None) -> str:
-        """Everything that changes the posterior (not draws-independent settings like cores)."""
+        """Everything that changes the posterior (not draws-independent settings like cores), the model's
+        code included: an edited prior or likelihood must not reuse the old fit."""
+        from router_models.utility.registry import code_version
+
         payload = {k: v for k, v in asdict(self).items() if k not in ("cores",)}
+        payload["code"] = code_version()
         if priors_table is not None:
             payload["priors"] = priors_table[["model", "alpha_mu", "alpha_sigma"]].round(9).values.tolist()
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -67,15 +73,18 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
     """Log-normal cost or latency per (task, model); returns the expected value per cell.
 
     The cell location and log-sd are pooled towards model + task effects with fixed scales: enough
-    to predict cells without observations, and no learned scale (hence no funnel) to slow NUTS."""
+    to predict cells without observations, and no learned scale (hence no funnel) to slow NUTS. The model
+    log-sd is pooled across models: with a free N(-1, 1) per model, a model with no rows drew log-sds
+    whose exp(sd^2 / 2) put its expected cost at 1e10 to 1e30 USD."""
     cells = data.stat_cells(kind)
     center = float(np.average(cells[f"{kind}_logmean"], weights=cells[f"{kind}_n"]))
     nt, _ = coords_sizes
-    c_m = pm.Normal(f"{kind}_model", center, 2.0, dims="model")
+    c_m = pm.Normal(f"{kind}_model", center, 1.5, dims="model")  # RouterBench model log-costs: sd 1.4
     c_t = _zerosum(pm, f"{kind}_task", 1.0, ("task",), (nt,))
     loc = pm.Normal(f"{kind}_loc", c_m[None, :] + c_t[:, None], 1.0, dims=("task", "model"))
-    ls_m = pm.Normal(f"{kind}_logsd_model", -1.0, 1.0, dims="model")
-    ls = pm.Normal(f"{kind}_logsd", ls_m[None, :], 0.5, dims=("task", "model"))
+    ls_g = pm.Normal(f"{kind}_logsd_global", -1.0, 1.0)
+    ls_m = pm.Normal(f"{kind}_logsd_model", ls_g, 0.3, dims="model")
+    ls = pm.Normal(f"{kind}_logsd", ls_m[None, :], 0.3, dims=("task", "model"))
     sd = pt.exp(ls)
     ti, mi = cells["t"].to_numpy(), cells["m"].to_numpy()
     n = cells[f"{kind}_n"].to_numpy(dtype=float)
@@ -92,7 +101,10 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
         ss = np.maximum(cells[f"{kind}_logss"].to_numpy()[multi], 1e-8 * nn)
         sd_c = sd[ti[multi], mi[multi]]
         pm.Gamma(f"{kind}_logss_obs", alpha=(nn - 1) / 2, beta=1 / (2 * sd_c**2), observed=ss)
-    return pm.Deterministic(f"{kind}_expected", pt.exp(loc + sd**2 / 2), dims=("task", "model"))
+    share = np.ones(coords_sizes)
+    every = data.cells
+    share[every["t"].to_numpy(), every["m"].to_numpy()] = every[f"{kind}_share"].to_numpy()
+    return pm.Deterministic(f"{kind}_expected", share * pt.exp(loc + sd**2 / 2), dims=("task", "model"))
 
 
 def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig | None = None):

@@ -7,6 +7,7 @@ register_posterior(artifacts, url)               -> fit_id               (asset 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -41,6 +42,14 @@ class PosteriorArtifacts:
     calibration: pd.DataFrame
     paths: dict[str, Path] = field(default_factory=dict)  # netcdf, summary_json, forest_png, calibration_png
     notes: list[str] = field(default_factory=list)
+    lambdas: tuple[float, float] = (0.0, 0.0)  # (cost, latency) the summary's utility was computed with
+
+    @property
+    def registry_hash(self) -> str:
+        """What the registry rows follow from: the fit and the lambdas of their utility."""
+        return hashlib.sha256(
+            f"{self.fit.fit_hash}:{self.lambdas[0]!r}:{self.lambdas[1]!r}".encode()
+        ).hexdigest()
 
     @property
     def checks(self) -> dict[str, bool]:
@@ -119,7 +128,7 @@ def fit_posterior(
     notes = [] if post.latency_in_utility else ["no latency observations: latency contributes 0 to utility"]
     if reused is not None:
         notes.append(f"reused the posterior fitted on the same data and configuration ({fit.fit_hash[:12]})")
-    art = PosteriorArtifacts(fit, summary, calib, notes=notes)
+    art = PosteriorArtifacts(fit, summary, calib, notes=notes, lambdas=(lambda_cost, lambda_latency))
     art.paths["netcdf"] = out_dir / NETCDF_NAME if reused else save_posterior(fit, out_dir / NETCDF_NAME)
     art.paths["summary_json"] = out_dir / "summary.json"
     doc = summary_json(summary, fit.diagnostics)
@@ -135,16 +144,16 @@ def fit_posterior(
 
 
 def register_posterior(art: PosteriorArtifacts, url: str | None = None) -> str:
-    """Write the fit's summary to the registry and make it current (one transaction); when the current fit
-    has the same data+config hash, it stays current and its id is returned."""
+    """Write the fit's summary to the registry and make it current (one transaction); when the current rows
+    follow from the same fit and lambdas (`registry_hash`), they stay current and their id is returned."""
     engine = registry_engine(url)
     try:
         current = current_fit_id(engine)
         if current is not None:
             fits = list_fits(engine)
-            if (fits[fits.fit_id == current].fit_hash == art.fit.fit_hash).any():
+            if (fits[fits.fit_id == current].fit_hash == art.registry_hash).any():
                 return current
         return write_fit(engine, art.summary, art.fit.data.data_hash, code_version(),
-                         art.fit.diagnostics, art.fit.fit_hash)  # fmt: skip
+                         art.fit.diagnostics, art.registry_hash)  # fmt: skip
     finally:
         engine.dispose()
