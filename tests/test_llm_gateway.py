@@ -145,6 +145,31 @@ def test_a_server_killed_a_moment_ago_starts_again(local_servers, model_settings
     assert servers.start(smol, model_settings).state == "up"
 
 
+def test_two_starts_at_once_run_one_tracked_server(model_settings, tmp_path):
+    """Two `models up` at once both launched a server; the loser's PID overwrote the winner's in the PID
+    file, both failed, and the winner ran untracked (status "down", `models down` could not stop it)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SM_RUN_DIR": str(tmp_path), "SM_LOCAL_BASE_PORT": str(free_port_pair()),
+           "SM_MODEL_CACHE_DIR": str(model_settings.model_cache_dir)}  # fmt: skip
+    up = [sys.executable, "-m", "pipelines.cli", "models", "up", "smollm2-135m"]
+    procs = [subprocess.Popen(up, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in "ab"]
+    outs = [p.communicate(timeout=180)[0].decode() for p in procs]
+    mine = Settings(run_dir=tmp_path, local_base_port=int(env["SM_LOCAL_BASE_PORT"]),
+                    model_cache_dir=model_settings.model_cache_dir)  # fmt: skip
+    smol = load_catalog(mine).get("smollm2-135m")
+    try:
+        assert [p.returncode for p in procs] == [0, 0], outs
+        st = servers.status(smol, mine)
+        assert st.state == "up" and st.pid is not None
+    finally:
+        assert servers.stop(smol, mine).detail == "stopped"
+    port = servers.port_of(smol, mine)
+    with socket.socket() as sock:  # nothing is left listening once the tracked server is stopped
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 # -- Gateway.stream: the public streaming call (what the service's SSE path uses) -----------------------
 
 

@@ -13,6 +13,7 @@ is removed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,26 +224,39 @@ def server_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def _start_lock(pid_file: Path) -> Iterator[None]:
+    """One starter per model at a time, across processes: two `models up` at once both saw "down", both
+    launched, and the loser's PID overwrote the winner's, which then ran untracked."""
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(pid_file.with_suffix(".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     """Start the server for a local model (no-op when it is already up) and wait until it answers."""
-    st = status(entry, settings)
-    if st.state in ("up", "starting"):
-        return wait_ready(entry, settings) if st.state == "starting" else st
-    port = port_of(entry, settings)
-    if _port_busy(settings.local_host, port, wait_s=5.0):
-        raise ServerError(f"{entry.name}: port {port} is taken by another program; set SM_LOCAL_BASE_PORT")
-    model = weights_path(entry, settings)
     pid_file, log_file = _files(entry, settings)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    cmd, engine = command(entry, model, port, settings)
-    with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=server_env(settings))  # fmt: skip
-    tmp = pid_file.with_suffix(".tmp")
-    info = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "port": port, "model": str(model),
-            "engine": engine, "started": time.time()}  # fmt: skip
-    tmp.write_text(json.dumps(info))
-    tmp.replace(pid_file)
+    with _start_lock(pid_file):
+        st = status(entry, settings)
+        if st.state == "up":
+            return st
+        if st.state == "down":
+            port = port_of(entry, settings)
+            if _port_busy(settings.local_host, port, wait_s=5.0):
+                raise ServerError(
+                    f"{entry.name}: port {port} is taken by another program; set SM_LOCAL_BASE_PORT"
+                )
+            model = weights_path(entry, settings)
+            cmd, engine = command(entry, model, port, settings)
+            with open(log_file, "ab") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env=server_env(settings))  # fmt: skip
+            tmp = pid_file.with_suffix(".tmp")
+            info = {"pid": proc.pid, "start_ticks": start_ticks(proc.pid), "port": port, "model": str(model),
+                    "engine": engine, "started": time.time()}  # fmt: skip
+            tmp.write_text(json.dumps(info))
+            tmp.replace(pid_file)
     return wait_ready(entry, settings)
 
 
