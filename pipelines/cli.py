@@ -1,6 +1,7 @@
 """`stratmaster` commands for the library layer: the local model panel, the gateway and the demo.
 
-The console script is `router_models.cli:app`, which mounts these commands beside the router and utility ones.
+The console script is `router_models.cli:main`, whose app mounts these commands beside the router and
+utility ones.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +25,8 @@ def _default_shared_data() -> Path:
 
 
 class Settings(BaseSettings):
-    """Workbench configuration; override any field with an `SM_<NAME>` environment variable."""
+    """Workbench configuration; override any field with an `SM_<NAME>` environment variable. Secrets (S3 and
+    NebulaGraph passwords, the registry URL) are `SecretStr`: masked in `repr`, `str` and dumps."""
 
     model_config = SettingsConfigDict(env_prefix="SM_", env_file=".env", extra="ignore")
 
@@ -40,9 +41,9 @@ class Settings(BaseSettings):
 
     # local model panel (llama.cpp servers)
     local_host: str = "127.0.0.1"
-    local_base_port: int = 8081
-    local_threads: int = 2
-    local_ctx: int = 2048
+    local_base_port: int = Field(default=8081, ge=1, le=65534)  # a model's port is this plus its offset
+    local_threads: int = Field(default=2, ge=1)
+    local_ctx: int = Field(default=2048, ge=256)
     # the engine of local models (pipelines/llm/servers.py): llama.cpp's llama-server (built by `make setup`;
     # unset binary: the one in the llama_cpp package, then PATH) serves `local_parallel` requests at once per
     # model, decoding them together, each with local_ctx tokens of context; llama-cpp-python's answers one at
@@ -60,14 +61,14 @@ class Settings(BaseSettings):
     # passive where one server's threads take every core, so that a second busy server (or the embedder)
     # does not make them spin against each other
     local_omp_wait_policy: Literal["auto", "default", "passive"] = "auto"
-    local_ready_timeout_s: float = 60.0
+    local_ready_timeout_s: float = Field(default=60.0, gt=0)
     # the stated CPU-hour price from which local models' $/1k tokens are derived
-    cpu_hour_usd: float = 0.10
+    cpu_hour_usd: float = Field(default=0.10, ge=0)
 
     # gateway
-    request_timeout_s: float = 60.0
-    num_retries: int = 1
-    cooldown_s: float = 30.0
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    num_retries: int = Field(default=1, ge=0)
+    cooldown_s: float = Field(default=30.0, ge=0)
 
     # backends (embedded default | scale engine)
     object_store: Literal["local", "s3"] = "local"
@@ -83,16 +84,16 @@ class Settings(BaseSettings):
     # hybrid RAG: corpus, indexes, retrieval (pipelines/corpus, pipelines/index, pipelines/rag)
     corpus_dir: str | None = Field(default=None, description="folder or s3://bucket/prefix to ingest")
     s3_access_key: str = "minioadmin"
-    s3_secret_key: str = "minioadmin"
+    s3_secret_key: SecretStr = SecretStr("minioadmin")
     opensearch_index: str = "stratmaster-chunks"
     qdrant_collection: str = "stratmaster_chunks"
     nebula_user: str = "root"
-    nebula_password: str = "nebula"
+    nebula_password: SecretStr = SecretStr("nebula")
     nebula_space: str = "stratmaster"
     pii_spacy_model: str = Field(default="blank", description="'blank' (pattern recognizers) or a spaCy NER")
-    chunk_tokens: int = 256
-    chunk_overlap: int = 32
-    max_file_mb: float = 20.0
+    chunk_tokens: int = Field(default=256, ge=8)
+    chunk_overlap: int = Field(default=32, ge=0)
+    max_file_mb: float = Field(default=20.0, gt=0)
     embedder: str = Field(
         default="minilm-int8",
         description="minilm-int8 (MiniLM, int8 on OpenVINO) | minilm (MiniLM in bf16/fp32) | static, "
@@ -104,26 +105,32 @@ class Settings(BaseSettings):
         description="characters of retrieved text in a RAG prompt, shared by its sources",
     )
     fusion: Literal["convex", "rrf"] = "convex"
-    hybrid_alpha: float = Field(default=0.5, description="dense weight in the convex combination")
-    rrf_k: int = 60
-    graph_weight: float = 0.1
+    hybrid_alpha: float = Field(default=0.5, ge=0, le=1, description="dense weight in the convex combination")
+    rrf_k: int = Field(default=60, ge=1)
+    graph_weight: float = Field(default=0.1, ge=0)
     retrieval_eval_dir: Path | None = Field(default=None, description="labelled BEIR folder; shared scifact")
-    retrieval_eval_queries: int = 100
-    retrieval_eval_distractors: int = 500
-    retrieval_ndcg_floor: float = Field(default=0.70, description="hybrid nDCG@10 floor on the eval sample")
-    registry_url: str | None = Field(default=None, description="SQLAlchemy URL; SQLite in run_dir if unset")
+    retrieval_eval_queries: int = Field(default=100, ge=1)
+    retrieval_eval_distractors: int = Field(default=500, ge=0)
+    retrieval_ndcg_floor: float = Field(
+        default=0.70, ge=0, le=1, description="hybrid nDCG@10 floor on the eval sample"
+    )
+    registry_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL; SQLite in run_dir if unset"
+    )
 
     # micro-bench: prompts per task in the stratified prompt set
-    bench_per_task: int = 8
+    bench_per_task: int = Field(default=8, ge=1)
     prompt_log: bool = Field(default=True, description="the service logs chat prompts, PII-redacted")
-    prompt_log_days: int = Field(default=7, description="the prompt set samples this many days of the log")
+    prompt_log_days: int = Field(
+        default=7, ge=1, description="the prompt set samples this many days of the log"
+    )
     judge_model: str | None = Field(
         default=None, description="catalog model that rates answers to prompts without a reference"
     )
 
     # utility model
-    lambda_cost: float = 100.0
-    lambda_latency: float = 0.01
+    lambda_cost: float = Field(default=100.0, ge=0)
+    lambda_latency: float = Field(default=0.01, ge=0)
 
     # serving: BentoML worker processes (each loads the router; a Python worker uses at most one core)
     service_workers: int = Field(default=1, ge=1)
@@ -152,7 +159,10 @@ class Settings(BaseSettings):
 
     @property
     def registry_sqlalchemy_url(self) -> str:
-        return self.registry_url or f"sqlite:///{self.run_dir / 'registry.sqlite'}"
+        """The registry URL, password included: for the engine, never for a log (`repr` masks it)."""
+        if self.registry_url is not None:
+            return self.registry_url.get_secret_value()
+        return f"sqlite:///{self.run_dir / 'registry.sqlite'}"
 
     @property
     def embedded_engines(self) -> bool:
@@ -169,7 +179,8 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """These settings as SM_* variables, so a child process builds the same `Settings()`."""
         out = {}
-        for name, value in self.model_dump(mode="json").items():
+        secrets = {k: v.get_secret_value() for k, v in self if isinstance(v, SecretStr)}
+        for name, value in {**self.model_dump(mode="json"), **secrets}.items():
             if value is not None:
                 out[f"SM_{name.upper()}"] = (
                     json.dumps(value) if isinstance(value, list | dict) else str(value)

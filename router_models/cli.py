@@ -5,6 +5,8 @@ Each sub-app imports its heavy libraries inside its commands, so `stratmaster --
 
 from __future__ import annotations
 
+import sys
+
 from pipelines.bench.cli import app as bench_app
 from pipelines.cli import app
 from pipelines.rag.cli import app as retrieval_app
@@ -16,5 +18,21 @@ app.add_typer(bench_app, name="bench", help="The micro-bench: prompt sets, runs,
 app.add_typer(router_app, name="router", help="Train, predict with and evaluate routers.")
 app.add_typer(utility_app, name="utility", help="The Bayesian utility model per task x model.")
 
+
+def main() -> None:
+    """The console script: `app`, with a bad SM_ setting said in one line per field, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as e:
+        if e.title != "Settings":
+            raise
+        for err in e.errors():
+            field = "_".join(str(part) for part in err["loc"]).upper()
+            print(f"error: SM_{field}: {err['msg']}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -103,3 +103,36 @@ def test_deployment_ids_name_the_model_and_its_endpoint_never_a_key(monkeypatch)
     smol = catalog.get("smollm2-135m")
     resp = SimpleNamespace(_hidden_params={"model_id": ids[catalog.names().index("gemma3-270m")]}, model="")
     assert gateway._answered(resp, smol) == "gemma3-270m"
+
+
+def test_secrets_are_masked_and_a_bad_setting_is_one_line(tmp_path: Path):
+    """Secrets were plain strings in repr(Settings()); a typo such as SM_REQUEST_TIMEOUT_S=30s was a
+    46-line traceback, and 0 (no timeout at all), a negative price or port 70000 were taken."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from pydantic import ValidationError
+
+    s = Settings(
+        s3_secret_key="s3-SECRET", nebula_password="neb-SECRET", registry_url="postgresql://u:pg-SECRET@h/db"
+    )
+    assert "SECRET" not in repr(s) + str(s) + json.dumps(s.model_dump(mode="json"))
+    env = s.as_env()  # a child process builds the same settings, secrets included
+    assert env["SM_S3_SECRET_KEY"] == "s3-SECRET" and env["SM_NEBULA_PASSWORD"] == "neb-SECRET"
+    assert s.registry_sqlalchemy_url == "postgresql://u:pg-SECRET@h/db"
+    for bad in (
+        {"request_timeout_s": 0},
+        {"cpu_hour_usd": -0.1},
+        {"local_base_port": 70000},
+        {"hybrid_alpha": 2},
+    ):
+        with pytest.raises(ValidationError):
+            Settings(**bad)
+    run = {**os.environ, "SM_RUN_DIR": str(tmp_path), "SM_REQUEST_TIMEOUT_S": "30s"}
+    r = subprocess.run([sys.executable, "-m", "router_models.cli", "models", "status"], env=run,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: SM_REQUEST_TIMEOUT_S: Input should be a valid number, unable to parse string as a number"
+    )

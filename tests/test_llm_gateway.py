@@ -21,7 +21,10 @@ from pipelines.settings import Settings
 
 pytestmark = pytest.mark.models
 HELLO = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-PENALTY_PROMPT = [{"role": "user", "content": "Write a short poem about the sea."}]
+PENALTY_PROMPTS = [
+    [{"role": "user", "content": text}]
+    for text in ("Write a short poem about the sea.", "Write a long story about a cat and a dog.")
+]
 
 
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
@@ -49,6 +52,24 @@ def test_unknown_model_names_the_catalog(gateway):
 def test_empty_or_malformed_messages_are_refused(gateway, messages):
     with pytest.raises(GatewayError, match="smollm2-135m"):
         gateway.chat("smollm2-135m", messages)
+
+
+@pytest.mark.parametrize("max_tokens", [-1, 0, None, 2.5, True])
+def test_max_tokens_must_be_a_whole_number_of_at_least_one(gateway, max_tokens):
+    """-1 reached llama-server as "no limit" (2,010 tokens in 60 s); None was a TypeError."""
+    with pytest.raises(GatewayError, match="max_tokens must be a whole number"):
+        gateway.chat("smollm2-135m", HELLO, max_tokens=max_tokens)
+
+
+def test_recent_latency_p95_is_the_nearest_rank(model_settings):
+    """The index was rounded down: of two calls the faster was the p95, and one 20 s stall in ten calls
+    left the p95 at 0.2 s, so the latency rule never saw it."""
+    gw = Gateway(model_settings)
+    for i, lat in enumerate([0.1, 5.0, *[0.2] * 8, 20.0]):
+        gw._latencies["smollm2-135m"].append(lat)
+        if i == 1:
+            assert gw.recent_latency_p95("smollm2-135m") == 5.0
+    assert gw.recent_latency_p95("smollm2-135m") == 20.0
 
 
 def test_context_overflow_is_a_clear_error(gateway):
@@ -114,6 +135,9 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
         r = gateway.chat("smollm2-135m", HELLO, max_tokens=8)
         assert r.fallback_used and r.model == "gemma3-270m" and r.requested_model == "smollm2-135m"
         assert r.text.strip()
+        # the time is booked to the model that failed (the latency rule must see it), not the stand-in
+        assert gateway.recent_latency_p95("smollm2-135m") == r.latency_s
+        assert gateway.recent_latency_p95("gemma3-270m") is None
         env = {
             "SM_RUN_DIR": str(model_settings.run_dir),
             "SM_LOCAL_BASE_PORT": str(model_settings.local_base_port),
@@ -287,13 +311,16 @@ def test_the_catalogs_repeat_penalty_reaches_llama_cpp_pythons_server_too(model_
         assert st.detail == "llama-cpp-python"
         url = f"http://{python.local_host}:{st.port}/v1/chat/completions"
 
-        def direct(**extra) -> str:
-            body = {"messages": PENALTY_PROMPT, "max_tokens": 48, "temperature": 0, "stop": ["###"], **extra}
+        def direct(messages, **extra) -> str:
+            body = {"messages": messages, "max_tokens": 48, "temperature": 0, "stop": ["###"], **extra}
             return httpx.post(url, json=body, timeout=60).json()["choices"][0]["message"]["content"]
 
-        with_penalty, without = direct(), direct(repeat_penalty=1.0)
-        assert with_penalty != without  # the server's own default penalty changes this answer
-        answer = Gateway(python, catalog).chat("gemma3-270m", PENALTY_PROMPT, max_tokens=48, temperature=0.0)
+        # a prompt whose answer the server's own default penalty changes (which one does varies with the
+        # CPU's floating point: a short answer with no repeated token is the same either way)
+        pairs = [(m, direct(m), direct(m, repeat_penalty=1.0)) for m in PENALTY_PROMPTS]
+        messages, _, without = next(((m, a, b) for m, a, b in pairs if a != b), (None, None, None))
+        assert messages is not None, "no prompt shows the server's default penalty"
+        answer = Gateway(python, catalog).chat("gemma3-270m", messages, max_tokens=48, temperature=0.0)
         assert answer.text == without
     finally:
         servers.stop(gemma, python)

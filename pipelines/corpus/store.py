@@ -132,7 +132,8 @@ class S3Store:
 
 def s3_store(settings: Settings, bucket: str | None = None, prefix: str = "", create: bool = True) -> S3Store:
     return S3Store(
-        settings.s3_endpoint, bucket or settings.s3_bucket, settings.s3_access_key, settings.s3_secret_key,
+        settings.s3_endpoint, bucket or settings.s3_bucket, settings.s3_access_key,
+        settings.s3_secret_key.get_secret_value(),
         secure=settings.s3_secure, prefix=prefix, create_bucket=create,
     )  # fmt: skip
 

@@ -246,7 +246,10 @@ def graph_search(graph, query: str, n_chunks: int, k: int = 100, extractor=None,
 def open_graph(settings: Settings, index_dir: str | Path | None = None):
     if settings.graph_backend == "nebula":
         return NebulaGraph(
-            settings.nebula_address, settings.nebula_user, settings.nebula_password, settings.nebula_space
+            settings.nebula_address,
+            settings.nebula_user,
+            settings.nebula_password.get_secret_value(),
+            settings.nebula_space,
         )
     return LadybugGraph(Path(index_dir or settings.run_dir / "index") / "graph" / "kg.lbug")
 

@@ -14,6 +14,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 import hashlib
 import json
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Generator, Iterator
@@ -170,6 +171,9 @@ class Gateway:
         return out
 
     def _check(self, entry: ModelEntry, messages: list[dict[str, Any]], max_tokens: int) -> None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            # llama-server reads -1 as "no limit" (2,010 tokens, 60 s, for a caller's typo)
+            raise GatewayError(f"{entry.name}: max_tokens must be a whole number >= 1, not {max_tokens!r}")
         if not isinstance(messages, list) or not messages:
             raise GatewayError(
                 f"{entry.name}: messages must be a non-empty list of {{role, content}} objects"
@@ -283,7 +287,9 @@ class Gateway:
         usage = getattr(resp, "usage", None)
         in_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
         out_tok = int(getattr(usage, "completion_tokens", 0) or 0)
-        self._latencies[answered].append(latency)
+        # a fallback's time is mostly the requested model's failure (a timeout, a refused connection): it is
+        # booked to that model, so the latency rule sees it as slow, not the model that stood in
+        self._latencies[requested.name if answered != requested.name else answered].append(latency)
         choice = resp.choices[0]
         return ChatResult(
             text=choice.message.content or "",
@@ -330,7 +336,7 @@ class Gateway:
     def recent_latency_p95(self, model: str) -> float | None:
         """p95 of this process's recent calls that `model` answered, for the router's latency rule."""
         lat = sorted(self._latencies.get(model, ()))
-        return lat[int(0.95 * (len(lat) - 1))] if lat else None
+        return lat[math.ceil(0.95 * len(lat)) - 1] if lat else None  # nearest rank: 2 calls give the slower
 
 
 class StreamedChat:
