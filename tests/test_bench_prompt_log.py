@@ -41,15 +41,17 @@ def test_prompts_are_redacted_before_they_are_written_and_read_back_as_chat(tmp_
 def test_a_torn_line_is_skipped_and_counted_and_old_days_are_left_out(tmp_path, redact):
     log_dir = tmp_path / "log"
     PromptLog(log_dir, redact).append("What is the capital of Peru?")
+    pasted = "Line one\u2028line two\x85line three"  # kept raw by the writer; splitlines() tore it apart
+    PromptLog(log_dir, redact).append(pasted)
     today = next(log_dir.glob("*.jsonl"))
     with today.open("a") as f:
         f.write('{"prompt_id": "log-x", "prom')  # a crash mid-line
     (log_dir / "2020-01-01.jsonl").write_text(json.dumps({"prompt_id": "log-old", "prompt": "old"}) + "\n")
     (log_dir / "notes.jsonl").write_text("not a day file\n")
     recent, bad = read_prompt_log(log_dir, days=7)
-    assert bad == 1 and list(recent["prompt"]) == ["What is the capital of Peru?"]
+    assert bad == 1 and sorted(recent["prompt"]) == sorted(["What is the capital of Peru?", pasted])
     everything, _ = read_prompt_log(log_dir)
-    assert set(everything["prompt_id"]) == {recent["prompt_id"][0], "log-old"}
+    assert set(everything["prompt_id"]) == {*recent["prompt_id"], "log-old"}
 
 
 def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_path, redact, shared_data):
@@ -70,7 +72,8 @@ def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_
 @pytest.mark.parametrize(
     ("text", "score"),
     [("8", 7 / 9), ("Rating: 10/10", 1.0), ("I'd give it a 1.", 0.0), ("**5** out of 10", 4 / 9),
-     ("0, no: 7", 6 / 9), ("3.5", None), ("eleven", None), ("", None)],
+     ("0, no: 7", 6 / 9), ("3.5", None), ("eleven", None), ("", None), ("0/10", None), ("100", None),
+     ("On a scale of 1 to 10, I give it 8", 7 / 9), ("8. Good, 2 slips", 7 / 9)],
 )  # fmt: skip
 def test_judge_ratings_are_parsed_from_free_text(text, score):
     if score is None:

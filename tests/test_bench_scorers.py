@@ -50,6 +50,8 @@ WINO = (
         ("A) dry palms\nB) wet palms", None),  # echoes the options
         ("", None),
         ("E", None),  # not one of the offered letters
+        ("Option A is wrong here; the correct answer is D.", "D"),  # the first mention won before
+        ("Choice C is tempting, but the answer is B.", "B"),
     ],
 )
 def test_extract_choice_on_tricky_outputs(text, expected):
@@ -90,6 +92,16 @@ def test_extraction_exact_match_and_f1():
     assert score_extraction("twelve mugs", ["12", "twelve"])["f1"] == pytest.approx(2 / 3)
     with pytest.raises(ScoreError):
         score_extraction("x", None)
+    # numbers keep their sign, decimal point and ranges; thousands separators and Unicode punctuation go
+    assert exact_match("-5", "5") == exact_match("3.5", "35") == exact_match("3-5", "35") == 0.0
+    assert (
+        exact_match("1,000", "1000")
+        == exact_match("\u201cNorthwind Traders\u201d", "Northwind Traders")
+        == 1.0
+    )
+    assert exact_match("Lisbon\u2026", "Lisbon") == 1.0
+    with pytest.raises(ScoreError, match="no word left"):  # an empty answer matched the reference "The"
+        score_extraction("", ["The"])
 
 
 def test_extract_code_from_fences_or_plain_text():

@@ -71,7 +71,10 @@ def read_prompt_log(directory: str | Path, days: int | None = None,
             continue  # not a log file
         if first is not None and day < first:
             continue
-        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        # records end at "\n" alone: U+2028 or U+0085 (pasted from a PDF) are written raw inside a prompt
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), 1):
+            if not line.strip():
+                continue
             try:
                 rec = json.loads(line)
                 pid, prompt = str(rec["prompt_id"]), str(rec["prompt"])

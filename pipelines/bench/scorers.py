@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -59,8 +60,9 @@ def extract_choice(
     # 1. the whole answer is a letter: "B", "(b)", "B.", "B)"
     if re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t):
         return pick(re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t))
-    # 2. an explicit statement: "The answer is (B).", "answer: b", "Correct option: C"
-    m = re.search(rf"(?i:answer|option|choice)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t)
+    # 2. an explicit statement, the last "answer is" first: "Option A is wrong; the answer is D." is D
+    said = list(re.finditer(rf"(?i:answer)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t))
+    m = said[-1] if said else re.search(rf"(?i:option|choice)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t)
     if m:
         return pick(m)
     # 3. the answer starts with a marked letter: "B) house", "(C) ...", "D. impact", "B\n..."
@@ -91,10 +93,20 @@ def score_multiple_choice(output: str, reference: str, prompt: str = "") -> floa
     return float(extract_choice(output, letters, options) == reference.strip().upper())
 
 
+_PUNCT = set(string.punctuation)
+
+
 def normalize_answer(s: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    """SQuAD normalisation (lower case, no punctuation, no articles, single spaces), except that numbers
+    keep their sign and decimal point ("-5" is not "5", "3.5" not "35") and lose thousands separators
+    ("1,000" is "1000"), and Unicode punctuation (curly quotes, an ellipsis) goes too."""
     s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
+    s = re.sub(r"(?<=\d)\.(?=\d)", "\x00", s)
+    s = re.sub(r"(?<![\w.])-(?=\d)", "\x01", s)
+    s = re.sub(r"(?<=\d)-(?=\d)", " ", s)  # a range "3-5" is not the number 35
+    s = "".join(ch for ch in s if ch not in _PUNCT and not unicodedata.category(ch).startswith("P"))
+    s = s.replace("\x00", ".").replace("\x01", "-")
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
 
@@ -120,6 +132,8 @@ def _refs(reference: Any) -> list[str]:
     refs = [r for r in refs if isinstance(r, str) and r.strip()]
     if not refs:
         raise ScoreError("row has no reference answer")
+    if not any(normalize_answer(r) for r in refs):  # "The": an empty answer would match it
+        raise ScoreError(f"the reference {refs[0]!r} has no word left to compare after normalisation")
     return refs
 
 
@@ -174,12 +188,24 @@ How helpful, correct and complete is the answer? Reply with one integer from 1 (
 
 
 def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
-    """The judge's rating as a score in [0, 1]: the first integer in [low, high] ("8", "Rating: 8/10")."""
-    for m in re.finditer(r"(?<![\d.])(\d{1,2})(?![\d.]\d)", text or ""):
-        v = int(m.group(1))
-        if low <= v <= high:
-            return (v - low) / (high - low)
-    raise ScoreError(f"the judge gave no rating from {low} to {high}: {(text or '')[:80]!r}")
+    """The judge's rating as a score in [0, 1]: a number out of `high` ("8/10", "5 out of 10"), else one the
+    text opens with ("8. Clear and right"), else its last integer ("On a scale of 1 to 10, I give it 8");
+    it must lie in [low, high]."""
+    text = text or ""
+    number = r"(?<![\d.])(\d{1,3})(?!\d|\.\d)"
+    every = [int(m.group(1)) for m in re.finditer(number, text)]
+    out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?!\d)", text)
+    opening = re.match(r"[^\w]*" + number, text)
+    if out_of:
+        candidates = [int(out_of.group(1))]
+    elif opening:  # then the last in range: "0, no: 7" is 7
+        candidates = [int(opening.group(1)), *every[::-1]]
+    else:
+        candidates = every[-1:]
+    v = next((v for v in candidates if low <= v <= high), None)
+    if v is not None:
+        return (v - low) / (high - low)
+    raise ScoreError(f"the judge gave no rating from {low} to {high}: {text[:80]!r}")
 
 
 class JudgeScorer:
