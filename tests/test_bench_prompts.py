@@ -61,6 +61,20 @@ def test_malformed_csv_is_refused_with_its_line_number(tmp_path):
         read_prompt_file(tmp_path / "h.csv")
 
 
+def test_excel_csv_long_prompts_and_latin1_files(tmp_path):
+    """A UTF-8-BOM CSV (Excel) lacked prompt_id, a prompt over 128 KiB and a Latin-1 file were tracebacks."""
+    long = "word " * 40_000
+    (tmp_path / "x.csv").write_bytes(f'\ufeffprompt_id,task,prompt\np1,chat,"{long}"\n'.encode())
+    rows = read_prompt_file(tmp_path / "x.csv")
+    assert rows["prompt_id"].tolist() == ["p1"] and len(rows["prompt"][0]) == len(long)
+    (tmp_path / "l.jsonl").write_bytes(b'{"prompt_id": "p1", "task": "chat", "prompt": "caf\xe9"}\n')
+    with pytest.raises(PromptSetError, match=r"l\.jsonl:1: not UTF-8 text"):
+        read_prompt_file(tmp_path / "l.jsonl")
+    (tmp_path / "l.csv").write_bytes(b"prompt_id,task,prompt\np1,chat,caf\xe9\n")
+    with pytest.raises(PromptSetError, match=r"l\.csv: not UTF-8 text"):
+        read_prompt_file(tmp_path / "l.csv")
+
+
 def test_cli_refuses_a_malformed_prompt_file_naming_the_line(tmp_path):
     path = _jsonl(tmp_path / "bad.jsonl", [GOOD, "not json"])
     r = CliRunner().invoke(app, ["run", "--prompt-set", str(path), "--out", str(tmp_path / "o.csv")])

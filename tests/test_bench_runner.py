@@ -157,6 +157,17 @@ def test_cli_run_writes_the_table_and_prints_accuracy(gateway, model_settings, t
     assert "accuracy" in r.output and "smollm2-135m" in r.output and "error rate" in r.output
     r2 = CliRunner().invoke(app_(), args)  # rerun = resume: nothing left to call
     assert r2.exit_code == 0 and "0 calls now, 4 resumed" in r2.output
+    # with a judge, a prompt without a reference is rated as the benchmark_results asset rates it (the CLI
+    # marked it "no reference answer" while the asset scored it)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"prompt_id": "c1", "task": "chat", "prompt": "Name a colour."}) + "\n")
+    monkeypatch.setenv("SM_JUDGE_MODEL", "gemma3-270m")
+    judged = tmp_path / "judged.csv"
+    args = ["run", "--prompt-set", str(chat), "--models", "smollm2-135m", "--max-tokens", "8",
+            "--out", str(judged), "--no-start-servers"]  # fmt: skip
+    assert CliRunner().invoke(app_(), args).exit_code == 0
+    (row,) = read_table(judged).to_dict("records")
+    assert "no reference" not in str(row["error"]), row["error"]
 
 
 def app_():

@@ -54,6 +54,7 @@ def run(
     from pipelines.bench.outcomes import write_table
     from pipelines.bench.prompts import PromptSetError, load_prompt_set, stratified_sample
     from pipelines.bench.runner import collect_outcomes, error_rate_by_model, run_bench
+    from pipelines.bench.scorers import JudgeScorer, score_row
     from pipelines.llm import servers
     from pipelines.llm.catalog import load_catalog
     from pipelines.llm.gateway import Gateway
@@ -84,8 +85,15 @@ def run(
             if entry.is_local_server:
                 servers.start(entry, settings)
     work_dir = work_dir or out.with_name(out.name + ".parts")
-    report = run_bench(prompts, names, Gateway(settings, catalog), work_dir, concurrency=concurrency,
-                       max_tokens=max_tokens or None)  # fmt: skip
+    gateway = Gateway(settings, catalog)
+    # as the benchmark_results asset scores: a judge (SM_JUDGE_MODEL) rates rows with no reference
+    scorer = JudgeScorer(gateway, settings.judge_model) if settings.judge_model else score_row
+    try:
+        report = run_bench(prompts, names, gateway, work_dir, concurrency=concurrency,
+                           max_tokens=max_tokens or None, scorer=scorer)  # fmt: skip
+    except (RuntimeError, ValueError) as e:  # another run holds the folder; another run's folder
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     df = collect_outcomes(work_dir)
     df = df[df["prompt_id"].isin(prompts["prompt_id"]) & df["model"].isin(names)]
     write_table(df, out)
@@ -106,13 +114,16 @@ def import_routerbench(
     from pipelines.bench.outcomes import routerbench_outcome_table, write_table
     from pipelines.settings import Settings
 
+    out = out or Settings().run_dir / "bench" / f"routerbench_{split}.parquet"
     try:
         df = routerbench_outcome_table(data_dir, split)
-    except FileNotFoundError as e:
+        write_table(df, out)
+    except (FileNotFoundError, ValueError) as e:  # a missing file; an --out that is no table
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    out = out or Settings().run_dir / "bench" / f"routerbench_{split}.parquet"
-    write_table(df, out)
+    except KeyError as e:
+        typer.echo(f"error: {data_dir}: the RouterBench files lack a column ({e.args[0]})", err=True)
+        raise typer.Exit(2) from None
     typer.echo(
         f"{len(df)} rows, {df['model'].nunique()} models, {df['prompt_id'].nunique()} prompts -> {out}"
     )
@@ -134,9 +145,22 @@ def lm_eval_cmd(
     from pipelines.llm.catalog import load_catalog
     from pipelines.settings import Settings
 
+    if out.suffix not in (".parquet", ".csv"):
+        raise typer.BadParameter(f"{out}: expected a .parquet or .csv file", param_hint="--out")
     settings = Settings()
-    entry = load_catalog(settings).get(model)
+    try:
+        entry = load_catalog(settings).get(model)
+    except KeyError as e:
+        typer.echo(f"error: {e.args[0]}", err=True)
+        raise typer.Exit(2) from None
+    if entry.local is None:
+        typer.echo(f"error: {model} is not a local model: lm-eval runs against a local server", err=True)
+        raise typer.Exit(2)
     servers.start(entry, settings)
-    df = run_lm_eval(entry, task, limit=limit or None)
+    try:
+        df = run_lm_eval(entry, task, limit=limit or None)
+    except (KeyError, ValueError) as e:  # lm-eval's word for an unknown task
+        typer.echo(f"error: task {task!r}: {e}", err=True)
+        raise typer.Exit(2) from None
     write_table(df, out)
     typer.echo(f"{task} x {model}: accuracy {df['score'].mean():.3f} on {len(df)} samples -> {out}")

@@ -53,8 +53,12 @@ def _check_row(row: dict, where: str) -> dict:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise PromptSetError(f"{path}:{n}: not UTF-8 text (byte {e.start})") from None
             if not line.strip():
                 continue
             try:
@@ -66,8 +70,20 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path) -> list[dict]:
+    """Excel's UTF-8 (with a BOM) reads as UTF-8; a field may be as long as a prompt gets (csv's limit is
+    128 KiB); a file that is not UTF-8 or not CSV is a PromptSetError naming its line."""
+    csv.field_size_limit(max(csv.field_size_limit(), 64 << 20))
+    try:
+        return _read_csv_rows(path)
+    except UnicodeDecodeError as e:
+        raise PromptSetError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:
+        raise PromptSetError(f"{path}: not a CSV file ({e})") from None
+
+
+def _read_csv_rows(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
