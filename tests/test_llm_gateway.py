@@ -236,6 +236,11 @@ def test_stream_yields_deltas_then_the_accounting_chat_gives(fresh, model_settin
     assert attrs["stratmaster.ttft_s"] == pytest.approx(r.ttft_s)
     with pytest.raises(GatewayError, match="already been read"):
         iter(call)
+    # the first text arrives before the caller reads: TTFT is the server's, not the reader's pace (read
+    # 3 s late, TTFT was over 3 s)
+    late = fresh.stream("smollm2-135m", HELLO, max_tokens=16)
+    time.sleep(3)
+    assert "".join(late) == r.text and late.ttft_s < 3
 
 
 def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_its_chat_format(

@@ -245,16 +245,20 @@ class Gateway:
                 stream=True, stream_options={"include_usage": True}, **kwargs,
             )  # fmt: skip
             chunks = iter(resp)
-            first = next(chunks, None)
-            if first is None:
+            head = [next(chunks, None)]
+            if head[0] is None:
                 raise GatewayError(f"{model}: the server returned an empty stream")
+            # read up to the first text here, so TTFT is the server's, not the consumer's pace of reading
+            while head[-1] is not None and not _delta_text(head[-1]):
+                head.append(next(chunks, None))
+            ttft = time.perf_counter() - t0 if head[-1] is not None else None
         except Exception as e:  # timeouts, connection errors, refusals, every fallback exhausted
             err = _failure(model, e)
             _span_error(span, err)
             span.end()
             raise err from None
         answered = self._answered(resp, entry)
-        return StreamedChat(self, entry, answered, messages, span, resp, chunks, first, t0)
+        return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft)
 
     def _call(
         self,
@@ -356,16 +360,17 @@ class StreamedChat:
         span: Span,
         resp: Any,
         chunks: Iterator[Any],
-        first: Any,
+        head: list[Any],
         t0: float,
+        ttft_s: float | None,
     ) -> None:
         self.model = answered
         self.requested_model = entry.name
         self.fallback_used = answered != entry.name
         self.result: ChatResult | None = None
-        self.ttft_s: float | None = None
+        self.ttft_s = ttft_s  # up to the first text chunk, read by Gateway.stream (None: no text at all)
         self._gateway, self._entry, self._messages = gateway, entry, messages
-        self._span, self._resp, self._chunks, self._first, self._t0 = span, resp, chunks, first, t0
+        self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
         self._gen: Generator[str, None, None] | None = None
         self._ended = False
 
@@ -392,14 +397,16 @@ class StreamedChat:
         chunks: list[Any] = []
         outcome: BaseException | None = None
         try:
-            chunk = self._first
+            head = self._head
+            chunk = head.pop(0)
             while chunk is not None:
                 chunks.append(chunk)
                 text = _delta_text(chunk)
                 if text:
-                    if self.ttft_s is None:
-                        self.ttft_s = time.perf_counter() - self._t0
                     yield text
+                if head:
+                    chunk = head.pop(0)
+                    continue
                 try:
                     chunk = next(self._chunks, None)
                 except Exception as e:
