@@ -66,3 +66,18 @@ def test_ragas_judges_through_the_gateway_and_scores_non_llm_metrics(gateway, ju
     f = out.loc[0, "faithfulness"]
     assert f != f or 0 <= f <= 1  # NaN when the 135M judge cannot produce RAGAS's JSON
     assert judge_calls and set(judge_calls) == {"smollm2-135m"}  # the judge went through our gateway
+
+
+@pytest.mark.slow
+def test_ragas_scores_rows_without_a_reference_on_the_metrics_that_need_none(gateway):
+    """One row without a reference dropped the reference metrics for every row, and with only such metrics
+    asked for, RAGAS raised (no metric left to run)."""
+    from pipelines.bench.rag_scorers import ragas_scores
+
+    rows = pd.DataFrame([{"question": "How large are the chunks?", "answer": "About 256 tokens.",
+                          "contexts": ["Chunks are about 256 tokens."], "reference": "About 256 tokens."},
+                         {"question": "Which engine?", "answer": "Tantivy.", "contexts": ["Tantivy indexes."],
+                          "reference": None}])  # fmt: skip
+    out = ragas_scores(rows, gateway, "smollm2-135m", metrics=("rouge_l", "bleu"))
+    assert list(out.columns) == ["rouge_l", "bleu"] and out.loc[0, "rouge_l"] == pytest.approx(1.0)
+    assert out.loc[1].isna().all()

@@ -112,6 +112,8 @@ def test_stratified_sample_is_balanced_and_reproducible():
     s1 = stratified_sample(df, size=21, seed=7)
     assert counts_per_task(s1) == {"a": 7, "b": 7, "c": 5}  # a small task gives all it has
     assert s1.equals(stratified_sample(df, size=21, seed=7))
+    shuffled = df.sample(frac=1, random_state=3)  # the same prompts in another order: the same sample
+    assert s1.equals(stratified_sample(shuffled, size=21, seed=7))
     assert not s1.equals(stratified_sample(df, size=21, seed=8))
     assert counts_per_task(stratified_sample(df, per_task=3)) == {"a": 3, "b": 3, "c": 3}
 

@@ -181,7 +181,9 @@ def load_prompt_set(name_or_path: str | Path, settings: Settings | None = None) 
 def stratified_sample(df: pd.DataFrame, size: int | None = None, per_task: int | None = None,
                       seed: int = 0, by: str = "task") -> pd.DataFrame:  # fmt: skip
     """Equal allocation per task (`per_task`, or `size` split evenly, remainder to the first tasks), drawn
-    with a fixed seed; a task with fewer rows gives all it has. Order: by task, then prompt_id."""
+    with a fixed seed; a task with fewer rows gives all it has. Order: by task, then prompt_id. The draw does
+    not depend on the rows' order in `df` (the same prompts in another order gave another sample)."""
+    df = df.sort_values([by, "prompt_id"], kind="stable")
     groups = sorted(df[by].unique())
     if per_task is None:
         if size is None:

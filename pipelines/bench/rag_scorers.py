@@ -86,7 +86,6 @@ def ragas_scores(rows: pd.DataFrame, gateway: Gateway, judge: str, embedder: str
     from ragas.metrics._rouge_score import RougeScore
     from ragas.run_config import RunConfig
 
-    has_ref = rows["reference"].notna().all() if "reference" in rows else False
     factories = {
         "faithfulness": lambda: Faithfulness(),
         "answer_relevancy": lambda: ResponseRelevancy(strictness=1),
@@ -96,27 +95,41 @@ def ragas_scores(rows: pd.DataFrame, gateway: Gateway, judge: str, embedder: str
         "bleu": lambda: BleuScore(),
     }
     needs_ref = {"context_precision", "context_recall", "rouge_l", "bleu"}
-    chosen = [m for m in metrics if has_ref or m not in needs_ref]
-    unknown = set(chosen) - set(factories)
+    unknown = set(metrics) - set(factories)
     if unknown:
         raise ValueError(f"unknown RAGAS metric(s) {sorted(unknown)}; choose from {sorted(factories)}")
-    objs = []
-    for name in chosen:
-        m = factories[name]()
-        m.name = name
-        objs.append(m)
-    data = EvaluationDataset.from_list([
-        {"user_input": r["question"], "response": r["answer"], "retrieved_contexts": list(r["contexts"]),
-         **({"reference": r["reference"]} if has_ref else {})}
-        for r in rows.to_dict("records")
-    ])  # fmt: skip
-    result = evaluate(data, metrics=objs, llm=_ragas_llm(gateway, judge, max_tokens),
-                      embeddings=_ragas_embeddings(embedder), raise_exceptions=False, show_progress=False,
-                      run_config=RunConfig(max_workers=2, timeout=int(gateway.settings.request_timeout_s * 4),
-                                           max_retries=1))  # fmt: skip
-    assert isinstance(result, EvaluationResult)  # an Executor only with return_executor=True
-    out = result.to_pandas().rename(columns=lambda c: c.split("(")[0])  # "rouge_l(mode=fmeasure)"
-    return out[[c for c in chosen if c in out.columns]].reset_index(drop=True)
+    has_ref = rows["reference"].notna() if "reference" in rows else pd.Series(False, index=rows.index)
+
+    def run(part: pd.DataFrame, names: list[str], with_ref: bool) -> pd.DataFrame:
+        objs = []
+        for name in names:
+            m = factories[name]()
+            m.name = name
+            objs.append(m)
+        data = EvaluationDataset.from_list([
+            {"user_input": r["question"], "response": r["answer"], "retrieved_contexts": list(r["contexts"]),
+             **({"reference": r["reference"]} if with_ref else {})}
+            for r in part.to_dict("records")
+        ])  # fmt: skip
+        config = RunConfig(max_workers=2, timeout=int(gateway.settings.request_timeout_s * 4), max_retries=1)
+        result = evaluate(data, metrics=objs, llm=_ragas_llm(gateway, judge, max_tokens),
+                          embeddings=_ragas_embeddings(embedder), raise_exceptions=False, show_progress=False,
+                          run_config=config)  # fmt: skip
+        assert isinstance(result, EvaluationResult)  # an Executor only with return_executor=True
+        out = result.to_pandas().rename(columns=lambda c: c.split("(")[0])  # "rouge_l(mode=fmeasure)"
+        return out[[c for c in names if c in out.columns]].set_axis(part.index)
+
+    # rows with a reference get every metric, rows without one those that need none (NaN for the rest):
+    # one row without a reference dropped the reference metrics for all, or left none to run
+    parts = []
+    for with_ref in (True, False):
+        part = rows[has_ref == with_ref]
+        names = [m for m in metrics if with_ref or m not in needs_ref]
+        if len(part) and names:
+            parts.append(run(part, names, with_ref))
+    out = pd.concat(parts) if parts else pd.DataFrame(index=rows.index)
+    chosen = [m for m in metrics if m in out.columns]
+    return out.reindex(index=rows.index, columns=chosen).reset_index(drop=True)
 
 
 def _split_sentences(text: str) -> list[str]:
