@@ -267,6 +267,7 @@ class StratMaster:
         messages = [m.model_dump() for m in req.messages or []]
         prompt = req.prompt if req.prompt is not None else prompt_of(messages)
         choice = await self._choose(req.model, prompt, req.constraints)
+        assert choice.decision is not None  # RouteRequest admits only router models: the router decided
         return RouteDecision(model=choice.model, chosen_by=choice.chosen_by, routing=choice.decision)
 
     @api.post("/route", openapi_extra=json_body(RouteRequest))
