@@ -134,12 +134,8 @@ def test_a_resume_retries_the_calls_that_failed(gateway, model_settings, ten_pro
 
     from pipelines.bench.runner import _lock
 
-    held = _lock(tmp_path)  # another run writing this folder
-    try:
-        with pytest.raises(RuntimeError, match="another bench run"):
-            run_bench(prompts, MODELS[:1], gateway, tmp_path, progress=False)
-    finally:
-        os.close(held)
+    with _lock(tmp_path), pytest.raises(RuntimeError, match="another bench run"):  # another run writing it
+        run_bench(prompts, MODELS[:1], gateway, tmp_path, progress=False)
 
 
 def test_cli_run_writes_the_table_and_prints_accuracy(gateway, model_settings, tmp_path, monkeypatch):

@@ -54,7 +54,7 @@ def run(
     from pipelines.bench.outcomes import write_table
     from pipelines.bench.prompts import PromptSetError, load_prompt_set, stratified_sample
     from pipelines.bench.runner import collect_outcomes, error_rate_by_model, run_bench
-    from pipelines.bench.scorers import JudgeScorer, score_row
+    from pipelines.bench.scorers import bench_scorer
     from pipelines.llm import servers
     from pipelines.llm.catalog import load_catalog
     from pipelines.llm.gateway import Gateway
@@ -86,8 +86,7 @@ def run(
                 servers.start(entry, settings)
     work_dir = work_dir or out.with_name(out.name + ".parts")
     gateway = Gateway(settings, catalog)
-    # as the benchmark_results asset scores: a judge (SM_JUDGE_MODEL) rates rows with no reference
-    scorer = JudgeScorer(gateway, settings.judge_model) if settings.judge_model else score_row
+    scorer = bench_scorer(settings, gateway)  # as the benchmark_results asset scores
     try:
         report = run_bench(prompts, names, gateway, work_dir, concurrency=concurrency,
                            max_tokens=max_tokens or None, scorer=scorer)  # fmt: skip

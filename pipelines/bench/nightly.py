@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.bench.runner import accuracy_table, collect_outcomes, error_rate_by_model, run_bench
-from pipelines.bench.scorers import JudgeScorer, score_row
+from pipelines.bench.scorers import bench_scorer
 from pipelines.settings import Settings
 
 MAX_ERROR_RATE = 0.005
@@ -49,7 +49,7 @@ def run_benchmark_partition(settings: Settings, prompts: pd.DataFrame, partition
                 servers.start(catalog.get(n), settings)
     out_dir = settings.run_dir / "bench" / partition
     gateway = Gateway(settings, catalog)
-    scorer = JudgeScorer(gateway, settings.judge_model) if settings.judge_model else score_row
+    scorer = bench_scorer(settings, gateway)
     run_bench(prompts, names, gateway, out_dir, run_id=f"bench-{partition}", concurrency=concurrency,
               scorer=scorer, progress=False)  # fmt: skip
     df = collect_outcomes(out_dir)

@@ -19,8 +19,9 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,17 +94,20 @@ def collect_outcomes(out_dir: str | Path, with_response: bool = False) -> pd.Dat
     return df[cols].sort_values(["prompt_id", "model"]).reset_index(drop=True)
 
 
-def _lock(out_dir: Path) -> int:
-    """An exclusive lock on the run folder, held until the returned descriptor is closed."""
+@contextmanager
+def _lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the run folder while the block runs; a second holder is refused at once."""
     fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another bench run is writing {out_dir}; wait for it or use another folder"
+            ) from None
+        yield
+    finally:
         os.close(fd)
-        raise RuntimeError(
-            f"another bench run is writing {out_dir}; wait for it or use another folder"
-        ) from None
-    return fd
 
 
 def _run_id(out_dir: Path, run_id: str | None) -> str:
@@ -180,60 +184,53 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
         raise ValueError("the prompt set has duplicate prompt_id values")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out_dir)
-    try:
-        return _run_locked(prompts, models, gateway, out_dir, run_id, concurrency, batch_size, max_tokens,
-                           scorer, progress)  # fmt: skip
-    finally:
-        os.close(lock)
-
-
-def _run_locked(prompts, models, gateway, out_dir, run_id, concurrency, batch_size, max_tokens, scorer,
-                progress) -> RunReport:  # fmt: skip
-    run_id = _run_id(out_dir, run_id)
-    done = committed_cells(out_dir)
-    todo = pending_cells(prompts, models, done)
-    total = len(prompts) * len(models)
-    t0, parts, pending = time.perf_counter(), 0, []
-    calls: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    bar = tqdm(
-        total=total, initial=total - len(todo), desc=f"bench {run_id}", unit="call", disable=not progress
-    )
-    queue = iter(todo)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        inflight: set[Future] = set()
-        try:
-            while True:
-                while len(inflight) < max(1, concurrency):  # bounded: never more than `concurrency` queued
-                    nxt = next(queue, None)
-                    if nxt is None:
+    with _lock(out_dir):
+        run_id = _run_id(out_dir, run_id)
+        done = committed_cells(out_dir)
+        todo = pending_cells(prompts, models, done)
+        total = len(prompts) * len(models)
+        t0, parts, pending = time.perf_counter(), 0, []
+        calls: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        bar = tqdm(
+            total=total, initial=total - len(todo), desc=f"bench {run_id}", unit="call", disable=not progress
+        )
+        queue = iter(todo)
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            inflight: set[Future] = set()
+            try:
+                while True:
+                    while len(inflight) < max(
+                        1, concurrency
+                    ):  # bounded: never more than `concurrency` queued
+                        nxt = next(queue, None)
+                        if nxt is None:
+                            break
+                        inflight.add(pool.submit(_call, gateway, nxt[0], nxt[1], run_id, scorer, max_tokens))
+                    if not inflight:
                         break
-                    inflight.add(pool.submit(_call, gateway, nxt[0], nxt[1], run_id, scorer, max_tokens))
-                if not inflight:
-                    break
-                finished, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    row = fut.result()
-                    pending.append(row)
-                    calls[row["model"]] += 1
-                    errors[row["model"]] += row["error"] is not None
-                    bar.update(1)
-                    bar.set_postfix(errors=sum(errors.values()))
-                if len(pending) >= batch_size:
+                    finished, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        row = fut.result()
+                        pending.append(row)
+                        calls[row["model"]] += 1
+                        errors[row["model"]] += row["error"] is not None
+                        bar.update(1)
+                        bar.set_postfix(errors=sum(errors.values()))
+                    if len(pending) >= batch_size:
+                        _commit(pending, out_dir)
+                        parts, pending = parts + 1, []
+            finally:
+                for fut in inflight:
+                    fut.cancel()
+                if pending:  # an interrupt (Ctrl-C) keeps what finished; SIGKILL loses at most this batch
                     _commit(pending, out_dir)
-                    parts, pending = parts + 1, []
-        finally:
-            for fut in inflight:
-                fut.cancel()
-            if pending:  # an interrupt (Ctrl-C) keeps what finished; SIGKILL loses at most this batch
-                _commit(pending, out_dir)
-                parts += 1
-            bar.close()
-    return RunReport(run_id=run_id, out_dir=str(out_dir), cells_total=total,
-                     cells_done_before=total - len(todo), cells_run=sum(calls.values()),
-                     parts_written=parts, seconds=round(time.perf_counter() - t0, 2),
-                     errors_by_model=dict(errors), calls_by_model=dict(calls))  # fmt: skip
+                    parts += 1
+                bar.close()
+        return RunReport(run_id=run_id, out_dir=str(out_dir), cells_total=total,
+                         cells_done_before=total - len(todo), cells_run=sum(calls.values()),
+                         parts_written=parts, seconds=round(time.perf_counter() - t0, 2),
+                         errors_by_model=dict(errors), calls_by_model=dict(calls))  # fmt: skip
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -224,6 +224,12 @@ class JudgeScorer:
         return parse_rating(res.text)
 
 
+def bench_scorer(settings: Any, gateway: Any) -> Any:
+    """How a micro-bench run scores its rows, the CLI's as the asset's: with `SM_JUDGE_MODEL` a judge rates
+    the rows with no reference, else `score_row` (such rows are errors)."""
+    return JudgeScorer(gateway, settings.judge_model) if settings.judge_model else score_row
+
+
 def needs_judge(row: dict[str, Any]) -> bool:
     def empty(v: Any) -> bool:
         return _missing(v) or (v.strip() == "" if isinstance(v, str) else len(v) == 0)
