@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -105,3 +107,32 @@ def test_a_sample_ratio_that_cannot_apply_is_said(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="pipelines.tracing"):
         assert setup_tracing(Settings(otel_exporter="console", otel_sample_ratio=0.1)) is theirs
     assert "SM_OTEL_SAMPLE_RATIO=0.1 not applied" in caplog.text
+
+
+def _export_spans(path: str, worker: int, n: int) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from pipelines.tracing import JsonlFileExporter
+
+    provider = TracerProvider()
+    exporter = JsonlFileExporter(Path(path), max_bytes=5000, backups=1000)  # room for every span
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    for i in range(n):
+        with provider.get_tracer("t").start_as_current_span(f"w{worker}-{i}"):
+            pass
+
+
+def test_workers_sharing_one_span_file_lose_no_span_when_it_rotates(tmp_path):
+    """Service workers are processes appending to one file; two rotating at once lost whole batches."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    path = str(tmp_path / "spans.jsonl")
+    workers = [ctx.Process(target=_export_spans, args=(path, w, 400)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    names = [s["name"] for f in tmp_path.iterdir() for s in read_spans(f)]
+    assert len(list(tmp_path.glob("spans.jsonl.*"))) > 10  # it rotated, many times
+    assert sorted(names) == sorted(f"w{w}-{i}" for w in range(4) for i in range(400))
