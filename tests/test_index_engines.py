@@ -110,6 +110,16 @@ def test_int8_minilm_is_calibrated_once_cached_and_ranks_like_fp32(tmp_path):
         MiniLMEmbedder(precision="int8", backend="torch")
 
 
+def test_the_int8_embedder_has_one_name_whichever_way_it_is_made(tmp_path, monkeypatch):
+    """The name picks the Qdrant collection: an index built with the embedder object and one opened lazily
+    by its key must be the same collection (the object once had the int8 suffix twice)."""
+    from pipelines.index.embeddings import LazyEmbedder, MiniLMEmbedder, MiniLMInt8Embedder
+
+    monkeypatch.setenv("SM_MODEL_CACHE_DIR", str(tmp_path))
+    made = MiniLMInt8Embedder()
+    assert made.name == LazyEmbedder("minilm-int8").name == MiniLMEmbedder(precision="int8").name
+
+
 def test_qdrant_local_sync_search_and_payload(tmp_path):
     settings = Settings(run_dir=tmp_path)
     idx = open_dense_index(settings, tmp_path / "ix")
@@ -154,6 +164,54 @@ def test_graph_expansion_reaches_a_chunk_through_a_related_entity(tmp_path):
         assert set(mentions["chunk_id"]) == {"d1#0000", "d2#0000", "d3#0000", "d4#0000"}  # provenance
     finally:
         g.close()
+
+
+def test_a_graph_build_that_stopped_half_way_is_redone(tmp_path, monkeypatch):
+    from pipelines.index import graph as graph_module
+    from pipelines.index.graph import sync_graph
+
+    chunks = frame({f"d{i}": f"BRCA1 mutations and PARP inhibitors, case {i}." for i in range(4)})
+    g = LadybugGraph(tmp_path / "kg.lbug")
+    real_open = g._open
+
+    def open_and_arm():  # a run killed between the Chunk and Entity loads
+        real_open()
+        execute = g.conn.execute
+
+        def stop_after_chunks(query, *args):
+            if query.startswith("COPY Entity"):
+                raise KeyboardInterrupt
+            return execute(query, *args)
+
+        monkeypatch.setattr(g.conn, "execute", stop_after_chunks)
+
+    monkeypatch.setattr(g, "_open", open_and_arm)
+    with pytest.raises(KeyboardInterrupt):
+        sync_graph(g, chunks)
+    g.close()
+    g = LadybugGraph(tmp_path / "kg.lbug")  # the next run
+    try:
+        assert g.indexed_ids() == set(chunks["chunk_id"]) and not g.entities(["brca1"])  # the torn graph
+        report = sync_graph(g, chunks)
+        assert report.did_work and g.entities(["brca1"]) == {"brca1": 4}
+        assert not sync_graph(g, chunks).did_work
+        # a change of the extraction rules (GRAPH_VERSION) rebuilds the same chunk set
+        monkeypatch.setattr(graph_module, "GRAPH_VERSION", graph_module.GRAPH_VERSION + 1)
+        assert sync_graph(g, chunks).did_work
+    finally:
+        g.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "entity"),
+    [("BRCA1-associated breast cancer", "brca1"), ("COVID-19-associated coagulopathy", "covid-19"),
+     ("the well-characterised-BRCA1 mutation", "brca1"), ("IL-6 rises", "il-6"), ("anti-TNF therapy", "tnf")],
+)  # fmt: skip
+def test_an_acronym_in_a_hyphenated_word_is_the_acronym_alone(text, entity):
+    from pipelines.index.entities import RuleEntityExtractor
+
+    found = RuleEntityExtractor().extract(text)
+    assert entity in found and not any(e.endswith("-") or e.startswith("-") for e in found)
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +261,26 @@ def test_pii_appears_in_no_index(pii_indexes):
         if path.is_file():
             blob = path.read_bytes()
             assert not any(s.encode() in blob for s in secrets), path
+
+
+def test_overlapping_dense_searches_restore_the_blas_threads_they_found():
+    """The one-thread BLAS limit around a local Qdrant search is process-wide: two searches in flight at once
+    (concurrent /v1/rag) enter and leave it interleaved, and must neither lift the limit while one still
+    runs nor leave BLAS at one thread after both."""
+    from threadpoolctl import threadpool_info
+
+    from pipelines.index.vector import _one_blas_thread
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    if not before or max(before) == 1:
+        pytest.skip("BLAS runs one thread here: nothing to restore")
+    a, b = _one_blas_thread(), _one_blas_thread()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert blas() == [1] * len(before)  # b still searching
+    b.__exit__(None, None, None)
+    assert blas() == before

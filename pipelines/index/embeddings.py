@@ -194,7 +194,7 @@ class MiniLMEmbedder:
         if int8:  # other vectors than the float model's (cosine 0.994): another name, another collection
             from pipelines.settings import Settings
 
-            self.name += INT8_SUFFIX
+            self.name = self.name if self.name.endswith(INT8_SUFFIX) else self.name + INT8_SUFFIX
             int8_dir = cache_dir or Settings().models_dir / "openvino"
         if int8 or backend == "openvino" or (backend == "auto" and device == "cpu" and fits):
             self._ov, self.backend = _OpenVINOEncoder(self._model, bf16, int8_dir), "openvino"

@@ -29,9 +29,21 @@ STOP = frozenset(
     """.split()  # noqa: SIM905
 )
 _ACRONYM = re.compile(r"\b(?=[\w-]*[A-Z][\w-]*[A-Z0-9])(?=[\w-]*[A-Za-z])[A-Za-z0-9][\w-]{1,14}\b")
+_ACRONYM_PART = re.compile(r"[A-Z].*[A-Z0-9]|\d")  # a part of a hyphenated acronym: IL-6, COVID-19
 _CAPNAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+(?:\s+(?:of|de|la|van|von)?\s*[A-Z][a-z]+)+)")
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*[A-Za-z]|[A-Za-z]")
 _BREAK = re.compile(r"[^\w\s-]|\d")
+
+
+def _acronym(token: str) -> str:
+    """The acronym in a hyphenated match without the lowercase words around it: BRCA1-associated -> BRCA1,
+    well-characterised-BRCA1 -> BRCA1 (the pattern's look-aheads may see a capital past a lowercase part)."""
+    parts = token.split("-")
+    keep = [i for i, p in enumerate(parts) if _ACRONYM_PART.search(p)]
+    if not keep:
+        return ""
+    core = "-".join(parts[keep[0] : keep[-1] + 1])
+    return core if re.search(r"[A-Z].*[A-Z0-9]", core) else ""
 
 
 def normalise(name: str) -> str:
@@ -65,7 +77,7 @@ class RuleEntityExtractor:
     name = "rules"
 
     def extract(self, text: str) -> list[str]:
-        found = [m.group(0) for m in _ACRONYM.finditer(text) if not m.group(0).isdigit()]
+        found = [a for m in _ACRONYM.finditer(text) if (a := _acronym(m.group(0))) and not a.isdigit()]
         found += [m.group(1) for m in _CAPNAME.finditer(text)]
         found += list(_key_phrases(text))
         return list(dict.fromkeys(n for n in map(normalise, found) if len(n) > 1 and n not in STOP))

@@ -3,12 +3,14 @@
 Nodes: Chunk(id, doc_id), Entity(name, df). Edges: Chunk -MENTIONS-> Entity (provenance: which chunk says
 what), Entity -RELATED-> Entity (co-occurrence in `weight` chunks, both directions). Entities seen in fewer
 than `min_df` chunks or in more than `max_df_frac` of them (and 20) are dropped: the first are noise, the
-second are too common to connect anything. The graph is rebuilt whenever the chunk set changes (extraction is
-cheap and the co-occurrence weights are corpus-wide); an unchanged chunk set does no work.
+second are too common to connect anything. The graph is rebuilt whenever the chunk set or the extraction
+changes (extraction is cheap and the co-occurrence weights are corpus-wide); an unchanged chunk set does no
+work. A build records its fingerprint last, so one that stopped half way is redone by the next sync.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import shutil
@@ -23,6 +25,17 @@ import pandas as pd
 from pipelines.index.base import IndexReport, ScoredChunk
 from pipelines.index.entities import RuleEntityExtractor
 from pipelines.settings import Settings
+
+GRAPH_VERSION = 2  # bump when extraction or the graph's parameters change: every graph is rebuilt
+
+
+def graph_fingerprint(chunk_ids, extractor=None) -> str:
+    """What a built graph holds: its chunk ids, the extractor (and its model) and GRAPH_VERSION."""
+    extractor = extractor or RuleEntityExtractor()
+    h = hashlib.sha256(f"{GRAPH_VERSION}:{extractor.name}:{getattr(extractor, 'model', '')}".encode())
+    for cid in sorted(chunk_ids):
+        h.update(cid.encode() + b"\0")
+    return h.hexdigest()[:32]
 
 
 def extract_graph(chunks: pd.DataFrame, extractor=None, min_df: int = 2, max_df_frac: float = 0.05,
@@ -78,6 +91,8 @@ class LadybugGraph:
                 "CREATE REL TABLE RELATED(FROM Entity TO Entity, weight INT64)",
             ):
                 self.conn.execute(stmt)
+        if "Build" not in tables:  # also in a graph from before builds were recorded: it is rebuilt once
+            self.conn.execute("CREATE NODE TABLE Build(id STRING PRIMARY KEY)")
 
     def close(self) -> None:
         self.conn.close()
@@ -91,8 +106,11 @@ class LadybugGraph:
     def indexed_ids(self) -> set[str]:
         return set(self._df("MATCH (c:Chunk) RETURN c.id AS id")["id"])
 
-    def replace(self, tables: dict[str, pd.DataFrame]) -> None:
-        """Drop the graph and load the new tables (bulk COPY from data frames)."""
+    def has_build(self, fingerprint: str) -> bool:
+        return len(self._df("MATCH (b:Build) WHERE b.id = $id RETURN b.id", {"id": fingerprint})) > 0
+
+    def replace(self, tables: dict[str, pd.DataFrame], fingerprint: str = "") -> None:
+        """Drop the graph, load the new tables (bulk COPY from data frames), then record `fingerprint`."""
         self.close()
         if self.path.is_dir():
             shutil.rmtree(self.path)
@@ -109,6 +127,8 @@ class LadybugGraph:
             frame = tables[key]
             if len(frame):
                 self.conn.execute(f"COPY {table} FROM frame")
+        if fingerprint:
+            self.conn.execute("CREATE (:Build {id: $id})", {"id": fingerprint})
 
     def entities(self, names: list[str]) -> dict[str, int]:
         if not names:
@@ -143,17 +163,24 @@ class NebulaGraph:
 
         host, port = address.rsplit(":", 1)
         self.pool = ConnectionPool()
-        if not self.pool.init([(host, int(port))], Config()):
+        try:
+            ok = self.pool.init([(host, int(port))], Config())
+        except Exception as e:  # the client raises when no server answers
+            raise ConnectionError(f"cannot reach NebulaGraph at {address}: {type(e).__name__}") from None
+        if not ok:
             raise ConnectionError(f"cannot reach NebulaGraph at {address}")
         self.user, self.password, self.space = user, password, space
         self.location = f"nebula://{address}/{space}"
-        self._run(
-            f"CREATE SPACE IF NOT EXISTS {space}(vid_type=FIXED_STRING(256)); USE {space}; "
+        self._run(f"CREATE SPACE IF NOT EXISTS {space}(vid_type=FIXED_STRING(256))", use=False)
+        # a new space, tag or index takes effect after two heartbeats (20 s by default): until then, retry
+        self._run_when_ready(
             "CREATE TAG IF NOT EXISTS chunk(doc_id string); "
             "CREATE TAG IF NOT EXISTS entity(name string, df int); "
-            "CREATE EDGE IF NOT EXISTS mentions(); CREATE EDGE IF NOT EXISTS related(weight int);",
-            use=False,
+            "CREATE TAG IF NOT EXISTS build(); CREATE EDGE IF NOT EXISTS mentions(); "
+            "CREATE EDGE IF NOT EXISTS related(weight int);"
         )
+        self._run_when_ready("CREATE TAG INDEX IF NOT EXISTS chunk_ids ON chunk()")  # LOOKUP needs an index
+        self._run_when_ready("LOOKUP ON chunk YIELD id(vertex) AS id | LIMIT 1")
 
     def _run(self, ngql: str, use: bool = True):
         with self.pool.session_context(self.user, self.password) as s:
@@ -161,6 +188,16 @@ class NebulaGraph:
             if not r.is_succeeded():
                 raise RuntimeError(f"nGQL failed: {r.error_msg()}")
             return r
+
+    def _run_when_ready(self, ngql: str, timeout_s: float = 40.0):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._run(ngql)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
 
     @staticmethod
     def _q(s: str) -> str:
@@ -170,11 +207,15 @@ class NebulaGraph:
         self.pool.close()
 
     def indexed_ids(self) -> set[str]:
-        r = self._run("MATCH (c:chunk) RETURN id(c) AS id")
+        r = self._run("LOOKUP ON chunk YIELD id(vertex) AS id")
         return {v.as_string() for v in r.column_values("id")}
 
-    def replace(self, tables: dict[str, pd.DataFrame], batch: int = 500) -> None:
-        self._run("MATCH (v) DETACH DELETE v")  # clear, keep schema
+    def has_build(self, fingerprint: str) -> bool:
+        r = self._run(f"FETCH PROP ON build {self._q(fingerprint)} YIELD id(vertex) AS id")
+        return r.row_size() > 0
+
+    def replace(self, tables: dict[str, pd.DataFrame], fingerprint: str = "", batch: int = 500) -> None:
+        self._run(f"CLEAR SPACE {self.space}", use=False)  # every vertex and edge; the schema stays
         q = self._q
         rows = {
             "INSERT VERTEX chunk(doc_id) VALUES ": [
@@ -188,6 +229,8 @@ class NebulaGraph:
                 f"{q(a)}->{q(b)}:({int(w)})" for a, b, w in tables["related"].values
             ],
         }
+        if fingerprint:  # last: a build that stopped half way has none, and the next sync redoes it
+            rows["INSERT VERTEX build() VALUES "] = [f"{q(fingerprint)}:()"]
         for head, values in rows.items():
             for i in range(0, len(values), batch):
                 self._run(head + ", ".join(values[i : i + batch]))
@@ -257,11 +300,12 @@ def open_graph(settings: Settings, index_dir: str | Path | None = None):
 def sync_graph(graph, chunks: pd.DataFrame, extractor=None) -> IndexReport:
     t0 = time.perf_counter()
     have, want = graph.indexed_ids(), set(chunks["chunk_id"])
+    fingerprint = graph_fingerprint(want, extractor)
     report = IndexReport(backend=graph.backend, location=graph.location, total=len(want))
-    if have == want:
+    if graph.has_build(fingerprint):
         report.unchanged = len(want)
     else:
-        graph.replace(extract_graph(chunks, extractor))
-        report.added, report.deleted, report.unchanged = len(want - have), len(have - want), len(want & have)
+        graph.replace(extract_graph(chunks, extractor), fingerprint)
+        report.added, report.deleted = len(want), len(have - want)  # a rebuild extracts every chunk again
     report.seconds = round(time.perf_counter() - t0, 3)
     return report

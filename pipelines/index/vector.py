@@ -8,9 +8,12 @@ vector spaces.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
-from functools import cache
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +25,35 @@ from pipelines.index.embeddings import Embedder, LazyEmbedder
 from pipelines.settings import Settings
 
 
-@cache
-def _blas() -> ThreadpoolController:
+@lru_cache(maxsize=1)
+def _controller(n_modules: int) -> ThreadpoolController:
     return ThreadpoolController()
+
+
+def _blas() -> ThreadpoolController:
+    """The BLAS libraries loaded now (listing them takes ~1 ms): a new one comes with an import (scipy brings
+    its own OpenBLAS), so the list is made again when the modules loaded have changed."""
+    return _controller(len(sys.modules))
+
+
+_blas_lock = threading.Lock()
+_blas_users: list = []  # the searches in flight; the first one in limits BLAS, the last one out restores it
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while any search runs. The limit is process-wide: overlapping searches share one
+    limiter, else the second would save the first's limit as the original and restore 1 for good."""
+    with _blas_lock:
+        limiter = _blas_users[0] if _blas_users else _blas().limit(limits=1, user_api="blas")
+        _blas_users.append(limiter)
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users.pop()
+            if not _blas_users:
+                limiter.restore_original_limits()
 
 
 def point_id(chunk_id: str) -> str:
@@ -104,7 +133,7 @@ class QdrantIndex:
         # local mode scores with numpy on one BLAS thread: a few queries' product gains nothing from more,
         # and OpenBLAS threads left spinning after it slowed the next query's torch embedding ~10x (SciFact
         # dense query p95 121 -> 29 ms, benchmarks/retrieval.py)
-        with _blas().limit(limits=1, user_api="blas"):
+        with _one_blas_thread():
             for i in range(0, len(reqs), 64):
                 for resp in self.client.query_batch_points(self.collection, reqs[i : i + 64]):
                     out.append(
