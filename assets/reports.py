@@ -33,13 +33,14 @@ def reports(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg
     # what the notebooks read, by content: an unchanged run folder keeps the reports it already has
     reads = [s.run_dir / d for d in ("retrieval_evaluation", "router_evaluation", "utility", "bench")]
     reads.append(s.run_dir / "store" / "corpus" / "manifest.json")  # the chunks, by their content hashes
-    fp = fingerprint(params, NOTEBOOKS_DIR, (s.run_dir / "router" / "current").resolve(), *reads,
+    env = s.as_env()  # the notebooks' Settings() are these, overrides included
+    fp = fingerprint(params, env, NOTEBOOKS_DIR, (s.run_dir / "router" / "current").resolve(), *reads,
                      source_digest(REPO_ROOT / "pipelines" / "reports.py"))  # fmt: skip
     done = recall(out / "fingerprint.json", fp)
     reused = done is not None and all(Path(r["html"]).exists() for r in done["reports"])
     if not reused:
         try:
-            ran = run_notebooks(out, params)
+            ran = run_notebooks(out, params, env=env)
         except NotebookError as e:
             raise dg.Failure(description=str(e), metadata={"notebook": e.name}) from e
         rows = [

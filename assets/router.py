@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -13,10 +14,19 @@ from pipelines.memo import fingerprint, recall, remember, source_digest
 from pipelines.settings import Settings
 from router_models.router.artifact import MANIFEST, save_router
 from router_models.router.evaluation import crossval_evaluation, utility_gate
+from router_models.router.rules import load_rules, model_metadata
 from router_models.router.train import train_router
 
 PREDICTOR = "stack"
 ROUTER_CODE = Path(__file__).resolve().parent.parent / "router_models" / "router"
+
+
+def _router_inputs(outcomes) -> tuple:
+    """What train_router copies into the artifact besides the tables: its code, the rules (rules.yaml) and
+    each model's privacy and context window (the catalog, then models.yaml)."""
+    meta = model_metadata(sorted(outcomes["model"].unique()))
+    return (source_digest(ROUTER_CODE, patterns=("*.py", "*.yaml")), [asdict(r) for r in load_rules()],
+            {name: asdict(m) for name, m in meta.items()})  # fmt: skip
 
 
 def _routerbench(s: Settings):
@@ -39,7 +49,7 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
     s = settings.get()
     prompts, outcomes = _routerbench(s)
     root = s.run_dir / "router"
-    fp = fingerprint(prompts, outcomes, PREDICTOR, source_digest(ROUTER_CODE))
+    fp = fingerprint(prompts, outcomes, PREDICTOR, *_router_inputs(outcomes))
     last = recall(root / "fingerprint.json", fp)
     if (
         last is not None
@@ -76,7 +86,7 @@ def router_evaluation(settings: SettingsResource):
     s = settings.get()
     prompts, outcomes = _routerbench(s)
     out = s.run_dir / "router_evaluation"
-    fp = fingerprint(prompts, outcomes, PREDICTOR, s.lambda_cost, source_digest(ROUTER_CODE))
+    fp = fingerprint(prompts, outcomes, PREDICTOR, s.lambda_cost, *_router_inputs(outcomes))
     doc = recall(out / "fingerprint.json", fp)
     reused = doc is not None and (out / "summary.json").exists() and (out / "pareto.png").exists()
     if not reused:

@@ -156,10 +156,16 @@ def new_documents_sensor(context: dg.SensorEvaluationContext, settings: Settings
         current = scan_source(spec, s, previous or {})
     except FileNotFoundError:
         return dg.SkipReason(f"corpus folder {spec} does not exist yet")
-    cursor = json.dumps(
-        {"v": CURSOR_VERSION, "source": spec, "files": current}, separators=(",", ":"), sort_keys=True
-    )
+    # the run requests made so far: Dagster never repeats a run key, and a corpus can come back to a state it
+    # had before (a file moved out and back), so the key is the new state plus this count
+    runs = json.loads(context.cursor).get("runs", 0) if previous is not None else 0
     changes = diff(previous or {}, current)
+    if previous is None or changes:
+        runs += 1
+    cursor = json.dumps(
+        {"v": CURSOR_VERSION, "source": spec, "files": current, "runs": runs},
+        separators=(",", ":"), sort_keys=True,
+    )  # fmt: skip
     if previous is not None and not changes:
         # mtimes may have moved without a content change: keep them so those files are not read again
         return dg.SensorResult(skip_reason=f"no document changed in {spec}", cursor=cursor)

@@ -17,8 +17,16 @@ from typing import Any
 import pandas as pd
 
 
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def _update_with_path(h: Any, p: Path) -> None:
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    files = [p]
+    if (
+        p.is_dir()
+    ):  # hidden entries are editor and in-progress state (.ipynb_checkpoints, .x.tmp), not content
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p)))
     for f in files:
         h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
         with open(f, "rb") as fh:
@@ -41,11 +49,18 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def source_digest(*dirs: Path, patterns: tuple[str, ...] = ("*.py",)) -> str:
-    """A hash of the files matching `patterns` under `dirs`: changes whenever that code does."""
+def source_digest(*paths: Path, patterns: tuple[str, ...] = ("*.py",)) -> str:
+    """A hash of the files matching `patterns` under the folders in `paths`, and of the files named there:
+    changes whenever that code does. A path that does not exist is an error, not an empty hash."""
     h = hashlib.sha256()
-    for d in dirs:
-        for f in sorted(f for p in patterns for f in Path(d).rglob(p)):
+    for d in map(Path, paths):
+        if d.is_file():
+            files = [d]
+        elif d.is_dir():
+            files = sorted({f for p in patterns for f in d.rglob(p) if not _hidden(f.relative_to(d))})
+        else:
+            raise FileNotFoundError(f"source_digest: no file or folder {d}")
+        for f in files:
             h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 

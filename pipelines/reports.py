@@ -62,12 +62,18 @@ class Report:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def kernel_manager_class() -> type:
-    """A KernelManager that starts ipykernel on `sys.executable`, not on whatever `python3` resolves to."""
+def kernel_manager_class(env: dict[str, str] | None = None) -> type:
+    """A KernelManager that starts ipykernel on `sys.executable`, not on whatever `python3` resolves to, with
+    `env` added to this process's environment (the caller's settings as SM_* variables)."""
     from jupyter_client.manager import KernelManager
     from traitlets import default
 
     class ThisInterpreterKernelManager(KernelManager):
+        async def _async_pre_start_kernel(self, **kw: Any) -> Any:
+            if env:
+                kw["env"] = {**kw.get("env", os.environ), **env}
+            return await super()._async_pre_start_kernel(**kw)
+
         # over Unix sockets, not TCP ports: kernels started at the same moment cannot race for a port, and
         # nothing listens on the network
         @default("transport")
@@ -128,8 +134,11 @@ def run_notebook(
     parameters: dict[str, Any] | None = None,
     timeout_s: float | None = 1800,
     cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Report:
-    """Execute the notebook at `path` with `parameters` (papermill), then write its report atomically."""
+    """Execute the notebook at `path` with `parameters` (papermill) in a kernel whose environment has `env`
+    added (`Settings.as_env()`: a notebook's `Settings()` is then the caller's), then write its report
+    atomically."""
     import nbformat
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -146,7 +155,7 @@ def run_notebook(
         pm.execute_notebook(
             str(path), str(executed), parameters=parameters, kernel_name="python3", language="python",
             cwd=str(cwd or path.parent), progress_bar=False, execution_timeout=timeout_s,
-            kernel_manager_class=kernel_manager_class(),
+            kernel_manager_class=kernel_manager_class(env),
         )  # fmt: skip
     except PapermillExecutionError as e:
         failed = out_dir / f".{name}.failed"
@@ -192,6 +201,7 @@ def run_notebooks(
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
     names: tuple[str, ...] = NOTEBOOKS,
     workers: int = 2,
+    env: dict[str, str] | None = None,
 ) -> list[Report]:
     """Run each named notebook (parameters per name), `workers` at a time, each in its own kernel; every
     notebook runs, then the first failure raises. Reports come back in the order of `names`.
@@ -202,7 +212,7 @@ def run_notebooks(
 
     def one(n: str) -> Report | NotebookError:
         try:
-            return run_notebook(Path(notebooks_dir) / f"{n}.ipynb", out_dir, parameters.get(n, {}))
+            return run_notebook(Path(notebooks_dir) / f"{n}.ipynb", out_dir, parameters.get(n, {}), env=env)
         except NotebookError as e:
             return e
 

@@ -36,8 +36,14 @@ if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [[ $(id 
   echo "[test] installing Debian's chromium package"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
-export SM_TEST_POSTGRES_URL=${SM_TEST_POSTGRES_URL:-$(bash scripts/postgres.sh start)}
-trap 'bash scripts/postgres.sh stop' EXIT
+if [[ -z "${SM_TEST_POSTGRES_URL:-}" ]]; then  # the registry's Postgres test runs on a server started here
+  if ! SM_TEST_POSTGRES_URL=$(bash scripts/postgres.sh start) || [[ -z "$SM_TEST_POSTGRES_URL" ]]; then
+    echo "[test] PostgreSQL did not start (bash scripts/postgres.sh start): the registry test cannot run"
+    exit 1
+  fi
+  export SM_TEST_POSTGRES_URL
+  trap 'bash scripts/postgres.sh stop' EXIT  # only a server this script started
+fi
 .venv/bin/python -m pytest --cov=pipelines --cov=router_models --cov-report=term:skip-covered \
   --cov-report=xml:runs/ci/coverage.xml --cov-fail-under=85 --durations=30 "$@"
 rc=$?

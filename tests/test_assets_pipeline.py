@@ -58,10 +58,13 @@ def test_rag_assets_build_every_index_and_rematerialize_without_work(tmp_path):
 def test_retrieval_evaluation_scores_a_scifact_sample_and_its_floor_check_can_fail(tmp_path, shared_data):
     from assets.rag import retrieval_evaluation
 
-    def run(floor: str):
+    def run(floor: str, **more: str):
         res = _resources(run_dir=str(tmp_path), retrieval_eval_queries="6", retrieval_eval_distractors="20",
-                         retrieval_ndcg_floor=floor)  # fmt: skip
+                         retrieval_ndcg_floor=floor, **more)  # fmt: skip
         return dg.materialize([retrieval_evaluation], resources=res, raise_on_error=False)
+
+    def reused(result) -> bool:
+        return result.asset_materializations_for_node("retrieval_evaluation")[0].metadata["reused"].value
 
     first = run("0.2")
     assert first.success
@@ -79,3 +82,17 @@ def test_retrieval_evaluation_scores_a_scifact_sample_and_its_floor_check_can_fa
     (failing,) = again.get_asset_check_evaluations()
     assert not failing.passed
     assert (tmp_path / "retrieval_evaluation" / "retrieval.png").stat().st_size > 0
+    assert reused(run("0.2", lambda_cost="5", otel_sample_ratio="0.5"))  # settings retrieval does not read
+    # labels edited in place (every relevant document wrong): new figures, not the old ones
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in ("corpus.jsonl", "queries_train.jsonl", "qrels_train.tsv"):
+        (labels / name).symlink_to(shared_data / "scifact" / name)
+    assert run("0.2", retrieval_eval_dir=str(labels)).get_asset_check_evaluations()[0].passed
+    (labels / "qrels_train.tsv").unlink()
+    rows = (shared_data / "scifact" / "qrels_train.tsv").read_text().splitlines()
+    (labels / "qrels_train.tsv").write_text(
+        "\n".join([rows[0], *(f"{r.split()[0]}\tnot-a-doc\t1" for r in rows[1:])])
+    )
+    wrong = run("0.2", retrieval_eval_dir=str(labels))
+    assert not reused(wrong) and not wrong.get_asset_check_evaluations()[0].passed

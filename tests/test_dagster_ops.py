@@ -99,6 +99,24 @@ def test_new_documents_sensor_requests_a_reindex_only_when_content_changes(tmp_p
         assert _tick(instance, other, removed.cursor).run_requests[0].tags["stratmaster/added"] == "1"
 
 
+def test_a_document_moved_out_and_back_is_reindexed(tmp_path):
+    """Dagster never launches a run key twice: a corpus back in an earlier state gave that state's key."""
+    docs, parked = tmp_path / "docs", tmp_path / "parked"
+    docs.mkdir(), parked.mkdir()
+    (docs / "a.md").write_text("Alpha.")
+    (docs / "b.md").write_text("Beta.")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, docs, None)
+        os.replace(docs / "b.md", parked / "b.md")  # mv keeps the size and mtime
+        out = _tick(instance, docs, first.cursor)
+        os.replace(parked / "b.md", docs / "b.md")
+        back = _tick(instance, docs, out.cursor)
+        assert back.run_requests[0].tags["stratmaster/added"] == "1"
+        keys = [t.run_requests[0].run_key for t in (first, out, back)]
+        assert len(set(keys)) == 3
+        assert _tick(instance, docs, back.cursor).run_requests == []
+
+
 def test_the_sensor_keeps_no_file_name_that_may_hold_pii(tmp_path):
     """The cursor (in Dagster's storage) and the run tags held every file name as it was."""
     docs = tmp_path / "docs"

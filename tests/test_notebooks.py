@@ -194,3 +194,18 @@ def test_kernel_is_this_interpreter_and_a_failure_keeps_the_last_good_report(tmp
         run_notebook(path, tmp_path / "out", {"fail": True})
     assert rep.html.exists() and len(rep.figures) == 1  # the last good report is still in place
     assert pd.Series([p.name for p in (tmp_path / "out").iterdir()]).str.contains("tmp").sum() == 0
+
+
+def test_the_kernel_builds_the_callers_settings(tmp_path):
+    """The reports asset's settings (a Dagster resource's overrides) reach the notebooks' Settings(): the
+    utility notebook once computed utilities at the default lambda_cost, not the asset's."""
+    from pipelines.settings import Settings
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_code_cell(
+        "from pipelines.settings import Settings\ns = Settings()\nprint(s.lambda_cost, s.hybrid_alpha)"
+    )]  # fmt: skip
+    nbformat.write(nb, tmp_path / "probe.ipynb")
+    settings = Settings(lambda_cost=5.0, hybrid_alpha=0.3)
+    rep = run_notebook(tmp_path / "probe.ipynb", tmp_path / "out", {}, env=settings.as_env())
+    assert nbformat.read(rep.notebook, as_version=4).cells[-1].outputs[0]["text"].split() == ["5.0", "0.3"]

@@ -1,0 +1,52 @@
+"""What the Dagster assets' memos (pipelines/memo.py) see: a change of an input they copy into their output
+must give a new fingerprint, else the asset keeps a stale output."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+import pytest
+
+from pipelines.memo import source_digest
+
+
+def test_source_digest_hashes_a_file_and_the_patterns_under_a_folder(tmp_path):
+    code, notes = tmp_path / "report.py", tmp_path / "pkg" / "rules.yaml"
+    notes.parent.mkdir()
+    code.write_text("A = 1\n")
+    notes.write_text("rules: []\n")
+    file_digest, folder_digest = source_digest(code), source_digest(notes.parent, patterns=("*.py", "*.yaml"))
+    code.write_text("A = 2\n")
+    notes.write_text("rules: [x]\n")
+    assert source_digest(code) != file_digest  # a file was once hashed as nothing at all: a constant
+    assert source_digest(notes.parent, patterns=("*.py", "*.yaml")) != folder_digest
+    with pytest.raises(FileNotFoundError):
+        source_digest(tmp_path / "missing.py")
+
+
+def test_the_router_memo_sees_a_model_turn_remote_in_the_catalog(tmp_path, monkeypatch):
+    """train_router copies each model's privacy into the artifact: a catalog edit must retrain it."""
+    from assets.router import _router_inputs
+
+    outcomes = pd.DataFrame({"prompt_id": ["p1", "p1"], "model": ["smollm2-135m", "gemma3-270m"]})
+    before = _router_inputs(outcomes)
+    text = resources.files("pipelines.llm").joinpath("catalog.yaml").read_text()
+    edited = text.replace("privacy: local", "privacy: remote", 1)
+    assert edited != text
+    (tmp_path / "catalog.yaml").write_text(edited)
+    monkeypatch.setenv("SM_CATALOG_PATH", str(tmp_path / "catalog.yaml"))
+    after = _router_inputs(outcomes)
+    assert after[2]["smollm2-135m"]["privacy"] == "remote" and after != before
+
+
+def test_a_fingerprint_ignores_hidden_editor_state(tmp_path):
+    from pipelines.memo import fingerprint
+
+    (tmp_path / "report.ipynb").write_text("{}")
+    before = fingerprint(tmp_path), source_digest(tmp_path, patterns=("*.ipynb",))
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "report-checkpoint.ipynb").write_text("{}")
+    assert (fingerprint(tmp_path), source_digest(tmp_path, patterns=("*.ipynb",))) == before
+    (tmp_path / "report.ipynb").write_text("{ }")
+    assert fingerprint(tmp_path) != before[0]
