@@ -1,9 +1,11 @@
 """Dagster resources: thin wrappers that build library objects from settings (never at import time)."""
 
+import numbers
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 import dagster as dg
+import numpy as np
 
 from pipelines.settings import Settings
 
@@ -12,13 +14,18 @@ if TYPE_CHECKING:  # litellm takes seconds to import: only runs that use the gat
 
 
 def plain_metadata(d: dict) -> dict:
-    """The numbers, booleans and strings of `d` as python types Dagster stores (numpy scalars converted)."""
-    out = {}
+    """The numbers, booleans and strings of `d` as python types Dagster stores (numpy scalars converted:
+    numpy's int64, float32 and bool_ were dropped)."""
+    out: dict = {}
     for k, v in d.items():
-        if isinstance(v, bool | str):
+        if isinstance(v, str):
             out[k] = v
-        elif isinstance(v, int | float):
-            out[k] = float(v) if isinstance(v, float) else int(v)
+        elif isinstance(v, bool | np.bool_):
+            out[k] = bool(v)
+        elif isinstance(v, numbers.Integral):
+            out[k] = int(v)
+        elif isinstance(v, numbers.Real):
+            out[k] = float(v)
     return out
 
 

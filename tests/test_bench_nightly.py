@@ -37,6 +37,24 @@ def test_checks_pass_on_a_clean_partition_and_fail_on_a_bad_one():
     assert not check_not_empty(good.iloc[:0]).passed
 
 
+def test_a_scorer_error_is_no_failed_call_and_unscored_answers_fail_the_range_check():
+    judged = _table([math.nan] * 4, ["scorer: ScoreError: no rating"] * 4)
+    assert check_error_rate(judged).passed and check_error_rate(judged).metadata["error_rate"] == 0.0
+    unscored = check_scores_in_range(judged)
+    assert not unscored.passed and "none of 4 answers" in unscored.description
+    failed = _table([math.nan] * 4, ["GatewayError: timeout"] * 4)  # no answer: the error-rate check says so
+    assert check_scores_in_range(failed).passed and not check_error_rate(failed).passed
+
+
+def test_plain_metadata_keeps_numpy_scalars():
+    import numpy as np
+
+    from assets.resources import plain_metadata
+
+    md = plain_metadata({"a": np.int64(3), "b": np.float32(0.5), "c": np.bool_(True), "d": "x", "e": [1]})
+    assert md == {"a": 3, "b": 0.5, "c": True, "d": "x"} and type(md["c"]) is bool and type(md["a"]) is int
+
+
 def test_accuracy_metadata_is_per_task_and_model():
     md = accuracy_metadata(_table([1.0, 0.0, 1.0, 1.0], [None] * 4))
     assert md["accuracy/winogrande/m1"] == 1.0 and md["accuracy/winogrande/m2"] == 0.5

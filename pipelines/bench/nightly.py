@@ -7,7 +7,13 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.bench.runner import accuracy_table, collect_outcomes, error_rate_by_model, run_bench
+from pipelines.bench.runner import (
+    accuracy_table,
+    call_failed,
+    collect_outcomes,
+    error_rate_by_model,
+    run_bench,
+)
 from pipelines.bench.scorers import bench_scorer
 from pipelines.settings import Settings
 
@@ -66,7 +72,7 @@ def accuracy_metadata(df: pd.DataFrame) -> dict[str, Any]:
 
 def check_error_rate(df: pd.DataFrame, max_rate: float = MAX_ERROR_RATE) -> CheckResult:
     rates = error_rate_by_model(df) if len(df) else {}
-    overall = float(df["error"].notna().mean()) if len(df) else 0.0
+    overall = float(call_failed(df["error"]).mean()) if len(df) else 0.0
     return CheckResult(
         overall < max_rate,
         f"error rate {overall:.2%} (limit {max_rate:.2%})",
@@ -79,6 +85,10 @@ def check_not_empty(df: pd.DataFrame) -> CheckResult:
 
 
 def check_scores_in_range(df: pd.DataFrame) -> CheckResult:
+    """Every score in [0, 1], and at least one score where a call was answered (all NaN passed before)."""
     s = df["score"].dropna()
     bad = int((~s.between(0.0, 1.0)).sum())
+    answered = int((~call_failed(df["error"])).sum())
+    if answered and s.empty:
+        return CheckResult(False, f"none of {answered} answers has a score", {"out_of_range": 0, "scored": 0})
     return CheckResult(bad == 0, f"{bad} scores outside [0, 1]", {"out_of_range": bad, "scored": len(s)})

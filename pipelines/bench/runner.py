@@ -74,13 +74,17 @@ def _latest_rows(out_dir: Path, columns: list[str] | None = None) -> pd.DataFram
     return df.drop_duplicates(["prompt_id", "model"], keep="last")
 
 
+def call_failed(errors: pd.Series) -> pd.Series:
+    """Rows whose model call failed (an error, a timeout, a fallback); a scorer's error is an answer."""
+    return errors.notna() & ~errors.astype(str).str.startswith("scorer:")
+
+
 def committed_cells(out_dir: Path) -> set[tuple[str, str]]:
     """Cells with an answer (scored, or kept with a scorer error); failed calls are retried."""
     df = _latest_rows(out_dir, ["prompt_id", "model", "error"])
     if df is None:
         return set()
-    answered = df["error"].isna() | df["error"].astype(str).str.startswith("scorer:")
-    df = df[answered]
+    df = df[~call_failed(df["error"])]
     return set(zip(df["prompt_id"].astype(str), df["model"].astype(str), strict=True))
 
 
@@ -246,4 +250,5 @@ def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def error_rate_by_model(df: pd.DataFrame) -> dict[str, float]:
-    return {str(k): float(v) for k, v in df["error"].notna().groupby(df["model"]).mean().items()}
+    """The share of each model's rows whose call failed (scorer errors are answers, not failed calls)."""
+    return {str(k): float(v) for k, v in call_failed(df["error"]).groupby(df["model"]).mean().items()}
