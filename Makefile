@@ -25,7 +25,7 @@ help:
 
 setup: $(VENV_STAMP)
 
-$(VENV_STAMP): requirements.lock pyproject.toml scripts/setup.sh pipelines/llm/native.py
+$(VENV_STAMP): requirements.lock pyproject.toml scripts/setup.sh pipelines/llm/native.py pipelines/hardware.py
 	bash scripts/setup.sh
 	@touch $@
 
