@@ -99,7 +99,7 @@ def write_beir_sample(src: str | Path, out: str | Path, n_queries: int = 100, n_
     content = hashlib.sha256()  # the labels and documents by content: an edit in place is a new sample
     for name in ("corpus.jsonl", f"queries_{split}.jsonl", f"qrels_{split}.tsv"):
         with open(src / name, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
+            while block := f.read(1 << 20):
                 content.update(block)
     stamp = f"{src.resolve()}|{n_queries}|{n_distractors}|{seed}|{split}|{content.hexdigest()[:16]}"
     if (out / "sample.txt").exists() and (out / "sample.txt").read_text() == stamp:
