@@ -110,7 +110,12 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, settings: SettingsRe
     sample = write_beir_sample(src, out / "sample", s.retrieval_eval_queries, s.retrieval_eval_distractors)
     modes = ("bm25", "dense", "hybrid", "hybrid_rrf")
     code = source_digest(*(REPO_ROOT / "pipelines" / d for d in ("corpus", "index", "rag")))
-    fp = fingerprint(sample, modes, s.model_dump(mode="json", include=set(RETRIEVAL_SETTINGS)), code)
+    from pipelines.index.embeddings import LazyEmbedder
+
+    embedder = LazyEmbedder(s.embedder).name  # a fine-tuned folder by what it holds, not by its path
+    fp = fingerprint(
+        sample, modes, s.model_dump(mode="json", include=set(RETRIEVAL_SETTINGS)), embedder, code
+    )
     png = out / "retrieval.png"
     reused = recall(out / "fingerprint.json", fp) is not None and png.exists()
     if reused:  # same sample, settings and retrieval code: the figures stand (latencies as measured then)

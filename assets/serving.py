@@ -107,12 +107,14 @@ def _models_fingerprint(s: Settings) -> str | None:
         fit_id = current_fit_id(engine)
     finally:
         engine.dispose()
+    from pipelines.index.embeddings import LazyEmbedder
+
     catalog = s.catalog_path or REPO_ROOT / "pipelines" / "llm" / "catalog.yaml"
     code = source_digest(*(REPO_ROOT / d for d in ("serving", "pipelines/index", "pipelines/corpus")))
     chunks = s.run_dir / "store" / "corpus" / "manifest.json"
     return fingerprint(
         (s.run_dir / "router" / "current").resolve(), fit_id, chunks, Path(catalog),
-        s.model_dump(mode="json"), str(s.bentoml_home), code,
+        s.model_dump(mode="json"), LazyEmbedder(s.embedder).name, str(s.bentoml_home), code,
     )  # fmt: skip
 
 
