@@ -23,9 +23,8 @@ def _hidden(relative: Path) -> bool:
 
 def _update_with_path(h: Any, p: Path) -> None:
     files = [p]
-    if (
-        p.is_dir()
-    ):  # hidden entries are editor and in-progress state (.ipynb_checkpoints, .x.tmp), not content
+    # in a folder, hidden entries are editor and in-progress state (.ipynb_checkpoints, .x.tmp), not content
+    if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p)))
     for f in files:
         h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
