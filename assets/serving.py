@@ -92,12 +92,19 @@ def _stored(home: str, tag: str) -> bool:
     ).is_dir()
 
 
+# the settings the four models are made from (serving/bundle.py); the rest (the bench, the router's lambdas,
+# tracing, the service's workers) is read by the service when it runs, not shipped in a model
+BUNDLE_SETTINGS = ("run_dir", "object_store", "keyword_backend", "vector_backend", "graph_backend",
+                   "embedder", "catalog_path", "registry_url")  # fmt: skip
+
+
 def _models_fingerprint(s: Settings) -> str | None:
     """What the four models are made of: the router artifact, the registry's current fit, the chunks (by
     the ingest manifest's content hashes: the embedded indexes follow from the chunks, the settings and the
     code, and their files change when an engine merely opens them), the catalog, the settings and the code.
     None with scale engines, whose content lives in the engines: the snapshot then only names them.
     (Not the labels: unchanged content keeps the models, whose labels name the runs that made it.)"""
+    from pipelines.index.embeddings import LazyEmbedder
     from router_models.utility.registry import current_fit_id, registry_engine
 
     if not s.embedded_engines:
@@ -107,14 +114,13 @@ def _models_fingerprint(s: Settings) -> str | None:
         fit_id = current_fit_id(engine)
     finally:
         engine.dispose()
-    from pipelines.index.embeddings import LazyEmbedder
-
     catalog = s.catalog_path or REPO_ROOT / "pipelines" / "llm" / "catalog.yaml"
     code = source_digest(*(REPO_ROOT / d for d in ("serving", "pipelines/index", "pipelines/corpus")))
     chunks = s.run_dir / "store" / "corpus" / "manifest.json"
     return fingerprint(
         (s.run_dir / "router" / "current").resolve(), fit_id, chunks, Path(catalog),
-        s.model_dump(mode="json"), LazyEmbedder(s.embedder).name, str(s.bentoml_home), code,
+        s.model_dump(mode="json", include=set(BUNDLE_SETTINGS)), LazyEmbedder(s.embedder).name,
+        str(s.bentoml_home), code,
     )  # fmt: skip
 
 

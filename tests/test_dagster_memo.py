@@ -50,3 +50,12 @@ def test_a_fingerprint_ignores_hidden_editor_state(tmp_path):
     assert (fingerprint(tmp_path), source_digest(tmp_path, patterns=("*.ipynb",))) == before
     (tmp_path / "report.ipynb").write_text("{ }")
     assert fingerprint(tmp_path) != before[0]
+
+
+def test_the_bundle_memo_ignores_settings_no_model_is_made_from(tmp_path):
+    from assets.serving import _models_fingerprint
+    from pipelines.settings import Settings
+
+    base = _models_fingerprint(Settings(run_dir=tmp_path))
+    assert base == _models_fingerprint(Settings(run_dir=tmp_path, lambda_cost=5, otel_sample_ratio=0.5))
+    assert base != _models_fingerprint(Settings(run_dir=tmp_path, catalog_path=tmp_path / "catalog.yaml"))
