@@ -94,9 +94,10 @@ def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Finger
     """Fingerprints of a corpus source; FileNotFoundError when a local folder does not exist."""
     src = open_source(spec, settings)
     key = name_key(open_store(settings))
-    if isinstance(src, S3Store):
-        return scan_s3(src, key)
-    return scan_folder(Path(spec), previous, key)
+    found = scan_s3(src, key) if isinstance(src, S3Store) else scan_folder(Path(spec), previous, key)
+    # a BEIR folder is ingested from its top-level corpus.jsonl alone: its queries and qrels are no corpus
+    beir = {digest: fp for digest, fp in found.items() if fp[3] == "corpus.jsonl"}
+    return beir or found
 
 
 @dataclass

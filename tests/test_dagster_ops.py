@@ -117,6 +117,19 @@ def test_a_document_moved_out_and_back_is_reindexed(tmp_path):
         assert _tick(instance, docs, back.cursor).run_requests == []
 
 
+def test_the_sensor_watches_only_the_corpus_file_of_a_beir_folder(tmp_path):
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    (beir / "corpus.jsonl").write_text('{"_id": "d1", "title": "T", "text": "A claim."}\n')
+    (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "Is it?"}\n')
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, beir, None)
+        (beir / "queries.jsonl").write_text('{"_id": "q1", "text": "Is it, really?"}\n')  # ingest ignores it
+        assert _tick(instance, beir, first.cursor).run_requests == []
+        (beir / "corpus.jsonl").write_text('{"_id": "d1", "title": "T", "text": "A revised claim."}\n')
+        assert _tick(instance, beir, first.cursor).run_requests[0].tags["stratmaster/changed"] == "1"
+
+
 def test_the_sensor_keeps_no_file_name_that_may_hold_pii(tmp_path):
     """The cursor (in Dagster's storage) and the run tags held every file name as it was."""
     docs = tmp_path / "docs"
