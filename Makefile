@@ -69,7 +69,7 @@ models-down: setup
 	.venv/bin/stratmaster models down
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy pipelines router_models serving
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy pipelines router_models serving assets
 
 clean:
 	-.venv/bin/stratmaster models down

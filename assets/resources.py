@@ -2,7 +2,7 @@
 
 import numbers
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
@@ -35,7 +35,8 @@ class SettingsResource(dg.ConfigurableResource):
     overrides: dict[str, str] = {}
 
     def get(self) -> Settings:
-        return Settings(**self.overrides)
+        fields: dict[str, Any] = dict(self.overrides)  # strings, converted as SM_* variables are
+        return Settings(**fields)
 
 
 class GatewayResource(dg.ConfigurableResource):

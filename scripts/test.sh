@@ -11,8 +11,8 @@ stage() { echo "== $1  [$(date -u +%T), ${SECONDS} s into make test]"; }
 stage "ruff"
 .venv/bin/ruff check . && .venv/bin/ruff format --check . || fail=1
 
-stage "mypy (pipelines, router_models, serving)"
-.venv/bin/mypy pipelines router_models serving || fail=1
+stage "mypy (pipelines, router_models, serving, assets)"
+.venv/bin/mypy pipelines router_models serving assets || fail=1
 
 stage "SBOM (CycloneDX) -> runs/ci/sbom.cdx.json"
 .venv/bin/cyclonedx-py environment --of JSON -o runs/ci/sbom.cdx.json .venv >/dev/null || fail=1
