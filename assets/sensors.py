@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.resources import SettingsResource
-from pipelines.corpus.ingest import name_digest, name_key
+from pipelines.corpus.ingest import BEIR_CORPUS, name_digest, name_key
 from pipelines.corpus.pii import may_hold_pii
 from pipelines.corpus.store import S3Store, open_source, open_store
 from pipelines.settings import Settings
@@ -95,8 +95,8 @@ def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Finger
     src = open_source(spec, settings)
     key = name_key(open_store(settings))
     found = scan_s3(src, key) if isinstance(src, S3Store) else scan_folder(Path(spec), previous, key)
-    # a BEIR folder is ingested from its top-level corpus.jsonl alone: its queries and qrels are no corpus
-    beir = {digest: fp for digest, fp in found.items() if fp[3] == "corpus.jsonl"}
+    # as ingest reads it: a BEIR folder's corpus file alone, not its queries and qrels
+    beir = {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
     return beir or found
 
 

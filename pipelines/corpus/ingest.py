@@ -186,13 +186,16 @@ def _read_parquet(store: ObjectStore, key: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(store.get(key)))
 
 
+BEIR_CORPUS = "corpus.jsonl"  # at a folder's top: a BEIR folder, whose only corpus file it is
+
+
 def _corpus_files(src: ObjectStore, include: str | None) -> dict[str, int]:
-    """Files to ingest; in a BEIR folder (top-level corpus.jsonl) only that file: queries are no corpus."""
+    """Files to ingest; in a BEIR folder only BEIR_CORPUS: its queries and qrels are no corpus."""
     listing = src.list()
     if include:
         return {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
-    if "corpus.jsonl" in listing:
-        return {"corpus.jsonl": listing["corpus.jsonl"]}
+    if BEIR_CORPUS in listing:
+        return {BEIR_CORPUS: listing[BEIR_CORPUS]}
     return listing
 
 

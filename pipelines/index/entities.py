@@ -29,7 +29,7 @@ STOP = frozenset(
     """.split()  # noqa: SIM905
 )
 _ACRONYM = re.compile(r"\b(?=[\w-]*[A-Z][\w-]*[A-Z0-9])(?=[\w-]*[A-Za-z])[A-Za-z0-9][\w-]{1,14}\b")
-_ACRONYM_PART = re.compile(r"[A-Z].*[A-Z0-9]|\d")  # a part of a hyphenated acronym: IL-6, COVID-19
+_CAPITALS = re.compile(r"[A-Z].*[A-Z0-9]")  # a capital, then a capital or a digit: IL, BRCA1, PrP
 _CAPNAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+(?:\s+(?:of|de|la|van|von)?\s*[A-Z][a-z]+)+)")
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*[A-Za-z]|[A-Za-z]")
 _BREAK = re.compile(r"[^\w\s-]|\d")
@@ -39,11 +39,9 @@ def _acronym(token: str) -> str:
     """The acronym in a hyphenated match without the lowercase words around it: BRCA1-associated -> BRCA1,
     well-characterised-BRCA1 -> BRCA1 (the pattern's look-aheads may see a capital past a lowercase part)."""
     parts = token.split("-")
-    keep = [i for i, p in enumerate(parts) if _ACRONYM_PART.search(p)]
-    if not keep:
-        return ""
-    core = "-".join(parts[keep[0] : keep[-1] + 1])
-    return core if re.search(r"[A-Z].*[A-Z0-9]", core) else ""
+    keep = [i for i, p in enumerate(parts) if _CAPITALS.search(p) or p.isdigit()]  # IL-6, COVID-19
+    core = "-".join(parts[keep[0] : keep[-1] + 1]) if keep else ""
+    return core if _CAPITALS.search(core) else ""
 
 
 def normalise(name: str) -> str:

@@ -37,7 +37,7 @@ def _blas() -> ThreadpoolController:
 
 
 _blas_lock = threading.Lock()
-_blas_users: list = []  # the searches in flight; the first one in limits BLAS, the last one out restores it
+_blas_limit: dict = {"searches": 0, "limiter": None}  # the first search in limits BLAS, the last out restores
 
 
 @contextlib.contextmanager
@@ -45,15 +45,16 @@ def _one_blas_thread() -> Iterator[None]:
     """BLAS on one thread while any search runs. The limit is process-wide: overlapping searches share one
     limiter, else the second would save the first's limit as the original and restore 1 for good."""
     with _blas_lock:
-        limiter = _blas_users[0] if _blas_users else _blas().limit(limits=1, user_api="blas")
-        _blas_users.append(limiter)
+        if not _blas_limit["searches"]:
+            _blas_limit["limiter"] = _blas().limit(limits=1, user_api="blas")
+        _blas_limit["searches"] += 1
     try:
         yield
     finally:
         with _blas_lock:
-            _blas_users.pop()
-            if not _blas_users:
-                limiter.restore_original_limits()
+            _blas_limit["searches"] -= 1
+            if not _blas_limit["searches"]:
+                _blas_limit["limiter"].restore_original_limits()
 
 
 def point_id(chunk_id: str) -> str:

@@ -91,17 +91,15 @@ def write_beir_sample(src: str | Path, out: str | Path, n_queries: int = 100, n_
     plus `n_distractors` random others. Deterministic for a seed; rewritten only when its inputs change.
     Scores on a sample are higher than on the full corpus (fewer distractors): use it for floors, not for
     the benchmark table (benchmarks/retrieval.py runs the full corpus)."""
-    import hashlib
     import json
     import random
 
+    from pipelines.memo import fingerprint
+
     src, out = Path(src), Path(out)
-    content = hashlib.sha256()  # the labels and documents by content: an edit in place is a new sample
-    for name in ("corpus.jsonl", f"queries_{split}.jsonl", f"qrels_{split}.tsv"):
-        with open(src / name, "rb") as f:
-            while block := f.read(1 << 20):
-                content.update(block)
-    stamp = f"{src.resolve()}|{n_queries}|{n_distractors}|{seed}|{split}|{content.hexdigest()[:16]}"
+    sources = ("corpus.jsonl", f"queries_{split}.jsonl", f"qrels_{split}.tsv")
+    content = fingerprint(*(src / n for n in sources))  # by content: an edit in place is a new sample
+    stamp = f"{src.resolve()}|{n_queries}|{n_distractors}|{seed}|{split}|{content[:16]}"
     if (out / "sample.txt").exists() and (out / "sample.txt").read_text() == stamp:
         return out
     queries, qrels = load_queries(src / f"queries_{split}.jsonl"), load_qrels(src / f"qrels_{split}.tsv")
