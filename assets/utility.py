@@ -1,8 +1,10 @@
 """Leaderboard priors, the PyMC utility posterior per task x model, and the registry table."""
 
 import dagster as dg
+import pandas as pd
 
 from assets.resources import SettingsResource, plain_metadata
+from pipelines.bench.nightly import recent_outcomes
 from pipelines.bench.outcomes import routerbench_outcome_table, write_table
 from pipelines.corpus.store import open_store
 from pipelines.llm.catalog import load_catalog
@@ -33,19 +35,24 @@ def leaderboard_priors(settings: SettingsResource) -> dg.MaterializeResult:
 @dg.multi_asset(
     group_name="utility",
     specs=[
-        dg.AssetSpec("utility_posterior", deps=[leaderboard_priors], kinds={"pymc"}),
+        dg.AssetSpec("utility_posterior", deps=[leaderboard_priors, "benchmark_results"], kinds={"pymc"}),
         dg.AssetSpec("model_registry", deps=["utility_posterior"], kinds={"sqlite"}, skippable=True),
     ],
     check_specs=[dg.AssetCheckSpec(c, asset="utility_posterior") for c in CHECKS],
 )
 def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResource):
-    """Fit the hierarchical model (NUTS), save the NetCDF with its data+config hash (run_dir/utility, and
-    the object store under utility/<hash>/), then record the fit in the registry table in one transaction (a
-    reader never sees half a fit). When the saved NetCDF's hash matches the data, priors and configuration,
-    it is read, not refitted (a rerun does no needless work). A fit that fails a check is not registered:
-    the registry keeps its current fit, and `model_registry` is not materialized."""
+    """Fit the hierarchical model (NUTS) on RouterBench's outcomes and the micro-bench's answers of the last
+    SM_UTILITY_BENCH_DAYS days (the local models' evidence, beside the leaderboard priors), save the NetCDF
+    with its data+config hash (run_dir/utility, and the object store under utility/<hash>/), then record the
+    fit in the registry table in one transaction (a reader never sees half a fit). When the saved NetCDF's
+    hash matches the data, priors and configuration, it is read, not refitted (a rerun does no needless
+    work). A fit that fails a check is not registered: the registry keeps its current fit, and
+    `model_registry` is not materialized."""
     s = settings.get()
+    local = recent_outcomes(s, s.utility_bench_days)
     outcomes = routerbench_outcome_table(s.shared_data_dir / "routerbench")
+    if len(local):
+        outcomes = pd.concat([outcomes, local], ignore_index=True)
     priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv")
     art = fit_posterior(outcomes, priors, s.run_dir / "utility", lambda_cost=s.lambda_cost,
                         lambda_latency=s.lambda_latency, reuse=True)  # fmt: skip
@@ -67,6 +74,8 @@ def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResou
             "netcdf": str(art.paths["netcdf"]),
             "object_store_prefix": f"{s.object_store}:{prefix}",
             "fit_hash": art.fit.fit_hash,
+            "micro_bench_rows": len(local),
+            "micro_bench_models": ", ".join(sorted(local["model"].unique())) or "none",
             **plain_metadata(d),
             "summary": dg.MetadataValue.md(art.summary.round(4).to_markdown(index=False)),
             "forest_plot": dg.MetadataValue.md(f"![forest]({forest.as_uri()})"),

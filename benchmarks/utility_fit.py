@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 
 from pipelines.bench.outcomes import routerbench_outcome_table  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
+from router_models.utility.model import FitConfig  # noqa: E402
 
 LOCAL_MODELS = ["smollm2-135m", "gemma3-270m"]
 
@@ -62,7 +63,7 @@ def _cpu_seconds() -> float:
 
 def run_one(args) -> dict:
     from router_models.utility.data import cell_data
-    from router_models.utility.model import FitConfig, fit_utility
+    from router_models.utility.model import fit_utility
     from router_models.utility.plots import calibration_table
     from router_models.utility.priors import leaderboard_priors
 
@@ -104,8 +105,8 @@ def main() -> None:
     ap.add_argument("--dataset", choices=["bench", "routerbench"], default="bench")
     ap.add_argument("--sampler", choices=["nutpie", "pymc", "both"], default="both")
     ap.add_argument("--observations", type=int, default=25_000)
-    ap.add_argument("--draws", type=int, default=1000)
-    ap.add_argument("--tune", type=int, default=1000)
+    ap.add_argument("--draws", type=int, default=FitConfig.draws)
+    ap.add_argument("--tune", type=int, default=FitConfig.tune)
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--json", action="store_true", help="print one JSON line (used by the 'both' mode)")
     args = ap.parse_args()

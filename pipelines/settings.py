@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     )
 
     # utility model
+    utility_bench_days: int = Field(
+        default=7, ge=0, description="micro-bench partitions of this many days are evidence (0: none)"
+    )
     lambda_cost: float = Field(default=100.0, ge=0)
     lambda_latency: float = Field(default=0.01, ge=0)
 

@@ -13,8 +13,11 @@ from pipelines.bench.nightly import (
     check_error_rate,
     check_not_empty,
     check_scores_in_range,
+    recent_outcomes,
 )
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
+from pipelines.bench.runner import _commit
+from pipelines.settings import Settings
 
 
 def _table(scores, errors):
@@ -35,6 +38,35 @@ def test_checks_pass_on_a_clean_partition_and_fail_on_a_bad_one():
     assert not er.passed and er.metadata["error_rate"] == 0.25 and er.metadata["error_rate/m2"] == 0.5
     assert not check_scores_in_range(bad).passed and check_scores_in_range(bad).metadata["out_of_range"] == 1
     assert not check_not_empty(good.iloc[:0]).passed
+
+
+def test_the_utility_models_evidence_is_the_answered_rows_of_the_last_days_each_once(tmp_path):
+    s = Settings(run_dir=tmp_path)
+    assert recent_outcomes(s, 7).empty  # no micro-bench run yet
+
+    def day(name, scores, errors):
+        rows = _table(scores, errors).assign(run_id=f"bench-{name}").to_dict("records")
+        _commit([{**r, "response": "A"} for r in rows], tmp_path / "bench" / name)
+
+    day("2026-11-20", [1.0, 1.0], [None, None])  # 11 days before the newest: too old
+    day("2026-11-28", [0.0, 0.0, 1.0, 1.0], [None, None, None, None])
+    day(
+        "2026-12-01",
+        [1.0, math.nan, math.nan, 0.5],
+        [None, "GatewayError: timeout", "scorer: no rating", None],
+    )
+    (tmp_path / "bench" / "prompt_set.parquet").touch()  # not a partition
+    df = recent_outcomes(s, 7)
+    got = {(r.prompt_id, r.model): (r.score, r.run_id) for r in df.itertuples()}
+    assert got == {  # p0: the newest day's answer; p1, p2: the call failed or went unscored on 12-01
+        ("p0", "m1"): (1.0, "bench-2026-12-01"),
+        ("p1", "m2"): (0.0, "bench-2026-11-28"),
+        ("p2", "m1"): (1.0, "bench-2026-11-28"),
+        ("p3", "m2"): (0.5, "bench-2026-12-01"),
+    }
+    assert list(df.columns) == OUTCOME_COLUMNS
+    assert set(recent_outcomes(s, 1)["run_id"]) == {"bench-2026-12-01"}
+    assert recent_outcomes(s, 0).empty
 
 
 def test_a_scorer_error_is_no_failed_call_and_unscored_answers_fail_the_range_check():

@@ -5,11 +5,14 @@ real local models, checks and all; then the same job again, which must do no nee
 The retrieval evaluation samples fewer SciFact claims than the demo's default, and the corpus is the first
 DEMO_TOPICS of the demo's Python reference topics (embedding all of them is most of a minute and a half here);
 everything else is the demo's.
-Today's micro-bench partition and the notebook reports are the demo's next two steps; test_bench_nightly and
-test_notebooks run those.
+Before the job, as `make demo` does, the fixture runs today's micro-bench partition with the real local models
+(on fewer prompts: two per RouterBench task), whose answers the utility model takes as evidence; the notebook
+reports are the demo's last step, which test_notebooks runs.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import dagster as dg
 import pytest
@@ -21,6 +24,7 @@ from assets.resources import GatewayResource, SettingsResource
 
 pytestmark = [pytest.mark.slow, pytest.mark.models]
 DEMO_TOPICS = 16
+BENCH_PER_TASK = 2
 
 
 def _materialize(overrides: dict[str, str], instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -64,6 +68,13 @@ def demo_runs(model_settings, shared_data, tmp_path_factory):
         mp.setenv(f"SM_{k.upper()}", v)
     instance = dg.DagsterInstance.ephemeral()
     try:
+        from pipelines.bench.nightly import run_benchmark_partition
+        from pipelines.bench.prompts import build_prompt_set
+
+        s = Settings(**overrides)
+        prompts = build_prompt_set(s, per_task=BENCH_PER_TASK)
+        prompts = prompts[prompts["task"].isin(["arc-challenge", "winogrande"])]
+        bench = run_benchmark_partition(s, prompts, dt.datetime.now(dt.UTC).date().isoformat())
         first = _materialize(overrides, instance)
         second = _materialize(overrides, instance)
         console = Console(record=True, width=200)
@@ -76,7 +87,7 @@ def demo_runs(model_settings, shared_data, tmp_path_factory):
         for entry in load_catalog(settings).local():
             servers.stop(entry, settings)
         mp.undo()
-    return {"run": run, "first": first, "second": second, "summary": summary}
+    return {"run": run, "first": first, "second": second, "summary": summary, "bench": bench}
 
 
 def test_the_demo_job_materializes_every_asset_and_passes_every_check(demo_runs):
@@ -92,6 +103,24 @@ def test_the_demo_job_materializes_every_asset_and_passes_every_check(demo_runs)
     assert any((run / "bentoml" / "bentos" / "stratmaster").iterdir())
     prefix = _metadata(first)["utility_posterior"]["object_store_prefix"].removeprefix("local:")
     assert (run / "store" / prefix / "utility_posterior.nc").stat().st_size > 0  # the object store's copy
+
+
+def test_the_utility_posterior_takes_the_micro_benchs_answers_as_evidence(demo_runs, shared_data):
+    from pipelines.bench.outcomes import routerbench_outcome_table
+
+    bench, meta = demo_runs["bench"], _metadata(demo_runs["first"])["utility_posterior"]
+    local = sorted(bench["model"].unique())
+    assert len(bench) == 2 * BENCH_PER_TASK * len(local) and bench["error"].isna().all()
+    assert meta["micro_bench_rows"] == len(bench) and meta["micro_bench_models"] == ", ".join(local)
+    import arviz as az
+
+    fitted = az.from_netcdf(demo_runs["run"] / "utility" / "utility_posterior.nc").constant_data
+    trials = dict(zip(fitted["cell"].values.tolist(), fitted["n_trials"].values.tolist(), strict=True))
+    for model in local:  # the local models' cells are their bench answers, beside RouterBench's 11 models
+        for task in ("arc-challenge", "winogrande"):
+            assert trials[f"{task}|{model}"] == ((bench["model"] == model) & (bench["task"] == task)).sum()
+    public = routerbench_outcome_table(shared_data / "routerbench")
+    assert sum(trials.values()) == len(public) + len(bench)
 
 
 def test_a_second_run_does_no_needless_work(demo_runs):
@@ -112,5 +141,5 @@ def test_the_summary_prints_the_figures_and_where_the_plots_are(demo_runs):
     text = demo_runs["summary"]
     assert "Retrieval (12 labelled queries" in text and "hybrid nDCG@10" in text
     assert "gap recovered" in text and "Pareto plot" in text
-    assert "Utility posterior: 33 task x model cells" in text
+    assert "Utility posterior: 39 task x model cells" in text  # 3 RouterBench tasks x (11 + 2 local models)
     assert str(demo_runs["run"] / "utility" / "quality_forest.png") in text

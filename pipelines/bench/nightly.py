@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from pipelines.bench.outcomes import OUTCOME_COLUMNS
 from pipelines.bench.runner import (
     accuracy_table,
     call_failed,
@@ -33,6 +36,24 @@ def panel_models(settings: Settings, models: list[str] | None = None) -> list[st
 
     catalog = load_catalog(settings)
     return models or [e.name for e in catalog.available() if e.privacy == "local"]
+
+
+def recent_outcomes(settings: Settings, days: int) -> pd.DataFrame:
+    """The micro-bench's answered rows of the daily partitions within `days` days of the newest one on disk,
+    the newest row per (prompt, model): evidence for the utility model. A failed call is no evidence of
+    quality; an answer run again on a later day (same weights, temperature 0) is the same answer, counted
+    once."""
+    on_disk = {}
+    for folder in (settings.run_dir / "bench").glob("????-??-??"):
+        with contextlib.suppress(ValueError):
+            on_disk[dt.date.fromisoformat(folder.name)] = folder
+    if days <= 0 or not on_disk:
+        return pd.DataFrame(columns=OUTCOME_COLUMNS)
+    newest = max(on_disk)
+    frames = [collect_outcomes(on_disk[d]) for d in sorted(on_disk) if (newest - d).days < days]
+    df = pd.concat(frames, ignore_index=True)
+    df = df[~call_failed(df["error"]) & df["score"].notna()]
+    return df.drop_duplicates(["prompt_id", "model"], keep="last").reset_index(drop=True)
 
 
 def run_benchmark_partition(settings: Settings, prompts: pd.DataFrame, partition: str,
