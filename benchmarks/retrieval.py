@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.corpus.store import LocalStore  # noqa: E402
-from pipelines.rag.evaluate import prepare_indexes, run_queries, score_run  # noqa: E402
+from pipelines.rag.evaluate import prepare_indexes, ranked_docs, run_queries, score_run  # noqa: E402
 from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10  # noqa: E402
 from pipelines.rag.retrieve import open_retriever  # noqa: E402
 from pipelines.settings import REPO_ROOT, Settings  # noqa: E402
@@ -77,25 +77,31 @@ def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
 
 
 def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict, qrels: dict, qids: list,
-                folds: int, epochs: int, lr: float, modes: tuple[str, ...]) -> dict[str, float]:  # fmt: skip
-    """K-fold over the queries: fine-tune MiniLM on the other folds' queries, index the corpus with it, score
-    this fold's queries; nDCG@10 of the pooled out-of-fold runs (every query scored by a model that never
-    saw it). Models and their collections stay under index_dir and are reused."""
+                folds: int, epochs: int, lr: float, modes: tuple[str, ...],
+                negatives: int = 0) -> dict[str, float]:  # fmt: skip
+    """K-fold over the queries: fine-tune MiniLM on the other folds' queries (with a BM25 hard negative per
+    pair drawn from the top `negatives` when > 0), index the corpus with it, score this fold's queries;
+    nDCG@10 of the pooled out-of-fold runs (every query scored by a model that never saw it). Models and
+    their collections stay under index_dir and are reused."""
     import zlib
 
     from pipelines.corpus.ingest import load_chunks
-    from pipelines.index.finetune import MANIFEST, finetune_minilm, training_pairs
+    from pipelines.index.finetune import MANIFEST, finetune_minilm, hard_negatives, training_pairs
 
     store = LocalStore(index_dir / "store")
     chunks = load_chunks(settings, store)
+    ranked = ranked_docs(settings, corpus, index_dir, queries, qids, "bm25", negatives) if negatives else {}
     fold = {q: zlib.crc32(q.encode()) % folds for q in qids}
     runs: dict[str, dict] = {m: {} for m in modes if m != "bm25"}  # the modes the embedder changes
     for f in range(folds):
         test = [q for q in qids if fold[q] == f]
-        model_dir = index_dir / "finetuned" / f"minilm-e{epochs}-lr{lr:g}-fold{f}of{folds}"
+        neg = f"-neg{negatives}" if negatives else ""
+        model_dir = index_dir / "finetuned" / f"minilm-e{epochs}-lr{lr:g}{neg}-fold{f}of{folds}"
         if not (model_dir / MANIFEST).exists():
             train = {q: qrels[q] for q in qids if fold[q] != f}
-            finetune_minilm(training_pairs(chunks, queries, train), model_dir, epochs=epochs, lr=lr)
+            hard = hard_negatives(chunks, queries, train, ranked, depth=negatives) if negatives else None
+            finetune_minilm(training_pairs(chunks, queries, train), model_dir, epochs=epochs, lr=lr,
+                            negatives=hard)  # fmt: skip
         tuned = settings.model_copy(update={"embedder": str(model_dir)})
         prepare_indexes(tuned, corpus, index_dir, ("dense",), progress=True)
         r = open_retriever(tuned, index_dir, store, modes=tuple(runs))
@@ -128,7 +134,9 @@ def main() -> None:
         help="also score MiniLM fine-tuned on the queries, by K-fold cross-validation (0: skip)",
     )
     p.add_argument("--finetune-epochs", type=int, default=2)
-    p.add_argument("--finetune-lr", type=float, default=3e-5)  # fmt: skip
+    p.add_argument("--finetune-lr", type=float, default=3e-5)
+    p.add_argument("--finetune-negatives", type=int, default=10, metavar="DEPTH",
+                   help="a hard negative per pair from BM25's top DEPTH (0: in-batch only)")  # fmt: skip
     args = p.parse_args()
     if not (args.corpus / "corpus.jsonl").exists():
         sys.exit(f"no BEIR corpus at {args.corpus}")
@@ -166,9 +174,10 @@ def main() -> None:
     if args.finetune_folds:
         base = {row["retriever"]: row["ndcg@10"] for row in rows}
         cv = finetune_cv(settings, args.corpus, index_dir, queries, qrels, qids, args.finetune_folds,
-                         args.finetune_epochs, args.finetune_lr, modes)  # fmt: skip
+                         args.finetune_epochs, args.finetune_lr, modes, args.finetune_negatives)  # fmt: skip
         print(f"\nMiniLM fine-tuned on the other folds' queries ({args.finetune_folds}-fold CV, "
-              f"{args.finetune_epochs} epochs, lr {args.finetune_lr:g}); nDCG@10, same queries:")  # fmt: skip
+              f"{args.finetune_epochs} epochs, lr {args.finetune_lr:g}, hard negatives from BM25's top "
+              f"{args.finetune_negatives}); nDCG@10, same queries:")  # fmt: skip
         for mode, nd in cv.items():
             print(f"  {mode}: {nd:.4f} (base model {base.get(mode, float('nan')):.4f})")
     if args.embed_speed and "dense" in reports:

@@ -98,16 +98,36 @@ def test_cli_evaluate_prints_one_json_object(beir):
     assert bad.exit_code != 0
 
 
+def test_hard_negatives_are_top_ranked_documents_the_qrels_do_not_mark_relevant():
+    import pandas as pd
+
+    from pipelines.index.finetune import hard_negatives, training_pairs
+
+    chunks = pd.DataFrame({"chunk_id": ["a#1", "a#2", "b#1", "c#1", "d#1"], "ordinal": [0, 1, 0, 0, 0],
+                           "title": ["A", "A", "", "", ""],
+                           "text": ["a one", "a two", "b", "c", "d"]})  # fmt: skip
+    queries = {"q1": "first", "q2": "second", "q3": "third"}
+    qrels = {"q1": {"a", "b"}, "q2": {"c"}, "q3": {"d"}}
+    ranked = {"q1": ["b", "c", "a", "d"], "q2": ["c", "a"], "q3": ["d"]}
+    pairs = training_pairs(chunks, queries, qrels)
+    assert pairs == [("first", "A. a one"), ("first", "b"), ("second", "c"), ("third", "d")]
+    for seed in range(5):  # q1's pool within depth 2 is c alone; q2's, a's first chunk; q3 has none
+        negs = hard_negatives(chunks, queries, qrels, ranked, depth=2, seed=seed)
+        assert negs == ["c", "c", "A. a one", None]
+    assert set(hard_negatives(chunks, queries, qrels, ranked, depth=4, seed=0)[:2]) <= {"c", "d"}
+
+
 def test_a_fine_tuned_embedder_fits_its_training_queries_in_a_collection_of_its_own(beir, tmp_path):
     settings, corpus, index_dir = beir
     out = tmp_path / "minilm-ft"
     args = ["tune-embedder", "--corpus", str(corpus), "--queries", str(corpus / "queries.jsonl"),
             "--qrels", str(corpus / "qrels.tsv"), "--out", str(out), "--epochs", "8", "--lr", "1e-4",
-            "--index-dir", str(index_dir)]  # fmt: skip
+            "--hard-negatives", "3", "--index-dir", str(index_dir)]  # fmt: skip
     res = CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
     assert res.exit_code == 0, res.output
     manifest = json.loads(res.stdout.strip().splitlines()[-1])
     assert manifest["pairs"] == len(QUERIES) and manifest["name"].startswith("all-MiniLM-L6-v2-ft-")
+    assert 0 < manifest["hard_negatives"] <= len(QUERIES)  # a query whose BM25 top 3 is all relevant has none
 
     base = _eval(beir, "dense")
     tuned = evaluate(settings.model_copy(update={"embedder": str(out)}), corpus, corpus / "queries.jsonl",

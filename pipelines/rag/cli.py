@@ -51,26 +51,35 @@ def tune_embedder(
     out: Path = typer.Option(..., help="folder for the fine-tuned model (then SM_EMBEDDER=<out>)"),
     epochs: int = typer.Option(2, min=1),
     lr: float = typer.Option(3e-5),
+    hard_negatives: int = typer.Option(10, min=0, help="a hard negative per pair from BM25's top N (0: off)"),
     index_dir: Path | None = typer.Option(None, help="where the corpus store lives (reused if ingested)"),
 ) -> None:
-    """Fine-tune MiniLM on labelled queries of a corpus (in-batch negatives); prints the manifest as JSON."""
+    """Fine-tune MiniLM on labelled queries of a corpus (in-batch negatives, and BM25's with
+    --hard-negatives); prints the manifest as JSON."""
     from pipelines.corpus.ingest import ingest_corpus, load_chunks
     from pipelines.corpus.store import LocalStore
     from pipelines.index.finetune import finetune_minilm, read_manifest, training_pairs
-    from pipelines.rag.evaluate import default_index_dir
-    from pipelines.rag.metrics import load_qrels, load_queries
+    from pipelines.index.finetune import hard_negatives as mine
+    from pipelines.rag.evaluate import default_index_dir, load_labels, ranked_docs
 
     try:
-        labels = load_queries(queries), load_qrels(qrels)
+        texts, labels, qids = load_labels(queries, qrels)
     except ValueError as e:
         _fail(e)
     s = Settings()
-    store = LocalStore((index_dir or default_index_dir(s, corpus)) / "store")
+    index_dir = index_dir or default_index_dir(s, corpus)
+    store = LocalStore(index_dir / "store")
     ingest_corpus(s, str(corpus), store=store)
-    pairs = training_pairs(load_chunks(s, store), *labels)
+    chunks = load_chunks(s, store)
+    pairs = training_pairs(chunks, texts, labels)
     if not pairs:
         raise typer.BadParameter("no query in the qrels has a relevant document in the corpus")
-    print(json.dumps(read_manifest(finetune_minilm(pairs, out, epochs=epochs, lr=lr))))
+    negatives = None
+    if hard_negatives:
+        ranked = ranked_docs(s, corpus, index_dir, texts, qids, "bm25", hard_negatives)
+        negatives = mine(chunks, texts, labels, ranked, depth=hard_negatives)
+    out_dir = finetune_minilm(pairs, out, epochs=epochs, lr=lr, negatives=negatives)
+    print(json.dumps(read_manifest(out_dir)))
 
 
 @app.command()

@@ -36,6 +36,17 @@ def prepare_indexes(settings: Settings, corpus: str | Path, index_dir: Path, mod
     return reports
 
 
+def ranked_docs(settings: Settings, corpus: str | Path, index_dir: Path, queries: dict[str, str],
+                qids: list[str], mode: str = "bm25", k: int = 100) -> dict[str, list[str]]:  # fmt: skip
+    """Each query's top `k` document ids by one retriever, its indexes built (or reused) first."""
+    prepare_indexes(settings, corpus, index_dir, (mode,))
+    r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=(mode,))
+    try:
+        return run_queries(r, queries, qids, mode, k)[0]
+    finally:
+        r.close()
+
+
 def load_labels(queries_path: str | Path, qrels_path: str | Path) -> tuple[dict, dict, list[str]]:
     """Queries, qrels, and the qrels' query ids that have a query; a ValueError when none has one."""
     queries, qrels = load_queries(queries_path), load_qrels(qrels_path)
