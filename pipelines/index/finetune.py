@@ -42,13 +42,18 @@ def _first_passages(chunks: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def _judged(first: Mapping[str, str], queries: Mapping[str, str],
+            qrels: Mapping[str, set[str]]) -> list[tuple[str, str]]:  # fmt: skip
+    """(query id, document id) of every judged-relevant document that has a chunk, in a fixed order: the
+    order of `training_pairs`, which `hard_negatives` follows pair for pair."""
+    return [(q, d) for q in sorted(qrels) if q in queries for d in sorted(qrels[q]) if d in first]
+
+
 def training_pairs(chunks: pd.DataFrame, queries: Mapping[str, str],
                    qrels: Mapping[str, set[str]]) -> list[tuple[str, str]]:  # fmt: skip
     """(query text, passage) for every judged-relevant document that has a chunk; order is deterministic."""
     first = _first_passages(chunks)
-    return [
-        (queries[q], first[d]) for q in sorted(qrels) if q in queries for d in sorted(qrels[q]) if d in first
-    ]
+    return [(queries[q], first[d]) for q, d in _judged(first, queries, qrels)]
 
 
 def hard_negatives(chunks: pd.DataFrame, queries: Mapping[str, str], qrels: Mapping[str, set[str]],
@@ -60,11 +65,9 @@ def hard_negatives(chunks: pd.DataFrame, queries: Mapping[str, str], qrels: Mapp
     first = _first_passages(chunks)
     rng = random.Random(seed)
     out: list[str | None] = []
-    for q in sorted(qrels):
-        if q not in queries:
-            continue
+    for q, _ in _judged(first, queries, qrels):
         pool = [d for d in ranked.get(q, [])[:depth] if d not in qrels[q] and d in first]
-        out += [first[rng.choice(pool)] if pool else None for d in sorted(qrels[q]) if d in first]
+        out.append(first[rng.choice(pool)] if pool else None)
     return out
 
 
