@@ -50,3 +50,11 @@ class GatewayResource(dg.ConfigurableResource):
 
     def get(self) -> "Gateway":
         return self._gateway
+
+
+def evidence_metadata(local) -> dict:
+    """What an asset took from the micro-bench (an outcome table): its rows and models."""
+    return {
+        "micro_bench_rows": len(local),
+        "micro_bench_models": ", ".join(sorted(local["model"].unique())) or "none",
+    }

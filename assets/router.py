@@ -1,4 +1,5 @@
-"""The router trained on the outcome tables, and its cross-validated evaluation with the seed's gate."""
+"""The router trained on the outcome tables (RouterBench and the recent micro-bench), and its cross-validated
+evaluation with the seed's gate: on RouterBench's panel, and on the micro-bench's own models and prompts."""
 
 import json
 import os
@@ -8,12 +9,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.resources import SettingsResource, plain_metadata
-from pipelines.bench.outcomes import load_routerbench
+from assets.resources import SettingsResource, evidence_metadata, plain_metadata
+from pipelines.bench.nightly import recent_outcomes
+from pipelines.bench.outcomes import add_evidence, load_routerbench
 from pipelines.memo import fingerprint, recall, remember, source_digest
 from pipelines.settings import Settings
 from router_models.router.artifact import MANIFEST, save_router
-from router_models.router.evaluation import crossval_evaluation, utility_gate
+from router_models.router.evaluation import crossval_evaluation, micro_bench_evaluation, utility_gate
 from router_models.router.rules import load_rules, model_metadata
 from router_models.router.train import train_router
 
@@ -34,6 +36,11 @@ def _routerbench(s: Settings):
     return load_routerbench(s.shared_data_dir / "routerbench")
 
 
+def _micro_bench(s: Settings):
+    """The micro-bench's answered rows of the last SM_BENCH_EVIDENCE_DAYS days: the local models' outcomes."""
+    return recent_outcomes(s, s.bench_evidence_days)
+
+
 def _publish(version_dir: Path, current: Path) -> None:
     """Point `current` at the new version atomically (a symlink swapped by rename)."""
     tmp = current.with_name(f".{current.name}.{os.getpid()}")
@@ -42,12 +49,15 @@ def _publish(version_dir: Path, current: Path) -> None:
     tmp.replace(current)
 
 
-@dg.asset(group_name="router", kinds={"scikit-learn"})
+@dg.asset(group_name="router", kinds={"scikit-learn"}, deps=["benchmark_results"])
 def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
-    """A router over the outcome table's panel: task classifier, cost model, stacked quality predictor and a
+    """A router over RouterBench's panel and the micro-bench's models (the local ones: what the gateway can
+    call here), trained on both outcome tables: task classifier, cost model, stacked quality predictor and a
     budget policy calibrated out of fold. Versioned directory; `runs/router/current` points at the latest."""
     s = settings.get()
+    local = _micro_bench(s)
     prompts, outcomes = _routerbench(s)
+    prompts, outcomes = add_evidence(prompts, outcomes, local)
     root = s.run_dir / "router"
     fp = fingerprint(prompts, outcomes, PREDICTOR, *_router_inputs(outcomes))
     last = recall(root / "fingerprint.json", fp)
@@ -70,23 +80,33 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
         "predictor": PREDICTOR,
         "strongest": r.strongest,
         "policy": r.policy.describe(),
+        **evidence_metadata(local),
     }
     remember(root / "fingerprint.json", fp, **md)
     return dg.MaterializeResult(metadata={**md, "reused": False}, data_version=dg.DataVersion(fp[:16]))
 
 
+MICRO_CHECK = "beats_best_single_model_micro_bench"
+
+
 @dg.asset(
     group_name="router",
     deps=[router],
-    check_specs=[dg.AssetCheckSpec("beats_best_single_model", asset="router_evaluation")],
+    check_specs=[
+        dg.AssetCheckSpec("beats_best_single_model", asset="router_evaluation"),
+        dg.AssetCheckSpec(MICRO_CHECK, asset="router_evaluation"),
+    ],
 )
 def router_evaluation(settings: SettingsResource):
-    """5-fold cross-validated AIQ, gap recovered and cost to match the best single model, with a Pareto plot;
-    the check is the seed's gate: >= 5% more utility than the best single model at <= 80% of its cost."""
+    """5-fold cross-validated AIQ, gap recovered and cost to match the best single model, with a Pareto plot:
+    on RouterBench's panel, and on the micro-bench's models and prompts (each fold held out of a router
+    trained on RouterBench and the other folds). The checks are the seed's gate on each: >= 5% more utility
+    than the best single model at <= 80% of its cost."""
     s = settings.get()
     prompts, outcomes = _routerbench(s)
+    local = _micro_bench(s)
     out = s.run_dir / "router_evaluation"
-    fp = fingerprint(prompts, outcomes, PREDICTOR, s.lambda_cost, *_router_inputs(outcomes))
+    fp = fingerprint(prompts, outcomes, local, PREDICTOR, s.lambda_cost, *_router_inputs(outcomes))
     doc = recall(out / "fingerprint.json", fp)
     reused = doc is not None and (out / "summary.json").exists() and (out / "pareto.png").exists()
     if not reused:
@@ -94,25 +114,43 @@ def router_evaluation(settings: SettingsResource):
         pred, result = crossval_evaluation(
             prompts, outcomes, PREDICTOR, cache_dir=cache, plot_path=out / "pareto.png"
         )
-        gate = utility_gate(pred, outcomes, s.lambda_cost)
+        result["gate"] = utility_gate(pred, outcomes, s.lambda_cost)
+        micro = micro_bench_evaluation(
+            prompts, outcomes, local, PREDICTOR, cache_dir=cache, plot_path=out / "pareto_micro_bench.png"
+        )
+        if micro is not None:
+            micro_pred, table, result["micro_bench"] = micro
+            result["micro_bench"]["gate"] = utility_gate(micro_pred, table, s.lambda_cost)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps({**result, "gate": gate}, indent=1, default=str))
+        (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
         pred.to_parquet(out / "predictions.parquet", index=False)
         remember(out / "fingerprint.json", fp, summary=str(out / "summary.json"))
     result = json.loads((out / "summary.json").read_text())
-    gate = result.pop("gate")
-    png = Path(result["pareto_png"])
-    yield dg.MaterializeResult(
-        metadata={
-            **plain_metadata({k: v for k, v in result.items() if k != "pareto_png"}),
-            "pareto": dg.MetadataValue.md(f"![pareto]({png.as_uri()})"),
-            "pareto_path": dg.MetadataValue.path(str(png)),
-            "reused": reused,
-        },
-        data_version=dg.DataVersion(fp[:16]),
-    )
+    gate, micro = result.pop("gate"), result.pop("micro_bench", None)
+    metadata = {
+        **plain_metadata({k: v for k, v in result.items() if k != "pareto_png"}),
+        **_plot_metadata("pareto", result["pareto_png"]),
+        **evidence_metadata(local),
+        "reused": reused,
+    }
+    if micro is not None:
+        shown = {f"micro_bench_{k}": v for k, v in micro.items() if k != "pareto_png"}
+        metadata.update(plain_metadata(shown))
+        metadata.update(_plot_metadata("pareto_micro_bench", micro["pareto_png"]))
+    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(fp[:16]))
     yield dg.AssetCheckResult(
-        check_name="beats_best_single_model",
-        passed=gate["passed"],
-        metadata=plain_metadata(gate),
+        check_name="beats_best_single_model", passed=gate["passed"], metadata=plain_metadata(gate)
     )
+    if micro is None:
+        why = "the micro-bench has no two models that answered the same two prompts in the window"
+        yield dg.AssetCheckResult(check_name=MICRO_CHECK, passed=False, metadata={"reason": why})
+    else:
+        g = micro["gate"]
+        yield dg.AssetCheckResult(check_name=MICRO_CHECK, passed=g["passed"], metadata=plain_metadata(g))
+
+
+def _plot_metadata(name: str, png: str) -> dict:
+    return {
+        name: dg.MetadataValue.md(f"![{name}]({Path(png).as_uri()})"),
+        f"{name}_path": dg.MetadataValue.path(png),
+    }

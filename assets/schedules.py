@@ -1,9 +1,9 @@
 """Schedules beyond the nightly micro-bench (which lives with its partitioned job in `assets.bench`).
 
 Times are UTC. The bench runs at 02:00 and the refit at 04:00; the weekly re-index runs on Sunday at 03:00, a
-safety net behind the new-documents sensor. The refit fits the utility model on the RouterBench outcomes and
-the micro-bench partitions of the last SM_UTILITY_BENCH_DAYS days (the router trains on RouterBench only), and
-a refit whose inputs did not change keeps its last result.
+safety net behind the new-documents sensor. The refit fits the utility model and trains the router on the
+RouterBench outcomes and the micro-bench partitions of the last SM_BENCH_EVIDENCE_DAYS days, and a refit whose
+inputs did not change keeps its last result.
 """
 
 import dagster as dg

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from assets.resources import SettingsResource, plain_metadata
+from assets.resources import SettingsResource, evidence_metadata, plain_metadata
 from pipelines.bench.nightly import recent_outcomes
 from pipelines.bench.outcomes import routerbench_outcome_table, write_table
 from pipelines.corpus.store import open_store
@@ -42,14 +42,14 @@ def leaderboard_priors(settings: SettingsResource) -> dg.MaterializeResult:
 )
 def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResource):
     """Fit the hierarchical model (NUTS) on RouterBench's outcomes and the micro-bench's answers of the last
-    SM_UTILITY_BENCH_DAYS days (the local models' evidence, beside the leaderboard priors), save the NetCDF
+    SM_BENCH_EVIDENCE_DAYS days (the local models' evidence, beside the leaderboard priors), save the NetCDF
     with its data+config hash (run_dir/utility, and the object store under utility/<hash>/), then record the
     fit in the registry table in one transaction (a reader never sees half a fit). When the saved NetCDF's
     hash matches the data, priors and configuration, it is read, not refitted (a rerun does no needless
     work). A fit that fails a check is not registered: the registry keeps its current fit, and
     `model_registry` is not materialized."""
     s = settings.get()
-    local = recent_outcomes(s, s.utility_bench_days)
+    local = recent_outcomes(s, s.bench_evidence_days)
     outcomes = routerbench_outcome_table(s.shared_data_dir / "routerbench")
     if len(local):
         outcomes = pd.concat([outcomes, local], ignore_index=True)
@@ -74,8 +74,7 @@ def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResou
             "netcdf": str(art.paths["netcdf"]),
             "object_store_prefix": f"{s.object_store}:{prefix}",
             "fit_hash": art.fit.fit_hash,
-            "micro_bench_rows": len(local),
-            "micro_bench_models": ", ".join(sorted(local["model"].unique())) or "none",
+            **evidence_metadata(local),
             **plain_metadata(d),
             "summary": dg.MetadataValue.md(art.summary.round(4).to_markdown(index=False)),
             "forest_plot": dg.MetadataValue.md(f"![forest]({forest.as_uri()})"),

@@ -91,6 +91,16 @@ def _figures(console: Console, settings: Settings) -> None:
             f"{'passed' if g.get('passed') else 'failed'} (gain {g.get('utility_gain', float('nan')):.3f})"
         )
         console.print(f"   Pareto plot: {ev.get('pareto_png')}")
+        mb = ev.get("micro_bench")
+        if mb:
+            g = mb["gate"]
+            console.print(
+                f"   on the micro-bench ({mb['n_prompts']} prompts, {mb['n_models']} local models, each "
+                f"prompt held out): gap recovered {mb['gap_recovered']:.3f}, max quality "
+                f"{mb['router_max_quality']:.3f} vs best single {mb['best_single']} "
+                f"{mb['best_single_quality']:.3f}; gate "
+                f"{'passed' if g['passed'] else 'failed'}; plot: {mb['pareto_png']}"
+            )
     util = _json(run / "utility" / "summary.json")
     if util:
         d = util["diagnostics"]

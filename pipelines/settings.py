@@ -128,8 +128,8 @@ class Settings(BaseSettings):
         default=None, description="catalog model that rates answers to prompts without a reference"
     )
 
-    # utility model
-    utility_bench_days: int = Field(
+    # utility model and router: micro-bench partitions of this many days are evidence (0: none)
+    bench_evidence_days: int = Field(
         default=7, ge=0, description="micro-bench partitions of this many days are evidence (0: none)"
     )
     lambda_cost: float = Field(default=100.0, ge=0)

@@ -5,6 +5,7 @@ import dagster as dg
 from assets import defs
 from assets.rag import corpus_chunks, dense_index, keyword_index, knowledge_graph
 from assets.resources import GatewayResource, SettingsResource
+from assets.router import MICRO_CHECK
 from assets.utility import leaderboard_priors
 
 
@@ -22,6 +23,7 @@ def test_every_asset_group_is_defined_with_its_checks():
     assert graph.get(dg.AssetKey("benchmark_results")).partitions_def is not None
     checks = {k.name for k in graph.asset_check_keys}
     assert {"r_hat", "ess_bulk", "divergences", "calibration", "beats_best_single_model"} <= checks
+    assert MICRO_CHECK in checks
     assert {"error_rate_below_0_5pct", "partition_not_empty", "scores_in_unit_interval"} <= checks
 
 

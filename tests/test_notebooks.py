@@ -41,7 +41,13 @@ def _routerbench_slice(shared_data: Path, dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def report_inputs(shared_data, gateway, tmp_path_factory):
     """Settings whose run folder holds every asset file the notebooks read."""
-    from pipelines.bench.outcomes import load_routerbench, routerbench_outcome_table, write_table
+    from pipelines.bench.nightly import recent_outcomes
+    from pipelines.bench.outcomes import (
+        add_evidence,
+        load_routerbench,
+        routerbench_outcome_table,
+        write_table,
+    )
     from pipelines.bench.prompts import build_prompt_set
     from pipelines.bench.runner import run_bench
     from pipelines.corpus.ingest import ingest_corpus
@@ -49,7 +55,7 @@ def report_inputs(shared_data, gateway, tmp_path_factory):
     from pipelines.index.build import build_dense_index, build_keyword_index
     from pipelines.rag.evaluate import evaluate_retrievers, write_beir_sample
     from router_models.router.artifact import save_router
-    from router_models.router.evaluation import crossval_evaluation, utility_gate
+    from router_models.router.evaluation import crossval_evaluation, micro_bench_evaluation, utility_gate
     from router_models.router.train import train_router
     from router_models.utility.model import FitConfig
     from router_models.utility.pipeline import fit_posterior
@@ -74,15 +80,19 @@ def report_inputs(shared_data, gateway, tmp_path_factory):
 
     # router and router_evaluation
     rb_prompts, rb_outcomes = load_routerbench(shared / "routerbench")
-    router = train_router(rb_prompts, rb_outcomes, predictor=PREDICTOR, cache_dir=cache)
+    local = recent_outcomes(s, s.bench_evidence_days)
+    router = train_router(*add_evidence(rb_prompts, rb_outcomes, local), predictor=PREDICTOR, cache_dir=cache)
     version = save_router(router, s.run_dir / "router" / "v1")
     (s.run_dir / "router" / "current").symlink_to(version.name)
     out = s.run_dir / "router_evaluation"
     pred, result = crossval_evaluation(rb_prompts, rb_outcomes, PREDICTOR, folds=3, cache_dir=cache,
                                        plot_path=out / "pareto.png")  # fmt: skip
-    (out / "summary.json").write_text(
-        json.dumps({**result, "gate": utility_gate(pred, rb_outcomes, s.lambda_cost)}, default=str)
+    result["gate"] = utility_gate(pred, rb_outcomes, s.lambda_cost)
+    micro_pred, micro_table, result["micro_bench"] = micro_bench_evaluation(
+        rb_prompts, rb_outcomes, local, PREDICTOR, folds=3, cache_dir=cache, plot_path=out / "micro.png"
     )
+    result["micro_bench"]["gate"] = utility_gate(micro_pred, micro_table, s.lambda_cost)
+    (out / "summary.json").write_text(json.dumps(result, default=str))
     pred.to_parquet(out / "predictions.parquet", index=False)
 
     # leaderboard_priors and utility_posterior (a short fit)

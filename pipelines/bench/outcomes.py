@@ -78,3 +78,19 @@ def routerbench_outcome_table(data_dir: str | Path, split: str = "train") -> pd.
     df["error"] = None
     df["run_id"] = f"routerbench-{split}"
     return df[OUTCOME_COLUMNS].reset_index(drop=True)
+
+
+def add_evidence(
+    prompts: pd.DataFrame, outcomes: pd.DataFrame, extra: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(prompts, outcomes) plus the rows of another outcome table (the micro-bench's): its prompts that
+    `prompts` lacks join the prompt table, its models join the panel, NaN where a model did not see a prompt.
+    A (prompt, model) pair in both keeps `extra`'s row (the newer measurement)."""
+    if extra.empty:
+        return prompts, outcomes
+    new = extra[["prompt_id", "task", "prompt"]].drop_duplicates("prompt_id")
+    new = new[~new["prompt_id"].astype(str).isin(set(prompts["prompt_id"].astype(str)))]
+    keep = [c for c in ("prompt_id", "model", "score", "cost_usd", "latency_s") if c in extra]
+    merged = pd.concat([outcomes, extra[keep]], ignore_index=True)
+    merged = merged.drop_duplicates(["prompt_id", "model"], keep="last").reset_index(drop=True)
+    return pd.concat([prompts, new], ignore_index=True), merged

@@ -27,21 +27,30 @@ def cross_val_predictions(
     folds: int = 5,
     seed: int = 0,
     params: dict[str, Any] | None = None,
+    held_out: set[str] | None = None,
 ) -> pd.DataFrame:
     """Out-of-fold predictions (prompt_id, model, predicted_score, predicted_sd, predicted_cost_usd).
 
     `emb` holds one embedding row per prompt of `prompts` (same order). The task classifier and cost model
     are refitted on each training fold; `task_mean_label` instead uses the test prompts' true task labels.
+    With `held_out`, only those prompts are split into folds and predicted; the others are always trained on.
     """
     position = {pid: i for i, pid in enumerate(prompts["prompt_id"].astype(str))}
     aligned, models, y, cost = panel(prompts, outcomes)
     emb = emb[[position[pid] for pid in aligned["prompt_id"]]]
     texts = aligned["prompt"].astype(str).tolist()
     labels = np.array(task_labels(aligned))
-    fold = fold_ids(len(aligned), folds, seed)
+    if held_out is None:
+        fold = fold_ids(len(aligned), folds, seed)
+    else:
+        test = aligned["prompt_id"].isin(held_out).to_numpy()
+        fold = np.full(len(aligned), -1)
+        fold[test] = fold_ids(int(test.sum()), folds, seed)
     out = []
     for f in range(folds):
         tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
+        if len(te) == 0:
+            continue
         clf = TaskClassifier.fit(emb[tr], labels[tr].tolist())
         x_tr, tok_tr = make_features([texts[i] for i in tr], emb[tr], clf)
         x_te, tok_te = make_features([texts[i] for i in te], emb[te], clf)

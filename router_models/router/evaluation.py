@@ -31,6 +31,50 @@ def crossval_evaluation(
     return pred, result
 
 
+def local_panel(local: pd.DataFrame) -> pd.DataFrame:
+    """The scored rows of an outcome table (the micro-bench's) restricted to the prompts every one of its
+    models answered: a complete prompt x model table the metrics can use, or an empty one."""
+    rows = local.dropna(subset=["score"]).drop_duplicates(["prompt_id", "model"], keep="last")
+    models = rows["model"].nunique()
+    answered = rows.groupby("prompt_id")["model"].nunique()
+    rows = rows[rows["prompt_id"].isin(answered.index[answered == models])]
+    if models < 2 or rows["prompt_id"].nunique() < 2:
+        return rows.iloc[:0]
+    return rows[["prompt_id", "model", "score", "cost_usd"]].reset_index(drop=True)
+
+
+def micro_bench_evaluation(
+    prompts: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    local: pd.DataFrame,
+    predictor: str = "stack",
+    folds: int = 5,
+    embedder: str = ROUTER_EMBEDDER,
+    cache_dir: Path | None = None,
+    plot_path: Path | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict] | None:
+    """The router's choice among the micro-bench's models on the micro-bench's prompts, out of fold: each
+    fold's prompts are held out of a router trained on everything else (RouterBench and the other folds).
+    Returns (predictions, the complete local outcome table, metrics), or None when the micro-bench has fewer
+    than two models or two prompts that all its models answered."""
+    from pipelines.bench.outcomes import add_evidence
+
+    table = local_panel(local)
+    if table.empty:
+        return None
+    ids = set(table["prompt_id"].astype(str))
+    folds = min(folds, len(ids))
+    all_prompts, all_outcomes = add_evidence(prompts, outcomes, local)
+    emb = embed_prompts(all_prompts["prompt"].fillna("").astype(str).tolist(), embedder, cache_dir)
+    pred = cross_val_predictions(predictor, all_prompts, all_outcomes, emb, folds=folds, held_out=ids)
+    result = summary(pred, table)
+    result.update(predictor=predictor, folds=folds, embedder=embedder)
+    if plot_path is not None:
+        title = f"{predictor} on the micro-bench, {folds}-fold CV"
+        result["pareto_png"] = str(pareto_plot(pred, table, plot_path, title))
+    return pred, table, result
+
+
 def utility_gate(
     predictions: pd.DataFrame,
     outcomes: pd.DataFrame,
@@ -59,6 +103,8 @@ def utility_gate(
         "router_utility": router_u,
         "router_quality": quality,
         "router_cost_ratio": cost / best_cost if np.isfinite(cost) else float("nan"),
+        # the least the router spends (at its highest price of quality), as a fraction of the best's cost
+        "router_min_cost_ratio": min(c for c, _ in curve) / best_cost,
         "utility_gain": gain,
         "passed": bool(np.isfinite(gain) and gain >= min_gain),
     }

@@ -115,13 +115,14 @@ def summary(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, floa
     aiq_singles = hull_area(list(singles.values()), lo, hi)
     aiq_oracle = hull_area(router_curve(oracle_predictions(outcomes), outcomes), lo, hi)
     best_c, best_q = singles[best]
+    gap = aiq_oracle - aiq_singles  # none when the oracle is on the single models' hull
     reach = [c for c, q in pts if q >= best_q - 1e-9]
     cost_at_best = min(reach) if reach else float("nan")
     return {
         "aiq": aiq,
         "aiq_single_models_hull": aiq_singles,
         "aiq_oracle": aiq_oracle,
-        "gap_recovered": (aiq - aiq_singles) / (aiq_oracle - aiq_singles),
+        "gap_recovered": (aiq - aiq_singles) / gap if gap > 0 else float("nan"),
         "best_single": best,
         "best_single_quality": best_q,
         "best_single_cost": best_c,
