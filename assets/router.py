@@ -41,6 +41,19 @@ def _micro_bench(s: Settings):
     return recent_outcomes(s, s.bench_evidence_days)
 
 
+def _posterior_prior(s: Settings) -> tuple[dict, str]:
+    """The utility model's current fit (the registry's task x model quality) as the stacked predictor's
+    `bayes` prior, taken as it is: that posterior already saw these outcomes. No fit yet: no prior."""
+    from router_models.router.predictors.bayes import PRIOR_COLUMNS
+    from router_models.utility.registry import read_current, registry_engine
+
+    rows = read_current(registry_engine(s.registry_sqlalchemy_url))
+    if rows.empty:
+        return {}, "none"
+    prior = {"prior_table": rows[PRIOR_COLUMNS], "update_prior": False}
+    return {"member_params": {"bayes": prior}}, str(rows["fit_id"].iloc[0])
+
+
 def _publish(version_dir: Path, current: Path) -> None:
     """Point `current` at the new version atomically (a symlink swapped by rename)."""
     tmp = current.with_name(f".{current.name}.{os.getpid()}")
@@ -49,17 +62,19 @@ def _publish(version_dir: Path, current: Path) -> None:
     tmp.replace(current)
 
 
-@dg.asset(group_name="router", kinds={"scikit-learn"}, deps=["benchmark_results"])
+@dg.asset(group_name="router", kinds={"scikit-learn"}, deps=["benchmark_results", "utility_posterior"])
 def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     """A router over RouterBench's panel and the micro-bench's models (the local ones: what the gateway can
-    call here), trained on both outcome tables: task classifier, cost model, stacked quality predictor and a
-    budget policy calibrated out of fold. Versioned directory; `runs/router/current` points at the latest."""
+    call here), trained on both outcome tables: task classifier, cost model, stacked quality predictor (its
+    Bayesian member's prior: the utility model's registered fit) and a budget policy calibrated out of fold.
+    Versioned directory; `runs/router/current` points at the latest."""
     s = settings.get()
     local = _micro_bench(s)
     prompts, outcomes = _routerbench(s)
     prompts, outcomes = add_evidence(prompts, outcomes, local)
+    params, prior_fit = _posterior_prior(s)
     root = s.run_dir / "router"
-    fp = fingerprint(prompts, outcomes, PREDICTOR, *_router_inputs(outcomes))
+    fp = fingerprint(prompts, outcomes, PREDICTOR, prior_fit, *_router_inputs(outcomes))
     last = recall(root / "fingerprint.json", fp)
     if (
         last is not None
@@ -68,7 +83,8 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
     ):
         context.log.info(f"inputs and code unchanged: keeping {last['path']}")
         return dg.MaterializeResult(metadata={**last, "reused": True}, data_version=dg.DataVersion(fp[:16]))
-    r = train_router(prompts, outcomes, predictor=PREDICTOR, cache_dir=s.run_dir / "cache" / "embeddings")
+    cache = s.run_dir / "cache" / "embeddings"
+    r = train_router(prompts, outcomes, predictor=PREDICTOR, predictor_params=params, cache_dir=cache)
     version = time.strftime("%Y%m%dT%H%M%S")
     path = save_router(r, root / version)
     _publish(path, root / "current")
@@ -80,6 +96,7 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
         "predictor": PREDICTOR,
         "strongest": r.strongest,
         "policy": r.policy.describe(),
+        "prior_fit": prior_fit,
         **evidence_metadata(local),
     }
     remember(root / "fingerprint.json", fp, **md)
@@ -100,7 +117,8 @@ MICRO_CHECK = "beats_best_single_model_micro_bench"
 def router_evaluation(settings: SettingsResource):
     """5-fold cross-validated AIQ, gap recovered and cost to match the best single model, with a Pareto plot:
     on RouterBench's panel, and on the micro-bench's models and prompts (each fold held out of a router
-    trained on RouterBench and the other folds). The checks are the seed's gate on each: >= 5% more utility
+    trained on RouterBench and the other folds). Without the utility posterior as prior: it saw every fold.
+    The checks are the seed's gate on each: >= 5% more utility
     than the best single model at <= 80% of its cost."""
     s = settings.get()
     prompts, outcomes = _routerbench(s)

@@ -135,6 +135,7 @@ def test_the_router_learns_from_the_micro_bench_and_is_judged_on_it(demo_runs):
     router = load_router(demo_runs["run"] / "router" / "current")
     assert set(local) < set(router.models) and len(router.models) == 11 + len(local)  # RouterBench's 11
     assert meta["router"]["micro_bench_rows"] == len(bench)
+    assert meta["router"]["prior_fit"] == meta["model_registry"]["fit_id"]  # the utility posterior as prior
     decision = router.route(
         "Mail jane.doe@example.com: which is heavier, a kilo of lead or of wool?", Constraints()
     )

@@ -188,3 +188,24 @@ def test_an_empty_prompt_is_predicted_like_any_other(trained, tmp_path):
                               "--out", str(tmp_path / "x.csv")])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert pd.read_csv(tmp_path / "x.csv").groupby("prompt_id").size().to_dict() == {"a": 11, "b": 11}
+
+
+def test_a_posterior_prior_table_trains_the_stack_and_other_predictors_refuse_it(slices, tmp_path):
+    outcomes = pd.read_csv(slices / "train_outcomes.csv", dtype={"prompt_id": str})
+    tasks = pd.read_csv(slices / "train_prompts.csv", dtype={"prompt_id": str})[["prompt_id", "task"]]
+    cells = outcomes.merge(tasks, on="prompt_id").groupby(["task", "model"])["score"]
+    table = cells.agg(quality_mean="mean", quality_sd="std").reset_index()
+    table.to_csv(tmp_path / "prior.csv", index=False)
+
+    def train(predictor: str, *extra: str):
+        args = ["train", "--prompts", str(slices / "train_prompts.csv"), "--embedder", "static",
+                "--outcomes", str(slices / "train_outcomes.csv"), "--predictor", predictor,
+                "--out", str(tmp_path / predictor), "--prior-table", str(tmp_path / "prior.csv")]  # fmt: skip
+        return runner.invoke(app, [*args, *extra], env={"SM_RUN_DIR": str(tmp_path)})
+
+    res = train("stack", "--prior-is-posterior")
+    assert res.exit_code == 0, res.output
+    stack = load_router(tmp_path / "stack").predictor
+    assert any(getattr(p, "used_prior_table_", False) for p in stack.fitted_)
+    res = train("knn")
+    assert res.exit_code == 2 and "--prior-table is used by the `bayes` predictor" in res.output

@@ -83,6 +83,28 @@ def test_bayes_prior_table_pulls_predictions_toward_it(split):
         BayesTaskPrior(prior_table=table.drop(columns="quality_sd")).fit(x_tr, y_tr, models, tasks_tr)
 
 
+def test_a_posterior_prior_is_taken_as_it_is_and_reaches_the_stacks_bayes_member(split):
+    """The utility model's registry rows already saw the outcomes: `update_prior=False` must not count them
+    again, and the stacked predictor hands the table to its `bayes` member."""
+    x_tr, y_tr, tasks_tr, x_te, _, models = split
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        [{"task": t, "model": m, "quality_mean": rng.uniform(0.1, 0.9), "quality_sd": 0.05}
+         for t in x_tr.task_names for m in models]
+    )  # fmt: skip
+    expected = table.pivot(index="task", columns="model", values="quality_mean").loc[x_tr.task_names, models]
+    as_is = BayesTaskPrior(prior_table=table, update_prior=False).fit(x_tr, y_tr, models, tasks_tr)
+    np.testing.assert_allclose(as_is.task_mean_, expected.to_numpy())
+    updated = BayesTaskPrior(prior_table=table).fit(x_tr, y_tr, models, tasks_tr)
+    assert np.abs(updated.task_mean_ - expected.to_numpy()).max() > 0.1  # the outcomes moved it
+    member = {"bayes": {"prior_table": table, "update_prior": False}}
+    stack = get_predictor("stack", member_params=member).fit(x_tr, y_tr, models, tasks_tr)
+    [bayes] = [p for p in stack.fitted_ if isinstance(p, BayesTaskPrior)]
+    np.testing.assert_allclose(bayes.task_mean_, expected.to_numpy())
+    plain = get_predictor("stack").fit(x_tr, y_tr, models, tasks_tr)
+    assert not np.allclose(stack.predict(x_te).mean, plain.predict(x_te).mean)
+
+
 @pytest.mark.parametrize("name", LEARNED)
 def test_one_prompt_at_a_time_predicts_what_the_batch_does(split, name):
     """route() predicts one prompt, evaluation thousands: some predictors take a different path for each."""

@@ -77,6 +77,13 @@ def train(
             "--prior-table", help="task x model prior CSV (task, model, quality_mean, quality_sd) for `bayes`"
         ),
     ] = None,
+    prior_is_posterior: Annotated[
+        bool,
+        typer.Option(
+            "--prior-is-posterior",
+            help="the prior table already saw these outcomes (the utility registry rows): no second update",
+        ),
+    ] = False,
 ) -> None:
     """Fit a router on an outcome table; the candidate models are those the table holds."""
     from pipelines.settings import Settings
@@ -87,11 +94,12 @@ def train(
     get_predictor("global_mean")
     if predictor not in PREDICTORS:
         raise typer.BadParameter(f"unknown predictor {predictor!r}; choose one of {sorted(PREDICTORS)}")
-    params = {}
+    params: dict = {}
     if prior_table is not None:
-        if predictor != "bayes":
-            raise typer.BadParameter("--prior-table is used by the `bayes` predictor only")
-        params["prior_table"] = _read(prior_table)
+        if predictor not in ("bayes", "stack"):
+            raise typer.BadParameter("--prior-table is used by the `bayes` predictor (alone or in `stack`)")
+        prior = {"prior_table": _read(prior_table), "update_prior": not prior_is_posterior}
+        params = prior if predictor == "bayes" else {"member_params": {"bayes": prior}}
     try:
         router = train_router(
             _read(prompts),

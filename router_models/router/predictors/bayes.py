@@ -75,8 +75,16 @@ class BayesTaskPrior(Predictor):
 
     name = "bayes"
 
-    def __init__(self, k: int = 60, kappa: float = 12.0, prior_table: pd.DataFrame | None = None) -> None:
-        self.k, self.kappa, self.prior_table = k, kappa, prior_table
+    def __init__(
+        self,
+        k: int = 60,
+        kappa: float = 12.0,
+        prior_table: pd.DataFrame | None = None,
+        update_prior: bool = True,
+    ) -> None:
+        """`update_prior=False` takes the table's cells as they are: for a table that is already a posterior
+        over the training outcomes (the utility model's registry rows), which must not be counted twice."""
+        self.k, self.kappa, self.prior_table, self.update_prior = k, kappa, prior_table, update_prior
 
     def fit(
         self, x: Features, y: np.ndarray, models: list[str], tasks: np.ndarray | None = None
@@ -89,7 +97,9 @@ class BayesTaskPrior(Predictor):
         self.used_prior_table_ = False
         if self.prior_table is not None:
             pm, psd, covered = prior_from_table(self.prior_table, x.task_names, self.models)
-            um, usd = update_with_outcomes(np.where(covered, pm, 0.5), np.where(covered, psd, 0.3), y, tasks)
+            um, usd = np.where(covered, pm, 0.5), np.where(covered, psd, 0.3)
+            if self.update_prior:
+                um, usd = update_with_outcomes(um, usd, y, tasks)
             self.task_mean_ = np.where(covered, um, fallback_mean)
             self.task_sd_ = np.where(covered, usd, fallback_sd)
             self.used_prior_table_ = bool(covered.any())

@@ -23,15 +23,22 @@ class Stack(Predictor):
     name = "stack"
 
     def __init__(
-        self, members: tuple[str, ...] | list[str] = DEFAULT_MEMBERS, weights: list[float] | None = None
+        self,
+        members: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
+        weights: list[float] | None = None,
+        member_params: dict[str, dict[str, Any]] | None = None,
     ):
+        """`member_params` are keyword arguments for members by name (the `bayes` member's prior table)."""
         self.members = list(members)
         w = np.asarray(weights if weights is not None else [1.0] * len(self.members), dtype=np.float64)
         self.weights = (w / w.sum()).tolist()
+        self.member_params = member_params or {}
 
     def fit(self, x: Features, y: np.ndarray, models: list[str], tasks: np.ndarray | None = None) -> Stack:
         self.models = list(models)
-        self.fitted_ = [get_predictor(m).fit(x, y, models, tasks) for m in self.members]
+        self.fitted_ = [
+            get_predictor(m, **self.member_params.get(m, {})).fit(x, y, models, tasks) for m in self.members
+        ]
         return self
 
     def predict(self, x: Features) -> QualityPrediction:
