@@ -1,6 +1,7 @@
-"""The two local servers answering at once, under each OpenMP wait policy (`SM_LOCAL_OMP_WAIT_POLICY`), in the
-same run: seconds per request for SmolLM2 answering alone, for SmolLM2 answering two requests at once (its
-two parallel slots: the serving bench's RAG phase at 2 users), and for SmolLM2 and Gemma answering one
+"""The two local servers answering at once, under each OpenMP wait policy (`SM_LOCAL_OMP_WAIT_POLICY`:
+OpenMP's default, passive, and "short", a spin of SM_LOCAL_OMP_SPINCOUNT turns before sleeping), in the same
+run: seconds per request for SmolLM2 answering alone, for SmolLM2 answering two requests at once (its two
+parallel slots: the serving bench's RAG phase at 2 users), and for SmolLM2 and Gemma answering one
 request each at the same time.
 
     .venv/bin/python benchmarks/local_servers.py [--rounds 3]
@@ -72,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"{'wait policy':12s} {'alone s':>8s} {'2 on one s':>10s} {'both s':>8s} {'both max s':>10s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in ("default", "passive"):
+        for policy in ("default", "passive", "short"):
             alone, two, both, worst = measure(policy, args.rounds, Path(tmp))
             print(f"{policy:12s} {alone:8.2f} {two:10.2f} {both:8.2f} {worst:10.2f}", flush=True)
 

@@ -58,9 +58,10 @@ class Settings(BaseSettings):
     # state is about 45 MiB); 0 turns the cache off
     local_cache_ram_mib: int = Field(default=256, ge=0)
     # how llama.cpp's threads wait at their OpenMP barriers (pipelines.llm.servers.server_env): "auto" is
-    # passive where one server's threads take every core, so that a second busy server (or the embedder)
-    # does not make them spin against each other
-    local_omp_wait_policy: Literal["auto", "default", "passive"] = "auto"
+    # "short" where one server's threads take every core (spin `local_omp_spincount` times, then sleep), so
+    # that a second busy server (or the embedder) does not make them spin against each other for long
+    local_omp_wait_policy: Literal["auto", "default", "passive", "short"] = "auto"
+    local_omp_spincount: int = Field(default=300, ge=0)
     local_ready_timeout_s: float = Field(default=60.0, gt=0)
     # the stated CPU-hour price from which local models' $/1k tokens are derived
     cpu_hour_usd: float = Field(default=0.10, ge=0)

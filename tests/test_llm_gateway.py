@@ -264,10 +264,11 @@ def test_local_models_run_on_llama_server_with_parallel_slots_and_gemma_keeps_it
     # its prompt cache is capped by the setting, not by llama-server's own 8 GiB default
     argv = Path(f"/proc/{st.pid}/cmdline").read_bytes().decode().split("\0")
     assert argv[argv.index("--cache-ram") + 1] == str(model_settings.local_cache_ram_mib)
-    # and it waits at its OpenMP barriers as server_env says (passive where its threads take every core)
+    # and it waits at its OpenMP barriers as server_env says (a short spin where its threads take every core)
     raw = Path(f"/proc/{st.pid}/environ").read_bytes().decode().split("\0")
     environ = dict(v.split("=", 1) for v in raw if v)
-    assert environ.get("OMP_WAIT_POLICY") == servers.server_env(model_settings).get("OMP_WAIT_POLICY")
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        assert environ.get(var) == servers.server_env(model_settings).get(var), var
     gst = servers.status(gemma, model_settings)
     assert gst.detail == st.detail
     gprops = httpx.get(f"http://{model_settings.local_host}:{gst.port}/props", timeout=10).json()
@@ -331,18 +332,21 @@ def test_the_catalogs_repeat_penalty_reaches_llama_cpp_pythons_server_too(model_
         servers.stop(gemma, python)
 
 
-def test_servers_wait_passively_where_one_servers_threads_take_every_core(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+def test_servers_spin_briefly_where_one_servers_threads_take_every_core(monkeypatch):
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(servers.os, "cpu_count", lambda: 2)
 
-    def policy(**kw) -> str | None:
-        return servers.server_env(Settings(**kw)).get("OMP_WAIT_POLICY")
+    def policy(**kw) -> tuple[str | None, str | None]:
+        env = servers.server_env(Settings(**kw))
+        return env.get("OMP_WAIT_POLICY"), env.get("GOMP_SPINCOUNT")
 
-    assert policy(local_threads=2) == "passive" and policy(local_threads=1) is None
-    assert policy(local_threads=2, local_omp_wait_policy="default") is None
-    assert policy(local_threads=1, local_omp_wait_policy="passive") == "passive"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's own choice stays
-    assert policy(local_threads=2) == "active"
+    assert policy(local_threads=2) == (None, "300") and policy(local_threads=1) == (None, None)
+    assert policy(local_threads=2, local_omp_spincount=1000) == (None, "1000")
+    assert policy(local_threads=2, local_omp_wait_policy="default") == (None, None)
+    assert policy(local_threads=1, local_omp_wait_policy="passive") == ("passive", None)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's own choice stays, and rules the spin
+    assert policy(local_threads=2) == ("active", None)
 
 
 def test_concurrent_streams_both_get_their_whole_answer(fresh):

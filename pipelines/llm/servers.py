@@ -211,16 +211,20 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
 
 def server_env(settings: Settings) -> dict[str, str]:
     """The environment a local server starts with. llama.cpp's CPU threads meet at an OpenMP barrier many
-    times per token, and by default spin there: where one server's threads take every core, two busy servers
-    spin against each other, so they wait passively (figures: README, benchmarks/local_servers.py).
-    "default" leaves OpenMP's own: spin a while, then sleep (its "active" never sleeps, so an idle server's
-    threads would take the cores). A policy in the environment is kept."""
+    times per token, and by default spin there for 300,000 turns before they sleep: where one server's
+    threads take every core, two busy servers spin against each other (91 s a request against 7 s). Passive
+    threads sleep at once, and pay a wake-up at every barrier (a 26-token chat answer 2.5x as slow). "short"
+    spins `local_omp_spincount` (300) turns, then sleeps: nearly passive's figure with both servers busy and
+    nearly the default's with one (figures: README, benchmarks/local_servers.py). "default" leaves OpenMP's
+    own. A policy or spin count in the environment is kept."""
     env = dict(os.environ)
     policy = settings.local_omp_wait_policy
     if policy == "auto":
-        policy = "passive" if settings.local_threads >= (os.cpu_count() or 1) else "default"
+        policy = "short" if settings.local_threads >= (os.cpu_count() or 1) else "default"
     if policy == "passive":
         env.setdefault("OMP_WAIT_POLICY", "passive")
+    elif policy == "short" and "OMP_WAIT_POLICY" not in env:
+        env.setdefault("GOMP_SPINCOUNT", str(settings.local_omp_spincount))
     return env
 
 
