@@ -51,7 +51,7 @@ def _posterior_prior(s: Settings) -> tuple[dict, str]:
     if rows.empty:
         return {}, "none"
     prior = {"prior_table": rows[PRIOR_COLUMNS], "update_prior": False}
-    return {"member_params": {"bayes": prior}}, str(rows["fit_id"].iloc[0])
+    return {"member_options": {"bayes": prior}}, str(rows["fit_id"].iloc[0])
 
 
 def _publish(version_dir: Path, current: Path) -> None:

@@ -98,7 +98,7 @@ def test_a_posterior_prior_is_taken_as_it_is_and_reaches_the_stacks_bayes_member
     updated = BayesTaskPrior(prior_table=table).fit(x_tr, y_tr, models, tasks_tr)
     assert np.abs(updated.task_mean_ - expected.to_numpy()).max() > 0.1  # the outcomes moved it
     member = {"bayes": {"prior_table": table, "update_prior": False}}
-    stack = get_predictor("stack", member_params=member).fit(x_tr, y_tr, models, tasks_tr)
+    stack = get_predictor("stack", member_options=member).fit(x_tr, y_tr, models, tasks_tr)
     [bayes] = [p for p in stack.fitted_ if isinstance(p, BayesTaskPrior)]
     np.testing.assert_allclose(bayes.task_mean_, expected.to_numpy())
     plain = get_predictor("stack").fit(x_tr, y_tr, models, tasks_tr)

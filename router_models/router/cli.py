@@ -99,7 +99,7 @@ def train(
         if predictor not in ("bayes", "stack"):
             raise typer.BadParameter("--prior-table is used by the `bayes` predictor (alone or in `stack`)")
         prior = {"prior_table": _read(prior_table), "update_prior": not prior_is_posterior}
-        params = prior if predictor == "bayes" else {"member_params": {"bayes": prior}}
+        params = prior if predictor == "bayes" else {"member_options": {"bayes": prior}}
     try:
         router = train_router(
             _read(prompts),

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.bench.outcomes import add_evidence
 from router_models.router.crossval import cross_val_predictions
 from router_models.router.features import ROUTER_EMBEDDER, embed_prompts
 from router_models.router.metrics import LAMBDAS, pareto_plot, router_curve, single_models, summary
@@ -20,14 +21,22 @@ def crossval_evaluation(
     embedder: str = ROUTER_EMBEDDER,
     cache_dir: Path | None = None,
     plot_path: Path | None = None,
+    held_out: pd.DataFrame | None = None,
+    title: str = "",
 ) -> tuple[pd.DataFrame, dict]:
-    """Out-of-fold predictions for every prompt x model, their metrics, and (optionally) a Pareto plot."""
-    emb = embed_prompts(prompts["prompt"].astype(str).tolist(), embedder, cache_dir)
-    pred = cross_val_predictions(predictor, prompts, outcomes, emb, folds=folds)
-    result = summary(pred, outcomes)
+    """Out-of-fold predictions for every prompt x model, their metrics, and (optionally) a Pareto plot.
+
+    With `held_out` (a complete outcome table of some of the prompts), only its prompts are predicted, each
+    by a router trained on everything else, and the metrics are over its prompts and models."""
+    emb = embed_prompts(prompts["prompt"].fillna("").astype(str).tolist(), embedder, cache_dir)
+    ids = None if held_out is None else set(held_out["prompt_id"].astype(str))
+    pred = cross_val_predictions(predictor, prompts, outcomes, emb, folds=folds, held_out=ids)
+    judged = outcomes if held_out is None else held_out
+    result = summary(pred, judged)
     result.update(predictor=predictor, folds=folds, embedder=embedder)
     if plot_path is not None:
-        result["pareto_png"] = str(pareto_plot(pred, outcomes, plot_path, f"{predictor}, {folds}-fold CV"))
+        title = title or f"{predictor}, {folds}-fold CV"
+        result["pareto_png"] = str(pareto_plot(pred, judged, plot_path, title))
     return pred, result
 
 
@@ -57,21 +66,14 @@ def micro_bench_evaluation(
     fold's prompts are held out of a router trained on everything else (RouterBench and the other folds).
     Returns (predictions, the complete local outcome table, metrics), or None when the micro-bench has fewer
     than two models or two prompts that all its models answered."""
-    from pipelines.bench.outcomes import add_evidence
-
     table = local_panel(local)
     if table.empty:
         return None
-    ids = set(table["prompt_id"].astype(str))
-    folds = min(folds, len(ids))
-    all_prompts, all_outcomes = add_evidence(prompts, outcomes, local)
-    emb = embed_prompts(all_prompts["prompt"].fillna("").astype(str).tolist(), embedder, cache_dir)
-    pred = cross_val_predictions(predictor, all_prompts, all_outcomes, emb, folds=folds, held_out=ids)
-    result = summary(pred, table)
-    result.update(predictor=predictor, folds=folds, embedder=embedder)
-    if plot_path is not None:
-        title = f"{predictor} on the micro-bench, {folds}-fold CV"
-        result["pareto_png"] = str(pareto_plot(pred, table, plot_path, title))
+    folds = min(folds, table["prompt_id"].nunique())
+    pred, result = crossval_evaluation(
+        *add_evidence(prompts, outcomes, local), predictor, folds, embedder, cache_dir, plot_path,
+        held_out=table, title=f"{predictor} on the micro-bench, {folds}-fold CV",
+    )  # fmt: skip
     return pred, table, result
 
 

@@ -26,18 +26,18 @@ class Stack(Predictor):
         self,
         members: tuple[str, ...] | list[str] = DEFAULT_MEMBERS,
         weights: list[float] | None = None,
-        member_params: dict[str, dict[str, Any]] | None = None,
+        member_options: dict[str, dict[str, Any]] | None = None,
     ):
-        """`member_params` are keyword arguments for members by name (the `bayes` member's prior table)."""
+        """`member_options` are keyword arguments for members by name (the `bayes` member's prior table)."""
         self.members = list(members)
         w = np.asarray(weights if weights is not None else [1.0] * len(self.members), dtype=np.float64)
         self.weights = (w / w.sum()).tolist()
-        self.member_params = member_params or {}
+        self.member_options = member_options or {}
 
     def fit(self, x: Features, y: np.ndarray, models: list[str], tasks: np.ndarray | None = None) -> Stack:
         self.models = list(models)
         self.fitted_ = [
-            get_predictor(m, **self.member_params.get(m, {})).fit(x, y, models, tasks) for m in self.members
+            get_predictor(m, **self.member_options.get(m, {})).fit(x, y, models, tasks) for m in self.members
         ]
         return self
 
