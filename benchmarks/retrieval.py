@@ -78,15 +78,22 @@ def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
 
 def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict, qrels: dict, qids: list,
                 folds: int, epochs: int, lr: float, modes: tuple[str, ...],
-                negatives: int = 0) -> dict[str, float]:  # fmt: skip
+                negatives: int = 0, precision: str = "int8") -> dict[str, float]:  # fmt: skip
     """K-fold over the queries: fine-tune MiniLM on the other folds' queries (with a BM25 hard negative per
-    pair drawn from the top `negatives` when > 0), index the corpus with it, score this fold's queries;
+    pair drawn from the top `negatives` when > 0), index the corpus with it run in `precision` (int8 |
+    float), score this fold's queries;
     nDCG@10 of the pooled out-of-fold runs (every query scored by a model that never saw it). Models and
     their collections stay under index_dir and are reused."""
     import zlib
 
     from pipelines.corpus.ingest import load_chunks
-    from pipelines.index.finetune import MANIFEST, finetune_minilm, hard_negatives, training_pairs
+    from pipelines.index.finetune import (
+        MANIFEST,
+        finetune_minilm,
+        hard_negatives,
+        set_precision,
+        training_pairs,
+    )
 
     store = LocalStore(index_dir / "store")
     chunks = load_chunks(settings, store)
@@ -102,8 +109,11 @@ def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict
             hard = hard_negatives(chunks, queries, train, ranked, depth=negatives) if negatives else None
             finetune_minilm(training_pairs(chunks, queries, train), model_dir, epochs=epochs, lr=lr,
                             negatives=hard)  # fmt: skip
+        set_precision(model_dir, precision)  # the same weights run either way
         tuned = settings.model_copy(update={"embedder": str(model_dir)})
-        prepare_indexes(tuned, corpus, index_dir, ("dense",), progress=True)
+        rep = prepare_indexes(tuned, corpus, index_dir, ("dense",), progress=True)["dense"]
+        if rep["added"]:
+            print(f"fold {f + 1}/{folds}: indexed {rep['added']} chunks, {rep['chunks_per_s']} chunks/s")
         r = open_retriever(tuned, index_dir, store, modes=tuple(runs))
         try:
             for mode in runs:
@@ -137,6 +147,7 @@ def main() -> None:
     p.add_argument("--finetune-lr", type=float, default=3e-5)
     p.add_argument("--finetune-negatives", type=int, default=10, metavar="DEPTH",
                    help="a hard negative per pair from BM25's top DEPTH (0: in-batch only)")  # fmt: skip
+    p.add_argument("--finetune-precision", choices=("int8", "float"), default="int8")
     args = p.parse_args()
     if not (args.corpus / "corpus.jsonl").exists():
         sys.exit(f"no BEIR corpus at {args.corpus}")
@@ -174,10 +185,12 @@ def main() -> None:
     if args.finetune_folds:
         base = {row["retriever"]: row["ndcg@10"] for row in rows}
         cv = finetune_cv(settings, args.corpus, index_dir, queries, qrels, qids, args.finetune_folds,
-                         args.finetune_epochs, args.finetune_lr, modes, args.finetune_negatives)  # fmt: skip
+                         args.finetune_epochs, args.finetune_lr, modes, args.finetune_negatives,
+                         args.finetune_precision)  # fmt: skip
         print(f"\nMiniLM fine-tuned on the other folds' queries ({args.finetune_folds}-fold CV, "
               f"{args.finetune_epochs} epochs, lr {args.finetune_lr:g}, hard negatives from BM25's top "
-              f"{args.finetune_negatives}); nDCG@10, same queries:")  # fmt: skip
+              f"{args.finetune_negatives}, run {args.finetune_precision}); nDCG@10, same queries:"
+              )  # fmt: skip
         for mode, nd in cv.items():
             print(f"  {mode}: {nd:.4f} (base model {base.get(mode, float('nan')):.4f})")
     if args.embed_speed and "dense" in reports:

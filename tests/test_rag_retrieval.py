@@ -128,13 +128,32 @@ def test_a_fine_tuned_embedder_fits_its_training_queries_in_a_collection_of_its_
     manifest = json.loads(res.stdout.strip().splitlines()[-1])
     assert manifest["pairs"] == len(QUERIES) and manifest["name"].startswith("all-MiniLM-L6-v2-ft-")
     assert 0 < manifest["hard_negatives"] <= len(QUERIES)  # a query whose BM25 top 3 is all relevant has none
+    assert manifest["precision"] == "int8"  # it runs as the default embedder does
+
+    from pipelines.index.embeddings import INT8_SUFFIX, LazyEmbedder, get_embedder
+    from pipelines.index.finetune import set_precision
 
     base = _eval(beir, "dense")
-    tuned = evaluate(settings.model_copy(update={"embedder": str(out)}), corpus, corpus / "queries.jsonl",
-                     corpus / "qrels.tsv", "dense", index_dir)  # fmt: skip
+    tuned_settings = settings.model_copy(update={"embedder": str(out)})
+    labels = (corpus / "queries.jsonl", corpus / "qrels.tsv")
+    tuned = evaluate(tuned_settings, corpus, *labels, "dense", index_dir)
     assert tuned["indexing"]["dense"]["added"] == len(DOCS)  # its own vectors, beside the base model's
     assert tuned["ndcg@10"] > base["ndcg@10"], (tuned["ndcg@10"], base["ndcg@10"])
-    with pytest.raises(ValueError, match="fine-tuned"):
-        from pipelines.index.embeddings import LazyEmbedder
+    int8 = get_embedder(str(out))
+    assert int8.precision == "int8" and int8.name == manifest["name"] + INT8_SUFFIX
 
+    set_precision(out, "float")  # the same weights in float: another vector space, another collection
+    as_float = LazyEmbedder(str(out))
+    assert as_float.name == manifest["name"]
+    with pytest.raises(RuntimeError, match="restart"):  # this process loaded it in int8: no mixed vectors
+        as_float.embed(["a claim"])
+    get_embedder.cache_clear()
+    as_float = evaluate(tuned_settings, corpus, *labels, "dense", index_dir)
+    assert as_float["indexing"]["dense"]["added"] == len(DOCS)
+    assert as_float["ndcg@10"] > base["ndcg@10"], (as_float["ndcg@10"], base["ndcg@10"])
+    with pytest.raises(ValueError, match="precision"):
+        set_precision(out, "fp16")
+    bad = CliRunner().invoke(app, [*args, "--precision", "fp16"], env={"SM_RUN_DIR": str(settings.run_dir)})
+    assert bad.exit_code == 2 and "--precision" in bad.output  # refused before any work
+    with pytest.raises(ValueError, match="fine-tuned"):
         LazyEmbedder(str(tmp_path))  # a folder that is not a fine-tuned model

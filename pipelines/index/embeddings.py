@@ -278,12 +278,19 @@ def _is_folder(key: str) -> bool:
     return key not in EMBEDDERS and Path(key).is_dir()
 
 
+def _int8_folder(manifest: dict) -> bool:
+    """Whether a fine-tuned folder runs int8 (its manifest's precision; folders made before it was recorded
+    ran in float)."""
+    return manifest.get("precision", "float") == "int8"
+
+
 @cache
 def get_embedder(name: str = "minilm") -> Embedder:
-    """A shared instance per name (a key of EMBEDDERS, or the folder of a fine-tuned MiniLM); loading MiniLM
-    takes about a second, so it happens once per process."""
+    """A shared instance per name (a key of EMBEDDERS, or the folder of a fine-tuned MiniLM, run in its
+    manifest's precision); loading MiniLM takes about a second, so it happens once per process."""
     if _is_folder(name):
-        return MiniLMEmbedder(model_path=name)
+        precision = "int8" if _int8_folder(_finetuned(name)) else "auto"
+        return MiniLMEmbedder(model_path=name, precision=precision)
     return _embedder_class(name)()
 
 
@@ -294,7 +301,8 @@ class LazyEmbedder:
     def __init__(self, key: str) -> None:
         if _is_folder(key):
             manifest = _finetuned(key)
-            self.key, self.name, self.dim = key, manifest["name"], manifest["dim"]
+            suffix = INT8_SUFFIX if _int8_folder(manifest) else ""
+            self.key, self.name, self.dim = key, manifest["name"] + suffix, manifest["dim"]
             return
         cls = _embedder_class(key)
         self.key, self.name, self.dim = key, cls.name, cls.dim
@@ -303,6 +311,8 @@ class LazyEmbedder:
         self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False
     ) -> np.ndarray:
         e = get_embedder(self.key)
+        if e.name != self.name:  # a folder's manifest changed precision after this process loaded it
+            raise RuntimeError(f"{self.key} is loaded as {e.name}, not {self.name}: restart the process")
         if batch_size is None:  # the embedder's own default
             return e.embed(texts, progress=progress)
         return e.embed(texts, batch_size, progress)

@@ -6,11 +6,14 @@ its title in front as the dense index embeds it). Its negatives are the batch's 
 relevant (the loss of sentence-transformers' MultipleNegativesRankingLoss, scale 20); a passage relevant to
 the query is never its negative. The result is a SentenceTransformer folder with a manifest;
 `SM_EMBEDDER=<folder>` indexes and queries with it (its own Qdrant collection: the name carries a hash of the
-training data and parameters).
+training data and parameters). The manifest's `precision` says how the model runs: `int8` (default) with int8
+weights and activations on OpenVINO, as the default `minilm-int8` embedder does, quantized at its first use
+(about 20 s) and cached; `float` in bf16/fp32 as `minilm`.
 
 Measured on SciFact train claims by 5-fold cross-validation (benchmarks/retrieval.py --finetune-folds 5),
 nDCG@10: in-batch negatives only, dense 0.6709 -> 0.7018 and hybrid 0.7341 -> 0.7530 (2026-12-01); with
-BM25's hard negatives, dense 0.6755 -> 0.7189 and hybrid 0.7388 -> 0.7605 (2026-12-03, the int8 base).
+BM25's hard negatives, dense 0.6755 -> 0.7189 and hybrid 0.7388 -> 0.7605 (2026-12-03, the int8 base), and run
+in int8 (the default precision) 0.7216 and 0.7602.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pipelines.hardware import native_bf16
 from pipelines.index.base import doc_id_of
 
 MANIFEST = "stratmaster_embedder.json"
+PRECISIONS = ("int8", "float")
 
 
 def _first_passages(chunks: pd.DataFrame) -> dict[str, str]:
@@ -73,9 +77,12 @@ def hard_negatives(chunks: pd.DataFrame, queries: Mapping[str, str], qrels: Mapp
 
 def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: int = 2, lr: float = 3e-5,
                     batch_size: int = 16, seed: int = 0, progress: bool = True,
-                    negatives: list[str | None] | None = None) -> Path:  # fmt: skip
+                    negatives: list[str | None] | None = None, precision: str = "int8") -> Path:  # fmt: skip
     """Fine-tune all-MiniLM-L6-v2 on `pairs` (and a hard negative passage per pair, from `hard_negatives`,
-    scored beside the batch's passages); write the model and its manifest to `out_dir` atomically."""
+    scored beside the batch's passages); write the model and its manifest to `out_dir` atomically.
+    `precision` (int8 | float): how the model runs when it embeds (the manifest's, see the module)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if not pairs:
         raise ValueError("no training pairs: no query in the qrels has a relevant document in the corpus")
     if negatives is not None and len(negatives) != len(pairs):
@@ -133,7 +140,7 @@ def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: i
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]
     manifest = {"name": f"all-MiniLM-L6-v2-ft-{digest}", "base": "all-MiniLM-L6-v2", "dim": 384,
                 "pairs": len(pairs), "hard_negatives": sum(n is not None for n in negatives or []),
-                "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed,
+                "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "precision": precision,
                 "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -149,3 +156,18 @@ def read_manifest(path: str | Path) -> dict | None:
     """The manifest of a fine-tuned embedder folder, or None when `path` is not one."""
     f = Path(path) / MANIFEST
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+def set_precision(path: str | Path, precision: str) -> None:
+    """Make a fine-tuned folder run in `precision` (int8 | float): the weights stay, the manifest changes. A
+    process that already loaded the folder keeps the model it loaded (and refuses to embed for the other)."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ValueError(f"{path} is not a fine-tuned embedder folder (no manifest)")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if manifest.get("precision") != precision:
+        f = Path(path) / MANIFEST
+        tmp = f.with_name(f".{f.name}.tmp")
+        tmp.write_text(json.dumps({**manifest, "precision": precision}, indent=1))
+        tmp.replace(f)

@@ -53,15 +53,18 @@ def tune_embedder(
     lr: float = typer.Option(3e-5),
     hard_negatives: int = typer.Option(10, min=0, help="a hard negative per pair from BM25's top N (0: off)"),
     index_dir: Path | None = typer.Option(None, help="where the corpus store lives (reused if ingested)"),
+    precision: str = typer.Option("int8", help="it runs as: int8 (minilm-int8) | float (minilm)"),
 ) -> None:
     """Fine-tune MiniLM on labelled queries of a corpus (in-batch negatives, and BM25's with
     --hard-negatives); prints the manifest as JSON."""
     from pipelines.corpus.ingest import ingest_corpus, load_chunks
     from pipelines.corpus.store import LocalStore
-    from pipelines.index.finetune import finetune_minilm, read_manifest, training_pairs
+    from pipelines.index.finetune import PRECISIONS, finetune_minilm, read_manifest, training_pairs
     from pipelines.index.finetune import hard_negatives as mine
     from pipelines.rag.evaluate import default_index_dir, load_labels, ranked_docs
 
+    if precision not in PRECISIONS:
+        raise typer.BadParameter(f"choose one of {', '.join(PRECISIONS)}", param_hint="--precision")
     try:
         texts, labels, qids = load_labels(queries, qrels)
     except ValueError as e:
@@ -78,7 +81,7 @@ def tune_embedder(
     if hard_negatives:
         ranked = ranked_docs(s, corpus, index_dir, texts, qids, "bm25", hard_negatives)
         negatives = mine(chunks, texts, labels, ranked, depth=hard_negatives)
-    out_dir = finetune_minilm(pairs, out, epochs=epochs, lr=lr, negatives=negatives)
+    out_dir = finetune_minilm(pairs, out, epochs=epochs, lr=lr, negatives=negatives, precision=precision)
     print(json.dumps(read_manifest(out_dir)))
 
 
