@@ -117,6 +117,7 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
 
     With scale engines the data lives in the engines; the model then records only which engines to use.
     """
+    from pipelines.index.embeddings import LazyEmbedder
     from pipelines.index.finetune import read_manifest
 
     index_dir, store_dir = settings.run_dir / "index", settings.run_dir / "store"
@@ -129,7 +130,7 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
         "keyword_backend": settings.keyword_backend,
         "vector_backend": settings.vector_backend,
         "graph_backend": settings.graph_backend,
-        "embedder": tuned["name"] if tuned else settings.embedder,
+        "embedder": LazyEmbedder(settings.embedder).name if tuned else settings.embedder,  # as it runs
     }
 
     def fill(p: Path) -> None:

@@ -264,7 +264,7 @@ def test_bento_models_fails_visibly_before_the_router_exists(tmp_path, monkeypat
 def test_a_fine_tuned_embedder_travels_inside_the_index_model(tmp_path, monkeypatch):
     import shutil
 
-    from pipelines.index.embeddings import get_embedder
+    from pipelines.index.embeddings import INT8_SUFFIX, get_embedder
     from pipelines.index.finetune import finetune_minilm, read_manifest
     from serving.bundle import snapshot_index
 
@@ -283,5 +283,9 @@ def test_a_fine_tuned_embedder_travels_inside_the_index_model(tmp_path, monkeypa
     path = home / "models" / tag.partition(":")[0] / tag.partition(":")[2]
     engines = json.loads((path / "engines.json").read_text())
     assert engines["embedder"] == "embedder" and read_manifest(path / "embedder")["name"] == name
-    vec = get_embedder(str(path / "embedder")).embed(["how tall is the tower"])
-    assert vec.shape == (1, 384)
+    import yaml
+
+    metadata = yaml.safe_load((path / "model.yaml").read_text())["metadata"]
+    assert metadata["embedder"] == name + INT8_SUFFIX  # the model says what the vectors were made by
+    embedder = get_embedder(str(path / "embedder"))
+    assert embedder.precision == "int8" and embedder.embed(["how tall is the tower"]).shape == (1, 384)
