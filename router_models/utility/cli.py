@@ -61,3 +61,4 @@ def fit(
     if failed:  # written, so it can be looked at; the Dagster asset does not register such a fit
         typer.echo(f"warning: the fit failed its checks ({', '.join(failed)}): not a fit to use; "
                    "run more draws or tuning steps", err=True)  # fmt: skip
+        raise typer.Exit(1)  # a script's `fit && use` stops here
