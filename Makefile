@@ -29,25 +29,25 @@ $(VENV_STAMP): requirements.lock pyproject.toml scripts/setup.sh pipelines/llm/n
 	bash scripts/setup.sh
 	@touch $@
 
+# Dagster's log cut to its step, check and run events, one line each
+EVENTS = grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATION|RUN_SUCCESS|RUN_FAILURE" \
+  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
+
 demo: setup
 	.venv/bin/stratmaster models up
 	mkdir -p $(DAGSTER_HOME) runs/demo
 	@echo "[demo] the prompt set and today's micro-bench partition (benchmark_results: the local models' evidence)"
 	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select prompt_set 2>&1 | tee runs/demo/bench.log \
-	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|RUN_SUCCESS|RUN_FAILURE" \
-	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|RUN_[A-Z]+) - /  \1 \2 /'
+	  | $(EVENTS)
 	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select benchmark_results \
 	  --partition $$(date -u +%F) 2>&1 | tee -a runs/demo/bench.log \
-	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATION|RUN_SUCCESS|RUN_FAILURE" \
-	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
+	  | $(EVENTS)
 	@echo "[demo] materializing the asset graph (log: runs/demo/dagster.log)"
 	set -o pipefail; .venv/bin/dagster job execute -m assets -j demo 2>&1 | tee runs/demo/dagster.log \
-	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATION|RUN_SUCCESS|RUN_FAILURE" \
-	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|ASSET_CHECK_EVALUATION|RUN_[A-Z]+) - /  \1 \2 /'
+	  | $(EVENTS)
 	@echo "[demo] notebook reports (runs/reports/<name>/<name>.html)"
 	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select reports 2>&1 | tee runs/demo/reports.log \
-	  | grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|RUN_SUCCESS|RUN_FAILURE" \
-	  | sed -u -E 's/^.* - ([a-z_]+) - (STEP_[A-Z]+|RUN_[A-Z]+) - /  \1 \2 /'
+	  | $(EVENTS)
 	.venv/bin/stratmaster demo
 
 test: setup
