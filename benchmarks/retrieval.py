@@ -189,8 +189,8 @@ def main() -> None:
                          args.finetune_precision)  # fmt: skip
         print(f"\nMiniLM fine-tuned on the other folds' queries ({args.finetune_folds}-fold CV, "
               f"{args.finetune_epochs} epochs, lr {args.finetune_lr:g}, hard negatives from BM25's top "
-              f"{args.finetune_negatives}, run {args.finetune_precision}); nDCG@10, same queries:"
-              )  # fmt: skip
+              f"{args.finetune_negatives}, run in {args.finetune_precision}); nDCG@10, "
+              "same queries:")  # fmt: skip
         for mode, nd in cv.items():
             print(f"  {mode}: {nd:.4f} (base model {base.get(mode, float('nan')):.4f})")
     if args.embed_speed and "dense" in reports:

@@ -36,6 +36,11 @@ MANIFEST = "stratmaster_embedder.json"
 PRECISIONS = ("int8", "float")
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+
+
 def _first_passages(chunks: pd.DataFrame) -> dict[str, str]:
     """Each document's first chunk, with its title in front as the dense index embeds it."""
     first = chunks.assign(doc=chunks["chunk_id"].map(doc_id_of)).sort_values(["doc", "ordinal"])
@@ -81,8 +86,7 @@ def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: i
     """Fine-tune all-MiniLM-L6-v2 on `pairs` (and a hard negative passage per pair, from `hard_negatives`,
     scored beside the batch's passages); write the model and its manifest to `out_dir` atomically.
     `precision` (int8 | float): how the model runs when it embeds (the manifest's, see the module)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    _check_precision(precision)
     if not pairs:
         raise ValueError("no training pairs: no query in the qrels has a relevant document in the corpus")
     if negatives is not None and len(negatives) != len(pairs):
@@ -164,8 +168,7 @@ def set_precision(path: str | Path, precision: str) -> None:
     manifest = read_manifest(path)
     if manifest is None:
         raise ValueError(f"{path} is not a fine-tuned embedder folder (no manifest)")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    _check_precision(precision)
     if manifest.get("precision") != precision:
         f = Path(path) / MANIFEST
         tmp = f.with_name(f".{f.name}.tmp")
