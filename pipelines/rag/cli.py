@@ -125,8 +125,9 @@ def ask(
     r = open_retriever(s)
     try:
         a = answer(
-            question, r, Gateway(s), model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars
-        )
+            question, r, Gateway(s), model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars,
+            trim=s.rag_trim,
+        )  # fmt: skip
         print(json.dumps(a.to_dict(), indent=1))
     finally:
         r.close()

@@ -1,0 +1,112 @@
+"""How much of the retrieved text a RAG prompt needs, and how to cut it: prompt size and answer quality per
+budget (`SM_RAG_CONTEXT_CHARS`) and trim (`SM_RAG_TRIM`: the sentences nearest the question, or each
+source's start), in one run.
+
+    .venv/bin/python benchmarks/rag_context.py [--questions 40] [--budgets 1000,1500,2000,4000]
+
+For each of the serving bench's RAG questions, the demo index (`make demo`) gives 4 hybrid hits once; each
+setting then shows them to SmolLM2 (greedy, 64 tokens out, through the gateway, as `/v1/rag` does) and the
+script prints, per setting, means over the questions of:
+- prompt tokens (what RAG latency on 2 cores follows: `benchmarks/serving.py --phases rag` measures it);
+- agreement: ROUGE-L F1 of the answer against the answer given the 4 chunks whole, i.e. how far cutting the
+  sources changes what the model says;
+- coverage: the share of the question's content words (6-letter stems) found in the shown sources;
+- grounding: the share of the answer's content words found in the shown sources.
+The local servers run from a scratch run folder on ports 8331-8332 and are stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tqdm import tqdm  # noqa: E402
+
+from pipelines.llm import servers  # noqa: E402
+from pipelines.llm.catalog import load_catalog  # noqa: E402
+from pipelines.llm.gateway import Gateway  # noqa: E402
+from pipelines.rag.answer import _content_words, _stems, build_messages, excerpts  # noqa: E402
+from pipelines.rag.retrieve import open_retriever  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
+
+PORT = 8331
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
+    x, y = a.lower().split(), b.lower().split()
+    if not x or not y:
+        return float(x == y)
+    prev = [0] * (len(y) + 1)
+    for t in x:
+        cur = [0]
+        for j, u in enumerate(y):
+            cur.append(prev[j] + 1 if t == u else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(x) + len(y))
+
+
+def share(words: set[str], text_words: set[str]) -> float:
+    return len(words & text_words) / len(words) if words else 1.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--questions", type=int, default=40)
+    ap.add_argument("--budgets", default="1000,1500,2000,4000", help="SM_RAG_CONTEXT_CHARS values")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    spec = importlib.util.spec_from_file_location("serving_bench", ROOT / "benchmarks" / "serving.py")
+    serving_bench = sys.modules["serving_bench"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serving_bench)  # for its RAG questions
+
+    settings = Settings(local_base_port=PORT)
+    questions = serving_bench.rag_questions()[: args.questions]
+    retriever = open_retriever(settings, modes=("hybrid",))
+    hits = {q: retriever.search(q, mode="hybrid", k=4) for q in questions}
+    retriever.close()
+    settings_list = [("whole", 10**6, "head")] + [
+        (f"{trim} {b}", int(b), trim) for b in args.budgets.split(",") for trim in ("head", "sentences")
+    ]
+    with tempfile.TemporaryDirectory(prefix="sm-bench-rag-context-") as run_dir:
+        scratch = Settings(run_dir=Path(run_dir), model_cache_dir=ROOT / "runs" / "models",
+                           local_base_port=PORT, local_ready_timeout_s=180)  # fmt: skip
+        entry = next(e for e in load_catalog(scratch).local() if e.name.startswith("smollm2"))
+        servers.start(entry, scratch)
+        try:
+            gateway = Gateway(settings)
+            rows: dict[str, list[tuple[int, str, list[str]]]] = {}
+            for name, budget, trim in settings_list:
+                out = rows[name] = []
+                for q in tqdm(questions, desc=name, leave=False):
+                    shown = excerpts(q, hits[q], budget, trim)
+                    r = gateway.chat(entry.name, build_messages(q, shown), max_tokens=args.max_tokens)
+                    out.append((r.input_tokens, r.text, shown))
+        finally:
+            servers.stop(entry, scratch)
+    whole = [text for _, text, _ in rows["whole"]]
+    print(f"\nRAG context settings: {len(questions)} questions, k=4 hybrid, {entry.name} greedy, "
+          f"{args.max_tokens} tokens out (means)")  # fmt: skip
+    print(f"{'setting':<16}{'prompt tok':>11}{'agreement':>11}{'coverage':>10}{'grounding':>11}")
+    for name, out in rows.items():
+        tokens = statistics.mean(t for t, _, _ in out)
+        agree = statistics.mean(rouge_l(text, ref) for (_, text, _), ref in zip(out, whole, strict=True))
+        cover = statistics.mean(
+            share(_stems(q), _stems(" ".join(s))) for q, (_, _, s) in zip(questions, out, strict=True)
+        )
+        ground = statistics.mean(
+            share(_content_words(text), _content_words(" ".join(s))) for _, text, s in out
+        )
+        print(f"{name:<16}{tokens:>11.0f}{agree:>11.3f}{cover:>10.3f}{ground:>11.3f}")
+
+
+if __name__ == "__main__":
+    main()
