@@ -1,6 +1,5 @@
-"""How much of the retrieved text a RAG prompt needs, and how to cut it: prompt size and answer quality per
-budget (`SM_RAG_CONTEXT_CHARS`) and trim (`SM_RAG_TRIM`: the sentences nearest the question, or each
-source's start), in one run.
+"""How much retrieved text a RAG prompt needs: prompt size and how the answers change per budget of source
+characters (`SM_RAG_CONTEXT_CHARS`, shared by the sources, each cut to its share), in one run.
 
     .venv/bin/python benchmarks/rag_context.py [--questions 40] [--budgets 1000,1500,2000,4000]
 
@@ -10,7 +9,7 @@ script prints, per setting, means over the questions of:
 - prompt tokens (what RAG latency on 2 cores follows: `benchmarks/serving.py --phases rag` measures it);
 - agreement: ROUGE-L F1 of the answer against the answer given the 4 chunks whole, i.e. how far cutting the
   sources changes what the model says;
-- coverage: the share of the question's content words (6-letter stems) found in the shown sources;
+- coverage: the share of the question's content words found in the shown sources;
 - grounding: the share of the answer's content words found in the shown sources.
 The local servers run from a scratch run folder on ports 8331-8332 and are stopped afterwards.
 """
@@ -32,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 from pipelines.llm import servers  # noqa: E402
 from pipelines.llm.catalog import load_catalog  # noqa: E402
 from pipelines.llm.gateway import Gateway  # noqa: E402
-from pipelines.rag.answer import _content_words, _stems, build_messages, excerpts  # noqa: E402
+from pipelines.rag.answer import _content_words, _shown, build_messages  # noqa: E402
 from pipelines.rag.retrieve import open_retriever  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
@@ -73,9 +72,7 @@ def main() -> None:
     retriever = open_retriever(settings, modes=("hybrid",))
     hits = {q: retriever.search(q, mode="hybrid", k=4) for q in questions}
     retriever.close()
-    settings_list = [("whole", 10**6, "head")] + [
-        (f"{trim} {b}", int(b), trim) for b in args.budgets.split(",") for trim in ("head", "sentences")
-    ]
+    budgets = [("whole", 10**6)] + [(f"{b} chars", int(b)) for b in args.budgets.split(",")]
     with tempfile.TemporaryDirectory(prefix="sm-bench-rag-context-") as run_dir:
         scratch = Settings(run_dir=Path(run_dir), model_cache_dir=ROOT / "runs" / "models",
                            local_base_port=PORT, local_ready_timeout_s=180)  # fmt: skip
@@ -84,12 +81,12 @@ def main() -> None:
         try:
             gateway = Gateway(settings)
             rows: dict[str, list[tuple[int, str, list[str]]]] = {}
-            for name, budget, trim in settings_list:
+            for name, budget in budgets:
                 out = rows[name] = []
                 for q in tqdm(questions, desc=name, leave=False):
-                    shown = excerpts(q, hits[q], budget, trim)
-                    r = gateway.chat(entry.name, build_messages(q, shown), max_tokens=args.max_tokens)
-                    out.append((r.input_tokens, r.text, shown))
+                    msgs = build_messages(q, hits[q], budget)
+                    r = gateway.chat(entry.name, msgs, max_tokens=args.max_tokens)
+                    out.append((r.input_tokens, r.text, _shown(hits[q], budget)))
         finally:
             servers.stop(entry, scratch)
     whole = [text for _, text, _ in rows["whole"]]
@@ -100,7 +97,8 @@ def main() -> None:
         tokens = statistics.mean(t for t, _, _ in out)
         agree = statistics.mean(rouge_l(text, ref) for (_, text, _), ref in zip(out, whole, strict=True))
         cover = statistics.mean(
-            share(_stems(q), _stems(" ".join(s))) for q, (_, _, s) in zip(questions, out, strict=True)
+            share(_content_words(q), _content_words(" ".join(s)))
+            for q, (_, _, s) in zip(questions, out, strict=True)
         )
         ground = statistics.mean(
             share(_content_words(text), _content_words(" ".join(s))) for _, text, s in out

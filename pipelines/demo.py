@@ -53,9 +53,8 @@ def _rag(console: Console, settings: Settings, gateway: Gateway) -> None:
         for q in DEMO_QUESTIONS:
             model = gateway.catalog.local()[0].name
             a = answer(
-                q, retriever, gateway, model, k=4, mode="hybrid",
-                max_context_chars=settings.rag_context_chars, trim=settings.rag_trim,
-            )  # fmt: skip
+                q, retriever, gateway, model, k=4, mode="hybrid", max_context_chars=settings.rag_context_chars
+            )
             console.print(
                 f"[bold]Q:[/] {q}\n[bold]A[/] ({a.model}, {a.latency_s:.1f}s, cited by {a.citations_by}): "
                 f"{' '.join(a.text.split())}"

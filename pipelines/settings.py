@@ -105,10 +105,6 @@ class Settings(BaseSettings):
         ge=200,
         description="characters of retrieved text in a RAG prompt, shared by its sources",
     )
-    rag_trim: Literal["sentences", "head"] = Field(
-        default="sentences",
-        description="how a source longer than its share is cut: sentences nearest the question, or its start",
-    )
     fusion: Literal["convex", "rrf"] = "convex"
     hybrid_alpha: float = Field(default=0.5, ge=0, le=1, description="dense weight in the convex combination")
     rrf_k: int = Field(default=60, ge=1)

@@ -344,7 +344,7 @@ class StratMaster:
         retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
         a = await self._model_call(
             answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens,
-            self.settings.rag_context_chars, self.settings.rag_trim,
+            self.settings.rag_context_chars,
         )  # fmt: skip
         if a.model:
             usage = a.usage or {}

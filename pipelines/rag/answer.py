@@ -9,9 +9,7 @@ to the source that holds most of its content words, if one holds at least half; 
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -33,7 +31,6 @@ _STOP_WORDS = (  # words too common to tie a sentence to a source
 _STOP = frozenset(_STOP_WORDS.split())
 MIN_OVERLAP = 0.5  # share of a sentence's content words a source must hold to be cited for it
 MIN_WORDS = 3  # sentences with fewer content words are not attributed
-Trim = Literal["sentences", "head"]  # how `excerpts` cuts a source to its share of the prompt
 CitedBy = Literal["model", "overlap", "none"]  # the model's own [n] labels, attributed afterwards, or none
 
 
@@ -56,49 +53,14 @@ class Answer:
         return asdict(self)
 
 
-def excerpts(question: str, hits: list[Hit], max_context_chars: int = 4000,
-             trim: Trim = "sentences") -> list[str]:  # fmt: skip
-    """Each source as the model sees it. The sources share `max_context_chars` equally. A source longer than
-    its share keeps, with `trim="sentences"`, the sentences that share the most words with the question
-    (each word weighted by its IDF over the sentences of all sources), in their original order and with
-    `...` where sentences were left out; what is left of its share goes to its earliest other sentences. With
-    `trim="head"` it keeps its first characters."""
+def _shown(hits: list[Hit], max_context_chars: int) -> list[str]:
+    """Each source as the model sees it: they share `max_context_chars` equally."""
     per = max(200, max_context_chars // max(1, len(hits)))
-    if trim == "head":
-        return [f"{(h.title + ': ') if h.title else ''}{h.text[:per]}" for h in hits]
-    split = [[s for s in re.split(SENTENCE_BREAK, h.text) if s.strip()] for h in hits]
-    stems = [[_stems(s) for s in sents] for sents in split]
-    df = Counter(w for per_hit in stems for st in per_hit for w in st)
-    n = sum(len(x) for x in stems) + 1
-    asked = _stems(question)
-    shown = []
-    for h, sents, sts in zip(hits, split, stems, strict=True):
-        text = h.text
-        if len(text) > per:
-            score = [sum(math.log(n / df[w]) for w in st & asked) for st in sts]
-            keep, used = [], 0
-            for i in sorted(range(len(sents)), key=lambda i: (-score[i], i)):
-                if used + len(sents[i]) + 5 <= per:  # 5: a space, or the "... " of a gap
-                    keep.append(i)
-                    used += len(sents[i]) + 5
-            keep.sort()
-            text = " ".join(
-                ("... " if j and i > keep[j - 1] + 1 else "") + sents[i] for j, i in enumerate(keep)
-            )
-            if not keep:  # no sentence fits: the best one, cut
-                text = sents[max(range(len(sents)), key=lambda i: (score[i], -i))][:per] if sents else ""
-        shown.append(f"{(h.title + ': ') if h.title else ''}{text}")
-    return shown
+    return [f"{(h.title + ': ') if h.title else ''}{h.text[:per]}" for h in hits]
 
 
-def _stems(text: str) -> set[str]:
-    """Content words cut to 6 letters, a crude stemmer: statement(s) -> statem, assert(ion) -> assert."""
-    return {w[:6] for w in _content_words(text)}
-
-
-def build_messages(question: str, shown: list[str]) -> list[dict]:
-    """The chat messages for `question` over the sources as `excerpts` shows them."""
-    sources = "\n\n".join(f"[{i}] {text}" for i, text in enumerate(shown, 1))
+def build_messages(question: str, hits: list[Hit], max_context_chars: int = 4000) -> list[dict]:
+    sources = "\n\n".join(f"[{i}] {text}" for i, text in enumerate(_shown(hits, max_context_chars), 1))
     return [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": f"Sources:\n{sources}\n\nQuestion: {question}\nAnswer (cite sources):"},
@@ -124,11 +86,11 @@ def _content_words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower())) - _STOP
 
 
-def attribute(text: str, hits: list[Hit], shown: list[str]) -> tuple[str, list[str]]:
+def attribute(text: str, hits: list[Hit], max_context_chars: int = 4000) -> tuple[str, list[str]]:
     """For an answer that cites nothing: after each sentence, [chunk_id] of the source (as the model saw it)
     that holds the largest share of the sentence's content words, when it holds at least MIN_OVERLAP of them
     and the sentence has MIN_WORDS or more. The text is otherwise left as it was, line breaks included."""
-    sources = [_content_words(t) for t in shown]
+    sources = [_content_words(t) for t in _shown(hits, max_context_chars)]
     if not sources:
         return text, []
     parts = re.split(f"({SENTENCE_BREAK})", text)  # sentences at even indices, the breaks between them
@@ -145,27 +107,23 @@ def attribute(text: str, hits: list[Hit], shown: list[str]) -> tuple[str, list[s
     return ("".join(parts), list(dict.fromkeys(cited))) if cited else (text, [])
 
 
-def cite(text: str, hits: list[Hit], shown: list[str]) -> tuple[str, list[str], CitedBy]:
-    """The answer's text with chunk ids, the ids cited, and who cited them (`Answer.citations_by`); `shown`
-    is the sources as the model saw them (`excerpts`)."""
+def cite(text: str, hits: list[Hit], max_context_chars: int = 4000) -> tuple[str, list[str], CitedBy]:
+    """The answer's text with chunk ids, the ids cited, and who cited them (`Answer.citations_by`)."""
     resolved, cited = resolve_citations(text, hits)
     if cited:
         return resolved, cited, "model"
-    resolved, cited = attribute(resolved, hits, shown)
+    resolved, cited = attribute(resolved, hits, max_context_chars)
     return resolved, cited, "overlap" if cited else "none"
 
 
 def answer(question: str, retriever: Retriever, gateway, model: str = "smollm2-135m", k: int = 4,
-           mode: str = "hybrid", max_tokens: int = 256, max_context_chars: int = 4000,
-           trim: Trim = "sentences") -> Answer:  # fmt: skip
-    """Retrieve `k` chunks with `mode`, generate with `model` through `gateway` (pipelines.llm.gateway) from
-    the chunks as `excerpts` cuts them to `max_context_chars`."""
+           mode: str = "hybrid", max_tokens: int = 256, max_context_chars: int = 4000) -> Answer:  # fmt: skip
+    """Retrieve `k` chunks with `mode`, generate with `model` through `gateway` (pipelines.llm.gateway)."""
     hits = retriever.search(question, mode=mode, k=k)
     if not hits:
         return Answer(question, "No indexed source matches this question.", [], [], "", model, False, mode)
-    shown = excerpts(question, hits, max_context_chars, trim)
-    result = gateway.chat(model, build_messages(question, shown), max_tokens=max_tokens)
-    text, citations, citations_by = cite(result.text, hits, shown)
+    result = gateway.chat(model, build_messages(question, hits, max_context_chars), max_tokens=max_tokens)
+    text, citations, citations_by = cite(result.text, hits, max_context_chars)
     return Answer(
         question=question, text=text, citations=citations, chunks=hits, model=result.model,
         requested_model=result.requested_model, fallback_used=result.fallback_used, mode=mode,

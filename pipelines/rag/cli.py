@@ -125,9 +125,8 @@ def ask(
     r = open_retriever(s)
     try:
         a = answer(
-            question, r, Gateway(s), model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars,
-            trim=s.rag_trim,
-        )  # fmt: skip
+            question, r, Gateway(s), model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars
+        )
         print(json.dumps(a.to_dict(), indent=1))
     finally:
         r.close()
