@@ -11,7 +11,7 @@ script prints, per setting, means over the questions of:
   sources changes what the model says;
 - coverage: the share of the question's content words found in the shown sources;
 - grounding: the share of the answer's content words found in the shown sources.
-The local servers run from a scratch run folder on ports 8331-8332 and are stopped afterwards.
+SmolLM2's server runs from a scratch run folder (local ports from 8331) and is stopped afterwards.
 """
 
 from __future__ import annotations
