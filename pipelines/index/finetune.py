@@ -6,9 +6,9 @@ its title in front as the dense index embeds it). Its negatives are the batch's 
 relevant (the loss of sentence-transformers' MultipleNegativesRankingLoss, scale 20); a passage relevant to
 the query is never its negative. The result is a SentenceTransformer folder with a manifest;
 `SM_EMBEDDER=<folder>` indexes and queries with it (its own Qdrant collection: the name carries a hash of the
-training data and parameters). The manifest's `precision` says how the model runs: `int8` (default) with int8
-weights and activations on OpenVINO, as the default `minilm-int8` embedder does, quantized at its first use
-(about 20 s) and cached; `float` in bf16/fp32 as `minilm`.
+trained weights, the training data and parameters). The manifest's `precision` says how the model runs: `int8`
+(default) with int8 weights and activations on OpenVINO, as the default `minilm-int8` embedder does, quantized
+at its first use (about 20 s) and cached; `float` in bf16/fp32 as `minilm`.
 
 Measured on SciFact train claims by 5-fold cross-validation (benchmarks/retrieval.py --finetune-folds 5),
 nDCG@10: in-batch negatives only, dense 0.6709 -> 0.7018 and hybrid 0.7341 -> 0.7530 (2026-12-01); with
@@ -80,6 +80,17 @@ def hard_negatives(chunks: pd.DataFrame, queries: Mapping[str, str], qrels: Mapp
     return out
 
 
+def model_name(model, params: list) -> str:
+    """A fine-tuned model's name, which keys its Qdrant collection: a hash of its weights and the training
+    `params`, so a model retrained with changed code or libraries never writes into, or is queried against,
+    the collection of the one before it."""
+    from pipelines.index.embeddings import hash_weights
+
+    key = hashlib.sha256(json.dumps(params).encode())
+    hash_weights(model, key)
+    return f"all-MiniLM-L6-v2-ft-{key.hexdigest()[:10]}"
+
+
 def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: int = 2, lr: float = 3e-5,
                     batch_size: int = 16, seed: int = 0, progress: bool = True,
                     negatives: list[str | None] | None = None, precision: str = "int8") -> Path:  # fmt: skip
@@ -140,9 +151,8 @@ def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: i
     model.eval()
 
     out_dir = Path(out_dir)
-    key = [pairs, epochs, lr, batch_size, seed] + ([negatives] if negatives is not None else [])
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:10]
-    manifest = {"name": f"all-MiniLM-L6-v2-ft-{digest}", "base": "all-MiniLM-L6-v2", "dim": 384,
+    name = model_name(model, [pairs, epochs, lr, batch_size, seed, negatives])
+    manifest = {"name": name, "base": "all-MiniLM-L6-v2", "dim": 384,
                 "pairs": len(pairs), "hard_negatives": sum(n is not None for n in negatives or []),
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "precision": precision,
                 "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
