@@ -7,8 +7,9 @@ For each of the serving bench's RAG questions, the demo index (`make demo`) give
 setting then shows them to SmolLM2 (greedy, 64 tokens out, through the gateway, as `/v1/rag` does) and the
 script prints, per setting, means over the questions of:
 - prompt tokens (what RAG latency on 2 cores follows: `benchmarks/serving.py --phases rag` measures it);
-- agreement: ROUGE-L F1 of the answer against the answer given the 4 chunks whole, i.e. how far cutting the
-  sources changes what the model says;
+- agreement: ROUGE-L F1 (rouge-score, the scorer behind `pipelines.bench.rag_scorers`' rouge_l) of the
+  answer against the answer given the 4 chunks whole, i.e. how far cutting the sources changes what the
+  model says;
 - coverage: the share of the question's content words found in the shown sources;
 - grounding: the share of the answer's content words found in the shown sources.
 SmolLM2's server runs from a scratch run folder (local ports from 8331) and is stopped afterwards.
@@ -26,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from rouge_score.rouge_scorer import RougeScorer  # noqa: E402  (the scorer RAGAS's rouge_l uses)
 from tqdm import tqdm  # noqa: E402
 
 from pipelines.llm import servers  # noqa: E402
@@ -36,21 +38,6 @@ from pipelines.rag.retrieve import open_retriever  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 PORT = 8331
-
-
-def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F1 over lower-cased word tokens (longest common subsequence)."""
-    x, y = a.lower().split(), b.lower().split()
-    if not x or not y:
-        return float(x == y)
-    prev = [0] * (len(y) + 1)
-    for t in x:
-        cur = [0]
-        for j, u in enumerate(y):
-            cur.append(prev[j] + 1 if t == u else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    return 0.0 if lcs == 0 else 2 * lcs / (len(x) + len(y))
 
 
 def share(words: set[str], text_words: set[str]) -> float:
@@ -90,12 +77,15 @@ def main() -> None:
         finally:
             servers.stop(entry, scratch)
     whole = [text for _, text, _ in rows["whole"]]
+    rouge = RougeScorer(["rougeL"])
     print(f"\nRAG context settings: {len(questions)} questions, k=4 hybrid, {entry.name} greedy, "
           f"{args.max_tokens} tokens out (means)")  # fmt: skip
     print(f"{'setting':<16}{'prompt tok':>11}{'agreement':>11}{'coverage':>10}{'grounding':>11}")
     for name, out in rows.items():
         tokens = statistics.mean(t for t, _, _ in out)
-        agree = statistics.mean(rouge_l(text, ref) for (_, text, _), ref in zip(out, whole, strict=True))
+        agree = statistics.mean(
+            rouge.score(ref, text)["rougeL"].fmeasure for (_, text, _), ref in zip(out, whole, strict=True)
+        )
         cover = statistics.mean(
             share(_content_words(q), _content_words(" ".join(s)))
             for q, (_, _, s) in zip(questions, out, strict=True)
