@@ -214,6 +214,34 @@ def test_an_acronym_in_a_hyphenated_word_is_the_acronym_alone(text, entity):
     assert entity in found and not any(e.endswith("-") or e.startswith("-") for e in found)
 
 
+def test_a_title_case_heading_is_no_entity_but_its_phrases_are():
+    from pipelines.index.entities import MAX_BYTES, RuleEntityExtractor
+
+    heading = (
+        "We read it. In The Annual Review Of Modern Cardiology And Vascular Medicine Across Northern "
+        "European Hospitals During The Past Twenty Years the rates fell."
+    )
+    found = RuleEntityExtractor().extract(heading)
+    assert "vascular medicine" in found and "northern european hospital" in found
+    assert all(len(e.encode()) <= MAX_BYTES and e.count(" ") < 8 for e in found)
+    assert not any(e.startswith("the annual review of modern") for e in found)
+
+
+def test_nebula_refuses_vertex_ids_its_space_cannot_hold_before_clearing_it():
+    from pipelines.index.graph import VID_BYTES, NebulaGraph, extract_graph
+
+    def chunks(doc_id):
+        return pd.DataFrame(
+            {"chunk_id": [f"{doc_id}#{i}" for i in range(3)], "doc_id": doc_id, "title": "",
+             "text": ["BRCA1 and TP53 in tumours."] * 3}
+        )  # fmt: skip
+
+    NebulaGraph.check_ids(extract_graph(chunks("notes/a.txt")))
+    deep = "/".join(["folder"] * 40) + "/a.txt"  # 286 bytes
+    with pytest.raises(ValueError, match=f"longer than NebulaGraph's {VID_BYTES} bytes"):
+        NebulaGraph.check_ids(extract_graph(chunks(deep)))
+
+
 @pytest.fixture(scope="module")
 def pii_indexes(tmp_path_factory):
     root = tmp_path_factory.mktemp("pii")

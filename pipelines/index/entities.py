@@ -5,7 +5,10 @@ The rule extractor finds three kinds of mention and normalises each to a lowerca
 - capitalised multi-word names not at a sentence start (Chatbot Arena, Los Angeles);
 - key phrases: runs of 2-3 content words between stop words and punctuation, and the word pairs inside
   longer runs (colorectal cancer).
-Relations are co-occurrence within a chunk; the graph keeps the chunk ids as provenance.
+Relations are co-occurrence within a chunk; the graph keeps the chunk ids as provenance. A "name" of more
+than MAX_WORDS words or MAX_BYTES bytes of UTF-8 (a Title Case heading, a sentence from the LLM) is no
+entity and is dropped: it would only ever match itself, and a graph engine keys vertices by name
+(NebulaGraph's vertex ids hold 256 bytes).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ _CAPITALS = re.compile(r"[A-Z].*[A-Z0-9]")  # a capital, then a capital or a dig
 _CAPNAME = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+(?:\s+(?:of|de|la|van|von)?\s*[A-Z][a-z]+)+)")
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*[A-Za-z]|[A-Za-z]")
 _BREAK = re.compile(r"[^\w\s-]|\d")
+MAX_WORDS, MAX_BYTES = 8, 100
 
 
 def _acronym(token: str) -> str:
@@ -52,6 +56,12 @@ def normalise(name: str) -> str:
     elif len(last) > 3 and last.endswith("s") and not last.endswith(("ss", "us", "is", "es")):
         words[-1] = last[:-1]
     return " ".join(words)
+
+
+def _names(found: Iterable[str]) -> list[str]:
+    """Normalised, each once, in order; no stop word, single letter or overlong run."""
+    keep = (n for n in map(normalise, found) if len(n) > 1 and n not in STOP)
+    return list(dict.fromkeys(n for n in keep if len(n.encode()) <= MAX_BYTES and n.count(" ") < MAX_WORDS))
 
 
 def _key_phrases(text: str, max_words: int = 3) -> Iterable[str]:
@@ -78,7 +88,7 @@ class RuleEntityExtractor:
         found = [a for m in _ACRONYM.finditer(text) if (a := _acronym(m.group(0))) and not a.isdigit()]
         found += [m.group(1) for m in _CAPNAME.finditer(text)]
         found += list(_key_phrases(text))
-        return list(dict.fromkeys(n for n in map(normalise, found) if len(n) > 1 and n not in STOP))
+        return _names(found)
 
 
 class LLMEntityExtractor:
@@ -101,4 +111,4 @@ class LLMEntityExtractor:
             names = json.loads(m.group(0)) if m else []
         except json.JSONDecodeError:
             names = re.findall(r'"([^"]+)"', m.group(0)) if m else []
-        return list(dict.fromkeys(normalise(str(n)) for n in names if str(n).strip()))
+        return _names(str(n) for n in names if str(n).strip())

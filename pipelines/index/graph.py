@@ -26,7 +26,7 @@ from pipelines.index.base import IndexReport, ScoredChunk
 from pipelines.index.entities import RuleEntityExtractor
 from pipelines.settings import Settings
 
-GRAPH_VERSION = 2  # bump when extraction or the graph's parameters change: every graph is rebuilt
+GRAPH_VERSION = 3  # bump when extraction or the graph's parameters change: every graph is rebuilt
 
 
 def graph_fingerprint(chunk_ids, extractor=None) -> str:
@@ -150,6 +150,9 @@ class LadybugGraph:
         return self._df(q, {"n": names})
 
 
+VID_BYTES = 256  # NebulaGraph's vertex ids: chunk ids and entity names (entities.MAX_BYTES is less)
+
+
 class NebulaGraph:
     """The same graph on NebulaGraph through `nebula3-python` (nGQL). Vertex ids are the chunk ids and
     entity names; a full replace clears the space's data. Written against the official client; not run
@@ -171,7 +174,7 @@ class NebulaGraph:
             raise ConnectionError(f"cannot reach NebulaGraph at {address}")
         self.user, self.password, self.space = user, password, space
         self.location = f"nebula://{address}/{space}"
-        self._run(f"CREATE SPACE IF NOT EXISTS {space}(vid_type=FIXED_STRING(256))", use=False)
+        self._run(f"CREATE SPACE IF NOT EXISTS {space}(vid_type=FIXED_STRING({VID_BYTES}))", use=False)
         # a new space, tag or index takes effect after two heartbeats (20 s by default): until then, retry
         self._run_when_ready(
             "CREATE TAG IF NOT EXISTS chunk(doc_id string); "
@@ -214,7 +217,18 @@ class NebulaGraph:
         r = self._run(f"FETCH PROP ON build {self._q(fingerprint)} YIELD id(vertex) AS id")
         return r.row_size() > 0
 
+    @staticmethod
+    def check_ids(tables: dict[str, pd.DataFrame]) -> None:
+        """Every vertex id fits the space's FIXED_STRING: else a clear error, before anything is cleared."""
+        ids = [*tables["chunk"]["id"], *tables["entity"]["name"]]
+        if long := [str(v) for v in ids if len(str(v).encode()) > VID_BYTES]:
+            raise ValueError(
+                f"{len(long)} vertex ids are longer than NebulaGraph's {VID_BYTES} bytes (first: "
+                f"{long[0][:80]}...); shorten the document ids (their paths) or use the embedded graph"
+            )
+
     def replace(self, tables: dict[str, pd.DataFrame], fingerprint: str = "", batch: int = 500) -> None:
+        self.check_ids(tables)
         self._run(f"CLEAR SPACE {self.space}", use=False)  # every vertex and edge; the schema stays
         q = self._q
         rows = {
