@@ -161,6 +161,30 @@ def test_ip_addresses_are_redacted_but_not_bnf_or_slices(tmp_path):
     assert "expr ::= term" in out and "y[1::2]" in out
 
 
+def test_a_phone_number_written_with_unicode_dashes_is_redacted(tmp_path):
+    """The phone trigger allowed only ASCII separators: 415–555–2671 (en dashes, as word processors
+    write it) reached the store in clear, though Presidio reads it as a number."""
+    from pipelines.corpus.pii import get_redactor
+
+    for number in ("415–555–2671", "415—555—2671", "(415) 555‐2671"):
+        out, counts = get_redactor("blank", str(tmp_path)).redact(f"Please call Jane at {number} today.")
+        assert counts == {"PHONE_NUMBER": 1} and number not in out, number
+
+
+@pytest.mark.parametrize("entity", ["4111 1111 1111 1111", "+1 415 555 2671", "jane.roe@example.com"])
+def test_an_entity_across_the_analysis_window_edge_is_redacted_whole(tmp_path, entity):
+    """Texts over PIECE_CHARS were cut at a space when a line had no break: a card or phone number with
+    spaces, cut there, was in neither piece whole and stayed in clear."""
+    from pipelines.corpus.pii import PIECE_CHARS, get_redactor
+
+    redactor = get_redactor("blank", str(tmp_path))
+    for offset in (-12, -8, -4, -1):  # the entity starts just before the first window's end
+        text = "word " * ((PIECE_CHARS + offset) // 5) + entity + " and more" * 2_000
+        out, counts = redactor.redact(text)
+        assert entity not in out and sum(counts.values()) == 1, (offset, counts)
+        assert out.startswith("word word") and out.endswith(" and more")
+
+
 def test_a_title_only_edit_gives_new_chunk_ids_so_the_indexes_replace_them(env):
     """Chunk ids hashed the text alone: a changed <title> reached the store, yet the keyword and dense
     indexes, which sync by chunk id, kept the old title."""

@@ -22,7 +22,8 @@ MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not
 # Cheap necessary conditions: a recognizer only runs when its trigger matches somewhere in the text.
 _TRIGGERS = {
     "EMAIL_ADDRESS": re.compile(r"@"),
-    "PHONE_NUMBER": re.compile(r"\d(?:[\s\-.()/+]{0,3}\d){" + str(MIN_PHONE_DIGITS - 1) + ",}"),
+    # any separators, not only ASCII ones: phonenumbers reads 415–555–2671 (en dashes) as a number too
+    "PHONE_NUMBER": re.compile(r"\d(?:\W{0,3}\d){" + str(MIN_PHONE_DIGITS - 1) + ",}"),
     "CREDIT_CARD": re.compile(r"\d(?:[\s\-]?\d){11,}"),
     "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
     "IP_ADDRESS": re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
@@ -82,22 +83,18 @@ def _plausible_ip(span: str) -> bool:
     return addr.version == 4 or sum(bool(g) for g in span.split(":")) >= 3
 
 
-PIECE_CHARS = 100_000  # longer texts are redacted in pieces cut at line breaks (or spaces)
+# spaCy refuses a text over 1,000,000 characters (E088): longer texts are analysed in windows of PIECE_CHARS
+# that overlap by OVERLAP_CHARS, so every entity shorter than the overlap lies whole inside one of them
+PIECE_CHARS, OVERLAP_CHARS = 100_000, 1_000
 
 
-def _pieces(text: str, limit: int) -> list[str]:
-    """`text` cut into pieces of at most `limit` characters, at a line break in the second half of a window
-    where there is one, else at a space, so no entity is cut in two; the pieces join back into `text`."""
-    pieces, start = [], 0
-    while len(text) - start > limit:
-        lo, hi = start + limit // 2, start + limit
-        cut = text.rfind("\n", lo, hi)
-        if cut < 0:
-            cut = text.rfind(" ", lo, hi)
-        cut = cut + 1 if cut >= 0 else hi
-        pieces.append(text[start:cut])
-        start = cut
-    return [*pieces, text[start:]]
+def _windows(size: int, limit: int = PIECE_CHARS, overlap: int = OVERLAP_CHARS) -> list[tuple[int, int]]:
+    """(start, end) of windows of at most `limit` characters covering range(size), each overlapping the
+    next."""
+    starts = [0]
+    while starts[-1] + limit < size:
+        starts.append(starts[-1] + limit - overlap)
+    return [(lo, min(lo + limit, size)) for lo in starts]
 
 
 class Redactor:
@@ -133,20 +130,24 @@ class Redactor:
             return _plausible_ip(span)
         return True
 
+    def _analyze(self, text: str, wanted: list[str]) -> list:
+        found = []
+        for lo, hi in _windows(len(text)):
+            for r in self._analyzer.analyze(text[lo:hi], language="en", entities=wanted):
+                r.start, r.end = r.start + lo, r.end + lo
+                found.append(r)
+        # the anonymizer merges a result seen from two windows (or cut by a window's edge) into one
+        return [r for r in found if self._keep(text, r)]
+
     def redact(self, text: str) -> tuple[str, Counter]:
-        if len(text) > PIECE_CHARS:  # spaCy refuses a text over 1,000,000 characters (E088)
-            done = [self.redact(piece) for piece in _pieces(text, PIECE_CHARS)]
-            return "".join(t for t, _ in done), sum((c for _, c in done), Counter())
         wanted = self._always + [e for e, rx in _TRIGGERS.items() if e in self.entities and rx.search(text)]
         if not wanted or not text:
             return text, Counter()
-        results = [
-            r for r in self._analyzer.analyze(text, language="en", entities=wanted) if self._keep(text, r)
-        ]
+        results = self._analyze(text, wanted)
         if not results:
             return text, Counter()
-        out = self._anonymizer.anonymize(text=text, analyzer_results=results).text  # type: ignore[arg-type]
-        return out, Counter(r.entity_type for r in results)
+        out = self._anonymizer.anonymize(text=text, analyzer_results=results)  # type: ignore[arg-type]
+        return out.text, Counter(item.entity_type for item in out.items)
 
 
 @lru_cache(maxsize=4)
