@@ -146,7 +146,7 @@ class Redactor:
         results = self._analyze(text, wanted)
         if not results:
             return text, Counter()
-        out = self._anonymizer.anonymize(text=text, analyzer_results=results)  # type: ignore[arg-type]
+        out = self._anonymizer.anonymize(text=text, analyzer_results=results)
         return out.text, Counter(item.entity_type for item in out.items)
 
 
