@@ -20,11 +20,15 @@ app.add_typer(utility_app, name="utility", help="The Bayesian utility model per 
 
 
 def main() -> None:
-    """The console script: `app`, with a bad SM_ setting said in one line per field, not a traceback."""
+    """The console script: `app`, with a bad SM_ setting said in one line per field and a file-system error
+    in one line, not a traceback."""
     from pydantic import ValidationError
 
     try:
         app()
+    except OSError as e:  # a folder given for a file or the reverse, no permission, a full disk, no server
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except ValidationError as e:
         if e.title != "Settings":
             raise

@@ -102,6 +102,20 @@ def test_import_routerbench_cli_writes_the_outcome_table(shared_data, tmp_path):
     assert df["score"].between(0, 1).all() and "11 models" in r.output and "arc-challenge" in r.output
     r = CliRunner().invoke(app, ["import-routerbench", str(tmp_path)])
     assert r.exit_code == 2 and "not found" in r.output
+    # a repeated prompt_id joined its outcome rows twice; a word for a score was written, then a traceback
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    prompts = pd.read_csv(shared_data / "routerbench" / "prompts_train.csv", dtype=str).head(5)
+    outcomes = pd.read_csv(shared_data / "routerbench" / "outcomes_train.csv", dtype={"prompt_id": str})
+    outcomes = outcomes[outcomes["prompt_id"].isin(prompts["prompt_id"])]
+    for name, (p, o) in {
+        "repeats prompt_id": (pd.concat([prompts, prompts.head(1)]), outcomes),
+        "score 'yes' is not a number": (prompts, outcomes.astype({"score": object}).assign(score="yes")),
+    }.items():
+        p.to_csv(bad / "prompts_train.csv", index=False)
+        o.to_csv(bad / "outcomes_train.csv", index=False)
+        r = CliRunner().invoke(app, ["import-routerbench", str(bad), "--out", str(bad / "o.parquet")])
+        assert r.exit_code == 2 and name in r.output and not (bad / "o.parquet").exists(), r.output
 
 
 def test_rag_rows_join_a_runs_answers_with_their_contexts():

@@ -151,11 +151,11 @@ def test_bad_inputs_are_one_line_errors_not_tracebacks(trained, slices, tmp_path
     o = pd.read_csv(slices / "test_outcomes.csv", dtype={"prompt_id": str})
     p = pd.read_csv(slices / "test_prompts.csv", dtype={"prompt_id": str})
 
-    def evaluate(outcomes: pd.DataFrame, prompts: pd.DataFrame = p):
+    def evaluate(outcomes: pd.DataFrame, prompts: pd.DataFrame = p, *extra: str):
         outcomes.to_csv(tmp_path / "o.csv", index=False)
         prompts.to_csv(tmp_path / "p.csv", index=False)
         args = ["evaluate", "--router", str(out), "--prompts", str(tmp_path / "p.csv")]
-        return runner.invoke(app, [*args, "--outcomes", str(tmp_path / "o.csv")])
+        return runner.invoke(app, [*args, "--outcomes", str(tmp_path / "o.csv"), *extra])
 
     def predict(router, prompts):
         return runner.invoke(app, ["predict", "--router", str(router), "--prompts", str(prompts),
@@ -164,6 +164,7 @@ def test_bad_inputs_are_one_line_errors_not_tracebacks(trained, slices, tmp_path
     no_cost = o.assign(cost_usd=o["cost_usd"].where(o.index % 7 != 0))  # AIQ changed from run to run
     ghost = pd.concat([o, o.head(1).assign(prompt_id="ghost-1")])  # was dropped without a word
     (tmp_path / "empty.csv").write_text("")
+    (comma := tmp_path / "comma.csv").write_text("prompt_id,prompt\np1,Hello, world\np2,Bye, now\n")
     cases = [
         (evaluate(no_cost), "scored outcome rows have no cost_usd"),
         (evaluate(ghost), "prompt_ids of"),
@@ -172,11 +173,28 @@ def test_bad_inputs_are_one_line_errors_not_tracebacks(trained, slices, tmp_path
         (evaluate(o, pd.concat([p, p.head(1)])), "repeats prompt_id"),
         (predict(tmp_path, slices / "test_prompts.csv"), "not a router artifact"),
         (predict(out, tmp_path / "empty.csv"), "empty.csv"),
+        # a word for a number or a blank id were tracebacks; an unquoted comma shifted ids into an index
+        (evaluate(o.astype({"score": object}).assign(score=o["score"].where(o.index != 3, "yes"))), "'yes'"),
+        (evaluate(o.assign(prompt_id=o["prompt_id"].where(o.index != 5, ""))), "has no prompt_id"),
+        (predict(out, comma), "more fields than the header"),
+        (evaluate(o, p, "--plot", str(tmp_path / "pareto.xyz")), "expected one of .png"),
     ]
     for res, needle in cases:
         assert res.exit_code == 2, res.output  # a traceback exits with 1
         said = " ".join(re.sub("[│─╭╮╰╯]", " ", res.output).split())  # typer's error box wraps the message
         assert needle in said, res.output
+
+
+def test_prompt_ids_come_back_as_written(trained, tmp_path):
+    """pandas read 007 as 7.0: predictions no longer matched the caller's ids (an NA id is refused above)."""
+    out, _ = trained
+    (tmp_path / "p.csv").write_text("prompt_id,prompt\n007,What is 2+2?\n1e3,Name a prime.\n0.50,Say hi.\n")
+    res = runner.invoke(app, ["predict", "--router", str(out), "--prompts", str(tmp_path / "p.csv"),
+                              "--out", str(tmp_path / "pred.csv")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    pred = pd.read_csv(tmp_path / "pred.csv", dtype=str, keep_default_na=False)
+    assert list(dict.fromkeys(pred["prompt_id"])) == ["007", "1e3", "0.50"]
+    assert oct((tmp_path / "pred.csv").stat().st_mode & 0o777) != oct(0o600)  # mkstemp's owner-only mode
 
 
 def test_an_empty_prompt_is_predicted_like_any_other(trained, tmp_path):

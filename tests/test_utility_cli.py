@@ -133,7 +133,7 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
         args = ["fit", "--prompts", str(p), "--outcomes", str(path), "--out", str(tmp_path)]
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
-        assert ("name no model" if name == "blank" else "'x' is not a number") in res.output
+        assert ("has no model" if name == "blank" else "score 'x' is not a number") in res.output
     args = [
         "fit",
         "--outcomes",

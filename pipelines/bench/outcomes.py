@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.files import publish_mode
+
 OUTCOME_COLUMNS = [
     "prompt_id", "task", "prompt", "model", "score", "cost_usd", "latency_s", "ttft_s",
     "input_tokens", "output_tokens", "error", "run_id",
@@ -26,14 +28,43 @@ def task_family(task: str) -> str:
     return TASK_FAMILY.get(task, task if task in TAXONOMY else "chat")
 
 
+ID_COLUMNS = ("prompt_id", "model")  # read as written: 007 stays 007, 1e3 stays 1e3
+NUMBER_COLUMNS = ("score", "cost_usd", "latency_s", "ttft_s", "input_tokens", "output_tokens")
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a parquet or CSV table, chosen by the file's extension."""
+    """Read a parquet or CSV table, chosen by the file's extension. Ids are text as written and never blank,
+    the number columns numbers: anything else is a ValueError naming the row."""
+    import warnings
+
     path = Path(path)
     if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    raise ValueError(f"{path}: expected a .parquet or .csv file")
+        df = pd.read_parquet(path)
+    elif path.suffix == ".csv":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            try:  # index_col=False: a row with an unquoted comma must not shift its prompt_id into an index
+                df = pd.read_csv(path, index_col=False, dtype={c: str for c in (*ID_COLUMNS, "task")})
+            except pd.errors.ParserWarning:
+                raise ValueError("a row has more fields than the header (an unquoted comma?)") from None
+    else:
+        raise ValueError(f"{path}: expected a .parquet or .csv file")
+
+    def where(mask: pd.Series) -> str:  # a CSV's prompts may span lines: count rows, not lines
+        i = int(mask.to_numpy().argmax())
+        pid = df["prompt_id"].iloc[i] if "prompt_id" in df else None
+        return f"data row {i + 1}" + (f" (prompt_id {pid})" if isinstance(pid, str) and pid.strip() else "")
+
+    for col in (c for c in ID_COLUMNS if c in df):
+        if (blank := df[col].isna() | (df[col].astype(str).str.strip() == "")).any():
+            raise ValueError(f"{where(blank)} has no {col} (blank, or a word read as missing: NA, N/A, null)")
+        df[col] = df[col].astype(str)
+    for col in (c for c in NUMBER_COLUMNS if c in df):
+        num = pd.to_numeric(df[col], errors="coerce")
+        if (bad := num.isna() & df[col].notna()).any():
+            raise ValueError(f"{where(bad)}: {col} {df[col][bad].iloc[0]!r} is not a number")
+        df[col] = num
+    return df
 
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
@@ -49,6 +80,7 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,7 +96,12 @@ def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.Dat
         if not p.exists():
             raise FileNotFoundError(f"RouterBench file not found: {p}")
     prompts = pd.read_csv(prompts_path, dtype={"prompt_id": str, "reference": str})
-    outcomes = pd.read_csv(outcomes_path, dtype={"prompt_id": str, "model": str})
+    if (repeated := prompts["prompt_id"].duplicated()).any():  # each outcome row would join twice
+        raise ValueError(f"{prompts_path} repeats prompt_id {prompts['prompt_id'][repeated].iloc[0]!r}")
+    try:
+        outcomes = read_table(outcomes_path)
+    except ValueError as e:
+        raise ValueError(f"{outcomes_path}: {e}") from None
     return prompts, outcomes
 
 

@@ -159,8 +159,10 @@ def evaluate(
     import math
 
     from router_models.router.artifact import load_router
-    from router_models.router.metrics import check_outcomes, pareto_plot, summary
+    from router_models.router.metrics import PLOT_SUFFIXES, check_outcomes, pareto_plot, summary
 
+    if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise typer.BadParameter(f"--plot {plot}: expected one of {', '.join(PLOT_SUFFIXES)}")
     p, o = _read_prompts(prompts), _read(outcomes)
     try:
         r = load_router(router)

@@ -14,6 +14,7 @@ mean score) pairs trace the router's curve.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -135,9 +136,15 @@ def summary(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, floa
     }
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
 def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Router curve, single models and the oracle in the cost-quality plane, written as a PNG."""
+    """Router curve, single models and the oracle in the cost-quality plane, written atomically as a PNG (or
+    an SVG or PDF, by the suffix)."""
     check_outcomes(outcomes)
+    if Path(path).suffix.lower() not in PLOT_SUFFIXES:
+        raise ValueError(f"{path}: a plot is written as one of {', '.join(PLOT_SUFFIXES)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,6 +167,11 @@ def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | P
     ax.set_title(title or "Router cost-quality curve")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # the format comes from the suffix
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
