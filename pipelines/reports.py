@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.files import publish_mode
 from pipelines.settings import REPO_ROOT, Settings
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -148,7 +149,7 @@ def run_notebook(
     parameters = dict(parameters or {})
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.tmp-"))
-    tmp.chmod(0o755)
+    publish_mode(tmp)
     executed = tmp / f"{name}.ipynb"
     t0 = time.perf_counter()
     try:

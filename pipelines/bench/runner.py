@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, task_family, write_table
 from pipelines.bench.scorers import score_row
+from pipelines.files import publish_mode
 
 MAX_TOKENS = {"multiple_choice": 16, "extraction": 48, "code": 192, "rag_answer": 128, "chat": 128}
 PART_GLOB = "part-*.parquet"
@@ -127,6 +128,7 @@ def _run_id(out_dir: Path, run_id: str | None) -> str:
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".run.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps({"run_id": run_id, "created_at": datetime.now(UTC).isoformat()}))
+    publish_mode(tmp)
     os.replace(tmp, manifest)
     return run_id
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from pipelines.files import publish_mode
 from pipelines.settings import Settings
 
 
@@ -46,6 +47,7 @@ class LocalStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            publish_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

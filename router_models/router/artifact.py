@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pipelines.files import publish_mode
 from router_models.router.features import CostModel, TaskClassifier
 from router_models.router.policies import policy_from_dict
 from router_models.router.predictors.base import PREDICTORS, get_predictor
@@ -43,6 +44,7 @@ def save_router(router: Router, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    publish_mode(tmp)
     try:
         params, arrays = router.predictor.get_state()
         np.savez_compressed(tmp / "predictor.npz", allow_pickle=False, **arrays)
