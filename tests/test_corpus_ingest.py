@@ -207,17 +207,21 @@ def test_beir_lines_fail_alone(env, tmp_path):
     beir = tmp_path / "beir"
     beir.mkdir()
     records = [{"_id": "a", "text": "First line\u2028same record."}, {"_id": "b", "text": "Bananas."},
-               {"_id": "a", "text": "A second record under a's id."}]  # fmt: skip
+               {"_id": "a", "text": "A second record under a's id."},
+               {"_id": "t", "title": "Aspirin lowers colorectal cancer risk", "text": ""}]  # fmt: skip
     lines = [json.dumps(r, ensure_ascii=False).encode() for r in records]
     lines[1:1] = [b'{"_id": "bad", "text": "caf\xe9"}', b'{"_id": "nul", "text": "x\x00"}']
+    lines.append(b'{"_id": "sur", "text": "half a pair \\ud800 here"}')  # a lone surrogate failed the file
     (beir / "corpus.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     r = ingest_corpus(settings, str(beir), store=store)
-    chunks = load_chunks(settings, store)
-    assert sorted(chunks["doc_id"]) == ["a", "b"]
-    assert "same record" in chunks.set_index("doc_id").loc["a", "text"]
+    chunks = load_chunks(settings, store).set_index("doc_id")
+    assert sorted(chunks.index) == ["a", "b", "t"]
+    assert "same record" in chunks.loc["a", "text"]
+    assert chunks.loc["t", "text"] == "Aspirin lowers colorectal cancer risk"  # title-only: was no chunk
     reasons = {s["path"]: s["reason"] for s in r.skipped}
     assert "UTF-8" in reasons["corpus.jsonl:line 2"] and "NUL" in reasons["corpus.jsonl:line 3"]
     assert "duplicate _id 'a'" in reasons["corpus.jsonl:line 5"]
+    assert "surrogate" in reasons["corpus.jsonl:line 7"]
 
 
 def test_a_document_over_a_million_characters_is_redacted_in_pieces(env, tmp_path):

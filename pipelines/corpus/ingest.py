@@ -165,7 +165,8 @@ class _Processor:
                 "char_end": c.char_end,
                 "n_tokens": c.n_tokens,
             }  # fmt: skip
-            for c in chunk_text(doc.doc_id, text, s.chunk_tokens, s.chunk_overlap, title)
+            # a title-only record (BEIR corpora have them) is its title: no text gave it no chunk, unrecorded
+            for c in chunk_text(doc.doc_id, text or title, s.chunk_tokens, s.chunk_overlap, title)
         ]
 
 

@@ -85,13 +85,17 @@ def _parse_jsonl(data: bytes, name: str) -> tuple[list[Document], list[str]]:
         try:
             obj = json.loads(_decode_text(line))
             doc_id, text = str(obj["_id"]), _clean(str(obj.get("text") or ""))
+            title = _clean(str(obj.get("title") or ""))
+            (doc_id + title + text).encode()  # a lone surrogate escape ("\ud800") is no character to store
         except SkipFile as e:
             problems.append(f"line {i}: {e}")
+            continue
+        except UnicodeEncodeError:
+            problems.append(f"line {i}: a lone UTF-16 surrogate escape, which is no character")
             continue
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             problems.append(f"line {i}: {type(e).__name__}: {e}")
             continue
-        title = _clean(str(obj.get("title") or ""))
         if doc_id in seen:
             problems.append(f"line {i}: duplicate _id {doc_id!r} (the first record is kept)")
         elif not (text or title):
