@@ -134,3 +134,15 @@ def test_chunking_is_stable_bounded_and_overlapping():
     assert chunk_text("doc", "", 64, 16) == []
     long_word = chunk_text("doc", "alpha beta gamma " * 400, 64, 0)  # no sentence boundary at all
     assert all(c.n_tokens <= 64 for c in long_word) and len(long_word) > 1
+
+
+def test_beir_files_with_a_bom_read_and_other_encodings_are_named(tmp_path):
+    """A queries file with a BOM was refused (the corpus and prompt readers take it) and a Latin-1 file's
+    error did not name the file."""
+    (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n', encoding="utf-8-sig")
+    (tmp_path / "qrels.tsv").write_text("q1\td1\t1\n", encoding="utf-8-sig")  # no header: the BOM hit the id
+    assert load_queries(tmp_path / "q.jsonl") == {"q1": "aspirin"}
+    assert load_qrels(tmp_path / "qrels.tsv") == {"q1": {"d1"}}
+    (tmp_path / "l1.jsonl").write_bytes('{"_id": "q1", "text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match="l1.jsonl: not UTF-8"):
+        load_queries(tmp_path / "l1.jsonl")

@@ -42,7 +42,7 @@ def run(
         ..., "--prompt-set", help="a .jsonl/.csv prompt file or a name: demo, routerbench"
     ),
     models: str = typer.Option("local", "--models", help="NAME,NAME or 'local'"),
-    limit: int = typer.Option(0, "--limit", help="stratified sample of at most N prompts (0: all)"),
+    limit: int = typer.Option(0, "--limit", min=0, help="stratified sample of at most N prompts (0: all)"),
     out: Path = typer.Option(..., "--out", help="outcome table, .parquet or .csv"),
     concurrency: int = typer.Option(2, "--concurrency", min=1),
     max_tokens: int = typer.Option(0, "--max-tokens", help="cap on generated tokens (0: per task default)"),
@@ -133,7 +133,7 @@ def import_routerbench(
 def lm_eval_cmd(
     model: str = typer.Option("smollm2-135m", "--model"),
     task: str = typer.Option("sm_arc_mini", "--task"),
-    limit: int = typer.Option(0, "--limit"),
+    limit: int = typer.Option(0, "--limit", min=0),
     out: Path = typer.Option(..., "--out", help="outcome table, .parquet or .csv"),
 ) -> None:
     """Run a committed lm-eval-harness task against a local server; store per-sample outcome rows."""

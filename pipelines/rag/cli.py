@@ -111,7 +111,7 @@ def ingest(
 def ask(
     question: str,
     model: str = typer.Option("smollm2-135m", help="catalog model name"),
-    k: int = typer.Option(4, help="chunks given to the model"),
+    k: int = typer.Option(4, min=1, help="chunks given to the model"),
     mode: str = typer.Option("hybrid", help="retrieval mode"),
 ) -> None:
     """Answer a question from the ingested corpus with citations (chunk ids), through the gateway."""

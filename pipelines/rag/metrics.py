@@ -10,31 +10,38 @@ from pathlib import Path
 import numpy as np
 
 
+def _lines(path: str | Path):
+    """The file's lines, read as UTF-8 with or without a BOM; other bytes are a ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            yield from f
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def load_queries(path: str | Path) -> dict[str, str]:
     """BEIR queries (.jsonl of {"_id", "text"}); a malformed line is a ValueError naming it."""
     queries = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                j = json.loads(line)
-                queries[str(j["_id"])] = str(j["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path} line {i}: not a JSON object with _id and text ({e!r})") from None
+    for i, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            j = json.loads(line)
+            queries[str(j["_id"])] = str(j["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} line {i}: not a JSON object with _id and text ({e!r})") from None
     return queries
 
 
 def load_qrels(path: str | Path) -> dict[str, set[str]]:
     """BEIR qrels TSV (query-id, corpus-id, score) with or without its header row."""
     qrels: dict[str, set[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3 or not parts[2].strip().lstrip("-").isdigit():
-                continue  # header or blank
-            if int(parts[2]) > 0:
-                qrels.setdefault(parts[0], set()).add(parts[1])
+    for line in _lines(path):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) < 3 or not parts[2].strip().lstrip("-").isdigit():
+            continue  # header or blank
+        if int(parts[2]) > 0:
+            qrels.setdefault(parts[0], set()).add(parts[1])
     return qrels
 
 

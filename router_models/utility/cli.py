@@ -23,9 +23,9 @@ def fit(
     priors: Annotated[
         Path | None, typer.Option("--priors", exists=True, help="leaderboard priors CSV")
     ] = None,
-    draws: Annotated[int, typer.Option(help="posterior draws per chain")] = 2000,
-    tune: Annotated[int, typer.Option(help="tuning steps per chain")] = 2000,
-    chains: Annotated[int, typer.Option(help="chains")] = 4,
+    draws: Annotated[int, typer.Option(min=1, help="posterior draws per chain")] = 2000,
+    tune: Annotated[int, typer.Option(min=0, help="tuning steps per chain")] = 2000,
+    chains: Annotated[int, typer.Option(min=1, help="chains")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc")] = "nutpie",
     seed: Annotated[int, typer.Option(help="random seed")] = 20261130,
 ) -> None:
