@@ -1,6 +1,7 @@
 """HTTP plumbing for the service: OpenAI-shaped errors and size-limited, validated JSON bodies."""
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from pipelines.llm.gateway import GatewayError
 
 RETRY_AFTER_S = 10
+log = logging.getLogger("stratmaster.serving")
 
 
 class HTTPFailure(Exception):
@@ -71,6 +73,50 @@ def upstream_failure(e: "GatewayError") -> HTTPFailure:
     """A 400 when the request itself cannot be served (retrying will not help), else 503 with Retry-After."""
     if any(f in str(e) for f in _REQUEST_FAULTS):
         return HTTPFailure(400, f"the model cannot take this request: {e}", "invalid_request_error")
+    # LiteLLM's text names deployments, fallbacks and upstream errors: for the server's log, not the client
+    log.warning("model call failed: %s", e)
     return HTTPFailure(
-        503, f"the model call failed: {e}", "upstream_unavailable", {"Retry-After": str(RETRY_AFTER_S)}
-    )
+        503, "the model call failed, its fallbacks too; retry later", "upstream_unavailable",
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )  # fmt: skip
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over MAX_BODY_BYTES on every route, before any work. The /v1 handlers
+    count as they read (`read_body`); the typed methods' bodies are read by BentoML, which set no limit (a
+    7.6 MiB /route body took 100 s of PII detection before its 422)."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:  # the server holds the body to its declared length
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = bytearray(), True  # chunked: read it here, up to the limit, then hand it on whole
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None  # the client left
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        msg = f"request body exceeds {self.max_bytes} bytes"
+        await error_response(413, msg, "request_too_large")(scope, receive, send)

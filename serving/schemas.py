@@ -22,7 +22,8 @@ class ApiModel(BaseModel):
 
 class ApiConstraints(Constraints):
     __doc__ = Constraints.__doc__
-    model_config = _CONFIG
+    # a misspelt key ("privacy_mode": "local_only") was ignored: the prompt could go to a remote model
+    model_config = ConfigDict(**_CONFIG, extra="forbid")
 
 
 class Message(ApiModel):
@@ -78,9 +79,15 @@ class ChatRequest(ApiModel):
 
     @model_validator(mode="after")
     def _stops(self) -> ChatRequest:
-        if isinstance(self.stop, list) and (len(self.stop) > 4 or not all(self.stop)):
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > 4 or not all(stops):
             raise ValueError("`stop` takes at most 4 non-empty strings")
         return self
+
+    def routing_constraints(self) -> ApiConstraints:
+        """The constraints, reserving the tokens this request may generate in a model's context window
+        (unless the caller set `expected_output_tokens`)."""
+        return _reserving(self.constraints, self.token_budget())
 
     def token_budget(self) -> int:
         return self.max_completion_tokens or self.max_tokens or 256
@@ -92,6 +99,12 @@ class ChatRequest(ApiModel):
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump() for m in self.messages]
+
+
+def _reserving(constraints: ApiConstraints, max_tokens: int) -> ApiConstraints:
+    if "expected_output_tokens" in constraints.model_fields_set:
+        return constraints
+    return constraints.model_copy(update={"expected_output_tokens": max_tokens})
 
 
 class RouteRequest(ApiModel):
@@ -120,6 +133,9 @@ class RagRequest(ApiModel):
     mode: Literal["bm25", "dense", "hybrid", "hybrid_rrf", "hybrid_convex"] = "hybrid"
     max_tokens: int = Field(default=256, ge=1, le=2048)
     constraints: ApiConstraints = Field(default_factory=ApiConstraints)
+
+    def routing_constraints(self) -> ApiConstraints:
+        return _reserving(self.constraints, self.max_tokens)
 
 
 class RouteDecision(ApiModel):

@@ -30,7 +30,7 @@ from typing import Any
 import bentoml
 from bentoml._internal.context import server_context
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
@@ -39,7 +39,7 @@ from pipelines.settings import Settings
 from pipelines.tracing import setup_tracing
 from router_models.router.artifact import load_router
 from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_ref, worker_index_dir
-from serving.http import RETRY_AFTER_S, HTTPFailure, error_response, read_body, upstream_failure
+from serving.http import RETRY_AFTER_S, BodyLimit, HTTPFailure, error_response, read_body, upstream_failure
 from serving.metrics import record_call
 from serving.openapi import json_body
 from serving.readiness import Readiness
@@ -169,8 +169,9 @@ class StratMaster:
                 kind = "invalid_request_error" if e.status < 500 else "not_ready"
                 span.set_attribute("error.type", kind)
                 raise HTTPFailure(
-                    e.status, str(e), kind, extra={"routing": e.decision} if e.decision else {}
-                ) from None
+                    e.status, str(e), kind, {"Retry-After": str(RETRY_AFTER_S)} if e.status >= 500 else None,
+                    extra={"routing": e.decision} if e.decision else {},
+                ) from None  # fmt: skip
             set_route(span, choice.model, choice.chosen_by, choice.decision)
             return choice
 
@@ -212,11 +213,11 @@ class StratMaster:
             rs.span.set_attribute("stratmaster.stream", bool(req.stream))
             messages = req.message_dicts()
             prompt = prompt_of(messages)
-            choice = await self._choose(req.model, prompt, req.constraints)
+            choice = await self._choose(req.model, prompt, req.routing_constraints())
             self._log_prompt(prompt, choice)
             temperature, options = req.sampling()
             if req.stream:  # the gateway's `chat <model>` span is this request span's child
-                from serving.sse import chat_events
+                from serving.sse import chat_response
                 from serving.streaming import ChatStream
 
                 stream = await self._model_call(
@@ -228,8 +229,7 @@ class StratMaster:
                     temperature,
                     **options,
                 )
-                sse = chat_events(stream, choice, rs.detach())
-                return StreamingResponse(sse, media_type="text/event-stream")
+                return chat_response(stream, choice, rs.detach())
             res = await self._model_call(
                 self.gateway.chat, choice.model, messages, req.token_budget(), temperature, **options
             )
@@ -284,13 +284,13 @@ class StratMaster:
     @bentoml.api
     async def route(self, req: RouteRequest, /, ctx: bentoml.Context) -> RouteDecision:
         """The routing decision for a prompt or messages: which model, chosen by what, and why."""
-        with request_span("route") as rs:
-            rs.span.set_attribute("gen_ai.request.model", req.model)
-            try:
+        try:  # outside the span: request_span records the failure's status
+            with request_span("route") as rs:
+                rs.span.set_attribute("gen_ai.request.model", req.model)
                 self._authorize(ctx.request)
                 return await self._route(req)
-            except HTTPFailure as e:
-                return _typed_error(ctx, e)
+        except HTTPFailure as e:
+            return _typed_error(ctx, e)
 
     def _preopen_retriever(self) -> None:
         try:
@@ -340,7 +340,7 @@ class StratMaster:
         from pipelines.rag.answer import answer
 
         rs.span.set_attribute("gen_ai.request.model", req.model)
-        choice = await self._choose(req.model, req.question, req.constraints)
+        choice = await self._choose(req.model, req.question, req.routing_constraints())
         retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
         a = await self._model_call(
             answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens,
@@ -380,12 +380,12 @@ class StratMaster:
     @bentoml.api
     async def rag(self, req: RagRequest, /, ctx: bentoml.Context) -> RagAnswer:
         """An answer from retrieved chunks, citing their ids, with the chunks, scores and provenance."""
-        with request_span("rag") as rs:
-            try:
+        try:  # outside the span: request_span records the failure's status
+            with request_span("rag") as rs:
                 self._authorize(ctx.request)
                 return await self._rag(req, rs)
-            except HTTPFailure as e:
-                return _typed_error(ctx, e)
+        except HTTPFailure as e:
+            return _typed_error(ctx, e)
 
     @api.get("/models")
     async def models(self, request: Request):
@@ -438,6 +438,9 @@ class StratMaster:
         cols.append("utility_mean")
         data = json.loads(rows[[c for c in cols if c in rows.columns]].to_json(orient="records"))
         return {"fit": self.registry_fit, "rows": data}
+
+
+StratMaster.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # a bentoml Service by now
 
 
 def _typed_error(ctx: bentoml.Context, e: HTTPFailure) -> Any:

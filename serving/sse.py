@@ -1,19 +1,27 @@
 """Server-sent events of a streamed chat, OpenAI's `chat.completion.chunk` shape plus StratMaster's routing.
 
 The first event carries the routing decision, the last the usage and cost; a stream that breaks after it
-started says so in-band (the HTTP status is already sent). The request span ends with the stream.
+started says so in-band (the HTTP status is already sent). The request span ends with the stream, and when
+the client leaves, before the first event or midway, the response closes the model's stream (a llama.cpp
+slot stops generating for nobody) and ends the spans: Starlette neither resumes nor closes a body whose
+client left, so a generator's own `finally` would wait for the garbage collector, or never run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 from opentelemetry.trace import Span, Status, StatusCode
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from serving.metrics import record_call
 from serving.routing import Choice
@@ -23,15 +31,42 @@ from serving.tracing import set_usage
 log = logging.getLogger("stratmaster.serving")
 
 
-def chat_events(stream: ChatStream, choice: Choice, span: Span) -> Iterator[str]:
-    """The SSE events; ends the request span when the stream ends (or the client leaves)."""
-    try:
-        yield from _events(stream, choice, span)
-    finally:
+class _ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that calls `on_close` however it ends: read to the end, client gone, cancelled."""
+
+    def __init__(self, content: Iterator[str], on_close: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # runs even when the request's task is being cancelled
+                await run_in_threadpool(self._on_close)
+
+
+def chat_response(stream: ChatStream, choice: Choice, span: Span) -> StreamingResponse:
+    """The SSE response; closes the model stream and ends the request span once, when either ends."""
+    lock, ended = threading.Lock(), [False]
+
+    def finish() -> None:
+        with lock:
+            if ended[0]:
+                return
+            ended[0] = True
         stream.close()  # idempotent; ends the gateway's span when the client left early
         s = stream.stats
         set_usage(span, s.model, s.input_tokens, s.output_tokens, s.cost_usd)
         span.end()
+
+    def events() -> Iterator[str]:
+        try:
+            yield from _events(stream, choice, span)
+        finally:
+            finish()
+
+    return _ClosingStreamingResponse(events(), finish, media_type="text/event-stream")
 
 
 def _events(stream: ChatStream, choice: Choice, span: Span) -> Iterator[str]:

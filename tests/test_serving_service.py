@@ -312,6 +312,25 @@ def test_typed_bentoml_route_gives_the_v1_decision_with_bentoml_errors(client):
         _no_trace(r)
     r = client.post("/route", json={"prompt": "hi", "model": "router:nope"}, headers=AUTH)
     assert r.status_code == 400 and "unknown routing policy" in r.json()["error"]["message"], r.text
+    # BentoML reads a typed method's body with no limit: 2 MiB of prompt was 27 s of PII detection, then 422
+    for path in ("/route", "/rag"):
+        big = (
+            {"prompt": "call 415 555 0100 " * 120_000} if path == "/route" else {"question": "x" * (2 << 20)}
+        )
+        t0 = time.perf_counter()
+        r = client.post(path, json=big, headers=AUTH)
+        assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"], r.text
+        assert time.perf_counter() - t0 < 5
+
+
+def test_a_typed_methods_failure_is_its_status_in_the_span(client, spans):
+    """The typed methods caught their failure inside the request span, which recorded 200."""
+    assert (
+        client.post("/route", json={"prompt": "hi", "model": "router:nope"}, headers=AUTH).status_code == 400
+    )
+    assert dict(_named(spans, "request route").attributes)["http.response.status_code"] == 400
+    assert client.post("/rag", json={"question": "x"}).status_code == 401
+    assert dict(_named(spans, "request rag").attributes)["error.type"] == "authentication_error"
 
 
 def test_typed_bentoml_rag_refuses_without_an_index(client):
@@ -418,6 +437,15 @@ MSG = [{"role": "user", "content": "hi"}]
             "response_format",
         ),
         (json.dumps({"model": "router", "messages": MSG, "stop": ["a", ""]}).encode(), 422, "stop"),
+        (json.dumps({"model": "router", "messages": MSG, "stop": ""}).encode(), 422, "stop"),  # was sent on
+        # a misspelt constraint was ignored: the prompt could reach a remote model the caller meant to exclude
+        (
+            json.dumps(
+                {"model": "router", "messages": MSG, "constraints": {"privacy_mode": "local_only"}}
+            ).encode(),
+            422,
+            "privacy_mode",
+        ),
     ],
 )
 def test_chat_errors_are_4xx_with_a_reason(client, content, status, needle):
@@ -436,6 +464,7 @@ def test_upstream_failure_is_503_with_retry_after(client, stream):
     assert r.status_code == 503, r.text
     assert int(r.headers["retry-after"]) > 0
     assert r.json()["error"]["type"] == "upstream_unavailable"
+    assert "litellm" not in r.text.lower() and "fallback to" not in r.text.lower()  # LiteLLM's own text
     _no_trace(r)
 
 
@@ -753,6 +782,68 @@ def test_openai_request_forms_are_read_as_openai_means_them():
     with pytest.raises(ValidationError) as e:
         RagRequest.model_validate({"question": f"My card is 4111 1111 1111 1111. {'x' * 4000}"})
     assert "4111" not in str(e.value)
+
+
+def test_routing_reserves_the_tokens_the_request_may_generate():
+    """model=router reserved 256 output tokens whatever max_tokens said: a long prompt with max_tokens=50
+    was refused as too long for every local model, and max_tokens=8000 was routed to a 2,048-token one."""
+    from serving.schemas import ChatRequest, RagRequest
+
+    chat = ChatRequest.model_validate({"model": "router", "messages": MSG, "max_tokens": 50})
+    assert chat.routing_constraints().expected_output_tokens == 50
+    default = ChatRequest.model_validate({"model": "router", "messages": MSG}).routing_constraints()
+    assert default.expected_output_tokens == Constraints().expected_output_tokens
+    mine = {
+        "model": "router",
+        "messages": MSG,
+        "max_tokens": 50,
+        "constraints": {"expected_output_tokens": 9},
+    }
+    assert ChatRequest.model_validate(mine).routing_constraints().expected_output_tokens == 9
+    rag = RagRequest.model_validate({"question": "q", "max_tokens": 1000})
+    assert rag.routing_constraints().expected_output_tokens == 1000
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("spec", ["2.3", "2.4"])
+def test_a_client_that_leaves_a_stream_closes_the_model_call_and_ends_the_spans(client, gateway, spans, spec):
+    """Starlette neither resumes nor closes a body whose client left: the llama.cpp slot kept generating
+    for nobody and the request and model spans stayed open (the client gone before the first event: forever).
+    ASGI 2.3 servers say so by a disconnect message, 2.4 ones by an OSError from send."""
+    import contextlib
+
+    import anyio
+    from starlette.requests import ClientDisconnect
+
+    from pipelines.tracing import tracer
+    from serving.routing import Choice
+    from serving.sse import chat_response
+    from serving.streaming import ChatStream
+
+    messages = [{"role": "user", "content": "Count from 1 to 300, one number per line."}]
+    stream = ChatStream(gateway, "smollm2-135m", messages, 400, 0.0)
+    response = chat_response(
+        stream, Choice("smollm2-135m", "request", None), tracer().start_span("request t")
+    )
+    sent = []
+
+    async def receive():
+        if spec == "2.3":
+            return {"type": "http.disconnect"}  # gone at once
+        await anyio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+        if spec == "2.4" and message["type"] == "http.response.body":
+            raise OSError("the client left")  # after the first event
+
+    with contextlib.suppress(ClientDisconnect):
+        anyio.run(response, {"type": "http", "asgi": {"spec_version": spec}}, receive, send)
+    assert stream._call._ended and stream._call.result is None  # closed, not read to the end
+    _named(spans, "request t")  # ended
+    model = dict(_named(spans, "chat smollm2-135m").attributes)
+    assert model["stratmaster.stream_closed_early"] is True
+    assert not any(m.get("more_body") is False for m in sent)  # the stream never reached its end
 
 
 @pytest.mark.models

@@ -11,10 +11,12 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Generator, Iterator
@@ -372,7 +374,7 @@ class StreamedChat:
         self._gateway, self._entry, self._messages = gateway, entry, messages
         self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
         self._gen: Generator[str, None, None] | None = None
-        self._ended = False
+        self._ended, self._end_lock = False, threading.Lock()
 
     def __iter__(self) -> Iterator[str]:
         if self._gen is not None or self._ended:
@@ -381,10 +383,14 @@ class StreamedChat:
         return self._gen
 
     def close(self) -> None:
-        """Stop reading: release the connection and end the span (nothing to do once the stream ended)."""
+        """Stop reading: release the connection and end the span (nothing to do once the stream ended).
+        Safe from another thread while one is blocked reading (a server whose client left): closing the
+        response ends that read."""
         gen, self._gen = self._gen, None
         if gen is not None:
-            gen.close()  # its `finally` ends the span
+            # "generator already executing" when a thread is reading it: _end closes the response under it
+            with contextlib.suppress(ValueError):
+                gen.close()  # its `finally` ends the span
         self._end(GeneratorExit())
 
     def __enter__(self) -> StreamedChat:
@@ -423,9 +429,10 @@ class StreamedChat:
             self._end(outcome)
 
     def _end(self, outcome: BaseException | None) -> None:
-        if self._ended:
-            return
-        self._ended = True
+        with self._end_lock:  # the reading thread and a closing one may both get here
+            if self._ended:
+                return
+            self._ended = True
         if self.result is not None:
             self._gateway._span_result(self._span, self.result)
         else:
