@@ -25,7 +25,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.corpus.store import LocalStore  # noqa: E402
-from pipelines.rag.evaluate import prepare_indexes, ranked_docs, run_queries, score_run  # noqa: E402
+from pipelines.rag.evaluate import (  # noqa: E402
+    evaluation_settings,
+    prepare_indexes,
+    ranked_docs,
+    run_queries,
+    score_run,
+)
 from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10  # noqa: E402
 from pipelines.rag.retrieve import open_retriever  # noqa: E402
 from pipelines.settings import REPO_ROOT, Settings  # noqa: E402
@@ -151,9 +157,9 @@ def main() -> None:
     args = p.parse_args()
     if not (args.corpus / "corpus.jsonl").exists():
         sys.exit(f"no BEIR corpus at {args.corpus}")
-    settings = Settings()
     modes = tuple(args.retrievers.split(","))
     index_dir = args.index_dir or REPO_ROOT / "runs" / "bench" / args.corpus.name
+    settings = evaluation_settings(Settings(), index_dir)  # a server backend's own names, not production's
     t0 = time.perf_counter()
     reports = prepare_indexes(settings, args.corpus, index_dir, modes, progress=True)
     print(

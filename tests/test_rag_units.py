@@ -146,3 +146,22 @@ def test_beir_files_with_a_bom_read_and_other_encodings_are_named(tmp_path):
     (tmp_path / "l1.jsonl").write_bytes('{"_id": "q1", "text": "café"}\n'.encode("latin-1"))
     with pytest.raises(ValueError, match="l1.jsonl: not UTF-8"):
         load_queries(tmp_path / "l1.jsonl")
+
+
+def test_an_evaluation_never_syncs_the_production_index_names():
+    """Server backends keep one index per name: evaluating SciFact synced the production OpenSearch index,
+    Qdrant collection and NebulaGraph space to the sample (CLEAR SPACE for the graph)."""
+    import re
+    from pathlib import Path
+
+    from pipelines.rag.evaluate import evaluation_settings
+    from pipelines.settings import Settings
+
+    prod = Settings()
+    ev = evaluation_settings(prod, Path("/runs/retrieval/scifact-1a2b3c4d"))
+    assert ev.opensearch_index == "stratmaster-chunks-eval-scifact_1a2b3c4d"
+    for field in ("opensearch_index", "qdrant_collection", "nebula_space"):
+        assert getattr(ev, field) != getattr(prod, field)
+    assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ev.nebula_space)  # an nGQL identifier
+    assert evaluation_settings(ev, Path("/runs/retrieval/scifact-1a2b3c4d")) == ev  # idempotent
+    assert evaluation_settings(prod, Path("/x/other")).qdrant_collection != ev.qdrant_collection

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 
@@ -22,9 +23,28 @@ def default_index_dir(settings: Settings, corpus: str | Path) -> Path:
     )
 
 
+def evaluation_settings(settings: Settings, index_dir: str | Path) -> Settings:
+    """`settings` whose server-side index names (OpenSearch index, Qdrant collection, NebulaGraph space) are
+    this evaluation's own, suffixed with its folder's name: the embedded engines live in `index_dir`, but a
+    server keeps one index per name, and an evaluation that synced the production names made the production
+    index hold only its sample (and the next index build undid it). Idempotent."""
+    tag = re.sub(r"[^a-z0-9]+", "_", Path(index_dir).name.lower()).strip("_") or "default"
+    if settings.opensearch_index.endswith(f"-eval-{tag}"):
+        return settings
+    return settings.model_copy(
+        update={
+            "opensearch_index": f"{settings.opensearch_index}-eval-{tag}",
+            "qdrant_collection": f"{settings.qdrant_collection}_eval_{tag}",
+            "nebula_space": f"{settings.nebula_space}_eval_{tag}",
+        }
+    )
+
+
 def prepare_indexes(settings: Settings, corpus: str | Path, index_dir: Path, modes: tuple[str, ...],
                     progress: bool = False) -> dict:  # fmt: skip
-    """Ingest `corpus` into index_dir/store and build the indexes `modes` need; returns the reports."""
+    """Ingest `corpus` into index_dir/store and build the indexes `modes` need (under this evaluation's own
+    server-side names: `evaluation_settings`); returns the reports."""
+    settings = evaluation_settings(settings, index_dir)
     store = LocalStore(index_dir / "store")
     reports = {"ingest": ingest_corpus(settings, str(corpus), store=store).to_dict()}
     if any(m != "dense" for m in modes):
@@ -39,6 +59,7 @@ def prepare_indexes(settings: Settings, corpus: str | Path, index_dir: Path, mod
 def ranked_docs(settings: Settings, corpus: str | Path, index_dir: Path, queries: dict[str, str],
                 qids: list[str], mode: str = "bm25", k: int = 100) -> dict[str, list[str]]:  # fmt: skip
     """Each query's top `k` document ids by one retriever, its indexes built (or reused) first."""
+    settings = evaluation_settings(settings, index_dir)
     prepare_indexes(settings, corpus, index_dir, (mode,))
     r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=(mode,))
     try:
@@ -82,6 +103,7 @@ def evaluate(
         raise ValueError(f"unknown retriever {retriever!r}; choose one of {MODES}")
     index_dir = Path(index_dir) if index_dir else default_index_dir(settings, corpus)
     queries, qrels, qids = load_labels(queries_path, qrels_path)  # before the indexing: a bad file fails fast
+    settings = evaluation_settings(settings, index_dir)
     reports = prepare_indexes(settings, corpus, index_dir, (retriever,), progress)
     r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=(retriever,))
     try:
@@ -142,6 +164,7 @@ def evaluate_retrievers(settings: Settings, corpus: str | Path, queries_path: st
                         progress: bool = False) -> dict:  # fmt: skip
     """Every retriever in `modes` on one BEIR folder (indexes built once): one row of metrics each."""
     queries, qrels, qids = load_labels(queries_path, qrels_path)
+    settings = evaluation_settings(settings, index_dir)
     reports = prepare_indexes(settings, corpus, index_dir, modes, progress)
     r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=modes)
     rows = []
