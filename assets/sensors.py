@@ -51,11 +51,13 @@ def _sha16(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _shown(name: str) -> str:
-    return "" if may_hold_pii(name) else name
+def _shown(name: str, spacy_model: str) -> str:
+    """The name, or "" where it may hold PII under the configured model (with an NER model any name may
+    name a person); BEIR's fixed corpus file name is always shown."""
+    return name if name == BEIR_CORPUS or not may_hold_pii(name, spacy_model) else ""
 
 
-def scan_folder(root: Path, previous: Fingerprints, key: bytes) -> Fingerprints:
+def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str = "blank") -> Fingerprints:
     """Fingerprints of the files below `root` (hidden files, links and temp files left out, as ingest
     does); a file whose size and mtime match `previous` keeps its previous hash without being read."""
     out: Fingerprints = {}
@@ -69,13 +71,13 @@ def scan_folder(root: Path, previous: Fingerprints, key: bytes) -> Fingerprints:
             prev = previous.get(digest)
             same = prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns
             content = prev[2] if same and prev else _sha16(p)
-            out[digest] = [st.st_size, st.st_mtime_ns, content, _shown(name)]
+            out[digest] = [st.st_size, st.st_mtime_ns, content, _shown(name, spacy_model)]
         except OSError:  # removed between listing and reading: the next tick sees it gone
             continue
     return out
 
 
-def scan_s3(src: S3Store, key: bytes) -> Fingerprints:
+def scan_s3(src: S3Store, key: bytes, spacy_model: str = "blank") -> Fingerprints:
     objs = src.client.list_objects(src.bucket, prefix=src.prefix, recursive=True)
     n = len(src.prefix)
     return {
@@ -83,7 +85,7 @@ def scan_s3(src: S3Store, key: bytes) -> Fingerprints:
             o.size or 0,
             0,
             (o.etag or "").strip('"'),
-            _shown(o.object_name[n:]),
+            _shown(o.object_name[n:], spacy_model),
         ]
         for o in objs
         if not o.is_dir and o.object_name
@@ -94,7 +96,11 @@ def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Finger
     """Fingerprints of a corpus source; FileNotFoundError when a local folder does not exist."""
     src = open_source(spec, settings)
     key = name_key(open_store(settings))
-    found = scan_s3(src, key) if isinstance(src, S3Store) else scan_folder(Path(spec), previous, key)
+    model = settings.pii_spacy_model  # ingest redacts names with it: the sensor shows no name it would redact
+    if isinstance(src, S3Store):
+        found = scan_s3(src, key, model)
+    else:
+        found = scan_folder(Path(spec), previous, key, model)
     # as ingest reads it: a BEIR folder's corpus file alone, not its queries and qrels
     beir = {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
     return beir or found

@@ -124,6 +124,13 @@ def _models_fingerprint(s: Settings) -> str | None:
     )  # fmt: skip
 
 
+def bento_code() -> str:
+    """A digest of the code and data files bentofile.yaml ships: the service and both libraries (a change
+    in, say, the RAG pipeline or a chat template is a new Bento, though no model changed)."""
+    folders = (REPO_ROOT / d for d in ("serving", "pipelines", "router_models"))
+    return source_digest(*folders, patterns=("*.py", "*.yaml", "*.jinja", "*.jsonl", "*.csv"))
+
+
 @dg.asset(group_name="serving", deps=[bento_models], kinds={"bentoml"})
 def bento(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     """`bentoml build` of bentofile.yaml pinned to the models `bento_models` just made; the Bento's labels
@@ -136,7 +143,7 @@ def bento(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.M
     upstream = asset_versions(context.instance, [ROUTER, REGISTRY, bento_models.key])
     s = settings.get()
     lock = REPO_ROOT / "requirements.lock"
-    fp = fingerprint(model_tags, REPO_ROOT / "bentofile.yaml", lock, source_digest(REPO_ROOT / "serving"))
+    fp = fingerprint(model_tags, REPO_ROOT / "bentofile.yaml", lock, bento_code())
     record = s.run_dir / "bundle" / "bento.json"
     info = recall(record, fp)
     reused = info is not None and _stored(info["home"], info["tag"])

@@ -148,6 +148,18 @@ def test_the_sensor_keeps_no_file_name_that_may_hold_pii(tmp_path):
         assert _tick(instance, docs, old_cursor).run_requests[0].tags["stratmaster/changes"] == "first scan"
 
 
+def test_with_an_ner_model_the_sensor_shows_only_names_ingest_would_not_redact(tmp_path):
+    """The sensor asked the blank model whatever SM_PII_SPACY_MODEL said: with an NER model, ingest redacted
+    "Jane Smith medical history.md" while the sensor put it in run tags, logs and its cursor."""
+    from assets.sensors import scan_folder
+
+    (tmp_path / "Jane Smith medical history.md").write_text("Notes.")
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "A claim."}\n')
+    shown = {fp[3] for fp in scan_folder(tmp_path, {}, b"key", "en_core_web_sm").values()}
+    assert shown == {"", "corpus.jsonl"}  # BEIR's fixed name stays, so the sensor still knows the layout
+    assert "Jane Smith medical history.md" in {fp[3] for fp in scan_folder(tmp_path, {}, b"key").values()}
+
+
 def test_new_documents_sensor_watches_the_demo_corpus_without_corpus_dir(tmp_path):
     (tmp_path / "demo_corpus").mkdir()
     (tmp_path / "demo_corpus" / "topic.md").write_text("# Python reference: topic")
