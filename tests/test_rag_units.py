@@ -136,6 +136,22 @@ def test_chunking_is_stable_bounded_and_overlapping():
     assert all(c.n_tokens <= 64 for c in long_word) and len(long_word) > 1
 
 
+def test_no_chunk_lies_inside_the_one_before_it():
+    """When the overlap sentences and the next sentence did not fit one window, the next window was the
+    overlap sentences alone, already inside the chunk before (2.8% of the demo corpus's chunks)."""
+    rng = random.Random(0)
+
+    def sentence(n: int) -> str:
+        return " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(n)).capitalize() + "."
+
+    for text in [" ".join(sentence(n) for n in (200, 20, 240)),
+                 " ".join(sentence(rng.choice([3, 8, 30, 120, 250])) for _ in range(60))]:  # fmt: skip
+        chunks = chunk_text("doc", text, 256, 32)
+        assert chunks[-1].char_end == len(text)
+        for x, y in zip(chunks, chunks[1:], strict=False):
+            assert y.char_end > x.char_end and y.char_start >= x.char_start, (x, y)
+
+
 def test_beir_files_with_a_bom_read_and_other_encodings_are_named(tmp_path):
     """A queries file with a BOM was refused (the corpus and prompt readers take it) and a Latin-1 file's
     error did not name the file."""

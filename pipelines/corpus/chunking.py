@@ -97,9 +97,10 @@ def chunk_text(doc_id: str, text: str, max_tokens: int = 256, overlap: int = 32,
         windows.append((start, end))
         if j >= len(units):
             break
-        # next window: back up over whole trailing units that fit in the overlap budget
+        # next window: back up over whole trailing units that fit in the overlap budget, as long as the window
+        # still reaches unit j (else it would lie inside this one: a duplicate chunk)
         k = j
-        while k - 1 > i and end - units[k - 1][0] <= overlap:
+        while k - 1 > i and end - units[k - 1][0] <= overlap and units[j][1] - units[k - 1][0] <= max_tokens:
             k -= 1
         i = k
     chunks = []
