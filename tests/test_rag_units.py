@@ -173,11 +173,13 @@ def test_an_evaluation_never_syncs_the_production_index_names():
     from pipelines.rag.evaluate import evaluation_settings
     from pipelines.settings import Settings
 
-    prod = Settings()
+    prod = Settings(keyword_backend="opensearch", vector_backend="qdrant_server", graph_backend="nebula")
     ev = evaluation_settings(prod, Path("/runs/retrieval/scifact-1a2b3c4d"))
     assert ev.opensearch_index == "stratmaster-chunks-eval-scifact_1a2b3c4d"
     for field in ("opensearch_index", "qdrant_collection", "nebula_space"):
         assert getattr(ev, field) != getattr(prod, field)
     assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ev.nebula_space)  # an nGQL identifier
     assert evaluation_settings(ev, Path("/runs/retrieval/scifact-1a2b3c4d")) == ev  # idempotent
+    embedded = Settings()  # its engines live in the evaluation's folder: their names stay
+    assert evaluation_settings(embedded, Path("/runs/retrieval/scifact-1a2b3c4d")) == embedded
     assert evaluation_settings(prod, Path("/x/other")).qdrant_collection != ev.qdrant_collection

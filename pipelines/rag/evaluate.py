@@ -29,14 +29,14 @@ def evaluation_settings(settings: Settings, index_dir: str | Path) -> Settings:
     server keeps one index per name, and an evaluation that synced the production names made the production
     index hold only its sample (and the next index build undid it). Idempotent."""
     tag = re.sub(r"[^a-z0-9]+", "_", Path(index_dir).name.lower()).strip("_") or "default"
-    if settings.opensearch_index.endswith(f"-eval-{tag}"):
-        return settings
+    server = {  # the embedded engines keep their names: their folder is the evaluation's already
+        "opensearch_index": (settings.keyword_backend == "opensearch", f"-eval-{tag}"),
+        "qdrant_collection": (settings.vector_backend == "qdrant_server", f"_eval_{tag}"),
+        "nebula_space": (settings.graph_backend == "nebula", f"_eval_{tag}"),
+    }
+    names = {field: getattr(settings, field) for field in server}
     return settings.model_copy(
-        update={
-            "opensearch_index": f"{settings.opensearch_index}-eval-{tag}",
-            "qdrant_collection": f"{settings.qdrant_collection}_eval_{tag}",
-            "nebula_space": f"{settings.nebula_space}_eval_{tag}",
-        }
+        update={f: names[f] + sfx for f, (on, sfx) in server.items() if on and not names[f].endswith(sfx)}
     )
 
 
