@@ -73,8 +73,9 @@ def upstream_failure(e: "GatewayError") -> HTTPFailure:
     """A 400 when the request itself cannot be served (retrying will not help), else 503 with Retry-After."""
     if any(f in str(e) for f in _REQUEST_FAULTS):
         return HTTPFailure(400, f"the model cannot take this request: {e}", "invalid_request_error")
-    # LiteLLM's text names deployments, fallbacks and upstream errors: for the server's log, not the client
-    log.warning("model call failed: %s", e)
+    # LiteLLM's text names deployments, fallbacks and upstream errors, and may quote the request: neither the
+    # client nor the log gets it (the log may not hold a prompt); the gateway's span carries the error type
+    log.warning("model call to %s failed after its fallbacks", str(e).split(":", 1)[0])
     return HTTPFailure(
         503, "the model call failed, its fallbacks too; retry later", "upstream_unavailable",
         {"Retry-After": str(RETRY_AFTER_S)},
