@@ -20,7 +20,9 @@ def _digest(key: str) -> bytes:
 class ApiKeys:
     """Keys from `SM_API_KEYS` (comma-separated) and/or the file named by `SM_API_KEYS_FILE` (one a line).
 
-    Only their sha256 digests are kept. With no key configured, auth is off and a warning is logged once.
+    Only their sha256 digests are kept. With neither variable set, auth is off and a warning is logged once;
+    a variable that is set but names no key (an empty file, SM_API_KEYS=",") is an error: whoever set it
+    meant auth to be on, and the service does not start with it off.
     """
 
     def __init__(self, keys: list[str]) -> None:
@@ -30,11 +32,17 @@ class ApiKeys:
 
     @classmethod
     def from_env(cls) -> ApiKeys:
-        keys = [k.strip() for k in os.environ.get("SM_API_KEYS", "").split(",") if k.strip()]
+        raw = os.environ.get("SM_API_KEYS", "")
+        keys = [k.strip() for k in raw.split(",") if k.strip()]
         path = os.environ.get("SM_API_KEYS_FILE")
         if path:
             lines = Path(path).read_text().splitlines()
             keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not keys and (raw.strip() or path):
+            raise ValueError(
+                "SM_API_KEYS / SM_API_KEYS_FILE is set but holds no key: refusing to serve with "
+                "authentication off (unset both to run without keys)"
+            )
         return cls(keys)
 
     @property

@@ -218,6 +218,13 @@ def test_keys_come_from_a_file_and_compare_as_hashes(tmp_path, monkeypatch):
     assert not keys.check("Bearer file-key2") and not keys.check(None) and not keys.check("file-key")
     assert all(k not in repr(vars(keys)) for k in ("file-key", "env-key"))
     assert ApiKeys([]).check(None)  # no keys configured: auth is off
+    f.write_text("# the keys were rotated out\n")  # set, but no key: auth went off with a warning only
+    with pytest.raises(ValueError, match="holds no key"):
+        ApiKeys.from_env()
+    monkeypatch.delenv("SM_API_KEYS_FILE")
+    monkeypatch.setenv("SM_API_KEYS", " , ")
+    with pytest.raises(ValueError, match="holds no key"):
+        ApiKeys.from_env()
 
 
 def test_models_lists_router_and_catalog_with_availability(client):
