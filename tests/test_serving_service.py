@@ -219,6 +219,7 @@ def test_keys_come_from_a_file_and_compare_as_hashes(tmp_path, monkeypatch):
     assert all(k not in repr(vars(keys)) for k in ("file-key", "env-key"))
     assert ApiKeys([]).check(None)  # no keys configured: auth is off
     f.write_text("# the keys were rotated out\n")  # set, but no key: auth went off with a warning only
+    monkeypatch.delenv("SM_API_KEYS")
     with pytest.raises(ValueError, match="holds no key"):
         ApiKeys.from_env()
     monkeypatch.delenv("SM_API_KEYS_FILE")
