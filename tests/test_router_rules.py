@@ -167,6 +167,16 @@ def test_context_window_rule_drops_small_models():
     assert d.model != "local-small" and d.binding == "context_window" and d.signals["input_tokens"] >= 320
 
 
+def test_a_refusal_names_every_rule_that_excluded_a_model():
+    """PII sent the remote models away and a long prompt the local ones: the refusal named pii_local_only
+    alone, so the caller could not tell that a shorter prompt would have been served."""
+    router = make_router([0.9, 0.8, 0.7, 0.95, 0.6], [0.001] * 5)
+    long_answer = Constraints(expected_output_tokens=8000)  # more than local-big's 8,192 with the prompt
+    d = router.route("Reply to jane.doe@example.com: " + PLAIN + " filler" * 300, long_answer)
+    assert d.model is None and d.binding == "context_window"  # the preferred model's rule, local-small's
+    assert "pii_local_only: " in d.explanation and "context_window: " in d.explanation, d.explanation
+
+
 def test_an_slo_that_cannot_be_checked_is_said_so():
     """RouterBench outcomes carry no latency: with no recent p95 for a model, the SLO cannot drop it, and
     the explanation said nothing bound the choice."""

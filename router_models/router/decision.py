@@ -50,11 +50,21 @@ def explain(
     binding: Candidate | None,
     policy: str,
     n_allowed: int,
+    candidates: list[Candidate] | None = None,
 ) -> str:
-    """One readable sentence: what was chosen, by which policy, and what bound the choice."""
+    """One readable sentence: what was chosen, by which policy, and what bound the choice. When nothing was
+    chosen, every rule that excluded a model, with one of its reasons (the preferred model's rule alone said
+    `pii_local_only` where the local models had been dropped by their context window)."""
     if chosen is None:
-        why = f" ({binding.excluded_by}: {binding.reason})" if binding and binding.reason else ""
-        return f"No model can take this request: every candidate is excluded by a rule or constraint{why}."
+        by_rule: dict[str, list[Candidate]] = {}
+        for c in candidates or ([binding] if binding else []):
+            if c.excluded_by:
+                by_rule.setdefault(c.excluded_by, []).append(c)
+        why = "; ".join(
+            f"{rule}: {len(cs)} model(s), e.g. {cs[0].reason}" if len(cs) > 1 else f"{rule}: {cs[0].reason}"
+            for rule, cs in by_rule.items()
+        )
+        return f"No model can take this request: every candidate is excluded by a rule or constraint ({why})."
     head = f"Chose {_fmt(chosen)} by {policy}"
     if binding is not None and unconstrained is not None:
         return (

@@ -160,7 +160,7 @@ class Router:
         free = candidates[int(util.argmax())]
         chosen = candidates[pick] if pick is not None else None
         binding = free if free.excluded_by is not None else None
-        text = explain(chosen, free, binding, policy.describe(), int(allowed.sum()))
+        text = explain(chosen, free, binding, policy.describe(), int(allowed.sum()), candidates)
         slo = constraints.latency_slo_s
         if chosen is not None and slo is not None and meta[chosen.model].p95_latency_s is None:
             text += f" No recent latency is known for {chosen.model}, so the {slo:g} s SLO was not checked."
