@@ -164,8 +164,9 @@ def new_documents_sensor(context: dg.SensorEvaluationContext, settings: Settings
     except FileNotFoundError:
         return dg.SkipReason(f"corpus folder {spec} does not exist yet")
     # the run requests made so far: Dagster never repeats a run key, and a corpus can come back to a state it
-    # had before (a file moved out and back), so the key is the new state plus this count
-    runs = json.loads(context.cursor or "{}").get("runs", 0) if previous is not None else 0
+    # had before (a file moved out and back, a source switched away and back), so the key is the new state
+    # plus this count, kept across a change of source too (restarting at 0 made A -> B -> A repeat A's key)
+    runs = int(json.loads(context.cursor or "{}").get("runs", 0))
     changes = diff(previous or {}, current)
     if previous is None or changes:
         runs += 1

@@ -148,6 +148,22 @@ def test_the_sensor_keeps_no_file_name_that_may_hold_pii(tmp_path):
         assert _tick(instance, docs, old_cursor).run_requests[0].tags["stratmaster/changes"] == "first scan"
 
 
+def test_a_source_switched_away_and_back_is_indexed_again(tmp_path):
+    """The run count restarted with each source, so A -> B -> A gave A's first run key again, which Dagster
+    drops: the indexes kept B's documents while the sensor watched A."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "doc.md").write_text(f"# {folder.name}")
+    with dg.instance_for_test() as instance:
+        keys, cursor = [], None
+        for folder in (a, b, a):
+            tick = _tick(instance, folder, cursor)
+            keys.append(tick.run_requests[0].run_key)
+            cursor = tick.cursor
+    assert len(set(keys)) == 3
+
+
 def test_with_an_ner_model_the_sensor_shows_only_names_ingest_would_not_redact(tmp_path):
     """The sensor asked the blank model whatever SM_PII_SPACY_MODEL said: with an NER model, ingest redacted
     "Jane Smith medical history.md" while the sensor put it in run tags, logs and its cursor."""
