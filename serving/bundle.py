@@ -32,7 +32,7 @@ import bentoml
 import yaml
 from bentoml._internal.models import ModelStore
 
-from pipelines.corpus.ingest import NAME_KEY
+from pipelines.corpus.ingest import MANIFEST, NAME_KEY
 from pipelines.settings import REPO_ROOT, Settings
 from serving.artifacts import MODEL_NAMES, TAG_ENV
 
@@ -138,7 +138,10 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
             for part in ("keyword", "qdrant", "graph"):
                 if (index_dir / part).is_dir():
                     _copy_tree(index_dir / part, p / "index" / part)
-            _copy_tree(store_dir, p / "store", PurePosixPath(NAME_KEY).name)  # the store's secret stays home
+            # the chunks alone (the store also holds the utility posteriors, one NetCDF per refit: 16 of a
+            # 27 MB model); the store's secret stays home
+            corpus = PurePosixPath(MANIFEST).parent.name
+            _copy_tree(store_dir / corpus, p / "store" / corpus, PurePosixPath(NAME_KEY).name)
         shipped = dict(engines)
         if tuned:  # a fine-tuned embedder travels with the index; the service resolves it in the model
             _copy_tree(Path(settings.embedder), p / "embedder")

@@ -59,6 +59,9 @@ def _index(settings: Settings) -> None:
     ingest_corpus(settings, str(docs))
     build_keyword_index(settings)
     build_dense_index(settings)
+    utility = settings.run_dir / "store" / "utility" / "fit"  # utility_posterior uploads fits here
+    utility.mkdir(parents=True)
+    (utility / "posterior.nc").write_bytes(b"\0" * 1024)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +125,7 @@ def test_models_carry_the_artifacts_and_name_their_asset_versions(built):
     path, info = model(tags["index"])
     assert (path / "index" / "keyword").is_dir() and (path / "store" / "corpus" / "manifest.json").is_file()
     assert not list(path.rglob("names.key"))  # the secret behind the file-name digests stays in the store
+    assert [d.name for d in (path / "store").iterdir()] == ["corpus"]  # not the utility fits beside it
     assert json.loads((path / "engines.json").read_text())["embedder"] == "static"
     assert info["labels"]["keyword_index_version"] == "unmaterialized"  # never materialized in this instance
     path, _ = model(tags["catalog"])
