@@ -53,10 +53,16 @@ demo: setup
 test: setup
 	bash scripts/test.sh
 
+# every figure that needs only `make setup` (15 min; more on the first run, which builds the SciFact indexes);
+# rag_context.py and reports.py read `make demo`'s run folder, and bench-serving has its own target
 bench: setup
 	$(PY) benchmarks/gateway.py
 	$(PY) benchmarks/local_llm.py
 	$(PY) benchmarks/local_servers.py
+	$(PY) benchmarks/microbench.py
+	$(PY) benchmarks/router_quality.py
+	$(PY) benchmarks/utility_fit.py
+	$(PY) benchmarks/retrieval.py
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)

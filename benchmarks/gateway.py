@@ -54,28 +54,40 @@ def main() -> None:
     catalog = load_catalog(settings)
     gw = Gateway(settings, catalog)
     table = Table("model", "path", "n", "tokens/s", "p50 s", "p95 s", "gateway/direct p50")
-    for entry in catalog.local():
-        servers.start(entry, settings)
-        client = OpenAI(base_url=entry.api_base, api_key=LOCAL_API_KEY)
-        direct_call(client, entry.name, PROMPTS[0], 4)  # warm-up
-        lat = {"direct": [], "gateway": []}
-        toks = {"direct": 0, "gateway": 0}
-        for i in range(args.n):
-            prompt = PROMPTS[i % len(PROMPTS)]
-            t, out = direct_call(client, entry.name, prompt, args.max_tokens)
-            lat["direct"].append(t)
-            toks["direct"] += out
-            r = gw.chat(entry.name, [{"role": "user", "content": prompt}], max_tokens=args.max_tokens)
-            lat["gateway"].append(r.latency_s)
-            toks["gateway"] += r.output_tokens
-        ratio = statistics.median(lat["gateway"]) / statistics.median(lat["direct"])
-        for path in ("direct", "gateway"):
-            table.add_row(
-                entry.name, path, str(args.n), f"{toks[path] / sum(lat[path]):.1f}",
-                f"{pct(lat[path], 0.5):.3f}", f"{pct(lat[path], 0.95):.3f}",
-                f"{ratio:.3f}" if path == "gateway" else "",
-            )  # fmt: skip
+    started = []  # servers already up are reused; those started here are stopped at the end
+    try:
+        for entry in catalog.local():
+            if servers.status(entry, settings).state == "down":
+                servers.start(entry, settings)
+                started.append(entry)
+            _measure(entry, gw, args, table)
+    finally:
+        for entry in started:
+            servers.stop(entry, settings)
     Console().print(table)
+
+
+def _measure(entry, gw: Gateway, args: argparse.Namespace, table: Table) -> None:
+    """20 (--n) short chats to one local model, directly and through the gateway, interleaved."""
+    client = OpenAI(base_url=entry.api_base, api_key=LOCAL_API_KEY)
+    direct_call(client, entry.name, PROMPTS[0], 4)  # warm-up
+    lat = {"direct": [], "gateway": []}
+    toks = {"direct": 0, "gateway": 0}
+    for i in range(args.n):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        t, out = direct_call(client, entry.name, prompt, args.max_tokens)
+        lat["direct"].append(t)
+        toks["direct"] += out
+        r = gw.chat(entry.name, [{"role": "user", "content": prompt}], max_tokens=args.max_tokens)
+        lat["gateway"].append(r.latency_s)
+        toks["gateway"] += r.output_tokens
+    ratio = statistics.median(lat["gateway"]) / statistics.median(lat["direct"])
+    for path in ("direct", "gateway"):
+        table.add_row(
+            entry.name, path, str(args.n), f"{toks[path] / sum(lat[path]):.1f}",
+            f"{pct(lat[path], 0.5):.3f}", f"{pct(lat[path], 0.95):.3f}",
+            f"{ratio:.3f}" if path == "gateway" else "",
+        )  # fmt: skip
 
 
 if __name__ == "__main__":
