@@ -52,6 +52,24 @@ def test_models_without_their_key_are_unavailable_not_errors(monkeypatch):
             "      throughput_tokens_s: {input: 1, output: 1}}\n",
             "chat_template 'nope.jinja' is not a file",
         ),
+        # a misspelt key was dropped (gemma lost its stop string), a zero throughput divided by zero
+        (
+            "models:\n  - name: x\n    litellm_model: openai/x\n    provider: p\n    privacy: remote\n"
+            "    context_window: 10\n    cost_per_1k_input: 0\n    cost_per_1k_output_usd: 0\n",
+            "cost_per_1k_input",
+        ),
+        (
+            "models:\n  - name: x\n    litellm_model: openai/x\n    provider: llama.cpp\n    privacy: local\n"
+            "    context_window: 10\n"
+            "    local: {weights: w, port_offset: 0, throughput_tokens_s: {input: 0}}\n",
+            "both > 0",
+        ),
+        (
+            "models:\n  - name: x\n    litellm_model: openai/x\n    provider: llama.cpp\n    privacy: local\n"
+            "    context_window: 10\n    local: {weights: w, port_offset: 70000,\n"
+            "      throughput_tokens_s: {input: 1, output: 1}}\n",
+            "past port 65535",
+        ),
     ],
 )
 def test_bad_catalog_yaml_gives_a_clear_error(tmp_path: Path, text: str, fragment: str):
@@ -70,6 +88,35 @@ def test_duplicate_names_are_refused(tmp_path: Path):
     p.write_text("models:\n" + entry + entry)
     with pytest.raises(CatalogError, match="duplicate model names: x"):
         load_catalog(Settings(), path=p)
+
+
+def test_local_models_need_ports_of_their_own(tmp_path: Path):
+    entry = (
+        "  - name: {n}\n    litellm_model: openai/{n}\n    provider: llama.cpp\n    privacy: local\n"
+        "    context_window: 10\n"
+        "    local: {{weights: w, port_offset: 1, throughput_tokens_s: {{input: 1, output: 1}}}}\n"
+    )
+    p = tmp_path / "c.yaml"
+    p.write_text("models:\n" + entry.format(n="a") + entry.format(n="b"))
+    with pytest.raises(CatalogError, match="share port_offset 1"):
+        load_catalog(Settings(), path=p)
+
+
+def test_a_self_hosted_endpoint_never_gets_the_environments_openai_key(tmp_path: Path, monkeypatch):
+    """An `openai/...` entry with its own api_base and no api_key_env (a TGI box, say) had no key set, so
+    LiteLLM sent OPENAI_API_KEY to that server."""
+    from pipelines.llm.gateway import LOCAL_API_KEY, router_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-key")
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "models:\n  - name: tgi\n    litellm_model: openai/m\n    provider: tgi\n"
+        "    privacy: open_weights_remote\n"
+        "    context_window: 10\n    cost_per_1k_input_usd: 0\n    cost_per_1k_output_usd: 0\n"
+        "    api_base: http://10.0.0.5:8080/v1\n"
+    )
+    (entry,) = router_config(load_catalog(Settings(), path=p), Settings())["model_list"]
+    assert entry["litellm_params"]["api_key"] == LOCAL_API_KEY
 
 
 def test_missing_catalog_file(tmp_path: Path):

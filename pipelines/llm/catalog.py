@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.settings import Settings
 
@@ -23,7 +23,13 @@ class CatalogError(ValueError):
 CopyType = Literal["BF16", "F16", "Q8_0"]
 
 
+# a misspelt key (`stops:`, `cost_per_1k_input:`) was dropped without a word; prices are finite numbers
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 class LocalServing(BaseModel):
+    model_config = _STRICT
+
     weights: str
     port_offset: int = Field(ge=0)
     chat_format: str | None = None  # llama-cpp-python chat format; None uses the GGUF's own template
@@ -42,6 +48,13 @@ class LocalServing(BaseModel):
     throughput_tokens_s: dict[Literal["input", "output"], float]
 
     @model_validator(mode="after")
+    def _throughputs(self) -> LocalServing:  # they price the model: a zero divided, a negative was a price
+        t = self.throughput_tokens_s
+        if set(t) != {"input", "output"} or min(t.values()) <= 0:
+            raise ValueError("throughput_tokens_s needs input and output, both > 0 tokens/s")
+        return self
+
+    @model_validator(mode="after")
     def _template_exists(self) -> LocalServing:
         path = self.template_path()
         if path is not None and not path.is_file():
@@ -53,6 +66,8 @@ class LocalServing(BaseModel):
 
 
 class ModelEntry(BaseModel):
+    model_config = _STRICT
+
     name: str = Field(pattern=r"^[A-Za-z0-9._:-]+$")
     litellm_model: str
     provider: str
@@ -85,6 +100,8 @@ class ModelEntry(BaseModel):
 
 
 class Catalog(BaseModel):
+    model_config = _STRICT
+
     models: list[ModelEntry]
 
     @model_validator(mode="after")
@@ -93,6 +110,9 @@ class Catalog(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"duplicate model names: {', '.join(dupes)}")
+        offsets = [m.local.port_offset for m in self.local() if m.local is not None]
+        if shared := sorted({o for o in offsets if offsets.count(o) > 1}):
+            raise ValueError(f"local models share port_offset {shared[0]}: each server needs its own port")
         return self
 
     def get(self, name: str) -> ModelEntry:
@@ -136,6 +156,11 @@ def load_catalog(settings: Settings | None = None, path: Path | None = None) -> 
         raise CatalogError(f"model catalog {where} is invalid:\n{e}") from e
     for m in catalog.local():
         assert m.local is not None
+        if not 0 < settings.local_base_port + m.local.port_offset <= 65535:
+            raise CatalogError(
+                f"{m.name}: port_offset {m.local.port_offset} puts its server past port 65535 "
+                f"(SM_LOCAL_BASE_PORT {settings.local_base_port})"
+            )
         m.api_base = (
             m.api_base or f"http://{settings.local_host}:{settings.local_base_port + m.local.port_offset}/v1"
         )

@@ -70,7 +70,9 @@ def _params(entry: ModelEntry, settings: Settings) -> dict[str, Any]:
         p["api_base"] = entry.api_base
     if entry.api_key_env:
         p["api_key"] = f"os.environ/{entry.api_key_env}"
-    elif entry.is_local_server or entry.provider == "vllm":
+    elif entry.is_local_server or entry.provider == "vllm" or entry.api_base or entry.api_base_env:
+        # a self-hosted endpoint that names no key variable gets a placeholder: left without one, LiteLLM
+        # sent the environment's OPENAI_API_KEY to whatever server the catalog points at
         p["api_key"] = LOCAL_API_KEY
     if entry.local is not None:
         if entry.local.stop:  # the chat format's own stop strings (catalog.py)
