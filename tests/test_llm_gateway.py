@@ -437,3 +437,21 @@ def test_a_fallback_keeps_the_answering_models_stop_strings_next_to_the_callers(
         r = gw.chat("smollm2-135m", question, max_tokens=48, stream=stream, stop=["\n\n"])
         assert r.fallback_used and r.model == "gemma3-270m"
         assert r.text.strip() and "###" not in r.text and r.output_tokens < 48
+
+
+def test_cached_prompt_tokens_cost_what_litellm_says():
+    """Every prompt token was charged the full input price: with OpenAI's automatic prompt cache (1,536 of
+    2,000 tokens) gpt-4o-mini's call was booked 47% above LiteLLM's own figure."""
+    import litellm
+    from litellm.types.utils import PromptTokensDetailsWrapper, Usage
+
+    from pipelines.llm.gateway import Gateway
+
+    gw = Gateway()
+    usage = Usage(prompt_tokens=2000, completion_tokens=100, total_tokens=2100,
+                  prompt_tokens_details=PromptTokensDetailsWrapper(cached_tokens=1536))  # fmt: skip
+    inp, out = litellm.cost_calculator.generic_cost_per_token("gpt-4o-mini", usage, "openai")
+    assert gw.cost_usd("gpt-4o-mini", 2000, 100, cached_tokens=1536) == pytest.approx(inp + out)
+    assert gw.cost_usd("gpt-4o-mini", 2000, 100) > inp + out  # uncached: the full price
+    local = gw.cost_usd("smollm2-135m", 2000, 100)  # no cache price known: cached tokens cost the same
+    assert gw.cost_usd("smollm2-135m", 2000, 100, cached_tokens=1536) == pytest.approx(local)

@@ -119,6 +119,16 @@ def router_config(catalog: Catalog, settings: Settings, only_available: bool = T
     }
 
 
+def _cache_read_price(litellm_model: str) -> float | None:
+    """LiteLLM's price per cached prompt token, under the model's own name or the provider's bare one (the
+    catalog's registration of `openai/gpt-4o-mini` carries no cache price; `gpt-4o-mini` does)."""
+    for key in (litellm_model, litellm_model.split("/", 1)[-1]):
+        price = litellm.model_cost.get(key, {}).get("cache_read_input_token_cost")
+        if price is not None:
+            return float(price)
+    return None
+
+
 def register_prices(catalog: Catalog) -> None:
     """Tell LiteLLM every catalog price so `completion_cost` works for local and self-hosted models too."""
     litellm.register_model(
@@ -295,6 +305,8 @@ class Gateway:
         usage = getattr(resp, "usage", None)
         in_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
         out_tok = int(getattr(usage, "completion_tokens", 0) or 0)
+        details = getattr(usage, "prompt_tokens_details", None)  # OpenAI's (and LiteLLM's) cached share
+        cached = int(getattr(details, "cached_tokens", 0) or 0)
         # a fallback's time is mostly the requested model's failure (a timeout, a refused connection): it is
         # booked to that model, so the latency rule sees it as slow, not the model that stood in
         self._latencies[requested.name if answered != requested.name else answered].append(latency)
@@ -306,17 +318,22 @@ class Gateway:
             fallback_used=answered != requested.name,
             input_tokens=in_tok,
             output_tokens=out_tok,
-            cost_usd=self.cost_usd(answered, in_tok, out_tok),
+            cost_usd=self.cost_usd(answered, in_tok, out_tok, cached),
             latency_s=latency,
             ttft_s=ttft,
             finish_reason=choice.finish_reason,
         )
 
-    def cost_usd(self, model: str, input_tokens: int, output_tokens: int) -> float:
-        """What a call with these token counts costs at the catalog price of `model`."""
+    def cost_usd(self, model: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        """What a call with these token counts costs at the catalog price of `model`. Prompt tokens the
+        provider read from its cache cost its cache-read price, from LiteLLM's price table where it knows
+        one (OpenAI caches prompts over 1,024 tokens by itself: at the full price a RAG call was 47% high)."""
         e = self.catalog.get(model)
         inp, out = e.cost_per_1k_input_usd or 0.0, e.cost_per_1k_output_usd or 0.0
-        return (input_tokens * inp + output_tokens * out) / 1000
+        cached = min(max(cached_tokens, 0), input_tokens)
+        cache_read = _cache_read_price(e.litellm_model)
+        cached_price = 1000 * cache_read if cache_read is not None else inp
+        return ((input_tokens - cached) * inp + cached * cached_price + output_tokens * out) / 1000
 
     def _span_result(self, span: Span, result: ChatResult) -> None:
         span.set_attribute("gen_ai.system", self.catalog.get(result.model).provider)
