@@ -105,6 +105,24 @@ def test_a_local_judge_rates_logged_prompts_through_the_gateway(gateway, tmp_pat
         assert (0.0 <= r.score <= 1.0 and pd.isna(r.error)) or str(r.error).startswith("scorer: ")
 
 
+def test_a_judge_that_cannot_answer_leaves_the_row_to_the_next_run(gateway, tmp_path, redact, monkeypatch):
+    """A failed judge call was a scorer's error, so the cell counted as done: a judge outage dropped every
+    judged row of the partition for good, and the error-rate check did not see it."""
+    from pipelines.bench.runner import call_failed
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # the judge cannot be called
+    plog = PromptLog(tmp_path / "log", redact)
+    plog.append("What is 2 + 2?")
+    prompts, _ = read_prompt_log(tmp_path / "log")
+    judge = JudgeScorer(gateway, "gpt-4o-mini")
+    first = run_bench(prompts, ["smollm2-135m"], gateway, tmp_path / "out", scorer=judge, progress=False)
+    (row,) = collect_outcomes(tmp_path / "out").to_dict("records")
+    assert str(row["error"]).startswith("judge: gpt-4o-mini did not answer") and pd.isna(row["score"])
+    assert call_failed(pd.Series([row["error"]])).all()
+    again = run_bench(prompts, ["smollm2-135m"], gateway, tmp_path / "out", scorer=judge, progress=False)
+    assert first.cells_run == again.cells_run == 1  # asked again, not counted as done
+
+
 def test_rag_questions_from_a_beir_corpus_carry_the_chunk_ids_ingest_gives(tmp_path):
     from pipelines.bench.rag_questions import beir_rag_questions
     from pipelines.corpus.ingest import ingest_corpus, load_chunks

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.bench.scorers import judge_text
 from pipelines.llm.gateway import Gateway
 from pipelines.rag.answer import SENTENCE_BREAK
 
@@ -32,11 +33,11 @@ def _ragas_llm(gateway: Gateway, model: str, max_tokens: int):
         """RAGAS's LLM interface over `Gateway.chat` (prompt text in, one completion out)."""
 
         def generate_text(self, prompt, n=1, temperature=0.01, stop=None, callbacks=None) -> LLMResult:
+            msgs = [{"role": "user", "content": prompt.to_string()}]
             texts = [
-                gateway.chat(model, [{"role": "user", "content": prompt.to_string()}], max_tokens=max_tokens,
-                             temperature=temperature or 0.0, stream=False).text
+                judge_text(gateway, model, msgs, max_tokens=max_tokens, temperature=temperature or 0.0)
                 for _ in range(n)
-            ]  # fmt: skip
+            ]
             return LLMResult(generations=[[Generation(text=t) for t in texts]])
 
         async def agenerate_text(self, prompt, n=1, temperature=0.01, stop=None, callbacks=None) -> LLMResult:
@@ -154,8 +155,7 @@ def trulens_provider(gateway: Gateway, judge: str, max_tokens: int = 256):
             msgs = [{"role": "user" if m["role"] == "system" and len(msgs) == 1 else m["role"],
                      "content": m["content"]} for m in msgs]  # fmt: skip
             temperature = float(kwargs.get("temperature", 0.0) or 0.0)
-            return self._gateway.chat(judge, msgs, max_tokens=max_tokens, temperature=temperature,
-                                      stream=False).text  # fmt: skip
+            return judge_text(self._gateway, judge, msgs, max_tokens=max_tokens, temperature=temperature)
 
     # tru_class_info is filled in by TruLens's own validator; its pydantic signature marks it required
     provider = GatewayProvider(model_engine=judge, endpoint=Endpoint(name=f"gateway-{judge}"))  # type: ignore[call-arg]

@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, task_family, write_table
-from pipelines.bench.scorers import score_row
+from pipelines.bench.scorers import JudgeUnavailable, score_row
 from pipelines.files import publish_mode
 
 MAX_TOKENS = {"multiple_choice": 16, "extraction": 48, "code": 192, "rag_answer": 128, "chat": 128}
@@ -158,6 +158,8 @@ def _call(gateway: Any, row: dict[str, Any], model: str, run_id: str, scorer: Sc
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"score {score} outside [0, 1]")
         out["score"] = score
+    except JudgeUnavailable as e:  # no rating yet: a failed call, asked again by the next run
+        out["error"] = f"judge: {e}"[:500]
     except Exception as e:  # a failing scorer marks this row, never the run
         out["error"] = f"scorer: {type(e).__name__}: {e}"[:500]
     return out

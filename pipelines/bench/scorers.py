@@ -208,6 +208,25 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     raise ScoreError(f"the judge gave no rating from {low} to {high}: {text[:80]!r}")
 
 
+class JudgeUnavailable(RuntimeError):
+    """The judge gave no rating of its own: its call failed, or another model answered in its place (the
+    gateway's fallback, perhaps the very model being judged). Not a scorer's verdict: the runner keeps the
+    row as a failed call, so the next run asks again, and the error rate counts it."""
+
+
+def judge_text(gateway: Any, judge: str, messages: list[dict[str, Any]], **options: Any) -> str:
+    """The judge's reply, from the judge itself; JudgeUnavailable otherwise."""
+    from pipelines.llm.gateway import GatewayError
+
+    try:
+        res = gateway.chat(judge, messages, **options)
+    except GatewayError as e:
+        raise JudgeUnavailable(f"{judge} did not answer: {e}") from None
+    if res.fallback_used:
+        raise JudgeUnavailable(f"{judge} did not answer; its fallback {res.model} did")
+    return str(res.text)
+
+
 class JudgeScorer:
     """`score_row` where a row has a reference or tests; an LLM judge through the gateway (a 1-10 rating,
     rescaled to [0, 1]) where it has neither, as for prompts from the service's prompt log. The judge should
@@ -219,9 +238,12 @@ class JudgeScorer:
     def __call__(self, row: dict[str, Any], output: str) -> float:
         if not needs_judge(row):
             return score_row(row, output)
-        text = JUDGE_PROMPT.format(prompt=row["prompt"], answer=output.strip() or "(empty)")
-        res = self.gateway.chat(self.judge, [{"role": "user", "content": text}], max_tokens=self.max_tokens)
-        return parse_rating(res.text)
+        from pipelines.bench.runner import build_messages  # the request as the model saw it, contexts too
+
+        request = "\n\n".join(m["content"] for m in build_messages(row))
+        text = JUDGE_PROMPT.format(prompt=request, answer=output.strip() or "(empty)")
+        msgs = [{"role": "user", "content": text}]
+        return parse_rating(judge_text(self.gateway, self.judge, msgs, max_tokens=self.max_tokens))
 
 
 def bench_scorer(settings: Any, gateway: Any) -> Any:
