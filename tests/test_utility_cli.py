@@ -134,6 +134,15 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
         assert ("has no model" if name == "blank" else "score 'x' is not a number") in res.output
+    # a repeated prompt counted its outcome rows twice; outcomes of prompts not in the file were dropped
+    prompts = pd.read_csv(p)
+    pd.concat([prompts, prompts.head(1)]).to_csv(tmp_path / "dup.csv", index=False)
+    pd.concat([table, table.head(1).assign(prompt_id="ghost")]).to_csv(tmp_path / "ghost.csv", index=False)
+    cases = ((tmp_path / "dup.csv", o, "repeats prompt_id"), (p, tmp_path / "ghost.csv", "not in"))
+    for pr, oc, needle in cases:
+        args = ["fit", "--prompts", str(pr), "--outcomes", str(oc), "--out", str(tmp_path)]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and needle in res.output, res.output
     args = [
         "fit",
         "--outcomes",

@@ -134,6 +134,17 @@ def test_alpha_priors_scaling_and_weak_default():
     assert (alpha_priors(None, ["a"])["alpha_sigma"] == 1.5).all()
 
 
+def test_with_one_task_the_interaction_is_pinned_at_zero():
+    """With one task the task x model interaction summed to zero over models only: a free per-model term
+    beside the model effect (|gamma| drew up to 3.8 from its prior)."""
+    import pymc as pm
+
+    df, _ = simulate_outcomes(["only"], MODELS[:3], 20, seed=3)
+    model = build_model(cell_data(df), None, QUICK)
+    gamma = pm.draw(model["gamma"], draws=20, random_seed=1)
+    assert np.all(gamma == 0.0)
+
+
 def test_graded_scores_use_a_beta_likelihood():
     df, _ = simulate_outcomes(["mc", "open"], ["m1", "m2"], 20, seed=2)
     df.loc[df["task"] == "open", "score"] = np.linspace(0, 1, int((df["task"] == "open").sum()))

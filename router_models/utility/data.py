@@ -35,6 +35,12 @@ def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -
             pr = read_table(prompts)
         except ValueError as e:
             raise ValueError(f"{prompts}: {e}") from None
+        if "prompt_id" not in pr.columns:
+            raise ValueError(f"{prompts}: no `prompt_id` column")
+        if (repeated := pr["prompt_id"].duplicated()).any():  # each of its outcome rows would count twice
+            raise ValueError(f"{prompts}: repeats prompt_id {pr['prompt_id'][repeated].iloc[0]!r}")
+        if orphans := sorted(set(out["prompt_id"]) - set(pr["prompt_id"])):  # were dropped without a word
+            raise ValueError(f"{len(orphans)} prompt_ids of {outcomes} are not in {prompts}: {orphans[:3]}")
         cols = [c for c in ("prompt_id", "task", "prompt") if c in pr.columns]
         out = out.drop(columns=[c for c in ("task", "prompt") if c in out.columns]).merge(
             pr[cols], on="prompt_id", how="left"

@@ -60,14 +60,12 @@ class FitConfig:
 
 
 def _zerosum(pm, name: str, sigma, dims: tuple[str, ...], sizes: tuple[int, ...]):
-    """ZeroSumNormal over the axes with more than one level (a single level is pinned at zero)."""
+    """ZeroSumNormal over every axis when each has more than one level; else pinned at zero. An effect over
+    one level is the intercept's, and a task x model interaction with one task (or one model) is the model's
+    (the task's) main effect: left free over the other axis, it competed with that effect and diluted the
+    leaderboard prior on it (18 divergences on a one-task fit)."""
     if all(s > 1 for s in sizes):
         return pm.ZeroSumNormal(name, sigma=sigma, dims=dims, n_zerosum_axes=len(dims))
-    if len(dims) == 2 and sizes[1] > 1:
-        return pm.ZeroSumNormal(name, sigma=sigma, dims=dims, n_zerosum_axes=1)
-    if len(dims) == 2 and sizes[0] > 1:
-        z = pm.ZeroSumNormal(f"{name}_t", sigma=sigma, dims=(dims[1], dims[0]), n_zerosum_axes=1)
-        return pm.Deterministic(name, z.T, dims=dims)
     import pytensor.tensor as pt
 
     return pm.Deterministic(name, pt.zeros(sizes), dims=dims)
