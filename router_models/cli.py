@@ -20,15 +20,21 @@ app.add_typer(utility_app, name="utility", help="The Bayesian utility model per 
 
 
 def main() -> None:
-    """The console script: `app`, with a bad SM_ setting said in one line per field and a file-system error
-    in one line, not a traceback."""
+    """The console script: `app`, with a bad SM_ setting said in one line per field, and a file-system error,
+    a bad model catalog or missing model files in one line, not a traceback."""
     from pydantic import ValidationError
+
+    from pipelines.llm.catalog import CatalogError
+    from pipelines.llm.weights import WeightsError
 
     try:
         app()
     except OSError as e:  # a folder given for a file or the reverse, no permission, a full disk, no server
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except (CatalogError, WeightsError) as e:  # a bad catalog entry, model files not installed
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except ValidationError as e:
         if e.title != "Settings":
             raise

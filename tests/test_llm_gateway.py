@@ -194,6 +194,31 @@ def test_two_starts_at_once_run_one_tracked_server(model_settings, tmp_path):
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_a_server_left_on_an_old_port_is_said_and_moved(model_settings, tmp_path):
+    """With SM_LOCAL_BASE_PORT changed under a running server, status said "starting" for ever and `up`
+    waited for the new port, while the gateway called it; a PID file that is no record crashed all three."""
+    old = Settings(
+        run_dir=tmp_path, local_base_port=free_port_pair(), model_cache_dir=model_settings.model_cache_dir
+    )
+    new = old.model_copy(update={"local_base_port": free_port_pair()})
+    smol_old, smol_new = load_catalog(old).get("smollm2-135m"), load_catalog(new).get("smollm2-135m")
+    pid_file = old.servers_dir / "smollm2-135m.pid"
+    try:
+        servers.start(smol_old, old)
+        assert pid_file.exists()
+        moved = servers.status(smol_new, new)
+        assert moved.state == "moved" and str(servers.port_of(smol_old, old)) in moved.detail
+        assert servers.start(smol_new, new).state == "up"  # the old server stopped, a new one on the new port
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", servers.port_of(smol_old, old))) != 0
+    finally:
+        servers.stop(smol_new, new)
+        servers.stop(smol_old, old)
+    for text in ("12345", "[1]", '{"pid": "abc", "port": 1}', '{"port": 1}'):
+        pid_file.write_text(text)
+        assert servers.status(smol_new, new).state == "down" and servers.stop(smol_new, new).state == "down"
+
+
 # -- Gateway.stream: the public streaming call (what the service's SSE path uses) -----------------------
 
 

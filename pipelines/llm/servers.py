@@ -42,7 +42,7 @@ class ServerError(RuntimeError):
 @dataclass
 class ServerStatus:
     name: str
-    state: str  # up | down | starting
+    state: str  # up | down | starting | moved (alive on another port than the settings give it now)
     port: int
     pid: int | None
     detail: str = ""
@@ -165,10 +165,14 @@ def command(entry: ModelEntry, model: Path, port: int, settings: Settings) -> tu
 
 
 def _read_pid(pid_file: Path) -> dict | None:
+    """The PID file's record, or None when there is none or it is no record of ours (a bare number, a list,
+    a text pid: status, up and down crashed on them)."""
     try:
-        return json.loads(pid_file.read_text())
+        info = json.loads(pid_file.read_text())
     except (OSError, ValueError):
         return None
+    ok = isinstance(info, dict) and type(info.get("pid")) is int and type(info.get("port")) is int
+    return info if ok else None
 
 
 def _healthy(port: int, host: str, timeout: float = 2.0) -> bool:
@@ -204,6 +208,9 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
         return ServerStatus(
             entry.name, "down", port, None, f"stale PID file (process {pid} is gone), removed"
         )
+    if info["port"] != port:  # SM_LOCAL_BASE_PORT changed under a running server: it read as "starting"
+        why = f"process {pid} serves port {info['port']}, not {port}; `stratmaster models up` restarts it"
+        return ServerStatus(entry.name, "moved", port, pid, why)
     if _healthy(port, settings.local_host):
         return ServerStatus(entry.name, "up", port, pid, info.get("engine", ""))
     return ServerStatus(entry.name, "starting", port, pid, "process alive, not answering yet")
@@ -245,6 +252,8 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
         st = status(entry, settings)
         if st.state == "up":
             return st
+        if st.state == "moved":  # ours, on the old port: the gateway calls the new one
+            st = stop(entry, settings)
         if st.state == "down":
             port = port_of(entry, settings)
             if _port_busy(settings.local_host, port, wait_s=5.0):
