@@ -52,6 +52,8 @@ WINO = (
         ("E", None),  # not one of the offered letters
         ("Option A is wrong here; the correct answer is D.", "D"),  # the first mention won before
         ("Choice C is tempting, but the answer is B.", "B"),
+        ("A because dry palms rub harder", "A"),  # read as the article "a": only the gold letter A lost
+        ("A would be the one", "A"),
     ],
 )
 def test_extract_choice_on_tricky_outputs(text, expected):

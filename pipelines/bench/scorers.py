@@ -79,7 +79,7 @@ def extract_choice(
     # 5. exactly one distinct capital letter in brackets or standing alone, "A" as an article excluded
     found = {x.upper() for x in re.findall(rf"\(([{up}{up.lower()}])\)", t)}
     if not found:
-        article = r"\s+(?!(?:or|and|is)\b)[a-z]"  # "A dog", but not "A or B"
+        article = r"\s+(?!(?:or|and|is|was|because|since|would|as)\b)[a-z]"  # "A dog"; not "A or B"
         found = {m.group(1) for m in re.finditer(rf"\b([{up}])\b", t)
                  if not (m.group(1) == "A" and re.match(article, t[m.end():]))}  # fmt: skip
     return found.pop() if len(found) == 1 else None
