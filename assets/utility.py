@@ -1,14 +1,12 @@
 """Leaderboard priors, the PyMC utility posterior per task x model, and the registry table."""
 
 import dagster as dg
-import pandas as pd
 
 from assets.resources import SettingsResource, evidence_metadata, plain_metadata
-from pipelines.bench.nightly import recent_outcomes
-from pipelines.bench.outcomes import routerbench_outcome_table, write_table
+from pipelines.bench.outcomes import write_table
 from pipelines.corpus.store import open_store
 from pipelines.llm.catalog import load_catalog
-from router_models.utility.pipeline import fit_posterior, register_posterior
+from router_models.utility.pipeline import evidence_outcomes, fit_posterior, register_posterior
 from router_models.utility.priors import leaderboard_priors as build_priors
 
 CHECKS = ["r_hat", "ess_bulk", "divergences", "calibration"]
@@ -49,10 +47,7 @@ def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResou
     work). A fit that fails a check is not registered: the registry keeps its current fit, and
     `model_registry` is not materialized."""
     s = settings.get()
-    local = recent_outcomes(s, s.bench_evidence_days)
-    outcomes = routerbench_outcome_table(s.shared_data_dir / "routerbench")
-    if len(local):
-        outcomes = pd.concat([outcomes, local], ignore_index=True)
+    outcomes, local = evidence_outcomes(s)
     priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv")
     art = fit_posterior(outcomes, priors, s.run_dir / "utility", lambda_cost=s.lambda_cost,
                         lambda_latency=s.lambda_latency, reuse=True)  # fmt: skip

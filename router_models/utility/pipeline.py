@@ -1,6 +1,7 @@
 """The fit end to end, as the few plain calls the CLI and the Dagster assets make.
 
 leaderboard_priors(shared_csv, models)           -> priors table         (asset `leaderboard_priors`)
+evidence_outcomes(settings)                      -> outcome tables      (asset `utility_posterior`)
 fit_posterior(outcomes, priors, out_dir, ...)    -> PosteriorArtifacts   (asset `utility_posterior`)
 register_posterior(artifacts, url)               -> fit_id               (asset `model_registry`)
 """
@@ -21,6 +22,19 @@ from router_models.utility.plots import calibration_plot, calibration_table, for
 from router_models.utility.posterior import UtilityPosterior, load_posterior, save_posterior
 from router_models.utility.priors import alpha_priors
 from router_models.utility.registry import code_version, current_fit_id, list_fits, registry_engine, write_fit
+
+
+def evidence_outcomes(settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What the `utility_posterior` asset fits on, and the local part of it: RouterBench's outcomes and the
+    micro-bench's answers of the last SM_BENCH_EVIDENCE_DAYS days (the utility notebook finds the fit's data
+    by the same call)."""
+    from pipelines.bench.nightly import recent_outcomes
+    from pipelines.bench.outcomes import routerbench_outcome_table
+
+    outcomes = routerbench_outcome_table(settings.shared_data_dir / "routerbench")
+    local = recent_outcomes(settings, settings.bench_evidence_days)
+    return (pd.concat([outcomes, local], ignore_index=True) if len(local) else outcomes), local
+
 
 SUMMARY_ROW_KEYS = [
     "task",
