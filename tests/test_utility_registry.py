@@ -119,3 +119,39 @@ def test_postgres_atomic_replacement_and_failed_write():
         _atomic_replacement(engine)
     finally:
         engine.dispose()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SM_TEST_POSTGRES_URL"),
+    reason="SM_TEST_POSTGRES_URL is unset: no PostgreSQL server to test the registry against "
+    "(.ci/run starts one and sets it)",
+)
+def test_postgres_first_writers_at_once_all_land():
+    """Two first writers both found no current-fit pointer to update and both inserted one: the second hit
+    the primary key and its whole fit was rolled back (2-3 of 6 writers at once; this test failed 3 runs
+    of 4 before the upsert)."""
+    url = os.environ["SM_TEST_POSTGRES_URL"]
+    engine = reg.registry_engine(url)
+    with engine.begin() as conn:
+        conn.execute(reg.current.delete())  # no current fit yet
+    start, ids, errors = threading.Barrier(6), [], []
+
+    def write() -> None:
+        mine = reg.registry_engine(url)
+        start.wait()
+        try:
+            ids.append(reg.write_fit(mine, fake_summary(0.5, TASKS[:1], MODELS[:1]), "data-x"))
+        except Exception as e:  # noqa: BLE001 - the failure is what the test counts
+            errors.append(e)
+        finally:
+            mine.dispose()
+
+    threads = [threading.Thread(target=write) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors and len(ids) == 6 and reg.current_fit_id(engine) in ids
+    finally:
+        engine.dispose()

@@ -121,10 +121,26 @@ def write_fit(
         ))  # fmt: skip
         if records:
             conn.execute(rows.insert(), records)
-        updated = conn.execute(current.update().where(current.c.name == POINTER).values(fit_id=fit_id))
-        if updated.rowcount == 0:
-            conn.execute(current.insert().values(name=POINTER, fit_id=fit_id))
+        _point_to(conn, fit_id)
     return fit_id
+
+
+def _point_to(conn: sa.Connection, fit_id: str) -> None:
+    """Make `fit_id` current: an upsert on PostgreSQL and SQLite (two first writers at once both found no
+    pointer to update, both inserted it, and the second's fit was rolled back on the key)."""
+    name = conn.dialect.name
+    if name in ("postgresql", "sqlite"):
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        ins = (pg_insert if name == "postgresql" else sqlite_insert)(current).values(
+            name=POINTER, fit_id=fit_id
+        )
+        conn.execute(ins.on_conflict_do_update(index_elements=[current.c.name], set_={"fit_id": fit_id}))
+        return
+    updated = conn.execute(current.update().where(current.c.name == POINTER).values(fit_id=fit_id))
+    if updated.rowcount == 0:
+        conn.execute(current.insert().values(name=POINTER, fit_id=fit_id))
 
 
 def current_fit_id(engine: sa.Engine) -> str | None:
