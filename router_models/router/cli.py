@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from router_models.router.features import ROUTER_EMBEDDER
+from router_models.router import ROUTER_EMBEDDER
 
 if TYPE_CHECKING:
     import pandas as pd
