@@ -21,14 +21,15 @@ from router_models.router.train import train_router
 
 PREDICTOR = "stack"
 ROUTER_CODE = Path(__file__).resolve().parent.parent / "router_models" / "router"
+EMBEDDER_CODE = ROUTER_CODE.parent.parent / "pipelines" / "index" / "embeddings.py"
 
 
 def _router_inputs(outcomes) -> tuple:
     """What train_router copies into the artifact besides the tables: its code, the rules (rules.yaml) and
     each model's privacy and context window (the catalog, then models.yaml)."""
     meta = model_metadata(sorted(outcomes["model"].unique()))
-    return (source_digest(ROUTER_CODE, patterns=("*.py", "*.yaml")), [asdict(r) for r in load_rules()],
-            {name: asdict(m) for name, m in meta.items()})  # fmt: skip
+    code = source_digest(ROUTER_CODE, EMBEDDER_CODE, patterns=("*.py", "*.yaml"))  # the prompt embedders too
+    return code, [asdict(r) for r in load_rules()], {name: asdict(m) for name, m in meta.items()}
 
 
 def _routerbench(s: Settings):

@@ -95,7 +95,8 @@ def _stored(home: str, tag: str) -> bool:
 # the settings the four models are made from (serving/bundle.py); the rest (the bench, the router's lambdas,
 # tracing, the service's workers) is read by the service when it runs, not shipped in a model
 BUNDLE_SETTINGS = ("run_dir", "object_store", "keyword_backend", "vector_backend", "graph_backend",
-                   "embedder", "catalog_path", "registry_url")  # fmt: skip
+                   "embedder", "catalog_path", "registry_url", "opensearch_index", "qdrant_collection",
+                   "nebula_space")  # fmt: skip
 
 
 def _models_fingerprint(s: Settings) -> str | None:
