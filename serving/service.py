@@ -32,6 +32,7 @@ from bentoml._internal.context import server_context
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
 from pipelines.llm.catalog import load_catalog
@@ -74,6 +75,13 @@ INLINE_ROUTE_CHARS = 4000
 @api.exception_handler(HTTPFailure)
 async def _failure(_: Request, exc: HTTPFailure) -> JSONResponse:
     return exc.response()
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own 404 and 405 in OpenAI's error shape too (they were {"detail": ...} and plain text)."""
+    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+    return error_response(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
 
 
 @api.exception_handler(Exception)

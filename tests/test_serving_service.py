@@ -148,6 +148,13 @@ def test_health_endpoints_are_open(client):
     assert client.get("/readyz").status_code == 200
 
 
+def test_a_wrong_method_answers_in_openais_error_shape(client):
+    """FastAPI's own 405 was {"detail": ...}: an OpenAI client could not read it."""
+    r = client.get("/v1/chat/completions", headers=AUTH)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert "POST" in r.headers["allow"]
+
+
 def _live_timers() -> int:
     import asyncio
     import gc

@@ -24,6 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import litellm
+
+# imported now, not by LiteLLM's AsyncHTTPHandler.__del__ at garbage collection: an import from a finalizer
+# waited on the import lock for ever (a pytest process of the service tests hung there, idle, 10 minutes)
+import litellm.llms.custom_httpx.aiohttp_transport  # noqa: F401
 from opentelemetry.trace import Span, Status, StatusCode
 
 from pipelines.llm.catalog import Catalog, ModelEntry, load_catalog
