@@ -67,6 +67,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def check_unique_prompt_ids(df: pd.DataFrame, source: str | Path) -> None:
+    """A ValueError when `df` repeats a prompt_id: each of its outcome rows would join, and count, twice."""
+    if (repeated := df["prompt_id"].duplicated()).any():
+        raise ValueError(f"{source} repeats prompt_id {df['prompt_id'][repeated].iloc[0]!r}")
+
+
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically (temp file in the same folder, then rename): a reader never sees half a file."""
     path = Path(path)
@@ -96,8 +102,7 @@ def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.Dat
         if not p.exists():
             raise FileNotFoundError(f"RouterBench file not found: {p}")
     prompts = pd.read_csv(prompts_path, dtype={"prompt_id": str, "reference": str})
-    if (repeated := prompts["prompt_id"].duplicated()).any():  # each outcome row would join twice
-        raise ValueError(f"{prompts_path} repeats prompt_id {prompts['prompt_id'][repeated].iloc[0]!r}")
+    check_unique_prompt_ids(prompts, prompts_path)
     try:
         outcomes = read_table(outcomes_path)
     except ValueError as e:

@@ -42,9 +42,8 @@ def evaluation_settings(settings: Settings, index_dir: str | Path) -> Settings:
 
 def prepare_indexes(settings: Settings, corpus: str | Path, index_dir: Path, modes: tuple[str, ...],
                     progress: bool = False) -> dict:  # fmt: skip
-    """Ingest `corpus` into index_dir/store and build the indexes `modes` need (under this evaluation's own
-    server-side names: `evaluation_settings`); returns the reports."""
-    settings = evaluation_settings(settings, index_dir)
+    """Ingest `corpus` into index_dir/store and build the indexes `modes` need; returns the reports. Pass
+    `evaluation_settings(settings, index_dir)`, as the retriever opened on these indexes must be."""
     store = LocalStore(index_dir / "store")
     reports = {"ingest": ingest_corpus(settings, str(corpus), store=store).to_dict()}
     if any(m != "dense" for m in modes):

@@ -44,9 +44,12 @@ def _read_prompts(path: Path) -> pd.DataFrame:
     for col in ("prompt_id", "prompt"):
         if col not in df:
             raise typer.BadParameter(f"{path} needs a {col!r} column")
-    repeated = df["prompt_id"].duplicated()
-    if repeated.any():
-        raise typer.BadParameter(f"{path} repeats prompt_id {df['prompt_id'][repeated].iloc[0]!r}")
+    from pipelines.bench.outcomes import check_unique_prompt_ids
+
+    try:
+        check_unique_prompt_ids(df, path)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     return df
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
+from pipelines.bench.outcomes import OUTCOME_COLUMNS, check_unique_prompt_ids, read_table
 
 GRADED_EPS = 1e-3  # graded scores are clipped into (eps, 1 - eps) for the Beta likelihood
 
@@ -37,8 +37,7 @@ def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -
             raise ValueError(f"{prompts}: {e}") from None
         if "prompt_id" not in pr.columns:
             raise ValueError(f"{prompts}: no `prompt_id` column")
-        if (repeated := pr["prompt_id"].duplicated()).any():  # each of its outcome rows would count twice
-            raise ValueError(f"{prompts}: repeats prompt_id {pr['prompt_id'][repeated].iloc[0]!r}")
+        check_unique_prompt_ids(pr, prompts)
         if orphans := sorted(set(out["prompt_id"]) - set(pr["prompt_id"])):  # were dropped without a word
             raise ValueError(f"{len(orphans)} prompt_ids of {outcomes} are not in {prompts}: {orphans[:3]}")
         cols = [c for c in ("prompt_id", "task", "prompt") if c in pr.columns]
