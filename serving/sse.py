@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,26 +46,15 @@ class _ClosingStreamingResponse(StreamingResponse):
 
 
 def chat_response(stream: ChatStream, choice: Choice, span: Span) -> StreamingResponse:
-    """The SSE response; closes the model stream and ends the request span once, when either ends."""
-    lock, ended = threading.Lock(), [False]
+    """The SSE response; when it ends, however, it closes the model stream and ends the request span."""
 
     def finish() -> None:
-        with lock:
-            if ended[0]:
-                return
-            ended[0] = True
         stream.close()  # idempotent; ends the gateway's span when the client left early
         s = stream.stats
         set_usage(span, s.model, s.input_tokens, s.output_tokens, s.cost_usd)
         span.end()
 
-    def events() -> Iterator[str]:
-        try:
-            yield from _events(stream, choice, span)
-        finally:
-            finish()
-
-    return _ClosingStreamingResponse(events(), finish, media_type="text/event-stream")
+    return _ClosingStreamingResponse(_events(stream, choice, span), finish, media_type="text/event-stream")
 
 
 def _events(stream: ChatStream, choice: Choice, span: Span) -> Iterator[str]:
