@@ -54,6 +54,10 @@ WINO = (
         ("Choice C is tempting, but the answer is B.", "B"),
         ("A because dry palms rub harder", "A"),  # read as the article "a": only the gold letter A lost
         ("A would be the one", "A"),
+        ("D. Option A is wrong because dry palms do not rub.", "D"),  # the option mention won before
+        ("Option A is wrong.", None),  # ruling a letter out commits to none
+        ("Option A is incorrect, B is right.", "B"),
+        ("(A) is not it; (C) works", "C"),
     ],
 )
 def test_extract_choice_on_tricky_outputs(text, expected):

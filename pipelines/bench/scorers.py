@@ -62,26 +62,35 @@ def extract_choice(
         return pick(re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t))
     # 2. an explicit statement, the last "answer is" first: "Option A is wrong; the answer is D." is D
     said = list(re.finditer(rf"(?i:answer)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t))
-    m = said[-1] if said else re.search(rf"(?i:option|choice)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t)
-    if m:
-        return pick(m)
+    if said:
+        return pick(said[-1])
+    # a letter followed by "is wrong", "is not", ... is ruled out, not chosen (in steps 3, 4 and 6)
+    ruled_out = r"[\)\]]?\s+(?i:is|was|seems|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b"
     # 3. the answer starts with a marked letter: "B) house", "(C) ...", "D. impact", "B\n..."
     m = re.match(rf"[\(\[]?([{up}{up.lower()}])(?:[\)\]:.,]|\s*$|\s*\n)", t)
-    if m:
+    if m and not re.match(ruled_out, t[m.end() :]):
         return m.group(1).upper()
-    # 4. the text of exactly one option ("house", "wet palms"); an option inside another counts once
+    # 4. "option C", "the correct choice is (B)"; not one ruled out ("Option A is wrong")
+    named = (m for m in re.finditer(rf"(?i:option|choice)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t)
+             if not re.match(ruled_out, t[m.end():]))  # fmt: skip
+    m = next(named, None)
+    if m:
+        return pick(m)
+    # 5. the text of exactly one option ("house", "wet palms"); an option inside another counts once
     if options:
         low = t.lower()
         hits = {k for k, v in options.items() if k in up and v.strip() and v.strip().lower() in low}
         hits = {k for k in hits if not any(k != o and options[k].lower() in options[o].lower() for o in hits)}
         if len(hits) == 1:
             return hits.pop()
-    # 5. exactly one distinct capital letter in brackets or standing alone, "A" as an article excluded
-    found = {x.upper() for x in re.findall(rf"\(([{up}{up.lower()}])\)", t)}
+    # 6. exactly one distinct capital letter in brackets or standing alone, "A" as an article excluded
+    found = {m.group(1).upper() for m in re.finditer(rf"\(([{up}{up.lower()}])\)", t)
+             if not re.match(ruled_out, t[m.end():])}  # fmt: skip
     if not found:
         article = r"\s+(?!(?:or|and|is|was|because|since|would|as)\b)[a-z]"  # "A dog"; not "A or B"
         found = {m.group(1) for m in re.finditer(rf"\b([{up}])\b", t)
-                 if not (m.group(1) == "A" and re.match(article, t[m.end():]))}  # fmt: skip
+                 if not (m.group(1) == "A" and re.match(article, t[m.end():]))
+                 and not re.match(ruled_out, t[m.end():])}  # fmt: skip
     return found.pop() if len(found) == 1 else None
 
 
