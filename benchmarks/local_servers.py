@@ -48,7 +48,7 @@ def at_once(settings: Settings, ports: list[int], i: int, out: list[float]) -> N
 
 
 def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, float, float]:
-    s = Settings(run_dir=run_dir, model_cache_dir=ROOT / "runs" / "models", local_base_port=8191,
+    s = Settings(run_dir=run_dir, model_cache_dir=Settings().models_dir, local_base_port=8191,
                  local_omp_wait_policy=policy)  # fmt: skip
     entries = load_catalog(s).local()
     ports = [servers.start(e, s).port for e in entries]

@@ -61,7 +61,7 @@ def main() -> None:
     retriever.close()
     budgets = [("whole", 10**6)] + [(f"{b} chars", int(b)) for b in args.budgets.split(",")]
     with tempfile.TemporaryDirectory(prefix="sm-bench-rag-context-") as run_dir:
-        scratch = Settings(run_dir=Path(run_dir), model_cache_dir=ROOT / "runs" / "models",
+        scratch = Settings(run_dir=Path(run_dir), model_cache_dir=Settings().models_dir,
                            local_base_port=PORT, local_ready_timeout_s=180)  # fmt: skip
         entry = next(e for e in load_catalog(scratch).local() if e.name.startswith("smollm2"))
         servers.start(entry, scratch)

@@ -1,7 +1,7 @@
 """Retrieval benchmark on a BEIR folder (default: ../shared/data/scifact, train claims): nDCG@10 and
 Recall@100 for bm25, dense, hybrid (convex), hybrid_rrf and hybrid_graph; indexing throughput (chunks/s)
-and per-query latency p50/p95. Indexes are built once under runs/bench/<corpus> and reused (incremental:
-an interrupted embedding run resumes where it stopped).
+and per-query latency p50/p95. Indexes are built once under $SM_RUN_DIR/bench/<corpus> (runs/bench/<corpus>
+by default) and reused (incremental: an interrupted embedding run resumes where it stopped).
 
     .venv/bin/python benchmarks/retrieval.py [--corpus DIR] [--queries Q.jsonl] [--qrels Q.tsv]
         [--retrievers bm25,dense,hybrid,hybrid_rrf,hybrid_graph] [--tune] [--finetune-folds K]
@@ -34,7 +34,7 @@ from pipelines.rag.evaluate import (  # noqa: E402
 )
 from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10  # noqa: E402
 from pipelines.rag.retrieve import open_retriever  # noqa: E402
-from pipelines.settings import REPO_ROOT, Settings  # noqa: E402
+from pipelines.settings import Settings  # noqa: E402
 
 
 def tune(retriever, queries, qids, qrels) -> dict:
@@ -158,7 +158,7 @@ def main() -> None:
     if not (args.corpus / "corpus.jsonl").exists():
         sys.exit(f"no BEIR corpus at {args.corpus}")
     modes = tuple(args.retrievers.split(","))
-    index_dir = args.index_dir or REPO_ROOT / "runs" / "bench" / args.corpus.name
+    index_dir = args.index_dir or Settings().run_dir / "bench" / args.corpus.name
     settings = evaluation_settings(Settings(), index_dir)  # a server backend's own names, not production's
     t0 = time.perf_counter()
     reports = prepare_indexes(settings, args.corpus, index_dir, modes, progress=True)

@@ -137,7 +137,7 @@ def local_models(port: int) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="sm-bench-serving-") as run_dir:
         settings = Settings(
-            run_dir=Path(run_dir), model_cache_dir=REPO_ROOT / "runs" / "models", local_base_port=port,
+            run_dir=Path(run_dir), model_cache_dir=Settings().models_dir, local_base_port=port,
             local_ready_timeout_s=180,
         )  # fmt: skip
         entries = load_catalog(settings).local()
@@ -158,7 +158,7 @@ def bento(
     if not _free(port):
         raise SystemExit(f"port {port} is taken; choose another with --port")
     env = {**os.environ, "SM_API_KEYS": key, "SM_LOCAL_BASE_PORT": str(models_port)}
-    env.setdefault("SM_MODEL_CACHE_DIR", str(REPO_ROOT / "runs" / "models"))
+    env.setdefault("SM_MODEL_CACHE_DIR", str(Settings().models_dir))
     env.setdefault("SM_RUN_DIR", str(Settings().run_dir))  # the corpus store and indexes /v1/rag reads
     if router_dir:
         env["SM_ROUTER_DIR"] = router_dir
