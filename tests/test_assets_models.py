@@ -29,3 +29,6 @@ def test_model_panel_materializes_against_real_servers(model_settings, local_ser
     md = res.asset_materializations_for_node("model_panel")[0].metadata
     assert md["up"].value == 2
     assert "smollm2-135m" in md["models"].value and "gemma3-270m" in md["models"].value
+    (check,) = res.get_asset_check_evaluations()
+    assert check.check_name == "every_local_model_answers" and check.passed
+    assert check.metadata["down"].value == "none"
