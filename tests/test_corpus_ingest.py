@@ -140,6 +140,34 @@ def test_changed_document_replaces_its_chunks_only(env):
     assert r.skipped and all(s["path"] != "sub/docs.jsonl:line 3" for s in r.skipped)
 
 
+class ManifestWriteFails(LocalStore):
+    """A real local store whose manifest write fails: a run that dies after writing its chunks."""
+
+    def put(self, key: str, data: bytes) -> None:
+        if key == MANIFEST:
+            raise OSError("disk full")
+        super().put(key, data)
+
+
+def test_a_run_that_dies_before_its_manifest_leaves_the_last_corpus_whole(env, tmp_path):
+    settings, corpus, store = env
+    ingest_corpus(settings, str(corpus), store=store)
+    old = load_chunks(settings, store).sort_values("chunk_id", ignore_index=True)
+    (corpus / "page.html").write_text("<html><title>Graph page</title><body>Nebula at scale.</body></html>")
+    (corpus / "guide.md").unlink()
+    with pytest.raises(OSError, match="disk full"):
+        ingest_corpus(settings, str(corpus), store=ManifestWriteFails(tmp_path / "store"))
+    # the last manifest still names every object it named, with the content it had
+    after = load_chunks(settings, store).sort_values("chunk_id", ignore_index=True)
+    pd.testing.assert_frame_equal(after, old)
+    r = ingest_corpus(settings, str(corpus), store=store)
+    assert r.files_removed == 1 and r.files_processed == 1
+    new = load_chunks(settings, store)
+    assert "guide.md" not in set(new["doc_id"]) and "Nebula at scale." in set(new["text"])
+    named = {f["chunk_key"] for f in json.loads(store.get(MANIFEST))["files"].values() if f.get("chunk_key")}
+    assert set(store.list("corpus/chunks/")) == named  # the dead run's objects and the old ones are gone
+
+
 def test_oversized_file_is_skipped_and_run_goes_on(env, tmp_path):
     settings, corpus, store = env
     (corpus / "huge.txt").write_text("word " * 300_000)

@@ -1,14 +1,17 @@
 """Incremental ingest: source files -> parse -> redact PII -> chunk -> parquet in the object store.
 
 Layout in the store: `corpus/manifest.json` (what was ingested, with content hashes) and one parquet file of
-chunks per source file under `corpus/chunks/`. Work is done only where content changed: an unchanged file is
-not read twice; in a changed BEIR file only the changed documents are redacted and chunked again. PII is
-redacted before anything (chunk text, titles, file names) is written; the manifest holds only hashes and
-names. A file name with PII in it (`letters/jane.doe@example.com.txt`) is kept everywhere (doc id, chunk ids,
-source, manifest, skip records) as its redacted form plus a digest keyed by a secret the store keeps
+chunks per source file under `corpus/chunks/`, named by its content. The manifest is the commit point: a run
+writes new chunk objects next to the old ones, then the manifest, and only then deletes the objects no
+manifest names, so a run that dies on the way leaves the last manifest and every object it names. Work is done
+only where content changed: an unchanged file is not read twice; in a changed BEIR file only the changed
+documents are redacted and chunked again. PII is redacted before anything (chunk text, titles, file names) is
+written; the manifest holds only hashes and names. A file name with PII in it
+(`letters/jane.doe@example.com.txt`) is kept everywhere (doc id, chunk ids, source, manifest, skip records) as
+its redacted form plus a digest keyed by a secret the store keeps
 (`letters/<EMAIL_ADDRESS>~3f0c9a1b22de.txt`): two such files stay apart, and the digest cannot be checked
-against a guessed name without the store. BEIR `_id`s are kept as they are: qrels refer to them.
-A bad file is skipped and recorded with the reason; it never fails the run.
+against a guessed name without the store. BEIR `_id`s are kept as they are: qrels refer to them. A bad file is
+skipped and recorded with the reason; it never fails the run.
 """
 
 from __future__ import annotations
@@ -122,10 +125,6 @@ def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
     return "/".join(out)
 
 
-def _chunk_key(name: str) -> str:
-    return f"{CHUNKS_PREFIX}{hashlib.sha1(name.encode()).hexdigest()[:20]}.parquet"
-
-
 def _doc_hash(doc: Document) -> str:
     return _sha(f"{doc.doc_id}\x00{doc.title}\x00{doc.text}".encode())
 
@@ -178,11 +177,15 @@ def chunk_rows(settings: Settings, docs: list[Document]) -> list[dict]:
     return [row for doc in docs for row in proc.rows(doc, _doc_hash(doc))]
 
 
-def _write_parquet(store: ObjectStore, key: str, rows: list[dict] | pd.DataFrame) -> None:
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=CHUNK_COLUMNS)
+def _write_chunks(store: ObjectStore, name: str, df: pd.DataFrame) -> str:
+    """Write a file's chunks under a new key (the file's name hash and the content's) and return the key:
+    the object the current manifest names is never overwritten."""
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    store.put(key, buf.getvalue())
+    data = buf.getvalue()
+    key = f"{CHUNKS_PREFIX}{hashlib.sha1(name.encode()).hexdigest()[:20]}-{_sha(data)[:16]}.parquet"
+    store.put(key, data)
+    return key
 
 
 def _read_parquet(store: ObjectStore, key: str) -> pd.DataFrame:
@@ -251,16 +254,14 @@ def ingest_corpus(
             files[name] = {"sha256": _sha(data), "skipped": reason}
             report.files_processed += 1
 
-    for name, prev in old_files.items():
-        if name not in files and prev.get("chunk_key"):
-            store.delete(prev["chunk_key"])
-            report.files_removed += 1
-    for name, entry in files.items():  # files that became bad lose their old chunks
-        prev = old_files.get(name)
-        if entry.get("skipped") and prev and prev.get("chunk_key"):
-            store.delete(prev["chunk_key"])
+    report.files_removed = sum(1 for n, prev in old_files.items() if n not in files and prev.get("chunk_key"))
     if report.did_work or manifest.get("config") != config:
         store.put(MANIFEST, json.dumps({"config": config, "files": files}, indent=1).encode())
+    # only now: the chunks of removed, changed or newly bad files, and any a crashed run left behind
+    named = {f["chunk_key"] for f in files.values() if f.get("chunk_key") and not f.get("skipped")}
+    for obj in store.list(CHUNKS_PREFIX):
+        if obj not in named:
+            store.delete(obj)
     report.chunks_total = sum(f.get("n_chunks", 0) for f in files.values())
     report.docs_total = sum(len(f.get("docs", {})) for f in files.values())
     report.pii_redacted = dict(proc.pii)
@@ -290,8 +291,7 @@ def _process_file(name, data, digest, prev, store, proc, report) -> dict:
         parts.append(pd.DataFrame(new_rows, columns=CHUNK_COLUMNS))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CHUNK_COLUMNS)
     df = df.drop_duplicates("chunk_id", keep="last")
-    key = _chunk_key(name)
-    _write_parquet(store, key, df)
+    key = _write_chunks(store, name, df)
     report.files_processed += 1
     report.chunks_written += len(new_rows)
     return {"sha256": digest, "chunk_key": key, "docs": doc_hashes, "n_chunks": len(df), "problems": problems}
