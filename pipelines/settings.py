@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     nebula_password: SecretStr = SecretStr("nebula")
     nebula_space: str = "stratmaster"
     pii_spacy_model: str = Field(default="blank", description="'blank' (pattern recognizers) or a spaCy NER")
-    chunk_tokens: int = Field(default=256, ge=8)
+    chunk_tokens: int = Field(default=192, ge=8, description="title + chunk fit MiniLM's 256 WordPieces")
     chunk_overlap: int = Field(default=32, ge=0)
     max_file_mb: float = Field(default=20.0, gt=0)
     embedder: str = Field(
@@ -106,9 +106,9 @@ class Settings(BaseSettings):
         description="characters of retrieved text in a RAG prompt, shared by its sources",
     )
     fusion: Literal["convex", "rrf"] = "convex"
-    hybrid_alpha: float = Field(default=0.5, ge=0, le=1, description="dense weight in the convex combination")
+    hybrid_alpha: float = Field(default=0.8, ge=0, le=1, description="dense weight in the convex combination")
     rrf_k: int = Field(default=60, ge=1)
-    graph_weight: float = Field(default=0.1, ge=0)
+    graph_weight: float = Field(default=0.02, ge=0, description="the graph list's weight in hybrid_graph")
     retrieval_eval_dir: Path | None = Field(default=None, description="labelled BEIR folder; shared scifact")
     retrieval_eval_queries: int = Field(default=100, ge=1)
     retrieval_eval_distractors: int = Field(default=500, ge=0)

@@ -18,10 +18,13 @@ from pipelines.rag.fusion import convex, rrf
 from pipelines.settings import Settings
 
 MODES = ("bm25", "dense", "hybrid", "hybrid_rrf", "hybrid_convex", "hybrid_graph")
-# Score normalisation for the convex combination. Swept on SciFact train claims (a 1,169-document sub-corpus,
-# 234 claims; benchmarks/retrieval.py --tune does the full sweep): min-max with alpha 0.5 gave nDCG@10
-# 0.852, theoretical-min-max 0.848 at its best alpha (0.7), RRF 0.846, BM25 alone 0.819, dense alone 0.788.
-NORMALISATION = "minmax"
+# Score normalisation for the convex combination, chosen with the chunk size and alpha on SciFact's 809 train
+# claims (benchmarks/retrieval.py --tune, 2026-12-03): theoretical-min-max (BM25 from 0, cosine from -1) with
+# alpha 0.8 and 192-token chunks gave hybrid nDCG@10 0.7493, against 0.7388 for min-max at alpha 0.5 with
+# 256-token chunks (the default before; paired difference +0.0106, se 0.0044, +0.0118 and +0.0094 on the two
+# halves of the claims). At 256 tokens the two normalisations tied (0.7385 and 0.7388). Recall@100 fell from
+# 0.9582 to 0.9464. hybrid_graph: graph weight 0.02 gave 0.7502 (0.1, the default before: 0.7371).
+NORMALISATION = "tmm"
 
 
 @dataclass
