@@ -131,7 +131,8 @@ def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict
 
 
 def main() -> None:
-    data = Settings().shared_data_dir / "scifact"
+    base = Settings()
+    data = base.shared_data_dir / "scifact"
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", type=Path, default=data)
     p.add_argument("--queries", type=Path, default=data / "queries_train.jsonl")
@@ -158,8 +159,8 @@ def main() -> None:
     if not (args.corpus / "corpus.jsonl").exists():
         sys.exit(f"no BEIR corpus at {args.corpus}")
     modes = tuple(args.retrievers.split(","))
-    index_dir = args.index_dir or Settings().run_dir / "bench" / args.corpus.name
-    settings = evaluation_settings(Settings(), index_dir)  # a server backend's own names, not production's
+    index_dir = args.index_dir or base.run_dir / "bench" / args.corpus.name
+    settings = evaluation_settings(base, index_dir)  # a server backend's own names, not production's
     t0 = time.perf_counter()
     reports = prepare_indexes(settings, args.corpus, index_dir, modes, progress=True)
     print(

@@ -158,8 +158,9 @@ def bento(
     if not _free(port):
         raise SystemExit(f"port {port} is taken; choose another with --port")
     env = {**os.environ, "SM_API_KEYS": key, "SM_LOCAL_BASE_PORT": str(models_port)}
-    env.setdefault("SM_MODEL_CACHE_DIR", str(Settings().models_dir))
-    env.setdefault("SM_RUN_DIR", str(Settings().run_dir))  # the corpus store and indexes /v1/rag reads
+    base = Settings()
+    env.setdefault("SM_MODEL_CACHE_DIR", str(base.models_dir))
+    env.setdefault("SM_RUN_DIR", str(base.run_dir))  # the corpus store and indexes /v1/rag reads
     if router_dir:
         env["SM_ROUTER_DIR"] = router_dir
     log = tempfile.NamedTemporaryFile(prefix="sm-bench-bento-", suffix=".log", delete=False)  # noqa: SIM115

@@ -31,6 +31,8 @@ class ScoreError(ValueError):
 
 
 _OPTION = re.compile(r"^\s*\(?([A-H])[).:]\s*(.+?)\s*$", re.M)
+# what follows a letter that is ruled out, not chosen: "A is wrong", "(B) is not it"
+_RULED_OUT = re.compile(r"[\)\]]?\s+(?i:is|was|seems|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b")
 
 
 def parse_choices(prompt: str) -> dict[str, str]:
@@ -57,6 +59,9 @@ def extract_choice(
     def pick(m: re.Match | None) -> str | None:
         return (m.group(1) or m.group(2)).upper() if m else None
 
+    def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6
+        return _RULED_OUT.match(t, m.end()) is not None
+
     # 1. the whole answer is a letter: "B", "(b)", "B.", "B)"
     if re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t):
         return pick(re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t))
@@ -64,16 +69,13 @@ def extract_choice(
     said = list(re.finditer(rf"(?i:answer)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t))
     if said:
         return pick(said[-1])
-    # a letter followed by "is wrong", "is not", ... is ruled out, not chosen (in steps 3, 4 and 6)
-    ruled_out = r"[\)\]]?\s+(?i:is|was|seems|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b"
     # 3. the answer starts with a marked letter: "B) house", "(C) ...", "D. impact", "B\n..."
     m = re.match(rf"[\(\[]?([{up}{up.lower()}])(?:[\)\]:.,]|\s*$|\s*\n)", t)
-    if m and not re.match(ruled_out, t[m.end() :]):
+    if m and not ruled_out(m):
         return m.group(1).upper()
     # 4. "option C", "the correct choice is (B)"; not one ruled out ("Option A is wrong")
-    named = (m for m in re.finditer(rf"(?i:option|choice)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t)
-             if not re.match(ruled_out, t[m.end():]))  # fmt: skip
-    m = next(named, None)
+    named = re.finditer(rf"(?i:option|choice)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t)
+    m = next((m for m in named if not ruled_out(m)), None)
     if m:
         return pick(m)
     # 5. the text of exactly one option ("house", "wet palms"); an option inside another counts once
@@ -84,13 +86,12 @@ def extract_choice(
         if len(hits) == 1:
             return hits.pop()
     # 6. exactly one distinct capital letter in brackets or standing alone, "A" as an article excluded
-    found = {m.group(1).upper() for m in re.finditer(rf"\(([{up}{up.lower()}])\)", t)
-             if not re.match(ruled_out, t[m.end():])}  # fmt: skip
+    found = {m.group(1).upper() for m in re.finditer(rf"\(([{up}{up.lower()}])\)", t) if not ruled_out(m)}
     if not found:
         article = r"\s+(?!(?:or|and|is|was|because|since|would|as)\b)[a-z]"  # "A dog"; not "A or B"
         found = {m.group(1) for m in re.finditer(rf"\b([{up}])\b", t)
                  if not (m.group(1) == "A" and re.match(article, t[m.end():]))
-                 and not re.match(ruled_out, t[m.end():])}  # fmt: skip
+                 and not ruled_out(m)}  # fmt: skip
     return found.pop() if len(found) == 1 else None
 
 
