@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.corpus.ingest import MANIFEST, ingest_corpus, load_chunks
+from pipelines.corpus.ingest import CHUNKS_PREFIX, MANIFEST, ConcurrentIngest, ingest_corpus, load_chunks
 from pipelines.corpus.store import LocalStore
 from pipelines.settings import Settings
 
@@ -166,6 +166,37 @@ def test_a_run_that_dies_before_its_manifest_leaves_the_last_corpus_whole(env, t
     assert "guide.md" not in set(new["doc_id"]) and "Nebula at scale." in set(new["text"])
     named = {f["chunk_key"] for f in json.loads(store.get(MANIFEST))["files"].values() if f.get("chunk_key")}
     assert set(store.list("corpus/chunks/")) == named  # the dead run's objects and the old ones are gone
+
+
+class AnotherIngestMeanwhile(LocalStore):
+    """A real local store on which a second ingest runs to its end while this one writes its first chunks."""
+
+    def __init__(self, root, meanwhile) -> None:
+        super().__init__(root)
+        self.meanwhile = meanwhile
+
+    def put(self, key: str, data: bytes) -> None:
+        super().put(key, data)
+        if key.startswith(CHUNKS_PREFIX) and self.meanwhile:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+
+
+def test_of_two_ingests_at_once_the_second_to_commit_commits_nothing(env, tmp_path):
+    settings, corpus, store = env
+    ingest_corpus(settings, str(corpus), store=store)
+    (corpus / "page.html").write_text("<html><title>Graph page</title><body>Nebula at scale.</body></html>")
+
+    def other_run():  # starts after this one, sees a newer page, commits first and sweeps this run's object
+        (corpus / "page.html").write_text("<html><title>Graph page</title><body>Kuzu in one file.</body>")
+        ingest_corpus(settings, str(corpus), store=store)
+
+    with pytest.raises(ConcurrentIngest, match="committed nothing"):
+        ingest_corpus(settings, str(corpus), store=AnotherIngestMeanwhile(tmp_path / "store", other_run))
+    chunks = load_chunks(settings, store)  # the other run's corpus, whole
+    assert "Kuzu in one file." in set(chunks["text"]) and "Nebula at scale." not in set(chunks["text"])
+    again = ingest_corpus(settings, str(corpus), store=store)
+    assert not again.did_work
 
 
 def test_oversized_file_is_skipped_and_run_goes_on(env, tmp_path):

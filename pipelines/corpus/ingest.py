@@ -3,7 +3,9 @@
 Layout in the store: `corpus/manifest.json` (what was ingested, with content hashes) and one parquet file of
 chunks per source file under `corpus/chunks/`, named by its content. The manifest is the commit point: a run
 writes new chunk objects next to the old ones, then the manifest, and only then deletes the objects no
-manifest names, so a run that dies on the way leaves the last manifest and every object it names. Work is done
+manifest names, so a run that dies on the way leaves the last manifest and every object it names. Two runs at
+once on one store: the one that commits second finds the manifest changed since it started, commits nothing
+and raises `ConcurrentIngest` (it would otherwise name objects the first run's sweep deleted). Work is done
 only where content changed: an unchanged file is not read twice; in a changed BEIR file only the changed
 documents are redacted and chunked again. PII is redacted before anything (chunk text, titles, file names) is
 written; the manifest holds only hashes and names. A file name with PII in it
@@ -48,6 +50,10 @@ CHUNK_COLUMNS = [
 ]  # fmt: skip
 
 
+class ConcurrentIngest(RuntimeError):
+    """Another ingest committed to the store while this one ran; this one committed nothing."""
+
+
 @dataclass
 class IngestReport:
     source: str
@@ -87,11 +93,16 @@ def _config(settings: Settings) -> dict:
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 
 
-def _load_manifest(store: ObjectStore) -> dict:
+def _manifest_bytes(store: ObjectStore) -> bytes | None:
     try:
-        return json.loads(store.get(MANIFEST))
+        return store.get(MANIFEST)
     except KeyError:
-        return {"files": {}}
+        return None
+
+
+def _load_manifest(store: ObjectStore) -> dict:
+    raw = _manifest_bytes(store)
+    return json.loads(raw) if raw is not None else {"files": {}}
 
 
 def name_key(store: ObjectStore) -> bytes:
@@ -222,7 +233,8 @@ def ingest_corpus(
     src = open_source(spec, settings)
     store = store or open_store(settings)
     report = IngestReport(source=src.uri, store=store.uri)
-    manifest = _load_manifest(store)
+    started_from = _manifest_bytes(store)
+    manifest = json.loads(started_from) if started_from is not None else {"files": {}}
     config = _config(settings)
     old_files = manifest["files"] if manifest.get("config") == config else {}
     files, proc = {}, _Processor(settings)
@@ -256,12 +268,17 @@ def ingest_corpus(
 
     report.files_removed = sum(1 for n, prev in old_files.items() if n not in files and prev.get("chunk_key"))
     if report.did_work or manifest.get("config") != config:
+        if _manifest_bytes(store) != started_from:
+            raise ConcurrentIngest(
+                f"another ingest committed to {store.uri} while this one ran; this one committed nothing: "
+                "run it again (it redoes only what changed since)"
+            )
         store.put(MANIFEST, json.dumps({"config": config, "files": files}, indent=1).encode())
-    # only now: the chunks of removed, changed or newly bad files, and any a crashed run left behind
-    named = {f["chunk_key"] for f in files.values() if f.get("chunk_key") and not f.get("skipped")}
-    for obj in store.list(CHUNKS_PREFIX):
-        if obj not in named:
-            store.delete(obj)
+        # only now: the chunks of removed, changed or newly bad files, and any a crashed run left behind
+        named = {f["chunk_key"] for f in files.values() if f.get("chunk_key") and not f.get("skipped")}
+        for obj in store.list(CHUNKS_PREFIX):
+            if obj not in named:
+                store.delete(obj)
     report.chunks_total = sum(f.get("n_chunks", 0) for f in files.values())
     report.docs_total = sum(len(f.get("docs", {})) for f in files.values())
     report.pii_redacted = dict(proc.pii)

@@ -90,13 +90,13 @@ def ingest(
     source: str = typer.Argument(None, help="folder or s3://bucket/prefix; default SM_CORPUS_DIR"),
 ) -> None:
     """Ingest a corpus into the store and bring every index up to date; prints the reports as JSON."""
-    from pipelines.corpus.ingest import ingest_corpus
+    from pipelines.corpus.ingest import ConcurrentIngest, ingest_corpus
     from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 
     s = Settings()
     try:
         out = {"ingest": ingest_corpus(s, source).to_dict()}
-    except (ValueError, FileNotFoundError) as e:  # no source given, a folder that is not there
+    except (ValueError, FileNotFoundError, ConcurrentIngest) as e:  # no source, no folder, another run
         _fail(e)
     for name, build in (
         ("keyword", build_keyword_index),
