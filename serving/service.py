@@ -333,7 +333,7 @@ class StratMaster:
                         r.close()
                         raise LookupError("no chunks in the store")
                     if r.dense is not None:  # load the query embedder now (int8 MiniLM calibrates once: 18 s)
-                        r.dense.embedder.embed(["warm-up"])
+                        self._check_embedding(r.dense)
                     self._retriever = r
                 except Exception as e:  # no index yet, an engine down: the client can retry later
                     if not quiet:
@@ -343,6 +343,20 @@ class StratMaster:
                         "not_ready", {"Retry-After": str(RETRY_AFTER_S)},
                     ) from None  # fmt: skip
             return self._retriever
+
+    def _check_embedding(self, dense: Any) -> None:
+        """Queries must be embedded as the index's chunks were: a warning when this process's embedder gives
+        the probe texts other vectors than the index recorded (int8 MiniLM calibrated on another CPU, say)."""
+        from pipelines.index.vector import SAME_VECTORS
+
+        cos = dense.probe_cosine()
+        if cos is None:
+            dense.embedder.embed(["warm-up"])
+        elif cos < SAME_VECTORS:
+            log.warning(
+                "the query embedder %s is not the embedding the index was built with (probe cosine %.4f): "
+                "dense retrieval will be worse; build the index on this machine", dense.embedder.name, cos,
+            )  # fmt: skip
 
     async def _rag(self, req: RagRequest, rs: Any) -> RagAnswer:
         from pipelines.rag.answer import answer

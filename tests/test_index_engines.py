@@ -312,3 +312,42 @@ def test_overlapping_dense_searches_restore_the_blas_threads_they_found():
     assert blas() == [1] * len(before)  # b still searching
     b.__exit__(None, None, None)
     assert blas() == before
+
+
+class OtherEmbedding:
+    """The static model's vectors turned by a fixed rotation, under the static model's name: what int8 MiniLM
+    calibrated on another CPU, or an upgraded library, gives under an unchanged name."""
+
+    def __init__(self) -> None:
+        self.base = get_embedder("static")
+        self.name, self.dim = self.base.name, self.base.dim
+        turn, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(self.dim, self.dim)))
+        self.turn = turn.astype(np.float32)
+
+    def embed(self, texts, batch_size=None, progress=False) -> np.ndarray:
+        return self.base.embed(texts) @ self.turn
+
+
+def test_new_chunks_are_never_added_next_to_vectors_of_another_embedding(tmp_path):
+    settings = Settings(run_dir=tmp_path / "run")
+    corpus, store, ix = tmp_path / "corpus", LocalStore(tmp_path / "store"), tmp_path / "ix"
+    corpus.mkdir()
+    static, other = get_embedder("static"), OtherEmbedding()
+
+    def add(name: str, text: str, embedder):
+        (corpus / name).write_text(text)
+        ingest_corpus(settings, str(corpus), store=store)
+        return build_dense_index(settings, ix, store, embedder=embedder)
+
+    assert add("cats.txt", "Felines enjoy sleeping in warm sunlight.", static).added == 1
+    r = add("cars.txt", "Diesel engines need regular oil changes.", other)
+    assert (r.added, r.unchanged, r.total) == (2, 0, 2)  # the cat chunk embedded again, not only the new one
+    assert add("tea.txt", "Green tea is steeped at eighty degrees.", other).added == 1  # the same: new only
+    idx = open_dense_index(settings, ix, other)
+    try:
+        assert idx.probe_cosine() == pytest.approx(1.0, abs=1e-4)
+        assert idx.search("kittens napping in the sun", 1)[0].doc_id == "cats.txt"
+        idx.embedder = static
+        assert idx.probe_cosine() < 0.999
+    finally:
+        idx.close()

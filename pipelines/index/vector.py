@@ -3,7 +3,11 @@ code path.
 
 Points carry the payload doc id, chunk id, title, text and source; point ids are UUIDv5 of the chunk id, so
 re-adding a chunk replaces it. The collection name carries the embedder, so changing the embedder never mixes
-vector spaces.
+vector spaces. One name can still give other vectors: int8 MiniLM is calibrated by each machine's OpenVINO, at
+that CPU's precision, and a library upgrade changes the model too. So a collection records its embedder's
+vectors of three fixed texts (`PROBE_TEXTS`, in the collection's metadata) when it is first written; new
+chunks are never added next to vectors of another embedding (the dense build embeds every chunk again), and
+the service warns when the embedder it queries with is not the one the index was built with.
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ def _one_blas_thread() -> Iterator[None]:
                 _blas_limit["limiter"].restore_original_limits()
 
 
+PROBE_TEXTS = (
+    "Aspirin lowers the risk of a second heart attack.",
+    "Qdrant stores dense vectors on disk.",
+    "The 1998 harvest was smaller than expected in northern Spain.",
+)
+SAME_VECTORS = 0.999  # lowest cosine between two embeddings of a probe text that counts as the same embedding
+
+
 def point_id(chunk_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"chunk:{chunk_id}"))
 
@@ -89,13 +101,35 @@ class QdrantIndex:
             self.client = QdrantClient(url=url, timeout=60)
             self.location = f"{url}/collections/{self.collection}"
         if not self.client.collection_exists(self.collection):
-            self.client.create_collection(
-                self.collection,
-                vectors_config=models.VectorParams(size=embedder.dim, distance=models.Distance.COSINE),
-            )
+            self._create()
+
+    def _create(self) -> None:
+        self.client.create_collection(
+            self.collection,
+            vectors_config=self._m.VectorParams(size=self.embedder.dim, distance=self._m.Distance.COSINE),
+        )
 
     def close(self) -> None:
         self.client.close()
+
+    def _recorded_probe(self) -> np.ndarray | None:
+        meta = self.client.get_collection(self.collection).config.metadata or {}
+        return np.asarray(meta["probe"], np.float32) if "probe" in meta else None
+
+    def probe_cosine(self) -> float | None:
+        """The lowest cosine between the embedder's vectors of the probe texts now and those the collection
+        recorded (None when it recorded none: a collection written before probes were kept, or never)."""
+        recorded = self._recorded_probe()
+        if recorded is None:
+            return None
+        now = self.embedder.embed(list(PROBE_TEXTS))
+        recorded /= np.linalg.norm(recorded, axis=1, keepdims=True)  # stored to 5 decimals
+        return float(np.min(np.sum(now * recorded, axis=1)))
+
+    def clear(self) -> None:
+        """Drop every point and the recorded probe: the collection is made again, empty."""
+        self.client.delete_collection(self.collection)
+        self._create()
 
     def indexed_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -111,6 +145,9 @@ class QdrantIndex:
     def upsert(self, chunks: pd.DataFrame, vectors: np.ndarray | None = None) -> None:
         if vectors is None:
             vectors = embed_passages(self.embedder, chunks, self.progress)
+        if self._recorded_probe() is None:  # the first vectors written: record which embedding they are
+            probe = np.round(self.embedder.embed(list(PROBE_TEXTS)), 5).tolist()
+            self.client.update_collection(self.collection, metadata={"probe": probe})
         payload_cols = ["chunk_id", "doc_id", "title", "text", "source"]
         payloads = chunks[payload_cols].fillna("").to_dict("records")
         self.client.upsert(
