@@ -121,3 +121,34 @@ class BodyLimit:
     async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
         msg = f"request body exceeds {self.max_bytes} bytes"
         await error_response(413, msg, "request_too_large")(scope, receive, send)
+
+
+class PlainErrorsAsJSON:
+    """ASGI middleware: the outer router's plain-text 404 and 405 (a path the service does not have, a method
+    its path does not take) in the error shape of every other failure, so a client parses one shape."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        held: dict | None = None
+
+        async def reshape(message: Any) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] in (404, 405):
+                headers = dict(message.get("headers") or [])
+                if headers.get(b"content-type", b"").startswith(b"text/plain"):
+                    held = message
+                    return
+            if held is None:
+                return await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                status, headers = held["status"], dict(held.get("headers") or [])
+                allow = {"Allow": headers[b"allow"].decode()} if b"allow" in headers else {}
+                text = "no such path" if status == 404 else f"method {scope['method']} not allowed here"
+                kind = "not_found" if status == 404 else "invalid_request_error"
+                await error_response(status, text, kind, allow)(scope, receive, send)
+
+        return await self.app(scope, receive, reshape)

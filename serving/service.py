@@ -40,7 +40,15 @@ from pipelines.settings import Settings
 from pipelines.tracing import setup_tracing
 from router_models.router.artifact import load_router
 from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_ref, worker_index_dir
-from serving.http import RETRY_AFTER_S, BodyLimit, HTTPFailure, error_response, read_body, upstream_failure
+from serving.http import (
+    RETRY_AFTER_S,
+    BodyLimit,
+    HTTPFailure,
+    PlainErrorsAsJSON,
+    error_response,
+    read_body,
+    upstream_failure,
+)
 from serving.metrics import record_call
 from serving.openapi import json_body
 from serving.readiness import Readiness
@@ -463,6 +471,7 @@ class StratMaster:
 
 
 StratMaster.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # a bentoml Service by now
+StratMaster.add_asgi_middleware(PlainErrorsAsJSON)  # type: ignore[attr-defined]
 
 
 def _typed_error(ctx: bentoml.Context, e: HTTPFailure) -> Any:

@@ -155,6 +155,17 @@ def test_a_wrong_method_answers_in_openais_error_shape(client):
     assert "POST" in r.headers["allow"]
 
 
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v1/chat/completion", 404), ("POST", "/v1", 404), ("GET", "/nowhere", 404),
+    ("GET", "/route", 405),
+])  # fmt: skip
+def test_an_unknown_path_or_a_method_outside_fastapi_answers_in_the_error_shape(client, method, path, status):
+    """The outer router's 404 and 405 were plain text "Not Found" / "Method Not Allowed"."""
+    r = client.request(method, path, headers=AUTH)
+    assert r.status_code == status and r.json()["error"]["code"] == status, r.text
+    assert status == 404 or r.headers["allow"] == "POST"
+
+
 def _live_timers() -> int:
     import asyncio
     import gc
