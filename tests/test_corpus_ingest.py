@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 
@@ -182,17 +183,42 @@ class AnotherIngestMeanwhile(LocalStore):
             meanwhile()
 
 
-def test_of_two_ingests_at_once_the_second_to_commit_commits_nothing(env, tmp_path):
+class NoLock(AnotherIngestMeanwhile):
+    """The same, with no lock to take: as on S3."""
+
+    @contextlib.contextmanager
+    def exclusive(self, name):
+        yield True
+
+
+def test_a_second_ingest_on_a_local_store_stops_at_once_while_the_first_runs(env, tmp_path):
+    settings, corpus, store = env
+    ingest_corpus(settings, str(corpus), store=store)
+    (corpus / "page.html").write_text("<html><title>Graph page</title><body>Nebula at scale.</body></html>")
+    refused = []
+
+    def meanwhile():
+        with pytest.raises(ConcurrentIngest, match="another ingest is running"):
+            ingest_corpus(settings, str(corpus), store=LocalStore(tmp_path / "store"))
+        refused.append(True)
+
+    first = ingest_corpus(settings, str(corpus), store=AnotherIngestMeanwhile(tmp_path / "store", meanwhile))
+    assert refused and first.files_processed == 1
+    assert "Nebula at scale." in set(load_chunks(settings, store)["text"])
+    assert not ingest_corpus(settings, str(corpus), store=store).did_work  # free again once the first ended
+
+
+def test_without_a_lock_the_second_of_two_ingests_to_commit_commits_nothing(env, tmp_path):
     settings, corpus, store = env
     ingest_corpus(settings, str(corpus), store=store)
     (corpus / "page.html").write_text("<html><title>Graph page</title><body>Nebula at scale.</body></html>")
 
     def other_run():  # starts after this one, sees a newer page, commits first and sweeps this run's object
         (corpus / "page.html").write_text("<html><title>Graph page</title><body>Kuzu in one file.</body>")
-        ingest_corpus(settings, str(corpus), store=store)
+        ingest_corpus(settings, str(corpus), store=NoLock(tmp_path / "store", None))
 
     with pytest.raises(ConcurrentIngest, match="committed nothing"):
-        ingest_corpus(settings, str(corpus), store=AnotherIngestMeanwhile(tmp_path / "store", other_run))
+        ingest_corpus(settings, str(corpus), store=NoLock(tmp_path / "store", other_run))
     chunks = load_chunks(settings, store)  # the other run's corpus, whole
     assert "Kuzu in one file." in set(chunks["text"]) and "Nebula at scale." not in set(chunks["text"])
     again = ingest_corpus(settings, str(corpus), store=store)

@@ -3,9 +3,11 @@
 Layout in the store: `corpus/manifest.json` (what was ingested, with content hashes) and one parquet file of
 chunks per source file under `corpus/chunks/`, named by its content. The manifest is the commit point: a run
 writes new chunk objects next to the old ones, then the manifest, and only then deletes the objects no
-manifest names, so a run that dies on the way leaves the last manifest and every object it names. Two runs at
-once on one store: the one that commits second finds the manifest changed since it started, commits nothing
-and raises `ConcurrentIngest` (it would otherwise name objects the first run's sweep deleted). Work is done
+manifest names, so a run that dies on the way leaves the last manifest and every object it names. One run at a
+time: on a local store a second run raises `ConcurrentIngest` at once (a lock the OS frees when its holder
+ends). S3 has no lock, so there a run reads the manifest again just before it writes its own and raises
+`ConcurrentIngest`, committing nothing, when another run has committed since it started; two runs whose
+commits fall in the same few milliseconds can still collide. Work is done
 only where content changed: an unchanged file is not read twice; in a changed BEIR file only the changed
 documents are redacted and chunked again. PII is redacted before anything (chunk text, titles, file names) is
 written; the manifest holds only hashes and names. A file name with PII in it
@@ -51,7 +53,7 @@ CHUNK_COLUMNS = [
 
 
 class ConcurrentIngest(RuntimeError):
-    """Another ingest committed to the store while this one ran; this one committed nothing."""
+    """Another ingest runs on the store, or committed to it while this one ran: this one committed nothing."""
 
 
 @dataclass
@@ -226,12 +228,19 @@ def ingest_corpus(
 
     `source` is a folder or `s3://bucket/prefix`; `include` an optional glob on the keys below it.
     """
-    t0 = time.perf_counter()
     spec = source or settings.corpus_dir
     if not spec:
         raise ValueError("no corpus source: pass one or set SM_CORPUS_DIR (a folder or s3://bucket/prefix)")
     src = open_source(spec, settings)
     store = store or open_store(settings)
+    with store.exclusive("ingest") as held:
+        if not held:
+            raise ConcurrentIngest(f"another ingest is running on {store.uri}; run this one when it ends")
+        return _ingest(settings, src, store, include)
+
+
+def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: str | None) -> IngestReport:
+    t0 = time.perf_counter()
     report = IngestReport(source=src.uri, store=store.uri)
     started_from = _manifest_bytes(store)
     manifest = json.loads(started_from) if started_from is not None else {"files": {}}
@@ -274,7 +283,8 @@ def ingest_corpus(
                 "run it again (it redoes only what changed since)"
             )
         store.put(MANIFEST, json.dumps({"config": config, "files": files}, indent=1).encode())
-        # only now: the chunks of removed, changed or newly bad files, and any a crashed run left behind
+        # only now: the chunks of removed, changed or newly bad files, and any a crashed run left behind (a
+        # run with nothing to commit leaves those for the next one that commits)
         named = {f["chunk_key"] for f in files.values() if f.get("chunk_key") and not f.get("skipped")}
         for obj in store.list(CHUNKS_PREFIX):
             if obj not in named:

@@ -6,9 +6,12 @@ half a file (a temp file renamed into place locally; a single PUT on S3).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -25,6 +28,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> dict[str, int]: ...
     def delete(self, key: str) -> None: ...
+    def exclusive(self, name: str) -> contextlib.AbstractContextManager[bool]: ...
 
 
 class LocalStore:
@@ -75,6 +79,20 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """The store's advisory lock `name` for the block: False at once when another holder (a process, or
+        another handle in this one) has it. An flock on a hidden file in the root, which `list` never shows:
+        the OS frees it when its holder ends, even by a crash."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{name}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True  # closing the file releases the lock
 
 
 class S3Store:
@@ -130,6 +148,12 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self.client.remove_object(self.bucket, self._key(key))
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """S3 has no lock to take: always True; a caller that needs one checks what it read before it writes
+        (as ingest does with its manifest)."""
+        yield True
 
 
 def s3_store(settings: Settings, bucket: str | None = None, prefix: str = "", create: bool = True) -> S3Store:
