@@ -147,7 +147,8 @@ class PlainErrorsAsJSON:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 status, headers = held["status"], dict(held.get("headers") or [])
                 allow = {"Allow": headers[b"allow"].decode()} if b"allow" in headers else {}
-                text = "no such path" if status == 404 else f"method {scope['method']} not allowed here"
+                asked = f"{scope['method']} {scope['path']}"
+                text = f"no such path: {asked}" if status == 404 else f"method not allowed: {asked}"
                 kind = "not_found" if status == 404 else "invalid_request_error"
                 await error_response(status, text, kind, allow)(scope, receive, send)
 

@@ -351,3 +351,25 @@ def test_new_chunks_are_never_added_next_to_vectors_of_another_embedding(tmp_pat
         assert idx.probe_cosine() < 0.999
     finally:
         idx.close()
+
+
+def test_a_collection_written_before_probes_were_kept_is_embedded_again_once(tmp_path):
+    settings = Settings(run_dir=tmp_path / "run")
+    corpus, store, ix = tmp_path / "corpus", LocalStore(tmp_path / "store"), tmp_path / "ix"
+    corpus.mkdir()
+    (corpus / "cats.txt").write_text("Felines enjoy sleeping in warm sunlight.")
+    ingest_corpus(settings, str(corpus), store=store)
+    old = open_dense_index(settings, ix, OtherEmbedding())
+    try:
+        old._probed = True  # as the code before probes wrote it: vectors and no probe
+        sync_index(old, load_chunks(settings, store))
+        assert old.probe_cosine() is None
+    finally:
+        old.close()
+    (corpus / "cars.txt").write_text("Diesel engines need regular oil changes.")
+    ingest_corpus(settings, str(corpus), store=store)
+    static = get_embedder("static")
+    assert build_dense_index(settings, ix, store, embedder=static).added == 2
+    (corpus / "tea.txt").write_text("Green tea is steeped at eighty degrees.")
+    ingest_corpus(settings, str(corpus), store=store)
+    assert build_dense_index(settings, ix, store, embedder=static).added == 1

@@ -3,7 +3,6 @@ date incrementally (new chunk ids added, gone ones deleted, nothing else touched
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from pipelines.corpus.ingest import load_chunks
@@ -11,8 +10,6 @@ from pipelines.corpus.store import ObjectStore
 from pipelines.index.base import IndexReport, sync_index
 from pipelines.index.embeddings import Embedder
 from pipelines.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
 def build_keyword_index(
@@ -28,20 +25,13 @@ def build_dense_index(
     settings: Settings, index_dir: str | Path | None = None, store: ObjectStore | None = None,
     embedder: Embedder | None = None, progress: bool = False,
 ) -> IndexReport:  # fmt: skip
-    from pipelines.index.vector import SAME_VECTORS, open_dense_index
+    from pipelines.index.vector import open_dense_index
 
     index = open_dense_index(settings, index_dir, embedder, progress)
     try:
         chunks = load_chunks(settings, store)
-        # only when there is something to embed (a run with nothing new loads no model): never add vectors
-        # next to those of another embedding under the same name
-        cos = index.probe_cosine() if set(chunks["chunk_id"]) - index.indexed_ids() else None
-        if cos is not None and cos < SAME_VECTORS:
-            log.warning(
-                "%s holds vectors of another embedding of %s (probe cosine %.4f): embedding all %d again",
-                index.location, index.embedder.name, cos, len(chunks),
-            )  # fmt: skip
-            index.clear()
+        if set(chunks["chunk_id"]) - index.indexed_ids():  # only then (a run with nothing new loads no model)
+            index.check_embedding()
         return sync_index(index, chunks, batch=1024)
     finally:
         index.close()

@@ -4,15 +4,19 @@ code path.
 Points carry the payload doc id, chunk id, title, text and source; point ids are UUIDv5 of the chunk id, so
 re-adding a chunk replaces it. The collection name carries the embedder, so changing the embedder never mixes
 vector spaces. One name can still give other vectors: int8 MiniLM is calibrated by each machine's OpenVINO, at
-that CPU's precision, and a library upgrade changes the model too. So a collection records its embedder's
-vectors of three fixed texts (`PROBE_TEXTS`, in the collection's metadata) when it is first written; new
-chunks are never added next to vectors of another embedding (the dense build embeds every chunk again), and
-the service warns when the embedder it queries with is not the one the index was built with.
+that CPU's precision, and a library upgrade changes the model too. So an empty collection records its
+embedder's vectors of three fixed texts (`PROBE_TEXTS`, in the collection's metadata) when first written.
+The dense build never adds new chunks next to vectors of another embedding: in local mode it embeds every
+chunk again (also once for a collection written before probes were kept); on a Qdrant server, whose
+collection a running service queries, it refuses and says how to rebuild (and adds to a collection without a
+probe unchecked, with a warning). The service warns when the embedder it queries with is not the one the
+index was built with.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import uuid
@@ -61,12 +65,20 @@ def _one_blas_thread() -> Iterator[None]:
                 _blas_limit["limiter"].restore_original_limits()
 
 
+log = logging.getLogger(__name__)
+
 PROBE_TEXTS = (
     "Aspirin lowers the risk of a second heart attack.",
     "Qdrant stores dense vectors on disk.",
     "The 1998 harvest was smaller than expected in northern Spain.",
 )
-SAME_VECTORS = 0.999  # lowest cosine between two embeddings of a probe text that counts as the same embedding
+# the lowest cosine between two embeddings of a probe text that counts as the same embedding: MiniLM in fp32,
+# bf16, on torch or OpenVINO, gives 0.99994 or more; int8 against float about 0.994
+SAME_VECTORS = 0.999
+
+
+class OtherEmbedding(RuntimeError):
+    """The collection holds vectors of another (or an unknown) embedding than its embedder gives now."""
 
 
 def point_id(chunk_id: str) -> str:
@@ -91,6 +103,8 @@ class QdrantIndex:
         if (path is None) == (url is None):
             raise ValueError("give exactly one of path (local mode) or url (server)")
         self.embedder, self.progress, self._m = embedder, progress, models
+        self._probed = False  # whether this handle has seen to the collection's probe
+        self.server = url is not None
         slug = "".join(c if c.isalnum() else "_" for c in embedder.name.lower())
         self.collection = f"{collection}__{slug}"
         if path is not None:
@@ -126,10 +140,30 @@ class QdrantIndex:
         recorded /= np.linalg.norm(recorded, axis=1, keepdims=True)  # stored to 5 decimals
         return float(np.min(np.sum(now * recorded, axis=1)))
 
-    def clear(self) -> None:
-        """Drop every point and the recorded probe: the collection is made again, empty."""
+    def check_embedding(self) -> None:
+        """Before vectors are added: an empty collection or one of this embedding passes. In local mode one of
+        another embedding, or with no probe (written before probes were kept), is emptied: the caller embeds
+        every chunk again. On a server, where a running service would query it while it fills, another
+        embedding is refused and no probe passes with a warning."""
+        if not self.client.get_collection(self.collection).points_count:
+            return
+        cos = self.probe_cosine()
+        if cos is not None and cos >= SAME_VECTORS:
+            return
+        why = "an unknown embedding (no probe)" if cos is None else f"another embedding (cosine {cos:.4f})"
+        if self.server and cos is None:
+            log.warning("%s was written before probes were kept: new vectors go in unchecked", self.location)
+            return
+        if self.server:
+            raise OtherEmbedding(
+                f"{self.location} holds vectors of {why} of {self.embedder.name}: delete the collection "
+                f"(DELETE /collections/{self.collection}) and build the dense index again"
+            )
+        log.warning("%s holds vectors of %s of %s: embedding every chunk again", self.location, why,
+                    self.embedder.name)  # fmt: skip
         self.client.delete_collection(self.collection)
         self._create()
+        self._probed = False
 
     def indexed_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -145,9 +179,12 @@ class QdrantIndex:
     def upsert(self, chunks: pd.DataFrame, vectors: np.ndarray | None = None) -> None:
         if vectors is None:
             vectors = embed_passages(self.embedder, chunks, self.progress)
-        if self._recorded_probe() is None:  # the first vectors written: record which embedding they are
-            probe = np.round(self.embedder.embed(list(PROBE_TEXTS)), 5).tolist()
-            self.client.update_collection(self.collection, metadata={"probe": probe})
+        if not self._probed:  # the first vectors in an empty collection: record which embedding they are
+            info = self.client.get_collection(self.collection)
+            if not info.points_count and "probe" not in (info.config.metadata or {}):
+                probe = np.round(self.embedder.embed(list(PROBE_TEXTS)), 5).tolist()
+                self.client.update_collection(self.collection, metadata={"probe": probe})
+            self._probed = True
         payload_cols = ["chunk_id", "doc_id", "title", "text", "source"]
         payloads = chunks[payload_cols].fillna("").to_dict("records")
         self.client.upsert(
