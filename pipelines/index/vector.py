@@ -181,7 +181,7 @@ class QdrantIndex:
             vectors = embed_passages(self.embedder, chunks, self.progress)
         if not self._probed:  # the first vectors in an empty collection: record which embedding they are
             info = self.client.get_collection(self.collection)
-            if not info.points_count and "probe" not in (info.config.metadata or {}):
+            if not info.points_count:  # (a probe left by vectors all deleted since is replaced)
                 probe = np.round(self.embedder.embed(list(PROBE_TEXTS)), 5).tolist()
                 self.client.update_collection(self.collection, metadata={"probe": probe})
             self._probed = True
