@@ -133,19 +133,19 @@ class PlainErrorsAsJSON:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        held: dict | None = None
+        held: tuple[int, dict] | None = None  # the status and headers of a plain 404/405, its body dropped
 
         async def reshape(message: Any) -> None:
             nonlocal held
             if message["type"] == "http.response.start" and message["status"] in (404, 405):
                 headers = dict(message.get("headers") or [])
                 if headers.get(b"content-type", b"").startswith(b"text/plain"):
-                    held = message
+                    held = message["status"], headers
                     return
             if held is None:
                 return await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
-                status, headers = held["status"], dict(held.get("headers") or [])
+                status, headers = held
                 allow = {"Allow": headers[b"allow"].decode()} if b"allow" in headers else {}
                 asked = f"{scope['method']} {scope['path']}"
                 text = f"no such path: {asked}" if status == 404 else f"method not allowed: {asked}"

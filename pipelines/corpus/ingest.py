@@ -102,8 +102,7 @@ def _manifest_bytes(store: ObjectStore) -> bytes | None:
         return None
 
 
-def _load_manifest(store: ObjectStore) -> dict:
-    raw = _manifest_bytes(store)
+def _parse_manifest(raw: bytes | None) -> dict:
     return json.loads(raw) if raw is not None else {"files": {}}
 
 
@@ -243,7 +242,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     t0 = time.perf_counter()
     report = IngestReport(source=src.uri, store=store.uri)
     started_from = _manifest_bytes(store)
-    manifest = json.loads(started_from) if started_from is not None else {"files": {}}
+    manifest = _parse_manifest(started_from)
     config = _config(settings)
     old_files = manifest["files"] if manifest.get("config") == config else {}
     files, proc = {}, _Processor(settings)
@@ -331,7 +330,7 @@ def _problem_records(name: str, problems: list[str]) -> list[dict]:
 def load_chunks(settings: Settings, store: ObjectStore | None = None) -> pd.DataFrame:
     """All chunks currently in the store (one row per chunk, CHUNK_COLUMNS)."""
     store = store or open_store(settings)
-    manifest = _load_manifest(store)
+    manifest = _parse_manifest(_manifest_bytes(store))
     keys = [f["chunk_key"] for f in manifest["files"].values() if f.get("chunk_key") and not f.get("skipped")]
     parts = [_read_parquet(store, k) for k in keys]
     if not parts:

@@ -56,10 +56,13 @@ class ChunkIndex(Protocol):
     def delete(self, chunk_ids: Iterable[str]) -> None: ...
 
 
-def sync_index(index: ChunkIndex, chunks: pd.DataFrame, batch: int = 2048) -> IndexReport:
-    """Make `index` hold exactly `chunks`: add the new chunk ids, delete the gone ones, touch nothing else."""
+def sync_index(
+    index: ChunkIndex, chunks: pd.DataFrame, batch: int = 2048, have: set[str] | None = None
+) -> IndexReport:
+    """Make `index` hold exactly `chunks`: add the new chunk ids, delete the gone ones, touch nothing else.
+    `have`: the ids the index holds, when the caller has just read them."""
     t0 = time.perf_counter()
-    have = index.indexed_ids()
+    have = index.indexed_ids() if have is None else have
     want = set(chunks["chunk_id"])
     gone = sorted(have - want)
     new = chunks[~chunks["chunk_id"].isin(have)]

@@ -29,10 +29,12 @@ def build_dense_index(
 
     index = open_dense_index(settings, index_dir, embedder, progress)
     try:
-        chunks = load_chunks(settings, store)
-        if set(chunks["chunk_id"]) - index.indexed_ids():  # only then (a run with nothing new loads no model)
-            index.check_embedding()
-        return sync_index(index, chunks, batch=1024)
+        chunks, have = load_chunks(settings, store), index.indexed_ids()
+        # checked only when there is something to embed (a run with nothing new loads no model); when the
+        # collection held another embedding it is emptied and every chunk is embedded again
+        if set(chunks["chunk_id"]) - have and index.check_embedding():
+            have = set()
+        return sync_index(index, chunks, batch=1024, have=have)
     finally:
         index.close()
 

@@ -140,20 +140,20 @@ class QdrantIndex:
         recorded /= np.linalg.norm(recorded, axis=1, keepdims=True)  # stored to 5 decimals
         return float(np.min(np.sum(now * recorded, axis=1)))
 
-    def check_embedding(self) -> None:
+    def check_embedding(self) -> bool:
         """Before vectors are added: an empty collection or one of this embedding passes. In local mode one of
-        another embedding, or with no probe (written before probes were kept), is emptied: the caller embeds
-        every chunk again. On a server, where a running service would query it while it fills, another
-        embedding is refused and no probe passes with a warning."""
+        another embedding, or with no probe (written before probes were kept), is emptied (True: the caller
+        embeds every chunk again). On a server, where a running service would query it while it fills,
+        another embedding is refused and no probe passes with a warning."""
         if not self.client.get_collection(self.collection).points_count:
-            return
+            return False
         cos = self.probe_cosine()
         if cos is not None and cos >= SAME_VECTORS:
-            return
+            return False
         why = "an unknown embedding (no probe)" if cos is None else f"another embedding (cosine {cos:.4f})"
         if self.server and cos is None:
             log.warning("%s was written before probes were kept: new vectors go in unchecked", self.location)
-            return
+            return False
         if self.server:
             raise OtherEmbedding(
                 f"{self.location} holds vectors of {why} of {self.embedder.name}: delete the collection "
@@ -164,6 +164,7 @@ class QdrantIndex:
         self.client.delete_collection(self.collection)
         self._create()
         self._probed = False
+        return True
 
     def indexed_ids(self) -> set[str]:
         ids: set[str] = set()
