@@ -2,7 +2,10 @@
 `no_bf16_type` copy and `flash_attn`), in the same run: prompt evaluation and generation speed, and perplexity
 as the check that the served model is the same model.
 
-    .venv/bin/python benchmarks/local_llm.py [--prompt-tokens 1000] [--gen-tokens 64]
+    .venv/bin/python benchmarks/local_llm.py [--prompt-tokens 1000] [--gen-tokens 64] [--types Q4_0,IQ4_NL]
+
+`--types` also measures copies of the shipped weights in other llama.cpp file types (written to a temporary
+folder, lossy ones included), so that a faster kernel's cost in perplexity is seen in the same run.
 
 Prompt speed is measured on ~1,000 tokens of this README (the size of a RAG prompt with four chunks), best
 of three; generation is greedy from a 200-token prompt; perplexity is over 3,500 tokens of Python's
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +27,7 @@ import numpy as np  # noqa: E402
 from llama_cpp import Llama  # noqa: E402
 
 from pipelines.llm.catalog import load_catalog  # noqa: E402
-from pipelines.llm.weights import shipped_path, weights_path  # noqa: E402
+from pipelines.llm.weights import quantize_file, shipped_path, weights_path  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
 
@@ -70,21 +74,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompt-tokens", type=int, default=1000)
     ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--types", default="", help="other llama.cpp file types to measure, e.g. Q4_0,IQ4_NL")
     args = ap.parse_args()
+    types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
+    scratch = tempfile.TemporaryDirectory(prefix="local_llm_")
     settings = Settings()
     print(f"{'model':14s} {'weights':36s} {'flash':5s} {'prompt tok/s':>12s} {'gen tok/s':>9s} {'ppl':>7s}")
     for entry in load_catalog(settings).local():
         shipped, served = shipped_path(entry, settings), weights_path(entry, settings)
         variants = [(shipped, False), (served, bool(entry.local.flash_attn))]
+        for t in types:
+            copy = Path(scratch.name) / f"{shipped.stem}.{t}.gguf"
+            quantize_file(shipped, copy, t)
+            variants.append((copy, bool(entry.local.flash_attn)))
         rows = []
         for path, fa in dict.fromkeys(variants):
             r = measure(path, settings.local_threads, fa, args.prompt_tokens, args.gen_tokens)
-            rows.append(r)
+            rows.append((path, r))
             print(f"{entry.name:14s} {path.name[:36]:36s} {str(fa):5s} {r['prompt_tok_s']:12.0f} "
                   f"{r['gen_tok_s']:9.0f} {r['perplexity']:7.3f}", flush=True)  # fmt: skip
-        if len(rows) == 2:
-            prompt, gen = (rows[1][k] / rows[0][k] for k in ("prompt_tok_s", "gen_tok_s"))
-            print(f"{'':14s} served / shipped: prompt x{prompt:.2f}, generation x{gen:.2f}")
+        for path, r in rows[1:]:
+            prompt, gen = (r[k] / rows[0][1][k] for k in ("prompt_tok_s", "gen_tok_s"))
+            print(f"{'':14s} {path.name[:36]} / shipped: prompt x{prompt:.2f}, generation x{gen:.2f}")
+    scratch.cleanup()
 
 
 if __name__ == "__main__":

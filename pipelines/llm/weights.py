@@ -33,20 +33,30 @@ def converted_copy(source: Path, models_dir: Path, file_type: str = "BF16") -> P
     Each CopyType holds the shipped 4-bit weights' values (BF16 and F16 to 16-bit rounding, Q8_0
     to 8 bits a value), in a type whose kernels read prompts faster on some CPUs: BF16 where the CPU has bf16
     dot products, Q8_0 on AVX2 (catalog.py); the file is two to three times the size of a 4-bit one."""
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp._logger import logger as llama_logger
-
     if file_type not in get_args(CopyType):
         raise WeightsError(f"unsupported file type {file_type!r}: one of {', '.join(get_args(CopyType))}")
     target = models_dir / f"{source.stem}.{file_type}.gguf"
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
+    quantize_file(source, target, file_type)
+    return target
+
+
+def quantize_file(source: Path, target: Path, file_type: str) -> None:
+    """Write `source` in llama.cpp's `file_type` (any `LLAMA_FTYPE_MOSTLY_*` name, lossy ones included: the
+    caller decides) to `target`, atomically, with llama.cpp's own quantizer."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp._logger import logger as llama_logger
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}", None)
+    if ftype is None:
+        raise WeightsError(f"llama.cpp has no file type {file_type!r}")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{file_type}")
+    params.ftype = ftype
     params.allow_requantize = True
     level = llama_logger.level
     llama_logger.setLevel(logging.ERROR)  # the quantizer logs a line per tensor
@@ -58,7 +68,6 @@ def converted_copy(source: Path, models_dir: Path, file_type: str = "BF16") -> P
     finally:
         llama_logger.setLevel(level)
         tmp.unlink(missing_ok=True)
-    return target
 
 
 def weights_path(entry: ModelEntry, settings: Settings) -> Path:
