@@ -172,3 +172,23 @@ def test_a_fine_tuned_embedder_fits_its_training_queries_in_a_collection_of_its_
     assert bad.exit_code == 2 and "--precision" in bad.output  # refused before any work
     with pytest.raises(ValueError, match="fine-tuned"):
         LazyEmbedder(str(tmp_path))  # a folder that is not a fine-tuned model
+
+
+def test_a_run_holds_100_documents_however_many_chunks_each_has(tmp_path):
+    """Documents of a dozen chunks each: the chunk lists go deeper until they name 100 documents, so a
+    relevant document ranked 41st counts in Recall@100 (the 200 best chunks named 12 documents)."""
+    corpus = tmp_path / "beir"
+    corpus.mkdir()
+
+    def body(n):  # "aspirin" once every n + 1 words: fewer filler words, a better BM25 score
+        return " ".join("Aspirin " + " ".join(["filler"] * n) + "." for _ in range(300 // n))
+
+    docs = [{"_id": f"d{i}", "title": f"Report {i}", "text": body(2 + i // 5)} for i in range(150)]
+    docs.append({"_id": "target", "title": "Target", "text": body(2 + 40 // 5)})
+    (corpus / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (corpus / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "aspirin"}) + "\n")
+    (corpus / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\ttarget\t1\n")
+    settings = Settings(run_dir=tmp_path / "run", chunk_tokens=64, chunk_overlap=0)
+    res = evaluate(settings, corpus, corpus / "queries.jsonl", corpus / "qrels.tsv", "bm25", tmp_path / "idx")
+    assert res["ingest"]["chunks_total"] > 10 * len(docs)
+    assert res["recall@100"] == 1.0 and res["ndcg@10"] == 0.0  # ranked between 11th and 100th

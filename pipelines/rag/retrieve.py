@@ -105,9 +105,16 @@ class Retriever:
         return hits
 
     def search_docs(self, query: str, mode: str = "hybrid", k: int = 100) -> list[str]:
-        """Document ids, best first (a document ranks by its best chunk): what BEIR evaluation scores."""
-        fused = self.fuse(self.lists(query, mode), mode)
-        return list(dict.fromkeys(doc_id_of(c) for c, _ in fused))[:k]
+        """Document ids, best first (a document ranks by its best chunk): what BEIR evaluation scores. Each
+        list goes deeper (twice as deep a time) until its chunks name `k` documents or it runs dry, so a
+        corpus of many chunks a document still gets `k`."""
+        depth = max(self.depth, k)
+        while True:
+            lists = self.lists(query, mode, depth)
+            docs = list(dict.fromkeys(doc_id_of(c) for c, _ in self.fuse(lists, mode)))
+            if len(docs) >= k or all(len(hits) < depth for hits in lists.values()):
+                return docs[:k]
+            depth *= 2
 
 
 def open_retriever(settings: Settings, index_dir: str | Path | None = None, store=None,
