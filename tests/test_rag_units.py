@@ -183,3 +183,23 @@ def test_an_evaluation_never_syncs_the_production_index_names():
     embedded = Settings()  # its engines live in the evaluation's folder: their names stay
     assert evaluation_settings(embedded, Path("/runs/retrieval/scifact-1a2b3c4d")) == embedded
     assert evaluation_settings(prod, Path("/x/other")).qdrant_collection != ev.qdrant_collection
+
+
+def test_a_beir_sample_reads_its_corpus_as_ingest_does(tmp_path):
+    """A malformed line is dropped, not fatal, and a repeated _id keeps its first record, as in ingest."""
+    import json
+
+    from pipelines.rag.evaluate import write_beir_sample
+
+    src = tmp_path / "beir"
+    src.mkdir()
+    lines = [json.dumps({"_id": "d1", "title": "A", "text": "first d1"}),
+             json.dumps({"_id": "d2", "title": "B", "text": "about aspirin"}),
+             json.dumps({"_id": "d1", "title": "A", "text": "second d1"}),
+             '{"_id": "d3", "title": "C", "text": truncated']  # fmt: skip
+    (src / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    (src / "queries_train.jsonl").write_text(json.dumps({"_id": "q1", "text": "aspirin"}) + "\n")
+    (src / "qrels_train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+    out = write_beir_sample(src, tmp_path / "sample", n_queries=1, n_distractors=5)
+    docs = {d["_id"]: d["text"] for d in map(json.loads, (out / "corpus.jsonl").read_text().splitlines())}
+    assert docs == {"d1": "first d1", "d2": "about aspirin"}

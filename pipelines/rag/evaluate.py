@@ -126,6 +126,7 @@ def write_beir_sample(src: str | Path, out: str | Path, n_queries: int = 100, n_
     import json
     import random
 
+    from pipelines.corpus.parsers import parse_file
     from pipelines.memo import fingerprint
 
     src, out = Path(src), Path(out)
@@ -139,8 +140,9 @@ def write_beir_sample(src: str | Path, out: str | Path, n_queries: int = 100, n_
     qids = sorted(q for q in qrels if q in queries)
     qids = sorted(rng.sample(qids, min(n_queries, len(qids))))
     relevant = set().union(*(qrels[q] for q in qids))
-    with open(src / "corpus.jsonl", encoding="utf-8") as f:
-        docs = {str(d["_id"]): d for d in map(json.loads, filter(str.strip, f))}
+    # read as ingest reads it: a malformed line is dropped and a repeated _id keeps its first record
+    parsed, _ = parse_file("corpus.jsonl", (src / "corpus.jsonl").read_bytes())
+    docs = {d.doc_id: {"_id": d.doc_id, "title": d.title, "text": d.text} for d in parsed}
     others = sorted(set(docs) - relevant)
     keep = sorted(relevant & set(docs)) + rng.sample(others, min(n_distractors, len(others)))
     out.mkdir(parents=True, exist_ok=True)
