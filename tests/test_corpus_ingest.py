@@ -350,3 +350,82 @@ def test_pii_in_file_names_is_kept_nowhere(env, tmp_path):
     again = ingest_corpus(settings, str(src), store=store)
     assert not again.did_work and again.skipped == r.skipped
     assert set(load_chunks(settings, store).chunk_id) == set(chunks.chunk_id)
+
+
+class SourceFileGoes(LocalStore):
+    """A real local store that deletes a source file when this run writes its first chunks, as a user
+    moving a file away while ingest runs: the file was listed and is gone when its turn comes."""
+
+    def __init__(self, root, doomed) -> None:
+        super().__init__(root)
+        self.doomed = doomed
+
+    def put(self, key: str, data: bytes) -> None:
+        super().put(key, data)
+        if key.startswith(CHUNKS_PREFIX) and self.doomed.exists():
+            self.doomed.unlink()
+
+
+def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp_path):
+    """Recognizers need word boundaries: `_` is a word character to them, and an address followed by
+    `-notes` or `.backup` failed the e-mail check; such names were kept raw, and a file gone between listing
+    and reading kept its raw name in the reason of its skip record, in the manifest for good."""
+    settings, _, _ = env
+    src = tmp_path / "named"
+    src.mkdir()
+    names = ["invoice_ann.lee@example.com_2024.txt", "ann.lee@example.com-notes.txt", "host_10.0.0.1.txt",
+             "ann.lee@example.com.backup.txt", "ann_lee@example.com.txt", "bob-lee@example.com.md",
+             "a plain.txt", "zz cv of ann.lee@example.com.txt"]  # fmt: skip
+    for n in names:
+        (src / n).write_text("Plain content about retrieval systems.")
+    store = SourceFileGoes(tmp_path / "store", src / names[-1])
+    r = ingest_corpus(settings, str(src), store=store)
+    doc_ids = sorted(load_chunks(settings, store).doc_id.str.replace(r"~[0-9a-f]{12}", "~", regex=True))
+    assert doc_ids == [
+        "<EMAIL_ADDRESS>-notes~.txt", "<EMAIL_ADDRESS>.backup~.txt", "<EMAIL_ADDRESS>~.md",
+        "<EMAIL_ADDRESS>~.txt", "a plain.txt", "host_<IP_ADDRESS>~.txt", "invoice_<EMAIL_ADDRESS>_2024~.txt",
+    ]  # fmt: skip
+    (gone,) = r.skipped
+    assert gone["path"].startswith("zz cv of <EMAIL_ADDRESS>~") and "KeyError" in gone["reason"]
+    kept = b"".join(store.get(k) for k in store.list()) + json.dumps(r.to_dict()).encode()
+    for secret in ("ann.lee", "ann_lee", "bob-lee", "10.0.0.1", "example."):
+        assert secret.encode() not in kept, secret
+    again = ingest_corpus(settings, str(src), store=store)  # the gone file's record goes with it
+    assert again.files_removed == 1 and not again.skipped
+    assert len(json.loads(store.get(MANIFEST))["files"]) == len(names) - 1
+
+
+def test_a_name_that_is_not_utf8_is_kept_readable_and_fails_nothing(env, tmp_path):
+    """Presidio raised on the surrogates such a name decodes to, and the whole run failed."""
+    settings, _, store = env
+    src = tmp_path / "latin1"
+    src.mkdir()
+    (src / "good.txt").write_text("A good document.")
+    ingest_corpus(settings, str(src), store=store)
+    (src / "good.txt").write_text("A good document, edited.")
+    with open(bytes(src) + b"/cv ann.lee@example.com r\xe9sum\xe9.txt", "w") as f:
+        f.write("Curriculum vitae.")
+    r = ingest_corpus(settings, str(src), store=store)
+    assert not r.skipped
+    chunks = load_chunks(settings, store)
+    assert set(chunks.text) == {"A good document, edited.", "Curriculum vitae."}
+    (name,) = set(chunks.doc_id) - {"good.txt"}
+    assert name.startswith("cv <EMAIL_ADDRESS> r\ufffdsum\ufffd~") and name.endswith(".txt")
+    assert not ingest_corpus(settings, str(src), store=store).did_work
+
+
+def test_a_document_with_no_token_to_index_is_recorded(env, tmp_path):
+    """Private-use glyphs (a PDF font without a Unicode map) or zero-width spaces give no chunk: the document
+    was counted but neither indexed nor named in the skip records."""
+    settings, _, store = env
+    src = tmp_path / "glyphs"
+    src.mkdir()
+    (src / "ok.txt").write_text("Plain content about retrieval systems.")
+    (src / "glyphs.txt").write_text("\ue000\ue001\ue002 \ue003\ue004")
+    records = [{"_id": "z1", "title": "", "text": "\u200b\u200b"}, {"_id": "ok1", "text": "Real."}]
+    (src / "b.jsonl").write_text("".join(json.dumps(d) + "\n" for d in records))
+    r = ingest_corpus(settings, str(src), store=store)
+    assert sorted(s["path"] for s in r.skipped) == ["b.jsonl:z1", "glyphs.txt:document"]
+    assert all("no text to index" in s["reason"] for s in r.skipped)
+    assert set(load_chunks(settings, store).doc_id) == {"ok.txt", "ok1"}
+    assert ingest_corpus(settings, str(src), store=store).skipped == r.skipped  # kept with the file's record

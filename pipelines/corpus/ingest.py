@@ -117,20 +117,21 @@ def name_key(store: ObjectStore) -> bytes:
 
 
 def name_digest(name: str, key: bytes) -> str:
-    return hmac.new(key, name.encode(), hashlib.sha256).hexdigest()[:12]
+    return hmac.new(key, name.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:12]
 
 
 def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
     """`name` with PII in its path parts redacted and a keyed digest of the original added; a name without
     PII is returned as it is. A part is redacted without its extension (`a@b.org.md`: `.md` is a TLD too),
-    else whole (a folder `a@b.com`)."""
-    parts = name.split("/")
+    else whole (a folder `a@b.com`). A name's bytes that are not UTF-8 are kept as U+FFFD, with the digest."""
+    readable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # undecodable bytes: U+FFFD
+    parts = readable.split("/")
     out = []
     for part in parts:
         suffix = PurePosixPath(part).suffix
         new = redact(part[: len(part) - len(suffix)]) + suffix
         out.append(redact(part) if new == part else new)
-    if out == parts:
+    if out == parts and readable == name:
         return name
     last = PurePosixPath(out[-1])
     out[-1] = f"{last.stem}~{name_digest(name, key)}{last.suffix}"
@@ -149,16 +150,30 @@ class _Processor:
         self._redactor: Redactor | None = None
         self.pii: Counter = Counter()
 
-    def redact(self, text: str) -> str:
+    def _engine(self, text: str) -> Redactor | None:
         if self._redactor is None:
             from pipelines.corpus.pii import may_hold_pii
 
             if not may_hold_pii(text, self.settings.pii_spacy_model):  # no engine to build for clean names
-                return text
+                return None
             from pipelines.corpus.pii import get_redactor
 
             self._redactor = get_redactor(self.settings.pii_spacy_model, str(self.settings.run_dir / "cache"))
-        out, counts = self._redactor.redact(text)
+        return self._redactor
+
+    def redact(self, text: str) -> str:
+        engine = self._engine(text)
+        if engine is None:
+            return text
+        out, counts = engine.redact(text)
+        self.pii.update(counts)
+        return out
+
+    def redact_name(self, name: str) -> str:
+        engine = self._engine(name)
+        if engine is None:
+            return name
+        out, counts = engine.redact_name(name)
         self.pii.update(counts)
         return out
 
@@ -251,7 +266,13 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
 
     for raw, size in _corpus_files(src, include).items():
         report.files_seen += 1
-        name = safe_name(raw, proc.redact, key)  # the only name that is kept from here on
+        try:
+            name = safe_name(raw, proc.redact_name, key)  # the only name that is kept from here on
+        except Exception as e:  # no name to keep: the record names its digest
+            name = f"<UNREADABLE_NAME>~{name_digest(raw, key)}"
+            reason = f"error: the name could not be read ({type(e).__name__})"
+            report.skipped.append({"path": name, "reason": reason})
+            continue
         prev = old_files.get(name)
         if size > max_bytes:
             report.skipped.append({"path": name, "reason": f"oversized ({size} bytes > {max_bytes})"})
@@ -270,11 +291,12 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             files[name] = _process_file(name, data, digest, prev, store, proc, report)
         except Exception as e:  # one bad file never fails the run
             reason = str(e) if isinstance(e, SkipFile) else f"error: {type(e).__name__}: {e}"
+            reason = proc.redact(reason.replace(raw, name))  # a message may quote the raw name (KeyError)
             report.skipped.append({"path": name, "reason": reason})
             files[name] = {"sha256": _sha(data), "skipped": reason}
             report.files_processed += 1
 
-    report.files_removed = sum(1 for n, prev in old_files.items() if n not in files and prev.get("chunk_key"))
+    report.files_removed = sum(1 for n in old_files if n not in files)  # a skipped file's record goes too
     if report.did_work or manifest.get("config") != config:
         if _manifest_bytes(store) != started_from:
             raise ConcurrentIngest(
@@ -297,7 +319,6 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
 
 def _process_file(name, data, digest, prev, store, proc, report) -> dict:
     docs, problems = parse_file(name, data)
-    report.skipped.extend(_problem_records(name, problems))
     old_by_doc: dict[str, pd.DataFrame] = {}
     if prev and prev.get("chunk_key") and store.exists(prev["chunk_key"]):
         old = _read_parquet(store, prev["chunk_key"])
@@ -311,8 +332,13 @@ def _process_file(name, data, digest, prev, store, proc, report) -> dict:
             parts.append(old_by_doc[doc.doc_id])
             report.docs_reused += 1
         else:
-            new_rows.extend(proc.rows(doc, h))
+            rows = proc.rows(doc, h)
+            if not rows:  # e.g. a PDF's glyphs without a Unicode map: control or private-use characters only
+                label = "document" if doc.doc_id == name else doc.doc_id  # a BEIR record, or the whole file
+                problems.append(f"{label}: no text to index (no token in the document)")
+            new_rows.extend(rows)
             report.docs_processed += 1
+    report.skipped.extend(_problem_records(name, problems))
     if new_rows:
         parts.append(pd.DataFrame(new_rows, columns=CHUNK_COLUMNS))
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CHUNK_COLUMNS)

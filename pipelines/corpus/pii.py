@@ -18,6 +18,7 @@ from pathlib import Path
 DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS")
 NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION")
 MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not phone numbers
+_NAME_SEPARATORS = re.compile(r"[_\-+~,;=()\[\]{}]")  # read as spaces in file names (redact_name)
 
 # Cheap necessary conditions: a recognizer only runs when its trigger matches somewhere in the text.
 _TRIGGERS = {
@@ -139,15 +140,41 @@ class Redactor:
         # the anonymizer merges a result seen from two windows (or cut by a window's edge) into one
         return [r for r in found if self._keep(text, r)]
 
-    def redact(self, text: str) -> tuple[str, Counter]:
+    def _found(self, text: str) -> list:
         wanted = self._always + [e for e, rx in _TRIGGERS.items() if e in self.entities and rx.search(text)]
-        if not wanted or not text:
-            return text, Counter()
-        results = self._analyze(text, wanted)
+        return self._analyze(text, wanted) if wanted and text else []
+
+    def redact(self, text: str) -> tuple[str, Counter]:
+        results = self._found(text)
         if not results:
             return text, Counter()
         out = self._anonymizer.anonymize(text=text, analyzer_results=results)
         return out.text, Counter(item.entity_type for item in out.items)
+
+    def redact_name(self, name: str) -> tuple[str, Counter]:
+        """`redact` for a file or folder name, where recognizers miss what they find in prose: `_` is a word
+        character to their boundaries (`host_10.0.0.1`), and an address followed by `-notes` or `.backup`
+        fails the e-mail check of its top-level domain. The name is also read with `_`, `-` and the like as
+        spaces, and cut before each dot; every entity any reading finds is redacted in the name (overlapping
+        ones merged, the longest naming the type)."""
+        spaced = _NAME_SEPARATORS.sub(" ", name)
+        spans = []
+        for reading in dict.fromkeys((name, spaced)):
+            for end in [len(reading)] + [i for i, c in enumerate(reading) if c == "."]:
+                spans += [(r.start, r.end, r.entity_type) for r in self._found(reading[:end])]
+        merged: list[list] = []
+        for start, end, kind in sorted(spans):
+            if merged and start < merged[-1][1]:
+                last = merged[-1]
+                if end - start > last[1] - last[0]:
+                    last[2] = kind
+                last[1] = max(last[1], end)
+            else:
+                merged.append([start, end, kind])
+        out = name
+        for start, end, kind in reversed(merged):
+            out = f"{out[:start]}<{kind}>{out[end:]}"
+        return out, Counter(kind for _, _, kind in merged)
 
 
 @lru_cache(maxsize=4)
