@@ -15,6 +15,7 @@ from pipelines.bench.scorers import (
     extract_choice,
     extract_code,
     parse_choices,
+    score_code,
     score_extraction,
     score_multiple_choice,
     score_row,
@@ -115,6 +116,29 @@ def test_extract_code_from_fences_or_plain_text():
     assert extract_code(out) == "def f(x):\n    return x\n"
     assert extract_code("def g():\n    return 1") == "def g():\n    return 1"
     assert "def h" in extract_code("```\ndef h():\n    pass")  # unterminated fence
+
+
+SQUARE = "def square(n):\n    return n * n"
+
+
+@pytest.mark.parametrize(
+    "out",
+    [f"```python\n{SQUARE}\n```\nExample:\n```\n>>> square(3)\n9\n```",  # a doctest session
+     f"```python\n{SQUARE}\n```\nRun it with:\n```bash\npython square.py\n```",  # a shell line
+     f"```python\n{SQUARE}\nprint(square(4))\n```\nOutput:\n```\n16\nDone.\n```",  # printed output
+     f"Here's the function:\n\n{SQUARE}", f"{SQUARE}\n\nThis returns the square of n.",  # prose, no fence
+     f"```python\n{SQUARE}\n\n# Test\nprint(square(",  # cut off at the token cap
+     f"~~~python3\n{SQUARE}\n~~~", "  ```python\n  " + SQUARE.replace("\n", "\n  ") + "\n  ```"],
+)  # fmt: skip
+def test_a_right_function_passes_whatever_surrounds_it(out):
+    """Every fenced block was run as Python, whatever its language, and text around unfenced code too."""
+    assert score_code(out, ["assert square(3) == 9", "assert square(-4) == 16"]) == 1.0
+    assert score_code(out.replace("n * n", "n + n"), ["assert square(3) == 9"]) == 0.0
+
+
+def test_an_answer_label_on_a_line_of_its_own_or_inside_a_word():
+    assert score_extraction("Answer:\nLisbon", ["Lisbon"])["em"] == 1.0
+    assert score_extraction("Answerbank", ["Answerbank"])["em"] == 1.0
 
 
 def test_code_passes_and_fails_by_its_tests():

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import string
+import textwrap
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -150,7 +152,9 @@ def _refs(reference: Any) -> list[str]:
 def _first_line(output: str) -> str:
     """Small models add explanations after the answer; the extraction answer is its first line."""
     lines = [x for x in output.strip().splitlines() if x.strip()]
-    return re.sub(r"^(?:the\s+)?answer\s*(?:is)?\s*:?\s*", "", lines[0].strip(), flags=re.I) if lines else ""
+    label = r"^(?:the\s+)?answer\b\s*(?:is\b)?\s*:?\s*"  # "Answer:", "The answer is"; not "Answerbank"
+    first = re.sub(label, "", lines[0].strip(), flags=re.I) if lines else ""
+    return first or (lines[1].strip() if len(lines) > 1 else "")  # "Answer:" on a line of its own
 
 
 def score_extraction(output: str, reference: Any) -> dict[str, float]:
@@ -158,10 +162,42 @@ def score_extraction(output: str, reference: Any) -> dict[str, float]:
     return {"em": max(exact_match(ans, r) for r in refs), "f1": max(token_f1(ans, r) for r in refs)}
 
 
+_FENCE = re.compile(r"^[ \t]*(?:```|~~~)([^\n`]*)\n(.*?)(?:^[ \t]*(?:```|~~~)|\Z)", re.S | re.M)
+_PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
+def _longest_parsing_lines(text: str, limit: int = 60) -> str:
+    """The longest run of whole lines of `text` that parses as Python: the code without the prose around
+    it, or without the last line of an answer cut off at the token cap."""
+    lines = text.splitlines()[:limit]
+    for size in range(len(lines), 0, -1):
+        for start in range(len(lines) - size + 1):
+            code = textwrap.dedent("\n".join(lines[start : start + size]))
+            if code.strip() and _parses(code):
+                return code
+    return text
+
+
 def extract_code(output: str) -> str:
-    """The code of the answer: its fenced blocks joined, or the whole text when it has none."""
-    blocks = re.findall(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", output, flags=re.S)
-    return "\n\n".join(b for b in blocks if b.strip()) if blocks else output
+    """The code of the answer: its Python blocks joined (tagged as Python, or untagged and parsing as Python;
+    not a shell line, a `>>>` session or printed output), else the whole text; where that does not parse
+    (prose around unfenced code, an answer cut off at the token cap) its longest run of lines that does."""
+    output = output.replace("\r\n", "\n")
+    blocks = [(tag.strip().lower(), textwrap.dedent(code)) for tag, code in _FENCE.findall(output)]
+    code = "\n\n".join(
+        b for tag, b in blocks
+        if b.strip() and tag in _PYTHON_TAGS and not b.lstrip().startswith(">>>") and (tag or _parses(b))
+    )  # fmt: skip
+    code = code or output
+    return code if _parses(code) else _longest_parsing_lines(code)
 
 
 def score_code(output: str, tests: Sequence[str] | None, timeout_s: float = 5.0) -> float:
@@ -198,18 +234,20 @@ How helpful, correct and complete is the answer? Reply with one integer from 1 (
 
 
 def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
-    """The judge's rating as a score in [0, 1]: a number out of `high` ("8/10", "5 out of 10"), else one the
-    text opens with ("8. Clear and right"), else its last integer ("On a scale of 1 to 10, I give it 8");
-    it must lie in [low, high]."""
+    """The judge's rating as a score in [0, 1]: a number out of `high` ("8/10", "7.5 out of 10"), else one
+    after a label ("Rating: 4 (misses 2 of 3 points)") or the text opens with ("8. Clear and right"), else
+    its last number ("On a scale of 1 to 10, I give it 8"); it must lie in [low, high]."""
     text = text or ""
-    number = r"(?<![\d.])(\d{1,3})(?!\d|\.\d)"
-    every = [int(m.group(1)) for m in re.finditer(number, text)]
-    out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?!\d)", text)
-    opening = re.match(r"[^\w]*" + number, text)
+    number = r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
+    every = [float(m.group(1)) for m in re.finditer(number, text)]
+    out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
+    opening = re.match(r"[^\w]*" + number, text) or re.search(
+        r"(?i:rating|score|grade)\**\s*(?:is|of)?\s*[:=]?\s*\**\s*" + number, text
+    )
     if out_of:
-        candidates = [int(out_of.group(1))]
+        candidates = [float(out_of.group(1))]
     elif opening:  # then the last in range: "0, no: 7" is 7
-        candidates = [int(opening.group(1)), *every[::-1]]
+        candidates = [float(opening.group(1)), *every[::-1]]
     else:
         candidates = every[-1:]
     v = next((v for v in candidates if low <= v <= high), None)
