@@ -146,6 +146,34 @@ def test_train_refuses_a_single_model_panel(slices, tmp_path):
     assert res.exit_code == 2 and "at least two models" in res.output
 
 
+def test_train_takes_a_model_scored_once_and_refuses_scores_off_the_unit_scale(slices, tmp_path):
+    """One scored outcome left a calibration fold without a row for that model (a numpy error); scores of 1
+    to 10 trained a router that predicted 2.9 to 4.7; a word in a prior table was a traceback."""
+    o = pd.read_csv(slices / "train_outcomes.csv", dtype={"prompt_id": str})
+    once = o.assign(
+        score=o["score"].where((o.model != "claude-v2") | (o.index == o.index[o.model == "claude-v2"][0]))
+    )
+    (tmp_path / "prior.csv").write_text(
+        "task,model,quality_mean,quality_sd\narc-challenge,claude-v2,high,0.1\n"
+    )
+
+    def train(outcomes: pd.DataFrame, *extra: str):
+        outcomes.to_csv(tmp_path / "o.csv", index=False)
+        args = ["train", "--prompts", str(slices / "train_prompts.csv"), "--embedder", "static",
+                "--outcomes", str(tmp_path / "o.csv"), "--out", str(tmp_path / "r")]  # fmt: skip
+        return runner.invoke(app, [*args, *extra], env={"SM_RUN_DIR": str(tmp_path)})
+
+    res = train(once)
+    assert res.exit_code == 0 and "claude-v2" in json.loads(res.stdout)["models"], res.output
+    for res, needle in [
+        (train(o.assign(score=o["score"] * 10)), "outcome column 'score' needs numbers in [0, 1]"),
+        (train(o.assign(cost_usd=-o["cost_usd"])), "outcome column 'cost_usd' needs numbers in [0, inf]"),
+        (train(o, "--prior-table", str(tmp_path / "prior.csv")), "'quality_mean' needs numbers in [0, 1]"),
+    ]:
+        said = " ".join(re.sub("[│─╭╮╰╯]", " ", res.output).split())
+        assert res.exit_code == 2 and needle in said, res.output
+
+
 def test_bad_inputs_are_one_line_errors_not_tracebacks(trained, slices, tmp_path):
     out, _ = trained
     o = pd.read_csv(slices / "test_outcomes.csv", dtype={"prompt_id": str})

@@ -42,6 +42,13 @@ def panel(
         prompts = prompts.merge(
             outcomes.groupby("prompt_id")["task"].first().reset_index(), on="prompt_id", how="left"
         )
+    for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
+        values = pd.to_numeric(outcomes[col], errors="coerce")
+        bad = outcomes[col][(values.isna() & outcomes[col].notna()) | (values < lo) | (values > hi)]
+        if len(bad):
+            raise ValueError(f"outcome column {col!r} needs numbers in [{lo:g}, {hi:g}] (or empty): "
+                             f"{len(bad)} rows are not, the first {str(bad.iloc[0])!r}")  # fmt: skip
+        outcomes = outcomes.assign(**{col: values})
     scored = outcomes.dropna(subset=["score"])
     prompts = prompts[prompts["prompt_id"].isin(scored["prompt_id"])].reset_index(drop=True)
     models = sorted(scored["model"].unique())

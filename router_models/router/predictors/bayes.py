@@ -36,6 +36,13 @@ def prior_from_table(
     missing = set(PRIOR_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"prior table lacks columns {sorted(missing)}; expected {PRIOR_COLUMNS}")
+    for col in ("quality_mean", "quality_sd"):
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = table[col][values.isna() | (values < 0) | (values > 1)]
+        if len(bad):
+            raise ValueError(f"prior table column {col!r} needs numbers in [0, 1]: the first of {len(bad)} "
+                             f"rows that does not is {str(bad.iloc[0])!r}")  # fmt: skip
+        table = table.assign(**{col: values})
     cells = table.groupby(["task", "model"])[["quality_mean", "quality_sd"]].mean()
     per_model = table.groupby("model")[["quality_mean", "quality_sd"]].mean()
     mean = np.full((len(task_names), len(models)), np.nan)

@@ -34,8 +34,8 @@ class Logistic(Predictor):
         for j in range(len(models)):
             rows = ~np.isnan(y[:, j])
             yj = (y[rows, j] >= 0.5).astype(int)
-            if yj.min() == yj.max():  # one class only: a constant rate, no slope
-                self.coef_[j, -1] = np.log((yj.mean() * len(yj) + 1) / ((1 - yj.mean()) * len(yj) + 1))
+            if len(yj) == 0 or yj.min() == yj.max():  # none, or one class only: a constant rate, no slope
+                self.coef_[j, -1] = np.log((yj.sum() + 1) / (len(yj) - yj.sum() + 1))
                 self.cov_[j] = np.eye(d, dtype=np.float32) * self.c
                 continue
             clf = LogisticRegression(C=self.c, max_iter=2000).fit(xd[rows], yj)
