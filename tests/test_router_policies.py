@@ -45,6 +45,7 @@ def test_answers_normalise_to_choice_letters():
         "B",
     ]
     assert normalise_answer("def f(x):\n   return  x") == "def f(x): return x"
+    assert normalise_answer("A mammal.") != normalise_answer("A reptile.")  # an article, not choice A
     assert normalise_answer(float("nan")) == ""
     assert agreement(["A", "B", "A"]) == 0.5 and agreement(["A"]) == 0.0 and agreement(["A", ""]) == 0.0
 

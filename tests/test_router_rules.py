@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from router_models.router.features import CostModel, TaskClassifier
@@ -165,6 +165,9 @@ def test_context_window_rule_drops_small_models():
     # at four characters a token, 300 CJK characters counted as 75 tokens and passed; BPE gives each one 1+
     d = router.route("请总结这段文字。" * 40)
     assert d.model != "local-small" and d.binding == "context_window" and d.signals["input_tokens"] >= 320
+    # and every digit is a token to SmolLM2's tokenizer: 1,000 characters of numbers counted as 250
+    d = router.route("Sum these: " + ",".join(f"{i * 7919 % 10**6:06d}" for i in range(143)))
+    assert d.model != "local-small" and d.binding == "context_window" and d.signals["input_tokens"] >= 858
 
 
 def test_a_refusal_names_every_rule_that_excluded_a_model():
@@ -224,5 +227,6 @@ def test_pii_triggers_skip_recognizers_without_changing_a_flag(shared_data):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet="0123456789 -.()/+:@abcfGBxe\n", max_size=40))
+@example("1640")  # a valid German number to Presidio, under the trigger's five digits: no phone number
 def test_pii_triggers_agree_on_generated_digit_and_punctuation_strings(text):
     assert _detect_pii(text, PII_MIN_SCORE) == _detect_pii(text, PII_MIN_SCORE, gated=False)

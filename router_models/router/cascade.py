@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-_CHOICE = re.compile(r"^\s*\(?([A-Ea-e])\)?(?:[.:)\s]|$)")
+# "(A)", "A)", "A.", "A:" or "A" alone; not the article of "A mammal."
+_CHOICE = re.compile(r"^\s*(?:\(([A-Ea-e])\)|([A-Ea-e])(?:[.:)]|\s*$))")
 
 
 def normalise_answer(text: Any) -> str:
@@ -27,7 +28,7 @@ def normalise_answer(text: Any) -> str:
     s = str(text).strip()
     m = _CHOICE.match(s)
     if m and len(s) <= 40:
-        return m.group(1).upper()
+        return (m.group(1) or m.group(2)).upper()
     return " ".join(s.lower().split())
 
 
