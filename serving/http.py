@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -69,8 +70,9 @@ _REQUEST_FAULTS = (
 )  # fmt: skip
 
 
-def upstream_failure(e: "GatewayError") -> HTTPFailure:
-    """A 400 when the request itself cannot be served (retrying will not help), else 503 with Retry-After."""
+def upstream_failure(e: "GatewayError", retry_after_s: float = RETRY_AFTER_S) -> HTTPFailure:
+    """A 400 when the request itself cannot be served (retrying will not help), else 503 with Retry-After:
+    the gateway's cooldown, for which it benches a failed model (a client back sooner is refused again)."""
     if any(f in str(e) for f in _REQUEST_FAULTS):
         return HTTPFailure(400, f"the model cannot take this request: {e}", "invalid_request_error")
     # LiteLLM's text names deployments, fallbacks and upstream errors, and may quote the request: neither the
@@ -78,7 +80,7 @@ def upstream_failure(e: "GatewayError") -> HTTPFailure:
     log.warning("model call to %s failed after its fallbacks", str(e).split(":", 1)[0])
     return HTTPFailure(
         503, "the model call failed, its fallbacks too; retry later", "upstream_unavailable",
-        {"Retry-After": str(RETRY_AFTER_S)},
+        {"Retry-After": str(max(1, math.ceil(retry_after_s)))},
     )  # fmt: skip
 
 

@@ -36,6 +36,10 @@ def metrics() -> dict[str, Any]:
             labelnames=["model"],
             buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800),
         ),
+        "prompt_log_dropped": bentoml.metrics.Counter(
+            name="stratmaster_prompt_log_dropped",
+            documentation="Chat prompts not written to the prompt log because its writer was behind",
+        ),
     }
 
 
@@ -49,3 +53,7 @@ def record_call(
         m["tokens_s"].labels(model=model).observe(output_tokens / latency_s)
     if fallback:
         m["fallbacks"].labels(kind=fallback).inc()
+
+
+def record_prompt_log_dropped() -> None:
+    metrics()["prompt_log_dropped"].inc()

@@ -119,7 +119,10 @@ class ModelResolver:
         p95: dict[str, float] | None = None,
     ) -> Choice:
         if self.router is None:
-            raise RoutingError("no router is loaded (set SM_ROUTER_DIR); name a catalog model", status=503)
+            # this service's configuration, not an outage: a 404 (OpenAI's model_not_found), no retry
+            raise RoutingError(
+                "no router is loaded in this service (SM_ROUTER_DIR); name a catalog model", 404
+            )
         policy = self.policy(policy_name)
         decision = self.router.route(prompt, constraints, policy, p95)
         status = self.callable_models()

@@ -21,8 +21,8 @@ class ApiKeys:
     """Keys from `SM_API_KEYS` (comma-separated) and/or the file named by `SM_API_KEYS_FILE` (one a line).
 
     Only their sha256 digests are kept. With neither variable set, auth is off and a warning is logged once;
-    a variable that is set but names no key (an empty file, SM_API_KEYS=",") is an error: whoever set it
-    meant auth to be on, and the service does not start with it off.
+    a variable that is set but names no key (an empty file, SM_API_KEYS="" or ",") is an error: whoever set
+    it meant auth to be on, and the service does not start with it off.
     """
 
     def __init__(self, keys: list[str]) -> None:
@@ -32,13 +32,13 @@ class ApiKeys:
 
     @classmethod
     def from_env(cls) -> ApiKeys:
-        raw = os.environ.get("SM_API_KEYS", "")
-        keys = [k.strip() for k in raw.split(",") if k.strip()]
-        path = os.environ.get("SM_API_KEYS_FILE")
+        raw = os.environ.get("SM_API_KEYS")  # set to "" counts as set: `docker run -e SM_API_KEYS=` with
+        path = os.environ.get("SM_API_KEYS_FILE")  # the host's variable unset must not turn auth off
+        keys = [k.strip() for k in (raw or "").split(",") if k.strip()]
         if path:
             lines = Path(path).read_text().splitlines()
             keys += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-        if not keys and (raw.strip() or path):
+        if not keys and (raw is not None or path is not None):
             raise ValueError(
                 "SM_API_KEYS / SM_API_KEYS_FILE is set but holds no key: refusing to serve with "
                 "authentication off (unset both to run without keys)"

@@ -49,7 +49,7 @@ from serving.http import (
     read_body,
     upstream_failure,
 )
-from serving.metrics import record_call
+from serving.metrics import record_call, record_prompt_log_dropped
 from serving.openapi import json_body
 from serving.readiness import Readiness
 from serving.routing import Choice, ModelResolver, RoutingError, prompt_of
@@ -78,6 +78,9 @@ api = FastAPI(title="StratMaster", version="1", docs_url=None, redoc_url=None,
 # a worker thread and the GIL hand-offs back (8 concurrent users: 270 -> 328 req/s, p50 25.5 -> 20.8 ms);
 # longer prompts (PII detection grows with the text) go to the thread pool so they never stall the loop.
 INLINE_ROUTE_CHARS = 4000
+# prompts queued for the prompt log's one writer (Presidio takes seconds on a long one); past it they drop,
+# counted by stratmaster_prompt_log_dropped
+PROMPT_LOG_QUEUE = 64
 
 
 @api.exception_handler(HTTPFailure)
@@ -134,6 +137,7 @@ class StratMaster:
         self.resolver = ModelResolver(self.router, self.gateway.catalog)
         # one writer thread: logging never delays a response, and lines are written in order
         self._log_pool = ThreadPoolExecutor(1, "prompt-log") if self.settings.prompt_log else None
+        self._log_slots = threading.BoundedSemaphore(PROMPT_LOG_QUEUE)  # prompts queued or being written
         self._prompt_log: Any = None
         self._retriever: Any = None
         self._retriever_lock = threading.Lock()
@@ -193,9 +197,13 @@ class StratMaster:
 
     def _log_prompt(self, prompt: str, choice: Choice) -> None:
         """Queue `prompt` for the prompt log, which redacts it before writing; the micro-bench samples it."""
-        if self._log_pool is not None:
-            task = ((choice.decision or {}).get("signals") or {}).get("task")
-            self._log_pool.submit(self._write_prompt_log, prompt, task, choice.model, choice.chosen_by)
+        if self._log_pool is None:
+            return
+        if not self._log_slots.acquire(blocking=False):  # the writer is behind: drop it
+            record_prompt_log_dropped()
+            return
+        task = ((choice.decision or {}).get("signals") or {}).get("task")
+        self._log_pool.submit(self._write_prompt_log, prompt, task, choice.model, choice.chosen_by)
 
     def _write_prompt_log(self, prompt: str, task: str | None, model: str, chosen_by: str) -> None:
         try:
@@ -209,6 +217,8 @@ class StratMaster:
             self._prompt_log.append(prompt, task, model, chosen_by)
         except Exception as e:  # the log is best effort: never a failed request, never the prompt in a log
             log.warning("prompt log: could not write a record (%s)", type(e).__name__)
+        finally:
+            self._log_slots.release()
 
     async def _model_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """`fn(*args, **kwargs)` in a worker thread; a GatewayError becomes the HTTP failure it stands for."""
@@ -217,7 +227,7 @@ class StratMaster:
         try:
             return await run_in_threadpool(fn, *args, **kwargs)
         except GatewayError as e:
-            raise upstream_failure(e) from None
+            raise upstream_failure(e, self.settings.cooldown_s) from None
 
     # -- endpoints -----------------------------------------------------------------------------------
     @api.post("/chat/completions", openapi_extra=json_body(ChatRequest))
@@ -230,7 +240,6 @@ class StratMaster:
             messages = req.message_dicts()
             prompt = prompt_of(messages)
             choice = await self._choose(req.model, prompt, req.routing_constraints())
-            self._log_prompt(prompt, choice)
             temperature, options = req.sampling()
             if req.stream:  # the gateway's `chat <model>` span is this request span's child
                 from serving.sse import chat_response
@@ -245,10 +254,12 @@ class StratMaster:
                     temperature,
                     **options,
                 )
+                self._log_prompt(prompt, choice)  # a prompt the model refused is no sample for the bench
                 return chat_response(stream, choice, rs.detach())
             res = await self._model_call(
                 self.gateway.chat, choice.model, messages, req.token_budget(), temperature, **options
             )
+            self._log_prompt(prompt, choice)
             set_usage(rs.span, res.model, res.input_tokens, res.output_tokens, res.cost_usd)
         record_call(res.model, choice.chosen_by, res.latency_s, res.output_tokens, _fallback(choice, res))
         return {
@@ -387,7 +398,7 @@ class StratMaster:
             citations=a.citations,
             citations_by=a.citations_by,
             chunks=[h.to_dict() for h in a.chunks],
-            model=a.model,
+            model=a.model or None,
             stratmaster={
                 "routing": choice.decision,
                 "chosen_by": choice.chosen_by,

@@ -13,7 +13,8 @@ import asyncio
 from typing import Any
 
 from bentoml._internal.server.http import traffic
-from starlette.responses import JSONResponse
+
+from serving.http import error_response
 
 
 class TimeoutMiddleware(traffic.TimeoutMiddleware):
@@ -33,9 +34,9 @@ class TimeoutMiddleware(traffic.TimeoutMiddleware):
         try:
             await waiter
         except TimeoutError:
-            if fut.cancel():
-                body = {"error": f"Not able to process the request in {self.timeout} seconds"}
-                await JSONResponse(body, status_code=504)(scope, receive, send)
+            if fut.cancel():  # in OpenAI's error shape, as every other error of the service
+                message = f"the request was not answered within {self.timeout} seconds"
+                await error_response(504, message, "timeout")(scope, receive, send)
         else:
             await fut
         finally:

@@ -80,6 +80,15 @@ def test_context_overflow_is_a_clear_error(gateway):
     assert time.perf_counter() - t0 < 5
 
 
+def test_an_overflow_the_model_server_finds_says_its_sizes_and_nothing_of_litellm(gateway):
+    """Digits pass the gateway's own estimate (gpt-3.5's tokenizer reads three a token) and overflow
+    SmolLM2's window (a token each): the error carried LiteLLM's text, deployments and fallbacks named."""
+    digits = [{"role": "user", "content": "Sum: " + " ".join(f"{i:010d}" for i in range(300))}]
+    with pytest.raises(GatewayError, match=r"context overflow: \d+ prompt tokens for a context of 2048") as e:
+        gateway.chat("smollm2-135m", digits, max_tokens=8)
+    assert "litellm" not in str(e.value).lower() and "fallback" not in str(e.value).lower()
+
+
 def test_unavailable_model_says_which_variable(gateway, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(GatewayError, match="gpt-4o.*OPENAI_API_KEY is not set"):

@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from pipelines.llm.catalog import load_catalog
+from pipelines.settings import Settings
 from router_models.router.artifact import load_router
 from router_models.router.cli import app as router_app
 from router_models.router.signals import Constraints
@@ -94,7 +95,7 @@ class _Service:
         if self.key != key:
             self.close()
             self._mp = pytest.MonkeyPatch()
-            for k in ("OPENAI_API_KEY", "SM_API_KEYS_FILE"):
+            for k in ("OPENAI_API_KEY", "SM_API_KEYS_FILE", "SM_ROUTER_DIR"):
                 self._mp.delenv(k, raising=False)
             for k, v in env.items():
                 self._mp.setenv(k, v)
@@ -197,7 +198,8 @@ def test_the_request_timeout_still_answers_504():
     c = TestClient(TimeoutMiddleware(slow, timeout=0.2))  # no lifespan: the app only speaks http
     assert c.get("/0").text == "done"
     r = c.get("/2")
-    assert r.status_code == 504 and "0.2 seconds" in r.json()["error"]
+    assert r.status_code == 504 and "0.2 seconds" in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["type"] == "timeout"  # OpenAI's error shape: the SDK reads error.message
 
 
 @pytest.mark.parametrize(
@@ -242,7 +244,12 @@ def test_keys_come_from_a_file_and_compare_as_hashes(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="holds no key"):
         ApiKeys.from_env()
     monkeypatch.delenv("SM_API_KEYS_FILE")
-    monkeypatch.setenv("SM_API_KEYS", " , ")
+    for empty in (" , ", ""):  # "" too: `docker run -e SM_API_KEYS=` with the host's variable unset
+        monkeypatch.setenv("SM_API_KEYS", empty)
+        with pytest.raises(ValueError, match="holds no key"):
+            ApiKeys.from_env()
+    monkeypatch.delenv("SM_API_KEYS")
+    monkeypatch.setenv("SM_API_KEYS_FILE", "")
     with pytest.raises(ValueError, match="holds no key"):
         ApiKeys.from_env()
 
@@ -489,10 +496,20 @@ def test_upstream_failure_is_503_with_retry_after(client, stream):
     body = {"model": "smollm2-135m", "messages": MSG, "max_tokens": 2, "stream": stream}
     r = client.post("/v1/chat/completions", json=body, headers=AUTH)
     assert r.status_code == 503, r.text
-    assert int(r.headers["retry-after"]) > 0
+    assert int(r.headers["retry-after"]) >= Settings().cooldown_s  # the gateway benches the model that long
     assert r.json()["error"]["type"] == "upstream_unavailable"
     assert "litellm" not in r.text.lower() and "fallback to" not in r.text.lower()  # LiteLLM's own text
     _no_trace(r)
+
+
+def test_without_a_router_model_router_is_a_404_not_an_outage(service, offline_env):
+    """It was a 503 with Retry-After while /readyz said 200: the openai SDK retried for 20 s."""
+    c = service.get("no router", {k: v for k, v in offline_env.items() if k != "SM_ROUTER_DIR"})
+    chat = {"model": "router", "messages": MSG}
+    for r in (c.post("/v1/route", json={"prompt": "hi"}, headers=AUTH),
+              c.post("/v1/chat/completions", json=chat, headers=AUTH)):  # fmt: skip
+        assert r.status_code == 404 and "retry-after" not in r.headers, r.text
+        assert "no router is loaded" in r.json()["error"]["message"]
 
 
 def test_rag_without_an_index_is_503_and_validates_first(client):
@@ -606,6 +623,8 @@ def test_a_pii_chat_is_answered_locally_and_its_text_is_in_no_span(live, spans):
 def test_chat_prompts_are_logged_redacted_for_the_micro_bench(live, indexed_run_dir):
     from pipelines.bench.prompt_log import read_prompt_log
 
+    too_long = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Never logged. " * 3000}]}
+    assert live.post("/v1/chat/completions", json=too_long, headers=LIVE_AUTH).status_code == 400
     body = {"model": "router", "messages": [{"role": "user", "content": PII_PROMPT}], "max_tokens": 2}
     assert live.post("/v1/chat/completions", json=body, headers=LIVE_AUTH).status_code == 200
     log_dir = indexed_run_dir / "prompt_log"
@@ -616,6 +635,7 @@ def test_chat_prompts_are_logged_redacted_for_the_micro_bench(live, indexed_run_
         time.sleep(0.5)
     raw = "".join(p.read_text() for p in log_dir.glob("*.jsonl"))
     assert "<EMAIL_ADDRESS> confirming the meeting" in raw and "jane.doe" not in raw
+    assert "Never logged." not in raw  # a prompt the model refused is no sample (written in order: before)
     rows, bad = read_prompt_log(log_dir)
     assert bad == 0 and "Write one line to <EMAIL_ADDRESS> confirming the meeting." in set(rows["prompt"])
 
@@ -667,6 +687,8 @@ def test_rag_answers_with_citations_and_chunks(live):
     assert out["citations_by"] in ("model", "overlap", "none")
     assert out["model"] in LOCAL and out["stratmaster"]["chosen_by"] == "router"
     assert isinstance(out["answer"], str) and out["stratmaster"]["usage"]["input_tokens"] > 20
+    r = live.post("/v1/rag", json={"question": "zzqxv", "mode": "bm25"}, headers=LIVE_AUTH)
+    assert r.status_code == 200 and r.json()["chunks"] == [] and r.json()["model"] is None, r.text  # was ""
 
 
 def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp_path):

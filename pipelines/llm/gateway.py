@@ -8,6 +8,7 @@ that actually answered and whether a fallback happened.
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 
@@ -479,10 +480,15 @@ def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError
     """The caller-facing error for what LiteLLM raised: names the model and the cause."""
     if isinstance(e, GatewayError):
         return e
+    # a 400's text from LiteLLM names deployments and fallbacks and may quote the request: the caller (and a
+    # service's client) gets what the model server said in its own fields, never that text
     if isinstance(e, litellm.exceptions.ContextWindowExceededError):
-        return GatewayError(f"{model}: context overflow: {e.message}")
+        # llama-server's words: "request (3340 tokens) exceeds the available context size (2048 tokens)"
+        sizes = re.search(r"(?:request \(|n_prompt_tokens\W+)(\d+).*?(?:size \(|n_ctx\W+)(\d+)", str(e))
+        said = f"{sizes[1]} prompt tokens for a context of {sizes[2]}" if sizes else "the prompt does not fit"
+        return GatewayError(f"{model}: context overflow: {said}")
     if isinstance(e, litellm.exceptions.BadRequestError):
-        return GatewayError(f"{model}: request refused: {e.message}")
+        return GatewayError(f"{model}: request refused: the model server answered 400 (bad request)")
     if midway:
         return GatewayError(f"{model}: the stream broke after it started ({type(e).__name__}): {e}")
     return GatewayError(f"{model}: call failed after retries and fallbacks ({type(e).__name__}): {e}")
