@@ -17,6 +17,7 @@ Configuration from the environment: `SM_<KIND>_TAG`, `SM_API_KEYS` or `SM_API_KE
 `SM_MAX_REQUEST_BYTES`, and every `pipelines.settings.Settings` field.
 """
 
+import asyncio
 import gc
 import json
 import logging
@@ -81,6 +82,17 @@ INLINE_ROUTE_CHARS = 4000
 # prompts queued for the prompt log's one writer (Presidio takes seconds on a long one); past it they drop,
 # counted by stratmaster_prompt_log_dropped
 PROMPT_LOG_QUEUE = 64
+
+
+def _drain(call: Any) -> Any:
+    for _ in call:
+        pass
+    return call.result
+
+
+async def _client_gone(request: Request, every_s: float = 0.25) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
 
 
 @api.exception_handler(HTTPFailure)
@@ -229,6 +241,27 @@ class StratMaster:
         except GatewayError as e:
             raise upstream_failure(e, self.settings.cooldown_s) from None
 
+    async def _read_to_end(self, request: Request, call: Any) -> Any:
+        """The result of an opened model stream (`Gateway.stream`), read in a worker thread. The stream is
+        closed when the client leaves or this request is cancelled (its timeout), so the model server stops
+        writing for nobody: a non-streamed chat kept a llama.cpp slot generating after its client had gone."""
+        from pipelines.llm.gateway import GatewayError
+
+        reader = asyncio.ensure_future(run_in_threadpool(_drain, call))
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            await asyncio.wait({reader, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                raise HTTPFailure(499, "the client closed the request", "client_closed")
+            try:
+                return reader.result()
+            except GatewayError as e:  # the stream broke after it started
+                raise upstream_failure(e, self.settings.cooldown_s) from None
+        finally:
+            gone.cancel()
+            if not reader.done():
+                call.close()  # safe from this thread: the reader's blocked read ends
+
     # -- endpoints -----------------------------------------------------------------------------------
     @api.post("/chat/completions", openapi_extra=json_body(ChatRequest))
     async def chat_completions(self, request: Request):
@@ -256,10 +289,11 @@ class StratMaster:
                 )
                 self._log_prompt(prompt, choice)  # a prompt the model refused is no sample for the bench
                 return chat_response(stream, choice, rs.detach())
-            res = await self._model_call(
-                self.gateway.chat, choice.model, messages, req.token_budget(), temperature, **options
+            call = await self._model_call(
+                self.gateway.stream, choice.model, messages, req.token_budget(), temperature, **options
             )
             self._log_prompt(prompt, choice)
+            res = await self._read_to_end(request, call)
             set_usage(rs.span, res.model, res.input_tokens, res.output_tokens, res.cost_usd)
         record_call(res.model, choice.chosen_by, res.latency_s, res.output_tokens, _fallback(choice, res))
         return {

@@ -896,6 +896,41 @@ def test_a_client_that_leaves_a_stream_closes_the_model_call_and_ends_the_spans(
 
 
 @pytest.mark.models
+def test_a_client_that_leaves_a_plain_chat_stops_the_model(live, spans):
+    """The call ran in a worker thread nothing cancelled: the llama.cpp slot wrote 400 tokens for nobody."""
+    import anyio
+
+    count = [{"role": "user", "content": "Count from 1 to 300, one number per line."}]
+    body = {"model": "smollm2-135m", "max_tokens": 400, "messages": count}
+    raw = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+               (b"authorization", LIVE_AUTH["Authorization"].encode())]  # fmt: skip
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+             "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}  # fmt: skip
+    asked, sent = [], []
+
+    async def receive():  # the body, then a disconnect a second later: uvicorn's receive waits for one and
+        asked.append(time.monotonic())  # returns it at once (no await) once the client has gone
+        if len(asked) == 1:
+            return {"type": "http.request", "body": raw, "more_body": False}
+        if time.monotonic() < asked[0] + 1.0:
+            await anyio.sleep(asked[0] + 1.0 - time.monotonic())
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    t0 = time.monotonic()
+    live.portal.call(live.app, scope, receive, send)
+    took = time.monotonic() - t0
+    model = dict(_named(spans, "chat smollm2-135m").attributes)
+    assert model["stratmaster.stream_closed_early"] is True and took < 4, took  # 400 tokens: 4-5 s
+    assert sent[0]["status"] == 499
+
+
+@pytest.mark.models
 def test_the_callers_stop_strings_reach_the_model(live):
     body = {"model": "smollm2-135m", "messages": MSG, "max_tokens": 24}
     r = live.post("/v1/chat/completions", json=body, headers=LIVE_AUTH)
