@@ -150,32 +150,22 @@ class _Processor:
         self._redactor: Redactor | None = None
         self.pii: Counter = Counter()
 
-    def _engine(self, text: str) -> Redactor | None:
+    def redact(self, text: str, name: bool = False) -> str:
+        """`text` redacted (as a file name with `name`: Redactor.redact_name), counting what was found."""
         if self._redactor is None:
             from pipelines.corpus.pii import may_hold_pii
 
             if not may_hold_pii(text, self.settings.pii_spacy_model):  # no engine to build for clean names
-                return None
+                return text
             from pipelines.corpus.pii import get_redactor
 
             self._redactor = get_redactor(self.settings.pii_spacy_model, str(self.settings.run_dir / "cache"))
-        return self._redactor
-
-    def redact(self, text: str) -> str:
-        engine = self._engine(text)
-        if engine is None:
-            return text
-        out, counts = engine.redact(text)
+        out, counts = (self._redactor.redact_name if name else self._redactor.redact)(text)
         self.pii.update(counts)
         return out
 
     def redact_name(self, name: str) -> str:
-        engine = self._engine(name)
-        if engine is None:
-            return name
-        out, counts = engine.redact_name(name)
-        self.pii.update(counts)
-        return out
+        return self.redact(name, name=True)
 
     def rows(self, doc: Document, doc_hash: str) -> list[dict]:
         title, text = self.redact(doc.title) if doc.title else "", self.redact(doc.text)
