@@ -411,16 +411,21 @@ class StratMaster:
                 "dense retrieval will be worse; build the index on this machine", dense.embedder.name, cos,
             )  # fmt: skip
 
-    async def _rag(self, req: RagRequest, rs: Any) -> RagAnswer:
-        from pipelines.rag.answer import answer
+    async def _rag(self, req: RagRequest, rs: Any, request: Request) -> RagAnswer:
+        """pipelines.rag.answer.answer, with the model's stream closed when the client leaves."""
+        from pipelines.rag.answer import answer_from, build_messages, no_answer
 
         rs.span.set_attribute("gen_ai.request.model", req.model)
         choice = await self._choose(req.model, req.question, req.routing_constraints())
         retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
-        a = await self._model_call(
-            answer, req.question, retriever, self.gateway, choice.model, req.k, req.mode, req.max_tokens,
-            self.settings.rag_context_chars,
-        )  # fmt: skip
+        hits = await run_in_threadpool(retriever.search, req.question, req.mode, req.k)
+        chars = self.settings.rag_context_chars
+        if hits:
+            messages = build_messages(req.question, hits, chars)
+            call = await self._model_call(self.gateway.stream, choice.model, messages, req.max_tokens)
+            a = answer_from(req.question, hits, await self._read_to_end(request, call), req.mode, chars)
+        else:
+            a = no_answer(req.question, choice.model, req.mode)
         if a.model:
             usage = a.usage or {}
             set_usage(rs.span, a.model, usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,
@@ -450,7 +455,7 @@ class StratMaster:
         with request_span("rag") as rs:
             self._authorize(request)
             req: RagRequest = await read_body(request, RagRequest)
-            return (await self._rag(req, rs)).model_dump()
+            return (await self._rag(req, rs, request)).model_dump()
 
     @bentoml.api
     async def rag(self, req: RagRequest, /, ctx: bentoml.Context) -> RagAnswer:
@@ -458,7 +463,7 @@ class StratMaster:
         try:  # outside the span: request_span records the failure's status
             with request_span("rag") as rs:
                 self._authorize(ctx.request)
-                return await self._rag(req, rs)
+                return await self._rag(req, rs, ctx.request)
         except HTTPFailure as e:
             return _typed_error(ctx, e)
 

@@ -121,8 +121,18 @@ def answer(question: str, retriever: Retriever, gateway, model: str = "smollm2-1
     """Retrieve `k` chunks with `mode`, generate with `model` through `gateway` (pipelines.llm.gateway)."""
     hits = retriever.search(question, mode=mode, k=k)
     if not hits:
-        return Answer(question, "No indexed source matches this question.", [], [], "", model, False, mode)
+        return no_answer(question, model, mode)
     result = gateway.chat(model, build_messages(question, hits, max_context_chars), max_tokens=max_tokens)
+    return answer_from(question, hits, result, mode, max_context_chars)
+
+
+def no_answer(question: str, model: str, mode: str) -> Answer:
+    """What `answer` says when nothing was retrieved: no model is asked."""
+    return Answer(question, "No indexed source matches this question.", [], [], "", model, False, mode)
+
+
+def answer_from(question: str, hits: list[Hit], result, mode: str, max_context_chars: int = 4000) -> Answer:
+    """The Answer for the model's `result` (a gateway ChatResult) to `build_messages(question, hits, ...)`."""
     text, citations, citations_by = cite(result.text, hits, max_context_chars)
     return Answer(
         question=question, text=text, citations=citations, chunks=hits, model=result.model,
