@@ -54,7 +54,7 @@ def _sha16(path: Path) -> str:
 def _shown(name: str, spacy_model: str) -> str:
     """The name, or "" where it may hold PII under the configured model (with an NER model any name may
     name a person); BEIR's fixed corpus file name is always shown."""
-    return name if name == BEIR_CORPUS or not may_hold_pii(name, spacy_model) else ""
+    return name if name == BEIR_CORPUS or not may_hold_pii(name, spacy_model, name=True) else ""
 
 
 def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str = "blank") -> Fingerprints:

@@ -395,6 +395,19 @@ def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp
     assert len(json.loads(store.get(MANIFEST))["files"]) == len(names) - 1
 
 
+def test_a_compound_name_is_redacted_when_it_is_the_first_to_need_the_engine(env, tmp_path):
+    """The cheap check before the engine is built read `_` as part of a word: with no earlier name or text
+    to build the engine, these names were kept raw (and redacted in a later run: another doc id)."""
+    settings, _, store = env
+    src = tmp_path / "first"
+    src.mkdir()
+    for n in ("cv_212_456_7890.txt", "card_4111_1111_1111_1111.txt"):
+        (src / n).write_text("Plain content.")
+    ingest_corpus(settings, str(src), store=store)
+    doc_ids = sorted(load_chunks(settings, store).doc_id.str.replace(r"~[0-9a-f]{12}", "~", regex=True))
+    assert doc_ids == ["card_<CREDIT_CARD>~.txt", "cv_<PHONE_NUMBER>~.txt"]
+
+
 def test_a_name_that_is_not_utf8_is_kept_readable_and_fails_nothing(env, tmp_path):
     """Presidio raised on the surrogates such a name decodes to, and the whole run failed."""
     settings, _, store = env

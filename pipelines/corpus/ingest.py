@@ -155,7 +155,7 @@ class _Processor:
         if self._redactor is None:
             from pipelines.corpus.pii import may_hold_pii
 
-            if not may_hold_pii(text, self.settings.pii_spacy_model):  # no engine to build for clean names
+            if not may_hold_pii(text, self.settings.pii_spacy_model, name):  # no engine for clean names
                 return text
             from pipelines.corpus.pii import get_redactor
 
@@ -340,7 +340,7 @@ def _process_file(name, data, digest, prev, store, proc, report) -> dict:
 
 
 def _problem_records(name: str, problems: list[str]) -> list[dict]:
-    return [{"path": f"{name}:{p.split(':')[0]}", "reason": p} for p in problems]
+    return [{"path": f"{name}:{p.split(': ')[0]}", "reason": p} for p in problems]  # "PMID:1: ..."
 
 
 def load_chunks(settings: Settings, store: ObjectStore | None = None) -> pd.DataFrame:

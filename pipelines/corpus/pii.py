@@ -31,10 +31,11 @@ _TRIGGERS = {
 }
 
 
-def may_hold_pii(text: str, spacy_model: str = "blank") -> bool:
+def may_hold_pii(text: str, spacy_model: str = "blank", name: bool = False) -> bool:
     """False when no default recognizer could match `text` (so no engine need be built); with an NER model
-    any text may name a person."""
-    return spacy_model != "blank" or any(rx.search(text) for rx in _TRIGGERS.values())
+    any text may name a person. A file `name` is read as `Redactor.redact_name` reads it too."""
+    readings = (text, _NAME_SEPARATORS.sub(" ", text)) if name else (text,)
+    return spacy_model != "blank" or any(rx.search(r) for r in readings for rx in _TRIGGERS.values())
 
 
 def _blank_model_path(cache_dir: Path) -> Path:
