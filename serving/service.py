@@ -84,12 +84,6 @@ INLINE_ROUTE_CHARS = 4000
 PROMPT_LOG_QUEUE = 64
 
 
-def _drain(call: Any) -> Any:
-    for _ in call:
-        pass
-    return call.result
-
-
 async def _client_gone(request: Request, every_s: float = 0.25) -> None:
     while not await request.is_disconnected():
         await asyncio.sleep(every_s)
@@ -232,14 +226,26 @@ class StratMaster:
         finally:
             self._log_slots.release()
 
-    async def _model_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """`fn(*args, **kwargs)` in a worker thread; a GatewayError becomes the HTTP failure it stands for."""
+    async def _open_stream(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """The model stream `fn(*args, **kwargs)` opens (`Gateway.stream`, `ChatStream`) in a worker thread;
+        a GatewayError becomes the HTTP failure it stands for. A stream that opens after this request was
+        cancelled (its timeout) is closed."""
         from pipelines.llm.gateway import GatewayError
 
+        opened: list[Any] = []
+
+        def call() -> Any:
+            opened.append(fn(*args, **kwargs))
+            return opened[-1]
+
         try:
-            return await run_in_threadpool(fn, *args, **kwargs)
+            return await run_in_threadpool(call)  # a cancellation waits for the thread, then raises here
         except GatewayError as e:
             raise upstream_failure(e, self.settings.cooldown_s) from None
+        except BaseException:
+            for stream in opened:
+                stream.close()
+            raise
 
     async def _read_to_end(self, request: Request, call: Any) -> Any:
         """The result of an opened model stream (`Gateway.stream`), read in a worker thread. The stream is
@@ -247,7 +253,7 @@ class StratMaster:
         writing for nobody: a non-streamed chat kept a llama.cpp slot generating after its client had gone."""
         from pipelines.llm.gateway import GatewayError
 
-        reader = asyncio.ensure_future(run_in_threadpool(_drain, call))
+        reader = asyncio.ensure_future(run_in_threadpool(call.read))
         gone = asyncio.ensure_future(_client_gone(request))
         try:
             await asyncio.wait({reader, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -260,7 +266,8 @@ class StratMaster:
         finally:
             gone.cancel()
             if not reader.done():
-                call.close()  # safe from this thread: the reader's blocked read ends
+                call.close()  # safe from this thread: the reader's blocked read ends, with a GatewayError
+                reader.add_done_callback(lambda t: t.cancelled() or t.exception())  # that nobody awaits
 
     # -- endpoints -----------------------------------------------------------------------------------
     @api.post("/chat/completions", openapi_extra=json_body(ChatRequest))
@@ -278,7 +285,7 @@ class StratMaster:
                 from serving.sse import chat_response
                 from serving.streaming import ChatStream
 
-                stream = await self._model_call(
+                stream = await self._open_stream(
                     ChatStream,
                     self.gateway,
                     choice.model,
@@ -289,7 +296,7 @@ class StratMaster:
                 )
                 self._log_prompt(prompt, choice)  # a prompt the model refused is no sample for the bench
                 return chat_response(stream, choice, rs.detach())
-            call = await self._model_call(
+            call = await self._open_stream(
                 self.gateway.stream, choice.model, messages, req.token_budget(), temperature, **options
             )
             self._log_prompt(prompt, choice)
@@ -422,7 +429,7 @@ class StratMaster:
         chars = self.settings.rag_context_chars
         if hits:
             messages = build_messages(req.question, hits, chars)
-            call = await self._model_call(self.gateway.stream, choice.model, messages, req.max_tokens)
+            call = await self._open_stream(self.gateway.stream, choice.model, messages, req.max_tokens)
             a = answer_from(req.question, hits, await self._read_to_end(request, call), req.mode, chars)
         else:
             a = no_answer(req.question, choice.model, req.mode)

@@ -241,8 +241,8 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     number = r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
     every = [float(m.group(1)) for m in re.finditer(number, text)]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
-    opening = re.match(r"[^\w]*" + number, text) or re.search(
-        r"(?i:rating|score|grade)\**\s*(?:is|of)?\s*[:=]?\s*\**\s*" + number, text
+    opening = re.match(r"[^\w]*" + number, text) or re.search(  # "Rating: 4", "my score is 7"; not a scale
+        r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*" + number, text
     )
     if out_of:
         candidates = [float(out_of.group(1))]

@@ -220,11 +220,7 @@ class Gateway:
     ) -> ChatResult:
         """Call `model` (a catalog name) through the Router; streamed by default to measure TTFT."""
         if stream:
-            call = self.stream(model, messages, max_tokens, temperature, **kwargs)
-            for _ in call:
-                pass
-            assert call.result is not None  # a stream read to its end always has one
-            return call.result
+            return self.stream(model, messages, max_tokens, temperature, **kwargs).read()
         entry = self._entry(model)
         self._check(entry, messages, max_tokens)
         with tracer().start_as_current_span(f"chat {model}") as span:
@@ -405,6 +401,15 @@ class StreamedChat:
             raise GatewayError(f"{self.requested_model}: this stream has already been read")
         self._gen = self._deltas()
         return self._gen
+
+    def read(self) -> ChatResult:
+        """Read the stream to its end: the whole answer's ChatResult (GatewayError when it breaks or is
+        closed meanwhile)."""
+        for _ in self:
+            pass
+        if self.result is None:
+            raise GatewayError(f"{self.requested_model}: the stream was closed before its end")
+        return self.result
 
     def close(self) -> None:
         """Stop reading: release the connection and end the span (nothing to do once the stream ended).

@@ -104,6 +104,7 @@ def make_features(
     prompts: Sequence[str], emb: np.ndarray, task_clf: TaskClassifier
 ) -> tuple[Features, np.ndarray]:
     """Predictor features and the raw token estimates for a batch of prompts."""
-    tokens = np.array([estimate_tokens(p) for p in prompts], dtype=np.float64)
+    # the estimate routers were trained on (digits at four a token): a trained artifact keeps its inputs
+    tokens = np.array([estimate_tokens(p, digits=False) for p in prompts], dtype=np.float64)
     proba = task_clf.predict_proba(emb)
     return Features(emb, proba, np.log1p(tokens), list(task_clf.classes)), tokens

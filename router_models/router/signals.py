@@ -26,8 +26,8 @@ PII_CACHE_MAX_CHARS = 16_000
 # digit or a literal, which the regex engine skips to: on RouterBench prompts (1,500 characters) detection
 # took 138-167 us per prompt when the IBAN and IP triggers began with a letter class and an optional hex run,
 # and 63-74 us now (a /v1/route worker spent 8% of its CPU here under load).
-MIN_PHONE_DIGITS = 5
-_DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){" + str(MIN_PHONE_DIGITS - 1) + ",}")
+PHONE_MIN_DIGITS = 5  # to flag a prompt as private; redaction (pipelines/corpus/pii.py) wants 9
+_DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){" + str(PHONE_MIN_DIGITS - 1) + ",}")
 
 
 class Constraints(BaseModel):
@@ -68,15 +68,15 @@ class Signals:
         return ctx
 
 
-def estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str, digits: bool = True) -> int:
     """A cheap tokenizer-free estimate: about four ASCII characters per token (English and code), a token
     for every digit (Llama's, SmolLM2's and Gemma's tokenizers split numbers into digits: at four characters
     a token, 4,759 characters of numeric CSV counted as 1,190 against SmolLM2's 4,730 and passed its
-    2,048-token window), and a token for every other character (BPE tokenizers give CJK characters one or
-    more each)."""
+    2,048-token window; `digits=False` counts them as other characters, as the router's features do), and a
+    token for every other character (BPE tokenizers give CJK characters one or more each)."""
     ascii_chars = len(text.encode("ascii", "ignore"))
-    digits = sum(c.isdigit() for c in text if c.isascii())
-    return max(1, math.ceil((ascii_chars - digits) / CHARS_PER_TOKEN) + digits + len(text) - ascii_chars)
+    n_digits = sum(c.isdigit() for c in text if c.isascii()) if digits else 0
+    return max(1, math.ceil((ascii_chars - n_digits) / CHARS_PER_TOKEN) + n_digits + len(text) - ascii_chars)
 
 
 def focus_text(prompt: str) -> str:
@@ -153,7 +153,7 @@ def _detect_pii(text: str, min_score: float, gated: bool = True) -> tuple[str, .
             continue
         for res in rec.analyze(text, entities=rec.supported_entities, nlp_artifacts=None):
             short = res.entity_type == "PHONE_NUMBER" and (
-                sum(c.isdigit() for c in text[res.start : res.end]) < MIN_PHONE_DIGITS
+                sum(c.isdigit() for c in text[res.start : res.end]) < PHONE_MIN_DIGITS
             )
             if res.score >= min_score and not short:
                 found.add(res.entity_type)

@@ -16,7 +16,7 @@ from router_models.router.features import (
     make_features,
 )
 from router_models.router.policies import Budget
-from router_models.router.predictors.base import Features, get_predictor
+from router_models.router.predictors.base import Features, get_predictor, numbers_in
 from router_models.router.router import Router
 from router_models.router.rules import load_rules, model_metadata
 
@@ -43,12 +43,7 @@ def panel(
             outcomes.groupby("prompt_id")["task"].first().reset_index(), on="prompt_id", how="left"
         )
     for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
-        values = pd.to_numeric(outcomes[col], errors="coerce")
-        bad = outcomes[col][(values.isna() & outcomes[col].notna()) | (values < lo) | (values > hi)]
-        if len(bad):
-            raise ValueError(f"outcome column {col!r} needs numbers in [{lo:g}, {hi:g}] (or empty): "
-                             f"{len(bad)} rows are not, the first {str(bad.iloc[0])!r}")  # fmt: skip
-        outcomes = outcomes.assign(**{col: values})
+        outcomes = outcomes.assign(**{col: numbers_in(outcomes, col, lo, hi, "outcome", empty_ok=True)})
     scored = outcomes.dropna(subset=["score"])
     prompts = prompts[prompts["prompt_id"].isin(scored["prompt_id"])].reset_index(drop=True)
     models = sorted(scored["model"].unique())

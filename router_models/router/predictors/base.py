@@ -92,3 +92,18 @@ def observed(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Score matrix with NaN -> 0 and the mask of observed cells."""
     mask = ~np.isnan(y)
     return np.where(mask, y, 0.0), mask.astype(np.float64)
+
+
+def numbers_in(table: Any, col: str, lo: float, hi: float, what: str, empty_ok: bool = False) -> Any:
+    """`table[col]` as numbers, each in [lo, hi] (empty cells too where `empty_ok`); else a ValueError that
+    names the table, the column and the first bad value."""
+    import pandas as pd
+
+    values = pd.to_numeric(table[col], errors="coerce")
+    missing = values.isna() & (table[col].notna() if empty_ok else True)
+    bad = table[col][missing | (values < lo) | (values > hi)]
+    if len(bad):
+        empty = " (or empty)" if empty_ok else ""
+        raise ValueError(f"{what} column {col!r} needs numbers in [{lo:g}, {hi:g}]{empty}: "
+                         f"{len(bad)} rows are not, the first {str(bad.iloc[0])!r}")  # fmt: skip
+    return values

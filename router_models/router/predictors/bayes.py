@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router_models.router.predictors.base import Features, Predictor, QualityPrediction, observed, register
+from router_models.router.predictors.base import (
+    Features,
+    Predictor,
+    QualityPrediction,
+    numbers_in,
+    observed,
+    register,
+)
 from router_models.router.predictors.baselines import mixture, task_tables
 from router_models.router.predictors.knn import neighbour_counts
 
@@ -37,12 +44,7 @@ def prior_from_table(
     if missing:
         raise ValueError(f"prior table lacks columns {sorted(missing)}; expected {PRIOR_COLUMNS}")
     for col in ("quality_mean", "quality_sd"):
-        values = pd.to_numeric(table[col], errors="coerce")
-        bad = table[col][values.isna() | (values < 0) | (values > 1)]
-        if len(bad):
-            raise ValueError(f"prior table column {col!r} needs numbers in [0, 1]: the first of {len(bad)} "
-                             f"rows that does not is {str(bad.iloc[0])!r}")  # fmt: skip
-        table = table.assign(**{col: values})
+        table = table.assign(**{col: numbers_in(table, col, 0.0, 1.0, "prior table")})
     cells = table.groupby(["task", "model"])[["quality_mean", "quality_sd"]].mean()
     per_model = table.groupby("model")[["quality_mean", "quality_sd"]].mean()
     mean = np.full((len(task_names), len(models)), np.nan)
