@@ -45,8 +45,8 @@ def test_answers_normalise_to_choice_letters():
         "B",
     ]
     assert normalise_answer("def f(x):\n   return  x") == "def f(x): return x"
-    assert normalise_answer("A mammal.") != normalise_answer("A reptile.")  # an article, not choice A
-    assert [normalise_answer(a) for a in ["B\nBecause it is Paris.", "B Paris", "A Paris"]] == ["B", "B", "A"]
+    # "A chart" is choice A: 3 of the 4 RouterBench answers of that shape name option A ("A) a chart")
+    assert [normalise_answer(a) for a in ["B\nBecause it is Paris.", "B Paris", "A chart"]] == ["B", "B", "A"]
     assert normalise_answer(float("nan")) == ""
     assert agreement(["A", "B", "A"]) == 0.5 and agreement(["A"]) == 0.0 and agreement(["A", ""]) == 0.0
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-# "(A)", "A)", "A.", "A:", "A" alone or before a line break, "B Paris"; not the article of "A mammal."
-_CHOICE = re.compile(r"^\s*(?:\(([A-Ea-e])\)|([A-Ea-e])(?:[.:)]|\s*$|[ \t]*\n)|([B-Eb-e])\s|(A)\s+(?![a-z]))")
+_CHOICE = re.compile(r"^\s*\(?([A-Ea-e])\)?(?:[.:)\s]|$)")
 
 
 def normalise_answer(text: Any) -> str:
@@ -28,7 +27,7 @@ def normalise_answer(text: Any) -> str:
     s = str(text).strip()
     m = _CHOICE.match(s)
     if m and len(s) <= 40:
-        return next(g for g in m.groups() if g).upper()
+        return m.group(1).upper()
     return " ".join(s.lower().split())
 
 
