@@ -689,6 +689,8 @@ def test_rag_answers_with_citations_and_chunks(live):
     assert isinstance(out["answer"], str) and out["stratmaster"]["usage"]["input_tokens"] > 20
     r = live.post("/v1/rag", json={"question": "zzqxv", "mode": "bm25"}, headers=LIVE_AUTH)
     assert r.status_code == 200 and r.json()["chunks"] == [] and r.json()["model"] is None, r.text  # was ""
+    r = live.post("/rag", json=body, headers=LIVE_AUTH)  # the typed method reads the model's stream too
+    assert r.status_code == 200 and r.json()["model"] in LOCAL and r.json()["chunks"], r.text
 
 
 def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp_path):
