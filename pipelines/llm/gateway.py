@@ -403,8 +403,8 @@ class StreamedChat:
         return self._gen
 
     def read(self) -> ChatResult:
-        """Read the stream to its end: the whole answer's ChatResult (GatewayError when it breaks or is
-        closed meanwhile)."""
+        """Read the stream to its end: the answer's ChatResult (GatewayError when it breaks; a `close` from
+        another thread ends the read early, with an error or with the answer so far)."""
         for _ in self:
             pass
         if self.result is None:
