@@ -366,6 +366,37 @@ class SourceFileGoes(LocalStore):
             self.doomed.unlink()
 
 
+class SourceFileUnreadable(LocalStore):
+    """A real local store that, when this run writes its first chunks, puts a folder where a listed source
+    file was: reading it fails (IsADirectoryError), as a read that times out would."""
+
+    def __init__(self, root, victim) -> None:
+        super().__init__(root)
+        self.victim = victim
+
+    def put(self, key: str, data: bytes) -> None:
+        super().put(key, data)
+        if key.startswith(CHUNKS_PREFIX) and self.victim.is_file():
+            self.victim.unlink()
+            self.victim.mkdir()
+
+
+def test_a_file_that_cannot_be_read_keeps_its_last_version(env, tmp_path):
+    """A read error on a file indexed before dropped its chunks (and its index entries) till the next run."""
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("First file.")
+    (src / "b.txt").write_text("Second file, indexed before.")
+    ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    (src / "a.txt").write_text("First file, edited.")
+    r = ingest_corpus(settings, str(src), store=SourceFileUnreadable(tmp_path / "store", src / "b.txt"))
+    (skip,) = r.skipped
+    assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
+    texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
+    assert texts == {"First file, edited.", "Second file, indexed before."}
+
+
 def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp_path):
     """Recognizers need word boundaries: `_` is a word character to them, and an address followed by
     `-notes` or `.backup` failed the e-mail check; such names were kept raw, and a file gone between listing

@@ -282,6 +282,10 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
         except Exception as e:  # one bad file never fails the run
             reason = str(e) if isinstance(e, SkipFile) else f"error: {type(e).__name__}: {e}"
             reason = proc.redact(reason.replace(raw, name))  # a message may quote the raw name (KeyError)
+            if not isinstance(e, SkipFile) and prev and prev.get("chunk_key") and not prev.get("skipped"):
+                files[name] = prev  # a read error (an S3 timeout) is no new content: the last version stays
+                report.skipped.append({"path": name, "reason": f"{reason}; its last version is kept"})
+                continue
             report.skipped.append({"path": name, "reason": reason})
             files[name] = {"sha256": _sha(data), "skipped": reason}
             report.files_processed += 1
