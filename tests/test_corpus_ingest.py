@@ -352,33 +352,23 @@ def test_pii_in_file_names_is_kept_nowhere(env, tmp_path):
     assert set(load_chunks(settings, store).chunk_id) == set(chunks.chunk_id)
 
 
-class SourceFileGoes(LocalStore):
-    """A real local store that deletes a source file when this run writes its first chunks, as a user
-    moving a file away while ingest runs: the file was listed and is gone when its turn comes."""
+class SourceFileChanges(LocalStore):
+    """A real local store that changes a listed source file when this run writes its first chunks: a user
+    moving it away (`Path.unlink`), or a folder in its place, whose read fails as a read that times out."""
 
-    def __init__(self, root, doomed) -> None:
+    def __init__(self, root, victim, change) -> None:
         super().__init__(root)
-        self.doomed = doomed
-
-    def put(self, key: str, data: bytes) -> None:
-        super().put(key, data)
-        if key.startswith(CHUNKS_PREFIX) and self.doomed.exists():
-            self.doomed.unlink()
-
-
-class SourceFileUnreadable(LocalStore):
-    """A real local store that, when this run writes its first chunks, puts a folder where a listed source
-    file was: reading it fails (IsADirectoryError), as a read that times out would."""
-
-    def __init__(self, root, victim) -> None:
-        super().__init__(root)
-        self.victim = victim
+        self.victim, self.change = victim, change
 
     def put(self, key: str, data: bytes) -> None:
         super().put(key, data)
         if key.startswith(CHUNKS_PREFIX) and self.victim.is_file():
-            self.victim.unlink()
-            self.victim.mkdir()
+            self.change(self.victim)
+
+
+def _folder_in_place(path) -> None:
+    path.unlink()
+    path.mkdir()
 
 
 def test_a_file_that_cannot_be_read_keeps_its_last_version(env, tmp_path):
@@ -390,7 +380,8 @@ def test_a_file_that_cannot_be_read_keeps_its_last_version(env, tmp_path):
     (src / "b.txt").write_text("Second file, indexed before.")
     ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
     (src / "a.txt").write_text("First file, edited.")
-    r = ingest_corpus(settings, str(src), store=SourceFileUnreadable(tmp_path / "store", src / "b.txt"))
+    store = SourceFileChanges(tmp_path / "store", src / "b.txt", _folder_in_place)
+    r = ingest_corpus(settings, str(src), store=store)
     (skip,) = r.skipped
     assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
     texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
@@ -409,7 +400,7 @@ def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp
              "a plain.txt", "zz cv of ann.lee@example.com.txt"]  # fmt: skip
     for n in names:
         (src / n).write_text("Plain content about retrieval systems.")
-    store = SourceFileGoes(tmp_path / "store", src / names[-1])
+    store = SourceFileChanges(tmp_path / "store", src / names[-1], lambda p: p.unlink())
     r = ingest_corpus(settings, str(src), store=store)
     doc_ids = sorted(load_chunks(settings, store).doc_id.str.replace(r"~[0-9a-f]{12}", "~", regex=True))
     assert doc_ids == [
