@@ -20,7 +20,7 @@ import dagster as dg
 from assets.resources import SettingsResource
 from pipelines.corpus.ingest import BEIR_CORPUS, name_digest, name_key
 from pipelines.corpus.pii import may_hold_pii
-from pipelines.corpus.store import S3Store, open_source, open_store
+from pipelines.corpus.store import LocalStore, S3Store, open_source, open_store
 from pipelines.settings import Settings
 
 # name digest -> [size, mtime_ns, content hash, name or "" where it may hold PII]; S3 objects have mtime 0
@@ -58,13 +58,11 @@ def _shown(name: str, spacy_model: str) -> str:
 
 
 def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str = "blank") -> Fingerprints:
-    """Fingerprints of the files below `root` (hidden files, links and temp files left out, as ingest
-    does); a file whose size and mtime match `previous` keeps its previous hash without being read."""
+    """Fingerprints of the files below `root` that ingest lists (hidden files and folders and links left
+    out); a file whose size and mtime match `previous` keeps its previous hash without being read."""
     out: Fingerprints = {}
-    for p in sorted(root.rglob("*")):
-        if p.name.startswith(".") or p.suffix == ".tmp" or p.is_symlink() or not p.is_file():
-            continue
-        name = p.relative_to(root).as_posix()
+    for name in LocalStore(root).list():
+        p = root / name
         digest = name_digest(name, key)
         try:
             st = p.stat()

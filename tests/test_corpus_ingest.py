@@ -464,3 +464,23 @@ def test_a_document_with_no_token_to_index_is_recorded(env, tmp_path):
     assert all("no text to index" in s["reason"] for s in r.skipped)
     assert set(load_chunks(settings, store).doc_id) == {"ok.txt", "ok1"}
     assert ingest_corpus(settings, str(src), store=store).skipped == r.skipped  # kept with the file's record
+
+
+def test_links_are_recorded_not_followed_and_hidden_folders_are_left_out(env, tmp_path):
+    """A link to a file or folder (one could lead out of the source) was left out without a trace; files in
+    hidden folders (`.git/description`, text) were ingested though hidden files were not."""
+    settings, _, store = env
+    src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
+    (src / ".git").mkdir(parents=True)
+    elsewhere.mkdir()
+    (src / "ok.txt").write_text("Plain content about retrieval systems.")
+    (src / ".git" / "description.txt").write_text("Unnamed repository; edit this file to name it.")
+    (elsewhere / "secret.txt").write_text("Outside the source folder.")
+    (src / "linked.txt").symlink_to(elsewhere / "secret.txt")
+    (src / "linked_dir").symlink_to(elsewhere)
+    r = ingest_corpus(settings, str(src), store=store)
+    assert {s["path"]: s["reason"] for s in r.skipped} == {
+        "linked.txt": "a symbolic link: not followed", "linked_dir": "a symbolic link: not followed",
+    }  # fmt: skip
+    assert set(load_chunks(settings, store).doc_id) == {"ok.txt"}
+    assert r.files_seen == 3

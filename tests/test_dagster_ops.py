@@ -77,6 +77,8 @@ def test_new_documents_sensor_requests_a_reindex_only_when_content_changes(tmp_p
         (docs / "sub").mkdir()
         (docs / "sub" / "c.md").write_text("# Gamma\n\nA new document in a subfolder.")
         (docs / ".hidden").write_text("editor state, not a document")
+        (docs / ".git").mkdir()
+        (docs / ".git" / "description").write_text("a repository folder, not a document")
         added = _tick(instance, docs, touched.cursor)
         (req,) = added.run_requests
         assert req.tags["stratmaster/added"] == "1" and "sub/c.md" in req.tags["stratmaster/changes"]

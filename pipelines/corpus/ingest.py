@@ -212,14 +212,15 @@ def _read_parquet(store: ObjectStore, key: str) -> pd.DataFrame:
 BEIR_CORPUS = "corpus.jsonl"  # at a folder's top: a BEIR folder, whose only corpus file it is
 
 
-def _corpus_files(src: ObjectStore, include: str | None) -> dict[str, int]:
-    """Files to ingest; in a BEIR folder only BEIR_CORPUS: its queries and qrels are no corpus."""
-    listing = src.list()
+def _corpus_files(src: ObjectStore, include: str | None) -> dict[str, int | None]:
+    """Files to ingest, key -> size, and symbolic links, key -> None (recorded, not followed); in a BEIR
+    folder only BEIR_CORPUS: its queries and qrels are no corpus."""
+    listing: dict[str, int | None] = {**src.list(), **dict.fromkeys(src.links())}
     if include:
-        return {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
-    if BEIR_CORPUS in listing:
-        return {BEIR_CORPUS: listing[BEIR_CORPUS]}
-    return listing
+        listing = {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
+    elif BEIR_CORPUS in listing:
+        listing = {BEIR_CORPUS: listing[BEIR_CORPUS]}
+    return dict(sorted(listing.items()))
 
 
 def ingest_corpus(
@@ -264,6 +265,9 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             report.skipped.append({"path": name, "reason": reason})
             continue
         prev = old_files.get(name)
+        if size is None:
+            report.skipped.append({"path": name, "reason": "a symbolic link: not followed"})
+            continue
         if size > max_bytes:
             report.skipped.append({"path": name, "reason": f"oversized ({size} bytes > {max_bytes})"})
             continue

@@ -27,6 +27,7 @@ class ObjectStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> dict[str, int]: ...
+    def links(self, prefix: str = "") -> tuple[str, ...]: ...
     def delete(self, key: str) -> None: ...
     def exclusive(self, name: str) -> contextlib.AbstractContextManager[bool]: ...
 
@@ -67,15 +68,26 @@ class LocalStore:
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> dict[str, int]:
-        if not self.root.exists():
-            return {}
         out = {}
-        for p in self.root.rglob("*"):
-            if p.is_file() and not p.name.startswith(".") and not p.is_symlink():
-                key = p.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+        for p, key in self._visible(prefix):
+            with contextlib.suppress(FileNotFoundError):  # gone since the listing
+                if p.is_file() and not p.is_symlink():
                     out[key] = p.stat().st_size
         return dict(sorted(out.items()))
+
+    def links(self, prefix: str = "") -> tuple[str, ...]:
+        """Symbolic links below a prefix (to files or folders), which `list` leaves out: never followed, as
+        one could lead out of the root."""
+        return tuple(sorted(key for p, key in self._visible(prefix) if p.is_symlink()))
+
+    def _visible(self, prefix: str) -> Iterator[tuple[Path, str]]:
+        """Paths below the root and their keys, outside hidden files and folders (`.git/`, temp files)."""
+        if not self.root.exists():
+            return
+        for p in self.root.rglob("*"):
+            rel = p.relative_to(self.root)
+            if not any(part.startswith(".") for part in rel.parts) and rel.as_posix().startswith(prefix):
+                yield p, rel.as_posix()
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -145,6 +157,9 @@ class S3Store:
         objs = self.client.list_objects(self.bucket, prefix=self._key(prefix), recursive=True)
         n = len(self.prefix)
         return dict(sorted((o.object_name[n:], o.size or 0) for o in objs if not o.is_dir))
+
+    def links(self, prefix: str = "") -> tuple[str, ...]:
+        return ()  # S3 has none
 
     def delete(self, key: str) -> None:
         self.client.remove_object(self.bucket, self._key(key))
