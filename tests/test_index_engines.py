@@ -166,38 +166,35 @@ def test_graph_expansion_reaches_a_chunk_through_a_related_entity(tmp_path):
         g.close()
 
 
-def test_a_graph_build_that_stopped_half_way_is_redone(tmp_path, monkeypatch):
+def test_a_graph_build_that_fails_leaves_the_last_graph_whole(tmp_path, monkeypatch):
+    """A rebuild dropped the graph before it loaded the new one: a build that failed half way (a kill, a
+    full disk, a bad table) left a graph with chunks and no entities, and graph search found nothing."""
     from pipelines.index import graph as graph_module
-    from pipelines.index.graph import sync_graph
+    from pipelines.index.graph import extract_graph, graph_fingerprint, sync_graph
 
     chunks = frame({f"d{i}": f"BRCA1 mutations and PARP inhibitors, case {i}." for i in range(4)})
+    more = frame({f"d{i}": f"BRCA1 mutations and PARP inhibitors, case {i}." for i in range(6)})
     g = LadybugGraph(tmp_path / "kg.lbug")
-    real_open = g._open
-
-    def open_and_arm():  # a run killed between the Chunk and Entity loads
-        real_open()
-        execute = g.conn.execute
-
-        def stop_after_chunks(query, *args):
-            if query.startswith("COPY Entity"):
-                raise KeyboardInterrupt
-            return execute(query, *args)
-
-        monkeypatch.setattr(g.conn, "execute", stop_after_chunks)
-
-    monkeypatch.setattr(g, "_open", open_and_arm)
-    with pytest.raises(KeyboardInterrupt):
-        sync_graph(g, chunks)
-    g.close()
-    g = LadybugGraph(tmp_path / "kg.lbug")  # the next run
     try:
-        assert g.indexed_ids() == set(chunks["chunk_id"]) and not g.entities(["brca1"])  # the torn graph
-        report = sync_graph(g, chunks)
-        assert report.did_work and g.entities(["brca1"]) == {"brca1": 4}
-        assert not sync_graph(g, chunks).did_work
+        assert sync_graph(g, chunks).did_work and g.entities(["brca1"]) == {"brca1": 4}
+        bad = extract_graph(more)
+        bad["mentions"].loc[len(bad["mentions"])] = ["d0#0000", "no such entity"]  # the engine refuses it
+        with pytest.raises(RuntimeError):
+            g.replace(bad, graph_fingerprint(more["chunk_id"]))
+        assert g.entities(["brca1"]) == {"brca1": 4}  # the last graph, whole
+        assert [h.doc_id for h in graph_search(g, "BRCA1?", n_chunks=4)] != []
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["kg.lbug"]  # the failed build is gone
+        report = sync_graph(g, more)  # the next run builds it
+        assert report.did_work and g.entities(["brca1"]) == {"brca1": 6}
+        assert not sync_graph(g, more).did_work
         # a change of the extraction rules (GRAPH_VERSION) rebuilds the same chunk set
         monkeypatch.setattr(graph_module, "GRAPH_VERSION", graph_module.GRAPH_VERSION + 1)
-        assert sync_graph(g, chunks).did_work
+        assert sync_graph(g, more).did_work
+    finally:
+        g.close()
+    g = LadybugGraph(tmp_path / "kg.lbug")  # another process opens what the last build left
+    try:
+        assert g.entities(["brca1"]) == {"brca1": 6} and g.indexed_ids() == set(more["chunk_id"])
     finally:
         g.close()
 

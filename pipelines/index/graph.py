@@ -5,7 +5,8 @@ what), Entity -RELATED-> Entity (co-occurrence in `weight` chunks, both directio
 than `min_df` chunks or in more than `max_df_frac` of them (and 20) are dropped: the first are noise, the
 second are too common to connect anything. The graph is rebuilt whenever the chunk set or the extraction
 changes (extraction is cheap and the co-occurrence weights are corpus-wide); an unchanged chunk set does no
-work. A build records its fingerprint last, so one that stopped half way is redone by the next sync.
+work. A build records its fingerprint last, so one that stopped half way is redone by the next sync; the
+embedded graph is built beside the last one and moved into place, so until then the last graph serves whole.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import os
 import shutil
 import time
 from collections import Counter, defaultdict
@@ -77,12 +79,18 @@ class LadybugGraph:
         self._open()
 
     def _open(self) -> None:
+        self.db, self.conn = self._connect(self.path)
+
+    @staticmethod
+    def _connect(path: Path):
         import ladybug
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = ladybug.Database(str(self.path))
-        self.conn = ladybug.Connection(self.db)
-        tables = set(self._df("CALL show_tables() RETURN name")["name"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = ladybug.Database(str(path))
+        conn = ladybug.Connection(db)
+        result = conn.execute("CALL show_tables() RETURN name")
+        assert not isinstance(result, list), "one statement per query"
+        tables = set(result.get_as_df()["name"])
         if "Chunk" not in tables:
             for stmt in (
                 "CREATE NODE TABLE Chunk(id STRING PRIMARY KEY, doc_id STRING)",
@@ -90,9 +98,10 @@ class LadybugGraph:
                 "CREATE REL TABLE MENTIONS(FROM Chunk TO Entity)",
                 "CREATE REL TABLE RELATED(FROM Entity TO Entity, weight INT64)",
             ):
-                self.conn.execute(stmt)
+                conn.execute(stmt)
         if "Build" not in tables:  # also in a graph from before builds were recorded: it is rebuilt once
-            self.conn.execute("CREATE NODE TABLE Build(id STRING PRIMARY KEY)")
+            conn.execute("CREATE NODE TABLE Build(id STRING PRIMARY KEY)")
+        return db, conn
 
     def close(self) -> None:
         self.conn.close()
@@ -110,25 +119,34 @@ class LadybugGraph:
         return len(self._df("MATCH (b:Build) WHERE b.id = $id RETURN b.id", {"id": fingerprint})) > 0
 
     def replace(self, tables: dict[str, pd.DataFrame], fingerprint: str = "") -> None:
-        """Drop the graph, load the new tables (bulk COPY from data frames), then record `fingerprint`."""
+        """Build the new graph beside the old one (bulk COPY from data frames, `fingerprint` recorded last),
+        then move it into place: a build that fails leaves the old graph whole."""
+        new = self.path.with_name(f".{self.path.name}.building")
+        _remove_db(new)
+        try:
+            db, conn = self._connect(new)
+            try:
+                for table, key in (
+                    ("Chunk", "chunk"),
+                    ("Entity", "entity"),
+                    ("MENTIONS", "mentions"),
+                    ("RELATED", "related"),
+                ):
+                    frame = tables[key]
+                    if len(frame):
+                        conn.execute(f"COPY {table} FROM frame")
+                if fingerprint:
+                    conn.execute("CREATE (:Build {id: $id})", {"id": fingerprint})
+            finally:
+                conn.close()
+                db.close()
+        except BaseException:
+            _remove_db(new)
+            raise
         self.close()
-        if self.path.is_dir():
-            shutil.rmtree(self.path)
-        else:
-            for p in self.path.parent.glob(self.path.name + "*"):
-                p.unlink()
+        _remove_db(self.path)
+        os.replace(new, self.path)  # closed, the new database is this one file
         self._open()
-        for table, key in (
-            ("Chunk", "chunk"),
-            ("Entity", "entity"),
-            ("MENTIONS", "mentions"),
-            ("RELATED", "related"),
-        ):
-            frame = tables[key]
-            if len(frame):
-                self.conn.execute(f"COPY {table} FROM frame")
-        if fingerprint:
-            self.conn.execute("CREATE (:Build {id: $id})", {"id": fingerprint})
 
     def entities(self, names: list[str]) -> dict[str, int]:
         if not names:
@@ -298,6 +316,15 @@ def graph_search(graph, query: str, n_chunks: int, k: int = 100, extractor=None,
     for cid, name in zip(m["chunk_id"], m["name"], strict=True):
         scores[cid] += weight[name]
     return [ScoredChunk(c, float(s)) for c, s in heapq.nlargest(k, scores.items(), key=itemgetter(1))]
+
+
+def _remove_db(path: Path) -> None:
+    """An embedded database: its file and side files (a write-ahead log), or the folder of older versions."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    for p in path.parent.glob(path.name + "*"):
+        if p.is_file() and p.name.removeprefix(path.name)[:1] in ("", "."):
+            p.unlink()
 
 
 def open_graph(settings: Settings, index_dir: str | Path | None = None):
