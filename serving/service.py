@@ -25,7 +25,6 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bentoml
@@ -36,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
+from pipelines.bench.prompt_log import PromptLog, PromptLogWriter
 from pipelines.llm.catalog import load_catalog
 from pipelines.settings import Settings
 from pipelines.tracing import setup_tracing
@@ -141,10 +141,8 @@ class StratMaster:
             self.registry_rows = pd.read_csv(self.art.registry_dir / "registry.csv")
             self.registry_fit = json.loads((self.art.registry_dir / "fit.json").read_text())
         self.resolver = ModelResolver(self.router, self.gateway.catalog)
-        # one writer thread: logging never delays a response, and lines are written in order
-        self._log_pool = ThreadPoolExecutor(1, "prompt-log") if self.settings.prompt_log else None
-        self._log_slots = threading.BoundedSemaphore(PROMPT_LOG_QUEUE)  # prompts queued or being written
-        self._prompt_log: Any = None
+        logged = self.settings.prompt_log
+        self._prompt_log = PromptLogWriter(self._open_prompt_log, PROMPT_LOG_QUEUE) if logged else None
         self._retriever: Any = None
         self._retriever_lock = threading.Lock()
         # open the indexes now, beside start-up, rather than in each worker's first /v1/rag (seconds: MiniLM,
@@ -191,40 +189,30 @@ class StratMaster:
                     choice = self.resolver.resolve(*args)
                 else:
                     choice = await run_in_threadpool(self.resolver.resolve, *args)
-            except RoutingError as e:
-                kind = "invalid_request_error" if e.status < 500 else "not_ready"
-                span.set_attribute("error.type", kind)
+            except RoutingError as e:  # the request's own: a 4xx, no retry
+                span.set_attribute("error.type", "invalid_request_error")
                 raise HTTPFailure(
-                    e.status, str(e), kind, {"Retry-After": str(RETRY_AFTER_S)} if e.status >= 500 else None,
+                    e.status,
+                    str(e),
+                    "invalid_request_error",
                     extra={"routing": e.decision} if e.decision else {},
-                ) from None  # fmt: skip
+                ) from None
             set_route(span, choice.model, choice.chosen_by, choice.decision)
             return choice
 
     def _log_prompt(self, prompt: str, choice: Choice) -> None:
         """Queue `prompt` for the prompt log, which redacts it before writing; the micro-bench samples it."""
-        if self._log_pool is None:
-            return
-        if not self._log_slots.acquire(blocking=False):  # the writer is behind: drop it
-            record_prompt_log_dropped()
+        if self._prompt_log is None:
             return
         task = ((choice.decision or {}).get("signals") or {}).get("task")
-        self._log_pool.submit(self._write_prompt_log, prompt, task, choice.model, choice.chosen_by)
+        if not self._prompt_log.submit(prompt, task, choice.model, choice.chosen_by):  # the writer is behind
+            record_prompt_log_dropped()
 
-    def _write_prompt_log(self, prompt: str, task: str | None, model: str, chosen_by: str) -> None:
-        try:
-            if self._prompt_log is None:  # Presidio's engine takes seconds to build: not at start-up
-                from pipelines.bench.prompt_log import PromptLog
-                from pipelines.corpus.pii import get_redactor
+    def _open_prompt_log(self) -> PromptLog:
+        from pipelines.corpus.pii import get_redactor
 
-                s = self.settings
-                redactor = get_redactor(s.pii_spacy_model, str(s.run_dir / "cache"))
-                self._prompt_log = PromptLog(s.prompt_log_dir, redactor.redact)
-            self._prompt_log.append(prompt, task, model, chosen_by)
-        except Exception as e:  # the log is best effort: never a failed request, never the prompt in a log
-            log.warning("prompt log: could not write a record (%s)", type(e).__name__)
-        finally:
-            self._log_slots.release()
+        s = self.settings
+        return PromptLog(s.prompt_log_dir, get_redactor(s.pii_spacy_model, str(s.run_dir / "cache")).redact)
 
     async def _open_stream(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """The model stream `fn(*args, **kwargs)` opens (`Gateway.stream`, `ChatStream`) in a worker thread;

@@ -4,11 +4,12 @@ prompts, sampled only when a judge can rate the answers, and rated by a judge mo
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
 
-from pipelines.bench.prompt_log import PromptLog, read_prompt_log
+from pipelines.bench.prompt_log import PromptLog, PromptLogWriter, read_prompt_log
 from pipelines.bench.prompts import build_prompt_set
 from pipelines.bench.runner import collect_outcomes, run_bench
 from pipelines.bench.scorers import JudgeScorer, ScoreError, parse_rating
@@ -36,6 +37,28 @@ def test_prompts_are_redacted_before_they_are_written_and_read_back_as_chat(tmp_
     assert bad == 0 and len(df) == 2  # one row per distinct prompt
     assert set(df["task"]) == {"chat"} and df["reference"].isna().all()
     assert df["prompt_id"].str.startswith("log-").all() and rec["prompt_id"] in set(df["prompt_id"])
+
+
+def test_the_writer_keeps_prompts_in_order_and_drops_what_overflows_its_queue(tmp_path):
+    """The service's log writer: off the request path, bounded (a burst of long prompts while Presidio's
+    engine is built must not hold them all in memory), each dropped prompt reported to the caller."""
+    from pipelines.corpus.pii import Redactor
+
+    def make_log() -> PromptLog:  # a new engine: seconds, so the burst below finds the writer busy
+        return PromptLog(tmp_path / "log", Redactor("blank", str(tmp_path / "pii-cache")).redact)
+
+    writer = PromptLogWriter(make_log, queue=4)
+    accepted = [writer.submit(f"Question {i} from {SECRETS[0]}.", task="chat") for i in range(10)]
+    assert accepted == [True] * 4 + [False] * 6
+    deadline = time.monotonic() + 120
+    while not writer.submit("Once the writer catches up the queue takes prompts again."):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    writer.close()
+    df, bad = read_prompt_log(tmp_path / "log")
+    assert bad == 0 and list(df["prompt"]) == [f"Question {i} from <EMAIL_ADDRESS>." for i in range(4)] + [
+        "Once the writer catches up the queue takes prompts again."
+    ]
 
 
 def test_a_torn_line_is_skipped_and_counted_and_old_days_are_left_out(tmp_path, redact):

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,43 @@ class PromptLog:
         with self._lock, open(self.directory / f"{now:%Y-%m-%d}.jsonl", "a", encoding="utf-8") as f:
             f.write(line)
         return rec
+
+
+class PromptLogWriter:
+    """Appends to a PromptLog from one background thread, in order, so that logging never delays a response.
+
+    At most `queue` prompts wait (queued or being written): past that, `submit` drops the prompt and says
+    so. The log, and the redaction engine it needs (Presidio takes seconds to build), are made by `make_log`
+    at the first write, not at start-up. A failed write is logged by its error type alone, never the prompt.
+    """
+
+    def __init__(self, make_log: Callable[[], PromptLog], queue: int = 64) -> None:
+        self._make_log = make_log
+        self._log: PromptLog | None = None
+        self._pool = ThreadPoolExecutor(1, "prompt-log")
+        self._slots = threading.BoundedSemaphore(queue)
+
+    def submit(self, prompt: str, task: str | None = None, model: str | None = None,
+               chosen_by: str | None = None) -> bool:  # fmt: skip
+        """Queue `prompt` for the log; False when the writer is `queue` prompts behind and it was dropped."""
+        if not self._slots.acquire(blocking=False):
+            return False
+        self._pool.submit(self._write, prompt, task, model, chosen_by)
+        return True
+
+    def _write(self, prompt: str, task: str | None, model: str | None, chosen_by: str | None) -> None:
+        try:
+            if self._log is None:
+                self._log = self._make_log()
+            self._log.append(prompt, task, model, chosen_by)
+        except Exception as e:  # the log is best effort: never a failed request, never the prompt in a log
+            log.warning("prompt log: could not write a record (%s)", type(e).__name__)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        self._pool.shutdown(wait=True)
 
 
 def read_prompt_log(directory: str | Path, days: int | None = None,
