@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,6 +47,28 @@ def test_tantivy_sync_is_incremental_and_persistent(tmp_path):
     reopened = TantivyIndex(tmp_path / "kw")
     assert reopened.indexed_ids() == {"a#0000", "c#0000"}
     assert reopened.search("bananas") == [] and reopened.search("grapes")[0].doc_id == "c"
+
+
+def test_a_reader_sees_the_chunks_it_loaded_while_another_handle_rebuilds(tmp_path):
+    """A retriever loads its chunk table once, but tantivy's reader took up every later commit: after a
+    re-ingest, search named new chunk ids the table lacked and returned hits with no text."""
+    from pipelines.rag.retrieve import Retriever
+
+    v1 = frame({"a": "Aspirin lowers heart attack risk.", "b": "Statins lower cholesterol."})
+    sync_index(TantivyIndex(tmp_path / "kw"), v1)
+    reader = Retriever(v1, keyword=TantivyIndex(tmp_path / "kw"))
+    v2 = v1.assign(
+        chunk_id=["a#0001", "b#0000"], text=["Aspirin lowers heart attack risk, revised.", v1.text[1]]
+    )
+    sync_index(TantivyIndex(tmp_path / "kw"), v2)  # the writer, as another process
+    time.sleep(1.5)  # tantivy's watcher looks for new commits every 500 ms
+    (hit,) = reader.search("aspirin heart", mode="bm25", k=1)
+    assert (hit.chunk_id, hit.text) == ("a#0000", "Aspirin lowers heart attack risk.")
+    (hit,) = Retriever(v2, keyword=TantivyIndex(tmp_path / "kw")).search("aspirin heart", mode="bm25", k=1)
+    assert hit.chunk_id == "a#0001"
+    # a server engine has no snapshot: a chunk the table lacks is left out, not shown without its text
+    reader.chunks = reader.chunks.drop(index="a#0000")
+    assert [h.chunk_id for h in reader.search("aspirin heart statins", mode="bm25", k=2)] == ["b#0000"]
 
 
 def test_embedder_contract_normalised_rows_in_input_order():

@@ -50,6 +50,9 @@ class TantivyIndex:
         sb.add_text_field("text", stored=False, tokenizer_name=ANALYZER, index_option="freq")
         self.schema = sb.build()
         self.index = tantivy.Index(self.schema, path=str(self.path), reuse=True)
+        # searches see the index as it was opened (or as this handle last wrote it), not another process's
+        # later commits: a reader's chunk table, loaded once, names the same chunks
+        self.index.config_reader(reload_policy="Manual")
         self.analyzer = _analyzer()
         self.index.register_tokenizer(ANALYZER, self.analyzer)
         self._tantivy = tantivy

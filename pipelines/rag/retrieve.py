@@ -86,19 +86,21 @@ class Retriever:
         return convex(lists, weights, NORMALISATION)
 
     def search(self, query: str, mode: str = "hybrid", k: int = 10) -> list[Hit]:
+        """The `k` best chunks. An index that changed after this retriever loaded its chunk table (a server
+        engine that a later ingest updated) can name chunks the table lacks: they have no text to show or
+        cite, and are left out."""
         lists = self.lists(query, mode, max(self.depth, k))
-        return self._hits(self.fuse(lists, mode)[:k], lists)
+        known = [(cid, score) for cid, score in self.fuse(lists, mode) if cid in self.chunks.index]
+        return self._hits(known[:k], lists)
 
     def _hits(self, fused: list[tuple[str, float]], lists: dict[str, list[ScoredChunk]]) -> list[Hit]:
         ranks = {n: {h.chunk_id: (r, h.score) for r, h in enumerate(hs, 1)} for n, hs in lists.items()}
         hits = []
         for cid, score in fused:
-            row = self.chunks.loc[cid] if cid in self.chunks.index else None
+            row = self.chunks.loc[cid]
             hits.append(Hit(
                 chunk_id=cid, doc_id=doc_id_of(cid), score=float(score),
-                title="" if row is None else str(row["title"] or ""),
-                text="" if row is None else str(row["text"]),
-                source="" if row is None else str(row["source"]),
+                title=str(row["title"] or ""), text=str(row["text"]), source=str(row["source"]),
                 scores={n: rs[cid][1] for n, rs in ranks.items() if cid in rs},
                 ranks={n: rs[cid][0] for n, rs in ranks.items() if cid in rs},
             ))  # fmt: skip
