@@ -37,6 +37,32 @@ def test_tantivy_analysis_stems_lowercases_and_drops_stop_words(tmp_path):
     assert idx.search("!!! (( ::") == []  # query syntax characters are not an error
 
 
+def test_chinese_japanese_and_long_cyrillic_words_are_indexed_and_found(tmp_path):
+    """The simple tokenizer kept an unspaced Chinese sentence as one token, dropped past 40 bytes: its chunk
+    held no term at all; a 22-letter Russian word (44 bytes) was dropped too."""
+    idx = TantivyIndex(tmp_path / "kw")
+    sync_index(idx, frame({
+        "zh": "阿司匹林可以降低心脏病发作的风险和中风的风险。",
+        "ja": "東京タワーはとても高いです。",
+        "ru": "Высокопроизводительный компьютер для науки.",
+        "en": "Aspirin lowers the risk of heart attacks.",
+    }))  # fmt: skip
+    assert idx.search("阿司匹林")[0].doc_id == "zh" and idx.search("東京タワー")[0].doc_id == "ja"
+    assert [h.doc_id for h in idx.search("высокопроизводительный")] == ["ru"]
+    assert idx.terms("The RUNNING forests") == ["run", "forest"]  # English as before
+
+
+def test_an_index_analysed_by_another_version_is_rebuilt_by_its_next_sync(tmp_path):
+    from pipelines.index import keyword
+
+    chunks = frame({"a": "alpha apples", "b": "beta bananas"})
+    assert sync_index(TantivyIndex(tmp_path / "kw"), chunks).added == 2
+    assert sync_index(TantivyIndex(tmp_path / "kw"), chunks).added == 0
+    (tmp_path / "kw" / keyword.ANALYSIS_STAMP).write_text(str(keyword.ANALYSIS_VERSION - 1))
+    report = sync_index(TantivyIndex(tmp_path / "kw"), chunks)
+    assert (report.added, report.deleted) == (2, 0) and TantivyIndex(tmp_path / "kw").search("apples")
+
+
 def test_tantivy_sync_is_incremental_and_persistent(tmp_path):
     idx = TantivyIndex(tmp_path / "kw")
     r1 = sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))

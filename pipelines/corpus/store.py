@@ -9,14 +9,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from pipelines.files import publish_mode
+from pipelines.files import write_atomic
 from pipelines.settings import Settings
 
 
@@ -46,17 +44,7 @@ class LocalStore:
         return p
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            publish_mode(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self._path(key), data)
 
     def get(self, key: str) -> bytes:
         try:

@@ -1,9 +1,10 @@
 """Keyword (BM25) indexes: tantivy on disk (default) or OpenSearch, with the same analysis and query.
 
-Analysis: simple tokenizer (split on non-alphanumerics), lowercase, English stop words, Snowball English
-stemming. One analysed field holds the document title and the chunk text (measured on SciFact train: title
-folded in 0.697 nDCG@10, a separate title field 0.690, no title 0.680). A query is the OR of its distinct
-analysed terms, scored by BM25 (k1 1.2, b 0.75 on both engines).
+Analysis: split on non-alphanumerics (each Chinese or Japanese character a token of its own, as OpenSearch's
+standard tokenizer does: those scripts leave no space between words), lowercase, English stop words,
+Snowball English stemming. One analysed field holds the document title and the chunk text (measured on
+SciFact train: title folded in 0.697 nDCG@10, a separate title field 0.690, no title 0.680). A query is the
+OR of its distinct analysed terms, scored by BM25 (k1 1.2, b 0.75 on both engines).
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.files import write_atomic
 from pipelines.index.base import ScoredChunk
 from pipelines.settings import Settings
 
 ANALYZER = "en_bm25"
+# bump when the analysis changes: a tantivy index analysed otherwise is emptied by its next sync, which adds
+# every chunk again (its terms would not match the queries')
+ANALYSIS_VERSION = 2
+ANALYSIS_STAMP = "analysis_version"
+# alphanumeric runs, as tantivy's simple tokenizer splits (char::is_alphanumeric), but Han, hiragana and
+# katakana one character at a time: the simple tokenizer kept a whole unspaced sentence as one token
+_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
+TOKEN_PATTERN = rf"[{_CJK}]|[[\p{{Alphabetic}}\p{{N}}]--[{_CJK}]]+"
 
 
 def indexed_text(title: str | None, text: str) -> str:
@@ -27,8 +37,8 @@ def _analyzer():
     import tantivy
 
     return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.remove_long(40))
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(TOKEN_PATTERN))
+        .filter(tantivy.Filter.remove_long(80))  # bytes: 80 keeps a 40-letter Cyrillic or Greek word
         .filter(tantivy.Filter.lowercase())
         .filter(tantivy.Filter.stopword("english"))
         .filter(tantivy.Filter.stemmer("english"))
@@ -61,6 +71,15 @@ class TantivyIndex:
         return self.index.writer(heap_size=64_000_000, num_threads=1)
 
     def indexed_ids(self) -> set[str]:
+        """The chunk ids held; an index analysed by another ANALYSIS_VERSION is emptied first (a writer's
+        call: sync_index's), so the sync adds every chunk again."""
+        stamp = self.path / ANALYSIS_STAMP
+        if not stamp.exists() or stamp.read_text().strip() != str(ANALYSIS_VERSION):
+            w = self._writer()
+            w.delete_all_documents()
+            w.commit()
+            w.wait_merging_threads()
+            write_atomic(stamp, str(ANALYSIS_VERSION).encode())
         self.index.reload()
         searcher = self.index.searcher()
         n = searcher.num_docs
