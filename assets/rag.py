@@ -9,8 +9,9 @@ import pandas as pd
 from assets.resources import SettingsResource, plain_metadata
 from pipelines.corpus.ingest import ingest_corpus
 from pipelines.demo_corpus import write_demo_corpus
+from pipelines.files import write_atomic
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
-from pipelines.memo import fingerprint, recall, remember, source_digest
+from pipelines.memo import fingerprint, forget, recall, remember, source_digest
 from pipelines.rag.evaluate import evaluate_retrievers, retrieval_plot, write_beir_sample
 from pipelines.settings import REPO_ROOT, Settings
 
@@ -121,15 +122,14 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, settings: SettingsRe
     if reused:  # same sample, settings and retrieval code: the figures stand (latencies as measured then)
         rows = json.loads((out / "summary.json").read_text())["retrievers"]
     else:
+        forget(out / "fingerprint.json")  # before the plot and summary are overwritten
         result = evaluate_retrievers(
             s, sample, sample / "queries.jsonl", sample / "qrels.tsv", modes, out / "index"
         )
         rows = result["retrievers"]
         retrieval_plot(rows, png, f"{src.name} sample: {rows[0]['queries']} queries")
         summary = {"source": str(src), "sample": str(sample), "retrievers": rows}
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1))
-        tmp.replace(out / "summary.json")
+        write_atomic(out / "summary.json", json.dumps(summary, indent=1).encode())
         remember(out / "fingerprint.json", fp, summary=str(out / "summary.json"))
     context.log.info("\n" + pd.DataFrame(rows).to_string(index=False))
     by_mode = {r["retriever"]: r for r in rows}

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.resources import SettingsResource
-from pipelines.memo import fingerprint, recall, remember, source_digest
+from pipelines.memo import fingerprint, forget, recall, remember, source_digest
 from pipelines.reports import NOTEBOOKS_DIR, NotebookError, report_parameters, run_notebooks
 from pipelines.settings import REPO_ROOT
 
@@ -43,6 +43,7 @@ def reports(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg
     done = recall(out / "fingerprint.json", fp)
     reused = done is not None and all(Path(r["html"]).exists() for r in done["reports"])
     if not reused:
+        forget(out / "fingerprint.json")  # before reports are overwritten
         try:
             ran = run_notebooks(out, params, env=env)
         except NotebookError as e:

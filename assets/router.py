@@ -6,13 +6,15 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from assets.resources import SettingsResource, evidence_metadata, plain_metadata
 from pipelines.bench.nightly import recent_outcomes
-from pipelines.bench.outcomes import add_evidence, load_routerbench
-from pipelines.memo import fingerprint, recall, remember, source_digest
+from pipelines.bench.outcomes import add_evidence, load_routerbench, write_table
+from pipelines.files import write_atomic
+from pipelines.memo import fingerprint, forget, recall, remember, source_digest
 from pipelines.settings import Settings
 from router_models.router.artifact import MANIFEST, save_router
 from router_models.router.evaluation import crossval_evaluation, micro_bench_evaluation, utility_gate
@@ -42,17 +44,23 @@ def _micro_bench(s: Settings):
     return recent_outcomes(s, s.bench_evidence_days)
 
 
-def _posterior_prior(s: Settings) -> tuple[dict, str]:
+def _posterior_prior(s: Settings) -> tuple[dict, str, Any]:
     """The utility model's current fit (the registry's task x model quality) as the stacked predictor's
-    `bayes` prior, taken as it is: that posterior already saw these outcomes. No fit yet: no prior."""
+    `bayes` prior, taken as it is: that posterior already saw these outcomes. No fit yet: no prior. Also its
+    fit id, and the table itself: what the router's fingerprint holds (a fit registered again with other
+    utility weights has a new id and the same quality table, which trains the same router)."""
     from router_models.router.predictors.bayes import PRIOR_COLUMNS
     from router_models.utility.registry import read_current, registry_engine
 
     rows = read_current(registry_engine(s.registry_sqlalchemy_url))
     if rows.empty:
-        return {}, "none"
-    prior = {"prior_table": rows[PRIOR_COLUMNS], "update_prior": False}
-    return {"member_options": {"bayes": prior}}, str(rows["fit_id"].iloc[0])
+        return {}, "none", "none"
+    table = rows[PRIOR_COLUMNS].sort_values(["task", "model"]).reset_index(drop=True)
+    return (
+        {"member_options": {"bayes": {"prior_table": table, "update_prior": False}}},
+        str(rows["fit_id"].iloc[0]),
+        table,
+    )
 
 
 def _publish(version_dir: Path, current: Path) -> None:
@@ -73,9 +81,9 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
     local = _micro_bench(s)
     prompts, outcomes = _routerbench(s)
     prompts, outcomes = add_evidence(prompts, outcomes, local)
-    params, prior_fit = _posterior_prior(s)
+    params, prior_fit, prior_table = _posterior_prior(s)
     root = s.run_dir / "router"
-    fp = fingerprint(prompts, outcomes, PREDICTOR, prior_fit, *_router_inputs(outcomes))
+    fp = fingerprint(prompts, outcomes, PREDICTOR, prior_table, *_router_inputs(outcomes))
     last = recall(root / "fingerprint.json", fp)
     if (
         last is not None
@@ -129,6 +137,7 @@ def router_evaluation(settings: SettingsResource):
     doc = recall(out / "fingerprint.json", fp)
     reused = doc is not None and (out / "summary.json").exists() and (out / "pareto.png").exists()
     if not reused:
+        forget(out / "fingerprint.json")  # before the plots are overwritten
         cache = s.run_dir / "cache" / "embeddings"
         pred, result = crossval_evaluation(
             prompts, outcomes, PREDICTOR, cache_dir=cache, plot_path=out / "pareto.png"
@@ -140,9 +149,8 @@ def router_evaluation(settings: SettingsResource):
         if micro is not None:
             micro_pred, table, result["micro_bench"] = micro
             result["micro_bench"]["gate"] = utility_gate(micro_pred, table, s.lambda_cost)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(result, indent=1, default=str))
-        pred.to_parquet(out / "predictions.parquet", index=False)
+        write_table(pred, out / "predictions.parquet")
+        write_atomic(out / "summary.json", json.dumps(result, indent=1, default=str).encode())
         remember(out / "fingerprint.json", fp, summary=str(out / "summary.json"))
     result = json.loads((out / "summary.json").read_text())
     gate, micro = result.pop("gate"), result.pop("micro_bench", None)

@@ -1,9 +1,9 @@
 """Input fingerprints, so that an asset whose inputs, settings and code are unchanged reuses its last output.
 
 fp = fingerprint(prompts, outcomes, "stack", source_digest(Path("router_models/router")))
-if (last := recall(out / "fingerprint.json", fp)) is not None: ...  # reuse `last`
-...                                                                 # else compute, then
-remember(out / "fingerprint.json", fp, path=str(path))
+record = out / "fingerprint.json"
+if (last := recall(record, fp)) is not None: ...  # reuse `last`
+else: forget(record), then write the outputs, then remember(record, fp, path=str(path))
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.files import write_atomic
+
 
 def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
@@ -27,10 +29,17 @@ def _update_with_path(h: Any, p: Path) -> None:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p)))
     for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        _update_framed(h, str(f.relative_to(p) if p.is_dir() else f.name).encode())
         with open(f, "rb") as fh:
+            h.update(os.fstat(fh.fileno()).st_size.to_bytes(8, "little"))  # where this file's bytes end
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
+
+
+def _update_framed(h: Any, data: bytes) -> None:
+    """`data` with its length first: names and contents hashed one after the other cannot run into each
+    other ({x: "A\ny.pyB"} and {x: "A\n", y.py: "B"} hash apart)."""
+    h.update(len(data).to_bytes(8, "little") + data)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -60,7 +69,8 @@ def source_digest(*paths: Path, patterns: tuple[str, ...] = ("*.py",)) -> str:
         else:
             raise FileNotFoundError(f"source_digest: no file or folder {d}")
         for f in files:
-            h.update(f.name.encode() + f.read_bytes())
+            _update_framed(h, str(f.relative_to(d.parent)).encode())  # a module moved to another package too
+            _update_framed(h, f.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -74,9 +84,11 @@ def recall(record: Path, fp: str) -> dict[str, Any] | None:
 
 
 def remember(record: Path, fp: str, **result: Any) -> None:
-    """Write {fingerprint, result} atomically."""
-    record = Path(record)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp, "result": result}, indent=1, default=str))
-    tmp.replace(record)
+    """Write {fingerprint, result} atomically: last, once every output it vouches for is written."""
+    write_atomic(record, json.dumps({"fingerprint": fp, "result": result}, indent=1, default=str).encode())
+
+
+def forget(record: Path) -> None:
+    """Drop the record before outputs are overwritten: a run that dies half way leaves outputs that no
+    fingerprint vouches for, so the next run computes them again rather than reuse a mix."""
+    Path(record).unlink(missing_ok=True)

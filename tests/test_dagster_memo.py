@@ -25,6 +25,37 @@ def test_source_digest_hashes_a_file_and_the_patterns_under_a_folder(tmp_path):
         source_digest(tmp_path / "missing.py")
 
 
+def test_names_and_contents_cannot_run_into_each_other(tmp_path):
+    """Names and bytes were hashed back to back: {x.py: "A = 1\n", y.py: "B = 2\n"} hashed as {x.py:
+    "A = 1\ny.pyB = 2\n"}, and a module moved to another package kept its digest."""
+    from pipelines.memo import fingerprint
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        d.mkdir()
+    (one / "x.py").write_text("A = 1\n")
+    (one / "y.py").write_text("B = 2\n")
+    (two / "x.py").write_text("A = 1\ny.pyB = 2\n")
+    assert source_digest(one) != source_digest(two) and fingerprint(one) != fingerprint(two)
+    (two / "x.py").write_text("A = 1\n")
+    (two / "y.py").write_text("B = 2\n")
+    assert source_digest(one / "y.py") == source_digest(two / "y.py")  # a file: by its name and bytes
+    assert source_digest(one) != source_digest(two)  # the same modules in another package
+
+
+def test_a_forgotten_record_is_never_recalled(tmp_path):
+    """An asset forgets its record before it overwrites outputs: a run that dies half way must not leave the
+    old fingerprint vouching for new (or half-written) outputs."""
+    from pipelines.memo import forget, recall, remember
+
+    record = tmp_path / "fingerprint.json"
+    remember(record, "fp1", summary="s.json")
+    assert recall(record, "fp1") == {"summary": "s.json"} and recall(record, "fp2") is None
+    forget(record)
+    assert recall(record, "fp1") is None
+    forget(record)  # no record: nothing to do
+
+
 def test_the_router_memo_sees_a_model_turn_remote_in_the_catalog(tmp_path, monkeypatch):
     """train_router copies each model's privacy into the artifact: a catalog edit must retrain it."""
     from assets.router import _router_inputs
