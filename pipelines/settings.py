@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     """Workbench configuration; override any field with an `SM_<NAME>` environment variable. Secrets (S3 and
     NebulaGraph passwords, the registry URL) are `SecretStr`: masked in `repr`, `str` and dumps."""
 
-    model_config = SettingsConfigDict(env_prefix="SM_", env_file=".env", extra="ignore")
+    # allow_inf_nan: "inf" (or 1e999) is a float to pydantic; as a timeout or a price it breaks every call
+    model_config = SettingsConfigDict(env_prefix="SM_", env_file=".env", extra="ignore", allow_inf_nan=False)
 
     run_dir: Path = Field(default_factory=_default_run_dir, description="models, logs, assets, PID files")
     shared_data_dir: Path = Field(default_factory=_default_shared_data)

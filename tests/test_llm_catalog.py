@@ -152,6 +152,19 @@ def test_deployment_ids_name_the_model_and_its_endpoint_never_a_key(monkeypatch)
     assert gateway._answered(resp, smol) == "gemma3-270m"
 
 
+def test_a_cooldown_of_zero_turns_cooldowns_off(tmp_path: Path):
+    """LiteLLM reads a cooldown_time of 0 as its default (5 s): SM_COOLDOWN_S=0 benched a model anyway."""
+    import litellm
+
+    from pipelines.llm.gateway import router_config
+
+    catalog = load_catalog(Settings(run_dir=tmp_path))
+    for cooldown, off in ((0, True), (30, False)):
+        cfg = router_config(catalog, Settings(run_dir=tmp_path, cooldown_s=cooldown), only_available=False)
+        router = litellm.Router(model_list=cfg["model_list"], **cfg["router_settings"])
+        assert router.disable_cooldowns is off
+
+
 def test_secrets_are_masked_and_a_bad_setting_is_one_line(tmp_path: Path):
     """Secrets were plain strings in repr(Settings()); a typo such as SM_REQUEST_TIMEOUT_S=30s was a
     46-line traceback, and 0 (no timeout at all), a negative price or port 70000 were taken."""
@@ -174,6 +187,8 @@ def test_secrets_are_masked_and_a_bad_setting_is_one_line(tmp_path: Path):
         {"cpu_hour_usd": -0.1},
         {"local_base_port": 70000},
         {"hybrid_alpha": 2},
+        {"cpu_hour_usd": "inf"},  # a price of inf made every cost inf (and the JSON invalid)
+        {"request_timeout_s": float("inf")},  # every call failed and both models were benched
     ):
         with pytest.raises(ValidationError):
             Settings(**bad)

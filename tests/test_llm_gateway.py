@@ -64,9 +64,13 @@ def test_max_tokens_must_be_a_whole_number_of_at_least_one(gateway, max_tokens):
 def test_recent_latency_p95_is_the_nearest_rank(model_settings):
     """The index was rounded down: of two calls the faster was the p95, and one 20 s stall in ten calls
     left the p95 at 0.2 s, so the latency rule never saw it."""
+    from pipelines.llm.gateway import LATENCY_WINDOW_S
+
     gw = Gateway(model_settings)
+    gw._latencies["smollm2-135m"].append((time.monotonic() - LATENCY_WINDOW_S - 1, 60.0))  # too old to count
+    assert gw.recent_latency_p95("smollm2-135m") is None
     for i, lat in enumerate([0.1, 5.0, *[0.2] * 8, 20.0]):
-        gw._latencies["smollm2-135m"].append(lat)
+        gw._latencies["smollm2-135m"].append((time.monotonic(), lat))
         if i == 1:
             assert gw.recent_latency_p95("smollm2-135m") == 5.0
     assert gw.recent_latency_p95("smollm2-135m") == 20.0
@@ -128,6 +132,47 @@ def test_a_hanging_server_times_out_with_the_model_named(model_settings):
     assert time.perf_counter() - t0 < 15
 
 
+def test_an_upstream_error_that_quotes_the_prompt_reaches_no_message_or_span(model_settings):
+    """A 503 whose body quotes the request (as pydantic/FastAPI errors do) went verbatim into the error the
+    caller (a service's client) got, and into the span's status and an exception event with its stack."""
+    import http.server
+    import json
+
+    secret = "my SSN is 078-05-1120"
+
+    class Quoting(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            out = json.dumps({"error": {"message": f"overloaded while serving {body.decode()}"}}).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quoting)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    entry = ModelEntry(name="quoting", litellm_model="hosted_vllm/quoting", provider="vllm", privacy="local",
+                       context_window=4096, cost_per_1k_input_usd=0.001, cost_per_1k_output_usd=0.001,
+                       api_base=f"http://127.0.0.1:{srv.server_address[1]}/v1")  # fmt: skip
+    gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=[entry]))
+    memory = _memory_spans(model_settings)
+    try:
+        for stream in (False, True):
+            with pytest.raises(GatewayError) as e:
+                gw.chat("quoting", [{"role": "user", "content": f"Hello, {secret}."}], stream=stream)
+            assert "quoting: call failed" in str(e.value) and "078-05-1120" not in str(e.value)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    spans = [s for s in memory.get_finished_spans() if s.name == "chat quoting"]
+    assert len(spans) == 2 and all(s.status.description for s in spans)
+    assert "078-05-1120" not in "".join(s.to_json() for s in spans)
+
+
 def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, model_settings):
     from router_models.cli import app
 
@@ -144,9 +189,14 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
         r = gateway.chat("smollm2-135m", HELLO, max_tokens=8)
         assert r.fallback_used and r.model == "gemma3-270m" and r.requested_model == "smollm2-135m"
         assert r.text.strip()
-        # the time is booked to the model that failed (the latency rule must see it), not the stand-in
-        assert gateway.recent_latency_p95("smollm2-135m") == r.latency_s
-        assert gateway.recent_latency_p95("gemma3-270m") is None
+        # the model that failed counts as timed out; the stand-in gets the time it took. Once benched, a
+        # call falls back at once: the dead model's time was the stand-in's, so the latency rule saw it fast
+        timeout = model_settings.request_timeout_s
+        assert gateway.recent_latency_p95("smollm2-135m") == max(r.latency_s, timeout)
+        assert gateway.recent_latency_p95("gemma3-270m") == r.latency_s
+        again = gateway.chat("smollm2-135m", HELLO, max_tokens=8)
+        assert again.model == "gemma3-270m" and again.latency_s < timeout
+        assert gateway.recent_latency_p95("smollm2-135m") >= timeout
         env = {
             "SM_RUN_DIR": str(model_settings.run_dir),
             "SM_LOCAL_BASE_PORT": str(model_settings.local_base_port),

@@ -39,6 +39,7 @@ litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # register_model warns about cache prices we do not use
 litellm.drop_params = True
 LOCAL_API_KEY = "sk-local-no-auth"  # llama.cpp servers take any key; the client insists on one
+LATENCY_WINDOW_S = 300.0  # the router's latency rule sees calls this recent
 
 
 class GatewayError(RuntimeError):
@@ -118,6 +119,7 @@ def router_config(catalog: Catalog, settings: Settings, only_available: bool = T
             "num_retries": settings.num_retries,
             "timeout": settings.request_timeout_s,
             "cooldown_time": settings.cooldown_s,
+            "disable_cooldowns": settings.cooldown_s == 0,  # LiteLLM reads a cooldown of 0 as 5 s
             "allowed_fails": 1,
             "fallbacks": [f for f in fallbacks if set(f) <= names],
         },
@@ -160,7 +162,8 @@ class Gateway:
         self._by_litellm = {e.litellm_model: e for e in self.catalog.models}
         self._router = litellm.Router(model_list=cfg["model_list"], **cfg["router_settings"])
         self._fallbacks = {k: v for f in cfg["router_settings"]["fallbacks"] for k, v in f.items()}
-        self._latencies: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=200))
+        # (when, seconds) of recent calls per model, for the router's latency rule
+        self._latencies: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=200))
 
     def _entry(self, name: str) -> ModelEntry:
         try:
@@ -223,7 +226,8 @@ class Gateway:
             return self.stream(model, messages, max_tokens, temperature, **kwargs).read()
         entry = self._entry(model)
         self._check(entry, messages, max_tokens)
-        with tracer().start_as_current_span(f"chat {model}") as span:
+        # the span's error is _span_error's alone: an exception event would carry the raw text and stack
+        with tracer().start_as_current_span(f"chat {model}", record_exception=False) as span:
             _span_request(span, model, max_tokens, temperature, stream=False)
             try:
                 result = self._call(entry, messages, max_tokens, temperature, **kwargs)
@@ -308,9 +312,12 @@ class Gateway:
         out_tok = int(getattr(usage, "completion_tokens", 0) or 0)
         details = getattr(usage, "prompt_tokens_details", None)  # OpenAI's (and LiteLLM's) cached share
         cached = int(getattr(details, "cached_tokens", 0) or 0)
-        # a fallback's time is mostly the requested model's failure (a timeout, a refused connection): it is
-        # booked to that model, so the latency rule sees it as slow, not the model that stood in
-        self._latencies[requested.name if answered != requested.name else answered].append(latency)
+        now = time.monotonic()
+        self._latencies[answered].append(
+            (now, latency)
+        )  # a fallback's time holds the failure's: an upper bound
+        if answered != requested.name:  # it failed (or was benched): as slow as a request that timed out
+            self._latencies[requested.name].append((now, max(latency, self.settings.request_timeout_s)))
         choice = resp.choices[0]
         return ChatResult(
             text=choice.message.content or "",
@@ -360,8 +367,11 @@ class Gateway:
         return requested.name
 
     def recent_latency_p95(self, model: str) -> float | None:
-        """p95 of this process's recent calls that `model` answered, for the router's latency rule."""
-        lat = sorted(self._latencies.get(model, ()))
+        """p95 of this process's calls to `model` in the last LATENCY_WINDOW_S (its last 200 at most), for the
+        router's latency rule; a call it failed counts as one that timed out. None without such calls: the
+        router then uses the figure it was trained with, so a model that failed is tried again in time."""
+        since = time.monotonic() - LATENCY_WINDOW_S
+        lat = sorted(s for t, s in self._latencies.get(model, ()) if t >= since)
         return lat[math.ceil(0.95 * len(lat)) - 1] if lat else None  # nearest rank: 2 calls give the slower
 
 
@@ -494,9 +504,12 @@ def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError
         return GatewayError(f"{model}: context overflow: {said}")
     if isinstance(e, litellm.exceptions.BadRequestError):
         return GatewayError(f"{model}: request refused: the model server answered 400 (bad request)")
+    # nor the text of any other failure: an upstream's error body may quote the prompt; its type and status
+    status = getattr(e, "status_code", None)
+    cause = type(e).__name__ + (f", status {status}" if status else "")
     if midway:
-        return GatewayError(f"{model}: the stream broke after it started ({type(e).__name__}): {e}")
-    return GatewayError(f"{model}: call failed after retries and fallbacks ({type(e).__name__}): {e}")
+        return GatewayError(f"{model}: the stream broke after it started ({cause})")
+    return GatewayError(f"{model}: call failed after retries and fallbacks ({cause})")
 
 
 def _span_request(span: Span, model: str, max_tokens: int, temperature: float, stream: bool) -> None:
