@@ -52,9 +52,14 @@ def _rag(console: Console, settings: Settings, gateway: Gateway) -> None:
     try:
         for q in DEMO_QUESTIONS:
             model = gateway.catalog.local()[0].name
-            a = answer(
-                q, retriever, gateway, model, k=4, mode="hybrid", max_context_chars=settings.rag_context_chars
-            )
+            try:
+                a = answer(
+                    q, retriever, gateway, model, k=4, mode="hybrid",
+                    max_context_chars=settings.rag_context_chars,
+                )  # fmt: skip
+            except GatewayError as e:  # a model down (and its fallback): the rest of the summary still prints
+                console.print(f"[bold]Q:[/] {q}\n[red]no answer: {e}[/]")
+                continue
             console.print(
                 f"[bold]Q:[/] {q}\n[bold]A[/] ({a.model}, {a.latency_s:.1f}s, cited by {a.citations_by}): "
                 f"{' '.join(a.text.split())}"
@@ -130,11 +135,17 @@ def run_demo(console: Console) -> int:
     catalog = load_catalog(settings)
     t0 = time.perf_counter()
     console.rule("[bold]StratMaster demo: local model panel")
+    failures = 0
     for entry in catalog.local():
-        st = servers.start(entry, settings)
+        try:
+            st = servers.start(entry, settings)
+        except servers.ServerError as e:  # no binary, a port taken: one line, and the others still start
+            failures += 1
+            console.print(f"  [red]{entry.name}: not started: {e}[/]")
+            continue
         console.print(f"  {entry.name}: {st.state} on port {st.port} (pid {st.pid})")
     gateway = Gateway(settings, catalog)
-    failures = _panel(console, gateway)
+    failures += _panel(console, gateway)
     console.rule("[bold]Hybrid RAG over the demo corpus")
     _rag(console, settings, gateway)
     console.rule("[bold]Figures from the materialized assets")

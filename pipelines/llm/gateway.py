@@ -37,6 +37,10 @@ from pipelines.tracing import tracer
 
 litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # register_model warns about cache prices we do not use
+# the Router logs each failed fallback at ERROR with the upstream's text, which may quote the prompt (a log
+# never holds one); the gateway reports failures itself, by type and status. LITELLM_LOG=DEBUG shows them.
+if not os.environ.get("LITELLM_LOG"):
+    logging.getLogger("LiteLLM Router").setLevel(logging.CRITICAL)
 litellm.drop_params = True
 LOCAL_API_KEY = "sk-local-no-auth"  # llama.cpp servers take any key; the client insists on one
 LATENCY_WINDOW_S = 300.0  # the router's latency rule sees calls this recent
@@ -507,6 +511,10 @@ def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError
     # nor the text of any other failure: an upstream's error body may quote the prompt; its type and status
     status = getattr(e, "status_code", None)
     cause = type(e).__name__ + (f", status {status}" if status else "")
+    if isinstance(e, litellm.RouterRateLimitError):
+        cause += ": benched after failing, as its fallbacks were"
+    elif "Connection error" in str(e):  # LiteLLM's own words for a refused or dropped connection
+        cause += ": no connection to the model server"
     if midway:
         return GatewayError(f"{model}: the stream broke after it started ({cause})")
     return GatewayError(f"{model}: call failed after retries and fallbacks ({cause})")
