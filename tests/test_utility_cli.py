@@ -73,11 +73,14 @@ def test_snapshot_names_its_sources_and_covers_the_models(shared_data):
 
 def test_shared_csv_overlays_snapshot_and_unknown_models_get_weak_priors(shared_data, tmp_path):
     shared = tmp_path / "elo.csv"
-    pd.DataFrame({"model": ["claude-v2", "gemma3-270m"], "arena_elo": [1200, np.nan],
-                  "source": ["newer copy", "none"]}).to_csv(shared, index=False)  # fmt: skip
+    mistral = "mistralai/mistral-7b-chat"
+    pd.DataFrame({"model": ["claude-v2", "gemma3-270m", mistral, mistral],
+                  "arena_elo": [1200, np.nan, 1300, np.nan],
+                  "source": ["newer copy", "none", "mine", "blank"]}).to_csv(shared, index=False)  # fmt: skip
     pri = leaderboard_priors(shared, models=["brand-new-model"]).set_index("model")
     assert pri.loc["claude-v2", "arena_elo"] == 1200 and pri.loc["claude-v2", "source"] == "newer copy"
     assert pri.loc["gpt-4-1106-preview", "arena_elo"] == 1252  # the snapshot fills the rest
+    assert pri.loc[mistral, "arena_elo"] == 1300  # a blank repeat undid it: the snapshot's 1006 was used
     assert np.isnan(pri.loc["brand-new-model", "arena_elo"])
     ap = alpha_priors(
         pri.reset_index(), ["gpt-4-1106-preview", "WizardLM/WizardLM-13B-V1.2", "brand-new-model"]
@@ -138,7 +141,17 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
     prompts = pd.read_csv(p)
     pd.concat([prompts, prompts.head(1)]).to_csv(tmp_path / "dup.csv", index=False)
     pd.concat([table, table.head(1).assign(prompt_id="ghost")]).to_csv(tmp_path / "ghost.csv", index=False)
-    cases = ((tmp_path / "dup.csv", o, "repeats prompt_id"), (p, tmp_path / "ghost.csv", "not in"))
+    # repeated outcome rows were twice the evidence; a prompt with a blank task lost its rows unsaid
+    pd.concat([table, table.head(2)]).to_csv(tmp_path / "twice.csv", index=False)
+    prompts.assign(task=prompts["task"].where(prompts.index != 0, " ")).to_csv(
+        tmp_path / "notask.csv", index=False
+    )
+    cases = (
+        (tmp_path / "dup.csv", o, "repeats prompt_id"),
+        (p, tmp_path / "ghost.csv", "not in"),
+        (p, tmp_path / "twice.csv", "2 (prompt_id, model) pairs have several rows"),
+        (tmp_path / "notask.csv", o, "outcome rows have no task"),
+    )
     for pr, oc, needle in cases:
         args = ["fit", "--prompts", str(pr), "--outcomes", str(oc), "--out", str(tmp_path)]
         res = CliRunner().invoke(app, args)
@@ -155,3 +168,14 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
         str(tmp_path),
     ]
     assert CliRunner().invoke(app, args).exit_code == 2
+    # a leaderboard figure that is no number, or a misnamed column, gave a weak prior unsaid
+    for name, text in {
+        "comma": 'model,arena_elo\ngpt-4-1106-preview,"1,050"\n',
+        "column": "model,elo\nx,1000\n",
+    }.items():
+        (tmp_path / f"{name}.csv").write_text(text)
+        args[args.index("--priors") + 1] = str(tmp_path / f"{name}.csv")
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and ("1,050" in res.output or "'arena_elo' column" in res.output), (
+            res.output
+        )

@@ -22,15 +22,21 @@ def load_priors(path: str | Path | None = None) -> pd.DataFrame:
     """A leaderboard table (model, arena_name, arena_elo, source, snapshot); by default the snapshot."""
     path = Path(path) if path is not None else SNAPSHOT_PATH
     df = pd.read_csv(path, dtype={"model": str, "arena_name": str, "source": str})
-    if "model" not in df.columns:
-        raise ValueError(f"{path}: a priors table needs a 'model' column")
+    for col in ("model", "arena_elo"):  # a misnamed column gave every model the weak prior, unsaid
+        if col not in df.columns:
+            raise ValueError(f"{path}: a priors table needs a '{col}' column (it has {list(df.columns)})")
     for col in PRIOR_COLUMNS:
         if col not in df.columns:
-            df[col] = np.nan if col == "arena_elo" else ""
-    df["arena_elo"] = pd.to_numeric(df["arena_elo"], errors="coerce")
+            df[col] = ""
+    elo = pd.to_numeric(df["arena_elo"], errors="coerce")
+    if bad := [str(v) for v, e in zip(df["arena_elo"], elo, strict=True) if pd.notna(v) and pd.isna(e)]:
+        raise ValueError(f"{path}: arena_elo must be a number or blank, not {bad[:3]}")  # "1,050" was none
+    df["arena_elo"] = elo
     df["snapshot"] = df["snapshot"].fillna(path.name).astype(str)
     df["source"] = df["source"].fillna("").astype(str)
-    return df[PRIOR_COLUMNS].drop_duplicates("model", keep="last").reset_index(drop=True)
+    # a model named twice: its last row with a figure (a blank repeat does not undo a figure)
+    df = df.assign(_fig=df["arena_elo"].notna()).sort_values("_fig", kind="stable")
+    return df[PRIOR_COLUMNS].drop_duplicates("model", keep="last").sort_index().reset_index(drop=True)
 
 
 def leaderboard_priors(
