@@ -90,17 +90,17 @@ def snapshot_router(router_dir: Path, home: Path, labels: dict[str, Any] | None 
 
 def snapshot_registry(settings: Settings, home: Path, labels: dict[str, Any] | None = None) -> str:
     """The registry's current fit as `registry.csv` and `fit.json` (a consistent read of one fit)."""
-    from router_models.utility.registry import current_fit_id, list_fits, read_current, registry_engine
+    from router_models.utility.registry import list_fits, read_current, registry_engine
 
     engine = registry_engine(settings.registry_sqlalchemy_url)
     try:
-        rows = read_current(engine)
-        fit_id = current_fit_id(engine)
-        fits = list_fits(engine)
+        rows = read_current(engine)  # one statement: the rows of one fit, which names itself
+        fits = list_fits(engine)  # every fit ever registered, the current one's among them
     finally:
         engine.dispose()
-    if rows.empty or fit_id is None:
+    if rows.empty:
         raise LookupError("the model registry has no current fit: materialize utility_posterior first")
+    fit_id = str(rows["fit_id"].iloc[0])
     fit = fits[fits.fit_id == fit_id].iloc[0].to_dict()
     fit = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in fit.items()}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.files import write_atomic
 from router_models.utility.data import CellData, cell_data
 from router_models.utility.model import FitConfig, UtilityFit, fit_hash, fit_utility
 from router_models.utility.plots import calibration_plot, calibration_table, forest_plot
@@ -146,9 +147,7 @@ def fit_posterior(
     art.paths["netcdf"] = out_dir / NETCDF_NAME if reused else save_posterior(fit, out_dir / NETCDF_NAME)
     art.paths["summary_json"] = out_dir / "summary.json"
     doc = summary_json(summary, fit.diagnostics)
-    tmp = out_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(art.paths["summary_json"])
+    write_atomic(art.paths["summary_json"], json.dumps(doc, indent=1).encode())
     forest, calibration = out_dir / "quality_forest.png", out_dir / "calibration.png"
     if reused is None or not (forest.exists() and calibration.exists()):  # a reused fit's plots stand
         forest_plot(fit.idata, forest)

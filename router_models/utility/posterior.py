@@ -7,10 +7,14 @@ latency observations has no latency term: it contributes 0, and the summary says
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pipelines.files import publish_mode
 
 HASH_ATTR = "stratmaster_fit_hash"
 
@@ -116,9 +120,15 @@ def save_posterior(fit, path: str | Path) -> Path:
     }
     for group in fit.idata.groups():
         fit.idata[group].attrs.update(attrs)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fit.idata.to_netcdf(str(tmp))
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # a name of its own
+    os.close(fd)
+    try:
+        fit.idata.to_netcdf(tmp)
+        publish_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

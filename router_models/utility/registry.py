@@ -8,6 +8,7 @@ SQLite by default (`Settings().registry_sqlalchemy_url`), Postgres by URL.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,7 +85,14 @@ def registry_engine(url: str | None = None) -> sa.Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-    metadata.create_all(engine)
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)
+            break
+        except sa.exc.OperationalError:  # two first writers: the other created a table since our check
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
     return engine
 
 
