@@ -16,6 +16,8 @@ def model_panel(context: dg.AssetExecutionContext, gateway: GatewayResource) -> 
     """Start the local llama.cpp servers and check each model answers through the gateway (the check reads
     the same calls: one chat per model, not two)."""
     rows = panel_check(gateway.get())
+    if not rows:
+        raise dg.Failure("the catalog names no local model to start and check (SM_CATALOG_PATH)")
     df = pd.DataFrame(rows)
     context.log.info("\n" + df.to_string(index=False))
     down = [r["model"] for r in rows if not r["ok"]]

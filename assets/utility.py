@@ -1,6 +1,7 @@
 """Leaderboard priors, the PyMC utility posterior per task x model, and the registry table."""
 
 import dagster as dg
+import sqlalchemy as sa
 
 from assets.resources import SettingsResource, evidence_metadata, plain_metadata
 from pipelines.bench.outcomes import write_table
@@ -85,7 +86,8 @@ def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResou
             metadata={
                 "fit_id": register_posterior(art, s.registry_sqlalchemy_url),
                 "rows": len(art.summary),
-                "url": s.registry_sqlalchemy_url.split("@")[-1],
+                # no password, wherever the URL holds it (user:pass@ or ?password=)
+                "url": sa.make_url(s.registry_sqlalchemy_url).set(password=None, query={}).render_as_string(),
             },
         )
     for name in CHECKS:
