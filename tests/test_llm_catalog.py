@@ -189,6 +189,8 @@ def test_secrets_are_masked_and_a_bad_setting_is_one_line(tmp_path: Path):
         {"hybrid_alpha": 2},
         {"cpu_hour_usd": "inf"},  # a price of inf made every cost inf (and the JSON invalid)
         {"request_timeout_s": float("inf")},  # every call failed and both models were benched
+        {"local_host": "localhost:9000"},  # a port, or IPv6 (::1), made every server URL invalid: a traceback
+        {"local_host": "::1"},
     ):
         with pytest.raises(ValidationError):
             Settings(**bad)

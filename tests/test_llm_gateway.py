@@ -278,6 +278,23 @@ def test_a_server_left_on_an_old_port_is_said_and_moved(model_settings, tmp_path
         assert servers.status(smol_new, new).state == "down" and servers.stop(smol_new, new).state == "down"
 
 
+def test_a_server_not_ready_in_time_is_stopped_not_left_coming_up(model_settings, tmp_path):
+    """`models up` said the start failed (and rounded a 0.3 s timeout to "0s"), yet the server came up
+    seconds later, unseen."""
+    hasty = Settings(run_dir=tmp_path, local_base_port=free_port_pair(), local_ready_timeout_s=0.3,
+                     model_cache_dir=model_settings.model_cache_dir)  # fmt: skip
+    smol = load_catalog(hasty).get("smollm2-135m")
+    try:
+        with pytest.raises(servers.ServerError, match=r"not ready .* after 0\.3s .*stopped it"):
+            servers.start(smol, hasty)
+        assert servers.status(smol, hasty).state == "down"
+        time.sleep(3)  # the model loads in about 1 s: had it been left, it would answer now
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", servers.port_of(smol, hasty))) != 0
+    finally:
+        servers.stop(smol, hasty)
+
+
 # -- Gateway.stream: the public streaming call (what the service's SSE path uses) -----------------------
 
 

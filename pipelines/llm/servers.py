@@ -248,6 +248,7 @@ def _start_lock(pid_file: Path) -> Iterator[None]:
 def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
     """Start the server for a local model (no-op when it is already up) and wait until it answers."""
     pid_file, log_file = _files(entry, settings)
+    launched = False
     with _start_lock(pid_file):
         st = status(entry, settings)
         if st.state == "up":
@@ -270,10 +271,13 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
                     "engine": engine, "started": time.time()}  # fmt: skip
             tmp.write_text(json.dumps(info))
             tmp.replace(pid_file)
-    return wait_ready(entry, settings)
+            launched = True
+    return wait_ready(entry, settings, stop_late=launched)
 
 
-def wait_ready(entry: ModelEntry, settings: Settings) -> ServerStatus:
+def wait_ready(entry: ModelEntry, settings: Settings, stop_late: bool = False) -> ServerStatus:
+    """Wait until the model's server answers. `stop_late`: a server this call launched that is not ready in
+    SM_LOCAL_READY_TIMEOUT_S is stopped, so that a start that failed leaves no server coming up unseen."""
     pid_file, log_file = _files(entry, settings)
     port = port_of(entry, settings)
     deadline = time.monotonic() + settings.local_ready_timeout_s
@@ -286,7 +290,11 @@ def wait_ready(entry: ModelEntry, settings: Settings) -> ServerStatus:
         if _healthy(port, settings.local_host, timeout=1.0):
             return ServerStatus(entry.name, "up", port, int(info["pid"]), info.get("engine", ""))
         time.sleep(0.2)
-    raise ServerError(f"{entry.name}: not ready on port {port} after {settings.local_ready_timeout_s:.0f}s")
+    why = f"{entry.name}: not ready on port {port} after {settings.local_ready_timeout_s:g}s"
+    if stop_late:
+        stop(entry, settings)
+        why += " (SM_LOCAL_READY_TIMEOUT_S); stopped it"
+    raise ServerError(why)
 
 
 def stop(entry: ModelEntry, settings: Settings, timeout_s: float = 10.0) -> ServerStatus:
