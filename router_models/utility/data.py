@@ -2,21 +2,20 @@
 
 Scores of 0/1 are aggregated to Binomial counts per cell (the same likelihood as per-prompt Bernoulli
 rows for a cell-level model); cost and latency to the sufficient statistics of a log-normal.
-A task whose scores are not all 0/1 is "graded": its rows stay individual for a Beta likelihood.
+A task whose scores are not all 0/1 is "graded": its cells' score sums get a fractional-Bernoulli
+(quasi-binomial) likelihood, whose estimate of a cell's mean score is unbiased whatever the scores' shape.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, check_unique_prompt_ids, read_table
-
-GRADED_EPS = 1e-3  # graded scores are clipped into (eps, 1 - eps) for the Beta likelihood
 
 
 def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -> pd.DataFrame:
@@ -83,17 +82,20 @@ def _lognormal_stats(values: pd.Series) -> tuple[int, float, float, float, float
 
 @dataclass
 class CellData:
-    """What `build_model` needs: coords, per-cell statistics, graded rows, and the data version."""
+    """What `build_model` needs: coords, per-cell statistics and the data version."""
 
     tasks: list[str]
     models: list[str]
     cells: pd.DataFrame  # task, model, t, m, n, score_sum, binary, cost_*, latency_*
-    graded: pd.DataFrame = field(default_factory=pd.DataFrame)  # t, m, score (graded tasks only)
     data_hash: str = ""
 
     @property
     def binary_cells(self) -> pd.DataFrame:
         return self.cells[self.cells["binary"] & (self.cells["n"] > 0)]
+
+    @property
+    def graded_cells(self) -> pd.DataFrame:
+        return self.cells[~self.cells["binary"] & (self.cells["n"] > 0)]
 
     def stat_cells(self, kind: str) -> pd.DataFrame:
         """Cells with a cost (kind="cost") or latency (kind="latency") observation."""
@@ -132,11 +134,4 @@ def cell_data(
                 latency_n=ln, latency_logmean=lmean, latency_logss=lss, latency_mean=lraw,
                 latency_share=lshare,
             ))  # fmt: skip
-    cells = pd.DataFrame(rows)
-    graded_rows = df[~df["task"].map(binary_task).astype(bool)]
-    graded = pd.DataFrame({
-        "t": graded_rows["task"].map({t: i for i, t in enumerate(tasks)}).to_numpy(dtype=int),
-        "m": graded_rows["model"].map({m: i for i, m in enumerate(models)}).to_numpy(dtype=int),
-        "score": graded_rows["score"].clip(GRADED_EPS, 1 - GRADED_EPS).to_numpy(dtype=float),
-    })  # fmt: skip
-    return CellData(tasks, models, cells, graded, data_version(df))
+    return CellData(tasks, models, pd.DataFrame(rows), data_version(df))

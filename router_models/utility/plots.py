@@ -19,23 +19,19 @@ def calibration_table(idata, data: CellData, interval: float = 0.9, seed: int = 
                       max_draws: int = 2000) -> pd.DataFrame:  # fmt: skip
     """Observed mean score per observed cell vs the posterior predictive interval of that mean.
 
-    0/1 cells replicate k ~ Binomial(n, q); graded cells replicate n Beta(q phi, (1 - q) phi) scores.
+    A cell replicates k ~ Binomial(n, q), its mean k / n: for graded scores (the fractional-Bernoulli
+    likelihood) the widest spread a mean of n scores in [0, 1] with mean q can have.
     `calibrated` is True where the observed rate lies inside the interval; over cells the share of
     calibrated ones should be near `interval`."""
     rng = np.random.default_rng(seed)
     q = _quality(idata.posterior)
     idx = rng.choice(q.shape[0], size=min(max_draws, q.shape[0]), replace=False)
     q = q[idx]
-    phi = idata.posterior["phi"].values.ravel()[idx] if "phi" in idata.posterior else None
     lo_q, hi_q = (1 - interval) / 2, 1 - (1 - interval) / 2
     out = []
     for rec in data.cells[data.cells["n"] > 0].itertuples():
         qs = q[:, rec.t, rec.m]
-        if rec.binary:
-            rep = rng.binomial(int(rec.n), qs) / rec.n
-        else:
-            a, b = qs * phi, (1 - qs) * phi
-            rep = rng.beta(a[:, None], b[:, None], size=(len(qs), int(rec.n))).mean(axis=1)
+        rep = rng.binomial(int(rec.n), qs) / rec.n
         lo, hi = np.quantile(rep, [lo_q, hi_q])
         obs = rec.score_sum / rec.n
         out.append(dict(task=rec.task, model=rec.model, n=int(rec.n), observed_rate=obs,
