@@ -192,3 +192,36 @@ def test_free_calls_and_a_model_without_rows_keep_costs_finite():
     assert 0.5 < s.loc[("t0", "m0"), "cost_usd_mean"] / observed < 2.0
     unseen = s.xs("new-model", level="model")["cost_usd_mean"]
     assert (unseen < 50 * df["cost_usd"].mean()).all(), unseen  # a wide prior's mean, not 1e10 USD
+
+
+def test_models_without_latency_rows_pay_no_invented_latency_and_a_free_model_stays_free():
+    """RouterBench's API models have costs and no latencies; the local models are free and slow on CPU.
+    The API models were charged 45-59 s of latency drawn from a prior centred on the local ones, and the
+    free model, on a task it had not answered, an expected cost of 9x the API models' mean."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for task in ("t0", "t1"):
+        for model, p, cost, lat in (
+            ("api1", 0.8, 1e-3, np.nan),
+            ("api2", 0.7, 5e-4, np.nan),
+            ("local", 0.5, 0, 10),
+        ):
+            if model == "local" and task == "t1":
+                continue  # the local model never answered t1
+            for i in range(40):
+                latency = lat * rng.lognormal(0, 0.2) if lat == lat else np.nan
+                rows.append((f"{task}-{i}", task, model, float(rng.random() < p), cost, latency))
+    df = pd.DataFrame(rows, columns=["prompt_id", "task", "model", "score", "cost_usd", "latency_s"])
+    data = cell_data(df)
+    s = (
+        UtilityPosterior(fit_utility(data, None, QUICK).idata, 100.0, 0.05)
+        .summary()
+        .set_index(["task", "model"])
+    )
+    assert s["latency_in_utility"].to_dict() == {k: k[1] == "local" for k in s.index}
+    assert s.loc[("t0", "api1"), "latency_s_mean"] != s.loc[("t0", "api1"), "latency_s_mean"]  # NaN: unknown
+    assert 5 < s.loc[("t0", "local"), "latency_s_mean"] < 20
+    # api1's utility is its quality less its cost, with no latency term
+    u = s.loc[("t0", "api1")]
+    assert u["utility_mean"] == pytest.approx(u["quality_mean"] - 100.0 * u["cost_usd_mean"], abs=1e-9)
+    assert s.loc[("t1", "local"), "cost_usd_mean"] == 0.0  # free wherever it was seen

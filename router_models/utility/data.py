@@ -122,11 +122,19 @@ def cell_data(
     binary_task = df.groupby("task")["score"].apply(lambda s: bool(np.isin(s, (0.0, 1.0)).all()))
     rows = []
     groups = dict(tuple(df.groupby(["task", "model"])))
+    # a cell with no cost (or latency) row takes its model's share of paid calls, not 1: a free local model
+    # was predicted to cost 9x the API models' mean on a task it had not answered
+    shares = {kind: {m: _lognormal_stats(g)[4] for m, g in df.groupby("model")[kind] if g.notna().any()}
+              for kind in ("cost_usd", "latency_s")}  # fmt: skip
     for ti, task in enumerate(tasks):
         for mi, model in enumerate(models):
             g = groups.get((task, model), df.iloc[:0])
             cn, cmean, css, craw, cshare = _lognormal_stats(g["cost_usd"])
             ln, lmean, lss, lraw, lshare = _lognormal_stats(g["latency_s"])
+            if not g["cost_usd"].notna().any():
+                cshare = shares["cost_usd"].get(model, 1.0)
+            if not g["latency_s"].notna().any():
+                lshare = shares["latency_s"].get(model, 1.0)
             rows.append(dict(
                 task=task, model=model, t=ti, m=mi, n=len(g), score_sum=float(g["score"].sum()),
                 binary=bool(binary_task.get(task, True)),

@@ -141,6 +141,9 @@ def fit_posterior(
     )
     calib = calibration_table(fit.idata, data, seed=fit.config.seed)
     notes = [] if post.latency_in_utility else ["no latency observations: latency contributes 0 to utility"]
+    if post.latency_in_utility and not post.latency_observed.all():
+        unmeasured = [m for m, seen in zip(post.models, post.latency_observed, strict=True) if not seen]
+        notes.append(f"latency counts in utility for the measured models only, not {len(unmeasured)} others")
     if reused is not None:
         notes.append(f"reused the posterior fitted on the same data and configuration ({fit.fit_hash[:12]})")
     art = PosteriorArtifacts(fit, summary, calib, notes=notes, lambdas=(lambda_cost, lambda_latency))

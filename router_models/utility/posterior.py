@@ -1,7 +1,9 @@
 """Posterior summaries, utility, Thompson draws and the NetCDF file (with its data+config hash).
 
-U(t, m) = quality - lambda_cost * cost_usd - lambda_latency * latency_s, per posterior draw. A fit with no
-latency observations has no latency term: it contributes 0, and the summary says so (`latency_in_utility`).
+U(t, m) = quality - lambda_cost * cost_usd - lambda_latency * latency_s, per posterior draw. A model with no
+latency observation has no latency term: it contributes 0 and its latency is unknown (NaN), and the summary
+says so per row (`latency_in_utility`). Its latency drawn from the prior alone, centred on the models that
+were measured (local CPU models, seconds), charged RouterBench's API models 45-59 s each.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ class UtilityPosterior:
         self.quality: np.ndarray = quality
         self.cost = _draws(idata, "cost_expected")
         self.latency = _draws(idata, "latency_expected")
+        self.latency_observed = np.zeros(len(self.models), dtype=bool)
+        if self.latency is not None:
+            consts = getattr(idata, "constant_data", None)
+            if consts is not None and "latency_m" in consts:
+                self.latency_observed[np.unique(consts["latency_m"].values.astype(int))] = True
+            else:  # a fit saved without its constant data: every model, as before
+                self.latency_observed[:] = True
+            self.latency = np.where(self.latency_observed[None, None, :], self.latency, 0.0)
         self.lambda_cost, self.lambda_latency = lambda_cost, lambda_latency
 
     @classmethod
@@ -54,7 +64,8 @@ class UtilityPosterior:
 
     @property
     def latency_in_utility(self) -> bool:
-        return self.latency is not None
+        """Whether any model's latency enters utility."""
+        return bool(self.latency_observed.any())
 
     def utility(self) -> np.ndarray:
         u = self.quality.copy()
@@ -80,7 +91,9 @@ class UtilityPosterior:
             out[f"{name}_mean"] = flat.mean(0)
             out[f"{name}_sd"] = flat.std(0)
             out[f"{name}_p05"], out[f"{name}_p95"] = np.quantile(flat, [0.05, 0.95], axis=0)
-        out["latency_in_utility"] = self.latency_in_utility
+        unmeasured = ~self.latency_observed[m_idx.ravel()]
+        out.loc[unmeasured, [f"latency_s_{stat}" for stat in ("mean", "sd", "p05", "p95")]] = np.nan
+        out["latency_in_utility"] = ~unmeasured
         return out
 
     def prior_table(self) -> pd.DataFrame:
@@ -102,7 +115,7 @@ class UtilityPosterior:
 
         q, c, lat = pick(self.quality), pick(self.cost), pick(self.latency)
         u = q - self.lambda_cost * c - self.lambda_latency * lat
-        lat_col = lat if self.latency is not None else np.nan
+        lat_col = np.where(self.latency_observed, lat, np.nan)
         return pd.DataFrame(
             {"model": self.models, "quality": q, "cost_usd": c, "latency_s": lat_col, "utility": u}
         )
