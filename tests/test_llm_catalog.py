@@ -200,3 +200,27 @@ def test_secrets_are_masked_and_a_bad_setting_is_one_line(tmp_path: Path):
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: SM_REQUEST_TIMEOUT_S: Input should be a valid number, unable to parse string as a number"
     )
+
+
+def test_a_gateway_that_goes_unhooks_its_router_from_litellm(tmp_path: Path):
+    """LiteLLM's Router adds itself to four global callback lists: every Gateway made (a Dagster asset's,
+    a CLI call's) stayed alive, 4 entries each."""
+    import gc
+
+    import litellm
+
+    from pipelines.llm.gateway import Gateway
+
+    names = ("_async_success_callback", "success_callback", "_async_failure_callback", "failure_callback",
+             "input_callback", "service_callback", "callbacks")  # fmt: skip
+
+    def hooked() -> int:
+        return sum(len(getattr(litellm, n)) for n in names)
+
+    gc.collect()
+    before = hooked()
+    gateways = [Gateway(Settings(run_dir=tmp_path)) for _ in range(5)]
+    assert hooked() > before
+    del gateways
+    gc.collect()
+    assert hooked() == before

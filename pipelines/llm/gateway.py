@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import defaultdict, deque
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
@@ -165,6 +166,9 @@ class Gateway:
         cfg = router_config(self.catalog, self.settings)
         self._by_litellm = {e.litellm_model: e for e in self.catalog.models}
         self._router = litellm.Router(model_list=cfg["model_list"], **cfg["router_settings"])
+        # the Router hooks itself into LiteLLM's global callback lists: unhook it when this gateway goes, or
+        # every Gateway made (a Dagster asset's, a test's) stays alive with it
+        weakref.finalize(self, self._router.discard)
         self._fallbacks = {k: v for f in cfg["router_settings"]["fallbacks"] for k, v in f.items()}
         # (when, seconds) of recent calls per model, for the router's latency rule
         self._latencies: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=200))
