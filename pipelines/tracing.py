@@ -86,8 +86,12 @@ def _otlp_exporter(settings: Settings) -> SpanExporter:
         raise ValueError(
             "SM_OTEL_EXPORTER=otlp needs SM_OTEL_ENDPOINT, e.g. http://HOST:3000/api/public/otel"
         )
+    if not settings.otel_endpoint.startswith(("http://", "https://")):  # every export failed, a warning each
+        raise ValueError(f"SM_OTEL_ENDPOINT needs http:// or https://, e.g. http://{settings.otel_endpoint}")
     headers = {}
     pk, sk = os.environ.get("LANGFUSE_PUBLIC_KEY"), os.environ.get("LANGFUSE_SECRET_KEY")
+    if bool(pk) != bool(sk):  # one key alone sent no auth header at all, and Langfuse refused every export
+        raise ValueError("set both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY, or neither")
     if pk and sk:  # Langfuse's OTLP endpoint takes basic auth with the project keys
         headers["Authorization"] = "Basic " + base64.b64encode(f"{pk}:{sk}".encode()).decode()
     endpoint = settings.otel_endpoint.rstrip("/")

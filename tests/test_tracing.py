@@ -136,3 +136,52 @@ def test_workers_sharing_one_span_file_lose_no_span_when_it_rotates(tmp_path):
     names = [s["name"] for f in tmp_path.iterdir() for s in read_spans(f)]
     assert len(list(tmp_path.glob("spans.jsonl.*"))) > 10  # it rotated, many times
     assert sorted(names) == sorted(f"w{w}-{i}" for w in range(4) for i in range(400))
+
+
+def test_the_otlp_exporter_posts_to_langfuses_path_with_its_basic_auth(monkeypatch, tmp_path):
+    """A real OTLP/HTTP export to a local HTTP server standing where Langfuse would: its path and auth.
+    An endpoint without a scheme, or one Langfuse key alone, failed every export with a warning each."""
+    import base64
+    import http.server
+    import threading
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from pipelines.settings import Settings
+    from pipelines.tracing import _otlp_exporter
+
+    seen: list[tuple[str, str, int]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers.get("Authorization", ""), len(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-1")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-2")
+    url = f"http://127.0.0.1:{srv.server_address[1]}/api/public/otel"
+    try:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_otlp_exporter(Settings(otel_endpoint=url + "/"))))
+        with provider.get_tracer("t").start_as_current_span("request"):
+            pass
+        provider.shutdown()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    (path, auth, size), *_ = seen
+    assert path == "/api/public/otel/v1/traces" and size > 0
+    assert auth == "Basic " + base64.b64encode(b"pk-lf-1:sk-lf-2").decode()
+    with pytest.raises(ValueError, match="http:// or https://"):
+        _otlp_exporter(Settings(otel_endpoint="127.0.0.1:4318"))
+    monkeypatch.delenv("LANGFUSE_SECRET_KEY")
+    with pytest.raises(ValueError, match="both LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY"):
+        _otlp_exporter(Settings(otel_endpoint=url))
