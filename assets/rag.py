@@ -117,8 +117,8 @@ def retrieval_evaluation(context: dg.AssetExecutionContext, settings: SettingsRe
     fp = fingerprint(
         sample, modes, s.model_dump(mode="json", include=set(RETRIEVAL_SETTINGS)), embedder, code
     )
-    png = out / "retrieval.png"
-    reused = recall(out / "fingerprint.json", fp) is not None and png.exists() and (out / "summary.json").exists()
+    png, summary_json = out / "retrieval.png", out / "summary.json"
+    reused = recall(out / "fingerprint.json", fp) is not None and png.exists() and summary_json.exists()
     if reused:  # same sample, settings and retrieval code: the figures stand (latencies as measured then)
         rows = json.loads((out / "summary.json").read_text())["retrievers"]
     else:
