@@ -26,10 +26,10 @@ ROUTER_CODE = Path(__file__).resolve().parent.parent / "router_models" / "router
 EMBEDDER_CODE = ROUTER_CODE.parent.parent / "pipelines" / "index" / "embeddings.py"
 
 
-def _router_inputs(outcomes) -> tuple:
+def _router_inputs(outcomes, s: Settings) -> tuple:
     """What train_router copies into the artifact besides the tables: its code, the rules (rules.yaml) and
-    each model's privacy and context window (the catalog, then models.yaml)."""
-    meta = model_metadata(sorted(outcomes["model"].unique()))
+    each model's privacy and context window (the catalog of these settings, then models.yaml)."""
+    meta = model_metadata(sorted(outcomes["model"].unique()), settings=s)
     code = source_digest(ROUTER_CODE, EMBEDDER_CODE, patterns=("*.py", "*.yaml"))  # the prompt embedders too
     return code, [asdict(r) for r in load_rules()], {name: asdict(m) for name, m in meta.items()}
 
@@ -83,7 +83,7 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
     prompts, outcomes = add_evidence(prompts, outcomes, local)
     params, prior_fit, prior_table = _posterior_prior(s)
     root = s.run_dir / "router"
-    fp = fingerprint(prompts, outcomes, PREDICTOR, prior_table, *_router_inputs(outcomes))
+    fp = fingerprint(prompts, outcomes, PREDICTOR, prior_table, *_router_inputs(outcomes, s))
     last = recall(root / "fingerprint.json", fp)
     if (
         last is not None
@@ -93,7 +93,9 @@ def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.
         context.log.info(f"inputs and code unchanged: keeping {last['path']}")
         return dg.MaterializeResult(metadata={**last, "reused": True}, data_version=dg.DataVersion(fp[:16]))
     cache = s.run_dir / "cache" / "embeddings"
-    r = train_router(prompts, outcomes, predictor=PREDICTOR, predictor_params=params, cache_dir=cache)
+    r = train_router(
+        prompts, outcomes, predictor=PREDICTOR, predictor_params=params, cache_dir=cache, settings=s
+    )
     version = time.strftime("%Y%m%dT%H%M%S")
     path = save_router(r, root / version)
     _publish(path, root / "current")
@@ -133,7 +135,7 @@ def router_evaluation(settings: SettingsResource):
     prompts, outcomes = _routerbench(s)
     local = _micro_bench(s)
     out = s.run_dir / "router_evaluation"
-    fp = fingerprint(prompts, outcomes, local, PREDICTOR, s.lambda_cost, *_router_inputs(outcomes))
+    fp = fingerprint(prompts, outcomes, local, PREDICTOR, s.lambda_cost, *_router_inputs(outcomes, s))
     doc = recall(out / "fingerprint.json", fp)
     reused = doc is not None and (out / "summary.json").exists() and (out / "pareto.png").exists()
     if not reused:

@@ -57,18 +57,25 @@ def test_a_forgotten_record_is_never_recalled(tmp_path):
 
 
 def test_the_router_memo_sees_a_model_turn_remote_in_the_catalog(tmp_path, monkeypatch):
-    """train_router copies each model's privacy into the artifact: a catalog edit must retrain it."""
+    """train_router copies each model's privacy into the artifact: a catalog edit must retrain it, whether
+    it comes from SM_CATALOG_PATH or from the Dagster resource's overrides (those were not read)."""
+    from assets.resources import SettingsResource
     from assets.router import _router_inputs
+    from pipelines.settings import Settings
+    from router_models.router.rules import model_metadata
 
     outcomes = pd.DataFrame({"prompt_id": ["p1", "p1"], "model": ["smollm2-135m", "gemma3-270m"]})
-    before = _router_inputs(outcomes)
+    before = _router_inputs(outcomes, Settings())
     text = resources.files("pipelines.llm").joinpath("catalog.yaml").read_text()
     edited = text.replace("privacy: local", "privacy: remote", 1)
     assert edited != text
     (tmp_path / "catalog.yaml").write_text(edited)
-    monkeypatch.setenv("SM_CATALOG_PATH", str(tmp_path / "catalog.yaml"))
-    after = _router_inputs(outcomes)
+    configured = SettingsResource(overrides={"catalog_path": str(tmp_path / "catalog.yaml")}).get()
+    after = _router_inputs(outcomes, configured)
     assert after[2]["smollm2-135m"]["privacy"] == "remote" and after != before
+    assert model_metadata(["smollm2-135m"], settings=configured)["smollm2-135m"].privacy == "remote"
+    monkeypatch.setenv("SM_CATALOG_PATH", str(tmp_path / "catalog.yaml"))
+    assert _router_inputs(outcomes, Settings()) == after
 
 
 def test_a_fingerprint_ignores_hidden_editor_state(tmp_path):

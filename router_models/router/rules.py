@@ -48,14 +48,17 @@ def _load_yaml(path: Path | None, default: str) -> dict[str, Any]:
         raise RuleError(f"cannot read {path or default}: {e}") from e
 
 
-def model_metadata(models: Iterable[str], extra_path: Path | None = None) -> dict[str, ModelInfo]:
-    """Privacy and context window per model: the gateway catalog first, then this package's models.yaml."""
+def model_metadata(
+    models: Iterable[str], extra_path: Path | None = None, settings: Any = None
+) -> dict[str, ModelInfo]:
+    """Privacy and context window per model: the gateway catalog first (`settings`' catalog; by default the
+    environment's), then this package's models.yaml."""
     table = _load_yaml(extra_path, "models.yaml").get("models", {})
     catalog: dict[str, Any] = {}
     try:
         from pipelines.llm.catalog import load_catalog
 
-        catalog = {m.name: m for m in load_catalog().models}
+        catalog = {m.name: m for m in load_catalog(settings).models}
     except Exception:  # noqa: BLE001 - the catalog is optional here; models.yaml still applies
         catalog = {}
     out = {}

@@ -99,6 +99,7 @@ def train_router(
     cache_dir: Path | None = None,
     rules_path: Path | None = None,
     models_path: Path | None = None,
+    settings: Any = None,
 ) -> Router:
     """Fit the task classifier, the cost model and the quality predictor; calibrate the budget policy.
 
@@ -119,7 +120,7 @@ def train_router(
     ref = oof if oof is not None else fitted.predict(x).mean
     ref_cost = cost_model.predict(tokens, x.task_proba)
     policy = Budget(fraction=budget_fraction).calibrate(ref, ref_cost, models, strongest)
-    metadata = model_metadata(models, models_path)
+    metadata = model_metadata(models, models_path, settings)  # privacy and windows from settings' catalog
     if "latency_s" in outcomes:
         lat = outcomes.dropna(subset=["latency_s"]).groupby("model")["latency_s"].quantile(0.95)
         for m, v in lat.items():
