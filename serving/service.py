@@ -350,6 +350,7 @@ class StratMaster:
 
     def _preopen_retriever(self) -> None:
         try:
+            self.gateway.warm_up()  # the local models' tokenizers, which size each prompt: not in a request
             self._open_retriever(quiet=True)
         except HTTPFailure:
             log.info("no retrieval indexes yet: /v1/rag opens them when they exist")

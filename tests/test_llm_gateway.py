@@ -84,13 +84,28 @@ def test_context_overflow_is_a_clear_error(gateway):
     assert time.perf_counter() - t0 < 5
 
 
-def test_an_overflow_the_model_server_finds_says_its_sizes_and_nothing_of_litellm(gateway):
-    """Digits pass the gateway's own estimate (gpt-3.5's tokenizer reads three a token) and overflow
-    SmolLM2's window (a token each): the error carried LiteLLM's text, deployments and fallbacks named."""
+def test_an_overflow_the_model_server_finds_says_its_sizes_and_nothing_of_litellm(gateway, model_settings):
+    """A catalog whose window is larger than the server's (SM_LOCAL_CTX) passes the gateway's own check and
+    overflows on the server: the error carried LiteLLM's text, deployments and fallbacks named."""
+    entries = [e.model_copy(update={"context_window": 8192}) for e in gateway.catalog.models]
+    wide = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=entries))
     digits = [{"role": "user", "content": "Sum: " + " ".join(f"{i:010d}" for i in range(300))}]
     with pytest.raises(GatewayError, match=r"context overflow: \d+ prompt tokens for a context of 2048") as e:
-        gateway.chat("smollm2-135m", digits, max_tokens=8)
+        wide.chat("smollm2-135m", digits, max_tokens=8)
     assert "litellm" not in str(e.value).lower() and "fallback" not in str(e.value).lower()
+
+
+def test_the_window_check_counts_with_the_models_own_tokenizer(gateway):
+    """gpt-3.5's tokenizer counted this Chinese prompt at 2,170 tokens, and Gemma's 2,048-token window
+    refused it; Gemma's own tokenizer reads it as about 1,100. Digits, which gpt-3.5 reads three a token,
+    are a token each to SmolLM2: the gateway now refuses them itself, with no call."""
+    chinese = [{"role": "user", "content": "阿司匹林可以降低心脏病发作的风险和中风的风险。" * 60}]
+    assert 900 < gateway._prompt_tokens(gateway.catalog.get("gemma3-270m"), chinese) < 1300
+    r = gateway.chat("gemma3-270m", chinese, max_tokens=4)
+    assert r.model == "gemma3-270m" and r.input_tokens < 1300
+    digits = [{"role": "user", "content": "Sum: " + " ".join(f"{i:010d}" for i in range(300))}]
+    with pytest.raises(GatewayError, match="smollm2-135m: context overflow: about 3"):
+        gateway.chat("smollm2-135m", digits, max_tokens=8)
 
 
 def test_unavailable_model_says_which_variable(gateway, monkeypatch):

