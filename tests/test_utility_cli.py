@@ -168,6 +168,11 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
         str(tmp_path),
     ]
     assert CliRunner().invoke(app, args).exit_code == 2
+    (tmp_path / "a-file").write_text("")  # an --out that is a file failed only after the whole fit
+    res = CliRunner().invoke(
+        app, ["fit", "--prompts", str(p), "--outcomes", str(o), "--out", str(tmp_path / "a-file")]
+    )
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output, res.output
     # a leaderboard figure that is no number, or a misnamed column, gave a weak prior unsaid
     for name, text in {
         "comma": 'model,arena_elo\ngpt-4-1106-preview,"1,050"\n',

@@ -37,6 +37,9 @@ def fit(
 
     if sampler not in ("nutpie", "pymc"):
         raise typer.BadParameter("nutpie or pymc", param_hint="--sampler")
+    if out.exists() and not out.is_dir():  # found only after the whole NUTS fit, before
+        typer.echo(f"error: --out {out} is a file, not a folder", err=True)
+        raise typer.Exit(2)
     try:  # a malformed file is one line, not a traceback
         table = outcome_table_from_files(prompts, outcomes)
         if table.empty:
