@@ -241,9 +241,10 @@ class Gateway:
             self._prompt_tokens(entry, [{"role": "user", "content": "warm"}])
 
     def _prompt_tokens(self, entry: ModelEntry, messages: list[dict[str, Any]]) -> int:
-        """The prompt's size: by the local model's own tokenizer where its GGUF is at hand, else LiteLLM's
-        count for the model (gpt-3.5's tokenizer for one it does not know). gpt-3.5's count of a Chinese
-        prompt was 2.5x Gemma's own, so a prompt that filled 41% of Gemma's window was refused."""
+        """The prompt's size: by the local model's own tokenizer where its GGUF is at hand, else gpt-3.5's
+        count (LiteLLM's tokenizer for a named model may be fetched from a hub: not on a request's path).
+        gpt-3.5's count of a Chinese prompt was 2.5x Gemma's own: one filling 41% of its window was refused.
+        """
         vocab = self._vocabs.get(entry.name)
         if vocab is None and entry.is_local_server:
             try:
@@ -252,7 +253,7 @@ class Gateway:
             except Exception:  # noqa: BLE001 - an unreadable GGUF: the estimate, as for a remote model
                 vocab = None
         if vocab is None:
-            return int(litellm.token_counter(model=entry.litellm_model, messages=messages))
+            return int(litellm.token_counter(model="gpt-3.5-turbo", messages=messages))
         text = sum(len(vocab.tokenize(m["content"].encode(), add_bos=False, special=False)) for m in messages)
         return text + CHAT_TOKENS_PER_MESSAGE * (len(messages) + 1)  # each turn's markers, the reply's start
 
@@ -357,9 +358,8 @@ class Gateway:
         details = getattr(usage, "prompt_tokens_details", None)  # OpenAI's (and LiteLLM's) cached share
         cached = int(getattr(details, "cached_tokens", 0) or 0)
         now = time.monotonic()
-        self._latencies[answered].append(
-            (now, latency)
-        )  # a fallback's time holds the failure's: an upper bound
+        # after a fallback, the time holds the failure's too: an upper bound of the answering model's
+        self._latencies[answered].append((now, latency))
         if answered != requested.name:  # it failed (or was benched): as slow as a request that timed out
             self._latencies[requested.name].append((now, max(latency, self.settings.request_timeout_s)))
         choice = resp.choices[0]
