@@ -42,7 +42,7 @@ class Settings(BaseSettings):
 
     # local model panel (llama.cpp servers)
     # an IPv4 address or a host name, no port (a port here, or IPv6, made every server URL invalid)
-    local_host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    local_host: str = Field(default="127.0.0.1", pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
     local_base_port: int = Field(default=8081, ge=1, le=65534)  # a model's port is this plus its offset
     local_threads: int = Field(default=2, ge=1)
     local_ctx: int = Field(default=2048, ge=256)

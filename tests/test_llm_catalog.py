@@ -224,3 +224,61 @@ def test_a_gateway_that_goes_unhooks_its_router_from_litellm(tmp_path: Path):
     del gateways
     gc.collect()
     assert hooked() == before
+
+
+def test_latency_p95_reads_while_calls_are_booked_from_other_threads(tmp_path: Path):
+    """The p95 walked the deque in a generator while worker threads appended: `deque mutated during
+    iteration`, a 500 from the service's route step."""
+    import threading
+    import time
+
+    from pipelines.llm.gateway import Gateway
+
+    gw = Gateway(Settings(run_dir=tmp_path))
+    stop, errors = threading.Event(), []
+
+    def book():
+        while not stop.is_set():
+            gw._latencies["smollm2-135m"].append((time.monotonic(), 0.5))
+
+    writer = threading.Thread(target=book)
+    writer.start()
+    try:
+        for _ in range(20_000):
+            try:
+                gw.recent_latency_p95("smollm2-135m")
+            except RuntimeError as e:
+                errors.append(e)
+                break
+    finally:
+        stop.set()
+        writer.join()
+    assert errors == []
+
+
+def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(tmp_path: Path):
+    """Each llama.cpp vocabulary load points stdout and stderr at /dev/null while it runs: four threads at
+    once loaded the GGUF four times and left both pointing there."""
+    import os
+    import threading
+
+    from pipelines.llm import gateway as gateway_module
+
+    gw = gateway_module.Gateway(Settings(run_dir=tmp_path))
+    smol = gw.catalog.get("smollm2-135m")
+    gateway_module._load_vocab.cache_clear()
+    before = os.readlink("/proc/self/fd/2")
+    barrier, counts = threading.Barrier(4), []
+
+    def size():
+        barrier.wait()
+        counts.append(gw._prompt_tokens(smol, [{"role": "user", "content": "Hello there, how are you?"}]))
+
+    threads = [threading.Thread(target=size) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(counts)) == 1 and counts[0] > 8
+    assert gateway_module._load_vocab.cache_info().misses == 1
+    assert os.readlink("/proc/self/fd/2") == before

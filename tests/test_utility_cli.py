@@ -142,7 +142,12 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
     pd.concat([prompts, prompts.head(1)]).to_csv(tmp_path / "dup.csv", index=False)
     pd.concat([table, table.head(1).assign(prompt_id="ghost")]).to_csv(tmp_path / "ghost.csv", index=False)
     # repeated outcome rows were twice the evidence; a prompt with a blank task lost its rows unsaid
-    pd.concat([table, table.head(2)]).to_csv(tmp_path / "twice.csv", index=False)
+    scored = table.dropna(subset=["score"])
+    pd.concat([table, scored.head(2)]).to_csv(tmp_path / "twice.csv", index=False)
+    retried = pd.concat([scored.head(1).assign(score=np.nan), table])  # a failed call, then its scored retry
+    assert len(outcome_table_from_files(p, _written(retried, tmp_path / "retried.csv"))) == len(
+        outcome_table_from_files(p, o)
+    )
     prompts.assign(task=prompts["task"].where(prompts.index != 0, " ")).to_csv(
         tmp_path / "notask.csv", index=False
     )
@@ -184,3 +189,8 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
         assert res.exit_code == 2 and ("1,050" in res.output or "'arena_elo' column" in res.output), (
             res.output
         )
+
+
+def _written(df: pd.DataFrame, path):
+    df.to_csv(path, index=False)
+    return path

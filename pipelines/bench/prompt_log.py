@@ -75,7 +75,11 @@ class PromptLogWriter:
         """Queue `prompt` for the log; False when the writer is `queue` prompts behind and it was dropped."""
         if not self._slots.acquire(blocking=False):
             return False
-        self._pool.submit(self._write, prompt, task, model, chosen_by)
+        try:
+            self._pool.submit(self._write, prompt, task, model, chosen_by)
+        except RuntimeError:  # closed (the service is stopping): dropped
+            self._slots.release()
+            return False
         return True
 
     def _write(self, prompt: str, task: str | None, model: str | None, chosen_by: str | None) -> None:

@@ -23,10 +23,11 @@ ANALYZER = "en_bm25"
 # every chunk again (its terms would not match the queries')
 ANALYSIS_VERSION = 2
 ANALYSIS_STAMP = "analysis_version"
-# alphanumeric runs, as tantivy's simple tokenizer splits (char::is_alphanumeric), but Han, hiragana and
-# katakana one character at a time: the simple tokenizer kept a whole unspaced sentence as one token
-_CJK = r"\p{Han}\p{Hiragana}\p{Katakana}"
-TOKEN_PATTERN = rf"[{_CJK}]|[[\p{{Alphabetic}}\p{{N}}]--[{_CJK}]]+"
+# alphanumeric runs, as tantivy's simple tokenizer splits (char::is_alphanumeric), but Han and hiragana one
+# character at a time and katakana words (with their long-vowel mark) whole, as Unicode word breaking and so
+# OpenSearch's standard tokenizer do: the simple tokenizer kept a whole unspaced sentence as one token
+_HAN, _KANA = r"\p{Han}\p{Hiragana}", r"\p{Katakana}\x{30FC}"
+TOKEN_PATTERN = rf"[{_HAN}]|[{_KANA}]+|[[\p{{Alphabetic}}\p{{N}}]--[{_HAN}{_KANA}]]+"
 
 
 def indexed_text(title: str | None, text: str) -> str:

@@ -164,12 +164,22 @@ def register_prices(catalog: Catalog) -> None:
 CHAT_TOKENS_PER_MESSAGE = 8
 
 
+_VOCAB_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=8)
-def _vocab(path: str) -> Any:
-    """A local model's tokenizer alone (llama.cpp reads only the GGUF's vocabulary: 0.4 s, no weights)."""
+def _load_vocab(path: str) -> Any:
     import llama_cpp
 
     return llama_cpp.Llama(path, vocab_only=True, verbose=False)
+
+
+def _vocab(path: str) -> Any:
+    """A local model's tokenizer alone (llama.cpp reads only the GGUF's vocabulary: 0.4 s, no weights). One
+    load at a time: each points the process's stdout and stderr at /dev/null while it runs, and two at once
+    left them there (and read the same file four times)."""
+    with _VOCAB_LOCK:
+        return _load_vocab(path)
 
 
 class Gateway:
@@ -186,7 +196,6 @@ class Gateway:
         self._fallbacks = {k: v for f in cfg["router_settings"]["fallbacks"] for k, v in f.items()}
         # (when, seconds) of recent calls per model, for the router's latency rule
         self._latencies: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=200))
-        self._vocabs: dict[str, Any] = {}  # local model -> its tokenizer (see _prompt_tokens)
 
     def _entry(self, name: str) -> ModelEntry:
         try:
@@ -245,11 +254,11 @@ class Gateway:
         count (LiteLLM's tokenizer for a named model may be fetched from a hub: not on a request's path).
         gpt-3.5's count of a Chinese prompt was 2.5x Gemma's own: one filling 41% of its window was refused.
         """
-        vocab = self._vocabs.get(entry.name)
-        if vocab is None and entry.is_local_server:
+        vocab = None
+        if entry.is_local_server:
             try:
                 path = vocab_file(entry, self.settings)
-                vocab = self._vocabs[entry.name] = _vocab(str(path)) if path is not None else None
+                vocab = _vocab(str(path)) if path is not None else None
             except Exception:  # noqa: BLE001 - an unreadable GGUF: the estimate, as for a remote model
                 vocab = None
         if vocab is None:
@@ -415,7 +424,8 @@ class Gateway:
         router's latency rule; a call it failed counts as one that timed out. None without such calls: the
         router then uses the figure it was trained with, so a model that failed is tried again in time."""
         since = time.monotonic() - LATENCY_WINDOW_S
-        lat = sorted(s for t, s in self._latencies.get(model, ()) if t >= since)
+        calls = tuple(self._latencies.get(model, ()))  # one C-level copy: other threads append meanwhile
+        lat = sorted(s for t, s in calls if t >= since)
         return lat[math.ceil(0.95 * len(lat)) - 1] if lat else None  # nearest rank: 2 calls give the slower
 
 

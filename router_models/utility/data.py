@@ -45,6 +45,7 @@ def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -
         )
     if "task" not in out.columns:
         raise ValueError("outcomes carry no `task` column: pass the prompts file too")
+    out = out.dropna(subset=["score"])  # a failed call (then retried) is no outcome, nor a repeat
     no_task = out["task"].isna() | (out["task"].astype(str).str.strip() == "")
     if no_task.any():  # were dropped without a word
         ids = sorted(set(out.loc[no_task, "prompt_id"]))
@@ -53,7 +54,6 @@ def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -
     if twice.any():  # counted twice, they were twice the evidence
         pairs = sorted(set(zip(out.loc[twice, "prompt_id"], out.loc[twice, "model"], strict=True)))
         raise ValueError(f"{outcomes}: {len(pairs)} (prompt_id, model) pairs have several rows: {pairs[:3]}")
-    out = out.dropna(subset=["score"])
     for col in OUTCOME_COLUMNS:
         if col not in out.columns:
             out[col] = np.nan

@@ -4,7 +4,8 @@ Quality:  logit q[t, m] = mu + alpha[m] + beta[t] + gamma[t, m]
   alpha[m] ~ Normal(scaled leaderboard score, prior sd)   (weak prior where no figure)
   beta     ~ ZeroSumNormal(sigma_beta) over tasks
   gamma    = tau_gamma * ZeroSumNormal(1) over tasks and models   (partially pooled interaction)
-  0/1 scores: Binomial(n, q) per cell; graded scores: Beta(q * phi, (1 - q) * phi) per row.
+  0/1 scores: Binomial(n, q) per cell; graded scores: a fractional-Bernoulli term per cell,
+  S log q + (n - S) log(1 - q) with S the sum of its n scores.
 Cost (and latency where present): log y ~ Normal(c[t, m], s[t, m]) per prompt with y > 0, c and log s
   pooled towards model + task effects (log s across models too); fitted from per-cell sufficient statistics
   (mean and sum of squares). The expected value is the positive share of the cell's rows (free calls count

@@ -89,8 +89,8 @@ def registry_engine(url: str | None = None) -> sa.Engine:
         try:
             metadata.create_all(engine)
             break
-        except sa.exc.OperationalError:  # two first writers: the other created a table since our check
-            if attempt == 4:
+        except sa.exc.OperationalError as e:  # two first writers: the other created a table since our check
+            if attempt == 4 or "already exists" not in str(e):
                 raise
             time.sleep(0.1 * (attempt + 1))
     return engine
