@@ -367,9 +367,10 @@ class Gateway:
         details = getattr(usage, "prompt_tokens_details", None)  # OpenAI's (and LiteLLM's) cached share
         cached = int(getattr(details, "cached_tokens", 0) or 0)
         now = time.monotonic()
-        # after a fallback, the time holds the failure's too: an upper bound of the answering model's
-        self._latencies[answered].append((now, latency))
-        if answered != requested.name:  # it failed (or was benched): as slow as a request that timed out
+        if answered == requested.name:
+            self._latencies[answered].append((now, latency))
+        else:  # it failed (or was benched): as slow as a request that timed out. The stand-in's time holds
+            # that failure's (a 3 s hang booked to it would exclude it too): not its own, not booked
             self._latencies[requested.name].append((now, max(latency, self.settings.request_timeout_s)))
         choice = resp.choices[0]
         return ChatResult(
