@@ -1,10 +1,10 @@
 """Keyword (BM25) indexes: tantivy on disk (default) or OpenSearch, with the same analysis and query.
 
-Analysis: split on non-alphanumerics (each Chinese or Japanese character a token of its own, as OpenSearch's
-standard tokenizer does: those scripts leave no space between words), lowercase, English stop words,
-Snowball English stemming. One analysed field holds the document title and the chunk text (measured on
-SciFact train: title folded in 0.697 nDCG@10, a separate title field 0.690, no title 0.680). A query is the
-OR of its distinct analysed terms, scored by BM25 (k1 1.2, b 0.75 on both engines).
+Analysis: split on non-alphanumerics (Chinese characters and hiragana a token each, katakana words whole, as
+OpenSearch's standard tokenizer splits them: those scripts leave no space between words), lowercase, English
+stop words, Snowball English stemming. One analysed field holds the document title and the chunk text
+(measured on SciFact train: title folded in 0.697 nDCG@10, a separate title field 0.690, no title 0.680). A
+query is the OR of its distinct analysed terms, scored by BM25 (k1 1.2, b 0.75 on both engines).
 """
 
 from __future__ import annotations
