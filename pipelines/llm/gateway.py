@@ -12,6 +12,7 @@ import re
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the cost map from the internet
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -171,7 +172,9 @@ _VOCAB_LOCK = threading.Lock()
 def _load_vocab(path: str) -> Any:
     import llama_cpp
 
-    return llama_cpp.Llama(path, vocab_only=True, verbose=False)
+    vocab = llama_cpp.Llama(path, vocab_only=True, verbose=False)
+    atexit.register(vocab.close)  # before llama_cpp's module is torn down (its __del__ then failed)
+    return vocab
 
 
 def _vocab(path: str) -> Any:

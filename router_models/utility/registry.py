@@ -8,6 +8,7 @@ SQLite by default (`Settings().registry_sqlalchemy_url`), Postgres by URL.
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from datetime import UTC, datetime
@@ -80,19 +81,21 @@ def registry_engine(url: str | None = None) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # readers do not block on the writer in WAL mode
             cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")  # first: switching a new file to WAL waits on the others
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-    for attempt in range(5):
+    for attempt in range(8):
         try:
             metadata.create_all(engine)
             break
-        except sa.exc.OperationalError as e:  # two first writers: the other created a table since our check
-            if attempt == 4 or "already exists" not in str(e):
+        except sa.exc.OperationalError as e:
+            # first writers of a new file: another created a table since our check, or holds the lock our
+            # read-then-create would upgrade (SQLite answers that at once, without waiting): try again
+            if attempt == 7 or not ("already exists" in str(e) or "database is locked" in str(e)):
                 raise
-            time.sleep(0.1 * (attempt + 1))
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
     return engine
 
 
