@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _UMASK = os.umask(0o022)  # read once, at import: os.umask can only be read by setting it
@@ -16,17 +18,32 @@ def publish_mode(path: str | Path) -> None:
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_UMASK)
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """`data` to `path` through a temporary file beside it, renamed into place: a reader sees the old content
-    or the new, never part of it, and two writers never share a temporary file."""
+def hidden(relative: Path) -> bool:
+    """A path (relative to a folder) in or below a hidden entry: editor and in-progress state (`.git/`,
+    `.ipynb_checkpoints/`, `.x.tmp`), never content."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary file beside `path` for the block to write (a name of its own: two writers never share
+    one), renamed onto `path` when the block ends and removed if it fails: a reader sees the old content or
+    the new, never part of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield tmp
         publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """`data` to `path` atomically (`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

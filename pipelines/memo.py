@@ -16,18 +16,14 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.files import write_atomic
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+from pipelines.files import hidden, write_atomic
 
 
 def _update_with_path(h: Any, p: Path) -> None:
     files = [p]
     # in a folder, hidden entries are editor and in-progress state (.ipynb_checkpoints, .x.tmp), not content
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not _hidden(f.relative_to(p)))
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not hidden(f.relative_to(p)))
     for f in files:
         _update_framed(h, str(f.relative_to(p) if p.is_dir() else f.name).encode())
         with open(f, "rb") as fh:
@@ -65,7 +61,7 @@ def source_digest(*paths: Path, patterns: tuple[str, ...] = ("*.py",)) -> str:
         if d.is_file():
             files = [d]
         elif d.is_dir():
-            files = sorted({f for p in patterns for f in d.rglob(p) if not _hidden(f.relative_to(d))})
+            files = sorted({f for p in patterns for f in d.rglob(p) if not hidden(f.relative_to(d))})
         else:
             raise FileNotFoundError(f"source_digest: no file or folder {d}")
         for f in files:

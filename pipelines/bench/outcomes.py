@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from pipelines.files import publish_mode
+from pipelines.files import atomic_path
 
 OUTCOME_COLUMNS = [
     "prompt_id", "task", "prompt", "model", "score", "cost_usd", "latency_s", "ttft_s",
@@ -79,18 +77,11 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix not in (".parquet", ".csv"):
         raise ValueError(f"{path}: expected a .parquet or .csv file")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from pipelines.files import write_atomic
+from pipelines.files import hidden, write_atomic
 from pipelines.settings import Settings
 
 
@@ -74,7 +74,7 @@ class LocalStore:
             return
         for p in self.root.rglob("*"):
             rel = p.relative_to(self.root)
-            if not any(part.startswith(".") for part in rel.parts) and rel.as_posix().startswith(prefix):
+            if not hidden(rel) and rel.as_posix().startswith(prefix):
                 yield p, rel.as_posix()
 
     def delete(self, key: str) -> None:

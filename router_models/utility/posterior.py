@@ -9,14 +9,12 @@ were measured (local CPU models, seconds), charged RouterBench's API models 45-5
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipelines.files import publish_mode
+from pipelines.files import atomic_path
 
 HASH_ATTR = "stratmaster_fit_hash"
 
@@ -133,15 +131,8 @@ def save_posterior(fit, path: str | Path) -> Path:
     }
     for group in fit.idata.groups():
         fit.idata[group].attrs.update(attrs)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # a name of its own
-    os.close(fd)
-    try:
-        fit.idata.to_netcdf(tmp)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fit.idata.to_netcdf(str(tmp))
     return path
 
 
