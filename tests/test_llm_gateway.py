@@ -511,6 +511,16 @@ def test_stream_closed_early_ends_its_span(fresh, model_settings):
     assert fresh.chat("gemma3-270m", HELLO, max_tokens=4).output_tokens > 0  # the server is still fine
 
 
+def test_a_stream_dropped_unread_ends_its_span_and_frees_its_connection(fresh, model_settings):
+    memory = _memory_spans(model_settings)
+    call = fresh.stream("gemma3-270m", HELLO, max_tokens=64)
+    resp = call._resp
+    del call  # a caller that failed before reading it
+    spans = [s for s in memory.get_finished_spans() if s.name == "chat gemma3-270m"]
+    assert spans and spans[-1].attributes["stratmaster.stream_closed_early"] is True
+    assert resp.completion_stream is None  # LiteLLM's close() lets go of the HTTP stream
+
+
 def test_stream_falls_back_to_the_other_local_model(fresh, model_settings):
     """smollm2's address points at a closed port: the Router falls back to gemma before streaming."""
     with socket.socket() as s:

@@ -493,6 +493,13 @@ class StreamedChat:
     def __enter__(self) -> StreamedChat:
         return self
 
+    def __del__(self) -> None:
+        # dropped unread (a caller that raised before reading it): free the connection and end the span now,
+        # not when the span's exporter never hears of it. One half read is closed by its generator's own end.
+        if not getattr(self, "_ended", True):
+            with contextlib.suppress(Exception):
+                self._end(GeneratorExit())
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
