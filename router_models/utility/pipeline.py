@@ -69,15 +69,22 @@ class PosteriorArtifacts:
     @property
     def checks(self) -> dict[str, bool]:
         """The asset checks' verdicts: r_hat <= 1.01, ESS_bulk >= 400, no divergences, calibration."""
-        d = self.fit.diagnostics
         share = float(self.calibration["calibrated"].mean()) if len(self.calibration) else float("nan")
         return {
-            "r_hat": d["r_hat_max"] <= 1.01,
-            "ess_bulk": d["ess_bulk_min"] >= 400,
-            "divergences": d["divergences"] == 0,
+            **convergence_checks(self.fit.diagnostics),
             # 90% intervals: with k cells, accept a calibrated share down to 0.9 - 3 binomial sd
             "calibration": share >= 0.9 - 3 * math.sqrt(0.09 / max(len(self.calibration), 1)),
         }
+
+
+def convergence_checks(d: dict) -> dict[str, bool]:
+    """The sampler's verdicts on a fit's diagnostics (summary.json's too): r_hat <= 1.01, ESS_bulk >= 400,
+    no divergences."""
+    return {
+        "r_hat": d["r_hat_max"] is not None and d["r_hat_max"] <= 1.01,
+        "ess_bulk": d["ess_bulk_min"] is not None and d["ess_bulk_min"] >= 400,
+        "divergences": d["divergences"] == 0,
+    }
 
 
 def _json_value(v):
@@ -159,9 +166,16 @@ def fit_posterior(
     return art
 
 
-def register_posterior(art: PosteriorArtifacts, url: str | None = None) -> str:
+def register_posterior(art: PosteriorArtifacts, url: str | None = None, allow_failed: bool = False) -> str:
     """Write the fit's summary to the registry and make it current (one transaction); when the current rows
-    follow from the same fit and lambdas (`registry_hash`), they stay current and their id is returned."""
+    follow from the same fit and lambdas (`registry_hash`), they stay current and their id is returned.
+    A fit that failed its checks (`art.checks`) is refused with a ValueError unless `allow_failed`: the
+    router and the service read the current rows as they are."""
+    failed = [name for name, ok in art.checks.items() if not ok]
+    if failed and not allow_failed:
+        raise ValueError(
+            f"utility fit {art.fit.fit_hash[:12]} failed its checks ({', '.join(failed)}): not registered"
+        )
     engine = registry_engine(url)
     try:
         current = current_fit_id(engine)
