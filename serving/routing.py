@@ -7,6 +7,7 @@ goes to a local catalog model and the decision says so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from router_models.router.rules import ModelInfo
 from router_models.router.signals import Constraints
 
 UNAVAILABLE = "not_callable"
+WINDOW = "context_window"  # the rule's name: the router's estimate passed, the model's own count did not
 PANEL_FALLBACK = "panel_fallback"
 
 
@@ -43,9 +45,18 @@ def prompt_of(messages: list[dict[str, Any]]) -> str:
 
 
 class ModelResolver:
-    def __init__(self, router: Router | None, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        router: Router | None,
+        catalog: Catalog,
+        count_tokens: Callable[[str, str], int | None] | None = None,
+    ) -> None:
+        """`count_tokens(model, prompt)`: the prompt's size by that model's own tokenizer, None where unknown
+        (`Gateway.own_prompt_tokens`). The router's tokenizer-free estimate gives a Chinese character one
+        token; SmolLM2's tokenizer gives it about two, so the router chose it for prompts it then refused."""
         self.router = router
         self.catalog = catalog
+        self.count_tokens = count_tokens
         # budget policies, calibrated once per fraction (a bisection over the reference predictions)
         self._budgets: dict[float, Budget] = {}
         if router is not None:  # the catalog is the authority on privacy and context windows
@@ -132,23 +143,49 @@ class ModelResolver:
                 c.allowed = False
                 c.excluded_by = UNAVAILABLE
                 c.reason = status.get(c.model) or f"{c.model} is not in the gateway's catalog"
+            elif c.allowed and (why := self._overflow(c.model, prompt, constraints)) is not None:
+                c.allowed = False
+                c.excluded_by = WINDOW
+                c.reason = why
         usable = [c for c in decision.candidates if c.allowed]  # candidates are sorted by utility
         if usable:
             if decision.model != usable[0].model:
                 best = usable[0].model
-                decision.explanation += f" The gateway cannot call {decision.model}; it calls {best}."
-                decision.binding = decision.binding or UNAVAILABLE
+                dropped = next((c for c in decision.candidates if c.model == decision.model), None)
+                if dropped is not None and dropped.excluded_by == WINDOW:
+                    decision.explanation += f" By its own tokenizer, {dropped.reason}; it calls {best}."
+                    decision.binding = decision.binding or WINDOW
+                else:
+                    decision.explanation += f" The gateway cannot call {decision.model}; it calls {best}."
+                    decision.binding = decision.binding or UNAVAILABLE
             decision.model = usable[0].model
             return Choice(decision.model, "router", _as_dict(decision))
         if panel_callable:  # callable panel models exist but rules or constraints exclude all of them
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
-        return self._local_fallback(decision)
+        return self._local_fallback(decision, prompt, constraints)
 
-    def _local_fallback(self, decision: Decision) -> Choice:
+    def _overflow(self, model: str, prompt: str, constraints: Constraints) -> str | None:
+        """Why `model` cannot take `prompt` by its own tokenizer's count (the gateway's window check), or None
+        where it can or no such count is at hand."""
+        if self.count_tokens is None or model not in self.catalog.names():
+            return None
+        window = self.catalog.get(model).context_window
+        if len(prompt.encode()) + 64 + constraints.expected_output_tokens <= window:
+            return None  # a token holds at least a byte: it fits, whatever the count (most prompts: 0.2 ms)
+        n = self.count_tokens(model, prompt)
+        if n is None:
+            return None
+        needed = n + constraints.expected_output_tokens
+        if needed <= window:
+            return None
+        return f"{model}'s context window ({window} tokens) is smaller than the {needed} tokens needed"
+
+    def _local_fallback(self, decision: Decision, prompt: str, constraints: Constraints) -> Choice:
         assert self.router is not None
         needed = int(decision.signals["tokens_needed"])  # the router computed the request's signals
         local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
         fits = [e for e in local if e.context_window >= needed]
+        fits = [e for e in fits if self._overflow(e.name, prompt, constraints) is None]  # its own count
         if not fits:
             raise RoutingError(
                 f"the router's panel has no model the gateway can call, and no local model fits the "

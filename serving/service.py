@@ -140,7 +140,7 @@ class StratMaster:
 
             self.registry_rows = pd.read_csv(self.art.registry_dir / "registry.csv")
             self.registry_fit = json.loads((self.art.registry_dir / "fit.json").read_text())
-        self.resolver = ModelResolver(self.router, self.gateway.catalog)
+        self.resolver = ModelResolver(self.router, self.gateway.catalog, self.gateway.own_prompt_tokens)
         logged = self.settings.prompt_log
         self._prompt_log = PromptLogWriter(self._open_prompt_log, PROMPT_LOG_QUEUE) if logged else None
         self._retriever: Any = None

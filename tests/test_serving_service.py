@@ -308,6 +308,21 @@ def test_route_policies_and_constraints(client):
     assert cands["gpt-4o"]["excluded_by"] == "local_only_requested"
 
 
+def test_a_prompt_the_models_own_tokenizer_finds_too_long_is_routed_to_one_it_fits(client):
+    """1,224 Chinese characters: the router's estimate (a token each, + 256 to generate) fits SmolLM2's
+    2,048-token window; SmolLM2's tokenizer counts about 2,000 and the gateway would refuse the call."""
+    prompt = "我们今天讨论了模型路由的成本和质量，以及如何在本地模型之间做出选择。" * 36
+    body = {"prompt": prompt, "constraints": {"privacy": "local_only"}}
+    r = client.post("/v1/route", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    routing = r.json()["routing"]
+    assert routing["signals"]["tokens_needed"] == len(prompt) + 256  # the estimate: it fits
+    cands = {c["model"]: c for c in routing["candidates"]}
+    assert cands["smollm2-135m"]["excluded_by"] == "context_window" and not cands["smollm2-135m"]["allowed"]
+    assert "smaller than the" in cands["smollm2-135m"]["reason"]
+    assert r.json()["model"] == "gemma3-270m" and cands["gemma3-270m"]["allowed"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [

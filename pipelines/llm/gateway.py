@@ -257,17 +257,30 @@ class Gateway:
         count (LiteLLM's tokenizer for a named model may be fetched from a hub: not on a request's path).
         gpt-3.5's count of a Chinese prompt was 2.5x Gemma's own: one filling 41% of its window was refused.
         """
-        vocab = None
-        if entry.is_local_server:
-            try:
-                path = vocab_file(entry, self.settings)
-                vocab = _vocab(str(path)) if path is not None else None
-            except Exception:  # noqa: BLE001 - an unreadable GGUF: the estimate, as for a remote model
-                vocab = None
+        own = self._own_tokens(entry, messages)
+        return int(litellm.token_counter(model="gpt-3.5-turbo", messages=messages)) if own is None else own
+
+    def _own_tokens(self, entry: ModelEntry, messages: list[dict[str, Any]]) -> int | None:
+        """The prompt's size by the model's own tokenizer; None where the gateway has none (a remote model, a
+        GGUF not at hand or unreadable)."""
+        if not entry.is_local_server:
+            return None
+        try:
+            path = vocab_file(entry, self.settings)
+            vocab = _vocab(str(path)) if path is not None else None
+        except Exception:  # noqa: BLE001 - an unreadable GGUF: the estimate, as for a remote model
+            return None
         if vocab is None:
-            return int(litellm.token_counter(model="gpt-3.5-turbo", messages=messages))
+            return None
         text = sum(len(vocab.tokenize(m["content"].encode(), add_bos=False, special=False)) for m in messages)
         return text + CHAT_TOKENS_PER_MESSAGE * (len(messages) + 1)  # each turn's markers, the reply's start
+
+    def own_prompt_tokens(self, model: str, prompt: str) -> int | None:
+        """`prompt` as one user message, counted by `model`'s own tokenizer (the count its window check uses);
+        None where the gateway has no such tokenizer: the router's estimate stands."""
+        if model not in self.catalog.names():
+            return None
+        return self._own_tokens(self.catalog.get(model), [{"role": "user", "content": prompt}])
 
     def chat(
         self,
