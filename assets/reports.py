@@ -38,8 +38,9 @@ def reports(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg
     bench = s.run_dir / "bench"
     reads += sorted(bench.glob("????-??-??")) + sorted(bench.glob("*.parquet"))
     env = s.as_env()  # the notebooks' Settings() are these, overrides included
-    fp = fingerprint(params, env, NOTEBOOKS_DIR, (s.run_dir / "router" / "current").resolve(), *reads,
-                     source_digest(REPO_ROOT / "pipelines" / "reports.py"))  # fmt: skip
+    # and the library the notebooks import (the posterior's summaries, plots, metrics): its code draws them
+    code = source_digest(REPO_ROOT / "pipelines", REPO_ROOT / "router_models", patterns=("*.py", "*.yaml"))
+    fp = fingerprint(params, env, NOTEBOOKS_DIR, (s.run_dir / "router" / "current").resolve(), *reads, code)
     done = recall(out / "fingerprint.json", fp)
     reused = done is not None and all(Path(r["html"]).exists() for r in done["reports"])
     if not reused:
