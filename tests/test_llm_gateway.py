@@ -147,19 +147,18 @@ def test_a_hanging_server_times_out_with_the_model_named(model_settings):
     assert time.perf_counter() - t0 < 15
 
 
-def test_an_upstream_error_that_quotes_the_prompt_reaches_no_message_or_span(model_settings):
-    """A 503 whose body quotes the request (as pydantic/FastAPI errors do) went verbatim into the error the
-    caller (a service's client) got, and into the span's status and an exception event with its stack."""
+@contextlib.contextmanager
+def _quoting_server(status: int):
+    """An HTTP server that answers every POST with `status` and an error body quoting the request, as
+    pydantic/FastAPI errors do."""
     import http.server
     import json
-
-    secret = "my SSN is 078-05-1120"
 
     class Quoting(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            out = json.dumps({"error": {"message": f"overloaded while serving {body.decode()}"}}).encode()
-            self.send_response(503)
+            out = json.dumps({"error": {"message": f"cannot serve {body.decode()}"}}).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
@@ -170,19 +169,40 @@ def test_an_upstream_error_that_quotes_the_prompt_reaches_no_message_or_span(mod
 
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quoting)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    entry = ModelEntry(name="quoting", litellm_model="hosted_vllm/quoting", provider="vllm", privacy="local",
-                       context_window=4096, cost_per_1k_input_usd=0.001, cost_per_1k_output_usd=0.001,
-                       api_base=f"http://127.0.0.1:{srv.server_address[1]}/v1")  # fmt: skip
-    gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=[entry]))
-    memory = _memory_spans(model_settings)
     try:
+        yield ModelEntry(
+            name="quoting", litellm_model="hosted_vllm/quoting", provider="vllm", privacy="local",
+            context_window=4096, cost_per_1k_input_usd=0.001, cost_per_1k_output_usd=0.001,
+            api_base=f"http://127.0.0.1:{srv.server_address[1]}/v1",
+        )  # fmt: skip
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("status", [413, 422])
+def test_a_request_the_server_cannot_process_is_refused_not_an_outage(model_settings, status):
+    """A 422 was 'answered 400' and a 413 a failed call (the service's client was told to retry later)."""
+    with _quoting_server(status) as entry:
+        gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=[entry]))
+        for stream in (False, True):
+            with pytest.raises(
+                GatewayError, match=f"quoting: request refused: the model server answered {status}$"
+            ):
+                gw.chat("quoting", HELLO, stream=stream)
+
+
+def test_an_upstream_error_that_quotes_the_prompt_reaches_no_message_or_span(model_settings):
+    """A 503 whose body quotes the request (as pydantic/FastAPI errors do) went verbatim into the error the
+    caller (a service's client) got, and into the span's status and an exception event with its stack."""
+    secret = "my SSN is 078-05-1120"
+    memory = _memory_spans(model_settings)
+    with _quoting_server(503) as entry:
+        gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=[entry]))
         for stream in (False, True):
             with pytest.raises(GatewayError) as e:
                 gw.chat("quoting", [{"role": "user", "content": f"Hello, {secret}."}], stream=stream)
             assert "quoting: call failed" in str(e.value) and "078-05-1120" not in str(e.value)
-    finally:
-        srv.shutdown()
-        srv.server_close()
     spans = [s for s in memory.get_finished_spans() if s.name == "chat quoting"]
     assert len(spans) == 2 and all(s.status.description for s in spans)
     assert "078-05-1120" not in "".join(s.to_json() for s in spans)

@@ -569,6 +569,9 @@ def _delta_text(chunk: Any) -> str | None:
     return delta.content if delta is not None else None
 
 
+REQUEST_FAULT_STATUSES = (400, 413, 422)
+
+
 def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError:
     """The caller-facing error for what LiteLLM raised: names the model and the cause."""
     if isinstance(e, GatewayError):
@@ -580,10 +583,11 @@ def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError
         sizes = re.search(r"(?:request \(|n_prompt_tokens\W+)(\d+).*?(?:size \(|n_ctx\W+)(\d+)", str(e))
         said = f"{sizes[1]} prompt tokens for a context of {sizes[2]}" if sizes else "the prompt does not fit"
         return GatewayError(f"{model}: context overflow: {said}")
-    if isinstance(e, litellm.exceptions.BadRequestError):
-        return GatewayError(f"{model}: request refused: the model server answered 400 (bad request)")
-    # nor the text of any other failure: an upstream's error body may quote the prompt; its type and status
     status = getattr(e, "status_code", None)
+    if isinstance(e, litellm.exceptions.BadRequestError) or status in REQUEST_FAULT_STATUSES:
+        # the request itself (a 422 from a validating server, a 413 body): another try will not help
+        return GatewayError(f"{model}: request refused: the model server answered {status or 400}")
+    # nor the text of any other failure: an upstream's error body may quote the prompt; its type and status
     cause = type(e).__name__ + (f", status {status}" if status else "")
     if isinstance(e, litellm.RouterRateLimitError):
         cause += ": benched after failing, as its fallbacks were"
