@@ -141,6 +141,36 @@ def test_changed_document_replaces_its_chunks_only(env):
     assert r.skipped and all(s["path"] != "sub/docs.jsonl:line 3" for s in r.skipped)
 
 
+class CommitAfterManifestRead(LocalStore):
+    """A real local store on which another ingest commits (and sweeps the old chunk objects) right after a
+    reader has read the manifest: `hook` runs once, between that read and the reader's next step."""
+
+    hook = None
+
+    def get(self, key: str) -> bytes:
+        data = super().get(key)
+        if key == MANIFEST and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return data
+
+
+def test_a_reader_whose_manifest_an_ingest_replaced_reads_the_new_corpus(env, tmp_path):
+    """load_chunks read the manifest, an ingest committed and deleted the chunks it named: KeyError."""
+    settings, corpus, _ = env
+    store = CommitAfterManifestRead(tmp_path / "racing_store")
+    ingest_corpus(settings, str(corpus), store=store)
+    (corpus / "page.html").write_text("<html><title>Graph page</title><body>Nebula at scale.</body></html>")
+    store.hook = lambda: ingest_corpus(settings, str(corpus), store=store)
+    chunks = load_chunks(settings, store)
+    assert store.hook is None  # the ingest ran in between
+    assert list(chunks[chunks.doc_id == "page.html"]["text"]) == ["Nebula at scale."]
+    assert chunks["chunk_id"].is_unique and "notes.txt" in set(chunks["doc_id"])
+    store.delete(next(iter(store.list(CHUNKS_PREFIX))))  # gone with no newer manifest: an error, not a retry
+    with pytest.raises(KeyError):
+        load_chunks(settings, store)
+
+
 class ManifestWriteFails(LocalStore):
     """A real local store whose manifest write fails: a run that dies after writing its chunks."""
 

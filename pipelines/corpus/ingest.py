@@ -3,7 +3,8 @@
 Layout in the store: `corpus/manifest.json` (what was ingested, with content hashes) and one parquet file of
 chunks per source file under `corpus/chunks/`, named by its content. The manifest is the commit point: a run
 writes new chunk objects next to the old ones, then the manifest, and only then deletes the objects no
-manifest names, so a run that dies on the way leaves the last manifest and every object it names. One run at a
+manifest names, so a run that dies on the way leaves the last manifest and every object it names (a reader
+that finds an object gone reads the manifest again: another run committed meanwhile). One run at a
 time: on a local store a second run raises `ConcurrentIngest` at once (a lock the OS frees when its holder
 ends). S3 has no lock, so there a run reads the manifest again just before it writes its own and raises
 `ConcurrentIngest`, committing nothing, when another run has committed since it started; two runs whose
@@ -351,12 +352,22 @@ def _problem_records(name: str, problems: list[str]) -> list[dict]:
     return [{"path": f"{name}:{p.split(': ')[0]}", "reason": p} for p in problems]  # "PMID:1: ..."
 
 
-def load_chunks(settings: Settings, store: ObjectStore | None = None) -> pd.DataFrame:
-    """All chunks currently in the store (one row per chunk, CHUNK_COLUMNS)."""
+def load_chunks(settings: Settings, store: ObjectStore | None = None, attempts: int = 5) -> pd.DataFrame:
+    """All chunks currently in the store (one row per chunk, CHUNK_COLUMNS). An ingest that commits while
+    this reads deletes the chunk objects the manifest read here named: an object gone under a manifest that
+    has since changed means reading the new one (up to `attempts` times); gone under the same manifest, it is
+    a KeyError."""
     store = store or open_store(settings)
-    manifest = _parse_manifest(_manifest_bytes(store))
-    keys = [f["chunk_key"] for f in manifest["files"].values() if f.get("chunk_key") and not f.get("skipped")]
-    parts = [_read_parquet(store, k) for k in keys]
+    for attempt in range(attempts):
+        raw = _manifest_bytes(store)
+        files = _parse_manifest(raw)["files"].values()
+        keys = [f["chunk_key"] for f in files if f.get("chunk_key") and not f.get("skipped")]
+        try:
+            parts = [_read_parquet(store, k) for k in keys]
+            break
+        except KeyError:
+            if attempt == attempts - 1 or _manifest_bytes(store) == raw:
+                raise
     if not parts:
         return pd.DataFrame(columns=CHUNK_COLUMNS)
     return pd.concat(parts, ignore_index=True).drop_duplicates("chunk_id", keep="last").reset_index(drop=True)
