@@ -257,8 +257,8 @@ def test_latency_p95_reads_while_calls_are_booked_from_other_threads(tmp_path: P
 
 
 def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(tmp_path: Path):
-    """Each llama.cpp vocabulary load points stdout and stderr at /dev/null while it runs: four threads at
-    once loaded the GGUF four times and left both pointing there."""
+    """Four threads at once loaded the GGUF four times (and, when a load still pointed stdout and stderr at
+    /dev/null, left both pointing there)."""
     import os
     import threading
 
@@ -282,3 +282,39 @@ def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(t
     assert len(set(counts)) == 1 and counts[0] > 8
     assert gateway_module._load_vocab.cache_info().misses == 1
     assert os.readlink("/proc/self/fd/2") == before
+
+
+def test_loading_a_tokenizer_leaves_the_process_output_alone(tmp_path: Path):
+    """`Llama(vocab_only=True, verbose=False)` pointed stdout and stderr at /dev/null while it loaded: what
+    other threads printed meanwhile was lost (and a test run's whole report once with it), and the load
+    printed llama.cpp's notes about the context it made."""
+    import os
+    import subprocess
+    import sys
+
+    from pipelines.settings import REPO_ROOT
+
+    code = """
+import threading, time
+from pipelines.llm.gateway import Gateway
+gw = Gateway()
+sizes = []
+load = threading.Thread(target=lambda: sizes.extend(
+    gw.own_prompt_tokens(m, "Hello there") for m in ("smollm2-135m", "gemma3-270m")))
+load.start()
+n = 0
+while load.is_alive() or n < 3:
+    print("tick", flush=True)
+    n += 1
+    time.sleep(0.001)
+print("printed", n, "sizes", *sizes, flush=True)
+"""
+    models = REPO_ROOT / "runs" / "models"  # where make setup put Gemma's joined GGUF
+    env = {**os.environ, "SM_RUN_DIR": str(tmp_path), "SM_MODEL_CACHE_DIR": str(models)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, env=env,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "printed" and out.stdout.count("tick") == int(last[1])
+    assert last[3] != "None"  # SmolLM2's own count
+    assert "llama_context" not in out.stderr and "control-looking" not in out.stderr, out.stderr[-2000:]

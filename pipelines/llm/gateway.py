@@ -168,19 +168,54 @@ CHAT_TOKENS_PER_MESSAGE = 8
 _VOCAB_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=8)
-def _load_vocab(path: str) -> Any:
-    import llama_cpp
+class _Vocab:
+    """A GGUF's tokenizer alone, through llama.cpp's C API: the vocabulary only (0.4 s, no weights), no
+    context, and nothing done to the process's output. `Llama(vocab_only=True, verbose=False)` pointed
+    stdout and stderr at /dev/null while it loaded: every thread's output was lost meanwhile, and a thread
+    that moved those descriptors during the load (pytest's capture does) found them moved back."""
 
-    vocab = llama_cpp.Llama(path, vocab_only=True, verbose=False)
-    atexit.register(vocab.close)  # before llama_cpp's module is torn down (its __del__ then failed)
+    def __init__(self, path: str) -> None:
+        import llama_cpp
+        import llama_cpp._logger  # its log callback prints to stderr what its logger's level lets through
+
+        log, level = llama_cpp._logger.logger, llama_cpp._logger.logger.level
+        # the loader's notes (Gemma's: "control-looking token ... not control-type") are no tokenizer's
+        # business; a file it cannot load is the ValueError below
+        log.setLevel(logging.CRITICAL)
+        try:
+            llama_cpp.llama_backend_init()
+            params = llama_cpp.llama_model_default_params()
+            params.vocab_only = True
+            self._model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+        finally:
+            log.setLevel(level)
+        self._lib = llama_cpp
+        if not self._model:
+            raise ValueError(f"llama.cpp could not read the vocabulary of {path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+
+    def count(self, text: str) -> int:
+        """Tokens in `text`, without BOS and with special-token text read as text (the server's count)."""
+        data = text.encode()
+        # with no room for tokens, llama_tokenize answers minus the number it would write
+        return abs(int(self._lib.llama_tokenize(self._vocab, data, len(data), None, 0, False, False)))
+
+    def close(self) -> None:
+        model, self._model = self._model, None
+        if model:
+            self._lib.llama_model_free(model)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_vocab(path: str) -> _Vocab:
+    vocab = _Vocab(path)
+    atexit.register(vocab.close)  # before llama_cpp's module is torn down
     return vocab
 
 
-def _vocab(path: str) -> Any:
-    """A local model's tokenizer alone (llama.cpp reads only the GGUF's vocabulary: 0.4 s, no weights). One
-    load at a time: each points the process's stdout and stderr at /dev/null while it runs, and two at once
-    left them there (and read the same file four times)."""
+def _vocab(path: str) -> _Vocab:
+    """A local model's tokenizer, loaded once per file (threads sizing their first prompts at once wait for
+    the one load)."""
     with _VOCAB_LOCK:
         return _load_vocab(path)
 
@@ -272,7 +307,7 @@ class Gateway:
             return None
         if vocab is None:
             return None
-        text = sum(len(vocab.tokenize(m["content"].encode(), add_bos=False, special=False)) for m in messages)
+        text = sum(vocab.count(m["content"]) for m in messages)
         return text + CHAT_TOKENS_PER_MESSAGE * (len(messages) + 1)  # each turn's markers, the reply's start
 
     def own_prompt_tokens(self, model: str, prompt: str) -> int | None:
