@@ -308,21 +308,6 @@ def test_route_policies_and_constraints(client):
     assert cands["gpt-4o"]["excluded_by"] == "local_only_requested"
 
 
-def test_a_prompt_the_models_own_tokenizer_finds_too_long_is_routed_to_one_it_fits(client):
-    """1,224 Chinese characters: the router's estimate (a token each, + 256 to generate) fits SmolLM2's
-    2,048-token window; SmolLM2's tokenizer counts about 2,000 and the gateway would refuse the call."""
-    prompt = "我们今天讨论了模型路由的成本和质量，以及如何在本地模型之间做出选择。" * 36
-    body = {"prompt": prompt, "constraints": {"privacy": "local_only"}}
-    r = client.post("/v1/route", json=body, headers=AUTH)
-    assert r.status_code == 200, r.text
-    routing = r.json()["routing"]
-    assert routing["signals"]["tokens_needed"] == len(prompt) + 256  # the estimate: it fits
-    cands = {c["model"]: c for c in routing["candidates"]}
-    assert cands["smollm2-135m"]["excluded_by"] == "context_window" and not cands["smollm2-135m"]["allowed"]
-    assert "smaller than the" in cands["smollm2-135m"]["reason"]
-    assert r.json()["model"] == "gemma3-270m" and cands["gemma3-270m"]["allowed"]
-
-
 @pytest.mark.parametrize(
     ("body", "status", "needle"),
     [
@@ -399,6 +384,34 @@ def test_a_panel_the_gateway_cannot_call_falls_back_to_a_local_model(shared_data
     assert choice.chosen_by == "panel_fallback" and choice.model in LOCAL
     assert choice.decision["binding"] == "panel_fallback"
     assert "has no model the gateway can call" in choice.decision["explanation"]
+
+
+def test_a_local_model_its_own_tokenizer_finds_too_small_is_not_chosen(shared_data, tmp_path):
+    """1,224 Chinese characters: the router's estimate (a token each, + 256 to generate) fits SmolLM2's
+    2,048-token window; SmolLM2's tokenizer counts about 2,000 and the gateway would refuse the call."""
+    from pipelines.llm.gateway import Gateway
+    from serving.routing import ModelResolver, RoutingError
+
+    router = load_router(_train(shared_data, tmp_path, CATALOG_PANEL))
+    gateway = Gateway(Settings(run_dir=tmp_path / "run"))
+    prompt = "我们今天讨论了模型路由的成本和质量，以及如何在本地模型之间做出选择。" * 36
+    # Gemma's recent p95 breaks the SLO: SmolLM2 is the one local candidate left
+    args = ("router", prompt, Constraints(privacy="local_only", latency_slo_s=5.0), {"gemma3-270m": 9.0})
+    estimated = ModelResolver(router, gateway.catalog).resolve(*args)
+    assert estimated.model == "smollm2-135m"  # by the estimate alone: a call the gateway refuses
+    assert estimated.decision["signals"]["tokens_needed"] == len(prompt) + 256
+    with pytest.raises(RoutingError) as e:
+        ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens).resolve(*args)
+    assert e.value.status == 422
+    cands = {c["model"]: c for c in e.value.decision["candidates"]}
+    assert cands["smollm2-135m"]["excluded_by"] == "context_window" and not cands["smollm2-135m"]["allowed"]
+    assert "smaller than the" in cands["smollm2-135m"]["reason"]
+    assert cands["gemma3-270m"]["excluded_by"] == "latency_slo"
+    # without the SLO, Gemma takes it wherever SmolLM2 ranked
+    choice = ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens).resolve(
+        "router", prompt, Constraints(privacy="local_only")
+    )
+    assert choice.model == "gemma3-270m"
 
 
 # -- tracing -----------------------------------------------------------------------------------------------
