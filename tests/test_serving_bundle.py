@@ -219,6 +219,13 @@ def test_a_real_bentoml_serve_answers_the_openai_sdk(served, built):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{served['base']}/v1", api_key="wrong", max_retries=0).models.list()
 
+    # BentoML's own client, as the README shows it: the typed method takes the request body as one argument
+    import bentoml
+
+    with bentoml.SyncHTTPClient(served["base"], token=KEY) as client:
+        decision = client.route({"prompt": PII_PROMPT})
+    assert decision["model"] in LOCAL and decision["routing"]["signals"]["pii"] is True
+
     # the artifacts are the models the Bento pins, found by tag (the served run dir is empty)
     auth = {"Authorization": f"Bearer {KEY}"}
     arts = httpx.get(f"{served['base']}/v1/artifacts", headers=auth).json()
