@@ -375,14 +375,15 @@ class Gateway:
             # read up to the first text here, so TTFT is the server's, not the consumer's pace of reading
             while head[-1] is not None and not _delta_text(head[-1]):
                 head.append(next(chunks, None))
-            ttft = time.perf_counter() - t0 if head[-1] is not None else None
+            head_s = time.perf_counter() - t0
+            ttft = head_s if head[-1] is not None else None
         except Exception as e:  # timeouts, connection errors, refusals, every fallback exhausted
             err = _failure(model, e)
             _span_error(span, err)
             span.end()
             raise err from None
         answered = self._answered(resp, entry)
-        return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft)
+        return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft, head_s)
 
     def _call(
         self,
@@ -408,9 +409,17 @@ class Gateway:
         return self._result(entry, resp, resp, latency, None)
 
     def _result(
-        self, requested: ModelEntry, source: Any, resp: Any, latency: float, ttft: float | None
+        self,
+        requested: ModelEntry,
+        source: Any,
+        resp: Any,
+        latency: float,
+        ttft: float | None,
+        booked_s: float | None = None,
     ) -> ChatResult:
-        """A ChatResult from a complete response; `source`, what LiteLLM returned, knows who answered."""
+        """A ChatResult from a complete response; `source`, what LiteLLM returned, knows who answered.
+        `booked_s`: the latency the router's rule books for the model, when not `latency` (a stream's time
+        waiting for the server: a client that reads slowly does not make the model slow)."""
         answered = self._answered(source, requested)
         usage = getattr(resp, "usage", None)
         in_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -419,7 +428,7 @@ class Gateway:
         cached = int(getattr(details, "cached_tokens", 0) or 0)
         now = time.monotonic()
         if answered == requested.name:
-            self._latencies[answered].append((now, latency))
+            self._latencies[answered].append((now, latency if booked_s is None else booked_s))
         else:  # it failed (or was benched): as slow as a request that timed out. The stand-in's time holds
             # that failure's (a 3 s hang booked to it would exclude it too): not its own, not booked
             self._latencies[requested.name].append((now, max(latency, self.settings.request_timeout_s)))
@@ -473,8 +482,9 @@ class Gateway:
 
     def recent_latency_p95(self, model: str) -> float | None:
         """p95 of this process's calls to `model` in the last LATENCY_WINDOW_S (its last 200 at most), for the
-        router's latency rule; a call it failed counts as one that timed out. None without such calls: the
-        router then uses the figure it was trained with, so a model that failed is tried again in time."""
+        router's latency rule; a call it failed counts as one that timed out, a streamed one as its time
+        waiting for the server (not its reader's pace). None without such calls: the router then uses the
+        figure it was trained with, so a model that failed is tried again in time."""
         since = time.monotonic() - LATENCY_WINDOW_S
         calls = tuple(self._latencies.get(model, ()))  # one C-level copy: other threads append meanwhile
         lat = sorted(s for t, s in calls if t >= since)
@@ -501,12 +511,15 @@ class StreamedChat:
         head: list[Any],
         t0: float,
         ttft_s: float | None,
+        head_s: float,
     ) -> None:
         self.model = answered
         self.requested_model = entry.name
         self.fallback_used = answered != entry.name
         self.result: ChatResult | None = None
         self.ttft_s = ttft_s  # up to the first text chunk, read by Gateway.stream (None: no text at all)
+        # the time spent waiting for the server (the head, then each chunk), without the reader's own pace
+        self._server_s = head_s
         self._gateway, self._entry, self._messages = gateway, entry, messages
         self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
         self._gen: Generator[str, None, None] | None = None
@@ -566,14 +579,18 @@ class StreamedChat:
                     chunk = head.pop(0)
                     continue
                 try:
+                    waited = time.perf_counter()
                     chunk = next(self._chunks, None)
+                    self._server_s += time.perf_counter() - waited
                 except Exception as e:
                     raise _failure(self.requested_model, e, midway=True) from None
             latency = time.perf_counter() - self._t0
             built = litellm.stream_chunk_builder(chunks, messages=self._messages)
             if built is None or not built.choices:
                 raise GatewayError(f"{self.requested_model}: the server returned no choices")
-            self.result = self._gateway._result(self._entry, self._resp, built, latency, self.ttft_s)
+            self.result = self._gateway._result(
+                self._entry, self._resp, built, latency, self.ttft_s, booked_s=self._server_s
+            )
         except BaseException as e:  # GeneratorExit too: the consumer stopped reading (client gone)
             outcome = e
             raise
