@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.llm.catalog import Catalog
-from router_models.router.decision import Decision
+from pipelines.llm.gateway import CHAT_TOKENS_PER_MESSAGE
+from router_models.router.decision import Decision, explain
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.router import Router
 from router_models.router.rules import ModelInfo
@@ -107,10 +108,12 @@ class ModelResolver:
         prompt: str,
         constraints: Constraints,
         p95: dict[str, float] | None = None,
+        turns: int = 1,
     ) -> Choice:
+        """`turns`: how many messages `prompt` joins (prompt_of), for the window check's count."""
         if model == "router" or model.startswith("router:"):
             policy_name = model.partition(":")[2] or None
-            return self.route(prompt, constraints, policy_name, p95)
+            return self.route(prompt, constraints, policy_name, p95, turns)
         if model not in self.catalog.names():
             raise RoutingError(
                 f"unknown model {model!r}; use 'router', 'router:<policy>' or one of: "
@@ -128,6 +131,7 @@ class ModelResolver:
         constraints: Constraints,
         policy_name: str | None = None,
         p95: dict[str, float] | None = None,
+        turns: int = 1,
     ) -> Choice:
         if self.router is None:
             # this service's configuration, not an outage: a 404 (OpenAI's model_not_found), no retry
@@ -138,59 +142,77 @@ class ModelResolver:
         decision = self.router.route(prompt, constraints, policy, p95)
         status = self.callable_models()
         panel_callable = [m for m in self.router.models if status.get(m, "x") is None]
+        dropped = []  # candidates the router allowed and this service cannot use, best first
         for c in decision.candidates:
             if c.allowed and status.get(c.model, "x") is not None:
-                c.allowed = False
-                c.excluded_by = UNAVAILABLE
+                c.allowed, c.excluded_by = False, UNAVAILABLE
                 c.reason = status.get(c.model) or f"{c.model} is not in the gateway's catalog"
+                dropped.append(c)
         for c in decision.candidates:  # best first; a count costs up to ms: only until one fits
-            if c.allowed and (why := self._overflow(c.model, prompt, constraints)) is None:
+            if not c.allowed:
+                continue
+            why = self._overflow(c.model, prompt, constraints, turns)
+            if why is None:
                 break
-            if c.allowed:
-                c.allowed, c.excluded_by, c.reason = False, WINDOW, why
+            c.allowed, c.excluded_by, c.reason = False, WINDOW, why
+            dropped.append(c)
         usable = [c for c in decision.candidates if c.allowed]  # candidates are sorted by utility
         if usable:
-            if decision.model != usable[0].model:
-                best = usable[0].model
-                dropped = next((c for c in decision.candidates if c.model == decision.model), None)
-                if dropped is not None and dropped.excluded_by == WINDOW:
-                    decision.explanation += f" By its own tokenizer, {dropped.reason}; it calls {best}."
-                    decision.binding = decision.binding or WINDOW
-                else:
-                    decision.explanation += f" The gateway cannot call {decision.model}; it calls {best}."
-                    decision.binding = decision.binding or UNAVAILABLE
-            decision.model = usable[0].model
+            best = usable[0]
+            if decision.model != best.model:  # the router's choice was dropped here: say why, each one above
+                rank = decision.candidates.index
+                above = [c for c in dropped if rank(c) < rank(best)] or dropped
+                said = "; ".join(
+                    f"by its own tokenizer, {c.reason}" if c.excluded_by == WINDOW
+                    else f"the gateway cannot call {c.model}"
+                    for c in sorted(above, key=rank)
+                )  # fmt: skip
+                decision.explanation += f" But {said}; it calls {best.model}."
+                decision.binding = decision.binding or above[0].excluded_by
+            decision.model = best.model
             return Choice(decision.model, "router", _as_dict(decision))
         if panel_callable:  # callable panel models exist but rules or constraints exclude all of them
+            if decision.model is not None:  # the router's choice was dropped here, every other too: say so
+                decision.model, decision.binding = None, decision.binding or dropped[0].excluded_by
+                decision.explanation = explain(None, None, None, decision.policy, 0, decision.candidates)
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
-        return self._local_fallback(decision, prompt, constraints)
+        return self._local_fallback(decision, prompt, constraints, turns)
 
-    def _overflow(self, model: str, prompt: str, constraints: Constraints) -> str | None:
-        """Why `model` cannot take `prompt` by its own tokenizer's count (the gateway's window check), or None
-        where it can or no such count is at hand."""
+    def _overflow(self, model: str, prompt: str, constraints: Constraints, turns: int = 1) -> str | None:
+        """Why `model` cannot take `prompt` (`turns` messages joined by prompt_of) by its own tokenizer's
+        count, as the gateway's window check counts, or None where it can or no such count is at hand."""
         if self.count_tokens is None or model not in self.catalog.names():
             return None
         window = self.catalog.get(model).context_window
-        if _token_bound(prompt) + 64 + constraints.expected_output_tokens <= window:
+        markers = CHAT_TOKENS_PER_MESSAGE * (turns - 1)  # the gateway counts each turn's; one is in the count
+        if _token_bound(prompt) + 64 + markers + constraints.expected_output_tokens <= window:
             return None  # it fits, whatever the count: no tokenizing (1-2 ms for 3,000 characters)
         n = self.count_tokens(model, prompt)
         if n is None:
             return None
-        needed = n + constraints.expected_output_tokens
+        needed = n + markers + constraints.expected_output_tokens
         if needed <= window:
             return None
         return f"{model}'s context window ({window} tokens) is smaller than the {needed} tokens needed"
 
-    def _local_fallback(self, decision: Decision, prompt: str, constraints: Constraints) -> Choice:
+    def _local_fallback(
+        self, decision: Decision, prompt: str, constraints: Constraints, turns: int = 1
+    ) -> Choice:
         assert self.router is not None
         needed = int(decision.signals["tokens_needed"])  # the router computed the request's signals
         local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
-        fits = [e for e in local if e.context_window >= needed]
-        fits = [e for e in fits if self._overflow(e.name, prompt, constraints) is None]  # its own count
+        why: dict[str, str | None] = {}
+        for e in local:  # the router's estimate, then the model's own count
+            if e.context_window < needed:
+                why[e.name] = f"{e.name}'s window ({e.context_window} tokens) is under the {needed} needed"
+            else:
+                why[e.name] = self._overflow(e.name, prompt, constraints, turns)
+        fits = [e for e in local if why[e.name] is None]
         if not fits:
+            said = "; ".join(w for w in why.values() if w) or "none is available"
             raise RoutingError(
-                f"the router's panel has no model the gateway can call, and no local model fits the "
-                f"{needed} tokens this request needs",
+                f"the router's panel has no model the gateway can call, and no local model can take this "
+                f"request: {said}",
                 status=422,
                 decision=_as_dict(decision),
             )

@@ -181,11 +181,12 @@ class StratMaster:
                 out[m] = p
         return out
 
-    async def _choose(self, model: str, prompt: str, constraints: Any) -> Choice:
+    async def _choose(self, model: str, prompt: str, constraints: Any, turns: int = 1) -> Choice:
         with route_span(model) as span:
             try:
-                args = (model, prompt, constraints, self._p95())
-                if len(prompt) <= INLINE_ROUTE_CHARS:
+                args = (model, prompt, constraints, self._p95(), turns)
+                # in bytes: a long Chinese prompt may be tokenized for the window check (ms), off the loop
+                if len(prompt.encode()) <= INLINE_ROUTE_CHARS:
                     choice = self.resolver.resolve(*args)
                 else:
                     choice = await run_in_threadpool(self.resolver.resolve, *args)
@@ -267,7 +268,7 @@ class StratMaster:
             rs.span.set_attribute("stratmaster.stream", bool(req.stream))
             messages = req.message_dicts()
             prompt = prompt_of(messages)
-            choice = await self._choose(req.model, prompt, req.routing_constraints())
+            choice = await self._choose(req.model, prompt, req.routing_constraints(), len(req.messages))
             temperature, options = req.sampling()
             if req.stream:  # the gateway's `chat <model>` span is this request span's child
                 from serving.sse import chat_response
@@ -322,7 +323,7 @@ class StratMaster:
     async def _route(self, req: RouteRequest) -> RouteDecision:
         messages = [m.model_dump() for m in req.messages or []]
         prompt = req.prompt if req.prompt is not None else prompt_of(messages)
-        choice = await self._choose(req.model, prompt, req.constraints)
+        choice = await self._choose(req.model, prompt, req.constraints, max(len(messages), 1))
         assert choice.decision is not None  # RouteRequest admits only router models: the router decided
         return RouteDecision(model=choice.model, chosen_by=choice.chosen_by, routing=choice.decision)
 

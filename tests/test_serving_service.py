@@ -402,11 +402,21 @@ def test_a_local_model_its_own_tokenizer_finds_too_small_is_not_chosen(shared_da
     assert estimated.decision["signals"]["tokens_needed"] == len(prompt) + 256
     with pytest.raises(RoutingError) as e:
         ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens).resolve(*args)
-    assert e.value.status == 422
+    assert e.value.status == 422 and e.value.decision["model"] is None
+    assert str(e.value).startswith("No model can take this request") and "context_window: " in str(e.value)
     cands = {c["model"]: c for c in e.value.decision["candidates"]}
     assert cands["smollm2-135m"]["excluded_by"] == "context_window" and not cands["smollm2-135m"]["allowed"]
     assert "smaller than the" in cands["smollm2-135m"]["reason"]
     assert cands["gemma3-270m"]["excluded_by"] == "latency_slo"
+    # 30 turns of 34 characters: fits as one message; the gateway counts each turn's markers too
+    from serving.routing import prompt_of
+
+    sentence = "我们今天讨论了模型路由的成本和质量，以及如何在本地模型之间做出选择。"
+    turns = prompt_of([{"role": "user", "content": sentence}] * 30)
+    counted = ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens)
+    assert counted.resolve("router", turns, *args[2:]).model == "smollm2-135m"
+    with pytest.raises(RoutingError, match="context_window"):
+        counted.resolve("router", turns, *args[2:], turns=30)
     # without the SLO, Gemma takes it wherever SmolLM2 ranked
     choice = ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens).resolve(
         "router", prompt, Constraints(privacy="local_only")
