@@ -39,6 +39,7 @@ from pipelines.llm.weights import vocab_file
 from pipelines.settings import Settings
 from pipelines.tracing import tracer
 
+log = logging.getLogger(__name__)
 litellm.suppress_debug_info = True
 logging.getLogger("LiteLLM").setLevel(logging.ERROR)  # register_model warns about cache prices we do not use
 # the Router logs each failed fallback at ERROR with the upstream's text, which may quote the prompt (a log
@@ -196,6 +197,8 @@ class _Vocab:
 
     def count(self, text: str) -> int:
         """Tokens in `text`, without BOS and with special-token text read as text (the server's count)."""
+        if not self._model:
+            raise ValueError("this tokenizer is closed")
         data = text.encode()
         # with no room for tokens, llama_tokenize answers minus the number it would write
         return abs(int(self._lib.llama_tokenize(self._vocab, data, len(data), None, 0, False, False)))
@@ -207,15 +210,19 @@ class _Vocab:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_vocab(path: str) -> _Vocab:
-    vocab = _Vocab(path)
+def _load_vocab(path: str) -> _Vocab | None:
+    try:
+        vocab = _Vocab(path)
+    except Exception as e:  # noqa: BLE001 - an unreadable GGUF: None, remembered (not a load per request)
+        log.warning("cannot read the tokenizer of %s (%s): prompts for it are sized by estimate", path, e)
+        return None
     atexit.register(vocab.close)  # before llama_cpp's module is torn down
     return vocab
 
 
-def _vocab(path: str) -> _Vocab:
+def _vocab(path: str) -> _Vocab | None:
     """A local model's tokenizer, loaded once per file (threads sizing their first prompts at once wait for
-    the one load)."""
+    the one load); None when the file cannot be read."""
     with _VOCAB_LOCK:
         return _load_vocab(path)
 
@@ -303,7 +310,7 @@ class Gateway:
         try:
             path = vocab_file(entry, self.settings)
             vocab = _vocab(str(path)) if path is not None else None
-        except Exception:  # noqa: BLE001 - an unreadable GGUF: the estimate, as for a remote model
+        except Exception:  # noqa: BLE001 - a GGUF it cannot find: the estimate, as for a remote model
             return None
         if vocab is None:
             return None
@@ -415,11 +422,10 @@ class Gateway:
         resp: Any,
         latency: float,
         ttft: float | None,
-        booked_s: float | None = None,
+        book: bool = True,
     ) -> ChatResult:
         """A ChatResult from a complete response; `source`, what LiteLLM returned, knows who answered.
-        `booked_s`: the latency the router's rule books for the model, when not `latency` (a stream's time
-        waiting for the server: a client that reads slowly does not make the model slow)."""
+        `book=False`: the latency is not the model's to book (a stream its reader held up)."""
         answered = self._answered(source, requested)
         usage = getattr(resp, "usage", None)
         in_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -428,7 +434,8 @@ class Gateway:
         cached = int(getattr(details, "cached_tokens", 0) or 0)
         now = time.monotonic()
         if answered == requested.name:
-            self._latencies[answered].append((now, latency if booked_s is None else booked_s))
+            if book:
+                self._latencies[answered].append((now, latency))
         else:  # it failed (or was benched): as slow as a request that timed out. The stand-in's time holds
             # that failure's (a 3 s hang booked to it would exclude it too): not its own, not booked
             self._latencies[requested.name].append((now, max(latency, self.settings.request_timeout_s)))
@@ -482,9 +489,9 @@ class Gateway:
 
     def recent_latency_p95(self, model: str) -> float | None:
         """p95 of this process's calls to `model` in the last LATENCY_WINDOW_S (its last 200 at most), for the
-        router's latency rule; a call it failed counts as one that timed out, a streamed one as its time
-        waiting for the server (not its reader's pace). None without such calls: the router then uses the
-        figure it was trained with, so a model that failed is tried again in time."""
+        router's latency rule; a call it failed counts as one that timed out, a stream its reader held up
+        not at all. None without such calls: the router then uses the figure it was trained with, so a
+        model that failed is tried again in time."""
         since = time.monotonic() - LATENCY_WINDOW_S
         calls = tuple(self._latencies.get(model, ()))  # one C-level copy: other threads append meanwhile
         lat = sorted(s for t, s in calls if t >= since)
@@ -518,7 +525,7 @@ class StreamedChat:
         self.fallback_used = answered != entry.name
         self.result: ChatResult | None = None
         self.ttft_s = ttft_s  # up to the first text chunk, read by Gateway.stream (None: no text at all)
-        # the time spent waiting for the server (the head, then each chunk), without the reader's own pace
+        # the time spent waiting for the server (the head, then each chunk): the rest is the reader's
         self._server_s = head_s
         self._gateway, self._entry, self._messages = gateway, entry, messages
         self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
@@ -588,9 +595,10 @@ class StreamedChat:
             built = litellm.stream_chunk_builder(chunks, messages=self._messages)
             if built is None or not built.choices:
                 raise GatewayError(f"{self.requested_model}: the server returned no choices")
-            self.result = self._gateway._result(
-                self._entry, self._resp, built, latency, self.ttft_s, booked_s=self._server_s
-            )
+            # a reader slower than the server holds the stream up: chunks wait in the buffer and the time
+            # says nothing of the model (its server pace is not in what LiteLLM passes on): not booked
+            kept_up = latency - self._server_s <= max(0.05, 0.1 * latency)
+            self.result = self._gateway._result(self._entry, self._resp, built, latency, self.ttft_s, kept_up)
         except BaseException as e:  # GeneratorExit too: the consumer stopped reading (client gone)
             outcome = e
             raise
