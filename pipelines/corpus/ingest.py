@@ -358,6 +358,7 @@ def load_chunks(settings: Settings, store: ObjectStore | None = None, attempts: 
     has since changed means reading the new one (up to `attempts` times); gone under the same manifest, it is
     a KeyError."""
     store = store or open_store(settings)
+    attempts = max(attempts, 1)
     for attempt in range(attempts):
         raw = _manifest_bytes(store)
         files = _parse_manifest(raw)["files"].values()

@@ -69,12 +69,14 @@ class PosteriorArtifacts:
     @property
     def checks(self) -> dict[str, bool]:
         """The asset checks' verdicts: r_hat <= 1.01, ESS_bulk >= 400, no divergences, calibration."""
-        share = float(self.calibration["calibrated"].mean()) if len(self.calibration) else float("nan")
-        return {
-            **convergence_checks(self.fit.diagnostics),
-            # 90% intervals: with k cells, accept a calibrated share down to 0.9 - 3 binomial sd
-            "calibration": share >= 0.9 - 3 * math.sqrt(0.09 / max(len(self.calibration), 1)),
-        }
+        calibration = calibration_check(self.calibration)
+        return {**convergence_checks(self.fit.diagnostics), "calibration": calibration}
+
+
+def calibration_check(calibration: pd.DataFrame) -> bool:
+    """90% intervals: with k cells, a calibrated share down to 0.9 - 3 binomial sd passes."""
+    share = float(calibration["calibrated"].mean()) if len(calibration) else float("nan")
+    return share >= 0.9 - 3 * math.sqrt(0.09 / max(len(calibration), 1))
 
 
 def convergence_checks(d: dict) -> dict[str, bool]:
