@@ -142,7 +142,7 @@ class ModelResolver:
         decision = self.router.route(prompt, constraints, policy, p95)
         status = self.callable_models()
         panel_callable = [m for m in self.router.models if status.get(m, "x") is None]
-        dropped = []  # candidates the router allowed and this service cannot use, best first
+        dropped = []  # candidates the router allowed and this service cannot use
         for c in decision.candidates:
             if c.allowed and status.get(c.model, "x") is not None:
                 c.allowed, c.excluded_by = False, UNAVAILABLE
@@ -156,25 +156,28 @@ class ModelResolver:
                 break
             c.allowed, c.excluded_by, c.reason = False, WINDOW, why
             dropped.append(c)
+        rank = decision.candidates.index
+        dropped.sort(key=rank)  # the router's choice first, when it is among them
         usable = [c for c in decision.candidates if c.allowed]  # candidates are sorted by utility
         if usable:
             best = usable[0]
             if decision.model != best.model:  # the router's choice was dropped here: say why, each one above
-                rank = decision.candidates.index
-                above = [c for c in dropped if rank(c) < rank(best)] or dropped
-                said = "; ".join(
-                    f"by its own tokenizer, {c.reason}" if c.excluded_by == WINDOW
-                    else f"the gateway cannot call {c.model}"
-                    for c in sorted(above, key=rank)
-                )  # fmt: skip
-                decision.explanation += f" But {said}; it calls {best.model}."
-                decision.binding = decision.binding or above[0].excluded_by
+                above = [c for c in dropped if rank(c) < rank(best)]
+                if decision.binding is None:  # "no rule bound the choice" no longer holds: say it anew
+                    described = (policy or self.router.policy).describe()
+                    text = explain(best, above[0], above[0], described, len(usable))
+                    said = [f"{c.model} ({c.excluded_by}: {c.reason})" for c in above[1:]]
+                    decision.explanation = text + (f" Also out: {'; '.join(said)}." if said else "")
+                    decision.binding = above[0].excluded_by
+                else:  # the router's own binding stays; what this service dropped follows
+                    said = [f"{c.model} is out ({c.excluded_by}: {c.reason})" for c in above]
+                    decision.explanation += f" But {'; '.join(said)}; it calls {best.model}."
             decision.model = best.model
             return Choice(decision.model, "router", _as_dict(decision))
         if panel_callable:  # callable panel models exist but rules or constraints exclude all of them
             if decision.model is not None:  # the router's choice was dropped here, every other too: say so
                 decision.model, decision.binding = None, decision.binding or dropped[0].excluded_by
-                decision.explanation = explain(None, None, None, decision.policy, 0, decision.candidates)
+                decision.explanation = explain(None, None, None, "", 0, decision.candidates)
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
         return self._local_fallback(decision, prompt, constraints, turns)
 
@@ -183,6 +186,7 @@ class ModelResolver:
         count, as the gateway's window check counts, or None where it can or no such count is at hand."""
         if self.count_tokens is None or model not in self.catalog.names():
             return None
+        turns = max(turns, 1)
         window = self.catalog.get(model).context_window
         markers = CHAT_TOKENS_PER_MESSAGE * (turns - 1)  # the gateway counts each turn's; one is in the count
         if _token_bound(prompt) + 64 + markers + constraints.expected_output_tokens <= window:
@@ -210,12 +214,12 @@ class ModelResolver:
         fits = [e for e in local if why[e.name] is None]
         if not fits:
             said = "; ".join(w for w in why.values() if w) or "none is available"
-            raise RoutingError(
-                f"the router's panel has no model the gateway can call, and no local model can take this "
-                f"request: {said}",
-                status=422,
-                decision=_as_dict(decision),
+            decision.model, decision.binding = None, decision.binding or UNAVAILABLE
+            decision.explanation = (
+                f"The router's panel has no model the gateway can call, and no local model can take this "
+                f"request: {said}."
             )
+            raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
         pick = fits[0].name
         decision.explanation = (
             f"The router's panel ({', '.join(self.router.models)}) has no model the gateway can call "

@@ -376,7 +376,7 @@ def test_typed_bentoml_rag_refuses_without_an_index(client):
 
 
 def test_a_panel_the_gateway_cannot_call_falls_back_to_a_local_model(shared_data, tmp_path):
-    from serving.routing import ModelResolver
+    from serving.routing import ModelResolver, RoutingError
 
     router = load_router(_train(shared_data, tmp_path, None, per_task=6))
     resolver = ModelResolver(router, load_catalog())
@@ -384,6 +384,12 @@ def test_a_panel_the_gateway_cannot_call_falls_back_to_a_local_model(shared_data
     assert choice.chosen_by == "panel_fallback" and choice.model in LOCAL
     assert choice.decision["binding"] == "panel_fallback"
     assert "has no model the gateway can call" in choice.decision["explanation"]
+    # no local model takes 3,000 words either: a 422 whose decision chose nothing and says why, per model
+    with pytest.raises(RoutingError) as e:
+        resolver.resolve("router", "word " * 3000, Constraints())
+    assert e.value.status == 422 and e.value.decision["model"] is None
+    assert e.value.decision["explanation"] == str(e.value)
+    assert all(f"{m}'s window (2048 tokens) is under the" in str(e.value) for m in LOCAL)
 
 
 def test_a_local_model_its_own_tokenizer_finds_too_small_is_not_chosen(shared_data, tmp_path):
@@ -417,6 +423,14 @@ def test_a_local_model_its_own_tokenizer_finds_too_small_is_not_chosen(shared_da
     assert counted.resolve("router", turns, *args[2:]).model == "smollm2-135m"
     with pytest.raises(RoutingError, match="context_window"):
         counted.resolve("router", turns, *args[2:], turns=30)
+    # remote models allowed but not callable (no key), Gemma too slow, SmolLM2 too small: the router's own
+    # choice is dropped first, and the 422 says every reason
+    with pytest.raises(RoutingError) as e:
+        ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens).resolve(
+            "router", prompt, Constraints(latency_slo_s=5.0), {"gemma3-270m": 9.0}
+        )
+    assert e.value.decision["model"] is None and e.value.decision["binding"] == "not_callable"
+    assert all(rule in str(e.value) for rule in ("not_callable", "latency_slo", "context_window"))
     # without the SLO, Gemma takes it wherever SmolLM2 ranked
     choice = ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens).resolve(
         "router", prompt, Constraints(privacy="local_only")
