@@ -542,17 +542,17 @@ def test_a_stream_dropped_unread_ends_its_span_and_frees_its_connection(fresh, m
 
 
 def test_a_slow_reader_does_not_make_the_model_slow_to_the_latency_rule(local_servers, model_settings):
-    """A streamed call's whole time was booked to the model: a client reading 50 ms a delta made a model
+    """A streamed call's whole time was booked to the model: a client reading 250 ms a delta made a model
     that answers in well under a second look slow enough to break a latency SLO. Such a call is not booked
-    (its server's pace is unknown: the chunks waited in the buffer); one read as it comes is."""
+    (its last chunks waited in the buffer: the server's pace is unknown); one read as it comes is."""
     gw = Gateway(model_settings, local_servers)  # a gateway of its own: no other call booked
     story = [{"role": "user", "content": "Tell me a long story about a dragon who learns to read."}]
-    with gw.stream("smollm2-135m", story, max_tokens=24) as call:
+    with gw.stream("smollm2-135m", story, max_tokens=12) as call:
         for _ in call:
-            time.sleep(0.05)
-    assert call.result is not None and call.result.output_tokens >= 10 and call.result.latency_s > 1.2
+            time.sleep(0.25)  # 12 tokens take the server well under a second, even on a busy machine
+    assert call.result is not None and call.result.output_tokens >= 8
     assert gw.recent_latency_p95("smollm2-135m") is None
-    read = gw.chat("smollm2-135m", story, max_tokens=24)  # streamed too, read as it comes
+    read = gw.chat("smollm2-135m", story, max_tokens=12)  # streamed too, read as it comes
     assert gw.recent_latency_p95("smollm2-135m") == read.latency_s
 
 

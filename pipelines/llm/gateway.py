@@ -382,15 +382,14 @@ class Gateway:
             # read up to the first text here, so TTFT is the server's, not the consumer's pace of reading
             while head[-1] is not None and not _delta_text(head[-1]):
                 head.append(next(chunks, None))
-            head_s = time.perf_counter() - t0
-            ttft = head_s if head[-1] is not None else None
+            ttft = time.perf_counter() - t0 if head[-1] is not None else None
         except Exception as e:  # timeouts, connection errors, refusals, every fallback exhausted
             err = _failure(model, e)
             _span_error(span, err)
             span.end()
             raise err from None
         answered = self._answered(resp, entry)
-        return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft, head_s)
+        return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft)
 
     def _call(
         self,
@@ -518,15 +517,15 @@ class StreamedChat:
         head: list[Any],
         t0: float,
         ttft_s: float | None,
-        head_s: float,
     ) -> None:
         self.model = answered
         self.requested_model = entry.name
         self.fallback_used = answered != entry.name
         self.result: ChatResult | None = None
         self.ttft_s = ttft_s  # up to the first text chunk, read by Gateway.stream (None: no text at all)
-        # the time spent waiting for the server (the head, then each chunk): the rest is the reader's
-        self._server_s = head_s
+        # (time waiting for the server, time the reader spent before asking) of the last few text chunks
+        self._paces: deque[tuple[float, float]] = deque(maxlen=4)
+        self._returned = time.perf_counter()
         self._gateway, self._entry, self._messages = gateway, entry, messages
         self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
         self._gen: Generator[str, None, None] | None = None
@@ -586,18 +585,22 @@ class StreamedChat:
                     chunk = head.pop(0)
                     continue
                 try:
-                    waited = time.perf_counter()
+                    asked = time.perf_counter()
                     chunk = next(self._chunks, None)
-                    self._server_s += time.perf_counter() - waited
+                    returned, reading = time.perf_counter(), asked - self._returned
+                    if chunk is not None and _delta_text(chunk):
+                        self._paces.append((returned - asked, reading))
+                    self._returned = returned
                 except Exception as e:
                     raise _failure(self.requested_model, e, midway=True) from None
             latency = time.perf_counter() - self._t0
             built = litellm.stream_chunk_builder(chunks, messages=self._messages)
             if built is None or not built.choices:
                 raise GatewayError(f"{self.requested_model}: the server returned no choices")
-            # a reader slower than the server holds the stream up: chunks wait in the buffer and the time
-            # says nothing of the model (its server pace is not in what LiteLLM passes on): not booked
-            kept_up = latency - self._server_s <= max(0.05, 0.1 * latency)
+            # a reader slower than the server finds its last chunks waiting in the buffer (it waits less for
+            # them than it spends on each): the time is the reader's, not the model's, and llama-server's
+            # own timings are not in what LiteLLM passes on
+            kept_up = sum(w for w, _ in self._paces) >= sum(r for _, r in self._paces)
             self.result = self._gateway._result(self._entry, self._resp, built, latency, self.ttft_s, kept_up)
         except BaseException as e:  # GeneratorExit too: the consumer stopped reading (client gone)
             outcome = e
