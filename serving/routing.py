@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from pipelines.llm.catalog import Catalog
-from pipelines.llm.gateway import CHAT_TOKENS_PER_MESSAGE
 from router_models.router.decision import Decision, explain
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.router import Router
@@ -50,11 +50,12 @@ class ModelResolver:
         self,
         router: Router | None,
         catalog: Catalog,
-        count_tokens: Callable[[str, str], int | None] | None = None,
+        count_tokens: Callable[[str, str, int], int | None] | None = None,
     ) -> None:
-        """`count_tokens(model, prompt)`: the prompt's size by that model's own tokenizer, None where unknown
-        (`Gateway.own_prompt_tokens`). The router's tokenizer-free estimate gives a Chinese character one
-        token; SmolLM2's tokenizer gives it about two, so the router chose it for prompts it then refused."""
+        """`count_tokens(model, prompt, turns)`: what the gateway's window check counts for the prompt, by
+        that model's own tokenizer; None where unknown (`Gateway.own_prompt_tokens`). The router's
+        tokenizer-free estimate gives a Chinese character one token, SmolLM2's tokenizer about two: the
+        router chose it for prompts it then refused."""
         self.router = router
         self.catalog = catalog
         self.count_tokens = count_tokens
@@ -148,10 +149,11 @@ class ModelResolver:
                 c.allowed, c.excluded_by = False, UNAVAILABLE
                 c.reason = status.get(c.model) or f"{c.model} is not in the gateway's catalog"
                 dropped.append(c)
+        size = _Size(prompt, turns)
         for c in decision.candidates:  # best first; a count costs up to ms: only until one fits
             if not c.allowed:
                 continue
-            why = self._overflow(c.model, prompt, constraints, turns)
+            why = self._overflow(c.model, size, constraints)
             if why is None:
                 break
             c.allowed, c.excluded_by, c.reason = False, WINDOW, why
@@ -179,29 +181,25 @@ class ModelResolver:
                 decision.model, decision.binding = None, decision.binding or dropped[0].excluded_by
                 decision.explanation = explain(None, None, None, "", 0, decision.candidates)
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
-        return self._local_fallback(decision, prompt, constraints, turns)
+        return self._local_fallback(decision, size, constraints)
 
-    def _overflow(self, model: str, prompt: str, constraints: Constraints, turns: int = 1) -> str | None:
-        """Why `model` cannot take `prompt` (`turns` messages joined by prompt_of) by its own tokenizer's
-        count, as the gateway's window check counts, or None where it can or no such count is at hand."""
+    def _overflow(self, model: str, size: _Size, constraints: Constraints) -> str | None:
+        """Why `model` cannot take the prompt by its own tokenizer's count, as the gateway's window check
+        counts, or None where it can or no such count is at hand."""
         if self.count_tokens is None or model not in self.catalog.names():
             return None
-        turns = max(turns, 1)
         window = self.catalog.get(model).context_window
-        markers = CHAT_TOKENS_PER_MESSAGE * (turns - 1)  # the gateway counts each turn's; one is in the count
-        if _token_bound(prompt) + 64 + markers + constraints.expected_output_tokens <= window:
+        if size.bound + constraints.expected_output_tokens <= window:
             return None  # it fits, whatever the count: no tokenizing (1-2 ms for 3,000 characters)
-        n = self.count_tokens(model, prompt)
+        n = self.count_tokens(model, size.prompt, size.turns)
         if n is None:
             return None
-        needed = n + markers + constraints.expected_output_tokens
+        needed = n + constraints.expected_output_tokens
         if needed <= window:
             return None
         return f"{model}'s context window ({window} tokens) is smaller than the {needed} tokens needed"
 
-    def _local_fallback(
-        self, decision: Decision, prompt: str, constraints: Constraints, turns: int = 1
-    ) -> Choice:
+    def _local_fallback(self, decision: Decision, size: _Size, constraints: Constraints) -> Choice:
         assert self.router is not None
         needed = int(decision.signals["tokens_needed"])  # the router computed the request's signals
         local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
@@ -210,7 +208,7 @@ class ModelResolver:
             if e.context_window < needed:
                 why[e.name] = f"{e.name}'s window ({e.context_window} tokens) is under the {needed} needed"
             else:
-                why[e.name] = self._overflow(e.name, prompt, constraints, turns)
+                why[e.name] = self._overflow(e.name, size, constraints)
         fits = [e for e in local if why[e.name] is None]
         if not fits:
             said = "; ".join(w for w in why.values() if w) or "none is available"
@@ -231,13 +229,22 @@ class ModelResolver:
         return Choice(pick, PANEL_FALLBACK, _as_dict(decision))
 
 
-def _token_bound(text: str) -> int:
-    """More tokens than a byte-level BPE tokenizer makes of prose or code: a token for each digit and for each
-    byte of a non-ASCII character, one for every two other ASCII characters (prose and code hold 3-5 a
-    token; a long run of symbols, one each, could pass it: the gateway's own check still refuses that)."""
-    ascii_bytes = len(text.encode("ascii", "ignore"))
-    digits = sum(ch.isdigit() for ch in text if ch.isascii())
-    return (ascii_bytes - digits + 1) // 2 + digits + len(text.encode()) - ascii_bytes
+class _Size:
+    """A request's prompt for the window check: its text, its turns, and a bound on the gateway's count,
+    worked out once, when first asked. The bound: a token for each digit and each byte of a non-ASCII
+    character, one for every two other ASCII characters (prose and code hold 3-5 a token; a long run of
+    symbols, one each, could pass it: the gateway's own check still refuses that), and 64 a turn for the chat
+    markers (the gateway counts 8)."""
+
+    def __init__(self, prompt: str, turns: int = 1) -> None:
+        self.prompt, self.turns = prompt, max(turns, 1)
+
+    @cached_property
+    def bound(self) -> int:
+        ascii_bytes = len(self.prompt.encode("ascii", "ignore"))
+        digits = sum(ch.isdigit() for ch in self.prompt if ch.isascii())
+        text = (ascii_bytes - digits + 1) // 2 + digits + len(self.prompt.encode()) - ascii_bytes
+        return text + 64 * self.turns
 
 
 def _as_dict(decision: Decision) -> dict[str, Any]:

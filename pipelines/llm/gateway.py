@@ -317,12 +317,13 @@ class Gateway:
         text = sum(vocab.count(m["content"]) for m in messages)
         return text + CHAT_TOKENS_PER_MESSAGE * (len(messages) + 1)  # each turn's markers, the reply's start
 
-    def own_prompt_tokens(self, model: str, prompt: str) -> int | None:
-        """`prompt` as one user message, counted by `model`'s own tokenizer (the count its window check uses);
-        None where the gateway has no such tokenizer: the router's estimate stands."""
+    def own_prompt_tokens(self, model: str, prompt: str, turns: int = 1) -> int | None:
+        """What the window check counts for `turns` messages whose texts, joined, are `prompt`, by `model`'s
+        own tokenizer; None where the gateway has no such tokenizer: the router's estimate stands."""
         if model not in self.catalog.names():
             return None
-        return self._own_tokens(self.catalog.get(model), [{"role": "user", "content": prompt}])
+        one = self._own_tokens(self.catalog.get(model), [{"role": "user", "content": prompt}])
+        return None if one is None else one + CHAT_TOKENS_PER_MESSAGE * (max(turns, 1) - 1)
 
     def chat(
         self,
