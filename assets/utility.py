@@ -59,7 +59,7 @@ def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResou
         if not store.exists(key):
             store.put(key, art.paths[name].read_bytes())
     checks = art.checks
-    failed = [name for name in CHECKS if not checks[name]]
+    failed = art.failed_checks
     d = art.fit.diagnostics
     forest = art.paths["forest_png"]
     version = dg.DataVersion(art.fit.fit_hash[:16])  # same data, priors and config: same version

@@ -60,7 +60,7 @@ def fit(
         typer.echo(f"note: {note}")
     for name, p in art.paths.items():
         typer.echo(f"{name}: {p}")
-    failed = [name for name, ok in art.checks.items() if not ok]
+    failed = art.failed_checks
     if failed:  # written, so it can be looked at; the Dagster asset does not register such a fit
         typer.echo(f"warning: the fit failed its checks ({', '.join(failed)}): not a fit to use; "
                    "run more draws or tuning steps", err=True)  # fmt: skip

@@ -72,6 +72,10 @@ class PosteriorArtifacts:
         calibration = calibration_check(self.calibration)
         return {**convergence_checks(self.fit.diagnostics), "calibration": calibration}
 
+    @property
+    def failed_checks(self) -> list[str]:
+        return [name for name, ok in self.checks.items() if not ok]
+
 
 def calibration_check(calibration: pd.DataFrame) -> bool:
     """90% intervals: with k cells, a calibrated share down to 0.9 - 3 binomial sd passes."""
@@ -173,7 +177,7 @@ def register_posterior(art: PosteriorArtifacts, url: str | None = None, allow_fa
     follow from the same fit and lambdas (`registry_hash`), they stay current and their id is returned.
     A fit that failed its checks (`art.checks`) is refused with a ValueError unless `allow_failed`: the
     router and the service read the current rows as they are."""
-    failed = [name for name, ok in art.checks.items() if not ok]
+    failed = art.failed_checks
     if failed and not allow_failed:
         raise ValueError(
             f"utility fit {art.fit.fit_hash[:12]} failed its checks ({', '.join(failed)}): not registered"
