@@ -965,12 +965,15 @@ def test_a_client_that_leaves_a_plain_chat_stops_the_model(live, spans):
              "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}  # fmt: skip
     asked, sent = [], []
 
-    async def receive():  # the body, then a disconnect a second later: uvicorn's receive waits for one and
-        asked.append(time.monotonic())  # returns it at once (no await) once the client has gone
+    # the body, then a disconnect 0.3 s later: uvicorn's receive waits for one and returns it at once (no
+    # await) once the client has gone. Greedy as it is, the model sometimes stops by itself after 77 tokens
+    # (llama.cpp's sums differ with what else its server holds): about 0.8 s, which a 1 s disconnect missed
+    async def receive():
+        asked.append(time.monotonic())
         if len(asked) == 1:
             return {"type": "http.request", "body": raw, "more_body": False}
-        if time.monotonic() < asked[0] + 1.0:
-            await anyio.sleep(asked[0] + 1.0 - time.monotonic())
+        if time.monotonic() < asked[0] + 0.3:
+            await anyio.sleep(asked[0] + 0.3 - time.monotonic())
         return {"type": "http.disconnect"}
 
     async def send(message):
@@ -979,9 +982,9 @@ def test_a_client_that_leaves_a_plain_chat_stops_the_model(live, spans):
     t0 = time.monotonic()
     live.portal.call(live.app, scope, receive, send)
     took = time.monotonic() - t0
+    assert sent[0]["status"] == 499, (took, sent[0])  # 200: the model finished before the client left
     model = dict(_named(spans, "chat smollm2-135m").attributes)
     assert model["stratmaster.stream_closed_early"] is True and took < 4, took  # 400 tokens: 4-5 s
-    assert sent[0]["status"] == 499
 
 
 @pytest.mark.models
