@@ -110,11 +110,13 @@ class ModelResolver:
         constraints: Constraints,
         p95: dict[str, float] | None = None,
         turns: int = 1,
+        sent: str | None = None,
     ) -> Choice:
-        """`turns`: how many messages `prompt` joins (prompt_of), for the window check's count."""
+        """`turns`: how many messages `prompt` joins (prompt_of), for the window check's count. `sent`: the
+        text the model will be sent where it is more than the prompt routed on (a RAG question's sources)."""
         if model == "router" or model.startswith("router:"):
             policy_name = model.partition(":")[2] or None
-            return self.route(prompt, constraints, policy_name, p95, turns)
+            return self.route(prompt, constraints, policy_name, p95, turns, sent)
         if model not in self.catalog.names():
             raise RoutingError(
                 f"unknown model {model!r}; use 'router', 'router:<policy>' or one of: "
@@ -133,6 +135,7 @@ class ModelResolver:
         policy_name: str | None = None,
         p95: dict[str, float] | None = None,
         turns: int = 1,
+        sent: str | None = None,
     ) -> Choice:
         if self.router is None:
             # this service's configuration, not an outage: a 404 (OpenAI's model_not_found), no retry
@@ -149,7 +152,7 @@ class ModelResolver:
                 c.allowed, c.excluded_by = False, UNAVAILABLE
                 c.reason = status.get(c.model) or f"{c.model} is not in the gateway's catalog"
                 dropped.append(c)
-        size = _Size(prompt, turns)
+        size = _Size(prompt if sent is None else sent, turns)
         for c in decision.candidates:  # best first; a count costs up to ms: only until one fits
             if not c.allowed:
                 continue
@@ -182,6 +185,10 @@ class ModelResolver:
                 decision.explanation = explain(None, None, None, "", 0, decision.candidates)
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
         return self._local_fallback(decision, size, constraints)
+
+    def overflow(self, model: str, sent: str, turns: int, constraints: Constraints) -> str | None:
+        """Why `model` cannot take `sent` (`turns` messages joined), or None where it can or cannot tell."""
+        return self._overflow(model, _Size(sent, turns), constraints)
 
     def _overflow(self, model: str, size: _Size, constraints: Constraints) -> str | None:
         """Why `model` cannot take the prompt by its own tokenizer's count, as the gateway's window check

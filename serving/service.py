@@ -181,12 +181,15 @@ class StratMaster:
                 out[m] = p
         return out
 
-    async def _choose(self, model: str, prompt: str, constraints: Any, turns: int = 1) -> Choice:
+    async def _choose(
+        self, model: str, prompt: str, constraints: Any, turns: int = 1, sent: str | None = None
+    ) -> Choice:
+        """`sent`: the text the model will be sent, where it is more than `prompt` (ModelResolver.resolve)."""
         with route_span(model) as span:
             try:
-                args = (model, prompt, constraints, self._p95(), turns)
+                args = (model, prompt, constraints, self._p95(), turns, sent)
                 # in bytes: a long Chinese prompt may be tokenized for the window check (ms), off the loop
-                if len(prompt.encode()) <= INLINE_ROUTE_CHARS:
+                if len((prompt if sent is None else sent).encode()) <= INLINE_ROUTE_CHARS:
                     choice = self.resolver.resolve(*args)
                 else:
                     choice = await run_in_threadpool(self.resolver.resolve, *args)
@@ -413,12 +416,18 @@ class StratMaster:
         from pipelines.rag.answer import answer_from, build_messages, no_answer
 
         rs.span.set_attribute("gen_ai.request.model", req.model)
-        choice = await self._choose(req.model, req.question, req.routing_constraints())
+        constraints = req.routing_constraints()
+        choice = await self._choose(req.model, req.question, constraints)
         retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
         hits = await run_in_threadpool(retriever.search, req.question, req.mode, req.k)
         chars = self.settings.rag_context_chars
         if hits:
             messages = build_messages(req.question, hits, chars)
+            if choice.chosen_by != "request":  # routed on the question: the sources may not fit its window
+                sent, turns = prompt_of(messages), len(messages)
+                why = await run_in_threadpool(self.resolver.overflow, choice.model, sent, turns, constraints)
+                if why is not None:  # routed again, the sources counted (a second route span)
+                    choice = await self._choose(req.model, req.question, constraints, turns, sent)
             call = await self._open_stream(self.gateway.stream, choice.model, messages, req.max_tokens)
             a = answer_from(req.question, hits, await self._read_to_end(request, call), req.mode, chars)
         else:

@@ -438,6 +438,35 @@ def test_a_local_model_its_own_tokenizer_finds_too_small_is_not_chosen(shared_da
     assert choice.model == "gemma3-270m"
 
 
+def test_a_rag_questions_sources_count_for_the_window(shared_data, tmp_path):
+    """/v1/rag routed on the question alone: a long question whose sources overflowed SmolLM2's window was
+    sent to it, and the gateway refused the call (a 400)."""
+    from pipelines.llm.gateway import Gateway
+    from pipelines.rag.answer import build_messages
+    from pipelines.rag.retrieve import Hit
+    from serving.routing import ModelResolver, RoutingError, prompt_of
+
+    router = load_router(_train(shared_data, tmp_path, CATALOG_PANEL))
+    gateway = Gateway(Settings(run_dir=tmp_path / "run"))
+    resolver = ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens)
+    # 816 tokens by SmolLM2's count, 1,631 with 4 sources at the default 4,000 characters; 512 to generate
+    question = "How does the router weigh the cost of a model against the quality of its answers? " * 47
+    source = "Routing sends each prompt to the model with the best expected utility under constraints. " * 12
+    hits = [Hit(f"d{i}#0", f"d{i}", 1.0, text=source) for i in range(4)]
+    messages = build_messages(question, hits, 4000)
+    sent, turns = prompt_of(messages), len(messages)
+    local = Constraints(privacy="local_only", expected_output_tokens=512)
+    slo = Constraints(privacy="local_only", expected_output_tokens=512, latency_slo_s=5.0)
+    args = ("router", question, slo, {"gemma3-270m": 9.0})  # Gemma too slow: SmolLM2 is the one left
+    assert resolver.resolve(*args).model == "smollm2-135m"  # the question alone fits
+    assert "smaller than the" in resolver.overflow("smollm2-135m", sent, turns, args[2])
+    assert resolver.overflow("smollm2-135m", question, 1, args[2]) is None
+    with pytest.raises(RoutingError) as e:
+        resolver.resolve(*args, turns=turns, sent=sent)
+    assert e.value.status == 422 and "context_window" in str(e.value)
+    assert resolver.resolve("router", question, local, turns=turns, sent=sent).model == "gemma3-270m"
+
+
 # -- tracing -----------------------------------------------------------------------------------------------
 @pytest.fixture
 def spans():
@@ -743,6 +772,41 @@ def test_rag_answers_with_citations_and_chunks(live):
     assert r.status_code == 200 and r.json()["chunks"] == [] and r.json()["model"] is None, r.text  # was ""
     r = live.post("/rag", json=body, headers=LIVE_AUTH)  # the typed method reads the model's stream too
     assert r.status_code == 200 and r.json()["model"] in LOCAL and r.json()["chunks"], r.text
+
+
+@pytest.mark.models
+def test_rag_counts_its_sources_when_it_routes(live, gateway):
+    """The router chose on the question alone: a long one that fit SmolLM2's window, its sources not, was
+    sent to SmolLM2, which refused it (a 400). SmolLM2 is now dropped with its reason; Gemma, over the
+    request's cost cap, was out already: a 422 naming both rules, and no model is called."""
+    from pipelines.rag.answer import build_messages
+    from pipelines.rag.retrieve import Hit
+    from serving.routing import prompt_of
+
+    # Chinese: the router's estimate (a token a character) is under SmolLM2's own count (about two)
+    question = "埃菲尔铁塔有多高？它是哪一年建成的？设计师最初的计划和最后的高度相比有什么不同？" * 14
+    body = {"question": question, "k": 2, "mode": "hybrid"}
+    probe = live.post("/v1/rag", json={**body, "model": "smollm2-135m", "max_tokens": 1}, headers=LIVE_AUTH)
+    assert probe.status_code == 200 and probe.json()["chunks"], probe.text
+    hits = [Hit(**c) for c in probe.json()["chunks"]]
+    messages = build_messages(question, hits, Settings().rag_context_chars)  # as the service sends them
+    alone = gateway.own_prompt_tokens("smollm2-135m", question)
+    sent = gateway.own_prompt_tokens("smollm2-135m", prompt_of(messages), len(messages))
+    assert sent - alone > 20, (alone, sent)
+    reserve = 2048 - (sent + alone) // 2  # SmolLM2's window takes the question alone, not with its sources
+    constraints = {"privacy": "local_only", "expected_output_tokens": reserve}
+    route = live.post("/v1/route", json={"prompt": question, "constraints": constraints}, headers=LIVE_AUTH)
+    cost = {c["model"]: c["cost_usd"] for c in route.json()["routing"]["candidates"]}
+    assert cost["smollm2-135m"] < cost["gemma3-270m"], cost
+    constraints["max_cost_usd"] = (cost["smollm2-135m"] + cost["gemma3-270m"]) / 2
+    route = live.post("/v1/route", json={"prompt": question, "constraints": constraints}, headers=LIVE_AUTH)
+    assert route.status_code == 200 and route.json()["model"] == "smollm2-135m", route.text
+    body = {**body, "max_tokens": reserve, "constraints": constraints}
+    r = live.post("/v1/rag", json=body, headers=LIVE_AUTH)
+    assert r.status_code == 422, r.text
+    said = r.json()["error"]["message"]
+    assert said.startswith("No model can take this request") and "context_window" in said, said
+    assert "max_cost_usd" in said and "smollm2-135m's context window (2048 tokens)" in said, said
 
 
 def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp_path):
