@@ -284,6 +284,29 @@ def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(t
     assert os.readlink("/proc/self/fd/2") == before
 
 
+def test_a_tokenizer_file_replaced_since_it_was_unreadable_is_read_again(tmp_path: Path):
+    """An unreadable GGUF was remembered for the process's life: one still being written at the first
+    request left its model sized by estimate until a restart."""
+    import os
+
+    from pipelines.llm import gateway as gateway_module
+
+    gw = gateway_module.Gateway(Settings(run_dir=tmp_path))
+    real = gateway_module.vocab_file(gw.catalog.get("smollm2-135m"), gw.settings)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF, half written")
+    assert gateway_module._vocab(str(gguf)) is None
+    loads = gateway_module._load_vocab.cache_info().misses
+    assert gateway_module._vocab(str(gguf)) is None  # remembered: not read again per request
+    assert gateway_module._load_vocab.cache_info().misses == loads
+    (tmp_path / "new").symlink_to(real)
+    os.replace(tmp_path / "new", gguf)  # the file, now whole
+    vocab = gateway_module._vocab(str(gguf))
+    assert vocab is not None and vocab.count("Hello there, how are you?") == gateway_module._vocab(
+        str(real)
+    ).count("Hello there, how are you?")
+
+
 def test_loading_a_tokenizer_leaves_the_process_output_alone(tmp_path: Path):
     """`Llama(vocab_only=True, verbose=False)` pointed stdout and stderr at /dev/null while it loaded: what
     other threads printed meanwhile was lost (and a test run's whole report once with it), and the load

@@ -210,7 +210,9 @@ class _Vocab:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_vocab(path: str) -> _Vocab | None:
+def _load_vocab(path: str, stamp: tuple[int, int]) -> _Vocab | None:
+    """`stamp`: the file's (mtime, size): a file replaced since (one still being written at the first
+    request, a new quantization) is read again; an unreadable one is remembered until then."""
     try:
         vocab = _Vocab(path)
     except Exception as e:  # noqa: BLE001 - an unreadable GGUF: None, remembered (not a load per request)
@@ -221,10 +223,11 @@ def _load_vocab(path: str) -> _Vocab | None:
 
 
 def _vocab(path: str) -> _Vocab | None:
-    """A local model's tokenizer, loaded once per file (threads sizing their first prompts at once wait for
-    the one load); None when the file cannot be read."""
+    """A local model's tokenizer, loaded once per version of the file (threads sizing their first prompts at
+    once wait for the one load); None when the file cannot be read."""
+    st = os.stat(path)
     with _VOCAB_LOCK:
-        return _load_vocab(path)
+        return _load_vocab(path, (st.st_mtime_ns, st.st_size))
 
 
 class Gateway:
