@@ -301,10 +301,8 @@ def test_a_tokenizer_file_replaced_since_it_was_unreadable_is_read_again(tmp_pat
     assert gateway_module._load_vocab.cache_info().misses == loads
     (tmp_path / "new").symlink_to(real)
     os.replace(tmp_path / "new", gguf)  # the file, now whole
-    vocab = gateway_module._vocab(str(gguf))
-    assert vocab is not None and vocab.count("Hello there, how are you?") == gateway_module._vocab(
-        str(real)
-    ).count("Hello there, how are you?")
+    vocab, text = gateway_module._vocab(str(gguf)), "Hello there, how are you?"
+    assert vocab is not None and vocab.count(text) == gateway_module._vocab(str(real)).count(text) > 1
 
 
 def test_loading_a_tokenizer_leaves_the_process_output_alone(tmp_path: Path):
