@@ -152,7 +152,7 @@ class ModelResolver:
                 c.allowed, c.excluded_by = False, UNAVAILABLE
                 c.reason = status.get(c.model) or f"{c.model} is not in the gateway's catalog"
                 dropped.append(c)
-        size = _Size(prompt if sent is None else sent, turns)
+        size = _Size(prompt, turns) if sent is None else _Size(sent, turns, "the question with its sources")
         for c in decision.candidates:  # best first; a count costs up to ms: only until one fits
             if not c.allowed:
                 continue
@@ -204,7 +204,8 @@ class ModelResolver:
         needed = n + constraints.expected_output_tokens
         if needed <= window:
             return None
-        return f"{model}'s context window ({window} tokens) is smaller than the {needed} tokens needed"
+        said = f"{model}'s context window ({window} tokens) is smaller than the {needed} tokens needed"
+        return said + (f" for {size.what}" if size.what else "")
 
     def _local_fallback(self, decision: Decision, size: _Size, constraints: Constraints) -> Choice:
         assert self.router is not None
@@ -243,8 +244,9 @@ class _Size:
     symbols, one each, could pass it: the gateway's own check still refuses that), and 64 a turn for the chat
     markers (the gateway counts 8)."""
 
-    def __init__(self, prompt: str, turns: int = 1) -> None:
+    def __init__(self, prompt: str, turns: int = 1, what: str = "") -> None:
         self.prompt, self.turns = prompt, max(turns, 1)
+        self.what = what  # what the text is, for a reason, where it is more than the prompt
 
     @cached_property
     def bound(self) -> int:

@@ -256,7 +256,15 @@ def test_latency_p95_reads_while_calls_are_booked_from_other_threads(tmp_path: P
     assert errors == []
 
 
-def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(tmp_path: Path):
+def _counting_loads(monkeypatch, gateway_module) -> list[str]:
+    """Every tokenizer load from now on, by path, the known tokenizers forgotten."""
+    loads, load = [], gateway_module._load_vocab
+    monkeypatch.setattr(gateway_module, "_VOCABS", {})
+    monkeypatch.setattr(gateway_module, "_load_vocab", lambda path: loads.append(path) or load(path))
+    return loads
+
+
+def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(tmp_path: Path, monkeypatch):
     """Four threads at once loaded the GGUF four times (and, when a load still pointed stdout and stderr at
     /dev/null, left both pointing there)."""
     import os
@@ -266,7 +274,7 @@ def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(t
 
     gw = gateway_module.Gateway(Settings(run_dir=tmp_path))
     smol = gw.catalog.get("smollm2-135m")
-    gateway_module._load_vocab.cache_clear()
+    loads = _counting_loads(monkeypatch, gateway_module)
     before = os.readlink("/proc/self/fd/2")
     barrier, counts = threading.Barrier(4), []
 
@@ -280,11 +288,11 @@ def test_threads_that_size_their_first_prompts_at_once_load_the_tokenizer_once(t
     for t in threads:
         t.join()
     assert len(set(counts)) == 1 and counts[0] > 8
-    assert gateway_module._load_vocab.cache_info().misses == 1
+    assert len(loads) == 1
     assert os.readlink("/proc/self/fd/2") == before
 
 
-def test_a_tokenizer_file_replaced_since_it_was_unreadable_is_read_again(tmp_path: Path):
+def test_a_tokenizer_file_replaced_since_it_was_unreadable_is_read_again(tmp_path: Path, monkeypatch):
     """An unreadable GGUF was remembered for the process's life: one still being written at the first
     request left its model sized by estimate until a restart."""
     import os
@@ -292,17 +300,21 @@ def test_a_tokenizer_file_replaced_since_it_was_unreadable_is_read_again(tmp_pat
     from pipelines.llm import gateway as gateway_module
 
     gw = gateway_module.Gateway(Settings(run_dir=tmp_path))
-    real = gateway_module.vocab_file(gw.catalog.get("smollm2-135m"), gw.settings)
+    real = str(gateway_module.vocab_file(gw.catalog.get("smollm2-135m"), gw.settings))
+    loads = _counting_loads(monkeypatch, gateway_module)
     gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF, half written")
-    assert gateway_module._vocab(str(gguf)) is None
-    loads = gateway_module._load_vocab.cache_info().misses
-    assert gateway_module._vocab(str(gguf)) is None  # remembered: not read again per request
-    assert gateway_module._load_vocab.cache_info().misses == loads
+    assert gateway_module._vocab(str(gguf)) is None and loads == []  # not there yet
+    smol = gateway_module._vocab(real)
+    for size in range(1, 12):  # being written: each size read once, and only this file's entry replaced
+        gguf.write_bytes(b"GGUF" * size)
+        assert gateway_module._vocab(str(gguf)) is None
+        assert gateway_module._vocab(str(gguf)) is None  # remembered: not read again per request
+    assert loads == [real] + [str(gguf)] * 11
+    assert gateway_module._vocab(real) is smol  # still known: not read again
     (tmp_path / "new").symlink_to(real)
     os.replace(tmp_path / "new", gguf)  # the file, now whole
     vocab, text = gateway_module._vocab(str(gguf)), "Hello there, how are you?"
-    assert vocab is not None and vocab.count(text) == gateway_module._vocab(str(real)).count(text) > 1
+    assert vocab is not None and vocab.count(text) == smol.count(text) > 1
 
 
 def test_loading_a_tokenizer_leaves_the_process_output_alone(tmp_path: Path):

@@ -807,6 +807,7 @@ def test_rag_counts_its_sources_when_it_routes(live, gateway):
     said = r.json()["error"]["message"]
     assert said.startswith("No model can take this request") and "context_window" in said, said
     assert "max_cost_usd" in said and "smollm2-135m's context window (2048 tokens)" in said, said
+    assert "needed for the question with its sources" in said, said
 
 
 def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp_path):

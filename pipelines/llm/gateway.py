@@ -14,7 +14,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # never fetch the
 
 import atexit
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -209,10 +208,7 @@ class _Vocab:
             self._lib.llama_model_free(model)
 
 
-@functools.lru_cache(maxsize=8)
-def _load_vocab(path: str, stamp: tuple[int, int]) -> _Vocab | None:
-    """`stamp`: the file's (mtime, size): a file replaced since (one still being written at the first
-    request, a new quantization) is read again; an unreadable one is remembered until then."""
+def _load_vocab(path: str) -> _Vocab | None:
     try:
         vocab = _Vocab(path)
     except Exception as e:  # noqa: BLE001 - an unreadable GGUF: None, remembered (not a load per request)
@@ -222,12 +218,25 @@ def _load_vocab(path: str, stamp: tuple[int, int]) -> _Vocab | None:
     return vocab
 
 
+# path -> (the file's identity when read, its tokenizer or None): one entry a file
+_VOCABS: dict[str, tuple[tuple[int, ...], _Vocab | None]] = {}
+
+
 def _vocab(path: str) -> _Vocab | None:
     """A local model's tokenizer, loaded once per version of the file (threads sizing their first prompts at
-    once wait for the one load); None when the file cannot be read."""
-    st = os.stat(path)
+    once wait for the one load); None when the file cannot be read. A file replaced since (one still being
+    written at the first request, a new quantization) is read again; an unreadable one is remembered until
+    then. A replaced tokenizer is not closed (a thread may be counting with it): freed at exit."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _VOCAB_LOCK:
-        return _load_vocab(path, (st.st_mtime_ns, st.st_size))
+        known = _VOCABS.get(path)
+        if known is None or known[0] != stamp:
+            known = _VOCABS[path] = (stamp, _load_vocab(path))
+        return known[1]
 
 
 class Gateway:
