@@ -85,8 +85,9 @@ class ChatRequest(ApiModel):
         return self
 
     def routing_constraints(self) -> ApiConstraints:
-        """The constraints, reserving the tokens this request may generate in a model's context window
-        (unless the caller set `expected_output_tokens`)."""
+        """The constraints, reserving the tokens this request may generate in a model's context window (or
+        the caller's `expected_output_tokens`, where more: the gateway refuses a prompt that leaves less
+        than `max_tokens` free, so routing reserves no less)."""
         return _reserving(self.constraints, self.token_budget())
 
     def token_budget(self) -> int:
@@ -102,9 +103,10 @@ class ChatRequest(ApiModel):
 
 
 def _reserving(constraints: ApiConstraints, max_tokens: int) -> ApiConstraints:
+    reserve = max_tokens
     if "expected_output_tokens" in constraints.model_fields_set:
-        return constraints
-    return constraints.model_copy(update={"expected_output_tokens": max_tokens})
+        reserve = max(reserve, constraints.expected_output_tokens)
+    return constraints.model_copy(update={"expected_output_tokens": reserve})
 
 
 class RouteRequest(ApiModel):

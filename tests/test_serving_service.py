@@ -967,7 +967,10 @@ def test_routing_reserves_the_tokens_the_request_may_generate():
         "max_tokens": 50,
         "constraints": {"expected_output_tokens": 9},
     }
-    assert ChatRequest.model_validate(mine).routing_constraints().expected_output_tokens == 9
+    # a smaller reserve than max_tokens chose models the gateway then refused (a 400, "context overflow")
+    assert ChatRequest.model_validate(mine).routing_constraints().expected_output_tokens == 50
+    mine["constraints"] = {"expected_output_tokens": 80}  # a larger one stands
+    assert ChatRequest.model_validate(mine).routing_constraints().expected_output_tokens == 80
     rag = RagRequest.model_validate({"question": "q", "max_tokens": 1000})
     assert rag.routing_constraints().expected_output_tokens == 1000
 
