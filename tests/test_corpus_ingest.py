@@ -514,3 +514,58 @@ def test_links_are_recorded_not_followed_and_hidden_folders_are_left_out(env, tm
     }  # fmt: skip
     assert set(load_chunks(settings, store).doc_id) == {"ok.txt"}
     assert r.files_seen == 3
+
+
+def test_pii_an_inline_html_tag_splits_is_redacted(env, tmp_path):
+    """HTML text was joined with a newline at every tag: `jane@<span>example.com</span>` and `<b>415</b>-555`
+    reached the chunks, the keyword index and the vectors as they were."""
+    settings, _, store = env
+    src = tmp_path / "html"
+    src.mkdir()
+    (src / "page.html").write_text(
+        "<html><body><p>Write to jane.doe@<span>example.com</span> or call <b>415</b>-555-2671.</p>"
+        "<div>Card 4111 <i>1111</i> 1111 1111, or dave.smith@example<wbr>.com.</div><p>Hel<b>lo</b></p>"
+        "<ul><li>first</li><li>second</li></ul>line<br>break</body></html>"
+    )
+    r = ingest_corpus(settings, str(src), store=store)
+    text = " ".join(load_chunks(settings, store)["text"])
+    for secret in ("jane.doe", "example.", "2671", "4111", "dave.smith"):
+        assert secret not in text, (secret, text)
+    assert r.pii_redacted["EMAIL_ADDRESS"] == 2 and r.pii_redacted["CREDIT_CARD"] == 1, r.pii_redacted
+    assert "Hello" in text and "firstsecond" not in text and "linebreak" not in text, text  # blocks break
+
+
+def test_an_address_whose_end_looks_like_an_extension_is_redacted_whole(env, tmp_path):
+    """A part was redacted without its last dotted piece when that found PII: `.org` and `.com` were kept as
+    extensions, and the address they ended, no longer an address without them, was kept raw."""
+    settings, _, store = env
+    src = tmp_path / "names"
+    for folder in ("415.555.2671 alice@example.org", "To bob@example.com from carol@example.org"):
+        (src / "clients" / folder).mkdir(parents=True)
+        (src / "clients" / folder / "memo.txt").write_text("A plain memo.")
+    (src / "notes 415-555-2671 dan@example.com").write_text("Notes.")
+    r = ingest_corpus(settings, str(src), store=store)
+    doc_ids = " ".join(load_chunks(settings, store).doc_id)
+    kept = b"".join(store.get(k) for k in store.list()) + json.dumps(r.to_dict()).encode()
+    for secret in ("alice@", "bob@", "carol@", "dan@", "2671", "example."):
+        assert secret not in doc_ids and secret.encode() not in kept, (secret, doc_ids)
+    assert doc_ids.count("<EMAIL_ADDRESS>") == 3 and doc_ids.count("<PHONE_NUMBER>") == 1, doc_ids
+    (skip,) = r.skipped  # `.com` is no file type
+    assert skip["path"].startswith("notes <PHONE_NUMBER> <EMAIL_ADDRESS>~"), skip
+
+
+def test_a_jsonl_record_python_cannot_read_fails_alone(env, tmp_path):
+    """A number of 5,000 digits (ValueError) or `[` nested 100,000 deep (RecursionError) skipped the whole
+    file: every good record in it was lost, or, in a file ingested before, its edits were never taken."""
+    settings, _, store = env
+    src = tmp_path / "jsonl"
+    src.mkdir()
+    good = [{"_id": "a", "text": "Aspirin."}, {"_id": "b", "text": "Bananas."}]
+    bad = ['{"_id": "big", "n": ' + "9" * 5000 + "}", "[" * 100_000]
+    lines = [json.dumps(good[0]), *bad, json.dumps(good[1])]
+    (src / "records.jsonl").write_text("\n".join(lines) + "\n")
+    r = ingest_corpus(settings, str(src), store=store)
+    assert sorted(load_chunks(settings, store).doc_id) == ["a", "b"]
+    reasons = {s["path"]: s["reason"] for s in r.skipped}
+    assert "ValueError" in reasons["records.jsonl:line 2"], reasons
+    assert "RecursionError" in reasons["records.jsonl:line 3"], reasons

@@ -124,14 +124,15 @@ def name_digest(name: str, key: bytes) -> str:
 def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
     """`name` with PII in its path parts redacted and a keyed digest of the original added; a name without
     PII is returned as it is. A part is redacted without its extension (`a@b.org.md`: `.md` is a TLD too),
-    else whole (a folder `a@b.com`). A name's bytes that are not UTF-8 are kept as U+FFFD, with the digest."""
+    then whole, as what looked like an extension may end an address (a folder `415.555.2671 a@b.org`: the
+    first pass leaves `a@b` + `.org`). A name's bytes that are not UTF-8 are kept as U+FFFD, with the
+    digest."""
     readable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # undecodable bytes: U+FFFD
     parts = readable.split("/")
     out = []
     for part in parts:
         suffix = PurePosixPath(part).suffix
-        new = redact(part[: len(part) - len(suffix)]) + suffix
-        out.append(redact(part) if new == part else new)
+        out.append(redact(redact(part[: len(part) - len(suffix)]) + suffix))
     if out == parts and readable == name:
         return name
     last = PurePosixPath(out[-1])
