@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.resources import SettingsResource
-from pipelines.corpus.ingest import BEIR_CORPUS, name_digest, name_key
+from pipelines.corpus.ingest import BEIR_CORPUS, beir_folder, name_digest, name_key
 from pipelines.corpus.pii import may_hold_pii
 from pipelines.corpus.store import LocalStore, S3Store, open_source, open_store
 from pipelines.settings import Settings
@@ -99,9 +99,10 @@ def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Finger
         found = scan_s3(src, key, model)
     else:
         found = scan_folder(Path(spec), previous, key, model)
-    # as ingest reads it: a BEIR folder's corpus file alone, not its queries and qrels
-    beir = {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
-    return beir or found
+    # as ingest reads it: a BEIR folder's corpus file alone (what it leaves out changes nothing)
+    if beir_folder(src.list()):  # by the names as they are (a name that may hold PII is not shown)
+        return {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
+    return found
 
 
 @dataclass

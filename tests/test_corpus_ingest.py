@@ -569,3 +569,24 @@ def test_a_jsonl_record_python_cannot_read_fails_alone(env, tmp_path):
     reasons = {s["path"]: s["reason"] for s in r.skipped}
     assert "ValueError" in reasons["records.jsonl:line 2"], reasons
     assert "RecursionError" in reasons["records.jsonl:line 3"], reasons
+
+
+def test_a_corpus_jsonl_among_documents_drops_none_of_them(env, tmp_path):
+    """Any folder with a top-level corpus.jsonl was read as BEIR: every other file was dropped from the store
+    (`files_removed` 2 after adding one), unrecorded. A BEIR folder needs its queries or qrels beside it, and
+    what it leaves out is recorded."""
+    settings, _, store = env
+    src = tmp_path / "team"
+    (src / "docs").mkdir(parents=True)
+    (src / "beta.md").write_text("# Beta\n\nTantivy.")
+    (src / "docs" / "alpha.txt").write_text("Alpha: Qdrant.")
+    ingest_corpus(settings, str(src), store=store)
+    (src / "corpus.jsonl").write_text(json.dumps({"_id": "c1", "text": "Claims."}) + "\n")
+    r = ingest_corpus(settings, str(src), store=store)
+    assert r.files_removed == 0 and not r.skipped
+    assert sorted(load_chunks(settings, store).doc_id) == ["beta.md", "c1", "docs/alpha.txt"]
+    (src / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "Which claims?"}) + "\n")
+    r = ingest_corpus(settings, str(src), store=store)  # now a BEIR folder
+    assert sorted(load_chunks(settings, store).doc_id) == ["c1"]
+    left = "left out: a BEIR folder's corpus is corpus.jsonl"
+    assert r.skipped == [{"path": "beta.md", "reason": left}, {"path": "docs/alpha.txt", "reason": left}]

@@ -132,6 +132,17 @@ def test_the_sensor_watches_only_the_corpus_file_of_a_beir_folder(tmp_path):
         assert _tick(instance, beir, first.cursor).run_requests[0].tags["stratmaster/changed"] == "1"
 
 
+def test_the_sensor_watches_every_file_beside_a_corpus_jsonl_with_no_queries(tmp_path):
+    """Ingest reads a folder as BEIR only with its queries or qrels beside corpus.jsonl; the sensor, watching
+    corpus.jsonl alone, missed an edit of any other file there."""
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "A claim."}\n')
+    (tmp_path / "notes.md").write_text("# Notes\n\nFirst.")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, tmp_path, None)
+        (tmp_path / "notes.md").write_text("# Notes\n\nSecond.")
+        assert _tick(instance, tmp_path, first.cursor).run_requests[0].tags["stratmaster/changed"] == "1"
+
+
 def test_the_sensor_keeps_no_file_name_that_may_hold_pii(tmp_path):
     """The cursor (in Dagster's storage) and the run tags held every file name as it was."""
     docs = tmp_path / "docs"

@@ -29,7 +29,7 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
@@ -211,18 +211,29 @@ def _read_parquet(store: ObjectStore, key: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(store.get(key)))
 
 
-BEIR_CORPUS = "corpus.jsonl"  # at a folder's top: a BEIR folder, whose only corpus file it is
+BEIR_CORPUS = "corpus.jsonl"  # at the top of a BEIR folder (with its queries or qrels): its only corpus file
+_BEIR_LABELS = ("queries", "qrels")
+LEFT_OUT = f"left out: a BEIR folder's corpus is {BEIR_CORPUS}"
 
 
-def _corpus_files(src: ObjectStore, include: str | None) -> dict[str, int | None]:
-    """Files to ingest, key -> size, and symbolic links, key -> None (recorded, not followed); in a BEIR
-    folder only BEIR_CORPUS: its queries and qrels are no corpus."""
+def beir_folder(keys: Iterable[str]) -> bool:
+    """Whether a folder with these keys is a BEIR folder: BEIR_CORPUS next to its queries or qrels."""
+    keys = set(keys)
+    return BEIR_CORPUS in keys and any(k.startswith(_BEIR_LABELS) for k in keys)
+
+
+def _corpus_files(src: ObjectStore, include: str | None) -> tuple[dict[str, int | None], set[str]]:
+    """Files, key -> size, and symbolic links, key -> None (recorded, not followed), and which of them are
+    left out: in a BEIR folder (BEIR_CORPUS next to `queries*` or `qrels*`) only BEIR_CORPUS is corpus; its
+    queries and qrels are not listed, and any other file is left out with a record (a `corpus.jsonl` among a
+    team's documents had dropped every other file from the store, unrecorded)."""
     listing: dict[str, int | None] = {**src.list(), **dict.fromkeys(src.links())}
     if include:
         listing = {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
-    elif BEIR_CORPUS in listing:
-        listing = {BEIR_CORPUS: listing[BEIR_CORPUS]}
-    return dict(sorted(listing.items()))
+    elif beir_folder(listing):
+        listing = {k: v for k, v in listing.items() if not k.startswith(_BEIR_LABELS)}
+        return dict(sorted(listing.items())), set(listing) - {BEIR_CORPUS}
+    return dict(sorted(listing.items())), set()
 
 
 def ingest_corpus(
@@ -257,7 +268,8 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     max_bytes = int(settings.max_file_mb * 1024 * 1024)
     key = name_key(store)
 
-    for raw, size in _corpus_files(src, include).items():
+    listing, left_out = _corpus_files(src, include)
+    for raw, size in listing.items():
         report.files_seen += 1
         try:
             name = safe_name(raw, proc.redact_name, key)  # the only name that is kept from here on
@@ -267,6 +279,9 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             report.skipped.append({"path": name, "reason": reason})
             continue
         prev = old_files.get(name)
+        if raw in left_out:
+            report.skipped.append({"path": name, "reason": LEFT_OUT})
+            continue
         if size is None:
             report.skipped.append({"path": name, "reason": "a symbolic link: not followed"})
             continue
