@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.corpus.ingest import MANIFEST, ingest_corpus, load_chunks
-from pipelines.corpus.store import S3Store
+from pipelines.corpus.ingest import MANIFEST, ConcurrentIngest, ingest_corpus, load_chunks
+from pipelines.corpus.store import S3Store, StoreConflict
 from pipelines.settings import Settings
 
 
@@ -115,3 +115,79 @@ def test_s3_round_trip_corpus_in_chunks_out(seaweed, tmp_path):
     third = ingest_corpus(settings, "s3://raw/team/docs")
     assert third.files_removed == 1 and set(load_chunks(settings)["doc_id"]) == {"nested/b.md"}
     assert sum(k.endswith(".parquet") for k in out.list()) == 1
+
+
+def test_a_conditional_put_writes_only_over_the_object_it_read(seaweed):
+    store = S3Store(seaweed, "cas", "any", "any")
+    store.put_if("k", b"one", None)  # none there: made
+    with pytest.raises(StoreConflict):
+        store.put_if("k", b"again", None)
+    data, tag = store.get_tagged("k")
+    assert data == b"one" and store.get_tagged("gone") is None
+    store.put_if("k", b"two", tag)
+    with pytest.raises(StoreConflict):  # written over since `tag` was read
+        store.put_if("k", b"three", tag)
+    assert store.get("k") == b"two"
+
+
+class CommitHook(S3Store):
+    """A real S3 store on which another whole ingest runs just before, or just after, this run commits its
+    manifest: the interleavings no re-read of the manifest can rule out."""
+
+    def __init__(self, endpoint: str, bucket: str, before=None, after=None) -> None:
+        super().__init__(endpoint, bucket, "any", "any")
+        self.before, self.after = before, after
+
+    def put(self, key: str, data: bytes) -> None:  # an unconditional commit meets the same interleavings
+        self._around(key, lambda: super(CommitHook, self).put(key, data))
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None:
+        self._around(key, lambda: super(CommitHook, self).put_if(key, data, tag))
+
+    def _around(self, key: str, write) -> None:
+        if key == MANIFEST and self.before:
+            self.before()
+        write()
+        if key == MANIFEST and self.after:
+            self.after()
+
+
+def _s3_run(seaweed, tmp_path, bucket):
+    settings = Settings(
+        run_dir=tmp_path / "run", object_store="s3", s3_endpoint=seaweed, s3_bucket=bucket,
+        s3_access_key="any", s3_secret_key="any",
+    )  # fmt: skip
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("Alpha one.")
+    (src / "b.txt").write_text("Beta one.")
+    ingest_corpus(settings, str(src))
+    (src / "a.txt").write_text("Alpha two.")
+    return settings, src
+
+
+def _other_run(settings, src):
+    def run():
+        (src / "b.txt").write_text("Beta two.")
+        ingest_corpus(settings, str(src))  # a plain S3 store: commits
+
+    return run
+
+
+def test_a_commit_another_run_made_first_is_never_written_over(seaweed, tmp_path):
+    """S3 has no lock: a run read the manifest again before it wrote its own, and another run's commit in
+    between (milliseconds) was written over, its chunks swept."""
+    settings, src = _s3_run(seaweed, tmp_path, "race-commit")
+    store = CommitHook(seaweed, "race-commit", before=_other_run(settings, src))
+    with pytest.raises(ConcurrentIngest, match="committed nothing"):
+        ingest_corpus(settings, str(src), store=store)
+    assert set(load_chunks(settings)["text"]) == {"Alpha two.", "Beta two."}  # the other run's, whole
+
+
+def test_a_run_never_sweeps_the_chunks_of_a_run_that_started_after_its_commit(seaweed, tmp_path):
+    """A run listed the chunk objects after its commit and deleted those its manifest did not name: a run
+    that had started since, and written its chunks, then committed a manifest naming deleted objects."""
+    settings, src = _s3_run(seaweed, tmp_path, "race-sweep")
+    store = CommitHook(seaweed, "race-sweep", after=_other_run(settings, src))
+    assert ingest_corpus(settings, str(src), store=store).files_processed == 1
+    assert set(load_chunks(settings)["text"]) == {"Alpha two.", "Beta two."}

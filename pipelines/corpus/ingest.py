@@ -6,9 +6,10 @@ writes new chunk objects next to the old ones, then the manifest, and only then 
 manifest names, so a run that dies on the way leaves the last manifest and every object it names (a reader
 that finds an object gone reads the manifest again: another run committed meanwhile). One run at a
 time: on a local store a second run raises `ConcurrentIngest` at once (a lock the OS frees when its holder
-ends). S3 has no lock, so there a run reads the manifest again just before it writes its own and raises
-`ConcurrentIngest`, committing nothing, when another run has committed since it started; two runs whose
-commits fall in the same few milliseconds can still collide. Work is done
+ends). S3 has no lock, so there a run writes its manifest with a conditional PUT, over the manifest it started
+from only: where another run has committed since, the server refuses it and the run raises
+`ConcurrentIngest`, committing nothing. A run deletes only objects it listed before its commit, never one a
+run that started after that commit has written. Work is done
 only where content changed: an unchanged file is not read twice; in a changed BEIR file only the changed
 documents are redacted and chunked again. PII is redacted before anything (chunk text, titles, file names) is
 written; the manifest holds only hashes and names. A file name with PII in it
@@ -21,6 +22,7 @@ skipped and recorded with the reason; it never fails the run.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import hmac
@@ -38,7 +40,7 @@ import pandas as pd
 
 from pipelines.corpus.chunking import chunk_text
 from pipelines.corpus.parsers import Document, SkipFile, parse_file
-from pipelines.corpus.store import ObjectStore, open_source, open_store
+from pipelines.corpus.store import ObjectStore, StoreConflict, open_source, open_store
 from pipelines.settings import Settings
 
 if TYPE_CHECKING:
@@ -97,10 +99,8 @@ def _config(settings: Settings) -> dict:
 
 
 def _manifest_bytes(store: ObjectStore) -> bytes | None:
-    try:
-        return store.get(MANIFEST)
-    except KeyError:
-        return None
+    found = store.get_tagged(MANIFEST)
+    return found[0] if found else None
 
 
 def _parse_manifest(raw: bytes | None) -> dict:
@@ -112,9 +112,9 @@ def name_key(store: ObjectStore) -> bytes:
     try:
         return store.get(NAME_KEY)
     except KeyError:
-        key = secrets.token_bytes(32)
-        store.put(NAME_KEY, key)
-        return key
+        with contextlib.suppress(StoreConflict):  # another run made it first: names are digested with that
+            store.put_if(NAME_KEY, secrets.token_bytes(32), None)
+        return store.get(NAME_KEY)
 
 
 def name_digest(name: str, key: bytes) -> str:
@@ -260,7 +260,7 @@ def ingest_corpus(
 def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: str | None) -> IngestReport:
     t0 = time.perf_counter()
     report = IngestReport(source=src.uri, store=store.uri)
-    started_from = _manifest_bytes(store)
+    started_from, tag = store.get_tagged(MANIFEST) or (None, None)
     manifest = _parse_manifest(started_from)
     config = _config(settings)
     old_files = manifest["files"] if manifest.get("config") == config else {}
@@ -313,16 +313,18 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
 
     report.files_removed = sum(1 for n in old_files if n not in files)  # a skipped file's record goes too
     if report.did_work or manifest.get("config") != config:
-        if _manifest_bytes(store) != started_from:
+        listed = store.list(CHUNKS_PREFIX)  # before the commit: a run that starts after it wrote none of them
+        try:
+            store.put_if(MANIFEST, json.dumps({"config": config, "files": files}, indent=1).encode(), tag)
+        except StoreConflict:
             raise ConcurrentIngest(
                 f"another ingest committed to {store.uri} while this one ran; this one committed nothing: "
                 "run it again (it redoes only what changed since)"
-            )
-        store.put(MANIFEST, json.dumps({"config": config, "files": files}, indent=1).encode())
+            ) from None
         # only now: the chunks of removed, changed or newly bad files, and any a crashed run left behind (a
         # run with nothing to commit leaves those for the next one that commits)
         named = {f["chunk_key"] for f in files.values() if f.get("chunk_key") and not f.get("skipped")}
-        for obj in store.list(CHUNKS_PREFIX):
+        for obj in listed:
             if obj not in named:
                 store.delete(obj)
     report.chunks_total = sum(f.get("n_chunks", 0) for f in files.values())

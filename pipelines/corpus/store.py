@@ -1,13 +1,15 @@
 """Object stores behind one small interface: a local directory (default) or an S3 bucket via `minio`.
 
 Keys are '/'-separated strings. Every `put` is atomic: a reader sees the old object or the new one, never
-half a file (a temp file renamed into place locally; a single PUT on S3).
+half a file (a temp file renamed into place locally; a single PUT on S3). `put_if` writes only over the
+object `get_tagged` read (S3's conditional PUT), so of two writers that read the same object one wins.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +20,17 @@ from pipelines.files import hidden, write_atomic
 from pipelines.settings import Settings
 
 
+class StoreConflict(Exception):
+    """`put_if` found the object changed (or made, or removed) since it was read."""
+
+
 class ObjectStore(Protocol):
     uri: str
 
     def put(self, key: str, data: bytes) -> None: ...
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def get_tagged(self, key: str) -> tuple[bytes, str] | None: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> dict[str, int]: ...
     def links(self, prefix: str = "") -> tuple[str, ...]: ...
@@ -46,11 +54,27 @@ class LocalStore:
     def put(self, key: str, data: bytes) -> None:
         write_atomic(self._path(key), data)
 
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None:
+        """`put` where the object is still the one whose tag `get_tagged` gave (None: where there was none),
+        else StoreConflict. A check, then a rename: atomic for writers that hold `exclusive`."""
+        now = self.get_tagged(key)
+        if (now[1] if now else None) != tag:
+            raise StoreConflict(key)
+        self.put(key, data)
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise KeyError(key) from None
+
+    def get_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object and a tag of its content (its sha256), or None where there is none."""
+        try:
+            data = self.get(key)
+        except KeyError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -117,7 +141,34 @@ class S3Store:
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(self.bucket, self._key(key), io.BytesIO(data), length=len(data))
 
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None:
+        """A conditional PUT: `If-Match` the ETag `get_tagged` gave, or `If-None-Match: *` where `tag` is
+        None; the server answers 412 where another writer came first (AWS S3 since 2024, MinIO, SeaweedFS:
+        live in tests/test_corpus_s3.py). minio-py's `put_object` sends such headers as user metadata
+        (`X-Amz-Meta-If-Match`), so this calls its one-request `_put_object`."""
+        from minio.error import S3Error
+
+        headers: dict[str, str | list[str] | tuple[str]] = (
+            {"If-Match": f'"{tag}"'} if tag is not None else {"If-None-Match": "*"}
+        )
+        try:
+            self.client._put_object(self.bucket, self._key(key), data, headers=headers)
+        except S3Error as e:
+            if e.code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise StoreConflict(key) from None
+            raise
+
     def get(self, key: str) -> bytes:
+        return self._get(key)[0]
+
+    def get_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its ETag, or None where there is none."""
+        try:
+            return self._get(key)
+        except KeyError:
+            return None
+
+    def _get(self, key: str) -> tuple[bytes, str]:
         from minio.error import S3Error
 
         try:
@@ -127,7 +178,7 @@ class S3Store:
                 raise KeyError(key) from None
             raise
         try:
-            return resp.read()
+            return resp.read(), (resp.headers.get("ETag") or "").strip('"')
         finally:
             resp.close()
             resp.release_conn()
@@ -154,8 +205,8 @@ class S3Store:
 
     @contextlib.contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """S3 has no lock to take: always True; a caller that needs one checks what it read before it writes
-        (as ingest does with its manifest)."""
+        """S3 has no lock to take: always True; a caller that needs one writes with `put_if` (as ingest
+        commits its manifest)."""
         yield True
 
 
