@@ -29,6 +29,8 @@ from router_models.router.rules import ModelInfo, Rule
 FORMAT = "stratmaster-router"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+_MANIFEST_KEYS = ("files", "predictor", "predictor_params", "models", "strongest", "embedder", "task_classes",
+                  "policy", "metadata")  # fmt: skip
 
 
 class ArtifactError(ValueError):
@@ -42,6 +44,11 @@ def _sha256(path: Path) -> str:
 def save_router(router: Router, out_dir: str | Path) -> Path:
     """Write the artifact into a temporary sibling, then swap it in: a reader never sees half a router."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        try:
+            read_manifest(out_dir, any_version=True)  # a router of an older format is replaced too
+        except ArtifactError as e:
+            raise ArtifactError(f"refusing to overwrite {out_dir}: {e}") from None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     publish_mode(tmp)
@@ -75,8 +82,6 @@ def save_router(router: Router, out_dir: str | Path) -> Path:
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
         if out_dir.exists():
-            if not (out_dir / MANIFEST).exists() and any(out_dir.iterdir()):
-                raise ArtifactError(f"{out_dir} exists and is not a router artifact; refusing to overwrite")
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out_dir, old)
@@ -90,18 +95,35 @@ def save_router(router: Router, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
+def read_manifest(path: str | Path, any_version: bool = False) -> dict[str, Any]:
+    """The manifest of a router artifact this code can load (of any format version where `any_version`),
+    else an ArtifactError."""
     path = Path(path)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # no file, not UTF-8, not JSON
         raise ArtifactError(f"{path} is not a router artifact (no readable {MANIFEST}): {e}") from e
+    if not isinstance(manifest, dict):
+        raise ArtifactError(
+            f"{path} is not a router artifact: its {MANIFEST} is a JSON {type(manifest).__name__}"
+        )
     if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+        found = manifest.get("format")
+        raise ArtifactError(
+            f"{path} is not a router artifact: its {MANIFEST} has format {found!r}, not {FORMAT!r}"
+        )
+    if any_version:
+        return manifest
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: artifact format version {manifest.get('format_version')} cannot be loaded by this code "
             f"(version {FORMAT_VERSION}); retrain with `stratmaster router train`"
+        )
+    lacking = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if lacking or not isinstance(manifest["files"], dict):
+        why = f"no {lacking}" if lacking else "'files' is not an object"
+        raise ArtifactError(
+            f"{path}: its {MANIFEST} is damaged ({why}); retrain with `stratmaster router train`"
         )
     return manifest
 

@@ -105,7 +105,7 @@ def train(
         params = prior if predictor == "bayes" else {"member_options": {"bayes": prior}}
     try:
         router = train_router(
-            _read(prompts),
+            _read_prompts(prompts),
             _read(outcomes),
             predictor=predictor,
             embedder=embedder,
@@ -156,31 +156,45 @@ def evaluate(
     router: RouterOpt,
     prompts: PromptsOpt,
     outcomes: OutcomesOpt,
-    plot: Annotated[Path | None, typer.Option("--plot", help="write the Pareto plot PNG here")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="the Pareto plot's path [default: $SM_RUN_DIR/router_eval/<router>.png]"),
+    ] = None,
 ) -> None:
-    """AIQ, gap recovered and cost to match the best single model, as JSON (RouterBench definitions)."""
+    """AIQ, gap recovered and cost to match the best single model, as JSON (RouterBench definitions), and
+    the Pareto plot (router curve, single models, oracle)."""
     import math
 
+    from pipelines.settings import Settings
     from router_models.router.artifact import load_router
     from router_models.router.metrics import PLOT_SUFFIXES, check_outcomes, pareto_plot, summary
 
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise typer.BadParameter(f"--plot {plot}: expected one of {', '.join(PLOT_SUFFIXES)}")
     p, o = _read_prompts(prompts), _read(outcomes)
-    try:
-        r = load_router(router)
-        check_outcomes(o)
-    except ValueError as e:
-        _fail(e)
-    orphans = sorted(set(o["prompt_id"]) - set(p["prompt_id"]))
+    orphans = sorted(set(o.get("prompt_id", ())) - set(p["prompt_id"]))
     if orphans:  # scoring the rest would judge the router on other prompts than the table's
         _fail(f"{len(orphans)} prompt_ids of {outcomes} are not in {prompts}: {orphans[:3]}")
+    try:
+        r = load_router(router)
+        o = check_outcomes(o)
+    except ValueError as e:
+        _fail(e)
+    shared = sorted(set(o["model"]) & set(r.models))
+    if len(shared) < 2:  # the router would choose among fewer than two of the table's models
+        _fail(f"{outcomes} shares {len(shared)} models with the router, the metrics need 2 or more: "
+              f"its models are {sorted(set(o['model']))}, the router's {r.models}")  # fmt: skip
     unknown = sorted(set(o["model"]) - set(r.models))
     pred = r.predict_frame(p[p["prompt_id"].isin(set(o["prompt_id"]))])
     result: dict[str, Any] = dict(summary(pred, o))
     result.update({"predictor": r.predictor.name, "models_not_in_router": unknown})
-    if plot is not None:
+    plot = plot or Settings().run_dir / "router_eval" / f"{router.resolve().name}.png"
+    try:
         result["plot"] = str(pareto_plot(pred, o, plot, title=f"router ({r.predictor.name})"))
+    except OSError as e:  # the figures stand without it
+        result["plot"], result["plot_error"] = None, f"{type(e).__name__}: {e}"
     # JSON has no NaN: a cost the router never reaches (it never matches the best model) is null
     result = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}
     typer.echo(json.dumps(result, indent=2, default=float))
+    if result["plot"] is None:
+        _fail(f"the Pareto plot was not written to {plot}: {result['plot_error']}")

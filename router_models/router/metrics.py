@@ -14,12 +14,14 @@ mean score) pairs trace the router's curve.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pipelines.files import atomic_path
+from router_models.router.predictors.base import numbers_in
 
 LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-2, 1e6, 400)])
 _GRID_POINTS = 2001
@@ -28,6 +30,9 @@ _GRID_POINTS = 2001
 def hull_area(points: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
     """Area under the non-decreasing upper convex hull of (cost, quality) points on [lo, hi], over hi - lo."""
     pts = sorted({(float(c), float(q)) for c, q in points})
+    bad = [p for p in pts if not np.isfinite(p).all()]
+    if bad:  # NaN compares false both ways: where it sorts, and so the hull, would change from run to run
+        raise ValueError(f"{len(bad)} cost-quality points are not finite numbers, e.g. {bad[0]}")
     hull: list[tuple[float, float]] = []
     for p in pts:
         while len(hull) >= 2:
@@ -45,12 +50,16 @@ def hull_area(points: Iterable[tuple[float, float]], lo: float, hi: float) -> fl
     return float(np.trapezoid(yg, grid) / (hi - lo))
 
 
-def check_outcomes(outcomes: pd.DataFrame) -> None:
-    """A ValueError naming what is wrong with an outcome table the metrics cannot use. A scored row without a
-    cost is one: NaN points made the hull's order, and so AIQ, change from one run to the next."""
+def check_outcomes(outcomes: pd.DataFrame, complete: bool = True) -> pd.DataFrame:
+    """The outcome table with its scores (0 to 1) and costs (0 or more) as numbers, else a ValueError naming
+    what is wrong with it; training and the metrics share it. A scored row without a cost, a repeated
+    (prompt, model) pair and, where `complete` (the metrics), a prompt x model pair without a costed row are
+    refused: their NaN costs made the hull's order, and so AIQ, change from one run to the next."""
     missing = [c for c in ("prompt_id", "model", "score", "cost_usd") if c not in outcomes]
     if missing:
         raise ValueError(f"the outcome table needs the columns {missing}")
+    for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
+        outcomes = outcomes.assign(**{col: numbers_in(outcomes, col, lo, hi, "outcome", empty_ok=True)})
     if not outcomes["score"].notna().any():
         raise ValueError("the outcome table has no scored row")
     repeated = outcomes.duplicated(["prompt_id", "model"])
@@ -63,6 +72,20 @@ def check_outcomes(outcomes: pd.DataFrame) -> None:
     if no_cost.any():
         first = outcomes.loc[no_cost, ["prompt_id", "model"]].iloc[0].tolist()
         raise ValueError(f"{int(no_cost.sum())} scored outcome rows have no cost_usd, e.g. {first}")
+    if complete:
+        costs = outcomes.pivot(index="prompt_id", columns="model", values="cost_usd")
+        if costs.shape[1] < 2:
+            raise ValueError(
+                f"the metrics need at least two models in the outcome table, found {list(costs)}"
+            )
+        holes = np.argwhere(costs.isna().to_numpy())
+        if len(holes):
+            first = [costs.index[holes[0][0]], costs.columns[holes[0][1]]]
+            raise ValueError(
+                f"{len(holes)} of the {costs.size} prompt x model pairs have no outcome row with a cost_usd, "
+                f"e.g. {first}: the metrics need every model's outcome on every prompt"
+            )
+    return outcomes
 
 
 def _matrices(outcomes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -105,7 +128,7 @@ def single_models(outcomes: pd.DataFrame) -> dict[str, tuple[float, float]]:
 
 def summary(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, float | str]:
     """AIQ, gap recovered, cost to match the best single model and the reference points, as one dict."""
-    check_outcomes(outcomes)
+    outcomes = check_outcomes(outcomes)
     scores, _ = _matrices(outcomes)
     singles = single_models(outcomes)
     best = max(singles, key=lambda m: singles[m][1])
@@ -142,7 +165,7 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Router curve, single models and the oracle in the cost-quality plane, written atomically as a PNG (or
     an SVG or PDF, by the suffix)."""
-    check_outcomes(outcomes)
+    outcomes = check_outcomes(outcomes)
     if Path(path).suffix.lower() not in PLOT_SUFFIXES:
         raise ValueError(f"{path}: a plot is written as one of {', '.join(PLOT_SUFFIXES)}")
     import matplotlib
@@ -167,11 +190,9 @@ def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | P
     ax.set_title(title or "Router cost-quality curve")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # the format comes from the suffix
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=path.suffix) as tmp:  # the format comes from the suffix
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path

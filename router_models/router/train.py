@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.bench.outcomes import check_unique_prompt_ids
 from router_models.router.features import (
     ROUTER_EMBEDDER,
     CostModel,
@@ -15,8 +16,9 @@ from router_models.router.features import (
     embed_prompts,
     make_features,
 )
+from router_models.router.metrics import check_outcomes
 from router_models.router.policies import Budget
-from router_models.router.predictors.base import Features, get_predictor, numbers_in
+from router_models.router.predictors.base import Features, get_predictor
 from router_models.router.router import Router
 from router_models.router.rules import load_rules, model_metadata
 
@@ -31,10 +33,9 @@ def panel(
     for col in ("prompt_id", "prompt"):
         if col not in prompts:
             raise ValueError(f"prompts table needs a {col!r} column")
-    for col in ("prompt_id", "model", "score", "cost_usd"):
-        if col not in outcomes:
-            raise ValueError(f"outcome table needs a {col!r} column")
-    prompts = prompts.assign(prompt_id=prompts["prompt_id"].astype(str)).drop_duplicates("prompt_id")
+    prompts = prompts.assign(prompt_id=prompts["prompt_id"].astype(str))
+    check_unique_prompt_ids(prompts, "the prompts table")
+    outcomes = check_outcomes(outcomes, complete=False)  # a model need not have seen every prompt
     outcomes = outcomes.assign(
         prompt_id=outcomes["prompt_id"].astype(str), model=outcomes["model"].astype(str)
     )
@@ -42,8 +43,6 @@ def panel(
         prompts = prompts.merge(
             outcomes.groupby("prompt_id")["task"].first().reset_index(), on="prompt_id", how="left"
         )
-    for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
-        outcomes = outcomes.assign(**{col: numbers_in(outcomes, col, lo, hi, "outcome", empty_ok=True)})
     scored = outcomes.dropna(subset=["score"])
     prompts = prompts[prompts["prompt_id"].isin(scored["prompt_id"])].reset_index(drop=True)
     models = sorted(scored["model"].unique())

@@ -1,0 +1,174 @@
+"""Tables and folders `router train | predict | evaluate` must refuse with a one-line error (exit code 2),
+on a small RouterBench slice: each was accepted, or was a traceback, before."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from router_models.router import metrics
+from router_models.router.artifact import ArtifactError, load_router
+from router_models.router.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tables(shared_data):
+    """Train: 20 prompts per task; test: 10 other prompts per task, with their outcome rows."""
+    rb = shared_data / "routerbench"
+    prompts = pd.read_csv(rb / "prompts_train.csv", dtype={"prompt_id": str})[["prompt_id", "task", "prompt"]]
+    outcomes = pd.read_csv(rb / "outcomes_train.csv", dtype={"prompt_id": str})
+    shuffled = prompts.sample(frac=1.0, random_state=3)
+    train = shuffled.groupby("task").head(20)
+    test = shuffled.drop(train.index).groupby("task").head(10)
+    return {
+        "train": (train, outcomes[outcomes.prompt_id.isin(train.prompt_id)].reset_index(drop=True)),
+        "test": (test, outcomes[outcomes.prompt_id.isin(test.prompt_id)].reset_index(drop=True)),
+    }
+
+
+def _said(res) -> str:
+    assert res.exit_code == 2, res.output  # a traceback exits with 1, an accepted table with 0
+    return " ".join(re.sub("[│─╭╮╰╯]", " ", res.output).split())  # typer's error box wraps the message
+
+
+def _train(tables, tmp_path, out, prompts=None, outcomes=None):
+    p, o = tables["train"]
+    (p if prompts is None else prompts).to_csv(tmp_path / "tp.csv", index=False)
+    (o if outcomes is None else outcomes).to_csv(tmp_path / "to.csv", index=False)
+    args = ["train", "--prompts", str(tmp_path / "tp.csv"), "--outcomes", str(tmp_path / "to.csv"),
+            "--out", str(out), "--embedder", "static", "--predictor", "global_mean"]  # fmt: skip
+    return runner.invoke(app, args, env={"SM_RUN_DIR": str(tmp_path / "run")})
+
+
+@pytest.fixture(scope="module")
+def router(tables, tmp_path_factory):
+    d = tmp_path_factory.mktemp("router_errors")
+    res = _train(tables, d, d / "router")
+    assert res.exit_code == 0, res.output
+    return d / "router"
+
+
+def _evaluate(router, tables, tmp_path, outcomes):
+    p, _ = tables["test"]
+    p[["prompt_id", "prompt"]].to_csv(tmp_path / "p.csv", index=False)
+    outcomes.to_csv(tmp_path / "o.csv", index=False)
+    args = ["evaluate", "--router", str(router), "--prompts", str(tmp_path / "p.csv")]
+    return runner.invoke(app, [*args, "--outcomes", str(tmp_path / "o.csv")])
+
+
+def test_evaluate_refuses_an_outcome_table_missing_prompt_model_pairs(router, tables, tmp_path):
+    """Missing rows were NaN costs: the hull sorted NaN points, and AIQ changed from one run to the next."""
+    _, o = tables["test"]
+    gaps = o.drop(index=o.index[::9])
+    said = _said(_evaluate(router, tables, tmp_path, gaps))
+    assert f"{len(o) - len(gaps)} of the {len(o)} prompt x model pairs have no outcome row" in said
+    with pytest.raises(ValueError, match="no outcome row with a cost_usd"):
+        metrics.summary(o.rename(columns={"score": "predicted_score"}), gaps)
+    with pytest.raises(ValueError, match="not finite numbers"):
+        metrics.hull_area([(1.0, 0.5), (np.nan, 0.7), (2.0, 0.6)], 0.0, 2.0)
+
+
+def test_train_does_not_replace_a_folder_that_is_not_a_router(router, tables, tmp_path):
+    """A folder with any manifest.json was deleted; an older router's folder is still replaced."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text(json.dumps({"name": "my model", "files": ["weights.bin"]}))
+    (foreign / "weights.bin").write_bytes(b"precious")
+    assert "refusing to overwrite" in _said(_train(tables, tmp_path, foreign))
+    assert sorted(f.name for f in foreign.iterdir()) == ["manifest.json", "weights.bin"]
+    old = tmp_path / "old"
+    shutil.copytree(router, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    res = _train(tables, tmp_path, old)
+    assert res.exit_code == 0, res.output
+    assert load_router(old).models == load_router(router).models
+
+
+def test_train_refuses_a_model_scored_without_costs(tables, tmp_path):
+    """It was trained as free, and manifest.json held a bare NaN."""
+    _, o = tables["train"]
+    free = o.assign(cost_usd=o["cost_usd"].where(o["model"] != "claude-v2"))
+    assert "scored outcome rows have no cost_usd" in _said(
+        _train(tables, tmp_path, tmp_path / "r", outcomes=free)
+    )
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_scores_and_costs_out_of_range(router, tables, tmp_path):
+    _, o = tables["test"]
+    cases = [
+        (o.assign(score=o["score"] * 10), "outcome column 'score' needs numbers in [0, 1]"),
+        (o.assign(cost_usd=-o["cost_usd"]), "outcome column 'cost_usd' needs numbers in [0, inf]"),
+    ]
+    for outcomes, needle in cases:
+        assert needle in _said(_evaluate(router, tables, tmp_path, outcomes))
+
+
+def test_evaluate_refuses_outcomes_sharing_fewer_than_two_models_with_the_router(router, tables, tmp_path):
+    """Upper-cased names matched none of the router's models; one model gave a null AIQ and a warning."""
+    _, o = tables["test"]
+    upper = o.assign(model=o["model"].str.upper())
+    assert "shares 0 models with the router" in _said(_evaluate(router, tables, tmp_path, upper))
+    one = o[o["model"] == "claude-v2"]
+    assert "at least two models" in _said(_evaluate(router, tables, tmp_path, one))
+
+
+def test_a_malformed_manifest_is_an_artifact_error(router, tables, tmp_path):
+    """`[]` was an AttributeError, a manifest without `files` a KeyError."""
+    manifest = json.loads((router / "manifest.json").read_text())
+    p, _ = tables["test"]
+    p.to_csv(tmp_path / "p.csv", index=False)
+    for content, needle in [
+        ([], "is a JSON list"),
+        ({k: v for k, v in manifest.items() if k != "files"}, "['files']"),
+    ]:
+        bad = tmp_path / f"bad{len(content)}"
+        shutil.copytree(router, bad)
+        (bad / "manifest.json").write_text(json.dumps(content))
+        with pytest.raises(ArtifactError, match=re.escape(needle)):
+            load_router(bad)
+        args = [
+            "predict",
+            "--router",
+            str(bad),
+            "--prompts",
+            str(tmp_path / "p.csv"),
+            "--out",
+            str(tmp_path / "x.csv"),
+        ]
+        assert needle in _said(runner.invoke(app, args))
+
+
+def test_train_refuses_repeated_prompt_ids_and_pairs_like_evaluate(tables, tmp_path):
+    p, o = tables["train"]
+    said = _said(_train(tables, tmp_path, tmp_path / "r", prompts=pd.concat([p, p.head(1)])))
+    assert f"repeats prompt_id {p['prompt_id'].iloc[0]!r}" in said
+    said = _said(_train(tables, tmp_path, tmp_path / "r", outcomes=pd.concat([o, o.head(2)])))
+    assert "repeats 2 (prompt_id, model) pairs" in said
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_always_draws_its_plot_and_prints_its_figures_when_it_cannot(router, tables, tmp_path):
+    """The Pareto plot was drawn only with --plot, and a --plot that could not be written lost the figures."""
+    p, o = tables["test"]
+    p[["prompt_id", "prompt"]].to_csv(tmp_path / "p.csv", index=False)
+    o.to_csv(tmp_path / "o.csv", index=False)
+    args = ["evaluate", "--router", str(router), "--prompts", str(tmp_path / "p.csv"),
+            "--outcomes", str(tmp_path / "o.csv")]  # fmt: skip
+    res = runner.invoke(app, args, env={"SM_RUN_DIR": str(tmp_path / "run")})
+    assert res.exit_code == 0, res.output
+    drawn = tmp_path / "run" / "router_eval" / f"{router.name}.png"
+    assert json.loads(res.stdout)["plot"] == str(drawn) and drawn.stat().st_size > 1000
+    (tmp_path / "a-file").write_text("")
+    res = runner.invoke(app, [*args, "--plot", str(tmp_path / "a-file" / "pareto.png")])
+    assert res.exit_code == 2 and "the Pareto plot was not written" in res.stderr, res.output
+    assert json.loads(res.stdout)["aiq"] > 0
