@@ -99,8 +99,10 @@ def _config(settings: Settings) -> dict:
 
 
 def _manifest_bytes(store: ObjectStore) -> bytes | None:
-    found = store.get_tagged(MANIFEST)
-    return found[0] if found else None
+    try:
+        return store.get(MANIFEST)
+    except KeyError:
+        return None
 
 
 def _parse_manifest(raw: bytes | None) -> dict:
