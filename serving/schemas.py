@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from router_models.router.signals import Constraints
 from serving.openapi import openapi30
@@ -135,6 +135,13 @@ class RagRequest(ApiModel):
     mode: Literal["bm25", "dense", "hybrid", "hybrid_rrf", "hybrid_convex"] = "hybrid"
     max_tokens: int = Field(default=256, ge=1, le=2048)
     constraints: ApiConstraints = Field(default_factory=ApiConstraints)
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, question: str) -> str:  # " " was answered from 4 arbitrary sources
+        if not question.strip():
+            raise ValueError("`question` holds only white space")
+        return question
 
     def routing_constraints(self) -> ApiConstraints:
         return _reserving(self.constraints, self.max_tokens)

@@ -192,3 +192,51 @@ def test_a_run_holds_100_documents_however_many_chunks_each_has(tmp_path):
     res = evaluate(settings, corpus, corpus / "queries.jsonl", corpus / "qrels.tsv", "bm25", tmp_path / "idx")
     assert res["ingest"]["chunks_total"] > 10 * len(docs)
     assert res["recall@100"] == 1.0 and res["ndcg@10"] == 0.0  # ranked between 11th and 100th
+
+
+@pytest.fixture(scope="module")
+def every_index(beir, tmp_path_factory):
+    """The labelled corpus ingested and indexed for every mode (the static embedder: only the plumbing is
+    under test here)."""
+    from pipelines.corpus.ingest import ingest_corpus
+    from pipelines.corpus.store import LocalStore
+    from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
+
+    root = tmp_path_factory.mktemp("every_index")
+    settings = Settings(run_dir=root / "run", embedder="static", chunk_tokens=64, chunk_overlap=0)
+    store, ix = LocalStore(root / "store"), root / "ix"
+    ingest_corpus(settings, str(beir[1]), store=store)
+    for build in (build_keyword_index, build_dense_index, build_graph_index):
+        build(settings, ix, store)
+    return settings, ix, store
+
+
+def test_a_blank_query_finds_nothing_and_a_lone_surrogate_fails_no_search(every_index):
+    """A blank query got every chunk from the dense index at 0.0, in its own order (and RAG answered from
+    them); a lone UTF-16 surrogate (JSON's "\\ud800") was a UnicodeEncodeError in every mode."""
+    from pipelines.rag.retrieve import MODES, open_retriever
+
+    settings, ix, store = every_index
+    r = open_retriever(settings, ix, store)
+    try:
+        for mode in MODES:
+            for blank in ("", "   ", "\t\n"):
+                assert r.search(blank, mode, k=4) == [], (mode, blank)
+            hits = r.search("error E4471 caf\ud800", mode, k=4)
+            assert hits and (mode != "bm25" or hits[0].doc_id == "e4471"), (mode, hits)
+    finally:
+        r.close()
+
+
+def test_with_rrf_hybrid_graph_is_hybrid_plus_the_graph(every_index):
+    """With SM_FUSION=rrf, hybrid_graph weighed BM25 0.2 and dense 0.8 while hybrid weighed them the same:
+    at graph weight 0 the two ranked every query differently."""
+    from pipelines.rag.retrieve import open_retriever
+
+    settings, ix, store = every_index
+    r = open_retriever(settings.model_copy(update={"fusion": "rrf", "graph_weight": 0.0}), ix, store)
+    try:
+        for query, _ in QUERIES.values():
+            assert r.search_docs(query, "hybrid_graph", k=20) == r.search_docs(query, "hybrid", k=20), query
+    finally:
+        r.close()

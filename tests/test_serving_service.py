@@ -600,6 +600,8 @@ def test_rag_without_an_index_is_503_and_validates_first(client):
     _no_trace(r)
     r = client.post("/v1/rag", json={"question": "x", "mode": "hybrid_graph"}, headers=AUTH)
     assert r.status_code == 422 and "mode" in r.json()["error"]["message"]
+    r = client.post("/v1/rag", json={"question": " \n "}, headers=AUTH)  # was answered from 4 random sources
+    assert r.status_code == 422 and "only white space" in r.json()["error"]["message"], r.text
     assert client.post("/v1/rag", json={"question": "x"}).status_code == 401
 
 

@@ -54,9 +54,11 @@ class Answer:
 
 
 def _shown(hits: list[Hit], max_context_chars: int) -> list[str]:
-    """Each source as the model sees it: they share `max_context_chars` equally."""
+    """Each source as the model sees it: they share `max_context_chars` equally (200 characters each at
+    least). A source's own `[n]` is shown as `(n)`: a document's reference marks, or a forged `[2] ...`
+    block, were read as the labels of other sources, and an answer that copied them cited the wrong chunk."""
     per = max(200, max_context_chars // max(1, len(hits)))
-    return [f"{(h.title + ': ') if h.title else ''}{h.text[:per]}" for h in hits]
+    return [_LABEL.sub(r"(\1)", f"{(h.title + ': ') if h.title else ''}{h.text[:per]}") for h in hits]
 
 
 def build_messages(question: str, hits: list[Hit], max_context_chars: int = 4000) -> list[dict]:

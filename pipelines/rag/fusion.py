@@ -17,6 +17,8 @@ def rrf(lists: Mapping[str, Sequence[ScoredChunk]], k: int = 60,
     fused: dict[str, float] = {}
     for name, hits in lists.items():
         w = 1.0 if weights is None else weights.get(name, 0.0)
+        if w == 0:  # as in `convex`: a list of weight 0 adds no chunk
+            continue
         for rank, h in enumerate(hits, 1):
             fused[h.chunk_id] = fused.get(h.chunk_id, 0.0) + w / (k + rank)
     return sorted(fused.items(), key=lambda kv: -kv[1])

@@ -34,13 +34,16 @@ def load_queries(path: str | Path) -> dict[str, str]:
 
 
 def load_qrels(path: str | Path) -> dict[str, set[str]]:
-    """BEIR qrels TSV (query-id, corpus-id, score) with or without its header row."""
+    """BEIR qrels TSV (query-id, corpus-id, score) with or without its header row; a score may be written
+    `1.0` (it was dropped as a header)."""
     qrels: dict[str, set[str]] = {}
     for line in _lines(path):
         parts = line.rstrip("\n").split("\t")
-        if len(parts) < 3 or not parts[2].strip().lstrip("-").isdigit():
-            continue  # header or blank
-        if int(parts[2]) > 0:
+        try:
+            score = float(parts[2]) if len(parts) >= 3 else math.nan
+        except ValueError:
+            continue  # the header
+        if score > 0:
             qrels.setdefault(parts[0], set()).add(parts[1])
     return qrels
 

@@ -59,15 +59,18 @@ class Retriever:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         depth = depth or self.depth
+        query = query.encode("utf-8", "replace").decode()  # a lone surrogate ("\ud800") is no character
+        blank = not query.strip()  # nothing to match: the dense index ranked every chunk 0.0, in its order
         out: dict[str, list[ScoredChunk]] = {}
         if mode != "dense":
-            out["bm25"] = self._need(self.keyword, "keyword").search(query, depth)
+            out["bm25"] = [] if blank else self._need(self.keyword, "keyword").search(query, depth)
         if mode != "bm25":
-            out["dense"] = self._need(self.dense, "dense").search(query, depth)
+            out["dense"] = [] if blank else self._need(self.dense, "dense").search(query, depth)
         if mode == "hybrid_graph":
             from pipelines.index.graph import graph_search
 
-            out["graph"] = graph_search(self._need(self.graph, "graph"), query, len(self.chunks), depth)
+            graph = self._need(self.graph, "graph")
+            out["graph"] = [] if blank else graph_search(graph, query, len(self.chunks), depth)
         return out
 
     @staticmethod
@@ -80,9 +83,10 @@ class Retriever:
         s = self.settings
         if mode in ("bm25", "dense"):
             return [(h.chunk_id, h.score) for h in lists[mode]]
-        weights = {"bm25": 1 - s.hybrid_alpha, "dense": s.hybrid_alpha, "graph": s.graph_weight}
         if mode == "hybrid_rrf" or (mode in ("hybrid", "hybrid_graph") and s.fusion == "rrf"):
-            return rrf(lists, k=s.rrf_k, weights=weights if mode == "hybrid_graph" else None)
+            # hybrid_graph is hybrid plus the graph's list: BM25 and dense weigh the same in both
+            return rrf(lists, k=s.rrf_k, weights={"bm25": 1.0, "dense": 1.0, "graph": s.graph_weight})
+        weights = {"bm25": 1 - s.hybrid_alpha, "dense": s.hybrid_alpha, "graph": s.graph_weight}
         return convex(lists, weights, NORMALISATION)
 
     def search(self, query: str, mode: str = "hybrid", k: int = 10) -> list[Hit]:
