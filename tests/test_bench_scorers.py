@@ -59,6 +59,16 @@ WINO = (
         ("Option A is wrong.", None),  # ruling a letter out commits to none
         ("Option A is incorrect, B is right.", "B"),
         ("(A) is not it; (C) works", "C"),
+        # two letters offered together commit to none: each scored as the gold answer (and a constant
+        # "A, B, C, D" scored 0.195 on ARC)
+        ("B, C", None),
+        ("B\nC", None),
+        ("(B) or (C)", None),
+        ("The answer is B or C", None),
+        ("Option B or option C", None),
+        ("A, B, C, D", None),
+        ("B/C", None),
+        ("B and C are wrong; the answer is D.", "D"),
     ],
 )
 def test_extract_choice_on_tricky_outputs(text, expected):
@@ -116,6 +126,15 @@ def test_extract_code_from_fences_or_plain_text():
     assert extract_code(out) == "def f(x):\n    return x\n"
     assert extract_code("def g():\n    return 1") == "def g():\n    return 1"
     assert "def h" in extract_code("```\ndef h():\n    pass")  # unterminated fence
+
+
+@pytest.mark.parametrize("bad", ["print(square(4)", "x = = 1", "  y = 2", "s = 'open"])
+def test_a_whole_block_that_does_not_parse_fails(bad):
+    """The lines that did not parse were dropped from any block, so code that cannot run passed its tests;
+    only a block cut off at the token cap is cut to the lines that parse."""
+    tests = ["assert square(3) == 9"]
+    assert score_code(f"```python\n{SQUARE}\n{bad}\n```", tests) == 0.0
+    assert score_code(f"```python\n{SQUARE}\n{bad}", tests) == 1.0  # cut off: its last line is lost
 
 
 SQUARE = "def square(n):\n    return n * n"

@@ -35,6 +35,7 @@ class ScoreError(ValueError):
 _OPTION = re.compile(r"^\s*\(?([A-H])[).:]\s*(.+?)\s*$", re.M)
 # what follows a letter that is ruled out, not chosen: "A is wrong", "(B) is not it"
 _RULED_OUT = re.compile(r"[\)\]]?\s+(?i:is|was|seems|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b")
+_BOTH_RULED_OUT = re.compile(r"\s+(?i:are|were|seem|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b")
 
 
 def parse_choices(prompt: str) -> dict[str, str]:
@@ -57,6 +58,12 @@ def extract_choice(
     t = text.strip()
     if len(set(re.findall(rf"^\s*\(?([{up}])\)", t, flags=re.M))) > 1:
         return None  # the answer echoes the option list ("A) 36 V\nB) 4 V"): no commitment
+    # two letters offered together ("B, C", "B\nC", "(B) or (C)", "option B or option C"): no commitment;
+    # each was read as the answer (a constant "A, B, C, D" scored 0.195 on ARC)
+    one = rf"[\(\[]?([{up}])[\)\]]?"
+    joined = rf"\b{one}\s*(?:,|/|&|\n|\bor\b|\band\b)\s*(?:(?i:option|choice)\s*)?{one}(?![\w'])"
+    if any(m[1] != m[2] and not _BOTH_RULED_OUT.match(t, m.end()) for m in re.finditer(joined, t)):
+        return None
 
     def pick(m: re.Match | None) -> str | None:
         return (m.group(1) or m.group(2)).upper() if m else None
@@ -162,7 +169,7 @@ def score_extraction(output: str, reference: Any) -> dict[str, float]:
     return {"em": max(exact_match(ans, r) for r in refs), "f1": max(token_f1(ans, r) for r in refs)}
 
 
-_FENCE = re.compile(r"^[ \t]*(?:```|~~~)([^\n`]*)\n(.*?)(?:^[ \t]*(?:```|~~~)|\Z)", re.S | re.M)
+_FENCE = re.compile(r"^[ \t]*(?:```|~~~)([^\n`]*)\n(.*?)(^[ \t]*(?:```|~~~)|\Z)", re.S | re.M)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
 
 
@@ -189,15 +196,18 @@ def _longest_parsing_lines(text: str, limit: int = 60) -> str:
 def extract_code(output: str) -> str:
     """The code of the answer: its Python blocks joined (tagged as Python, or untagged and parsing as Python;
     not a shell line, a `>>>` session or printed output), else the whole text; where that does not parse
-    (prose around unfenced code, an answer cut off at the token cap) its longest run of lines that does."""
+    (prose around unfenced code, a block cut off at the token cap) its longest run of lines that does. Whole
+    blocks that do not parse are the code as written: dropping their bad lines passed code that cannot run."""
     output = output.replace("\r\n", "\n")
-    blocks = [(tag.strip().lower(), textwrap.dedent(code)) for tag, code in _FENCE.findall(output)]
-    code = "\n\n".join(
-        b for tag, b in blocks
+    fenced = [(tag.strip().lower(), textwrap.dedent(code), end) for tag, code, end in _FENCE.findall(output)]
+    blocks = [
+        (b, end) for tag, b, end in fenced
         if b.strip() and tag in _PYTHON_TAGS and not b.lstrip().startswith(">>>") and (tag or _parses(b))
-    )  # fmt: skip
-    code = code or output
-    return code if _parses(code) else _longest_parsing_lines(code)
+    ]  # fmt: skip
+    code = "\n\n".join(b for b, _ in blocks) or output
+    if _parses(code) or (blocks and all(end for _, end in blocks)):
+        return code
+    return _longest_parsing_lines(code)
 
 
 def score_code(output: str, tests: Sequence[str] | None, timeout_s: float = 5.0) -> float:
