@@ -95,6 +95,23 @@ def test_good_files_load_with_lists_and_families(tmp_path):
     assert read_prompt_file(csv_path).loc[0, "tests"] == ["assert 1"]
 
 
+def test_an_unknown_task_needs_its_family_named(tmp_path):
+    """A task name that is no known task nor family (a typo: `arc_challenge`) was scored as chat, unsaid."""
+    rows = [GOOD, {"prompt_id": "p2", "task": "arc_challenge", "prompt": "Q? A) x B) y", "reference": "A"}]
+    with pytest.raises(PromptSetError, match=r":2: task 'arc_challenge' is no known task .* give the row"):
+        read_prompt_file(_jsonl(tmp_path / "typo.jsonl", rows))
+    rows[1]["family"] = "multiple_choice"  # a task of one's own, scored as the family it names
+    assert read_prompt_file(_jsonl(tmp_path / "own.jsonl", rows))["family"].tolist() == [
+        "extraction", "multiple_choice",
+    ]  # fmt: skip
+    (tmp_path / "own.csv").write_text("prompt_id,task,prompt,family\np1,legal-qa,Q?,chat\np2,chat,hi,\n")
+    assert read_prompt_file(tmp_path / "own.csv")["family"].tolist() == ["chat", "chat"]
+    with pytest.raises(PromptSetError, match="family 'mcq' is none of"):
+        read_prompt_file(_jsonl(tmp_path / "f.jsonl", [{**GOOD, "family": "mcq"}]))
+    r = CliRunner().invoke(app, ["run", "--prompt-set", "demo", "--max-tokens", "-5", "--out", "o.csv"])
+    assert r.exit_code == 2 and "--max-tokens" in r.output  # every call failed, and the run exited 0
+
+
 def test_demo_set_has_every_scorable_family_with_what_it_needs(tmp_path):
     df = load_prompt_set("demo")
     df.to_parquet(tmp_path / "p.parquet")  # one type per column: the prompt_set asset can be parquet

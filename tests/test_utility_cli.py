@@ -126,6 +126,34 @@ def test_a_rerun_on_the_same_data_reads_the_fit_and_a_change_refits(routerbench_
     assert np.allclose(rows, changed.summary.set_index(["task", "model"])["utility_mean"].sort_index())
 
 
+def test_infinite_or_negative_numbers_and_out_of_range_scores_are_refused(routerbench_slice, tmp_path):
+    """inf failed the fit with a sampler's or PyMC's traceback; a negative cost read as a free call; the
+    RouterBench import took a score of 7 (an accuracy of 7.000), a repeated row and an orphan prompt."""
+    from pipelines.bench.outcomes import routerbench_outcome_table
+
+    p, o, _ = routerbench_slice
+    table = pd.read_csv(o, dtype={"prompt_id": str})
+    for value in ("inf", -1.0):
+        cost = table["cost_usd"].astype(object).where(table.index != 4, value)
+        with pytest.raises(ValueError, match="cost_usd .* is not a finite number >= 0"):
+            outcome_table_from_files(p, _written(table.assign(cost_usd=cost), tmp_path / "bad.csv"))
+    elo = pd.read_csv(SNAPSHOT_PATH)
+    _written(elo.astype({"arena_elo": object}).assign(arena_elo="inf"), tmp_path / "elo.csv")
+    with pytest.raises(ValueError, match="arena_elo must be a finite number"):
+        load_priors(tmp_path / "elo.csv")
+    rb = tmp_path / "rb"
+    rb.mkdir()
+    pd.read_csv(p).to_csv(rb / "prompts_train.csv", index=False)
+    scored = table.dropna(subset=["score"])
+    ghost = scored.head(1).assign(prompt_id="ghost")
+    for broken, needle in ((table.assign(score=table["score"].where(table.index != 2, 7)), "outside"),
+                           (pd.concat([table, scored.head(1)]), "pairs have several rows"),
+                           (pd.concat([table, ghost]), "are not in")):  # fmt: skip
+        broken.to_csv(rb / "outcomes_train.csv", index=False)
+        with pytest.raises(ValueError, match=needle):
+            routerbench_outcome_table(rb)
+
+
 def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
     """A blank model name, a non-numeric score or a missing priors file was a 24-134-line traceback or,
     for the priors, silently ignored."""

@@ -45,7 +45,9 @@ def run(
     limit: int = typer.Option(0, "--limit", min=0, help="stratified sample of at most N prompts (0: all)"),
     out: Path = typer.Option(..., "--out", help="outcome table, .parquet or .csv"),
     concurrency: int = typer.Option(2, "--concurrency", min=1),
-    max_tokens: int = typer.Option(0, "--max-tokens", help="cap on generated tokens (0: per task default)"),
+    max_tokens: int = typer.Option(
+        0, "--max-tokens", min=0, help="cap on generated tokens (0: per task default)"
+    ),
     seed: int = typer.Option(0, "--seed"),
     work_dir: Path = typer.Option(None, "--work-dir", help="committed parts (resume); default OUT.parts/"),
     start_servers: bool = typer.Option(True, "--start-servers/--no-start-servers"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.files import atomic_path
@@ -61,6 +62,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
         num = pd.to_numeric(df[col], errors="coerce")
         if (bad := num.isna() & df[col].notna()).any():
             raise ValueError(f"{where(bad)}: {col} {df[col][bad].iloc[0]!r} is not a number")
+        # inf failed the utility fit with a sampler's traceback; a negative cost or latency read as free
+        if (bad := ~np.isfinite(num.fillna(0)) | ((num < 0) & (col != "score"))).any():
+            raise ValueError(f"{where(bad)}: {col} {df[col][bad].iloc[0]!r} is not a finite number >= 0")
         df[col] = num
     return df
 
@@ -104,13 +108,52 @@ def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.Dat
 def routerbench_outcome_table(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
     """RouterBench outcomes in the outcome-table shape; rows without a score are dropped."""
     prompts, outcomes = load_routerbench(data_dir, split)
-    df = outcomes.merge(prompts[["prompt_id", "task", "prompt"]], on="prompt_id", how="left")
-    df = df.dropna(subset=["score"])
-    for col in ("latency_s", "ttft_s", "input_tokens", "output_tokens"):
-        df[col] = float("nan")
-    df["error"] = None
-    df["run_id"] = f"routerbench-{split}"
-    return df[OUTCOME_COLUMNS].reset_index(drop=True)
+    data_dir = Path(data_dir)
+    df = joined_outcomes(
+        outcomes, prompts, data_dir / f"outcomes_{split}.csv", data_dir / f"prompts_{split}.csv"
+    )
+    return df.assign(error=None, run_id=f"routerbench-{split}")
+
+
+def joined_outcomes(
+    out: pd.DataFrame, prompts: pd.DataFrame | None, source: str | Path, prompts_source: str | Path | None
+) -> pd.DataFrame:
+    """An outcome table (`out`, read from `source`) joined to its prompts' task and text, in the outcome
+    table's columns; rows without a score are dropped. Refused with a ValueError: a prompt_id the prompts
+    lack, a row with no task, a (prompt_id, model) pair twice (twice the evidence), a score outside [0, 1].
+    An outcome table that already carries `task` needs no prompts."""
+    for col in ("prompt_id", "model", "score"):
+        if col not in out.columns:
+            raise ValueError(f"{source}: no `{col}` column")
+    if prompts is not None:
+        if "prompt_id" not in prompts.columns:
+            raise ValueError(f"{prompts_source}: no `prompt_id` column")
+        check_unique_prompt_ids(prompts, prompts_source or "the prompts")
+        if orphans := sorted(set(out["prompt_id"]) - set(prompts["prompt_id"])):  # were dropped unsaid
+            raise ValueError(
+                f"{len(orphans)} prompt_ids of {source} are not in {prompts_source}: {orphans[:3]}"
+            )
+        cols = [c for c in ("prompt_id", "task", "prompt") if c in prompts.columns]
+        out = out.drop(columns=[c for c in ("task", "prompt") if c in out.columns]).merge(
+            prompts[cols], on="prompt_id", how="left"
+        )
+    if "task" not in out.columns:
+        raise ValueError("outcomes carry no `task` column: pass the prompts file too")
+    out = out.dropna(subset=["score"])  # a failed call (then retried) is no outcome, nor a repeat
+    no_task = out["task"].isna() | (out["task"].astype(str).str.strip() == "")
+    if no_task.any():  # were dropped without a word
+        ids = sorted(set(out.loc[no_task, "prompt_id"]))
+        raise ValueError(f"{int(no_task.sum())} outcome rows have no task (prompts {ids[:3]})")
+    twice = out.duplicated(["prompt_id", "model"], keep=False)
+    if twice.any():  # counted twice, they were twice the evidence
+        pairs = sorted(set(zip(out.loc[twice, "prompt_id"], out.loc[twice, "model"], strict=True)))
+        raise ValueError(f"{source}: {len(pairs)} (prompt_id, model) pairs have several rows: {pairs[:3]}")
+    if (bad := ~out["score"].between(0, 1)).any():  # 7 read as an accuracy of 7.000
+        raise ValueError(f"{source}: score {out['score'][bad].iloc[0]!r} is outside [0, 1]")
+    for col in OUTCOME_COLUMNS:
+        if col not in out.columns:
+            out[col] = np.nan
+    return out[OUTCOME_COLUMNS].reset_index(drop=True)
 
 
 def add_evidence(

@@ -129,5 +129,5 @@ def read_prompt_log(directory: str | Path, days: int | None = None,
                 rows.setdefault(pid, {"prompt_id": pid, "task": LOG_TASK, "prompt": prompt, "reference": None,
                                       "tests": None, "contexts": None})  # fmt: skip
     if not rows:
-        return pd.DataFrame(columns=[*PROMPT_COLUMNS, "family"]), bad
+        return pd.DataFrame(columns=PROMPT_COLUMNS), bad
     return _frame(list(rows.values())), bad

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.bench.outcomes import task_family
+from pipelines.bench.outcomes import TASK_FAMILY, TAXONOMY, task_family
 from pipelines.settings import Settings
 
 # `reference` is always a string (the first accepted answer); `answers` lists every accepted answer when a
 # file gives several, so each column has one type and the table round-trips through parquet
 PROMPT_COLUMNS = [
-    "prompt_id", "task", "prompt", "reference", "answers", "tests", "contexts", "gold_chunk_ids",
+    "prompt_id", "task", "prompt", "reference", "answers", "tests", "contexts", "gold_chunk_ids", "family",
 ]  # fmt: skip
 REQUIRED = ("prompt_id", "task", "prompt")
 DATA_DIR = Path(__file__).parent / "data"
@@ -40,6 +40,14 @@ def _check_row(row: dict, where: str) -> dict:
         v = row.get(key)
         if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
             raise PromptSetError(f"{where}: field {key!r} must be a list of strings")
+    family = row.get("family")
+    if family is not None and family not in TAXONOMY:
+        raise PromptSetError(f"{where}: family {family!r} is none of {', '.join(TAXONOMY)}")
+    if family is None and row["task"] not in (*TASK_FAMILY, *TAXONOMY):  # a typo was scored as chat, unsaid
+        raise PromptSetError(
+            f"{where}: task {row['task']!r} is no known task ({', '.join(TASK_FAMILY)}) nor family "
+            f"({', '.join(TAXONOMY)}): give the row a `family` to score it as one"
+        )
     ref = row.get("reference")
     if ref is not None and not isinstance(ref, (str, list)):
         raise PromptSetError(f"{where}: field 'reference' must be a string or a list of strings")
@@ -121,7 +129,8 @@ def _unique(rows: list[tuple[int, dict]], path: Path) -> list[dict]:
 
 
 def read_prompt_file(path: str | Path) -> pd.DataFrame:
-    """A JSONL or CSV prompt file as a validated table (columns PROMPT_COLUMNS plus `family`)."""
+    """A JSONL or CSV prompt file as a validated table (PROMPT_COLUMNS; `family` from the task where a row
+    names none)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"prompt file not found: {path}")
@@ -137,7 +146,7 @@ def read_prompt_file(path: str | Path) -> pd.DataFrame:
 def _frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=PROMPT_COLUMNS)
     df["prompt_id"] = df["prompt_id"].astype(str)
-    df["family"] = df["task"].map(task_family)
+    df["family"] = df["family"].fillna(df["task"].map(task_family))
     return df
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.bench.outcomes import OUTCOME_COLUMNS, check_unique_prompt_ids, read_table
+from pipelines.bench.outcomes import joined_outcomes, read_table
 
 
 def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -> pd.DataFrame:
@@ -26,38 +26,13 @@ def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -
         out = read_table(outcomes)
     except ValueError as e:
         raise ValueError(f"{outcomes}: {e}") from None
-    for col in ("prompt_id", "model", "score"):
-        if col not in out.columns:
-            raise ValueError(f"{outcomes}: no `{col}` column")
+    pr = None
     if prompts is not None:
         try:
             pr = read_table(prompts)
         except ValueError as e:
             raise ValueError(f"{prompts}: {e}") from None
-        if "prompt_id" not in pr.columns:
-            raise ValueError(f"{prompts}: no `prompt_id` column")
-        check_unique_prompt_ids(pr, prompts)
-        if orphans := sorted(set(out["prompt_id"]) - set(pr["prompt_id"])):  # were dropped without a word
-            raise ValueError(f"{len(orphans)} prompt_ids of {outcomes} are not in {prompts}: {orphans[:3]}")
-        cols = [c for c in ("prompt_id", "task", "prompt") if c in pr.columns]
-        out = out.drop(columns=[c for c in ("task", "prompt") if c in out.columns]).merge(
-            pr[cols], on="prompt_id", how="left"
-        )
-    if "task" not in out.columns:
-        raise ValueError("outcomes carry no `task` column: pass the prompts file too")
-    out = out.dropna(subset=["score"])  # a failed call (then retried) is no outcome, nor a repeat
-    no_task = out["task"].isna() | (out["task"].astype(str).str.strip() == "")
-    if no_task.any():  # were dropped without a word
-        ids = sorted(set(out.loc[no_task, "prompt_id"]))
-        raise ValueError(f"{int(no_task.sum())} outcome rows have no task (prompts {ids[:3]})")
-    twice = out.duplicated(["prompt_id", "model"], keep=False)
-    if twice.any():  # counted twice, they were twice the evidence
-        pairs = sorted(set(zip(out.loc[twice, "prompt_id"], out.loc[twice, "model"], strict=True)))
-        raise ValueError(f"{outcomes}: {len(pairs)} (prompt_id, model) pairs have several rows: {pairs[:3]}")
-    for col in OUTCOME_COLUMNS:
-        if col not in out.columns:
-            out[col] = np.nan
-    return out[OUTCOME_COLUMNS].reset_index(drop=True)
+    return joined_outcomes(out, pr, outcomes, prompts)
 
 
 def data_version(outcomes: pd.DataFrame) -> str:

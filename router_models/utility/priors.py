@@ -29,8 +29,9 @@ def load_priors(path: str | Path | None = None) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = ""
     elo = pd.to_numeric(df["arena_elo"], errors="coerce")
-    if bad := [str(v) for v, e in zip(df["arena_elo"], elo, strict=True) if pd.notna(v) and pd.isna(e)]:
-        raise ValueError(f"{path}: arena_elo must be a number or blank, not {bad[:3]}")  # "1,050" was none
+    bad = [str(v) for v, e in zip(df["arena_elo"], elo, strict=True) if pd.notna(v) and not math.isfinite(e)]
+    if bad:  # "1,050" was none; inf failed the fit with a traceback from PyMC
+        raise ValueError(f"{path}: arena_elo must be a finite number or blank, not {bad[:3]}")
     df["arena_elo"] = elo
     df["snapshot"] = df["snapshot"].fillna(path.name).astype(str)
     df["source"] = df["source"].fillna("").astype(str)
