@@ -69,6 +69,13 @@ WINO = (
         ("A, B, C, D", None),
         ("B/C", None),
         ("B and C are wrong; the answer is D.", "D"),
+        # ... but letters named while reasoning leave a stated answer, or a leading one, as it was
+        ("The answer is D. Options A, B and C are incorrect.", "D"),
+        ("The answer is C (not A or B).", "C"),
+        ("Comparing A and B, the answer is B.", "B"),
+        ("The answer is B, C is wrong.", "B"),
+        ("The answer is (B), as (A) and (C) don't apply", "B"),
+        ("B\nA wet palm rubs less.", "B"),
     ],
 )
 def test_extract_choice_on_tricky_outputs(text, expected):
@@ -135,6 +142,8 @@ def test_a_whole_block_that_does_not_parse_fails(bad):
     tests = ["assert square(3) == 9"]
     assert score_code(f"```python\n{SQUARE}\n{bad}\n```", tests) == 0.0
     assert score_code(f"```python\n{SQUARE}\n{bad}", tests) == 1.0  # cut off: its last line is lost
+    example = f"```python\n{SQUARE}\n```\nExample:\n```python\nsquare(3) -> 9\n```"  # defines nothing
+    assert score_code(example, tests) == 1.0
 
 
 SQUARE = "def square(n):\n    return n * n"

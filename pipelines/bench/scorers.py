@@ -58,15 +58,23 @@ def extract_choice(
     t = text.strip()
     if len(set(re.findall(rf"^\s*\(?([{up}])\)", t, flags=re.M))) > 1:
         return None  # the answer echoes the option list ("A) 36 V\nB) 4 V"): no commitment
-    # two letters offered together ("B, C", "B\nC", "(B) or (C)", "option B or option C"): no commitment;
-    # each was read as the answer (a constant "A, B, C, D" scored 0.195 on ARC)
+    # two letters offered together ("B, C", "B\nC", "(B) or (C)", "option B or option C") commit to neither:
+    # each was read as the answer (a constant "A, B, C, D" scored 0.195 on ARC). Not a second letter ruled
+    # out ("B, C is wrong") or the article ("B\nA wet palm ..."), nor a pair ruled out ("B and C are wrong")
     one = rf"[\(\[]?([{up}])[\)\]]?"
-    joined = rf"\b{one}\s*(?:,|/|&|\n|\bor\b|\band\b)\s*(?:(?i:option|choice)\s*)?{one}(?![\w'])"
-    if any(m[1] != m[2] and not _BOTH_RULED_OUT.match(t, m.end()) for m in re.finditer(joined, t)):
-        return None
+    joined = re.compile(rf"{one}\s*(?:,|/|&|\n|\bor\b|\band\b)\s*(?:(?i:option|choice)\s*)?{one}(?![\w'])")
+    article = r"\s+(?!(?:or|and|is|was|because|since|would|as)\b)[a-z]"  # "A dog"; not "A or B"
+
+    def offered(m: re.Match) -> bool:
+        return (m[1] != m[2] and not _RULED_OUT.match(t, m.end()) and not _BOTH_RULED_OUT.match(t, m.end())
+                and not (m[2] == "A" and re.match(article, t[m.end():])))  # fmt: skip
 
     def pick(m: re.Match | None) -> str | None:
-        return (m.group(1) or m.group(2)).upper() if m else None
+        if m is None:
+            return None
+        at = m.start(1) if m.group(1) else m.start(2)  # the letter, or the bracket before it
+        with_another = joined.match(t, at - 1 if at and t[at - 1] in "([" else at)
+        return None if with_another and offered(with_another) else (m.group(1) or m.group(2)).upper()
 
     def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6
         return _RULED_OUT.match(t, m.end()) is not None
@@ -78,6 +86,8 @@ def extract_choice(
     said = list(re.finditer(rf"(?i:answer)\s*(?i:is|would be|:)?\s*:?\s*[\(\[]?{let}", t))
     if said:
         return pick(said[-1])
+    if any(offered(m) for m in joined.finditer(t)):  # no statement to go by
+        return None
     # 3. the answer starts with a marked letter: "B) house", "(C) ...", "D. impact", "B\n..."
     m = re.match(rf"[\(\[]?([{up}{up.lower()}])(?:[\)\]:.,]|\s*$|\s*\n)", t)
     if m and not ruled_out(m):
@@ -97,7 +107,6 @@ def extract_choice(
     # 6. exactly one distinct capital letter in brackets or standing alone, "A" as an article excluded
     found = {m.group(1).upper() for m in re.finditer(rf"\(([{up}{up.lower()}])\)", t) if not ruled_out(m)}
     if not found:
-        article = r"\s+(?!(?:or|and|is|was|because|since|would|as)\b)[a-z]"  # "A dog"; not "A or B"
         found = {m.group(1) for m in re.finditer(rf"\b([{up}])\b", t)
                  if not (m.group(1) == "A" and re.match(article, t[m.end():]))
                  and not ruled_out(m)}  # fmt: skip
@@ -171,6 +180,7 @@ def score_extraction(output: str, reference: Any) -> dict[str, float]:
 
 _FENCE = re.compile(r"^[ \t]*(?:```|~~~)([^\n`]*)\n(.*?)(^[ \t]*(?:```|~~~)|\Z)", re.S | re.M)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
+_DEFINES = re.compile(r"^\s*(?:async\s+def|def|class|import|from)\s", re.M)
 
 
 def _parses(code: str) -> bool:
@@ -196,13 +206,15 @@ def _longest_parsing_lines(text: str, limit: int = 60) -> str:
 def extract_code(output: str) -> str:
     """The code of the answer: its Python blocks joined (tagged as Python, or untagged and parsing as Python;
     not a shell line, a `>>>` session or printed output), else the whole text; where that does not parse
-    (prose around unfenced code, a block cut off at the token cap) its longest run of lines that does. Whole
-    blocks that do not parse are the code as written: dropping their bad lines passed code that cannot run."""
+    (prose around unfenced code, a block cut off at the token cap) its longest run of lines that does. A whole
+    block that does not parse is run as written where it defines something (dropping its bad lines passed
+    code that cannot run), and left out where it does not (an example, `square(3) -> 9`)."""
     output = output.replace("\r\n", "\n")
     fenced = [(tag.strip().lower(), textwrap.dedent(code), end) for tag, code, end in _FENCE.findall(output)]
     blocks = [
         (b, end) for tag, b, end in fenced
         if b.strip() and tag in _PYTHON_TAGS and not b.lstrip().startswith(">>>") and (tag or _parses(b))
+        and (not end or _parses(b) or _DEFINES.search(b))
     ]  # fmt: skip
     code = "\n\n".join(b for b, _ in blocks) or output
     if _parses(code) or (blocks and all(end for _, end in blocks)):
