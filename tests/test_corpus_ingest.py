@@ -590,3 +590,40 @@ def test_a_corpus_jsonl_among_documents_drops_none_of_them(env, tmp_path):
     assert sorted(load_chunks(settings, store).doc_id) == ["c1"]
     left = "left out: a BEIR folder's corpus is corpus.jsonl"
     assert r.skipped == [{"path": "beta.md", "reason": left}, {"path": "docs/alpha.txt", "reason": left}]
+
+
+class AfterCommit(LocalStore):
+    """A real local store with no lock, as on S3, on which another whole ingest runs right after this run
+    commits its manifest, before it sweeps."""
+
+    def __init__(self, root, after) -> None:
+        super().__init__(root)
+        self.after = after
+
+    @contextlib.contextmanager
+    def exclusive(self, name):
+        yield True
+
+    def put_if(self, key: str, data: bytes, tag: str | None) -> None:
+        super().put_if(key, data, tag)
+        if key == MANIFEST and self.after:
+            after, self.after = self.after, None
+            after()
+
+
+def test_a_sweep_never_deletes_what_a_later_run_wrote_back(env, tmp_path):
+    """Chunk keys were the content's: a run that started after another's commit and brought a file back to
+    its earlier content wrote that content's old key, which the committing run had listed, and swept."""
+    settings, _, store = env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("First version.")
+    ingest_corpus(settings, str(src), store=store)
+    (src / "a.txt").write_text("Second version.")
+
+    def back():
+        (src / "a.txt").write_text("First version.")
+        ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+
+    ingest_corpus(settings, str(src), store=AfterCommit(tmp_path / "store", back))
+    assert set(load_chunks(settings, store)["text"]) == {"First version."}

@@ -8,8 +8,9 @@ that finds an object gone reads the manifest again: another run committed meanwh
 time: on a local store a second run raises `ConcurrentIngest` at once (a lock the OS frees when its holder
 ends). S3 has no lock, so there a run writes its manifest with a conditional PUT, over the manifest it started
 from only: where another run has committed since, the server refuses it and the run raises
-`ConcurrentIngest`, committing nothing. A run deletes only objects it listed before its commit, never one a
-run that started after that commit has written. Work is done
+`ConcurrentIngest`, committing nothing. A run deletes only objects it listed before its commit, and every
+chunk object has a key of its own, so it never deletes one a run that started after that commit wrote.
+Work is done
 only where content changed: an unchanged file is not read twice; in a changed BEIR file only the changed
 documents are redacted and chunked again. PII is redacted before anything (chunk text, titles, file names) is
 written; the manifest holds only hashes and names. A file name with PII in it
@@ -199,12 +200,15 @@ def chunk_rows(settings: Settings, docs: list[Document]) -> list[dict]:
 
 
 def _write_chunks(store: ObjectStore, name: str, df: pd.DataFrame) -> str:
-    """Write a file's chunks under a new key (the file's name hash and the content's) and return the key:
-    the object the current manifest names is never overwritten."""
+    """Write a file's chunks under a new key (the file's name hash, the content's and a nonce) and return
+    the key: no object another run has listed or named is ever written over (a run that brought a file
+    back to an earlier content wrote that content's old key, which a run committing meanwhile had listed to
+    sweep)."""
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     data = buf.getvalue()
-    key = f"{CHUNKS_PREFIX}{hashlib.sha1(name.encode()).hexdigest()[:20]}-{_sha(data)[:16]}.parquet"
+    name_hash, nonce = hashlib.sha1(name.encode()).hexdigest()[:20], secrets.token_hex(4)
+    key = f"{CHUNKS_PREFIX}{name_hash}-{_sha(data)[:16]}-{nonce}.parquet"
     store.put(key, data)
     return key
 
@@ -316,13 +320,15 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     report.files_removed = sum(1 for n in old_files if n not in files)  # a skipped file's record goes too
     if report.did_work or manifest.get("config") != config:
         listed = store.list(CHUNKS_PREFIX)  # before the commit: a run that starts after it wrote none of them
+        commit = json.dumps({"config": config, "files": files}, indent=1).encode()
         try:
-            store.put_if(MANIFEST, json.dumps({"config": config, "files": files}, indent=1).encode(), tag)
+            store.put_if(MANIFEST, commit, tag)
         except StoreConflict:
-            raise ConcurrentIngest(
-                f"another ingest committed to {store.uri} while this one ran; this one committed nothing: "
-                "run it again (it redoes only what changed since)"
-            ) from None
+            if _manifest_bytes(store) != commit:  # not this run's own (a PUT retried, its answer lost)
+                raise ConcurrentIngest(
+                    f"another ingest committed to {store.uri} while this one ran; this one committed "
+                    "nothing: run it again (it redoes only what changed since)"
+                ) from None
         # only now: the chunks of removed, changed or newly bad files, and any a crashed run left behind (a
         # run with nothing to commit leaves those for the next one that commits)
         named = {f["chunk_key"] for f in files.values() if f.get("chunk_key") and not f.get("skipped")}
