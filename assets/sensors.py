@@ -100,7 +100,7 @@ def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Finger
     else:
         found = scan_folder(Path(spec), previous, key, model)
     # as ingest reads it: a BEIR folder's corpus file alone (what it leaves out changes nothing)
-    if beir_folder(src.list()):  # by the names as they are (a name that may hold PII is not shown)
+    if beir_folder([*src.list(), *src.links()]):  # as ingest lists them (a name with PII is not shown)
         return {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
     return found
 

@@ -167,7 +167,7 @@ def test_train_takes_a_model_scored_once_and_refuses_scores_off_the_unit_scale(s
     assert res.exit_code == 0 and "claude-v2" in json.loads(res.stdout)["models"], res.output
     for res, needle in [
         (train(o.assign(score=o["score"] * 10)), "outcome column 'score' needs numbers in [0, 1]"),
-        (train(o.assign(cost_usd=-o["cost_usd"])), "outcome column 'cost_usd' needs numbers in [0, inf]"),
+        (train(o.assign(cost_usd=-o["cost_usd"])), "is not a finite number >= 0"),
         (train(o, "--prior-table", str(tmp_path / "prior.csv")), "'quality_mean' needs numbers in [0, 1]"),
     ]:
         said = " ".join(re.sub("[│─╭╮╰╯]", " ", res.output).split())

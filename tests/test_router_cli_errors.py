@@ -84,6 +84,9 @@ def test_train_does_not_replace_a_folder_that_is_not_a_router(router, tables, tm
     (foreign / "weights.bin").write_bytes(b"precious")
     assert "refusing to overwrite" in _said(_train(tables, tmp_path, foreign))
     assert sorted(f.name for f in foreign.iterdir()) == ["manifest.json", "weights.bin"]
+    (tmp_path / "notes.txt").write_text("precious")  # a file: moved away and deleted by the next save
+    assert "refusing to overwrite" in _said(_train(tables, tmp_path, tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "precious"
     old = tmp_path / "old"
     shutil.copytree(router, old)
     manifest = json.loads((old / "manifest.json").read_text())
@@ -107,7 +110,7 @@ def test_evaluate_refuses_scores_and_costs_out_of_range(router, tables, tmp_path
     _, o = tables["test"]
     cases = [
         (o.assign(score=o["score"] * 10), "outcome column 'score' needs numbers in [0, 1]"),
-        (o.assign(cost_usd=-o["cost_usd"]), "outcome column 'cost_usd' needs numbers in [0, inf]"),
+        (o.assign(cost_usd=-o["cost_usd"]), "is not a finite number >= 0"),
     ]
     for outcomes, needle in cases:
         assert needle in _said(_evaluate(router, tables, tmp_path, outcomes))
@@ -172,3 +175,6 @@ def test_evaluate_always_draws_its_plot_and_prints_its_figures_when_it_cannot(ro
     res = runner.invoke(app, [*args, "--plot", str(tmp_path / "a-file" / "pareto.png")])
     assert res.exit_code == 2 and "the Pareto plot was not written" in res.stderr, res.output
     assert json.loads(res.stdout)["aiq"] > 0
+    res = runner.invoke(app, args, env={"SM_RUN_DIR": str(tmp_path / "a-file")})  # not asked for: a warning
+    assert res.exit_code == 0 and "warning: the Pareto plot was not written" in res.stderr, res.output
+    assert json.loads(res.stdout)["plot"] is None

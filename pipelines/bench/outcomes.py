@@ -64,7 +64,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise ValueError(f"{where(bad)}: {col} {df[col][bad].iloc[0]!r} is not a number")
         # inf failed the utility fit with a sampler's traceback; a negative cost or latency read as free
         if (bad := ~np.isfinite(num.fillna(0)) | ((num < 0) & (col != "score"))).any():
-            raise ValueError(f"{where(bad)}: {col} {df[col][bad].iloc[0]!r} is not a finite number >= 0")
+            said = f"{col} {str(df[col][bad].iloc[0])!r} is not a finite number"
+            raise ValueError(f"{where(bad)}: {said}{'' if col == 'score' else ' >= 0'}")
         df[col] = num
     return df
 

@@ -44,11 +44,7 @@ def _sha256(path: Path) -> str:
 def save_router(router: Router, out_dir: str | Path) -> Path:
     """Write the artifact into a temporary sibling, then swap it in: a reader never sees half a router."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        try:
-            read_manifest(out_dir, any_version=True)  # a router of an older format is replaced too
-        except ArtifactError as e:
-            raise ArtifactError(f"refusing to overwrite {out_dir}: {e}") from None
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     publish_mode(tmp)
@@ -93,6 +89,16 @@ def save_router(router: Router, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """An ArtifactError unless `out_dir` is free for a router: missing, empty, or a router (of any format
+    version); any other folder with a manifest.json was deleted."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        try:
+            read_manifest(out_dir, any_version=True)
+        except ArtifactError as e:
+            raise ArtifactError(f"refusing to overwrite {out_dir}: {e}") from None
 
 
 def read_manifest(path: str | Path, any_version: bool = False) -> dict[str, Any]:
