@@ -149,3 +149,11 @@ def test_routerbench_source_keeps_only_scorable_rows(shared_data):
     counts = counts_per_task(ps)
     assert counts["arc-challenge"] == counts["winogrande"] == counts["code"] == 5
     assert ps.equals(build_prompt_set(Settings(shared_data_dir=shared_data), per_task=5, seed=0))
+
+
+def test_lm_eval_names_an_unknown_task_before_starting_a_server(tmp_path):
+    """An unknown task was found out only after the model's server had been started for it."""
+    env = {"SM_RUN_DIR": str(tmp_path / "run")}
+    r = CliRunner().invoke(app, ["lm-eval", "--task", "nosuch", "--out", str(tmp_path / "o.csv")], env=env)
+    assert r.exit_code == 2 and "no lm-eval task 'nosuch'" in r.output and "sm_arc_mini" in r.output
+    assert not (tmp_path / "run" / "servers").exists()  # no server's PID file or log

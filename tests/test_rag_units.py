@@ -88,6 +88,9 @@ def test_citations_map_labels_to_chunk_ids():
     text, cited = resolve_citations("Alpha holds [1]; both agree [1, 2]. Nonsense [7].", hits)
     assert cited == ["doc1#aaa", "doc2#bbb"]
     assert text == "Alpha holds [doc1#aaa]; both agree [doc1#aaa][doc2#bbb]. Nonsense ."
+    # a number no label could be stays as written ("[2019]" was dropped from the answer)
+    year = resolve_citations("Published in [2019], see [1].", hits)
+    assert year == ("Published in [2019], see [doc1#aaa].", ["doc1#aaa"])
     msgs = build_messages("What is alpha?", hits)
     assert msgs[0]["role"] == "system" and "[1] T1: Alpha text." in msgs[1]["content"]
     assert "[2] Beta text." in msgs[1]["content"] and "What is alpha?" in msgs[1]["content"]

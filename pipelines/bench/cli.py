@@ -140,7 +140,7 @@ def lm_eval_cmd(
 ) -> None:
     """Run a committed lm-eval-harness task against a local server; store per-sample outcome rows."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from pipelines.bench.lm_eval_run import run_lm_eval
+    from pipelines.bench.lm_eval_run import run_lm_eval, task_yaml
     from pipelines.bench.outcomes import write_table
     from pipelines.llm import servers
     from pipelines.llm.catalog import load_catalog
@@ -157,6 +157,11 @@ def lm_eval_cmd(
     if entry.local is None:
         typer.echo(f"error: {model} is not a local model: lm-eval runs against a local server", err=True)
         raise typer.Exit(2)
+    try:
+        task_yaml(task)  # before a server is started for it
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     servers.start(entry, settings)
     try:
         df = run_lm_eval(entry, task, limit=limit or None)

@@ -20,12 +20,18 @@ from pipelines.llm.catalog import ModelEntry
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 
 
+def task_yaml(task: str) -> Path:
+    """The committed YAML of `task`, else a FileNotFoundError naming the known tasks."""
+    src = TASKS_DIR / f"{task}.yaml"
+    if not src.is_file():
+        known = ", ".join(sorted(p.stem for p in TASKS_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"no lm-eval task {task!r} in {TASKS_DIR} (known: {known})")
+    return src
+
+
 def _resolved_task_dir(task: str, dest: Path) -> None:
     """Copy the task YAML to `dest` with its data_files made absolute (lm-eval resolves them from the cwd)."""
-    src = TASKS_DIR / f"{task}.yaml"
-    if not src.exists():
-        known = ", ".join(p.stem for p in TASKS_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no lm-eval task {task!r} in {TASKS_DIR} (known: {known})")
+    src = task_yaml(task)
     cfg = yaml.safe_load(src.read_text())
     files = cfg.get("dataset_kwargs", {}).get("data_files", {})
     for split, name in files.items():

@@ -69,13 +69,20 @@ def build_messages(question: str, hits: list[Hit], max_context_chars: int = 4000
     ]
 
 
+MAX_SOURCES = 20  # /v1/rag's most; a bracketed number past it and past the sources shown is no label
+
+
 def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[str]]:
-    """Replace [n] labels by [chunk_id]; labels that name no source are dropped from the text."""
+    """Replace [n] labels by [chunk_id]; labels that name no source are dropped from the text, and numbers
+    no label could be (a year, "[2019]") are kept as written."""
     cited: list[str] = []
 
     def swap(m: re.Match) -> str:
         ids = []
-        for n in (int(x) for x in m.group(1).split(",")):
+        numbers = [int(x) for x in m.group(1).split(",")]
+        if all(n > max(MAX_SOURCES, len(hits)) for n in numbers):
+            return m.group(0)
+        for n in numbers:
             if 1 <= n <= len(hits):
                 ids.append(hits[n - 1].chunk_id)
         cited.extend(ids)
