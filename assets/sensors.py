@@ -99,10 +99,11 @@ def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Finger
         found = scan_s3(src, key, model)
     else:
         found = scan_folder(Path(spec), previous, key, model)
-    # as ingest reads it: a BEIR folder's corpus file alone (what it leaves out changes nothing)
-    if beir_folder([*src.list(), *src.links()]):  # as ingest lists them (a name with PII is not shown)
-        return {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
-    return found
+    # as ingest reads it: a BEIR folder's corpus file alone (what it leaves out changes nothing). The
+    # folder is listed again by its names as they are (a name with PII is not shown), only where it holds
+    # BEIR's corpus file, whose name is always shown: not on every tick
+    beir = {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
+    return beir if beir and beir_folder([*src.list(), *src.links()]) else found
 
 
 @dataclass
