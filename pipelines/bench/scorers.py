@@ -33,9 +33,10 @@ class ScoreError(ValueError):
 
 
 _OPTION = re.compile(r"^\s*\(?([A-H])[).:]\s*(.+?)\s*$", re.M)
-# what follows a letter that is ruled out, not chosen: "A is wrong", "(B) is not it"
-_RULED_OUT = re.compile(r"[\)\]]?\s+(?i:is|was|seems|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b")
-_BOTH_RULED_OUT = re.compile(r"\s+(?i:are|were|seem|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b")
+# what follows a letter, or two, ruled out, not chosen: "A is wrong", "(B) is not it", "B and C are wrong"
+_RULED_OUT = re.compile(
+    r"[\)\]]?\s+(?i:is|was|are|were|seems?|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b"
+)
 
 
 def parse_choices(prompt: str) -> dict[str, str]:
@@ -66,7 +67,7 @@ def extract_choice(
     article = r"\s+(?!(?:or|and|is|was|because|since|would|as)\b)[a-z]"  # "A dog"; not "A or B"
 
     def offered(m: re.Match) -> bool:
-        return (m[1] != m[2] and not _RULED_OUT.match(t, m.end()) and not _BOTH_RULED_OUT.match(t, m.end())
+        return (m[1] != m[2] and not _RULED_OUT.match(t, m.end())
                 and not (m[2] == "A" and re.match(article, t[m.end():])))  # fmt: skip
 
     def pick(m: re.Match | None) -> str | None:
