@@ -170,3 +170,22 @@ def app_():
     from pipelines.bench.cli import app
 
     return app
+
+
+def test_cli_run_where_every_call_fails_writes_the_table_and_exits_1(tmp_path, monkeypatch):
+    """Nothing listens on the models' ports: the rows are kept (a rerun retries them); the exit says so."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SM_LOCAL_BASE_PORT", str(port))
+    monkeypatch.setenv("SM_RUN_DIR", str(tmp_path / "runs"))
+    out = tmp_path / "o.csv"
+    args = ["run", "--prompt-set", "demo", "--models", "smollm2-135m", "--limit", "2", "--max-tokens", "8",
+            "--out", str(out), "--no-start-servers"]  # fmt: skip
+    r = CliRunner().invoke(app_(), args)
+    assert r.exit_code == 1, r.output
+    assert "every call failed" in r.output and "error rate smollm2-135m: 100.0%" in r.output
+    df = read_table(out)
+    assert len(df) == 2 and df["error"].notna().all()

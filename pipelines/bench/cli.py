@@ -101,8 +101,13 @@ def run(
     typer.echo(f"run {report.run_id}: {report.cells_run} calls now, {report.cells_done_before} resumed, "
                f"{len(df)} rows -> {out}")  # fmt: skip
     _print_accuracy(df)
-    for m, r in error_rate_by_model(df).items():
+    rates = error_rate_by_model(df)
+    for m, r in rates.items():
         typer.echo(f"error rate {m}: {r:.1%}")
+    if rates and all(r == 1.0 for r in rates.values()):  # nothing answered: a run, not a result
+        typer.echo("error: every call failed (the table's error column says why); run again to retry them",
+                   err=True)  # fmt: skip
+        raise typer.Exit(1)
 
 
 @app.command("import-routerbench")
