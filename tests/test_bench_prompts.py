@@ -157,3 +157,25 @@ def test_lm_eval_names_an_unknown_task_before_starting_a_server(tmp_path):
     r = CliRunner().invoke(app, ["lm-eval", "--task", "nosuch", "--out", str(tmp_path / "o.csv")], env=env)
     assert r.exit_code == 2 and "no lm-eval task 'nosuch'" in r.output and "sm_arc_mini" in r.output
     assert not (tmp_path / "run" / "servers").exists()  # no server's PID file or log
+
+
+def test_a_csv_table_keeps_text_that_reads_like_a_missing_value(tmp_path):
+    """'NA', 'None', 'null' are text in a prompt, an answer or an id (an answer 'None' came back missing and
+    a prompt 'NA' was routed as an empty one); in a number column they, and a blank, are no value."""
+    from pipelines.bench.outcomes import read_table, write_table
+
+    df = pd.DataFrame({
+        "prompt_id": ["NA", "2", "3"], "model": ["m", "m", "null"], "prompt": ["None", "NA", ""],
+        "answer": ["None", "null", "x"], "score": [None, 1.0, 0.0], "error": [None, None, "boom"],
+    })  # fmt: skip
+    back = read_table(write_table(df, tmp_path / "t.csv")).to_dict("records")
+    assert [r["prompt_id"] for r in back] == ["NA", "2", "3"] and back[2]["model"] == "null"
+    assert [r["answer"] for r in back] == ["None", "null", "x"] and back[1]["prompt"] == "NA"
+    assert pd.isna(back[2]["prompt"]) and pd.isna(back[0]["error"]) and back[2]["error"] == "boom"
+    (tmp_path / "u.csv").write_text("prompt_id,model,score,cost_usd\n1,m,NA,0.1\n2,m,N/A,null\n3,m,0.5,\n")
+    u = read_table(tmp_path / "u.csv")
+    assert u["score"].isna().tolist() == [True, True, False] and u["cost_usd"].isna().tolist() == [
+        False,
+        True,
+        True,
+    ]

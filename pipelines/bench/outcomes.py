@@ -29,6 +29,12 @@ def task_family(task: str) -> str:
 
 ID_COLUMNS = ("prompt_id", "model")  # read as written: 007 stays 007, 1e3 stays 1e3
 NUMBER_COLUMNS = ("score", "cost_usd", "latency_s", "ttft_s", "input_tokens", "output_tokens")
+# words a CSV's number column may hold for "no value" (pandas' defaults); a text column's only missing value
+# is an empty field: a prompt "NA", an answer "None" or a prompt_id "null" are text
+NA_WORDS = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+     "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)  # fmt: skip
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -43,7 +49,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             try:  # index_col=False: a row with an unquoted comma must not shift its prompt_id into an index
-                df = pd.read_csv(path, index_col=False, dtype={c: str for c in (*ID_COLUMNS, "task")})
+                df = pd.read_csv(path, index_col=False, dtype={c: str for c in (*ID_COLUMNS, "task")},
+                                 keep_default_na=False, na_values=[""])  # fmt: skip
             except pd.errors.ParserWarning:
                 raise ValueError("a row has more fields than the header (an unquoted comma?)") from None
     else:
@@ -56,9 +63,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
     for col in (c for c in ID_COLUMNS if c in df):
         if (blank := df[col].isna() | (df[col].astype(str).str.strip() == "")).any():
-            raise ValueError(f"{where(blank)} has no {col} (blank, or a word read as missing: NA, N/A, null)")
+            raise ValueError(f"{where(blank)} has no {col}")
         df[col] = df[col].astype(str)
     for col in (c for c in NUMBER_COLUMNS if c in df):
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            df[col] = df[col].mask(df[col].isin(NA_WORDS))
         num = pd.to_numeric(df[col], errors="coerce")
         if (bad := num.isna() & df[col].notna()).any():
             raise ValueError(f"{where(bad)}: {col} {df[col][bad].iloc[0]!r} is not a number")
