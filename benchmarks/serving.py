@@ -7,7 +7,9 @@ concurrent users each send a request, wait for the answer and send the next, for
 
   livez          GET /livez, BentoML's own liveness probe: the ceiling of the server stack and this client
                  on this machine, the reference the route phases are compared with (ratio printed)
-  route          POST /v1/route, distinct RouterBench prompts (no prompt repeats: embeddings are computed)
+  route          POST /v1/route, distinct prompts: RouterBench's in turn, a tag after each from the second
+                 pass on and at every later --route-users level (no text repeats in a run, so the router's
+                 embedding and PII caches never answer; the pool holds 2,193 prompts, a phase sends ~13,000)
   route-repeat   POST /v1/route, a pool of 32 prompts (what the router's embedding/PII caches save)
   chat           POST /v1/chat/completions, model smollm2-135m, short questions, 32 tokens
   chat-stream    the same with stream=true: time to first token and to the last byte
@@ -309,9 +311,16 @@ def route_prompts(n: int, seed: int = 0) -> list[str]:
     return prompts.sample(frac=1.0, random_state=seed).head(n).tolist()
 
 
+def distinct_prompt(pool: list[str], i: int, level: int) -> str:
+    """The i-th prompt of route level `level`: the pool's in turn, tagged from its second pass on and at every
+    later level, so that no text repeats in a run (the pool is smaller than a phase's requests)."""
+    k = level * 1_000_000 + i // len(pool)
+    return pool[i % len(pool)] if k == 0 else f"{pool[i % len(pool)]}\n\n(request {k}.{i})"
+
+
 def phases(args: argparse.Namespace) -> list[Phase]:
-    distinct = route_prompts(20_000)
-    repeated = distinct[-32:]
+    pool = route_prompts(20_000)
+    distinct, repeated = pool[:-32], pool[-32:]
     chat_model = args.chat_model
 
     def chat(i: int, stream: bool = False) -> tuple[str, dict[str, Any]]:
@@ -329,10 +338,10 @@ def phases(args: argparse.Namespace) -> list[Phase]:
         q = rag_pool[i % len(rag_pool)]
         return "/v1/rag", {"question": q, "model": chat_model, "k": 4, "max_tokens": 64}
 
-    def make(name: str) -> Callable[[int], tuple[str, dict[str, Any] | None]]:
+    def make(name: str, level: int) -> Callable[[int], tuple[str, dict[str, Any] | None]]:
         return {
             "livez": lambda i: ("/livez", None),
-            "route": lambda i: ("/v1/route", {"prompt": distinct[i % len(distinct)]}),
+            "route": lambda i: ("/v1/route", {"prompt": distinct_prompt(distinct, i, level)}),
             "route-repeat": lambda i: ("/v1/route", {"prompt": repeated[i % len(repeated)]}),
             "chat": chat,
             "chat-stream": lambda i: chat(i, stream=True),
@@ -341,9 +350,9 @@ def phases(args: argparse.Namespace) -> list[Phase]:
 
     # livez and the route phases once per --route-users level (the closed loop's concurrency)
     return [
-        Phase(name, users, make(name))
+        Phase(name, users, make(name, level))
         for name in args.phases
-        for users in (args.route_users if name in WRK_PHASES else [args.chat_users])
+        for level, users in enumerate(args.route_users if name in WRK_PHASES else [args.chat_users])
     ]
 
 
@@ -403,7 +412,9 @@ async def load(
             if use_wrk and p.name in WRK_PHASES:
                 await warm_up(client, p)
                 path, body = p.make(0)
-                bodies = None if body is None else [p.make(i)[1] for i in range(20_000)]
+                # past the warm-up's requests, and more than wrk sends at 1,000 req/s: none is sent twice
+                n = max(20_000, int(duration * 1_000))
+                bodies = None if body is None else [p.make(i)[1] for i in range(2, 2 + n)]
                 await asyncio.to_thread(run_wrk, port, key, p, duration, bodies, path)  # type: ignore[arg-type]
             else:
                 await run_phase(client, p, duration, min_requests)
