@@ -40,11 +40,23 @@ def ask(settings: Settings, port: int, i: int, out: list[float]) -> None:
 
 
 def at_once(settings: Settings, ports: list[int], i: int, out: list[float]) -> None:
-    threads = [threading.Thread(target=ask, args=(settings, p, i + k, out)) for k, p in enumerate(ports)]
+    """One request on each port at the same time; a failed one fails the run (in its thread it vanished, and
+    the figures were the survivors')."""
+    failed: list[BaseException] = []
+
+    def one(port: int, k: int) -> None:
+        try:
+            ask(settings, port, i + k, out)
+        except Exception as e:  # noqa: BLE001 - re-raised below, in the caller's thread
+            failed.append(e)
+
+    threads = [threading.Thread(target=one, args=(p, k)) for k, p in enumerate(ports)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(ports)} requests failed: {failed[0]!r}") from failed[0]
 
 
 def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, float, float]:
