@@ -87,11 +87,12 @@ def cascade_table(replay, folds: int, fractions=(0.2, 0.3, 0.4, 0.5, 0.6)) -> pd
     fold = fold_ids(len(scores), folds)
     rows = []
     for frac in fractions:
-        q_all, c_all, chains = np.zeros(len(scores)), np.zeros(len(scores)), []
+        q_all, c_all, chains, missed = np.zeros(len(scores)), np.zeros(len(scores)), [], 0
         for f in range(folds):
             tr, te = fold != f, fold == f
             found = calibrate(models, answers[tr], scores[tr], costs[tr], frac * np.nanmean(costs[tr, best]))
-            if found is None:
+            if found is None:  # its prompts would count as free and wrong: the budget has no figure
+                missed += 1
                 continue
             q_all[te], c_all[te] = simulate(found[0], models, answers[te], scores[te], costs[te])
             chains.append(
@@ -100,9 +101,11 @@ def cascade_table(replay, folds: int, fractions=(0.2, 0.3, 0.4, 0.5, 0.6)) -> pd
         rows.append(
             {
                 "budget_fraction": frac,
-                "quality": q_all.mean(),
-                "cost_ratio": c_all.mean() / best_cost,
-                "chain (most common)": max(set(chains), key=chains.count) if chains else "-",
+                "quality": np.nan if missed else q_all.mean(),
+                "cost_ratio": np.nan if missed else c_all.mean() / best_cost,
+                "chain (most common)": f"no chain within budget in {missed} of {folds} folds"
+                if missed
+                else max(set(chains), key=chains.count),
             }
         )
     return pd.DataFrame(rows)
@@ -172,9 +175,10 @@ def latency(prompts, outcomes, embedder: str, n: int = 200) -> dict[str, float]:
         embedder=embedder,
         cache_dir=Settings().run_dir / "cache" / "embeddings",
     )
-    sample = prompts["prompt"].sample(n=min(n, len(prompts)), random_state=1).tolist()
-    for p in sample[:5]:
+    sample = prompts["prompt"].sample(n=min(n + 5, len(prompts)), random_state=1).tolist()
+    for p in sample[n:]:  # warm-up prompts apart from the timed ones, whose embeddings it would remember
         router.route(p)
+    sample = sample[:n]
     times = []
     for p in sample:
         t0 = time.perf_counter()
