@@ -65,14 +65,18 @@ def code_version() -> str:
     return f"utility-{source_digest(Path(__file__).parent, patterns=('*.py', '*.csv'))}"
 
 
+REGISTRY_LOCK_KEY = 0x53_4D_52_45_47  # "SMREG": the advisory lock creating the registry's tables takes
+
+
 def registry_engine(url: str | None = None) -> sa.Engine:
     """An engine on `url` (default: the settings' registry URL) with the tables created."""
     if url is None:
         from pipelines.settings import Settings
 
         url = Settings().registry_sqlalchemy_url
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    for scheme in ("postgresql://", "postgres://"):  # the second is Heroku's and libpq's other spelling
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url.removeprefix(scheme)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url)
@@ -86,6 +90,13 @@ def registry_engine(url: str | None = None) -> sa.Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+    if engine.dialect.name == "postgresql":
+        # first writers at once: the loser of two CREATE TABLEs fails on pg_type's unique index, an error no
+        # retry can tell from a real one; a transaction-scoped lock makes the creators take turns
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": REGISTRY_LOCK_KEY})
+            metadata.create_all(conn)
+        return engine
     for attempt in range(8):
         try:
             metadata.create_all(engine)
