@@ -230,3 +230,41 @@ def test_pii_triggers_skip_recognizers_without_changing_a_flag(shared_data):
 @example("1640")  # a valid German number to Presidio, under the trigger's five digits: no phone number
 def test_pii_triggers_agree_on_generated_digit_and_punctuation_strings(text):
     assert _detect_pii(text, PII_MIN_SCORE) == _detect_pii(text, PII_MIN_SCORE, gated=False)
+
+
+def test_a_model_whose_privacy_is_left_blank_counts_as_remote(tmp_path):
+    """`privacy:` left empty in models.yaml (YAML null) passed both privacy rules: a condition on a missing
+    value never holds, so a prompt with an e-mail address went to that model."""
+    from router_models.router.rules import model_metadata
+
+    p = tmp_path / "models.yaml"
+    p.write_text("models:\n  new-api-model: {privacy: , context_window: 128000}\n  bare-model:\n"
+                 "  local-big: {privacy: local, context_window: 8192}\n")  # fmt: skip
+    meta = model_metadata(["new-api-model", "bare-model", "local-big"], p)
+    assert meta["new-api-model"].privacy == meta["bare-model"].privacy == "remote"
+    assert ModelInfo("x", privacy=None).privacy == "remote"  # type: ignore[arg-type] - as a manifest may hold
+    router = make_router([0.9, 0.8, 0.2], [0.001, 0.001, 0.0], panel=list(meta.values()))
+    for c in (Constraints(), Constraints(privacy="local_only")):
+        d = router.route(f"Email jane.doe@example.com the invoice. {PLAIN}", c)
+        assert d.model == "local-big", d.explanation
+
+
+def test_a_model_without_a_finite_prediction_is_never_chosen():
+    """A NaN predicted quality won argmax (the explanation said 'quality nan'); a NaN p95 latency passed the
+    SLO without the note that it was not checked."""
+    router = make_router([np.nan, 0.5, 0.4, 0.3, 0.2], [0.0, 0.0, 0.0, 0.0, 0.0])
+    d = router.route(PLAIN)
+    assert d.model == "remote-cheap" and d.binding is None, d.explanation
+    (nan,) = [c for c in d.candidates if c.model == "remote-strong"]
+    assert not nan.allowed and nan.excluded_by == "no_prediction"
+    router = make_router([0.9, 0.5, 0.4, 0.3, 0.2], [0.0] * 5)
+    d = router.route(PLAIN, Constraints(latency_slo_s=2.0), p95_latency_s={"remote-strong": float("nan")})
+    assert d.model == "remote-strong" and "SLO was not checked" in d.explanation
+
+
+def test_a_rule_that_changed_nothing_is_not_named_as_binding():
+    """Where an excluded model ties with the chosen one, the choice is what it would have been without the
+    rule: the explanation blamed pii_local_only for it."""
+    router = make_router([0.5, 0.1, 0.1, 0.1, 0.5], [0.0] * 5)
+    d = router.route(f"Draft a reply to jane.doe@example.com about it. {PLAIN}")
+    assert d.model == "local-big" and d.binding is None and "ruled out" not in d.explanation, d.explanation

@@ -21,6 +21,7 @@ from router_models.router.rules import Exclusion, ModelInfo, Rule, apply_rules
 from router_models.router.signals import Constraints, focus_text, request_signals
 
 MAX_COST = "max_cost_usd"
+NO_PREDICTION = "no_prediction"
 EMBED_CACHE_SIZE = 4096  # distinct prompts whose embedding route() keeps (384 floats each)
 
 
@@ -134,6 +135,9 @@ class Router:
         ctx = signals.as_context(constraints)
         meta = {m: self._with_latency(m, p95_latency_s) for m in self.models}
         excluded: dict[str, Exclusion] = apply_rules(self.rules, meta, ctx)
+        for j, m in enumerate(self.models):  # a NaN won every argmax below
+            if m not in excluded and not np.isfinite([mean[j], sd[j], cost[j]]).all():
+                excluded[m] = Exclusion(NO_PREDICTION, f"{m} has no finite predicted quality or cost")
         if constraints.max_cost_usd is not None:
             for j, m in enumerate(self.models):
                 if m not in excluded and cost[j] > constraints.max_cost_usd:
@@ -156,15 +160,18 @@ class Router:
             )
             for j, m in enumerate(self.models)
         ]
-        pick = int(np.where(allowed, util, -np.inf).argmax()) if allowed.any() else None
-        free = candidates[int(util.argmax())]
+        finite = np.where(np.isfinite(util), util, -np.inf)
+        pick = int(np.where(allowed, finite, -np.inf).argmax()) if allowed.any() else None
+        free = candidates[int(finite.argmax())]
         chosen = candidates[pick] if pick is not None else None
-        binding = free if free.excluded_by is not None else None
+        # a rule binds where the choice is worse for it: an excluded model tying with the pick changed nothing
+        binds = free.excluded_by not in (None, NO_PREDICTION) and (pick is None or free.utility > util[pick])
+        binding = free if binds else None
         text = explain(chosen, free, binding, policy.describe(), int(allowed.sum()), candidates)
         slo = constraints.latency_slo_s
         if chosen is not None and slo is not None and meta[chosen.model].p95_latency_s is None:
             text += f" No recent latency is known for {chosen.model}, so the {slo:g} s SLO was not checked."
-        candidates.sort(key=lambda c: -c.utility)
+        candidates.sort(key=lambda c: -c.utility if np.isfinite(c.utility) else np.inf)
         return Decision(
             model=chosen.model if chosen else None,
             candidates=candidates,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ class ModelInfo:
     context_window: int | None = None
     p95_latency_s: float | None = None
 
+    def __post_init__(self) -> None:
+        # fail closed: a privacy left blank (YAML null, a manifest's null) passed every privacy rule, as a
+        # condition on a missing value never holds; an unknown p95 is None, so that the SLO note says so
+        self.privacy = self.privacy or "remote"
+        if self.p95_latency_s is not None and not math.isfinite(self.p95_latency_s):
+            self.p95_latency_s = None
+
     def field(self, name: str) -> Any:
         return getattr(self, name, None)
 
@@ -67,10 +75,8 @@ def model_metadata(
             entry = catalog[name]
             out[name] = ModelInfo(name, privacy=entry.privacy, context_window=entry.context_window)
         else:
-            meta = table.get(name, {})
-            out[name] = ModelInfo(
-                name, privacy=meta.get("privacy", "remote"), context_window=meta.get("context_window")
-            )
+            meta = table.get(name) or {}  # a name with nothing under it reads as no metadata
+            out[name] = ModelInfo(name, meta.get("privacy") or "remote", meta.get("context_window"))
     return out
 
 
