@@ -115,3 +115,21 @@ def test_one_prompt_at_a_time_predicts_what_the_batch_does(split, name):
         one = fitted.predict(x_te.take(np.array([i])))
         np.testing.assert_allclose(one.mean[0], batch.mean[i], rtol=1e-5, atol=1e-7)  # float32 kNN
         np.testing.assert_allclose(one.sd[0], batch.sd[i], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["logistic", "mf", "stack"])
+def test_graded_scores_are_learned_as_expected_scores_not_rounded(name):
+    """A graded task (extraction, RAG answers: scores in (0, 1)) where model A scores 0.45 and B 0.55: the
+    logistic and MF predictors learned P(score >= 0.5) and said 0.005 and 0.995, and the stack averaged
+    that with the Bayesian predictor's expected score."""
+    from router_models.router.predictors.base import Features, get_predictor
+
+    rng = np.random.default_rng(0)
+    n = 200
+    emb = rng.normal(size=(n, 16))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    x = Features(emb, np.ones((n, 1)), np.full(n, 5.5), ["extraction"])
+    y = np.column_stack([np.full(n, 0.45), rng.uniform(0.35, 0.75, n)])  # B: 0.55 on average, varying
+    kw = {"n_seeds": 1, "epochs": 40} if name == "mf" else {}
+    p = get_predictor(name, **kw).fit(x, y, ["A", "B"], np.zeros(n, int)).predict(x.take(np.arange(20)))
+    assert np.allclose(p.mean.mean(0), [0.45, 0.55], atol=0.04), p.mean.mean(0)

@@ -13,6 +13,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
 
+def soft_labels(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, 0/1 labels and weights whose weighted log loss is the cross-entropy against scores `y` in [0, 1]:
+    a 0 or 1 score is its row once, a graded one its row twice."""
+    graded = (y > 0) & (y < 1)
+    xs = np.vstack([x, x[graded]])
+    labels = np.r_[(y > 0).astype(int), np.zeros(int(graded.sum()), dtype=int)]
+    weights = np.r_[np.where(graded, y, 1.0), 1.0 - y[graded]]
+    return xs, labels, weights
+
+
 @register
 class Logistic(Predictor):
     """P(model m answers well | prompt) = sigmoid(w_m . [embedding, task probabilities, length] + b_m)."""
@@ -33,12 +43,15 @@ class Logistic(Predictor):
         self.cov_ = np.zeros((len(models), d, d), dtype=np.float32)
         for j in range(len(models)):
             rows = ~np.isnan(y[:, j])
-            yj = (y[rows, j] >= 0.5).astype(int)
-            if len(yj) == 0 or yj.min() == yj.max():  # none, or one class only: a constant rate, no slope
+            yj = y[rows, j]
+            if len(yj) == 0 or yj.min() == yj.max():  # none, or one value only: a constant rate, no slope
                 self.coef_[j, -1] = np.log((yj.sum() + 1) / (len(yj) - yj.sum() + 1))
                 self.cov_[j] = np.eye(d, dtype=np.float32) * self.c
                 continue
-            clf = LogisticRegression(C=self.c, max_iter=2000).fit(xd[rows], yj)
+            # a graded score y is a soft label: the row once as a 1 weighing y, once as a 0 weighing 1 - y
+            # (rounding it learned P(score >= 0.5): 0.45 against 0.55 became 0.005 against 0.995)
+            xs, labels, weights = soft_labels(xd[rows], yj)
+            clf = LogisticRegression(C=self.c, max_iter=2000).fit(xs, labels, sample_weight=weights)
             self.coef_[j, :-1], self.coef_[j, -1] = clf.coef_[0], clf.intercept_[0]
             p = _sigmoid(x1[rows] @ self.coef_[j])
             prec = (x1[rows] * (p * (1 - p))[:, None]).T @ x1[rows]

@@ -79,7 +79,9 @@ class MatrixFactorisation(Predictor):
     ) -> MatrixFactorisation:
         self.models = list(models)
         y0, mask = observed(y)
-        members = [self._fit_one(x.dense(), (y0 >= 0.5) * mask, mask, seed) for seed in range(self.n_seeds)]
+        # the scores as they are: BCE takes graded ones as soft targets (rounding them at 0.5 learned
+        # P(score >= 0.5), not the expected score the other predictors and the utility policy speak of)
+        members = [self._fit_one(x.dense(), y0 * mask, mask, seed) for seed in range(self.n_seeds)]
         self.weights_ = {k: np.stack([m[k] for m in members]) for k in members[0]}
         return self
 
