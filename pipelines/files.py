@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 
 _UMASK = os.umask(0o022)  # read once, at import: os.umask can only be read by setting it
 os.umask(_UMASK)
@@ -18,7 +18,7 @@ def publish_mode(path: str | Path) -> None:
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_UMASK)
 
 
-def hidden(relative: Path) -> bool:
+def hidden(relative: PurePath) -> bool:
     """A path (relative to a folder) in or below a hidden entry: editor and in-progress state (`.git/`,
     `.ipynb_checkpoints/`, `.x.tmp`), never content."""
     return any(part.startswith(".") for part in relative.parts)

@@ -117,6 +117,30 @@ def test_s3_round_trip_corpus_in_chunks_out(seaweed, tmp_path):
     assert sum(k.endswith(".parquet") for k in out.list()) == 1
 
 
+def test_an_s3_source_lists_what_a_local_folder_would(seaweed, tmp_path):
+    """Hidden files and folders (`.git/`, `.DS_Store`, drafts) were ingested from S3, not from a folder;
+    `exists` said False where the bucket is missing, while `get` raised."""
+    from minio.error import S3Error
+
+    from pipelines.corpus.store import LocalStore
+
+    files = {
+        "a.txt": b"a",
+        ".DS_Store": b"x",
+        ".git/config": b"x",
+        "notes/.draft.md": b"x",
+        "notes/b.md": b"b",
+    }
+    s3, local = S3Store(seaweed, "hidden", "any", "any"), LocalStore(tmp_path)
+    for k, v in files.items():
+        s3.put(k, v)
+        local.put(k, v)
+    assert s3.list() == local.list() == {"a.txt": 1, "notes/b.md": 1}
+    assert s3.exists("a.txt") and not s3.exists("nope.txt")
+    with pytest.raises(S3Error, match="NoSuchBucket"):
+        S3Store(seaweed, "no-such-bucket", "any", "any", create_bucket=False).exists("a.txt")
+
+
 def test_a_conditional_put_writes_only_over_the_object_it_read(seaweed):
     store = S3Store(seaweed, "cas", "any", "any")
     store.put_if("k", b"one", None)  # none there: made

@@ -12,7 +12,7 @@ import fcntl
 import hashlib
 import io
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlparse
 
@@ -189,13 +189,17 @@ class S3Store:
         try:
             self.client.stat_object(self.bucket, self._key(key))
             return True
-        except S3Error:
-            return False
+        except S3Error as e:  # only a missing object is an answer; a missing bucket or access is an error
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
 
     def list(self, prefix: str = "") -> dict[str, int]:
         objs = self.client.list_objects(self.bucket, prefix=self._key(prefix), recursive=True)
         n = len(self.prefix)
-        return dict(sorted((o.object_name[n:], o.size or 0) for o in objs if not o.is_dir))
+        # hidden keys (`.git/`, `.DS_Store`, drafts) left out, as a local folder's are
+        listed = ((o.object_name[n:], o.size or 0) for o in objs if not o.is_dir)
+        return dict(sorted((k, size) for k, size in listed if not hidden(PurePosixPath(k))))
 
     def links(self, prefix: str = "") -> tuple[str, ...]:
         return ()  # S3 has none
