@@ -29,6 +29,16 @@ _GRID_POINTS = 2001
 
 def hull_area(points: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
     """Area under the non-decreasing upper convex hull of (cost, quality) points on [lo, hi], over hi - lo."""
+    xs, ys = upper_hull(points)
+    grid = np.linspace(lo, hi, _GRID_POINTS)
+    yg = np.interp(grid, xs, ys, left=np.nan, right=ys[-1])
+    yg = np.where(np.isnan(yg), 0.0, yg)  # below the cheapest point nothing is reached
+    return float(np.trapezoid(yg, grid) / (hi - lo))
+
+
+def upper_hull(points: Iterable[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """The non-decreasing upper convex hull of (cost, quality) points, as its corners' costs and qualities:
+    between two corners, mixing them reaches the straight line in cost (not in log cost)."""
     pts = sorted({(float(c), float(q)) for c, q in points})
     bad = [p for p in pts if not np.isfinite(p).all()]
     if bad:  # NaN compares false both ways: where it sorts, and so the hull, would change from run to run
@@ -42,12 +52,7 @@ def hull_area(points: Iterable[tuple[float, float]], lo: float, hi: float) -> fl
             else:
                 break
         hull.append(p)
-    xs = np.array([h[0] for h in hull])
-    ys = np.maximum.accumulate(np.array([h[1] for h in hull]))
-    grid = np.linspace(lo, hi, _GRID_POINTS)
-    yg = np.interp(grid, xs, ys, left=np.nan, right=ys[-1])
-    yg = np.where(np.isnan(yg), 0.0, yg)  # below the cheapest point nothing is reached
-    return float(np.trapezoid(yg, grid) / (hi - lo))
+    return np.array([h[0] for h in hull]), np.maximum.accumulate(np.array([h[1] for h in hull]))
 
 
 def check_outcomes(outcomes: pd.DataFrame, complete: bool = True) -> pd.DataFrame:
