@@ -36,8 +36,9 @@ EVENTS = grep --line-buffered -E "STEP_SUCCESS|STEP_FAILURE|ASSET_CHECK_EVALUATI
 demo: setup
 	.venv/bin/stratmaster models up
 	mkdir -p $(DAGSTER_HOME) runs/demo
-	@echo "[demo] the prompt set and today's micro-bench partition (benchmark_results: the local models' evidence)"
-	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select prompt_set 2>&1 | tee runs/demo/bench.log \
+	@echo "[demo] the model panel's check, the prompt set and today's micro-bench partition (the local models' evidence)"
+	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select model_panel,prompt_set 2>&1 \
+	  | tee runs/demo/bench.log \
 	  | $(EVENTS)
 	set -o pipefail; .venv/bin/dagster asset materialize -m assets --select benchmark_results \
 	  --partition $$(date -u +%F) 2>&1 | tee -a runs/demo/bench.log \

@@ -41,7 +41,9 @@ def routerbench_outcomes(settings: SettingsResource) -> dg.MaterializeResult:
 
 @dg.asset(
     group_name="bench",
-    deps=[prompt_set],
+    # model_panel's blocking check gates the bench: with a local model down, every one of its cells would be
+    # a failed call (no evidence, an error-rate check that fails); the partition runs once the panel answers
+    deps=[prompt_set, "model_panel"],
     partitions_def=daily,
     kinds={"litellm"},
     check_specs=[
@@ -70,7 +72,10 @@ def benchmark_results(context: dg.AssetExecutionContext, settings: SettingsResou
                                   metadata=check.metadata)  # fmt: skip
 
 
+# the panel check first (unpartitioned, as the prompt set: one materialization serves each night's run)
 bench_job = dg.define_asset_job(
-    "nightly_bench", selection=[prompt_set, benchmark_results], partitions_def=daily
+    "nightly_bench",
+    selection=dg.AssetSelection.assets("model_panel", prompt_set, benchmark_results),
+    partitions_def=daily,
 )
 nightly_bench_schedule = dg.build_schedule_from_partitioned_job(bench_job, hour_of_day=2)

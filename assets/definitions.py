@@ -5,7 +5,9 @@ from assets.resources import GatewayResource, SettingsResource
 
 MODULES = [models, rag, bench, utility, router, serving, reports]
 GROUPS = ["models", "corpus", "indexes", "bench", "utility", "router", "serving", "reports"]
-settings = SettingsResource()
+# at launch: run config's `resources.settings.config.overrides` then reaches the gateway too (a settings
+# resource built here was captured by GatewayResource as it was, overrides ignored)
+settings = SettingsResource.configure_at_launch()
 
 # `make demo` materializes the prompt set and today's micro-bench partition (evidence for the utility model),
 # then runs this job (the rest of the unpartitioned graph), then the reports.

@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.resources import SettingsResource
+from pipelines.files import hidden
 from pipelines.memo import fingerprint, forget, recall, remember, source_digest
 from pipelines.reports import NOTEBOOKS_DIR, NotebookError, report_parameters, run_notebooks
 from pipelines.settings import REPO_ROOT
@@ -36,7 +37,10 @@ def reports(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg
     # the bench's partitions and tables, not all of bench/ (benchmarks/retrieval.py keeps its SciFact indexes
     # there: 1 GB hashed per materialization, and any `make bench` re-ran the four notebooks)
     bench = s.run_dir / "bench"
-    reads += sorted(bench.glob("????-??-??")) + sorted(bench.glob("*.parquet"))
+    # (not the hidden temp files of a table being written: one left over changed the fingerprint for good,
+    # and one renamed away while the fingerprint read it made open() fail)
+    tables = [p for p in bench.glob("*.parquet") if not hidden(p.relative_to(bench))]
+    reads += sorted(bench.glob("????-??-??")) + sorted(tables)
     env = s.as_env()  # the notebooks' Settings() are these, overrides included
     # and the library the notebooks import (the posterior's summaries, plots, metrics): its code draws them
     code = source_digest(REPO_ROOT / "pipelines", REPO_ROOT / "router_models", patterns=("*.py", "*.yaml"))

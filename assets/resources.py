@@ -1,11 +1,13 @@
 """Dagster resources: thin wrappers that build library objects from settings (never at import time)."""
 
+import difflib
 import numbers
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import numpy as np
+import pydantic
 
 from pipelines.settings import Settings
 
@@ -29,10 +31,37 @@ def plain_metadata(d: dict) -> dict:
     return out
 
 
+def check_overrides(overrides: dict[str, str]) -> None:
+    """A ValueError (one line) for a key Settings has no field for, or a value it refuses: Settings ignores
+    unknown keys, so a misspelt override was dropped silently, and a bad value failed only in the first step
+    that read the settings."""
+    fields = set(Settings.model_fields)
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+
+        def hint(key: str) -> str:
+            near = difflib.get_close_matches(key.lower().removeprefix("sm_"), fields, n=1)
+            return f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+
+        raise ValueError(f"unknown setting in overrides: {', '.join(map(hint, unknown))}")
+    if overrides:
+        try:
+            Settings(**overrides)  # type: ignore[arg-type]  # strings, converted as SM_* variables are
+        except pydantic.ValidationError as e:
+            bad = [f"{'.'.join(map(str, r['loc']))}={r.get('input')!r}: {r['msg']}" for r in e.errors()]
+            raise ValueError(f"invalid settings in overrides: {'; '.join(bad)}") from None
+
+
 class SettingsResource(dg.ConfigurableResource):
-    """Workbench settings: SM_* environment variables, then any field named in `overrides`."""
+    """Workbench settings: SM_* environment variables, then any field named in `overrides` (checked when the
+    resource is built: at definition, or at launch for run config)."""
 
     overrides: dict[str, str] = {}
+
+    def __init__(self, **data: Any):
+        # Dagster builds the resource again at launch with the run config's values: they are checked too
+        check_overrides(dict(data.get("overrides") or {}))
+        super().__init__(**data)
 
     def get(self) -> Settings:
         fields: dict[str, Any] = dict(self.overrides)  # strings, converted as SM_* variables are

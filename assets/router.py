@@ -23,14 +23,24 @@ from router_models.router.train import train_router
 
 PREDICTOR = "stack"
 ROUTER_CODE = Path(__file__).resolve().parent.parent / "router_models" / "router"
-EMBEDDER_CODE = ROUTER_CODE.parent.parent / "pipelines" / "index" / "embeddings.py"
+# what training and evaluation import from outside router_models/router and what changes their result: the
+# prompt embedders and the bf16/fp32 choice they make (hardware.py), and the outcome helpers (add_evidence,
+# check_unique_prompt_ids, and task_family / TASK_FAMILY behind the Bayes predictor's prior). Not
+# pipelines/files.py (how files are written, not what), nor the catalog code (model_metadata's result is
+# in the fingerprint)
+PIPELINES = ROUTER_CODE.parent.parent / "pipelines"
+TRAINING_CODE = (
+    PIPELINES / "index" / "embeddings.py",
+    PIPELINES / "hardware.py",
+    PIPELINES / "bench" / "outcomes.py",
+)
 
 
 def _router_inputs(outcomes, s: Settings) -> tuple:
     """What train_router copies into the artifact besides the tables: its code, the rules (rules.yaml) and
     each model's privacy and context window (the catalog of these settings, then models.yaml)."""
     meta = model_metadata(sorted(outcomes["model"].unique()), settings=s)
-    code = source_digest(ROUTER_CODE, EMBEDDER_CODE, patterns=("*.py", "*.yaml"))  # the prompt embedders too
+    code = source_digest(ROUTER_CODE, *TRAINING_CODE, patterns=("*.py", "*.yaml"))
     return code, [asdict(r) for r in load_rules()], {name: asdict(m) for name, m in meta.items()}
 
 
@@ -71,6 +81,9 @@ def _publish(version_dir: Path, current: Path) -> None:
     tmp.replace(current)
 
 
+# it reads the registry's current fit (`_posterior_prior`), which model_registry writes after each fit
+# that passes its checks; declared on utility_posterior, so that a fit failing them (model_registry then
+# not materialized) does not skip the router: it trains on the new bench data with the last good prior
 @dg.asset(group_name="router", kinds={"scikit-learn"}, deps=["benchmark_results", "utility_posterior"])
 def router(context: dg.AssetExecutionContext, settings: SettingsResource) -> dg.MaterializeResult:
     """A router over RouterBench's panel and the micro-bench's models (the local ones: what the gateway can

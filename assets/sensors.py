@@ -6,6 +6,8 @@ those whose size or mtime moved, so a `touch` costs one hash and starts no run; 
 (or a new or removed file) does. An S3 source (`s3://bucket/prefix`) is compared by size and ETag.
 The very first tick (no cursor yet) requests one run: ingest is incremental, so a corpus that is already
 indexed costs little, and documents added while the sensor was off are not missed.
+The cursor also keeps the last run it requested: when that run failed (the cursor already holds the new
+file states, so no change would be seen again), a later tick requests it again, up to MAX_RETRIES times.
 File names may hold PII: the cursor keys files by a digest keyed by the store's secret (as ingest does), and
 run tags and logs name only the files whose names no PII recognizer could match.
 """
@@ -27,6 +29,8 @@ from pipelines.settings import Settings
 # and their ETag as the hash
 Fingerprints = dict[str, list]
 CURSOR_VERSION = 2  # v2: files keyed by a name digest; an older cursor counts as none (one ingest run)
+# a run that fails again and again (a document that breaks ingest) is not requested every minute for ever
+MAX_RETRIES = 3
 
 # the chunks and the indexes built straight from them (not what merely runs after them, such as the
 # retrieval evaluation on its own labelled sample: the weekly re-index covers that)
@@ -149,11 +153,18 @@ def _load_cursor(cursor: str | None, spec: str) -> Fingerprints | None:
     return state["files"] if state.get("source") == spec and state.get("v") == CURSOR_VERSION else None
 
 
+def _failed_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | None:
+    """The run launched for `run_key` if it failed (not one cancelled on purpose, nor one still going)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    return runs[0] if runs and runs[0].status == dg.DagsterRunStatus.FAILURE else None
+
+
 @dg.sensor(
     job=new_documents_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Re-index when a corpus document is added, changed or removed (content hash).",
+    description="Re-index when a corpus document is added, changed or removed (content hash); again when "
+    "that run failed.",
 )
 def new_documents_sensor(context: dg.SensorEvaluationContext, settings: SettingsResource):
     s = settings.get()
@@ -163,33 +174,52 @@ def new_documents_sensor(context: dg.SensorEvaluationContext, settings: Settings
         current = scan_source(spec, s, previous or {})
     except FileNotFoundError:
         return dg.SkipReason(f"corpus folder {spec} does not exist yet")
+    saved = json.loads(context.cursor or "{}")
     # the run requests made so far: Dagster never repeats a run key, and a corpus can come back to a state it
     # had before (a file moved out and back, a source switched away and back), so the key is the new state
     # plus this count, kept across a change of source too (restarting at 0 made A -> B -> A repeat A's key)
-    runs = int(json.loads(context.cursor or "{}").get("runs", 0))
+    runs = int(saved.get("runs", 0))
     changes = diff(previous or {}, current)
-    if previous is None or changes:
+    # the last request for this source (cursors saved before it was kept have none)
+    last = saved.get("requested") if previous is not None else None
+    failed = _failed_run(context.instance, last["run_key"]) if last and not changes else None
+    retry = failed is not None and last is not None and last["retries"] < MAX_RETRIES
+    if previous is None or changes or retry:
         runs += 1
-    cursor = json.dumps(
-        {"v": CURSOR_VERSION, "source": spec, "files": current, "runs": runs},
-        separators=(",", ":"), sort_keys=True,
-    )  # fmt: skip
-    if previous is not None and not changes:
+    state = {"v": CURSOR_VERSION, "source": spec, "files": current, "runs": runs}
+
+    def dump(requested: dict | None) -> str:
+        return json.dumps({**state, "requested": requested} if requested else state,
+                          separators=(",", ":"), sort_keys=True)  # fmt: skip
+
+    run_key = hashlib.sha256(dump(None).encode()).hexdigest()[:24]
+    if previous is not None and not changes and not retry:
         # mtimes may have moved without a content change: keep them so those files are not read again
-        return dg.SensorResult(skip_reason=f"no document changed in {spec}", cursor=cursor)
-    reason = "first scan" if previous is None else changes.summary()
+        why = f"no document changed in {spec}"
+        if failed is not None:
+            why += f"; its ingest failed {MAX_RETRIES + 1} times (last run {failed.run_id[:8]}): see its log"
+        return dg.SensorResult(skip_reason=why, cursor=dump(last))
+    if retry:
+        assert failed is not None and last is not None
+        reason = f"retry {last['retries'] + 1} of failed run {failed.run_id[:8]}: {last['changes']}"
+        counts = last["counts"]
+        requested = {**last, "run_key": run_key, "retries": last["retries"] + 1}
+    else:
+        reason = "first scan" if previous is None else changes.summary()
+        counts = [len(changes.added), len(changes.changed), len(changes.removed)]
+        requested = {"run_key": run_key, "retries": 0, "changes": reason[:200], "counts": counts}
     context.log.info(f"{spec}: {reason}")
     request = dg.RunRequest(
-        run_key=hashlib.sha256(cursor.encode()).hexdigest()[:24],
+        run_key=run_key,
         tags={
             "stratmaster/corpus": spec,
             "stratmaster/changes": reason[:200],
-            "stratmaster/added": str(len(changes.added)),
-            "stratmaster/changed": str(len(changes.changed)),
-            "stratmaster/removed": str(len(changes.removed)),
+            "stratmaster/added": str(counts[0]),
+            "stratmaster/changed": str(counts[1]),
+            "stratmaster/removed": str(counts[2]),
         },
     )
-    return dg.SensorResult(run_requests=[request], cursor=cursor)
+    return dg.SensorResult(run_requests=[request], cursor=dump(requested))
 
 
 SENSORS = [new_documents_sensor]

@@ -42,33 +42,36 @@ def leaderboard_priors(settings: SettingsResource) -> dg.MaterializeResult:
 def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResource):
     """Fit the hierarchical model (NUTS) on RouterBench's outcomes and the micro-bench's answers of the last
     SM_BENCH_EVIDENCE_DAYS days (the local models' evidence, beside the leaderboard priors), save the NetCDF
-    with its data+config hash (run_dir/utility, and the object store under utility/<hash>/), then record the
-    fit in the registry table in one transaction (a reader never sees half a fit). When the saved NetCDF's
-    hash matches the data, priors and configuration, it is read, not refitted (a rerun does no needless
-    work). A fit that fails a check is not registered: the registry keeps its current fit, and
-    `model_registry` is not materialized."""
+    with its data+config hash (run_dir/utility, and the object store under utility/<hash>/; summary.json
+    under utility/<that hash with the lambdas>/), then record the fit in the registry table in one
+    transaction (a reader never sees half a fit). When the saved NetCDF's hash matches the data, priors and
+    configuration, it is read, not refitted (a rerun does no needless work). A fit that fails a check is not
+    registered: the registry keeps its current fit, and `model_registry` is not materialized."""
     s = settings.get()
     outcomes, local = evidence_outcomes(s)
     priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv")
     art = fit_posterior(outcomes, priors, s.run_dir / "utility", lambda_cost=s.lambda_cost,
                         lambda_latency=s.lambda_latency, reuse=True)  # fmt: skip
-    # the NetCDF (its data+config hash inside) and summary.json in the object store, keyed by that hash
+    # the object store: the NetCDF under its data+config hash, summary.json under the hash that also covers
+    # the lambdas of its utility_mean (keyed by the fit's hash, a lambda change left the first summary there)
     store, prefix = open_store(s), f"utility/{art.fit.fit_hash[:16]}"
-    for name in ("netcdf", "summary_json"):
-        key = f"{prefix}/{art.paths[name].name}"
+    summary_key = f"utility/{art.registry_hash[:16]}/{art.paths['summary_json'].name}"
+    for name, key in (("netcdf", f"{prefix}/{art.paths['netcdf'].name}"), ("summary_json", summary_key)):
         if not store.exists(key):
             store.put(key, art.paths[name].read_bytes())
     checks = art.checks
     failed = art.failed_checks
     d = art.fit.diagnostics
     forest = art.paths["forest_png"]
-    version = dg.DataVersion(art.fit.fit_hash[:16])  # same data, priors and config: same version
+    # same data, priors, config and lambdas: same version (summary.json's utilities follow the lambdas)
+    version = dg.DataVersion(art.registry_hash[:16])
     yield dg.MaterializeResult(
         asset_key="utility_posterior",
         data_version=version,
         metadata={
             "netcdf": str(art.paths["netcdf"]),
             "object_store_prefix": f"{s.object_store}:{prefix}",
+            "object_store_summary": f"{s.object_store}:{summary_key}",
             "fit_hash": art.fit.fit_hash,
             **evidence_metadata(local),
             **plain_metadata(d),

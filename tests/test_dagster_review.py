@@ -1,0 +1,291 @@
+"""Review fixes in the Dagster layer: run config reaching nested resources, overrides checked when built,
+the utility summary's object-store copy, the router's code digest and deps, the reports' fingerprint, the
+model panel gating the bench, and the new-documents sensor asking again after a failed ingest run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from assets import definitions, sensors
+from assets.resources import SettingsResource
+from assets.sensors import new_documents_sensor
+from pipelines.settings import REPO_ROOT
+
+
+class FakeGateway:
+    """Stands for pipelines.llm.gateway.Gateway: records the settings it was built with."""
+
+    def __init__(self, settings, catalog=None):
+        self.settings = settings
+
+
+def _settings_config(**overrides: str) -> dict:
+    return {"resources": {"settings": {"config": {"overrides": overrides}}}}
+
+
+def _panel(rows: list[dict], seen: list):
+    def check(gateway):
+        seen.append(gateway.settings)
+        return rows
+
+    return check
+
+
+def test_run_config_overrides_reach_the_gateway(tmp_path, monkeypatch):
+    """GatewayResource captured the module's SettingsResource as built: a launch's overrides reached every
+    asset but the gateway (its timeout stayed 60 s)."""
+    import assets.models
+
+    monkeypatch.delenv("SM_REQUEST_TIMEOUT_S", raising=False)
+    monkeypatch.setattr("pipelines.llm.gateway.Gateway", FakeGateway)
+    seen: list = []
+    monkeypatch.setattr(
+        assets.models, "panel_check", _panel([{"model": "m", "ok": True, "latency_s": 0.1}], seen)
+    )
+    job = definitions.defs.resolve_job_def("models_job")
+    config = _settings_config(request_timeout_s="5", run_dir=str(tmp_path))
+    assert job.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral()).success
+    assert [s.request_timeout_s for s in seen] == [5.0] and seen[0].run_dir == tmp_path
+    seen.clear()  # no run config: the environment's settings, as before
+    assert job.execute_in_process(instance=dg.DagsterInstance.ephemeral()).success
+    assert seen[0].request_timeout_s == 60.0
+
+
+def test_overrides_are_checked_when_the_resource_is_built(tmp_path):
+    """A misspelt key was dropped silently (Settings ignores extra keys), and a bad value failed only inside
+    the first step, as a wrapped pydantic traceback."""
+    with pytest.raises(
+        ValueError, match=r"^unknown setting in overrides: 'run_dri' \(did you mean 'run_dir'\?\)$"
+    ):
+        SettingsResource(overrides={"run_dri": "/tmp/elsewhere"})
+    with pytest.raises(ValueError) as bad:
+        SettingsResource(overrides={"bench_per_task": "0", "lambda_cost": "cheap"})
+    message = str(bad.value)
+    assert "\n" not in message and "bench_per_task='0'" in message and "lambda_cost='cheap'" in message
+    assert SettingsResource(overrides={"run_dir": str(tmp_path)}).get().run_dir == tmp_path
+
+    # in run config: the run fails as its resources are built, before any step starts
+    @dg.asset
+    def reads_settings(settings: SettingsResource) -> None:
+        settings.get()
+
+    defs = dg.Definitions(
+        assets=[reads_settings], resources={"settings": SettingsResource.configure_at_launch()}
+    )
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        run_config=_settings_config(bench_per_tsk="3"),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success and not [e for e in result.all_events if e.event_type_value == "STEP_START"]
+    failure = next(e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE")
+    assert "did you mean 'bench_per_task'?" in str(failure.event_specific_data.error.to_string())
+
+
+def test_a_lambda_change_reaches_the_stored_summary_and_the_data_version(tmp_path, monkeypatch):
+    """summary.json's copy in the object store was keyed by the fit hash (no lambdas) and written once:
+    after a lambda change the store kept the old utilities, and the asset's data version stayed the same."""
+    import assets.utility
+    from router_models.utility.pipeline import PosteriorArtifacts
+
+    def fake_fit(outcomes, priors, out_dir, lambda_cost, lambda_latency, reuse):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "utility_posterior.nc").write_bytes(b"the same fit")
+        summary = pd.DataFrame({"task": ["qa"], "model": ["m"], "utility_mean": [1.0 - lambda_cost / 1000]})
+        (out_dir / "summary.json").write_text(json.dumps({"rows": summary.to_dict("records")}))
+        # diagnostics that fail the checks: nothing is registered (the registry is not what is tested here)
+        diagnostics = {"r_hat_max": 2.0, "ess_bulk_min": 10.0, "divergences": 0, "fit_seconds": 1.0}
+        fit = SimpleNamespace(fit_hash="f" * 64, diagnostics=diagnostics)
+        art = PosteriorArtifacts(
+            fit, summary, pd.DataFrame({"calibrated": [True]}), lambdas=(lambda_cost, 0.0)
+        )
+        names = {"netcdf": "utility_posterior.nc", "summary_json": "summary.json", "forest_png": "forest.png"}
+        art.paths = {name: out_dir / file for name, file in names.items()}
+        return art
+
+    monkeypatch.setattr(assets.utility, "fit_posterior", fake_fit)
+    monkeypatch.setattr(assets.utility, "build_priors", lambda *a: None)
+    monkeypatch.setattr(
+        assets.utility, "evidence_outcomes", lambda s: (pd.DataFrame(), pd.DataFrame({"model": []}))
+    )
+
+    def run(lambda_cost: str):
+        res = {"settings": SettingsResource(overrides={"run_dir": str(tmp_path), "lambda_cost": lambda_cost})}
+        result = dg.materialize([assets.utility.utility_posterior], resources=res)
+        (event,) = result.asset_materializations_for_node("utility_posterior")
+        return event.tags["dagster/data_version"]
+
+    first, second = run("100"), run("5")
+    assert first != second
+    stored = {
+        json.loads(p.read_text())["rows"][0]["utility_mean"] for p in tmp_path.glob("store/utility/*/*.json")
+    }
+    assert stored == {0.9, 0.995}  # each lambda's summary kept
+    assert len(list(tmp_path.glob("store/utility/*/utility_posterior.nc"))) == 1  # one fit, stored once
+    assert run("5") == second
+
+
+def test_the_router_code_digest_covers_what_training_imports_from_pipelines(monkeypatch):
+    """The digest covered router_models/router and the embedders only: an edit of task_family (the Bayes
+    predictor's prior) or of the embedder's bf16/fp32 choice kept a stale router."""
+    import assets.router
+
+    covered: set[Path] = set()
+    real = assets.router.source_digest
+
+    def spy(*paths, patterns=("*.py",)):
+        for p in map(Path, paths):
+            covered.update([p] if p.is_file() else (f for pat in patterns for f in p.rglob(pat)))
+        return real(*paths, patterns=patterns)
+
+    monkeypatch.setattr(assets.router, "source_digest", spy)
+    assets.router._router_inputs(pd.DataFrame({"model": ["smollm2-135m"]}), SettingsResource().get())
+    # what training and evaluation import (the embedders and the Bayes prior's task_family load lazily:
+    # named here)
+    code = (
+        "import sys, router_models.router.train, router_models.router.evaluation,"
+        " router_models.router.predictors, router_models.router.artifact, pipelines.index.embeddings,"
+        " pipelines.bench.outcomes\n"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'pipelines'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    imported = {Path(line).resolve() for line in out.stdout.split()}
+    # files.py says how artifacts are written, not what they hold; the package __init__ files are empty
+    ignored = {REPO_ROOT / "pipelines" / "files.py"} | {p for p in imported if p.name == "__init__.py"}
+    assert REPO_ROOT / "pipelines" / "hardware.py" in imported
+    assert imported - ignored <= {p.resolve() for p in covered}
+
+
+def test_a_table_being_written_leaves_the_reports_fingerprint_alone(tmp_path, monkeypatch):
+    """bench/*.parquet matched the hidden temp file of an atomic write: one left over re-ran the notebooks
+    and changed the fingerprint for good."""
+    import assets.reports
+
+    ran: list = []
+
+    def fake_notebooks(out, params, env=None):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "utility.html").write_text("<html></html>")
+        ran.append(out)
+        return [SimpleNamespace(name="utility", html=out / "utility.html", figures=[], seconds=1.0)]
+
+    monkeypatch.setattr(assets.reports, "run_notebooks", fake_notebooks)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "prompt_set.parquet").write_bytes(b"table")
+    res = {"settings": SettingsResource(overrides={"run_dir": str(tmp_path)})}
+
+    def reused() -> bool:
+        result = dg.materialize([assets.reports.reports], resources=res)
+        return result.asset_materializations_for_node("reports")[0].metadata["reused"].value
+
+    assert not reused() and reused()
+    (tmp_path / "bench" / ".prompt_set.parquet.k2j4x.parquet").write_bytes(b"half a table")
+    assert reused() and len(ran) == 1
+    (tmp_path / "bench" / "prompt_set.parquet").write_bytes(b"another table")
+    assert not reused()
+
+
+def test_the_model_panel_check_gates_the_nightly_bench(tmp_path, monkeypatch):
+    """every_local_model_answers was blocking but nothing depended on model_panel: it gated nothing."""
+    import assets.models
+    import pipelines.bench.nightly
+
+    monkeypatch.setattr("pipelines.llm.gateway.Gateway", FakeGateway)
+    benched: list = []
+
+    def fake_bench(settings, prompts, partition):
+        benched.append(partition)
+        raise dg.Failure("the bench itself is not tested here")
+
+    monkeypatch.setattr(pipelines.bench.nightly, "run_benchmark_partition", fake_bench)
+    (tmp_path / "bench").mkdir()
+    pd.DataFrame({"prompt_id": ["p1"]}).to_parquet(tmp_path / "bench" / "prompt_set.parquet")
+    job = definitions.defs.resolve_job_def("nightly_bench")
+    assert dg.AssetKey("model_panel") in job.asset_layer.executable_asset_keys
+
+    def run(rows: list[dict]):
+        monkeypatch.setattr(assets.models, "panel_check", _panel(rows, []))
+        return job.execute_in_process(
+            partition_key="2026-11-29",
+            asset_selection=[dg.AssetKey("model_panel"), dg.AssetKey("benchmark_results")],
+            run_config=_settings_config(run_dir=str(tmp_path)),
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+
+    down = run([{"model": "a", "ok": True, "latency_s": 0.1}, {"model": "b", "ok": False, "latency_s": 0.2}])
+    assert not down.success and benched == []
+    up = run([{"model": "a", "ok": True, "latency_s": 0.1}, {"model": "b", "ok": True, "latency_s": 0.2}])
+    assert not up.success and benched == ["2026-11-29"]  # the panel answered: the bench ran (and failed)
+
+
+def test_the_sensor_asks_again_when_the_ingest_run_it_requested_failed(tmp_path):
+    """The cursor took the new file states when the run was requested: if that run failed, later ticks saw
+    no change and the indexes stayed stale."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Alpha.")
+    res = {"settings": SettingsResource(overrides={"corpus_dir": str(docs), "run_dir": str(tmp_path)})}
+
+    @dg.op
+    def ingest(context: dg.OpExecutionContext) -> None:
+        if context.run.tags.get("fail"):
+            raise RuntimeError("ingest failed")
+
+    @dg.job
+    def ingest_job():
+        ingest()
+
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor):
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources=res)
+            return new_documents_sensor.evaluate_tick(ctx)
+
+        def launched(run_key: str, fail: bool) -> None:
+            tags = {"dagster/run_key": run_key, **({"fail": "yes"} if fail else {})}
+            ingest_job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+
+        first = tick(None)
+        launched(first.run_requests[0].run_key, fail=False)
+        (docs / "b.md").write_text("Beta.")
+        added = tick(first.cursor)
+        (req,) = added.run_requests
+        launched(req.run_key, fail=True)
+        cursor, keys = added.cursor, [req.run_key]
+        for n in range(1, 10):
+            again = tick(cursor)
+            cursor = again.cursor
+            if not again.run_requests:
+                break
+            (retry,) = again.run_requests
+            assert retry.run_key not in keys and retry.tags["stratmaster/added"] == "1"
+            assert retry.tags["stratmaster/changes"].startswith(f"retry {n} of failed run")
+            assert retry.tags["stratmaster/changes"].endswith("1 added: b.md")
+            keys.append(retry.run_key)
+            launched(retry.run_key, fail=True)
+        assert len(keys) > 1, again.skip_message  # the failed run was asked for again
+        # a run that keeps failing is not asked for every minute
+        assert len(keys) == 1 + sensors.MAX_RETRIES
+        assert f"failed {sensors.MAX_RETRIES + 1} times" in again.skip_message
+        (docs / "c.md").write_text("Gamma.")  # a new change is a new request
+        changed = tick(cursor)
+        assert changed.run_requests[0].tags["stratmaster/changes"] == "1 added: c.md"
+
+        # a run that succeeded, or a cursor saved before the last request was kept: nothing to ask again
+        launched(changed.run_requests[0].run_key, fail=False)
+        assert "no document changed" in tick(changed.cursor).skip_message
+        launched(changed.run_requests[0].run_key, fail=True)  # a later run with that key failed
+        old = json.loads(changed.cursor)
+        del old["requested"]
+        assert tick(json.dumps(old)).skip_message == f"no document changed in {docs}"
+        assert tick(changed.cursor).run_requests
