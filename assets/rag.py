@@ -84,6 +84,7 @@ RETRIEVAL_SETTINGS = (
     "vector_backend",
     "qdrant_url",
     "qdrant_collection",
+    "qdrant_exact",
     "graph_backend",
     "graph_weight",
     "fusion",

@@ -25,8 +25,9 @@ def _default_shared_data() -> Path:
 
 
 class Settings(BaseSettings):
-    """Workbench configuration; override any field with an `SM_<NAME>` environment variable. Secrets (S3 and
-    NebulaGraph passwords, the registry URL) are `SecretStr`: masked in `repr`, `str` and dumps."""
+    """Workbench configuration; override any field with an `SM_<NAME>` environment variable. Secrets (the S3,
+    OpenSearch and NebulaGraph passwords, the Qdrant API key, the registry URL) are `SecretStr`: masked in
+    `repr`, `str` and dumps."""
 
     # allow_inf_nan: "inf" (or 1e999) is a float to pydantic; as a timeout or a price it breaks every call
     model_config = SettingsConfigDict(env_prefix="SM_", env_file=".env", extra="ignore", allow_inf_nan=False)
@@ -89,7 +90,14 @@ class Settings(BaseSettings):
     s3_access_key: str = "minioadmin"
     s3_secret_key: SecretStr = SecretStr("minioadmin")
     opensearch_index: str = "stratmaster-chunks"
+    # OpenSearch's basic auth (user:pass@ in opensearch_url works too, but a URL is printed and reported)
+    opensearch_user: str = ""
+    opensearch_password: SecretStr | None = None
     qdrant_collection: str = "stratmaster_chunks"
+    qdrant_api_key: SecretStr | None = None
+    # the Qdrant server searches exactly, as local mode does, rather than by its HNSW graph (approximate,
+    # faster): the same ranking on both backends, at the cost of a scan per query
+    qdrant_exact: bool = False
     nebula_user: str = "root"
     nebula_password: SecretStr = SecretStr("nebula")
     nebula_space: str = "stratmaster"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -289,6 +290,16 @@ def test_nebula_refuses_vertex_ids_its_space_cannot_hold_before_clearing_it():
         NebulaGraph.check_ids(extract_graph(chunks(deep)))
 
 
+def test_nebula_string_literals_hold_no_raw_line_break():
+    """nGQL's lexer takes no raw line break inside a string literal: a file name holding one failed the
+    INSERT of the whole batch. Quotes and backslashes stay escaped (no statement can be closed early)."""
+    from pipelines.index.graph import NebulaGraph
+
+    lit = NebulaGraph._q('notes/line\nbreak\r\t"o\\x".txt')
+    assert lit == '"notes/line\\nbreak\\r\\t\\"o\\\\x\\".txt"'
+    assert "\n" not in lit and "\r" not in lit and "\t" not in lit
+
+
 @pytest.fixture(scope="module")
 def pii_indexes(tmp_path_factory):
     root = tmp_path_factory.mktemp("pii")
@@ -420,3 +431,381 @@ def test_a_collection_written_before_probes_were_kept_is_embedded_again_once(tmp
     (corpus / "tea.txt").write_text("Green tea is steeped at eighty degrees.")
     ingest_corpus(settings, str(corpus), store=store)
     assert build_dense_index(settings, ix, store, embedder=static).added == 1
+
+
+# --- the server backends, OpenSearch and Qdrant: they cannot run here (no Docker), so their real clients talk
+# to FakeServer, which answers as the servers do (status, body) and records every request
+
+
+class FakeServer:
+    """An HTTP server on a free local port: `handle(method, path, query, body)` gives (status, JSON or None);
+    `requests` holds (method, path, headers (names in lower case), body) of each request."""
+
+    def __init__(self, handle) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                parts = urlsplit(self.path)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                server.requests.append((self.command, parts.path, headers, raw))
+                status, obj = handle(self.command, parts.path, parse_qs(parts.query), raw)
+                data = json.dumps(obj).encode() if obj is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def bodies(self, method: str, path: str) -> list[dict]:
+        return [json.loads(b) for m, p, _, b in self.requests if (m, p) == (method, path)]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake_server():
+    servers: list[FakeServer] = []
+
+    def start(handle) -> FakeServer:
+        servers.append(FakeServer(handle))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def os_error(status: int, kind: str) -> tuple[int, dict]:
+    return status, {"error": {"root_cause": [{"type": kind, "reason": kind}], "type": kind, "reason": kind},
+                    "status": status}  # fmt: skip
+
+
+class FakeOpenSearch:
+    """One OpenSearch index as the REST API shows it: create (400 when it exists), mapping, delete, bulk (an
+    _id over 512 bytes refused, as OpenSearch does), scroll, and a search that counts the query's terms a
+    document's `terms` hold, refusing a `size` past 10,000 (index.max_result_window)."""
+
+    def __init__(self, name: str = "chunks", mappings: dict | None = None, docs: dict | None = None) -> None:
+        self.name, self.mappings, self.docs = name, mappings, dict(docs or {})
+        self.settings: dict = {}
+
+    def __call__(self, method, path, query, body):
+        data = json.loads(body) if body and path != "/_bulk" else {}
+        if path == f"/{self.name}":
+            if method == "HEAD":
+                return (200 if self.mappings is not None else 404), None
+            if method == "PUT":
+                if self.mappings is not None:
+                    return os_error(400, "resource_already_exists_exception")
+                self.settings, self.mappings, self.docs = data["settings"], data["mappings"], {}
+                return 200, {"acknowledged": True, "index": self.name}
+            if method == "DELETE":
+                self.mappings, self.docs = None, {}
+                return 200, {"acknowledged": True}
+        if path == f"/{self.name}/_mapping":
+            return 200, {self.name: {"mappings": self.mappings}}
+        if path == "/_bulk":
+            items = self._bulk(body)
+            failed = any(item["status"] >= 300 for i in items for item in i.values())
+            return 200, {"took": 1, "errors": failed, "items": items}
+        if path == f"/{self.name}/_search":
+            if "scroll" in query:
+                hits = [self._hit(i, 1.0, data) for i in self.docs]
+                return 200, {
+                    "_scroll_id": "s1",
+                    "hits": {"hits": hits},
+                    "_shards": {"total": 1, "successful": 1},
+                }
+            if data["size"] > 10_000:
+                return os_error(400, "illegal_argument_exception")
+            return 200, {"hits": {"hits": self._search(data)}}
+        if path == "/_search/scroll":
+            return 200, ({"_scroll_id": "s1", "hits": {"hits": []}} if method == "POST" else {})
+        return os_error(400, f"unexpected {method} {path}")
+
+    def _bulk(self, body: bytes) -> list[dict]:
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        items = []
+        while lines:
+            ((op, meta),) = lines.pop(0).items()
+            _id = meta["_id"]
+            if op == "index":
+                source = lines.pop(0)
+                if len(_id.encode()) > 512:
+                    error = {"type": "illegal_argument_exception", "reason": "id is too long"}
+                    items.append({op: {"_id": _id, "status": 400, "error": error}})
+                    continue
+                self.docs[_id] = source
+            status = 200 if op == "index" or self.docs.pop(_id, None) else 404
+            items.append({op: {"_id": _id, "status": status}})
+        return items
+
+    def _hit(self, _id: str, score: float, body: dict) -> dict:
+        fields = body.get("_source", True)
+        source = {k: v for k, v in self.docs[_id].items() if fields is True or k in fields}
+        return {"_id": _id, "_score": score, **({"_source": source} if fields is not False else {})}
+
+    def _search(self, body: dict) -> list[dict]:
+        wanted = [c["term"]["terms"] for c in body["query"]["bool"]["should"]]
+        scores = {i: sum(t in d["terms"].split() for t in wanted) for i, d in self.docs.items()}
+        ranked = sorted((i for i in scores if scores[i]), key=lambda i: -scores[i])
+        return [self._hit(i, float(scores[i]), body) for i in ranked[: body["size"]]]
+
+
+def test_opensearch_indexes_and_queries_the_terms_of_the_tantivy_analysis(tmp_path, fake_server):
+    """OpenSearch analysed the text itself: its standard tokenizer keeps `0.05`, `patient's`, `snake_case`
+    and `1,000` whole where tantivy splits them, so BM25 ranked otherwise on the two; and it was sent the
+    query as written, counting a repeated word twice."""
+    from pipelines.index.keyword import OpenSearchIndex, indexed_text, opensearch_id
+
+    rows = {"a": "p<0.05 at 3.5 mg", "b": "the patient's IL-6 level", "c": "U.S.A.",
+            "d": "snake_case e.g. 1,000", "e": "Cancer risk and cancer screening."}  # fmt: skip
+    chunks = frame(rows, titles={"a": "Dosing Trials"})
+    tantivy = TantivyIndex(tmp_path / "kw")
+    sync_index(tantivy, chunks)
+    fake = FakeOpenSearch()
+    server = fake_server(fake)
+    idx = OpenSearchIndex(server.url, "chunks")
+    assert sync_index(idx, chunks).added == 5
+    # the field of the terms: split on whitespace only, nothing dropped or changed
+    field = fake.mappings["properties"]["terms"]
+    analyzer = fake.settings["analysis"]["analyzer"][field["analyzer"]]
+    assert analyzer == {"type": "custom", "tokenizer": "whitespace", "filter": []}
+    indexed = {d["chunk_id"]: d["terms"].split() for d in fake.docs.values()}
+    for cid, title, text in zip(chunks["chunk_id"], chunks["title"], chunks["text"], strict=True):
+        terms = tantivy.analyzer.analyze(indexed_text(title, text))
+        assert indexed[cid] == terms, cid  # every occurrence, in order: the same term frequencies and lengths
+        assert all(cid in {h.chunk_id for h in tantivy.search(t)} for t in terms)  # the tantivy index's terms
+    assert indexed["a#0000"][-6:] == ["p", "0", "05", "3", "5", "mg"] and "05" in indexed["a#0000"]
+    assert {d["doc_id"] for d in fake.docs.values()} == set(rows)
+    assert fake.docs[opensearch_id("a#0000")]["text"] == "Dosing Trials\np<0.05 at 3.5 mg"  # shown, as before
+    # the query: its distinct terms, as tantivy's
+    query = "cancer CANCER risk p<0.05"
+    assert {h.chunk_id for h in idx.search(query)} == {h.chunk_id for h in tantivy.search(query)} == {
+        "a#0000", "e#0000"}  # fmt: skip
+    sent = server.bodies("POST", "/chunks/_search")[-1]
+    assert [c["term"]["terms"] for c in sent["query"]["bool"]["should"]] == tantivy.terms(query)
+    assert tantivy.terms(query) == ["cancer", "risk", "p", "0", "05"]
+    searches = len(server.requests)
+    assert idx.search("the and of") == [] and len(server.requests) == searches  # nothing to ask for
+
+
+def test_opensearch_takes_chunk_ids_of_any_length_as_tantivy_does(tmp_path, fake_server):
+    """The chunk id was the OpenSearch _id, which OpenSearch refuses past 512 bytes: a bulk of a deep path's
+    chunks failed part way, where tantivy and Qdrant took them."""
+    from pipelines.index.keyword import OpenSearchIndex
+
+    deep = "/".join(["folder"] * 80) + "/a.txt"  # 566 bytes
+    chunks = frame({deep: "Aspirin lowers the risk of heart attacks.", "b": "Statins lower cholesterol."})
+    assert sync_index(TantivyIndex(tmp_path / "kw"), chunks).added == 2
+    fake = FakeOpenSearch()
+    idx = OpenSearchIndex(fake_server(fake).url, "chunks")
+    assert sync_index(idx, chunks).added == 2
+    assert all(len(i.encode()) <= 512 for i in fake.docs)
+    assert idx.indexed_ids() == set(chunks["chunk_id"])
+    assert [h.doc_id for h in idx.search("aspirin")] == [deep]
+    assert sync_index(idx, chunks.iloc[1:]).deleted == 1 and idx.indexed_ids() == {"b#0000"}
+
+
+def test_an_opensearch_index_made_for_another_analysis_is_made_anew_by_its_next_sync(fake_server):
+    """The OpenSearch index was only created when missing: one analysed otherwise (here: by OpenSearch's own
+    analyzer, before the analysis version was recorded) kept its terms, which no query's matched."""
+    from pipelines.index import keyword
+    from pipelines.index.keyword import OpenSearchIndex
+
+    old = {"properties": {"chunk_id": {"type": "keyword"}, "text": {"type": "text", "analyzer": "en_bm25"}}}
+    fake = FakeOpenSearch(mappings=old, docs={"a#0000": {"chunk_id": "a#0000", "text": "alpha apples"}})
+    server = fake_server(fake)
+    chunks = frame({"a": "alpha apples", "b": "beta bananas"})
+    reader = OpenSearchIndex(server.url, "chunks")  # opening it (a service) changes nothing
+    assert fake.mappings is old and not [r for r in server.requests if r[0] == "DELETE"]
+    report = sync_index(OpenSearchIndex(server.url, "chunks"), chunks)
+    assert (report.added, report.deleted) == (2, 0) and ("DELETE", "/chunks") in [
+        r[:2] for r in server.requests
+    ]
+    assert fake.mappings["_meta"] == {"analysis_version": keyword.ANALYSIS_VERSION}
+    assert reader.search("apples")[0].chunk_id == "a#0000"
+    assert sync_index(OpenSearchIndex(server.url, "chunks"), chunks).added == 0  # this version: kept
+    fake.mappings["_meta"]["analysis_version"] -= 1
+    assert sync_index(OpenSearchIndex(server.url, "chunks"), chunks).added == 2
+
+
+def test_bm25_search_depth_stops_at_what_opensearch_serves(fake_server):
+    """search_docs doubled the depth until it named k documents: on a corpus of over 10,000 chunks it asked
+    OpenSearch for 12,800 hits, which OpenSearch refuses (index.max_result_window)."""
+    from pipelines.index.keyword import OpenSearchIndex
+    from pipelines.rag.retrieve import Retriever
+
+    def handle(method, path, query, body):  # one document of 30,000 chunks, each matching
+        if method == "HEAD":
+            return 200, None
+        if path.endswith("/_mapping"):
+            return 200, {"chunks": {"mappings": OpenSearchIndex.mapping()["mappings"]}}
+        size = json.loads(body)["size"]
+        if size > 10_000:
+            return os_error(400, "illegal_argument_exception")
+        hits = [{"_id": str(i), "_score": 1 / (i + 1), "_source": {"chunk_id": f"big#{i:05d}"}}
+                for i in range(min(size, n_chunks))]  # fmt: skip
+        return 200, {"hits": {"hits": hits}}
+
+    server = fake_server(handle)
+    keyword, asked = OpenSearchIndex(server.url, "chunks"), []
+    search = keyword.search
+    keyword.search = lambda query, k: asked.append(k) or search(query, k)  # type: ignore[method-assign]
+    retriever = Retriever(frame({"big": "alpha"}), keyword=keyword)
+    n_chunks = 30_000
+    assert retriever.search_docs("alpha", "bm25", k=10) == ["big"]
+    assert asked == [200, 400, 800, 1600, 3200, 6400, 10_000]  # as deep as every backend is asked
+    sizes = [b["size"] for b in server.bodies("POST", "/chunks/_search")]
+    assert sizes == asked
+    assert len(retriever.keyword.search("alpha", 50_000)) == 10_000  # a direct caller is held to it too
+    server.requests.clear()
+    n_chunks = 300  # a list shorter than asked has run dry: no deeper search
+    assert retriever.search_docs("alpha", "bm25", k=10) == ["big"]
+    assert [b["size"] for b in server.bodies("POST", "/chunks/_search")] == [200, 400]
+
+
+def test_opensearch_credentials_are_sent_and_never_shown(fake_server):
+    """OpenSearch could only log in by user:pass@ in SM_OPENSEARCH_URL, which the index report's location
+    (printed by the RAG CLI, written into eval reports) showed as it was."""
+    import base64
+
+    from pipelines.index.keyword import open_keyword_index
+
+    server = fake_server(FakeOpenSearch())
+    host = server.url.removeprefix("http://")
+
+    def auth() -> str:
+        return server.requests[-1][2].get("authorization", "")
+
+    settings = Settings(keyword_backend="opensearch", opensearch_url=f"http://admin:hunter2@{host}",
+                        opensearch_index="chunks")  # fmt: skip
+    idx = open_keyword_index(settings)
+    assert idx.location == f"{server.url}/chunks"
+    report = sync_index(idx, frame({"a": "alpha"}))
+    assert "hunter2" not in json.dumps(report.to_dict()) and "admin" not in report.location
+    assert auth() == "Basic " + base64.b64encode(b"admin:hunter2").decode()
+    settings = Settings(keyword_backend="opensearch", opensearch_url=server.url, opensearch_index="chunks",
+                        opensearch_user="svc", opensearch_password="s3cr3t")  # fmt: skip
+    assert "s3cr3t" not in repr(settings) and settings.as_env()["SM_OPENSEARCH_PASSWORD"] == "s3cr3t"
+    assert open_keyword_index(settings).search("alpha")[0].chunk_id == "a#0000"
+    assert auth() == "Basic " + base64.b64encode(b"svc:s3cr3t").decode()
+
+
+def test_a_lost_opensearch_index_creation_race_is_no_error(fake_server):
+    """Two processes each saw no index and created it: the second's 400 resource_already_exists_exception
+    stopped it. Any other refusal still raises."""
+    from opensearchpy.exceptions import RequestError
+
+    from pipelines.index.keyword import OpenSearchIndex
+
+    def handle(method, path, query, body):  # the other process creates it between HEAD and PUT
+        if method == "HEAD":
+            return 404, None
+        return os_error(400, "resource_already_exists_exception" if "race" in path else "mapper_exception")
+
+    server = fake_server(handle)
+    assert OpenSearchIndex(server.url, "race").location == f"{server.url}/race"
+    with pytest.raises(RequestError, match="mapper_exception"):
+        OpenSearchIndex(server.url, "bad")
+
+
+class FakeQdrant:
+    """A Qdrant server's REST API for one collection: `exists` answers false (another process then creates it,
+    so the create is refused as Qdrant refuses it: 409, or `create_status`), and a batch query answers one
+    point."""
+
+    def __init__(self, create_status: int = 409) -> None:
+        self.create_status = create_status
+
+    def __call__(self, method, path, query, body):
+        ok = {"status": "ok", "time": 0.0}
+        if path == "/":
+            return 200, {"title": "qdrant - vector search engine", "version": "1.20.0"}
+        if path.endswith("/exists"):
+            return 200, {"result": {"exists": False}, **ok}
+        if method == "PUT" and path.startswith("/collections/"):
+            name = path.rsplit("/", 1)[1]
+            error = f"Wrong input: Collection `{name}` already exists!"
+            return self.create_status, {"status": {"error": error}, "time": 0.0}
+        if path.endswith("/points/query/batch"):
+            n = len(json.loads(body)["searches"])
+            point = {"id": "0b5e3a36-3c1e-5a3b-9d7e-2f0c7a1f4b11", "version": 1, "score": 0.5,
+                     "payload": {"chunk_id": "a#0000"}}  # fmt: skip
+            return 200, {"result": [{"points": [point]}] * n, **ok}
+        return 404, {"status": {"error": f"unexpected {method} {path}"}, "time": 0.0}
+
+
+def test_qdrant_server_gets_the_api_key_exact_search_and_loses_a_creation_race_quietly(tmp_path, fake_server):
+    """The Qdrant server got no API key; a collection created by another process between `exists` and
+    `create` (409) stopped the build; and the server searched by HNSW (approximate) where local mode is
+    exact, with no setting for exact search."""
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    static = get_embedder("static")
+    server = fake_server(FakeQdrant())
+    settings = Settings(vector_backend="qdrant_server", qdrant_url=server.url, qdrant_api_key="k3y",
+                        qdrant_exact=True)  # fmt: skip
+    assert "k3y" not in repr(settings)
+    with pytest.warns(UserWarning, match="insecure"):  # the key over http: the client's own warning
+        idx = open_dense_index(settings, embedder=static)
+    try:
+        assert idx.search("aspirin")[0].chunk_id == "a#0000"
+    finally:
+        idx.close()
+    assert all(h.get("api-key") == "k3y" for m, p, h, _ in server.requests if p != "/")
+    (sent,) = server.bodies("POST", f"/collections/{idx.collection}/points/query/batch")
+    assert sent["searches"][0]["params"] == {"exact": True}
+    # by default the server's own search, as before; local mode takes the setting too
+    idx = open_dense_index(Settings(vector_backend="qdrant_server", qdrant_url=server.url), embedder=static)
+    try:
+        idx.search("aspirin")
+    finally:
+        idx.close()
+    sent = server.bodies("POST", f"/collections/{idx.collection}/points/query/batch")[-1]
+    assert not sent["searches"][0].get("params") and "api-key" not in server.requests[-1][2]
+    local = open_dense_index(Settings(run_dir=tmp_path, qdrant_exact=True), tmp_path / "ix", static)
+    try:
+        sync_index(local, frame({"cats": "Felines sleep in the sun.", "cars": "Diesel engines need oil."}))
+        assert local.search("felines sleeping", 1)[0].doc_id == "cats"
+    finally:
+        local.close()
+    other = fake_server(FakeQdrant(create_status=500))
+    with pytest.raises(UnexpectedResponse):
+        open_dense_index(Settings(vector_backend="qdrant_server", qdrant_url=other.url), embedder=static)
+
+
+def test_a_qdrant_url_without_a_port_is_used_as_written(monkeypatch):
+    """`QdrantClient(url="https://qdrant.example.com")` went to port 6333, the client's default."""
+    from qdrant_client import QdrantClient
+    from qdrant_client.qdrant_remote import QdrantRemote
+
+    from pipelines.index.vector import QdrantIndex
+
+    # no server to ask: whether the collection exists, nor (the client's thread) its version
+    monkeypatch.setattr(QdrantClient, "collection_exists", lambda self, name: True)
+    monkeypatch.setattr(QdrantRemote, "_check_compatibility", staticmethod(lambda *args: None))
+    static = get_embedder("static")
+    for url in ("https://qdrant.example.com", "http://qdrant.example.com:7000/db"):
+        idx = QdrantIndex(static, "chunks", url=url)
+        assert idx.client._client.rest_uri == url
+        idx.close()

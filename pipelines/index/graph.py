@@ -169,6 +169,7 @@ class LadybugGraph:
 
 
 VID_BYTES = 256  # NebulaGraph's vertex ids: chunk ids and entity names (entities.MAX_BYTES is less)
+NEBULA_TIMEOUT_MS = 300_000  # per connection or statement (a rebuild inserts in batches): a stall fails
 
 
 class NebulaGraph:
@@ -185,7 +186,9 @@ class NebulaGraph:
         host, port = address.rsplit(":", 1)
         self.pool = ConnectionPool()
         try:
-            ok = self.pool.init([(host, int(port))], Config())
+            config = Config()
+            config.timeout = NEBULA_TIMEOUT_MS  # the client's default, 0, waits for a stalled graphd forever
+            ok = self.pool.init([(host, int(port))], config)
         except Exception as e:  # the client raises when no server answers
             raise ConnectionError(f"cannot reach NebulaGraph at {address}: {type(e).__name__}") from None
         if not ok:
@@ -222,7 +225,9 @@ class NebulaGraph:
 
     @staticmethod
     def _q(s: str) -> str:
-        return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        """A string literal: nGQL's lexer takes no raw line break inside one (a file name may hold one)."""
+        out = str(s).replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + out.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
 
     def close(self) -> None:
         self.pool.close()

@@ -4,13 +4,19 @@ Analysis: split on non-alphanumerics (Chinese characters and hiragana a token ea
 OpenSearch's standard tokenizer splits them: those scripts leave no space between words), lowercase, English
 stop words, Snowball English stemming. One analysed field holds the document title and the chunk text
 (measured on SciFact train: title folded in 0.697 nDCG@10, a separate title field 0.690, no title 0.680). A
-query is the OR of its distinct analysed terms, scored by BM25 (k1 1.2, b 0.75 on both engines).
+query is the OR of its distinct analysed terms, scored by BM25 (k1 1.2, b 0.75 on both engines). The
+analysis is tantivy's analyzer on both engines: OpenSearch is given its terms, space-joined (OpenSearchIndex).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
@@ -18,9 +24,12 @@ from pipelines.files import write_atomic
 from pipelines.index.base import ScoredChunk
 from pipelines.settings import Settings
 
+log = logging.getLogger(__name__)
+
 ANALYZER = "en_bm25"
-# bump when the analysis changes: a tantivy index analysed otherwise is emptied by its next sync, which adds
-# every chunk again (its terms would not match the queries')
+# bump when the analysis changes: an index analysed otherwise is emptied by its next sync (tantivy), or made
+# anew (OpenSearch, whose mapping's _meta records it), which adds every chunk again (its terms would not match
+# the queries')
 ANALYSIS_VERSION = 2
 ANALYSIS_STAMP = "analysis_version"
 # alphanumeric runs, as tantivy's simple tokenizer splits (char::is_alphanumeric), but Han and hiragana one
@@ -28,6 +37,24 @@ ANALYSIS_STAMP = "analysis_version"
 # OpenSearch's standard tokenizer do: the simple tokenizer kept a whole unspaced sentence as one token
 _HAN, _KANA = r"\p{Han}\p{Hiragana}", r"\p{Katakana}\x{30FC}"
 TOKEN_PATTERN = rf"[{_HAN}]|[{_KANA}]+|[[\p{{Alphabetic}}\p{{N}}]--[{_HAN}{_KANA}]]+"
+
+
+# OpenSearch: the analyzer of the field holding the terms analysed here; the most hits a search may ask for
+# (index.max_result_window, 10,000 by default: more is refused)
+TERMS_ANALYZER = "analysed_terms"
+MAX_RESULT_WINDOW = 10_000
+
+
+def opensearch_id(chunk_id: str) -> str:
+    """A chunk's OpenSearch _id: a hash of the chunk id (which a field keeps). OpenSearch refuses an _id over
+    512 bytes, and tantivy and Qdrant take one of any length (a deep path's): one corpus for all."""
+    return hashlib.sha256(chunk_id.encode()).hexdigest()
+
+
+def without_userinfo(url: str) -> str:
+    """`url` less any `user:pass@`: fit to print or report."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def indexed_text(title: str | None, text: str) -> str:
@@ -47,7 +74,16 @@ def _analyzer():
     )
 
 
-class TantivyIndex:
+class _Analysed:
+    """The query analysis both engines share: the distinct terms of the tantivy analyzer, in order."""
+
+    analyzer: Any
+
+    def terms(self, query: str) -> list[str]:
+        return list(dict.fromkeys(self.analyzer.analyze(query)))
+
+
+class TantivyIndex(_Analysed):
     backend = "tantivy"
 
     def __init__(self, path: str | Path) -> None:
@@ -106,9 +142,6 @@ class TantivyIndex:
         w.wait_merging_threads()
         self.index.reload()
 
-    def terms(self, query: str) -> list[str]:
-        return list(dict.fromkeys(self.analyzer.analyze(query)))
-
     def search(self, query: str, k: int = 100) -> list[ScoredChunk]:
         Q, Occur = self._tantivy.Query, self._tantivy.Occur
         clauses = [
@@ -122,68 +155,114 @@ class TantivyIndex:
         return [ScoredChunk(searcher.doc(a)["chunk_id"][0], float(s)) for s, a in hits]
 
 
-class OpenSearchIndex:
-    """The same fields, analysis (snowball English + stop words) and query on OpenSearch (BM25 similarity)."""
+class OpenSearchIndex(_Analysed):
+    """The same analysis and query on OpenSearch (BM25 similarity). OpenSearch's own analyzers split text
+    otherwise (its standard tokenizer keeps `0.05`, `patient's`, `snake_case` and `1,000` whole), so the text
+    is analysed here by the tantivy index's analyzer and its terms, space-joined, go into a field OpenSearch
+    only splits on whitespace; a query is the OR of its distinct terms on that field."""
 
     backend = "opensearch"
 
-    def __init__(self, url: str, index: str) -> None:
+    def __init__(self, url: str, index: str, user: str | None = None, password: str | None = None) -> None:
         from opensearchpy import OpenSearch
 
-        self.client = OpenSearch(hosts=[url], timeout=60)
-        self.name, self.location = index, f"{url}/{index}"
+        # credentials in the URL (user:pass@) still work, but are never shown: location is printed, reported
+        auth = (user, password or "") if user else None
+        self.client = OpenSearch(hosts=[url], http_auth=auth, timeout=60)
+        self.name, self.location = index, f"{without_userinfo(url)}/{index}"
+        self.analyzer = _analyzer()
         if not self.client.indices.exists(index=index):
-            self.client.indices.create(index=index, body=self.mapping())
+            self._create()
+        elif self._version() != ANALYSIS_VERSION:
+            log.warning("%s was analysed otherwise (not analysis version %s): the next keyword index build "
+                        "makes it anew", self.location, ANALYSIS_VERSION)  # fmt: skip
+
+    def _create(self) -> None:
+        from opensearchpy.exceptions import RequestError
+
+        try:
+            self.client.indices.create(index=self.name, body=self.mapping())
+        except RequestError as e:  # another process created it between the check and here: it is the same
+            if e.error != "resource_already_exists_exception":
+                raise
+
+    def _version(self) -> int | None:
+        """The ANALYSIS_VERSION the index was made for (None: made before it was recorded)."""
+        mappings = self.client.indices.get_mapping(index=self.name)
+        meta = next(iter(mappings.values()))["mappings"].get("_meta", {})  # keyed by the index's own name
+        return meta.get(ANALYSIS_STAMP)
 
     @staticmethod
     def mapping() -> dict:
-        analyzer = {"type": "custom", "tokenizer": "standard",
-                    "filter": ["lowercase", "english_stop", "english_snowball"]}  # fmt: skip
         return {
             "settings": {
                 "index": {"similarity": {"default": {"type": "BM25", "k1": 1.2, "b": 0.75}}},
-                "analysis": {
-                    "filter": {"english_stop": {"type": "stop", "stopwords": "_english_"},
-                               "english_snowball": {"type": "snowball", "language": "English"}},
-                    "analyzer": {ANALYZER: analyzer},
+                "analysis": {"analyzer": {TERMS_ANALYZER: {"type": "custom", "tokenizer": "whitespace",
+                                                           "filter": []}}},
+            },
+            "mappings": {
+                "_meta": {ANALYSIS_STAMP: ANALYSIS_VERSION},
+                "properties": {
+                    "chunk_id": {"type": "keyword"},
+                    "doc_id": {"type": "keyword"},
+                    "text": {"type": "text", "index": False},  # title and text, shown, not searched
+                    "terms": {"type": "text", "analyzer": TERMS_ANALYZER, "index_options": "freqs"},
                 },
             },
-            "mappings": {"properties": {
-                "chunk_id": {"type": "keyword"},
-                "text": {"type": "text", "analyzer": ANALYZER},
-            }},
         }  # fmt: skip
 
     def indexed_ids(self) -> set[str]:
+        """The chunk ids held; an index made for another ANALYSIS_VERSION (or before it was recorded) is made
+        anew first (a writer's call: sync_index's), so the sync adds every chunk again."""
+        from opensearchpy.exceptions import NotFoundError
         from opensearchpy.helpers import scan
 
-        q = {"query": {"match_all": {}}, "_source": False}
-        return {h["_id"] for h in scan(self.client, index=self.name, query=q)}
+        if self._version() != ANALYSIS_VERSION:
+            # the analysis of an index cannot change in place (another writer may have deleted it first)
+            with contextlib.suppress(NotFoundError):
+                self.client.indices.delete(index=self.name)
+            self._create()
+            return set()
+        q = {"query": {"match_all": {}}, "_source": ["chunk_id"]}
+        return {h["_source"]["chunk_id"] for h in scan(self.client, index=self.name, query=q)}
 
     def upsert(self, chunks: pd.DataFrame) -> None:
         from opensearchpy.helpers import bulk
 
-        actions = (
-            {"_index": self.name, "_id": cid, "_source": {"chunk_id": cid, "text": indexed_text(title, text)}}
-            for cid, title, text in zip(chunks["chunk_id"], chunks["title"], chunks["text"], strict=True)
-        )
-        bulk(self.client, actions, refresh="wait_for")
+        def action(cid: str, doc_id: str, text: str) -> dict:
+            terms = " ".join(self.analyzer.analyze(text))  # every occurrence: the term frequencies
+            source = {"chunk_id": cid, "doc_id": doc_id, "text": text, "terms": terms}
+            return {"_index": self.name, "_id": opensearch_id(cid), "_source": source}
+
+        cols = zip(chunks["chunk_id"], chunks["doc_id"], chunks["title"], chunks["text"], strict=True)
+        bulk(self.client, (action(c, d, indexed_text(ti, te)) for c, d, ti, te in cols), refresh="wait_for")
 
     def delete(self, chunk_ids: Iterable[str]) -> None:
         from opensearchpy.helpers import bulk
 
         # a chunk already gone (404) is what was wanted; any other failure (429, 503) leaves it served: raise
-        bulk(self.client, ({"_op_type": "delete", "_index": self.name, "_id": c} for c in chunk_ids),
-             refresh="wait_for", ignore_status=(404,))  # fmt: skip
+        actions = ({"_op_type": "delete", "_index": self.name, "_id": opensearch_id(c)} for c in chunk_ids)
+        bulk(self.client, actions, refresh="wait_for", ignore_status=(404,))
 
     def search(self, query: str, k: int = 100) -> list[ScoredChunk]:
-        body = {"size": k, "_source": False, "query": {"match": {"text": {"query": query, "operator": "or"}}}}
+        terms = self.terms(query)
+        if not terms:
+            return []
+        body = {
+            "size": min(k, MAX_RESULT_WINDOW),
+            "_source": ["chunk_id"],
+            "query": {"bool": {"should": [{"term": {"terms": t}} for t in terms]}},
+        }
         hits = self.client.search(index=self.name, body=body)["hits"]["hits"]
-        return [ScoredChunk(h["_id"], float(h["_score"])) for h in hits]
+        return [ScoredChunk(h["_source"]["chunk_id"], float(h["_score"])) for h in hits]
 
 
 def open_keyword_index(settings: Settings, index_dir: str | Path | None = None):
     """The keyword backend chosen by `settings.keyword_backend`."""
     if settings.keyword_backend == "opensearch":
-        return OpenSearchIndex(settings.opensearch_url, settings.opensearch_index)
+        password = settings.opensearch_password
+        return OpenSearchIndex(
+            settings.opensearch_url, settings.opensearch_index, settings.opensearch_user or None,
+            password.get_secret_value() if password is not None else None,
+        )  # fmt: skip
     return TantivyIndex(Path(index_dir or settings.run_dir / "index") / "keyword")

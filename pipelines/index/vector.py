@@ -96,13 +96,15 @@ class QdrantIndex:
 
     def __init__(
         self, embedder: Embedder, collection: str, path: str | Path | None = None, url: str | None = None,
-        progress: bool = False,
+        progress: bool = False, api_key: str | None = None, exact: bool = False,
     ) -> None:  # fmt: skip
         from qdrant_client import QdrantClient, models
 
         if (path is None) == (url is None):
             raise ValueError("give exactly one of path (local mode) or url (server)")
         self.embedder, self.progress, self._m = embedder, progress, models
+        # a server searches a segment's HNSW graph once it is indexed (approximate); local mode, every point
+        self._params = models.SearchParams(exact=True) if exact else None
         self._probed = False  # whether this handle has seen to the collection's probe
         self.server = url is not None
         slug = "".join(c if c.isalnum() else "_" for c in embedder.name.lower())
@@ -112,16 +114,23 @@ class QdrantIndex:
             self.client = QdrantClient(path=str(path))
             self.location = f"{path}:{self.collection}"
         else:
-            self.client = QdrantClient(url=url, timeout=60)
+            # port None: a URL without a port means its scheme's (the client's default, 6333, replaced it)
+            self.client = QdrantClient(url=url, port=None, api_key=api_key, timeout=60)
             self.location = f"{url}/collections/{self.collection}"
         if not self.client.collection_exists(self.collection):
             self._create()
 
     def _create(self) -> None:
-        self.client.create_collection(
-            self.collection,
-            vectors_config=self._m.VectorParams(size=self.embedder.dim, distance=self._m.Distance.COSINE),
-        )
+        from qdrant_client.http.exceptions import UnexpectedResponse
+
+        try:
+            self.client.create_collection(
+                self.collection,
+                vectors_config=self._m.VectorParams(size=self.embedder.dim, distance=self._m.Distance.COSINE),
+            )
+        except UnexpectedResponse as e:  # 409: another process created it since collection_exists; use it
+            if e.status_code != 409:
+                raise
 
     def close(self) -> None:
         self.client.close()
@@ -202,7 +211,7 @@ class QdrantIndex:
 
     def search_vectors(self, vectors: np.ndarray, k: int = 100) -> list[list[ScoredChunk]]:
         reqs = [
-            self._m.QueryRequest(query=v.tolist(), limit=k, with_payload=["chunk_id"])
+            self._m.QueryRequest(query=v.tolist(), limit=k, params=self._params, with_payload=["chunk_id"])
             for v in np.atleast_2d(vectors)
         ]
         out = []
@@ -230,6 +239,10 @@ def open_dense_index(
     """The vector backend chosen by `settings.vector_backend` (local files under index_dir, or the server)."""
     embedder = embedder or LazyEmbedder(settings.embedder)
     if settings.vector_backend == "qdrant_server":
-        return QdrantIndex(embedder, settings.qdrant_collection, url=settings.qdrant_url, progress=progress)
+        key = settings.qdrant_api_key
+        return QdrantIndex(
+            embedder, settings.qdrant_collection, url=settings.qdrant_url, progress=progress,
+            api_key=key.get_secret_value() if key is not None else None, exact=settings.qdrant_exact,
+        )  # fmt: skip
     path = Path(index_dir or settings.run_dir / "index") / "qdrant"
     return QdrantIndex(embedder, settings.qdrant_collection, path=path, progress=progress)

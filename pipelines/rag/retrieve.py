@@ -25,6 +25,9 @@ MODES = ("bm25", "dense", "hybrid", "hybrid_rrf", "hybrid_convex", "hybrid_graph
 # halves of the claims). At 256 tokens the two normalisations tied (0.7385 and 0.7388). Recall@100 fell from
 # 0.9582 to 0.9464. hybrid_graph: graph weight 0.02 gave 0.7502 (0.1, the default before: 0.7371).
 NORMALISATION = "tmm"
+# the deepest list search_docs asks for: OpenSearch refuses a search past index.max_result_window (10,000 by
+# default), and every backend is asked as deep, so that they rank alike
+MAX_DEPTH = 10_000
 
 
 @dataclass
@@ -112,15 +115,15 @@ class Retriever:
 
     def search_docs(self, query: str, mode: str = "hybrid", k: int = 100) -> list[str]:
         """Document ids, best first (a document ranks by its best chunk): what BEIR evaluation scores. Each
-        list goes deeper (twice as deep a time) until its chunks name `k` documents or it runs dry, so a
-        corpus of many chunks a document still gets `k`."""
-        depth = max(self.depth, k)
+        list goes deeper (twice as deep a time) until its chunks name `k` documents, it runs dry or it is
+        MAX_DEPTH deep, so a corpus of many chunks a document still gets `k`."""
+        depth = min(max(self.depth, k), MAX_DEPTH)
         while True:
             lists = self.lists(query, mode, depth)
             docs = list(dict.fromkeys(doc_id_of(c) for c, _ in self.fuse(lists, mode)))
-            if len(docs) >= k or all(len(hits) < depth for hits in lists.values()):
+            if len(docs) >= k or depth == MAX_DEPTH or all(len(hits) < depth for hits in lists.values()):
                 return docs[:k]
-            depth *= 2
+            depth = min(depth * 2, MAX_DEPTH)
 
 
 def open_retriever(settings: Settings, index_dir: str | Path | None = None, store=None,
