@@ -15,7 +15,7 @@ run tags and logs name only the files whose names no PII recognizer could match.
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import dagster as dg
 
@@ -23,6 +23,7 @@ from assets.resources import SettingsResource
 from pipelines.corpus.ingest import BEIR_CORPUS, beir_folder, name_digest, name_key
 from pipelines.corpus.pii import may_hold_pii
 from pipelines.corpus.store import LocalStore, S3Store, open_source, open_store
+from pipelines.files import hidden
 from pipelines.settings import Settings
 
 # name digest -> [size, mtime_ns, content hash, name or "" where it may hold PII]; S3 objects have mtime 0
@@ -90,7 +91,8 @@ def scan_s3(src: S3Store, key: bytes, spacy_model: str = "blank") -> Fingerprint
             _shown(o.object_name[n:], spacy_model),
         ]
         for o in objs
-        if not o.is_dir and o.object_name
+        # hidden keys left out, as ingest's list leaves them (a changed .DS_Store requested a run for nothing)
+        if not o.is_dir and o.object_name and not hidden(PurePosixPath(o.object_name[n:]))
     }
 
 

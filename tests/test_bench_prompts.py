@@ -173,6 +173,21 @@ def test_a_csv_table_keeps_text_that_reads_like_a_missing_value(tmp_path):
     assert [r["answer"] for r in back] == ["None", "null", "x"] and back[1]["prompt"] == "NA"
     assert pd.isna(back[2]["prompt"]) and pd.isna(back[0]["error"]) and back[2]["error"] == "boom"
     (tmp_path / "u.csv").write_text("prompt_id,model,score,cost_usd\n1,m,NA,0.1\n2,m,N/A,null\n3,m,0.5,\n")
+    from pipelines.bench.outcomes import load_routerbench
+
+    rb = tmp_path / "rb"  # the RouterBench files are read so too
+    rb.mkdir()
+    (rb / "prompts_train.csv").write_text(
+        "prompt_id,task,prompt,reference\n1,arc-challenge,NA,None\n2,mbpp,x,\n"
+    )
+    (rb / "outcomes_train.csv").write_text("prompt_id,model,score,cost_usd\n1,m,1,0.1\n")
+    prompts = load_routerbench(rb)[0].to_dict("records")
+    assert (
+        prompts[0]["prompt"] == "NA"
+        and prompts[0]["reference"] == "None"
+        and pd.isna(prompts[1]["reference"])
+    )
+    assert routerbench_prompts(rb, scorable_only=False)["prompt"].tolist() == ["NA", "x"]
     u = read_table(tmp_path / "u.csv")
     assert u["score"].isna().tolist() == [True, True, False] and u["cost_usd"].isna().tolist() == [
         False,

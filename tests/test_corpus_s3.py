@@ -137,6 +137,9 @@ def test_an_s3_source_lists_what_a_local_folder_would(seaweed, tmp_path):
         local.put(k, v)
     assert s3.list() == local.list() == {"a.txt": 1, "notes/b.md": 1}
     assert s3.exists("a.txt") and not s3.exists("nope.txt")
+    from assets.sensors import scan_s3  # the new-documents sensor watches what ingest reads
+
+    assert sorted(f[3] for f in scan_s3(s3, b"key").values()) == ["a.txt", "notes/b.md"]
     with pytest.raises(S3Error, match="NoSuchBucket"):
         S3Store(seaweed, "no-such-bucket", "any", "any", create_bucket=False).exists("a.txt")
 

@@ -37,6 +37,11 @@ NA_WORDS = frozenset(
 )  # fmt: skip
 
 
+def read_text_csv(path: str | Path, **kwargs) -> pd.DataFrame:
+    """A CSV whose only missing value is an empty field: a prompt "NA" or a reference "None" is text."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a parquet or CSV table, chosen by the file's extension. Ids are text as written and never blank,
     the number columns numbers: anything else is a ValueError naming the row."""
@@ -49,8 +54,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             try:  # index_col=False: a row with an unquoted comma must not shift its prompt_id into an index
-                df = pd.read_csv(path, index_col=False, dtype={c: str for c in (*ID_COLUMNS, "task")},
-                                 keep_default_na=False, na_values=[""])  # fmt: skip
+                df = read_text_csv(path, index_col=False, dtype={c: str for c in (*ID_COLUMNS, "task")})
             except pd.errors.ParserWarning:
                 raise ValueError("a row has more fields than the header (an unquoted comma?)") from None
     else:
@@ -106,7 +110,7 @@ def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.Dat
     for p in (prompts_path, outcomes_path):
         if not p.exists():
             raise FileNotFoundError(f"RouterBench file not found: {p}")
-    prompts = pd.read_csv(prompts_path, dtype={"prompt_id": str, "reference": str})
+    prompts = read_text_csv(prompts_path, dtype={"prompt_id": str, "reference": str})
     check_unique_prompt_ids(prompts, prompts_path)
     try:
         outcomes = read_table(outcomes_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.bench.outcomes import TASK_FAMILY, TAXONOMY, task_family
+from pipelines.bench.outcomes import TASK_FAMILY, TAXONOMY, read_text_csv, task_family
 from pipelines.settings import Settings
 
 # `reference` is always a string (the first accepted answer); `answers` lists every accepted answer when a
@@ -159,7 +159,7 @@ def routerbench_prompts(
     data_dir: str | Path, split: str = "train", scorable_only: bool = True
 ) -> pd.DataFrame:
     """RouterBench prompts; `scorable_only` keeps rows we can score (a gold letter, or code with tests)."""
-    p = pd.read_csv(Path(data_dir) / f"prompts_{split}.csv", dtype={"prompt_id": str, "reference": str})
+    p = read_text_csv(Path(data_dir) / f"prompts_{split}.csv", dtype={"prompt_id": str, "reference": str})
     df = _frame([{"prompt_id": r.prompt_id, "task": r.task, "prompt": r.prompt,
                   "reference": r.reference if isinstance(r.reference, str) and r.reference else None,
                   "tests": asserts_from_prompt(r.prompt) or None, "contexts": None}
