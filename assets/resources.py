@@ -36,7 +36,7 @@ def check_overrides(overrides: dict[str, str]) -> None:
     unknown keys, so a misspelt override was dropped silently, and a bad value failed only in the first step
     that read the settings."""
     fields = set(Settings.model_fields)
-    unknown = sorted(set(overrides) - fields)
+    unknown = sorted(k for k in overrides if k.lower() not in fields)  # Settings reads names in any case
     if unknown:
 
         def hint(key: str) -> str:

@@ -311,11 +311,22 @@ def route_prompts(n: int, seed: int = 0) -> list[str]:
     return prompts.sample(frac=1.0, random_state=seed).head(n).tolist()
 
 
+def letters(n: int) -> str:
+    """`n` in base 26, written a-z: a tag without digits, which the router's PII check would look into (a
+    phone number, a card) where the prompts it tags almost never make it."""
+    out = ""
+    while True:
+        n, r = divmod(n, 26)
+        out = chr(ord("a") + r) + out
+        if n == 0:
+            return out
+
+
 def distinct_prompt(pool: list[str], i: int, level: int) -> str:
     """The i-th prompt of route level `level`: the pool's in turn, tagged from its second pass on and at every
     later level, so that no text repeats in a run (the pool is smaller than a phase's requests)."""
     k = level * 1_000_000 + i // len(pool)
-    return pool[i % len(pool)] if k == 0 else f"{pool[i % len(pool)]}\n\n(request {k}.{i})"
+    return pool[i % len(pool)] if k == 0 else f"{pool[i % len(pool)]}\n\n(request {letters(k)} {letters(i)})"
 
 
 def phases(args: argparse.Namespace) -> list[Phase]:

@@ -7,9 +7,9 @@
 The "bench" data set is the real RouterBench outcomes (3 tasks x 11 models, prompts sampled per task)
 plus outcomes simulated from the model's own generative story for the 2 local models and 7 more tasks,
 about the same number of rows per cell. Each sampler runs in its own process so that its peak RSS
-(resource.getrusage maxrss) is its own; the largest peak of pymc's chain workers is printed apart. Fit time
-covers build, prior predictive, compile, NUTS, diagnostics; CPU seconds and the load average are printed
-too, since wall time on a shared machine depends on others.
+(resource.getrusage maxrss) is its own; the largest of its children's (pymc's forked chain workers, shared
+pages included) is printed apart. Fit time covers build, prior predictive, compile, NUTS, diagnostics; CPU
+seconds and the load average are printed too, since wall time on a shared machine depends on others.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def run_one(args) -> dict:
         "cpu_seconds": cpu,
         "load_avg_1min": os.getloadavg()[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # pymc's chains run in child processes (nutpie's in threads): the largest one's peak, apart
+        # pymc's chains run in forked child processes (nutpie's in threads): the largest peak RSS of any
+        # child, the pages it shares with this process included (an upper bound on a chain worker's own)
         "peak_child_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "prior_check_inside_98": fit.prior_check["observed_inside_prior_98"],
         "calibrated_share": float(cal["calibrated"].mean()), "calibration_cells": len(cal),

@@ -69,6 +69,7 @@ def test_overrides_are_checked_when_the_resource_is_built(tmp_path):
     message = str(bad.value)
     assert "\n" not in message and "bench_per_task='0'" in message and "lambda_cost='cheap'" in message
     assert SettingsResource(overrides={"run_dir": str(tmp_path)}).get().run_dir == tmp_path
+    assert SettingsResource(overrides={"RUN_DIR": str(tmp_path)}).get().run_dir == tmp_path  # any case
 
     # in run config: the run fails as its resources are built, before any step starts
     @dg.asset

@@ -46,7 +46,7 @@ def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def demo_runs(model_settings, shared_data, tmp_path_factory):
-    """The job's own model servers (the `model_panel` asset starts them, as in `make demo`), stopped after."""
+    """The model servers (the micro-bench partition starts them, as `make demo` has), stopped after."""
     from pipelines.demo_corpus import write_demo_corpus
     from pipelines.llm import servers
     from pipelines.llm.catalog import load_catalog
