@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.resources import SettingsResource, plain_metadata
-from pipelines.corpus.ingest import ingest_corpus
+from pipelines.corpus.ingest import EmptyCorpus, ingest_corpus
 from pipelines.demo_corpus import write_demo_corpus
 from pipelines.files import write_atomic
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
@@ -33,7 +33,10 @@ def corpus_chunks(context: dg.AssetExecutionContext, settings: SettingsResource)
     """Ingest the corpus (PII redacted before anything persists), chunk it, write parquet to the object store.
     Incremental: unchanged documents do no work; skipped files are listed with their reason."""
     s = settings.get()
-    report = ingest_corpus(s, corpus_source(s))
+    try:
+        report = ingest_corpus(s, corpus_source(s))
+    except EmptyCorpus as e:  # an empty or mistyped SM_CORPUS_DIR: the store and the indexes stay as they are
+        raise dg.Failure(str(e)) from None
     context.log.info(f"ingest: {report.files_processed} processed, {report.files_unchanged} unchanged")
     skipped = pd.DataFrame(report.skipped or [], columns=["path", "reason"])
     return dg.MaterializeResult(

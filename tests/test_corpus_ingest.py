@@ -627,3 +627,35 @@ def test_a_sweep_never_deletes_what_a_later_run_wrote_back(env, tmp_path):
 
     ingest_corpus(settings, str(src), store=AfterCommit(tmp_path / "store", back))
     assert set(load_chunks(settings, store)["text"]) == {"First version."}
+
+
+def test_a_source_with_no_document_removes_nothing_unless_asked(env, tmp_path):
+    """An empty or mistyped folder, or one whose every file was skipped, removed every document from the
+    store (and from every index after it) as files gone from the source."""
+    settings, corpus, store = env
+    first = ingest_corpus(settings, str(corpus), store=store)
+    manifest, objects = store.get(MANIFEST), store.list()
+    empty, unsupported = tmp_path / "empty", tmp_path / "unsupported"
+    empty.mkdir()
+    unsupported.mkdir()
+    (unsupported / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32)
+    (unsupported / "blank.md").write_text("   \n")  # processed, no document: its chunk object goes again
+    for src in (empty, unsupported):
+        with pytest.raises(ValueError, match=f"remove all {first.docs_total} documents.*--allow-empty") as e:
+            ingest_corpus(settings, str(src), store=store)
+        assert type(e.value).__name__ == "EmptyCorpus"  # the module's own error, for callers to catch
+        assert store.get(MANIFEST) == manifest and store.list() == objects, src
+    assert len(load_chunks(settings, store)) == first.chunks_total
+    r = ingest_corpus(settings, str(empty), store=store, allow_empty=True)
+    assert r.docs_total == 0 and r.files_removed == first.files_seen
+    assert load_chunks(settings, store).empty
+    assert ingest_corpus(settings, str(empty), store=store).docs_total == 0  # nothing left to lose
+
+
+def test_a_file_given_as_the_source_is_named_a_file(env, tmp_path):
+    """`ingest f.txt` said "corpus folder not found" of a file that is there."""
+    settings, corpus, store = env
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        ingest_corpus(settings, str(corpus / "notes.txt"), store=store)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ingest_corpus(settings, str(tmp_path / "nowhere"), store=store)

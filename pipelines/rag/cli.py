@@ -27,20 +27,62 @@ def evaluate(
     progress: bool = typer.Option(False, help="show the embedding progress bar"),
 ) -> None:
     """Index a BEIR folder (reusing an index built before) and print one JSON object of metrics."""
+    from pipelines.rag.evaluate import default_index_dir, load_labels
     from pipelines.rag.evaluate import evaluate as run_eval
     from pipelines.rag.retrieve import MODES
 
     if retriever not in MODES:
         raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--retriever")
+    s = Settings()
     try:
-        print(json.dumps(run_eval(Settings(), corpus, queries, qrels, retriever, index_dir, progress)))
+        _, labels, qids = load_labels(queries, qrels)
     except ValueError as e:  # a malformed queries or qrels file
+        _fail(e)
+    if retriever != "bm25":
+        _check_embedder(s)
+    index_dir = index_dir or default_index_dir(s, corpus)
+    _labelled_chunks(s, corpus, index_dir, qids, labels)  # a corpus none of the qrels' documents are in
+    try:
+        print(json.dumps(run_eval(s, corpus, queries, qrels, retriever, index_dir, progress)))
+    except ValueError as e:
         _fail(e)
 
 
-def _fail(why: object) -> NoReturn:
+def _fail(why: object, code: int = 2) -> NoReturn:
+    """One line on stderr and exit `code` (2: a usage error, 1: a failure on the way)."""
     typer.echo(f"error: {why}", err=True)
-    raise typer.Exit(2) from None
+    raise typer.Exit(code) from None
+
+
+def _check_embedder(s: Settings) -> None:
+    """SM_EMBEDDER resolved before any work, as the dense index resolves it: an unknown name or a folder
+    that is no fine-tuned model was a traceback after ingest had committed the store and the keyword index
+    (the dense and graph indexes left stale)."""
+    from pipelines.index.embeddings import LazyEmbedder
+
+    try:
+        LazyEmbedder(s.embedder)
+    except ValueError as e:
+        _fail(f"SM_EMBEDDER: {e}")
+
+
+def _labelled_chunks(s: Settings, corpus: Path, index_dir: Path, qids: list[str], labels: dict):
+    """`corpus` ingested into index_dir's store, and its chunks; a usage error when no query in the qrels has
+    a relevant document in it (a corpus of other documents scored nDCG@10 0.0, exit 0)."""
+    from pipelines.corpus.ingest import ingest_corpus, load_chunks
+    from pipelines.corpus.store import LocalStore
+    from pipelines.index.base import doc_id_of
+
+    store = LocalStore(index_dir / "store")
+    try:
+        ingest_corpus(s, str(corpus), store=store)
+    except ValueError as e:  # a corpus with no document, over a store that holds some
+        _fail(e)
+    chunks = load_chunks(s, store)
+    docs = set(chunks["chunk_id"].map(doc_id_of))
+    if not any(labels[q] & docs for q in qids):
+        raise typer.BadParameter("no query in the qrels has a relevant document in the corpus")
+    return chunks
 
 
 @app.command("tune-embedder")
@@ -50,54 +92,77 @@ def tune_embedder(
     qrels: Path = typer.Option(..., exists=True, dir_okay=False, help="training qrels .tsv"),
     out: Path = typer.Option(..., help="folder for the fine-tuned model (then SM_EMBEDDER=<out>)"),
     epochs: int = typer.Option(2, min=1),
-    lr: float = typer.Option(3e-5),
+    lr: float = typer.Option(3e-5, help="learning rate: above 0, at most 0.1"),
     hard_negatives: int = typer.Option(10, min=0, help="a hard negative per pair from BM25's top N (0: off)"),
     index_dir: Path | None = typer.Option(None, help="where the corpus store lives (reused if ingested)"),
     precision: str = typer.Option("int8", help="it runs as: int8 (minilm-int8) | float (minilm)"),
 ) -> None:
     """Fine-tune MiniLM on labelled queries of a corpus (in-batch negatives, and BM25's with
     --hard-negatives); prints the manifest as JSON."""
-    from pipelines.corpus.ingest import ingest_corpus, load_chunks
-    from pipelines.corpus.store import LocalStore
-    from pipelines.index.finetune import PRECISIONS, finetune_minilm, read_manifest, training_pairs
+    from pipelines.index.finetune import (
+        PRECISIONS,
+        check_lr,
+        check_out_dir,
+        finetune_minilm,
+        read_manifest,
+        training_pairs,
+    )
     from pipelines.index.finetune import hard_negatives as mine
     from pipelines.rag.evaluate import default_index_dir, load_labels, ranked_docs
 
     if precision not in PRECISIONS:
         raise typer.BadParameter(f"choose one of {', '.join(PRECISIONS)}", param_hint="--precision")
     try:
+        check_lr(lr)  # typer's bounds are inclusive and let nan through
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--lr") from None
+    try:
+        check_out_dir(out)  # before any work: found after the training, it had wasted it
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--out") from None
+    try:
         texts, labels, qids = load_labels(queries, qrels)
     except ValueError as e:
         _fail(e)
     s = Settings()
     index_dir = index_dir or default_index_dir(s, corpus)
-    store = LocalStore(index_dir / "store")
-    ingest_corpus(s, str(corpus), store=store)
-    chunks = load_chunks(s, store)
+    chunks = _labelled_chunks(s, corpus, index_dir, qids, labels)
     pairs = training_pairs(chunks, texts, labels)
-    if not pairs:
-        raise typer.BadParameter("no query in the qrels has a relevant document in the corpus")
     negatives = None
     if hard_negatives:
         ranked = ranked_docs(s, corpus, index_dir, texts, qids, "bm25", hard_negatives)
         negatives = mine(chunks, texts, labels, ranked, depth=hard_negatives)
-    out_dir = finetune_minilm(pairs, out, epochs=epochs, lr=lr, negatives=negatives, precision=precision)
+    try:
+        out_dir = finetune_minilm(pairs, out, epochs=epochs, lr=lr, negatives=negatives, precision=precision)
+    except ValueError as e:  # the training diverged, or --out changed meanwhile: nothing was written
+        _fail(e, 1)
     print(json.dumps(read_manifest(out_dir)))
 
 
 @app.command()
 def ingest(
     source: str = typer.Argument(None, help="folder or s3://bucket/prefix; default SM_CORPUS_DIR"),
+    allow_empty: bool = typer.Option(
+        False, help="let a source with no document empty the store and the indexes (refused otherwise)"
+    ),
 ) -> None:
     """Ingest a corpus into the store and bring every index up to date; prints the reports as JSON."""
+    from minio.error import S3Error
+    from urllib3.exceptions import MaxRetryError
+
     from pipelines.corpus.ingest import ConcurrentIngest, ingest_corpus
     from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 
     s = Settings()
+    _check_embedder(s)  # before the ingest: the indexes it brings up to date embed with it
     try:
-        out = {"ingest": ingest_corpus(s, source).to_dict()}
-    except (ValueError, FileNotFoundError, ConcurrentIngest) as e:  # no source, no folder, another run
-        _fail(e)
+        out = {"ingest": ingest_corpus(s, source, allow_empty=allow_empty).to_dict()}
+    except (ValueError, FileNotFoundError, NotADirectoryError, ConcurrentIngest) as e:
+        _fail(e)  # no source, no folder, a file, no document (over a store that holds some), another run
+    except MaxRetryError as e:  # S3 down or unreachable: where, and why in a few words (no URL, no keys)
+        _fail(f"cannot reach the object store at {s.s3_endpoint}: {str(e.reason).split('>: ')[-1]}", 1)
+    except S3Error as e:
+        _fail(f"the object store at {s.s3_endpoint} refused: {e.code}: {e.message}", 1)
     for name, build in (
         ("keyword", build_keyword_index),
         ("dense", build_dense_index),
@@ -115,18 +180,24 @@ def ask(
     mode: str = typer.Option("hybrid", help="retrieval mode"),
 ) -> None:
     """Answer a question from the ingested corpus with citations (chunk ids), through the gateway."""
-    from pipelines.llm.gateway import Gateway
+    from pipelines.llm.gateway import Gateway, GatewayError
     from pipelines.rag.answer import answer
     from pipelines.rag.retrieve import MODES, open_retriever
 
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
     s = Settings()
+    gateway = Gateway(s)
+    try:  # before the retrieval: with nothing retrieved, an unknown model answered "no answer", exit 0
+        gateway.catalog.get(model)
+    except KeyError as e:
+        raise typer.BadParameter(str(e.args[0]), param_hint="--model") from None
+    _check_embedder(s)
     r = open_retriever(s)
     try:
-        a = answer(
-            question, r, Gateway(s), model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars
-        )
-        print(json.dumps(a.to_dict(), indent=1))
+        a = answer(question, r, gateway, model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars)
+    except GatewayError as e:  # the model unavailable, its server down (and its fallback)
+        _fail(e, 1)
     finally:
         r.close()
+    print(json.dumps(a.to_dict(), indent=1))
