@@ -18,6 +18,9 @@ from pipelines.llm.gateway import Gateway, GatewayError
 from pipelines.settings import Settings
 
 DEMO_PROMPT = "In one sentence: why do researchers compare several language models before choosing one?"
+# the assets whose run_dir/<name>/summary.json the figures are read from
+SUMMARY_ASSETS = ("retrieval_evaluation", "router_evaluation", "utility")
+HINT = "run `make demo` first: it materializes the assets (the Dagster job), then prints this summary"
 
 
 def _panel(console: Console, gateway: Gateway) -> int:
@@ -40,15 +43,34 @@ def _panel(console: Console, gateway: Gateway) -> int:
     return failures
 
 
-def _rag(console: Console, settings: Settings, gateway: Gateway) -> None:
+def _chunks_in_store(settings: Settings) -> tuple[int, str]:
+    """How many chunks the ingest has put in the store, and the store (or why it could not be read)."""
+    from pipelines.corpus.ingest import load_chunks
+    from pipelines.corpus.store import open_store
+
+    try:
+        store = open_store(settings)
+        return len(load_chunks(settings, store)), store.uri
+    except Exception as e:  # an unreachable S3 store, a broken manifest: no RAG, the rest still prints
+        return 0, f"{type(e).__name__}: {e}"
+
+
+def _rag(console: Console, settings: Settings, gateway: Gateway, n_chunks: int, store: str) -> bool:
+    """Two questions answered from the indexed corpus (`n_chunks` in `store`, by _chunks_in_store); False
+    when there is none to answer from."""
     from pipelines.rag.answer import answer
     from pipelines.rag.retrieve import open_retriever
 
+    # open_retriever makes empty indexes where none were built: on a fresh run folder both questions were
+    # answered "No indexed source matches this question.", so look for chunks first
+    if not n_chunks:
+        console.print(f"[yellow]RAG skipped: no indexed chunks in the store ({store}); {HINT}[/]")
+        return False
     try:
         retriever = open_retriever(settings, modes=("hybrid",))
     except Exception as e:  # the indexes are not built: say so, the rest of the summary still prints
-        console.print(f"[yellow]RAG skipped: no indexes yet ({e}); run the Dagster job first[/]")
-        return
+        console.print(f"[yellow]RAG skipped: no indexes yet ({e}); {HINT}[/]")
+        return False
     try:
         for q in DEMO_QUESTIONS:
             model = gateway.catalog.local()[0].name
@@ -69,14 +91,19 @@ def _rag(console: Console, settings: Settings, gateway: Gateway) -> None:
                 console.print(f"   {mark} {h.chunk_id}  {h.score:.3f}  {h.title[:60]}")
     finally:
         retriever.close()
+    return True
 
 
 def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _figures(console: Console, settings: Settings) -> None:
+def _figures(console: Console, settings: Settings) -> int:
+    """The figures of the materialized assets; how many assets' summaries there were."""
     run = settings.run_dir
+    found = [name for name in SUMMARY_ASSETS if (run / name / "summary.json").exists()]
+    if not found:
+        console.print(f"[yellow]No figures: no asset summaries in {run}; {HINT}[/]")
     ret = _json(run / "retrieval_evaluation" / "summary.json")
     if ret:
         rows = ret["retrievers"]
@@ -128,11 +155,18 @@ def _figures(console: Console, settings: Settings) -> None:
         "Next: [bold]make ui[/] (Dagster at http://127.0.0.1:3000), [bold]make lab[/] (notebooks), "
         "[bold]stratmaster router evaluate --help[/], [bold]stratmaster retrieval evaluate --help[/]."
     )
+    return len(found)
 
 
 def run_demo(console: Console) -> int:
     settings = Settings()
     catalog = load_catalog(settings)
+    n_chunks, store = _chunks_in_store(settings)
+    if not n_chunks and not any((settings.run_dir / n / "summary.json").exists() for n in SUMMARY_ASSETS):
+        # nothing to summarize: no servers started, no answers from empty indexes, and not a success
+        console.print(f"[yellow]Nothing materialized in {settings.run_dir} (no chunks in the store: {store}; "
+                      f"no asset summaries); {HINT}[/]")  # fmt: skip
+        return 1
     t0 = time.perf_counter()
     console.rule("[bold]StratMaster demo: local model panel")
     failures = 0
@@ -147,9 +181,9 @@ def run_demo(console: Console) -> int:
     gateway = Gateway(settings, catalog)
     failures += _panel(console, gateway)
     console.rule("[bold]Hybrid RAG over the demo corpus")
-    _rag(console, settings, gateway)
+    failures += not _rag(console, settings, gateway, n_chunks, store)
     console.rule("[bold]Figures from the materialized assets")
-    _figures(console, settings)
+    failures += not _figures(console, settings)
     console.print(
         f"summary printed in {time.perf_counter() - t0:.1f}s; model servers stay up (make models-down)"
     )

@@ -65,15 +65,14 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
 
 
 # GatewayError messages of requests the model can never take (the gateway's own checks, a 400 upstream)
-_REQUEST_FAULTS = (
-    "context overflow", "request refused", "messages must", "needs a role", "has empty content",
-)  # fmt: skip
 
 
 def upstream_failure(e: "GatewayError", retry_after_s: float = RETRY_AFTER_S) -> HTTPFailure:
     """A 400 when the request itself cannot be served (retrying will not help), else 503 with Retry-After:
     the gateway's cooldown, for which it benches a failed model (a client back sooner is refused again)."""
-    if any(f in str(e) for f in _REQUEST_FAULTS):
+    from pipelines.llm.gateway import is_request_fault
+
+    if is_request_fault(e):
         return HTTPFailure(400, f"the model cannot take this request: {e}", "invalid_request_error")
     # LiteLLM's text names deployments, fallbacks and upstream errors, and may quote the request: neither the
     # client nor the log gets it (the log may not hold a prompt); the gateway's span carries the error type

@@ -79,6 +79,23 @@ def test_bad_catalog_yaml_gives_a_clear_error(tmp_path: Path, text: str, fragmen
         load_catalog(Settings(), path=p)
 
 
+def test_a_catalog_that_is_not_utf8_is_a_one_line_error(tmp_path: Path):
+    """A UTF-16 or Latin-1 file was a UnicodeDecodeError traceback from `stratmaster models list`."""
+    import os
+    import subprocess
+    import sys
+
+    p = tmp_path / "latin.yaml"
+    p.write_bytes(b"\xff\xfe models:\n")
+    with pytest.raises(CatalogError, match="is not UTF-8 text"):
+        load_catalog(Settings(), path=p)
+    run = {**os.environ, "SM_RUN_DIR": str(tmp_path), "SM_CATALOG_PATH": str(p)}
+    r = subprocess.run([sys.executable, "-m", "router_models.cli", "models", "list"], env=run,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.startswith(f"error: model catalog {p} is not UTF-8 text"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_duplicate_names_are_refused(tmp_path: Path):
     entry = (
         "  - name: x\n    litellm_model: openai/x\n    provider: p\n    privacy: remote\n"

@@ -41,11 +41,21 @@ def test_outcome_table_from_routerbench_files(routerbench_slice):
 def test_cli_fit_writes_netcdf_and_the_summary_shape(routerbench_slice, shared_data, tmp_path):
     p, o, _ = routerbench_slice
     out = tmp_path / "fit"
+    # a good fit already at --out: a failed fit was written over it (its four files replaced, unflagged)
+    out.mkdir()
+    good = {"summary.json": '{"good": 1}', "utility_posterior.nc": "good", "quality_forest.png": "good"}
+    for name, text in good.items():
+        (out / name).write_text(text)
     args = ["fit", "--prompts", str(p), "--outcomes", str(o), "--priors",
             str(shared_data / "priors" / "arena_elo.csv"), "--out", str(out),
             "--draws", "150", "--tune", "200", "--chains", "2", "--sampler", "pymc"]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1, res.output  # 300 draws fail the ESS check: written, but not a success
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == {k: v.encode() for k, v in good.items()}
+    assert f"written to {out}.failed/" in " ".join(res.output.split())
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["fit", "fit.failed"]  # no staging folder left
+    out = tmp_path / "fit.failed"
+    assert f"summary_json: {out / 'summary.json'}" in res.output
     doc = json.loads((out / "summary.json").read_text())
     assert set(doc) == {"rows", "diagnostics"}
     assert set(doc["diagnostics"]) == set(DIAGNOSTIC_KEYS)
@@ -226,3 +236,43 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
 def _written(df: pd.DataFrame, path):
     df.to_csv(path, index=False)
     return path
+
+
+def test_an_out_that_cannot_be_written_or_one_chain_is_refused_before_the_fit(routerbench_slice, tmp_path):
+    """An --out below a file failed only after the whole NUTS fit (hours at the default draws); one chain
+    always failed r_hat's check, after the whole fit too."""
+    p, o, _ = routerbench_slice
+    (tmp_path / "a-file").write_text("")
+    base = ["fit", "--prompts", str(p), "--outcomes", str(o), "--draws", "20", "--tune", "20"]
+    res = CliRunner().invoke(app, [*base, "--chains", "2", "--out", str(tmp_path / "a-file" / "fit")])
+    assert res.exit_code == 2 and "cannot write beside it" in res.output, res.output
+    assert "outcome rows" not in res.output and len(res.output.strip().splitlines()) == 1  # no fit ran
+    res = CliRunner().invoke(app, [*base, "--chains", "1", "--out", str(tmp_path / "fit")])
+    assert res.exit_code == 2 and "--chains" in res.output, res.output
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_fit_that_passes_its_checks_replaces_the_previous_one(routerbench_slice, tmp_path, monkeypatch):
+    """The move into --out once the checks pass (a fit that passes them takes minutes: the verdict is the
+    only thing set here): the fit's files are replaced, other files in the folder and a .failed folder beside
+    it are left alone."""
+    from router_models.utility.pipeline import PosteriorArtifacts
+
+    p, o, _ = routerbench_slice
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "summary.json").write_text('{"old": 1}')
+    (out / "notes.txt").write_text("mine")
+    (tmp_path / "fit.failed").mkdir()
+    monkeypatch.setattr(PosteriorArtifacts, "failed_checks", property(lambda self: []))
+    args = ["fit", "--prompts", str(p), "--outcomes", str(o), "--out", str(out),
+            "--draws", "20", "--tune", "20", "--chains", "2", "--sampler", "pymc"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    names = {"utility_posterior.nc", "summary.json", "quality_forest.png", "calibration.png"}
+    assert {f.name for f in out.iterdir()} == names | {"notes.txt"}
+    assert set(json.loads((out / "summary.json").read_text())) == {"rows", "diagnostics"}
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["fit", "fit.failed"]
+    assert (out / "notes.txt").read_text() == "mine"
+    for name in names:  # readable by others, as a plain write leaves them (mkdtemp's folder is owner-only)
+        assert (out / name).stat().st_mode & 0o044, name

@@ -144,6 +144,8 @@ def load_catalog(settings: Settings | None = None, path: Path | None = None) -> 
             where = str(path)
     except OSError as e:
         raise CatalogError(f"cannot read model catalog {path}: {e}") from e
+    except UnicodeDecodeError as e:  # a ValueError, not an OSError: it was a traceback
+        raise CatalogError(f"model catalog {path} is not UTF-8 text: {e}") from e
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

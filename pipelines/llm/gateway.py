@@ -54,6 +54,18 @@ class GatewayError(RuntimeError):
     """A call failed for a reason the caller can act on; the message names the model and the cause."""
 
 
+# what a GatewayError says where the request itself can never be served as sent (the gateway's own checks,
+# a 400 from the model server): retrying will not help. Any other failure is an outage a retry may outlast
+REQUEST_FAULTS = (
+    "context overflow", "request refused", "messages must", "needs a role", "has empty content",
+    "max_tokens must",
+)  # fmt: skip
+
+
+def is_request_fault(e: GatewayError) -> bool:
+    return any(f in str(e) for f in REQUEST_FAULTS)
+
+
 @dataclass
 class ChatResult:
     text: str
@@ -254,7 +266,8 @@ class Gateway:
         # (when, seconds) of recent calls per model, for the router's latency rule
         self._latencies: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=200))
 
-    def _entry(self, name: str) -> ModelEntry:
+    def entry(self, name: str) -> ModelEntry:
+        """The catalog entry of `name`; a GatewayError when the catalog has none or it is unavailable."""
         try:
             entry = self.catalog.get(name)
         except KeyError as e:
@@ -349,7 +362,7 @@ class Gateway:
         """Call `model` (a catalog name) through the Router; streamed by default to measure TTFT."""
         if stream:
             return self.stream(model, messages, max_tokens, temperature, **kwargs).read()
-        entry = self._entry(model)
+        entry = self.entry(model)
         self._check(entry, messages, max_tokens)
         # the span's error is _span_error's alone: an exception event would carry the raw text and stack
         with tracer().start_as_current_span(f"chat {model}", record_exception=False) as span:
@@ -377,7 +390,7 @@ class Gateway:
         here, so a failure is a GatewayError before the caller has sent anything to its own client. The span
         `chat <model>` starts now and ends when the stream is exhausted, fails or is closed.
         """
-        entry = self._entry(model)
+        entry = self.entry(model)
         self._check(entry, messages, max_tokens)
         kwargs = self._with_stops(entry, kwargs)
         span = tracer().start_span(f"chat {model}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +28,8 @@ def fit(
     ] = None,
     draws: Annotated[int, typer.Option(min=1, help="posterior draws per chain")] = 2000,
     tune: Annotated[int, typer.Option(min=0, help="tuning steps per chain")] = 2000,
-    chains: Annotated[int, typer.Option(min=1, help="chains")] = 4,
+    # r_hat compares chains: with one it is undefined and the fit always fails its checks, after the whole run
+    chains: Annotated[int, typer.Option(min=2, help="chains (r_hat needs at least 2)")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc")] = "nutpie",
     seed: Annotated[int, typer.Option(help="random seed")] = 20261130,
 ) -> None:
@@ -37,19 +41,36 @@ def fit(
 
     if sampler not in ("nutpie", "pymc"):
         raise typer.BadParameter("nutpie or pymc", param_hint="--sampler")
-    if out.exists() and not out.is_dir():  # found only after the whole NUTS fit, before
+    if out.exists() and not out.is_dir():
         typer.echo(f"error: --out {out} is a file, not a folder", err=True)
         raise typer.Exit(2)
-    try:  # a malformed file is one line, not a traceback
-        table = outcome_table_from_files(prompts, outcomes)
-        if table.empty:
-            raise typer.BadParameter("no scored outcome rows", param_hint="--outcomes")
-        prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
-        config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler)  # type: ignore[arg-type]
-        art = fit_posterior(table, prior_table, out, config)
-    except (ValueError, TypeError, KeyError) as e:
-        typer.echo(f"error: {e}", err=True)
+    # the fit goes to a folder beside --out, made now: an --out that cannot be written (its parent a file, no
+    # permission) is found before the NUTS fit, not after it
+    out = out.resolve()  # `--out .` has no name to put a sibling's after
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    except OSError as e:
+        typer.echo(f"error: --out {out}: cannot write beside it ({e})", err=True)
         raise typer.Exit(2) from None
+    try:
+        try:  # a malformed file is one line, not a traceback
+            table = outcome_table_from_files(prompts, outcomes)
+            if table.empty:
+                raise typer.BadParameter("no scored outcome rows", param_hint="--outcomes")
+            prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
+            config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler)  # type: ignore[arg-type]
+            art = fit_posterior(table, prior_table, staging, config)
+        except (ValueError, TypeError, KeyError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        failed = art.failed_checks
+        # a fit that failed its checks must not replace a good one at --out: it goes to <out>.failed to be
+        # looked at (the Dagster asset does not register such a fit either)
+        dest = out.with_name(f"{out.name}.failed") if failed else out
+        _move_files(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # empty once its files moved; a fit that raised left some
     d = art.fit.diagnostics
     n_tasks, n_models = table["task"].nunique(), table["model"].nunique()
     typer.echo(f"{len(table)} outcome rows, {n_tasks} tasks, {n_models} models")
@@ -59,9 +80,16 @@ def fit(
     for note in art.notes:
         typer.echo(f"note: {note}")
     for name, p in art.paths.items():
-        typer.echo(f"{name}: {p}")
-    failed = art.failed_checks
-    if failed:  # written, so it can be looked at; the Dagster asset does not register such a fit
-        typer.echo(f"warning: the fit failed its checks ({', '.join(failed)}): not a fit to use; "
-                   "run more draws or tuning steps", err=True)  # fmt: skip
+        typer.echo(f"{name}: {dest / p.name}")
+    if failed:
+        typer.echo(f"warning: the fit failed its checks ({', '.join(failed)}): not a fit to use; written to "
+                   f"{dest}/, {out} left as it was; run more draws or tuning steps", err=True)  # fmt: skip
         raise typer.Exit(1)  # a script's `fit && use` stops here
+
+
+def _move_files(src: Path, dest: Path) -> None:
+    """Move the fit's files from `src` into the folder `dest` (a sibling: renames), each replacing its
+    namesake; other files in `dest` stay (--out may be a folder that holds more than a fit)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        os.replace(f, dest / f.name)
