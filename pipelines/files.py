@@ -5,6 +5,7 @@ or a colleague. `publish_mode` gives it the mode a plain `open` or `mkdir` would
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,3 +48,16 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     """`data` to `path` atomically (`atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def swap_in(tmp: Path, final: Path) -> None:
+    """Replace the folder `final` with the folder `tmp` (a sibling, so renames): the old one moved aside, the
+    new one renamed in, the old one removed; `final` is missing only between two renames, never half made."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)

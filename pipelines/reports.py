@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.files import publish_mode
+from pipelines.files import publish_mode, swap_in
 from pipelines.settings import REPO_ROOT, Settings
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -118,17 +118,6 @@ def export_html(nb: Any, path: Path) -> Path:
     return path
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def run_notebook(
     path: str | Path,
     out_dir: str | Path,
@@ -175,7 +164,7 @@ def run_notebook(
         export_html(nb, tmp / f"{name}.html")
         extract_figures(nb, tmp / "figures", name)
         final = out_dir / name
-        _swap_in(tmp, final)
+        swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipelines.files import publish_mode
+from pipelines.files import publish_mode, swap_in
 from pipelines.hardware import native_bf16
 from pipelines.index.base import doc_id_of
 
@@ -223,14 +222,7 @@ def _publish(out_dir: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         check_out_dir(out_dir)  # again: the training took minutes, and the folder may have changed meanwhile
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

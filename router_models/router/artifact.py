@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipelines.files import publish_mode
+from pipelines.files import publish_mode, swap_in
 from router_models.router.features import CostModel, TaskClassifier
 from router_models.router.policies import policy_from_dict
 from router_models.router.predictors.base import PREDICTORS, get_predictor
@@ -77,14 +76,7 @@ def save_router(router: Router, out_dir: str | Path) -> Path:
             "files": {f: _sha256(tmp / f) for f in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
