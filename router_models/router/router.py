@@ -135,9 +135,9 @@ class Router:
         ctx = signals.as_context(constraints)
         meta = {m: self._with_latency(m, p95_latency_s) for m in self.models}
         excluded: dict[str, Exclusion] = apply_rules(self.rules, meta, ctx)
-        for j, m in enumerate(self.models):  # a NaN won every argmax below
-            if m not in excluded and not np.isfinite([mean[j], sd[j], cost[j]]).all():
-                excluded[m] = Exclusion(NO_PREDICTION, f"{m} has no finite predicted quality or cost")
+        unknown = ~(np.isfinite(mean) & np.isfinite(sd) & np.isfinite(cost))  # a NaN won every argmax below
+        for m in np.asarray(self.models)[unknown].tolist():
+            excluded.setdefault(m, Exclusion(NO_PREDICTION, f"{m} has no finite predicted quality or cost"))
         if constraints.max_cost_usd is not None:
             for j, m in enumerate(self.models):
                 if m not in excluded and cost[j] > constraints.max_cost_usd:
