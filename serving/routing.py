@@ -17,7 +17,7 @@ from router_models.router.decision import Decision, explain
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.router import Router
 from router_models.router.rules import ModelInfo
-from router_models.router.signals import Constraints
+from router_models.router.signals import Constraints, detect_pii
 
 UNAVAILABLE = "not_callable"
 WINDOW = "context_window"  # the rule's name: the router's estimate passed, the model's own count did not
@@ -143,7 +143,7 @@ class ModelResolver:
                 "no router is loaded in this service (SM_ROUTER_DIR); name a catalog model", 404
             )
         policy = self.policy(policy_name)
-        decision = self.router.route(prompt, constraints, policy, p95)
+        decision = self.router.route(prompt, constraints, policy, p95, sent)  # PII: in all it sends
         status = self.callable_models()
         panel_callable = [m for m in self.router.models if status.get(m, "x") is None]
         dropped = []  # candidates the router allowed and this service cannot use
@@ -185,6 +185,12 @@ class ModelResolver:
                 decision.explanation = explain(None, None, None, "", 0, decision.candidates)
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
         return self._local_fallback(decision, size, constraints)
+
+    def exposes(self, model: str, sent: str) -> bool:
+        """Whether `sent` holds personal data (the router's check) and `model` is not a local one: a RAG
+        question routed alone can be sent with sources that hold what the question did not."""
+        privacy = self.catalog.get(model).privacy if model in self.catalog.names() else None
+        return privacy != "local" and bool(detect_pii(sent))
 
     def overflow(self, model: str, sent: str, turns: int, constraints: Constraints) -> str | None:
         """Why `model` cannot take `sent` (`turns` messages joined), or None where it can or cannot tell."""

@@ -423,10 +423,11 @@ class StratMaster:
         chars = self.settings.rag_context_chars
         if hits:
             messages = build_messages(req.question, hits, chars)
-            if choice.chosen_by != "request":  # routed on the question: the sources may not fit its window
-                sent, turns = prompt_of(messages), len(messages)
+            if choice.chosen_by != "request":  # routed on the question: its sources may not fit the window,
+                sent, turns = prompt_of(messages), len(messages)  # or hold personal data it did not
                 why = await run_in_threadpool(self.resolver.overflow, choice.model, sent, turns, constraints)
-                if why is not None:  # routed again, the sources counted (a second route span)
+                exposed = why is None and await run_in_threadpool(self.resolver.exposes, choice.model, sent)
+                if why is not None or exposed:  # routed again on all it sends (a second route span)
                     choice = await self._choose(req.model, req.question, constraints, turns, sent)
             call = await self._open_stream(self.gateway.stream, choice.model, messages, req.max_tokens)
             a = answer_from(req.question, hits, await self._read_to_end(request, call), req.mode, chars)

@@ -467,6 +467,38 @@ def test_a_rag_questions_sources_count_for_the_window(shared_data, tmp_path):
     assert resolver.resolve("router", question, local, turns=turns, sent=sent).model == "gemma3-270m"
 
 
+def test_personal_data_in_a_rag_questions_sources_keeps_it_local(shared_data, tmp_path, monkeypatch):
+    """/v1/rag routed on the question alone, and only the question was searched for personal data: sources
+    holding an e-mail address (a corpus indexed without redaction, or with other settings) went to a remote
+    model. The service now asks `exposes` and routes again on all it sends."""
+    from pipelines.llm.gateway import Gateway
+    from pipelines.rag.answer import build_messages
+    from pipelines.rag.retrieve import Hit
+    from serving.routing import ModelResolver, prompt_of
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")  # remote becomes callable; route only, no call
+    router = load_router(_train(shared_data, tmp_path, CATALOG_PANEL))
+    gateway = Gateway(Settings(run_dir=tmp_path / "run"))
+    resolver = ModelResolver(router, gateway.catalog, gateway.own_prompt_tokens)
+    question = "Which treatment reduced mortality in the trial, and by how much?"
+    plain = "The trial randomised 400 patients; the treatment arm had 12% lower mortality at one year."
+    private = "Results were sent to the trial lead, jane.doe@example.com, on the day the trial closed."
+    clean = build_messages(question, [Hit(f"d{i}#0", f"d{i}", 1.0, text=plain) for i in range(2)], 4000)
+    hits = [Hit("d0#0", "d0", 1.0, text=plain), Hit("d1#0", "d1", 1.0, text=private)]
+    leaky = build_messages(question, hits)
+    first = resolver.resolve("router", question, Constraints())
+    assert first.model in {"gpt-4o", "gpt-4o-mini"}, first.model  # the question alone may go remote
+    assert not resolver.exposes(first.model, prompt_of(clean))
+    assert resolver.exposes(first.model, prompt_of(leaky))
+    assert not resolver.exposes("smollm2-135m", prompt_of(leaky))
+    again = resolver.resolve("router", question, Constraints(), turns=len(leaky), sent=prompt_of(leaky))
+    assert again.model in LOCAL and again.decision["signals"]["pii_entities"] == ["EMAIL_ADDRESS"]
+    cands = {c["model"]: c for c in again.decision["candidates"]}
+    assert cands["gpt-4o"]["excluded_by"] == cands["gpt-4o-mini"]["excluded_by"] == "pii_local_only"
+    same = resolver.resolve("router", question, Constraints(), turns=len(clean), sent=prompt_of(clean))
+    assert same.model == first.model  # sources without personal data change nothing
+
+
 # -- tracing -----------------------------------------------------------------------------------------------
 @pytest.fixture
 def spans():

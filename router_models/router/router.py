@@ -123,15 +123,18 @@ class Router:
         constraints: Constraints | None = None,
         policy: MaxUtility | Budget | None = None,
         p95_latency_s: Mapping[str, float] | None = None,
+        sent: str | None = None,
     ) -> Decision:
-        """Pick one model for `prompt`. `p95_latency_s`: the gateway's recent p95 per model, if known."""
+        """Pick one model for `prompt`. `p95_latency_s`: the gateway's recent p95 per model, if known.
+        `sent`: all the model will be sent where that is more than `prompt` (a RAG question with its sources):
+        personal data is sought there too, as the model would see it."""
         t0 = time.perf_counter()
         constraints = constraints or Constraints()
         policy = policy or self.policy
         q, cost, proba = self.predict([prompt], self.embed(prompt))
         mean, sd, cost = q.mean[0], q.sd[0], cost[0]
         top = int(proba[0].argmax())
-        signals = request_signals(prompt, constraints, self.task_clf.classes[top], float(proba[0, top]))
+        signals = request_signals(prompt, constraints, self.task_clf.classes[top], float(proba[0, top]), sent)
         ctx = signals.as_context(constraints)
         meta = {m: self._with_latency(m, p95_latency_s) for m in self.models}
         excluded: dict[str, Exclusion] = apply_rules(self.rules, meta, ctx)

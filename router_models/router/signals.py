@@ -165,9 +165,11 @@ def request_signals(
     constraints: Constraints,
     task: str | None = None,
     task_probability: float | None = None,
+    sent: str | None = None,
 ) -> Signals:
+    """`sent`: all the model will be sent, where that holds more than `prompt`; PII is sought in it."""
     tokens = estimate_tokens(prompt)
-    entities = detect_pii(prompt)
+    entities = detect_pii(prompt if sent is None else sent)
     return Signals(
         input_tokens=tokens,
         tokens_needed=tokens + constraints.expected_output_tokens,
