@@ -217,6 +217,24 @@ def test_graph_expansion_reaches_a_chunk_through_a_related_entity(tmp_path):
         g.close()
 
 
+def test_redaction_placeholders_are_no_graph_entities(tmp_path):
+    """Ingest leaves <EMAIL_ADDRESS> where an address was: the graph made it an entity ("email_address",
+    "email address") and tied unrelated documents together through it."""
+    from pipelines.index.graph import extract_graph
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, topic in enumerate(["tomato blight", "tax returns", "kernel panics"]):
+        (docs / f"d{i}.txt").write_text(f"Questions about {topic}: write to help{i}@example.org any day.")
+    settings, store = Settings(run_dir=tmp_path / "run"), LocalStore(tmp_path / "store")
+    ingest_corpus(settings, str(docs), store=store)
+    chunks = load_chunks(settings, store)
+    assert chunks["text"].str.contains("<EMAIL_ADDRESS>").all()  # what ingest leaves
+    graph = extract_graph(chunks)
+    assert not [n for n in graph["entity"]["name"] if "email" in n], graph["entity"]
+    assert graph["related"].empty and graph["mentions"].empty
+
+
 def test_a_graph_build_that_fails_leaves_the_last_graph_whole(tmp_path, monkeypatch):
     """A rebuild dropped the graph before it loaded the new one: a build that failed half way (a kill, a
     full disk, a bad table) left a graph with chunks and no entities, and graph search found nothing."""

@@ -18,6 +18,7 @@ from pathlib import Path
 DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS")
 NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION")
 MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not phone numbers
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")  # what redaction leaves in place of a value: <EMAIL_ADDRESS>
 _NAME_SEPARATORS = re.compile(r"[_\-+~,;=()\[\]{}]")  # read as spaces in file names (redact_name)
 
 # Cheap necessary conditions: a recognizer only runs when its trigger matches somewhere in the text.

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.corpus.pii import PLACEHOLDER
 from pipelines.index.base import IndexReport, ScoredChunk
 from pipelines.index.entities import RuleEntityExtractor
 from pipelines.settings import Settings
 
-GRAPH_VERSION = 3  # bump when extraction or the graph's parameters change: every graph is rebuilt
+GRAPH_VERSION = 4  # bump when extraction or the graph's parameters change: every graph is rebuilt
 
 
 def graph_fingerprint(chunk_ids, extractor=None) -> str:
@@ -45,7 +46,7 @@ def extract_graph(chunks: pd.DataFrame, extractor=None, min_df: int = 2, max_df_
     """Tables for the graph: chunk, entity (name, df), mentions (from chunk, to entity) and related."""
     extractor = extractor or RuleEntityExtractor()
     per_chunk = [
-        extractor.extract(f"{t}. {x}" if t else x)
+        extractor.extract(PLACEHOLDER.sub(";", f"{t}. {x}" if t else x))  # "<EMAIL_ADDRESS>": no entity
         for t, x in zip(chunks["title"].fillna(""), chunks["text"], strict=True)
     ]
     df = Counter(e for ents in per_chunk for e in set(ents))
