@@ -259,7 +259,9 @@ How helpful, correct and complete is the answer? Reply with one integer from 1 (
 def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     """The judge's rating as a score in [0, 1]: a number out of `high` ("8/10", "7.5 out of 10"), else one
     after a label ("Rating: 4 (misses 2 of 3 points)") or the text opens with ("8. Clear and right"), else
-    its last number ("On a scale of 1 to 10, I give it 8"); it must lie in [low, high]."""
+    its last number ("On a scale of 1 to 10, I give it 8"); it must lie in [low, high]. A rating out of
+    another scale, where it opens the text, follows a label or ends it ("2/5", "4 out of 5"), is read on
+    that scale from 1: 2/5 is 0.25, not 2 out of 10."""
     text = text or ""
     number = r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
     every = [float(m.group(1)) for m in re.finditer(number, text)]
@@ -267,6 +269,16 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     opening = re.match(r"[^\w]*" + number, text) or re.search(  # "Rating: 4", "my score is 7"; not a scale
         r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*" + number, text
     )
+    other = re.search(number + r"\**\s*(?:/|out of)\s*(\d{1,3})(?![\d.]?\d)", text)
+    if (
+        not out_of
+        and other
+        and (opening.start(1) == other.start(1) if opening else other.end() == len(text.rstrip(" .!*)\n")))
+    ):
+        n, scale = float(other.group(1)), int(other.group(2))
+        if scale > 1 and 1 <= n <= scale:
+            return (n - 1) / (scale - 1)
+        raise ScoreError(f"the judge gave no rating from 1 to {scale}: {text[:80]!r}")
     if out_of:
         candidates = [float(out_of.group(1))]
     elif opening:  # then the last in range: "0, no: 7" is 7
