@@ -35,7 +35,12 @@ def routerbench_outcomes(settings: SettingsResource) -> dg.MaterializeResult:
     path = write_table(df, s.run_dir / "bench" / "routerbench_outcomes.parquet")
     acc = df.groupby("model")["score"].mean().round(4).to_dict()
     return dg.MaterializeResult(
-        metadata={"path": str(path), "rows": len(df), **{f"accuracy/{k}": v for k, v in acc.items()}}
+        metadata={
+            "path": str(path),
+            "rows": len(df),
+            "unscored_rows_left_out": df.attrs["unscored_rows"],
+            **{f"accuracy/{k}": v for k, v in acc.items()},
+        }
     )
 
 

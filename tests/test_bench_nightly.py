@@ -100,6 +100,10 @@ def test_import_routerbench_cli_writes_the_outcome_table(shared_data, tmp_path):
     df = read_table(out)
     assert list(df.columns) == OUTCOME_COLUMNS and df["model"].nunique() == 11
     assert df["score"].between(0, 1).all() and "11 models" in r.output and "arc-challenge" in r.output
+    given = pd.read_csv(shared_data / "routerbench" / "outcomes_train.csv")
+    unscored = int(given["score"].isna().sum())  # were dropped without a word
+    assert unscored > 0 and len(df) == len(given) - unscored
+    assert f"({unscored} rows without a score left out)" in r.output, r.output
     r = CliRunner().invoke(app, ["import-routerbench", str(tmp_path)])
     assert r.exit_code == 2 and "not found" in r.output
     # a repeated prompt_id joined its outcome rows twice; a word for a score was written, then a traceback

@@ -106,6 +106,7 @@ def test_the_demo_job_materializes_every_asset_and_passes_every_check(demo_runs)
     assert any((run / "bentoml" / "bentos" / "stratmaster").iterdir())
     prefix = _metadata(first)["utility_posterior"]["object_store_prefix"].removeprefix("local:")
     assert (run / "store" / prefix / "utility_posterior.nc").stat().st_size > 0  # the object store's copy
+    assert _metadata(first)["routerbench_outcomes"]["unscored_rows_left_out"] > 0  # were left out unsaid
 
 
 def test_the_utility_posterior_takes_the_micro_benchs_answers_as_evidence(demo_runs, shared_data):

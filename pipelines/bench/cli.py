@@ -132,6 +132,7 @@ def import_routerbench(
         raise typer.Exit(2) from None
     typer.echo(
         f"{len(df)} rows, {df['model'].nunique()} models, {df['prompt_id'].nunique()} prompts -> {out}"
+        f" ({df.attrs['unscored_rows']} rows without a score left out)"
     )
     _print_accuracy(df)
 

@@ -120,13 +120,15 @@ def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.Dat
 
 
 def routerbench_outcome_table(data_dir: str | Path, split: str = "train") -> pd.DataFrame:
-    """RouterBench outcomes in the outcome-table shape; rows without a score are dropped."""
+    """RouterBench outcomes in the outcome-table shape; rows without a score are dropped, and counted in
+    `df.attrs["unscored_rows"]` (92 of the train split's 24,475)."""
     prompts, outcomes = load_routerbench(data_dir, split)
     data_dir = Path(data_dir)
     df = joined_outcomes(
         outcomes, prompts, data_dir / f"outcomes_{split}.csv", data_dir / f"prompts_{split}.csv"
-    )
-    return df.assign(error=None, run_id=f"routerbench-{split}")
+    ).assign(error=None, run_id=f"routerbench-{split}")
+    df.attrs["unscored_rows"] = int(outcomes["score"].isna().sum())
+    return df
 
 
 def joined_outcomes(
