@@ -135,3 +135,52 @@ def test_rag_rows_join_a_runs_answers_with_their_contexts():
     r = rows.iloc[0]
     assert r["answer"] == "It falls back." and r["question"].startswith("What does the gateway do")
     assert len(r["contexts"]) == 2 and r["reference"] == "It falls back to the other local model."
+
+
+def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_path, monkeypatch):
+    """A partition kept the scores its scorer gave on the day it ran: after a scorer fix, the evidence of the
+    last 7 days still held the old ones (a re-materialization resumes, and answered cells are not run)."""
+    import json
+
+    from pipelines.bench.prompts import load_prompt_set
+    from pipelines.bench.runner import collect_outcomes, rescore
+
+    prompts = [
+        {
+            "prompt_id": "mc",
+            "task": "arc-challenge",
+            "prompt": "Pick one.\nA. red\nB. blue",
+            "reference": "B",
+        },
+        {"prompt_id": "ex", "task": "extraction", "prompt": "Capital of France?", "reference": "Paris"},
+        {"prompt_id": "chat", "task": "chat", "prompt": "Name a colour."},  # a judge rated it
+        {"prompt_id": "down", "task": "extraction", "prompt": "Capital of Peru?", "reference": "Lima"},
+    ]
+    pfile = tmp_path / "prompts.jsonl"
+    pfile.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    base = {"model": "m", "cost_usd": 0.0, "latency_s": 1.0, "ttft_s": 0.5, "input_tokens": 1,
+            "output_tokens": 1, "run_id": "bench-2026-12-01", "prompt": ""}  # fmt: skip
+    stored = [  # the scores and errors an older scorer gave
+        {"prompt_id": "mc", "task": "arc-challenge", "score": 0.0, "error": None, "response": "B"},
+        {"prompt_id": "ex", "task": "extraction", "score": math.nan,
+         "error": "scorer: ScoreError: old bug", "response": "Paris."},
+        {"prompt_id": "chat", "task": "chat", "score": 0.7, "error": None, "response": "Blue."},
+        {"prompt_id": "down", "task": "extraction", "score": math.nan,
+         "error": "GatewayError: timeout", "response": None},
+        {"prompt_id": "gone", "task": "extraction", "score": 0.0, "error": None, "response": "x"},
+    ]  # fmt: skip
+    folder = tmp_path / "bench" / "2026-12-01"
+    _commit([{**base, **r} for r in stored], folder)
+    monkeypatch.setenv("SM_RUN_DIR", str(tmp_path / "run"))
+    r = CliRunner().invoke(app, ["rescore", str(folder), "--prompt-set", str(pfile)])
+    assert r.exit_code == 0, r.output
+    assert (
+        "2 scores changed, 0 unchanged" in r.output and "1 judged, 1 without an answer, 1 whose" in r.output
+    )
+    got = collect_outcomes(folder).set_index("prompt_id")
+    assert got.loc["mc", "score"] == 1.0 and got.loc["ex", "score"] == 1.0 and pd.isna(got.loc["ex", "error"])
+    assert got.loc["chat", "score"] == 0.7 and got.loc["gone", "score"] == 0.0  # left as they were
+    assert got.loc["down", "error"] == "GatewayError: timeout"
+    assert rescore(load_prompt_set(pfile), folder)["changed"] == 0  # a second pass finds nothing to change
+    r = CliRunner().invoke(app, ["rescore", str(tmp_path / "nope"), "--prompt-set", str(pfile)])
+    assert r.exit_code == 2 and "no such run folder" in r.output

@@ -110,6 +110,45 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command("rescore")
+def rescore_cmd(
+    folders: list[Path] = typer.Argument(
+        ..., help="run folders: a `bench run`'s --work-dir, or the nightly's run_dir/bench/<day>"
+    ),
+    prompt_set: str = typer.Option(
+        None, "--prompt-set", help="the prompts they answered (file or name); default: the prompt_set asset's"
+    ),
+) -> None:
+    """Score stored answers again with today's scorers, calling no model (a judge's ratings stay)."""
+    from pipelines.bench.outcomes import read_table
+    from pipelines.bench.prompts import PromptSetError, load_prompt_set
+    from pipelines.bench.runner import rescore
+    from pipelines.settings import Settings
+
+    settings = Settings()
+    try:
+        if prompt_set is None:
+            prompts = read_table(settings.run_dir / "bench" / "prompt_set.parquet")
+        else:
+            prompts = load_prompt_set(prompt_set, settings)
+    except (PromptSetError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    failed = False
+    for folder in folders:
+        try:
+            n = rescore(prompts, folder)
+        except (FileNotFoundError, RuntimeError) as e:  # no such folder; a run writing it now
+            typer.echo(f"error: {e}", err=True)
+            failed = True
+            continue
+        typer.echo(f"{folder}: {n['changed']} scores changed, {n['unchanged']} unchanged; left as they were: "
+                   f"{n['judged']} judged, {n['no_answer']} without an answer, {n['no_prompt']} whose prompt "
+                   "is not in the prompt set")  # fmt: skip
+    if failed:
+        raise typer.Exit(2)
+
+
 @app.command("import-routerbench")
 def import_routerbench(
     data_dir: Path = typer.Argument(..., help="folder with prompts_<split>.csv and outcomes_<split>.csv"),

@@ -31,7 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, task_family, write_table
-from pipelines.bench.scorers import JudgeUnavailable, score_row
+from pipelines.bench.scorers import JudgeUnavailable, needs_judge, score_row
 from pipelines.files import publish_mode
 
 MAX_TOKENS = {"multiple_choice": 16, "extraction": 48, "code": 192, "rag_answer": 128, "chat": 128}
@@ -153,8 +153,14 @@ def _call(gateway: Any, row: dict[str, Any], model: str, run_id: str, scorer: Sc
     if r.fallback_used:  # the answer is another model's: it must not be scored as this one's
         out["error"] = f"fallback: {model} did not answer, {r.model} did"
         return out
+    return _scored(out, scorer, row, r.text)
+
+
+def _scored(out: dict[str, Any], scorer: Scorer, row: dict[str, Any], text: str) -> dict[str, Any]:
+    """`out` with the score of answer `text` to prompt `row`, or the scorer's error in its place."""
+    out["score"], out["error"] = math.nan, None
     try:
-        score = float(scorer(row, r.text))
+        score = float(scorer(row, text))
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"score {score} outside [0, 1]")
         out["score"] = score
@@ -163,6 +169,44 @@ def _call(gateway: Any, row: dict[str, Any], model: str, run_id: str, scorer: Sc
     except Exception as e:  # a failing scorer marks this row, never the run
         out["error"] = f"scorer: {type(e).__name__}: {e}"[:500]
     return out
+
+
+def rescore(prompts: pd.DataFrame, out_dir: str | Path) -> dict[str, int]:
+    """Score a run folder's committed answers again with today's scorers, calling no model: a fixed scorer
+    reaches the answers stored before its fix. Only answers to prompts with a reference or tests are
+    rescored; a judge's rating stays as it was (another judge call would be a new measurement), and so do
+    failed calls (no answer) and rows whose prompt is not in `prompts`. A row whose score or scorer error
+    changes is committed again (the newest row per cell wins; the older part stays). Returns counts."""
+    out_dir = Path(out_dir)
+    counts = dict.fromkeys(("changed", "unchanged", "judged", "no_answer", "no_prompt"), 0)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"{out_dir}: no such run folder")
+    with _lock(out_dir):
+        df = _latest_rows(out_dir)
+        if df is None:
+            return counts
+        by_id = {str(p["prompt_id"]): p for p in prompts.to_dict("records")}
+        changed = []
+        for row in df[OUTCOME_COLUMNS + ["response"]].to_dict("records"):
+            prompt = by_id.get(str(row["prompt_id"]))
+            if prompt is None:
+                counts["no_prompt"] += 1
+            elif pd.isna(row["response"]) or call_failed(pd.Series([row["error"]], dtype="string")).iloc[0]:
+                counts["no_answer"] += 1
+            elif needs_judge(prompt):
+                counts["judged"] += 1
+            else:
+                old = (row["score"], row["error"])
+                new = _scored(dict(row), score_row, prompt, str(row["response"]))
+                same = (pd.isna(old[0]) and pd.isna(new["score"]) or old[0] == new["score"]) and (
+                    (None if pd.isna(old[1]) else old[1]) == new["error"]
+                )
+                counts["unchanged" if same else "changed"] += 1
+                if not same:
+                    changed.append(new)
+        if changed:
+            _commit(changed, out_dir)
+    return counts
 
 
 def _commit(rows: list[dict[str, Any]], out_dir: Path) -> Path:
