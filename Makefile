@@ -60,6 +60,7 @@ bench: setup
 	$(PY) benchmarks/gateway.py
 	$(PY) benchmarks/local_llm.py
 	$(PY) benchmarks/local_servers.py
+	$(PY) benchmarks/rag_layouts.py
 	$(PY) benchmarks/microbench.py
 	$(PY) benchmarks/router_quality.py
 	$(PY) benchmarks/utility_fit.py
