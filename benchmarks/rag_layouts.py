@@ -8,10 +8,11 @@
     .venv/bin/python benchmarks/rag_layouts.py [--requests 20] [--rounds 2]
 
 Each request is the project's RAG prompt (`pipelines.rag.answer.build_messages`) with 4 distinct sources of
-Python's reference topics (`pydoc_data.topics`, ~700 characters each: about 700 prompt tokens, as the
-serving bench's), greedy, 64 tokens out; no two requests share their sources, so no prompt is read from the
-server's cache. Prints p50/p95 seconds per request, the server-side prompt and generation time, and the wall
-time of each round (its throughput). The model alone: no retrieval, no service. Ports 8193-8194.
+Python's reference topics (`pydoc_data.topics`, ~700 characters each: about 700 prompt tokens, as the serving
+bench's), greedy, 64 tokens out; no two requests share their sources, so only the system message and the first
+words (the same in both layouts) are read from the server's cache. Prints p50/p95 seconds per request, the
+server-side prompt and generation time, and the wall time of each round (its throughput). The model alone: no
+retrieval, no service. Ports 8193-8194.
 """
 
 from __future__ import annotations
@@ -55,14 +56,33 @@ def prompts(n: int, seed: int) -> list[list[dict]]:
 
 
 def start(layout: str, settings: Settings) -> list[subprocess.Popen]:
+    """The layout's servers, each answering; none left running where one fails to start."""
+    procs: list[subprocess.Popen] = []
+    try:
+        _start(layout, settings, procs)
+    except BaseException:
+        stop(procs)
+        raise
+    return procs
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
+def _start(layout: str, settings: Settings, procs: list[subprocess.Popen]) -> None:
     entry = load_catalog(settings).get("smollm2-135m")
     model = weights.weights_path(entry, settings)
-    procs = []
     for k, (threads, slots) in enumerate(LAYOUTS[layout]):
         s = settings.model_copy(
             update={"local_threads": threads or settings.local_threads, "local_parallel": slots}
         )
-        cmd, _ = servers.command(entry, model, PORT + k, s)
+        cmd, engine = servers.command(entry, model, PORT + k, s)
+        if not engine.startswith("llama-server"):
+            raise RuntimeError(f"no llama-server to compare layouts with ({engine}): make setup builds it")
         procs.append(subprocess.Popen(cmd, env=servers.server_env(s), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))  # fmt: skip
     for k in range(len(procs)):
@@ -75,7 +95,6 @@ def start(layout: str, settings: Settings) -> list[subprocess.Popen]:
             time.sleep(0.5)
         else:
             raise RuntimeError(f"llama-server on port {PORT + k} did not start")
-    return procs
 
 
 async def load(settings: Settings, n_servers: int, batch: list[list[dict]]) -> tuple[list, list, list, float]:
@@ -119,10 +138,7 @@ def main() -> None:
                 asyncio.run(load(settings, len(procs), batch[-2:]))  # warm-up, one request per user
                 lat, pms, gms, wall = asyncio.run(load(settings, len(procs), batch[:-2]))
             finally:
-                for p in procs:
-                    p.terminate()
-                for p in procs:
-                    p.wait(timeout=30)
+                stop(procs)
             print(f"{rnd + 1:>5} {layout:12} {np.percentile(lat, 50):6.2f} {np.percentile(lat, 95):6.2f} "
                   f"{np.nanmedian(pms):9.0f} {np.nanmedian(gms):7.0f} {wall:7.1f}", flush=True)  # fmt: skip
 

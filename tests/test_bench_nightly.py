@@ -175,7 +175,8 @@ def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_
     r = CliRunner().invoke(app, ["rescore", str(folder), "--prompt-set", str(pfile)])
     assert r.exit_code == 0, r.output
     assert (
-        "2 scores changed, 0 unchanged" in r.output and "1 judged, 1 without an answer, 1 whose" in r.output
+        "2 scores changed, 0 unchanged" in r.output
+        and "1 for a judge, 1 without an answer, 1 whose" in r.output
     )
     got = collect_outcomes(folder).set_index("prompt_id")
     assert got.loc["mc", "score"] == 1.0 and got.loc["ex", "score"] == 1.0 and pd.isna(got.loc["ex", "error"])
@@ -183,4 +184,8 @@ def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_
     assert got.loc["down", "error"] == "GatewayError: timeout"
     assert rescore(load_prompt_set(pfile), folder)["changed"] == 0  # a second pass finds nothing to change
     r = CliRunner().invoke(app, ["rescore", str(tmp_path / "nope"), "--prompt-set", str(pfile)])
-    assert r.exit_code == 2 and "no such run folder" in r.output
+    assert r.exit_code == 2 and "no bench run folder" in r.output
+    r = CliRunner().invoke(app, ["rescore", str(tmp_path / "bench"), "--prompt-set", str(pfile)])  # not a run
+    assert (
+        r.exit_code == 2 and "no bench run folder" in r.output and not (tmp_path / "bench" / ".lock").exists()
+    )

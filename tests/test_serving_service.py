@@ -844,6 +844,43 @@ def test_rag_counts_its_sources_when_it_routes(live, gateway):
     assert "needed for the question with its sources" in said, said
 
 
+@pytest.mark.models
+def test_rag_sends_sources_with_personal_data_only_to_a_local_model(
+    service, catalog_router, model_settings, local_servers, tmp_path
+):
+    """/v1/rag routed on the question alone: a source holding a US social security number (ingest's
+    redaction does not look for one; the router's check does) went with the question to the remote model
+    chosen for it. The service now routes again on all it sends."""
+    from pipelines.corpus.ingest import ingest_corpus
+    from pipelines.index.build import build_dense_index, build_keyword_index
+
+    docs, run = tmp_path / "docs", tmp_path / "run"
+    docs.mkdir()
+    (docs / "intake.txt").write_text("At intake the patient gave social security number 536-22-1234.")
+    (docs / "bridge.txt").write_text("The Golden Gate Bridge in San Francisco opened in 1937.")
+    settings = model_settings.model_copy(update={"run_dir": run, "embedder": "static"})
+    ingest_corpus(settings, str(docs))
+    build_keyword_index(settings)
+    build_dense_index(settings)
+    env = {**live_env(catalog_router, model_settings, run), "OPENAI_API_KEY": "sk-test-not-used"}
+    client = service.get("live, remote callable", env)  # route only: no remote model is called
+    question = "Which treatment reduced mortality in the trial, and by how much?"
+    alone = client.post("/v1/route", json={"prompt": question}, headers=LIVE_AUTH).json()
+    assert alone["model"] in {"gpt-4o", "gpt-4o-mini"}, alone["routing"]["explanation"]
+    body = {"question": question, "k": 2, "mode": "dense", "max_tokens": 4}  # both documents
+    r = client.post("/v1/rag", json=body, headers=LIVE_AUTH)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert any("536-22-1234" in c["text"] for c in out["chunks"]), out["chunks"]  # as ingest kept it
+    assert out["model"] in LOCAL and out["stratmaster"]["chosen_by"] == "router"
+    routing = out["stratmaster"]["routing"]
+    # before: gpt-4o was called (and, with this key, failed over to a local model)
+    assert routing["model"] == out["model"] and not out["stratmaster"]["fallback_used"]
+    assert routing["signals"]["pii_entities"] == ["US_SSN"]
+    cands = {c["model"]: c for c in routing["candidates"]}
+    assert cands["gpt-4o"]["excluded_by"] == cands["gpt-4o-mini"]["excluded_by"] == "pii_local_only"
+
+
 def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp_path):
     """Qdrant's local mode locks its folder to one client: a second worker opening the same index failed
     every /v1/rag with 503 (SM_SERVICE_WORKERS=2). worker_index_dir gives each its own copy."""

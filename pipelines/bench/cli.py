@@ -115,7 +115,7 @@ def rescore_cmd(
     folders: list[Path] = typer.Argument(
         ..., help="run folders: a `bench run`'s --work-dir, or the nightly's run_dir/bench/<day>"
     ),
-    prompt_set: str = typer.Option(
+    prompt_set: str | None = typer.Option(
         None, "--prompt-set", help="the prompts they answered (file or name); default: the prompt_set asset's"
     ),
 ) -> None:
@@ -143,8 +143,8 @@ def rescore_cmd(
             failed = True
             continue
         typer.echo(f"{folder}: {n['changed']} scores changed, {n['unchanged']} unchanged; left as they were: "
-                   f"{n['judged']} judged, {n['no_answer']} without an answer, {n['no_prompt']} whose prompt "
-                   "is not in the prompt set")  # fmt: skip
+                   f"{n['needs_judge']} for a judge, {n['no_answer']} without an answer, {n['no_prompt']} "
+                   "whose prompt is not in the prompt set")  # fmt: skip
     if failed:
         raise typer.Exit(2)
 

@@ -178,13 +178,12 @@ def rescore(prompts: pd.DataFrame, out_dir: str | Path) -> dict[str, int]:
     failed calls (no answer) and rows whose prompt is not in `prompts`. A row whose score or scorer error
     changes is committed again (the newest row per cell wins; the older part stays). Returns counts."""
     out_dir = Path(out_dir)
-    counts = dict.fromkeys(("changed", "unchanged", "judged", "no_answer", "no_prompt"), 0)
-    if not out_dir.is_dir():
-        raise FileNotFoundError(f"{out_dir}: no such run folder")
+    counts = dict.fromkeys(("changed", "unchanged", "needs_judge", "no_answer", "no_prompt"), 0)
+    if not any(out_dir.glob(PART_GLOB)):  # not a folder, or not a run's (runs/bench itself, say)
+        raise FileNotFoundError(f"{out_dir}: no bench run folder (no committed {PART_GLOB} in it)")
     with _lock(out_dir):
         df = _latest_rows(out_dir)
-        if df is None:
-            return counts
+        assert df is not None  # parts were found above, and a part is never deleted
         by_id = {str(p["prompt_id"]): p for p in prompts.to_dict("records")}
         changed = []
         for row in df[OUTCOME_COLUMNS + ["response"]].to_dict("records"):
@@ -194,7 +193,7 @@ def rescore(prompts: pd.DataFrame, out_dir: str | Path) -> dict[str, int]:
             elif pd.isna(row["response"]) or call_failed(pd.Series([row["error"]], dtype="string")).iloc[0]:
                 counts["no_answer"] += 1
             elif needs_judge(prompt):
-                counts["judged"] += 1
+                counts["needs_judge"] += 1
             else:
                 old = (row["score"], row["error"])
                 new = _scored(dict(row), score_row, prompt, str(row["response"]))

@@ -269,12 +269,13 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     opening = re.match(r"[^\w]*" + number, text) or re.search(  # "Rating: 4", "my score is 7"; not a scale
         r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*" + number, text
     )
-    other = re.search(number + r"\**\s*(?:/|out of)\s*(\d{1,3})(?![\d.]?\d)", text)
-    if (
-        not out_of
-        and other
-        and (opening.start(1) == other.start(1) if opening else other.end() == len(text.rstrip(" .!*)\n")))
-    ):
+    scaled = re.compile(number + r"\**\s*(?:/|out of)\s*(\d{1,3})(?![\d.]?\d)")
+    if opening:  # the opening or labelled number, where a scale follows it
+        other = scaled.match(text, opening.start(1))
+    else:  # the last fraction, where it ends the text
+        other = next(reversed(list(scaled.finditer(text))), None)
+        other = other if other and other.end() == len(text.rstrip(" .!*)\n")) else None
+    if not out_of and other:
         n, scale = float(other.group(1)), int(other.group(2))
         if scale > 1 and 1 <= n <= scale:
             return (n - 1) / (scale - 1)
