@@ -638,22 +638,32 @@ def test_rag_without_an_index_is_503_and_validates_first(client):
 
 
 # -- real local models ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def indexed_run_dir(model_settings, tmp_path_factory):
-    """Two small documents ingested and indexed (keyword + dense, static embedder) in the default places."""
+BRIDGE = "The Golden Gate Bridge in San Francisco opened in 1937."
+
+
+def _indexed(run, model_settings, texts: dict[str, str]):
+    """`texts` (file name -> text) ingested and indexed (keyword + dense, static embedder) under `run`."""
     from pipelines.corpus.ingest import ingest_corpus
     from pipelines.index.build import build_dense_index, build_keyword_index
 
-    run = tmp_path_factory.mktemp("svc_live_run")
     docs = run / "docs"
     docs.mkdir()
-    (docs / "tower.txt").write_text("The Eiffel Tower in Paris is 330 metres tall and was finished in 1889.")
-    (docs / "bridge.txt").write_text("The Golden Gate Bridge in San Francisco opened in 1937.")
+    for name, text in texts.items():
+        (docs / name).write_text(text)
     settings = model_settings.model_copy(update={"run_dir": run, "embedder": "static"})
     ingest_corpus(settings, str(docs))
     build_keyword_index(settings)
     build_dense_index(settings)
     return run
+
+
+@pytest.fixture(scope="module")
+def indexed_run_dir(model_settings, tmp_path_factory):
+    """Two small documents ingested and indexed in the default places."""
+    tower = "The Eiffel Tower in Paris is 330 metres tall and was finished in 1889."
+    return _indexed(
+        tmp_path_factory.mktemp("svc_live_run"), model_settings, {"tower.txt": tower, "bridge.txt": BRIDGE}
+    )
 
 
 def live_env(catalog_router, model_settings, indexed_run_dir) -> dict[str, str]:
@@ -851,17 +861,8 @@ def test_rag_sends_sources_with_personal_data_only_to_a_local_model(
     """/v1/rag routed on the question alone: a source holding a US social security number (ingest's
     redaction does not look for one; the router's check does) went with the question to the remote model
     chosen for it. The service now routes again on all it sends."""
-    from pipelines.corpus.ingest import ingest_corpus
-    from pipelines.index.build import build_dense_index, build_keyword_index
-
-    docs, run = tmp_path / "docs", tmp_path / "run"
-    docs.mkdir()
-    (docs / "intake.txt").write_text("At intake the patient gave social security number 536-22-1234.")
-    (docs / "bridge.txt").write_text("The Golden Gate Bridge in San Francisco opened in 1937.")
-    settings = model_settings.model_copy(update={"run_dir": run, "embedder": "static"})
-    ingest_corpus(settings, str(docs))
-    build_keyword_index(settings)
-    build_dense_index(settings)
+    intake = "At intake the patient gave social security number 536-22-1234."
+    run = _indexed(tmp_path, model_settings, {"intake.txt": intake, "bridge.txt": BRIDGE})
     env = {**live_env(catalog_router, model_settings, run), "OPENAI_API_KEY": "sk-test-not-used"}
     client = service.get("live, remote callable", env)  # route only: no remote model is called
     question = "Which treatment reduced mortality in the trial, and by how much?"
