@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start (or stop) a throwaway PostgreSQL from Debian's packages for the tests: cluster under /tmp,
-# socket and TCP on 127.0.0.1:${SM_PG_PORT:-55432}. Prints the SQLAlchemy URL on stdout.
+# socket and TCP on 127.0.0.1:${SM_PG_PORT:-25432}. Prints the SQLAlchemy URL on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PORT=${SM_PG_PORT:-55432}
+PORT=${SM_PG_PORT:-25432}
 # outside the checkout: the postgres user must be able to reach it wherever the clone lives
 DATA=${SM_PG_DATA:-/tmp/stratmaster-pg-$PORT/data}
 if [[ "${1:-start}" == "stop" ]]; then

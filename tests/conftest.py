@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
+from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,17 +19,40 @@ from pipelines.settings import REPO_ROOT, Settings
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def _ephemeral_range() -> range:
+    """The ports the kernel gives outgoing connections; a port from it can be taken between check and bind."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_ports(n: int = 1) -> int:
+    """A base port p with p..p+n-1 free for a server to listen on. Chosen below 32768 and outside the kernel's
+    ephemeral range: a port from that range, free when checked, can become an outgoing connection's before
+    the server binds it (CI lost a llama-server start to that)."""
+    ephemeral, rng = _ephemeral_range(), random.Random()
+    for _ in range(200):
+        p = rng.randrange(20000, 32768 - n)
+        ports = range(p, p + n)
+        if not any(q in ephemeral for q in ports) and all(_bindable(q) for q in ports):
+            return p
+    raise RuntimeError(f"no {n} consecutive free ports in 20000-32767")
+
+
 def free_port_pair() -> int:
-    """A base port p with p and p+1 both free."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p < 65000:
-            with socket.socket() as s2:
-                if s2.connect_ex(("127.0.0.1", p + 1)) != 0:
-                    return p
-    raise RuntimeError("no free port pair")
+    """A base port p with p and p+1 both free: the two local model servers' ports."""
+    return free_ports(2)
 
 
 @pytest.fixture(scope="session")

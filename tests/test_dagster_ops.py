@@ -286,7 +286,7 @@ def postgres_server_url():
         yield url
         return
     started = False
-    url = "postgresql+psycopg://postgres@127.0.0.1:" + os.environ.get("SM_PG_PORT", "55432") + "/postgres"
+    url = "postgresql+psycopg://postgres@127.0.0.1:" + os.environ.get("SM_PG_PORT", "25432") + "/postgres"
     if not _accepts(url):
         proc = subprocess.run(["bash", "scripts/postgres.sh", "start"], cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=600)  # fmt: skip
