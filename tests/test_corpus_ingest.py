@@ -276,6 +276,25 @@ def test_ip_addresses_are_redacted_but_not_bnf_or_slices(tmp_path):
     assert "expr ::= term" in out and "y[1::2]" in out
 
 
+def test_ssns_and_addresses_on_private_domains_are_redacted_as_the_router_finds_them(tmp_path):
+    """Ingest kept a US social security number and an address on a private domain (Presidio's e-mail check
+    wants a public suffix), both of which the router's check counts as personal data; numbers that are no
+    SSN to it (a bare 9-digit run, a ZIP+4 code) and a domain ending in digits stay."""
+    from pipelines.corpus.pii import get_redactor
+    from router_models.router.signals import detect_pii
+
+    redactor = get_redactor("blank", str(tmp_path))
+    found = [("536-22-1234", "US_SSN"), ("536 22 1234", "US_SSN"),
+             ("jane.doe@ward7.internal", "EMAIL_ADDRESS"), ("ops@corp.local", "EMAIL_ADDRESS")]  # fmt: skip
+    for secret, kind in found:
+        text = f"The intake form lists {secret} for the patient."
+        out, counts = redactor.redact(text)
+        assert counts == {kind: 1} and secret not in out and f"<{kind}>" in out, (secret, out)
+        assert detect_pii(text) == (kind,)
+    kept = "Samples 123456789 and 94110-1234 were sent to build@host.v2 for sequencing."
+    assert redactor.redact(kept) == (kept, {})
+
+
 def test_a_phone_number_written_with_unicode_dashes_is_redacted(tmp_path):
     """The phone trigger allowed only ASCII separators: 415–555–2671 (en dashes, as word processors
     write it) reached the store in clear, though Presidio reads it as a number."""
@@ -434,8 +453,8 @@ def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp
     r = ingest_corpus(settings, str(src), store=store)
     doc_ids = sorted(load_chunks(settings, store).doc_id.str.replace(r"~[0-9a-f]{12}", "~", regex=True))
     assert doc_ids == [
-        "<EMAIL_ADDRESS>-notes~.txt", "<EMAIL_ADDRESS>.backup~.txt", "<EMAIL_ADDRESS>~.md",
-        "<EMAIL_ADDRESS>~.txt", "a plain.txt", "host_<IP_ADDRESS>~.txt", "invoice_<EMAIL_ADDRESS>_2024~.txt",
+        "<EMAIL_ADDRESS>-notes~.txt", "<EMAIL_ADDRESS>~.md", "<EMAIL_ADDRESS>~.txt", "<EMAIL_ADDRESS>~.txt",
+        "a plain.txt", "host_<IP_ADDRESS>~.txt", "invoice_<EMAIL_ADDRESS>_2024~.txt",
     ]  # fmt: skip
     (gone,) = r.skipped
     assert gone["path"].startswith("zz cv of <EMAIL_ADDRESS>~") and "KeyError" in gone["reason"]

@@ -2,7 +2,10 @@
 
 The default (`pii_spacy_model="blank"`) runs a blank spaCy English pipeline (tokenizer only, saved to disk on
 first use) with Presidio's pattern recognizers and catches DEFAULT_ENTITIES: e-mail addresses, phone numbers
-(9+ digits, i.e. with an area code), credit-card numbers (Luhn-checked), IBANs (checksummed) and IP addresses.
+(9+ digits, i.e. with an area code), credit-card numbers (Luhn-checked), IBANs (checksummed), IP addresses and
+US social security numbers (3-2-4 digits: 123-45-6789, 123 45 6789). An e-mail address
+counts on any domain whose last label is alphabetic, as every top-level domain's is: private ones
+(`ward7.internal`, `corp.local`) too, as the router's check counts them.
 Names, places and organisations need an NER model: set `SM_PII_SPACY_MODEL` to an installed spaCy pipeline
 (a package name or a path) and PERSON, LOCATION and ORGANIZATION are redacted too.
 """
@@ -15,9 +18,13 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
-DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS")
+DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")
 NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION")
 MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not phone numbers
+# Presidio scores a bare 9-digit run (or 5-4, 3-6 digits) 0.05 as an SSN: in papers those are accession
+# numbers and the like. Only 3-2-4 digits (0.5) count, as in the router's check (its PII_MIN_SCORE).
+MIN_SSN_SCORE = 0.4
+_TLD = re.compile(r"(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]+)")
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")  # what redaction leaves in place of a value: <EMAIL_ADDRESS>
 _NAME_SEPARATORS = re.compile(r"[_\-+~,;=()\[\]{}]")  # read as spaces in file names (redact_name)
 
@@ -29,6 +36,7 @@ _TRIGGERS = {
     "CREDIT_CARD": re.compile(r"\d(?:[\s\-]?\d){11,}"),
     "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
     "IP_ADDRESS": re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
+    "US_SSN": re.compile(r"\d{3}[- .]\d{2}[- .]\d{4}"),
 }
 
 
@@ -50,7 +58,6 @@ def _blank_model_path(cache_dir: Path) -> Path:
 
 
 def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
-    import tldextract
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
         EmailRecognizer,
@@ -58,17 +65,20 @@ def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
         IpRecognizer,
         PhoneRecognizer,
         SpacyRecognizer,
+        UsSsnRecognizer,
     )
 
-    offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled snapshot, no network
-
     class OfflineEmailRecognizer(EmailRecognizer):
+        """Any domain ending in an alphabetic label: Presidio's check looks the domain up in the public suffix
+        list (which it downloads) and so kept `jane.doe@ward7.internal`."""
+
         def validate_result(self, pattern_text: str) -> bool:
-            return offline_tld(pattern_text).fqdn != ""
+            return _TLD.fullmatch(pattern_text.rsplit(".", 1)[-1]) is not None
 
     by_entity = {
         "EMAIL_ADDRESS": OfflineEmailRecognizer, "PHONE_NUMBER": PhoneRecognizer,
         "CREDIT_CARD": CreditCardRecognizer, "IBAN_CODE": IbanRecognizer, "IP_ADDRESS": IpRecognizer,
+        "US_SSN": UsSsnRecognizer,
     }  # fmt: skip
     recs = [cls() for e, cls in by_entity.items() if e in entities]
     if with_ner:
@@ -131,6 +141,8 @@ class Redactor:
             return sum(c.isdigit() for c in span) >= MIN_PHONE_DIGITS
         if r.entity_type == "IP_ADDRESS":
             return _plausible_ip(span)
+        if r.entity_type == "US_SSN":
+            return r.score >= MIN_SSN_SCORE
         return True
 
     def _analyze(self, text: str, wanted: list[str]) -> list:
