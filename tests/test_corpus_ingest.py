@@ -358,6 +358,23 @@ def test_beir_lines_fail_alone(env, tmp_path):
     assert "surrogate" in reasons["corpus.jsonl:line 7"]
 
 
+def test_a_doc_id_two_files_hold_is_recorded(env, tmp_path):
+    """Two BEIR files with a common `_id` indexed both records under one doc id, and no record said so."""
+    settings, _, store = env
+    src = tmp_path / "two"
+    src.mkdir()
+    (src / "a.jsonl").write_text(json.dumps({"_id": "7", "text": "Aspirin and colorectal cancer."}) + "\n")
+    (src / "b.jsonl").write_text(json.dumps({"_id": "7", "text": "Statins and stroke."}) + "\n")
+    (src / "c.jsonl").write_text(json.dumps({"_id": "8", "text": "Vitamin D and falls."}) + "\n")
+    for _ in range(2):  # recorded again when nothing changed
+        r = ingest_corpus(settings, str(src), store=store)
+        assert [s["path"] for s in r.skipped] == ["b.jsonl:7"], r.skipped
+        assert "a.jsonl" in r.skipped[0]["reason"] and "cannot tell them apart" in r.skipped[0]["reason"]
+    assert sorted(load_chunks(settings, store)["doc_id"]) == ["7", "7", "8"]  # both kept
+    (src / "a.jsonl").unlink()
+    assert not ingest_corpus(settings, str(src), store=store).skipped
+
+
 def test_a_document_over_a_million_characters_is_redacted_in_pieces(env, tmp_path):
     """spaCy refuses a text over 1,000,000 characters: Presidio raised, and the whole file was skipped."""
     settings, _, store = env

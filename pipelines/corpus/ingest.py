@@ -336,6 +336,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             report.files_processed += 1
 
     report.files_removed = sum(1 for n in old_files if n not in files)  # a skipped file's record goes too
+    report.skipped.extend(_shared_doc_ids(files))
     held = _docs(manifest["files"])
     if held and not _docs(files) and not allow_empty:
         # leave the store as it was: only this run's own chunk objects (keys with a nonce of their own) go
@@ -402,6 +403,21 @@ def _process_file(name, data, digest, prev, store, proc, report) -> dict:
     report.files_processed += 1
     report.chunks_written += len(new_rows)
     return {"sha256": digest, "chunk_key": key, "docs": doc_hashes, "n_chunks": len(df), "problems": problems}
+
+
+def _shared_doc_ids(files: dict[str, dict]) -> list[dict]:
+    """A record for each document whose doc id a file before it (in listing order) holds too: two BEIR files
+    with a common `_id`, say. Both are kept (their chunk ids differ), but a citation or a qrel names a doc id,
+    and cannot tell them apart."""
+    first: dict[str, str] = {}
+    records = []
+    for name, f in files.items():
+        for doc_id in f.get("docs", {}):
+            if first.setdefault(doc_id, name) != name:
+                reason = (f"{doc_id}: the doc id of a document in {first[doc_id]} too; both are indexed, and "
+                          "citations and qrels cannot tell them apart")  # fmt: skip
+                records.append({"path": f"{name}:{doc_id}", "reason": reason})
+    return records
 
 
 def _problem_records(name: str, problems: list[str]) -> list[dict]:
