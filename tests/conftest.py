@@ -37,17 +37,27 @@ def _bindable(port: int) -> bool:
         return True
 
 
+POSTGRES_PORT = int(os.environ.get("SM_PG_PORT", "25432"))  # scripts/postgres.sh's
+
+
 def free_ports(n: int = 1) -> int:
-    """A base port p with p..p+n-1 free for a server to listen on. Chosen below 32768 and outside the kernel's
-    ephemeral range: a port from that range, free when checked, can become an outgoing connection's before
-    the server binds it (CI lost a llama-server start to that)."""
+    """A base port p with p..p+n-1 free for a server to listen on, chosen outside the kernel's ephemeral
+    range where the host leaves room for that: a port from it, free when checked, can become an outgoing
+    connection's before the server binds it (CI lost a llama-server start to that). Else any free ports."""
     ephemeral, rng = _ephemeral_range(), random.Random()
-    for _ in range(200):
-        p = rng.randrange(20000, 32768 - n)
-        ports = range(p, p + n)
-        if not any(q in ephemeral for q in ports) and all(_bindable(q) for q in ports):
+    outside = [p for p in range(10000, 65536 - n) if p + n <= ephemeral.start or p >= ephemeral.stop]
+    outside = [p for p in outside if not p <= POSTGRES_PORT < p + n]
+    for _ in range(200 if outside else 0):
+        p = rng.choice(outside)
+        if all(_bindable(q) for q in range(p, p + n)):
             return p
-    raise RuntimeError(f"no {n} consecutive free ports in 20000-32767")
+    for _ in range(200):  # no room outside it: ports the kernel picks, as before
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p + n <= 65536 and all(_bindable(q) for q in range(p, p + n)):
+            return p
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def free_port_pair() -> int:

@@ -278,21 +278,43 @@ def test_ip_addresses_are_redacted_but_not_bnf_or_slices(tmp_path):
 
 def test_ssns_and_addresses_on_private_domains_are_redacted_as_the_router_finds_them(tmp_path):
     """Ingest kept a US social security number and an address on a private domain (Presidio's e-mail check
-    wants a public suffix), both of which the router's check counts as personal data; numbers that are no
-    SSN to it (a bare 9-digit run, a ZIP+4 code) and a domain ending in digits stay."""
+    wants a public suffix), both of which the router's check counts as personal data. Numbers that are no
+    SSN to it (a bare 9-digit run, a ZIP+4 code, a table's row of numbers) stay, beside an SSN too, and so do
+    code and notation that look like addresses; addresses on internationalised domains are still redacted."""
     from pipelines.corpus.pii import get_redactor
     from router_models.router.signals import detect_pii
 
     redactor = get_redactor("blank", str(tmp_path))
-    found = [("536-22-1234", "US_SSN"), ("536 22 1234", "US_SSN"),
-             ("jane.doe@ward7.internal", "EMAIL_ADDRESS"), ("ops@corp.local", "EMAIL_ADDRESS")]  # fmt: skip
+    found = [("536-22-1234", "US_SSN"), ("jane.doe@ward7.internal", "EMAIL_ADDRESS"),
+             ("ops@corp.LOCAL", "EMAIL_ADDRESS"), ("ivan@почта.рф", "EMAIL_ADDRESS"),
+             ("IVAN@XN--80A1ACNY.XN--P1AI", "EMAIL_ADDRESS")]  # fmt: skip
     for secret, kind in found:
         text = f"The intake form lists {secret} for the patient."
         out, counts = redactor.redact(text)
         assert counts == {kind: 1} and secret not in out and f"<{kind}>" in out, (secret, out)
         assert detect_pii(text) == (kind,)
-    kept = "Samples 123456789 and 94110-1234 were sent to build@host.v2 for sequencing."
+    out, counts = redactor.redact("Record 536-22-1234; samples 536221234 and 94110-1234 were sequenced.")
+    assert out == "Record <US_SSN>; samples 536221234 and 94110-1234 were sequenced."
+    assert counts == {"US_SSN": 1}
+    kept = (
+        "Results went to build@host.v2; attention is q@k.transpose(-2, -1); Au@Ag.NPs were used. "
+        "Cohorts: Jones 234 56 2011, Lee 198.61.2013."
+    )
     assert redactor.redact(kept) == (kept, {})
+
+
+def test_a_document_whose_name_ends_in_a_domain_keeps_its_extension(env, tmp_path):
+    """`notes@home.md`: the name's second pass read `.md` (a top-level domain) as the address's end and took
+    it, and the file was skipped as of no known type."""
+    settings, _, store = env
+    src = tmp_path / "ext"
+    src.mkdir()
+    for name in ("notes@home.md", "summary@v2.txt"):
+        (src / name).write_text("Plain content about retrieval systems.")
+    r = ingest_corpus(settings, str(src), store=store)
+    assert not r.skipped, r.skipped
+    doc_ids = sorted(load_chunks(settings, store).doc_id.str.replace(r"~[0-9a-f]{12}", "~", regex=True))
+    assert doc_ids == ["<EMAIL_ADDRESS>~.md", "summary@v2.txt"]
 
 
 def test_a_phone_number_written_with_unicode_dashes_is_redacted(tmp_path):
@@ -366,11 +388,15 @@ def test_a_doc_id_two_files_hold_is_recorded(env, tmp_path):
     (src / "a.jsonl").write_text(json.dumps({"_id": "7", "text": "Aspirin and colorectal cancer."}) + "\n")
     (src / "b.jsonl").write_text(json.dumps({"_id": "7", "text": "Statins and stroke."}) + "\n")
     (src / "c.jsonl").write_text(json.dumps({"_id": "8", "text": "Vitamin D and falls."}) + "\n")
+    (src / "d.jsonl").write_text((src / "c.jsonl").read_text())  # a copy: the same document, indexed once
     for _ in range(2):  # recorded again when nothing changed
         r = ingest_corpus(settings, str(src), store=store)
-        assert [s["path"] for s in r.skipped] == ["b.jsonl:7"], r.skipped
-        assert "a.jsonl" in r.skipped[0]["reason"] and "cannot tell them apart" in r.skipped[0]["reason"]
-    assert sorted(load_chunks(settings, store)["doc_id"]) == ["7", "7", "8"]  # both kept
+        assert [s["path"] for s in r.skipped] == ["b.jsonl:7", "d.jsonl:8"], r.skipped
+        other, copy = (s["reason"] for s in r.skipped)
+        assert other.startswith("1 doc id(s) also in a.jsonl (7): another document") and "apart" in other
+        assert copy.startswith("1 doc id(s) also in c.jsonl (8): the same document there, indexed once")
+    assert sorted(load_chunks(settings, store)["doc_id"]) == ["7", "7", "8"]  # both 7s kept, 8 once
+    (src / "d.jsonl").unlink()
     (src / "a.jsonl").unlink()
     assert not ingest_corpus(settings, str(src), store=store).skipped
 
@@ -470,8 +496,8 @@ def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp
     r = ingest_corpus(settings, str(src), store=store)
     doc_ids = sorted(load_chunks(settings, store).doc_id.str.replace(r"~[0-9a-f]{12}", "~", regex=True))
     assert doc_ids == [
-        "<EMAIL_ADDRESS>-notes~.txt", "<EMAIL_ADDRESS>~.md", "<EMAIL_ADDRESS>~.txt", "<EMAIL_ADDRESS>~.txt",
-        "a plain.txt", "host_<IP_ADDRESS>~.txt", "invoice_<EMAIL_ADDRESS>_2024~.txt",
+        "<EMAIL_ADDRESS>-notes~.txt", "<EMAIL_ADDRESS>.backup~.txt", "<EMAIL_ADDRESS>~.md",
+        "<EMAIL_ADDRESS>~.txt", "a plain.txt", "host_<IP_ADDRESS>~.txt", "invoice_<EMAIL_ADDRESS>_2024~.txt",
     ]  # fmt: skip
     (gone,) = r.skipped
     assert gone["path"].startswith("zz cv of <EMAIL_ADDRESS>~") and "KeyError" in gone["reason"]
@@ -583,7 +609,7 @@ def test_an_address_whose_end_looks_like_an_extension_is_redacted_whole(env, tmp
     r = ingest_corpus(settings, str(src), store=store)
     doc_ids = " ".join(load_chunks(settings, store).doc_id)
     kept = b"".join(store.get(k) for k in store.list()) + json.dumps(r.to_dict()).encode()
-    for secret in ("alice@", "bob@", "carol@", "dan@", "2671", "example."):
+    for secret in ("alice@", "bob@", "carol@", "dan@", "555-2671", "555.2671", "example."):  # not "2671": hex
         assert secret not in doc_ids and secret.encode() not in kept, (secret, doc_ids)
     assert doc_ids.count("<EMAIL_ADDRESS>") == 3 and doc_ids.count("<PHONE_NUMBER>") == 1, doc_ids
     (skip,) = r.skipped  # `.com` is no file type

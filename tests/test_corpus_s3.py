@@ -45,6 +45,7 @@ def seaweed(tmp_path_factory):
     s3_port = free_ports(len(flags) + 1)
     cmd = [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}", "-filer", "-s3",
            f"-s3.port={s3_port}", *(f"-{f}={s3_port + 1 + i}" for i, f in enumerate(flags)),
+           "-s3.port.iceberg=0", "-s3.port.lance=0",  # catalogs on fixed ports of their own: not started
            "-volume.max=100", "-master.volumeSizeLimitMB=32"]  # fmt: skip
     log = open(data / "weed.log", "wb")  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipelines.corpus.chunking import chunk_text
-from pipelines.corpus.parsers import Document, SkipFile, parse_file
+from pipelines.corpus.parsers import SUPPORTED, Document, SkipFile, parse_file
 from pipelines.corpus.store import ObjectStore, StoreConflict, open_source, open_store
 from pipelines.settings import Settings
 
@@ -133,14 +133,18 @@ def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
     """`name` with PII in its path parts redacted and a keyed digest of the original added; a name without
     PII is returned as it is. A part is redacted without its extension (`a@b.org.md`: `.md` is a TLD too),
     then whole, as what looked like an extension may end an address (a folder `415.555.2671 a@b.org`: the
-    first pass leaves `a@b` + `.org`). A name's bytes that are not UTF-8 are kept as U+FFFD, with the
-    digest."""
+    first pass leaves `a@b` + `.org`); a document's extension the second pass took (`notes@home.md`, `.md` a
+    top-level domain) is put back after it, or the file would be skipped as of no known type. A name's bytes
+    that are not UTF-8 are kept as U+FFFD, with the digest."""
     readable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # undecodable bytes: U+FFFD
     parts = readable.split("/")
     out = []
     for part in parts:
         suffix = PurePosixPath(part).suffix
-        out.append(redact(redact(part[: len(part) - len(suffix)]) + suffix))
+        redacted = redact(redact(part[: len(part) - len(suffix)]) + suffix)
+        if suffix.lower() in SUPPORTED and not redacted.endswith(suffix):
+            redacted += suffix
+        out.append(redacted)
     if out == parts and readable == name:
         return name
     last = PurePosixPath(out[-1])
@@ -405,18 +409,26 @@ def _process_file(name, data, digest, prev, store, proc, report) -> dict:
     return {"sha256": digest, "chunk_key": key, "docs": doc_hashes, "n_chunks": len(df), "problems": problems}
 
 
-def _shared_doc_ids(files: dict[str, dict]) -> list[dict]:
-    """A record for each document whose doc id a file before it (in listing order) holds too: two BEIR files
-    with a common `_id`, say. Both are kept (their chunk ids differ), but a citation or a qrel names a doc id,
-    and cannot tell them apart."""
+def _shared_doc_ids(files: dict[str, dict], shown: int = 5) -> list[dict]:
+    """Records of the doc ids a file shares with a file before it (in listing order): two BEIR files with a
+    common `_id`, say. One record per pair of files and kind: the same document (its chunks are the same, so
+    it is indexed once), or another one (both are indexed, but a citation or a qrel names a doc id and cannot
+    tell them apart)."""
     first: dict[str, str] = {}
-    records = []
+    shared: dict[tuple[str, str, bool], list[str]] = {}
     for name, f in files.items():
-        for doc_id in f.get("docs", {}):
-            if first.setdefault(doc_id, name) != name:
-                reason = (f"{doc_id}: the doc id of a document in {first[doc_id]} too; both are indexed, and "
-                          "citations and qrels cannot tell them apart")  # fmt: skip
-                records.append({"path": f"{name}:{doc_id}", "reason": reason})
+        for doc_id, digest in f.get("docs", {}).items():
+            other = first.setdefault(doc_id, name)
+            if other != name:
+                same = files[other]["docs"][doc_id] == digest
+                shared.setdefault((name, other, same), []).append(doc_id)
+    records = []
+    for (name, other, same), ids in shared.items():
+        listed = ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+        what = ("the same document there, indexed once" if same else "another document there; both are "
+                "indexed, and citations and qrels cannot tell them apart")  # fmt: skip
+        records.append({"path": f"{name}:{ids[0]}", "reason": f"{len(ids)} doc id(s) also in {other} "
+                        f"({listed}): {what}"})  # fmt: skip
     return records
 
 

@@ -3,9 +3,9 @@
 The default (`pii_spacy_model="blank"`) runs a blank spaCy English pipeline (tokenizer only, saved to disk on
 first use) with Presidio's pattern recognizers and catches DEFAULT_ENTITIES: e-mail addresses, phone numbers
 (9+ digits, i.e. with an area code), credit-card numbers (Luhn-checked), IBANs (checksummed), IP addresses and
-US social security numbers (3-2-4 digits: 123-45-6789, 123 45 6789). An e-mail address
-counts on any domain whose last label is alphabetic, as every top-level domain's is: private ones
-(`ward7.internal`, `corp.local`) too, as the router's check counts them.
+US social security numbers (123-45-6789). An e-mail address counts on a public
+suffix (Presidio's check, on tldextract's bundled list) or on a private-use top-level domain such as
+`.internal` or `.local` (`jane.doe@ward7.internal`); code such as `q@k.transpose` is no address.
 Names, places and organisations need an NER model: set `SM_PII_SPACY_MODEL` to an installed spaCy pipeline
 (a package name or a path) and PERSON, LOCATION and ORGANIZATION are redacted too.
 """
@@ -21,10 +21,15 @@ from pathlib import Path
 DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")
 NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION")
 MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not phone numbers
-# Presidio scores a bare 9-digit run (or 5-4, 3-6 digits) 0.05 as an SSN: in papers those are accession
-# numbers and the like. Only 3-2-4 digits (0.5) count, as in the router's check (its PII_MIN_SCORE).
-MIN_SSN_SCORE = 0.4
-_TLD = re.compile(r"(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]+)")
+# Presidio also takes a bare 9-digit run (or 5-4, 3-6 digits) as an SSN, scored 0.05 and raised by context
+# words where the spaCy model has lemmas: in papers those are accession numbers and the like. Only 3-2-4
+# digits with dashes count (the router's check takes spaces and dots too: a flattened table's row of numbers,
+# `234 56 2011`, would be one).
+_SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
+# Top-level domains for private use, which no public suffix list holds: RFC 2606/6761/6762, ICANN's
+# `.internal` (2024) and the common unofficial ones.
+PRIVATE_TLDS = frozenset({"internal", "local", "localdomain", "localhost", "lan", "home", "corp", "intranet",
+                          "private", "test", "example", "invalid"})  # fmt: skip
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")  # what redaction leaves in place of a value: <EMAIL_ADDRESS>
 _NAME_SEPARATORS = re.compile(r"[_\-+~,;=()\[\]{}]")  # read as spaces in file names (redact_name)
 
@@ -36,7 +41,7 @@ _TRIGGERS = {
     "CREDIT_CARD": re.compile(r"\d(?:[\s\-]?\d){11,}"),
     "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
     "IP_ADDRESS": re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
-    "US_SSN": re.compile(r"\d{3}[- .]\d{2}[- .]\d{4}"),
+    "US_SSN": _SSN_SHAPE,
 }
 
 
@@ -58,6 +63,7 @@ def _blank_model_path(cache_dir: Path) -> Path:
 
 
 def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
+    import tldextract
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
         EmailRecognizer,
@@ -68,12 +74,14 @@ def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
         UsSsnRecognizer,
     )
 
+    offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled snapshot, no network
+
     class OfflineEmailRecognizer(EmailRecognizer):
-        """Any domain ending in an alphabetic label: Presidio's check looks the domain up in the public suffix
-        list (which it downloads) and so kept `jane.doe@ward7.internal`."""
+        """A public suffix (Presidio's own check downloads the list), or a private-use top-level domain."""
 
         def validate_result(self, pattern_text: str) -> bool:
-            return _TLD.fullmatch(pattern_text.rsplit(".", 1)[-1]) is not None
+            tld = pattern_text.rstrip(".").rsplit(".", 1)[-1].lower()
+            return offline_tld(pattern_text).fqdn != "" or tld in PRIVATE_TLDS
 
     by_entity = {
         "EMAIL_ADDRESS": OfflineEmailRecognizer, "PHONE_NUMBER": PhoneRecognizer,
@@ -142,7 +150,7 @@ class Redactor:
         if r.entity_type == "IP_ADDRESS":
             return _plausible_ip(span)
         if r.entity_type == "US_SSN":
-            return r.score >= MIN_SSN_SCORE
+            return _SSN_SHAPE.fullmatch(span) is not None
         return True
 
     def _analyze(self, text: str, wanted: list[str]) -> list:
