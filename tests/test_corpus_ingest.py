@@ -287,7 +287,7 @@ def test_ssns_and_addresses_on_private_domains_are_redacted_as_the_router_finds_
     redactor = get_redactor("blank", str(tmp_path))
     found = [("536-22-1234", "US_SSN"), ("jane.doe@ward7.internal", "EMAIL_ADDRESS"),
              ("ops@corp.LOCAL", "EMAIL_ADDRESS"), ("ivan@почта.рф", "EMAIL_ADDRESS"),
-             ("IVAN@XN--80A1ACNY.XN--P1AI", "EMAIL_ADDRESS")]  # fmt: skip
+             ("ann@nhs.uk", "EMAIL_ADDRESS"), ("IVAN@XN--80A1ACNY.XN--P1AI", "EMAIL_ADDRESS")]  # fmt: skip
     for secret, kind in found:
         text = f"The intake form lists {secret} for the patient."
         out, counts = redactor.redact(text)
@@ -489,7 +489,7 @@ def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp
     src.mkdir()
     names = ["invoice_ann.lee@example.com_2024.txt", "ann.lee@example.com-notes.txt", "host_10.0.0.1.txt",
              "ann.lee@example.com.backup.txt", "ann_lee@example.com.txt", "bob-lee@example.com.md",
-             "a plain.txt", "zz cv of ann.lee@example.com.txt"]  # fmt: skip
+             "a plain.txt", "jane_536-22-1234.txt", "zz cv of ann.lee@example.com.txt"]  # fmt: skip
     for n in names:
         (src / n).write_text("Plain content about retrieval systems.")
     store = SourceFileChanges(tmp_path / "store", src / names[-1], lambda p: p.unlink())
@@ -498,11 +498,12 @@ def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp
     assert doc_ids == [
         "<EMAIL_ADDRESS>-notes~.txt", "<EMAIL_ADDRESS>.backup~.txt", "<EMAIL_ADDRESS>~.md",
         "<EMAIL_ADDRESS>~.txt", "a plain.txt", "host_<IP_ADDRESS>~.txt", "invoice_<EMAIL_ADDRESS>_2024~.txt",
+        "jane_<US_SSN>~.txt",
     ]  # fmt: skip
     (gone,) = r.skipped
     assert gone["path"].startswith("zz cv of <EMAIL_ADDRESS>~") and "KeyError" in gone["reason"]
     kept = b"".join(store.get(k) for k in store.list()) + json.dumps(r.to_dict()).encode()
-    for secret in ("ann.lee", "ann_lee", "bob-lee", "10.0.0.1", "example."):
+    for secret in ("ann.lee", "ann_lee", "bob-lee", "10.0.0.1", "example.", "536-22-1234"):
         assert secret.encode() not in kept, secret
     again = ingest_corpus(settings, str(src), store=store)  # the gone file's record goes with it
     assert again.files_removed == 1 and not again.skipped

@@ -26,12 +26,14 @@ MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not
 # digits with dashes count (the router's check takes spaces and dots too: a flattened table's row of numbers,
 # `234 56 2011`, would be one).
 _SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
-# Top-level domains for private use, which no public suffix list holds: RFC 2606/6761/6762, ICANN's
-# `.internal` (2024) and the common unofficial ones.
-PRIVATE_TLDS = frozenset({"internal", "local", "localdomain", "localhost", "lan", "home", "corp", "intranet",
-                          "private", "test", "example", "invalid"})  # fmt: skip
+# Top-level domains for private use, which no public suffix list holds: RFC 2606/6761/6762/9476, ICANN's
+# `.internal` (2024), the names it withheld (`.corp`, `.home`, `.mail`) and common unofficial ones.
+PRIVATE_TLDS = frozenset({"internal", "local", "localdomain", "localhost", "localnet", "lan", "home", "corp",
+                          "mail", "intranet", "intra", "intern", "private", "priv", "lab", "loc", "lcl",
+                          "alt", "test", "example", "invalid"})  # fmt: skip
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*>")  # what redaction leaves in place of a value: <EMAIL_ADDRESS>
 _NAME_SEPARATORS = re.compile(r"[_\-+~,;=()\[\]{}]")  # read as spaces in file names (redact_name)
+_NAME_SEPARATORS_BUT_DASH = re.compile(r"[_+~,;=()\[\]{}]")  # and with dashes kept: `jane_536-22-1234`
 
 # Cheap necessary conditions: a recognizer only runs when its trigger matches somewhere in the text.
 _TRIGGERS = {
@@ -77,11 +79,12 @@ def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
     offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled snapshot, no network
 
     class OfflineEmailRecognizer(EmailRecognizer):
-        """A public suffix (Presidio's own check downloads the list), or a private-use top-level domain."""
+        """A public suffix (Presidio's own check downloads the list; the domain may be one itself, `nhs.uk`),
+        or a private-use top-level domain."""
 
         def validate_result(self, pattern_text: str) -> bool:
             tld = pattern_text.rstrip(".").rsplit(".", 1)[-1].lower()
-            return offline_tld(pattern_text).fqdn != "" or tld in PRIVATE_TLDS
+            return offline_tld(pattern_text).suffix != "" or tld in PRIVATE_TLDS
 
     by_entity = {
         "EMAIL_ADDRESS": OfflineEmailRecognizer, "PHONE_NUMBER": PhoneRecognizer,
@@ -177,11 +180,11 @@ class Redactor:
         """`redact` for a file or folder name, where recognizers miss what they find in prose: `_` is a word
         character to their boundaries (`host_10.0.0.1`), and an address followed by `-notes` or `.backup`
         fails the e-mail check of its top-level domain. The name is also read with `_`, `-` and the like as
-        spaces, and cut before each dot; every entity any reading finds is redacted in the name (overlapping
-        ones merged, the longest naming the type)."""
+        spaces (and with all but `-`, which an SSN needs), and cut before each dot; every entity any reading
+        finds is redacted in the name (overlapping ones merged, the longest naming the type)."""
         spaced = _NAME_SEPARATORS.sub(" ", name)
         spans = []
-        for reading in dict.fromkeys((name, spaced)):
+        for reading in dict.fromkeys((name, spaced, _NAME_SEPARATORS_BUT_DASH.sub(" ", name))):
             for end in [len(reading)] + [i for i, c in enumerate(reading) if c == "."]:
                 spans += [(r.start, r.end, r.entity_type) for r in self._found(reading[:end])]
         merged: list[list] = []
