@@ -6,7 +6,7 @@ import dagster as dg
 from assets.resources import SettingsResource
 from pipelines.bench import nightly
 from pipelines.bench.outcomes import routerbench_outcome_table, write_table
-from pipelines.bench.prompts import build_prompt_set, counts_per_task
+from pipelines.bench.prompts import build_prompt_set, counts_per_task, prompt_set_path
 from pipelines.bench.scorers import needs_judge
 
 daily = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=1)
@@ -19,7 +19,7 @@ def prompt_set(settings: SettingsResource) -> dg.MaterializeResult:
     the service's prompt log and RAG questions derived from SciFact."""
     s = settings.get()
     df = build_prompt_set(s, per_task=s.bench_per_task)
-    path = write_table(df, s.run_dir / "bench" / "prompt_set.parquet")
+    path = write_table(df, prompt_set_path(s))
     free = sum(needs_judge(r) for r in df.to_dict("records"))  # rows only the judge can score
     note = f"{free} sampled" if s.judge_model else "not sampled: set SM_JUDGE_MODEL to rate their answers"
     return dg.MaterializeResult(
@@ -63,7 +63,7 @@ def benchmark_results(context: dg.AssetExecutionContext, settings: SettingsResou
     from pipelines.bench.outcomes import read_table
 
     s = settings.get()
-    prompts = read_table(s.run_dir / "bench" / "prompt_set.parquet")
+    prompts = read_table(prompt_set_path(s))
     df = nightly.run_benchmark_partition(s, prompts, context.partition_key)
     md = nightly.accuracy_metadata(df)
     md["accuracy_table"] = dg.MetadataValue.md(md["accuracy_table"])

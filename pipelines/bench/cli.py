@@ -121,14 +121,14 @@ def rescore_cmd(
 ) -> None:
     """Score stored answers again with today's scorers, calling no model (a judge's ratings stay)."""
     from pipelines.bench.outcomes import read_table
-    from pipelines.bench.prompts import PromptSetError, load_prompt_set
+    from pipelines.bench.prompts import PromptSetError, load_prompt_set, prompt_set_path
     from pipelines.bench.runner import rescore
     from pipelines.settings import Settings
 
     settings = Settings()
     try:
         if prompt_set is None:
-            prompts = read_table(settings.run_dir / "bench" / "prompt_set.parquet")
+            prompts = read_table(prompt_set_path(settings))
         else:
             prompts = load_prompt_set(prompt_set, settings)
     except (PromptSetError, FileNotFoundError, ValueError) as e:

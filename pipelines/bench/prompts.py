@@ -210,6 +210,11 @@ def stratified_sample(df: pd.DataFrame, size: int | None = None, per_task: int |
     return out.sort_values([by, "prompt_id"]).reset_index(drop=True)
 
 
+def prompt_set_path(settings: Settings) -> Path:
+    """Where the `prompt_set` asset keeps the nightly bench's prompts (`bench rescore` reads them there)."""
+    return settings.run_dir / "bench" / "prompt_set.parquet"
+
+
 def counts_per_task(df: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in df["task"].value_counts().sort_index().items()}
 

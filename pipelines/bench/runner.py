@@ -185,27 +185,31 @@ def rescore(prompts: pd.DataFrame, out_dir: str | Path) -> dict[str, int]:
         df = _latest_rows(out_dir)
         assert df is not None  # parts were found above, and a part is never deleted
         by_id = {str(p["prompt_id"]): p for p in prompts.to_dict("records")}
+        rows = df[OUTCOME_COLUMNS + ["response"]].to_dict("records")
+        no_answer = (df["response"].isna() | call_failed(df["error"])).tolist()
         changed = []
-        for row in df[OUTCOME_COLUMNS + ["response"]].to_dict("records"):
+        for row, unanswered in zip(rows, no_answer, strict=True):
             prompt = by_id.get(str(row["prompt_id"]))
             if prompt is None:
                 counts["no_prompt"] += 1
-            elif pd.isna(row["response"]) or call_failed(pd.Series([row["error"]], dtype="string")).iloc[0]:
+            elif unanswered:
                 counts["no_answer"] += 1
             elif needs_judge(prompt):
                 counts["needs_judge"] += 1
             else:
-                old = (row["score"], row["error"])
                 new = _scored(dict(row), score_row, prompt, str(row["response"]))
-                same = (pd.isna(old[0]) and pd.isna(new["score"]) or old[0] == new["score"]) and (
-                    (None if pd.isna(old[1]) else old[1]) == new["error"]
-                )
+                same = all(_equal(row[k], new[k]) for k in ("score", "error"))
                 counts["unchanged" if same else "changed"] += 1
                 if not same:
                     changed.append(new)
         if changed:
             _commit(changed, out_dir)
     return counts
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Equal, where a missing value (None, NaN, pd.NA) equals any other."""
+    return bool(pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and a == b)
 
 
 def _commit(rows: list[dict[str, Any]], out_dir: Path) -> Path:
