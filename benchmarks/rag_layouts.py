@@ -85,13 +85,12 @@ def _start(layout: str, settings: Settings, procs: list[subprocess.Popen]) -> No
             raise RuntimeError(f"no llama-server to compare layouts with ({engine}): make setup builds it")
         procs.append(subprocess.Popen(cmd, env=servers.server_env(s), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))  # fmt: skip
-    for k in range(len(procs)):
+    for k, proc in enumerate(procs):
         for _ in range(240):
-            try:
-                if httpx.get(f"http://{settings.local_host}:{PORT + k}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama-server on port {PORT + k} exited at start-up ({proc.returncode})")
+            if servers.healthy(PORT + k, settings.local_host, timeout=1.0):
+                break
             time.sleep(0.5)
         else:
             raise RuntimeError(f"llama-server on port {PORT + k} did not start")

@@ -175,7 +175,7 @@ def _read_pid(pid_file: Path) -> dict | None:
     return info if ok else None
 
 
-def _healthy(port: int, host: str, timeout: float = 2.0) -> bool:
+def healthy(port: int, host: str, timeout: float = 2.0) -> bool:
     try:
         r = httpx.get(f"http://{host}:{port}/v1/models", timeout=timeout)
         return r.status_code == 200
@@ -211,7 +211,7 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
     if info["port"] != port:  # SM_LOCAL_BASE_PORT changed under a running server: it read as "starting"
         why = f"process {pid} serves port {info['port']}, not {port}; `stratmaster models up` restarts it"
         return ServerStatus(entry.name, "moved", port, pid, why)
-    if _healthy(port, settings.local_host):
+    if healthy(port, settings.local_host):
         return ServerStatus(entry.name, "up", port, pid, info.get("engine", ""))
     return ServerStatus(entry.name, "starting", port, pid, "process alive, not answering yet")
 
@@ -287,7 +287,7 @@ def wait_ready(entry: ModelEntry, settings: Settings, stop_late: bool = False) -
             tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
             pid_file.unlink(missing_ok=True)
             raise ServerError(f"{entry.name}: server exited during start-up; log {log_file}:\n{tail}")
-        if _healthy(port, settings.local_host, timeout=1.0):
+        if healthy(port, settings.local_host, timeout=1.0):
             return ServerStatus(entry.name, "up", port, int(info["pid"]), info.get("engine", ""))
         time.sleep(0.2)
     why = f"{entry.name}: not ready on port {port} after {settings.local_ready_timeout_s:g}s"
