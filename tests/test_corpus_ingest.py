@@ -389,14 +389,17 @@ def test_a_doc_id_two_files_hold_is_recorded(env, tmp_path):
     (src / "b.jsonl").write_text(json.dumps({"_id": "7", "text": "Statins and stroke."}) + "\n")
     (src / "c.jsonl").write_text(json.dumps({"_id": "8", "text": "Vitamin D and falls."}) + "\n")
     (src / "d.jsonl").write_text((src / "c.jsonl").read_text())  # a copy: the same document, indexed once
+    (src / "e.jsonl").write_text((src / "b.jsonl").read_text())  # the second holder's 7, not the first's
     for _ in range(2):  # recorded again when nothing changed
         r = ingest_corpus(settings, str(src), store=store)
-        assert [s["path"] for s in r.skipped] == ["b.jsonl:7", "d.jsonl:8"], r.skipped
-        other, copy = (s["reason"] for s in r.skipped)
+        assert [s["path"] for s in r.skipped] == ["b.jsonl:7", "d.jsonl:8", "e.jsonl:7"], r.skipped
+        other, copy, second_copy = (s["reason"] for s in r.skipped)
         assert other.startswith("1 doc id(s) also in a.jsonl (7): another document") and "apart" in other
         assert copy.startswith("1 doc id(s) also in c.jsonl (8): the same document there, indexed once")
+        assert second_copy.startswith("1 doc id(s) also in b.jsonl (7): the same document there, indexed")
     assert sorted(load_chunks(settings, store)["doc_id"]) == ["7", "7", "8"]  # both 7s kept, 8 once
     (src / "d.jsonl").unlink()
+    (src / "e.jsonl").unlink()
     (src / "a.jsonl").unlink()
     assert not ingest_corpus(settings, str(src), store=store).skipped
 

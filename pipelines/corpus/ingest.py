@@ -411,16 +411,21 @@ def _process_file(name, data, digest, prev, store, proc, report) -> dict:
 
 def _shared_doc_ids(files: dict[str, dict], shown: int = 5) -> list[dict]:
     """Records of the doc ids a file shares with a file before it (in listing order): two BEIR files with a
-    common `_id`, say. One record per pair of files and kind: the same document (its chunks are the same, so
-    it is indexed once), or another one (both are indexed, but a citation or a qrel names a doc id and cannot
-    tell them apart)."""
-    first: dict[str, str] = {}
+    common `_id`, say. One record per pair of files and kind: the same document as an earlier file's (its
+    chunks are the same, so it is indexed once), or another one than the first file's (both are indexed, but
+    a citation or a qrel names a doc id and cannot tell them apart)."""
+    holders: dict[str, dict[str, str]] = {}  # doc id -> its versions (digest) -> the first file holding each
     shared: dict[tuple[str, str, bool], list[str]] = {}
     for name, f in files.items():
         for doc_id, digest in f.get("docs", {}).items():
-            other = first.setdefault(doc_id, name)
+            versions = holders.setdefault(doc_id, {})
+            if not versions:
+                versions[digest] = name
+                continue
+            same = digest in versions
+            other = versions[digest] if same else next(iter(versions.values()))
+            versions.setdefault(digest, name)
             if other != name:
-                same = files[other]["docs"][doc_id] == digest
                 shared.setdefault((name, other, same), []).append(doc_id)
     records = []
     for (name, other, same), ids in shared.items():
