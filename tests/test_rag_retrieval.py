@@ -326,6 +326,40 @@ def test_cli_ask_refuses_an_unknown_model_and_reports_a_gateway_error_in_one_lin
     _one_line_error(res, 1, "OPENAI_API_KEY is not set")
 
 
+def test_cli_an_index_another_process_holds_is_one_line_and_ask_opens_only_its_mode(tmp_path):
+    """Local Qdrant and Ladybug lock their folder while a client has it open: `ask` and `ingest` were a
+    RuntimeError traceback when another process held one, and `ask --mode bm25` opened (and failed on) the
+    dense and graph indexes it does not read."""
+    import subprocess
+    import sys
+
+    env, corpus = _cli_ingest(tmp_path)
+    index = Settings(run_dir=env["SM_RUN_DIR"]).run_dir / "index"
+    holders = {
+        "dense": f"from qdrant_client import QdrantClient; c = QdrantClient(path={str(index / 'qdrant')!r})",
+        "graph": f"import ladybug; db = ladybug.Database({str(index / 'graph' / 'kg.lbug')!r})",
+    }
+    for kind, code in holders.items():
+        holder = subprocess.Popen([sys.executable, "-c", f"{code}; print('held', flush=True); input()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            question = ["ask", "what caused INC-20731", "--model", "gpt-4o"]
+            res = CliRunner().invoke(app, [*question, "--mode", "bm25"], env={**env, "OPENAI_API_KEY": None})
+            _one_line_error(res, 1, "OPENAI_API_KEY is not set")  # retrieval ran: the model's turn
+            mode = "dense" if kind == "dense" else "hybrid_graph"
+            res = CliRunner().invoke(app, [*question, "--mode", mode], env=env)
+            _one_line_error(res, 1, f"the {kind} index at", "already open in another process")
+            (corpus / f"{kind}.md").write_text(f"The {kind} index was rebuilt after INC-4{len(kind)}.")
+            res = CliRunner().invoke(app, ["ingest", str(corpus)], env=env)
+            _one_line_error(res, 1, f"the {kind} index at", "run ingest again")
+        finally:
+            holder.communicate("\n", timeout=60)
+        res = CliRunner().invoke(app, ["ingest", str(corpus)], env=env)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)[kind]["added"] >= 1, res.stdout  # the chunks it missed
+
+
 def test_cli_ingest_from_an_unreachable_s3_names_the_endpoint_in_one_line(cli_run):
     """S3 down was a urllib3 MaxRetryError traceback."""
     env, _ = cli_run

@@ -906,7 +906,7 @@ def test_each_worker_serves_rag_from_its_own_copy_of_the_local_qdrant_folder(tmp
     assert worker_index_dir(ix, 1) == ix
     first = open_retriever(settings, ix, store, modes=("hybrid",))
     try:
-        with pytest.raises(RuntimeError, match="already accessed"):
+        with pytest.raises(RuntimeError, match="already open in another process"):
             open_retriever(settings, ix, store, modes=("hybrid",))
         copies = [worker_index_dir(ix, 2) for _ in range(2)]
         assert len({*copies, ix}) == 3

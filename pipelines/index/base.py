@@ -20,6 +20,17 @@ class ScoredChunk:
         return doc_id_of(self.chunk_id)
 
 
+class IndexInUse(RuntimeError):
+    """An embedded index's files are held by another process (or another handle in this one): local Qdrant
+    and Ladybug take a lock on their folder for as long as a client has it open."""
+
+    def __init__(self, kind: str, path: object) -> None:
+        super().__init__(
+            f"the {kind} index at {path} is already open in another process (a job or a command that is "
+            "still running over this run folder): wait for it to finish, or use a server backend"
+        )
+
+
 def doc_id_of(chunk_id: str) -> str:
     """Chunk ids are `doc_id#hash` (pipelines.corpus.chunking); the hash never holds '#'."""
     return chunk_id.rsplit("#", 1)[0]

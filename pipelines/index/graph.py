@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.corpus.pii import PLACEHOLDER
-from pipelines.index.base import IndexReport, ScoredChunk
+from pipelines.index.base import IndexInUse, IndexReport, ScoredChunk
 from pipelines.index.entities import RuleEntityExtractor
 from pipelines.settings import Settings
 
@@ -87,7 +87,12 @@ class LadybugGraph:
         import ladybug
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = ladybug.Database(str(path))
+        try:
+            db = ladybug.Database(str(path))
+        except RuntimeError as e:  # "Could not set lock on file ... (Lock is held by PID n)"
+            if "lock" not in str(e).lower():
+                raise
+            raise IndexInUse("graph", path) from None
         conn = ladybug.Connection(db)
         result = conn.execute("CALL show_tables() RETURN name")
         assert not isinstance(result, list), "one statement per query"

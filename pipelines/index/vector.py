@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
 
-from pipelines.index.base import ScoredChunk
+from pipelines.index.base import IndexInUse, ScoredChunk
 from pipelines.index.embeddings import Embedder, LazyEmbedder
 from pipelines.settings import Settings
 
@@ -111,7 +111,12 @@ class QdrantIndex:
         self.collection = f"{collection}__{slug}"
         if path is not None:
             Path(path).mkdir(parents=True, exist_ok=True)
-            self.client = QdrantClient(path=str(path))
+            try:
+                self.client = QdrantClient(path=str(path))
+            except RuntimeError as e:  # portalocker's lock on the folder
+                if "already accessed" not in str(e):
+                    raise
+                raise IndexInUse("dense", path) from None
             self.location = f"{path}:{self.collection}"
         else:
             # port None: a URL without a port means its scheme's (the client's default, 6333, replaced it)

@@ -151,6 +151,7 @@ def ingest(
     from urllib3.exceptions import MaxRetryError
 
     from pipelines.corpus.ingest import ConcurrentIngest, ingest_corpus
+    from pipelines.index.base import IndexInUse
     from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 
     s = Settings()
@@ -168,7 +169,10 @@ def ingest(
         ("dense", build_dense_index),
         ("graph", build_graph_index),
     ):
-        out[name] = build(s).to_dict()
+        try:
+            out[name] = build(s).to_dict()
+        except IndexInUse as e:
+            _fail(f"{e}; the store is ingested: run ingest again then to bring the indexes up to date", 1)
     print(json.dumps(out, indent=1))
 
 
@@ -180,6 +184,7 @@ def ask(
     mode: str = typer.Option("hybrid", help="retrieval mode"),
 ) -> None:
     """Answer a question from the ingested corpus with citations (chunk ids), through the gateway."""
+    from pipelines.index.base import IndexInUse
     from pipelines.llm.gateway import Gateway, GatewayError
     from pipelines.rag.answer import answer
     from pipelines.rag.retrieve import MODES, open_retriever
@@ -193,7 +198,10 @@ def ask(
     except KeyError as e:
         raise typer.BadParameter(str(e.args[0]), param_hint="--model") from None
     _check_embedder(s)
-    r = open_retriever(s)
+    try:
+        r = open_retriever(s, modes=(mode,))  # only the indexes the mode reads
+    except IndexInUse as e:
+        _fail(e, 1)
     try:
         a = answer(question, r, gateway, model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars)
     except GatewayError as e:  # the model unavailable, its server down (and its fallback)

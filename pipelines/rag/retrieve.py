@@ -53,9 +53,7 @@ class Retriever:
         self.chunks = chunks.set_index("chunk_id", drop=False)
 
     def close(self) -> None:
-        for backend in (self.dense, self.graph):
-            if backend is not None and hasattr(backend, "close"):
-                backend.close()
+        _close(self.dense, self.graph)
 
     def lists(self, query: str, mode: str, depth: int | None = None) -> dict[str, list[ScoredChunk]]:
         """Each retriever's own ranked list for `query` (only those the mode needs)."""
@@ -132,16 +130,27 @@ def open_retriever(settings: Settings, index_dir: str | Path | None = None, stor
     from pipelines.corpus.ingest import load_chunks
 
     keyword = dense = graph = None
-    if any(m != "dense" for m in modes):
-        from pipelines.index.keyword import open_keyword_index
+    try:
+        if any(m != "dense" for m in modes):
+            from pipelines.index.keyword import open_keyword_index
 
-        keyword = open_keyword_index(settings, index_dir)
-    if any(m != "bm25" for m in modes):
-        from pipelines.index.vector import open_dense_index
+            keyword = open_keyword_index(settings, index_dir)
+        if any(m != "bm25" for m in modes):
+            from pipelines.index.vector import open_dense_index
 
-        dense = open_dense_index(settings, index_dir)
-    if "hybrid_graph" in modes:
-        from pipelines.index.graph import open_graph
+            dense = open_dense_index(settings, index_dir)
+        if "hybrid_graph" in modes:
+            from pipelines.index.graph import open_graph
 
-        graph = open_graph(settings, index_dir)
-    return Retriever(load_chunks(settings, store), keyword, dense, graph, settings)
+            graph = open_graph(settings, index_dir)
+        chunks = load_chunks(settings, store)
+    except BaseException:  # what opened closes: a local index's lock outlived a failed open in this process
+        _close(dense, graph)
+        raise
+    return Retriever(chunks, keyword, dense, graph, settings)
+
+
+def _close(*backends) -> None:
+    for backend in backends:
+        if backend is not None and hasattr(backend, "close"):
+            backend.close()
