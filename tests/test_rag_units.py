@@ -156,6 +156,18 @@ def test_no_chunk_lies_inside_the_one_before_it():
             assert y.char_end > x.char_end and y.char_start >= x.char_start, (x, y)
 
 
+def test_a_word_over_a_hundred_characters_is_chunked_in_pieces():
+    """WordPiece reads a word over 100 characters as one [UNK]: a 300,000-character base64 run was one
+    token, so one chunk of 300,047 characters."""
+    blob = "Qm9" * 100_000
+    text = f"The attachment follows. {blob} End of the attachment."
+    chunks = chunk_text("doc", text, 256, 32)
+    assert len(chunks) > 250 and all(c.n_tokens <= 256 and len(c.text) <= 1_100 for c in chunks)
+    assert chunks[0].text == "The attachment follows." and chunks[-1].char_end == len(text)
+    assert "".join(c.text for c in chunks[1:]).startswith(blob)  # the word whole, in order, cut nowhere else
+    assert chunk_text("doc", f"A {'Q' * 101} b.", 256, 32)[0].n_tokens == 3 + 26  # 101 characters: 26 pieces
+
+
 def test_beir_files_with_a_bom_read_and_other_encodings_are_named(tmp_path):
     """A queries file with a BOM was refused (the corpus and prompt readers take it) and a Latin-1 file's
     error did not name the file."""

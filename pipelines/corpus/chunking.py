@@ -43,13 +43,29 @@ def _tokenizer():
         return None
 
 
+# WordPiece reads a word of over 100 characters as one [UNK] token: a 300,000-character run (base64, a
+# hash list with no spaces) was one token, and one chunk. Such a word counts one token per LONG_WORD_PIECE
+# characters, about English text's rate, so a window of it holds about as many characters as one of prose.
+LONG_WORD = 100
+LONG_WORD_PIECE = 4
+
+
 def token_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the tokens of `text`."""
+    """Character spans of the tokens of `text` (a word over LONG_WORD characters in pieces)."""
     tok = _tokenizer()
     if tok is None:
-        return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
-    enc = tok.encode(text, add_special_tokens=False)
-    return [o for o in enc.offsets if o[1] > o[0]]
+        spans = [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+    else:
+        spans = [o for o in tok.encode(text, add_special_tokens=False).offsets if o[1] > o[0]]
+    if all(b - a <= LONG_WORD for a, b in spans):
+        return spans
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        if b - a <= LONG_WORD:
+            out.append((a, b))
+        else:
+            out.extend((i, min(i + LONG_WORD_PIECE, b)) for i in range(a, b, LONG_WORD_PIECE))
+    return out
 
 
 def _sentences(text: str) -> list[tuple[int, int]]:

@@ -99,8 +99,9 @@ def _config(settings: Settings) -> dict:
     the chunker or the redaction rules change (v2: IP addresses no longer matched in `::=` and `1::2`;
     v3: chunk ids hash the title too, and a BEIR file keeps the first of records sharing an `_id`; v4: phone
     numbers with any separators and long texts in overlapping windows, no chunk inside the one before it,
-    title-only records chunked; v5: US social security numbers, and e-mail addresses on private domains)."""
-    return {"v": 5, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
+    title-only records chunked; v5: US social security numbers, and e-mail addresses on private domains; v6:
+    a word over 100 characters in pieces)."""
+    return {"v": 6, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 
 
