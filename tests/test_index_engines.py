@@ -520,7 +520,8 @@ def os_error(status: int, kind: str) -> tuple[int, dict]:
 class FakeOpenSearch:
     """One OpenSearch index as the REST API shows it: create (400 when it exists), mapping, delete, bulk (an
     _id over 512 bytes refused, as OpenSearch does), scroll, and a search that counts the query's terms a
-    document's `terms` hold, refusing a `size` past 10,000 (index.max_result_window)."""
+    document's `terms` hold, refusing a `size` past 10,000 (index.max_result_window) and a query of over 1,024
+    clauses (indices.query.bool.max_clause_count)."""
 
     def __init__(self, name: str = "chunks", mappings: dict | None = None, docs: dict | None = None) -> None:
         self.name, self.mappings, self.docs = name, mappings, dict(docs or {})
@@ -555,6 +556,8 @@ class FakeOpenSearch:
                 }
             if data["size"] > 10_000:
                 return os_error(400, "illegal_argument_exception")
+            if len(data["query"]["bool"]["should"]) > 1_024:  # indices.query.bool.max_clause_count
+                return os_error(400, "too_many_clauses")
             return 200, {"hits": {"hits": self._search(data)}}
         if path == "/_search/scroll":
             return 200, ({"_scroll_id": "s1", "hits": {"hits": []}} if method == "POST" else {})
@@ -625,6 +628,22 @@ def test_opensearch_indexes_and_queries_the_terms_of_the_tantivy_analysis(tmp_pa
     assert tantivy.terms(query) == ["cancer", "risk", "p", "0", "05"]
     searches = len(server.requests)
     assert idx.search("the and of") == [] and len(server.requests) == searches  # nothing to ask for
+
+
+def test_a_query_of_over_1024_terms_is_read_alike_by_both_engines(tmp_path, fake_server):
+    """OpenSearch refuses a query of over 1,024 clauses (a 400): a question of a pasted page failed there,
+    while tantivy answered it. Both read a query's first 1,024 distinct terms."""
+    from pipelines.index.keyword import MAX_QUERY_TERMS, OpenSearchIndex
+
+    chunks = frame({"a": "Aspirin lowers colorectal cancer risk.", "b": "Statins lower stroke risk."})
+    tantivy = TantivyIndex(tmp_path / "kw")
+    sync_index(tantivy, chunks)
+    idx = OpenSearchIndex(fake_server(FakeOpenSearch()).url, "chunks")
+    sync_index(idx, chunks)
+    words = [f"w{i}x" for i in range(1_500)]
+    query = " ".join(["aspirin", *words[:1_200], "statins", *words[1_200:]])
+    assert len(tantivy.terms(query)) == MAX_QUERY_TERMS == 1_024
+    assert [h.doc_id for h in idx.search(query)] == [h.doc_id for h in tantivy.search(query)] == ["a"]
 
 
 def test_opensearch_takes_chunk_ids_of_any_length_as_tantivy_does(tmp_path, fake_server):

@@ -43,6 +43,9 @@ TOKEN_PATTERN = rf"[{_HAN}]|[{_KANA}]+|[[\p{{Alphabetic}}\p{{N}}]--[{_HAN}{_KANA
 # (index.max_result_window, 10,000 by default: more is refused)
 TERMS_ANALYZER = "analysed_terms"
 MAX_RESULT_WINDOW = 10_000
+# OpenSearch refuses a query of more clauses than indices.query.bool.max_clause_count (1,024 by default) with
+# a 400: a question of a pasted page failed there. Both engines read a query's first 1,024 distinct terms.
+MAX_QUERY_TERMS = 1_024
 
 
 def opensearch_id(chunk_id: str) -> str:
@@ -80,7 +83,7 @@ class _Analysed:
     analyzer: Any
 
     def terms(self, query: str) -> list[str]:
-        return list(dict.fromkeys(self.analyzer.analyze(query)))
+        return list(dict.fromkeys(self.analyzer.analyze(query)))[:MAX_QUERY_TERMS]
 
 
 class TantivyIndex(_Analysed):
