@@ -156,16 +156,25 @@ def test_no_chunk_lies_inside_the_one_before_it():
             assert y.char_end > x.char_end and y.char_start >= x.char_start, (x, y)
 
 
-def test_a_word_over_a_hundred_characters_is_chunked_in_pieces():
+def test_a_word_over_a_hundred_characters_is_chunked_as_the_embedder_reads_it():
     """WordPiece reads a word over 100 characters as one [UNK]: a 300,000-character base64 run was one
-    token, so one chunk of 300,047 characters."""
+    token, so one chunk of 300,047 characters. Cut inside such a word, a chunk's fragment is read as
+    WordPieces: counted as [UNK], a chunk of hex and prose held 291 WordPieces with its title, over MiniLM's
+    256."""
+    from pipelines.corpus.chunking import _tokenizer
+
     blob = "Qm9" * 100_000
     text = f"The attachment follows. {blob} End of the attachment."
     chunks = chunk_text("doc", text, 256, 32)
     assert len(chunks) > 250 and all(c.n_tokens <= 256 and len(c.text) <= 1_100 for c in chunks)
     assert chunks[0].text == "The attachment follows." and chunks[-1].char_end == len(text)
     assert "".join(c.text for c in chunks[1:]).startswith(blob)  # the word whole, in order, cut nowhere else
-    assert chunk_text("doc", f"A {'Q' * 101} b.", 256, 32)[0].n_tokens == 3 + 26  # 101 characters: 26 pieces
+    rng = random.Random(3)
+    hexes = ["".join(rng.choice("0123456789abcdef") for _ in range(n)) for n in (868, 800)]
+    prose = " ".join(("the patients were treated with aspirin daily " * 16).split()[:111])
+    text = f"{hexes[0]} {prose} {hexes[1]}"
+    for c in chunk_text("doc", text, 192, 32, title="Aspirin"):
+        assert len(_tokenizer().encode(f"Aspirin. {c.text}").ids) <= 256, c  # the title and [CLS], [SEP]
 
 
 def test_beir_files_with_a_bom_read_and_other_encodings_are_named(tmp_path):

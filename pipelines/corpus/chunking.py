@@ -44,27 +44,35 @@ def _tokenizer():
 
 
 # WordPiece reads a word of over 100 characters as one [UNK] token: a 300,000-character run (base64, a
-# hash list with no spaces) was one token, and one chunk. Such a word counts one token per LONG_WORD_PIECE
-# characters, about English text's rate, so a window of it holds about as many characters as one of prose.
+# hex dump) was one token, and one chunk. Such a word is read in slices of LONG_WORD characters, each
+# tokenized as a word of its own, so a chunk cut inside it counts the WordPieces its fragment is embedded as.
 LONG_WORD = 100
-LONG_WORD_PIECE = 4
+
+
+def _spans(text: str) -> list[tuple[int, int]]:
+    tok = _tokenizer()
+    if tok is None:
+        return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
+    enc = tok.encode(text, add_special_tokens=False)
+    spans = []
+    for (a, b), token in zip(enc.offsets, enc.tokens, strict=True):
+        if b > a:  # a slice of a word WordPiece cannot spell is [UNK]: a token a character, an upper bound
+            spans.extend([(a, b)] if token != "[UNK]" or b - a == 1 else [(i, i + 1) for i in range(a, b)])
+    return spans
 
 
 def token_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the tokens of `text` (a word over LONG_WORD characters in pieces)."""
-    tok = _tokenizer()
-    if tok is None:
-        spans = [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
-    else:
-        spans = [o for o in tok.encode(text, add_special_tokens=False).offsets if o[1] > o[0]]
+    """Character spans of the tokens of `text` (a word over LONG_WORD characters in slices)."""
+    spans = _spans(text)
     if all(b - a <= LONG_WORD for a, b in spans):
         return spans
     out: list[tuple[int, int]] = []
     for a, b in spans:
         if b - a <= LONG_WORD:
             out.append((a, b))
-        else:
-            out.extend((i, min(i + LONG_WORD_PIECE, b)) for i in range(a, b, LONG_WORD_PIECE))
+            continue
+        for i in range(a, b, LONG_WORD):
+            out.extend((i + x, i + y) for x, y in _spans(text[i : min(i + LONG_WORD, b)]))
     return out
 
 

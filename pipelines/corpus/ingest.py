@@ -100,7 +100,7 @@ def _config(settings: Settings) -> dict:
     v3: chunk ids hash the title too, and a BEIR file keeps the first of records sharing an `_id`; v4: phone
     numbers with any separators and long texts in overlapping windows, no chunk inside the one before it,
     title-only records chunked; v5: US social security numbers, and e-mail addresses on private domains; v6:
-    a word over 100 characters in pieces)."""
+    a word over 100 characters in slices)."""
     return {"v": 6, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 

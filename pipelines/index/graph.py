@@ -89,8 +89,8 @@ class LadybugGraph:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = ladybug.Database(str(path))
-        except RuntimeError as e:  # "Could not set lock on file ... (Lock is held by PID n)"
-            if "lock" not in str(e).lower():
+        except RuntimeError as e:  # "IO exception: Could not set lock on file : <path> (Lock is held by ...)"
+            if "Could not set lock on file" not in str(e):
                 raise
             raise IndexInUse("graph", path) from None
         conn = ladybug.Connection(db)
