@@ -54,7 +54,7 @@ def _spans(text: str) -> list[tuple[int, int]]:
     if tok is None:
         return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
     enc = tok.encode(text, add_special_tokens=False)
-    spans = []
+    spans: list[tuple[int, int]] = []
     for (a, b), token in zip(enc.offsets, enc.tokens, strict=True):
         if b > a:  # a slice of a word WordPiece cannot spell is [UNK]: a token a character, an upper bound
             spans.extend([(a, b)] if token != "[UNK]" or b - a == 1 else [(i, i + 1) for i in range(a, b)])
