@@ -172,7 +172,7 @@ def ingest(
         try:
             out[name] = build(s).to_dict()
         except IndexInUse as e:
-            _fail(f"{e}; the store is ingested: run ingest again then to bring the indexes up to date", 1)
+            _fail(f"{e}; the store is ingested: run ingest again once it is free to update the indexes", 1)
     print(json.dumps(out, indent=1))
 
 
