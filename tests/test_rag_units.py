@@ -173,8 +173,12 @@ def test_a_word_over_a_hundred_characters_is_chunked_as_the_embedder_reads_it():
     hexes = ["".join(rng.choice("0123456789abcdef") for _ in range(n)) for n in (868, 800)]
     prose = " ".join(("the patients were treated with aspirin daily " * 16).split()[:111])
     text = f"{hexes[0]} {prose} {hexes[1]}"
-    for c in chunk_text("doc", text, 192, 32, title="Aspirin"):
+    chunks = chunk_text("doc", text, 192, 32, title="Aspirin")
+    for c in chunks:
         assert len(_tokenizer().encode(f"Aspirin. {c.text}").ids) <= 256, c  # the title and [CLS], [SEP]
+    assert len(chunks[0].text) > 192  # hex read as WordPieces of a few characters, not a token a character
+    for c in chunk_text("doc", "Patients said great☃ results. " * 300, 192, 32):  # a short [UNK]: one token
+        assert c.n_tokens == len(_tokenizer().encode(c.text, add_special_tokens=False).ids), c
 
 
 def test_beir_files_with_a_bom_read_and_other_encodings_are_named(tmp_path):

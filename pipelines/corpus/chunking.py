@@ -49,21 +49,26 @@ def _tokenizer():
 LONG_WORD = 100
 
 
-def _spans(text: str) -> list[tuple[int, int]]:
+def _spans(texts: list[str], slices: bool = False) -> list[list[tuple[int, int]]]:
+    """Each text's token spans; in `slices` of a long word, an [UNK] (a slice WordPiece cannot spell)
+    counts a token a character, an upper bound."""
     tok = _tokenizer()
     if tok is None:
-        return [m.span() for m in re.finditer(r"\w+|[^\w\s]", text)]
-    enc = tok.encode(text, add_special_tokens=False)
-    spans: list[tuple[int, int]] = []
-    for (a, b), token in zip(enc.offsets, enc.tokens, strict=True):
-        if b > a:  # a slice of a word WordPiece cannot spell is [UNK]: a token a character, an upper bound
-            spans.extend([(a, b)] if token != "[UNK]" or b - a == 1 else [(i, i + 1) for i in range(a, b)])
-    return spans
+        return [[m.span() for m in re.finditer(r"\w+|[^\w\s]", t)] for t in texts]
+    out = []
+    for enc in tok.encode_batch(texts, add_special_tokens=False):
+        spans: list[tuple[int, int]] = []
+        for (a, b), token in zip(enc.offsets, enc.tokens, strict=True):
+            if b > a:
+                split = slices and token == "[UNK]"
+                spans.extend([(i, i + 1) for i in range(a, b)] if split else [(a, b)])
+        out.append(spans)
+    return out
 
 
 def token_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of the tokens of `text` (a word over LONG_WORD characters in slices)."""
-    spans = _spans(text)
+    (spans,) = _spans([text])
     if all(b - a <= LONG_WORD for a, b in spans):
         return spans
     out: list[tuple[int, int]] = []
@@ -71,8 +76,9 @@ def token_spans(text: str) -> list[tuple[int, int]]:
         if b - a <= LONG_WORD:
             out.append((a, b))
             continue
-        for i in range(a, b, LONG_WORD):
-            out.extend((i + x, i + y) for x, y in _spans(text[i : min(i + LONG_WORD, b)]))
+        starts = range(a, b, LONG_WORD)
+        pieces = _spans([text[i : min(i + LONG_WORD, b)] for i in starts], slices=True)
+        out.extend((i + x, i + y) for i, piece in zip(starts, pieces, strict=True) for x, y in piece)
     return out
 
 
