@@ -55,24 +55,23 @@ def _spans(texts: list[str], slices: bool = False) -> list[list[tuple[int, int]]
     tok = _tokenizer()
     if tok is None:
         return [[m.span() for m in re.finditer(r"\w+|[^\w\s]", t)] for t in texts]
+    encodings = tok.encode_batch(texts, add_special_tokens=False)
+    if not slices:
+        return [[o for o in enc.offsets if o[1] > o[0]] for enc in encodings]
     out = []
-    for enc in tok.encode_batch(texts, add_special_tokens=False):
+    for enc in encodings:
         spans: list[tuple[int, int]] = []
         for (a, b), token in zip(enc.offsets, enc.tokens, strict=True):
             if b > a:
-                split = slices and token == "[UNK]"
-                spans.extend([(i, i + 1) for i in range(a, b)] if split else [(a, b)])
+                spans.extend([(i, i + 1) for i in range(a, b)] if token == "[UNK]" else [(a, b)])
         out.append(spans)
     return out
 
 
 def token_spans(text: str) -> list[tuple[int, int]]:
     """Character spans of the tokens of `text` (a word over LONG_WORD characters in slices)."""
-    (spans,) = _spans([text])
-    if all(b - a <= LONG_WORD for a, b in spans):
-        return spans
     out: list[tuple[int, int]] = []
-    for a, b in spans:
+    for a, b in _spans([text])[0]:
         if b - a <= LONG_WORD:
             out.append((a, b))
             continue

@@ -423,11 +423,10 @@ def _shared_doc_ids(files: dict[str, dict], shown: int = 5) -> list[dict]:
             if not versions:
                 versions[digest] = name
                 continue
-            same = digest in versions
+            same = digest in versions  # an earlier file's version (a file holds a doc id once)
             other = versions[digest] if same else next(iter(versions.values()))
             versions.setdefault(digest, name)
-            if other != name:
-                shared.setdefault((name, other, same), []).append(doc_id)
+            shared.setdefault((name, other, same), []).append(doc_id)
     records = []
     for (name, other, same), ids in shared.items():
         listed = ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
