@@ -382,6 +382,31 @@ def test_cli_evaluate_refuses_a_corpus_with_none_of_the_qrels_documents(beir, tm
     assert res.exit_code == 2 and "no query in the qrels has a relevant document" in res.output, res.output
 
 
+def test_cli_evaluate_over_an_index_another_process_holds_is_one_line(beir):
+    """Two evaluations of one corpus share its index folder: the second was a RuntimeError traceback."""
+    import subprocess
+    import sys
+
+    settings, corpus, index_dir = beir
+    args = ["evaluate", "--corpus", str(corpus), "--queries", str(corpus / "queries.jsonl"),
+            "--qrels", str(corpus / "qrels.tsv"), "--retriever", "dense",
+            "--index-dir", str(index_dir)]  # fmt: skip
+    env = {"SM_RUN_DIR": str(settings.run_dir)}
+    res = CliRunner().invoke(app, args, env=env)
+    assert res.exit_code == 0 and json.loads(res.output.strip().splitlines()[-1])["ndcg@10"] > 0, res.output
+    code = f"from qdrant_client import QdrantClient; c = QdrantClient(path={str(index_dir / 'qdrant')!r})"
+    holder = subprocess.Popen([sys.executable, "-c", f"{code}; print('held', flush=True); input()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = CliRunner().invoke(app, args, env=env)
+        _one_line_error(res, 1, "the dense index at", "already open in another process")
+        res = CliRunner().invoke(app, [*args[:-3], "bm25", *args[-2:]], env=env)
+        assert res.exit_code == 0, res.output  # BM25 reads no dense index
+    finally:
+        holder.communicate("\n", timeout=60)
+
+
 def _tune(beir, out, *extra):
     settings, corpus, index_dir = beir
     args = ["tune-embedder", "--corpus", str(corpus), "--queries", str(corpus / "queries.jsonl"),

@@ -27,6 +27,7 @@ def evaluate(
     progress: bool = typer.Option(False, help="show the embedding progress bar"),
 ) -> None:
     """Index a BEIR folder (reusing an index built before) and print one JSON object of metrics."""
+    from pipelines.index.base import IndexInUse
     from pipelines.rag.evaluate import default_index_dir, load_labels
     from pipelines.rag.evaluate import evaluate as run_eval
     from pipelines.rag.retrieve import MODES
@@ -46,6 +47,8 @@ def evaluate(
         print(json.dumps(run_eval(s, corpus, queries, qrels, retriever, index_dir, progress)))
     except ValueError as e:
         _fail(e)
+    except IndexInUse as e:  # another evaluation of this corpus (the same --index-dir) still running
+        _fail(e, 1)
 
 
 def _fail(why: object, code: int = 2) -> NoReturn:
