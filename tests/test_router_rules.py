@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from router_models.router.cascade import Cascade, CascadeRefused
 from router_models.router.features import CostModel, TaskClassifier
 from router_models.router.policies import MaxUtility
 from router_models.router.predictors.baselines import GlobalMean
@@ -127,6 +128,64 @@ def test_constraints_always_respected(means, costs, p95, max_cost, slo, privacy,
     else:
         assert d.model in {cand.model for cand in allowed}
         assert d.chosen().utility == max(cand.utility for cand in allowed)  # the policy's best allowed
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    order=st.permutations(NAMES),
+    length=st.integers(1, 5),
+    thresholds=st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=4, max_size=4),
+    replies=st.lists(st.sampled_from("AB"), min_size=5, max_size=5),
+    costs=st.lists(st.floats(0, 0.01), min_size=5, max_size=5),
+    max_cost=st.one_of(st.none(), st.floats(0, 0.02)),
+    privacy=st.sampled_from(["allow_remote", "local_only"]),
+    pii=st.booleans(),
+)
+def test_a_cascade_under_a_decision_calls_only_allowed_models_within_the_cap(
+    order, length, thresholds, replies, costs, max_cost, privacy, pii
+):
+    """The cascade took no request constraints: a prompt with personal data went to every model of its
+    chain, remote ones included, and escalations paid past the cost cap."""
+    router = make_router([0.5] * 5, costs)
+    prompt = PLAIN + (" Call me on +1 212 555 0198." if pii else "")
+    d = router.route(prompt, Constraints(max_cost_usd=max_cost, privacy=privacy))
+    cascade = Cascade(list(order[:length]), thresholds[: length - 1])
+    reply = dict(zip(NAMES, replies, strict=True))
+    allowed = {c.model: c.cost_usd for c in d.candidates if c.allowed}
+    try:
+        r = cascade.run(prompt, lambda m, p: reply[m], decision=d)
+    except CascadeRefused as e:
+        assert not set(cascade.chain) & set(allowed), e
+        assert all(m in str(e) for m in cascade.chain)
+        return
+    assert set(r.called) <= set(allowed) and r.answer == reply[r.model] == reply[r.called[-1]]
+    assert set(r.skipped) == set(cascade.chain) - set(allowed)
+    if pii or privacy == "local_only":
+        assert all(router.metadata[m].privacy == "local" for m in r.called)
+    if max_cost is not None:
+        assert sum(allowed[m] for m in r.called) <= max_cost + 1e-12
+    if r.stopped_by == "max_cost_usd":
+        rest = [m for m in cascade.chain if m in allowed and m not in r.called]
+        assert sum(allowed[m] for m in r.called) + allowed[rest[0]] > max_cost
+
+
+def test_a_cascade_stops_escalating_at_the_cost_cap_and_skips_what_the_rules_rule_out():
+    router = make_router([0.5] * 5, [0.004, 0.001, 0.002, 0.0, 0.0])
+    cascade = Cascade(["remote-cheap", "open-remote", "remote-strong"], [1.0, 1.0])
+    reply = {"remote-cheap": "A", "open-remote": "B", "remote-strong": "A"}  # they disagree: escalate
+    r = cascade.run(PLAIN, lambda m, p: reply[m])
+    assert r.called == cascade.chain and r.stopped_by is None
+    d = router.route(PLAIN, Constraints(max_cost_usd=0.005))
+    r = cascade.run(PLAIN, lambda m, p: reply[m], decision=d)
+    assert r.called == ["remote-cheap", "open-remote"] and r.stopped_by == "max_cost_usd" and r.answer == "B"
+    email = f"Forward this to jane.doe@example.com. {PLAIN}"
+    r = Cascade(["remote-cheap", "local-big", "remote-strong"], [1.0, 1.0]).run(
+        email, lambda m, p: "A", decision=router.route(email)
+    )
+    assert r.called == ["local-big"] and set(r.skipped) == {"remote-cheap", "remote-strong"}
+    assert r.skipped["remote-strong"].startswith("pii_local_only: ")
+    with pytest.raises(CascadeRefused, match="no model of the cascade may take this request"):
+        cascade.run(email, lambda m, p: "A", decision=router.route(email))
 
 
 def test_explanation_names_the_binding_cost_cap():

@@ -4,7 +4,8 @@ The check is answer agreement: after the i-th call (i >= 1), the share of earlie
 the latest one (multiple-choice letters compared as letters, free text after normalising whitespace and
 case). The final model of the chain always answers. Thresholds are calibrated on an outcome table that
 carries each model's answer (`responses_train.csv`), paying for every model called; `run` executes a cascade
-live through any `call(model, prompt) -> answer` function (the gateway's).
+live through any `call(model, prompt) -> answer` function (the gateway's), under the request's rules and
+constraints when given the router's decision for the prompt.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from router_models.router.decision import Decision
 
 _CHOICE = re.compile(r"^\s*\(?([A-Ea-e])\)?(?:[.:)\s]|$)")
 
@@ -45,6 +49,12 @@ class CascadeResult:
     called: list[str]
     cost_usd: float
     checks: list[float] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # model -> why the request's rules ruled it out
+    stopped_by: str | None = None  # "max_cost_usd" where the cap stopped an escalation the check asked for
+
+
+class CascadeRefused(ValueError):
+    """No model of the chain may take the request (its rules and constraints rule them all out)."""
 
 
 @dataclass
@@ -65,23 +75,45 @@ class Cascade:
         prompt: str,
         call: Callable[[str, str], str],
         cost_of: Callable[[str, str, str], float] | None = None,
+        decision: Decision | None = None,
     ) -> CascadeResult:
+        """Call the chain's models in turn until a check passes. `decision`: the router's decision for this
+        prompt and request (`Router.route(prompt, constraints, ...)`): models it does not allow (personal
+        data and remote models, `local_only`, context windows, the latency SLO, the cost cap; a model not in
+        its panel) are skipped, the last allowed model answers, and an escalation whose predicted cost would
+        take the predicted spend past `max_cost_usd` is not made (the answer in hand stands)."""
+        steps, skipped, predicted, cap = list(enumerate(self.chain)), {}, {}, None
+        if decision is not None:
+            allowed = {c.model for c in decision.candidates if c.allowed}
+            why = {c.model: f"{c.excluded_by}: {c.reason}" for c in decision.candidates if not c.allowed}
+            skipped = {m: why.get(m, "not in the router's panel") for m in self.chain if m not in allowed}
+            steps = [(i, m) for i, m in steps if m in allowed]
+            predicted = {c.model: c.cost_usd for c in decision.candidates}
+            cap = decision.signals.get("max_cost_usd")
+            if not steps:
+                reasons = "; ".join(f"{m}: {r}" for m, r in skipped.items())
+                raise CascadeRefused(f"no model of the cascade may take this request ({reasons})")
         answers: list[str] = []
         called: list[str] = []
         checks: list[float] = []
         raw = ""
-        cost = 0.0
-        for i, model in enumerate(self.chain):
+        cost = spend = 0.0
+        stopped_by = None
+        for k, (i, model) in enumerate(steps):
+            if k > 0 and cap is not None and spend + predicted[model] > cap:
+                stopped_by = "max_cost_usd"
+                break
             raw = call(model, prompt)
             called.append(model)
             answers.append(normalise_answer(raw))
             cost += cost_of(model, prompt, raw) if cost_of else 0.0
-            if i == len(self.chain) - 1:
+            spend += predicted.get(model, 0.0)
+            if k == len(steps) - 1:
                 break
             checks.append(agreement(answers))
-            if checks[-1] >= self.thresholds[i] and (i > 0 or self.thresholds[0] <= 0):
+            if checks[-1] >= self.thresholds[i] and (k > 0 or self.thresholds[i] <= 0):
                 break
-        return CascadeResult(called[-1], raw, called, cost, checks)
+        return CascadeResult(called[-1], raw, called, cost, checks, skipped, stopped_by)
 
 
 def simulate(
