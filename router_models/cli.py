@@ -21,7 +21,8 @@ app.add_typer(utility_app, name="utility", help="The Bayesian utility model per 
 
 def main() -> None:
     """The console script: `app`, with a bad SM_ setting said in one line per field, and a file-system error,
-    a bad model catalog or missing model files in one line, not a traceback."""
+    a bad model catalog or missing model files in one line, not a traceback (exit 2 for a usage error: a
+    folder given for a file or the reverse, a bad setting or catalog; 1 for a failure on the way)."""
     from pydantic import ValidationError
 
     from pipelines.llm.catalog import CatalogError
@@ -29,7 +30,10 @@ def main() -> None:
 
     try:
         app()
-    except OSError as e:  # a folder given for a file or the reverse, no permission, a full disk, no server
+    except (IsADirectoryError, NotADirectoryError) as e:  # a folder given for a file or the reverse: usage
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # no permission, a full disk, no server
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except (CatalogError, WeightsError) as e:  # a bad catalog entry, model files not installed

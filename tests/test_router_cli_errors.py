@@ -178,3 +178,54 @@ def test_evaluate_always_draws_its_plot_and_prints_its_figures_when_it_cannot(ro
     res = runner.invoke(app, args, env={"SM_RUN_DIR": str(tmp_path / "a-file")})  # not asked for: a warning
     assert res.exit_code == 0 and "warning: the Pareto plot was not written" in res.stderr, res.output
     assert json.loads(res.stdout)["plot"] is None
+
+
+def test_models_of_one_mean_cost_are_an_error_not_a_null_aiq_nor_a_nan_manifest(router, tables, tmp_path):
+    """Every model at one price (local models the catalog prices at 0): evaluate printed null AIQ and gap
+    with a RuntimeWarning and exit 0, and train wrote `"achieved_fraction": NaN` into manifest.json."""
+    _, o = tables["test"]
+    res = _evaluate(router, tables, tmp_path, o.assign(cost_usd=0.001))
+    assert res.exit_code == 2 and json.loads(res.stdout)["aiq"] is None, res.output
+    assert res.stderr.strip() == (
+        f"error: AIQ and gap recovered are undefined for {tmp_path / 'o.csv'}: they integrate over the range "
+        f"of the single models' mean costs, and all {o['model'].nunique()} cost $0.001 a prompt"
+    )
+    _, t = tables["train"]
+    res = _train(tables, tmp_path, tmp_path / "free", outcomes=t.assign(cost_usd=0.0))
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "free" / "manifest.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"manifest.json holds {c}, which is not JSON"))
+
+
+def test_the_pareto_plot_shows_models_and_points_that_cost_nothing(router, tables):
+    """A log cost axis cannot place 0: models priced at 0 and the router's free points were left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, o = tables["test"]
+    free = o.assign(cost_usd=o["cost_usd"].where(~o["model"].isin(["mistralai/mistral-7b-chat"]), 0.0))
+    pred = load_router(router).predict_frame(p)
+    fig, ax = plt.subplots()
+    try:
+        metrics.draw_pareto(ax, pred, free)
+        fig.canvas.draw()
+        (x0, x1), points = ax.get_xlim(), [*metrics.single_models(free).values()]
+        assert x0 <= 0.0 and all(x0 <= c <= x1 for c, _ in points)
+        assert np.isfinite(ax.transData.transform(points)).all()  # on a log axis (0, q) is not finite
+    finally:
+        plt.close(fig)
+
+
+def test_a_folder_given_for_a_file_is_a_usage_error(router, tmp_path, monkeypatch, capsys):
+    """It exited 1, a failure's code, where the same mistake with other paths exits 2."""
+    from router_models.cli import main
+
+    (tmp_path / "prompts.csv").mkdir()
+    argv = ["stratmaster", "router", "predict", "--router", str(router), "--prompts",
+            str(tmp_path / "prompts.csv"), "--out", str(tmp_path / "pred.csv")]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2 and "Is a directory" in capsys.readouterr().err

@@ -167,6 +167,7 @@ def evaluate(
     import math
 
     from pipelines.settings import Settings
+    from router_models.router import metrics
     from router_models.router.artifact import load_router
     from router_models.router.metrics import PLOT_SUFFIXES, check_outcomes, pareto_plot, summary
 
@@ -197,6 +198,12 @@ def evaluate(
     # JSON has no NaN: a cost the router never reaches (it never matches the best model) is null
     result = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}
     typer.echo(json.dumps(result, indent=2, default=float))
+    if result["aiq"] is None:  # the figures printed are all there is
+        cost = min(c for c, _ in metrics.single_models(o).values())
+        _fail(
+            f"AIQ and gap recovered are undefined for {outcomes}: they integrate over the range of the "
+            f"single models' mean costs, and all {o['model'].nunique()} cost ${cost:.6g} a prompt"
+        )
     if result["plot"] is None:
         said = f"the Pareto plot was not written to {path}: {result['plot_error']}"
         if plot is not None:  # asked for: a failure; the default place: a warning

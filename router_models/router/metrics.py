@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,11 @@ _GRID_POINTS = 2001
 
 
 def hull_area(points: Iterable[tuple[float, float]], lo: float, hi: float) -> float:
-    """Area under the non-decreasing upper convex hull of (cost, quality) points on [lo, hi], over hi - lo."""
+    """Area under the non-decreasing upper convex hull of (cost, quality) points on [lo, hi], over hi - lo;
+    NaN where there is no such range (hi <= lo: every single model costs the same), as in the reference."""
     xs, ys = upper_hull(points)
+    if not hi > lo:
+        return float("nan")
     grid = np.linspace(lo, hi, _GRID_POINTS)
     yg = np.interp(grid, xs, ys, left=np.nan, right=ys[-1])
     yg = np.where(np.isnan(yg), 0.0, yg)  # below the cheapest point nothing is reached
@@ -180,20 +184,8 @@ def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | P
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    singles = single_models(outcomes)
-    router = sorted(set(router_curve(predictions, outcomes)))
-    oracle = sorted(set(router_curve(oracle_predictions(outcomes), outcomes)))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(*zip(*router, strict=True), "-o", ms=3, label="router")
-    ax.plot(*zip(*oracle, strict=True), "--", color="grey", label="per-prompt oracle")
-    for name, (c, q) in singles.items():
-        ax.scatter([c], [q], color="black", s=18)
-        ax.annotate(name.split("/")[-1], (c, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("mean cost per prompt (USD, log scale)")
-    ax.set_ylabel("mean quality")
-    ax.set_title(title or "Router cost-quality curve")
-    ax.legend(loc="lower right")
+    draw_pareto(ax, predictions, outcomes, title)
     fig.tight_layout()
     try:
         with atomic_path(path, suffix=path.suffix) as tmp:  # the format comes from the suffix
@@ -201,3 +193,28 @@ def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | P
     finally:
         plt.close(fig)
     return path
+
+
+def draw_pareto(ax: Any, predictions: pd.DataFrame, outcomes: pd.DataFrame, title: str = "") -> None:
+    """`pareto_plot`'s drawing on a matplotlib Axes. Cost is on a log scale, or a symmetric log scale where a
+    model or an operating point costs nothing (a log scale cannot place 0, and left those points out)."""
+    singles = single_models(outcomes)
+    router = sorted(set(router_curve(predictions, outcomes)))
+    oracle = sorted(set(router_curve(oracle_predictions(outcomes), outcomes)))
+    ax.plot(*zip(*router, strict=True), "-o", ms=3, label="router")
+    ax.plot(*zip(*oracle, strict=True), "--", color="grey", label="per-prompt oracle")
+    for name, (c, q) in singles.items():
+        ax.scatter([c], [q], color="black", s=18)
+        ax.annotate(name.split("/")[-1], (c, q), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    costs = [c for c, _ in [*router, *oracle, *singles.values()]]
+    if min(costs) > 0:
+        ax.set_xscale("log")
+        ax.set_xlabel("mean cost per prompt (USD, log scale)")
+    else:  # linear up to the least cost above 0, log beyond it
+        ax.set_xscale("symlog", linthresh=min((c for c in costs if c > 0), default=1e-6))
+        if max(costs) > 0:
+            ax.set_xlim(left=0.0)
+        ax.set_xlabel("mean cost per prompt (USD, log scale above the least cost, linear below: 0 shown)")
+    ax.set_ylabel("mean quality")
+    ax.set_title(title or "Router cost-quality curve")
+    ax.legend(loc="lower right")

@@ -57,7 +57,8 @@ class Budget:
     def calibrate(self, mean: np.ndarray, cost: np.ndarray, models: list[str], strongest: str) -> Budget:
         """Least lambda whose choices over reference prompts (n, m) stay within the budget (bisection)."""
         self.strongest = strongest
-        target = self.fraction * cost[:, models.index(strongest)].mean()
+        base = float(cost[:, models.index(strongest)].mean())
+        target = self.fraction * base
         rows = np.arange(len(mean))
 
         def spend(lam: float) -> float:
@@ -72,7 +73,9 @@ class Budget:
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if spend(mid) <= target else (mid, hi)
         self.lambda_cost = hi
-        self.achieved_fraction = spend(hi) / cost[:, models.index(strongest)].mean()
+        # a strongest model that costs nothing has no fraction of its cost to speak of (0/0 was a NaN, which
+        # the router's manifest.json then held: not JSON)
+        self.achieved_fraction = spend(hi) / base if base > 0 else None
         return self
 
     def describe(self) -> str:
