@@ -229,3 +229,17 @@ def test_a_folder_given_for_a_file_is_a_usage_error(router, tmp_path, monkeypatc
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2 and "Is a directory" in capsys.readouterr().err
+
+
+def test_train_says_how_many_outcome_rows_its_prompts_left_out(tables, tmp_path):
+    """Outcome rows of prompts not in --prompts were dropped without a word (evaluate refuses them)."""
+    p, o = tables["train"]
+    res = _train(tables, tmp_path, tmp_path / "r", prompts=p.iloc[5:])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_prompts"] == len(p) - 5, res.output
+    rows = int(o["prompt_id"].isin(set(p["prompt_id"].iloc[:5])).sum())
+    assert (
+        res.stderr
+        == f"warning: {rows} outcome rows of 5 prompt_ids not in {tmp_path / 'tp.csv'} were left out\n"
+    )
+    res = _train(tables, tmp_path, tmp_path / "r")
+    assert res.exit_code == 0 and res.stderr == "", res.output

@@ -103,11 +103,12 @@ def train(
             raise typer.BadParameter("--prior-table is used by the `bayes` predictor (alone or in `stack`)")
         prior = {"prior_table": _read(prior_table), "update_prior": not prior_is_posterior}
         params = prior if predictor == "bayes" else {"member_options": {"bayes": prior}}
+    p, o = _read_prompts(prompts), _read(outcomes)
     try:
         check_replaceable(out)  # before the training, not after it
         router = train_router(
-            _read_prompts(prompts),
-            _read(outcomes),
+            p,
+            o,
             predictor=predictor,
             embedder=embedder,
             budget_fraction=budget,
@@ -128,6 +129,10 @@ def train(
             }
         )
     )
+    left_out = ~o["prompt_id"].isin(set(p["prompt_id"]))
+    if left_out.any():  # a subset of the prompts trains on a subset of the table: said, not silent
+        typer.echo(f"warning: {int(left_out.sum())} outcome rows of {o.loc[left_out, 'prompt_id'].nunique()} "
+                   f"prompt_ids not in {prompts} were left out", err=True)  # fmt: skip
 
 
 @app.command()
