@@ -8,6 +8,7 @@ from pipelines.bench import nightly
 from pipelines.bench.outcomes import routerbench_outcome_table, write_table
 from pipelines.bench.prompts import build_prompt_set, counts_per_task, prompt_set_path
 from pipelines.bench.scorers import needs_judge
+from pipelines.memo import fingerprint
 
 daily = dg.DailyPartitionsDefinition(start_date="2026-11-01", end_offset=1)
 
@@ -23,7 +24,8 @@ def prompt_set(settings: SettingsResource) -> dg.MaterializeResult:
     free = sum(needs_judge(r) for r in df.to_dict("records"))  # rows only the judge can score
     note = f"{free} sampled" if s.judge_model else "not sampled: set SM_JUDGE_MODEL to rate their answers"
     return dg.MaterializeResult(
-        metadata={"path": str(path), "rows": len(df), **counts_per_task(df), "reference_free": note}
+        metadata={"path": str(path), "rows": len(df), **counts_per_task(df), "reference_free": note},
+        data_version=dg.DataVersion(fingerprint(df)[:16]),  # the run's id (the default) changed every run
     )
 
 
@@ -35,12 +37,13 @@ def routerbench_outcomes(settings: SettingsResource) -> dg.MaterializeResult:
     path = write_table(df, s.run_dir / "bench" / "routerbench_outcomes.parquet")
     acc = df.groupby("model")["score"].mean().round(4).to_dict()
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(fingerprint(df)[:16]),
         metadata={
             "path": str(path),
             "rows": len(df),
             "unscored_rows_left_out": df.attrs["unscored_rows"],
             **{f"accuracy/{k}": v for k, v in acc.items()},
-        }
+        },
     )
 
 
@@ -67,7 +70,7 @@ def benchmark_results(context: dg.AssetExecutionContext, settings: SettingsResou
     df = nightly.run_benchmark_partition(s, prompts, context.partition_key)
     md = nightly.accuracy_metadata(df)
     md["accuracy_table"] = dg.MetadataValue.md(md["accuracy_table"])
-    yield dg.MaterializeResult(metadata=md)
+    yield dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(fingerprint(df)[:16]))
     for name, check in (
         ("error_rate_below_0_5pct", nightly.check_error_rate(df)),
         ("partition_not_empty", nightly.check_not_empty(df)),

@@ -7,9 +7,10 @@ import dagster as dg
 import pandas as pd
 
 from assets.resources import SettingsResource, plain_metadata
-from pipelines.corpus.ingest import EmptyCorpus, ingest_corpus
+from pipelines.corpus.ingest import EmptyCorpus, ingest_corpus, load_chunks
 from pipelines.demo_corpus import write_demo_corpus
 from pipelines.files import write_atomic
+from pipelines.index.base import content_version
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 from pipelines.memo import fingerprint, forget, recall, remember, source_digest
 from pipelines.rag.evaluate import evaluate_retrievers, retrieval_plot, write_beir_sample
@@ -22,10 +23,12 @@ def corpus_source(settings: Settings) -> str:
 
 
 def _index_result(report) -> dg.MaterializeResult:
+    """The index's report as metadata, and the version of what it holds as its data version (the default, a
+    run's id, changed on every rebuild and was the same for every asset of a run)."""
     md = plain_metadata(asdict(report))
     if report.chunks_per_s:
         md["chunks_per_s"] = report.chunks_per_s
-    return dg.MaterializeResult(metadata=md)
+    return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(report.version))
 
 
 @dg.asset(group_name="corpus", kinds={"parquet", "presidio"})
@@ -39,7 +42,9 @@ def corpus_chunks(context: dg.AssetExecutionContext, settings: SettingsResource)
         raise dg.Failure(str(e)) from None
     context.log.info(f"ingest: {report.files_processed} processed, {report.files_unchanged} unchanged")
     skipped = pd.DataFrame(report.skipped or [], columns=["path", "reason"])
+    version = content_version(load_chunks(s)["chunk_id"])  # the chunks' ids hash their text
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
         metadata={
             "source": report.source,
             "store": report.store,
@@ -51,7 +56,7 @@ def corpus_chunks(context: dg.AssetExecutionContext, settings: SettingsResource)
             "skipped": dg.MetadataValue.md(skipped.to_markdown(index=False) if len(skipped) else "none"),
             "pii_redacted": dg.MetadataValue.json(report.pii_redacted),
             "seconds": round(report.seconds, 2),
-        }
+        },
     )
 
 

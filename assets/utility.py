@@ -7,6 +7,7 @@ from assets.resources import SettingsResource, evidence_metadata, plain_metadata
 from pipelines.bench.outcomes import write_table
 from pipelines.corpus.store import open_store
 from pipelines.llm.catalog import load_catalog
+from pipelines.memo import fingerprint
 from router_models.utility.pipeline import evidence_outcomes, fit_posterior, register_posterior
 from router_models.utility.priors import leaderboard_priors as build_priors
 
@@ -22,12 +23,13 @@ def leaderboard_priors(settings: SettingsResource) -> dg.MaterializeResult:
     priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv", models)
     path = write_table(priors, s.run_dir / "utility" / "leaderboard_priors.csv")
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(fingerprint(priors)[:16]),
         metadata={
             "path": str(path),
             "models": len(priors),
             "with_figure": int(priors["arena_elo"].notna().sum()),
             "table": dg.MetadataValue.md(priors.to_markdown(index=False)),
-        }
+        },
     )
 
 

@@ -290,3 +290,31 @@ def test_the_sensor_asks_again_when_the_ingest_run_it_requested_failed(tmp_path)
         del old["requested"]
         assert tick(json.dumps(old)).skip_message == f"no document changed in {docs}"
         assert tick(changed.cursor).run_requests
+
+
+def test_corpus_index_and_table_data_versions_name_their_content(tmp_path, shared_data):
+    """They were the run's id: every rebuild a new version though nothing changed, one version for every
+    asset of a run, and the Bento's index labels (which read them) told nothing of what it held."""
+    from assets import bench, rag
+    from pipelines.index.base import content_version
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, topic in enumerate(["tantivy indexes", "qdrant vectors", "ladybug graphs"]):
+        (corpus / f"d{i}.md").write_text(f"# Note {i}\n\nThe service keeps its {topic} under the run folder.")
+    overrides = {"run_dir": str(tmp_path / "run"), "corpus_dir": str(corpus)}
+    res = {"settings": SettingsResource(overrides=overrides)}
+    keys = ["corpus_chunks", "keyword_index", "knowledge_graph", "routerbench_outcomes"]
+
+    def versions() -> dict[str, str]:
+        assets = [rag.corpus_chunks, rag.keyword_index, rag.knowledge_graph, bench.routerbench_outcomes]
+        result = dg.materialize(assets, resources=res)
+        return {k: result.asset_materializations_for_node(k)[0].tags["dagster/data_version"] for k in keys}
+
+    first = versions()
+    assert len(set(first.values())) == len(keys), first
+    assert versions() == first  # nothing changed: the same versions
+    (corpus / "d1.md").write_text("# Note 1\n\nThe service keeps its vectors elsewhere now.")
+    changed = versions()
+    assert all(changed[k] != first[k] for k in keys[:3]) and changed[keys[3]] == first[keys[3]], changed
+    assert content_version(["a#1"], "minilm") != content_version(["a#1"], "static")  # the embedder counts

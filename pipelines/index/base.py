@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -45,6 +46,7 @@ class IndexReport:
     unchanged: int = 0
     total: int = 0
     seconds: float = 0.0
+    version: str = ""  # of what the index holds (content_version): the asset's data version
 
     @property
     def did_work(self) -> bool:
@@ -67,11 +69,22 @@ class ChunkIndex(Protocol):
     def delete(self, chunk_ids: Iterable[str]) -> None: ...
 
 
+def content_version(chunk_ids: Iterable[str], *more: str) -> str:
+    """16 hex characters that change when the set of chunks does (a chunk id hashes its text) or when any of
+    `more` does (the embedder of a dense index): Dagster's data version of the corpus and of each index, so
+    that an unchanged rebuild keeps its version and the Bento's labels name what it holds."""
+    h = hashlib.sha256("\n".join(sorted(set(chunk_ids))).encode())
+    for part in more:
+        h.update(f"\x00{part}".encode())
+    return h.hexdigest()[:16]
+
+
 def sync_index(
-    index: ChunkIndex, chunks: pd.DataFrame, batch: int = 2048, have: set[str] | None = None
+    index: ChunkIndex, chunks: pd.DataFrame, batch: int = 2048, have: set[str] | None = None, salt: str = ""
 ) -> IndexReport:
     """Make `index` hold exactly `chunks`: add the new chunk ids, delete the gone ones, touch nothing else.
-    `have`: the ids the index holds, when the caller has just read them."""
+    `have`: the ids the index holds, when the caller has just read them. `salt`: what else its content
+    depends on, for its version (a dense index's embedder)."""
     t0 = time.perf_counter()
     have = index.indexed_ids() if have is None else have
     want = set(chunks["chunk_id"])
@@ -84,4 +97,5 @@ def sync_index(
     return IndexReport(
         backend=index.backend, location=index.location, added=len(new), deleted=len(gone),
         unchanged=len(want & have), total=len(want), seconds=round(time.perf_counter() - t0, 3),
+        version=content_version(want, index.backend, salt),
     )  # fmt: skip

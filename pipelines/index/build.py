@@ -34,7 +34,7 @@ def build_dense_index(
         # collection held another embedding it is emptied and every chunk is embedded again
         if set(chunks["chunk_id"]) - have and index.check_embedding():
             have = set()
-        return sync_index(index, chunks, batch=1024, have=have)
+        return sync_index(index, chunks, batch=1024, have=have, salt=index.embedder.name)
     finally:
         index.close()
 

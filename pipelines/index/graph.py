@@ -353,7 +353,7 @@ def sync_graph(graph, chunks: pd.DataFrame, extractor=None) -> IndexReport:
     t0 = time.perf_counter()
     have, want = graph.indexed_ids(), set(chunks["chunk_id"])
     fingerprint = graph_fingerprint(want, extractor)
-    report = IndexReport(backend=graph.backend, location=graph.location, total=len(want))
+    report = IndexReport(graph.backend, graph.location, total=len(want), version=fingerprint[:16])
     if graph.has_build(fingerprint):
         report.unchanged = len(want)
     else:
