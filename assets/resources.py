@@ -32,9 +32,10 @@ def plain_metadata(d: dict) -> dict:
 
 
 def check_overrides(overrides: dict[str, str]) -> None:
-    """A ValueError (one line) for a key Settings has no field for, or a value it refuses: Settings ignores
-    unknown keys, so a misspelt override was dropped silently, and a bad value failed only in the first step
-    that read the settings."""
+    """A ValueError (one line) for a key Settings has no field for, or a value it refuses, in the overrides
+    or in an SM_* variable: Settings ignores unknown keys, so a misspelt override was dropped silently, and
+    a bad value (an SM_* one even with no override) failed only in the first step that read the settings,
+    as a wrapped pydantic traceback."""
     fields = set(Settings.model_fields)
     unknown = sorted(k for k in overrides if k.lower() not in fields)  # Settings reads names in any case
     if unknown:
@@ -44,12 +45,17 @@ def check_overrides(overrides: dict[str, str]) -> None:
             return f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
 
         raise ValueError(f"unknown setting in overrides: {', '.join(map(hint, unknown))}")
-    if overrides:
-        try:
-            Settings(**overrides)  # type: ignore[arg-type]  # strings, converted as SM_* variables are
-        except pydantic.ValidationError as e:
-            bad = [f"{'.'.join(map(str, r['loc']))}={r.get('input')!r}: {r['msg']}" for r in e.errors()]
-            raise ValueError(f"invalid settings in overrides: {'; '.join(bad)}") from None
+    try:
+        Settings(**overrides)  # type: ignore[arg-type]  # strings, converted as SM_* variables are
+    except pydantic.ValidationError as e:
+        given = {k.lower() for k in overrides}
+
+        def where(loc: tuple) -> str:
+            name = ".".join(map(str, loc))
+            return f"overrides: {name}" if loc and str(loc[0]) in given else f"SM_{name.upper()}"
+
+        bad = [f"{where(r['loc'])}={r.get('input')!r}: {r['msg']}" for r in e.errors()]
+        raise ValueError(f"invalid settings: {'; '.join(bad)}") from None
 
 
 class SettingsResource(dg.ConfigurableResource):

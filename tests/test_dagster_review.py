@@ -90,6 +90,30 @@ def test_overrides_are_checked_when_the_resource_is_built(tmp_path):
     assert "did you mean 'bench_per_task'?" in str(failure.event_specific_data.error.to_string())
 
 
+def test_a_bad_sm_variable_fails_the_run_as_it_starts_and_is_named_as_one(tmp_path, monkeypatch):
+    """With no override the environment was not checked: SM_LAMBDA_COST=cheap failed inside the first step,
+    as a pydantic traceback; with an override it was blamed on the overrides."""
+    monkeypatch.setenv("SM_LAMBDA_COST", "cheap")
+
+    @dg.asset
+    def reads_settings(settings: SettingsResource) -> None:
+        settings.get()
+
+    defs = dg.Definitions(
+        assets=[reads_settings], resources={"settings": SettingsResource.configure_at_launch()}
+    )
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    assert not result.success and not [e for e in result.all_events if e.event_type_value == "STEP_START"]
+    failure = next(e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE")
+    assert "invalid settings: SM_LAMBDA_COST='cheap'" in failure.event_specific_data.error.to_string()
+    with pytest.raises(ValueError) as bad:
+        SettingsResource(overrides={"run_dir": str(tmp_path), "bench_per_task": "abc"})
+    assert str(bad.value).startswith("invalid settings: ") and "\n" not in str(bad.value)
+    assert "SM_LAMBDA_COST='cheap'" in str(bad.value) and "overrides: bench_per_task='abc'" in str(bad.value)
+
+
 def test_a_lambda_change_reaches_the_stored_summary_and_the_data_version(tmp_path, monkeypatch):
     """summary.json's copy in the object store was keyed by the fit hash (no lambdas) and written once:
     after a lambda change the store kept the old utilities, and the asset's data version stayed the same."""
