@@ -54,7 +54,12 @@ def check_overrides(overrides: dict[str, str]) -> None:
             name = ".".join(map(str, loc))
             return f"overrides: {name}" if loc and str(loc[0]) in given else f"SM_{name.upper()}"
 
-        bad = [f"{where(r['loc'])}={r.get('input')!r}: {r['msg']}" for r in e.errors()]
+        secret = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+
+        def value(r: Any) -> str:  # a secret's value is never printed
+            return "'***'" if r["loc"] and str(r["loc"][0]) in secret else repr(r.get("input"))
+
+        bad = [f"{where(r['loc'])}={value(r)}: {r['msg']}" for r in e.errors()]
         raise ValueError(f"invalid settings: {'; '.join(bad)}") from None
 
 
