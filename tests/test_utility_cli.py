@@ -276,3 +276,42 @@ def test_a_fit_that_passes_its_checks_replaces_the_previous_one(routerbench_slic
     assert (out / "notes.txt").read_text() == "mine"
     for name in names:  # readable by others, as a plain write leaves them (mkdtemp's folder is owner-only)
         assert (out / name).stat().st_mode & 0o044, name
+
+
+def test_a_reused_fit_shows_its_own_plots_after_a_refit_stopped_midway(tmp_path, monkeypatch):
+    """A refit stopped while drawing left the new fit's NetCDF beside the old fit's plots; the next run
+    reused the NetCDF and kept the plots, so the asset showed one fit's figures with another's summary."""
+    import hashlib
+
+    import router_models.utility.pipeline as up
+    from router_models.utility.model import FitConfig
+
+    cfg = FitConfig(draws=50, tune=50, chains=2, cores=1, sampler="pymc", prior_predictive_draws=20)
+    rng = np.random.default_rng(0)
+
+    def table(rates: dict[str, float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"prompt_id": f"{t}{i}", "task": t, "model": m, "score": float(rng.random() < rates[m]),
+             "cost_usd": 0.001 if m == "a" else 0.0001, "latency_s": np.nan}
+            for t in ("qa", "code") for m in ("a", "b") for i in range(20)
+        )  # fmt: skip
+
+    out = tmp_path / "fit"
+    digest = lambda: [hashlib.sha256((out / f).read_bytes()).hexdigest() for f in ("quality_forest.png",)]  # noqa: E731
+    up.fit_posterior(table({"a": 0.9, "b": 0.2}), None, out, cfg, 100.0, 0.0, reuse=True)
+    first = digest()
+    b = table({"a": 0.2, "b": 0.9})
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("the run was terminated while drawing")
+
+    monkeypatch.setattr(up, "forest_plot", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        up.fit_posterior(b, None, out, cfg, 100.0, 0.0, reuse=True)
+    monkeypatch.undo()
+    art = up.fit_posterior(b, None, out, cfg, 100.0, 0.0, reuse=True)
+    assert any("reused" in n for n in art.notes) and digest() != first  # B's NetCDF, drawn anew
+    drawn = digest()
+    stamp = (out / "quality_forest.png").stat().st_mtime_ns
+    up.fit_posterior(b, None, out, cfg, 100.0, 0.0, reuse=True)
+    assert digest() == drawn and (out / "quality_forest.png").stat().st_mtime_ns == stamp  # not drawn again

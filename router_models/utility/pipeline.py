@@ -122,6 +122,14 @@ def reusable_fit(
     return UtilityFit(idata, data, ap, config, diag, {"reused": str(path)})
 
 
+def _drawn_from(record: Path) -> str | None:
+    """The fit hash the plots beside `record` were drawn from (None: unknown)."""
+    try:
+        return str(json.loads(record.read_text())["fit_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def fit_posterior(
     outcomes: pd.DataFrame,
     priors: pd.DataFrame | None,
@@ -165,9 +173,14 @@ def fit_posterior(
     doc = summary_json(summary, fit.diagnostics)
     write_atomic(art.paths["summary_json"], json.dumps(doc, indent=1).encode())
     forest, calibration = out_dir / "quality_forest.png", out_dir / "calibration.png"
-    if reused is None or not (forest.exists() and calibration.exists()):  # a reused fit's plots stand
+    # a reused fit's plots stand if they were drawn from it: a refit stopped after its plots (or after its
+    # NetCDF, before its plots) left another fit's plots beside this one's NetCDF, shown from then on
+    drawn = out_dir / "plots.json"
+    if reused is None or not (forest.exists() and calibration.exists()) or _drawn_from(drawn) != fit.fit_hash:
+        drawn.unlink(missing_ok=True)
         forest_plot(fit.idata, forest)
         calibration_plot(calib, calibration)
+        write_atomic(drawn, json.dumps({"fit_hash": fit.fit_hash}).encode())
     art.paths["forest_png"], art.paths["calibration_png"] = forest, calibration
     return art
 
