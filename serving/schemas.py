@@ -46,13 +46,16 @@ class Message(ApiModel):
         if isinstance(parts, list):
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in parts):
                 raise ValueError("only text content parts are supported")
-            data["content"] = "\n".join(str(p.get("text", "")) for p in parts)
+            if not all(isinstance(p.get("text"), str) for p in parts):  # str() sent null as "None"
+                raise ValueError("a text content part needs a `text` string")
+            data["content"] = "\n".join(p["text"] for p in parts)
         return data
 
 
 class ChatRequest(ApiModel):
     """OpenAI fields the service does not use (top_p, user, ...) are accepted and ignored; those that would
-    change the answer and cannot be honoured (n > 1, tools, a JSON response format) are refused."""
+    change the answer or ask for what it cannot give (n > 1, tools or the legacy functions, a JSON response
+    format, logprobs) are refused."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -72,6 +75,10 @@ class ChatRequest(ApiModel):
         if isinstance(data, dict):
             if data.get("tools") and data.get("tool_choice") != "none":
                 raise ValueError("tools are not supported: no model of the panel is called with functions")
+            if data.get("functions") and data.get("function_call") != "none":
+                raise ValueError("functions are not supported: no model of the panel is called with them")
+            if data.get("logprobs") or data.get("top_logprobs"):
+                raise ValueError("logprobs are not supported: the gateway does not return them")
             fmt = data.get("response_format")
             if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
                 raise ValueError(f"response_format {fmt.get('type')!r} is not supported, only 'text'")
@@ -114,7 +121,7 @@ class RouteRequest(ApiModel):
 
     prompt: str | None = Field(default=None, min_length=1, max_length=200_000)
     messages: list[Message] | None = Field(default=None, min_length=1, max_length=200)
-    model: str = Field(default="router", description="router or router:<policy>")
+    model: str = Field(default="router", min_length=1, max_length=200, description="router or router:<…>")
     constraints: ApiConstraints = Field(default_factory=ApiConstraints)
 
     @model_validator(mode="after")
@@ -130,7 +137,12 @@ class RagRequest(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1, max_length=4000)
-    model: str = Field(default="router", description="router, router:<policy> or a catalog name")
+    model: str = Field(
+        default="router",
+        min_length=1,
+        max_length=200,
+        description="router, router:<policy> or a catalog model",
+    )
     k: int = Field(default=4, ge=1, le=20)
     mode: Literal["bm25", "dense", "hybrid", "hybrid_rrf", "hybrid_convex"] = "hybrid"
     max_tokens: int = Field(default=256, ge=1, le=2048)
