@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 
 from serving.security import MAX_BODY_BYTES
 
+UNAUTHORIZED = "a valid API key is required (Authorization: Bearer <key>)"
+
 if TYPE_CHECKING:
     from pipelines.llm.gateway import GatewayError
 

@@ -43,6 +43,7 @@ from router_models.router.artifact import load_router
 from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_ref, worker_index_dir
 from serving.http import (
     RETRY_AFTER_S,
+    UNAUTHORIZED,
     BodyLimit,
     HTTPFailure,
     PlainErrorsAsJSON,
@@ -125,7 +126,7 @@ class StratMaster:
         from pipelines.llm.gateway import Gateway  # imported here: `bentoml build` needs no LiteLLM
 
         self.gateway = Gateway(self.settings, load_catalog(self.settings, self.art.catalog_path))
-        self.keys = ApiKeys.from_env()
+        self.keys = KeyRequired.current = ApiKeys.from_env()
         self.router = load_router(self.art.router_dir) if self.art.router_dir else None
         if self.router is None:
             log.warning(
@@ -166,12 +167,7 @@ class StratMaster:
         self, request: HTTPConnection
     ) -> None:  # a FastAPI request, or a typed method's ctx.request
         if not self.keys.check(request.headers.get("authorization")):
-            raise HTTPFailure(
-                401,
-                "a valid API key is required (Authorization: Bearer <key>)",
-                "authentication_error",
-                {"WWW-Authenticate": "Bearer"},
-            )
+            raise HTTPFailure(401, UNAUTHORIZED, "authentication_error", {"WWW-Authenticate": "Bearer"})
 
     def _p95(self) -> dict[str, float]:
         out = {}
@@ -527,7 +523,37 @@ class StratMaster:
         return {"fit": self.registry_fit, "rows": data}
 
 
+class KeyRequired:
+    """ASGI middleware: 401 for a typed method's request (POST /route, /rag) without a valid key, before
+    BentoML reads its body. BentoML validates that body before the method's own key check runs: a caller
+    with no key got the schema's 400 and wrote a traceback to the server's log. The keys are the service
+    instance's (`current`, set as it starts: the app, and this middleware, outlive a lifespan's instance);
+    before there is one, the method's own check stands."""
+
+    PATHS = {"/route": "route", "/rag": "rag"}
+    current: ApiKeys | None = None
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        endpoint = self.PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        keys = KeyRequired.current
+        if endpoint is not None and keys is not None:
+            authorization = dict(scope.get("headers") or []).get(b"authorization")
+            if not keys.check(authorization.decode("latin-1") if authorization else None):
+                try:
+                    with request_span(endpoint):  # recorded as the method's own refusal was
+                        raise HTTPFailure(
+                            401, UNAUTHORIZED, "authentication_error", {"WWW-Authenticate": "Bearer"}
+                        )
+                except HTTPFailure as e:
+                    return await e.response()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 StratMaster.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # a bentoml Service by now
+StratMaster.add_asgi_middleware(KeyRequired)  # type: ignore[attr-defined]
 StratMaster.add_asgi_middleware(PlainErrorsAsJSON)  # type: ignore[attr-defined]
 
 

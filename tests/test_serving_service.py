@@ -317,6 +317,8 @@ def test_route_policies_and_constraints(client):
         ({"prompt": "hi", "constraints": {"max_cost_usd": -1}}, 422, "constraints.max_cost_usd"),
         ({"prompt": "hi", "extra": 1}, 422, "extra"),
         ({"prompt": "x" * 8000, "constraints": {"privacy": "local_only"}}, 422, "No model can take"),
+        # no length limit: a 500,000-character name came back whole in the error (and went into the span)
+        ({"prompt": "hi", "model": "router:" + "x" * 500_000}, 422, "at most 200 characters"),
     ],
 )
 def test_route_errors_are_4xx_with_a_reason(client, body, status, needle):
@@ -340,6 +342,11 @@ def test_typed_bentoml_route_gives_the_v1_decision_with_bentoml_errors(client):
     assert typed.json()["model"] == v1.json()["model"] and typed.json()["chosen_by"] == v1.json()["chosen_by"]
     assert typed.json()["routing"]["candidates"] == v1.json()["routing"]["candidates"]
     assert client.post("/route", json=body).status_code == 401
+    # checked before BentoML reads the body: with no key, the schema's 400 (and a traceback in the log)
+    for path, bad in (("/route", {"prompt": 1}), ("/rag", {"question": ""})):
+        r = client.post(path, json=bad)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+        assert r.json()["error"]["type"] == "authentication_error"
     for bad, needle in (({"prompt": "hi", "extra": 1}, "extra"), ({}, "exactly one")):
         r = client.post("/route", json=bad, headers=AUTH)
         assert r.status_code == 400 and needle in r.text, r.text
@@ -583,6 +590,24 @@ MSG = [{"role": "user", "content": "hi"}]
             422,
             "response_format",
         ),
+        # the legacy functions were dropped, and logprobs asked for were never returned: both answered 200
+        (
+            json.dumps({"model": "router", "messages": MSG, "functions": [{"name": "f"}]}).encode(),
+            422,
+            "functions",
+        ),
+        (json.dumps({"model": "router", "messages": MSG, "logprobs": True}).encode(), 422, "logprobs"),
+        # a text part of null (or an object) was sent to the model as the text "None"
+        (
+            json.dumps(
+                {
+                    "model": "router",
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": None}]}],
+                }
+            ).encode(),
+            422,
+            "needs a `text` string",
+        ),  # fmt: skip
         (json.dumps({"model": "router", "messages": MSG, "stop": ["a", ""]}).encode(), 422, "stop"),
         (json.dumps({"model": "router", "messages": MSG, "stop": ""}).encode(), 422, "stop"),  # was sent on
         # a misspelt constraint was ignored: the prompt could reach a remote model the caller meant to exclude
@@ -635,6 +660,8 @@ def test_rag_without_an_index_is_503_and_validates_first(client):
     r = client.post("/v1/rag", json={"question": " \n "}, headers=AUTH)  # was answered from 4 random sources
     assert r.status_code == 422 and "only white space" in r.json()["error"]["message"], r.text
     assert client.post("/v1/rag", json={"question": "x"}).status_code == 401
+    r = client.post("/v1/rag", json={"question": "x", "model": "y" * 500_000}, headers=AUTH)
+    assert r.status_code == 422 and len(r.content) < 2000, r.text[:300]  # was 404 quoting the name whole
 
 
 # -- real local models ----------------------------------------------------------------------------------
