@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sm-prom-"))  # as `bentoml serve`
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="sm-bentoml-"))  # an empty model store
@@ -31,7 +32,15 @@ MAX_TOKENS = 4
 
 @pytest.fixture(scope="module")
 def live_client(service, catalog_router, model_settings, local_servers, indexed_run_dir):  # noqa: F811
-    return service.get("schema", live_env(catalog_router, model_settings, indexed_run_dir))
+    """The service once /readyz says so, as a deployment probes it: the worker opens the indexes and loads
+    the query embedder as it starts (int8 MiniLM calibrates on its first use, about 20 s), and /readyz is
+    503 until then, which this test counted as a server error when it ran before any test had loaded it."""
+    client = service.get("schema", live_env(catalog_router, model_settings, indexed_run_dir))
+    deadline = time.monotonic() + 300
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the service was not ready within 300 s"
+        time.sleep(0.5)
+    return client
 
 
 def _short(body):
