@@ -105,3 +105,26 @@ def test_gap_recovered_is_nan_when_the_oracle_is_on_the_single_models_hull(table
     same = local.assign(score=local["prompt_id"].map(local.groupby("prompt_id")["score"].max()))
     pred = same.rename(columns={"score": "predicted_score", "cost_usd": "predicted_cost_usd"})
     assert np.isnan(summary(pred, same)["gap_recovered"])
+
+
+def test_the_gate_also_reports_the_single_model_of_highest_utility():
+    """At lambda 100 the strongest model's utility is far below the cheap one's: beating it by 5% passed the
+    gate while no operating point came near the cheap model; the comparison with that model is reported."""
+    scores = {"cheap": [1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "strong": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]}
+    price = {"cheap": 0.001, "strong": 0.01}
+    table = pd.DataFrame(
+        {"prompt_id": str(i), "model": m, "score": float(s), "cost_usd": price[m]}
+        for m, row in scores.items()
+        for i, s in enumerate(row)
+    )
+    pred = table.rename(columns={"score": "predicted_score", "cost_usd": "predicted_cost_usd"})
+    gate = utility_gate(pred, table, lambda_cost=100.0)
+    assert gate["best_single"] == "strong" and gate["passed"] and gate["utility_gain"] > 5
+    assert gate["best_single_by_utility"] == "cheap"
+    assert gate["best_single_by_utility_utility"] == pytest.approx(0.7 - 0.1)
+    assert not gate["passed_against_best_by_utility"]  # nothing the router does costs <= 80% of cheap's
+    loose = utility_gate(pred, table, lambda_cost=0.0)  # without a price on cost both readings agree
+    assert (
+        loose["best_single_by_utility"] == "strong"
+        and loose["utility_gain"] == loose["utility_gain_over_best_by_utility"]
+    )

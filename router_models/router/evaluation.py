@@ -86,19 +86,29 @@ def utility_gate(
 ) -> dict:
     """The seed's gate: some operating point of the router beats the best single model's utility
     (quality - lambda_cost * cost) by at least `min_gain` (relative) at no more than `max_cost_fraction`
-    of that model's cost."""
+    of that model's cost. The best single model is the one of highest quality (RouterBench's, and this
+    project's, sense); the same comparison with the single model of highest utility is reported beside it
+    (`*_by_utility`): at a high lambda_cost the best model's utility is far below a cheaper model's, and
+    beating it says less."""
     singles = single_models(outcomes)
     best = max(singles, key=lambda m: singles[m][1])
     best_cost, best_q = singles[best]
     best_u = best_q - lambda_cost * best_cost
     curve = router_curve(predictions, outcomes, LAMBDAS)
-    points = [(c, q) for c, q in curve if c <= max_cost_fraction * best_cost]
-    if points:
+
+    def versus(base_cost: float, base_u: float) -> tuple[float, float, float, float]:
+        """The router's best utility at <= max_cost_fraction of base_cost: cost, quality, utility, gain."""
+        points = [(c, q) for c, q in curve if c <= max_cost_fraction * base_cost]
+        if not points:
+            return (float("nan"),) * 4
         cost, quality = max(points, key=lambda p: p[1] - lambda_cost * p[0])
-        router_u = quality - lambda_cost * cost
-    else:
-        cost = quality = router_u = float("nan")
-    gain = (router_u - best_u) / abs(best_u) if best_u and np.isfinite(router_u) else float("nan")
+        u = quality - lambda_cost * cost
+        return cost, quality, u, (u - base_u) / abs(base_u) if base_u else float("nan")
+
+    cost, quality, router_u, gain = versus(best_cost, best_u)
+    by_u = max(singles, key=lambda m: singles[m][1] - lambda_cost * singles[m][0])
+    u_cost, u_q = singles[by_u]
+    *_, gain_by_u = versus(u_cost, u_q - lambda_cost * u_cost)
     return {
         "best_single": best,
         "best_single_utility": best_u,
@@ -109,4 +119,8 @@ def utility_gate(
         "router_min_cost_ratio": min(c for c, _ in curve) / best_cost,
         "utility_gain": gain,
         "passed": bool(np.isfinite(gain) and gain >= min_gain),
+        "best_single_by_utility": by_u,
+        "best_single_by_utility_utility": u_q - lambda_cost * u_cost,
+        "utility_gain_over_best_by_utility": gain_by_u,
+        "passed_against_best_by_utility": bool(np.isfinite(gain_by_u) and gain_by_u >= min_gain),
     }
