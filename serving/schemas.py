@@ -121,7 +121,9 @@ class RouteRequest(ApiModel):
 
     prompt: str | None = Field(default=None, min_length=1, max_length=200_000)
     messages: list[Message] | None = Field(default=None, min_length=1, max_length=200)
-    model: str = Field(default="router", min_length=1, max_length=200, description="router or router:<…>")
+    model: str = Field(
+        default="router", min_length=1, max_length=200, description="router or router:<policy>"
+    )
     constraints: ApiConstraints = Field(default_factory=ApiConstraints)
 
     @model_validator(mode="after")
