@@ -7,10 +7,9 @@ import dagster as dg
 import pandas as pd
 
 from assets.resources import SettingsResource, plain_metadata
-from pipelines.corpus.ingest import EmptyCorpus, ingest_corpus, load_chunks
+from pipelines.corpus.ingest import EmptyCorpus, corpus_version, ingest_corpus
 from pipelines.demo_corpus import write_demo_corpus
 from pipelines.files import write_atomic
-from pipelines.index.base import content_version
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 from pipelines.memo import fingerprint, forget, recall, remember, source_digest
 from pipelines.rag.evaluate import evaluate_retrievers, retrieval_plot, write_beir_sample
@@ -42,9 +41,8 @@ def corpus_chunks(context: dg.AssetExecutionContext, settings: SettingsResource)
         raise dg.Failure(str(e)) from None
     context.log.info(f"ingest: {report.files_processed} processed, {report.files_unchanged} unchanged")
     skipped = pd.DataFrame(report.skipped or [], columns=["path", "reason"])
-    version = content_version(load_chunks(s)["chunk_id"])  # the chunks' ids hash their text
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(version),
+        data_version=dg.DataVersion(corpus_version(s)),  # from the manifest: no chunk is read
         metadata={
             "source": report.source,
             "store": report.store,

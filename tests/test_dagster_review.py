@@ -346,4 +346,11 @@ def test_corpus_index_and_table_data_versions_name_their_content(tmp_path, share
     (corpus / "d1.md").write_text("# Note 1\n\nThe service keeps its vectors elsewhere now.")
     changed = versions()
     assert all(changed[k] != first[k] for k in keys[:3]) and changed[keys[3]] == first[keys[3]], changed
-    assert content_version(["a#1"], "minilm") != content_version(["a#1"], "static")  # the embedder counts
+    assert content_version(["a#1"], "minilm") != content_version(["a#1"], "static")
+    dense = {}  # the embedder counts in the dense index's version: another embedder embeds every chunk anew
+    for embedder in ("static", "minilm", "static"):
+        resources = {"settings": SettingsResource(overrides={**overrides, "embedder": embedder})}
+        result = dg.materialize([rag.dense_index], resources=resources, selection=[rag.dense_index])
+        version = result.asset_materializations_for_node("dense_index")[0].tags["dagster/data_version"]
+        assert dense.setdefault(embedder, version) == version
+    assert dense["static"] != dense["minilm"], dense

@@ -441,6 +441,20 @@ def _problem_records(name: str, problems: list[str]) -> list[dict]:
     return [{"path": f"{name}:{p.split(': ')[0]}", "reason": p} for p in problems]  # "PMID:1: ..."
 
 
+def corpus_version(settings: Settings, store: ObjectStore | None = None) -> str:
+    """16 hex characters naming what the store's chunks are made of, from the manifest alone (no chunk is
+    read): the chunking and redaction config and each ingested file's name and content hash. A file's
+    chunks follow from those, so the same corpus ingested again keeps its version."""
+    manifest = _parse_manifest(_manifest_bytes(store or open_store(settings)))
+    files = sorted(
+        (name, f.get("sha256"))
+        for name, f in manifest["files"].items()
+        if f.get("chunk_key") and not f.get("skipped")
+    )
+    doc = json.dumps({"config": manifest.get("config"), "files": files}, sort_keys=True, default=str)
+    return _sha(doc.encode())[:16]
+
+
 def load_chunks(settings: Settings, store: ObjectStore | None = None, attempts: int = 5) -> pd.DataFrame:
     """All chunks currently in the store (one row per chunk, CHUNK_COLUMNS). An ingest that commits while
     this reads deletes the chunk objects the manifest read here named: an object gone under a manifest that

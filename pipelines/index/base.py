@@ -71,8 +71,8 @@ class ChunkIndex(Protocol):
 
 def content_version(chunk_ids: Iterable[str], *more: str) -> str:
     """16 hex characters that change when the set of chunks does (a chunk id hashes its text) or when any of
-    `more` does (the embedder of a dense index): Dagster's data version of the corpus and of each index, so
-    that an unchanged rebuild keeps its version and the Bento's labels name what it holds."""
+    `more` does (the embedder of a dense index): Dagster's data version of each index, so that an unchanged
+    rebuild keeps its version and the Bento's labels name what it holds."""
     h = hashlib.sha256("\n".join(sorted(set(chunk_ids))).encode())
     for part in more:
         h.update(f"\x00{part}".encode())
