@@ -197,6 +197,25 @@ def test_models_of_one_mean_cost_are_an_error_not_a_null_aiq_nor_a_nan_manifest(
     json.loads(text, parse_constant=lambda c: pytest.fail(f"manifest.json holds {c}, which is not JSON"))
 
 
+def test_a_best_model_that_costs_nothing_gives_no_infinity_in_json(router, tables, tmp_path):
+    """Its cost ratio was infinite (a RuntimeWarning), printed as `Infinity`, which is not JSON; the gate's
+    ratios likewise."""
+    from router_models.router.evaluation import utility_gate
+
+    p, o = tables["test"]
+    best = o.groupby("model")["score"].mean().idxmax()
+    free = o.assign(cost_usd=o["cost_usd"].where(o["model"] != best, 0.0))
+    res = _evaluate(router, tables, tmp_path, free)
+    assert res.exit_code == 0 and "Infinity" not in res.stdout and "RuntimeWarning" not in res.output
+    out = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert out["best_single"] == best and out["best_single_cost"] == 0.0
+    pred = load_router(router).predict_frame(p)
+    gate = utility_gate(pred, free, lambda_cost=100.0)
+    assert all(
+        np.isnan(gate[k]) or np.isfinite(gate[k]) for k in ("router_cost_ratio", "router_min_cost_ratio")
+    )
+
+
 def test_the_pareto_plot_shows_models_and_points_that_cost_nothing(router, tables):
     """A log cost axis cannot place 0: models priced at 0 and the router's free points were left out."""
     import matplotlib
@@ -214,6 +233,13 @@ def test_the_pareto_plot_shows_models_and_points_that_cost_nothing(router, table
         (x0, x1), points = ax.get_xlim(), [*metrics.single_models(free).values()]
         assert x0 <= 0.0 and all(x0 <= c <= x1 for c, _ in points)
         assert np.isfinite(ax.transData.transform(points)).all()  # on a log axis (0, q) is not finite
+    finally:
+        plt.close(fig)
+    fig, ax = plt.subplots()
+    try:  # nothing costs anything: no axis of negative costs around 0
+        metrics.draw_pareto(ax, pred, o.assign(cost_usd=0.0))
+        assert ax.get_xscale() == "linear" and list(ax.get_xticks()) == [0.0]
+        assert "every model and operating point costs 0" in ax.get_xlabel()
     finally:
         plt.close(fig)
 

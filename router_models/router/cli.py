@@ -200,8 +200,9 @@ def evaluate(
         result["plot"] = str(pareto_plot(pred, o, path, title=f"router ({r.predictor.name})"))
     except OSError as e:  # the figures stand without it
         result["plot"], result["plot_error"] = None, f"{type(e).__name__}: {e}"
-    # JSON has no NaN: a cost the router never reaches (it never matches the best model) is null
-    result = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}
+    # JSON has no NaN nor infinity: a cost the router never reaches (it never matches the best model) is null,
+    # and so is the ratio to a best model that costs nothing
+    result = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}
     typer.echo(json.dumps(result, indent=2, default=float))
     if result["aiq"] is None:  # the figures printed are all there is
         cost = min(c for c, _ in metrics.single_models(o).values())

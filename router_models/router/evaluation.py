@@ -114,9 +114,9 @@ def utility_gate(
         "best_single_utility": best_u,
         "router_utility": router_u,
         "router_quality": quality,
-        "router_cost_ratio": cost / best_cost if np.isfinite(cost) else float("nan"),
+        "router_cost_ratio": cost / best_cost if np.isfinite(cost) and best_cost > 0 else float("nan"),
         # the least the router spends (at its highest price of quality), as a fraction of the best's cost
-        "router_min_cost_ratio": min(c for c, _ in curve) / best_cost,
+        "router_min_cost_ratio": min(c for c, _ in curve) / best_cost if best_cost > 0 else float("nan"),
         "utility_gain": gain,
         "passed": bool(np.isfinite(gain) and gain >= min_gain),
         "best_single_by_utility": by_u,

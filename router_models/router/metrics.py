@@ -162,10 +162,16 @@ def summary(predictions: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, floa
         "oracle_quality": float(scores.to_numpy().max(1).mean()),
         "router_max_quality": max(q for _, q in pts),
         "router_cost_to_match_best": cost_at_best,
-        "cost_ratio_to_match_best": cost_at_best / best_c if reach else float("nan"),
+        # as the reference has it: infinite where the best model costs nothing and the router does not
+        "cost_ratio_to_match_best": _ratio(cost_at_best, best_c) if reach else float("nan"),
         "n_prompts": int(len(scores)),
         "n_models": int(scores.shape[1]),
     }
+
+
+def _ratio(a: float, b: float) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 is NaN and x/0 infinite, without a warning
+        return float(np.float64(a) / np.float64(b))
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -210,11 +216,14 @@ def draw_pareto(ax: Any, predictions: pd.DataFrame, outcomes: pd.DataFrame, titl
     if min(costs) > 0:
         ax.set_xscale("log")
         ax.set_xlabel("mean cost per prompt (USD, log scale)")
-    else:  # linear up to the least cost above 0, log beyond it
-        ax.set_xscale("symlog", linthresh=min((c for c in costs if c > 0), default=1e-6))
-        if max(costs) > 0:
-            ax.set_xlim(left=0.0)
+    elif max(costs) > 0:  # linear up to the least cost above 0, log beyond it
+        ax.set_xscale("symlog", linthresh=min(c for c in costs if c > 0))
+        ax.set_xlim(left=0.0)
         ax.set_xlabel("mean cost per prompt (USD, log scale above the least cost, linear below: 0 shown)")
+    else:  # nothing costs anything: one column at 0
+        ax.set_xlim(-1.0, 1.0)
+        ax.set_xticks([0.0])
+        ax.set_xlabel("mean cost per prompt (USD: every model and operating point costs 0)")
     ax.set_ylabel("mean quality")
     ax.set_title(title or "Router cost-quality curve")
     ax.legend(loc="lower right")
