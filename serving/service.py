@@ -537,11 +537,14 @@ class KeyRequired:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        endpoint = self.PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
-        keys = KeyRequired.current
+        endpoint, keys = None, KeyRequired.current
+        if scope["type"] == "http" and scope.get("method") == "POST" and keys is not None:
+            path, root = scope.get("path", ""), scope.get("root_path", "")
+            endpoint = self.PATHS.get(path.removeprefix(root) if root and path.startswith(root) else path)
         if endpoint is not None and keys is not None:
-            authorization = dict(scope.get("headers") or []).get(b"authorization")
-            if not keys.check(authorization.decode("latin-1") if authorization else None):
+            # the first Authorization header, as the method's own check reads it (Starlette's Headers.get)
+            authorization = next((v for k, v in scope.get("headers") or [] if k == b"authorization"), None)
+            if not keys.check(authorization.decode("latin-1") if authorization is not None else None):
                 try:
                     with request_span(endpoint):  # recorded as the method's own refusal was
                         raise HTTPFailure(

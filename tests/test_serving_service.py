@@ -347,6 +347,11 @@ def test_typed_bentoml_route_gives_the_v1_decision_with_bentoml_errors(client):
         r = client.post(path, json=bad)
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
         assert r.json()["error"]["type"] == "authentication_error"
+    # the first Authorization header counts, as in the method's own check; other methods are 405 as before
+    valid, bad = ("authorization", AUTH["Authorization"]), ("authorization", "Bearer wrong")
+    assert client.post("/route", json={"prompt": 1}, headers=[valid, bad]).status_code == 400
+    assert client.post("/route", json={"prompt": 1}, headers=[bad, valid]).status_code == 401
+    assert client.get("/route").status_code == 405
     for bad, needle in (({"prompt": "hi", "extra": 1}, "extra"), ({}, "exactly one")):
         r = client.post("/route", json=bad, headers=AUTH)
         assert r.status_code == 400 and needle in r.text, r.text
