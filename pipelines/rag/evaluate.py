@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipelines.corpus.ingest import ingest_corpus
 from pipelines.corpus.store import LocalStore
+from pipelines.files import save_figure
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10, percentiles_ms, recall_at_100
 from pipelines.rag.retrieve import MODES, Retriever, open_retriever
@@ -195,11 +196,4 @@ def retrieval_plot(rows: list[dict], path: str | Path, title: str = "") -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend(loc="lower right")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

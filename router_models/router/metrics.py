@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.files import atomic_path
+from pipelines.files import save_figure
 from router_models.router.predictors.base import numbers_in
 
 LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-2, 1e6, 400)])
@@ -192,13 +192,7 @@ def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | P
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     draw_pareto(ax, predictions, outcomes, title)
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=path.suffix) as tmp:  # the format comes from the suffix
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def draw_pareto(ax: Any, predictions: pd.DataFrame, outcomes: pd.DataFrame, title: str = "") -> None:

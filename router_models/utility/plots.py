@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.files import atomic_path
+from pipelines.files import save_figure
 from router_models.utility.data import CellData
 
 
@@ -71,20 +71,7 @@ def forest_plot(idata, path: str | Path, interval: float = 0.9) -> Path:
     axes[0][0].invert_yaxis()
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Quality per task x model: prior vs posterior", fontsize=10)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    try:
-        with atomic_path(path, suffix=path.suffix) as tmp:  # the format comes from the suffix
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def calibration_plot(table: pd.DataFrame, path: str | Path) -> Path:
@@ -105,4 +92,4 @@ def calibration_plot(table: pd.DataFrame, path: str | Path) -> Path:
     ax.set_ylabel("mean score")
     ax.set_title(f"Posterior predictive calibration: {ok.mean():.0%} of {len(t)} cells inside 90%")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
