@@ -197,23 +197,32 @@ def test_models_of_one_mean_cost_are_an_error_not_a_null_aiq_nor_a_nan_manifest(
     json.loads(text, parse_constant=lambda c: pytest.fail(f"manifest.json holds {c}, which is not JSON"))
 
 
-def test_a_best_model_that_costs_nothing_gives_no_infinity_in_json(router, tables, tmp_path):
-    """Its cost ratio was infinite (a RuntimeWarning), printed as `Infinity`, which is not JSON; the gate's
-    ratios likewise."""
+def test_a_best_model_that_costs_nothing_gives_no_infinity_in_json():
+    """The router reaching the best model's quality only at a cost, where that model costs nothing: the cost
+    ratio is infinite (as in the reference) and came with a RuntimeWarning, evaluate printed `Infinity`
+    (not JSON), and the gate's ratios were infinite or NaN with warnings."""
+    import warnings
+
+    from router_models.router.cli import finite_or_null
     from router_models.router.evaluation import utility_gate
 
-    p, o = tables["test"]
-    best = o.groupby("model")["score"].mean().idxmax()
-    free = o.assign(cost_usd=o["cost_usd"].where(o["model"] != best, 0.0))
-    res = _evaluate(router, tables, tmp_path, free)
-    assert res.exit_code == 0 and "Infinity" not in res.stdout and "RuntimeWarning" not in res.output
-    out = json.loads(res.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
-    assert out["best_single"] == best and out["best_single_cost"] == 0.0
-    pred = load_router(router).predict_frame(p)
-    gate = utility_gate(pred, free, lambda_cost=100.0)
-    assert all(
-        np.isnan(gate[k]) or np.isfinite(gate[k]) for k in ("router_cost_ratio", "router_min_cost_ratio")
-    )
+    rows = [
+        {"prompt_id": str(i), "model": m, "score": float(s), "cost_usd": c}
+        for i in range(20)
+        for m, s, c in (("free", i < 12, 0.0), ("paid", i >= 10, 0.01))
+    ]
+    table = pd.DataFrame(rows)
+    pred = table.rename(columns={"score": "predicted_score", "cost_usd": "predicted_cost_usd"})
+    pred.loc[pred["model"] == "free", "predicted_cost_usd"] = 0.02  # the router thinks the free one dear
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = metrics.summary(pred, table)
+        gate = utility_gate(pred, table, lambda_cost=100.0)
+    assert result["best_single"] == "free" and result["cost_ratio_to_match_best"] == np.inf
+    shown = json.dumps(finite_or_null(result), allow_nan=False)
+    assert json.loads(shown)["cost_ratio_to_match_best"] is None
+    assert finite_or_null({"a": float("nan"), "b": 0.5, "c": "x"}) == {"a": None, "b": 0.5, "c": "x"}
+    assert np.isnan(gate["router_cost_ratio"]) and np.isnan(gate["router_min_cost_ratio"])
 
 
 def test_the_pareto_plot_shows_models_and_points_that_cost_nothing(router, tables):

@@ -6,6 +6,7 @@ Heavy libraries load inside the commands so that `stratmaster --help` stays fast
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -51,6 +52,13 @@ def _read_prompts(path: Path) -> pd.DataFrame:
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     return df
+
+
+def finite_or_null(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures with NaN and infinity as None, for JSON, which has neither: a cost the router never
+    reaches (it never matches the best model) is null, and so is the ratio to a best model that costs
+    nothing (infinite: `Infinity` was printed, which is not JSON)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}
 
 
 def _fail(why: object) -> NoReturn:
@@ -169,8 +177,6 @@ def evaluate(
 ) -> None:
     """AIQ, gap recovered and cost to match the best single model, as JSON (RouterBench definitions), and
     the Pareto plot (router curve, single models, oracle)."""
-    import math
-
     from pipelines.settings import Settings
     from router_models.router import metrics
     from router_models.router.artifact import load_router
@@ -200,10 +206,8 @@ def evaluate(
         result["plot"] = str(pareto_plot(pred, o, path, title=f"router ({r.predictor.name})"))
     except OSError as e:  # the figures stand without it
         result["plot"], result["plot_error"] = None, f"{type(e).__name__}: {e}"
-    # JSON has no NaN nor infinity: a cost the router never reaches (it never matches the best model) is null,
-    # and so is the ratio to a best model that costs nothing
-    result = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}
-    typer.echo(json.dumps(result, indent=2, default=float))
+    result = finite_or_null(result)
+    typer.echo(json.dumps(result, indent=2, default=float, allow_nan=False))
     if result["aiq"] is None:  # the figures printed are all there is
         cost = min(c for c, _ in metrics.single_models(o).values())
         _fail(
