@@ -45,7 +45,10 @@ def fingerprint(*parts: Any) -> str:
         h.update(b"\x00")
         if isinstance(part, pd.DataFrame):
             h.update(json.dumps([str(c) for c in part.columns]).encode())
-            h.update(pd.util.hash_pandas_object(part, index=False).values.tobytes())
+            try:
+                h.update(pd.util.hash_pandas_object(part, index=False).values.tobytes())
+            except TypeError:  # cells pandas cannot hash (a RAG prompt's list of contexts): their JSON
+                h.update(part.to_json(orient="values", default_handler=str).encode())
         elif isinstance(part, Path) and part.exists():
             _update_with_path(h, part)
         else:

@@ -97,3 +97,15 @@ def test_the_bundle_memo_ignores_settings_no_model_is_made_from(tmp_path):
     base = _models_fingerprint(Settings(run_dir=tmp_path))
     assert base == _models_fingerprint(Settings(run_dir=tmp_path, lambda_cost=5, otel_sample_ratio=0.5))
     assert base != _models_fingerprint(Settings(run_dir=tmp_path, catalog_path=tmp_path / "catalog.yaml"))
+
+
+def test_a_frame_with_list_cells_has_a_fingerprint_that_follows_its_content():
+    """pandas cannot hash a list: the prompt set (RAG rows hold their contexts) failed its asset."""
+    import pandas as pd
+
+    from pipelines.memo import fingerprint
+
+    frame = pd.DataFrame({"prompt_id": ["a", "b"], "contexts": [["x", "y"], []]})
+    assert fingerprint(frame) == fingerprint(frame.copy())
+    changed = frame.assign(contexts=[["x", "z"], []])
+    assert fingerprint(changed) != fingerprint(frame)
