@@ -269,8 +269,8 @@ def test_a_fit_that_passes_its_checks_replaces_the_previous_one(routerbench_slic
             "--draws", "20", "--tune", "20", "--chains", "2", "--sampler", "pymc"]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    names = {"utility_posterior.nc", "summary.json", "quality_forest.png", "calibration.png"}
-    assert {f.name for f in out.iterdir()} == names | {"notes.txt"}
+    names = {"utility_posterior.nc", "summary.json", "quality_forest.png", "calibration.png", "plots.json"}
+    assert {f.name for f in out.iterdir()} == names | {"notes.txt"}  # plots.json: the fit the plots show
     assert set(json.loads((out / "summary.json").read_text())) == {"rows", "diagnostics"}
     assert sorted(f.name for f in tmp_path.iterdir()) == ["fit", "fit.failed"]
     assert (out / "notes.txt").read_text() == "mine"
