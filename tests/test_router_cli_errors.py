@@ -278,3 +278,28 @@ def test_train_says_how_many_outcome_rows_its_prompts_left_out(tables, tmp_path)
     )
     res = _train(tables, tmp_path, tmp_path / "r")
     assert res.exit_code == 0 and res.stderr == "", res.output
+
+
+def test_blank_prompts_are_left_out_of_training_and_said_in_predict(tables, tmp_path):
+    """Blank prompts trained the router as "" without a word (their outcomes taught it noise); now train
+    leaves them out and says so, predict still answers for them and says so, and all blank is an error."""
+    p, o = tables["train"]
+    blanked = p.copy()
+    blanked.iloc[:2, blanked.columns.get_loc("prompt")] = None  # an empty CSV cell
+    blanked.iloc[2:5, blanked.columns.get_loc("prompt")] = "  \n\t"
+    res = _train(tables, tmp_path, tmp_path / "blank", prompts=blanked)
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_prompts"] == len(p) - 5, res.output
+    ids = ", ".join(p["prompt_id"].iloc[:5])
+    assert f"warning: 5 blank prompts in {tmp_path / 'tp.csv'} (prompt_id {ids}) are left out" in res.stderr
+    assert load_router(tmp_path / "blank").info["n_blank_prompts"] == 5
+    assert _train(tables, tmp_path, tmp_path / "rest", prompts=p.iloc[5:]).exit_code == 0
+    queries = tables["test"][0][["prompt_id", "prompt"]]
+    same = [load_router(tmp_path / d).predict_frame(queries) for d in ("blank", "rest")]
+    pd.testing.assert_frame_equal(*same)  # trained on the same prompts: the blank ones taught it nothing
+    blanked[["prompt_id", "prompt"]].to_csv(tmp_path / "q.csv", index=False)
+    args = ["predict", "--router", str(tmp_path / "rest"), "--prompts", str(tmp_path / "q.csv")]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "pred.csv")])
+    assert res.exit_code == 0 and "5 blank prompts" in res.stderr and "routed on no signal" in res.stderr
+    assert len(pd.read_csv(tmp_path / "pred.csv")) == len(p) * len(load_router(tmp_path / "rest").models)
+    res = _train(tables, tmp_path, tmp_path / "none", prompts=p.assign(prompt=" "))
+    assert "every prompt of the prompts table is blank" in _said(res)

@@ -40,7 +40,9 @@ def _read(path: Path) -> pd.DataFrame:
     return df
 
 
-def _read_prompts(path: Path) -> pd.DataFrame:
+def _read_prompts(
+    path: Path, blank_ones: str = "routed on no signal but the panel's averages"
+) -> pd.DataFrame:
     df = _read(path)
     for col in ("prompt_id", "prompt"):
         if col not in df:
@@ -51,6 +53,16 @@ def _read_prompts(path: Path) -> pd.DataFrame:
         check_unique_prompt_ids(df, path)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    from router_models.router.train import blank_prompts
+
+    blank = blank_prompts(df)
+    if blank.any():  # said, not silent: train leaves them out, predict and evaluate route them on no signal
+        ids = ", ".join(df.loc[blank, "prompt_id"].head(5))
+        more = f" and {int(blank.sum()) - 5} more" if blank.sum() > 5 else ""
+        typer.echo(
+            f"warning: {int(blank.sum())} blank prompts in {path} (prompt_id {ids}{more}) are {blank_ones}",
+            err=True,
+        )
     return df
 
 
@@ -111,7 +123,7 @@ def train(
             raise typer.BadParameter("--prior-table is used by the `bayes` predictor (alone or in `stack`)")
         prior = {"prior_table": _read(prior_table), "update_prior": not prior_is_posterior}
         params = prior if predictor == "bayes" else {"member_options": {"bayes": prior}}
-    p, o = _read_prompts(prompts), _read(outcomes)
+    p, o = _read_prompts(prompts, "left out of training"), _read(outcomes)
     try:
         check_replaceable(out)  # before the training, not after it
         router = train_router(

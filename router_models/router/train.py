@@ -61,6 +61,15 @@ def panel(
     )
 
 
+def blank_prompts(prompts: pd.DataFrame) -> pd.Series:
+    """Which prompts are empty or whitespace only (an empty CSV cell reads as NaN)."""
+    return (
+        prompts["prompt"].fillna("").astype(str).str.strip().eq("")
+        if "prompt" in prompts
+        else pd.Series(False, index=prompts.index)
+    )
+
+
 def task_labels(prompts: pd.DataFrame) -> list[str]:
     if "task" not in prompts:
         return [NO_TASK] * len(prompts)
@@ -103,8 +112,13 @@ def train_router(
     """Fit the task classifier, the cost model and the quality predictor; calibrate the budget policy.
 
     Task labels are used in training only: at prediction time the classifier's probabilities stand in.
+    Blank prompts are left out (their outcomes would teach the predictor nothing about a prompt but noise)
+    and counted in `info["n_blank_prompts"]`.
     """
-    prompts, models, y, cost = panel(prompts, outcomes)
+    blank = blank_prompts(prompts)
+    if len(prompts) and blank.all():
+        raise ValueError("every prompt of the prompts table is blank")
+    prompts, models, y, cost = panel(prompts[~blank], outcomes)
     texts = prompts["prompt"].fillna("").astype(str).tolist()  # an empty prompt reads from CSV as NaN
     labels = task_labels(prompts)
     emb = embed_prompts(texts, embedder, cache_dir)
@@ -127,6 +141,7 @@ def train_router(
                 metadata[m].p95_latency_s = float(v)
     info = {
         "n_prompts": len(prompts),
+        "n_blank_prompts": int(blank.sum()),
         "n_outcomes": int((~np.isnan(y)).sum()),
         "tasks": sorted(set(labels)),
         "model_quality": {m: float(q) for m, q in zip(models, quality, strict=True)},
