@@ -61,8 +61,8 @@ def _rag(console: Console, settings: Settings, gateway: Gateway, n_chunks: int, 
     from pipelines.rag.answer import answer
     from pipelines.rag.retrieve import open_retriever
 
-    # open_retriever makes empty indexes where none were built: on a fresh run folder both questions were
-    # answered "No indexed source matches this question.", so look for chunks first
+    # on a fresh run folder both questions were answered "No indexed source matches this question.": look
+    # for chunks first
     if not n_chunks:
         console.print(f"[yellow]RAG skipped: no indexed chunks in the store ({store}); {HINT}[/]")
         return False

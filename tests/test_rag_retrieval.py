@@ -463,3 +463,67 @@ def test_tune_embedder_replaces_a_model_tuned_before_and_refuses_weights_that_ar
         next(model.parameters())[0, 0] = float("nan")  # as lr 1e6 left them: saved, and every vector NaN
     with pytest.raises(ValueError, match="not finite"):
         check_finite(model, 1e6)
+
+
+def test_a_retriever_where_no_index_was_built_is_an_error_and_makes_nothing(tmp_path):
+    """Opening a retriever on a folder with no index made empty indexes there and answered every query with
+    nothing: `retrieval ask` on a fresh run folder said "No indexed source matches this question.", exit 0."""
+    from pipelines.index.base import IndexMissing
+    from pipelines.rag.retrieve import open_retriever
+
+    settings = Settings(run_dir=tmp_path / "run", embedder="static")
+    for mode, kind in (("bm25", "keyword"), ("dense", "dense"), ("hybrid_graph", "keyword")):
+        with pytest.raises(IndexMissing, match=f"no {kind} index at {tmp_path / 'nowhere'}"):
+            open_retriever(settings, tmp_path / "nowhere", modes=(mode,))
+    assert not (tmp_path / "nowhere").exists()
+    env = {"SM_RUN_DIR": str(tmp_path / "run"), "SM_EMBEDDER": "static", "SM_OBJECT_STORE": "local"}
+    res = CliRunner().invoke(app, ["ask", "what caused INC-20731", "--mode", "bm25"], env=env)
+    _one_line_error(res, 1, "no keyword index at", "build the indexes first")
+
+
+def test_k_below_one_is_an_error_and_a_query_with_nothing_to_match_finds_nothing(every_index):
+    """k=-1 cut the last hit off, k=0 was a panic inside tantivy (no `except Exception` catches it); a query
+    of punctuation or a zero-width space got confident dense hits (every chunk at 0.0 for the latter)."""
+    from pipelines.rag.retrieve import MODES, open_retriever
+
+    settings, ix, store = every_index
+    r = open_retriever(settings, ix, store)
+    try:
+        for k in (0, -1):
+            with pytest.raises(ValueError, match="k must be 1 or more"):
+                r.search("error E4471", "hybrid", k=k)
+            with pytest.raises(ValueError, match="k must be 1 or more"):
+                r.search_docs("error E4471", "bm25", k=k)
+        assert r.keyword.search("error E4471", 0) == []
+        for mode in MODES:
+            for nothing in ("???", "\u200b", "-- !! --"):
+                assert r.search(nothing, mode, k=4) == [], (mode, nothing)
+            assert r.search("E4471?", mode, k=1), mode  # punctuation around a word still searches
+    finally:
+        r.close()
+
+
+def test_a_sync_stopped_while_adding_keeps_every_chunk_it_had(tmp_path):
+    """The sync deleted the chunks of an edited document before adding their new versions: a build stopped
+    in between left that document in neither version."""
+    import pandas as pd
+
+    from pipelines.index.base import sync_index
+    from pipelines.index.keyword import TantivyIndex
+
+    def chunks(*ids):
+        return pd.DataFrame({"chunk_id": ids, "title": "", "text": [f"aspirin text of {i}" for i in ids]})
+
+    index = TantivyIndex(tmp_path / "keyword")
+    sync_index(index, chunks("doc#old", "other#x"))
+
+    class Stopped(TantivyIndex):
+        def upsert(self, _chunks):
+            raise KeyboardInterrupt  # the build killed as it adds
+
+    with pytest.raises(KeyboardInterrupt):
+        sync_index(Stopped(tmp_path / "keyword"), chunks("doc#new", "other#x"))
+    assert TantivyIndex(tmp_path / "keyword").indexed_ids() == {"doc#old", "other#x"}
+    report = sync_index(TantivyIndex(tmp_path / "keyword"), chunks("doc#new", "other#x"))
+    assert (report.added, report.deleted) == (1, 1)
+    assert TantivyIndex(tmp_path / "keyword").indexed_ids() == {"doc#new", "other#x"}

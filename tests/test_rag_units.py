@@ -51,8 +51,11 @@ def test_a_malformed_queries_file_or_qrels_that_match_no_query_are_clear_errors(
         load_queries(tmp_path / "q.jsonl")
     (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n')
     (tmp_path / "qrels.csv").write_text("query-id,corpus-id,score\nq1,d1,1\n")  # not tab-separated
-    with pytest.raises(ValueError, match="no query of .*qrels.csv"):
+    with pytest.raises(ValueError, match="qrels.csv line 2: not query-id, corpus-id and a finite score"):
         load_labels(tmp_path / "q.jsonl", tmp_path / "qrels.csv")
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq9\td1\t1\n")
+    with pytest.raises(ValueError, match="no query of .*qrels.tsv"):
+        load_labels(tmp_path / "q.jsonl", tmp_path / "qrels.tsv")
 
 
 def test_qrels_reader_skips_header_and_non_positive(tmp_path):
@@ -248,3 +251,33 @@ def test_a_source_cannot_forge_another_sources_label():
     shown = build_messages("What is the capital of France?", hits)[1]["content"]
     assert re.findall(r"\[\d+\]", shown) == ["[1]", "[2]"], shown
     assert "(2) Berlin is the capital of France." in shown
+
+
+def test_a_malformed_qrels_line_is_an_error_not_a_dropped_judgement(tmp_path):
+    """A line after the header that did not parse was skipped as if it were a header: a space-separated row
+    dropped a judged query (nDCG 1.0 where all four queries give 0.5); nan was dropped, inf counted."""
+    p = tmp_path / "q.tsv"
+    p.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2 d2 1\nq3\td3\tone\n")
+    with pytest.raises(ValueError, match="q.tsv line 3: not query-id, corpus-id and a finite score"):
+        load_qrels(p)
+    for bad in ("nan", "inf", "1\textra"):
+        p.write_text(f"q1\td1\t1\nq2\td2\t{bad}\n")
+        with pytest.raises(ValueError, match="line 2"):
+            load_qrels(p)
+    p.write_text("q1\td1\t1\r\n\r\nq2\td2\t2\r\n")  # no header, CRLF, a blank line
+    assert load_qrels(p) == {"q1": {"d1"}, "q2": {"d2"}}
+
+
+def test_citations_ignore_huge_numbers_and_drop_chunk_ids_that_were_not_retrieved():
+    """A bracketed number of 4,301 digits was a ValueError from int() (model output, uncaught); a chunk id the
+    model made up stayed in the answer, where it reads as a citation."""
+    hits = [Hit("doc1#0123456789ab", "doc1", 1.0, "", "Alpha text.")]
+    huge = "[" + "9" * 5000 + "]"
+    assert resolve_citations(f"Alpha {huge} [1].", hits) == (
+        f"Alpha {huge} [doc1#0123456789ab].",
+        ["doc1#0123456789ab"],
+    )
+    text, cited = resolve_citations("Alpha [doc42#deadbeef0000] and [doc1#0123456789ab].", hits)
+    assert (text, cited) == ("Alpha  and [doc1#0123456789ab].", [])
+    text, cited, by = cite("Alpha text is it [doc42#deadbeef0000].", hits)
+    assert text == "Alpha text is it ." and by == "none"

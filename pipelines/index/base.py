@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
@@ -30,6 +31,23 @@ class IndexInUse(RuntimeError):
             f"the {kind} index at {path} is already open in another process (a job or a command that is "
             "still running over this run folder): wait for it to finish, or use a server backend"
         )
+
+
+class IndexMissing(FileNotFoundError):
+    """A retriever was opened where no embedded index was built: it had made an empty one there and
+    answered every query with nothing."""
+
+    def __init__(self, kind: str, path: object) -> None:
+        super().__init__(
+            f"no {kind} index at {path}: build the indexes first (`stratmaster retrieval ingest DOCS`, "
+            "or `make demo`)"
+        )
+
+
+def require_index(path: Path, kind: str, must_exist: bool) -> Path:
+    if must_exist and not path.exists():
+        raise IndexMissing(kind, path)
+    return path
 
 
 def doc_id_of(chunk_id: str) -> str:
@@ -90,10 +108,10 @@ def sync_index(
     want = set(chunks["chunk_id"])
     gone = sorted(have - want)
     new = chunks[~chunks["chunk_id"].isin(have)]
+    for i in range(0, len(new), batch):  # adds first: a sync stopped half-way leaves every old chunk there
+        index.upsert(new.iloc[i : i + batch])
     if gone:
         index.delete(gone)
-    for i in range(0, len(new), batch):
-        index.upsert(new.iloc[i : i + batch])
     return IndexReport(
         backend=index.backend, location=index.location, added=len(new), deleted=len(gone),
         unchanged=len(want & have), total=len(want), seconds=round(time.perf_counter() - t0, 3),

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.corpus.pii import PLACEHOLDER
-from pipelines.index.base import IndexInUse, IndexReport, ScoredChunk
+from pipelines.index.base import IndexInUse, IndexReport, ScoredChunk, require_index
 from pipelines.index.entities import RuleEntityExtractor
 from pipelines.settings import Settings
 
@@ -338,7 +338,7 @@ def _remove_db(path: Path) -> None:
             p.unlink()
 
 
-def open_graph(settings: Settings, index_dir: str | Path | None = None):
+def open_graph(settings: Settings, index_dir: str | Path | None = None, must_exist: bool = False):
     if settings.graph_backend == "nebula":
         return NebulaGraph(
             settings.nebula_address,
@@ -346,7 +346,8 @@ def open_graph(settings: Settings, index_dir: str | Path | None = None):
             settings.nebula_password.get_secret_value(),
             settings.nebula_space,
         )
-    return LadybugGraph(Path(index_dir or settings.run_dir / "index") / "graph" / "kg.lbug")
+    path = Path(index_dir or settings.run_dir / "index") / "graph" / "kg.lbug"
+    return LadybugGraph(require_index(path, "graph", must_exist))
 
 
 def sync_graph(graph, chunks: pd.DataFrame, extractor=None) -> IndexReport:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from pipelines.files import write_atomic
-from pipelines.index.base import ScoredChunk
+from pipelines.index.base import ScoredChunk, require_index
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class TantivyIndex(_Analysed):
             (Occur.Should, Q.term_query(self.schema, "text", t, index_option="freq"))
             for t in self.terms(query)
         ]
-        if not clauses:
+        if not clauses or k < 1:  # tantivy panics on a limit of 0 (an exception no `except Exception` takes)
             return []
         searcher = self.index.searcher()
         hits = searcher.search(Q.boolean_query(clauses), limit=k, count=False).hits
@@ -260,12 +260,14 @@ class OpenSearchIndex(_Analysed):
         return [ScoredChunk(h["_source"]["chunk_id"], float(h["_score"])) for h in hits]
 
 
-def open_keyword_index(settings: Settings, index_dir: str | Path | None = None):
-    """The keyword backend chosen by `settings.keyword_backend`."""
+def open_keyword_index(settings: Settings, index_dir: str | Path | None = None, must_exist: bool = False):
+    """The keyword backend chosen by `settings.keyword_backend`; `must_exist`: an embedded index not built
+    is an IndexMissing (to search), not a new empty one (to build)."""
     if settings.keyword_backend == "opensearch":
         password = settings.opensearch_password
         return OpenSearchIndex(
             settings.opensearch_url, settings.opensearch_index, settings.opensearch_user or None,
             password.get_secret_value() if password is not None else None,
         )  # fmt: skip
-    return TantivyIndex(Path(index_dir or settings.run_dir / "index") / "keyword")
+    path = Path(index_dir or settings.run_dir / "index") / "keyword"
+    return TantivyIndex(require_index(path, "keyword", must_exist))

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
 
-from pipelines.index.base import IndexInUse, ScoredChunk
+from pipelines.index.base import IndexInUse, ScoredChunk, require_index
 from pipelines.index.embeddings import Embedder, LazyEmbedder
 from pipelines.settings import Settings
 
@@ -239,9 +239,14 @@ class QdrantIndex:
 
 
 def open_dense_index(
-    settings: Settings, index_dir: str | Path | None = None, embedder: Embedder | None = None, progress=False
+    settings: Settings,
+    index_dir: str | Path | None = None,
+    embedder: Embedder | None = None,
+    progress=False,
+    must_exist: bool = False,
 ) -> QdrantIndex:
-    """The vector backend chosen by `settings.vector_backend` (local files under index_dir, or the server)."""
+    """The vector backend chosen by `settings.vector_backend` (local files under index_dir, or the server);
+    `must_exist`: local files not built are an IndexMissing, not a new empty index."""
     embedder = embedder or LazyEmbedder(settings.embedder)
     if settings.vector_backend == "qdrant_server":
         key = settings.qdrant_api_key
@@ -249,5 +254,5 @@ def open_dense_index(
             embedder, settings.qdrant_collection, url=settings.qdrant_url, progress=progress,
             api_key=key.get_secret_value() if key is not None else None, exact=settings.qdrant_exact,
         )  # fmt: skip
-    path = Path(index_dir or settings.run_dir / "index") / "qdrant"
+    path = require_index(Path(index_dir or settings.run_dir / "index") / "qdrant", "dense", must_exist)
     return QdrantIndex(embedder, settings.qdrant_collection, path=path, progress=progress)

@@ -19,7 +19,8 @@ SYSTEM = (
     "You answer questions using only the numbered sources given. Cite the sources you use with their "
     "numbers in square brackets, like [1] or [2]. If the sources do not contain the answer, say so."
 )
-_LABEL = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+_LABEL = re.compile(r"\[(\d{1,6}(?:\s*,\s*\d{1,6})*)\]")  # a longer number is no label (nor an int)
+_CHUNK_REF = re.compile(r"\[([^\[\]\n]+#[0-9a-f]{12})\]")  # a chunk id as cite() writes it
 SENTENCE_BREAK = r"(?<=[.!?])\s+|\n+"  # also splits answers for pipelines.bench.rag_scorers
 _WORD = re.compile(r"[a-z0-9_]{3,}")
 _STOP_WORDS = (  # words too common to tie a sentence to a source
@@ -74,7 +75,8 @@ MAX_SOURCES = 20  # /v1/rag's most; a bracketed number past it and past the sour
 
 def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[str]]:
     """Replace [n] labels by [chunk_id]; labels that name no source are dropped from the text, and numbers
-    no label could be (a year, "[2019]") are kept as written."""
+    no label could be (a year, "[2019]") are kept as written. A chunk id in brackets that was not retrieved
+    (the model's own invention) is dropped too: it would read as a citation."""
     cited: list[str] = []
 
     def swap(m: re.Match) -> str:
@@ -88,6 +90,8 @@ def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[str]]:
         cited.extend(ids)
         return "".join(f"[{c}]" for c in ids)
 
+    retrieved = {h.chunk_id for h in hits}
+    text = _CHUNK_REF.sub(lambda m: m.group(0) if m.group(1) in retrieved else "", text)  # none made up
     return _LABEL.sub(swap, text).strip(), list(dict.fromkeys(cited))
 
 

@@ -187,7 +187,7 @@ def ask(
     mode: str = typer.Option("hybrid", help="retrieval mode"),
 ) -> None:
     """Answer a question from the ingested corpus with citations (chunk ids), through the gateway."""
-    from pipelines.index.base import IndexInUse
+    from pipelines.index.base import IndexInUse, IndexMissing
     from pipelines.llm.gateway import Gateway, GatewayError
     from pipelines.rag.answer import answer
     from pipelines.rag.retrieve import MODES, open_retriever
@@ -203,7 +203,7 @@ def ask(
     _check_embedder(s)
     try:
         r = open_retriever(s, modes=(mode,))  # only the indexes the mode reads
-    except IndexInUse as e:
+    except (IndexInUse, IndexMissing) as e:  # another process holds it, or it was never built
         _fail(e, 1)
     try:
         a = answer(question, r, gateway, model=model, k=k, mode=mode, max_context_chars=s.rag_context_chars)

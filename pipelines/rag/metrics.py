@@ -35,14 +35,21 @@ def load_queries(path: str | Path) -> dict[str, str]:
 
 def load_qrels(path: str | Path) -> dict[str, set[str]]:
     """BEIR qrels TSV (query-id, corpus-id, score) with or without its header row; a score may be written
-    `1.0` (it was dropped as a header)."""
+    `1.0` (it was dropped as a header). Any other line that is not three tab-separated fields with a finite
+    score is a ValueError naming it: skipped, it dropped a judged query and raised the score."""
     qrels: dict[str, set[str]] = {}
-    for line in _lines(path):
-        parts = line.rstrip("\n").split("\t")
+    for i, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r\n").split("\t")
         try:
-            score = float(parts[2]) if len(parts) >= 3 else math.nan
+            score = float(parts[2]) if len(parts) == 3 else math.nan
         except ValueError:
-            continue  # the header
+            score = math.nan
+        if not math.isfinite(score):
+            if i == 1:
+                continue  # the header
+            raise ValueError(f"{path} line {i}: not query-id, corpus-id and a finite score, tab-separated")
         if score > 0:
             qrels.setdefault(parts[0], set()).add(parts[1])
     return qrels

@@ -61,7 +61,9 @@ class Retriever:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         depth = depth or self.depth
         query = query.encode("utf-8", "replace").decode()  # a lone surrogate ("\ud800") is no character
-        blank = not query.strip()  # nothing to match: the dense index ranked every chunk 0.0, in its order
+        # nothing to match ("", "???", a zero-width space): the dense index ranked every chunk 0.0 in its
+        # order, or gave confident hits for punctuation
+        blank = not any(ch.isalnum() for ch in query)
         out: dict[str, list[ScoredChunk]] = {}
         if mode != "dense":
             out["bm25"] = [] if blank else self._need(self.keyword, "keyword").search(query, depth)
@@ -94,6 +96,7 @@ class Retriever:
         """The `k` best chunks. An index that changed after this retriever loaded its chunk table (a server
         engine that a later ingest updated) can name chunks the table lacks: they have no text to show or
         cite, and are left out."""
+        _check_k(k)
         lists = self.lists(query, mode, max(self.depth, k))
         known = [(cid, score) for cid, score in self.fuse(lists, mode) if cid in self.chunks.index]
         return self._hits(known[:k], lists)
@@ -115,6 +118,7 @@ class Retriever:
         """Document ids, best first (a document ranks by its best chunk): what BEIR evaluation scores. Each
         list goes deeper (twice as deep a time) until its chunks name `k` documents, it runs dry or it is
         MAX_DEPTH deep, so a corpus of many chunks a document still gets `k`."""
+        _check_k(k)
         depth = min(max(self.depth, k), MAX_DEPTH)
         while True:
             lists = self.lists(query, mode, depth)
@@ -124,9 +128,15 @@ class Retriever:
             depth = min(depth * 2, MAX_DEPTH)
 
 
+def _check_k(k: int) -> None:
+    if k < 1:  # a negative k cut the list's tail off (known[:-1]); 0 was a panic in tantivy
+        raise ValueError(f"k must be 1 or more, got {k}")
+
+
 def open_retriever(settings: Settings, index_dir: str | Path | None = None, store=None,
                    modes: tuple[str, ...] = MODES) -> Retriever:  # fmt: skip
-    """A retriever over the indexes built by pipelines.index.build (only those the modes need)."""
+    """A retriever over the indexes built by pipelines.index.build (only those the modes need); an embedded
+    index not built there is an IndexMissing (a FileNotFoundError)."""
     from pipelines.corpus.ingest import load_chunks
 
     keyword = dense = graph = None
@@ -134,15 +144,15 @@ def open_retriever(settings: Settings, index_dir: str | Path | None = None, stor
         if any(m != "dense" for m in modes):
             from pipelines.index.keyword import open_keyword_index
 
-            keyword = open_keyword_index(settings, index_dir)
+            keyword = open_keyword_index(settings, index_dir, must_exist=True)
         if any(m != "bm25" for m in modes):
             from pipelines.index.vector import open_dense_index
 
-            dense = open_dense_index(settings, index_dir)
+            dense = open_dense_index(settings, index_dir, must_exist=True)
         if "hybrid_graph" in modes:
             from pipelines.index.graph import open_graph
 
-            graph = open_graph(settings, index_dir)
+            graph = open_graph(settings, index_dir, must_exist=True)
         chunks = load_chunks(settings, store)
     except BaseException:  # what opened closes: a local index's lock outlived a failed open in this process
         _close(dense, graph)
