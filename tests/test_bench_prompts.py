@@ -194,3 +194,44 @@ def test_a_csv_table_keeps_text_that_reads_like_a_missing_value(tmp_path):
         True,
         True,
     ]
+
+
+@pytest.mark.parametrize(
+    ("ref", "gold"), [("(B)", "B"), ("B)", "B"), ("b.", "B"), (" B ", "B"), ("[A]", "A")]
+)
+def test_a_multiple_choice_reference_is_read_as_its_letter(tmp_path, ref, gold):
+    """A gold letter written "(B)" or "B." was kept as written: every answer, the right one too, scored 0."""
+    from pipelines.bench.scorers import score_row
+
+    row = {"prompt_id": "q", "task": "arc-challenge", "prompt": "Which is wet?\nA) sand\nB) water\nAnswer:"}
+    (tmp_path / "p.jsonl").write_text(json.dumps({**row, "reference": ref}) + "\n")
+    got = read_prompt_file(tmp_path / "p.jsonl").iloc[0].to_dict()
+    assert got["reference"] == gold and score_row(got, f"The answer is {gold}.") == 1.0
+
+
+@pytest.mark.parametrize("ref", ["E", "water", "AB"])
+def test_a_multiple_choice_reference_that_is_none_of_the_options_is_refused(tmp_path, ref):
+    row = {"prompt_id": "q", "task": "arc-challenge", "prompt": "Which is wet?\nA) sand\nB) water\nAnswer:"}
+    (tmp_path / "p.jsonl").write_text(json.dumps({**row, "reference": ref}) + "\n")
+    with pytest.raises(PromptSetError, match=r"p.jsonl:1: a multiple-choice reference must be one of the "
+                                             r"prompt's options A, B, got"):  # fmt: skip
+        read_prompt_file(tmp_path / "p.jsonl")
+
+
+def test_an_answers_field_joins_the_reference_and_must_be_a_list_of_strings(tmp_path):
+    """An `answers` field was copied as it came and scored alone: the reference "Paris" scored 0.67 against
+    "Paris, France", and an `answers` of 5 failed every scoring of the row."""
+    from pipelines.bench.scorers import score_row
+
+    rows = [{**GOOD, "prompt": "Capital of France?", "reference": "Paris", "answers": ["Paris, France"]},
+            {**GOOD, "prompt_id": "p2", "answers": ["b", "a"]}]  # fmt: skip
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_prompt_file(tmp_path / "p.jsonl").to_dict("records")
+    assert [r["answers"] for r in got] == [["Paris", "Paris, France"], ["a", "b"]]
+    assert [r["reference"] for r in got] == ["Paris", "a"]
+    assert score_row(got[0], "Paris") == score_row(got[0], "Paris, France") == 1.0
+    (tmp_path / "p.jsonl").write_text(json.dumps({**GOOD, "answers": 5}) + "\n")
+    with pytest.raises(PromptSetError, match="p.jsonl:1: field 'answers' must be a list of strings"):
+        read_prompt_file(tmp_path / "p.jsonl")
+    (tmp_path / "p.csv").write_text('prompt_id,task,prompt,reference,answers\np1,extraction,Q?,a,"[""b""]"\n')
+    assert read_prompt_file(tmp_path / "p.csv").iloc[0]["answers"] == ["a", "b"]

@@ -260,3 +260,38 @@ def test_score_row_dispatches_by_family_and_refuses_unscorable_rows():
     assert score_row({"task": "code", "tests": np.array(["assert 1"])}, "x = 1") == 1.0
     with pytest.raises(ScoreError):  # an empty cell read back by pandas is NaN, not None
         score_row({"task": "extraction", "reference": math.nan, "answers": math.nan}, "x")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The answer is not A.", "Not A", "It isn't A", "The answer cannot be A", "It is definitely not A",
+     "The answer is neither A nor B", "Not Kyle", "It is not Kyle."],
+)  # fmt: skip
+def test_a_letter_or_an_option_the_answer_rejects_is_not_its_choice(text):
+    """A letter or an option's text after a negation was read as the answer: "Not A" scored 1 for gold A."""
+    assert extract_choice(text, "AB", parse_choices(WINO)) is None
+    assert score_multiple_choice(text, "A", WINO) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("B, not A", "B"), ("Not A but B", "B"), ("I would not say A. B", "B"),
+                           ("Not Kyle but Logan", "B")],
+)  # fmt: skip
+def test_the_letter_left_when_another_is_rejected_is_the_choice(text, expected):
+    assert extract_choice(text, "AB", parse_choices(WINO)) == expected
+
+
+def test_an_answer_label_in_markdown_or_a_final_answer_is_not_scored_as_the_answer():
+    """Only a line starting "Answer:" lost its label: "**Answer:** Paris" scored F1 0.667, "The final answer
+    is Paris." 0.4."""
+    for out in ("**Answer:** Paris", "**Answer**: Paris", "Final answer: Paris", "The final answer is Paris.",
+                "*Answer*: Paris"):  # fmt: skip
+        assert score_extraction(out, "Paris") == {"em": 1.0, "f1": 1.0}, out
+
+
+def test_a_comma_between_digits_joins_them_only_as_a_thousands_separator():
+    """ "2,3" matched "23" and "3,14" matched "314": the comma went as punctuation, the digits joined."""
+    for pred, ref in (("2,3", "23"), ("3,14", "314"), ("1,5", "15"), ("12,34", "1234")):
+        assert exact_match(pred, ref) == 0.0, (pred, ref)
+    assert exact_match("2,3", "2, 3") == 1.0
+    assert exact_match("1,000,000", "1000000") == exact_match("1,000", "1000") == 1.0

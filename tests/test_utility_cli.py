@@ -315,3 +315,17 @@ def test_a_reused_fit_shows_its_own_plots_after_a_refit_stopped_midway(tmp_path,
     stamp = (out / "quality_forest.png").stat().st_mtime_ns
     up.fit_posterior(b, None, out, cfg, 100.0, 0.0, reuse=True)
     assert digest() == drawn and (out / "quality_forest.png").stat().st_mtime_ns == stamp  # not drawn again
+
+
+def test_outcomes_keep_their_own_task_when_the_prompts_have_none(tmp_path):
+    """With a prompts file of no `task` column, the outcomes' own task was dropped before the join, and the
+    error said the outcomes carried none."""
+    (tmp_path / "p.csv").write_text("prompt_id,prompt\np1,q1\np2,q2\n")
+    (tmp_path / "o.csv").write_text(
+        "prompt_id,model,score,cost_usd,task\np1,m1,1,0.001,arc-challenge\np2,m1,0,0.001,winogrande\n"
+    )
+    table = outcome_table_from_files(tmp_path / "p.csv", tmp_path / "o.csv")
+    assert sorted(table["task"]) == ["arc-challenge", "winogrande"]
+    (tmp_path / "o.csv").write_text("prompt_id,model,score,cost_usd\np1,m1,1,0.001\n")
+    with pytest.raises(ValueError, match="neither .*o.csv nor .*p.csv has a `task` column"):
+        outcome_table_from_files(tmp_path / "p.csv", tmp_path / "o.csv")

@@ -150,11 +150,16 @@ def joined_outcomes(
                 f"{len(orphans)} prompt_ids of {source} are not in {prompts_source}: {orphans[:3]}"
             )
         cols = [c for c in ("prompt_id", "task", "prompt") if c in prompts.columns]
-        out = out.drop(columns=[c for c in ("task", "prompt") if c in out.columns]).merge(
+        # the prompts' task and text where they have them; the outcomes' own task stays where they do not
+        out = out.drop(columns=[c for c in cols[1:] if c in out.columns]).merge(
             prompts[cols], on="prompt_id", how="left"
         )
     if "task" not in out.columns:
-        raise ValueError("outcomes carry no `task` column: pass the prompts file too")
+        raise ValueError(
+            f"neither {source} nor {prompts_source} has a `task` column"
+            if prompts is not None
+            else f"{source} has no `task` column: pass the prompts file too"
+        )
     out = out.dropna(subset=["score"])  # a failed call (then retried) is no outcome, nor a repeat
     no_task = out["task"].isna() | (out["task"].astype(str).str.strip() == "")
     if no_task.any():  # were dropped without a word

@@ -36,7 +36,7 @@ def _check_row(row: dict, where: str) -> dict:
     for key in REQUIRED:
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise PromptSetError(f"{where}: missing or empty field {key!r}")
-    for key in ("tests", "contexts", "gold_chunk_ids"):
+    for key in ("tests", "contexts", "gold_chunk_ids", "answers"):
         v = row.get(key)
         if v is not None and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
             raise PromptSetError(f"{where}: field {key!r} must be a list of strings")
@@ -52,11 +52,31 @@ def _check_row(row: dict, where: str) -> dict:
     if ref is not None and not isinstance(ref, (str, list)):
         raise PromptSetError(f"{where}: field 'reference' must be a string or a list of strings")
     out = {k: row.get(k) for k in PROMPT_COLUMNS}
-    if isinstance(ref, list):
-        if not all(isinstance(x, str) for x in ref):
-            raise PromptSetError(f"{where}: field 'reference' must be a string or a list of strings")
-        out["reference"], out["answers"] = (ref[0] if ref else None), (ref or None)
+    if isinstance(ref, list) and not all(isinstance(x, str) for x in ref):
+        raise PromptSetError(f"{where}: field 'reference' must be a string or a list of strings")
+    # every accepted answer once, the reference first: an `answers` field beside a reference was scored
+    # alone, the reference left out
+    refs = ref if isinstance(ref, list) else [ref] if ref else []
+    accepted = list(dict.fromkeys([*refs, *(row.get("answers") or [])]))
+    out["reference"] = accepted[0] if accepted else None
+    out["answers"] = accepted if accepted and (isinstance(ref, list) or row.get("answers")) else None
+    if (family or task_family(row["task"])) == "multiple_choice" and out["reference"] is not None:
+        out["reference"] = _choice_letter(out["reference"], row["prompt"], where)
+        out["answers"] = None
     return out
+
+
+def _choice_letter(ref: str, prompt: str, where: str) -> str:
+    """A multiple-choice reference as the scorer compares it: "(B)", "B)", "b." are B; one that is no letter,
+    or none of the prompt's options, is refused (every answer, the right one too, scored 0)."""
+    from pipelines.bench.scorers import parse_choices
+
+    m = re.fullmatch(r"\s*[\(\[]?([A-Ha-h])[\)\]]?[.:]?\s*", ref)
+    options = sorted(parse_choices(prompt))
+    if m is None or (options and m.group(1).upper() not in options):
+        among = f"one of the prompt's options {', '.join(options)}" if options else "a choice letter"
+        raise PromptSetError(f"{where}: a multiple-choice reference must be {among}, got {ref!r}")
+    return m.group(1).upper()
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -102,7 +122,7 @@ def _read_csv_rows(path: Path) -> list[dict]:
             if None in rec or any(v is None for v in rec.values()):
                 raise PromptSetError(f"{where}: wrong number of fields")
             row = {k: (v if v != "" else None) for k, v in rec.items()}
-            for key in ("tests", "contexts", "gold_chunk_ids"):
+            for key in ("tests", "contexts", "gold_chunk_ids", "answers"):
                 raw = row.get(key)
                 if isinstance(raw, str) and raw:
                     try:

@@ -39,6 +39,11 @@ _RULED_OUT = re.compile(
 )
 
 
+# what comes before a letter or an option's text rejected, not chosen: "not A", "isn't B", "cannot be C",
+# "neither A nor B", "definitely not D" (one word may stand between)
+_NEGATED = re.compile(r"(?i:\bnot|n't|\bcannot\s+be|\bneither|\bnor|\bnever|\bexcept)\s+(?:\w+\s+)?[\(\[]?$")
+
+
 def parse_choices(prompt: str) -> dict[str, str]:
     """The options of the LAST question in a (few-shot) prompt: {"A": "dry palms", ...}."""
     blocks = [b for b in re.split(r"\n\s*\n", prompt) if _OPTION.search(b)]
@@ -77,8 +82,12 @@ def extract_choice(
         with_another = joined.match(t, at - 1 if at and t[at - 1] in "([" else at)
         return None if with_another and offered(with_another) else (m.group(1) or m.group(2)).upper()
 
-    def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6
-        return _RULED_OUT.match(t, m.end()) is not None
+    def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6: "A is wrong", "not A"
+        return _RULED_OUT.match(t, m.end()) is not None or _NEGATED.search(t, 0, m.start()) is not None
+
+    def stated(text: str) -> bool:  # step 5: an option's text, somewhere not rejected ("Not Kyle")
+        low = t.lower()
+        return any(not _NEGATED.search(t, 0, i.start()) for i in re.finditer(re.escape(text), low))
 
     # 1. the whole answer is a letter: "B", "(b)", "B.", "B)"
     if re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t):
@@ -100,8 +109,7 @@ def extract_choice(
         return pick(m)
     # 5. the text of exactly one option ("house", "wet palms"); an option inside another counts once
     if options:
-        low = t.lower()
-        hits = {k for k, v in options.items() if k in up and v.strip() and v.strip().lower() in low}
+        hits = {k for k, v in options.items() if k in up and v.strip() and stated(v.strip().lower())}
         hits = {k for k in hits if not any(k != o and options[k].lower() in options[o].lower() for o in hits)}
         if len(hits) == 1:
             return hits.pop()
@@ -128,9 +136,11 @@ _PUNCT = set(string.punctuation)
 def normalize_answer(s: str) -> str:
     """SQuAD normalisation (lower case, no punctuation, no articles, single spaces), except that numbers
     keep their sign and decimal point ("-5" is not "5", "3.5" not "35") and lose thousands separators
-    ("1,000" is "1000"), and Unicode punctuation (curly quotes, an ellipsis) goes too."""
+    ("1,000" is "1000"; another comma between digits parts them: "2,3" is not "23"), and Unicode
+    punctuation (curly quotes, an ellipsis) goes too."""
     s = s.lower()
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
+    s = re.sub(r"(?<=\d),(?=\d)", " ", s)  # a list "2,3" or a decimal comma "3,14" is not 23 or 314
     s = re.sub(r"(?<=\d)\.(?=\d)", "\x00", s)
     s = re.sub(r"(?<![\w.])-(?=\d)", "\x01", s)
     s = re.sub(r"(?<=\d)-(?=\d)", " ", s)  # a range "3-5" is not the number 35
@@ -169,7 +179,8 @@ def _refs(reference: Any) -> list[str]:
 def _first_line(output: str) -> str:
     """Small models add explanations after the answer; the extraction answer is its first line."""
     lines = [x for x in output.strip().splitlines() if x.strip()]
-    label = r"^(?:the\s+)?answer\b\s*(?:is\b)?\s*:?\s*"  # "Answer:", "The answer is"; not "Answerbank"
+    # "Answer:", "The answer is", "**Answer:**", "Final answer:"; not "Answerbank"
+    label = r"^[*_\s]*(?:the\s+)?(?:final\s+)?answer\b[*_]*\s*(?:is\b)?\s*:?[*_\s]*"
     first = re.sub(label, "", lines[0].strip(), flags=re.I) if lines else ""
     return first or (lines[1].strip() if len(lines) > 1 else "")  # "Answer:" on a line of its own
 
