@@ -235,3 +235,9 @@ def test_an_answers_field_joins_the_reference_and_must_be_a_list_of_strings(tmp_
         read_prompt_file(tmp_path / "p.jsonl")
     (tmp_path / "p.csv").write_text('prompt_id,task,prompt,reference,answers\np1,extraction,Q?,a,"[""b""]"\n')
     assert read_prompt_file(tmp_path / "p.csv").iloc[0]["answers"] == ["a", "b"]
+
+
+def test_a_field_of_another_type_is_named_as_such(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({**GOOD, "prompt_id": 7}) + "\n")
+    with pytest.raises(PromptSetError, match="p.jsonl:1: field 'prompt_id' must be a string, got int"):
+        read_prompt_file(tmp_path / "p.jsonl")

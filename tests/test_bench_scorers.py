@@ -295,3 +295,4 @@ def test_a_comma_between_digits_joins_them_only_as_a_thousands_separator():
         assert exact_match(pred, ref) == 0.0, (pred, ref)
     assert exact_match("2,3", "2, 3") == 1.0
     assert exact_match("1,000,000", "1000000") == exact_match("1,000", "1000") == 1.0
+    assert exact_match("\u22125", "-5") == 1.0 and exact_match("\u22125", "5") == 0.0  # a minus sign

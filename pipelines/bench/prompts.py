@@ -34,6 +34,8 @@ def _check_row(row: dict, where: str) -> dict:
     if not isinstance(row, dict):
         raise PromptSetError(f"{where}: expected an object with {', '.join(REQUIRED)}")
     for key in REQUIRED:
+        if row.get(key) is not None and not isinstance(row[key], str):  # 7 was "missing or empty"
+            raise PromptSetError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise PromptSetError(f"{where}: missing or empty field {key!r}")
     for key in ("tests", "contexts", "gold_chunk_ids", "answers"):

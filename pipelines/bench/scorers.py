@@ -138,7 +138,7 @@ def normalize_answer(s: str) -> str:
     keep their sign and decimal point ("-5" is not "5", "3.5" not "35") and lose thousands separators
     ("1,000" is "1000"; another comma between digits parts them: "2,3" is not "23"), and Unicode
     punctuation (curly quotes, an ellipsis) goes too."""
-    s = s.lower()
+    s = s.lower().replace("\u2212", "-")  # the minus sign is a hyphen-minus: "\u22125" is "-5"
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
     s = re.sub(r"(?<=\d),(?=\d)", " ", s)  # a list "2,3" or a decimal comma "3,14" is not 23 or 314
     s = re.sub(r"(?<=\d)\.(?=\d)", "\x00", s)
