@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +158,15 @@ class Settings(BaseSettings):
     # the file exporter's spans.jsonl is rotated past this size, keeping this many older files
     otel_file_max_mb: int = Field(default=100, ge=1)
     otel_file_backups: int = Field(default=3, ge=0)
+
+    @field_validator("chunk_overlap")
+    @classmethod
+    def _overlap_under_chunk(cls, v: int, info: ValidationInfo) -> int:
+        """An overlap as long as the chunk failed every file of an ingest, recorded as skipped, exit 0."""
+        tokens = info.data.get("chunk_tokens")
+        if tokens is not None and v >= tokens:
+            raise ValueError(f"must be less than chunk_tokens ({tokens})")
+        return v
 
     @property
     def models_dir(self) -> Path:

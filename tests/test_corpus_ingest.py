@@ -725,3 +725,110 @@ def test_a_file_given_as_the_source_is_named_a_file(env, tmp_path):
         ingest_corpus(settings, str(corpus / "notes.txt"), store=store)
     with pytest.raises(FileNotFoundError, match="not found"):
         ingest_corpus(settings, str(tmp_path / "nowhere"), store=store)
+
+
+def test_a_phone_number_with_spaced_dashes_is_redacted(env, tmp_path):
+    """The phone trigger let at most 3 separators stand between two digits: "(415) - 555 - 2671" reached the
+    stored chunks and the manifest's file names in clear, though Presidio reads it as a number."""
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    text = "Front desk: (415) - 555 - 2671. Night line: 415 -- 555 -- 2672."
+    (src / "Call (415) - 555 - 2671.txt").write_text(text)
+    store = LocalStore(tmp_path / "store")
+    r = ingest_corpus(settings, str(src), store=store)
+    assert r.pii_redacted.get("PHONE_NUMBER", 0) >= 2, r.pii_redacted
+    kept = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    chunks = load_chunks(settings, store)
+    for digits in (b"2671", b"2672"):
+        assert digits not in kept and digits.decode() not in " ".join([*chunks["text"], *chunks["doc_id"]])
+
+
+class FailsOnce(LocalStore):
+    """A real local store whose first chunk write times out, as an S3 store under load may."""
+
+    failed = False
+
+    def put(self, key: str, data: bytes) -> None:
+        if key.startswith(CHUNKS_PREFIX) and not FailsOnce.failed:
+            FailsOnce.failed = True
+            raise TimeoutError("store timed out")
+        super().put(key, data)
+
+
+def test_a_new_file_a_store_error_skipped_is_tried_again_next_run(env, tmp_path):
+    """A file whose chunks a store error kept out was recorded with its content hash: every later run took it
+    for unchanged and skipped it again, for good."""
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("First file.")
+    ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    (src / "b.txt").write_text("Second file, new.")
+    r = ingest_corpus(settings, str(src), store=FailsOnce(tmp_path / "store"))
+    assert [(s["path"], s["reason"]) for s in r.skipped] == [
+        ("b.txt", "error: TimeoutError: store timed out")
+    ]
+    r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    assert r.files_processed == 1 and not r.skipped, r
+    assert set(load_chunks(settings, LocalStore(tmp_path / "store"))["doc_id"]) == {"a.txt", "b.txt"}
+    again = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    assert not again.did_work and again.files_unchanged == 2
+
+
+def test_an_overlap_as_long_as_the_chunk_is_a_settings_error():
+    """SM_CHUNK_OVERLAP >= SM_CHUNK_TOKENS failed every file of an ingest, each recorded skipped, exit 0."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="chunk_overlap\n.*must be less than chunk_tokens \\(64\\)"):
+        Settings(chunk_tokens=64, chunk_overlap=64)
+    assert Settings(chunk_tokens=64, chunk_overlap=63).chunk_overlap == 63
+
+
+def test_a_store_inside_its_source_is_not_ingested_as_documents(env, tmp_path):
+    """With the store inside the source folder (or at the root of its bucket), the store's manifest, chunks
+    and name key were read as documents, and every run found them changed and committed again."""
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("First file.")
+    store = LocalStore(src / "store")
+    first = ingest_corpus(settings, str(src), store=store)
+    assert first.files_seen == 1 and not first.skipped
+    for _ in range(2):
+        again = ingest_corpus(settings, str(src), store=store)
+        assert not again.did_work and again.files_seen == 1 and not again.skipped, again
+    assert set(load_chunks(settings, store)["doc_id"]) == {"a.txt"}
+
+
+def test_a_beir_record_whose_id_is_no_string_is_skipped_and_recorded(env, tmp_path):
+    """A null `_id` was stored as the document "None" (and a later record with the _id "None" dropped as its
+    duplicate); "", a list and true were ids too."""
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    records = [{"_id": None, "text": "no id"}, {"_id": "None", "text": "The id is the word None."},
+               {"_id": "", "text": "empty id"}, {"_id": ["a"], "text": "a list"},
+               {"_id": True, "text": "true"}, {"_id": 7, "text": "An integer id."}]  # fmt: skip
+    (src / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    chunks = load_chunks(settings, LocalStore(tmp_path / "store"))
+    assert dict(zip(chunks["doc_id"], chunks["text"], strict=True)) == {
+        "None": "The id is the word None.", "7": "An integer id."}  # fmt: skip
+    reasons = " ".join(s["reason"] for s in r.skipped)
+    for line in (1, 3, 4, 5):
+        assert f"line {line}: _id must be a non-empty string or an integer" in reasons, reasons
+
+
+def test_a_file_deleted_with_a_config_change_is_counted_removed(env, tmp_path):
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("First file.")
+    (src / "b.txt").write_text("Second file.")
+    ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    (src / "b.txt").unlink()
+    r = ingest_corpus(
+        settings.model_copy(update={"chunk_tokens": 48}), str(src), store=LocalStore(tmp_path / "store")
+    )
+    assert r.files_removed == 1

@@ -213,3 +213,18 @@ def test_a_run_never_sweeps_the_chunks_of_a_run_that_started_after_its_commit(se
     store = CommitHook(seaweed, "race-sweep", after=_other_run(settings, src))
     assert ingest_corpus(settings, str(src), store=store).files_processed == 1
     assert set(load_chunks(settings)["text"]) == {"Alpha two.", "Beta two."}
+
+
+def test_a_corpus_at_the_root_of_the_stores_bucket_leaves_the_stores_objects_out(seaweed, tmp_path):
+    """Docs at the root of the store's own bucket: the store's name key, manifest and chunks were listed as
+    documents, and every identical run found them changed and committed again."""
+    settings = Settings(
+        run_dir=tmp_path / "run", object_store="s3", s3_endpoint=seaweed, s3_bucket="shared",
+        s3_access_key="any", s3_secret_key="any", chunk_tokens=48, chunk_overlap=8,
+    )  # fmt: skip
+    S3Store(seaweed, "shared", "any", "any").put("a.txt", b"Docs and chunks share one bucket.")
+    first = ingest_corpus(settings, "s3://shared")
+    assert first.files_seen == 1 and not first.skipped, first
+    for _ in range(2):
+        again = ingest_corpus(settings, "s3://shared")
+        assert not again.did_work and again.files_seen == 1 and not again.skipped, again

@@ -100,8 +100,8 @@ def _config(settings: Settings) -> dict:
     v3: chunk ids hash the title too, and a BEIR file keeps the first of records sharing an `_id`; v4: phone
     numbers with any separators and long texts in overlapping windows, no chunk inside the one before it,
     title-only records chunked; v5: US social security numbers, and e-mail addresses on private domains; v6:
-    a word over 100 characters in slices)."""
-    return {"v": 6, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
+    a word over 100 characters in slices; v7: phone numbers with up to 8 separators between digits)."""
+    return {"v": 7, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 
 
@@ -238,12 +238,25 @@ def beir_folder(keys: Iterable[str]) -> bool:
     return BEIR_CORPUS in keys and any(k.startswith(_BEIR_LABELS) for k in keys)
 
 
-def _corpus_files(src: ObjectStore, include: str | None) -> tuple[dict[str, int | None], set[str]]:
+def _store_keys_in(src: ObjectStore, store: ObjectStore) -> str | None:
+    """The prefix under which the store's own objects show in the source's listing, where the store lies
+    inside the source (a corpus at the root of the store's bucket): None where it does not."""
+    outer, inner = src.uri.rstrip("/") + "/", store.uri.rstrip("/") + "/"
+    return inner[len(outer) :] + "corpus/" if inner.startswith(outer) else None
+
+
+def _corpus_files(
+    src: ObjectStore, include: str | None, store: ObjectStore | None = None
+) -> tuple[dict[str, int | None], set[str]]:
     """Files, key -> size, and symbolic links, key -> None (recorded, not followed), and which of them are
     left out: in a BEIR folder (BEIR_CORPUS next to `queries*` or `qrels*`) only BEIR_CORPUS is corpus; its
     queries and qrels are not listed, and any other file is left out with a record (a `corpus.jsonl` among a
-    team's documents had dropped every other file from the store, unrecorded)."""
+    team's documents had dropped every other file from the store, unrecorded). The store's own objects are
+    never corpus (in the source, they were ingested as documents and changed on every run)."""
     listing: dict[str, int | None] = {**src.list(), **dict.fromkeys(src.links())}
+    own = _store_keys_in(src, store) if store is not None else None
+    if own is not None:
+        listing = {k: v for k, v in listing.items() if not k.startswith(own)}
     if include:
         listing = {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
     elif beir_folder(listing):
@@ -297,7 +310,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     max_bytes = int(settings.max_file_mb * 1024 * 1024)
     key = name_key(store)
 
-    listing, left_out = _corpus_files(src, include)
+    listing, left_out = _corpus_files(src, include, store)
     for raw, size in listing.items():
         report.files_seen += 1
         try:
@@ -337,10 +350,13 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
                 report.skipped.append({"path": name, "reason": f"{reason}; its last version is kept"})
                 continue
             report.skipped.append({"path": name, "reason": reason})
-            files[name] = {"sha256": _sha(data), "skipped": reason}
+            # a file's content skipped it (SkipFile): skipped again until it changes; anything else (a store
+            # that timed out) is no verdict on the content, and the next run tries it again
+            files[name] = {"sha256": _sha(data) if isinstance(e, SkipFile) else None, "skipped": reason}
             report.files_processed += 1
 
-    report.files_removed = sum(1 for n in old_files if n not in files)  # a skipped file's record goes too
+    # a skipped file's record goes too; counted against the manifest, as a new config empties old_files
+    report.files_removed = sum(1 for n in manifest["files"] if n not in files)
     report.skipped.extend(_shared_doc_ids(files))
     held = _docs(manifest["files"])
     if held and not _docs(files) and not allow_empty:

@@ -96,7 +96,12 @@ def _parse_jsonl(data: bytes, name: str) -> tuple[list[Document], list[str]]:
             continue
         try:
             obj = json.loads(_decode_text(line))
-            doc_id, text = str(obj["_id"]), _clean(str(obj.get("text") or ""))
+            raw_id = obj["_id"]
+            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
+                # null was stored as "None" (and a later record of that _id dropped as its duplicate)
+                problems.append(f"line {i}: _id must be a non-empty string or an integer, got {raw_id!r:.40}")
+                continue
+            doc_id, text = str(raw_id), _clean(str(obj.get("text") or ""))
             title = _clean(str(obj.get("title") or ""))
             (doc_id + title + text).encode()  # a lone surrogate escape ("\ud800") is no character to store
         except SkipFile as e:

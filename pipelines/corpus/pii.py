@@ -38,8 +38,9 @@ _NAME_SEPARATORS_BUT_DASH = re.compile(r"[_+~,;=()\[\]{}]")  # and with dashes k
 # Cheap necessary conditions: a recognizer only runs when its trigger matches somewhere in the text.
 _TRIGGERS = {
     "EMAIL_ADDRESS": re.compile(r"@"),
-    # any separators, not only ASCII ones: phonenumbers reads 415–555–2671 (en dashes) as a number too
-    "PHONE_NUMBER": re.compile(r"\d(?:\W{0,3}\d){" + str(MIN_PHONE_DIGITS - 1) + ",}"),
+    # any separators, not only ASCII ones: phonenumbers reads 415–555–2671 (en dashes) as a number too, and
+    # "(415) - 555 - 2671" (4 between two digits: 3 let it through unredacted)
+    "PHONE_NUMBER": re.compile(r"\d(?:\W{0,8}\d){" + str(MIN_PHONE_DIGITS - 1) + ",}"),
     "CREDIT_CARD": re.compile(r"\d(?:[\s\-]?\d){11,}"),
     "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
     "IP_ADDRESS": re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
