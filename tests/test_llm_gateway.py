@@ -39,6 +39,20 @@ def test_chat_through_the_gateway_returns_text_usage_cost_latency(gateway, name)
     assert "<start_of_turn>" not in r.text and "<|im_start|>" not in r.text  # chat templates applied
 
 
+def test_local_models_are_not_called_through_an_environments_proxy(
+    local_servers, model_settings, monkeypatch
+):
+    """With HTTP_PROXY set (as on a corporate machine), every call to the local servers went to the proxy and
+    failed: "no connection to the model server"."""
+    for var in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    gw = Gateway(model_settings, local_servers)
+    assert gw.chat("smollm2-135m", HELLO, max_tokens=4).output_tokens > 0
+    assert "".join(gw.stream("smollm2-135m", HELLO, max_tokens=4))
+
+
 def test_non_streamed_call_has_usage_too(gateway):
     r = gateway.chat("smollm2-135m", HELLO, max_tokens=8, stream=False)
     assert r.output_tokens > 0 and r.ttft_s is None

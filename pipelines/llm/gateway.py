@@ -251,10 +251,21 @@ def _vocab(path: str) -> _Vocab | None:
         return known[1]
 
 
+def bypass_proxy(host: str) -> None:
+    """The local model servers are never called through an HTTP proxy of the environment: with HTTP_PROXY
+    set, every call to them failed ("no connection to the model server"). Adds them to NO_PROXY, which the
+    HTTP clients under LiteLLM honour; remote providers keep the proxy."""
+    for var in ("NO_PROXY", "no_proxy"):
+        have = [h.strip() for h in os.environ.get(var, "").split(",") if h.strip()]
+        if add := [h for h in dict.fromkeys((host, "127.0.0.1", "localhost")) if h not in have]:
+            os.environ[var] = ",".join(have + add)
+
+
 class Gateway:
     def __init__(self, settings: Settings | None = None, catalog: Catalog | None = None) -> None:
         self.settings = settings or Settings()
         self.catalog = catalog or load_catalog(self.settings)
+        bypass_proxy(self.settings.local_host)
         register_prices(self.catalog)
         cfg = router_config(self.catalog, self.settings)
         self._by_litellm = {e.litellm_model: e for e in self.catalog.models}
