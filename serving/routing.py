@@ -184,7 +184,7 @@ class ModelResolver:
                 decision.model, decision.binding = None, decision.binding or dropped[0].excluded_by
                 decision.explanation = explain(None, None, None, "", 0, decision.candidates)
             raise RoutingError(decision.explanation, status=422, decision=_as_dict(decision))
-        return self._local_fallback(decision, size, constraints)
+        return self._local_fallback(decision, size, constraints, p95 or {})
 
     def exposes(self, model: str, sent: str) -> bool:
         """Whether `sent` holds personal data (the router's check) and `model` is not a local one: a RAG
@@ -213,13 +213,27 @@ class ModelResolver:
         said = f"{model}'s context window ({window} tokens) is smaller than the {needed} tokens needed"
         return said + (f" for {size.what}" if size.what else "")
 
-    def _local_fallback(self, decision: Decision, size: _Size, constraints: Constraints) -> Choice:
+    def _local_fallback(
+        self, decision: Decision, size: _Size, constraints: Constraints, p95: dict[str, float]
+    ) -> Choice:
+        """A local model, where the router's panel has none the gateway can call: one whose window fits, and,
+        as the router's rules would have it, whose recent p95 keeps the latency SLO and whose catalog price
+        keeps the cost cap (the fallback had called a model either limit rules out)."""
         assert self.router is not None
         needed = int(decision.signals["tokens_needed"])  # the router computed the request's signals
         local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
         why: dict[str, str | None] = {}
-        for e in local:  # the router's estimate, then the model's own count
-            if e.context_window < needed:
+        slo, cap = constraints.latency_slo_s, constraints.max_cost_usd
+        for e in local:  # the request's limits, the router's estimate, then the model's own count
+            cost = (
+                (needed - constraints.expected_output_tokens) * (e.cost_per_1k_input_usd or 0.0)
+                + constraints.expected_output_tokens * (e.cost_per_1k_output_usd or 0.0)
+            ) / 1000
+            if slo is not None and p95.get(e.name, 0.0) > slo:
+                why[e.name] = f"{e.name}'s recent p95 latency ({p95[e.name]:.2f} s) breaks the {slo:g} s SLO"
+            elif cap is not None and cost > cap:
+                why[e.name] = f"{e.name}'s predicted cost (${cost:.3g}) is over max_cost_usd (${cap:g})"
+            elif e.context_window < needed:
                 why[e.name] = f"{e.name}'s window ({e.context_window} tokens) is under the {needed} needed"
             else:
                 why[e.name] = self._overflow(e.name, size, constraints)

@@ -402,6 +402,14 @@ def test_a_panel_the_gateway_cannot_call_falls_back_to_a_local_model(shared_data
     assert e.value.status == 422 and e.value.decision["model"] is None
     assert e.value.decision["explanation"] == str(e.value)
     assert all(f"{m}'s window (2048 tokens) is under the" in str(e.value) for m in LOCAL)
+    # the request's latency SLO and cost cap hold for the fallback too: it called a model either rules out
+    slow = dict.fromkeys(LOCAL, 9.0)
+    assert resolver.resolve("router", PII_PROMPT, Constraints(latency_slo_s=10), slow).model in LOCAL
+    for limits, said in ((Constraints(latency_slo_s=0.5), "recent p95 latency (9.00 s) breaks the 0.5 s SLO"),
+                         (Constraints(max_cost_usd=0.0), "is over max_cost_usd ($0)")):  # fmt: skip
+        with pytest.raises(RoutingError) as e:
+            resolver.resolve("router", PII_PROMPT, limits, slow)
+        assert e.value.status == 422 and all(f"{m}'s" in str(e.value) for m in LOCAL) and said in str(e.value)
 
 
 def test_a_local_model_its_own_tokenizer_finds_too_small_is_not_chosen(shared_data, tmp_path):
