@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -104,7 +105,10 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 @api.exception_handler(Exception)
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled %s in a request", type(exc).__name__, exc_info=exc)
+    """The log gets the failure's type and where it happened, not its message: a message may quote the
+    request (OpenSearch's 400 quotes the query), and prompts with personal data never reach the log."""
+    where = traceback.format_list(traceback.extract_tb(exc.__traceback__)[-3:])
+    log.error("unhandled %s in a request, at:\n%s", type(exc).__name__, "".join(where).rstrip())
     return error_response(500, "internal error; see the server log", "server_error")
 
 

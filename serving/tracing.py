@@ -102,9 +102,17 @@ class TracedRetriever:
         self._retriever = retriever
 
     def search(self, question: str, mode: str = "hybrid", k: int = 4) -> list[Any]:
-        with tracer().start_as_current_span("retrieval", record_exception=False) as span:
+        # the status of a failure is its type: its message may quote the question (OpenSearch's 400 does)
+        with tracer().start_as_current_span(
+            "retrieval", record_exception=False, set_status_on_exception=False
+        ) as span:
             span.set_attribute("stratmaster.retrieval.mode", mode)
             span.set_attribute("stratmaster.retrieval.k", k)
-            hits = self._retriever.search(question, mode=mode, k=k)
+            try:
+                hits = self._retriever.search(question, mode=mode, k=k)
+            except Exception as e:
+                span.set_attribute("error.type", type(e).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(e).__name__))
+                raise
             span.set_attribute("stratmaster.retrieval.hits", len(hits))
             return hits

@@ -542,6 +542,29 @@ def _named(memory, name):
     return found[-1]
 
 
+def test_a_failed_retrieval_leaves_the_question_out_of_its_span_and_the_log(client, spans, caplog):
+    """A retrieval error's message went into the span's status (OpenTelemetry sets it from the exception by
+    default) and, with its traceback, into the service log: OpenSearch's 400 quotes the query it could not
+    build, and with it the question's personal data."""
+    import asyncio
+    import logging
+
+    from serving.service import _unexpected
+    from serving.tracing import TracedRetriever
+
+    class Refusing:  # an engine's refusal that quotes the query, as OpenSearch's does
+        def search(self, question, mode="hybrid", k=4):
+            raise RuntimeError(f"failed to create query: {question}")
+
+    with pytest.raises(RuntimeError) as e:
+        TracedRetriever(Refusing()).search(PII_PROMPT)
+    span = _named(spans, "retrieval")
+    assert span.status.description == "RuntimeError" and "jane" not in json.dumps(span.to_json())
+    with caplog.at_level(logging.ERROR):
+        r = asyncio.run(_unexpected(None, e.value))
+    assert r.status_code == 500 and "unhandled RuntimeError" in caplog.text and "jane" not in caplog.text
+
+
 def test_route_spans_carry_the_decision_and_never_the_pii_prompt(client, spans):
     r = client.post("/v1/route", json={"messages": [{"role": "user", "content": PII_PROMPT}]}, headers=AUTH)
     assert r.status_code == 200
