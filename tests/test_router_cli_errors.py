@@ -151,6 +151,25 @@ def test_a_malformed_manifest_is_an_artifact_error(router, tables, tmp_path):
         assert needle in _said(runner.invoke(app, args))
 
 
+def test_a_file_the_manifest_does_not_check_or_models_out_of_step_are_artifact_errors(router, tmp_path):
+    """Only the files the manifest listed were checked: with rules.yaml left out of it, an emptied rules.yaml
+    (no PII rule) loaded; a manifest whose models were not the predictor's loaded and failed in route()."""
+    manifest = json.loads((router / "manifest.json").read_text())
+    unlisted = {**manifest, "files": {k: v for k, v in manifest["files"].items() if k != "rules.yaml"}}
+    for name, content, needle in [
+        ("unlisted", unlisted, "lists no checksum for rules.yaml"),
+        ("nothing", {**manifest, "files": {}}, "lists no checksum for predictor.npz, task_classifier.npz"),
+        ("models", {**manifest, "models": manifest["models"][:-1]}, "models are not the predictor's"),
+    ]:
+        bad = tmp_path / name
+        shutil.copytree(router, bad)
+        if name != "models":  # the PII rule gone from a file no checksum covers
+            (bad / "rules.yaml").write_text("version: 1\nrules: []\n")
+        (bad / "manifest.json").write_text(json.dumps(content))
+        with pytest.raises(ArtifactError, match=re.escape(needle)):
+            load_router(bad)
+
+
 def test_train_refuses_repeated_prompt_ids_and_pairs_like_evaluate(tables, tmp_path):
     p, o = tables["train"]
     said = _said(_train(tables, tmp_path, tmp_path / "r", prompts=pd.concat([p, p.head(1)])))

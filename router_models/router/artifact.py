@@ -126,9 +126,15 @@ def read_manifest(path: str | Path, any_version: bool = False) -> dict[str, Any]
     return manifest
 
 
+REQUIRED_FILES = ("predictor.npz", "task_classifier.npz", "cost_model.npz", "rules.yaml")
+
+
 def load_router(path: str | Path) -> Router:
     path = Path(path)
     manifest = read_manifest(path)
+    unlisted = [f for f in REQUIRED_FILES if f not in manifest["files"]]
+    if unlisted:  # read below by name: a file the manifest does not list was loaded unchecked
+        raise ArtifactError(f"{path}: its {MANIFEST} lists no checksum for {', '.join(unlisted)}; retrain")
     for name, digest in manifest["files"].items():
         if not (path / name).exists() or _sha256(path / name) != digest:
             raise ArtifactError(f"{path / name} is missing or differs from the manifest's checksum")
@@ -144,6 +150,11 @@ def load_router(path: str | Path) -> Router:
         cost_model = CostModel(z["coef"], z["floor"])
     if cost_model.coef.shape[0] != 1 + len(manifest["task_classes"]):
         raise ArtifactError(f"{path}: the cost model predates this code's layout; retrain the router")
+    if list(predictor.models) != list(manifest["models"]) or cost_model.coef.shape[1] != len(
+        predictor.models
+    ):
+        # out of step, it loaded and then failed in route(): a 500 in the service
+        raise ArtifactError(f"{path}: its {MANIFEST}'s models are not the predictor's and cost model's")
     rules = [Rule(**r) for r in yaml.safe_load((path / "rules.yaml").read_text())["rules"]]
     reference = {}
     if "reference.npz" in manifest["files"]:
