@@ -214,9 +214,11 @@ class StratMaster:
 
     def _open_prompt_log(self) -> PromptLog:
         from pipelines.corpus.pii import get_redactor
+        from router_models.router.signals import detect_pii
 
         s = self.settings
-        return PromptLog(s.prompt_log_dir, get_redactor(s.pii_spacy_model, str(s.run_dir / "cache")).redact)
+        redact = get_redactor(s.pii_spacy_model, str(s.run_dir / "cache")).redact
+        return PromptLog(s.prompt_log_dir, redact, still_personal=detect_pii)  # what the router calls PII
 
     async def _open_stream(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """The model stream `fn(*args, **kwargs)` opens (`Gateway.stream`, `ChatStream`) in a worker thread;

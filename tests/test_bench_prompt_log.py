@@ -39,6 +39,20 @@ def test_prompts_are_redacted_before_they_are_written_and_read_back_as_chat(tmp_
     assert df["prompt_id"].str.startswith("log-").all() and rec["prompt_id"] in set(df["prompt_id"])
 
 
+def test_a_prompt_the_routers_check_still_finds_personal_data_in_is_not_written(tmp_path, redact):
+    """Ingest's redaction is narrower than the router's check (it must not damage papers): a prompt the
+    router kept local for its SSN in spaces or its 8-digit phone number was written to the log in clear."""
+    from router_models.router.signals import detect_pii
+
+    plog = PromptLog(tmp_path / "log", redact, still_personal=detect_pii)
+    for prompt in ("My SSN is 536 22 8761, fill in the form.", "Ring our office on 0301 2345."):
+        assert detect_pii(prompt) and redact(prompt)[0] == prompt  # the router's PII, left by redaction
+        assert plog.append(prompt) is None
+    assert plog.append(PII_PROMPT)["prompt"].startswith("Mail <EMAIL_ADDRESS>")  # redacted: written
+    df, _ = read_prompt_log(tmp_path / "log")
+    assert len(df) == 1 and "8761" not in "".join(p.read_text() for p in (tmp_path / "log").glob("*"))
+
+
 def test_the_writer_keeps_prompts_in_order_and_drops_what_overflows_its_queue(tmp_path):
     """The service's log writer: off the request path, bounded (a burst of long prompts while Presidio's
     engine is built must not hold them all in memory), each dropped prompt reported to the caller."""

@@ -813,6 +813,12 @@ def test_chat_prompts_are_logged_redacted_for_the_micro_bench(live, indexed_run_
 
     too_long = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Never logged. " * 3000}]}
     assert live.post("/v1/chat/completions", json=too_long, headers=LIVE_AUTH).status_code == 400
+    ssn = {
+        "model": "router",
+        "max_tokens": 2,
+        "messages": [{"role": "user", "content": "My SSN is 536 22 8761."}],
+    }
+    assert live.post("/v1/chat/completions", json=ssn, headers=LIVE_AUTH).status_code == 200
     body = {"model": "router", "messages": [{"role": "user", "content": PII_PROMPT}], "max_tokens": 2}
     assert live.post("/v1/chat/completions", json=body, headers=LIVE_AUTH).status_code == 200
     log_dir = indexed_run_dir / "prompt_log"
@@ -824,6 +830,7 @@ def test_chat_prompts_are_logged_redacted_for_the_micro_bench(live, indexed_run_
     raw = "".join(p.read_text() for p in log_dir.glob("*.jsonl"))
     assert "<EMAIL_ADDRESS> confirming the meeting" in raw and "jane.doe" not in raw
     assert "Never logged." not in raw  # a prompt the model refused is no sample (written in order: before)
+    assert "8761" not in raw  # personal data to the router, which ingest's redaction leaves: not written
     rows, bad = read_prompt_log(log_dir)
     assert bad == 0 and "Write one line to <EMAIL_ADDRESS> confirming the meeting." in set(rows["prompt"])
 

@@ -29,16 +29,23 @@ MAX_PROMPT_CHARS = 20_000  # a longer prompt is logged cut to this length
 
 
 class PromptLog:
-    """Appends redacted prompts to `directory`; `redact(text) -> (text, entity counts)` runs first."""
+    """Appends redacted prompts to `directory`; `redact(text) -> (text, entity counts)` runs first. With
+    `still_personal(text) -> entity types`, a redacted prompt in which it finds any is not written: ingest's
+    redaction is narrower than the router's check, which must not damage papers (a phone number of 8
+    digits, an SSN in spaces), and the router's check is what the service calls personal data."""
 
-    def __init__(self, directory: str | Path, redact: Any) -> None:
+    def __init__(self, directory: str | Path, redact: Any, still_personal: Any = None) -> None:
         self.directory = Path(directory)
         self._redact = redact
+        self._still_personal = still_personal
         self._lock = threading.Lock()
 
     def append(self, prompt: str, task: str | None = None, model: str | None = None,
-               chosen_by: str | None = None) -> dict[str, Any]:  # fmt: skip
+               chosen_by: str | None = None) -> dict[str, Any] | None:  # fmt: skip
+        """The record written, or None where the redacted prompt still holds personal data (not written)."""
         text, found = self._redact(prompt[:MAX_PROMPT_CHARS])
+        if self._still_personal is not None and self._still_personal(text):
+            return None
         now = datetime.now(UTC)
         rec = {
             "prompt_id": "log-" + hashlib.sha256(text.encode()).hexdigest()[:16],
