@@ -62,13 +62,16 @@ def routerbench_outcomes(settings: SettingsResource) -> dg.MaterializeResult:
 )
 def benchmark_results(context: dg.AssetExecutionContext, settings: SettingsResource):
     """The prompt set x the available model panel through the gateway: answers, latency, tokens, cost and
-    scores. Resumable: a re-run of a crashed partition runs only the missing cells."""
+    scores. Resumable: a re-run of a crashed partition runs only the missing cells. The stored answers of
+    the other partitions the refit reads are scored again by today's scorers (no model called)."""
     from pipelines.bench.outcomes import read_table
 
     s = settings.get()
     prompts = read_table(prompt_set_path(s))
     df = nightly.run_benchmark_partition(s, prompts, context.partition_key)
+    rescored = nightly.rescore_recent(s, prompts, context.partition_key)
     md = nightly.accuracy_metadata(df)
+    md["rescored_earlier_partitions"] = dg.MetadataValue.json(rescored)  # scores changed, per partition
     md["accuracy_table"] = dg.MetadataValue.md(md["accuracy_table"])
     yield dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(fingerprint(df)[:16]))
     for name, check in (

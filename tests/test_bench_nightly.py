@@ -16,7 +16,7 @@ from pipelines.bench.nightly import (
     recent_outcomes,
 )
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
-from pipelines.bench.runner import _commit
+from pipelines.bench.runner import _commit, collect_outcomes
 from pipelines.settings import Settings
 
 
@@ -143,7 +143,7 @@ def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_
     import json
 
     from pipelines.bench.prompts import load_prompt_set
-    from pipelines.bench.runner import collect_outcomes, rescore
+    from pipelines.bench.runner import rescore
 
     prompts = [
         {
@@ -189,3 +189,30 @@ def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_
     assert (
         r.exit_code == 2 and "no bench run folder" in r.output and not (tmp_path / "bench" / ".lock").exists()
     )
+
+
+def test_the_nightly_bench_rescores_the_partitions_the_refit_reads(tmp_path):
+    """`bench rescore` was by hand: after a scorer fix, the nightly refit read the old scores of the last
+    SM_BENCH_EVIDENCE_DAYS days. Today's partition rescores the others in that window, not older ones."""
+    from pipelines.bench.nightly import recent_outcomes, rescore_recent
+
+    settings = Settings(run_dir=tmp_path, bench_evidence_days=3)
+    mc = {
+        "prompt_id": "mc",
+        "task": "arc-challenge",
+        "prompt": "Pick one.\nA. red\nB. blue",
+        "reference": "B",
+    }
+    prompts = pd.DataFrame([mc])
+    base = {"prompt_id": "mc", "task": "arc-challenge", "model": "m", "cost_usd": 0.0, "latency_s": 1.0,
+            "ttft_s": 0.5, "input_tokens": 1, "output_tokens": 1, "prompt": "", "error": None,
+            "response": "Not A. B."}  # fmt: skip
+    for day, score in (("2026-11-20", 0.0), ("2026-12-02", 0.0), ("2026-12-03", 0.0), ("2026-12-04", 1.0)):
+        _commit([{**base, "score": score, "run_id": f"bench-{day}"}], tmp_path / "bench" / day)
+    assert rescore_recent(settings, prompts, "2026-12-04") == {"2026-12-02": 1, "2026-12-03": 1}
+    scores = {
+        d: collect_outcomes(tmp_path / "bench" / d)["score"].tolist() for d in ("2026-12-02", "2026-11-20")
+    }
+    assert scores == {"2026-12-02": [1.0], "2026-11-20": [0.0]}  # outside the window: left as it was
+    assert recent_outcomes(settings, 3)["score"].tolist() == [1.0]
+    assert rescore_recent(settings, prompts, "2026-12-04") == {"2026-12-02": 0, "2026-12-03": 0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -38,20 +39,27 @@ def panel_models(settings: Settings, models: list[str] | None = None) -> list[st
     return models or [e.name for e in catalog.available() if e.privacy == "local"]
 
 
-def recent_outcomes(settings: Settings, days: int) -> pd.DataFrame:
-    """The micro-bench's answered rows of the daily partitions within `days` days of the newest one on disk,
-    the newest row per (prompt, model): evidence for the utility model. A failed call is no evidence of
-    quality; an answer run again on a later day (same weights, temperature 0) is the same answer, counted
-    once."""
+def recent_partitions(settings: Settings, days: int) -> list[Path]:
+    """The daily partitions' folders within `days` days of the newest one on disk, oldest first."""
     on_disk = {}
     for folder in (settings.run_dir / "bench").glob("????-??-??"):
         with contextlib.suppress(ValueError):
             on_disk[dt.date.fromisoformat(folder.name)] = folder
     if days <= 0 or not on_disk:
-        return pd.DataFrame(columns=OUTCOME_COLUMNS)
+        return []
     newest = max(on_disk)
-    frames = [collect_outcomes(on_disk[d]) for d in sorted(on_disk) if (newest - d).days < days]
-    df = pd.concat(frames, ignore_index=True)
+    return [on_disk[d] for d in sorted(on_disk) if (newest - d).days < days]
+
+
+def recent_outcomes(settings: Settings, days: int) -> pd.DataFrame:
+    """The micro-bench's answered rows of the daily partitions within `days` days of the newest one on disk,
+    the newest row per (prompt, model): evidence for the utility model. A failed call is no evidence of
+    quality; an answer run again on a later day (same weights, temperature 0) is the same answer, counted
+    once."""
+    folders = recent_partitions(settings, days)
+    if not folders:
+        return pd.DataFrame(columns=OUTCOME_COLUMNS)
+    df = pd.concat([collect_outcomes(f) for f in folders], ignore_index=True)
     df = df[~call_failed(df["error"]) & df["score"].notna()]
     return df.drop_duplicates(["prompt_id", "model"], keep="last").reset_index(drop=True)
 
@@ -81,6 +89,21 @@ def run_benchmark_partition(settings: Settings, prompts: pd.DataFrame, partition
               scorer=scorer, progress=False)  # fmt: skip
     df = collect_outcomes(out_dir)
     return df[df["prompt_id"].isin(prompts["prompt_id"]) & df["model"].isin(names)].reset_index(drop=True)
+
+
+def rescore_recent(settings: Settings, prompts: pd.DataFrame, partition: str) -> dict[str, int]:
+    """Today's scorers over the stored answers of the other partitions the utility model and the router
+    read (SM_BENCH_EVIDENCE_DAYS), calling no model: after a scorer fix the nightly refit had read the old
+    scores until someone ran `stratmaster bench rescore`. Returns the scores changed per partition."""
+    from pipelines.bench.runner import rescore
+
+    changed = {}
+    for folder in recent_partitions(settings, settings.bench_evidence_days):
+        if folder.name == partition:  # scored by today's scorers as it ran
+            continue
+        with contextlib.suppress(FileNotFoundError):  # a folder with no committed part yet
+            changed[folder.name] = rescore(prompts, folder)["changed"]
+    return changed
 
 
 def accuracy_metadata(df: pd.DataFrame) -> dict[str, Any]:
