@@ -281,11 +281,26 @@ def test_the_letter_left_when_another_is_rejected_is_the_choice(text, expected):
     assert extract_choice(text, "AB", parse_choices(WINO)) == expected
 
 
+NOT_A_MAMMAL = "Which of these is NOT a mammal?\nA) dog\nB) cat\nC) trout\nD) whale"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("All except C are mammals.", "C"), ("All of them except trout are mammals", "C"), ("Not only A", "A"),
+     ("Not just (A)", "A"), ("A is not correct\nB", "B"), ("Why not B?", "B"),
+     ("I don't think A is right. B", "B")],
+)  # fmt: skip
+def test_except_only_a_line_break_or_a_question_do_not_reject_a_letter(text, expected):
+    """The negation check's first form took "except C" (the answer to a NOT question), "not only A", a "not"
+    on the line before, and "why not B?" as rejections."""
+    assert extract_choice(text, "ABCD", parse_choices(NOT_A_MAMMAL)) == expected
+
+
 def test_an_answer_label_in_markdown_or_a_final_answer_is_not_scored_as_the_answer():
     """Only a line starting "Answer:" lost its label: "**Answer:** Paris" scored F1 0.667, "The final answer
     is Paris." 0.4."""
     for out in ("**Answer:** Paris", "**Answer**: Paris", "Final answer: Paris", "The final answer is Paris.",
-                "*Answer*: Paris"):  # fmt: skip
+                "*Answer*: Paris", "__Answer__: Paris"):  # fmt: skip
         assert score_extraction(out, "Paris") == {"em": 1.0, "f1": 1.0}, out
 
 
@@ -296,3 +311,7 @@ def test_a_comma_between_digits_joins_them_only_as_a_thousands_separator():
     assert exact_match("2,3", "2, 3") == 1.0
     assert exact_match("1,000,000", "1000000") == exact_match("1,000", "1000") == 1.0
     assert exact_match("\u22125", "-5") == 1.0 and exact_match("\u22125", "5") == 0.0  # a minus sign
+    assert exact_match("1,00,000", "100000") == exact_match("Rs 10,00,000", "Rs 1000000") == 1.0  # Indian
+    assert (
+        exact_match("1990\u20132000", "1990-2000") == 1.0 and exact_match("1990\u20132000", "19902000") == 0.0
+    )

@@ -53,6 +53,26 @@ def test_local_models_are_not_called_through_an_environments_proxy(
     assert "".join(gw.stream("smollm2-135m", HELLO, max_tokens=4))
 
 
+def test_the_proxy_bypass_keeps_the_users_no_proxy_list(monkeypatch):
+    """Its first form wrote each spelling from its own value: NO_PROXY=internal.corp alone gained a no_proxy
+    without it, which clients read first (internal.corp went to the proxy); `*` gained hosts and stopped
+    meaning every host."""
+    import urllib.request
+
+    from pipelines.llm.gateway import bypass_proxy
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("NO_PROXY", "internal.corp")
+    bypass_proxy("127.0.0.1")
+    assert os.environ["no_proxy"] == os.environ["NO_PROXY"] == "internal.corp,127.0.0.1,localhost"
+    assert urllib.request.proxy_bypass_environment("internal.corp")
+    monkeypatch.setenv("NO_PROXY", "*")
+    monkeypatch.delenv("no_proxy")
+    bypass_proxy("127.0.0.1")
+    assert os.environ["NO_PROXY"] == "*" and "no_proxy" not in os.environ
+
+
 def test_non_streamed_call_has_usage_too(gateway):
     r = gateway.chat("smollm2-135m", HELLO, max_tokens=8, stream=False)
     assert r.output_tokens > 0 and r.ttft_s is None

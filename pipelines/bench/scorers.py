@@ -40,8 +40,13 @@ _RULED_OUT = re.compile(
 
 
 # what comes before a letter or an option's text rejected, not chosen: "not A", "isn't B", "cannot be C",
-# "neither A nor B", "definitely not D" (one word may stand between)
-_NEGATED = re.compile(r"(?i:\bnot|n't|\bcannot\s+be|\bneither|\bnor|\bnever|\bexcept)\s+(?:\w+\s+)?[\(\[]?$")
+# "neither A nor B", "definitely not D"; one word may stand between, not "only" ("not only A" is A), and
+# on one line. Not "except": "all except C" names C, the answer to a NOT question
+_NEGATED = re.compile(
+    r"(?i:\bnot|n't|\bcannot[ \t]+be|\bneither|\bnor|\bnever)[ \t]+"
+    r"(?:(?!(?i:only|just|merely|simply)\b)\w+[ \t]+)?[\(\[]?$"
+)
+NEGATION_REACH = 40  # characters looked at before a letter: a whole text before each one was quadratic
 
 
 def parse_choices(prompt: str) -> dict[str, str]:
@@ -82,12 +87,16 @@ def extract_choice(
         with_another = joined.match(t, at - 1 if at and t[at - 1] in "([" else at)
         return None if with_another and offered(with_another) else (m.group(1) or m.group(2)).upper()
 
+    def negated(start: int, end: int) -> bool:  # "not A"; "why not A?" proposes A
+        before = _NEGATED.search(t, max(0, start - NEGATION_REACH), start) is not None
+        return before and not t[end:].lstrip(" )]").startswith("?")
+
     def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6: "A is wrong", "not A"
-        return _RULED_OUT.match(t, m.end()) is not None or _NEGATED.search(t, 0, m.start()) is not None
+        return _RULED_OUT.match(t, m.end()) is not None or negated(m.start(), m.end())
 
     def stated(text: str) -> bool:  # step 5: an option's text, somewhere not rejected ("Not Kyle")
         low = t.lower()
-        return any(not _NEGATED.search(t, 0, i.start()) for i in re.finditer(re.escape(text), low))
+        return any(not negated(i.start(), i.end()) for i in re.finditer(re.escape(text), low))
 
     # 1. the whole answer is a letter: "B", "(b)", "B.", "B)"
     if re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t):
@@ -139,6 +148,9 @@ def normalize_answer(s: str) -> str:
     ("1,000" is "1000"; another comma between digits parts them: "2,3" is not "23"), and Unicode
     punctuation (curly quotes, an ellipsis) goes too."""
     s = s.lower().replace("\u2212", "-")  # the minus sign is a hyphen-minus: "\u22125" is "-5"
+    s = re.sub(r"(?<=\d)[\u2013\u2014](?=\d)", "-", s)  # a range in dashes "1990–2000" as in "1990-2000"
+    # thousands separators, in Indian grouping too ("1,00,000" is 100000), then the 3-digit kind
+    s = re.sub(r"\b\d{1,2}(?:,\d{2})+,\d{3}(?![\d,])", lambda m: m.group(0).replace(",", ""), s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
     s = re.sub(r"(?<=\d),(?=\d)", " ", s)  # a list "2,3" or a decimal comma "3,14" is not 23 or 314
     s = re.sub(r"(?<=\d)\.(?=\d)", "\x00", s)
@@ -180,7 +192,7 @@ def _first_line(output: str) -> str:
     """Small models add explanations after the answer; the extraction answer is its first line."""
     lines = [x for x in output.strip().splitlines() if x.strip()]
     # "Answer:", "The answer is", "**Answer:**", "Final answer:"; not "Answerbank"
-    label = r"^[*_\s]*(?:the\s+)?(?:final\s+)?answer\b[*_]*\s*(?:is\b)?\s*:?[*_\s]*"
+    label = r"^[*_\s]*(?:the\s+)?(?:final\s+)?answer(?![A-Za-z0-9])[*_]*\s*(?:is\b)?\s*:?[*_\s]*"
     first = re.sub(label, "", lines[0].strip(), flags=re.I) if lines else ""
     return first or (lines[1].strip() if len(lines) > 1 else "")  # "Answer:" on a line of its own
 

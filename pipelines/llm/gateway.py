@@ -251,14 +251,21 @@ def _vocab(path: str) -> _Vocab | None:
         return known[1]
 
 
+_PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
 def bypass_proxy(host: str) -> None:
     """The local model servers are never called through an HTTP proxy of the environment: with HTTP_PROXY
     set, every call to them failed ("no connection to the model server"). Adds them to NO_PROXY, which the
     HTTP clients under LiteLLM honour; remote providers keep the proxy."""
-    for var in ("NO_PROXY", "no_proxy"):
-        have = [h.strip() for h in os.environ.get(var, "").split(",") if h.strip()]
-        if add := [h for h in dict.fromkeys((host, "127.0.0.1", "localhost")) if h not in have]:
-            os.environ[var] = ",".join(have + add)
+    have = [
+        h.strip() for v in ("NO_PROXY", "no_proxy") for h in os.environ.get(v, "").split(",") if h.strip()
+    ]
+    if "*" in have or not any(os.environ.get(v) for v in _PROXY_VARIABLES):  # nothing to bypass
+        return
+    # one list, in both spellings: clients read the lower-case one first, and it must keep the user's hosts
+    merged = ",".join(dict.fromkeys([*have, host, "127.0.0.1", "localhost"]))
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = merged
 
 
 class Gateway:
