@@ -466,14 +466,20 @@ def _folder_in_place(path) -> None:
     path.mkdir()
 
 
-def test_a_file_that_cannot_be_read_keeps_its_last_version(env, tmp_path):
-    """A read error on a file indexed before dropped its chunks (and its index entries) till the next run."""
-    settings, _, _ = env
+def _two_files_ingested(settings, tmp_path, second: str):
+    """tmp_path/src with a.txt and b.txt (`second`), ingested into tmp_path/store."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("First file.")
-    (src / "b.txt").write_text("Second file, indexed before.")
+    (src / "b.txt").write_text(second)
     ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    return src
+
+
+def test_a_file_that_cannot_be_read_keeps_its_last_version(env, tmp_path):
+    """A read error on a file indexed before dropped its chunks (and its index entries) till the next run."""
+    settings, _, _ = env
+    src = _two_files_ingested(settings, tmp_path, "Second file, indexed before.")
     (src / "a.txt").write_text("First file, edited.")
     store = SourceFileChanges(tmp_path / "store", src / "b.txt", _folder_in_place)
     r = ingest_corpus(settings, str(src), store=store)
@@ -822,11 +828,7 @@ def test_a_beir_record_whose_id_is_no_string_is_skipped_and_recorded(env, tmp_pa
 
 def test_a_file_deleted_with_a_config_change_is_counted_removed(env, tmp_path):
     settings, _, _ = env
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("First file.")
-    (src / "b.txt").write_text("Second file.")
-    ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    src = _two_files_ingested(settings, tmp_path, "Second file.")
     (src / "b.txt").unlink()
     r = ingest_corpus(
         settings.model_copy(update={"chunk_tokens": 48}), str(src), store=LocalStore(tmp_path / "store")
