@@ -159,6 +159,14 @@ class Settings(BaseSettings):
     otel_file_max_mb: int = Field(default=100, ge=1)
     otel_file_backups: int = Field(default=3, ge=0)
 
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint_without_scheme(cls, v: str) -> str:
+        """The minio client takes host:port: "http://..." was its bare "path in endpoint is not allowed"."""
+        if "://" in v:
+            raise ValueError("host:port, without a scheme (SM_S3_SECURE=true for https)")
+        return v
+
     @field_validator("chunk_overlap")
     @classmethod
     def _overlap_under_chunk(cls, v: int, info: ValidationInfo) -> int:

@@ -791,6 +791,15 @@ def test_an_overlap_as_long_as_the_chunk_is_a_settings_error():
     assert Settings(chunk_tokens=64, chunk_overlap=63).chunk_overlap == 63
 
 
+def test_an_s3_endpoint_with_a_scheme_is_a_settings_error():
+    """The minio client takes host:port; "http://host:9000" was its bare "path in endpoint is not allowed"."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="s3_endpoint\n.*host:port, without a scheme"):
+        Settings(s3_endpoint="http://127.0.0.1:9000")
+    assert Settings(s3_endpoint="minio.internal:9000").s3_endpoint == "minio.internal:9000"
+
+
 def test_a_store_inside_its_source_is_not_ingested_as_documents(env, tmp_path):
     """With the store inside the source folder (or at the root of its bucket), the store's manifest, chunks
     and name key were read as documents, and every run found them changed and committed again."""
