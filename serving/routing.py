@@ -225,10 +225,8 @@ class ModelResolver:
         why: dict[str, str | None] = {}
         slo, cap = constraints.latency_slo_s, constraints.max_cost_usd
         for e in local:  # the request's limits, the router's estimate, then the model's own count
-            cost = (
-                (needed - constraints.expected_output_tokens) * (e.cost_per_1k_input_usd or 0.0)
-                + constraints.expected_output_tokens * (e.cost_per_1k_output_usd or 0.0)
-            ) / 1000
+            out_tokens = constraints.expected_output_tokens
+            cost = e.cost_usd(needed - out_tokens, out_tokens)
             if slo is not None and p95.get(e.name, 0.0) > slo:
                 why[e.name] = f"{e.name}'s recent p95 latency ({p95[e.name]:.2f} s) breaks the {slo:g} s SLO"
             elif cap is not None and cost > cap:

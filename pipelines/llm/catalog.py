@@ -87,6 +87,11 @@ class ModelEntry(BaseModel):
             raise ValueError(f"{self.name}: a non-local model needs cost_per_1k_input_usd and _output_usd")
         return self
 
+    def cost_usd(self, input_tokens: float, output_tokens: float) -> float:
+        """What a call of these token counts costs at this entry's catalog prices."""
+        inp, out = self.cost_per_1k_input_usd or 0.0, self.cost_per_1k_output_usd or 0.0
+        return (input_tokens * inp + output_tokens * out) / 1000
+
     @property
     def is_local_server(self) -> bool:
         return self.local is not None

@@ -501,11 +501,10 @@ class Gateway:
         provider read from its cache cost its cache-read price, from LiteLLM's price table where it knows
         one (OpenAI caches prompts over 1,024 tokens by itself: at the full price a RAG call was 47% high)."""
         e = self.catalog.get(model)
-        inp, out = e.cost_per_1k_input_usd or 0.0, e.cost_per_1k_output_usd or 0.0
         cached = min(max(cached_tokens, 0), input_tokens)
         cache_read = _cache_read_price(e.litellm_model)
-        cached_price = 1000 * cache_read if cache_read is not None else inp
-        return ((input_tokens - cached) * inp + cached * cached_price + output_tokens * out) / 1000
+        cached_price = 1000 * cache_read if cache_read is not None else e.cost_per_1k_input_usd or 0.0
+        return e.cost_usd(input_tokens - cached, output_tokens) + cached * cached_price / 1000
 
     def _span_result(self, span: Span, result: ChatResult) -> None:
         span.set_attribute("gen_ai.system", self.catalog.get(result.model).provider)
