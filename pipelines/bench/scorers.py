@@ -89,7 +89,7 @@ def extract_choice(
 
     def negated(start: int, end: int) -> bool:  # "not A"; "why not A?" proposes A
         before = _NEGATED.search(t, max(0, start - NEGATION_REACH), start) is not None
-        return before and not t[end:].lstrip(" )]").startswith("?")
+        return before and not re.match(r"[ )\]]*\?", t[end : end + 8])  # a bounded look: no copy of the rest
 
     def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6: "A is wrong", "not A"
         return _RULED_OUT.match(t, m.end()) is not None or negated(m.start(), m.end())
