@@ -286,7 +286,8 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     another scale, where it opens the text, follows a label or ends it ("2/5", "4 out of 5"), is read on
     that scale from 1: 2/5 is 0.25, not 2 out of 10."""
     text = text or ""
-    number = r"(?<![\d.])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
+    # a signed number is none: "-3" is not 3, while "1-10" still reads 10
+    number = r"(?<![\d.])(?<![^\d][-\u2212])(?<!^[-\u2212])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
     every = [float(m.group(1)) for m in re.finditer(number, text)]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
     opening = re.match(r"[^\w]*" + number, text) or re.search(  # "Rating: 4", "my score is 7"; not a scale
