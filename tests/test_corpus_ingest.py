@@ -489,6 +489,24 @@ def test_a_file_that_cannot_be_read_keeps_its_last_version(env, tmp_path):
     assert texts == {"First file, edited.", "Second file, indexed before."}
 
 
+def test_a_revision_that_cannot_be_parsed_keeps_the_last_good_version(env, tmp_path):
+    """A file caught mid-save (emptied, NUL-padded) was a skip record that replaced its last good version:
+    its chunks left the store, and the next index sync deleted them."""
+    settings, _, _ = env
+    src = _two_files_ingested(settings, tmp_path, "Second file, indexed before.")
+    for bad in (b"", b"\x00\x00\x00"):
+        (src / "b.txt").write_bytes(bad)
+        r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+        (skip,) = r.skipped
+        assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
+        texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
+        assert texts == {"First file.", "Second file, indexed before."}
+    (src / "b.txt").write_text("Second file, saved whole.")  # the next good save replaces it
+    ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
+    assert texts == {"First file.", "Second file, saved whole."}
+
+
 def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp_path):
     """Recognizers need word boundaries: `_` is a word character to them, and an address followed by
     `-notes` or `.backup` failed the e-mail check; such names were kept raw, and a file gone between listing

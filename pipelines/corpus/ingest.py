@@ -345,8 +345,10 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
         except Exception as e:  # one bad file never fails the run
             reason = str(e) if isinstance(e, SkipFile) else f"error: {type(e).__name__}: {e}"
             reason = proc.redact(reason.replace(raw, name))  # a message may quote the raw name (KeyError)
-            if not isinstance(e, SkipFile) and prev and prev.get("chunk_key") and not prev.get("skipped"):
-                files[name] = prev  # a read error (an S3 timeout) is no new content: the last version stays
+            if prev and prev.get("chunk_key") and not prev.get("skipped"):
+                # a read error (an S3 timeout), or a revision that cannot be parsed (an editor's half-saved
+                # file, a sync's NUL-padded one): the last good version stays, and the next run tries again
+                files[name] = prev
                 report.skipped.append({"path": name, "reason": f"{reason}; its last version is kept"})
                 continue
             report.skipped.append({"path": name, "reason": reason})
