@@ -64,6 +64,31 @@ def test_an_index_analysed_by_another_version_is_rebuilt_by_its_next_sync(tmp_pa
     assert (report.added, report.deleted) == (2, 0) and TantivyIndex(tmp_path / "kw").search("apples")
 
 
+def test_a_rebuild_for_a_new_analysis_stopped_half_way_leaves_the_old_index_whole(tmp_path, monkeypatch):
+    """The rebuild emptied the index in a commit of its own, then refilled it batch by batch: a reader saw
+    nothing, and a build stopped half-way left part of the chunks, stamped current."""
+    from pipelines.index import keyword
+
+    chunks = frame({f"d{i}": f"word{i} apples" for i in range(50)})
+    sync_index(TantivyIndex(tmp_path / "kw"), chunks)
+    (tmp_path / "kw" / keyword.ANALYSIS_STAMP).write_text(str(keyword.ANALYSIS_VERSION - 1))
+    calls, real = [], keyword.indexed_text
+
+    def stopped(title, text):
+        calls.append(text)
+        if len(calls) == 30:
+            raise KeyboardInterrupt("stopped mid-rebuild")
+        return real(title, text)
+
+    monkeypatch.setattr(keyword, "indexed_text", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        sync_index(TantivyIndex(tmp_path / "kw"), chunks, batch=10)
+    monkeypatch.setattr(keyword, "indexed_text", real)
+    reader = TantivyIndex(tmp_path / "kw")
+    assert reader.stale and len(reader.indexed_ids()) == 50 and reader.search("word40")
+    assert sync_index(reader, chunks).added == 50 and not reader.stale and len(reader.indexed_ids()) == 50
+
+
 def test_tantivy_sync_is_incremental_and_persistent(tmp_path):
     idx = TantivyIndex(tmp_path / "kw")
     r1 = sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))

@@ -106,6 +106,13 @@ def sync_index(
     t0 = time.perf_counter()
     have = index.indexed_ids() if have is None else have
     want = set(chunks["chunk_id"])
+    if getattr(index, "stale", False):  # analysed otherwise (tantivy): made anew in one commit
+        index.replace_all(chunks)  # type: ignore[attr-defined]
+        return IndexReport(
+            backend=index.backend, location=index.location, added=len(want), deleted=len(have - want),
+            unchanged=0, total=len(want), seconds=round(time.perf_counter() - t0, 3),
+            version=content_version(want, index.backend, salt),
+        )  # fmt: skip
     gone = sorted(have - want)
     new = chunks[~chunks["chunk_id"].isin(have)]
     for i in range(0, len(new), batch):  # adds first: a sync stopped half-way leaves every old chunk there

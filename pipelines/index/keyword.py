@@ -110,16 +110,13 @@ class TantivyIndex(_Analysed):
     def _writer(self):
         return self.index.writer(heap_size=64_000_000, num_threads=1)
 
-    def indexed_ids(self) -> set[str]:
-        """The chunk ids held; an index analysed by another ANALYSIS_VERSION is emptied first (a writer's
-        call: sync_index's), so the sync adds every chunk again."""
+    @property
+    def stale(self) -> bool:
+        """Analysed by another ANALYSIS_VERSION: sync_index makes it anew (replace_all)."""
         stamp = self.path / ANALYSIS_STAMP
-        if not stamp.exists() or stamp.read_text().strip() != str(ANALYSIS_VERSION):
-            w = self._writer()
-            w.delete_all_documents()
-            w.commit()
-            w.wait_merging_threads()
-            write_atomic(stamp, str(ANALYSIS_VERSION).encode())
+        return not stamp.exists() or stamp.read_text().strip() != str(ANALYSIS_VERSION)
+
+    def indexed_ids(self) -> set[str]:
         self.index.reload()
         searcher = self.index.searcher()
         n = searcher.num_docs
@@ -127,6 +124,18 @@ class TantivyIndex(_Analysed):
             return set()
         hits = searcher.search(self._tantivy.Query.all_query(), limit=n, count=False).hits
         return {searcher.doc(addr)["chunk_id"][0] for _, addr in hits}
+
+    def replace_all(self, chunks: pd.DataFrame) -> None:
+        """Hold exactly `chunks`, analysed anew, in one commit: a reader, or a build stopped half-way, sees
+        the old index whole or the new one whole, never an emptied one (the stamp is written after)."""
+        w = self._writer()
+        w.delete_all_documents()
+        for cid, title, text in zip(chunks["chunk_id"], chunks["title"], chunks["text"], strict=True):
+            w.add_document(self._tantivy.Document(chunk_id=cid, text=indexed_text(title, text)))
+        w.commit()
+        w.wait_merging_threads()
+        write_atomic(self.path / ANALYSIS_STAMP, str(ANALYSIS_VERSION).encode())
+        self.index.reload()
 
     def upsert(self, chunks: pd.DataFrame) -> None:
         w = self._writer()
