@@ -856,6 +856,24 @@ def test_qdrant_server_gets_the_api_key_exact_search_and_loses_a_creation_race_q
         open_dense_index(Settings(vector_backend="qdrant_server", qdrant_url=other.url), embedder=static)
 
 
+def test_a_retriever_on_a_server_with_no_index_built_is_an_index_missing(fake_server):
+    """Opened to search, OpenSearch and Qdrant server backends made an empty index on the spot (a PUT from a
+    read path) and answered every query with nothing, where the embedded ones said no index was built."""
+    from pipelines.index.base import IndexMissing
+    from pipelines.index.keyword import open_keyword_index
+
+    opensearch, qdrant = fake_server(FakeOpenSearch(name="chunks")), fake_server(FakeQdrant())
+    settings = Settings(keyword_backend="opensearch", opensearch_url=opensearch.url, opensearch_index="chunks",
+                        vector_backend="qdrant_server", qdrant_url=qdrant.url)  # fmt: skip
+    with pytest.raises(IndexMissing, match="no keyword index"):
+        open_keyword_index(settings, must_exist=True)
+    with pytest.raises(IndexMissing, match="no dense index"):
+        open_dense_index(settings, embedder=get_embedder("static"), must_exist=True)
+    assert not [r for r in opensearch.requests + qdrant.requests if r[0] == "PUT"]  # nothing made
+    open_keyword_index(settings)  # to build: made
+    assert [r[:2] for r in opensearch.requests if r[0] == "PUT"] == [("PUT", "/chunks")]
+
+
 def test_a_qdrant_url_without_a_port_is_used_as_written(monkeypatch):
     """`QdrantClient(url="https://qdrant.example.com")` went to port 6333, the client's default."""
     from qdrant_client import QdrantClient

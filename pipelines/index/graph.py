@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.corpus.pii import PLACEHOLDER
-from pipelines.index.base import IndexInUse, IndexReport, ScoredChunk, require_index
+from pipelines.index.base import IndexInUse, IndexMissing, IndexReport, ScoredChunk, require_index
 from pipelines.index.entities import RuleEntityExtractor
 from pipelines.settings import Settings
 
@@ -185,7 +185,7 @@ class NebulaGraph:
 
     backend = "nebula"
 
-    def __init__(self, address: str, user: str, password: str, space: str) -> None:
+    def __init__(self, address: str, user: str, password: str, space: str, must_exist: bool = False) -> None:
         from nebula3.Config import Config
         from nebula3.gclient.net import ConnectionPool
 
@@ -201,8 +201,13 @@ class NebulaGraph:
             raise ConnectionError(f"cannot reach NebulaGraph at {address}")
         self.user, self.password, self.space = user, password, space
         self.location = f"nebula://{address}/{space}"
-        self._run(f"CREATE SPACE IF NOT EXISTS {space}(vid_type=FIXED_STRING({VID_BYTES}))", use=False)
-        # a new space, tag or index takes effect after two heartbeats (20 s by default): until then, retry
+        if must_exist and space not in self._spaces():  # to search: no space made on the spot, as none built
+            self.pool.close()
+            raise IndexMissing("graph", self.location)
+        # a new space, tag or index takes effect after two heartbeats (20 s by default): until then, retry (a
+        # fresh cluster answers "Host not enough!" until storaged's first heartbeat)
+        space_ddl = f"CREATE SPACE IF NOT EXISTS {space}(vid_type=FIXED_STRING({VID_BYTES}))"
+        self._run_when_ready(space_ddl, use=False)
         self._run_when_ready(
             "CREATE TAG IF NOT EXISTS chunk(doc_id string); "
             "CREATE TAG IF NOT EXISTS entity(name string, df int); "
@@ -219,15 +224,18 @@ class NebulaGraph:
                 raise RuntimeError(f"nGQL failed: {r.error_msg()}")
             return r
 
-    def _run_when_ready(self, ngql: str, timeout_s: float = 40.0):
+    def _run_when_ready(self, ngql: str, timeout_s: float = 40.0, use: bool = True):
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return self._run(ngql)
+                return self._run(ngql, use=use)
             except RuntimeError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2)
+
+    def _spaces(self) -> set[str]:
+        return {v.as_string() for v in self._run("SHOW SPACES", use=False).column_values("Name")}
 
     @staticmethod
     def _q(s: str) -> str:
@@ -345,6 +353,7 @@ def open_graph(settings: Settings, index_dir: str | Path | None = None, must_exi
             settings.nebula_user,
             settings.nebula_password.get_secret_value(),
             settings.nebula_space,
+            must_exist=must_exist,
         )
     path = Path(index_dir or settings.run_dir / "index") / "graph" / "kg.lbug"
     return LadybugGraph(require_index(path, "graph", must_exist))

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 
 from pipelines.files import write_atomic
-from pipelines.index.base import ScoredChunk, require_index
+from pipelines.index.base import IndexMissing, ScoredChunk, require_index
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ class OpenSearchIndex(_Analysed):
 
     backend = "opensearch"
 
-    def __init__(self, url: str, index: str, user: str | None = None, password: str | None = None) -> None:
+    def __init__(self, url: str, index: str, user: str | None = None, password: str | None = None,
+                 must_exist: bool = False) -> None:  # fmt: skip
         from opensearchpy import OpenSearch
 
         # credentials in the URL (user:pass@) still work, but are never shown: location is printed, reported
@@ -184,6 +185,8 @@ class OpenSearchIndex(_Analysed):
         self.name, self.location = index, f"{without_userinfo(url)}/{index}"
         self.analyzer = _analyzer()
         if not self.client.indices.exists(index=index):
+            if must_exist:  # to search: an empty index made on the spot would answer every query with nothing
+                raise IndexMissing("keyword", self.location)
             self._create()
         elif self._version() != ANALYSIS_VERSION:
             log.warning("%s was analysed otherwise (not analysis version %s): the next keyword index build "
@@ -276,7 +279,7 @@ def open_keyword_index(settings: Settings, index_dir: str | Path | None = None, 
         password = settings.opensearch_password
         return OpenSearchIndex(
             settings.opensearch_url, settings.opensearch_index, settings.opensearch_user or None,
-            password.get_secret_value() if password is not None else None,
+            password.get_secret_value() if password is not None else None, must_exist,
         )  # fmt: skip
     path = Path(index_dir or settings.run_dir / "index") / "keyword"
     return TantivyIndex(require_index(path, "keyword", must_exist))

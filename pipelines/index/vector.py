@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import ThreadpoolController
 
-from pipelines.index.base import IndexInUse, ScoredChunk, require_index
+from pipelines.index.base import IndexInUse, IndexMissing, ScoredChunk, require_index
 from pipelines.index.embeddings import Embedder, LazyEmbedder
 from pipelines.settings import Settings
 
@@ -96,7 +96,7 @@ class QdrantIndex:
 
     def __init__(
         self, embedder: Embedder, collection: str, path: str | Path | None = None, url: str | None = None,
-        progress: bool = False, api_key: str | None = None, exact: bool = False,
+        progress: bool = False, api_key: str | None = None, exact: bool = False, must_exist: bool = False,
     ) -> None:  # fmt: skip
         from qdrant_client import QdrantClient, models
 
@@ -123,6 +123,9 @@ class QdrantIndex:
             self.client = QdrantClient(url=url, port=None, api_key=api_key, timeout=60)
             self.location = f"{url}/collections/{self.collection}"
         if not self.client.collection_exists(self.collection):
+            if must_exist:  # to search: a server's collection is not made on the spot either, as none built
+                self.client.close()
+                raise IndexMissing("dense", self.location)
             self._create()
 
     def _create(self) -> None:
@@ -253,6 +256,7 @@ def open_dense_index(
         return QdrantIndex(
             embedder, settings.qdrant_collection, url=settings.qdrant_url, progress=progress,
             api_key=key.get_secret_value() if key is not None else None, exact=settings.qdrant_exact,
+            must_exist=must_exist,
         )  # fmt: skip
     path = require_index(Path(index_dir or settings.run_dir / "index") / "qdrant", "dense", must_exist)
     return QdrantIndex(embedder, settings.qdrant_collection, path=path, progress=progress)
