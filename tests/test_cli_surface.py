@@ -55,7 +55,10 @@ def test_gateway_export_writes_atomically_and_refuses_a_folder(tmp_path: Path):
     res = CliRunner().invoke(app, ["gateway", "export", "--out", str(out)], env=_env(tmp_path / "run"))
     assert res.exit_code == 0, res.output
     assert (tmp_path / "litellm.tmp").read_text() == "mine"
-    assert yaml.safe_load(out.read_text())["model_list"]
+    exported = yaml.safe_load(out.read_text())
+    assert exported["model_list"]
+    # the Proxy answered anyone without a master key, spending the remote providers' keys
+    assert exported["general_settings"] == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
     (tmp_path / "dir.yaml").mkdir()
     res = CliRunner().invoke(
         app, ["gateway", "export", "--out", str(tmp_path / "dir.yaml")], env=_env(tmp_path / "run")
@@ -63,6 +66,20 @@ def test_gateway_export_writes_atomically_and_refuses_a_folder(tmp_path: Path):
     assert res.exit_code == 2 and "is a folder, not a file" in res.output, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.yaml", "litellm.tmp", "litellm.yaml"]
     assert not any((tmp_path / "dir.yaml").iterdir())
+
+
+def test_the_compose_file_mounts_files_that_exist_and_the_proxy_needs_its_master_key():
+    """The committed proxy config is the exported one (with its master key), and every file the compose
+    file mounts from deploy/ is there."""
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    assert yaml.safe_load((deploy / "litellm_config.yaml").read_text())["general_settings"]["master_key"]
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    mounted = [v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", [])]
+    files = [m for m in mounted if m.startswith("./")]
+    assert "./litellm_config.yaml" in files and all((deploy / m).is_file() for m in files), files
+    assert set(mounted) - set(files) <= set(compose["volumes"])  # named volumes are declared
+    proxy = compose["services"]["litellm"]["environment"]["LITELLM_MASTER_KEY"]
+    assert proxy.startswith("${LITELLM_MASTER_KEY:?")  # compose refuses to start it without one
 
 
 def test_models_up_and_status_with_no_local_model_in_the_catalog_fail(tmp_path: Path):
