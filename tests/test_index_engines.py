@@ -863,8 +863,10 @@ def test_a_retriever_on_a_server_with_no_index_built_is_an_index_missing(fake_se
     from pipelines.index.keyword import open_keyword_index
 
     opensearch, qdrant = fake_server(FakeOpenSearch(name="chunks")), fake_server(FakeQdrant())
-    settings = Settings(keyword_backend="opensearch", opensearch_url=opensearch.url, opensearch_index="chunks",
-                        vector_backend="qdrant_server", qdrant_url=qdrant.url)  # fmt: skip
+    settings = Settings(
+        keyword_backend="opensearch", opensearch_url=opensearch.url, opensearch_index="chunks",
+        vector_backend="qdrant_server", qdrant_url=qdrant.url,
+    )  # fmt: skip
     with pytest.raises(IndexMissing, match="no keyword index"):
         open_keyword_index(settings, must_exist=True)
     with pytest.raises(IndexMissing, match="no dense index"):
