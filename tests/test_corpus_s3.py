@@ -228,3 +228,13 @@ def test_a_corpus_at_the_root_of_the_stores_bucket_leaves_the_stores_objects_out
     for _ in range(2):
         again = ingest_corpus(settings, "s3://shared")
         assert not again.did_work and again.files_seen == 1 and not again.skipped, again
+
+
+def test_a_bucket_made_by_another_process_since_the_check_is_used(seaweed, monkeypatch):
+    """Another process (a sensor's run beside a CLI's) made the bucket between `bucket_exists` and
+    `make_bucket`: the store failed with BucketAlreadyOwnedByYou."""
+    from minio import Minio
+
+    S3Store(seaweed, "raced", "any", "any").put("k", b"v")  # the other process's bucket
+    monkeypatch.setattr(Minio, "bucket_exists", lambda self, bucket: False)  # what this one saw before it
+    assert S3Store(seaweed, "raced", "any", "any").get("k") == b"v"

@@ -891,3 +891,19 @@ def test_a_qdrant_url_without_a_port_is_used_as_written(monkeypatch):
         idx = QdrantIndex(static, "chunks", url=url)
         assert idx.client._client.rest_uri == url
         idx.close()
+
+
+def test_qdrant_deletes_go_in_slices_a_server_accepts(tmp_path):
+    """Every removed id went in one request: past about 860k ids (a re-chunked large corpus) a Qdrant server
+    refuses it (32 MiB), after the adds went in, and every later sync failed the same way."""
+    idx = open_dense_index(Settings(run_dir=tmp_path), tmp_path / "ix", get_embedder("static"))
+    try:
+        sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))
+        sent, real = [], idx.client.delete
+        idx.client.delete = lambda name, points_selector: sent.append(len(points_selector.points)) or real(
+            name, points_selector=points_selector
+        )
+        idx.delete([f"gone#{i}" for i in range(25_000)] + ["a#0000"])
+        assert sent == [10_000, 10_000, 5_001] and idx.indexed_ids() == {"b#0000"}
+    finally:
+        idx.close()

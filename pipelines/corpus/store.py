@@ -133,7 +133,13 @@ class S3Store:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}"
         if create_bucket and not self.client.bucket_exists(bucket):
-            self.client.make_bucket(bucket)
+            from minio.error import S3Error
+
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as e:  # made by another process (a sensor's run beside a CLI's) since the check
+                if e.code != "BucketAlreadyOwnedByYou":
+                    raise
 
     def _key(self, key: str) -> str:
         return self.prefix + key

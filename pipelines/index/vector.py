@@ -214,8 +214,9 @@ class QdrantIndex:
 
     def delete(self, chunk_ids: Iterable[str]) -> None:
         ids: list[int | str | uuid.UUID] = [point_id(c) for c in chunk_ids]
-        if ids:
-            self.client.delete(self.collection, points_selector=self._m.PointIdsList(points=ids))
+        for i in range(0, len(ids), 10_000):  # a server refuses a request over 32 MiB (860k ids in one)
+            points = self._m.PointIdsList(points=ids[i : i + 10_000])
+            self.client.delete(self.collection, points_selector=points)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 100) -> list[list[ScoredChunk]]:
         reqs = [
