@@ -900,8 +900,8 @@ def test_qdrant_deletes_go_in_slices_a_server_accepts(tmp_path):
     try:
         sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))
         sent, real = [], idx.client.delete
-        idx.client.delete = lambda name, points_selector: sent.append(len(points_selector.points)) or real(
-            name, points_selector=points_selector
+        idx.client.delete = lambda name, points_selector: (
+            sent.append(len(points_selector.points)) or real(name, points_selector=points_selector)
         )
         idx.delete([f"gone#{i}" for i in range(25_000)] + ["a#0000"])
         assert sent == [10_000, 10_000, 5_001] and idx.indexed_ids() == {"b#0000"}
