@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
 from pipelines.bench.prompts import load_prompt_set, routerbench_prompts, stratified_sample
-from pipelines.bench.runner import PART_GLOB, accuracy_table, collect_outcomes, run_bench
+from pipelines.bench.runner import PART_GLOB, accuracy_table, collect_outcomes, error_rate_by_model, run_bench
 from pipelines.settings import REPO_ROOT
 
 pytestmark = pytest.mark.models
@@ -57,6 +57,16 @@ def test_real_run_of_the_local_panel_is_scored_and_complete(gateway, ten_prompts
     assert len(unscorable) == 2 and unscorable["score"].isna().all()
     acc = accuracy_table(df)
     assert set(acc["model"]) == set(models) and acc["accuracy"].dropna().between(0, 1).all()
+
+
+def test_the_accuracy_table_counts_errors_as_the_error_rate_check_does():
+    """It counted a scorer's error as a failed call: 10% in the run's table where the nightly check, which
+    counts failed calls only, said 0% for the same rows."""
+    df = pd.DataFrame({"task": "qa", "model": "m", "score": [1.0] * 9 + [None],
+                       "error": [None] * 9 + ["scorer: ScoreError: no choice"]})  # fmt: skip
+    assert accuracy_table(df)["error_rate"].tolist() == [0.0] == list(error_rate_by_model(df).values())
+    failed = df.assign(error=[None] * 8 + ["GatewayError: m: timed out", None])
+    assert accuracy_table(failed)["error_rate"].tolist() == [0.1]
 
 
 RUNNER_SCRIPT = """

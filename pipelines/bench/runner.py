@@ -289,8 +289,9 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy (mean score over scored rows), n, and error rate per task x model."""
-    g = df.assign(errored=df["error"].notna()).groupby(["task", "model"])
+    """Accuracy (mean score over scored rows), n, and error rate per task x model: failed calls, as the
+    nightly error-rate check counts them (a scorer's error is an answered call)."""
+    g = df.assign(errored=call_failed(df["error"])).groupby(["task", "model"])
     out = g.agg(
         accuracy=("score", "mean"),
         n=("score", "count"),
