@@ -30,11 +30,14 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def direct_call(client: OpenAI, model: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+def direct_call(client: OpenAI, entry, prompt: str, max_tokens: int) -> tuple[float, int]:
+    """One chat straight to the server, with what the gateway sends it too (the catalog's stop strings and
+    repeat penalty): else Gemma stops at "###" on one path only, and the ratio measures answer length."""
     t0 = time.perf_counter()
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0,
-        stream=True, stream_options={"include_usage": True},
+        model=entry.name, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+        temperature=0, stream=True, stream_options={"include_usage": True},
+        stop=list(entry.local.stop) or None, extra_body={"repeat_penalty": entry.local.repeat_penalty},
     )  # fmt: skip
     out = pieces = 0
     for chunk in stream:
@@ -70,12 +73,13 @@ def main() -> None:
 def _measure(entry, gw: Gateway, args: argparse.Namespace, table: Table) -> None:
     """20 (--n) short chats to one local model, directly and through the gateway, interleaved."""
     client = OpenAI(base_url=entry.api_base, api_key=LOCAL_API_KEY)
-    direct_call(client, entry.name, PROMPTS[0], 4)  # warm-up
+    direct_call(client, entry, PROMPTS[0], 4)  # a warm-up on both paths: neither times a first call's set-up
+    gw.chat(entry.name, [{"role": "user", "content": PROMPTS[0]}], max_tokens=4)
     lat = {"direct": [], "gateway": []}
     toks = {"direct": 0, "gateway": 0}
     for i in range(args.n):
         prompt = PROMPTS[i % len(PROMPTS)]
-        t, out = direct_call(client, entry.name, prompt, args.max_tokens)
+        t, out = direct_call(client, entry, prompt, args.max_tokens)
         lat["direct"].append(t)
         toks["direct"] += out
         r = gw.chat(entry.name, [{"role": "user", "content": prompt}], max_tokens=args.max_tokens)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from rouge_score.rouge_scorer import RougeScorer  # noqa: E402  (the scorer RAGAS's rouge_l uses)
 from tqdm import tqdm  # noqa: E402
 
+from pipelines.index.base import IndexMissing  # noqa: E402
 from pipelines.llm import servers  # noqa: E402
 from pipelines.llm.catalog import load_catalog  # noqa: E402
 from pipelines.llm.gateway import Gateway  # noqa: E402
@@ -56,7 +57,10 @@ def main() -> None:
 
     settings = Settings(local_base_port=PORT)
     questions = serving_bench.rag_questions()[: args.questions]
-    retriever = open_retriever(settings, modes=("hybrid",))
+    try:
+        retriever = open_retriever(settings, modes=("hybrid",))
+    except IndexMissing as e:
+        sys.exit(f"{e} (this bench reads `make demo`'s run folder)")
     hits = {q: retriever.search(q, mode="hybrid", k=4) for q in questions}
     retriever.close()
     budgets = [("whole", 10**6)] + [(f"{b} chars", int(b)) for b in args.budgets.split(",")]
