@@ -82,11 +82,17 @@ def test_a_torn_line_is_skipped_and_counted_and_old_days_are_left_out(tmp_path, 
     PromptLog(log_dir, redact).append(pasted)
     today = next(log_dir.glob("*.jsonl"))
     with today.open("a") as f:
-        f.write('{"prompt_id": "log-x", "prom')  # a crash mid-line
+        f.write('{"prompt_id": "log-x", "prom')  # a crash mid-line (a full disk)
+    PromptLog(log_dir, redact).append("Name three rivers.")  # was glued to the torn line, and lost with it
+    with today.open("a") as f:  # as the old writer glued one: the record is read back
+        glued = json.dumps({"prompt_id": "log-z", "prompt": "Glued."})
+        f.write('{"prompt_id": "log-y", "prom' + glued + "\n")
     (log_dir / "2020-01-01.jsonl").write_text(json.dumps({"prompt_id": "log-old", "prompt": "old"}) + "\n")
     (log_dir / "notes.jsonl").write_text("not a day file\n")
     recent, bad = read_prompt_log(log_dir, days=7)
-    assert bad == 1 and sorted(recent["prompt"]) == sorted(["What is the capital of Peru?", pasted])
+    assert bad == 1 and sorted(recent["prompt"]) == sorted(
+        ["What is the capital of Peru?", pasted, "Name three rivers.", "Glued."]
+    )
     everything, _ = read_prompt_log(log_dir)
     assert set(everything["prompt_id"]) == {*recent["prompt_id"], "log-old"}
 

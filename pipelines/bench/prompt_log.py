@@ -58,8 +58,11 @@ class PromptLog:
         }
         line = json.dumps(rec, ensure_ascii=False) + "\n"
         self.directory.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.directory / f"{now:%Y-%m-%d}.jsonl", "a", encoding="utf-8") as f:
-            f.write(line)
+        with self._lock, open(self.directory / f"{now:%Y-%m-%d}.jsonl", "a+b") as f:
+            # a line torn by a crash or a full disk ends without "\n": this record starts a line of its own
+            end = f.seek(0, 2)
+            torn = end > 0 and f.seek(end - 1) >= 0 and f.read(1) != b"\n"
+            f.write((b"\n" if torn else b"") + line.encode("utf-8"))
         return rec
 
 
@@ -104,6 +107,17 @@ class PromptLogWriter:
         self._pool.shutdown(wait=True)
 
 
+def _record(line: str) -> Any:
+    """A line's record; where a torn line (a crash mid-write) has the next record glued on, that record."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        start = line.rfind('{"prompt_id"', 1)
+        if start < 0:
+            raise
+        return json.loads(line[start:])
+
+
 def read_prompt_log(directory: str | Path, days: int | None = None,
                     now: datetime | None = None) -> tuple[pd.DataFrame, int]:  # fmt: skip
     """The logged prompts of the last `days` days (all when None), one row per distinct prompt, as
@@ -126,7 +140,7 @@ def read_prompt_log(directory: str | Path, days: int | None = None,
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = _record(line)
                 pid, prompt = str(rec["prompt_id"]), str(rec["prompt"])
             except (ValueError, KeyError, TypeError):
                 bad += 1  # a torn last line after a crash, or a hand edit
