@@ -79,12 +79,12 @@ def replay_data(data_dir: Path, prompts: pd.DataFrame, outcomes: pd.DataFrame):
     return models, answers, scores, costs
 
 
-def cascade_table(replay, folds: int, fractions=(0.2, 0.3, 0.4, 0.5, 0.6)) -> pd.DataFrame:
+def cascade_table(replay, prompts, folds: int, fractions=(0.2, 0.3, 0.4, 0.5, 0.6)) -> pd.DataFrame:
     """Agreement cascades: chain and thresholds calibrated on the training folds for each budget."""
     models, answers, scores, costs = replay
     best = int(scores.mean(0).argmax())
     best_cost = float(np.nanmean(costs[:, best]))
-    fold = fold_ids(len(scores), folds)
+    fold = fold_ids(len(scores), folds, groups=prompts["prompt"])
     rows = []
     for frac in fractions:
         q_all, c_all, chains, missed = np.zeros(len(scores)), np.zeros(len(scores)), [], 0
@@ -118,7 +118,7 @@ def probe_router_table(replay, prompts, emb, outcomes, folds: int, probe_sets) -
     singles = single_models(outcomes)
     lo, hi = min(c for c, _ in singles.values()), max(c for c, _ in singles.values())
     labels = prompts["task"].astype(str).to_numpy()
-    fold = fold_ids(len(scores), folds)
+    fold = fold_ids(len(scores), folds, groups=prompts["prompt"])
     rows = []
     for probes in probe_sets:
         q, c = np.zeros((len(LAMBDAS), len(scores))), np.zeros((len(LAMBDAS), len(scores)))
@@ -228,7 +228,8 @@ def main() -> None:
             "\nFrugalGPT agreement cascades (replayed on responses_train.csv, every call paid; the best "
             "single model alone: cost ratio 1.0), chain calibrated on the training folds per budget:"
         )
-        print(cascade_table(replay, args.folds).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        cascades = cascade_table(replay, prompts, args.folds)
+        print(cascades.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print(
             "\nAnswer-aware routing (ProbeRouter: pay the probes, then accept their plurality answer or "
             "escalate, per predicted task x agreement), swept over willingness to pay; same folds, metrics:"

@@ -45,6 +45,36 @@ def test_registry_names_every_predictor():
         get_predictor("nope")
 
 
+def test_an_unsure_prior_counts_for_less_against_the_neighbours(split):
+    """The prior's strength was `kappa` pseudo-prompts whatever its sd: a rate from a handful of rows held
+    the neighbours' evidence back as much as one measured on thousands."""
+    x_tr, y_tr, tasks_tr, x_te, _, models = split
+
+    def fitted(sd: float) -> BayesTaskPrior:
+        table = pd.DataFrame([{"task": t, "model": m, "quality_mean": 0.5, "quality_sd": sd}
+                              for t in x_tr.task_names for m in models])  # fmt: skip
+        return BayesTaskPrior(prior_table=table, update_prior=False).fit(x_tr, y_tr, models, tasks_tr)
+
+    sure, unsure = fitted(0.001).predict(x_te).mean, fitted(0.25).predict(x_te).mean
+    neighbours = BayesTaskPrior(kappa=0.5).fit(x_tr, y_tr, models, tasks_tr).predict(x_te).mean
+    # the unsure prior leaves the predictions nearer what the neighbours alone say, never farther
+    assert np.abs(unsure - neighbours).mean() < np.abs(sure - neighbours).mean() - 0.02
+    assert np.abs(sure - 0.5).mean() < np.abs(unsure - 0.5).mean()
+
+
+def test_folds_keep_a_question_asked_twice_together():
+    """Folds were drawn per row: RouterBench holds 7 questions twice, and one copy was trained on while the
+    other was tested (kNN saw an exact match)."""
+    from router_models.router.crossval import fold_ids
+
+    texts = [f"q{i % 40}" for i in range(100)]  # 40 questions, most asked 2-3 times
+    fold = fold_ids(len(texts), 5, groups=texts)
+    by_text = pd.Series(fold).groupby(texts).nunique()
+    assert (by_text == 1).all() and set(fold) == set(range(5))
+    # with no question repeated, the folds are the ungrouped ones
+    assert (fold_ids(100, 5) == fold_ids(100, 5, groups=[f"q{i}" for i in range(100)])).all()
+
+
 @pytest.mark.parametrize("name", LEARNED)
 def test_predictor_beats_global_mean_on_held_out_fold(split, name):
     x_tr, y_tr, tasks_tr, x_te, y_te, models = split

@@ -15,8 +15,13 @@ from router_models.router.train import panel, task_labels
 TRUE_TASK = "task_mean_label"  # the per-task mean that is told the true task label: a baseline only
 
 
-def fold_ids(n: int, folds: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(n) % folds
+def fold_ids(n: int, folds: int, seed: int = 0, groups: Any = None) -> np.ndarray:
+    """A fold per row; rows of one group (`groups`: a label per row, e.g. the prompt's text) share a fold,
+    so a question asked twice is never trained on in one copy and tested in the other."""
+    if groups is None:
+        return np.random.default_rng(seed).permutation(n) % folds
+    codes, uniques = pd.factorize(pd.Series(list(groups)).astype(str).str.strip())
+    return (np.random.default_rng(seed).permutation(len(uniques)) % folds)[codes]
 
 
 def cross_val_predictions(
@@ -41,11 +46,11 @@ def cross_val_predictions(
     texts = aligned["prompt"].astype(str).tolist()
     labels = np.array(task_labels(aligned))
     if held_out is None:
-        fold = fold_ids(len(aligned), folds, seed)
+        fold = fold_ids(len(aligned), folds, seed, groups=texts)
     else:
         test = aligned["prompt_id"].isin(held_out).to_numpy()
         fold = np.full(len(aligned), -1)
-        fold[test] = fold_ids(int(test.sum()), folds, seed)
+        fold[test] = fold_ids(int(test.sum()), folds, seed, groups=np.array(texts, dtype=object)[test])
     out = []
     for f in range(folds):
         tr, te = np.where(fold != f)[0], np.where(fold == f)[0]

@@ -80,7 +80,8 @@ def update_with_outcomes(
 
 @register
 class BayesTaskPrior(Predictor):
-    """Task-mixture Beta prior (strength `kappa` pseudo-prompts) updated by the k nearest prompts."""
+    """Task-mixture Beta prior (strength at most `kappa` pseudo-prompts, less where the task x model rate is
+    unsure) updated by the k nearest prompts."""
 
     name = "bayes"
 
@@ -123,8 +124,12 @@ class BayesTaskPrior(Predictor):
         y0, mask = self._observed()
         succ, trials = neighbour_counts(x.emb, self.emb_, y0, mask, self.k)
         mu = prior.mean.clip(1e-3, 1 - 1e-3)
-        a = self.kappa * mu + succ
-        b = self.kappa * (1 - mu) + trials - succ
+        # the prior's strength: `kappa` pseudo-prompts of spread within a task, weakened by how unsure the
+        # task x model rate itself is (its sd: few rows behind it, or an unsure task): never stronger
+        spread = mu * (1 - mu) / (self.kappa + 1) + prior.sd**2
+        kappa = np.clip(mu * (1 - mu) / spread - 1, 0.5, self.kappa)
+        a = kappa * mu + succ
+        b = kappa * (1 - mu) + trials - succ
         mean = a / (a + b)
         return QualityPrediction(mean, np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1))))
 
