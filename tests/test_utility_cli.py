@@ -231,6 +231,42 @@ def test_bad_files_are_one_line_errors(routerbench_slice, tmp_path):
         assert res.exit_code == 2 and ("1,050" in res.output or "'arena_elo' column" in res.output), (
             res.output
         )
+    # an empty or non-UTF-8 priors file: pandas' message, without the file's name
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "latin1.csv").write_bytes("model,arena_elo\ncaf\u00e9,1000\n".encode("latin-1"))
+    for name in ("empty.csv", "latin1.csv"):
+        args[args.index("--priors") + 1] = str(tmp_path / name)
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and f"{tmp_path / name}: " in res.output, res.output
+
+
+def test_a_bad_setting_is_left_to_the_console_scripts_one_line_per_field(routerbench_slice, tmp_path):
+    """`utility fit` caught a bad SM_ setting as any ValueError and printed pydantic's multi-line dump."""
+    from pydantic import ValidationError
+
+    p, o, _ = routerbench_slice
+    args = ["fit", "--prompts", str(p), "--outcomes", str(o), "--out", str(tmp_path / "fit")]
+    res = CliRunner().invoke(app, args, env={"SM_LAMBDA_COST": "-1"})
+    assert isinstance(res.exception, ValidationError) and res.exception.title == "Settings"
+
+
+def test_the_registry_data_version_names_the_priors_too():
+    """Two fits of the same outcomes on other leaderboard figures were registered with one data_version."""
+    from router_models.utility.data import cell_data
+    from router_models.utility.model import FitConfig, UtilityFit
+    from router_models.utility.simulate import simulate_outcomes
+
+    df, _ = simulate_outcomes(["t0"], ["gpt-4-1106-preview", "m1"], 5, seed=0)
+    data = cell_data(df)
+
+    def version(elo: float) -> str:
+        priors = pd.DataFrame({"model": ["gpt-4-1106-preview", "m1"], "arena_elo": [elo, 1100.0],
+                               "arena_name": "", "source": "", "snapshot": "x"})  # fmt: skip
+        table = alpha_priors(priors, data.models, 0.5, 1.5)
+        return UtilityFit(None, data, table, FitConfig(), {}, {}).data_version
+
+    assert version(1252.0) == version(1252.0) != version(900.0)
+    assert len(version(900.0)) <= 64  # the registry's column
 
 
 def _written(df: pd.DataFrame, path):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 app = typer.Typer(help="The Bayesian utility model per task x model.", no_args_is_help=True)
 
@@ -61,6 +62,8 @@ def fit(
             prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
             config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler)  # type: ignore[arg-type]
             art = fit_posterior(table, prior_table, staging, config)
+        except ValidationError:  # a bad SM_ setting: the console script says it in one line per field
+            raise
         except (ValueError, TypeError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

@@ -226,6 +226,13 @@ class UtilityFit:
     def fit_hash(self) -> str:
         return fit_hash(self.data.data_hash, self.config.hash(self.priors_table))
 
+    @property
+    def data_version(self) -> str:
+        """What the fit's data are: its outcome rows and the leaderboard priors it was given (the registry's
+        data_version; the outcome rows' hash alone left two fits on other Elo figures the same version)."""
+        priors = self.priors_table.to_csv(index=False, float_format="%.10g")
+        return hashlib.sha256(f"{self.data.data_hash}:{priors}".encode()).hexdigest()
+
 
 def fit_hash(data_hash: str, config_hash: str) -> str:
     return hashlib.sha256(f"{data_hash}:{config_hash}".encode()).hexdigest()

@@ -202,7 +202,7 @@ def register_posterior(art: PosteriorArtifacts, url: str | None = None, allow_fa
             fits = list_fits(engine)
             if (fits[fits.fit_id == current].fit_hash == art.registry_hash).any():
                 return current
-        return write_fit(engine, art.summary, art.fit.data.data_hash, code_version(),
+        return write_fit(engine, art.summary, art.fit.data_version, code_version(),
                          art.fit.diagnostics, art.registry_hash)  # fmt: skip
     finally:
         engine.dispose()

@@ -21,7 +21,10 @@ ELO_TO_LOGIT = math.log(10) / 400
 def load_priors(path: str | Path | None = None) -> pd.DataFrame:
     """A leaderboard table (model, arena_name, arena_elo, source, snapshot); by default the snapshot."""
     path = Path(path) if path is not None else SNAPSHOT_PATH
-    df = pd.read_csv(path, dtype={"model": str, "arena_name": str, "source": str})
+    try:
+        df = pd.read_csv(path, dtype={"model": str, "arena_name": str, "source": str})
+    except ValueError as e:  # empty, not UTF-8, not CSV: the message names the file, as the outcomes' do
+        raise ValueError(f"{path}: {e}") from None
     for col in ("model", "arena_elo"):  # a misnamed column gave every model the weak prior, unsaid
         if col not in df.columns:
             raise ValueError(f"{path}: a priors table needs a '{col}' column (it has {list(df.columns)})")
