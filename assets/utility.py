@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from assets.resources import SettingsResource, evidence_metadata, plain_metadata
 from pipelines.bench.outcomes import write_table
 from pipelines.corpus.store import open_store
+from pipelines.files import held
 from pipelines.llm.catalog import load_catalog
 from pipelines.memo import fingerprint
 from router_models.utility.pipeline import evidence_outcomes, fit_posterior, register_posterior
@@ -52,15 +53,19 @@ def utility_posterior(context: dg.AssetExecutionContext, settings: SettingsResou
     s = settings.get()
     outcomes, local = evidence_outcomes(s)
     priors = build_priors(s.shared_data_dir / "priors" / "arena_elo.csv")
-    art = fit_posterior(outcomes, priors, s.run_dir / "utility", lambda_cost=s.lambda_cost,
-                        lambda_latency=s.lambda_latency, reuse=True)  # fmt: skip
-    # the object store: the NetCDF under its data+config hash, summary.json under the hash that also covers
-    # the lambdas of its utility_mean (keyed by the fit's hash, a lambda change left the first summary there)
-    store, prefix = open_store(s), f"utility/{art.fit.fit_hash[:16]}"
-    summary_key = f"utility/{art.registry_hash[:16]}/{art.paths['summary_json'].name}"
-    for name, key in (("netcdf", f"{prefix}/{art.paths['netcdf'].name}"), ("summary_json", summary_key)):
-        if not store.exists(key):
-            store.put(key, art.paths[name].read_bytes())
+    # one fit at a time in the shared folder: two runs at once (the queue starts two) archived the other
+    # run's NetCDF under this one's hash; the second waits here, then reads the first's fit if it is the same
+    with held(s.run_dir / "utility" / ".lock"):
+        art = fit_posterior(outcomes, priors, s.run_dir / "utility", lambda_cost=s.lambda_cost,
+                            lambda_latency=s.lambda_latency, reuse=True)  # fmt: skip
+        # the object store: the NetCDF under its data+config hash, summary.json under the hash that also
+        # covers the lambdas of its utility_mean (keyed by the fit's hash, a lambda change left the first
+        # summary there)
+        store, prefix = open_store(s), f"utility/{art.fit.fit_hash[:16]}"
+        summary_key = f"utility/{art.registry_hash[:16]}/{art.paths['summary_json'].name}"
+        for name, key in (("netcdf", f"{prefix}/{art.paths['netcdf'].name}"), ("summary_json", summary_key)):
+            if not store.exists(key):
+                store.put(key, art.paths[name].read_bytes())
     checks = art.checks
     failed = art.failed_checks
     d = art.fit.diagnostics

@@ -45,6 +45,18 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def held(lock_file: str | Path) -> Iterator[None]:
+    """An exclusive flock on `lock_file` (made if need be), waited for: one holder at a time across
+    processes; the OS releases it when a holder dies."""
+    import fcntl
+
+    Path(lock_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
     """`data` to `path` atomically (`atomic_path`)."""
     with atomic_path(path) as tmp:

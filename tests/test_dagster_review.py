@@ -162,6 +162,49 @@ def test_a_lambda_change_reaches_the_stored_summary_and_the_data_version(tmp_pat
     assert run("5") == second
 
 
+def test_two_refits_at_once_each_archive_their_own_fit(tmp_path, monkeypatch):
+    """Two runs (the queue starts two at once) share run_dir/utility: one archived the other's NetCDF under
+    its own fit's hash, for good (a key in the store is not written again)."""
+    import threading
+    import time
+
+    import assets.utility
+    from router_models.utility.pipeline import PosteriorArtifacts
+
+    def fake_fit(outcomes, priors, out_dir, lambda_cost, lambda_latency, reuse):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tag = "a" if lambda_cost == 100 else "b"
+        (out_dir / "utility_posterior.nc").write_bytes(f"fit {tag}".encode())
+        time.sleep(0.5)  # the other run writes its fit meanwhile, if it may
+        summary = pd.DataFrame({"task": ["qa"], "model": ["m"], "utility_mean": [0.5]})
+        (out_dir / "summary.json").write_text(json.dumps({"rows": summary.to_dict("records")}))
+        diagnostics = {"r_hat_max": 2.0, "ess_bulk_min": 10.0, "divergences": 0, "fit_seconds": 1.0}
+        fit = SimpleNamespace(fit_hash=tag * 64, diagnostics=diagnostics)
+        calibration = pd.DataFrame({"calibrated": [True]})
+        art = PosteriorArtifacts(fit, summary, calibration, lambdas=(lambda_cost, 0.0))
+        names = {"netcdf": "utility_posterior.nc", "summary_json": "summary.json", "forest_png": "forest.png"}
+        art.paths = {name: out_dir / file for name, file in names.items()}
+        return art
+
+    monkeypatch.setattr(assets.utility, "fit_posterior", fake_fit)
+    monkeypatch.setattr(assets.utility, "build_priors", lambda *a: None)
+    monkeypatch.setattr(
+        assets.utility, "evidence_outcomes", lambda s: (pd.DataFrame(), pd.DataFrame({"model": []}))
+    )
+
+    def run(lambda_cost: str) -> None:
+        res = {"settings": SettingsResource(overrides={"run_dir": str(tmp_path), "lambda_cost": lambda_cost})}
+        dg.materialize([assets.utility.utility_posterior], resources=res)
+
+    runs = [threading.Thread(target=run, args=(lam,)) for lam in ("100", "5")]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    stored = {p.parent.name[0]: p.read_bytes() for p in tmp_path.glob("store/utility/*/utility_posterior.nc")}
+    assert stored == {"a": b"fit a", "b": b"fit b"}
+
+
 def test_the_router_code_digest_covers_what_training_imports_from_pipelines(monkeypatch):
     """The digest covered router_models/router and the embedders only: an edit of task_family (the Bayes
     predictor's prior) or of the embedder's bf16/fp32 choice kept a stale router."""

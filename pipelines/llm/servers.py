@@ -13,7 +13,6 @@ is removed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from pipelines.files import held
 from pipelines.llm import native
 from pipelines.llm.catalog import ModelEntry
 from pipelines.llm.weights import weights_path
@@ -243,9 +243,7 @@ def server_env(settings: Settings) -> dict[str, str]:
 def _start_lock(pid_file: Path) -> Iterator[None]:
     """One starter per model at a time, across processes: two `models up` at once both saw "down", both
     launched, and the loser's PID overwrote the winner's, which then ran untracked."""
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(pid_file.with_suffix(".lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with held(pid_file.with_suffix(".lock")):
         yield
 
 
