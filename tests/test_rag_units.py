@@ -237,6 +237,36 @@ def test_a_beir_sample_reads_its_corpus_as_ingest_does(tmp_path):
     assert docs == {"d1": "first d1", "d2": "about aspirin"}
 
 
+def test_a_beir_sample_stopped_half_way_is_not_taken_for_the_old_one(tmp_path, monkeypatch):
+    """A new sample's write stopped after its corpus left the old stamp beside it: the next call for the old
+    sample took the folder as its own, a corpus of the other sample's documents."""
+    import json
+
+    import pipelines.rag.evaluate as ev
+
+    src = tmp_path / "beir"
+    src.mkdir()
+    docs = [json.dumps({"_id": f"d{i}", "title": "", "text": f"doc {i}"}) for i in range(40)]
+    (src / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    (src / "queries_train.jsonl").write_text(json.dumps({"_id": "q1", "text": "doc"}) + "\n")
+    (src / "qrels_train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+    small = (ev.write_beir_sample(src, tmp_path / "s", 1, n_distractors=3) / "corpus.jsonl").read_text()
+    real, written = ev.write_atomic, []
+
+    def stopped(path, data):
+        if written:
+            raise KeyboardInterrupt("stopped")
+        written.append(path)
+        real(path, data)
+
+    monkeypatch.setattr(ev, "write_atomic", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ev.write_beir_sample(src, tmp_path / "s", 1, n_distractors=30)  # another sample, cut short
+    monkeypatch.setattr(ev, "write_atomic", real)
+    again = ev.write_beir_sample(src, tmp_path / "s", 1, n_distractors=3)
+    assert (again / "corpus.jsonl").read_text() == small
+
+
 def test_qrels_scores_written_as_decimals_count(tmp_path):
     """`1.0` was read as a header line and dropped: the query lost its relevant document."""
     p = tmp_path / "q.tsv"

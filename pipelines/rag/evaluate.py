@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipelines.corpus.ingest import ingest_corpus
 from pipelines.corpus.store import LocalStore
-from pipelines.files import save_figure
+from pipelines.files import save_figure, write_atomic
 from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10, percentiles_ms, recall_at_100
 from pipelines.rag.retrieve import MODES, Retriever, open_retriever
@@ -154,10 +154,11 @@ def write_beir_sample(src: str | Path, out: str | Path, n_queries: int = 100, n_
         + "".join(f"{q}\t{d}\t1\n" for q in qids for d in sorted(qrels[q])),
         "sample.txt": stamp,
     }
-    for name, text in files.items():  # atomic per file; sample.txt last marks the folder complete
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+    # the old stamp goes first: a write stopped half-way left it beside new files, which a later call for
+    # the old sample then took as its own; each file is atomic, and sample.txt, last, marks the folder whole
+    (out / "sample.txt").unlink(missing_ok=True)
+    for name, text in files.items():
+        write_atomic(out / name, text.encode("utf-8"))
     return out
 
 
