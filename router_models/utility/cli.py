@@ -33,6 +33,10 @@ def fit(
     chains: Annotated[int, typer.Option(min=2, help="chains (r_hat needs at least 2)")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc")] = "nutpie",
     seed: Annotated[int, typer.Option(help="random seed")] = 20261130,
+    centered: Annotated[
+        bool | None,
+        typer.Option("--centered/--non-centered", help="the cell effects' form (default: by data size)"),
+    ] = None,
 ) -> None:
     """Fit, then write utility_posterior.nc, summary.json, quality_forest.png and calibration.png."""
     from router_models.utility.data import outcome_table_from_files
@@ -60,7 +64,8 @@ def fit(
             if table.empty:
                 raise typer.BadParameter("no scored outcome rows", param_hint="--outcomes")
             prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
-            config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler)  # type: ignore[arg-type]
+            config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,  # type: ignore[arg-type]
+                               centered=centered)  # fmt: skip
             art = fit_posterior(table, prior_table, staging, config)
         except ValidationError:  # a bad SM_ setting: the console script says it in one line per field
             raise
