@@ -158,7 +158,7 @@ def test_openvino_minilm_gives_torch_fp32_vectors_also_to_concurrent_callers():
     assert _OpenVINOEncoder.fits(emb._model) and not _OpenVINOEncoder.fits(cls)
 
 
-def test_int8_minilm_is_calibrated_once_cached_and_ranks_like_fp32(tmp_path):
+def test_int8_minilm_is_calibrated_once_cached_and_ranks_like_fp32(tmp_path, capfd):
     from pipelines.index.embeddings import MiniLMEmbedder
 
     passages = ["Vitamin D supplements lower the risk of hip fracture in older women.",
@@ -169,7 +169,10 @@ def test_int8_minilm_is_calibrated_once_cached_and_ranks_like_fp32(tmp_path):
     queries = ["do vitamins prevent broken hips", "car maintenance schedule", "a cat napping",
                "monetary policy tightening", "hereditary cancer genes"]  # fmt: skip
     ref = MiniLMEmbedder(backend="torch", precision="fp32")
+    capfd.readouterr()
     int8 = MiniLMEmbedder(precision="int8", cache_dir=tmp_path)
+    # NNCF's progress bars went to stdout: the first `retrieval ingest` printed them before its JSON
+    assert capfd.readouterr().out == ""
     assert int8.name != ref.name and int8.backend == "openvino" and int8.precision == "int8"
     cached = sorted(tmp_path.iterdir())
     assert [p.suffix for p in cached] == [".bin", ".xml"] and not any(p.name.startswith(".") for p in cached)

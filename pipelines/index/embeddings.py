@@ -5,7 +5,9 @@ Every embedder returns float32 rows, L2-normalised, so a dot product is a cosine
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -115,8 +117,9 @@ class _OpenVINOEncoder:
         for i in range(0, len(texts), 8):
             feats = self._tokenize(texts[i : i + 8])
             batches.append({n: feats[n].numpy() for n in inputs})
-        quantized = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(batches))  # fmt: skip
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is a command's JSON
+            quantized = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(batches))  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.xml")
         ov.save_model(quantized, tmp, compress_to_fp16=False)
