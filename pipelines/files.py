@@ -57,6 +57,17 @@ def held(lock_file: str | Path) -> Iterator[None]:
         yield
 
 
+def check_writable_beside(path: str | Path) -> None:
+    """An OSError unless a folder can be made beside `path` (where a folder is written before it is swapped
+    in): a parent that is a file, or a read-only place, found before a long run rather than after it."""
+    parent = Path(path).resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where a folder should be
+        raise NotADirectoryError(f"{path}: {parent} is a file, not a folder") from None
+    Path(tempfile.mkdtemp(dir=parent, prefix=f".{Path(path).name}.")).rmdir()
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
     """`data` to `path` atomically (`atomic_path`)."""
     with atomic_path(path) as tmp:

@@ -33,6 +33,9 @@ def main() -> None:
     except (IsADirectoryError, NotADirectoryError) as e:  # a folder given for a file or the reverse: usage
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FileExistsError as e:  # an --out under a file: making its folder found the file in the way
+        print(f"error: {e.filename} is a file, where a folder is needed", file=sys.stderr)
+        sys.exit(2)
     except OSError as e:  # no permission, a full disk, no server
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

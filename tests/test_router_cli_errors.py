@@ -322,3 +322,62 @@ def test_blank_prompts_are_left_out_of_training_and_said_in_predict(tables, tmp_
     assert len(pd.read_csv(tmp_path / "pred.csv")) == len(p) * len(load_router(tmp_path / "rest").models)
     res = _train(tables, tmp_path, tmp_path / "none", prompts=p.assign(prompt=" "))
     assert "every prompt of the prompts table is blank" in _said(res)
+
+
+def test_train_finds_an_out_it_cannot_write_and_a_bad_setting_before_training(tables, tmp_path, monkeypatch,
+                                                                              capsys):  # fmt: skip
+    """An --out under a file trained first, then failed on `File exists` (exit 1); a malformed SM_ setting
+    was pydantic's four-line dump, not the console script's one line."""
+    import router_models.router.train as training
+    from router_models.cli import main
+
+    p, o = tables["train"]
+    p.to_csv(tmp_path / "tp.csv", index=False)
+    o.to_csv(tmp_path / "to.csv", index=False)
+    (tmp_path / "a-file").write_text("")
+    trained = []
+    monkeypatch.setattr(training, "train_router", lambda *a, **k: trained.append(1))
+    base = ["stratmaster", "router", "train", "--prompts", str(tmp_path / "tp.csv"), "--outcomes",
+            str(tmp_path / "to.csv"), "--embedder", "static", "--predictor", "global_mean",
+            "--out"]  # fmt: skip
+    for out, env, said in (
+        (tmp_path / "a-file" / "r", {}, "a-file is a file, not a folder"),
+        (
+            tmp_path / "r",
+            {"SM_LOCAL_THREADS": "abc"},
+            "error: SM_LOCAL_THREADS: Input should be a valid integer",
+        ),
+    ):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr("sys.argv", [*base, str(out)])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert not trained
+
+
+def test_file_errors_are_one_line_and_a_prior_table_must_name_the_models(tables, tmp_path):
+    """An empty prompts file was a 7-line usage box; a --prior-table naming none of the outcomes' models
+    was ignored without a word (the manifest said used_prior_table: false)."""
+    (tmp_path / "empty.csv").write_text("")
+    res = _train(tables, tmp_path, tmp_path / "r", prompts=pd.DataFrame())
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1, (
+        res.output
+    )
+    p, o = tables["train"]
+    p.to_csv(tmp_path / "tp.csv", index=False)
+    o.to_csv(tmp_path / "to.csv", index=False)
+    models = sorted(o["model"].unique())
+    for names, code in ((["x-" + m for m in models], 2), (models[:3], 0)):
+        table = pd.DataFrame({"task": "arc", "model": names, "quality_mean": 0.5, "quality_sd": 0.1})
+        table.to_csv(tmp_path / "prior.csv", index=False)
+        args = ["train", "--prompts", str(tmp_path / "tp.csv"), "--outcomes", str(tmp_path / "to.csv"),
+                "--out", str(tmp_path / "rp"), "--embedder", "static", "--predictor", "bayes",
+                "--prior-table", str(tmp_path / "prior.csv")]  # fmt: skip
+        res = runner.invoke(app, args, env={"SM_RUN_DIR": str(tmp_path / "run")})
+        assert res.exit_code == code, res.output
+        assert (
+            "names none of the outcome table's models" if code else f"no rows for {len(models) - 3} models"
+        ) in (res.stderr)

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipelines.files import publish_mode, swap_in
+from pipelines.files import check_writable_beside, publish_mode, swap_in
 from pipelines.hardware import native_bf16
 from pipelines.index.base import doc_id_of
 
@@ -64,6 +64,10 @@ def check_out_dir(out_dir: str | Path) -> Path:
                 f"refusing to replace {out_dir}: it holds files and is no fine-tuned model (no {MANIFEST}); "
                 "name a new or an empty folder"
             )
+    try:  # under a file, or read-only: found now, not after the training
+        check_writable_beside(out)
+    except OSError as e:
+        raise OutDirError(f"cannot write a model to {out_dir}: {e}") from None
     return out
 
 

@@ -30,11 +30,11 @@ def _read(path: Path) -> pd.DataFrame:
     from pipelines.bench.outcomes import read_table
 
     if not path.exists():
-        raise typer.BadParameter(f"{path} does not exist")
+        _fail(f"{path} does not exist")
     try:
         df = read_table(path)
     except ValueError as e:  # not .csv/.parquet, an empty or malformed file (pandas' errors are ValueErrors)
-        raise typer.BadParameter(f"{path}: {e}") from None
+        _fail(f"{path}: {e}")
     if "prompt_id" in df:
         df["prompt_id"] = df["prompt_id"].astype(str)
     return df
@@ -46,13 +46,13 @@ def _read_prompts(
     df = _read(path)
     for col in ("prompt_id", "prompt"):
         if col not in df:
-            raise typer.BadParameter(f"{path} needs a {col!r} column")
+            _fail(f"{path} needs a {col!r} column")
     from pipelines.bench.outcomes import check_unique_prompt_ids
 
     try:
         check_unique_prompt_ids(df, path)
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        _fail(e)
     from router_models.router.train import blank_prompts
 
     blank = blank_prompts(df)
@@ -109,6 +109,7 @@ def train(
     ] = False,
 ) -> None:
     """Fit a router on an outcome table; the candidate models are those the table holds."""
+    from pipelines.files import check_writable_beside
     from pipelines.settings import Settings
     from router_models.router.artifact import check_replaceable, save_router
     from router_models.router.predictors.base import PREDICTORS, get_predictor
@@ -124,8 +125,15 @@ def train(
         prior = {"prior_table": _read(prior_table), "update_prior": not prior_is_posterior}
         params = prior if predictor == "bayes" else {"member_options": {"bayes": prior}}
     p, o = _read_prompts(prompts, "left out of training"), _read(outcomes)
+    if prior_table is not None:
+        _check_prior_covers(params, o, prior_table)
+    cache_dir = Settings().run_dir / "cache" / "embeddings"  # a bad SM_ setting: main() says it in one line
     try:
-        check_replaceable(out)  # before the training, not after it
+        check_writable_beside(out)  # before the training, not after it
+    except OSError as e:
+        _fail(e)
+    try:
+        check_replaceable(out)
         router = train_router(
             p,
             o,
@@ -133,7 +141,7 @@ def train(
             embedder=embedder,
             budget_fraction=budget,
             predictor_params=params,
-            cache_dir=Settings().run_dir / "cache" / "embeddings",
+            cache_dir=cache_dir,
         )
         save_router(router, out)
     except ValueError as e:  # a table the router cannot learn from, an --out that is not a router's folder
@@ -153,6 +161,22 @@ def train(
     if left_out.any():  # a subset of the prompts trains on a subset of the table: said, not silent
         typer.echo(f"warning: {int(left_out.sum())} outcome rows of {o.loc[left_out, 'prompt_id'].nunique()} "
                    f"prompt_ids not in {prompts} were left out", err=True)  # fmt: skip
+
+
+def _check_prior_covers(params: dict, outcomes: pd.DataFrame, path: Path) -> None:
+    """A prior table that names none of the outcome table's models was ignored unsaid; some missing: said."""
+    table = params.get("prior_table", params.get("member_options", {}).get("bayes", {}).get("prior_table"))
+    named = set(table["model"].astype(str)) if table is not None and "model" in table else set()
+    models = set(outcomes["model"].astype(str)) if "model" in outcomes else set()
+
+    def some(names: set[str]) -> str:
+        return ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+
+    if models and not models & named:
+        _fail(f"--prior-table {path} names none of the outcome table's models ({some(models)})")
+    if missing := models - named:
+        typer.echo(f"warning: --prior-table {path} has no rows for {len(missing)} models ({some(missing)}): "
+                   "their prior is the training outcomes'", err=True)  # fmt: skip
 
 
 @app.command()
