@@ -120,6 +120,20 @@ def test_import_routerbench_cli_writes_the_outcome_table(shared_data, tmp_path):
         o.to_csv(bad / "outcomes_train.csv", index=False)
         r = CliRunner().invoke(app, ["import-routerbench", str(bad), "--out", str(bad / "o.parquet")])
         assert r.exit_code == 2 and name in r.output and not (bad / "o.parquet").exists(), r.output
+    # a row with a field too many shifted every column (an error blaming the outcomes); an empty prompts
+    # file was pandas' message alone; no prompt column, or no scored row, wrote a table, exit 0
+    shifted = prompts.assign(prompt="One line.", reference="A").to_csv(index=False).splitlines()
+    shifted[1] += ",extra"
+    for name, (text, o) in {
+        "prompts_train.csv: a row has more fields": ("\n".join(shifted) + "\n", outcomes),
+        "prompts_train.csv: No columns": ("", outcomes),
+        "no prompt column": (prompts.drop(columns="prompt").to_csv(index=False), outcomes),
+        "no scored outcome row": (prompts.to_csv(index=False), outcomes.assign(score=None)),
+    }.items():
+        (bad / "prompts_train.csv").write_text(text)
+        o.to_csv(bad / "outcomes_train.csv", index=False)
+        r = CliRunner().invoke(app, ["import-routerbench", str(bad), "--out", str(bad / "o.parquet")])
+        assert r.exit_code == 2 and name in r.output and not (bad / "o.parquet").exists(), (name, r.output)
 
 
 def test_rag_rows_join_a_runs_answers_with_their_contexts():
@@ -185,6 +199,8 @@ def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_
     assert rescore(load_prompt_set(pfile), folder)["changed"] == 0  # a second pass finds nothing to change
     r = CliRunner().invoke(app, ["rescore", str(tmp_path / "nope"), "--prompt-set", str(pfile)])
     assert r.exit_code == 2 and "no bench run folder" in r.output
+    r = CliRunner().invoke(app, ["rescore", str(folder)], env={"SM_RUN_DIR": str(tmp_path / "fresh")})
+    assert r.exit_code == 2 and "no prompt set at" in r.output and "--prompt-set" in r.output, r.output
     r = CliRunner().invoke(app, ["rescore", str(tmp_path / "bench"), "--prompt-set", str(pfile)])  # not a run
     assert (
         r.exit_code == 2 and "no bench run folder" in r.output and not (tmp_path / "bench" / ".lock").exists()

@@ -128,7 +128,11 @@ def rescore_cmd(
     settings = Settings()
     try:
         if prompt_set is None:
-            prompts = read_table(prompt_set_path(settings))
+            path = prompt_set_path(settings)
+            if not path.exists():  # pandas' FileNotFoundError says the path alone
+                raise FileNotFoundError(f"no prompt set at {path}: materialize the prompt_set asset (make "
+                                        "demo does) or name the prompts with --prompt-set")  # fmt: skip
+            prompts = read_table(path)
         else:
             prompts = load_prompt_set(prompt_set, settings)
     except (PromptSetError, FileNotFoundError, ValueError) as e:
@@ -162,6 +166,8 @@ def import_routerbench(
     out = out or Settings().run_dir / "bench" / f"routerbench_{split}.parquet"
     try:
         df = routerbench_outcome_table(data_dir, split)
+        if df.empty:  # wrote a table of 0 rows, exit 0
+            raise ValueError(f"{data_dir}: no scored outcome row in outcomes_{split}.csv")
         write_table(df, out)
     except (FileNotFoundError, ValueError) as e:  # a missing file; an --out that is no table
         typer.echo(f"error: {e}", err=True)

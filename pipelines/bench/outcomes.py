@@ -110,7 +110,19 @@ def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.Dat
     for p in (prompts_path, outcomes_path):
         if not p.exists():
             raise FileNotFoundError(f"RouterBench file not found: {p}")
-    prompts = read_text_csv(prompts_path, dtype={"prompt_id": str, "reference": str})
+    import warnings
+
+    try:  # a row with one field too many shifted every column, unsaid: an error, as in read_table
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            prompts = read_text_csv(prompts_path, dtype={"prompt_id": str, "reference": str}, index_col=False)
+    except pd.errors.ParserWarning:
+        said = "a row has more fields than the header (an unquoted comma?)"
+        raise ValueError(f"{prompts_path}: {said}") from None
+    except ValueError as e:  # empty, not UTF-8, malformed: the message names the file
+        raise ValueError(f"{prompts_path}: {e}") from None
+    if missing := [c for c in ("prompt_id", "task", "prompt") if c not in prompts]:
+        raise ValueError(f"{prompts_path}: no {', '.join(missing)} column (it has {list(prompts.columns)})")
     check_unique_prompt_ids(prompts, prompts_path)
     try:
         outcomes = read_table(outcomes_path)
