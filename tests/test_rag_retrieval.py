@@ -96,6 +96,10 @@ def test_cli_evaluate_prints_one_json_object(beir):
     assert 0 < obj["ndcg@10"] <= 1 and obj["query_p95_ms"] >= obj["query_p50_ms"] > 0
     bad = CliRunner().invoke(app, [*args[:-4], "--retriever", "magic"])
     assert bad.exit_code != 0
+    # a first build reported the ingest run after it, which had nothing left to do (0 chunks written)
+    fresh = [*args[:-1], str(index_dir.parent / "fresh-index")]
+    first = json.loads(CliRunner().invoke(app, fresh, env={"SM_RUN_DIR": str(settings.run_dir)}).stdout)
+    assert first["ingest"]["chunks_written"] == first["ingest"]["chunks_total"] > 0
 
 
 def test_hard_negatives_are_top_ranked_documents_the_qrels_do_not_mark_relevant():

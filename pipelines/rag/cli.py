@@ -42,9 +42,10 @@ def evaluate(
     if retriever != "bm25":
         _check_embedder(s)
     index_dir = index_dir or default_index_dir(s, corpus)
-    _labelled_chunks(s, corpus, index_dir, qids, labels)  # a corpus none of the qrels' documents are in
+    # a corpus none of the qrels' documents are in is refused before the indexing; its ingest is reported
+    _, ingested = _labelled_chunks(s, corpus, index_dir, qids, labels)
     try:
-        print(json.dumps(run_eval(s, corpus, queries, qrels, retriever, index_dir, progress)))
+        print(json.dumps(run_eval(s, corpus, queries, qrels, retriever, index_dir, progress, ingested)))
     except ValueError as e:
         _fail(e)
     except IndexInUse as e:  # another evaluation of this corpus (the same --index-dir) still running
@@ -70,22 +71,22 @@ def _check_embedder(s: Settings) -> None:
 
 
 def _labelled_chunks(s: Settings, corpus: Path, index_dir: Path, qids: list[str], labels: dict):
-    """`corpus` ingested into index_dir's store, and its chunks; a usage error when no query in the qrels has
-    a relevant document in it (a corpus of other documents scored nDCG@10 0.0, exit 0)."""
+    """`corpus` ingested into index_dir's store: its chunks and the ingest's report; a usage error when no
+    query in the qrels has a relevant document in it (a corpus of other documents scored nDCG@10 0.0)."""
     from pipelines.corpus.ingest import ingest_corpus, load_chunks
     from pipelines.corpus.store import LocalStore
     from pipelines.index.base import doc_id_of
 
     store = LocalStore(index_dir / "store")
     try:
-        ingest_corpus(s, str(corpus), store=store)
+        report = ingest_corpus(s, str(corpus), store=store)
     except ValueError as e:  # a corpus with no document, over a store that holds some
         _fail(e)
     chunks = load_chunks(s, store)
     docs = set(chunks["chunk_id"].map(doc_id_of))
     if not any(labels[q] & docs for q in qids):
         raise typer.BadParameter("no query in the qrels has a relevant document in the corpus")
-    return chunks
+    return chunks, report.to_dict()
 
 
 @app.command("tune-embedder")
@@ -129,7 +130,7 @@ def tune_embedder(
         _fail(e)
     s = Settings()
     index_dir = index_dir or default_index_dir(s, corpus)
-    chunks = _labelled_chunks(s, corpus, index_dir, qids, labels)
+    chunks, _ = _labelled_chunks(s, corpus, index_dir, qids, labels)
     pairs = training_pairs(chunks, texts, labels)
     negatives = None
     if hard_negatives:

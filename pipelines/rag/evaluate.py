@@ -42,11 +42,12 @@ def evaluation_settings(settings: Settings, index_dir: str | Path) -> Settings:
 
 
 def prepare_indexes(settings: Settings, corpus: str | Path, index_dir: Path, modes: tuple[str, ...],
-                    progress: bool = False) -> dict:  # fmt: skip
-    """Ingest `corpus` into index_dir/store and build the indexes `modes` need; returns the reports. Pass
-    `evaluation_settings(settings, index_dir)`, as the retriever opened on these indexes must be."""
+                    progress: bool = False, ingested: dict | None = None) -> dict:  # fmt: skip
+    """Ingest `corpus` into index_dir/store (unless the caller just did: `ingested`, its report) and build
+    the indexes `modes` need; returns the reports. Pass `evaluation_settings(settings, index_dir)`, as the
+    retriever opened on these indexes must be."""
     store = LocalStore(index_dir / "store")
-    reports = {"ingest": ingest_corpus(settings, str(corpus), store=store).to_dict()}
+    reports = {"ingest": ingested or ingest_corpus(settings, str(corpus), store=store).to_dict()}
     if any(m != "dense" for m in modes):
         reports["keyword"] = build_keyword_index(settings, index_dir, store).to_dict()
     if any(m != "bm25" for m in modes):
@@ -98,13 +99,14 @@ def score_run(run: dict[str, list[str]], qrels: dict[str, set[str]], latencies: 
 def evaluate(
     settings: Settings, corpus: str | Path, queries_path: str | Path, qrels_path: str | Path,
     retriever: str = "hybrid", index_dir: str | Path | None = None, progress: bool = False,
+    ingested: dict | None = None,
 ) -> dict:  # fmt: skip
     if retriever not in MODES:
         raise ValueError(f"unknown retriever {retriever!r}; choose one of {MODES}")
     index_dir = Path(index_dir) if index_dir else default_index_dir(settings, corpus)
     queries, qrels, qids = load_labels(queries_path, qrels_path)  # before the indexing: a bad file fails fast
     settings = evaluation_settings(settings, index_dir)
-    reports = prepare_indexes(settings, corpus, index_dir, (retriever,), progress)
+    reports = prepare_indexes(settings, corpus, index_dir, (retriever,), progress, ingested)
     r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=(retriever,))
     try:
         run, latencies = run_queries(r, queries, qids, retriever)
