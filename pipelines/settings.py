@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     # OpenSearch's basic auth (user:pass@ in opensearch_url works too, but a URL is printed and reported)
     opensearch_user: str = ""
     opensearch_password: SecretStr | None = None
+    # a PEM bundle of the CA that signed an https cluster's certificate (else certifi's public CAs)
+    opensearch_ca_certs: str = ""
     qdrant_collection: str = "stratmaster_chunks"
     qdrant_api_key: SecretStr | None = None
     # the Qdrant server searches exactly, as local mode does, rather than by its HNSW graph (approximate,

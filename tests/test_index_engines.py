@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -487,7 +488,8 @@ class FakeServer:
     """An HTTP server on a free local port: `handle(method, path, query, body)` gives (status, JSON or None);
     `requests` holds (method, path, headers (names in lower case), body) of each request."""
 
-    def __init__(self, handle) -> None:
+    def __init__(self, handle, tls: tuple[Path, Path] | None = None) -> None:
+        import ssl
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import parse_qs, urlsplit
@@ -516,7 +518,11 @@ class FakeServer:
 
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:  # https with this certificate (cert, key)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def bodies(self, method: str, path: str) -> list[dict]:
@@ -531,8 +537,8 @@ class FakeServer:
 def fake_server():
     servers: list[FakeServer] = []
 
-    def start(handle) -> FakeServer:
-        servers.append(FakeServer(handle))
+    def start(handle, tls=None) -> FakeServer:
+        servers.append(FakeServer(handle, tls))
         return servers[-1]
 
     yield start
@@ -877,6 +883,28 @@ def test_a_retriever_on_a_server_with_no_index_built_is_an_index_missing(fake_se
     assert not [r for r in opensearch.requests + qdrant.requests if r[0] == "PUT"]  # nothing made
     open_keyword_index(settings)  # to build: made
     assert [r[:2] for r in opensearch.requests if r[0] == "PUT"] == [("PUT", "/chunks")]
+
+
+def test_an_https_cluster_signed_by_a_private_ca_is_reached_with_its_ca_bundle(tmp_path, fake_server):
+    """opensearch-py checks an https cluster against certifi's public CAs: a self-hosted cluster with its
+    own CA (what SM_OPENSEARCH_USER/_PASSWORD imply) could not be reached, and there was no setting for it."""
+    import subprocess
+
+    from opensearchpy.exceptions import SSLError
+
+    from pipelines.index.keyword import open_keyword_index
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)  # fmt: skip
+    server = fake_server(FakeOpenSearch(name="chunks"), tls=(cert, key))
+    settings = Settings(keyword_backend="opensearch", opensearch_url=server.url, opensearch_index="chunks")
+    with pytest.raises(SSLError):
+        open_keyword_index(settings)
+    idx = open_keyword_index(settings.model_copy(update={"opensearch_ca_certs": str(cert)}))
+    sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))
+    assert [h.doc_id for h in idx.search("apples")] == ["a"]
 
 
 def test_a_qdrant_url_without_a_port_is_used_as_written(monkeypatch):

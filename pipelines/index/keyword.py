@@ -176,12 +176,13 @@ class OpenSearchIndex(_Analysed):
     backend = "opensearch"
 
     def __init__(self, url: str, index: str, user: str | None = None, password: str | None = None,
-                 must_exist: bool = False) -> None:  # fmt: skip
+                 must_exist: bool = False, ca_certs: str | None = None) -> None:  # fmt: skip
         from opensearchpy import OpenSearch
 
         # credentials in the URL (user:pass@) still work, but are never shown: location is printed, reported
         auth = (user, password or "") if user else None
-        self.client = OpenSearch(hosts=[url], http_auth=auth, timeout=60)
+        tls: dict[str, Any] = {"ca_certs": ca_certs, "verify_certs": True} if ca_certs else {}  # a private CA
+        self.client = OpenSearch(hosts=[url], http_auth=auth, timeout=60, **tls)
         self.name, self.location = index, f"{without_userinfo(url)}/{index}"
         self.analyzer = _analyzer()
         if not self.client.indices.exists(index=index):
@@ -280,6 +281,7 @@ def open_keyword_index(settings: Settings, index_dir: str | Path | None = None, 
         return OpenSearchIndex(
             settings.opensearch_url, settings.opensearch_index, settings.opensearch_user or None,
             password.get_secret_value() if password is not None else None, must_exist,
+            settings.opensearch_ca_certs or None,
         )  # fmt: skip
     path = Path(index_dir or settings.run_dir / "index") / "keyword"
     return TantivyIndex(require_index(path, "keyword", must_exist))
