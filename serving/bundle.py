@@ -32,7 +32,8 @@ import bentoml
 import yaml
 from bentoml._internal.models import ModelStore
 
-from pipelines.corpus.ingest import MANIFEST, NAME_KEY
+from pipelines.corpus.ingest import MANIFEST
+from pipelines.index.build import building
 from pipelines.settings import REPO_ROOT, Settings
 from serving.artifacts import MODEL_NAMES, TAG_ENV
 
@@ -69,6 +70,31 @@ def create_model(
 def _copy_tree(src: Path, dst: Path, *skip: str) -> None:
     ignore = shutil.ignore_patterns(".lock", "*.tmp", *skip)
     shutil.copytree(src.resolve(), dst, dirs_exist_ok=True, ignore=ignore)
+
+
+def _copy_corpus(store_dir: Path, dst: Path, tries: int = 5) -> None:
+    """The store's manifest and the chunk files it names, nothing else (the utility posteriors and the name
+    key stay home). An ingest that commits meanwhile sweeps the chunk files of the manifest read: the copy
+    starts again from the new one (a copy of the whole folder failed on a swept file, or mixed commits)."""
+    for attempt in range(tries):
+        try:
+            manifest = (store_dir / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            raise LookupError(f"no corpus in {store_dir}: materialize the corpus asset first") from None
+        files = json.loads(manifest).get("files", {}).values()
+        keys = sorted({f["chunk_key"] for f in files if f.get("chunk_key") and not f.get("skipped")})
+        shutil.rmtree(dst / PurePosixPath(MANIFEST).parent, ignore_errors=True)
+        try:
+            for key in keys:
+                (dst / key).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(store_dir / key, dst / key)
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+            continue
+        (dst / MANIFEST).parent.mkdir(parents=True, exist_ok=True)
+        (dst / MANIFEST).write_bytes(manifest)
+        return
 
 
 # -- the four snapshots ------------------------------------------------------------------------------------
@@ -136,12 +162,12 @@ def snapshot_index(settings: Settings, home: Path, labels: dict[str, Any] | None
     def fill(p: Path) -> None:
         if embedded:
             for part in ("keyword", "qdrant", "graph"):
-                if (index_dir / part).is_dir():
-                    _copy_tree(index_dir / part, p / "index" / part)
+                with building(index_dir, part):  # no build of it half-way: a copy failed on files it removed
+                    if (index_dir / part).is_dir():
+                        _copy_tree(index_dir / part, p / "index" / part)
             # the chunks alone (the store also holds the utility posteriors, one NetCDF per refit: 16 of a
             # 27 MB model); the store's secret stays home
-            corpus = PurePosixPath(MANIFEST).parent.name
-            _copy_tree(store_dir / corpus, p / "store" / corpus, PurePosixPath(NAME_KEY).name)
+            _copy_corpus(store_dir, p / "store")
         shipped = dict(engines)
         if tuned:  # a fine-tuned embedder travels with the index; the service resolves it in the model
             _copy_tree(Path(settings.embedder), p / "embedder")

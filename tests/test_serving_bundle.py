@@ -300,3 +300,48 @@ def test_a_fine_tuned_embedder_travels_inside_the_index_model(tmp_path, monkeypa
     assert metadata["embedder"] == name + INT8_SUFFIX  # the model says what the vectors were made by
     embedder = get_embedder(str(path / "embedder"))
     assert embedder.precision == "int8" and embedder.embed(["how tall is the tower"]).shape == (1, 384)
+
+
+def test_an_index_snapshot_waits_for_a_build_and_copies_the_chunks_of_one_commit(tmp_path, monkeypatch):
+    """The snapshot copied the index folders and the store while a sensor's ingest or index build wrote
+    them: it failed on files a commit removed (7 of 60 tries beside a keyword build), or could copy a
+    manifest beside the chunk files of another commit."""
+    import shutil
+    import threading
+
+    from pipelines.corpus.ingest import ingest_corpus, load_chunks
+    from pipelines.corpus.store import LocalStore
+    from pipelines.index.build import building
+    from serving import bundle
+
+    settings = Settings(run_dir=tmp_path / "run", embedder="static")
+    settings.run_dir.mkdir()
+    _index(settings)
+    home = tmp_path / "bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    docs = settings.run_dir / "docs"
+    real, edited = shutil.copyfile, []
+
+    def copy_while_an_ingest_commits(src, dst, *args, **kwargs):
+        if "chunks" in str(src) and not edited:  # the first chunk file: another ingest commits, and sweeps
+            for f in docs.iterdir():
+                f.write_text(f.read_text() + " Edited since.")
+            ingest_corpus(settings, str(docs))
+            edited.append(1)
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(bundle.shutil, "copyfile", copy_while_an_ingest_commits)
+    done: list[str] = []
+    with building(settings.run_dir / "index", "keyword"):  # a keyword build is writing
+        worker = threading.Thread(target=lambda: done.append(bundle.snapshot_index(settings, home)))
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive() and not done  # the snapshot waits for the build
+    worker.join(timeout=120)
+    assert done and edited
+    tag = done[0]
+    path = home / "models" / tag.partition(":")[0] / tag.partition(":")[2]
+    copied = load_chunks(settings, LocalStore(path / "store"))
+    assert copied["text"].str.endswith("Edited since.").all() and len(copied) == 2
+    assert not (path / "store" / "utility").exists()  # nor the store's secret
+    assert not (path / "store" / "corpus" / "names.key").exists()
