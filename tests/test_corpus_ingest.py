@@ -489,22 +489,25 @@ def test_a_file_that_cannot_be_read_keeps_its_last_version(env, tmp_path):
     assert texts == {"First file, edited.", "Second file, indexed before."}
 
 
-def test_a_revision_that_cannot_be_parsed_keeps_the_last_good_version(env, tmp_path):
-    """A file caught mid-save (emptied, NUL-padded) was a skip record that replaced its last good version:
-    its chunks left the store, and the next index sync deleted them."""
+def test_a_revision_not_yet_whole_keeps_the_last_good_version_and_an_emptied_file_does_not(env, tmp_path):
+    """A file a sync had only begun (NUL-padded) was a skip record that replaced its last good version: its
+    chunks left the store, and the next index sync deleted them. A file emptied on purpose loses its text."""
     settings, _, _ = env
     src = _two_files_ingested(settings, tmp_path, "Second file, indexed before.")
-    for bad in (b"", b"\x00\x00\x00"):
-        (src / "b.txt").write_bytes(bad)
-        r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
-        (skip,) = r.skipped
-        assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
-        texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
-        assert texts == {"First file.", "Second file, indexed before."}
+    (src / "b.txt").write_bytes(b"Second\x00\x00\x00\x00")
+    r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    (skip,) = r.skipped
+    assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
+    texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
+    assert texts == {"First file.", "Second file, indexed before."}
     (src / "b.txt").write_text("Second file, saved whole.")  # the next good save replaces it
     ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
     texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
     assert texts == {"First file.", "Second file, saved whole."}
+    (src / "b.txt").write_bytes(b"")  # emptied, perhaps to take out what it said
+    r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    assert [s["reason"] for s in r.skipped] == ["empty file"]
+    assert set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"]) == {"First file."}
 
 
 def test_pii_in_compound_file_names_and_in_skip_reasons_is_kept_nowhere(env, tmp_path):

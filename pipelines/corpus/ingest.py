@@ -345,9 +345,13 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
         except Exception as e:  # one bad file never fails the run
             reason = str(e) if isinstance(e, SkipFile) else f"error: {type(e).__name__}: {e}"
             reason = proc.redact(reason.replace(raw, name))  # a message may quote the raw name (KeyError)
-            if prev and prev.get("chunk_key") and not prev.get("skipped"):
-                # a read error (an S3 timeout), or a revision that cannot be parsed (an editor's half-saved
-                # file, a sync's NUL-padded one): the last good version stays, and the next run tries again
+            if (
+                prev and prev.get("chunk_key") and not prev.get("skipped")
+                and (not isinstance(e, SkipFile) or e.incomplete)
+            ):  # fmt: skip
+                # a read error (an S3 timeout), or content not yet whole (a sync's NUL padding, a PDF cut
+                # short): the last good version stays, and the next run tries again; a file someone emptied
+                # or saved as something else loses its old text, which may be what they meant to remove
                 files[name] = prev
                 report.skipped.append({"path": name, "reason": f"{reason}; its last version is kept"})
                 continue

@@ -16,7 +16,12 @@ SUPPORTED = (".txt", ".md", ".html", ".htm", ".pdf", ".jsonl")
 
 
 class SkipFile(Exception):
-    """This file is skipped; `str(e)` says why."""
+    """This file is skipped; `str(e)` says why. `incomplete`: the content looks cut short or not yet
+    written (NUL padding from a sync, a PDF whose download stopped), not a version someone saved."""
+
+    def __init__(self, why: str, incomplete: bool = False) -> None:
+        super().__init__(why)
+        self.incomplete = incomplete
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Document:
 
 def _decode_text(data: bytes) -> str:
     if b"\x00" in data[:8192]:
-        raise SkipFile("binary content (NUL bytes)")
+        raise SkipFile("binary content (NUL bytes)", incomplete=True)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -76,13 +81,13 @@ def _parse_pdf(data: bytes, stem: str) -> tuple[str, str]:
     from pypdf.errors import PyPdfError
 
     if not data.lstrip()[:5].startswith(b"%PDF-"):
-        raise SkipFile("malformed PDF (no %PDF- header)")
+        raise SkipFile("malformed PDF (no %PDF- header)", incomplete=True)
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         pages = [p.extract_text() or "" for p in reader.pages]
         title = (reader.metadata.title if reader.metadata else None) or stem
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as e:
-        raise SkipFile(f"malformed PDF ({type(e).__name__}: {e})") from None
+        raise SkipFile(f"malformed PDF ({type(e).__name__}: {e})", incomplete=True) from None
     return str(title), "\n\n".join(pages)
 
 
