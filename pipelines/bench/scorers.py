@@ -288,7 +288,8 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     text = text or ""
     # a signed number is none: "-3" is not 3, while "1-10" still reads 10
     number = r"(?<![\d.])(?<![^\d][-\u2212])(?<!^[-\u2212])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
-    every = [float(m.group(1)) for m in re.finditer(number, text)]
+    # a scale's top ("/10", "out of 10") is no rating: "-3/10", its rating signed, is none, not 10
+    every = [float(m.group(1)) for m in re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text)]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
     opening = re.match(r"[^\w]*" + number, text) or re.search(  # "Rating: 4", "my score is 7"; not a scale
         r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*" + number, text
