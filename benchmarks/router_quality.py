@@ -28,7 +28,13 @@ import pandas as pd  # noqa: E402
 from pipelines.bench.outcomes import load_routerbench  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 from router_models.router.cascade import ProbeRouter, calibrate, normalise_answer, simulate  # noqa: E402
-from router_models.router.crossval import TRUE_TASK, cross_val_predictions, fold_ids, fold_summaries  # noqa: E402
+from router_models.router.crossval import (  # noqa: E402
+    TRUE_TASK,
+    cross_val_predictions,
+    fold_ids,
+    fold_summaries,
+    question_groups,
+)
 from router_models.router.features import ROUTER_EMBEDDER, TaskClassifier, embed_prompts  # noqa: E402
 from router_models.router.metrics import LAMBDAS, hull_area, single_models, summary  # noqa: E402
 
@@ -84,7 +90,7 @@ def cascade_table(replay, prompts, folds: int, fractions=(0.2, 0.3, 0.4, 0.5, 0.
     models, answers, scores, costs = replay
     best = int(scores.mean(0).argmax())
     best_cost = float(np.nanmean(costs[:, best]))
-    fold = fold_ids(len(scores), folds, groups=prompts["prompt"])
+    fold = fold_ids(len(scores), folds, groups=question_groups(prompts))
     rows = []
     for frac in fractions:
         q_all, c_all, chains, missed = np.zeros(len(scores)), np.zeros(len(scores)), [], 0
@@ -118,7 +124,7 @@ def probe_router_table(replay, prompts, emb, outcomes, folds: int, probe_sets) -
     singles = single_models(outcomes)
     lo, hi = min(c for c, _ in singles.values()), max(c for c, _ in singles.values())
     labels = prompts["task"].astype(str).to_numpy()
-    fold = fold_ids(len(scores), folds, groups=prompts["prompt"])
+    fold = fold_ids(len(scores), folds, groups=question_groups(prompts))
     rows = []
     for probes in probe_sets:
         q, c = np.zeros((len(LAMBDAS), len(scores))), np.zeros((len(LAMBDAS), len(scores)))

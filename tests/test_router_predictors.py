@@ -62,17 +62,39 @@ def test_an_unsure_prior_counts_for_less_against_the_neighbours(split):
     assert np.abs(sure - 0.5).mean() < np.abs(unsure - 0.5).mean()
 
 
-def test_folds_keep_a_question_asked_twice_together():
-    """Folds were drawn per row: RouterBench holds 7 questions twice, and one copy was trained on while the
-    other was tested (kNN saw an exact match)."""
-    from router_models.router.crossval import fold_ids
+def test_folds_keep_a_question_asked_twice_together(shared_data):
+    """Folds were drawn per row: RouterBench asks 7 questions twice (one copy with twice the few-shot
+    context), and one copy was trained on while the other was tested."""
+    from router_models.router.crossval import fold_ids, question_groups
 
-    texts = [f"q{i % 40}" for i in range(100)]  # 40 questions, most asked 2-3 times
-    fold = fold_ids(len(texts), 5, groups=texts)
-    by_text = pd.Series(fold).groupby(texts).nunique()
-    assert (by_text == 1).all() and set(fold) == set(range(5))
-    # with no question repeated, the folds are the ungrouped ones
-    assert (fold_ids(100, 5) == fold_ids(100, 5, groups=[f"q{i}" for i in range(100)])).all()
+    prompts = pd.read_csv(shared_data / "routerbench" / "prompts_train.csv", dtype=str)
+    twice = prompts[prompts["source_id"].duplicated(keep=False)]
+    assert twice["source_id"].nunique() == 7 and twice["prompt"].nunique() == 14  # no text alike
+    for seed in range(3):
+        fold = pd.Series(fold_ids(len(prompts), 5, seed, groups=question_groups(prompts)))
+        assert (fold[twice.index].groupby(twice["source_id"]).nunique() == 1).all()
+    # without a source id, the text groups: with no question repeated, the folds are the ungrouped ones
+    texts = pd.DataFrame({"prompt": [f"q{i}" for i in range(100)]})
+    assert (fold_ids(100, 5) == fold_ids(100, 5, groups=question_groups(texts))).all()
+
+
+def test_a_held_out_prompts_copy_outside_the_held_out_set_is_not_trained_on():
+    """With `held_out`, a prompt's twin outside the held-out prompts was trained on in every fold."""
+    from router_models.router.crossval import cross_val_predictions
+    from router_models.router.features import embed_prompts
+
+    prompts = pd.DataFrame({"prompt_id": ["a", "b", "c", "d", "e", "f"], "task": "qa",
+                            "prompt": ["What is 2+2?", "What is 2+2?", "Name a river.", "Name a colour.",
+                                       "Name a city.", "Name a tree."]})  # fmt: skip
+    # the twin b says m1 answers; a, its held-out copy, says m0: trained on b, a kNN would copy it
+    rows = [("a", "m0", 1.0), ("a", "m1", 0.0), ("b", "m0", 0.0), ("b", "m1", 1.0)]
+    rows += [(p, m, 0.5) for p in "cdef" for m in ("m0", "m1")]
+    outcomes = pd.DataFrame(rows, columns=["prompt_id", "model", "score"]).assign(cost_usd=0.001)
+    emb = embed_prompts(prompts["prompt"].tolist(), "static")
+    pred = cross_val_predictions("knn", prompts, outcomes, emb, folds=2, held_out={"a", "c"},
+                                 params={"k": 1})  # fmt: skip
+    a = pred[pred["prompt_id"] == "a"].set_index("model")["predicted_score"]
+    assert a["m1"] <= a["m0"] + 0.25, a  # not b's outcome copied
 
 
 @pytest.mark.parametrize("name", LEARNED)

@@ -15,12 +15,22 @@ from router_models.router.train import panel, task_labels
 TRUE_TASK = "task_mean_label"  # the per-task mean that is told the true task label: a baseline only
 
 
+def question_groups(prompts: pd.DataFrame) -> np.ndarray:
+    """A label per prompt that its copies share: the source's question id where the table has one
+    (RouterBench asks 7 questions twice, with few-shot contexts of other lengths), else the text."""
+    text = "text:" + prompts["prompt"].astype(str).str.strip()
+    if "source_id" not in prompts:
+        return text.to_numpy()
+    sid = prompts["source_id"].astype("string").str.strip()
+    return np.where(sid.fillna("").ne(""), "id:" + sid.fillna(""), text)
+
+
 def fold_ids(n: int, folds: int, seed: int = 0, groups: Any = None) -> np.ndarray:
-    """A fold per row; rows of one group (`groups`: a label per row, e.g. the prompt's text) share a fold,
-    so a question asked twice is never trained on in one copy and tested in the other."""
+    """A fold per row; rows of one group (`groups`: a label per row, question_groups') share a fold, so a
+    question asked twice is never trained on in one copy and tested in the other."""
     if groups is None:
         return np.random.default_rng(seed).permutation(n) % folds
-    codes, uniques = pd.factorize(pd.Series(list(groups)).astype(str).str.strip())
+    codes, uniques = pd.factorize(pd.Series(list(groups)).astype(str))
     return (np.random.default_rng(seed).permutation(len(uniques)) % folds)[codes]
 
 
@@ -45,15 +55,18 @@ def cross_val_predictions(
     emb = emb[[position[pid] for pid in aligned["prompt_id"]]]
     texts = aligned["prompt"].astype(str).tolist()
     labels = np.array(task_labels(aligned))
+    groups = question_groups(aligned)
     if held_out is None:
-        fold = fold_ids(len(aligned), folds, seed, groups=texts)
+        fold = fold_ids(len(aligned), folds, seed, groups=groups)
     else:
         test = aligned["prompt_id"].isin(held_out).to_numpy()
         fold = np.full(len(aligned), -1)
-        fold[test] = fold_ids(int(test.sum()), folds, seed, groups=np.array(texts, dtype=object)[test])
+        fold[test] = fold_ids(int(test.sum()), folds, seed, groups=groups[test])
     out = []
     for f in range(folds):
-        tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
+        te = np.where(fold == f)[0]
+        # a copy of a tested question is not trained on (held_out: one outside the held-out prompts either)
+        tr = np.where((fold != f) & ~np.isin(groups, groups[te]))[0]
         if len(te) == 0:
             continue
         clf = TaskClassifier.fit(emb[tr], labels[tr].tolist())
