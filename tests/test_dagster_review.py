@@ -119,32 +119,44 @@ def test_a_bad_sm_variable_fails_the_run_as_it_starts_and_is_named_as_one(tmp_pa
     assert "sekrit" not in str(bad.value)
 
 
-def test_a_lambda_change_reaches_the_stored_summary_and_the_data_version(tmp_path, monkeypatch):
-    """summary.json's copy in the object store was keyed by the fit hash (no lambdas) and written once:
-    after a lambda change the store kept the old utilities, and the asset's data version stayed the same."""
-    import assets.utility
+def _fitted(out_dir, tag: str, lambda_cost: float, utility: float):
+    """A utility fit's artifacts as fit_posterior returns them, its NetCDF already written: fit hash `tag`
+    x 64, a summary of one utility, and diagnostics that fail the checks (nothing is registered: the
+    registry is not what these tests are about)."""
     from router_models.utility.pipeline import PosteriorArtifacts
 
-    def fake_fit(outcomes, priors, out_dir, lambda_cost, lambda_latency, reuse):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "utility_posterior.nc").write_bytes(b"the same fit")
-        summary = pd.DataFrame({"task": ["qa"], "model": ["m"], "utility_mean": [1.0 - lambda_cost / 1000]})
-        (out_dir / "summary.json").write_text(json.dumps({"rows": summary.to_dict("records")}))
-        # diagnostics that fail the checks: nothing is registered (the registry is not what is tested here)
-        diagnostics = {"r_hat_max": 2.0, "ess_bulk_min": 10.0, "divergences": 0, "fit_seconds": 1.0}
-        fit = SimpleNamespace(fit_hash="f" * 64, diagnostics=diagnostics)
-        art = PosteriorArtifacts(
-            fit, summary, pd.DataFrame({"calibrated": [True]}), lambdas=(lambda_cost, 0.0)
-        )
-        names = {"netcdf": "utility_posterior.nc", "summary_json": "summary.json", "forest_png": "forest.png"}
-        art.paths = {name: out_dir / file for name, file in names.items()}
-        return art
+    summary = pd.DataFrame({"task": ["qa"], "model": ["m"], "utility_mean": [utility]})
+    (out_dir / "summary.json").write_text(json.dumps({"rows": summary.to_dict("records")}))
+    diagnostics = {"r_hat_max": 2.0, "ess_bulk_min": 10.0, "divergences": 0, "fit_seconds": 1.0}
+    fit = SimpleNamespace(fit_hash=tag * 64, diagnostics=diagnostics)
+    art = PosteriorArtifacts(fit, summary, pd.DataFrame({"calibrated": [True]}), lambdas=(lambda_cost, 0.0))
+    names = {"netcdf": "utility_posterior.nc", "summary_json": "summary.json", "forest_png": "forest.png"}
+    art.paths = {name: out_dir / file for name, file in names.items()}
+    return art
+
+
+def _no_inputs(monkeypatch, fake_fit) -> None:
+    """utility_posterior with `fake_fit` for the fit and no outcomes or priors to read."""
+    import assets.utility
 
     monkeypatch.setattr(assets.utility, "fit_posterior", fake_fit)
     monkeypatch.setattr(assets.utility, "build_priors", lambda *a: None)
     monkeypatch.setattr(
         assets.utility, "evidence_outcomes", lambda s: (pd.DataFrame(), pd.DataFrame({"model": []}))
     )
+
+
+def test_a_lambda_change_reaches_the_stored_summary_and_the_data_version(tmp_path, monkeypatch):
+    """summary.json's copy in the object store was keyed by the fit hash (no lambdas) and written once:
+    after a lambda change the store kept the old utilities, and the asset's data version stayed the same."""
+    import assets.utility
+
+    def fake_fit(outcomes, priors, out_dir, lambda_cost, lambda_latency, reuse):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "utility_posterior.nc").write_bytes(b"the same fit")
+        return _fitted(out_dir, "f", lambda_cost, utility=1.0 - lambda_cost / 1000)
+
+    _no_inputs(monkeypatch, fake_fit)
 
     def run(lambda_cost: str):
         res = {"settings": SettingsResource(overrides={"run_dir": str(tmp_path), "lambda_cost": lambda_cost})}
@@ -169,28 +181,15 @@ def test_two_refits_at_once_each_archive_their_own_fit(tmp_path, monkeypatch):
     import time
 
     import assets.utility
-    from router_models.utility.pipeline import PosteriorArtifacts
 
     def fake_fit(outcomes, priors, out_dir, lambda_cost, lambda_latency, reuse):
         out_dir.mkdir(parents=True, exist_ok=True)
         tag = "a" if lambda_cost == 100 else "b"
         (out_dir / "utility_posterior.nc").write_bytes(f"fit {tag}".encode())
         time.sleep(0.5)  # the other run writes its fit meanwhile, if it may
-        summary = pd.DataFrame({"task": ["qa"], "model": ["m"], "utility_mean": [0.5]})
-        (out_dir / "summary.json").write_text(json.dumps({"rows": summary.to_dict("records")}))
-        diagnostics = {"r_hat_max": 2.0, "ess_bulk_min": 10.0, "divergences": 0, "fit_seconds": 1.0}
-        fit = SimpleNamespace(fit_hash=tag * 64, diagnostics=diagnostics)
-        calibration = pd.DataFrame({"calibrated": [True]})
-        art = PosteriorArtifacts(fit, summary, calibration, lambdas=(lambda_cost, 0.0))
-        names = {"netcdf": "utility_posterior.nc", "summary_json": "summary.json", "forest_png": "forest.png"}
-        art.paths = {name: out_dir / file for name, file in names.items()}
-        return art
+        return _fitted(out_dir, tag, lambda_cost, utility=0.5)
 
-    monkeypatch.setattr(assets.utility, "fit_posterior", fake_fit)
-    monkeypatch.setattr(assets.utility, "build_priors", lambda *a: None)
-    monkeypatch.setattr(
-        assets.utility, "evidence_outcomes", lambda s: (pd.DataFrame(), pd.DataFrame({"model": []}))
-    )
+    _no_inputs(monkeypatch, fake_fit)
 
     def run(lambda_cost: str) -> None:
         res = {"settings": SettingsResource(overrides={"run_dir": str(tmp_path), "lambda_cost": lambda_cost})}
