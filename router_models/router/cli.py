@@ -122,11 +122,12 @@ def train(
     if prior_table is not None:
         if predictor not in ("bayes", "stack"):
             raise typer.BadParameter("--prior-table is used by the `bayes` predictor (alone or in `stack`)")
-        prior = {"prior_table": _read(prior_table), "update_prior": not prior_is_posterior}
+        table = _read(prior_table)
+        prior = {"prior_table": table, "update_prior": not prior_is_posterior}
         params = prior if predictor == "bayes" else {"member_options": {"bayes": prior}}
     p, o = _read_prompts(prompts, "left out of training"), _read(outcomes)
     if prior_table is not None:
-        _check_prior_covers(params, o, prior_table)
+        _check_prior_covers(table, o, prior_table)
     cache_dir = Settings().run_dir / "cache" / "embeddings"  # a bad SM_ setting: main() says it in one line
     try:
         check_writable_beside(out)  # before the training, not after it
@@ -163,10 +164,9 @@ def train(
                    f"prompt_ids not in {prompts} were left out", err=True)  # fmt: skip
 
 
-def _check_prior_covers(params: dict, outcomes: pd.DataFrame, path: Path) -> None:
+def _check_prior_covers(table: pd.DataFrame, outcomes: pd.DataFrame, path: Path) -> None:
     """A prior table that names none of the outcome table's models was ignored unsaid; some missing: said."""
-    table = params.get("prior_table", params.get("member_options", {}).get("bayes", {}).get("prior_table"))
-    named = set(table["model"].astype(str)) if table is not None and "model" in table else set()
+    named = set(table["model"].astype(str)) if "model" in table else set()
     models = set(outcomes["model"].astype(str)) if "model" in outcomes else set()
 
     def some(names: set[str]) -> str:
