@@ -128,3 +128,25 @@ def test_the_gate_also_reports_the_single_model_of_highest_utility():
         loose["best_single_by_utility"] == "strong"
         and loose["utility_gain"] == loose["utility_gain_over_best_by_utility"]
     )
+
+
+def test_the_gate_judges_the_operating_point_the_predictions_choose_not_the_best_in_hindsight():
+    """The gate took the router's best realised point over every willingness to pay: a choice made after
+    seeing the outcomes. The router's predictions put its point at lambda_cost (all cheap, which fails on
+    two prompts); the point at lambda 0 happens to be the oracle's. Only the former is gated on."""
+    scores = {"cheap": [1] * 8 + [0, 0], "strong": [1] * 10}
+    price = {"cheap": 0.001, "strong": 0.01}
+    table = pd.DataFrame(
+        {"prompt_id": str(i), "model": m, "score": float(s), "cost_usd": price[m]}
+        for m, row in scores.items()
+        for i, s in enumerate(row)
+    )
+    guess = {"cheap": [0.95] * 8 + [0.88, 0.88], "strong": [0.9] * 10}
+    pred = table.assign(
+        predicted_score=[g for m in scores for g in guess[m]], predicted_cost_usd=table["cost_usd"]
+    )
+    gate = utility_gate(pred, table, lambda_cost=10.0)
+    assert gate["best_single"] == "strong" and gate["best_single_utility"] == pytest.approx(0.9)
+    assert gate["router_quality"] == pytest.approx(0.8) and gate["router_cost_ratio"] == pytest.approx(0.1)
+    assert gate["utility_gain"] == pytest.approx((0.79 - 0.9) / 0.9) and not gate["passed"]
+    assert gate["utility_gain_hindsight"] == pytest.approx((0.972 - 0.9) / 0.9)

@@ -103,10 +103,11 @@ def _matrices(outcomes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return scores, costs
 
 
-def router_curve(
+def router_points(
     predictions: pd.DataFrame, outcomes: pd.DataFrame, lams: np.ndarray = LAMBDAS
-) -> list[tuple[float, float]]:
-    """Realised (mean cost, mean score) of the router for each willingness to pay in `lams`."""
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """For each willingness to pay in `lams`, the router's realised (mean cost, mean score) and the same
+    means as its own predictions put them (an operating point chosen on the latter saw no outcome)."""
     scores, costs = _matrices(outcomes)
     ps = predictions.pivot(index="prompt_id", columns="model", values="predicted_score")
     ps = ps.reindex(index=scores.index, columns=scores.columns)
@@ -117,11 +118,19 @@ def router_curve(
         pc = pd.DataFrame([costs.mean()] * len(scores), index=scores.index)[scores.columns]
     s_val, c_val = ps.fillna(-1e9).to_numpy(), pc.fillna(1e9).to_numpy()
     idx = np.arange(len(scores))
-    points = []
+    realised, predicted = [], []
     for lam in lams:
         choice = (s_val - lam * c_val).argmax(1)
-        points.append((costs.to_numpy()[idx, choice].mean(), scores.to_numpy()[idx, choice].mean()))
-    return points
+        realised.append((costs.to_numpy()[idx, choice].mean(), scores.to_numpy()[idx, choice].mean()))
+        predicted.append((c_val[idx, choice].mean(), s_val[idx, choice].mean()))
+    return realised, predicted
+
+
+def router_curve(
+    predictions: pd.DataFrame, outcomes: pd.DataFrame, lams: np.ndarray = LAMBDAS
+) -> list[tuple[float, float]]:
+    """Realised (mean cost, mean score) of the router for each willingness to pay in `lams`."""
+    return router_points(predictions, outcomes, lams)[0]
 
 
 def oracle_predictions(outcomes: pd.DataFrame) -> pd.DataFrame:
