@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     opensearch_ca_certs: str = ""
     qdrant_collection: str = "stratmaster_chunks"
     qdrant_api_key: SecretStr | None = None
+    # a PEM bundle of the CA that signed an https Qdrant server's certificate (else certifi's public CAs)
+    qdrant_ca_certs: str = ""
     # the Qdrant server searches exactly, as local mode does, rather than by its HNSW graph (approximate,
     # faster): the same ranking on both backends, at the cost of a scan per query
     qdrant_exact: bool = False

@@ -888,16 +888,11 @@ def test_a_retriever_on_a_server_with_no_index_built_is_an_index_missing(fake_se
 def test_an_https_cluster_signed_by_a_private_ca_is_reached_with_its_ca_bundle(tmp_path, fake_server):
     """opensearch-py checks an https cluster against certifi's public CAs: a self-hosted cluster with its
     own CA (what SM_OPENSEARCH_USER/_PASSWORD imply) could not be reached, and there was no setting for it."""
-    import subprocess
-
     from opensearchpy.exceptions import SSLError
 
     from pipelines.index.keyword import open_keyword_index
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
-                    str(cert)], check=True, capture_output=True)  # fmt: skip
+    cert, key = self_signed(tmp_path)
     server = fake_server(FakeOpenSearch(name="chunks"), tls=(cert, key))
     settings = Settings(keyword_backend="opensearch", opensearch_url=server.url, opensearch_index="chunks")
     with pytest.raises(SSLError):
@@ -905,6 +900,36 @@ def test_an_https_cluster_signed_by_a_private_ca_is_reached_with_its_ca_bundle(t
     idx = open_keyword_index(settings.model_copy(update={"opensearch_ca_certs": str(cert)}))
     sync_index(idx, frame({"a": "alpha apples", "b": "beta bananas"}))
     assert [h.doc_id for h in idx.search("apples")] == ["a"]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself (its own CA), and its key."""
+    import subprocess
+
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out",
+                    str(cert)], check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # the client's first try fails too
+def test_an_https_qdrant_server_signed_by_a_private_ca_is_reached_with_its_ca_bundle(tmp_path, fake_server):
+    """The Qdrant server's client checked an https server against certifi's public CAs only, with no
+    setting for a server's own CA (SM_OPENSEARCH_CA_CERTS had one)."""
+    from qdrant_client.http.exceptions import ResponseHandlingException
+
+    cert, key = self_signed(tmp_path)
+    server = fake_server(FakeQdrant(), tls=(cert, key))
+    settings = Settings(vector_backend="qdrant_server", qdrant_url=server.url)
+    static = get_embedder("static")
+    with pytest.raises(ResponseHandlingException, match="CERTIFICATE_VERIFY_FAILED"):
+        open_dense_index(settings, embedder=static)
+    idx = open_dense_index(settings.model_copy(update={"qdrant_ca_certs": str(cert)}), embedder=static)
+    try:
+        assert idx.search("aspirin")[0].chunk_id == "a#0000"
+    finally:
+        idx.close()
 
 
 def test_a_qdrant_url_without_a_port_is_used_as_written(monkeypatch):

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,7 @@ class QdrantIndex:
     def __init__(
         self, embedder: Embedder, collection: str, path: str | Path | None = None, url: str | None = None,
         progress: bool = False, api_key: str | None = None, exact: bool = False, must_exist: bool = False,
+        ca_certs: str | None = None,
     ) -> None:  # fmt: skip
         from qdrant_client import QdrantClient, models
 
@@ -120,7 +122,12 @@ class QdrantIndex:
             self.location = f"{path}:{self.collection}"
         else:
             # port None: a URL without a port means its scheme's (the client's default, 6333, replaced it)
-            self.client = QdrantClient(url=url, port=None, api_key=api_key, timeout=60)
+            tls: dict[str, Any] = {}
+            if ca_certs:  # httpx's verify: an SSL context that trusts the bundle's CAs
+                import ssl
+
+                tls["verify"] = ssl.create_default_context(cafile=ca_certs)
+            self.client = QdrantClient(url=url, port=None, api_key=api_key, timeout=60, **tls)
             self.location = f"{url}/collections/{self.collection}"
         if not self.client.collection_exists(self.collection):
             if must_exist:  # to search: a server's collection is not made on the spot either, as none built
@@ -257,7 +264,7 @@ def open_dense_index(
         return QdrantIndex(
             embedder, settings.qdrant_collection, url=settings.qdrant_url, progress=progress,
             api_key=key.get_secret_value() if key is not None else None, exact=settings.qdrant_exact,
-            must_exist=must_exist,
+            must_exist=must_exist, ca_certs=settings.qdrant_ca_certs or None,
         )  # fmt: skip
     path = require_index(Path(index_dir or settings.run_dir / "index") / "qdrant", "dense", must_exist)
     return QdrantIndex(embedder, settings.qdrant_collection, path=path, progress=progress)
