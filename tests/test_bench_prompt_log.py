@@ -123,7 +123,9 @@ def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_
      ("It covers 3/4 points; overall 7", 6 / 9), ("Covers 3/4. I give it 4/5", 3 / 4),
      ("Accuracy 3/4; Rating: 4/5", 3 / 4), ("Rating: -3", None), ("-8", None), ("I give it \u22125", None),
      ("On a scale of 1-10: 8", 7 / 9), ("8-9", 7 / 9),
-     ("Rating: -3/10", None), ("Score: -2 out of 10", None), ("-8/10", None), ("Rating: -3 / 10", None)],
+     ("Rating: -3/10", None), ("Score: -2 out of 10", None), ("-8/10", None), ("Rating: -3 / 10", None),
+     ("Rating: -1 (scale 1-10)", None), ("My score is \u22122, on 1 to 10", None),
+     ("Rating: 7 (scale 1-10)", 6 / 9)],
 )  # fmt: skip
 def test_judge_ratings_are_parsed_from_free_text(text, score):
     if score is None:

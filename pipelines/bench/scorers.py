@@ -291,9 +291,12 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     # a scale's top ("/10", "out of 10") is no rating: "-3/10", its rating signed, is none, not 10
     every = [float(m.group(1)) for m in re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text)]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
-    opening = re.match(r"[^\w]*" + number, text) or re.search(  # "Rating: 4", "my score is 7"; not a scale
-        r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*" + number, text
-    )
+    label = r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*"
+    if re.search(label + r"[-\u2212]\s*\d", text):  # "Rating: -1 (scale 1-10)": its rating is signed, none
+        raise ScoreError(f"the judge gave a negative rating: {text[:80]!r}")
+    opening = re.match(r"[^\w]*" + number, text) or re.search(
+        label + number, text
+    )  # "Rating: 4"; not a scale
     scaled = re.compile(number + r"\**\s*(?:/|out of)\s*(\d{1,3})(?![\d.]?\d)")
     if opening:  # the opening or labelled number, where a scale follows it
         other = scaled.match(text, opening.start(1))
