@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
@@ -156,3 +157,65 @@ class PlainErrorsAsJSON:
                 await error_response(status, text, kind, allow)(scope, receive, send)
 
         return await self.app(scope, receive, reshape)
+
+
+INTERNAL_ERROR = "internal error; see the server log"
+
+
+def _type_and_place(exc: BaseException) -> str:
+    where = traceback.format_list(traceback.extract_tb(exc.__traceback__)[-3:])
+    return f"{type(exc).__name__}, at:\n" + "".join(where).rstrip()
+
+
+def log_unexpected(exc: BaseException) -> None:
+    """An unexpected failure in a request, logged as its type and where it happened, not its message: a
+    message may quote the request (OpenSearch's 400 quotes the query), and prompts never reach the log."""
+    log.error("unhandled %s", _type_and_place(exc))
+
+
+class TypeOnly(logging.Filter):
+    """A log record's exception cut to its type and where it happened (`log_unexpected`'s form): the
+    message and traceback text go. BentoML logs a typed method's invalid body with pydantic's error, which
+    names an unexpected key as sent (`hide_input_in_errors` hides values only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{record.getMessage()}: {_type_and_place(record.exc_info[1])}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def type_only_request_errors() -> None:
+    """`TypeOnly` on the loggers that log a request's failure with its traceback: BentoML's HTTP app and
+    the server's (uvicorn's "Exception in ASGI application")."""
+    for name in ("bentoml._internal.server.http_app", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, TypeOnly) for f in logger.filters):
+            logger.addFilter(TypeOnly())
+
+
+class Unexpected:
+    """ASGI middleware for the /v1 app: an unexpected failure is a 500 in the API's error shape and
+    `log_unexpected`'s lines, and goes no further. Starlette's own handler for `Exception` answers, then
+    raises it again, and the server logged that with its traceback, message (and so request text)
+    included."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log_unexpected(exc)
+            if not started:  # else the server closes a response it sees unfinished
+                await error_response(500, INTERNAL_ERROR, "server_error")(scope, receive, send)

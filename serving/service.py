@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 import uuid
 from typing import Any
 
@@ -35,6 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
+from starlette.routing import Match
 
 from pipelines.bench.prompt_log import PromptLog, PromptLogWriter
 from pipelines.llm.catalog import load_catalog
@@ -43,13 +43,17 @@ from pipelines.tracing import setup_tracing
 from router_models.router.artifact import load_router
 from serving.artifacts import MODEL_NAMES, default_tag, load_artifacts, model_ref, worker_index_dir
 from serving.http import (
+    INTERNAL_ERROR,
     RETRY_AFTER_S,
     UNAUTHORIZED,
     BodyLimit,
     HTTPFailure,
     PlainErrorsAsJSON,
+    Unexpected,
     error_response,
+    log_unexpected,
     read_body,
+    type_only_request_errors,
     upstream_failure,
 )
 from serving.metrics import record_call, record_prompt_log_dropped
@@ -61,6 +65,7 @@ from serving.security import ApiKeys
 from serving.timeout import install as install_timeout
 from serving.tracing import (
     TracedRetriever,
+    model_attribute,
     request_span,
     route_span,
     set_route,
@@ -68,13 +73,22 @@ from serving.tracing import (
 )
 
 install_timeout()  # before BentoML builds the app: a request timeout that frees its timer (see the module)
+type_only_request_errors()  # no request text in the log by way of an exception's message
 
 log = logging.getLogger("stratmaster.serving")
 
+
+def _untraced(scope: Any) -> bool:
+    """FastAPI's HTTP span records the path and query string as sent: not for a request with a query (no
+    endpoint takes one) or to a path that is no endpoint's (a 404's path is free text from the client)."""
+    return bool(scope.get("query_string")) or all(r.matches(scope)[0] is Match.NONE for r in api.routes)
+
+
 # FastAPI's own telemetry keeps its HTTP server span; its per-operation spans (fastapi.dependencies,
-# fastapi.endpoint) made a route request's 3 spans 5 and said nothing the service's own spans do not
+# fastapi.endpoint) made a route request's 3 spans 5 and said nothing the service's own spans do not. Its
+# logs would record an exception's message, which may quote the request.
 api = FastAPI(title="StratMaster", version="1", docs_url=None, redoc_url=None,
-              telemetry={"operation_spans": False})  # fmt: skip
+              telemetry={"operation_spans": False, "logs": False, "exclude": _untraced})  # fmt: skip
 
 
 # Routing a prompt this short takes about 2 ms of CPU: done on the event loop it costs less than the hop to
@@ -103,13 +117,7 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), kind, dict(exc.headers or {}))
 
 
-@api.exception_handler(Exception)
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    """The log gets the failure's type and where it happened, not its message: a message may quote the
-    request (OpenSearch's 400 quotes the query), and prompts with personal data never reach the log."""
-    where = traceback.format_list(traceback.extract_tb(exc.__traceback__)[-3:])
-    log.error("unhandled %s in a request, at:\n%s", type(exc).__name__, "".join(where).rstrip())
-    return error_response(500, "internal error; see the server log", "server_error")
+api.add_middleware(Unexpected)  # inside Starlette's error handler, which re-raises
 
 
 @bentoml.service(name="stratmaster", traffic={"timeout": 300}, workers=Settings().service_workers)
@@ -181,11 +189,14 @@ class StratMaster:
                 out[m] = p
         return out
 
+    def _model_attribute(self, model: str) -> str:
+        return model_attribute(model, self.gateway.catalog.names())
+
     async def _choose(
         self, model: str, prompt: str, constraints: Any, turns: int = 1, sent: str | None = None
     ) -> Choice:
         """`sent`: the text the model will be sent, where it is more than `prompt` (ModelResolver.resolve)."""
-        with route_span(model) as span:
+        with route_span(self._model_attribute(model)) as span:
             try:
                 args = (model, prompt, constraints, self._p95(), turns, sent)
                 # in bytes: a long Chinese prompt may be tokenized for the window check (ms), off the loop
@@ -269,7 +280,7 @@ class StratMaster:
         with request_span("chat.completions") as rs:
             self._authorize(request)
             req: ChatRequest = await read_body(request, ChatRequest)
-            rs.span.set_attribute("gen_ai.request.model", req.model)
+            rs.span.set_attribute("gen_ai.request.model", self._model_attribute(req.model))
             rs.span.set_attribute("stratmaster.stream", bool(req.stream))
             messages = req.message_dicts()
             prompt = prompt_of(messages)
@@ -337,7 +348,7 @@ class StratMaster:
         with request_span("route") as rs:
             self._authorize(request)
             req: RouteRequest = await read_body(request, RouteRequest)
-            rs.span.set_attribute("gen_ai.request.model", req.model)
+            rs.span.set_attribute("gen_ai.request.model", self._model_attribute(req.model))
             # serialised by pydantic: FastAPI's jsonable_encoder over the decision's nested dict was a fifth
             # of the request's CPU under load (py-spy, 8 users)
             decision = await self._route(req)
@@ -348,11 +359,14 @@ class StratMaster:
         """The routing decision for a prompt or messages: which model, chosen by what, and why."""
         try:  # outside the span: request_span records the failure's status
             with request_span("route") as rs:
-                rs.span.set_attribute("gen_ai.request.model", req.model)
+                rs.span.set_attribute("gen_ai.request.model", self._model_attribute(req.model))
                 self._authorize(ctx.request)
                 return await self._route(req)
         except HTTPFailure as e:
             return _typed_error(ctx, e)
+        except Exception as e:  # BentoML logged it whole, message (which may quote the request) included
+            log_unexpected(e)
+            return _typed_error(ctx, HTTPFailure(500, INTERNAL_ERROR, "server_error"))
 
     def _preopen_retriever(self) -> None:
         try:
@@ -417,7 +431,7 @@ class StratMaster:
         """pipelines.rag.answer.answer, with the model's stream closed when the client leaves."""
         from pipelines.rag.answer import answer_from, build_messages, no_answer
 
-        rs.span.set_attribute("gen_ai.request.model", req.model)
+        rs.span.set_attribute("gen_ai.request.model", self._model_attribute(req.model))
         constraints = req.routing_constraints()
         choice = await self._choose(req.model, req.question, constraints)
         retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
@@ -475,6 +489,9 @@ class StratMaster:
                 return await self._rag(req, rs, ctx.request)
         except HTTPFailure as e:
             return _typed_error(ctx, e)
+        except Exception as e:  # as in route
+            log_unexpected(e)
+            return _typed_error(ctx, HTTPFailure(500, INTERNAL_ERROR, "server_error"))
 
     @api.get("/models")
     async def models(self, request: Request):

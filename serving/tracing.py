@@ -6,7 +6,8 @@ or answer text, and never an exception message (a validation message could quote
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,6 +61,15 @@ def request_span(endpoint: str) -> Iterator[RequestSpan]:
     finally:
         if not handle.detached:
             span.end()
+
+
+_ROUTER_NAME = re.compile(r"router(?::(?:max_utility|budget(?:-\d*\.?\d+)?))?")
+
+
+def model_attribute(requested: str, known: Collection[str]) -> str:
+    """The requested model as a span records it: a catalog or router name as sent, anything else "other"
+    (a misspelt name is free text from the request, and may be personal data)."""
+    return requested if requested in known or _ROUTER_NAME.fullmatch(requested) else "other"
 
 
 @contextmanager

@@ -331,6 +331,17 @@ def test_route_errors_are_4xx_with_a_reason(client, body, status, needle):
         assert cands["smollm2-135m"] == cands["gemma3-270m"] == "context_window"
 
 
+def test_a_typed_body_with_personal_data_in_a_key_leaves_it_out_of_the_log(client, caplog):
+    """BentoML logs a typed method's invalid body with pydantic's error and traceback: the error names an
+    unexpected key as sent (`hide_input_in_errors` hides only values), personal data included."""
+    import logging
+
+    with caplog.at_level(logging.ERROR):
+        r = client.post("/route", json={"prompt": "hi", PII_PROMPT: 1}, headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert "ValidationError" in caplog.text and "jane" not in caplog.text
+
+
 def test_typed_bentoml_route_gives_the_v1_decision_with_bentoml_errors(client):
     """POST /route is the typed `@bentoml.api` twin of /v1/route: same decision, BentoML's validation."""
     body = {"prompt": "What is the capital of France?"}
@@ -542,27 +553,54 @@ def _named(memory, name):
     return found[-1]
 
 
-def test_a_failed_retrieval_leaves_the_question_out_of_its_span_and_the_log(client, spans, caplog):
+def test_a_failed_retrieval_leaves_the_question_out_of_its_span_the_log_and_the_server(
+    client, spans, service, offline_env, caplog, monkeypatch
+):
     """A retrieval error's message went into the span's status (OpenTelemetry sets it from the exception by
-    default) and, with its traceback, into the service log: OpenSearch's 400 quotes the query it could not
-    build, and with it the question's personal data."""
-    import asyncio
+    default) and, with its traceback, into the log: OpenSearch's 400 quotes the query it could not build, and
+    with it the question's personal data. Starlette's handler for `Exception` answers, then raises the error
+    again, and the server logged it whole ("Exception in ASGI application"); BentoML logged a typed method's
+    failure whole too. The engine's refusal is played by a retriever that raises as OpenSearch does."""
     import logging
 
-    from serving.service import _unexpected
-    from serving.tracing import TracedRetriever
+    import pipelines.rag.retrieve as retrieve
 
-    class Refusing:  # an engine's refusal that quotes the query, as OpenSearch's does
+    class Refusing:
+        chunks, dense = pd.DataFrame({"chunk_id": ["a#0000"]}), None
+
         def search(self, question, mode="hybrid", k=4):
             raise RuntimeError(f"failed to create query: {question}")
 
-    with pytest.raises(RuntimeError) as e:
-        TracedRetriever(Refusing()).search(PII_PROMPT)
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(retrieve, "open_retriever", lambda *a, **kw: Refusing())
+    service.close()  # a service of its own, whose errors reach the test as they would the server
+    for k, v in offline_env.items():
+        monkeypatch.setenv(k, v)
+    with caplog.at_level(logging.ERROR), TestClient(_asgi_app(), raise_server_exceptions=True) as c:
+        answers = [c.post(path, json={"question": PII_PROMPT}, headers=AUTH) for path in ("/v1/rag", "/rag")]
+    for r in answers:
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+        _no_trace(r)
+    assert caplog.text.count("unhandled RuntimeError") == 2 and "jane" not in caplog.text
     span = _named(spans, "retrieval")
     assert span.status.description == "RuntimeError" and "jane" not in json.dumps(span.to_json())
-    with caplog.at_level(logging.ERROR):
-        r = asyncio.run(_unexpected(None, e.value))
-    assert r.status_code == 500 and "unhandled RuntimeError" in caplog.text and "jane" not in caplog.text
+
+
+def test_spans_record_no_free_text_the_client_sent_outside_the_body(client, spans):
+    """A model name that is none was recorded as sent (gen_ai.request.model), and FastAPI's HTTP span
+    recorded the query string and a 404's path: free text from the client, personal data perhaps."""
+    chat = {"model": "jane.doe@example.com", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/v1/chat/completions", json=chat, headers=AUTH).status_code == 404
+    assert client.post("/v1/route?for=jane.doe%40example.com", json={"prompt": "hi"}, headers=AUTH).is_success
+    assert client.get("/v1/jane.doe@example.com", headers=AUTH).status_code == 404
+    assert client.post("/v1/route", json={"prompt": "hi"}, headers=AUTH).is_success
+    found = [s.to_json() for s in spans.get_finished_spans()]
+    assert not [s for s in found if "jane" in s]
+    assert '"gen_ai.request.model": "other"' in _named(spans, "request chat.completions").to_json()
+    http = [dict(s.attributes) for s in spans.get_finished_spans() if s.name.startswith("POST ")]
+    assert len(http) == 2, http  # plain requests keep their HTTP span
 
 
 def test_route_spans_carry_the_decision_and_never_the_pii_prompt(client, spans):
