@@ -31,6 +31,9 @@ def plain_metadata(d: dict) -> dict:
     return out
 
 
+_SECRETS = frozenset(n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation))
+
+
 def check_overrides(overrides: dict[str, str]) -> None:
     """A ValueError (one line) for a key Settings has no field for, or a value it refuses, in the overrides
     or in an SM_* variable: Settings ignores unknown keys, so a misspelt override was dropped silently, and
@@ -45,6 +48,11 @@ def check_overrides(overrides: dict[str, str]) -> None:
             return f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
 
         raise ValueError(f"unknown setting in overrides: {', '.join(map(hint, unknown))}")
+    given_secrets = sorted(k.lower() for k in overrides if k.lower() in _SECRETS)
+    if given_secrets:  # run config is stored with the run (Dagster's run storage) and shown in its UI
+        names = ", ".join(f"{k} (SM_{k.upper()})" for k in given_secrets)
+        raise ValueError(f"secrets are not taken from run config, which Dagster stores: set {names} in the "
+                         "environment")  # fmt: skip
     try:
         Settings(**overrides)  # type: ignore[arg-type]  # strings, converted as SM_* variables are
     except pydantic.ValidationError as e:
@@ -54,10 +62,8 @@ def check_overrides(overrides: dict[str, str]) -> None:
             name = ".".join(map(str, loc))
             return f"overrides: {name}" if loc and str(loc[0]) in given else f"SM_{name.upper()}"
 
-        secret = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
-
         def value(r: Any) -> str:  # a secret's value is never printed
-            return "'***'" if r["loc"] and str(r["loc"][0]) in secret else repr(r.get("input"))
+            return "'***'" if r["loc"] and str(r["loc"][0]) in _SECRETS else repr(r.get("input"))
 
         bad = [f"{where(r['loc'])}={value(r)}: {r['msg']}" for r in e.errors()]
         raise ValueError(f"invalid settings: {'; '.join(bad)}") from None
