@@ -53,6 +53,20 @@ def test_a_prompt_the_routers_check_still_finds_personal_data_in_is_not_written(
     assert len(df) == 1 and "8761" not in "".join(p.read_text() for p in (tmp_path / "log").glob("*"))
 
 
+def test_a_long_prompt_is_redacted_before_it_is_cut(tmp_path, redact):
+    """The log cut a long prompt to MAX_PROMPT_CHARS, then redacted it: an e-mail address or a phone number
+    cut in two at the limit matched no recognizer, and its first part was written."""
+    from pipelines.bench.prompt_log import MAX_PROMPT_CHARS
+
+    plog = PromptLog(tmp_path / "log", redact)
+    for tail in ("jane.doe@example.com", "+44 20 7946 0958"):
+        pad = "Summarise these notes. " * ((MAX_PROMPT_CHARS - 12) // 23)
+        prompt = pad + " " * (MAX_PROMPT_CHARS - 12 - len(pad)) + f"Contact {tail} today, please."
+        rec = plog.append(prompt)
+        assert len(rec["prompt"]) <= MAX_PROMPT_CHARS and rec["redacted"], rec["redacted"]
+        assert "jane" not in rec["prompt"] and "7946" not in rec["prompt"] and "+44 20" not in rec["prompt"]
+
+
 def test_the_writer_keeps_prompts_in_order_and_drops_what_overflows_its_queue(tmp_path):
     """The service's log writer: off the request path, bounded (a burst of long prompts while Presidio's
     engine is built must not hold them all in memory), each dropped prompt reported to the caller."""

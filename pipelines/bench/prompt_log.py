@@ -43,7 +43,11 @@ class PromptLog:
     def append(self, prompt: str, task: str | None = None, model: str | None = None,
                chosen_by: str | None = None) -> dict[str, Any] | None:  # fmt: skip
         """The record written, or None where the redacted prompt still holds personal data (not written)."""
-        text, found = self._redact(prompt[:MAX_PROMPT_CHARS])
+        # redacted, then cut: an identifier cut in two at the limit is no longer found (its last word goes
+        # too, for one that straddles the redacted stretch's end)
+        text, found = self._redact(prompt[: 2 * MAX_PROMPT_CHARS])
+        if len(prompt) > MAX_PROMPT_CHARS:
+            text = text[:MAX_PROMPT_CHARS].rsplit(None, 1)[0]
         if self._still_personal is not None and self._still_personal(text):
             return None
         now = datetime.now(UTC)
