@@ -59,6 +59,7 @@ def test_gateway_export_writes_atomically_and_refuses_a_folder(tmp_path: Path):
     assert exported["model_list"]
     # the Proxy answered anyone without a master key, spending the remote providers' keys
     assert exported["general_settings"] == {"master_key": "os.environ/LITELLM_MASTER_KEY"}
+    assert exported["litellm_settings"] == {"turn_off_message_logging": True}
     (tmp_path / "dir.yaml").mkdir()
     res = CliRunner().invoke(
         app, ["gateway", "export", "--out", str(tmp_path / "dir.yaml")], env=_env(tmp_path / "run")

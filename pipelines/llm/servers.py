@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -220,6 +221,11 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
     return ServerStatus(entry.name, "starting", port, pid, "process alive, not answering yet")
 
 
+_SECRET_NAME = re.compile(
+    r"(^|_)(KEYS?|SECRETS?|PASSWORDS?|TOKENS?|CREDENTIALS?)(_|$)|^SM_REGISTRY_URL$", re.I
+)
+
+
 def server_env(settings: Settings) -> dict[str, str]:
     """The environment a local server starts with. llama.cpp's CPU threads meet at an OpenMP barrier many
     times per token, and by default spin there for 300,000 turns before they sleep: where one server's
@@ -227,8 +233,9 @@ def server_env(settings: Settings) -> dict[str, str]:
     threads sleep at once, and pay a wake-up at every barrier (a 26-token chat answer 2.5x as slow). "short"
     spins `local_omp_spincount` (300) turns, then sleeps: nearly passive's figure with both servers busy and
     nearly the default's with one (figures: README, benchmarks/local_servers.py). "default" leaves OpenMP's
-    own. A policy or spin count in the environment is kept."""
-    env = dict(os.environ)
+    own. A policy or spin count in the environment is kept. Secrets (provider keys, the workbench's own)
+    are left out: a model server has no use for them."""
+    env = {k: v for k, v in os.environ.items() if not _SECRET_NAME.search(k)}
     policy = settings.local_omp_wait_policy
     if policy == "auto":
         policy = "short" if settings.local_threads >= (os.cpu_count() or 1) else "default"
