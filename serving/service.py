@@ -58,6 +58,8 @@ from serving.http import (
 )
 from serving.metrics import record_call, record_prompt_log_dropped
 from serving.openapi import json_body
+from serving.paths import PathAsSent
+from serving.paths import install as hide_unknown_paths
 from serving.readiness import Readiness
 from serving.routing import Choice, ModelResolver, RoutingError, prompt_of
 from serving.schemas import ChatRequest, RagAnswer, RagRequest, RouteDecision, RouteRequest
@@ -74,6 +76,7 @@ from serving.tracing import (
 
 install_timeout()  # before BentoML builds the app: a request timeout that frees its timer (see the module)
 type_only_request_errors()  # no request text in the log by way of an exception's message
+hide_unknown_paths()  # from BentoML's metrics, spans and access log, before it builds the app
 
 log = logging.getLogger("stratmaster.serving")
 
@@ -578,7 +581,8 @@ class KeyRequired:
         return await self.app(scope, receive, send)
 
 
-StratMaster.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]  # a bentoml Service by now
+StratMaster.add_asgi_middleware(PathAsSent)  # type: ignore[attr-defined]  # a bentoml Service by now
+StratMaster.add_asgi_middleware(BodyLimit)  # type: ignore[attr-defined]
 StratMaster.add_asgi_middleware(KeyRequired)  # type: ignore[attr-defined]
 StratMaster.add_asgi_middleware(PlainErrorsAsJSON)  # type: ignore[attr-defined]
 

@@ -603,6 +603,28 @@ def test_spans_record_no_free_text_the_client_sent_outside_the_body(client, span
     assert len(http) == 2, http  # plain requests keep their HTTP span
 
 
+def test_a_path_no_endpoint_has_is_no_metric_label(client, caplog):
+    """BentoML's traffic metrics label a request by its path as sent: a 404 for any path (no key needed)
+    put the path on the open /metrics, a new series each, and into BentoML's access log."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        r = client.get("/jane.doe@example.com/x?y=jane")
+        assert (
+            r.status_code == 404
+            and r.json()["error"]["message"] == "no such path: GET /jane.doe@example.com/x"
+        )
+        assert client.get("/v1/jane.doe@example.com").status_code == 404
+        assert client.post("/v1/route", json={"prompt": "hi"}, headers=AUTH).is_success
+        assert client.get("/v1/models", headers=AUTH).is_success
+    metrics = client.get("/metrics").text
+    assert [ln for ln in metrics.splitlines() if "jane" in ln] == []
+    server_side = [r for r in caplog.records if not r.name.startswith("httpx")]  # not the test's client
+    assert [r.getMessage() for r in server_side if "jane" in r.getMessage()] == []
+    assert 'endpoint="/{unknown}"' in metrics
+    assert 'endpoint="/v1/route"' in metrics and 'endpoint="/v1/models"' in metrics  # known paths as sent
+
+
 def test_route_spans_carry_the_decision_and_never_the_pii_prompt(client, spans):
     r = client.post("/v1/route", json={"messages": [{"role": "user", "content": PII_PROMPT}]}, headers=AUTH)
     assert r.status_code == 200
