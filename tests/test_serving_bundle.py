@@ -218,6 +218,10 @@ def test_a_real_bentoml_serve_answers_the_openai_sdk(served, built):
 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{served['base']}/v1", api_key="wrong", max_retries=0).models.list()
+    # a path no endpoint has: no metric label, no access-log line of it (the log is read at the end)
+    assert httpx.get(f"{served['base']}/{EMAIL}").status_code == 404
+    metrics = httpx.get(f"{served['base']}/metrics").text
+    assert EMAIL not in metrics and 'endpoint="/{unknown}"' in metrics
 
     # BentoML's own client, as the README shows it: the typed method takes the request body as one argument
     import bentoml
