@@ -32,7 +32,7 @@ from pipelines.rag.evaluate import (  # noqa: E402
     run_queries,
     score_run,
 )
-from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10  # noqa: E402
+from pipelines.rag.metrics import load_qrels, load_queries, ndcg_at_10, query_folds  # noqa: E402
 from pipelines.rag.retrieve import open_retriever  # noqa: E402
 from pipelines.settings import Settings  # noqa: E402
 
@@ -88,10 +88,9 @@ def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict
     """K-fold over the queries: fine-tune MiniLM on the other folds' queries (with a BM25 hard negative per
     pair drawn from the top `negatives` when > 0), index the corpus with it run in `precision` (int8 |
     float), score this fold's queries;
-    nDCG@10 of the pooled out-of-fold runs (every query scored by a model that never saw it). Models and
+    nDCG@10 of the pooled out-of-fold runs (every query scored by a model that saw neither it nor a query
+    sharing a relevant document with it: `query_folds`). Models and
     their collections stay under index_dir and are reused."""
-    import zlib
-
     from pipelines.corpus.ingest import load_chunks
     from pipelines.index.finetune import (
         MANIFEST,
@@ -104,12 +103,12 @@ def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict
     store = LocalStore(index_dir / "store")
     chunks = load_chunks(settings, store)
     ranked = ranked_docs(settings, corpus, index_dir, queries, qids, "bm25", negatives) if negatives else {}
-    fold = {q: zlib.crc32(q.encode()) % folds for q in qids}
+    fold = query_folds(qrels, qids, folds)  # a query's twins (sharing a relevant document) in its fold
     runs: dict[str, dict] = {m: {} for m in modes if m != "bm25"}  # the modes the embedder changes
     for f in range(folds):
         test = [q for q in qids if fold[q] == f]
         neg = f"-neg{negatives}" if negatives else ""
-        model_dir = index_dir / "finetuned" / f"minilm-e{epochs}-lr{lr:g}{neg}-fold{f}of{folds}"
+        model_dir = index_dir / "finetuned" / f"minilm-e{epochs}-lr{lr:g}{neg}-fold{f}of{folds}-bydoc"
         if not (model_dir / MANIFEST).exists():
             train = {q: qrels[q] for q in qids if fold[q] != f}
             hard = hard_negatives(chunks, queries, train, ranked, depth=negatives) if negatives else None

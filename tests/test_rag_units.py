@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import random
 import re
@@ -311,3 +312,28 @@ def test_citations_ignore_huge_numbers_and_drop_chunk_ids_that_were_not_retrieve
     assert (text, cited) == ("Alpha  and [doc1#0123456789ab].", [])
     text, cited, by = cite("Alpha text is it [doc42#deadbeef0000].", hits)
     assert text == "Alpha text is it ." and by == "none"
+
+
+def test_queries_that_share_a_relevant_document_share_a_fold():
+    """SciFact's claim and its negation share their abstract: split by query id, one was trained on and the
+    other tested (203 of the train split's relevant abstracts spanned two folds or more)."""
+    from pipelines.rag.metrics import query_folds
+
+    qrels = {"a": {"d1"}, "b": {"d1", "d2"}, "c": {"d2"}, "d": {"d3"}, "e": {"d4"}, "f": {"d5"}, "g": set()}
+    folds = query_folds(qrels, list(qrels), 3)
+    assert folds["a"] == folds["b"] == folds["c"]  # linked through d1 and d2
+    assert sorted(collections.Counter(folds.values()).values()) == [2, 2, 3]  # sizes dealt evenly
+    assert query_folds(qrels, list(qrels), 3) == folds  # the same for the same qrels
+
+
+def test_scifact_train_folds_share_no_relevant_document(shared_data):
+    from pipelines.rag.metrics import load_qrels, query_folds
+
+    qrels = load_qrels(shared_data / "scifact" / "qrels_train.tsv")
+    folds = query_folds(qrels, list(qrels), 5)
+    spans = collections.defaultdict(set)
+    for q, docs in qrels.items():
+        for d in docs:
+            spans[d].add(folds[q])
+    sizes = collections.Counter(folds.values()).values()
+    assert max(map(len, spans.values())) == 1 and max(sizes) - min(sizes) <= 8
