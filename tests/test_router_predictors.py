@@ -185,3 +185,32 @@ def test_graded_scores_are_learned_as_expected_scores_not_rounded(name):
     kw = {"n_seeds": 1, "epochs": 40} if name == "mf" else {}
     p = get_predictor(name, **kw).fit(x, y, ["A", "B"], np.zeros(n, int)).predict(x.take(np.arange(20)))
     assert np.allclose(p.mean.mean(0), [0.45, 0.55], atol=0.04), p.mean.mean(0)
+
+
+def test_the_budget_policys_out_of_fold_predictions_keep_a_question_asked_twice_together(monkeypatch):
+    """The budget policy is calibrated on out-of-fold predictions whose folds were drawn per row: a
+    question asked twice had one copy trained on while the other was predicted."""
+    from types import SimpleNamespace
+
+    from router_models.router import train
+    from router_models.router.crossval import question_groups
+    from router_models.router.features import TaskClassifier, embed_prompts, make_features
+
+    texts = [f"Question {i // 2} about rivers" for i in range(40)]  # 20 questions, each asked twice
+    emb = embed_prompts(texts, "static")
+    x, _ = make_features(texts, emb, TaskClassifier.fit(emb, ["qa", "math"] * 20))
+    trained_on: list[set] = []
+
+    class Recorder:
+        def fit(self, x, y, models, tasks):
+            trained_on.append(set(tasks.tolist()))
+            return self
+
+        def predict(self, x):
+            return SimpleNamespace(mean=np.zeros((len(x), 2)))
+
+    monkeypatch.setattr(train, "get_predictor", lambda name, **kw: Recorder())
+    groups = question_groups(pd.DataFrame({"prompt": texts}))
+    train.oof_predictions("any", x, np.zeros((40, 2)), ["m0", "m1"], np.arange(40), groups=groups)
+    assert len(trained_on) == 3
+    assert all((2 * q in rows) == (2 * q + 1 in rows) for rows in trained_on for q in range(20))

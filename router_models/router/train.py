@@ -85,10 +85,13 @@ def oof_predictions(
     folds: int = 3,
     params: dict[str, Any] | None = None,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Out-of-fold predicted means, for calibrating the budget policy without in-sample optimism."""
-    rng = np.random.default_rng(seed)
-    fold = rng.permutation(len(x)) % folds
+    """Out-of-fold predicted means, for calibrating the budget policy without in-sample optimism; rows of
+    one group (`crossval.question_groups`: a question asked twice) share a fold."""
+    from router_models.router.crossval import fold_ids  # crossval imports this module
+
+    fold = fold_ids(len(x), folds, seed, groups)
     out = np.zeros_like(y, dtype=np.float64)
     for f in range(folds):
         tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
@@ -129,7 +132,14 @@ def train_router(
     fitted = get_predictor(predictor, **(predictor_params or {})).fit(x, y, models, tasks)
     quality = np.nanmean(y, axis=0)
     strongest = models[int(np.nanargmax(quality))]
-    oof = oof_predictions(predictor, x, y, models, tasks, params=predictor_params) if len(x) >= 30 else None
+    if len(x) >= 30:
+        from router_models.router.crossval import question_groups
+
+        oof = oof_predictions(
+            predictor, x, y, models, tasks, params=predictor_params, groups=question_groups(prompts)
+        )
+    else:
+        oof = None
     ref = oof if oof is not None else fitted.predict(x).mean
     ref_cost = cost_model.predict(tokens, x.task_proba)
     policy = Budget(fraction=budget_fraction).calibrate(ref, ref_cost, models, strongest)
