@@ -180,7 +180,11 @@ class TypeOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            record.msg, record.args = f"{record.getMessage()}: {_type_and_place(record.exc_info[1])}", None
+            try:
+                message = record.getMessage()
+            except Exception:  # arguments that do not fit the format: logging's own handler reports those
+                message = str(record.msg)
+            record.msg, record.args = f"{message}: {_type_and_place(record.exc_info[1])}", None
             record.exc_info = record.exc_text = None
         return True
 

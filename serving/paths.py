@@ -3,8 +3,9 @@
 They take the path as sent: a path that no endpoint has (free text from a client that needs no key for a
 404: an e-mail address, say) became a label of `bentoml_service_request_*` on the open /metrics, a new
 series for each, written to the multiprocess metric files, and a line of the access log. `install` has
-BentoML's metrics middleware, the outermost, show such a request to itself and to what follows it as
-`UNKNOWN` with no query string; `PathAsSent`, the service's own outermost middleware, puts the path back
+BentoML's metrics middleware, the outermost, show such a request (and every websocket connection, which
+no endpoint takes) to itself and to what follows it as `UNKNOWN` with no query string, and a static file
+as its folder's `/{file}`; `PathAsSent`, the service's own outermost middleware, puts the path back
 for the routes and handlers, which answer as before (a 404 that names the path to its client).
 """
 
@@ -16,15 +17,20 @@ UNKNOWN = "/{unknown}"
 _SENT = "stratmaster.sent"  # the scope's path, raw path and query string as sent
 
 
-def has_route(routes: list[Any], scope: dict[str, Any]) -> bool:
-    """Whether a route (or a route of a mounted app) takes the scope's path, with any method."""
+def path_label(routes: list[Any], scope: dict[str, Any]) -> str:
+    """The path as metrics and logs may show it: as sent where a route takes it (with any method), a
+    mounted app's prefix and `/{file}` where that app has no routes of its own (static files: any name
+    may be asked for, found or not), else `UNKNOWN`."""
     for route in routes:
         match, child = route.matches(scope)
         if match is Match.NONE:
             continue
-        inner = route.routes if isinstance(route, Mount) else None
-        return has_route(inner, {**scope, **child}) if inner else True  # static files: no routes, taken
-    return False
+        if not isinstance(route, Mount):
+            return scope["path"]
+        if not route.routes:
+            return f"{route.path}/{{file}}"
+        return path_label(route.routes, {**scope, **child})
+    return UNKNOWN
 
 
 def install() -> None:
@@ -39,10 +45,15 @@ def install() -> None:
 
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             app = scope.get("app")
-            if scope["type"] == "http" and app is not None and not has_route(app.routes, scope):
-                sent = {k: scope[k] for k in ("path", "raw_path", "query_string") if k in scope}
-                hidden = {"path": UNKNOWN, "raw_path": UNKNOWN.encode(), "query_string": b"", _SENT: sent}
-                scope = {**scope, **hidden}
+            if scope["type"] in ("http", "websocket") and app is not None:
+                # a websocket scope matches no route here: every one is UNKNOWN
+                label = (
+                    path_label(app.routes, {**scope, "type": "http"}) if scope["type"] == "http" else UNKNOWN
+                )
+                if label != scope["path"]:
+                    sent = {k: scope[k] for k in ("path", "raw_path", "query_string") if k in scope}
+                    hidden = {"path": label, "raw_path": label.encode(), "query_string": b"", _SENT: sent}
+                    scope = {**scope, **hidden}
             await super().__call__(scope, receive, send)
 
     instruments.RunnerTrafficMetricsMiddleware = HidesUnknownPaths  # type: ignore[misc]

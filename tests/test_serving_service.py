@@ -608,6 +608,8 @@ def test_a_path_no_endpoint_has_is_no_metric_label(client, caplog):
     put the path on the open /metrics, a new series each, and into BentoML's access log."""
     import logging
 
+    from starlette.websockets import WebSocketDisconnect
+
     with caplog.at_level(logging.INFO):
         r = client.get("/jane.doe@example.com/x?y=jane")
         assert (
@@ -615,13 +617,16 @@ def test_a_path_no_endpoint_has_is_no_metric_label(client, caplog):
             and r.json()["error"]["message"] == "no such path: GET /jane.doe@example.com/x"
         )
         assert client.get("/v1/jane.doe@example.com").status_code == 404
+        assert client.get("/static_content/jane.doe@example.com").status_code == 404
+        with pytest.raises(WebSocketDisconnect):  # no endpoint takes a websocket: closed
+            client.websocket_connect("/jane.doe@example.com/ws").__enter__()
         assert client.post("/v1/route", json={"prompt": "hi"}, headers=AUTH).is_success
         assert client.get("/v1/models", headers=AUTH).is_success
     metrics = client.get("/metrics").text
     assert [ln for ln in metrics.splitlines() if "jane" in ln] == []
     server_side = [r for r in caplog.records if not r.name.startswith("httpx")]  # not the test's client
     assert [r.getMessage() for r in server_side if "jane" in r.getMessage()] == []
-    assert 'endpoint="/{unknown}"' in metrics
+    assert 'endpoint="/{unknown}"' in metrics and 'endpoint="/static_content/{file}"' in metrics
     assert 'endpoint="/v1/route"' in metrics and 'endpoint="/v1/models"' in metrics  # known paths as sent
 
 
