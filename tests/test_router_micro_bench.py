@@ -150,3 +150,23 @@ def test_the_gate_judges_the_operating_point_the_predictions_choose_not_the_best
     assert gate["router_quality"] == pytest.approx(0.8) and gate["router_cost_ratio"] == pytest.approx(0.1)
     assert gate["utility_gain"] == pytest.approx((0.79 - 0.9) / 0.9) and not gate["passed"]
     assert gate["utility_gain_hindsight"] == pytest.approx((0.972 - 0.9) / 0.9)
+
+
+def test_a_missing_prediction_does_not_sink_the_gates_operating_point():
+    """The fill-ins that rank a missing prediction last (score -1e9, cost 1e9) went into the predicted
+    means: one prompt without a prediction put every point's predicted cost near 1e8, none under the cap,
+    and the gate failed with NaN; a base model without predicted costs made the cap NaN."""
+    scores = {"cheap": [1] * 8 + [0, 0], "strong": [1] * 10}
+    price = {"cheap": 0.001, "strong": 0.01}
+    table = pd.DataFrame(
+        {"prompt_id": str(i), "model": m, "score": float(s), "cost_usd": price[m]}
+        for m, row in scores.items()
+        for i, s in enumerate(row)
+    )
+    pred = table.rename(columns={"score": "predicted_score", "cost_usd": "predicted_cost_usd"})
+    whole = utility_gate(pred, table, lambda_cost=10.0)
+    assert whole["passed"] and np.isfinite(whole["utility_gain"])
+    gappy = utility_gate(pred[pred["prompt_id"] != "9"], table, lambda_cost=10.0)
+    assert np.isfinite(gappy["utility_gain"]) and gappy["router_cost_ratio"] <= 0.8
+    no_cost = pred.assign(predicted_cost_usd=pred["predicted_cost_usd"].where(pred["model"] != "strong"))
+    assert np.isfinite(utility_gate(no_cost, table, lambda_cost=10.0)["utility_gain"])

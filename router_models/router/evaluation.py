@@ -110,7 +110,8 @@ def utility_gate(
         """The router at the operating point its predictions choose within max_cost_fraction of base's
         cost: realised cost, quality, utility, gain; and the gain of the best point in hindsight."""
         base_cost = singles[base][0]
-        cap = max_cost_fraction * float(predicted_cost.get(base, base_cost))
+        expected = float(predicted_cost.get(base, np.nan))
+        cap = max_cost_fraction * (expected if np.isfinite(expected) else base_cost)
         within = [i for i, (c, _) in enumerate(predicted) if c <= cap]
         hindsight = [(c, q) for c, q in realised if c <= max_cost_fraction * base_cost]
 

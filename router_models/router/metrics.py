@@ -116,14 +116,20 @@ def router_points(
         pc = pc.reindex(index=scores.index, columns=scores.columns)
     else:
         pc = pd.DataFrame([costs.mean()] * len(scores), index=scores.index)[scores.columns]
-    s_val, c_val = ps.fillna(-1e9).to_numpy(), pc.fillna(1e9).to_numpy()
+    s_val, c_val = ps.fillna(-1e9).to_numpy(), pc.fillna(1e9).to_numpy()  # a missing prediction loses
     idx = np.arange(len(scores))
     realised, predicted = [], []
     for lam in lams:
         choice = (s_val - lam * c_val).argmax(1)
         realised.append((costs.to_numpy()[idx, choice].mean(), scores.to_numpy()[idx, choice].mean()))
-        predicted.append((c_val[idx, choice].mean(), s_val[idx, choice].mean()))
+        # over the choices that have a prediction (the fill-ins above only rank)
+        predicted.append((_mean(pc.to_numpy()[idx, choice]), _mean(ps.to_numpy()[idx, choice])))
     return realised, predicted
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
 
 
 def router_curve(
