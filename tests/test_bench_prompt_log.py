@@ -139,7 +139,8 @@ def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_
      ("On a scale of 1-10: 8", 7 / 9), ("8-9", 7 / 9),
      ("Rating: -3/10", None), ("Score: -2 out of 10", None), ("-8/10", None), ("Rating: -3 / 10", None),
      ("Rating: -1 (scale 1-10)", None), ("My score is \u22122, on 1 to 10", None),
-     ("Rating: 7 (scale 1-10)", 6 / 9)],
+     ("Rating: 7 (scale 1-10)", 6 / 9), ("Rating:\n- 8/10", 7 / 9), ("Score:\n\n- 7", 6 / 9),
+     ("**Rating:** - 8", 7 / 9), ("Rating: 8; I'd never give a Rating: -1", 7 / 9)],
 )  # fmt: skip
 def test_judge_ratings_are_parsed_from_free_text(text, score):
     if score is None:
@@ -218,3 +219,10 @@ def test_rag_questions_from_a_beir_corpus_carry_the_chunk_ids_ingest_gives(tmp_p
         assert len(r.gold_chunk_ids) == 1 and all(c in stored.index for c in r.gold_chunk_ids)
         assert r.contexts[0].endswith(stored.loc[r.gold_chunk_ids[0], "text"])
     assert "a@b.org" not in "".join(rows.loc[rows.prompt_id == "beir-train-1", "contexts"].iloc[0])
+
+
+def test_a_long_prompt_of_blanks_is_logged_cut(tmp_path, redact):
+    from pipelines.bench.prompt_log import MAX_PROMPT_CHARS
+
+    rec = PromptLog(tmp_path / "log", redact).append(" " * (MAX_PROMPT_CHARS + 5) + "end")
+    assert rec is not None and len(rec["prompt"]) <= MAX_PROMPT_CHARS

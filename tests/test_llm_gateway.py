@@ -536,14 +536,16 @@ def test_the_catalogs_repeat_penalty_reaches_llama_cpp_pythons_server_too(model_
 def test_a_model_server_starts_without_the_environments_secrets(monkeypatch):
     """llama-server was given the whole environment: every provider key and the workbench's own secrets."""
     secrets = {"OPENAI_API_KEY": "sk-1", "SM_API_KEYS": "k", "SM_S3_SECRET_KEY": "s", "HF_TOKEN": "t",
-               "SM_OPENSEARCH_PASSWORD": "p", "SM_REGISTRY_URL": "postgresql://u:p@db/r"}  # fmt: skip
-    for k, v in {**secrets, "TOKENIZERS_PARALLELISM": "false", "KEYBOARD": "uk"}.items():
+               "SM_OPENSEARCH_PASSWORD": "p", "SM_REGISTRY_URL": "postgresql://u:p@db/r", "PGPASSWORD": "p",
+               "MYSQL_PWD": "p", "X_APIKEY": "k", "DATABASE_URL": "postgresql://u:p@db/r",
+               "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Basic x",
+               "SM_OPENSEARCH_URL": "https://u:p@os"}  # fmt: skip
+    kept = {"TOKENIZERS_PARALLELISM": "false", "KEYBOARD": "uk", "LLAMA_ARG_API_KEY": "port-key"}
+    for k, v in {**secrets, **kept}.items():
         monkeypatch.setenv(k, v)
     env = servers.server_env(Settings())
     assert not set(secrets) & set(env)
-    assert (
-        env["PATH"] == os.environ["PATH"] and env["TOKENIZERS_PARALLELISM"] == "false" and "KEYBOARD" in env
-    )
+    assert env["PATH"] == os.environ["PATH"] and all(env[k] == v for k, v in kept.items())
 
 
 def test_servers_spin_briefly_where_one_servers_threads_take_every_core(monkeypatch):

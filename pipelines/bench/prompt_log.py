@@ -47,7 +47,8 @@ class PromptLog:
         # too, for one that straddles the redacted stretch's end)
         text, found = self._redact(prompt[: 2 * MAX_PROMPT_CHARS])
         if len(prompt) > MAX_PROMPT_CHARS:
-            text = text[:MAX_PROMPT_CHARS].rsplit(None, 1)[0]
+            cut = text[:MAX_PROMPT_CHARS].rsplit(None, 1)
+            text = cut[0] if len(cut) == 2 else text[:MAX_PROMPT_CHARS]
         if self._still_personal is not None and self._still_personal(text):
             return None
         now = datetime.now(UTC)

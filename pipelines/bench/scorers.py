@@ -292,7 +292,9 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     every = [float(m.group(1)) for m in re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text)]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
     label = r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*"
-    if re.search(label + r"[-\u2212]\s*\d", text):  # "Rating: -1 (scale 1-10)": its rating is signed, none
+    # "Rating: -1 (scale 1-10)": the first label's rating is signed, so none ("Rating:\n- 8", a list, is 8)
+    first = re.search(r"\b(?i:rating|score|grade)\**[ \t]*(?:[:=]|is\b)[ \t]*\**[ \t]*([-\u2212]\d)?", text)
+    if first and first.group(1):
         raise ScoreError(f"the judge gave a negative rating: {text[:80]!r}")
     opening = re.match(r"[^\w]*" + number, text) or re.search(
         label + number, text

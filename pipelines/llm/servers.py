@@ -221,8 +221,10 @@ def status(entry: ModelEntry, settings: Settings) -> ServerStatus:
     return ServerStatus(entry.name, "starting", port, pid, "process alive, not answering yet")
 
 
+# secrets by name, URLs (which may carry a password) and the workbench's own settings; llama.cpp's own
+# variables stay (LLAMA_ARG_API_KEY guards its port)
 _SECRET_NAME = re.compile(
-    r"(^|_)(KEYS?|SECRETS?|PASSWORDS?|TOKENS?|CREDENTIALS?)(_|$)|^SM_REGISTRY_URL$", re.I
+    r"PASSWORD|PASSWD|PWD$|SECRET|APIKEY|(^|_)(KEYS?|TOKENS?|CREDENTIALS?|HEADERS)(_|$)|_URL$|^SM_", re.I
 )
 
 
@@ -235,7 +237,7 @@ def server_env(settings: Settings) -> dict[str, str]:
     nearly the default's with one (figures: README, benchmarks/local_servers.py). "default" leaves OpenMP's
     own. A policy or spin count in the environment is kept. Secrets (provider keys, the workbench's own)
     are left out: a model server has no use for them."""
-    env = {k: v for k, v in os.environ.items() if not _SECRET_NAME.search(k)}
+    env = {k: v for k, v in os.environ.items() if k.startswith("LLAMA_") or not _SECRET_NAME.search(k)}
     policy = settings.local_omp_wait_policy
     if policy == "auto":
         policy = "short" if settings.local_threads >= (os.cpu_count() or 1) else "default"
