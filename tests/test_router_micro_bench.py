@@ -107,16 +107,21 @@ def test_gap_recovered_is_nan_when_the_oracle_is_on_the_single_models_hull(table
     assert np.isnan(summary(pred, same)["gap_recovered"])
 
 
-def test_the_gate_also_reports_the_single_model_of_highest_utility():
-    """At lambda 100 the strongest model's utility is far below the cheap one's: beating it by 5% passed the
-    gate while no operating point came near the cheap model; the comparison with that model is reported."""
-    scores = {"cheap": [1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "strong": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]}
+def two_models(scores: dict[str, list[int]]) -> pd.DataFrame:
+    """An outcome table of a cheap model (0.001 USD a prompt) and a strong one (0.01) with these scores."""
     price = {"cheap": 0.001, "strong": 0.01}
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {"prompt_id": str(i), "model": m, "score": float(s), "cost_usd": price[m]}
         for m, row in scores.items()
         for i, s in enumerate(row)
     )
+
+
+def test_the_gate_also_reports_the_single_model_of_highest_utility():
+    """At lambda 100 the strongest model's utility is far below the cheap one's: beating it by 5% passed the
+    gate while no operating point came near the cheap model; the comparison with that model is reported."""
+    scores = {"cheap": [1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "strong": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]}
+    table = two_models(scores)
     pred = table.rename(columns={"score": "predicted_score", "cost_usd": "predicted_cost_usd"})
     gate = utility_gate(pred, table, lambda_cost=100.0)
     assert gate["best_single"] == "strong" and gate["passed"] and gate["utility_gain"] > 5
@@ -135,12 +140,7 @@ def test_the_gate_judges_the_operating_point_the_predictions_choose_not_the_best
     seeing the outcomes. The router's predictions put its point at lambda_cost (all cheap, which fails on
     two prompts); the point at lambda 0 happens to be the oracle's. Only the former is gated on."""
     scores = {"cheap": [1] * 8 + [0, 0], "strong": [1] * 10}
-    price = {"cheap": 0.001, "strong": 0.01}
-    table = pd.DataFrame(
-        {"prompt_id": str(i), "model": m, "score": float(s), "cost_usd": price[m]}
-        for m, row in scores.items()
-        for i, s in enumerate(row)
-    )
+    table = two_models(scores)
     guess = {"cheap": [0.95] * 8 + [0.88, 0.88], "strong": [0.9] * 10}
     pred = table.assign(
         predicted_score=[g for m in scores for g in guess[m]], predicted_cost_usd=table["cost_usd"]
@@ -157,12 +157,7 @@ def test_a_missing_prediction_does_not_sink_the_gates_operating_point():
     means: one prompt without a prediction put every point's predicted cost near 1e8, none under the cap,
     and the gate failed with NaN; a base model without predicted costs made the cap NaN."""
     scores = {"cheap": [1] * 8 + [0, 0], "strong": [1] * 10}
-    price = {"cheap": 0.001, "strong": 0.01}
-    table = pd.DataFrame(
-        {"prompt_id": str(i), "model": m, "score": float(s), "cost_usd": price[m]}
-        for m, row in scores.items()
-        for i, s in enumerate(row)
-    )
+    table = two_models(scores)
     pred = table.rename(columns={"score": "predicted_score", "cost_usd": "predicted_cost_usd"})
     whole = utility_gate(pred, table, lambda_cost=10.0)
     assert whole["passed"] and np.isfinite(whole["utility_gain"])
