@@ -58,7 +58,7 @@ def predictor_table(prompts, outcomes, emb, names, folds, seeds: int = 1) -> pd.
             s = fold_summaries(pred, outcomes)
             draws.append((s[s.fold != "all"], s[s.fold == "all"].iloc[0]))
         pooled = pd.DataFrame([p for _, p in draws])
-        gaps = pooled["gap_recovered"].astype(float)
+        gaps, ratios = pooled["gap_recovered"].astype(float), pooled["cost_ratio_to_match_best"].astype(float)
         rows.append(
             {
                 "predictor": name,
@@ -66,10 +66,8 @@ def predictor_table(prompts, outcomes, emb, names, folds, seeds: int = 1) -> pd.
                 **({"gap_seed_min": gaps.min(), "gap_seed_max": gaps.max()} if seeds > 1 else {}),
                 "gap_fold_sd": draws[0][0]["gap_recovered"].std(),
                 # the median draw's (one that never reaches the best model's quality counts as infinite)
-                "cost_ratio_to_match_best": pooled["cost_ratio_to_match_best"]
-                .astype(float)
-                .fillna(np.inf)
-                .median(),
+                "cost_ratio_to_match_best": ratios.fillna(np.inf).median(),
+                **({"draws_reaching_best": int(ratios.notna().sum())} if seeds > 1 else {}),
                 "aiq": pooled["aiq"].astype(float).mean(),
                 "max_quality": pooled["router_max_quality"].astype(float).mean(),
                 "seconds": time.perf_counter() - t0,
