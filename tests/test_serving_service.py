@@ -554,38 +554,38 @@ def _named(memory, name):
 
 
 def test_a_failed_retrieval_leaves_the_question_out_of_its_span_the_log_and_the_server(
-    client, spans, service, offline_env, caplog, monkeypatch
+    client, spans, service, offline_env, caplog, monkeypatch, tmp_path
 ):
     """A retrieval error's message went into the span's status (OpenTelemetry sets it from the exception by
     default) and, with its traceback, into the log: OpenSearch's 400 quotes the query it could not build, and
     with it the question's personal data. Starlette's handler for `Exception` answers, then raises the error
     again, and the server logged it whole ("Exception in ASGI application"); BentoML logged a typed method's
-    failure whole too. The engine's refusal is played by a retriever that raises as OpenSearch does."""
+    failure whole too. The service, its router and a real index run; only the keyword engine's answer is
+    OpenSearch's refusal (opensearch-py's own error), which no engine here gives."""
     import logging
 
-    import pipelines.rag.retrieve as retrieve
+    from opensearchpy.exceptions import RequestError
 
-    class Refusing:
-        chunks, dense = pd.DataFrame({"chunk_id": ["a#0000"]}), None
+    from pipelines.index.keyword import TantivyIndex
 
-        def search(self, question, mode="hybrid", k=4):
-            raise RuntimeError(f"failed to create query: {question}")
+    def refusing(self, query, k=100):
+        raise RequestError(400, "search_phase_execution_exception", f"failed to create query: {query}")
 
-        def close(self) -> None:
-            pass
-
-    monkeypatch.setattr(retrieve, "open_retriever", lambda *a, **kw: Refusing())
     service.close()  # a service of its own, whose errors reach the test as they would the server
     for k, v in offline_env.items():
         monkeypatch.setenv(k, v)
+    _serve_a_tiny_index(tmp_path, monkeypatch)
+    monkeypatch.setenv("SM_ROUTER_DIR", offline_env["SM_ROUTER_DIR"])
+    monkeypatch.setattr(TantivyIndex, "search", refusing)
+    key = {"Authorization": f"Bearer {KEYS[0]}"}
     with caplog.at_level(logging.ERROR), TestClient(_asgi_app(), raise_server_exceptions=True) as c:
-        answers = [c.post(path, json={"question": PII_PROMPT}, headers=AUTH) for path in ("/v1/rag", "/rag")]
+        answers = [c.post(path, json={"question": PII_PROMPT}, headers=key) for path in ("/v1/rag", "/rag")]
     for r in answers:
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
         _no_trace(r)
-    assert caplog.text.count("unhandled RuntimeError") == 2 and "jane" not in caplog.text
+    assert caplog.text.count("unhandled RequestError") == 2 and "jane" not in caplog.text
     span = _named(spans, "retrieval")
-    assert span.status.description == "RuntimeError" and "jane" not in json.dumps(span.to_json())
+    assert span.status.description == "RequestError" and "jane" not in json.dumps(span.to_json())
 
 
 def test_spans_record_no_free_text_the_client_sent_outside_the_body(client, spans):
