@@ -34,7 +34,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
-from starlette.routing import Match
 
 from pipelines.bench.prompt_log import PromptLog, PromptLogWriter
 from pipelines.llm.catalog import load_catalog
@@ -58,7 +57,7 @@ from serving.http import (
 )
 from serving.metrics import record_call, record_prompt_log_dropped
 from serving.openapi import json_body
-from serving.paths import PathAsSent
+from serving.paths import UNKNOWN, PathAsSent, path_label
 from serving.paths import install as hide_unknown_paths
 from serving.readiness import Readiness
 from serving.routing import Choice, ModelResolver, RoutingError, prompt_of
@@ -84,7 +83,7 @@ log = logging.getLogger("stratmaster.serving")
 def _untraced(scope: Any) -> bool:
     """FastAPI's HTTP span records the path and query string as sent: not for a request with a query (no
     endpoint takes one) or to a path that is no endpoint's (a 404's path is free text from the client)."""
-    return bool(scope.get("query_string")) or all(r.matches(scope)[0] is Match.NONE for r in api.routes)
+    return bool(scope.get("query_string")) or path_label(api.routes, scope) == UNKNOWN
 
 
 # FastAPI's own telemetry keeps its HTTP server span; its per-operation spans (fastapi.dependencies,

@@ -291,14 +291,12 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     # a scale's top ("/10", "out of 10") is no rating: "-3/10", its rating signed, is none, not 10
     every = [float(m.group(1)) for m in re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text)]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
-    label = r"\b(?i:rating|score|grade)\**\s*(?:[:=]|is\b)\s*\**\s*"
+    label = r"\b(?i:rating|score|grade)\**{0}*(?:[:=]|is\b){0}*\**{0}*"  # "Rating: 4", "my score is 7"
     # "Rating: -1 (scale 1-10)": the first label's rating is signed, so none ("Rating:\n- 8", a list, is 8)
-    first = re.search(r"\b(?i:rating|score|grade)\**[ \t]*(?:[:=]|is\b)[ \t]*\**[ \t]*([-\u2212]\d)?", text)
+    first = re.search(label.format(r"[ \t]") + r"([-\u2212]\d)?", text)
     if first and first.group(1):
         raise ScoreError(f"the judge gave a negative rating: {text[:80]!r}")
-    opening = re.match(r"[^\w]*" + number, text) or re.search(
-        label + number, text
-    )  # "Rating: 4"; not a scale
+    opening = re.match(r"[^\w]*" + number, text) or re.search(label.format(r"\s") + number, text)
     scaled = re.compile(number + r"\**\s*(?:/|out of)\s*(\d{1,3})(?![\d.]?\d)")
     if opening:  # the opening or labelled number, where a scale follows it
         other = scaled.match(text, opening.start(1))
