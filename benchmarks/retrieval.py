@@ -84,13 +84,15 @@ def embedding_speed(settings: Settings, index_dir: Path, n: int) -> None:
 
 def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict, qrels: dict, qids: list,
                 folds: int, epochs: int, lr: float, modes: tuple[str, ...],
-                negatives: int = 0, precision: str = "int8") -> dict[str, float]:  # fmt: skip
+                negatives: int = 0, precision: str = "int8",
+                base_runs: dict | None = None) -> dict[str, float]:  # fmt: skip
     """K-fold over the queries: fine-tune MiniLM on the other folds' queries (with a BM25 hard negative per
     pair drawn from the top `negatives` when > 0), index the corpus with it run in `precision` (int8 |
     float), score this fold's queries;
     nDCG@10 of the pooled out-of-fold runs (every query scored by a model that saw neither it nor a query
     sharing a relevant document with it: `query_folds`). Models and
-    their collections stay under index_dir and are reused."""
+    their collections stay under index_dir and are reused. Each fold's figures are printed as it ends,
+    beside the stock model's on the same queries where `base_runs` (mode -> run) holds them."""
     from pipelines.corpus.ingest import load_chunks
     from pipelines.index.finetune import (
         MANIFEST,
@@ -125,7 +127,13 @@ def finetune_cv(settings: Settings, corpus: Path, index_dir: Path, queries: dict
                 runs[mode].update(run_queries(r, queries, test, mode)[0])
         finally:
             r.close()
-        print(f"fold {f + 1}/{folds}: {len(test)} queries scored", flush=True)
+        figures, truth = [], {q: qrels[q] for q in test}
+        for mode, run in runs.items():
+            tuned = ndcg_at_10({q: run[q] for q in test}, truth)
+            stock = (base_runs or {}).get(mode)
+            was = f"{ndcg_at_10({q: stock[q] for q in test}, truth):.4f} -> " if stock else ""
+            figures.append(f"{mode} {was}{tuned:.4f}")
+        print(f"fold {f + 1}/{folds}: {len(test)} queries, nDCG@10 {'; '.join(figures)}", flush=True)
     return {mode: round(ndcg_at_10(run, {q: qrels[q] for q in run}), 4) for mode, run in runs.items()}
 
 
@@ -168,12 +176,13 @@ def main() -> None:
     queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
     qids = [q for q in qrels if q in queries]
     r = open_retriever(settings, index_dir, LocalStore(index_dir / "store"), modes=modes)
-    rows = []
+    rows, base_runs = [], {}
     try:
         if args.tune:
             print(json.dumps(tune(r, queries, qids, qrels), indent=1))
         for mode in modes:
             run, lat = run_queries(r, queries, qids, mode)
+            base_runs[mode] = run
             rows.append({"retriever": mode, **score_run(run, qrels, lat)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -192,7 +201,7 @@ def main() -> None:
         base = {row["retriever"]: row["ndcg@10"] for row in rows}
         cv = finetune_cv(settings, args.corpus, index_dir, queries, qrels, qids, args.finetune_folds,
                          args.finetune_epochs, args.finetune_lr, modes, args.finetune_negatives,
-                         args.finetune_precision)  # fmt: skip
+                         args.finetune_precision, base_runs)  # fmt: skip
         print(f"\nMiniLM fine-tuned on the other folds' queries ({args.finetune_folds}-fold CV, "
               f"{args.finetune_epochs} epochs, lr {args.finetune_lr:g}, hard negatives from BM25's top "
               f"{args.finetune_negatives}, run in {args.finetune_precision}); nDCG@10, "

@@ -187,9 +187,10 @@ def test_graded_scores_are_learned_as_expected_scores_not_rounded(name):
     assert np.allclose(p.mean.mean(0), [0.45, 0.55], atol=0.04), p.mean.mean(0)
 
 
-def test_the_budget_policys_out_of_fold_predictions_keep_a_question_asked_twice_together(monkeypatch):
+def test_the_budget_policys_out_of_fold_predictions_hold_out_questions_and_the_task_classifier(monkeypatch):
     """The budget policy is calibrated on out-of-fold predictions whose folds were drawn per row: a
-    question asked twice had one copy trained on while the other was predicted."""
+    question asked twice had one copy trained on while the other was predicted; and the held-out rows'
+    task probabilities came from the classifier fitted on every row, them included."""
     from types import SimpleNamespace
 
     from router_models.router import train
@@ -197,20 +198,26 @@ def test_the_budget_policys_out_of_fold_predictions_keep_a_question_asked_twice_
     from router_models.router.features import TaskClassifier, embed_prompts, make_features
 
     texts = [f"Question {i // 2} about rivers" for i in range(40)]  # 20 questions, each asked twice
+    labels = [f"row{i}" for i in range(40)]  # a task label per row, so the tasks a fold sees name its rows
     emb = embed_prompts(texts, "static")
-    x, _ = make_features(texts, emb, TaskClassifier.fit(emb, ["qa", "math"] * 20))
+    x, _ = make_features(texts, emb, TaskClassifier.fit(emb, labels))
     trained_on: list[set] = []
+    predicted_with: list[set] = []
 
     class Recorder:
         def fit(self, x, y, models, tasks):
-            trained_on.append(set(tasks.tolist()))
+            trained_on.append({int(x.task_names[t][3:]) for t in tasks})
             return self
 
         def predict(self, x):
+            predicted_with.append(set(x.task_names))
             return SimpleNamespace(mean=np.zeros((len(x), 2)))
 
     monkeypatch.setattr(train, "get_predictor", lambda name, **kw: Recorder())
     groups = question_groups(pd.DataFrame({"prompt": texts}))
-    train.oof_predictions("any", x, np.zeros((40, 2)), ["m0", "m1"], np.arange(40), groups=groups)
+    train.oof_predictions("any", x, np.zeros((40, 2)), ["m0", "m1"], labels, groups=groups)
     assert len(trained_on) == 3
+    # the held-out rows' task probabilities come from a classifier fitted on the training rows only
+    for rows, names in zip(trained_on, predicted_with, strict=True):
+        assert names == {f"row{i}" for i in rows}
     assert all((2 * q in rows) == (2 * q + 1 in rows) for rows in trained_on for q in range(20))

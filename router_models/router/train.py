@@ -81,22 +81,30 @@ def oof_predictions(
     x: Features,
     y: np.ndarray,
     models: list[str],
-    tasks: np.ndarray,
+    labels: list[str],
     folds: int = 3,
     params: dict[str, Any] | None = None,
     seed: int = 0,
     groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Out-of-fold predicted means, for calibrating the budget policy without in-sample optimism; rows of
-    one group (`crossval.question_groups`: a question asked twice) share a fold."""
+    """Out-of-fold predicted means, for calibrating the budget policy without in-sample optimism: the task
+    classifier is refitted on each training fold too, so a held-out prompt's task probabilities come from
+    one that never saw it; rows of one group (`crossval.question_groups`: a question asked twice) share a
+    fold."""
     from router_models.router.crossval import fold_ids  # crossval imports this module
 
     fold = fold_ids(len(x), folds, seed, groups)
     out = np.zeros_like(y, dtype=np.float64)
     for f in range(folds):
         tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
-        p = get_predictor(predictor, **(params or {})).fit(x.take(tr), y[tr], models, tasks[tr])
-        out[te] = p.predict(x.take(te)).mean
+        clf = TaskClassifier.fit(x.emb[tr], [labels[i] for i in tr])
+
+        def part(idx: np.ndarray, clf: TaskClassifier = clf) -> Features:
+            return Features(x.emb[idx], clf.predict_proba(x.emb[idx]), x.log_tokens[idx], list(clf.classes))
+
+        tasks = np.array([clf.classes.index(labels[i]) for i in tr])
+        p = get_predictor(predictor, **(params or {})).fit(part(tr), y[tr], models, tasks)
+        out[te] = p.predict(part(te)).mean
     return out
 
 
@@ -136,7 +144,7 @@ def train_router(
         from router_models.router.crossval import question_groups
 
         oof = oof_predictions(
-            predictor, x, y, models, tasks, params=predictor_params, groups=question_groups(prompts)
+            predictor, x, y, models, labels, params=predictor_params, groups=question_groups(prompts)
         )
     else:
         oof = None
