@@ -12,7 +12,7 @@ from pipelines.memo import fingerprint
 from router_models.utility.pipeline import evidence_outcomes, fit_posterior, register_posterior
 from router_models.utility.priors import leaderboard_priors as build_priors
 
-CHECKS = ["r_hat", "ess_bulk", "divergences", "calibration"]
+CHECKS = ["r_hat", "ess_bulk", "divergences", "calibration", "prior_predictive"]
 
 
 @dg.asset(group_name="utility", kinds={"csv"})

@@ -135,13 +135,17 @@ def _figures(console: Console, settings: Settings) -> int:
             )
     util = _json(run / "utility" / "summary.json")
     if util:
-        d = util["diagnostics"]
+        d = {k: float("nan") if v is None else v for k, v in util["diagnostics"].items()}  # NaN is null
         rows = sorted(util["rows"], key=lambda r: -(r["utility_mean"] or -1e9))[:5]
         console.print(
             f"[bold]Utility posterior[/]: {len(util['rows'])} task x model cells, "
             f"r_hat max {d['r_hat_max']:.3f}, "
             f"ESS min {d['ess_bulk_min']:.0f}, divergences {d['divergences']}, fit {d['fit_seconds']:.0f}s"
         )
+        failed = [name for name, ok in util.get("checks", {}).items() if not ok]
+        if failed:
+            console.print(f"   [red]the fit failed {', '.join(failed)}: not registered (the router and the "
+                          "service keep the registry's current fit)[/]")  # fmt: skip
         for r in rows:
             console.print(f"   {r['task']:<14} {r['model']:<36} quality {r['quality_mean']:.3f} "
                           f"utility {r['utility_mean']:.3f}")  # fmt: skip

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -103,3 +104,29 @@ def test_gateway_chat_exits_1_for_an_outage_and_2_for_a_bad_request(tmp_path: Pa
     for args in (["no-such-model", "hello"], ["smollm2-135m", "hello", "--max-tokens", "0"]):
         res = CliRunner().invoke(app, ["gateway", "chat", *args], env=env)
         assert res.exit_code == 2, (args, res.output)
+
+
+def test_the_demo_summary_says_that_the_utility_fit_it_shows_failed(tmp_path: Path):
+    """The asset writes a failed fit's summary.json where the last good fit's was (it is not registered);
+    the demo printed its utilities with nothing to say it failed, and an r-hat of NaN (null) crashed it."""
+    from pipelines.demo import _figures
+    from pipelines.settings import Settings
+
+    run = tmp_path / "run"
+    (run / "utility").mkdir(parents=True)
+    row = {"task": "qa", "model": "m", "quality_mean": 0.5, "utility_mean": 0.4}
+    diagnostics = {"r_hat_max": None, "ess_bulk_min": 812.0, "divergences": 0, "fit_seconds": 3.0}
+    checks = {"r_hat": False, "ess_bulk": True, "divergences": True, "calibration": True}
+    doc = {"rows": [row], "diagnostics": diagnostics, "checks": checks}
+    (run / "utility" / "summary.json").write_text(json.dumps(doc))
+    console = Console(record=True, width=300)
+    assert _figures(console, Settings(run_dir=run)) == 1
+    said = " ".join(console.export_text().split())
+    assert "r_hat max nan" in said and "the fit failed r_hat: not registered" in said
+    doc["diagnostics"]["r_hat_max"] = 1.002
+    doc["checks"] = {k: True for k in checks}
+    (run / "utility" / "summary.json").write_text(json.dumps(doc))
+    console = Console(record=True, width=300)
+    _figures(console, Settings(run_dir=run))
+    said = " ".join(console.export_text().split())
+    assert "the fit failed" not in said and "r_hat max 1.002" in said

@@ -57,8 +57,9 @@ def test_cli_fit_writes_netcdf_and_the_summary_shape(routerbench_slice, shared_d
     out = tmp_path / "fit.failed"
     assert f"summary_json: {out / 'summary.json'}" in res.output
     doc = json.loads((out / "summary.json").read_text())
-    assert set(doc) == {"rows", "diagnostics"}
+    assert set(doc) == {"rows", "diagnostics", "checks"}
     assert set(doc["diagnostics"]) == set(DIAGNOSTIC_KEYS)
+    assert doc["checks"]["ess_bulk"] is False and doc["checks"]["prior_predictive"] is True  # says it failed
     assert len(doc["rows"]) == 3 * 11 and all(list(r) == SUMMARY_ROW_KEYS for r in doc["rows"])
     gpt4 = [r for r in doc["rows"] if r["model"] == "gpt-4-1106-preview"]
     assert all(r["quality_p05"] <= r["quality_mean"] <= r["quality_p95"] for r in gpt4)
@@ -122,6 +123,9 @@ def test_a_rerun_on_the_same_data_reads_the_fit_and_a_change_refits(routerbench_
     assert (tmp_path / "fit" / "utility_posterior.nc").stat().st_mtime_ns == stamp  # not written again
     pd.testing.assert_frame_equal(again.summary, first.summary)
     assert again.fit.diagnostics == first.fit.diagnostics
+    # the prior predictive check is one of the checks; a reused fit keeps its report, not only "reused"
+    assert again.checks == first.checks and "prior_predictive" in again.checks
+    assert {k: v for k, v in again.fit.prior_check.items() if k != "reused"} == first.fit.prior_check
     assert register_posterior(again, url, allow_failed=True) == first_id  # the same fit stays current
     reseeded = FitConfig(**{**cfg.__dict__, "seed": 7})
     changed = fit_posterior(table, priors, tmp_path / "fit", reseeded, 1.0, 0.0, reuse=True)
@@ -307,7 +311,7 @@ def test_a_fit_that_passes_its_checks_replaces_the_previous_one(routerbench_slic
     assert res.exit_code == 0, res.output
     names = {"utility_posterior.nc", "summary.json", "quality_forest.png", "calibration.png", "plots.json"}
     assert {f.name for f in out.iterdir()} == names | {"notes.txt"}  # plots.json: the fit the plots show
-    assert set(json.loads((out / "summary.json").read_text())) == {"rows", "diagnostics"}
+    assert set(json.loads((out / "summary.json").read_text())) == {"rows", "diagnostics", "checks"}
     assert sorted(f.name for f in tmp_path.iterdir()) == ["fit", "fit.failed"]
     assert (out / "notes.txt").read_text() == "mine"
     for name in names:  # readable by others, as a plain write leaves them (mkdtemp's folder is owner-only)

@@ -233,3 +233,21 @@ def test_the_automatic_form_fits_a_few_well_measured_cells_without_divergences()
     df, _ = simulate_outcomes([f"t{i}" for i in range(3)], [f"m{i}" for i in range(4)], 200, seed=1)
     fit = fit_utility(cell_data(df), None, FitConfig(draws=300, tune=500))
     assert fit.diagnostics["divergences"] == 0
+
+
+def test_a_parameter_whose_chains_never_moved_fails_the_r_hat_check():
+    """r_hat max and ESS min left NaN out (np.nanmax): an element frozen in every chain, whose r_hat is
+    NaN, passed as converged."""
+    import arviz as az
+
+    from router_models.utility.model import diagnostics
+    from router_models.utility.pipeline import convergence_checks
+
+    draws = np.random.default_rng(0).normal(size=(4, 500, 3))
+    draws[:, :, 1] = 0.25  # stuck where it started, in every chain
+    stats = {"diverging": np.zeros((4, 500), bool)}
+    d = diagnostics(az.from_dict(posterior={"a": draws}, sample_stats=stats), ["a"])
+    assert np.isnan(d["r_hat_max"]) and not convergence_checks(d)["r_hat"]
+    fresh = np.random.default_rng(1).normal(size=(4, 500, 3))
+    moving = diagnostics(az.from_dict(posterior={"a": fresh}, sample_stats=stats), ["a"])
+    assert convergence_checks(moving)["r_hat"] and convergence_checks(moving)["ess_bulk"]

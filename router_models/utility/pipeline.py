@@ -68,9 +68,15 @@ class PosteriorArtifacts:
 
     @property
     def checks(self) -> dict[str, bool]:
-        """The asset checks' verdicts: r_hat <= 1.01, ESS_bulk >= 400, no divergences, calibration."""
+        """The asset checks' verdicts: r_hat <= 1.01, ESS_bulk >= 400, no divergences, calibration, and the
+        prior predictive check (at least 90% of the 0/1 cells' observed rates inside the prior's 1-99%
+        range: a prior that contradicts the data, such as another leaderboard's figures, fails it)."""
         calibration = calibration_check(self.calibration)
-        return {**convergence_checks(self.fit.diagnostics), "calibration": calibration}
+        return {
+            **convergence_checks(self.fit.diagnostics),
+            "calibration": calibration,
+            "prior_predictive": prior_predictive_passed(self.fit.prior_check),
+        }
 
     @property
     def failed_checks(self) -> list[str]:
@@ -81,6 +87,15 @@ def calibration_check(calibration: pd.DataFrame) -> bool:
     """90% intervals: with k cells, a calibrated share down to 0.9 - 3 binomial sd passes."""
     share = float(calibration["calibrated"].mean()) if len(calibration) else float("nan")
     return share >= 0.9 - 3 * math.sqrt(0.09 / max(len(calibration), 1))
+
+
+def prior_predictive_passed(report: dict) -> bool:
+    """At least 90% of the 0/1 cells inside the prior predictive's 1-99% range; no such cells: passed (the
+    graded cells have no prior predictive, the check has nothing to read)."""
+    if not report.get("cells"):
+        return True
+    share = report.get("observed_inside_prior_98")
+    return share is not None and share >= 0.9
 
 
 def convergence_checks(d: dict) -> dict[str, bool]:
@@ -99,10 +114,14 @@ def _json_value(v):
     return v.item() if hasattr(v, "item") else v
 
 
-def summary_json(summary: pd.DataFrame, diagnostics: dict) -> dict:
-    """The `summary.json` document: {"rows": [...], "diagnostics": {...}} with exactly the contract's keys."""
+def summary_json(summary: pd.DataFrame, diagnostics: dict, checks: dict[str, bool] | None = None) -> dict:
+    """The `summary.json` document: {"rows": [...], "diagnostics": {...}} with exactly the contract's keys,
+    and the fit's check verdicts under "checks" (a failed fit's summary says it failed)."""
     rows = [{k: _json_value(r[k]) for k in SUMMARY_ROW_KEYS} for r in summary.to_dict("records")]
-    return {"rows": rows, "diagnostics": {k: _json_value(diagnostics[k]) for k in DIAGNOSTIC_KEYS}}
+    doc = {"rows": rows, "diagnostics": {k: _json_value(diagnostics[k]) for k in DIAGNOSTIC_KEYS}}
+    if checks is not None:
+        doc["checks"] = {k: bool(v) for k, v in checks.items()}
+    return doc
 
 
 def reusable_fit(
@@ -117,9 +136,10 @@ def reusable_fit(
     try:
         idata = load_posterior(path, expected)
         diag = json.loads(idata.posterior.attrs["stratmaster_diagnostics"])
+        prior_check = json.loads(idata.posterior.attrs["stratmaster_prior_check"])
     except (OSError, ValueError, KeyError):  # another fit, an unreadable or older file: fit again
         return None
-    return UtilityFit(idata, data, ap, config, diag, {"reused": str(path)})
+    return UtilityFit(idata, data, ap, config, diag, {**prior_check, "reused": str(path)})
 
 
 def _drawn_from(record: Path) -> str | None:
@@ -170,7 +190,7 @@ def fit_posterior(
     art = PosteriorArtifacts(fit, summary, calib, notes=notes, lambdas=(lambda_cost, lambda_latency))
     art.paths["netcdf"] = out_dir / NETCDF_NAME if reused else save_posterior(fit, out_dir / NETCDF_NAME)
     art.paths["summary_json"] = out_dir / "summary.json"
-    doc = summary_json(summary, fit.diagnostics)
+    doc = summary_json(summary, fit.diagnostics, art.checks)
     write_atomic(art.paths["summary_json"], json.dumps(doc, indent=1).encode())
     forest, calibration = out_dir / "quality_forest.png", out_dir / "calibration.png"
     # a reused fit's plots stand if they were drawn from it: a refit stopped after its plots (or after its

@@ -22,8 +22,9 @@ def calibration_table(idata, data: CellData, interval: float = 0.9, seed: int = 
 
     A cell replicates k ~ Binomial(n, q), its mean k / n: for graded scores (the fractional-Bernoulli
     likelihood) the widest spread a mean of n scores in [0, 1] with mean q can have.
-    `calibrated` is True where the observed rate lies inside the interval; over cells the share of
-    calibrated ones should be near `interval`."""
+    `calibrated` is True where the observed rate lies inside the interval. In sample (the fit saw each
+    cell), so a calibrated fit puts nearly every cell inside: a miss is a cell the pooling or the prior
+    pulls away from its own data; intervals too narrow for new prompts would need held-out prompts."""
     rng = np.random.default_rng(seed)
     q = _quality(idata.posterior)
     idx = rng.choice(q.shape[0], size=min(max_draws, q.shape[0]), replace=False)

@@ -128,6 +128,7 @@ def save_posterior(fit, path: str | Path) -> Path:
         "stratmaster_data_hash": fit.data.data_hash,
         "stratmaster_config": json.dumps(fit.config.__dict__, sort_keys=True, default=str),
         "stratmaster_diagnostics": json.dumps(fit.diagnostics, default=float),
+        "stratmaster_prior_check": json.dumps(fit.prior_check, default=float),
     }
     for group in fit.idata.groups():
         fit.idata[group].attrs.update(attrs)
