@@ -140,7 +140,11 @@ def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_
      ("Rating: -3/10", None), ("Score: -2 out of 10", None), ("-8/10", None), ("Rating: -3 / 10", None),
      ("Rating: -1 (scale 1-10)", None), ("My score is \u22122, on 1 to 10", None),
      ("Rating: 7 (scale 1-10)", 6 / 9), ("Rating:\n- 8/10", 7 / 9), ("Score:\n\n- 7", 6 / 9),
-     ("**Rating:** - 8", 7 / 9), ("Rating: 8; I'd never give a Rating: -1", 7 / 9)],
+     ("**Rating:** - 8", 7 / 9), ("Rating: 8; I'd never give a Rating: -1", 7 / 9),
+     # a number that is no rating; the scale before the rating; a rating verb before it
+     ("The user asked for 5 items", None), ("It contains 3 errors", None),
+     ("Step 1: check. Step 2: ok", None),
+     ("(1-10) 8", 7 / 9), ("1-10: 6", 5 / 9), ("1 to 10: 9", 8 / 9), ("I'd rate it 7 because", 6 / 9)],
 )  # fmt: skip
 def test_judge_ratings_are_parsed_from_free_text(text, score):
     if score is None:
@@ -168,8 +172,8 @@ def test_a_local_judge_rates_logged_prompts_through_the_gateway(gateway, tmp_pat
                        scorer=JudgeScorer(gateway, "gemma3-270m"), progress=False)  # fmt: skip
     df = collect_outcomes(tmp_path / "out", with_response=True)
     assert report.cells_run == 2 and len(df) == 2
-    for r in df.itertuples():  # a rating in [0, 1], or a row marked because the judge gave none
-        assert (0.0 <= r.score <= 1.0 and pd.isna(r.error)) or str(r.error).startswith("scorer: ")
+    for r in df.itertuples():  # a rating in [0, 1], or a failed call where the judge gave none (asked again)
+        assert (0.0 <= r.score <= 1.0 and pd.isna(r.error)) or str(r.error).startswith("judge: ")
 
 
 def test_a_judge_that_cannot_answer_leaves_the_row_to_the_next_run(gateway, tmp_path, redact, monkeypatch):
@@ -226,3 +230,17 @@ def test_a_long_prompt_of_blanks_is_logged_cut(tmp_path, redact):
 
     rec = PromptLog(tmp_path / "log", redact).append(" " * (MAX_PROMPT_CHARS + 5) + "end")
     assert rec is not None and len(rec["prompt"]) <= MAX_PROMPT_CHARS
+
+
+def test_a_judge_reply_without_a_rating_leaves_the_row_to_the_next_run(monkeypatch):
+    """A reply with no rating in it was a scorer's error: the cell counted as done, never asked again, and
+    the row left the accuracy and the error rate without a word."""
+    from pipelines.bench import scorers
+    from pipelines.bench.scorers import JudgeUnavailable
+
+    monkeypatch.setattr(scorers, "judge_text", lambda *a, **k: "It contains 3 errors")
+    judge = JudgeScorer(gateway=None, judge="a-judge")
+    with pytest.raises(JudgeUnavailable, match="a-judge gave no rating"):
+        judge({"task": "chat", "prompt": "Name three rivers.", "reference": None, "tests": None}, "Nile")
+    monkeypatch.setattr(scorers, "judge_text", lambda *a, **k: "7/10")
+    assert judge({"task": "chat", "prompt": "Name three rivers.", "reference": None}, "Nile") == 6 / 9

@@ -315,3 +315,44 @@ def test_a_comma_between_digits_joins_them_only_as_a_thousands_separator():
     assert (
         exact_match("1990\u20132000", "1990-2000") == 1.0 and exact_match("1990\u20132000", "19902000") == 0.0
     )
+
+
+def test_code_llamas_python_tags_fence_its_code():
+    """Unfenced, the longest run of lines that parsed was kept, and "[PYTHON]" and "[TESTS]" parse as
+    Python lists: Code Llama's [TESTS] block of asserts ran without its function (NameError)."""
+    out = (
+        "[PYTHON]\ndef remove_elements(a, b):\n    return [x for x in a if x not in b]\n[/PYTHON]\n"
+        "[TESTS]\n# Test case 1:\nassert remove_elements([], []) == []\n"
+        "# Test case 2:\nassert remove_elements([1, 2, 3], [2]) == [1, 3]\n[/TESTS]\n"
+    )
+    tests = ["assert remove_elements([1, 2, 3], [2]) == [1, 3]"]
+    assert score_code(out, tests) == 1.0
+    assert score_code(out.replace("not in b", "in b"), tests) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "options"),
+    [("10", {"A": "1", "B": "5", "C": "28", "D": "7"}), ("70", {"A": "1", "B": "5", "C": "28", "D": "7"}),
+     ("soil", {"A": "oil", "B": "water", "C": "sand", "D": "ice"}),
+     ("nice try", {"A": "oil", "B": "water", "C": "sand", "D": "ice"})],
+)  # fmt: skip
+def test_an_options_text_inside_another_word_is_not_that_option(text, options):
+    """The option's text was found anywhere: "10" stated option "1", "soil" stated "oil"."""
+    assert extract_choice(text, "ABCD", options) is None
+    assert extract_choice(f"It is {options['C']}.", "ABCD", options) == "C"
+
+
+def test_a_fraction_a_time_or_a_negative_amount_keeps_its_digits_apart():
+    """ "/" and ":" went as punctuation: "1/2" matched "12" and "3:30" "330"; "-$5" lost its sign."""
+    for pred, ref in (("1/2", "12"), ("3:30", "330"), ("-$5", "5")):
+        assert exact_match(pred, ref) == 0.0, (pred, ref)
+    assert exact_match("1/2", "1/2") == exact_match("3:30 pm", "3:30 PM") == exact_match("-$5", "-5") == 1.0
+
+
+@pytest.mark.parametrize(
+    "text", ["(B) and (C) are incorrect. D", "B, C are wrong. D is right", "B and C are wrong, so D"]
+)
+def test_the_letter_left_when_a_pair_is_ruled_out_is_the_choice(text):
+    """A pair ruled out only stopped the two letters counting as offered together: the answer's opening
+    letter (B) was still its choice, or no letter was."""
+    assert extract_choice(text, "ABCD") == "D"

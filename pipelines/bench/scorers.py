@@ -91,12 +91,15 @@ def extract_choice(
         before = _NEGATED.search(t, max(0, start - NEGATION_REACH), start) is not None
         return before and not re.match(r"[ )\]]*\?", t[end : end + 8])  # a bounded look: no copy of the rest
 
-    def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6: "A is wrong", "not A"
-        return _RULED_OUT.match(t, m.end()) is not None or negated(m.start(), m.end())
+    def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6: "A is wrong", "not A", "B and C are wrong"
+        pair = joined.match(t, m.start())
+        return (_RULED_OUT.match(t, m.end()) is not None or negated(m.start(), m.end())
+                or (pair is not None and _RULED_OUT.match(t, pair.end()) is not None))  # fmt: skip
 
     def stated(text: str) -> bool:  # step 5: an option's text, somewhere not rejected ("Not Kyle")
-        low = t.lower()
-        return any(not negated(i.start(), i.end()) for i in re.finditer(re.escape(text), low))
+        low = t.lower()  # whole words: "soil" does not state "oil", nor "10" the option "1"
+        found = re.finditer(r"(?<!\w)" + re.escape(text) + r"(?!\w)", low)
+        return any(not negated(i.start(), i.end()) for i in found)
 
     # 1. the whole answer is a letter: "B", "(b)", "B.", "B)"
     if re.fullmatch(rf"[\(\[]?{let}[\)\]]?[.:,]?", t):
@@ -154,8 +157,10 @@ def normalize_answer(s: str) -> str:
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)
     s = re.sub(r"(?<=\d),(?=\d)", " ", s)  # a list "2,3" or a decimal comma "3,14" is not 23 or 314
     s = re.sub(r"(?<=\d)\.(?=\d)", "\x00", s)
+    s = re.sub(r"(?<![\w.])-\s?[$\u20ac\u00a3\u00a5](?=\d)", "-", s)  # "-$5" is -5, not 5
     s = re.sub(r"(?<![\w.])-(?=\d)", "\x01", s)
     s = re.sub(r"(?<=\d)-(?=\d)", " ", s)  # a range "3-5" is not the number 35
+    s = re.sub(r"(?<=\d)[/:](?=\d)", " ", s)  # a fraction "1/2" or a time "3:30" is not 12 or 330
     s = "".join(ch for ch in s if ch not in _PUNCT and not unicodedata.category(ch).startswith("P"))
     s = s.replace("\x00", ".").replace("\x01", "-")
     s = re.sub(r"\b(a|an|the)\b", " ", s)
@@ -234,6 +239,9 @@ def extract_code(output: str) -> str:
     block that does not parse is run as written where it defines something (dropping its bad lines passed
     code that cannot run), and left out where it does not (an example, `square(3) -> 9`)."""
     output = output.replace("\r\n", "\n")
+    # Code Llama's own fence: "[PYTHON]" parses as Python (a list), so its [TESTS] block won over the code
+    output = re.sub(r"^[ \t]*\[PYTHON\][ \t]*\n?", "```python\n", output, flags=re.M)
+    output = re.sub(r"\n?^[ \t]*\[/PYTHON\][ \t]*$", "\n```", output, flags=re.M)
     fenced = [(tag.strip().lower(), textwrap.dedent(code), end) for tag, code, end in _FENCE.findall(output)]
     blocks = [
         (b, end) for tag, b, end in fenced
@@ -289,7 +297,8 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     # a signed number is none: "-3" is not 3, while "1-10" still reads 10
     number = r"(?<![\d.])(?<![^\d][-\u2212])(?<!^[-\u2212])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
     # a scale's top ("/10", "out of 10") is no rating: "-3/10", its rating signed, is none, not 10
-    every = [float(m.group(1)) for m in re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text)]
+    numbers = list(re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text))
+    every = [float(m.group(1)) for m in numbers]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
     label = r"\b(?i:rating|score|grade)\**{0}*(?:[:=]|is\b){0}*\**{0}*"  # "Rating: 4", "my score is 7"
     # "Rating: -1 (scale 1-10)": the first label's rating is signed, so none ("Rating:\n- 8", a list, is 8)
@@ -297,6 +306,8 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     if first and first.group(1):
         raise ScoreError(f"the judge gave a negative rating: {text[:80]!r}")
     opening = re.match(r"[^\w]*" + number, text) or re.search(label.format(r"\s") + number, text)
+    if opening and re.match(rf"\s*(?:[-\u2013]|to)\s*{high}(?![\d.]?\d)", text[opening.end(1) :]):
+        opening = None  # "1-10: 6", "(1 to 10) 8": the scale, not a rating
     scaled = re.compile(number + r"\**\s*(?:/|out of)\s*(\d{1,3})(?![\d.]?\d)")
     if opening:  # the opening or labelled number, where a scale follows it
         other = scaled.match(text, opening.start(1))
@@ -312,12 +323,25 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
         candidates = [float(out_of.group(1))]
     elif opening:  # then the last in range: "0, no: 7" is 7
         candidates = [float(opening.group(1)), *every[::-1]]
-    else:
+    elif numbers and rated(text, numbers[-1]):
         candidates = every[-1:]
+    else:  # "It contains 3 errors", "Step 1: check": a number, not a rating
+        candidates = []
     v = next((v for v in candidates if low <= v <= high), None)
     if v is not None:
         return (v - low) / (high - low)
     raise ScoreError(f"the judge gave no rating from {low} to {high}: {text[:80]!r}")
+
+
+_RATED = re.compile(
+    r"(?i:\b(?:rate|rated|give|gave|giving|rating|score|grade)\b(?:\s+(?:it|this|that|the|answer|response|a|an|of|at))*\s*)$"
+)
+
+
+def rated(text: str, m: re.Match) -> bool:
+    """Whether the number `m` reads as a rating where no label or scale says so: it ends the reply ("On a
+    scale of 1 to 10, I give it 8") or follows a verb of rating ("I'd rate it 7 because")."""
+    return m.end() == len(text.rstrip(" .!*)\n")) or _RATED.search(text, 0, m.start()) is not None
 
 
 class JudgeUnavailable(RuntimeError):
@@ -355,7 +379,11 @@ class JudgeScorer:
         request = "\n\n".join(m["content"] for m in build_messages(row))
         text = JUDGE_PROMPT.format(prompt=request, answer=output.strip() or "(empty)")
         msgs = [{"role": "user", "content": text}]
-        return parse_rating(judge_text(self.gateway, self.judge, msgs, max_tokens=self.max_tokens))
+        reply = judge_text(self.gateway, self.judge, msgs, max_tokens=self.max_tokens)
+        try:
+            return parse_rating(reply)
+        except ScoreError as e:  # no rating in the reply: the judge's failure, asked again, not the answer's
+            raise JudgeUnavailable(f"{self.judge} gave no rating: {e}") from None
 
 
 def bench_scorer(settings: Any, gateway: Any) -> Any:
