@@ -144,7 +144,11 @@ def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_
      # a number that is no rating; the scale before the rating; a rating verb before it
      ("The user asked for 5 items", None), ("It contains 3 errors", None),
      ("Step 1: check. Step 2: ok", None),
-     ("(1-10) 8", 7 / 9), ("1-10: 6", 5 / 9), ("1 to 10: 9", 8 / 9), ("I'd rate it 7 because", 6 / 9)],
+     ("(1-10) 8", 7 / 9), ("1-10: 6", 5 / 9), ("1 to 10: 9", 8 / 9), ("I'd rate it 7 because", 6 / 9),
+     ("1-10", None), ("Rating: 1-10", None), ("<rating>7</rating>", 6 / 9), ("Good answer: `9`", 8 / 9),
+     ("Overall, 7. Minor issues.", 6 / 9), ("It deserves 9 points.", 8 / 9), ("6 (some errors)", 5 / 9),
+     ("On a scale of 1 to 10, this is an 8 because it is accurate", 7 / 9),
+     ("I give 7 because of 2 small errors.", 6 / 9)],
 )  # fmt: skip
 def test_judge_ratings_are_parsed_from_free_text(text, score):
     if score is None:
@@ -172,8 +176,8 @@ def test_a_local_judge_rates_logged_prompts_through_the_gateway(gateway, tmp_pat
                        scorer=JudgeScorer(gateway, "gemma3-270m"), progress=False)  # fmt: skip
     df = collect_outcomes(tmp_path / "out", with_response=True)
     assert report.cells_run == 2 and len(df) == 2
-    for r in df.itertuples():  # a rating in [0, 1], or a failed call where the judge gave none (asked again)
-        assert (0.0 <= r.score <= 1.0 and pd.isna(r.error)) or str(r.error).startswith("judge: ")
+    for r in df.itertuples():  # a rating in [0, 1], or a row marked because the judge gave none
+        assert (0.0 <= r.score <= 1.0 and pd.isna(r.error)) or str(r.error).startswith("scorer: ")
 
 
 def test_a_judge_that_cannot_answer_leaves_the_row_to_the_next_run(gateway, tmp_path, redact, monkeypatch):
@@ -230,17 +234,3 @@ def test_a_long_prompt_of_blanks_is_logged_cut(tmp_path, redact):
 
     rec = PromptLog(tmp_path / "log", redact).append(" " * (MAX_PROMPT_CHARS + 5) + "end")
     assert rec is not None and len(rec["prompt"]) <= MAX_PROMPT_CHARS
-
-
-def test_a_judge_reply_without_a_rating_leaves_the_row_to_the_next_run(monkeypatch):
-    """A reply with no rating in it was a scorer's error: the cell counted as done, never asked again, and
-    the row left the accuracy and the error rate without a word."""
-    from pipelines.bench import scorers
-    from pipelines.bench.scorers import JudgeUnavailable
-
-    monkeypatch.setattr(scorers, "judge_text", lambda *a, **k: "It contains 3 errors")
-    judge = JudgeScorer(gateway=None, judge="a-judge")
-    with pytest.raises(JudgeUnavailable, match="a-judge gave no rating"):
-        judge({"task": "chat", "prompt": "Name three rivers.", "reference": None, "tests": None}, "Nile")
-    monkeypatch.setattr(scorers, "judge_text", lambda *a, **k: "7/10")
-    assert judge({"task": "chat", "prompt": "Name three rivers.", "reference": None}, "Nile") == 6 / 9

@@ -358,3 +358,17 @@ def test_the_letter_left_when_a_pair_is_ruled_out_is_the_choice(text):
     """A pair ruled out only stopped the two letters counting as offered together: the answer's opening
     letter (B) was still its choice, or no letter was."""
     assert extract_choice(text, "ABCD") == "D"
+
+
+@pytest.mark.parametrize(
+    "text", ["B, C is wrong", "B\nC is wrong because it ignores friction.", "B\n\nC is incorrect since"]
+)
+def test_a_second_letter_ruled_out_alone_leaves_the_first(text):
+    assert extract_choice(text, "ABCD") == "B"
+
+
+def test_an_option_in_a_script_without_spaces_is_still_found():
+    assert (
+        extract_choice("\u7b54\u6848\u662f\u5317\u4eac", "AB", {"A": "\u4e0a\u6d77", "B": "\u5317\u4eac"})
+        == "B"
+    )

@@ -37,6 +37,7 @@ _OPTION = re.compile(r"^\s*\(?([A-H])[).:]\s*(.+?)\s*$", re.M)
 _RULED_OUT = re.compile(
     r"[\)\]]?\s+(?i:is|was|are|were|seems?|would be)\s+(?i:not|wrong|incorrect|false|unlikely)\b"
 )
+_PAIR_RULED_OUT = re.compile(r"[\)\]]?\s+(?i:are|were|both)\s+(?i:not|wrong|incorrect|false|unlikely)\b")
 
 
 # what comes before a letter or an option's text rejected, not chosen: "not A", "isn't B", "cannot be C",
@@ -92,13 +93,13 @@ def extract_choice(
         return before and not re.match(r"[ )\]]*\?", t[end : end + 8])  # a bounded look: no copy of the rest
 
     def ruled_out(m: re.Match) -> bool:  # in steps 3, 4 and 6: "A is wrong", "not A", "B and C are wrong"
-        pair = joined.match(t, m.start())
+        pair = joined.match(t, m.start())  # a plural verb: "B, C is wrong" rules out C alone
         return (_RULED_OUT.match(t, m.end()) is not None or negated(m.start(), m.end())
-                or (pair is not None and _RULED_OUT.match(t, pair.end()) is not None))  # fmt: skip
+                or (pair is not None and _PAIR_RULED_OUT.match(t, pair.end()) is not None))  # fmt: skip
 
     def stated(text: str) -> bool:  # step 5: an option's text, somewhere not rejected ("Not Kyle")
         low = t.lower()  # whole words: "soil" does not state "oil", nor "10" the option "1"
-        found = re.finditer(r"(?<!\w)" + re.escape(text) + r"(?!\w)", low)
+        found = re.finditer(r"(?<![a-z0-9])" + re.escape(text) + r"(?![a-z0-9])", low)  # CJK: no spaces
         return any(not negated(i.start(), i.end()) for i in found)
 
     # 1. the whole answer is a letter: "B", "(b)", "B.", "B)"
@@ -290,14 +291,22 @@ How helpful, correct and complete is the answer? Reply with one integer from 1 (
 def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     """The judge's rating as a score in [0, 1]: a number out of `high` ("8/10", "7.5 out of 10"), else one
     after a label ("Rating: 4 (misses 2 of 3 points)") or the text opens with ("8. Clear and right"), else
-    its last number ("On a scale of 1 to 10, I give it 8"); it must lie in [low, high]. A rating out of
+    its last number that ends it or follows a verb of rating (`rated`: "On a scale of 1 to 10, I give it 8",
+    "I'd rate it 7 because"); no other number is a rating ("It contains 3 errors"), nor a scale's top ("1-10"
+    alone); it must lie in [low, high]. A rating out of
     another scale, where it opens the text, follows a label or ends it ("2/5", "4 out of 5"), is read on
     that scale from 1: 2/5 is 0.25, not 2 out of 10."""
     text = text or ""
     # a signed number is none: "-3" is not 3, while "1-10" still reads 10
     number = r"(?<![\d.])(?<![^\d][-\u2212])(?<!^[-\u2212])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
     # a scale's top ("/10", "out of 10") is no rating: "-3/10", its rating signed, is none, not 10
-    numbers = list(re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text))
+    scale = re.compile(rf"{low}\s*(?:[-\u2013]|to)\s*{high}(?![\d.]?\d)")  # "1-10", "1 to 10"
+    spans = [(m.start(), m.end()) for m in scale.finditer(text)]
+    # nor a number of a scale: a reply of the scale alone ("1-10", "Rating: 1-10") is no 10 and no 1
+    numbers = [
+        m for m in re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text)
+        if not any(a <= m.start(1) < b for a, b in spans)
+    ]  # fmt: skip
     every = [float(m.group(1)) for m in numbers]
     out_of = re.search(number + rf"\**\s*(?:/|out of)\s*{high}(?![\d.]?\d)", text)
     label = r"\b(?i:rating|score|grade)\**{0}*(?:[:=]|is\b){0}*\**{0}*"  # "Rating: 4", "my score is 7"
@@ -323,25 +332,25 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
         candidates = [float(out_of.group(1))]
     elif opening:  # then the last in range: "0, no: 7" is 7
         candidates = [float(opening.group(1)), *every[::-1]]
-    elif numbers and rated(text, numbers[-1]):
-        candidates = every[-1:]
-    else:  # "It contains 3 errors", "Step 1: check": a number, not a rating
-        candidates = []
+    else:  # the last number that reads as a rating; "It contains 3 errors", "Step 1: check" have none
+        candidates = [float(m.group(1)) for m in reversed(numbers) if rated(text, m)][:1]
     v = next((v for v in candidates if low <= v <= high), None)
     if v is not None:
         return (v - low) / (high - low)
     raise ScoreError(f"the judge gave no rating from {low} to {high}: {text[:80]!r}")
 
 
-_RATED = re.compile(
-    r"(?i:\b(?:rate|rated|give|gave|giving|rating|score|grade)\b(?:\s+(?:it|this|that|the|answer|response|a|an|of|at))*\s*)$"
+_RATED = re.compile(  # "I'd rate it", "I give this answer a", "deserves a", "Overall,", "this is an"
+    r"(?i:\b(?:rate|rated|give|gave|giving|rating|score|scored|grade|deserves?|worth|overall)\b[,:]?"
+    r"(?:\s+(?:it|this|that|the|answer|response|a|an|of|at|is|as|would|be))*\s*|\ban?\s+)$"
 )
+_ENDS = re.compile(r"[\s.!*)\]`\"'>,;]*(?:</\w+>[\s.!*)\]`\"'>,;]*)?")  # "7.", "**7**", "`9`", "<r>7</r>"
 
 
 def rated(text: str, m: re.Match) -> bool:
     """Whether the number `m` reads as a rating where no label or scale says so: it ends the reply ("On a
     scale of 1 to 10, I give it 8") or follows a verb of rating ("I'd rate it 7 because")."""
-    return m.end() == len(text.rstrip(" .!*)\n")) or _RATED.search(text, 0, m.start()) is not None
+    return _ENDS.fullmatch(text, m.end()) is not None or _RATED.search(text, 0, m.start()) is not None
 
 
 class JudgeUnavailable(RuntimeError):
@@ -379,11 +388,9 @@ class JudgeScorer:
         request = "\n\n".join(m["content"] for m in build_messages(row))
         text = JUDGE_PROMPT.format(prompt=request, answer=output.strip() or "(empty)")
         msgs = [{"role": "user", "content": text}]
-        reply = judge_text(self.gateway, self.judge, msgs, max_tokens=self.max_tokens)
-        try:
-            return parse_rating(reply)
-        except ScoreError as e:  # no rating in the reply: the judge's failure, asked again, not the answer's
-            raise JudgeUnavailable(f"{self.judge} gave no rating: {e}") from None
+        # a reply with no rating is a ScoreError, kept with the row (scorer errors are counted per model);
+        # not asked again: a judge at temperature 0 would give the same reply every night
+        return parse_rating(judge_text(self.gateway, self.judge, msgs, max_tokens=self.max_tokens))
 
 
 def bench_scorer(settings: Any, gateway: Any) -> Any:
