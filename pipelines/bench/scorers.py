@@ -300,8 +300,8 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     # a signed number is none: "-3" is not 3, while "1-10" still reads 10
     number = r"(?<![\d.])(?<![^\d][-\u2212])(?<!^[-\u2212])(\d{1,3}(?:\.\d+)?)(?![\d.]?\d)"
     # a scale's top ("/10", "out of 10") is no rating: "-3/10", its rating signed, is none, not 10
-    scale = re.compile(rf"{low}\s*(?:[-\u2013]|to)\s*{high}(?![\d.]?\d)")  # "1-10", "1 to 10"
-    spans = [(m.start(), m.end()) for m in scale.finditer(text)]
+    the_scale = re.compile(rf"{low}\s*(?:[-\u2013]|to)\s*{high}(?![\d.]?\d)")  # "1-10", "1 to 10"
+    spans = [(m.start(), m.end()) for m in the_scale.finditer(text)]
     # nor a number of a scale: a reply of the scale alone ("1-10", "Rating: 1-10") is no 10 and no 1
     numbers = [
         m for m in re.finditer(r"(?<!/)(?<!/\s)(?<!out of )" + number, text)
