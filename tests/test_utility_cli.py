@@ -403,3 +403,38 @@ def test_the_calibration_check_reads_prompts_the_fit_did_not_see(tmp_path):
     again = fit_posterior(table, None, tmp_path / "fit", cfg, 1.0, 0.0, reuse=True)
     assert any("reused" in n for n in again.notes) and again.notes[0] == art.notes[0]
     pd.testing.assert_frame_equal(again.calibration, art.calibration, check_dtype=False)
+
+
+def test_a_held_out_fit_that_fails_leaves_the_fit_and_checks_in_sample(tmp_path, monkeypatch):
+    """The second fit was unguarded: raising there lost the finished fit; and held-out rows without a score
+    (blanks in the source) made an empty table that failed the check."""
+    import router_models.utility.pipeline as up
+    from router_models.utility.model import FitConfig
+
+    rng = np.random.default_rng(1)
+    ids = pd.Series([f"q{i}" for i in range(60)])
+    table = pd.DataFrame(
+        [{"prompt_id": pid, "task": "qa", "model": m, "cost_usd": 0.001, "latency_s": np.nan,
+          "score": float(rng.random() < 0.6)} for pid in ids for m in ("a", "b")]
+    )  # fmt: skip
+    cfg = FitConfig(draws=100, tune=200, chains=2, sampler="pymc", prior_predictive_draws=20)
+    real, calls = up.fit_utility, []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the sampler ran out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(up, "fit_utility", second_fails)
+    art = up.fit_posterior(table, None, tmp_path / "fit", cfg, 1.0, 0.0)
+    assert (
+        art.notes[0]
+        == "calibration: in sample (the held-out fit failed: RuntimeError: the sampler ran out of memory)"
+    )
+    assert (tmp_path / "fit" / "utility_posterior.nc").exists() and art.checks["calibration"]
+    monkeypatch.setattr(up, "fit_utility", real)
+    held = up.held_out(table["prompt_id"], cfg.holdout)
+    blanked = table.assign(score=table["score"].where(~held))  # the held-out prompts' rows unscored
+    art = up.fit_posterior(blanked, None, tmp_path / "blanked", cfg, 1.0, 0.0)
+    assert art.notes[0] == "calibration: in sample" and len(art.calibration) == 2

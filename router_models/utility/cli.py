@@ -91,8 +91,20 @@ def fit(
         typer.echo(f"{name}: {dest / p.name}")
     if failed:
         typer.echo(f"warning: the fit failed its checks ({', '.join(failed)}): not a fit to use; written to "
-                   f"{dest}/, {out} left as it was; run more draws or tuning steps", err=True)  # fmt: skip
+                   f"{dest}/, {out} left as it was; {_advice(failed)}", err=True)  # fmt: skip
         raise typer.Exit(1)  # a script's `fit && use` stops here
+
+
+def _advice(failed: list[str]) -> str:
+    """What to try for the checks that failed."""
+    tips = []
+    if {"r_hat", "ess_bulk", "divergences"} & set(failed):
+        tips.append("run more draws or tuning steps")
+    if "prior_predictive" in failed:
+        tips.append("check the leaderboard priors against the outcomes (the model names, the Elo column)")
+    if "calibration" in failed:
+        tips.append("look at calibration.png: cells whose held-out prompts the fit does not predict")
+    return "; ".join(tips)
 
 
 def _move_files(src: Path, dest: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from router_models.utility.plots import calibration_plot, calibration_table, for
 from router_models.utility.posterior import UtilityPosterior, load_posterior, save_posterior
 from router_models.utility.priors import alpha_priors
 from router_models.utility.registry import code_version, current_fit_id, list_fits, registry_engine, write_fit
+
+log = logging.getLogger(__name__)
 
 
 def evidence_outcomes(settings) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -140,15 +143,33 @@ def held_out_calibration(
     """The calibration table of `holdout` of the prompts (the fit's configuration), held out of a second fit
     on the others (same tasks, models and configuration): each cell's held-out mean against the posterior
     predictive of a mean of that many new rows, so intervals too narrow for new prompts show. In sample
-    (`fit` itself) where either side would be empty. Returns the table and how it was made."""
+    (`fit` itself) where either side would have no scored row, the table has no prompt ids, or the second
+    fit raised. Returns the table and how it was made (with the second fit's convergence and time)."""
     config, data = fit.config, fit.data
-    held = held_out(outcomes["prompt_id"], config.holdout) if config.holdout > 0 else None
+    scored = outcomes.dropna(subset=["score"]) if "score" in outcomes else outcomes.iloc[:0]
+    held = (
+        held_out(scored["prompt_id"], config.holdout)
+        if config.holdout > 0 and "prompt_id" in scored
+        else None
+    )
     if held is None or held.all() or not held.any():
         return calibration_table(fit.idata, data, seed=config.seed), "in sample"
-    train = cell_data(outcomes[~held], tasks=data.tasks, models=data.models)
-    test = cell_data(outcomes[held], tasks=data.tasks, models=data.models)
-    check = fit_utility(train, priors, config)
-    how = f"{held.mean():.0%} of the prompts held out of a second fit"
+    try:
+        train = cell_data(scored[~held], tasks=data.tasks, models=data.models)
+        check = fit_utility(train, priors, config)
+    except Exception as e:  # the fit itself is good: its calibration in sample, and why
+        log.warning("the held-out calibration fit failed (%s): calibration in sample", type(e).__name__)
+        why = f"in sample (the held-out fit failed: {type(e).__name__}: {str(e)[:200]})"
+        return calibration_table(fit.idata, data, seed=config.seed), why
+    test = cell_data(scored[held], tasks=data.tasks, models=data.models)
+    d = check.diagnostics
+    unconverged = [name for name, ok in convergence_checks(d).items() if not ok]
+    how = (
+        f"{held.mean():.0%} of the prompts held out of a second fit ({d['fit_seconds']:.0f} s, r_hat max "
+        f"{d['r_hat_max']:.3f}, {d['divergences']} divergences"
+        + (f"; it failed {', '.join(unconverged)}" if unconverged else "")
+        + ")"
+    )
     return calibration_table(check.idata, test, seed=config.seed), how
 
 
