@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def calibration_plot(table: pd.DataFrame, path: str | Path, how: str = "in sampl
     ax.plot(x[~ok], t["observed_rate"][~ok], "o", color="C3", ms=4, label="observed, outside")
     ax.set_xlabel("task x model cell (sorted by predicted quality)")
     ax.set_ylabel("mean score")
-    ax.set_title(f"Posterior predictive calibration ({how}):\n{ok.mean():.0%} of {len(t)} cells inside 90%",
-                 fontsize=10)  # fmt: skip
+    head = textwrap.fill(f"Posterior predictive calibration ({how}):", 90)  # a long `how` is wrapped
+    ax.set_title(f"{head}\n{ok.mean():.0%} of {len(t)} cells inside 90%", fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
