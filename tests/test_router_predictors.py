@@ -190,17 +190,23 @@ def test_graded_scores_are_learned_as_expected_scores_not_rounded(name):
 def test_the_budget_policys_out_of_fold_predictions_hold_out_questions_and_the_task_classifier(monkeypatch):
     """The budget policy is calibrated on out-of-fold predictions whose folds were drawn per row: a
     question asked twice had one copy trained on while the other was predicted; and the held-out rows'
-    task probabilities came from the classifier fitted on every row, them included."""
+    task probabilities came from the classifier fitted on every row, them included. `train_router` now
+    takes them from `cross_val_predictions`, 3 folds, as here."""
     from types import SimpleNamespace
 
-    from router_models.router import train
-    from router_models.router.crossval import question_groups
-    from router_models.router.features import TaskClassifier, embed_prompts, make_features
+    from router_models.router import crossval
+    from router_models.router.features import embed_prompts
 
     texts = [f"Question {i // 2} about rivers" for i in range(40)]  # 20 questions, each asked twice
     labels = [f"row{i}" for i in range(40)]  # a task label per row, so the tasks a fold sees name its rows
-    emb = embed_prompts(texts, "static")
-    x, _ = make_features(texts, emb, TaskClassifier.fit(emb, labels))
+    prompts = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(40)], "prompt": texts, "task": labels})
+    outcomes = pd.DataFrame(
+        [
+            {"prompt_id": f"p{i}", "model": m, "score": 0.0, "cost_usd": 0.001}
+            for i in range(40)
+            for m in ("m0", "m1")
+        ]
+    )
     trained_on: list[set] = []
     predicted_with: list[set] = []
 
@@ -211,12 +217,11 @@ def test_the_budget_policys_out_of_fold_predictions_hold_out_questions_and_the_t
 
         def predict(self, x):
             predicted_with.append(set(x.task_names))
-            return SimpleNamespace(mean=np.zeros((len(x), 2)))
+            return SimpleNamespace(mean=np.zeros((len(x), 2)), sd=np.zeros((len(x), 2)))
 
-    monkeypatch.setattr(train, "get_predictor", lambda name, **kw: Recorder())
-    groups = question_groups(pd.DataFrame({"prompt": texts}))
-    train.oof_predictions("any", x, np.zeros((40, 2)), ["m0", "m1"], labels, groups=groups)
-    assert len(trained_on) == 3
+    monkeypatch.setattr(crossval, "get_predictor", lambda name, **kw: Recorder())
+    pred = crossval.cross_val_predictions("any", prompts, outcomes, embed_prompts(texts, "static"), folds=3)
+    assert len(trained_on) == 3 and len(pred) == 80
     # the held-out rows' task probabilities come from a classifier fitted on the training rows only
     for rows, names in zip(trained_on, predicted_with, strict=True):
         assert names == {f"row{i}" for i in rows}

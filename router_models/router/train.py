@@ -18,7 +18,7 @@ from router_models.router.features import (
 )
 from router_models.router.metrics import check_outcomes
 from router_models.router.policies import Budget
-from router_models.router.predictors.base import Features, get_predictor
+from router_models.router.predictors.base import get_predictor
 from router_models.router.router import Router
 from router_models.router.rules import load_rules, model_metadata
 
@@ -76,38 +76,6 @@ def task_labels(prompts: pd.DataFrame) -> list[str]:
     return prompts["task"].fillna(NO_TASK).astype(str).tolist()
 
 
-def oof_predictions(
-    predictor: str,
-    x: Features,
-    y: np.ndarray,
-    models: list[str],
-    labels: list[str],
-    folds: int = 3,
-    params: dict[str, Any] | None = None,
-    seed: int = 0,
-    groups: np.ndarray | None = None,
-) -> np.ndarray:
-    """Out-of-fold predicted means, for calibrating the budget policy without in-sample optimism: the task
-    classifier is refitted on each training fold too, so a held-out prompt's task probabilities come from
-    one that never saw it; rows of one group (`crossval.question_groups`: a question asked twice) share a
-    fold."""
-    from router_models.router.crossval import fold_ids  # crossval imports this module
-
-    fold = fold_ids(len(x), folds, seed, groups)
-    out = np.zeros_like(y, dtype=np.float64)
-    for f in range(folds):
-        tr, te = np.where(fold != f)[0], np.where(fold == f)[0]
-        clf = TaskClassifier.fit(x.emb[tr], [labels[i] for i in tr])
-
-        def part(idx: np.ndarray, clf: TaskClassifier = clf) -> Features:
-            return Features(x.emb[idx], clf.predict_proba(x.emb[idx]), x.log_tokens[idx], list(clf.classes))
-
-        tasks = np.array([clf.classes.index(labels[i]) for i in tr])
-        p = get_predictor(predictor, **(params or {})).fit(part(tr), y[tr], models, tasks)
-        out[te] = p.predict(part(te)).mean
-    return out
-
-
 def train_router(
     prompts: pd.DataFrame,
     outcomes: pd.DataFrame,
@@ -140,14 +108,13 @@ def train_router(
     fitted = get_predictor(predictor, **(predictor_params or {})).fit(x, y, models, tasks)
     quality = np.nanmean(y, axis=0)
     strongest = models[int(np.nanargmax(quality))]
-    if len(x) >= 30:
-        from router_models.router.crossval import question_groups
+    oof = None
+    if len(x) >= 30:  # out-of-fold predictions calibrate the budget policy without in-sample optimism
+        from router_models.router.crossval import cross_val_predictions  # crossval imports this module
 
-        oof = oof_predictions(
-            predictor, x, y, models, labels, params=predictor_params, groups=question_groups(prompts)
-        )
-    else:
-        oof = None
+        pred = cross_val_predictions(predictor, prompts, outcomes, emb, folds=3, params=predictor_params)
+        wide = pred.pivot(index="prompt_id", columns="model", values="predicted_score")
+        oof = wide.reindex(index=prompts["prompt_id"].to_numpy(), columns=models).to_numpy(dtype=np.float64)
     ref = oof if oof is not None else fitted.predict(x).mean
     ref_cost = cost_model.predict(tokens, x.task_proba)
     policy = Budget(fraction=budget_fraction).calibrate(ref, ref_cost, models, strongest)
