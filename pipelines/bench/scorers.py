@@ -315,7 +315,7 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
     if first and first.group(1):
         raise ScoreError(f"the judge gave a negative rating: {text[:80]!r}")
     opening = re.match(r"[^\w]*" + number, text) or re.search(label.format(r"\s") + number, text)
-    if opening and re.match(rf"\s*(?:[-\u2013]|to)\s*{high}(?![\d.]?\d)", text[opening.end(1) :]):
+    if opening and any(a <= opening.start(1) < b for a, b in spans):
         opening = None  # "1-10: 6", "(1 to 10) 8": the scale, not a rating
     scaled = re.compile(number + r"\**\s*(?:/|out of)\s*(\d{1,3})(?![\d.]?\d)")
     if opening:  # the opening or labelled number, where a scale follows it
