@@ -322,7 +322,7 @@ def parse_rating(text: str, low: int = 1, high: int = 10) -> float:
         other = scaled.match(text, opening.start(1))
     else:  # the last fraction, where it ends the text
         other = next(reversed(list(scaled.finditer(text))), None)
-        other = other if other and other.end() == len(text.rstrip(" .!*)\n")) else None
+        other = other if other and _ENDS.fullmatch(text, other.end()) else None
     if not out_of and other:
         n, scale = float(other.group(1)), int(other.group(2))
         if scale > 1 and 1 <= n <= scale:
