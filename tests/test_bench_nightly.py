@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from pipelines.bench.cli import app
@@ -149,6 +150,8 @@ def test_rag_rows_join_a_runs_answers_with_their_contexts():
     r = rows.iloc[0]
     assert r["answer"] == "It falls back." and r["question"].startswith("What does the gateway do")
     assert len(r["contexts"]) == 2 and r["reference"] == "It falls back to the other local model."
+    with pytest.raises(ValueError, match="with_response=True"):
+        rag_rows_from_outcomes(out.drop(columns="response"), prompts)
 
 
 def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_path, monkeypatch):
