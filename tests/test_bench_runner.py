@@ -15,7 +15,14 @@ from typer.testing import CliRunner
 
 from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
 from pipelines.bench.prompts import load_prompt_set, routerbench_prompts, stratified_sample
-from pipelines.bench.runner import PART_GLOB, accuracy_table, collect_outcomes, error_rate_by_model, run_bench
+from pipelines.bench.runner import (
+    PART_GLOB,
+    accuracy_table,
+    call_failed,
+    collect_outcomes,
+    error_rate_by_model,
+    run_bench,
+)
 from pipelines.settings import REPO_ROOT
 
 pytestmark = pytest.mark.models
@@ -55,6 +62,9 @@ def test_real_run_of_the_local_panel_is_scored_and_complete(gateway, ten_prompts
     assert len(bad) == 10 and bad["error"].str.contains("unknown model").all() and bad["score"].isna().all()
     unscorable = real[real["error"].fillna("").str.startswith("scorer: ScoreError")]
     assert len(unscorable) == 2 and unscorable["score"].isna().all()
+    # the run's report counts them apart: failed calls (retried by the next run), answers left unscored
+    assert rep.errors_by_model["no-such-model"] == 10 and sum(rep.scorer_errors_by_model.values()) == 2
+    assert sum(rep.errors_by_model.values()) == call_failed(df["error"]).sum()
     acc = accuracy_table(df)
     assert set(acc["model"]) == set(models) and acc["accuracy"].dropna().between(0, 1).all()
 

@@ -48,7 +48,8 @@ class RunReport:
     cells_run: int
     parts_written: int
     seconds: float
-    errors_by_model: dict[str, int] = field(default_factory=dict)
+    errors_by_model: dict[str, int] = field(default_factory=dict)  # failed calls, retried by the next run
+    scorer_errors_by_model: dict[str, int] = field(default_factory=dict)  # answers the scorer could not score
     calls_by_model: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,9 +76,15 @@ def _latest_rows(out_dir: Path, columns: list[str] | None = None) -> pd.DataFram
     return df.drop_duplicates(["prompt_id", "model"], keep="last")
 
 
+def failed_call(error: Any) -> bool:
+    """Whether a row's error is a failed model call (an error, a timeout, a fallback); a scorer's error
+    ("scorer: ...") is an answer."""
+    return isinstance(error, str) and not error.startswith("scorer:")
+
+
 def call_failed(errors: pd.Series) -> pd.Series:
-    """Rows whose model call failed (an error, a timeout, a fallback); a scorer's error is an answer."""
-    return errors.notna() & ~errors.astype(str).str.startswith("scorer:")
+    """Rows whose model call failed (`failed_call`)."""
+    return errors.map(failed_call).astype(bool)
 
 
 def committed_cells(out_dir: Path) -> set[tuple[str, str]]:
@@ -247,6 +254,7 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
         t0, parts, pending = time.perf_counter(), 0, []
         calls: Counter[str] = Counter()
         errors: Counter[str] = Counter()
+        unscored: Counter[str] = Counter()
         bar = tqdm(
             total=total, initial=total - len(todo), desc=f"bench {run_id}", unit="call", disable=not progress
         )
@@ -269,9 +277,11 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
                         row = fut.result()
                         pending.append(row)
                         calls[row["model"]] += 1
-                        errors[row["model"]] += row["error"] is not None
+                        failed = failed_call(row["error"])
+                        errors[row["model"]] += failed
+                        unscored[row["model"]] += row["error"] is not None and not failed
                         bar.update(1)
-                        bar.set_postfix(errors=sum(errors.values()))
+                        bar.set_postfix(failed=sum(errors.values()), unscored=sum(unscored.values()))
                     if len(pending) >= batch_size:
                         _commit(pending, out_dir)
                         parts, pending = parts + 1, []
@@ -285,7 +295,8 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
         return RunReport(run_id=run_id, out_dir=str(out_dir), cells_total=total,
                          cells_done_before=total - len(todo), cells_run=sum(calls.values()),
                          parts_written=parts, seconds=round(time.perf_counter() - t0, 2),
-                         errors_by_model=dict(errors), calls_by_model=dict(calls))  # fmt: skip
+                         errors_by_model=dict(errors), scorer_errors_by_model=dict(unscored),
+                         calls_by_model=dict(calls))  # fmt: skip
 
 
 def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
