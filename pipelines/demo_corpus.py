@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipelines.files import write_atomic
+
 DEMO_QUESTIONS = [
     "What does the `with` statement do with a context manager?",
     "How does Python evaluate a lambda expression?",
@@ -20,7 +22,5 @@ def write_demo_corpus(folder: Path, limit: int | None = None) -> Path:
         path = folder / f"{re.sub(r'[^A-Za-z0-9_-]+', '_', name)}.md"
         text = f"# Python reference: {name}\n\n{topics[name].strip()}\n"
         if not path.exists() or path.read_text() != text:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            write_atomic(path, text.encode())  # a hidden temp name: no second run or listing meets it
     return folder

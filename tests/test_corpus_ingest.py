@@ -494,12 +494,14 @@ def test_a_revision_not_yet_whole_keeps_the_last_good_version_and_an_emptied_fil
     chunks left the store, and the next index sync deleted them. A file emptied on purpose loses its text."""
     settings, _, _ = env
     src = _two_files_ingested(settings, tmp_path, "Second file, indexed before.")
-    (src / "b.txt").write_bytes(b"Second\x00\x00\x00\x00")
-    r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
-    (skip,) = r.skipped
-    assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
-    texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
-    assert texts == {"First file.", "Second file, indexed before."}
+    # the padding follows what the sync wrote so far, past the first 8 KiB of a long file too
+    for begun in (b"Second", b"Second file, " * 1000):
+        (src / "b.txt").write_bytes(begun + b"\x00\x00\x00\x00")
+        r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+        (skip,) = r.skipped
+        assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
+        texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
+        assert texts == {"First file.", "Second file, indexed before."}
     (src / "b.txt").write_text("Second file, saved whole.")  # the next good save replaces it
     ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
     texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
@@ -844,7 +846,7 @@ def test_a_beir_record_whose_id_is_no_string_is_skipped_and_recorded(env, tmp_pa
     src = tmp_path / "src"
     src.mkdir()
     records = [{"_id": None, "text": "no id"}, {"_id": "None", "text": "The id is the word None."},
-               {"_id": "", "text": "empty id"}, {"_id": ["a"], "text": "a list"},
+               {"_id": "", "text": "empty id"}, {"_id": ["ann.lee@example.com"], "text": "a list"},
                {"_id": True, "text": "true"}, {"_id": 7, "text": "An integer id."}]  # fmt: skip
     (src / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
@@ -854,6 +856,8 @@ def test_a_beir_record_whose_id_is_no_string_is_skipped_and_recorded(env, tmp_pa
     reasons = " ".join(s["reason"] for s in r.skipped)
     for line in (1, 3, 4, 5):
         assert f"line {line}: _id must be a non-empty string or an integer" in reasons, reasons
+    # a rejected _id is not quoted: the skip records reach the manifest and Dagster, past no redaction
+    assert "example.com" not in reasons and "got list" in reasons, reasons
 
 
 def test_a_file_deleted_with_a_config_change_is_counted_removed(env, tmp_path):
@@ -864,3 +868,19 @@ def test_a_file_deleted_with_a_config_change_is_counted_removed(env, tmp_path):
         settings.model_copy(update={"chunk_tokens": 48}), str(src), store=LocalStore(tmp_path / "store")
     )
     assert r.files_removed == 1
+
+
+def test_two_runs_write_the_demo_corpus_at_once(tmp_path):
+    """`corpus_chunks` writes the demo corpus on every run, through one fixed temp name per topic: two runs at
+    once (the schedule and the sensor) renamed each other's temp file away and one crashed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.demo_corpus import write_demo_corpus
+
+    alone = sorted(p.name for p in write_demo_corpus(tmp_path / "alone", limit=80).iterdir())
+    assert len(alone) > 70 and all(n.endswith(".md") for n in alone)
+    for trial in range(3):
+        folder = tmp_path / str(trial)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda _: write_demo_corpus(folder, limit=80), range(2)))  # re-raises a crash
+        assert sorted(p.name for p in folder.iterdir()) == alone  # no temp file left

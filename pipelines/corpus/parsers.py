@@ -33,7 +33,7 @@ class Document:
 
 
 def _decode_text(data: bytes) -> str:
-    if b"\x00" in data[:8192]:
+    if b"\x00" in data:  # anywhere: a sync pads the end of a file it has not yet written
         raise SkipFile("binary content (NUL bytes)", incomplete=True)
     try:
         return data.decode("utf-8-sig")
@@ -104,7 +104,9 @@ def _parse_jsonl(data: bytes, name: str) -> tuple[list[Document], list[str]]:
             raw_id = obj["_id"]
             if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
                 # null was stored as "None" (and a later record of that _id dropped as its duplicate)
-                problems.append(f"line {i}: _id must be a non-empty string or an integer, got {raw_id!r:.40}")
+                # its value is not quoted: a rejected _id is stored nowhere else, so it would skip redaction
+                got = "an empty string" if isinstance(raw_id, str) else type(raw_id).__name__
+                problems.append(f"line {i}: _id must be a non-empty string or an integer, got {got}")
                 continue
             doc_id, text = str(raw_id), _clean(str(obj.get("text") or ""))
             title = _clean(str(obj.get("title") or ""))
