@@ -150,7 +150,8 @@ def test_logged_prompts_join_the_prompt_set_only_when_a_judge_can_rate_them(tmp_
      ("On a scale of 1 to 10, this is an 8 because it is accurate", 7 / 9),
      ("I give 7 because of 2 small errors.", 6 / 9),
      # a rating out of another scale at the end, in markup, quotes or a closing tag
-     ("Good answer. <score>4/5</score>", 3 / 4), ("Overall I land on `4/5`", 3 / 4), ('Verdict "4/5"', 3 / 4)],
+     ("Good answer. <score>4/5</score>", 3 / 4), ("Overall I land on `4/5`", 3 / 4),
+     ('Verdict "4/5"', 3 / 4)],
 )  # fmt: skip
 def test_judge_ratings_are_parsed_from_free_text(text, score):
     if score is None:

@@ -882,5 +882,5 @@ def test_two_runs_write_the_demo_corpus_at_once(tmp_path):
     for trial in range(3):
         folder = tmp_path / str(trial)
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda _: write_demo_corpus(folder, limit=80), range(2)))  # re-raises a crash
+            list(pool.map(write_demo_corpus, [folder, folder], [80, 80]))  # re-raises a crash
         assert sorted(p.name for p in folder.iterdir()) == alone  # no temp file left

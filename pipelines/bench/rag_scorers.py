@@ -184,7 +184,7 @@ def trulens_groundedness(rows: pd.DataFrame, gateway: Gateway, judge: str) -> pd
 def rag_rows_from_outcomes(outcomes: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
     """Join a run's rag_answer responses (collect_outcomes(..., with_response=True)) with their prompts."""
     if "response" not in outcomes.columns:
-        raise ValueError("the outcomes carry no answers: collect them with collect_outcomes(..., with_response=True)")
+        raise ValueError("the outcomes carry no answers: collect them with_response=True")
     p = prompts[prompts["family"] == "rag_answer"][["prompt_id", "prompt", "contexts", "reference"]]
     df = outcomes[outcomes["error"].isna()].drop(columns=["prompt", "task"]).merge(p, on="prompt_id")
     return df.rename(columns={"prompt": "question", "response": "answer"})[
