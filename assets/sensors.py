@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import dagster as dg
 
 from assets.resources import SettingsResource
-from pipelines.corpus.ingest import BEIR_CORPUS, beir_folder, name_digest, name_key
+from pipelines.corpus.ingest import BEIR_CORPUS, beir_folder, name_digest, name_key, store_keys_in
 from pipelines.corpus.pii import may_hold_pii
 from pipelines.corpus.store import LocalStore, S3Store, open_source, open_store
 from pipelines.files import hidden
@@ -60,18 +60,24 @@ def _sha16(path: Path) -> str:
 
 def _shown(name: str, spacy_model: str) -> str:
     """The name, or "" where it may hold PII under the configured model (with an NER model any name may
-    name a person); BEIR's fixed corpus file name is always shown."""
-    return name if name == BEIR_CORPUS or not may_hold_pii(name, spacy_model, name=True) else ""
+    name a person); BEIR's fixed corpus file name is always shown. A name's bytes that are not UTF-8 show
+    as U+FFFD, as ingest shows them (Dagster cannot store a run tag holding them)."""
+    readable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return readable if name == BEIR_CORPUS or not may_hold_pii(readable, spacy_model, name=True) else ""
 
 
-def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str = "blank") -> Fingerprints:
+def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str = "blank",
+                skip: tuple[str, ...] = ()) -> Fingerprints:  # fmt: skip
     """Fingerprints of the files below `root` that ingest lists (hidden files and folders and links left
     out): [size, mtime_ns, content hash, name shown, when hashed (ns)]. A file whose size and mtime match
     `previous` keeps its previous hash without being read, unless it was hashed within MTIME_TICK_NS of its
     mtime: on a file system of coarse timestamps (1 s, 2 s on FAT) an edit of the same size in that tick
-    keeps the mtime, and was never seen ("racy git")."""
+    keeps the mtime, and was never seen ("racy git"). Keys under the `skip` prefixes (the store's own) are
+    left out."""
     out: Fingerprints = {}
     for name in LocalStore(root).list():
+        if name.startswith(skip):
+            continue
         p = root / name
         digest = name_digest(name, key)
         try:
@@ -89,7 +95,7 @@ def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str
     return out
 
 
-def scan_s3(src: S3Store, key: bytes, spacy_model: str = "blank") -> Fingerprints:
+def scan_s3(src: S3Store, key: bytes, spacy_model: str = "blank", skip: tuple[str, ...] = ()) -> Fingerprints:
     objs = src.client.list_objects(src.bucket, prefix=src.prefix, recursive=True)
     n = len(src.prefix)
     return {
@@ -101,19 +107,25 @@ def scan_s3(src: S3Store, key: bytes, spacy_model: str = "blank") -> Fingerprint
         ]
         for o in objs
         # hidden keys left out, as ingest's list leaves them (a changed .DS_Store requested a run for nothing)
-        if not o.is_dir and o.object_name and not hidden(PurePosixPath(o.object_name[n:]))
+        if not o.is_dir
+        and o.object_name
+        and not hidden(PurePosixPath(o.object_name[n:]))
+        and not o.object_name[n:].startswith(skip)
     }
 
 
 def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Fingerprints:
     """Fingerprints of a corpus source; FileNotFoundError when a local folder does not exist."""
-    src = open_source(spec, settings)
-    key = name_key(open_store(settings))
+    src, store = open_source(spec, settings), open_store(settings)
+    key = name_key(store)
     model = settings.pii_spacy_model  # ingest redacts names with it: the sensor shows no name it would redact
+    # the store's own objects, where the store lies inside the source, are no corpus (as ingest leaves them
+    # out): each run's commit asked for another run that found nothing to do
+    own = store_keys_in(src, store)
     if isinstance(src, S3Store):
-        found = scan_s3(src, key, model)
+        found = scan_s3(src, key, model, own)
     else:
-        found = scan_folder(Path(spec), previous, key, model)
+        found = scan_folder(Path(spec), previous, key, model, own)
     # as ingest reads it: a BEIR folder's corpus file alone (what it leaves out changes nothing). The
     # folder is listed again by its names as they are (a name with PII is not shown), only where it holds
     # BEIR's corpus file, whose name is always shown: not on every tick

@@ -222,12 +222,19 @@ def test_a_corpus_at_the_root_of_the_stores_bucket_leaves_the_stores_objects_out
         run_dir=tmp_path / "run", object_store="s3", s3_endpoint=seaweed, s3_bucket="shared",
         s3_access_key="any", s3_secret_key="any", chunk_tokens=48, chunk_overlap=8,
     )  # fmt: skip
-    S3Store(seaweed, "shared", "any", "any").put("a.txt", b"Docs and chunks share one bucket.")
+    from assets.sensors import diff, scan_source
+
+    shared = S3Store(seaweed, "shared", "any", "any")
+    shared.put("a.txt", b"Docs and chunks share one bucket.")
+    before = scan_source("s3://shared", settings, {})
     first = ingest_corpus(settings, "s3://shared")
     assert first.files_seen == 1 and not first.skipped, first
+    shared.put("utility/0123/summary.json", b"{}")  # the utility asset's posteriors share the store too
     for _ in range(2):
         again = ingest_corpus(settings, "s3://shared")
         assert not again.did_work and again.files_seen == 1 and not again.skipped, again
+    # nor does the new-documents sensor count them: each commit asked for a run that had nothing to do
+    assert not diff(before, scan_source("s3://shared", settings, before))
 
 
 def test_a_bucket_made_by_another_process_since_the_check_is_used(seaweed, monkeypatch):

@@ -192,6 +192,25 @@ def test_with_an_ner_model_the_sensor_shows_only_names_ingest_would_not_redact(t
     assert "Jane Smith medical history.md" in {fp[3] for fp in scan_folder(tmp_path, {}, b"key").values()}
 
 
+def test_a_file_name_that_is_not_utf8_reaches_the_run_tags_readable(tmp_path):
+    """The sensor put such a name's raw bytes (lone surrogates) into its run tags: Dagster could not store
+    the run it asked for. Ingest shows such a name with U+FFFD; the sensor now does too."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ok.txt").write_text("fine")
+    with dg.instance_for_test() as instance:
+        first = _tick(instance, docs, None)
+        Path(os.fsdecode(os.fsencode(docs) + b"/r\xe9sum\xe9 notes.txt")).write_text("Latin-1 named file.")
+        (req,) = _tick(instance, docs, first.cursor).run_requests
+        assert "r\ufffdsum\ufffd notes.txt" in req.tags["stratmaster/changes"], req.tags
+
+        @dg.asset
+        def noop():
+            return 1
+
+        assert dg.materialize([noop], instance=instance, tags=req.tags).success  # the run is stored
+
+
 def test_new_documents_sensor_watches_the_demo_corpus_without_corpus_dir(tmp_path):
     (tmp_path / "demo_corpus").mkdir()
     (tmp_path / "demo_corpus" / "topic.md").write_text("# Python reference: topic")

@@ -238,11 +238,14 @@ def beir_folder(keys: Iterable[str]) -> bool:
     return BEIR_CORPUS in keys and any(k.startswith(_BEIR_LABELS) for k in keys)
 
 
-def _store_keys_in(src: ObjectStore, store: ObjectStore) -> str | None:
-    """The prefix under which the store's own objects show in the source's listing, where the store lies
-    inside the source (a corpus at the root of the store's bucket): None where it does not."""
+STORE_PREFIXES = ("corpus/", "utility/")  # what the workbench writes to its store: chunks, posteriors
+
+
+def store_keys_in(src: ObjectStore, store: ObjectStore) -> tuple[str, ...]:
+    """The prefixes under which the store's own objects show in the source's listing, where the store lies
+    inside the source (a corpus at the root of the store's bucket): none where it does not."""
     outer, inner = src.uri.rstrip("/") + "/", store.uri.rstrip("/") + "/"
-    return inner[len(outer) :] + "corpus/" if inner.startswith(outer) else None
+    return tuple(inner[len(outer) :] + p for p in STORE_PREFIXES) if inner.startswith(outer) else ()
 
 
 def _corpus_files(
@@ -254,8 +257,8 @@ def _corpus_files(
     team's documents had dropped every other file from the store, unrecorded). The store's own objects are
     never corpus (in the source, they were ingested as documents and changed on every run)."""
     listing: dict[str, int | None] = {**src.list(), **dict.fromkeys(src.links())}
-    own = _store_keys_in(src, store) if store is not None else None
-    if own is not None:
+    own = store_keys_in(src, store) if store is not None else ()
+    if own:
         listing = {k: v for k, v in listing.items() if not k.startswith(own)}
     if include:
         listing = {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
