@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -301,6 +302,20 @@ def _docs(files: dict) -> int:
     return sum(len(f.get("docs", {})) for f in files.values())
 
 
+def _skip_reason(e: Exception, raw: str, name: str) -> str:
+    """Why a file was skipped, its raw name nowhere in it: an error may quote the key (a KeyError, a path in
+    an OSError, an S3 resource) escaped or URL-encoded, which no plain replace finds and the prose redactor
+    misses (`ann@x.org-notes`); an OSError gives its reason alone, the path left out."""
+    if isinstance(e, SkipFile):
+        return str(e)
+    detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    reason = f"error: {type(e).__name__}: {detail}"
+    encoded = (quote(raw, safe=safe, errors="surrogateescape") for safe in ("/", ""))
+    for form in sorted({raw, repr(raw)[1:-1], ascii(raw)[1:-1], *encoded}, key=len, reverse=True):
+        reason = reason.replace(form, name)
+    return reason
+
+
 def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: str | None,
             allow_empty: bool = False) -> IngestReport:  # fmt: skip
     t0 = time.perf_counter()
@@ -346,8 +361,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
                 continue
             files[name] = _process_file(name, data, digest, prev, store, proc, report)
         except Exception as e:  # one bad file never fails the run
-            reason = str(e) if isinstance(e, SkipFile) else f"error: {type(e).__name__}: {e}"
-            reason = proc.redact(reason.replace(raw, name))  # a message may quote the raw name (KeyError)
+            reason = proc.redact(_skip_reason(e, raw, name))
             if (
                 prev and prev.get("chunk_key") and not prev.get("skipped")
                 and (not isinstance(e, SkipFile) or e.incomplete)
