@@ -885,3 +885,32 @@ def test_two_runs_write_the_demo_corpus_at_once(tmp_path):
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(write_demo_corpus, [folder, folder], [80, 80]))  # re-raises a crash
         assert sorted(p.name for p in folder.iterdir()) == alone  # no temp file left
+
+
+def test_a_folder_that_cannot_be_listed_keeps_its_files(env, tmp_path, monkeypatch):
+    """`Path.rglob` passes over a folder it may not open, in silence: its files looked removed, and ingest
+    deleted their documents from the store with no record. (Root reads any folder, so the test takes the
+    permission away where the listing asks for it.)"""
+    import os
+
+    settings, _, _ = env
+    src = _two_files_ingested(settings, tmp_path, "Second file.")
+    (src / "team").mkdir()
+    (src / "team" / "c.txt").write_text("Third file, in a folder.")
+    ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    scandir = os.scandir
+
+    def denied(path="."):
+        if os.fspath(path) == str(src / "team"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    (src / "b.txt").unlink()  # removed meanwhile: its document goes
+    r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    assert set(load_chunks(settings, LocalStore(tmp_path / "store"))["doc_id"]) == {"a.txt", "team/c.txt"}
+    assert r.files_removed == 1
+    assert [(s["path"], "could not be read" in s["reason"]) for s in r.skipped] == [("team/", True)]
+    monkeypatch.undo()
+    again = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    assert not again.did_work and not again.skipped

@@ -378,6 +378,13 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             files[name] = {"sha256": _sha(data) if isinstance(e, SkipFile) else None, "skipped": reason}
             report.files_processed += 1
 
+    # a folder that could not be listed (no permission) still holds its files: they keep their last versions
+    for folder in src.unreadable:
+        shown = safe_name(f"{folder}/x", proc.redact_name, key).rsplit("/", 1)[0] if folder else ""
+        kept = [n for n in old_files if n not in files and n.startswith(f"{shown}/".lstrip("/"))]
+        files.update((n, old_files[n]) for n in kept)
+        reason = f"a folder that could not be read: the {len(kept)} files it held keep their last version"
+        report.skipped.append({"path": f"{shown}/", "reason": reason})
     # a skipped file's record goes too; counted against the manifest, as a new config empties old_files
     report.files_removed = sum(1 for n in manifest["files"] if n not in files)
     report.skipped.extend(_shared_doc_ids(files))

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -26,6 +27,7 @@ class StoreConflict(Exception):
 
 class ObjectStore(Protocol):
     uri: str
+    unreadable: tuple[str, ...]  # keys of folders the last `list` could not read (none on S3)
 
     def put(self, key: str, data: bytes) -> None: ...
     def put_if(self, key: str, data: bytes, tag: str | None) -> None: ...
@@ -44,6 +46,7 @@ class LocalStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.uri = str(self.root)
+        self.unreadable: tuple[str, ...] = ()  # the folders the last listing could not read
 
     def _path(self, key: str) -> Path:
         p = (self.root / key).resolve()
@@ -93,13 +96,27 @@ class LocalStore:
         return tuple(sorted(key for p, key in self._visible(prefix) if p.is_symlink()))
 
     def _visible(self, prefix: str) -> Iterator[tuple[Path, str]]:
-        """Paths below the root and their keys, outside hidden files and folders (`.git/`, temp files)."""
+        """Paths below the root and their keys, outside hidden files and folders (`.git/`, temp files).
+        Folders that could not be listed (no permission) are kept in `unreadable`, by key: their files are
+        not gone (`Path.rglob` passed over them in silence, and ingest removed their documents)."""
+        unreadable: list[str] = []
+
+        def failed(e: OSError) -> None:
+            if not isinstance(e, FileNotFoundError) and e.filename is not None:  # a folder removed is gone
+                key = Path(e.filename).relative_to(self.root).as_posix()
+                unreadable.append("" if key == "." else key)  # "": the root itself
+
         if not self.root.exists():
             return
-        for p in self.root.rglob("*"):
-            rel = p.relative_to(self.root)
-            if not hidden(rel) and rel.as_posix().startswith(prefix):
-                yield p, rel.as_posix()
+        for folder, dirs, names in os.walk(self.root, onerror=failed):  # links to folders are not entered
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for n in [*dirs, *names]:
+                p = Path(folder) / n
+                rel = p.relative_to(self.root)
+                if not hidden(rel) and rel.as_posix().startswith(prefix):
+                    yield p, rel.as_posix()
+        inside = [u for u in unreadable if u.startswith(prefix) or prefix.startswith(f"{u}/".lstrip("/"))]
+        self.unreadable = tuple(inside)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -132,6 +149,7 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}"
+        self.unreadable: tuple[str, ...] = ()
         if create_bucket and not self.client.bucket_exists(bucket):
             from minio.error import S3Error
 
