@@ -518,6 +518,7 @@ def load_chunks(settings: Settings, store: ObjectStore | None = None, attempts: 
         except KeyError:
             if attempt == attempts - 1 or _manifest_bytes(store) == raw:
                 raise
+    parts = [p for p in parts if len(p)]  # a file with no chunk: its empty table's columns are objects
     if not parts:
         return pd.DataFrame(columns=CHUNK_COLUMNS)
     return pd.concat(parts, ignore_index=True).drop_duplicates("chunk_id", keep="last").reset_index(drop=True)
