@@ -87,8 +87,9 @@ class Settings(BaseSettings):
     nebula_address: str = "127.0.0.1:9669"
     # hybrid RAG: corpus, indexes, retrieval (pipelines/corpus, pipelines/index, pipelines/rag)
     corpus_dir: str | None = Field(default=None, description="folder or s3://bucket/prefix to ingest")
-    s3_access_key: str = "minioadmin"
-    s3_secret_key: SecretStr = SecretStr("minioadmin")
+    # no default: MinIO's well-known root login was used wherever these were unset (`s3_store` says so)
+    s3_access_key: str = ""
+    s3_secret_key: SecretStr = SecretStr("")
     opensearch_index: str = "stratmaster-chunks"
     # OpenSearch's basic auth (user:pass@ in opensearch_url works too, but a URL is printed and reported)
     opensearch_user: str = ""

@@ -367,10 +367,23 @@ def test_cli_an_index_another_process_holds_is_one_line_and_ask_opens_only_its_m
 def test_cli_ingest_from_an_unreachable_s3_names_the_endpoint_in_one_line(cli_run):
     """S3 down was a urllib3 MaxRetryError traceback."""
     env, _ = cli_run
-    env = {**env, "SM_S3_ENDPOINT": "127.0.0.1:9", "SM_S3_SECRET_KEY": "sekrit-do-not-print"}
+    env = {
+        **env,
+        "SM_S3_ENDPOINT": "127.0.0.1:9",
+        "SM_S3_ACCESS_KEY": "k",
+        "SM_S3_SECRET_KEY": "sekrit-do-not-print",
+    }
     res = CliRunner().invoke(app, ["ingest", "s3://corpus/docs"], env=env)
     _one_line_error(res, 1, "cannot reach the object store at 127.0.0.1:9")
     assert "sekrit" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_s3_without_credentials_is_refused_before_any_request(cli_run):
+    """Unset, the credentials were MinIO's well-known root login, sent to whatever SM_S3_ENDPOINT named."""
+    env, _ = cli_run
+    env = {**env, "SM_S3_ENDPOINT": "127.0.0.1:9", "SM_S3_ACCESS_KEY": "", "SM_S3_SECRET_KEY": ""}
+    res = CliRunner().invoke(app, ["ingest", "s3://corpus/docs"], env=env)
+    _one_line_error(res, 2, "S3 needs credentials", "SM_S3_ACCESS_KEY", "SM_S3_SECRET_KEY")
 
 
 def test_cli_evaluate_refuses_a_corpus_with_none_of_the_qrels_documents(beir, tmp_path):

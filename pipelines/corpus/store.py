@@ -239,6 +239,11 @@ class S3Store:
 
 
 def s3_store(settings: Settings, bucket: str | None = None, prefix: str = "", create: bool = True) -> S3Store:
+    """The S3 bucket of the settings (or `bucket`); a ValueError where the credentials are not set."""
+    if not settings.s3_access_key or not settings.s3_secret_key.get_secret_value():
+        raise ValueError(
+            "S3 needs credentials from the environment: set SM_S3_ACCESS_KEY and SM_S3_SECRET_KEY"
+        )
     return S3Store(
         settings.s3_endpoint, bucket or settings.s3_bucket, settings.s3_access_key,
         settings.s3_secret_key.get_secret_value(),
