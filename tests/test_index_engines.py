@@ -54,6 +54,21 @@ def test_chinese_japanese_and_long_cyrillic_words_are_indexed_and_found(tmp_path
     assert idx.terms("The RUNNING forests") == ["run", "forest"]  # English as before
 
 
+def test_text_unicode_writes_several_ways_matches_either_way(tmp_path):
+    """Accents typed as separate marks (NFD, from macOS and PDF extraction) split a word in two, and
+    fullwidth letters (CJK input) or a PDF's ligatures matched no query typed plainly, nor the other way."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Müller wrote about naïve Gödel numbering.")
+    idx = TantivyIndex(tmp_path / "kw")
+    sync_index(idx, frame({"nfd": nfd, "wide": "ＤＮＡ repair in yeast.", "lig": "Pulmonary \ufb01brosis.",
+                           "plain": "COVID-19 vaccines and their efficacy."}))  # fmt: skip
+    for query, doc in [("Müller naïve", "nfd"), ("Gödel", "nfd"), ("DNA", "wide"), ("fibrosis", "lig"),
+                       ("ＣＯＶＩＤ－１９", "plain"), ("e\ufb03cacy", "plain")]:  # fmt: skip
+        assert [h.doc_id for h in idx.search(query)] == [doc], query
+        assert [h.doc_id for h in idx.search(unicodedata.normalize("NFD", query))] == [doc], query
+
+
 def test_an_index_analysed_by_another_version_is_rebuilt_by_its_next_sync(tmp_path):
     from pipelines.index import keyword
 

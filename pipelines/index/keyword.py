@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ ANALYZER = "en_bm25"
 # bump when the analysis changes: an index analysed otherwise is emptied by its next sync (tantivy), or made
 # anew (OpenSearch, whose mapping's _meta records it), which adds every chunk again (its terms would not match
 # the queries')
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3  # 3: text and queries NFKC-normalised
 ANALYSIS_STAMP = "analysis_version"
 # alphanumeric runs, as tantivy's simple tokenizer splits (char::is_alphanumeric), but Han and hiragana one
 # character at a time and katakana words (with their long-vowel mark) whole, as Unicode word breaking and so
@@ -60,8 +61,15 @@ def without_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def normalised(text: str) -> str:
+    """NFKC: one form for what Unicode writes several ways, as search engines fold it. Accents typed as
+    separate marks (NFD, from macOS and many PDF extractions) split "naïve" into "nai" + "ve"; fullwidth
+    "ＤＮＡ" (CJK input) and ligatures ("ﬁbrosis", from PDFs) matched no query typed plainly."""
+    return unicodedata.normalize("NFKC", text)
+
+
 def indexed_text(title: str | None, text: str) -> str:
-    return f"{title}\n{text}" if title else text
+    return normalised(f"{title}\n{text}" if title else text)
 
 
 def _analyzer():
@@ -83,7 +91,7 @@ class _Analysed:
     analyzer: Any
 
     def terms(self, query: str) -> list[str]:
-        return list(dict.fromkeys(self.analyzer.analyze(query)))[:MAX_QUERY_TERMS]
+        return list(dict.fromkeys(self.analyzer.analyze(normalised(query))))[:MAX_QUERY_TERMS]
 
 
 class TantivyIndex(_Analysed):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.index.base import ScoredChunk, doc_id_of
+from pipelines.index.keyword import normalised
 from pipelines.rag.fusion import convex, rrf
 from pipelines.settings import Settings
 
@@ -61,6 +62,7 @@ class Retriever:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         depth = depth or self.depth
         query = query.encode("utf-8", "replace").decode()  # a lone surrogate ("\ud800") is no character
+        query = normalised(query)  # "ＤＮＡ" is DNA to every retriever, as to the keyword index's analysis
         # nothing to match ("", "???", a zero-width space): the dense index ranked every chunk 0.0 in its
         # order, or gave confident hits for punctuation
         blank = not any(ch.isalnum() for ch in query)
