@@ -20,6 +20,10 @@ SYSTEM = (
     "numbers in square brackets, like [1] or [2]. If the sources do not contain the answer, say so."
 )
 _LABEL = re.compile(r"\[(\d{1,6}(?:\s*,\s*\d{1,6})*)\]")  # a longer number is no label (nor an int)
+# labels, one or a run ("[1][2]"), not glued to what they follow: `s[0]`, `lst[1]`, `f(x)[2]` and
+# `m[1][2]` are subscripts (Python's reference docs, the demo corpus, are full of them), not sources
+_LABELS = re.compile(r"(?<![\w)\]])(?:\[\d{1,6}(?:\s*,\s*\d{1,6})*\])+")
+_CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)  # a fence or an inline code span: no labels inside
 _CHUNK_REF = re.compile(r"\[([^\[\]\n]+#[0-9a-f]{12})\]")  # a chunk id as cite() writes it
 SENTENCE_BREAK = r"(?<=[.!?])\s+|\n+"  # also splits answers for pipelines.bench.rag_scorers
 _WORD = re.compile(r"[a-z0-9_]{3,}")
@@ -59,7 +63,16 @@ def _shown(hits: list[Hit], max_context_chars: int) -> list[str]:
     least). A source's own `[n]` is shown as `(n)`: a document's reference marks, or a forged `[2] ...`
     block, were read as the labels of other sources, and an answer that copied them cited the wrong chunk."""
     per = max(200, max_context_chars // max(1, len(hits)))
-    return [_LABEL.sub(r"(\1)", f"{(h.title + ': ') if h.title else ''}{h.text[:per]}") for h in hits]
+    shown = (f"{(h.title + ': ') if h.title else ''}{h.text[:per]}" for h in hits)
+    return [_LABELS.sub(lambda m: _LABEL.sub(r"(\1)", m.group(0)), text) for text in shown]
+
+
+def _labels_outside_code(text: str, swap) -> str:
+    """`text` with each label outside code spans and fences replaced by `swap(match)`."""
+    parts = _CODE.split(text)  # code at odd indices
+    for i in range(0, len(parts), 2):
+        parts[i] = _LABELS.sub(lambda run: _LABEL.sub(swap, run.group(0)), parts[i])
+    return "".join(parts)
 
 
 def build_messages(question: str, hits: list[Hit], max_context_chars: int = 4000) -> list[dict]:
@@ -75,14 +88,15 @@ MAX_SOURCES = 20  # /v1/rag's most; a bracketed number past it and past the sour
 
 def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[str]]:
     """Replace [n] labels by [chunk_id]; labels that name no source are dropped from the text, and numbers
-    no label could be (a year, "[2019]") are kept as written. A chunk id in brackets that was not retrieved
-    (the model's own invention) is dropped too: it would read as a citation."""
+    no label could be (a year, "[2019]", or "[0]") are kept as written, as are subscripts (`s[1]`: glued to
+    what they follow) and anything in code. A chunk id in brackets that was not retrieved (the model's own
+    invention) is dropped too: it would read as a citation."""
     cited: list[str] = []
 
     def swap(m: re.Match) -> str:
         ids = []
         numbers = [int(x) for x in m.group(1).split(",")]
-        if all(n > max(MAX_SOURCES, len(hits)) for n in numbers):
+        if 0 in numbers or all(n > max(MAX_SOURCES, len(hits)) for n in numbers):
             return m.group(0)
         for n in numbers:
             if 1 <= n <= len(hits):
@@ -92,7 +106,7 @@ def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[str]]:
 
     retrieved = {h.chunk_id for h in hits}
     text = _CHUNK_REF.sub(lambda m: m.group(0) if m.group(1) in retrieved else "", text)  # none made up
-    return _LABEL.sub(swap, text).strip(), list(dict.fromkeys(cited))
+    return _labels_outside_code(text, swap).strip(), list(dict.fromkeys(cited))
 
 
 def _content_words(text: str) -> set[str]:
