@@ -50,6 +50,10 @@ def test_a_malformed_queries_file_or_qrels_that_match_no_query_are_clear_errors(
     (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n{"_id": "q2", "text": broken\n')
     with pytest.raises(ValueError, match="q.jsonl line 2"):
         load_queries(tmp_path / "q.jsonl")
+    for bad in ('{"_id": "q2", "text": null}', '{"_id": null, "text": "x"}', '{"_id": "q2", "text": ["a"]}'):
+        (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n' + bad + "\n")
+        with pytest.raises(ValueError, match="q.jsonl line 2"):  # was searched as the word "None"
+            load_queries(tmp_path / "q.jsonl")
     (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n')
     (tmp_path / "qrels.csv").write_text("query-id,corpus-id,score\nq1,d1,1\n")  # not tab-separated
     with pytest.raises(ValueError, match="qrels.csv line 2: not query-id, corpus-id and a finite score"):
@@ -208,7 +212,7 @@ def test_an_evaluation_never_syncs_the_production_index_names():
 
     prod = Settings(keyword_backend="opensearch", vector_backend="qdrant_server", graph_backend="nebula")
     ev = evaluation_settings(prod, Path("/runs/retrieval/scifact-1a2b3c4d"))
-    assert ev.opensearch_index == "stratmaster-chunks-eval-scifact_1a2b3c4d"
+    assert re.fullmatch(r"stratmaster-chunks-eval-scifact_1a2b3c4d_[0-9a-f]{8}", ev.opensearch_index)
     for field in ("opensearch_index", "qdrant_collection", "nebula_space"):
         assert getattr(ev, field) != getattr(prod, field)
     assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ev.nebula_space)  # an nGQL identifier
@@ -216,6 +220,11 @@ def test_an_evaluation_never_syncs_the_production_index_names():
     embedded = Settings()  # its engines live in the evaluation's folder: their names stay
     assert evaluation_settings(embedded, Path("/runs/retrieval/scifact-1a2b3c4d")) == embedded
     assert evaluation_settings(prod, Path("/x/other")).qdrant_collection != ev.qdrant_collection
+    # folders of one name in two places: two corpora in one server index, had they run at once
+    assert (
+        evaluation_settings(prod, Path("/a/idx")).nebula_space
+        != evaluation_settings(prod, Path("/b/idx")).nebula_space
+    )
 
 
 def test_a_beir_sample_reads_its_corpus_as_ingest_does(tmp_path):

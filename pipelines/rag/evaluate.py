@@ -28,8 +28,12 @@ def evaluation_settings(settings: Settings, index_dir: str | Path) -> Settings:
     """`settings` whose server-side index names (OpenSearch index, Qdrant collection, NebulaGraph space) are
     this evaluation's own, suffixed with its folder's name: the embedded engines live in `index_dir`, but a
     server keeps one index per name, and an evaluation that synced the production names made the production
-    index hold only its sample (and the next index build undid it). Idempotent."""
-    tag = re.sub(r"[^a-z0-9]+", "_", Path(index_dir).name.lower()).strip("_") or "default"
+    index hold only its sample (and the next index build undid it). The suffix holds a hash of the folder's
+    full path too: two evaluations in folders of one name (`/a/idx`, `/b/idx`) shared one server index.
+    Idempotent."""
+    folder = Path(index_dir).resolve()
+    name = re.sub(r"[^a-z0-9]+", "_", folder.name.lower()).strip("_") or "default"
+    tag = f"{name}_{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
     server = {  # the embedded engines keep their names: their folder is the evaluation's already
         "opensearch_index": (settings.keyword_backend == "opensearch", f"-eval-{tag}"),
         "qdrant_collection": (settings.vector_backend == "qdrant_server", f"_eval_{tag}"),

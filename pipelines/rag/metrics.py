@@ -27,7 +27,12 @@ def load_queries(path: str | Path) -> dict[str, str]:
             continue
         try:
             j = json.loads(line)
-            queries[str(j["_id"])] = str(j["text"])
+            qid, text = j["_id"], j["text"]
+            if isinstance(qid, bool) or not isinstance(qid, (str, int)) or not isinstance(text, str):
+                raise TypeError(
+                    f"_id must be a string or an integer and text a string, got {qid!r:.40}, {text!r:.40}"
+                )
+            queries[str(qid)] = text
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path} line {i}: not a JSON object with _id and text ({e!r})") from None
     return queries
