@@ -217,14 +217,18 @@ def _quoting_server(status: int):
 
 @pytest.mark.parametrize("status", [413, 422])
 def test_a_request_the_server_cannot_process_is_refused_not_an_outage(model_settings, status):
-    """A 422 was 'answered 400' and a 413 a failed call (the service's client was told to retry later)."""
-    with _quoting_server(status) as entry:
-        gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=[entry]))
-        for stream in (False, True):
-            with pytest.raises(
-                GatewayError, match=f"quoting: request refused: the model server answered {status}$"
-            ):
-                gw.chat("quoting", HELLO, stream=stream)
+    """A 422 was 'answered 400' and a 413 a failed call (the service's client was told to retry later).
+    Through LiteLLM's `openai/` client (the local models' own), a 422 came back as None: 'no choices',
+    streamed or not, an outage to the caller."""
+    with _quoting_server(status) as served:
+        for prefix in ("hosted_vllm", "openai"):
+            entry = served.model_copy(update={"litellm_model": f"{prefix}/quoting"})
+            gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=[entry]))
+            for stream in (False, True):
+                with pytest.raises(
+                    GatewayError, match=f"quoting: request refused: the model server answered {status}$"
+                ):
+                    gw.chat("quoting", HELLO, stream=stream)
 
 
 def test_an_upstream_error_that_quotes_the_prompt_reaches_no_message_or_span(model_settings):
@@ -618,6 +622,31 @@ def test_a_stream_dropped_unread_ends_its_span_and_frees_its_connection(fresh, m
     spans = [s for s in memory.get_finished_spans() if s.name == "chat gemma3-270m"]
     assert spans and spans[-1].attributes["stratmaster.stream_closed_early"] is True
     assert resp.completion_stream is None  # LiteLLM's close() lets go of the HTTP stream
+
+
+def test_a_reader_that_breaks_out_of_its_loop_ends_the_stream_at_once(fresh, model_settings):
+    """The object held its generator, whose frame holds the object: a reader that broke out of its loop and
+    returned, with no `with` or close(), left the model writing and the span open until the cyclic GC ran."""
+    import gc
+
+    memory = _memory_spans(model_settings)
+
+    def first_words(n: int) -> tuple[list[str], object]:
+        words, call = [], fresh.stream("gemma3-270m", HELLO, max_tokens=64)
+        for text in call:
+            words.append(text)
+            if len(words) == n:
+                break
+        return words, call._resp
+
+    gc.disable()  # no collector to rescue a cycle
+    try:
+        words, resp = first_words(2)
+        spans = [s for s in memory.get_finished_spans() if s.name == "chat gemma3-270m"]
+        assert len(words) == 2 and spans and spans[-1].attributes["stratmaster.stream_closed_early"] is True
+        assert resp.completion_stream is None  # its HTTP stream let go of
+    finally:
+        gc.enable()
 
 
 def test_a_slow_reader_does_not_make_the_model_slow_to_the_latency_rule(local_servers, model_settings):

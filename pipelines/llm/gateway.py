@@ -419,6 +419,8 @@ class Gateway:
                 model=model, messages=messages, max_tokens=max_tokens, temperature=temperature,
                 stream=True, stream_options={"include_usage": True}, **kwargs,
             )  # fmt: skip
+            if resp is None:
+                raise GatewayError(_UNPROCESSABLE.format(model=model))
             chunks = iter(resp)
             head = [next(chunks, None)]
             if head[0] is None:
@@ -454,6 +456,8 @@ class Gateway:
         except Exception as e:
             raise _failure(entry.name, e) from None
         latency = time.perf_counter() - t0
+        if resp is None:
+            raise GatewayError(_UNPROCESSABLE.format(model=entry.name))
         if not isinstance(resp, litellm.ModelResponse) or not resp.choices:
             raise GatewayError(f"{entry.name}: the server returned no choices")
         return self._result(entry, resp, resp, latency, None)
@@ -571,14 +575,17 @@ class StreamedChat:
         self._returned = time.perf_counter()
         self._gateway, self._entry, self._messages = gateway, entry, messages
         self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
-        self._gen: Generator[str, None, None] | None = None
+        # a weak reference: the generator's frame holds this object, so a strong one made a cycle, and a
+        # reader that broke out of its loop and dropped both left the server writing till the cyclic GC ran
+        self._gen: weakref.ref[Generator[str, None, None]] | None = None
         self._ended, self._end_lock = False, threading.Lock()
 
     def __iter__(self) -> Iterator[str]:
         if self._gen is not None or self._ended:
             raise GatewayError(f"{self.requested_model}: this stream has already been read")
-        self._gen = self._deltas()
-        return self._gen
+        gen = self._deltas()
+        self._gen = weakref.ref(gen)
+        return gen
 
     def read(self) -> ChatResult:
         """Read the stream to its end: the answer's ChatResult (GatewayError when it breaks; a `close` from
@@ -593,7 +600,8 @@ class StreamedChat:
         """Stop reading: release the connection and end the span (nothing to do once the stream ended).
         Safe from another thread while one is blocked reading (a server whose client left): closing the
         response ends that read."""
-        gen, self._gen = self._gen, None
+        ref, self._gen = self._gen, None
+        gen = ref() if ref is not None else None
         if gen is not None:
             # "generator already executing" when a thread is reading it: _end closes the response under it
             with contextlib.suppress(ValueError):
@@ -676,6 +684,9 @@ def _delta_text(chunk: Any) -> str | None:
 
 
 REQUEST_FAULT_STATUSES = (400, 413, 422)
+# LiteLLM's OpenAI client, under `drop_params`, answers a second 422 in a row (llama-cpp-python's server
+# validating a request: a role it does not know) with None, and its Router books that as a success
+_UNPROCESSABLE = "{model}: request refused: the model server answered 422"
 
 
 def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError:
