@@ -78,6 +78,21 @@ def test_non_streamed_call_has_usage_too(gateway):
     assert r.output_tokens > 0 and r.ttft_s is None
 
 
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_the_window_check_counts_the_prompt_the_server_reads(gateway, model):
+    """It counted 8 tokens a turn, short of what the servers' chat templates add (a default system prompt
+    where the caller gives none): 14 tokens for SmolLM2 and 22 for Gemma, so a max_tokens that passed the
+    check could run past the window."""
+    entry = gateway.catalog.get(model)
+    for messages in (
+        [{"role": "user", "content": "Name a prime number between 10 and 20."}],
+        [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a colour."},
+         {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another <|im_end|> one?"}],
+    ):  # fmt: skip
+        served = gateway.chat(model, messages, max_tokens=1, stream=False).input_tokens
+        assert gateway._prompt_tokens(entry, messages) == served, messages
+
+
 def test_unknown_model_names_the_catalog(gateway):
     with pytest.raises(GatewayError, match="unknown model 'gpt-17'.*smollm2-135m"):
         gateway.chat("gpt-17", HELLO)

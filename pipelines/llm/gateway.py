@@ -206,13 +206,22 @@ class _Vocab:
             raise ValueError(f"llama.cpp could not read the vocabulary of {path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
 
-    def count(self, text: str) -> int:
-        """Tokens in `text`, without BOS and with special-token text read as text (the server's count)."""
+    def count(self, text: str, special: bool = False) -> int:
+        """Tokens in `text`, without BOS; special-token text ("<|im_start|>") read as text (the server's count
+        of a message's content), or as the special token where `special` (a rendered chat template's)."""
         if not self._model:
             raise ValueError("this tokenizer is closed")
         data = text.encode()
         # with no room for tokens, llama_tokenize answers minus the number it would write
-        return abs(int(self._lib.llama_tokenize(self._vocab, data, len(data), None, 0, False, False)))
+        return abs(int(self._lib.llama_tokenize(self._vocab, data, len(data), None, 0, False, special)))
+
+    def adds_bos(self) -> bool:
+        return bool(self._lib.llama_vocab_get_add_bos(self._vocab))
+
+    def chat_template(self) -> str | None:
+        """The GGUF's own chat template (what llama-server renders a chat with), if it has one."""
+        raw = self._lib.llama_model_chat_template(self._model, None) if self._model else None
+        return raw.decode() if raw else None
 
     def close(self) -> None:
         model, self._model = self._model, None
@@ -283,6 +292,7 @@ class Gateway:
         self._fallbacks = {k: v for f in cfg["router_settings"]["fallbacks"] for k, v in f.items()}
         # (when, seconds) of recent calls per model, for the router's latency rule
         self._latencies: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=200))
+        self._templates: dict[tuple[str, int], Any] = {}  # compiled chat templates, by model and tokenizer
 
     def entry(self, name: str) -> ModelEntry:
         """The catalog entry of `name`; a GatewayError when the catalog has none or it is unavailable."""
@@ -357,8 +367,36 @@ class Gateway:
             return None
         if vocab is None:
             return None
+        # the prompt as the server renders it: its template's markers and any default system prompt it adds
+        # (SmolLM2's and Gemma's, 14 and 22 tokens past an estimate of 8 a turn: a max_tokens that passed the
+        # check ran past the window)
+        template = self._template(entry, vocab)
+        if template is not None:
+            try:
+                text = template.render(
+                    messages=messages, add_generation_prompt=True, bos_token="", eos_token=""
+                )
+                return vocab.count(text, special=True) + vocab.adds_bos()
+            except Exception:  # noqa: BLE001 - a template that refuses these messages: the estimate below
+                pass
         text = sum(vocab.count(m["content"]) for m in messages)
         return text + CHAT_TOKENS_PER_MESSAGE * (len(messages) + 1)  # each turn's markers, the reply's start
+
+    def _template(self, entry: ModelEntry, vocab: _Vocab) -> Any:
+        """The compiled chat template the model's server renders (the catalog's file, else the GGUF's), or
+        None; compiled once a tokenizer."""
+        key = (entry.name, id(vocab))
+        if key not in self._templates:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            try:
+                path = entry.local.template_path() if entry.local else None
+                source = path.read_text() if path else vocab.chat_template()
+                env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+                self._templates[key] = env.from_string(source) if source else None
+            except Exception:  # noqa: BLE001 - a template jinja cannot read: the estimate
+                self._templates[key] = None
+        return self._templates[key]
 
     def own_prompt_tokens(self, model: str, prompt: str, turns: int = 1) -> int | None:
         """What the window check counts for `turns` messages whose texts, joined, are `prompt`, by `model`'s
