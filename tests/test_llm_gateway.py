@@ -246,6 +246,21 @@ def test_a_request_the_server_cannot_process_is_refused_not_an_outage(model_sett
                     gw.chat("quoting", HELLO, stream=stream)
 
 
+def test_a_model_that_refuses_a_request_its_fallback_answers_is_not_booked_as_slow(gateway, model_settings):
+    """A model whose server refused the request itself (a 400: its own context overflow, a parameter only it
+    rejects) was booked as a request that timed out when a fallback answered: the latency rule then kept a
+    fast, healthy model out for 5 minutes. A model down still is (an outage)."""
+    for status, slow in ((400, False), (503, True)):
+        with _quoting_server(status) as remote:  # a remote model falls back to the local panel
+            catalog = Catalog(models=[remote, *gateway.catalog.local()])
+            gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), catalog)
+            for stream in (False, True):
+                r = gw.chat("quoting", HELLO, max_tokens=4, stream=stream)
+                assert r.fallback_used and r.model in {e.name for e in gateway.catalog.local()}, r
+            p95 = gw.recent_latency_p95("quoting")
+            assert (p95 is not None and p95 >= model_settings.request_timeout_s) is slow, (status, p95)
+
+
 def test_an_upstream_error_that_quotes_the_prompt_reaches_no_message_or_span(model_settings):
     """A 503 whose body quotes the request (as pydantic/FastAPI errors do) went verbatim into the error the
     caller (a service's client) got, and into the span's status and an exception event with its stack."""

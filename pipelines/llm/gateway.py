@@ -31,6 +31,7 @@ import litellm
 # imported now, not by LiteLLM's AsyncHTTPHandler.__del__ at garbage collection: an import from a finalizer
 # waited on the import lock for ever (a pytest process of the service tests hung there, idle, 10 minutes)
 import litellm.llms.custom_httpx.aiohttp_transport  # noqa: F401
+from litellm.integrations.custom_logger import CustomLogger
 from opentelemetry.trace import Span, Status, StatusCode
 
 from pipelines.llm.catalog import Catalog, ModelEntry, load_catalog
@@ -48,6 +49,33 @@ if not os.environ.get("LITELLM_LOG"):
 litellm.drop_params = True
 LOCAL_API_KEY = "sk-local-no-auth"  # llama.cpp servers take any key; the client insists on one
 LATENCY_WINDOW_S = 300.0  # the router's latency rule sees calls this recent
+
+
+class _FailureLog(CustomLogger):
+    """The failures of each gateway call's attempts (the requested model's, then its fallbacks'), by the
+    call's id in LiteLLM's metadata: LiteLLM calls this in the caller's thread before the Router falls back.
+    A call answered by a fallback learns whether its model failed for an outage, or refused the request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._failures: defaultdict[str, list[tuple[str | None, BaseException | None]]] = defaultdict(list)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        meta = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+        call = meta.get(CALL_KEY)
+        if call is not None:
+            with self._lock:
+                self._failures[call].append((meta.get("model_group"), kwargs.get("exception")))
+
+    def pop(self, call: str) -> list[tuple[str | None, BaseException | None]]:
+        with self._lock:
+            return self._failures.pop(call, [])
+
+
+CALL_KEY = "stratmaster_call"
+_FAILURES = _FailureLog()
+litellm.callbacks.append(_FAILURES)
 
 
 class GatewayError(RuntimeError):
@@ -448,7 +476,7 @@ class Gateway:
         """
         entry = self.entry(model)
         self._check(entry, messages, max_tokens)
-        kwargs = self._with_stops(entry, kwargs)
+        kwargs, call = self._tagged(self._with_stops(entry, kwargs))
         span = tracer().start_span(f"chat {model}")
         _span_request(span, model, max_tokens, temperature, stream=True)
         t0 = time.perf_counter()
@@ -472,8 +500,10 @@ class Gateway:
             _span_error(span, err)
             span.end()
             raise err from None
+        finally:
+            outage = _outage(model, _FAILURES.pop(call))
         answered = self._answered(resp, entry)
-        return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft)
+        return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft, outage)
 
     def _call(
         self,
@@ -484,7 +514,7 @@ class Gateway:
         **kwargs: Any,
     ) -> ChatResult:
         """One non-streamed call."""
-        kwargs = self._with_stops(entry, kwargs)
+        kwargs, call = self._tagged(self._with_stops(entry, kwargs))
         t0 = time.perf_counter()
         try:
             resp = self._router.completion(
@@ -493,12 +523,20 @@ class Gateway:
             )  # fmt: skip
         except Exception as e:
             raise _failure(entry.name, e) from None
+        finally:
+            outage = _outage(entry.name, _FAILURES.pop(call))
         latency = time.perf_counter() - t0
         if resp is None:
             raise GatewayError(_UNPROCESSABLE.format(model=entry.name))
         if not isinstance(resp, litellm.ModelResponse) or not resp.choices:
             raise GatewayError(f"{entry.name}: the server returned no choices")
-        return self._result(entry, resp, resp, latency, None)
+        return self._result(entry, resp, resp, latency, None, outage=outage)
+
+    @staticmethod
+    def _tagged(kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """`kwargs` with a call id in LiteLLM's metadata: `_FAILURES` files the attempts' failures by it."""
+        call = os.urandom(8).hex()
+        return {**kwargs, "metadata": {**(kwargs.get("metadata") or {}), CALL_KEY: call}}, call
 
     def _result(
         self,
@@ -508,9 +546,12 @@ class Gateway:
         latency: float,
         ttft: float | None,
         book: bool = True,
+        outage: bool = True,
     ) -> ChatResult:
         """A ChatResult from a complete response; `source`, what LiteLLM returned, knows who answered.
-        `book=False`: the latency is not the model's to book (a stream its reader held up)."""
+        `book=False`: the latency is not the model's to book (a stream its reader held up). `outage`: where
+        a fallback answered, whether the requested model failed for an outage (or was benched), not for
+        refusing the request."""
         answered = self._answered(source, requested)
         usage = getattr(resp, "usage", None)
         in_tok = int(getattr(usage, "prompt_tokens", 0) or 0)
@@ -521,8 +562,9 @@ class Gateway:
         if answered == requested.name:
             if book:
                 self._latencies[answered].append((now, latency))
-        else:  # it failed (or was benched): as slow as a request that timed out. The stand-in's time holds
-            # that failure's (a 3 s hang booked to it would exclude it too): not its own, not booked
+        elif outage:  # it failed (or was benched): as slow as a request that timed out. The stand-in's time
+            # holds that failure's (a 3 s hang booked to it would exclude it too): not its own, not booked.
+            # One that refused the request (its own context overflow, a 400) is not slow: nothing is booked
             self._latencies[requested.name].append((now, max(latency, self.settings.request_timeout_s)))
         choice = resp.choices[0]
         return ChatResult(
@@ -602,6 +644,7 @@ class StreamedChat:
         head: list[Any],
         t0: float,
         ttft_s: float | None,
+        outage: bool = True,
     ) -> None:
         self.model = answered
         self.requested_model = entry.name
@@ -613,6 +656,7 @@ class StreamedChat:
         self._returned = time.perf_counter()
         self._gateway, self._entry, self._messages = gateway, entry, messages
         self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
+        self._outage = outage
         # a weak reference: the generator's frame holds this object, so a strong one made a cycle, and a
         # reader that broke out of its loop and dropped both left the server writing till the cyclic GC ran
         self._gen: weakref.ref[Generator[str, None, None]] | None = None
@@ -690,7 +734,9 @@ class StreamedChat:
             # them than it spends on each): the time is the reader's, not the model's, and llama-server's
             # own timings are not in what LiteLLM passes on
             kept_up = sum(w for w, _ in self._paces) >= sum(r for _, r in self._paces)
-            self.result = self._gateway._result(self._entry, self._resp, built, latency, self.ttft_s, kept_up)
+            self.result = self._gateway._result(
+                self._entry, self._resp, built, latency, self.ttft_s, kept_up, self._outage
+            )
         except BaseException as e:  # GeneratorExit too: the consumer stopped reading (client gone)
             outcome = e
             raise
@@ -725,6 +771,13 @@ REQUEST_FAULT_STATUSES = (400, 413, 422)
 # LiteLLM's OpenAI client, under `drop_params`, answers a second 422 in a row (llama-cpp-python's server
 # validating a request: a role it does not know) with None, and its Router books that as a success
 _UNPROCESSABLE = "{model}: request refused: the model server answered 422"
+
+
+def _outage(model: str, failures: list[tuple[str | None, BaseException | None]]) -> bool:
+    """Whether `model` failed its call for an outage: a failure of its own that is no request fault, or none
+    at all (benched, it was not called)."""
+    own = [e for m, e in failures if m == model]
+    return not own or any(e is None or not is_request_fault(_failure(model, e)) for e in own)
 
 
 def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError:
