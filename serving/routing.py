@@ -45,15 +45,20 @@ def prompt_of(messages: list[dict[str, Any]]) -> str:
     return "\n\n".join(str(m.get("content") or "") for m in messages)
 
 
+def has_system(messages: list[dict[str, Any]]) -> bool:
+    """Whether a system message is among `messages` (a chat template adds a default one where none is)."""
+    return any(m.get("role") == "system" for m in messages)
+
+
 class ModelResolver:
     def __init__(
         self,
         router: Router | None,
         catalog: Catalog,
-        count_tokens: Callable[[str, str, int], int | None] | None = None,
+        count_tokens: Callable[[str, str, int, bool], int | None] | None = None,
     ) -> None:
-        """`count_tokens(model, prompt, turns)`: what the gateway's window check counts for the prompt, by
-        that model's own tokenizer; None where unknown (`Gateway.own_prompt_tokens`). The router's
+        """`count_tokens(model, prompt, turns, system)`: what the gateway's window check counts for the
+        prompt, by that model's own tokenizer; None where unknown (`Gateway.own_prompt_tokens`). The router's
         tokenizer-free estimate gives a Chinese character one token, SmolLM2's tokenizer about two: the
         router chose it for prompts it then refused."""
         self.router = router
@@ -111,12 +116,14 @@ class ModelResolver:
         p95: dict[str, float] | None = None,
         turns: int = 1,
         sent: str | None = None,
+        system: bool = False,
     ) -> Choice:
-        """`turns`: how many messages `prompt` joins (prompt_of), for the window check's count. `sent`: the
+        """`turns`: how many messages `prompt` joins (prompt_of), and `system`, whether one is a system
+        message (a chat template adds a default one where none is), for the window check's count. `sent`: the
         text the model will be sent where it is more than the prompt routed on (a RAG question's sources)."""
         if model == "router" or model.startswith("router:"):
             policy_name = model.partition(":")[2] or None
-            return self.route(prompt, constraints, policy_name, p95, turns, sent)
+            return self.route(prompt, constraints, policy_name, p95, turns, sent, system)
         if model not in self.catalog.names():
             raise RoutingError(
                 f"unknown model {model!r}; use 'router', 'router:<policy>' or one of: "
@@ -136,6 +143,7 @@ class ModelResolver:
         p95: dict[str, float] | None = None,
         turns: int = 1,
         sent: str | None = None,
+        system: bool = False,
     ) -> Choice:
         if self.router is None:
             # this service's configuration, not an outage: a 404 (OpenAI's model_not_found), no retry
@@ -152,7 +160,9 @@ class ModelResolver:
                 c.allowed, c.excluded_by = False, UNAVAILABLE
                 c.reason = status.get(c.model) or f"{c.model} is not in the gateway's catalog"
                 dropped.append(c)
-        size = _Size(prompt, turns) if sent is None else _Size(sent, turns, "the question with its sources")
+        size = _Size(prompt, turns, system=system)
+        if sent is not None:
+            size = _Size(sent, turns, "the question with its sources", system)
         for c in decision.candidates:  # best first; a count costs up to ms: only until one fits
             if not c.allowed:
                 continue
@@ -192,9 +202,12 @@ class ModelResolver:
         privacy = self.catalog.get(model).privacy if model in self.catalog.names() else None
         return privacy != "local" and bool(detect_pii(sent))
 
-    def overflow(self, model: str, sent: str, turns: int, constraints: Constraints) -> str | None:
-        """Why `model` cannot take `sent` (`turns` messages joined), or None where it can or cannot tell."""
-        return self._overflow(model, _Size(sent, turns), constraints)
+    def overflow(
+        self, model: str, sent: str, turns: int, constraints: Constraints, system: bool = False
+    ) -> str | None:
+        """Why `model` cannot take `sent` (`turns` messages joined, `system` whether one is a system message),
+        or None where it can or cannot tell."""
+        return self._overflow(model, _Size(sent, turns, system=system), constraints)
 
     def _overflow(self, model: str, size: _Size, constraints: Constraints) -> str | None:
         """Why `model` cannot take the prompt by its own tokenizer's count, as the gateway's window check
@@ -204,7 +217,7 @@ class ModelResolver:
         window = self.catalog.get(model).context_window
         if size.bound + constraints.expected_output_tokens <= window:
             return None  # it fits, whatever the count: no tokenizing (1-2 ms for 3,000 characters)
-        n = self.count_tokens(model, size.prompt, size.turns)
+        n = self.count_tokens(model, size.prompt, size.turns, size.system)
         if n is None:
             return None
         needed = n + constraints.expected_output_tokens
@@ -262,8 +275,8 @@ class _Size:
     symbols, one each, could pass it: the gateway's own check still refuses that), and 64 a turn for the chat
     markers (the gateway counts 8)."""
 
-    def __init__(self, prompt: str, turns: int = 1, what: str = "") -> None:
-        self.prompt, self.turns = prompt, max(turns, 1)
+    def __init__(self, prompt: str, turns: int = 1, what: str = "", system: bool = False) -> None:
+        self.prompt, self.turns, self.system = prompt, max(turns, 1), system
         self.what = what  # what the text is, for a reason, where it is more than the prompt
 
     @cached_property

@@ -60,7 +60,7 @@ from serving.openapi import json_body
 from serving.paths import UNKNOWN, PathAsSent, path_label
 from serving.paths import install as hide_unknown_paths
 from serving.readiness import Readiness
-from serving.routing import Choice, ModelResolver, RoutingError, prompt_of
+from serving.routing import Choice, ModelResolver, RoutingError, has_system, prompt_of
 from serving.schemas import ChatRequest, RagAnswer, RagRequest, RouteDecision, RouteRequest
 from serving.security import ApiKeys
 from serving.timeout import install as install_timeout
@@ -195,12 +195,19 @@ class StratMaster:
         return model_attribute(model, self.gateway.catalog.names())
 
     async def _choose(
-        self, model: str, prompt: str, constraints: Any, turns: int = 1, sent: str | None = None
+        self,
+        model: str,
+        prompt: str,
+        constraints: Any,
+        turns: int = 1,
+        sent: str | None = None,
+        system: bool = False,
     ) -> Choice:
-        """`sent`: the text the model will be sent, where it is more than `prompt` (ModelResolver.resolve)."""
+        """`sent`: the text the model will be sent, where it is more than `prompt`; `system`: whether the
+        messages hold a system message (ModelResolver.resolve)."""
         with route_span(self._model_attribute(model)) as span:
             try:
-                args = (model, prompt, constraints, self._p95(), turns, sent)
+                args = (model, prompt, constraints, self._p95(), turns, sent, system)
                 # in bytes: a long Chinese prompt may be tokenized for the window check (ms), off the loop
                 if len((prompt if sent is None else sent).encode()) <= INLINE_ROUTE_CHARS:
                     choice = self.resolver.resolve(*args)
@@ -286,7 +293,9 @@ class StratMaster:
             rs.span.set_attribute("stratmaster.stream", bool(req.stream))
             messages = req.message_dicts()
             prompt = prompt_of(messages)
-            choice = await self._choose(req.model, prompt, req.routing_constraints(), len(req.messages))
+            choice = await self._choose(
+                req.model, prompt, req.routing_constraints(), len(req.messages), system=has_system(messages)
+            )
             temperature, options = req.sampling()
             if req.stream:  # the gateway's `chat <model>` span is this request span's child
                 from serving.sse import chat_response
@@ -341,7 +350,9 @@ class StratMaster:
     async def _route(self, req: RouteRequest) -> RouteDecision:
         messages = [m.model_dump() for m in req.messages or []]
         prompt = req.prompt if req.prompt is not None else prompt_of(messages)
-        choice = await self._choose(req.model, prompt, req.constraints, max(len(messages), 1))
+        choice = await self._choose(
+            req.model, prompt, req.constraints, max(len(messages), 1), system=has_system(messages)
+        )
         assert choice.decision is not None  # RouteRequest admits only router models: the router decided
         return RouteDecision(model=choice.model, chosen_by=choice.chosen_by, routing=choice.decision)
 
@@ -443,10 +454,14 @@ class StratMaster:
             messages = build_messages(req.question, hits, chars)
             if choice.chosen_by != "request":  # routed on the question: its sources may not fit the window,
                 sent, turns = prompt_of(messages), len(messages)  # or hold personal data it did not
-                why = await run_in_threadpool(self.resolver.overflow, choice.model, sent, turns, constraints)
+                why = await run_in_threadpool(
+                    self.resolver.overflow, choice.model, sent, turns, constraints, has_system(messages)
+                )
                 exposed = why is None and await run_in_threadpool(self.resolver.exposes, choice.model, sent)
                 if why is not None or exposed:  # routed again on all it sends (a second route span)
-                    choice = await self._choose(req.model, req.question, constraints, turns, sent)
+                    choice = await self._choose(
+                        req.model, req.question, constraints, turns, sent, has_system(messages)
+                    )
             call = await self._open_stream(self.gateway.stream, choice.model, messages, req.max_tokens)
             a = answer_from(req.question, hits, await self._read_to_end(request, call), req.mode, chars)
         else:

@@ -91,6 +91,11 @@ def test_the_window_check_counts_the_prompt_the_server_reads(gateway, model):
     ):  # fmt: skip
         served = gateway.chat(model, messages, max_tokens=1, stream=False).input_tokens
         assert gateway._prompt_tokens(entry, messages) == served, messages
+        # the service's router counts the joined prompt: never less, and no default system prompt where the
+        # request has its own (it had routed away from prompts the gateway would take)
+        joined, system = "\n\n".join(m["content"] for m in messages), messages[0]["role"] == "system"
+        routed = gateway.own_prompt_tokens(model, joined, len(messages), system)
+        assert routed is not None and served <= routed <= served + 4 * len(messages), (routed, served)
 
 
 def test_unknown_model_names_the_catalog(gateway):

@@ -426,13 +426,15 @@ class Gateway:
                 self._templates[key] = None
         return self._templates[key]
 
-    def own_prompt_tokens(self, model: str, prompt: str, turns: int = 1) -> int | None:
-        """What the window check counts for `turns` messages whose texts, joined, are `prompt`, by `model`'s
-        own tokenizer; None where the gateway has no such tokenizer: the router's estimate stands."""
+    def own_prompt_tokens(self, model: str, prompt: str, turns: int = 1, system: bool = False) -> int | None:
+        """What the window check counts for `turns` messages whose texts, joined, are `prompt` (`system`:
+        one of them a system message, where a chat template adds no default one), by `model`'s own
+        tokenizer; None where the gateway has no such tokenizer: the router's estimate stands."""
         if model not in self.catalog.names():
             return None
-        one = self._own_tokens(self.catalog.get(model), [{"role": "user", "content": prompt}])
-        return None if one is None else one + CHAT_TOKENS_PER_MESSAGE * (max(turns, 1) - 1)
+        shape = [{"role": "system", "content": "-"}] if system and turns > 1 else []
+        one = self._own_tokens(self.catalog.get(model), [*shape, {"role": "user", "content": prompt}])
+        return None if one is None else one + CHAT_TOKENS_PER_MESSAGE * (max(turns, 1) - 1 - len(shape))
 
     def chat(
         self,
