@@ -760,3 +760,23 @@ def test_cached_prompt_tokens_cost_what_litellm_says():
     assert gw.cost_usd("gpt-4o-mini", 2000, 100) > inp + out  # uncached: the full price
     local = gw.cost_usd("smollm2-135m", 2000, 100)  # no cache price known: cached tokens cost the same
     assert gw.cost_usd("smollm2-135m", 2000, 100, cached_tokens=1536) == pytest.approx(local)
+
+
+def test_failures_no_call_took_are_dropped_in_time():
+    """A stream that breaks midway is logged (from a thread of LiteLLM's) after its call took its record: such
+    records, each an exception with its traceback, were kept for good in a long-running service."""
+    from pipelines.llm.gateway import CALL_KEY, _FailureLog
+
+    log = _FailureLog()
+    log.KEEP_S = 0.05
+
+    def fail(call: str) -> None:
+        meta = {CALL_KEY: call, "model_group": "m"}
+        log.log_failure_event({"litellm_params": {"metadata": meta}, "exception": ValueError()}, None, 0, 0)
+
+    fail("taken")
+    assert [m for m, _ in log.pop("taken")] == ["m"] and len(log) == 0
+    fail("left behind")
+    time.sleep(0.1)
+    fail("recent")
+    assert len(log) == 1 and log.pop("left behind") == [] and len(log.pop("recent")) == 1

@@ -56,21 +56,34 @@ class _FailureLog(CustomLogger):
     call's id in LiteLLM's metadata: LiteLLM calls this in the caller's thread before the Router falls back.
     A call answered by a fallback learns whether its model failed for an outage, or refused the request."""
 
+    KEEP_S = 60.0  # a record no call took by then is dropped (a stream's break, logged after its call read)
+
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._failures: defaultdict[str, list[tuple[str | None, BaseException | None]]] = defaultdict(list)
+        self._failures: dict[str, tuple[float, list[tuple[str | None, BaseException | None]]]] = {}
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         meta = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         call = meta.get(CALL_KEY)
-        if call is not None:
-            with self._lock:
-                self._failures[call].append((meta.get("model_group"), kwargs.get("exception")))
+        if call is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            # a stream that breaks midway is logged from a thread of LiteLLM's after its call took its record:
+            # kept for good, each would hold an exception and its traceback
+            for old in [c for c, (t, _) in self._failures.items() if now - t > self.KEEP_S]:
+                del self._failures[old]
+            self._failures.setdefault(call, (now, []))[1].append(
+                (meta.get("model_group"), kwargs.get("exception"))
+            )
 
     def pop(self, call: str) -> list[tuple[str | None, BaseException | None]]:
         with self._lock:
-            return self._failures.pop(call, [])
+            return self._failures.pop(call, (0.0, []))[1]
+
+    def __len__(self) -> int:
+        return len(self._failures)
 
 
 CALL_KEY = "stratmaster_call"
