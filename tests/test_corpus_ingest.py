@@ -917,3 +917,33 @@ def test_a_folder_that_cannot_be_listed_keeps_its_files(env, tmp_path, monkeypat
     monkeypatch.undo()
     again = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
     assert not again.did_work and not again.skipped
+
+
+def test_an_unreadable_folder_keeps_its_own_files_not_those_of_a_folder_redacted_alike(
+    env, tmp_path, monkeypatch
+):
+    """Two folders named by addresses are both `<EMAIL_ADDRESS>/` in the store: while one could not be
+    listed, the other's deleted file was kept too, by the name they share."""
+    import os
+    import shutil
+
+    settings, _, _ = env
+    src = tmp_path / "src"
+    for folder in ("ann.lee@example.com", "bob.lee@example.com"):
+        (src / folder).mkdir(parents=True)
+        (src / folder / "notes.txt").write_text(f"Notes of {folder[:3]} about retrieval.")
+    store = LocalStore(tmp_path / "store")
+    ingest_corpus(settings, str(src), store=store)
+    shutil.rmtree(src / "bob.lee@example.com")  # removed on request
+    scandir = os.scandir
+
+    def denied(path="."):
+        if os.fspath(path) == str(src / "ann.lee@example.com"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    r = ingest_corpus(settings, str(src), store=store)
+    assert r.files_removed == 1 and set(load_chunks(settings, store)["text"]) == {
+        "Notes of ann about retrieval."
+    }

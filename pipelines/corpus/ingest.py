@@ -302,6 +302,21 @@ def _docs(files: dict) -> int:
     return sum(len(f.get("docs", {})) for f in files.values())
 
 
+def _folder_digests(raw: str, key: bytes) -> list[str]:
+    """Keyed digests of the folders a source key lies in ("a/b/c.txt": "a" and "a/b")."""
+    parts = raw.split("/")[:-1]
+    return [name_digest("/".join(parts[: i + 1]), key) for i in range(len(parts))]
+
+
+def _in_folder(name: str, record: dict, folder: str, digest: str, shown: str) -> bool:
+    """Whether a manifest record lies in the source folder `folder` ("" the root; `digest` its keyed digest,
+    `shown` its redacted name): by the folder digests the record keeps, or, a record older than them, by its
+    name (two folders redacted alike, `ann@x.org/` and `bob@x.org/`, share that)."""
+    if not folder:
+        return True
+    return digest in record["dirs"] if "dirs" in record else name.startswith(f"{shown}/")
+
+
 def _skip_reason(e: Exception, raw: str, name: str) -> str:
     """Why a file was skipped, its raw name nowhere in it: an error may quote the key (a KeyError, a path in
     an OSError, an S3 resource) escaped or URL-encoded, which no plain replace finds and the prose redactor
@@ -329,6 +344,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     key = name_key(store)
 
     listing, left_out = _corpus_files(src, include, store)
+    raw_of: dict[str, str] = {}
     for raw, size in listing.items():
         report.files_seen += 1
         try:
@@ -338,6 +354,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             reason = f"error: the name could not be read ({type(e).__name__})"
             report.skipped.append({"path": name, "reason": reason})
             continue
+        raw_of[name] = raw
         prev = old_files.get(name)
         if raw in left_out:
             report.skipped.append({"path": name, "reason": LEFT_OUT})
@@ -378,12 +395,18 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             files[name] = {"sha256": _sha(data) if isinstance(e, SkipFile) else None, "skipped": reason}
             report.files_processed += 1
 
+    # each record knows its folders by keyed digests (a redacted folder name may stand for several)
+    for n, raw in raw_of.items():
+        if n in files:
+            files[n] = {**files[n], "dirs": _folder_digests(raw, key)}
     # a folder that could not be listed (no permission) still holds its files: they keep their last versions
     for folder in src.unreadable:
         shown = safe_name(f"{folder}/x", proc.redact_name, key).rsplit("/", 1)[0] if folder else ""
-        kept = [n for n in old_files if n not in files and n.startswith(f"{shown}/".lstrip("/"))]
+        digest = name_digest(folder, key)
+
+        kept = [n for n, f in old_files.items() if n not in files and _in_folder(n, f, folder, digest, shown)]
         files.update((n, old_files[n]) for n in kept)
-        reason = f"a folder that could not be read: the {len(kept)} files it held keep their last version"
+        reason = f"a folder that could not be read: {len(kept)} file(s) known in it keep their last version"
         report.skipped.append({"path": f"{shown}/", "reason": reason})
     # a skipped file's record goes too; counted against the manifest, as a new config empties old_files
     report.files_removed = sum(1 for n in manifest["files"] if n not in files)
