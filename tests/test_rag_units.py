@@ -294,19 +294,25 @@ def test_a_source_cannot_forge_another_sources_label():
 
 
 def test_code_subscripts_are_no_labels_in_answers_or_sources():
-    """`[n]` glued to a name is a subscript (Python's reference docs, the demo corpus, hold many): sources
-    showed `s[0]` as `s(0)`, and answers lost `x[0]` and had `lst[1]` swapped for a chunk id, cited by
-    "model"."""
-    hits = [Hit("doc1#aaa", "doc1", 1.0, "Seq", "s[0] is the first item, s[1] the second; m[1][2] [3]."),
-            Hit("doc2#bbb", "doc2", 0.5, "", "Beta text.")]  # fmt: skip
+    """`[n]` glued to code is a subscript (Python's reference docs, the demo corpus, hold many): sources
+    showed `s[0]` as `s(0)`, and answers lost `x[0]` and had `my_list[1]` swapped for a chunk id, cited by
+    "model". Glued to prose, it is still a label ("Paris[1]"), in answers and in sources alike."""
+    text = "s[0] is the first item, s[1] the second; m[1][2] [3]; the capital[2] since 508 (ref)[4]."
+    hits = [Hit("doc1#aaa", "doc1", 1.0, "Seq", text), Hit("doc2#bbb", "doc2", 0.5, "", "Beta text.")]
     shown = build_messages("How do I index?", hits)[1]["content"]
-    assert "s[0] is the first item, s[1] the second; m[1][2] (3)." in shown, shown
-    for answer in ("Use s[0] for the first item.", "The second is lst[1], the third f(x)[2].",
+    assert "s[0] is the first item, s[1] the second; m[1][2] (3); the capital(2) since 508 (ref)(4)." in shown
+    for answer in ("Use s[0] for the first item.", "The second is my_list[1], the third f(x)[2].",
+                   "Try obj.items[1] or row2[1].",
                    "Write `x[1]` or\n```\nrow = m[1]\nprint([1])\n```"):  # fmt: skip
         assert resolve_citations(answer, hits) == (answer, []), answer
-    text, cited = resolve_citations("Take lst[1] [2], or [1][2].", hits)
-    assert (text, cited) == ("Take lst[1] [doc2#bbb], or [doc1#aaa][doc2#bbb].", ["doc2#bbb", "doc1#aaa"])
+    text, cited = resolve_citations("Take xs[1] [2], or [1][2].", hits)
+    assert (text, cited) == ("Take xs[1] [doc2#bbb], or [doc1#aaa][doc2#bbb].", ["doc2#bbb", "doc1#aaa"])
     assert resolve_citations("See [0].", hits) == ("See [0].", [])  # no source is 0
+    # labels glued to prose, and after a backtick that opens no code span
+    for answer in ("Paris is nice[1].", "It is Germany's[1].", "Founded in 508[1].",
+                   "As said (see above)[1].", "Use ``` to open a fence [1].",
+                   "```python\nx = s[1]\n``` as [1] says."):  # fmt: skip
+        assert resolve_citations(answer, hits)[1] == ["doc1#aaa"], answer
 
 
 def test_a_malformed_qrels_line_is_an_error_not_a_dropped_judgement(tmp_path):

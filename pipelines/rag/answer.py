@@ -20,10 +20,12 @@ SYSTEM = (
     "numbers in square brackets, like [1] or [2]. If the sources do not contain the answer, say so."
 )
 _LABEL = re.compile(r"\[(\d{1,6}(?:\s*,\s*\d{1,6})*)\]")  # a longer number is no label (nor an int)
-# labels, one or a run ("[1][2]"), not glued to what they follow: `s[0]`, `lst[1]`, `f(x)[2]` and
-# `m[1][2]` are subscripts (Python's reference docs, the demo corpus, are full of them), not sources
-_LABELS = re.compile(r"(?<![\w)\]])(?:\[\d{1,6}(?:\s*,\s*\d{1,6})*\])+")
-_CODE = re.compile(r"(```.*?(?:```|\Z)|`[^`\n]*`)", re.S)  # a fence or an inline code span: no labels inside
+_LABELS = re.compile(r"(?:\[\d{1,6}(?:\s*,\s*\d{1,6})*\])+")  # one label or a run: "[1][2]"
+# a fence (from a line's start to its closing line, or the end) or an inline code span: no labels inside
+_CODE = re.compile(r"(^[ \t]*```.*?(?:^[ \t]*```|\Z)|`[^`\n]*`)", re.S | re.M)
+# the name a bracket is glued to, where it reads as code: one with "_", a digit or a dot, or a short
+# lower-case one (`my_list[1]`, `x2[0]`, `obj.items[1]`, `s[1]`, `xs[2]`), not a word or a number of prose
+_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 _CHUNK_REF = re.compile(r"\[([^\[\]\n]+#[0-9a-f]{12})\]")  # a chunk id as cite() writes it
 SENTENCE_BREAK = r"(?<=[.!?])\s+|\n+"  # also splits answers for pipelines.bench.rag_scorers
 _WORD = re.compile(r"[a-z0-9_]{3,}")
@@ -64,14 +66,37 @@ def _shown(hits: list[Hit], max_context_chars: int) -> list[str]:
     block, were read as the labels of other sources, and an answer that copied them cited the wrong chunk."""
     per = max(200, max_context_chars // max(1, len(hits)))
     shown = (f"{(h.title + ': ') if h.title else ''}{h.text[:per]}" for h in hits)
-    return [_LABELS.sub(lambda m: _LABEL.sub(r"(\1)", m.group(0)), text) for text in shown]
+    return [_labels_outside_code(text, lambda m: f"({m.group(1)})") for text in shown]
+
+
+def _subscript(text: str, start: int) -> bool:
+    """Whether the bracket at `start` is a subscript, glued to code: `s[0]`, `my_list[1]`, `f(x)[2]`,
+    `m[i][2]` (Python's reference docs, the demo corpus, hold many), not a label glued to prose ("Paris[1]",
+    "Germany's[2]", "in 2019[3]", "(see above)[4]")."""
+    before = text[max(0, start - 80) : start]
+    if not before or before[-1] in " \t\n":
+        return False
+    if before[-1] == "]":
+        return True
+    if before[-1] == ")":  # a call's result, not a parenthesis of prose
+        opening = before.rfind("(")
+        return opening > 0 and (before[opening - 1].isalnum() or before[opening - 1] == "_")
+    name = _NAME.search(before)
+    if name is None or (name.start() > 0 and before[name.start() - 1] in "'\u2019"):
+        return False
+    token = name.group(0)
+    return any(c in "_." or c.isdigit() for c in token) or (len(token) <= 2 and token.islower())
 
 
 def _labels_outside_code(text: str, swap) -> str:
-    """`text` with each label outside code spans and fences replaced by `swap(match)`."""
+    """`text` with each label outside code spans, fences and subscripts replaced by `swap(match)`."""
     parts = _CODE.split(text)  # code at odd indices
+
+    def labels(run: re.Match) -> str:
+        return run.group(0) if _subscript(run.string, run.start()) else _LABEL.sub(swap, run.group(0))
+
     for i in range(0, len(parts), 2):
-        parts[i] = _LABELS.sub(lambda run: _LABEL.sub(swap, run.group(0)), parts[i])
+        parts[i] = _LABELS.sub(labels, parts[i])
     return "".join(parts)
 
 
