@@ -502,6 +502,9 @@ def test_a_revision_not_yet_whole_keeps_the_last_good_version_and_an_emptied_fil
         assert skip["path"] == "b.txt" and skip["reason"].endswith("its last version is kept"), skip
         texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
         assert texts == {"First file.", "Second file, indexed before."}
+    stray = b"Second file, " * 1000 + b"\x00" + b"saved whole."  # one NUL far in: no padding, text
+    (src / "b.txt").write_bytes(stray)
+    assert not ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store")).skipped
     (src / "b.txt").write_text("Second file, saved whole.")  # the next good save replaces it
     ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
     texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])

@@ -33,7 +33,9 @@ class Document:
 
 
 def _decode_text(data: bytes) -> str:
-    if b"\x00" in data:  # anywhere: a sync pads the end of a file it has not yet written
+    # binary near its start, or NUL padding at its end (a sync's, of a file not yet written, past the first
+    # 8 KiB too); one stray NUL further in is text's
+    if b"\x00" in data[:8192] or data.endswith(b"\x00"):
         raise SkipFile("binary content (NUL bytes)", incomplete=True)
     try:
         return data.decode("utf-8-sig")
