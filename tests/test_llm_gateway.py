@@ -780,3 +780,9 @@ def test_failures_no_call_took_are_dropped_in_time():
     time.sleep(0.1)
     fail("recent")
     assert len(log) == 1 and log.pop("left behind") == [] and len(log.pop("recent")) == 1
+    fail("slow")  # a call still failing over (a timeout, then its retry's): kept from its last failure on
+    time.sleep(0.035)
+    fail("slow")
+    time.sleep(0.035)
+    fail("other")
+    assert len(log.pop("slow")) == 2

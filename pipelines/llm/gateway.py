@@ -56,7 +56,9 @@ class _FailureLog(CustomLogger):
     call's id in LiteLLM's metadata: LiteLLM calls this in the caller's thread before the Router falls back.
     A call answered by a fallback learns whether its model failed for an outage, or refused the request."""
 
-    KEEP_S = 60.0  # a record no call took by then is dropped (a stream's break, logged after its call read)
+    # a record no call took this long after its last failure is dropped (a stream's break, logged after its
+    # call read): longer than a call waits between two of its attempts' failures (a timeout, its retries)
+    KEEP_S = 600.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -74,9 +76,8 @@ class _FailureLog(CustomLogger):
             # kept for good, each would hold an exception and its traceback
             for old in [c for c, (t, _) in self._failures.items() if now - t > self.KEEP_S]:
                 del self._failures[old]
-            self._failures.setdefault(call, (now, []))[1].append(
-                (meta.get("model_group"), kwargs.get("exception"))
-            )
+            failed = self._failures.pop(call, (now, []))[1]
+            self._failures[call] = (now, [*failed, (meta.get("model_group"), kwargs.get("exception"))])
 
     def pop(self, call: str) -> list[tuple[str | None, BaseException | None]]:
         with self._lock:
