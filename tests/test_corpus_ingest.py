@@ -505,6 +505,16 @@ def test_a_revision_not_yet_whole_keeps_the_last_good_version_and_an_emptied_fil
     stray = b"Second file, " * 1000 + b"\x00" + b"saved whole."  # one NUL far in: no padding, text
     (src / "b.txt").write_bytes(stray)
     assert not ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store")).skipped
+    assert not any("\x00" in t for t in load_chunks(settings, LocalStore(tmp_path / "store"))["text"])
+    # a BEIR file caught mid-sync: its records past the padding had dropped out, one line's problem
+    records = [{"_id": f"d{i}", "text": f"Record {i}."} for i in range(4)]
+    (src / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    (src / "c.jsonl").write_bytes((src / "c.jsonl").read_bytes()[:40] + b"\x00" * 200)
+    r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
+    assert [s["path"] for s in r.skipped] == ["c.jsonl"] and "last version is kept" in r.skipped[0]["reason"]
+    assert {f"d{i}" for i in range(4)} <= set(load_chunks(settings, LocalStore(tmp_path / "store"))["doc_id"])
+    (src / "c.jsonl").unlink()
     (src / "b.txt").write_text("Second file, saved whole.")  # the next good save replaces it
     ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
     texts = set(load_chunks(settings, LocalStore(tmp_path / "store"))["text"])

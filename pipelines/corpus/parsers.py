@@ -33,12 +33,12 @@ class Document:
 
 
 def _decode_text(data: bytes) -> str:
-    # binary near its start, or NUL padding at its end (a sync's, of a file not yet written, past the first
-    # 8 KiB too); one stray NUL further in is text's
-    if b"\x00" in data[:8192] or data.endswith(b"\x00"):
-        raise SkipFile("binary content (NUL bytes)", incomplete=True)
+    """UTF-8 text; NULs near its start make it binary (a file saved as something unreadable), one further in
+    is dropped (NUL padding at a file's end is `parse_file`'s: the file is not yet whole)."""
+    if b"\x00" in data[:8192]:
+        raise SkipFile("binary content (NUL bytes)")
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig").replace("\x00", "")
     except UnicodeDecodeError as e:
         raise SkipFile(f"not UTF-8 text (byte {e.start})") from None
 
@@ -140,6 +140,8 @@ def parse_file(name: str, data: bytes) -> tuple[list[Document], list[str]]:
         raise SkipFile(f"unsupported file type {suffix or '(none)'!r}")
     if not data.strip():
         raise SkipFile("empty file")
+    if data.endswith(b"\x00"):  # a sync pads a file it has begun with NULs: its last version stays
+        raise SkipFile("NUL padding at its end: not yet written whole", incomplete=True)
     if suffix == ".jsonl":
         docs, problems = _parse_jsonl(data, name)
         if not docs:
