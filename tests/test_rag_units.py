@@ -303,7 +303,7 @@ def test_code_subscripts_are_no_labels_in_answers_or_sources():
     assert "s[0] is the first item, s[1] the second; m[1][2] (3); the capital(2) since 508 (ref)(4)." in shown
     for answer in ("Use s[0] for the first item.", "The second is my_list[1], the third f(x)[2].",
                    "Try obj.items[1] or row2[1].",
-                   "Write `x[1]` or\n```\nrow = m[1]\nprint([1])\n```"):  # fmt: skip
+                   "Write `x[1]` or\n```\nrow = m[1]\nprint([1])\n```", "~~~\nprint([1])\n~~~"):  # fmt: skip
         assert resolve_citations(answer, hits) == (answer, []), answer
     text, cited = resolve_citations("Take xs[1] [2], or [1][2].", hits)
     assert (text, cited) == ("Take xs[1] [doc2#bbb], or [doc1#aaa][doc2#bbb].", ["doc2#bbb", "doc1#aaa"])
@@ -311,7 +311,10 @@ def test_code_subscripts_are_no_labels_in_answers_or_sources():
     # labels glued to prose, and after a backtick that opens no code span
     for answer in ("Paris is nice[1].", "It is Germany's[1].", "Founded in 508[1].",
                    "As said (see above)[1].", "Use ``` to open a fence [1].",
-                   "```python\nx = s[1]\n``` as [1] says."):  # fmt: skip
+                   "```python\nx = s[1]\n``` as [1] says.", "Example: ```python\nx = 1\n```\nParis [1].",
+                   "Node.js[1] and python.org[1]", "Water is H2O[1], CO2[1] and IPv6[1].",
+                   "Within 30s[1], 1st[1].", "Then log in[1].", "Python(编程语言)[1]很流行。",
+                   "_Le Monde_[1]"):  # fmt: skip
         assert resolve_citations(answer, hits)[1] == ["doc1#aaa"], answer
 
 

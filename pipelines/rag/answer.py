@@ -21,11 +21,18 @@ SYSTEM = (
 )
 _LABEL = re.compile(r"\[(\d{1,6}(?:\s*,\s*\d{1,6})*)\]")  # a longer number is no label (nor an int)
 _LABELS = re.compile(r"(?:\[\d{1,6}(?:\s*,\s*\d{1,6})*\])+")  # one label or a run: "[1][2]"
-# a fence (from a line's start to its closing line, or the end) or an inline code span: no labels inside
-_CODE = re.compile(r"(^[ \t]*```.*?(?:^[ \t]*```|\Z)|`[^`\n]*`)", re.S | re.M)
-# the name a bracket is glued to, where it reads as code: one with "_", a digit or a dot, or a short
-# lower-case one (`my_list[1]`, `x2[0]`, `obj.items[1]`, `s[1]`, `xs[2]`), not a word or a number of prose
+# a fence (``` and a language, a line's end, then up to the next ```, or the end) or an inline code span:
+# no labels inside. "Use ``` to open one" opens none
+_FENCE = r"{0}[ \t]*[\w+#.-]*[ \t]*\n.*?(?:{0}|\Z)"
+_CODE = re.compile(f"({_FENCE.format('```')}|{_FENCE.format('~~~')}|`[^`\\n]*`)", re.S)
+# the name a bracket is glued to (`_subscript`), and the short words of prose that are no names
 _NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+_SHORT_WORDS = frozenset(
+    {"a", "i", "am", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
+     "of", "on", "or", "so", "to", "up", "us", "we"}
+)  # fmt: skip
+# the last part of a dotted name that makes it a domain or a file, not an attribute ("python.org", "Node.js")
+_DOMAINS = frozenset({"com", "org", "net", "edu", "gov", "io", "ai", "dev", "js", "py", "ts", "md", "html"})
 _CHUNK_REF = re.compile(r"\[([^\[\]\n]+#[0-9a-f]{12})\]")  # a chunk id as cite() writes it
 SENTENCE_BREAK = r"(?<=[.!?])\s+|\n+"  # also splits answers for pipelines.bench.rag_scorers
 _WORD = re.compile(r"[a-z0-9_]{3,}")
@@ -78,14 +85,24 @@ def _subscript(text: str, start: int) -> bool:
         return False
     if before[-1] == "]":
         return True
-    if before[-1] == ")":  # a call's result, not a parenthesis of prose
+    if before[-1] == ")":  # a call's result (`f(x)[2]`), not a parenthesis of prose ("Python(编程语言)[2]")
         opening = before.rfind("(")
-        return opening > 0 and (before[opening - 1].isalnum() or before[opening - 1] == "_")
+        call = before[opening - 1 : -1] if opening > 0 else ""
+        return bool(call) and call.isascii() and (call[0].isalnum() or call[0] == "_")
     name = _NAME.search(before)
-    if name is None or (name.start() > 0 and before[name.start() - 1] in "'\u2019"):
+    # after an apostrophe ("Germany's") or a digit ("30s", "1st"): prose
+    if name is None or (
+        name.start() > 0 and (before[name.start() - 1] in "'\u2019" or before[name.start() - 1].isdigit())
+    ):
         return False
     token = name.group(0)
-    return any(c in "_." or c.isdigit() for c in token) or (len(token) <= 2 and token.islower())
+    if "." in token:  # an attribute (`obj.items`), not a domain or a file ("python.org", "Node.js")
+        return token.islower() and token.rsplit(".", 1)[1] not in _DOMAINS
+    if "_" in token.strip("_"):  # `my_list`, not _emphasis_
+        return True
+    if any(c.isdigit() for c in token):  # `x2`, `row2`, not "CO2", "H2O", "Python3", "IPv6"
+        return token[0].islower() or token[0] == "_"
+    return len(token) <= 2 and token.islower() and token not in _SHORT_WORDS  # `s`, `xs`, not "in"
 
 
 def _labels_outside_code(text: str, swap) -> str:
