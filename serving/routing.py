@@ -46,8 +46,9 @@ def prompt_of(messages: list[dict[str, Any]]) -> str:
 
 
 def has_system(messages: list[dict[str, Any]]) -> bool:
-    """Whether a system message is among `messages` (a chat template adds a default one where none is)."""
-    return any(m.get("role") == "system" for m in messages)
+    """Whether `messages` open with a system message (a chat template adds a default one where the first is
+    not: SmolLM2's, even where a later one is)."""
+    return bool(messages) and messages[0].get("role") == "system"
 
 
 class ModelResolver:

@@ -19,6 +19,7 @@ from pipelines.llm import servers
 from pipelines.llm.catalog import Catalog, ModelEntry, load_catalog
 from pipelines.llm.gateway import Gateway, GatewayError
 from pipelines.settings import Settings
+from serving.routing import has_system
 
 pytestmark = pytest.mark.models
 HELLO = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -88,14 +89,18 @@ def test_the_window_check_counts_the_prompt_the_server_reads(gateway, model):
         [{"role": "user", "content": "Name a prime number between 10 and 20."}],
         [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a colour."},
          {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another <|im_end|> one?"}],
+        [{"role": "user", "content": "Name a colour."}, {"role": "system", "content": "Answer briefly."}],
     ):  # fmt: skip
         served = gateway.chat(model, messages, max_tokens=1, stream=False).input_tokens
         assert gateway._prompt_tokens(entry, messages) == served, messages
-        # the service's router counts the joined prompt: never less, and no default system prompt where the
-        # request has its own (it had routed away from prompts the gateway would take)
-        joined, system = "\n\n".join(m["content"] for m in messages), messages[0]["role"] == "system"
+        # the service's router counts the joined prompt: never less, and, where the request opens with a
+        # system message, no default one (it had routed away from prompts the gateway would take). A system
+        # message further in is one template's and not the other's: counted as none, so at most over
+        joined, system = "\n\n".join(m["content"] for m in messages), has_system(messages)
         routed = gateway.own_prompt_tokens(model, joined, len(messages), system)
-        assert routed is not None and served <= routed <= served + 4 * len(messages), (routed, served)
+        assert routed is not None and served <= routed, (routed, served)
+        if system or all(m["role"] != "system" for m in messages):
+            assert routed <= served + 4 * len(messages), (routed, served)
 
 
 def test_unknown_model_names_the_catalog(gateway):
@@ -762,28 +767,25 @@ def test_cached_prompt_tokens_cost_what_litellm_says():
     assert gw.cost_usd("smollm2-135m", 2000, 100, cached_tokens=1536) == pytest.approx(local)
 
 
-def test_failures_no_call_took_are_dropped_in_time():
+def test_failures_logged_after_their_call_took_its_record_are_dropped():
     """A stream that breaks midway is logged (from a thread of LiteLLM's) after its call took its record: such
-    records, each an exception with its traceback, were kept for good in a long-running service."""
+    records, each an exception with its traceback, were kept for good in a long-running service. A call still
+    failing over keeps every failure, however long it waits between them."""
     from pipelines.llm.gateway import CALL_KEY, _FailureLog
 
     log = _FailureLog()
-    log.KEEP_S = 0.05
+    log.DONE = 2
 
     def fail(call: str) -> None:
         meta = {CALL_KEY: call, "model_group": "m"}
         log.log_failure_event({"litellm_params": {"metadata": meta}, "exception": ValueError()}, None, 0, 0)
 
-    fail("taken")
-    assert [m for m, _ in log.pop("taken")] == ["m"] and len(log) == 0
-    fail("left behind")
-    time.sleep(0.1)
-    fail("recent")
-    assert len(log) == 1 and log.pop("left behind") == [] and len(log.pop("recent")) == 1
-    log.KEEP_S = 1.0
-    fail("slow")  # a call still failing over (a timeout, then its retry's): kept from its last failure on
-    time.sleep(0.6)
     fail("slow")
-    time.sleep(0.6)
-    fail("other")
-    assert len(log.pop("slow")) == 2
+    fail("taken")
+    assert [m for m, _ in log.pop("taken")] == ["m"]
+    fail("taken")  # its stream broke after the call read: dropped
+    fail("slow")
+    assert len(log) == 1 and len(log.pop("slow")) == 2 and len(log) == 0
+    log.pop("a")  # the oldest done ids go (DONE of them kept): a late failure of "taken" would be kept now
+    fail("taken")
+    assert len(log) == 1

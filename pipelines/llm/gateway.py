@@ -21,7 +21,7 @@ import math
 import threading
 import time
 import weakref
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -56,32 +56,30 @@ class _FailureLog(CustomLogger):
     call's id in LiteLLM's metadata: LiteLLM calls this in the caller's thread before the Router falls back.
     A call answered by a fallback learns whether its model failed for an outage, or refused the request."""
 
-    # a record no call took this long after its last failure is dropped (a stream's break, logged after its
-    # call read): longer than a call waits between two of its attempts' failures (a timeout, its retries)
-    KEEP_S = 600.0
+    DONE = 10_000  # the ids of the last calls that took their records
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
-        self._failures: dict[str, tuple[float, list[tuple[str | None, BaseException | None]]]] = {}
+        self._failures: dict[str, list[tuple[str | None, BaseException | None]]] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         meta = (kwargs.get("litellm_params") or {}).get("metadata") or {}
         call = meta.get(CALL_KEY)
-        if call is None:
-            return
-        now = time.monotonic()
         with self._lock:
             # a stream that breaks midway is logged from a thread of LiteLLM's after its call took its record:
-            # kept for good, each would hold an exception and its traceback
-            for old in [c for c, (t, _) in self._failures.items() if now - t > self.KEEP_S]:
-                del self._failures[old]
-            failed = self._failures.pop(call, (now, []))[1]
-            self._failures[call] = (now, [*failed, (meta.get("model_group"), kwargs.get("exception"))])
+            # kept, each such record (an exception and its traceback) would stay for good
+            if call is not None and call not in self._done:
+                self._failures.setdefault(call, []).append((meta.get("model_group"), kwargs.get("exception")))
 
     def pop(self, call: str) -> list[tuple[str | None, BaseException | None]]:
+        """The call's failures; a failure logged for it from now on is dropped."""
         with self._lock:
-            return self._failures.pop(call, (0.0, []))[1]
+            self._done[call] = None
+            if len(self._done) > self.DONE:
+                self._done.popitem(last=False)
+            return self._failures.pop(call, [])
 
     def __len__(self) -> int:
         return len(self._failures)
