@@ -947,6 +947,11 @@ def test_an_unreadable_folder_keeps_its_own_files_not_those_of_a_folder_redacted
         (src / folder / "notes.txt").write_text(f"Notes of {folder[:3]} about retrieval.")
     store = LocalStore(tmp_path / "store")
     ingest_corpus(settings, str(src), store=store)
+    manifest = json.loads(store.get(MANIFEST))  # as written before records kept their folders' digests
+    older = {n: {k: v for k, v in f.items() if k != "dirs"} for n, f in manifest["files"].items()}
+    store.put(MANIFEST, json.dumps({**manifest, "files": older}).encode())
+    again = ingest_corpus(settings, str(src), store=store)  # nothing to redo: the digests are written, once
+    assert not again.did_work and all("dirs" in f for f in json.loads(store.get(MANIFEST))["files"].values())
     shutil.rmtree(src / "bob.lee@example.com")  # removed on request
     scandir = os.scandir
 

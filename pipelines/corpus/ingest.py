@@ -423,7 +423,8 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
             f"skipped): this would remove all {held} documents from {store.uri}; to do that on purpose, "
             "pass --allow-empty (allow_empty=True)"
         )
-    if report.did_work or manifest.get("config") != config:
+    # records that changed with nothing to redo (a manifest from before `dirs`) are committed too, once
+    if report.did_work or manifest.get("config") != config or files != manifest["files"]:
         listed = store.list(CHUNKS_PREFIX)  # before the commit: a run that starts after it wrote none of them
         commit = json.dumps({"config": config, "files": files}, indent=1).encode()
         try:
