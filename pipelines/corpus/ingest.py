@@ -403,7 +403,6 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     for folder in src.unreadable:
         shown = safe_name(f"{folder}/x", proc.redact_name, key).rsplit("/", 1)[0] if folder else ""
         digest = name_digest(folder, key)
-
         kept = [n for n, f in old_files.items() if n not in files and _in_folder(n, f, folder, digest, shown)]
         files.update((n, old_files[n]) for n in kept)
         reason = f"a folder that could not be read: {len(kept)} file(s) known in it keep their last version"
