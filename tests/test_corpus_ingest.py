@@ -965,3 +965,20 @@ def test_an_unreadable_folder_keeps_its_own_files_not_those_of_a_folder_redacted
     assert r.files_removed == 1 and set(load_chunks(settings, store)["text"]) == {
         "Notes of ann about retrieval."
     }
+
+
+def test_nuls_that_end_a_finished_file_are_no_sync_padding(env, tmp_path):
+    """Any file ending in NUL was taken for one a sync had begun, its last version kept for good: a finished
+    PDF with NULs after %%EOF, and text saved again as UTF-16 (which ends in NUL) and so unreadable."""
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "report.pdf").write_bytes(tiny_pdf("Budget version one"))
+    (src / "notes.txt").write_text("Secret draft, version one.")
+    store = LocalStore(tmp_path / "store")
+    ingest_corpus(settings, str(src), store=store)
+    (src / "report.pdf").write_bytes(tiny_pdf("Budget version two") + b"\x00" * 512)
+    (src / "notes.txt").write_bytes("Secret draft, version two.".encode("utf-16-le"))
+    r = ingest_corpus(settings, str(src), store=store)
+    assert [(s["path"], "kept" in s["reason"]) for s in r.skipped] == [("notes.txt", False)], r.skipped
+    assert set(load_chunks(settings, store)["text"]) == {"Budget version two"}

@@ -302,7 +302,7 @@ def test_code_subscripts_are_no_labels_in_answers_or_sources():
     shown = build_messages("How do I index?", hits)[1]["content"]
     assert "s[0] is the first item, s[1] the second; m[1][2] (3); the capital(2) since 508 (ref)(4)." in shown
     for answer in ("Use s[0] for the first item.", "The second is my_list[1], the third f(x)[2].",
-                   "Try obj.items[1] or row2[1].",
+                   "Try obj.items[1] or row2[1], and a[1].",
                    "Write `x[1]` or\n```\nrow = m[1]\nprint([1])\n```", "~~~\nprint([1])\n~~~"):  # fmt: skip
         assert resolve_citations(answer, hits) == (answer, []), answer
     text, cited = resolve_citations("Take xs[1] [2], or [1][2].", hits)
@@ -314,7 +314,9 @@ def test_code_subscripts_are_no_labels_in_answers_or_sources():
                    "```python\nx = s[1]\n``` as [1] says.", "Example: ```python\nx = 1\n```\nParis [1].",
                    "Node.js[1] and python.org[1]", "Water is H2O[1], CO2[1] and IPv6[1].",
                    "Within 30s[1], 1st[1].", "Then log in[1].", "Python(编程语言)[1]很流行。",
-                   "_Le Monde_[1]"):  # fmt: skip
+                   "_Le Monde_[1]", "A dose of 400 mg[1], that is ok[1].", "Il a été[1] publié.",
+                   "See report.pdf[1] and who.int[1].", "```js {1,3}\nconst a = b[2];\n```\nParis [1].",
+                   "Close the block with ```.\nParis [1]."):  # fmt: skip
         assert resolve_citations(answer, hits)[1] == ["doc1#aaa"], answer
 
 

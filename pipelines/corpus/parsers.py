@@ -132,6 +132,15 @@ def _parse_jsonl(data: bytes, name: str) -> tuple[list[Document], list[str]]:
     return docs, problems
 
 
+def _padded(data: bytes, suffix: str) -> bool:
+    """NULs end the file, and none is in the first 8 KiB before them (UTF-16 text ends in NUL too: binary),
+    and it is no PDF whose end it has written (NULs after `%%EOF` are a finished PDF's)."""
+    body = data.rstrip(b"\x00")
+    if len(body) == len(data) or b"\x00" in body[:8192]:
+        return False
+    return not (suffix == ".pdf" and b"%%EOF" in body[-1024:])
+
+
 def parse_file(name: str, data: bytes) -> tuple[list[Document], list[str]]:
     """Documents in one file plus the problems with individual records (BEIR lines) that were dropped."""
     suffix = PurePosixPath(name).suffix.lower()
@@ -140,7 +149,7 @@ def parse_file(name: str, data: bytes) -> tuple[list[Document], list[str]]:
         raise SkipFile(f"unsupported file type {suffix or '(none)'!r}")
     if not data.strip():
         raise SkipFile("empty file")
-    if data.endswith(b"\x00"):  # a sync pads a file it has begun with NULs: its last version stays
+    if _padded(data, suffix):  # a sync pads a file it has begun with NULs: its last version stays
         raise SkipFile("NUL padding at its end: not yet written whole", incomplete=True)
     if suffix == ".jsonl":
         docs, problems = _parse_jsonl(data, name)

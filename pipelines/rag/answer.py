@@ -21,18 +21,49 @@ SYSTEM = (
 )
 _LABEL = re.compile(r"\[(\d{1,6}(?:\s*,\s*\d{1,6})*)\]")  # a longer number is no label (nor an int)
 _LABELS = re.compile(r"(?:\[\d{1,6}(?:\s*,\s*\d{1,6})*\])+")  # one label or a run: "[1][2]"
-# a fence (``` and a language, a line's end, then up to the next ```, or the end) or an inline code span:
-# no labels inside. "Use ``` to open one" opens none
-_FENCE = r"{0}[ \t]*[\w+#.-]*[ \t]*\n.*?(?:{0}|\Z)"
-_CODE = re.compile(f"({_FENCE.format('```')}|{_FENCE.format('~~~')}|`[^`\\n]*`)", re.S)
+# a fence or an inline code span: no labels inside. A fence opens at a line's start (any info string:
+# "```js {1,3}"), or further in with a language ("Example: ```python"), not at a prose "```."; it closes at a
+# line's start or end ("print(x)```"), or the answer's end
+_FENCE = r"(?:^[ \t]*{0}[^`\n]*|{0}[\w+#-][\w+#.-]*[ \t]*)\n.*?(?:^[ \t]*{0}|{0}(?=[ \t]*$)|\Z)"
+_CODE = re.compile(f"({_FENCE.format('```')}|{_FENCE.format('~~~')}|`[^`\\n]*`)", re.S | re.M)
 # the name a bracket is glued to (`_subscript`), and the short words of prose that are no names
 _NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
 _SHORT_WORDS = frozenset(
-    {"a", "i", "am", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my", "no",
-     "of", "on", "or", "so", "to", "up", "us", "we"}
-)  # fmt: skip
+    {
+        "i",
+        "al",
+        "am",
+        "an",
+        "as",
+        "at",
+        "be",
+        "by",
+        "do",
+        "go",
+        "he",
+        "if",
+        "in",
+        "is",
+        "it",
+        "me",
+        "my",
+        "no",
+        "of",
+        "ok",
+        "on",
+        "or",
+        "so",
+        "to",
+        "up",
+        "us",
+        "we",
+    }
+)  # fmt: skip  ("a" is Python's commonest name: `a[1]` stays code)
 # the last part of a dotted name that makes it a domain or a file, not an attribute ("python.org", "Node.js")
-_DOMAINS = frozenset({"com", "org", "net", "edu", "gov", "io", "ai", "dev", "js", "py", "ts", "md", "html"})
+_DOMAINS = frozenset(
+    {"com", "org", "net", "edu", "gov", "int", "io", "ai", "dev", "co", "uk", "eu", "js", "py", "md", "html",
+     "txt", "pdf", "csv", "json", "yaml", "yml", "toml", "xml", "docx"}
+)  # fmt: skip
 _CHUNK_REF = re.compile(r"\[([^\[\]\n]+#[0-9a-f]{12})\]")  # a chunk id as cite() writes it
 SENTENCE_BREAK = r"(?<=[.!?])\s+|\n+"  # also splits answers for pipelines.bench.rag_scorers
 _WORD = re.compile(r"[a-z0-9_]{3,}")
@@ -90,10 +121,8 @@ def _subscript(text: str, start: int) -> bool:
         call = before[opening - 1 : -1] if opening > 0 else ""
         return bool(call) and call.isascii() and (call[0].isalnum() or call[0] == "_")
     name = _NAME.search(before)
-    # after an apostrophe ("Germany's") or a digit ("30s", "1st"): prose
-    if name is None or (
-        name.start() > 0 and (before[name.start() - 1] in "'\u2019" or before[name.start() - 1].isdigit())
-    ):
+    # within a word ("été", "Germany's"), after a digit ("30s", "1st") or a number's space ("400 mg"): prose
+    if name is None or re.search(r"(?:[^\W_]|['\u2019]|\d[ \t]+)$", before[: name.start()]):
         return False
     token = name.group(0)
     if "." in token:  # an attribute (`obj.items`), not a domain or a file ("python.org", "Node.js")
