@@ -119,9 +119,10 @@ class ModelResolver:
         sent: str | None = None,
         system: bool = False,
     ) -> Choice:
-        """`turns`: how many messages `prompt` joins (prompt_of), and `system`, whether one is a system
-        message (a chat template adds a default one where none is), for the window check's count. `sent`: the
-        text the model will be sent where it is more than the prompt routed on (a RAG question's sources)."""
+        """`turns`: how many messages `prompt` joins (prompt_of), and `system`, whether they open with a
+        system message (`has_system`: else a chat template adds a default one), for the window check's count.
+        `sent`: the text the model will be sent where it is more than the prompt routed on (a RAG question's
+        sources)."""
         if model == "router" or model.startswith("router:"):
             policy_name = model.partition(":")[2] or None
             return self.route(prompt, constraints, policy_name, p95, turns, sent, system)
@@ -206,8 +207,8 @@ class ModelResolver:
     def overflow(
         self, model: str, sent: str, turns: int, constraints: Constraints, system: bool = False
     ) -> str | None:
-        """Why `model` cannot take `sent` (`turns` messages joined, `system` whether one is a system message),
-        or None where it can or cannot tell."""
+        """Why `model` cannot take `sent` (`turns` messages joined, `system` whether they open with a system
+        message), or None where it can or cannot tell."""
         return self._overflow(model, _Size(sent, turns, system=system), constraints)
 
     def _overflow(self, model: str, size: _Size, constraints: Constraints) -> str | None:
@@ -274,7 +275,7 @@ class _Size:
     worked out once, when first asked. The bound: a token for each digit and each byte of a non-ASCII
     character, one for every two other ASCII characters (prose and code hold 3-5 a token; a long run of
     symbols, one each, could pass it: the gateway's own check still refuses that), and 64 a turn for the chat
-    markers (the gateway counts 8)."""
+    markers and a template's default system prompt (SmolLM2's and Gemma's add 30-45 tokens to one message)."""
 
     def __init__(self, prompt: str, turns: int = 1, what: str = "", system: bool = False) -> None:
         self.prompt, self.turns, self.system = prompt, max(turns, 1), system

@@ -28,37 +28,11 @@ _FENCE = r"(?:^[ \t]*{0}[^`\n]*|{0}[\w+#-][\w+#.-]*[ \t]*)\n.*?(?:^[ \t]*{0}|{0}
 _CODE = re.compile(f"({_FENCE.format('```')}|{_FENCE.format('~~~')}|`[^`\\n]*`)", re.S | re.M)
 # the name a bracket is glued to (`_subscript`), and the short words of prose that are no names
 _NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+# ("a" is not one: Python's commonest name, `a[1]` stays code)
 _SHORT_WORDS = frozenset(
-    {
-        "i",
-        "al",
-        "am",
-        "an",
-        "as",
-        "at",
-        "be",
-        "by",
-        "do",
-        "go",
-        "he",
-        "if",
-        "in",
-        "is",
-        "it",
-        "me",
-        "my",
-        "no",
-        "of",
-        "ok",
-        "on",
-        "or",
-        "so",
-        "to",
-        "up",
-        "us",
-        "we",
-    }
-)  # fmt: skip  ("a" is Python's commonest name: `a[1]` stays code)
+    {"i", "al", "am", "an", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me", "my",
+     "no", "of", "ok", "on", "or", "so", "to", "up", "us", "we"}
+)  # fmt: skip
 # the last part of a dotted name that makes it a domain or a file, not an attribute ("python.org", "Node.js")
 _DOMAINS = frozenset(
     {"com", "org", "net", "edu", "gov", "int", "io", "ai", "dev", "co", "uk", "eu", "js", "py", "md", "html",
@@ -160,8 +134,8 @@ MAX_SOURCES = 20  # /v1/rag's most; a bracketed number past it and past the sour
 def resolve_citations(text: str, hits: list[Hit]) -> tuple[str, list[str]]:
     """Replace [n] labels by [chunk_id]; labels that name no source are dropped from the text, and numbers
     no label could be (a year, "[2019]", or "[0]") are kept as written, as are subscripts (`s[1]`: glued to
-    what they follow) and anything in code. A chunk id in brackets that was not retrieved (the model's own
-    invention) is dropped too: it would read as a citation."""
+    code, `_subscript`) and anything in code spans or fences. A chunk id in brackets that was not retrieved
+    (the model's own invention) is dropped too: it would read as a citation."""
     cited: list[str] = []
 
     def swap(m: re.Match) -> str:
