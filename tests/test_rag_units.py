@@ -303,7 +303,8 @@ def test_code_subscripts_are_no_labels_in_answers_or_sources():
     assert "s[0] is the first item, s[1] the second; m[1][2] (3); the capital(2) since 508 (ref)(4)." in shown
     for answer in ("Use s[0] for the first item.", "The second is my_list[1], the third f(x)[2].",
                    "Try obj.items[1] or row2[1], and a[1].",
-                   "Write `x[1]` or\n```\nrow = m[1]\nprint([1])\n```", "~~~\nprint([1])\n~~~"):  # fmt: skip
+                   "Write `x[1]` or\n```\nrow = m[1]\nprint([1])\n```", "~~~\nprint([1])\n~~~",
+                   "Given a = [1, 2], sorted([2, 1]) and [1, 2].count(1) hold."):  # fmt: skip
         assert resolve_citations(answer, hits) == (answer, []), answer
     text, cited = resolve_citations("Take xs[1] [2], or [1][2].", hits)
     assert (text, cited) == ("Take xs[1] [doc2#bbb], or [doc1#aaa][doc2#bbb].", ["doc2#bbb", "doc1#aaa"])

@@ -108,12 +108,22 @@ def _subscript(text: str, start: int) -> bool:
     return len(token) <= 2 and token.islower() and token not in _SHORT_WORDS  # `s`, `xs`, not "in"
 
 
+def _literal(run: re.Match) -> bool:
+    """Whether a bracketed run of numbers is a list in code, not labels: assigned (`a = [10, 20]`), an
+    argument or element of several numbers (`sorted([3, 1, 2])`), or used (`[1, 2].append`)."""
+    before = run.string[max(0, run.start() - 80) : run.start()].rstrip(" \t")
+    if before.endswith("=") or (before.endswith(("(", "[", "{")) and "," in run.group(0)):
+        return True
+    return re.match(r"\.[A-Za-z_]", run.string[run.end() : run.end() + 2]) is not None
+
+
 def _labels_outside_code(text: str, swap) -> str:
     """`text` with each label outside code spans, fences and subscripts replaced by `swap(match)`."""
     parts = _CODE.split(text)  # code at odd indices
 
     def labels(run: re.Match) -> str:
-        return run.group(0) if _subscript(run.string, run.start()) else _LABEL.sub(swap, run.group(0))
+        code = _subscript(run.string, run.start()) or _literal(run)
+        return run.group(0) if code else _LABEL.sub(swap, run.group(0))
 
     for i in range(0, len(parts), 2):
         parts[i] = _LABELS.sub(labels, parts[i])
