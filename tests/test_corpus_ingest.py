@@ -903,25 +903,32 @@ def test_two_runs_write_the_demo_corpus_at_once(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == alone  # no temp file left
 
 
+def _deny_listing(monkeypatch, folder) -> None:
+    """Listing `folder` fails as without permission (root reads any folder: the test takes it away where
+    the listing asks)."""
+    import os
+
+    scandir = os.scandir
+
+    def denied(path="."):
+        if os.fspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+
+
 def test_a_folder_that_cannot_be_listed_keeps_its_files(env, tmp_path, monkeypatch):
     """`Path.rglob` passes over a folder it may not open, in silence: its files looked removed, and ingest
     deleted their documents from the store with no record. (Root reads any folder, so the test takes the
     permission away where the listing asks for it.)"""
-    import os
 
     settings, _, _ = env
     src = _two_files_ingested(settings, tmp_path, "Second file.")
     (src / "team").mkdir()
     (src / "team" / "c.txt").write_text("Third file, in a folder.")
     ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
-    scandir = os.scandir
-
-    def denied(path="."):
-        if os.fspath(path) == str(src / "team"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", denied)
+    _deny_listing(monkeypatch, src / "team")
     (src / "b.txt").unlink()  # removed meanwhile: its document goes
     r = ingest_corpus(settings, str(src), store=LocalStore(tmp_path / "store"))
     assert set(load_chunks(settings, LocalStore(tmp_path / "store"))["doc_id"]) == {"a.txt", "team/c.txt"}
@@ -937,7 +944,6 @@ def test_an_unreadable_folder_keeps_its_own_files_not_those_of_a_folder_redacted
 ):
     """Two folders named by addresses are both `<EMAIL_ADDRESS>/` in the store: while one could not be
     listed, the other's deleted file was kept too, by the name they share."""
-    import os
     import shutil
 
     settings, _, _ = env
@@ -953,14 +959,7 @@ def test_an_unreadable_folder_keeps_its_own_files_not_those_of_a_folder_redacted
     again = ingest_corpus(settings, str(src), store=store)  # nothing to redo: the digests are written, once
     assert not again.did_work and all("dirs" in f for f in json.loads(store.get(MANIFEST))["files"].values())
     shutil.rmtree(src / "bob.lee@example.com")  # removed on request
-    scandir = os.scandir
-
-    def denied(path="."):
-        if os.fspath(path) == str(src / "ann.lee@example.com"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", denied)
+    _deny_listing(monkeypatch, src / "ann.lee@example.com")
     r = ingest_corpus(settings, str(src), store=store)
     assert r.files_removed == 1 and set(load_chunks(settings, store)["text"]) == {
         "Notes of ann about retrieval."
