@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import dagster as dg
 
 from assets.resources import SettingsResource
-from pipelines.corpus.ingest import BEIR_CORPUS, beir_folder, name_digest, name_key, store_keys_in
+from pipelines.corpus.ingest import BEIR_CORPUS, beir_folder, name_digest, name_key, readable, store_keys_in
 from pipelines.corpus.pii import may_hold_pii
 from pipelines.corpus.store import LocalStore, S3Store, open_source, open_store
 from pipelines.files import hidden
@@ -62,8 +62,8 @@ def _shown(name: str, spacy_model: str) -> str:
     """The name, or "" where it may hold PII under the configured model (with an NER model any name may
     name a person); BEIR's fixed corpus file name is always shown. A name's bytes that are not UTF-8 show
     as U+FFFD, as ingest shows them (Dagster cannot store a run tag holding them)."""
-    readable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return readable if name == BEIR_CORPUS or not may_hold_pii(readable, spacy_model, name=True) else ""
+    shown = readable(name)
+    return shown if name == BEIR_CORPUS or not may_hold_pii(shown, spacy_model, name=True) else ""
 
 
 def scan_folder(root: Path, previous: Fingerprints, key: bytes, spacy_model: str = "blank",

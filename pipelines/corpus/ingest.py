@@ -131,6 +131,11 @@ def name_digest(name: str, key: bytes) -> str:
     return hmac.new(key, name.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:12]
 
 
+def readable(name: str) -> str:
+    """`name` with the bytes that are not UTF-8 (a file system's raw name) as U+FFFD: fit to store or show."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
     """`name` with PII in its path parts redacted and a keyed digest of the original added; a name without
     PII is returned as it is. A part is redacted without its extension (`a@b.org.md`: `.md` is a TLD too),
@@ -138,8 +143,8 @@ def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
     first pass leaves `a@b` + `.org`); a document's extension the second pass took (`notes@home.md`, `.md` a
     top-level domain) is put back after it, or the file would be skipped as of no known type. A name's bytes
     that are not UTF-8 are kept as U+FFFD, with the digest."""
-    readable = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")  # undecodable bytes: U+FFFD
-    parts = readable.split("/")
+    shown = readable(name)
+    parts = shown.split("/")
     out = []
     for part in parts:
         suffix = PurePosixPath(part).suffix
@@ -147,7 +152,7 @@ def safe_name(name: str, redact: Callable[[str], str], key: bytes) -> str:
         if suffix.lower() in SUPPORTED and not redacted.endswith(suffix):
             redacted += suffix
         out.append(redacted)
-    if out == parts and readable == name:
+    if out == parts and shown == name:
         return name
     last = PurePosixPath(out[-1])
     out[-1] = f"{last.stem}~{name_digest(name, key)}{last.suffix}"
