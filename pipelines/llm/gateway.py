@@ -791,7 +791,14 @@ def _outage(model: str, failures: list[tuple[str | None, BaseException | None]])
     """Whether `model` failed its call for an outage: a failure of its own that is no request fault, or none
     at all (benched, it was not called)."""
     own = [e for m, e in failures if m == model]
-    return not own or any(e is None or not is_request_fault(_failure(model, e)) for e in own)
+    return not own or any(e is None or not _refused(e) for e in own)
+
+
+def _refused(e: BaseException) -> bool:
+    """Whether the model server refused the request itself (its context overflow, a 400, 413 or 422): another
+    try will not help, and the server is not down."""
+    status = getattr(e, "status_code", None)
+    return isinstance(e, litellm.exceptions.BadRequestError) or status in REQUEST_FAULT_STATUSES
 
 
 def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError:
@@ -806,8 +813,7 @@ def _failure(model: str, e: BaseException, midway: bool = False) -> GatewayError
         said = f"{sizes[1]} prompt tokens for a context of {sizes[2]}" if sizes else "the prompt does not fit"
         return GatewayError(f"{model}: context overflow: {said}")
     status = getattr(e, "status_code", None)
-    if isinstance(e, litellm.exceptions.BadRequestError) or status in REQUEST_FAULT_STATUSES:
-        # the request itself (a 422 from a validating server, a 413 body): another try will not help
+    if _refused(e):  # the request itself (a 422 from a validating server, a 413 body)
         return GatewayError(f"{model}: request refused: the model server answered {status or 400}")
     # nor the text of any other failure: an upstream's error body may quote the prompt; its type and status
     cause = type(e).__name__ + (f", status {status}" if status else "")
