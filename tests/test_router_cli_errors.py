@@ -381,3 +381,43 @@ def test_file_errors_are_one_line_and_a_prior_table_must_name_the_models(tables,
         assert (
             "names none of the outcome table's models" if code else f"no rows for {len(models) - 3} models"
         ) in (res.stderr)
+
+
+def test_a_model_scored_only_on_prompts_left_out_is_not_in_the_panel(tables, tmp_path):
+    """A model whose outcomes were all on prompts outside --prompts was kept with no evidence: predicted
+    quality 0.5 at $0, chosen under any cost cap, and NaN in manifest.json."""
+    p, o = tables["train"]
+    keep = p.iloc[5:]
+    lone = "claude-v1"
+    o = o[(o["model"] != lone) | ~o["prompt_id"].isin(keep["prompt_id"])]  # claude-v1: the 5 left-out only
+    res = _train(tables, tmp_path, tmp_path / "r", prompts=keep, outcomes=o)
+    assert res.exit_code == 0, res.output
+    assert lone not in json.loads(res.stdout)["models"] and len(json.loads(res.stdout)["models"]) == 10
+    json.loads((tmp_path / "r" / "manifest.json").read_text(), parse_constant=pytest.fail)  # no NaN
+
+
+def test_the_strongest_model_is_judged_on_prompts_every_model_answered(tables, tmp_path):
+    """'Strongest' was the best mean over each model's own prompts: a model kept on 3 prompts it got right
+    beat GPT-4 on 60, and the default budget policy (half the strongest model's cost) always chose the
+    cheapest model."""
+    p, o = tables["train"]
+    lucky = "mistralai/mistral-7b-chat"
+    right = o[(o["model"] == lucky) & (o["score"] == 1.0)]["prompt_id"].iloc[:3]
+    sparse = o[(o["model"] != lucky) | o["prompt_id"].isin(right)]
+    res = _train(tables, tmp_path, tmp_path / "r", outcomes=sparse)
+    assert res.exit_code == 0, res.output
+    assert load_router(tmp_path / "r").strongest == "gpt-4-1106-preview"
+    assert "gpt-4-1106-preview's cost" in json.loads(res.stdout)["policy"]
+
+
+def test_a_source_id_shared_by_every_prompt_names_no_question(tables, tmp_path):
+    """A dataset's name as source_id put every prompt in one fold of the budget calibration's
+    cross-validation, leaving the others nothing to train on (sklearn: 'Found array with 0 sample(s)')."""
+    from router_models.router.crossval import fold_ids, question_groups
+
+    p, _ = tables["train"]
+    res = _train(tables, tmp_path, tmp_path / "r", prompts=p.assign(source_id="mybench"))
+    assert res.exit_code == 0, res.output
+    by_task = p.assign(source_id=p["task"])  # three names, one per task: each fold would lack a task
+    assert pd.Series(fold_ids(len(p), 3, groups=question_groups(by_task))).nunique() == 3
+    assert (question_groups(by_task) == question_groups(p[["prompt"]])).all()

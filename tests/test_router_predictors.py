@@ -226,3 +226,19 @@ def test_the_budget_policys_out_of_fold_predictions_hold_out_questions_and_the_t
     for rows, names in zip(trained_on, predicted_with, strict=True):
         assert names == {f"row{i}" for i in rows}
     assert all((2 * q in rows) == (2 * q + 1 in rows) for rows in trained_on for q in range(20))
+
+
+def test_the_embedding_cache_is_written_through_a_temporary_name_of_its_own(tmp_path):
+    """Every writer of one cache entry used one temporary name (`<entry>.tmp.npy`): two trainings at once
+    crashed in the rename (FileNotFoundError, 13 of 15 trials in a review). A folder left at that name
+    now stands in no writer's way."""
+    from router_models.router.features import embed_prompts
+
+    texts = ["Which gas do plants absorb?", "Write a function that sorts a list."]
+    first = embed_prompts(texts, "static", tmp_path)
+    (entry,) = tmp_path.iterdir()
+    entry.unlink()
+    entry.with_suffix(".tmp.npy").mkdir()
+    assert np.array_equal(embed_prompts(texts, "static", tmp_path), first) and entry.exists()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([entry.name, entry.with_suffix(".tmp.npy").name])  # no temporary file left behind

@@ -327,3 +327,23 @@ def test_a_rule_that_changed_nothing_is_not_named_as_binding():
     router = make_router([0.5, 0.1, 0.1, 0.1, 0.5], [0.0] * 5)
     d = router.route(f"Draft a reply to jane.doe@example.com about it. {PLAIN}")
     assert d.model == "local-big" and d.binding is None and "ruled out" not in d.explanation, d.explanation
+
+
+def test_the_text_sent_sets_the_window_needed_and_the_predicted_cost():
+    """With `sent` (a RAG question and its sources), the window rule and the cost cap saw the question
+    alone: a 16k-token send was allowed to a 512-token model and priced as a one-line question."""
+    router = make_router([0.5, 0.5, 0.5, 0.9, 0.5], [0.0] * 5)
+    router.cost_model.coef[0] = [0.01, 0.002, 0.001, 0.0, 0.0]  # per 1k input tokens
+    question = "Which gas do plants absorb?"
+    sent = question + "\n" + "Sources say much. " * 4000
+    alone = router.route(question)
+    assert alone.model == "local-small"
+    d = router.route(question, sent=sent)
+    assert d.model != "local-small" and d.signals["tokens_needed"] > 8_192
+    small = next(c for c in d.candidates if c.model == "local-small")
+    assert small.excluded_by == "context_window", small
+    cost, before = ({c.model: c.cost_usd for c in x.candidates} for x in (d, alone))
+    assert cost["remote-strong"] > 0.1 > 0.001 > before["remote-strong"]
+    capped = router.route(question, Constraints(max_cost_usd=0.01), sent=sent)
+    why = {c.model: c.excluded_by for c in capped.candidates}
+    assert why["remote-strong"] == why["open-remote"] == "max_cost_usd", capped.explanation

@@ -15,14 +15,20 @@ from router_models.router.train import panel, task_labels
 TRUE_TASK = "task_mean_label"  # the per-task mean that is told the true task label: a baseline only
 
 
+MAX_COPIES = 10  # prompts one question id may hold: a larger group is a dataset's or a task's name
+
+
 def question_groups(prompts: pd.DataFrame) -> np.ndarray:
     """A label per prompt that its copies share: the source's question id where the table has one
-    (RouterBench asks 7 questions twice, with few-shot contexts of other lengths), else the text."""
+    (RouterBench asks 7 questions twice, with few-shot contexts of other lengths), else the text. An id
+    shared by more than MAX_COPIES prompts names no question (a dataset name in every row put all prompts
+    in one fold, leaving the others nothing to train on): those prompts are grouped by their text."""
     text = "text:" + prompts["prompt"].astype(str).str.strip()
     if "source_id" not in prompts:
         return text.to_numpy()
-    sid = prompts["source_id"].astype("string").str.strip()
-    return np.where(sid.fillna("").ne(""), "id:" + sid.fillna(""), text)
+    sid = prompts["source_id"].astype("string").str.strip().fillna("")
+    question = sid.ne("") & sid.map(sid.value_counts()).le(MAX_COPIES)
+    return np.where(question, "id:" + sid, text)
 
 
 def fold_ids(n: int, folds: int, seed: int = 0, groups: Any = None) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.files import atomic_path
 from router_models.router import ROUTER_EMBEDDER
 from router_models.router.predictors.base import Features
 from router_models.router.signals import estimate_tokens, focus_text
@@ -28,10 +29,8 @@ def embed_prompts(
             return np.load(path)
     emb = get_embedder(embedder).embed(texts, progress=len(texts) > 500)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".npy") as tmp:  # a name of its own: two runs at once share none
+            np.save(tmp, emb)
     return emb
 
 

@@ -18,7 +18,7 @@ from router_models.router.features import CostModel, TaskClassifier, embed_promp
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.predictors.base import Predictor, QualityPrediction
 from router_models.router.rules import Exclusion, ModelInfo, Rule, apply_rules
-from router_models.router.signals import Constraints, focus_text, request_signals
+from router_models.router.signals import Constraints, estimate_tokens, focus_text, request_signals
 
 MAX_COST = "max_cost_usd"
 NO_PREDICTION = "no_prediction"
@@ -127,11 +127,14 @@ class Router:
     ) -> Decision:
         """Pick one model for `prompt`. `p95_latency_s`: the gateway's recent p95 per model, if known.
         `sent`: all the model will be sent where that is more than `prompt` (a RAG question with its sources):
-        personal data is sought there too, as the model would see it."""
+        personal data is sought there too, as the model would see it, and its size sets the context windows
+        needed and the predicted costs."""
         t0 = time.perf_counter()
         constraints = constraints or Constraints()
         policy = policy or self.policy
         q, cost, proba = self.predict([prompt], self.embed(prompt))
+        if sent is not None:  # quality follows the question, the price what is sent (its sources too)
+            cost = self.cost_model.predict(np.array([estimate_tokens(sent, digits=False)], float), proba)
         mean, sd, cost = q.mean[0], q.sd[0], cost[0]
         top = int(proba[0].argmax())
         signals = request_signals(prompt, constraints, self.task_clf.classes[top], float(proba[0, top]), sent)

@@ -167,9 +167,11 @@ def request_signals(
     task_probability: float | None = None,
     sent: str | None = None,
 ) -> Signals:
-    """`sent`: all the model will be sent, where that holds more than `prompt`; PII is sought in it."""
-    tokens = estimate_tokens(prompt)
-    entities = detect_pii(prompt if sent is None else sent)
+    """`sent`: all the model will be sent, where that holds more than `prompt`; PII is sought in it and its
+    size is the request's."""
+    text = prompt if sent is None else sent
+    tokens = estimate_tokens(text)
+    entities = detect_pii(text)
     return Signals(
         input_tokens=tokens,
         tokens_needed=tokens + constraints.expected_output_tokens,

@@ -44,6 +44,9 @@ def panel(
             outcomes.groupby("prompt_id")["task"].first().reset_index(), on="prompt_id", how="left"
         )
     scored = outcomes.dropna(subset=["score"])
+    # the panel is the models scored on these prompts: one scored only on prompts left out would be kept with
+    # no evidence, priced at $0 and chosen
+    scored = scored[scored["prompt_id"].isin(prompts["prompt_id"])]
     prompts = prompts[prompts["prompt_id"].isin(scored["prompt_id"])].reset_index(drop=True)
     models = sorted(scored["model"].unique())
     if len(models) < 2:
@@ -59,6 +62,21 @@ def panel(
         y.reindex(index=ids, columns=models).to_numpy(),
         c.reindex(index=ids, columns=models).to_numpy(),
     )
+
+
+MIN_COMMON = 20  # prompts every model answered, below which the strongest model is judged on shrunk means
+
+
+def strongest_model(y: np.ndarray, models: list[str]) -> str:
+    """The model of highest mean score on the prompts every model answered (means over other prompts for
+    each model are not comparable: a model scored on 3 easy prompts beat GPT-4 on 120); with fewer than
+    MIN_COMMON such prompts, on each model's mean shrunk toward the table's by MIN_COMMON prompts' weight."""
+    common = ~np.isnan(y).any(axis=1)
+    if common.sum() >= MIN_COMMON:
+        return models[int(y[common].mean(axis=0).argmax())]
+    seen = ~np.isnan(y)
+    shrunk = (np.nansum(y, axis=0) + MIN_COMMON * np.nanmean(y)) / (seen.sum(axis=0) + MIN_COMMON)
+    return models[int(shrunk.argmax())]
 
 
 def blank_prompts(prompts: pd.DataFrame) -> pd.Series:
@@ -107,7 +125,7 @@ def train_router(
     cost_model = CostModel.fit(tokens, x.task_proba, cost)
     fitted = get_predictor(predictor, **(predictor_params or {})).fit(x, y, models, tasks)
     quality = np.nanmean(y, axis=0)
-    strongest = models[int(np.nanargmax(quality))]
+    strongest = strongest_model(y, models)
     oof = None
     if len(x) >= 30:  # out-of-fold predictions calibrate the budget policy without in-sample optimism
         from router_models.router.crossval import cross_val_predictions  # crossval imports this module
