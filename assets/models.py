@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from assets.resources import GatewayResource
+from assets.resources import GatewayResource, plain_metadata
 from pipelines.llm.panel import panel_check
 
 
@@ -25,7 +25,7 @@ def model_panel(context: dg.AssetExecutionContext, gateway: GatewayResource) -> 
         metadata={
             "models": dg.MetadataValue.md(df.to_markdown(index=False)),
             "up": sum(r["ok"] for r in rows),
-            "mean_latency_s": float(df["latency_s"].mean()),
+            **plain_metadata({"mean_latency_s": df["latency_s"].mean()}),  # NaN (none up): null
         },
         check_results=[
             dg.AssetCheckResult(

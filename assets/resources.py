@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # litellm takes seconds to import: only runs that use the gat
 
 def plain_metadata(d: dict) -> dict:
     """The numbers, booleans and strings of `d` as python types Dagster stores (numpy scalars converted:
-    numpy's int64, float32 and bool_ were dropped)."""
+    numpy's int64, float32 and bool_ were dropped); a number that is not finite (NaN where a figure has
+    none) is None, as the figures' JSON has null."""
     out: dict = {}
     for k, v in d.items():
         if isinstance(v, str):
@@ -27,7 +28,7 @@ def plain_metadata(d: dict) -> dict:
         elif isinstance(v, numbers.Integral):
             out[k] = int(v)
         elif isinstance(v, numbers.Real):
-            out[k] = float(v)
+            out[k] = float(v) if np.isfinite(float(v)) else None
     return out
 
 

@@ -86,6 +86,9 @@ def test_plain_metadata_keeps_numpy_scalars():
 
     md = plain_metadata({"a": np.int64(3), "b": np.float32(0.5), "c": np.bool_(True), "d": "x", "e": [1]})
     assert md == {"a": 3, "b": 0.5, "c": True, "d": "x"} and type(md["c"]) is bool and type(md["a"]) is int
+    # a figure that has none (R-hat of chains that never moved, a gate's ratio past its cap) is null, not NaN
+    none = plain_metadata({"r_hat_max": float("nan"), "gain": np.float64(np.inf)})
+    assert none == {"r_hat_max": None, "gain": None}
 
 
 def test_accuracy_metadata_is_per_task_and_model():

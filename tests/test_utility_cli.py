@@ -254,6 +254,29 @@ def test_a_bad_setting_is_left_to_the_console_scripts_one_line_per_field(routerb
     assert isinstance(res.exception, ValidationError) and res.exception.title == "Settings"
 
 
+def test_fit_inputs_in_memory_are_checked_as_files_are(tmp_path):
+    """The asset hands the fit tables in memory, past the file reader's checks: an infinite cost failed
+    inside PyMC's sampler ("Initial evaluation of model at starting point failed"), a negative one was
+    counted as a free call; a priors row "m1 " lost m1's leaderboard prior, unsaid."""
+    from router_models.utility.data import cell_data
+    from router_models.utility.simulate import simulate_outcomes
+
+    df, _ = simulate_outcomes(["t0"], ["gpt-4-1106-preview", "m1"], 5, seed=0, latency=True)
+    cases = (("cost_usd", np.inf), ("cost_usd", -0.001), ("latency_s", np.nan), ("latency_s", -np.inf))
+    for col, value in cases:
+        bad = df.assign(**{col: df[col].where(df.index != 3, value)})
+        if np.isnan(value):  # blank: no observation, as before
+            assert cell_data(bad).cells["latency_n"].sum() == cell_data(df).cells["latency_n"].sum() - 1
+            continue
+        with pytest.raises(ValueError, match=f"{col} must be a finite number >= 0 or blank: 1 rows"):
+            cell_data(bad)
+    elo = pd.read_csv(SNAPSHOT_PATH)
+    first = elo["model"].iloc[0]
+    _written(elo.assign(model=elo["model"].where(elo.index != 0, f" {first} ")), tmp_path / "elo.csv")
+    table = alpha_priors(load_priors(tmp_path / "elo.csv"), [first], 0.5, 1.5)
+    assert bool(table.set_index("model").loc[first, "has_figure"])
+
+
 def test_the_registry_data_version_names_the_priors_too():
     """Two fits of the same outcomes on other leaderboard figures were registered with one data_version."""
     from router_models.utility.data import cell_data

@@ -92,6 +92,12 @@ def cell_data(
     for col in ("cost_usd", "latency_s"):
         if col not in df.columns:
             df[col] = np.nan
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = df.loc[~values.isna() & ~(np.isfinite(values) & (values >= 0)), ["task", "model", col]]
+        if len(bad):  # inf failed the fit inside PyMC's sampler; a negative cost was counted as a free call
+            first = bad.iloc[0].tolist()
+            raise ValueError(f"{col} must be a finite number >= 0 or blank: {len(bad)} rows, e.g. {first}")
+        df[col] = values
     tasks = sorted(set(df["task"]) | set(tasks or []))
     models = sorted(set(df["model"]) | set(models or []))
     binary_task = df.groupby("task")["score"].apply(lambda s: bool(np.isin(s, (0.0, 1.0)).all()))

@@ -36,6 +36,7 @@ def load_priors(path: str | Path | None = None) -> pd.DataFrame:
     if bad:  # "1,050" was none; inf failed the fit with a traceback from PyMC
         raise ValueError(f"{path}: arena_elo must be a finite number or blank, not {bad[:3]}")
     df["arena_elo"] = elo
+    df["model"] = df["model"].str.strip()  # "m1 " matched no outcome model: its prior was lost, unsaid
     df["snapshot"] = df["snapshot"].fillna(path.name).astype(str)
     df["source"] = df["source"].fillna("").astype(str)
     # a model named twice: its last row with a figure (a blank repeat does not undo a figure)
