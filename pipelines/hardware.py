@@ -3,7 +3,7 @@ vector extensions llama.cpp is compiled for.
 
 `python -m pipelines.hardware uv-settings` prints the uv build settings for llama-cpp-python on this CPU, one
 per line; `python -m pipelines.hardware check-llama` exits non-zero when the installed llama.cpp lacks an
-extension the CPU has. scripts/setup.sh runs both (stdlib only: it runs before the project is installed).
+extension the CPU has, or has one left out (AMX). scripts/setup.sh runs both (stdlib only: it runs before the project is installed).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ GGML_OPTIONS: dict[str, tuple[str, ...]] = {
     "AMX_BF16": ("amx_tile", "amx_bf16"),
 }
 NOT_IN_SYSTEM_INFO = {"SSE42", "AMX_TILE", "AMX_BF16"}  # built in, but llama.cpp's system info omits them
+# never built: on a Sapphire Rapids VM (AMX in its flags, granted by the kernel) llama-server died of SIGILL
+# (`tilezero` in ggml_backend_amx_mul_mat) on its first batch with any Q4 model; AVX-512 serves them
+LEFT_OUT = {"AMX_TILE", "AMX_INT8", "AMX_BF16"}
 
 
 @cache
@@ -47,16 +50,24 @@ def native_bf16() -> bool:
 
 
 def ggml_options(flags: Iterable[str] | None = None) -> dict[str, bool]:
-    """Each ggml build option, on where the CPU has every flag it needs."""
+    """Each ggml build option, on where the CPU has every flag it needs (LEFT_OUT ones never)."""
     have = cpu_flags() if flags is None else set(flags)
-    return {option: set(needs) <= have for option, needs in GGML_OPTIONS.items()}
+    return {option: set(needs) <= have and option not in LEFT_OUT for option, needs in GGML_OPTIONS.items()}
+
+
+def _built(system_info: str) -> set[str]:
+    parts = (p.partition("=") for p in system_info.replace(":", "|").split("|"))
+    return {k.strip() for k, _, v in parts if v.strip() == "1"}
 
 
 def missing_from_build(system_info: str, options: dict[str, bool]) -> list[str]:
     """The options on in `options` that llama.cpp's `llama_print_system_info()` does not list as built."""
-    parts = (p.partition("=") for p in system_info.replace(":", "|").split("|"))
-    built = {k.strip() for k, _, v in parts if v.strip() == "1"}
-    return [o for o, on in options.items() if on and o not in built | NOT_IN_SYSTEM_INFO]
+    return [o for o, on in options.items() if on and o not in _built(system_info) | NOT_IN_SYSTEM_INFO]
+
+
+def unwanted_in_build(system_info: str, options: dict[str, bool]) -> list[str]:
+    """The options off in `options` that llama.cpp lists as built (AMX, by a build from before LEFT_OUT)."""
+    return [o for o, on in options.items() if not on and o in _built(system_info)]
 
 
 def ggml_defines(options: dict[str, bool]) -> list[str]:
@@ -74,10 +85,13 @@ def main(argv: list[str]) -> int:
     if argv == ["check-llama"]:
         import llama_cpp
 
-        missing = missing_from_build(llama_cpp.llama_print_system_info().decode(), options)
+        info = llama_cpp.llama_print_system_info().decode()
+        missing, unwanted = missing_from_build(info, options), unwanted_in_build(info, options)
         if missing:
             print(f"[setup] llama.cpp was built without {', '.join(missing)}", file=sys.stderr)
-        return 1 if missing else 0
+        if unwanted:
+            print(f"[setup] llama.cpp was built with {', '.join(unwanted)}", file=sys.stderr)
+        return 1 if missing or unwanted else 0
     print("usage: python -m pipelines.hardware uv-settings|check-llama", file=sys.stderr)
     return 2
 
