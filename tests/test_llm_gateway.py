@@ -689,6 +689,38 @@ def test_a_reader_that_breaks_out_of_its_loop_ends_the_stream_at_once(fresh, mod
         gc.enable()
 
 
+def _processing(gateway, model_settings, model: str) -> float:
+    """Requests the model's llama-server is working on (its Prometheus gauge)."""
+    import httpx
+
+    port = servers.status(gateway.catalog.get(model), model_settings).port
+    text = httpx.get(f"http://{model_settings.local_host}:{port}/metrics", timeout=10).text
+    return float(
+        next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("llamacpp:requests_processing"))
+    )
+
+
+def test_closing_a_stream_another_thread_reads_stops_the_model(fresh, model_settings):
+    """A service whose client left a plain chat closes the call from its own thread while a worker reads
+    it: LiteLLM's generator could not be closed under the reader, which read on to the answer's end, and
+    the server wrote its 1,000 tokens for nobody. Now the reader stops at its next chunk and the server's
+    response is closed (LiteLLM's own close of its wrapper left that to the cyclic GC)."""
+    count = [{"role": "user", "content": "Count from 1 to 500, one number per line."}]
+    call, got = fresh.stream("smollm2-135m", count, max_tokens=1000), []
+    reader = threading.Thread(target=lambda: got.extend(call))
+    reader.start()
+    while len(got) < 3 and reader.is_alive():
+        time.sleep(0.01)
+    call.close()
+    reader.join(timeout=2)
+    assert not reader.is_alive() and call.result is None, len(got)
+    deadline = time.monotonic() + 2
+    while _processing(fresh, model_settings, "smollm2-135m") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processing(fresh, model_settings, "smollm2-135m") == 0
+    assert fresh.chat("smollm2-135m", HELLO, max_tokens=4).output_tokens > 0  # the server is still fine
+
+
 def test_a_slow_reader_does_not_make_the_model_slow_to_the_latency_rule(local_servers, model_settings):
     """A streamed call's whole time was booked to the model: a client reading 250 ms a delta made a model
     that answers in well under a second look slow enough to break a latency SLO. Such a call is not booked

@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -442,10 +442,19 @@ class Gateway:
         """What the window check counts for `turns` messages whose texts, joined, are `prompt` (`system`:
         one of them a system message, where a chat template adds no default one), by `model`'s own
         tokenizer; None where the gateway has no such tokenizer: the router's estimate stands."""
+        return self._count(model, prompt, turns, system, self._own_tokens)
+
+    def prompt_tokens(self, model: str, prompt: str, turns: int = 1, system: bool = False) -> int | None:
+        """What the window check counts, as `own_prompt_tokens`, or by gpt-3.5's tokenizer where the model
+        has none at hand (a remote model, a GGUF not found), as the check does; None for a model the catalog
+        does not name."""
+        return self._count(model, prompt, turns, system, self._prompt_tokens)
+
+    def _count(self, model: str, prompt: str, turns: int, system: bool, count: Callable) -> int | None:
         if model not in self.catalog.names():
             return None
         shape = [{"role": "system", "content": "-"}] if system and turns > 1 else []
-        one = self._own_tokens(self.catalog.get(model), [*shape, {"role": "user", "content": prompt}])
+        one = count(self.catalog.get(model), [*shape, {"role": "user", "content": prompt}])
         return None if one is None else one + CHAT_TOKENS_PER_MESSAGE * (max(turns, 1) - 1 - len(shape))
 
     def chat(
@@ -675,6 +684,7 @@ class StreamedChat:
         # reader that broke out of its loop and dropped both left the server writing till the cyclic GC ran
         self._gen: weakref.ref[Generator[str, None, None]] | None = None
         self._ended, self._end_lock = False, threading.Lock()
+        self._closed = threading.Event()  # set by `close`: a read under way stops at its next chunk
 
     def __iter__(self) -> Iterator[str]:
         if self._gen is not None or self._ended:
@@ -696,10 +706,12 @@ class StreamedChat:
         """Stop reading: release the connection and end the span (nothing to do once the stream ended).
         Safe from another thread while one is blocked reading (a server whose client left): closing the
         response ends that read."""
+        self._closed.set()
         ref, self._gen = self._gen, None
         gen = ref() if ref is not None else None
         if gen is not None:
-            # "generator already executing" when a thread is reading it: _end closes the response under it
+            # "generator already executing" when a thread is reading it: that read stops at its next chunk
+            # and releases the response itself (LiteLLM's wrapper cannot close a generator under way)
             with contextlib.suppress(ValueError):
                 gen.close()  # its `finally` ends the span
         self._end(GeneratorExit())
@@ -724,6 +736,8 @@ class StreamedChat:
             head = self._head
             chunk = head.pop(0)
             while chunk is not None:
+                if self._closed.is_set():
+                    raise GeneratorExit  # closed from another thread while this one read
                 chunks.append(chunk)
                 text = _delta_text(chunk)
                 if text:
@@ -753,9 +767,13 @@ class StreamedChat:
             )
         except BaseException as e:  # GeneratorExit too: the consumer stopped reading (client gone)
             outcome = e
+            if isinstance(e, GeneratorExit) and self._closed.is_set():
+                return  # the reader of a closed stream: its loop ends, `read` says it was closed
             raise
         finally:
             self._end(outcome)
+            if self.result is None:  # the response `close` could not release while this thread read it
+                _close_response(self._resp)
 
     def _end(self, outcome: BaseException | None) -> None:
         with self._end_lock:  # the reading thread and a closing one may both get here
@@ -765,14 +783,29 @@ class StreamedChat:
         if self.result is not None:
             self._gateway._span_result(self._span, self.result)
         else:
-            close = getattr(self._resp, "close", None)
-            if callable(close):  # frees the HTTP connection of a stream nobody will read to its end
-                close()
+            _close_response(self._resp)  # frees the HTTP connection of a stream nobody will read to its end
             if isinstance(outcome, GeneratorExit):
                 self._span.set_attribute("stratmaster.stream_closed_early", True)
             elif outcome is not None:
                 _span_error(self._span, outcome)
         self._span.end()
+
+
+def _close_response(resp: Any) -> None:
+    """Close LiteLLM's stream and the model server's responses under it. The Router's fallback wrapper
+    reads them in a generator whose own close leaves their HTTP connections open (the server writing on)
+    till the cyclic GC runs: they are found in its suspended frame and closed too. A frame another thread
+    is running is left to that thread, which calls this again when it stops."""
+    gen = getattr(resp, "_sync_generator", None)
+    frame = getattr(gen, "gi_frame", None)
+    inner = []
+    if frame is not None and not getattr(gen, "gi_running", True):
+        inner = [frame.f_locals.get(name) for name in ("fallback_response", "model_response")]
+    for stream in (resp, *inner, *(getattr(r, "completion_stream", None) for r in inner)):
+        close = getattr(stream, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
 
 
 def _delta_text(chunk: Any) -> str | None:
