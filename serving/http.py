@@ -1,8 +1,11 @@
 """HTTP plumbing for the service: OpenAI-shaped errors and size-limited, validated JSON bodies."""
 
+import importlib
+import importlib.util
 import json
 import logging
 import math
+import sys
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +86,40 @@ def upstream_failure(e: "GatewayError", retry_after_s: float = RETRY_AFTER_S) ->
     return HTTPFailure(
         503, "the model call failed, its fallbacks too; retry later", "upstream_unavailable",
         {"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+    )  # fmt: skip
+
+
+# the errors by which an engine's client says it cannot reach its server (module, class names): imported only
+# where installed, as the backends themselves are
+_UNREACHABLE = (
+    ("opensearchpy.exceptions", ("ConnectionError", "ConnectionTimeout")),
+    ("qdrant_client.http.exceptions", ("ResponseHandlingException",)),
+    ("nebula3.Exception", ("IOErrorException",)),
+    ("httpx", ("TransportError",)),
+)
+
+
+def engine_unreachable(e: BaseException) -> bool:
+    """Whether `e`, or an error it was raised from, says a retrieval engine's server cannot be reached (an
+    outage, worth a retry), not that the request is wrong or the code is."""
+    kinds: list[type] = [ConnectionError, TimeoutError]
+    for module, names in _UNREACHABLE:
+        if module in sys.modules or importlib.util.find_spec(module.split(".")[0]) is not None:
+            kinds += [getattr(importlib.import_module(module), n) for n in names]
+    seen: BaseException | None = e
+    for _ in range(10):  # the chain of causes, bounded
+        if seen is None:
+            return False
+        if isinstance(seen, tuple(kinds)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def engine_failure() -> HTTPFailure:
+    return HTTPFailure(
+        503, "a retrieval engine is not available; retry later", "engine_unavailable",
+        {"Retry-After": str(RETRY_AFTER_S)},
     )  # fmt: skip
 
 

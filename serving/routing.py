@@ -59,9 +59,9 @@ class ModelResolver:
         count_tokens: Callable[[str, str, int, bool], int | None] | None = None,
     ) -> None:
         """`count_tokens(model, prompt, turns, system)`: what the gateway's window check counts for the
-        prompt, by that model's own tokenizer; None where unknown (`Gateway.own_prompt_tokens`). The router's
-        tokenizer-free estimate gives a Chinese character one token, SmolLM2's tokenizer about two: the
-        router chose it for prompts it then refused."""
+        prompt (`Gateway.prompt_tokens`: by the model's own tokenizer, else gpt-3.5's); None where unknown.
+        The router's tokenizer-free estimate gives a Chinese character one token, SmolLM2's tokenizer about
+        two: the router chose it for prompts it then refused."""
         self.router = router
         self.catalog = catalog
         self.count_tokens = count_tokens
@@ -153,7 +153,8 @@ class ModelResolver:
                 "no router is loaded in this service (SM_ROUTER_DIR); name a catalog model", 404
             )
         policy = self.policy(policy_name)
-        decision = self.router.route(prompt, constraints, policy, p95, sent)  # PII: in all it sends
+        # PII and price: in all it sends; windows: checked below, by each model's own count where there is one
+        decision = self.router.route(prompt, constraints, policy, p95, sent, sized_by_caller=True)
         status = self.callable_models()
         panel_callable = [m for m in self.router.models if status.get(m, "x") is None]
         dropped = []  # candidates the router allowed and this service cannot use
@@ -212,8 +213,8 @@ class ModelResolver:
         return self._overflow(model, _Size(sent, turns, system=system), constraints)
 
     def _overflow(self, model: str, size: _Size, constraints: Constraints) -> str | None:
-        """Why `model` cannot take the prompt by its own tokenizer's count, as the gateway's window check
-        counts, or None where it can or no such count is at hand."""
+        """Why `model` cannot take the prompt, counted as the gateway's window check counts it (by the
+        model's own tokenizer, else gpt-3.5's), or None where it can or no count is at hand."""
         if self.count_tokens is None or model not in self.catalog.names():
             return None
         window = self.catalog.get(model).context_window

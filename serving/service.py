@@ -49,6 +49,8 @@ from serving.http import (
     HTTPFailure,
     PlainErrorsAsJSON,
     Unexpected,
+    engine_failure,
+    engine_unreachable,
     error_response,
     log_unexpected,
     read_body,
@@ -155,7 +157,7 @@ class StratMaster:
 
             self.registry_rows = pd.read_csv(self.art.registry_dir / "registry.csv")
             self.registry_fit = json.loads((self.art.registry_dir / "fit.json").read_text())
-        self.resolver = ModelResolver(self.router, self.gateway.catalog, self.gateway.own_prompt_tokens)
+        self.resolver = ModelResolver(self.router, self.gateway.catalog, self.gateway.prompt_tokens)
         logged = self.settings.prompt_log
         self._prompt_log = PromptLogWriter(self._open_prompt_log, PROMPT_LOG_QUEUE) if logged else None
         self._retriever: Any = None
@@ -280,7 +282,7 @@ class StratMaster:
         finally:
             gone.cancel()
             if not reader.done():
-                call.close()  # safe from this thread: the reader's blocked read ends, with a GatewayError
+                call.close()  # safe from this thread: the reader stops at its next chunk, with a GatewayError
                 reader.add_done_callback(lambda t: t.cancelled() or t.exception())  # that nobody awaits
 
     # -- endpoints -----------------------------------------------------------------------------------
@@ -448,7 +450,13 @@ class StratMaster:
         constraints = req.routing_constraints()
         choice = await self._choose(req.model, req.question, constraints)
         retriever: Any = TracedRetriever(await run_in_threadpool(self._open_retriever))
-        hits = await run_in_threadpool(retriever.search, req.question, req.mode, req.k)
+        try:
+            hits = await run_in_threadpool(retriever.search, req.question, req.mode, req.k)
+        except Exception as e:  # an engine's server gone since start-up: 503, as one not up at start-up
+            if not engine_unreachable(e):
+                raise
+            log.error("a retrieval engine cannot be reached: %s", type(e).__name__)
+            raise engine_failure() from None
         chars = self.settings.rag_context_chars
         if hits:
             messages = build_messages(req.question, hits, chars)

@@ -63,7 +63,9 @@ def request_span(endpoint: str) -> Iterator[RequestSpan]:
             span.end()
 
 
-_ROUTER_NAME = re.compile(r"router(?::(?:max_utility|budget(?:-\d*\.?\d+)?))?")
+# a budget's fraction in (0, 1] with at most 4 decimals: a run of digits ("budget-4111111111111111", refused
+# as a policy) may be a card or phone number
+_ROUTER_NAME = re.compile(r"router(?::(?:max_utility|budget(?:-(?:0?\.\d{1,4}|1(?:\.0{1,4})?))?))?")
 
 
 def model_attribute(requested: str, known: Collection[str]) -> str:

@@ -347,3 +347,8 @@ def test_the_text_sent_sets_the_window_needed_and_the_predicted_cost():
     capped = router.route(question, Constraints(max_cost_usd=0.01), sent=sent)
     why = {c.model: c.excluded_by for c in capped.candidates}
     assert why["remote-strong"] == why["open-remote"] == "max_cost_usd", capped.explanation
+    # a caller that checks each window by the model's own tokenizer (the service) has the rule size the
+    # question: the estimate is a bound for any tokenizer; the price is still what is sent
+    own = router.route(question, sent=sent, sized_by_caller=True)
+    assert own.model == "local-small" and own.signals["tokens_needed"] < 512
+    assert {c.model: c.cost_usd for c in own.candidates} == cost

@@ -496,6 +496,15 @@ def test_a_rag_questions_sources_count_for_the_window(shared_data, tmp_path):
         resolver.resolve(*args, turns=turns, sent=sent)
     assert e.value.status == 422 and "context_window" in str(e.value)
     assert resolver.resolve("router", question, local, turns=turns, sent=sent).model == "gemma3-270m"
+    # Gemma's GGUF is not in this run folder: it has no count of its own, and the gateway's check counts by
+    # gpt-3.5's tokenizer, as the service's resolver does (Gateway.prompt_tokens), which refused it: 2,048
+    assert gateway.own_prompt_tokens("gemma3-270m", sent, turns) is None
+    assert gateway.prompt_tokens("gemma3-270m", sent, turns) + 512 > 2048
+    with pytest.raises(RoutingError) as e:
+        ModelResolver(router, gateway.catalog, gateway.prompt_tokens).resolve(
+            "router", question, local, turns=turns, sent=sent
+        )
+    assert e.value.status == 422 and "gemma3-270m's context window (2048 tokens)" in str(e.value)
 
 
 def test_personal_data_in_a_rag_questions_sources_keeps_it_local(shared_data, tmp_path, monkeypatch):
@@ -588,6 +597,38 @@ def test_a_failed_retrieval_leaves_the_question_out_of_its_span_the_log_and_the_
     assert span.status.description == "RequestError" and "jane" not in json.dumps(span.to_json())
 
 
+def test_a_retrieval_engine_that_cannot_be_reached_is_a_503_with_retry_after(
+    client, service, offline_env, caplog, monkeypatch, tmp_path
+):
+    """An engine's server gone after start-up (OpenSearch, Qdrant, Nebula) was a 500 with no Retry-After,
+    logged as unhandled; one not up at start-up was already a 503. A real index and service run; only the
+    keyword engine's answer is opensearch-py's own connection error, which no engine here gives."""
+    import logging
+
+    from opensearchpy.exceptions import ConnectionError as Unreachable
+
+    from pipelines.index.keyword import TantivyIndex
+
+    def unreachable(self, query, k=100):
+        raise Unreachable("N/A", "Connection refused", OSError(111, "Connection refused"))
+
+    service.close()
+    for k, v in offline_env.items():
+        monkeypatch.setenv(k, v)
+    _serve_a_tiny_index(tmp_path, monkeypatch)
+    monkeypatch.setenv("SM_ROUTER_DIR", offline_env["SM_ROUTER_DIR"])
+    monkeypatch.setattr(TantivyIndex, "search", unreachable)
+    key = {"Authorization": f"Bearer {KEYS[0]}"}
+    with caplog.at_level(logging.ERROR), TestClient(_asgi_app(), raise_server_exceptions=True) as c:
+        answers = [c.post(path, json={"question": PII_PROMPT}, headers=key) for path in ("/v1/rag", "/rag")]
+    for r in answers:
+        assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable", r.text
+        assert r.headers["Retry-After"] == "10"
+        _no_trace(r)
+    assert caplog.text.count("a retrieval engine cannot be reached: ConnectionError") == 2
+    assert "unhandled" not in caplog.text and "jane" not in caplog.text
+
+
 def test_spans_record_no_free_text_the_client_sent_outside_the_body(client, spans):
     """A model name that is none was recorded as sent (gen_ai.request.model), and FastAPI's HTTP span
     recorded the query string and a 404's path: free text from the client, personal data perhaps."""
@@ -601,6 +642,12 @@ def test_spans_record_no_free_text_the_client_sent_outside_the_body(client, span
     assert '"gen_ai.request.model": "other"' in _named(spans, "request chat.completions").to_json()
     http = [dict(s.attributes) for s in spans.get_finished_spans() if s.name.startswith("POST ")]
     assert len(http) == 2, http  # plain requests keep their HTTP span
+    # a budget policy's fraction is recorded as sent only as a fraction: a card number was recorded whole
+    for model, kept in (("router:budget-4111111111111111", False), ("router:budget-0.1555123456", False),
+                        ("router:budget-0.25", True)):  # fmt: skip
+        client.post("/v1/route", json={"prompt": "hi", "model": model}, headers=AUTH)
+        recorded = dict(_named(spans, "route").attributes)["gen_ai.request.model"]
+        assert recorded == (model if kept else "other"), (model, recorded)
 
 
 def test_a_path_no_endpoint_has_is_no_metric_label(client, caplog):

@@ -124,11 +124,14 @@ class Router:
         policy: MaxUtility | Budget | None = None,
         p95_latency_s: Mapping[str, float] | None = None,
         sent: str | None = None,
+        sized_by_caller: bool = False,
     ) -> Decision:
         """Pick one model for `prompt`. `p95_latency_s`: the gateway's recent p95 per model, if known.
         `sent`: all the model will be sent where that is more than `prompt` (a RAG question with its sources):
-        personal data is sought there too, as the model would see it, and its size sets the context windows
-        needed and the predicted costs."""
+        personal data is sought there too, as the model would see it, and its size sets the predicted costs
+        and the context window needed, but where `sized_by_caller` (a caller that checks each model's window
+        against `sent` by the model's own tokenizer, as the service does: this estimate is an upper bound
+        for any tokenizer) the window rule sizes `prompt`."""
         t0 = time.perf_counter()
         constraints = constraints or Constraints()
         policy = policy or self.policy
@@ -137,7 +140,10 @@ class Router:
             cost = self.cost_model.predict(np.array([estimate_tokens(sent, digits=False)], float), proba)
         mean, sd, cost = q.mean[0], q.sd[0], cost[0]
         top = int(proba[0].argmax())
-        signals = request_signals(prompt, constraints, self.task_clf.classes[top], float(proba[0, top]), sent)
+        signals = request_signals(
+            prompt, constraints, self.task_clf.classes[top], float(proba[0, top]), sent,
+            sized=prompt if sized_by_caller else None,
+        )  # fmt: skip
         ctx = signals.as_context(constraints)
         meta = {m: self._with_latency(m, p95_latency_s) for m in self.models}
         excluded: dict[str, Exclusion] = apply_rules(self.rules, meta, ctx)

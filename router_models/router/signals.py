@@ -166,11 +166,12 @@ def request_signals(
     task: str | None = None,
     task_probability: float | None = None,
     sent: str | None = None,
+    sized: str | None = None,
 ) -> Signals:
-    """`sent`: all the model will be sent, where that holds more than `prompt`; PII is sought in it and its
-    size is the request's."""
+    """`sent`: all the model will be sent, where that holds more than `prompt`; PII is sought in it.
+    `sized`: the text whose size the request's is (default `sent`, else `prompt`)."""
     text = prompt if sent is None else sent
-    tokens = estimate_tokens(text)
+    tokens = estimate_tokens(text if sized is None else sized)
     entities = detect_pii(text)
     return Signals(
         input_tokens=tokens,
