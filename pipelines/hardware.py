@@ -3,7 +3,8 @@ vector extensions llama.cpp is compiled for.
 
 `python -m pipelines.hardware uv-settings` prints the uv build settings for llama-cpp-python on this CPU, one
 per line; `python -m pipelines.hardware check-llama` exits non-zero when the installed llama.cpp lacks an
-extension the CPU has, or has one left out (AMX). scripts/setup.sh runs both (stdlib only: it runs before the project is installed).
+extension the CPU has, or has one left out (AMX). scripts/setup.sh runs both (stdlib only: it runs before
+the project is installed).
 """
 
 from __future__ import annotations
