@@ -1,10 +1,9 @@
 """HTTP plumbing for the service: OpenAI-shaped errors and size-limited, validated JSON bodies."""
 
-import importlib
-import importlib.util
 import json
 import logging
 import math
+import socket
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -89,30 +88,33 @@ def upstream_failure(e: "GatewayError", retry_after_s: float = RETRY_AFTER_S) ->
     )  # fmt: skip
 
 
-# the errors by which an engine's client says it cannot reach its server (module, class names): imported only
-# where installed, as the backends themselves are
-_UNREACHABLE = (
-    ("opensearchpy.exceptions", ("ConnectionError", "ConnectionTimeout")),
-    ("qdrant_client.http.exceptions", ("ResponseHandlingException",)),
+# errors of a connection that failed or timed out, as the engines' clients raise them (module, class names);
+# the clients' own wrappers (opensearch-py's ConnectionError, qdrant-client's ResponseHandlingException) also
+# wrap bugs and malformed answers, so they count only for what they wrap
+_TRANSPORT = (
+    ("opensearchpy.exceptions", ("ConnectionTimeout",)),
     ("nebula3.Exception", ("IOErrorException",)),
     ("httpx", ("TransportError",)),
+    ("urllib3.exceptions", ("TimeoutError", "ProtocolError")),
 )
 
 
 def engine_unreachable(e: BaseException) -> bool:
-    """Whether `e`, or an error it was raised from, says a retrieval engine's server cannot be reached (an
-    outage, worth a retry), not that the request is wrong or the code is."""
-    kinds: list[type] = [ConnectionError, TimeoutError]
-    for module, names in _UNREACHABLE:
-        if module in sys.modules or importlib.util.find_spec(module.split(".")[0]) is not None:
-            kinds += [getattr(importlib.import_module(module), n) for n in names]
-    seen: BaseException | None = e
-    for _ in range(10):  # the chain of causes, bounded
-        if seen is None:
-            return False
-        if isinstance(seen, tuple(kinds)):
+    """Whether `e` says a retrieval engine's server cannot be reached (an outage, worth a retry): a
+    connection or timeout error, itself, its explicit cause or an error a client's wrapper holds in its args
+    (a malformed answer or a bug wrapped alike is no outage). Only clients already imported are asked about:
+    an engine in use has been."""
+    kinds: list[type] = [ConnectionError, TimeoutError, socket.gaierror]  # refused, reset, timed out, no DNS
+    for module, names in _TRANSPORT:
+        if module in sys.modules:
+            kinds += [getattr(sys.modules[module], n) for n in names if hasattr(sys.modules[module], n)]
+    todo, seen = [e], 0
+    while todo and seen < 20:  # a bounded walk of what `e` wraps
+        err = todo.pop()
+        seen += 1
+        if isinstance(err, tuple(kinds)):
             return True
-        seen = seen.__cause__ or seen.__context__
+        todo += [a for a in (err.__cause__, *getattr(err, "args", ())) if isinstance(a, BaseException)]
     return False
 
 

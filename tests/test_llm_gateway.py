@@ -74,6 +74,24 @@ def test_the_proxy_bypass_keeps_the_users_no_proxy_list(monkeypatch):
     assert os.environ["NO_PROXY"] == "*" and "no_proxy" not in os.environ
 
 
+def test_prompt_tokens_counts_a_remote_models_chat_as_the_window_check_does(tmp_path):
+    """Where a model has no tokenizer of its own (a remote one), the check counts the messages by gpt-3.5's;
+    the service's resolver counted their joined text so and added 8 tokens a turn, 422 more than the check
+    for 101 messages: it refused chats the gateway takes."""
+    import litellm
+
+    from serving.routing import prompt_of
+
+    gw = Gateway(Settings(run_dir=tmp_path / "run"))
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"def f{i}(x):\n    return x * {i}"}
+             for i in range(101)]  # fmt: skip
+    checked = int(litellm.token_counter(model="gpt-3.5-turbo", messages=turns))
+    counted = gw.prompt_tokens("llama-3-70b-vllm", prompt_of(turns), len(turns))
+    assert counted is not None and abs(counted - checked) <= len(turns) * 0.1, (counted, checked)
+    assert gw.own_prompt_tokens("llama-3-70b-vllm", prompt_of(turns), len(turns)) is None
+    assert gw.prompt_tokens("no-such-model", "hi") is None
+
+
 def test_non_streamed_call_has_usage_too(gateway):
     r = gateway.chat("smollm2-135m", HELLO, max_tokens=8, stream=False)
     assert r.output_tokens > 0 and r.ttft_s is None

@@ -597,6 +597,38 @@ def test_a_failed_retrieval_leaves_the_question_out_of_its_span_the_log_and_the_
     assert span.status.description == "RequestError" and "jane" not in json.dumps(span.to_json())
 
 
+def test_only_a_connection_that_failed_counts_as_an_engine_outage():
+    """The engines' clients wrap more than outages in their connection errors: qdrant-client a malformed
+    answer (a pydantic error), opensearch-py any exception while sending. Those were 503 'retry later' with
+    no traceback; an error raised while handling a connection error was one too."""
+    import httpx
+    import pydantic
+    from opensearchpy.exceptions import ConnectionError as OSConnectionError
+    from opensearchpy.exceptions import ConnectionTimeout, RequestError
+    from qdrant_client.http.exceptions import ResponseHandlingException
+
+    from serving.http import engine_unreachable
+
+    try:
+        pydantic.TypeAdapter(int).validate_python("high")
+    except pydantic.ValidationError as e:
+        malformed = e
+    try:
+        try:
+            raise ConnectionRefusedError(111, "refused")
+        except ConnectionRefusedError:
+            raise KeyError("a bug while handling it") from None
+    except KeyError as e:
+        bug = e
+    outages = [OSConnectionError("N/A", "refused", ConnectionRefusedError(111, "refused")),
+               ConnectionTimeout("TIMEOUT", "read timed out", None),
+               ResponseHandlingException(httpx.ConnectError("refused")), TimeoutError()]  # fmt: skip
+    others = [ResponseHandlingException(malformed), OSConnectionError("N/A", "bug", KeyError("k")), bug,
+              RequestError(400, "search_phase_execution_exception", "q"), FileNotFoundError()]  # fmt: skip
+    assert [engine_unreachable(e) for e in outages] == [True] * 4
+    assert [engine_unreachable(e) for e in others] == [False] * 5
+
+
 def test_a_retrieval_engine_that_cannot_be_reached_is_a_503_with_retry_after(
     client, service, offline_env, caplog, monkeypatch, tmp_path
 ):

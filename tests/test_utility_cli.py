@@ -262,10 +262,11 @@ def test_fit_inputs_in_memory_are_checked_as_files_are(tmp_path):
     from router_models.utility.simulate import simulate_outcomes
 
     df, _ = simulate_outcomes(["t0"], ["gpt-4-1106-preview", "m1"], 5, seed=0, latency=True)
-    cases = (("cost_usd", np.inf), ("cost_usd", -0.001), ("latency_s", np.nan), ("latency_s", -np.inf))
+    cases = (("cost_usd", np.inf), ("cost_usd", -0.001), ("cost_usd", "1,050"), ("cost_usd", "$0.01"),
+             ("latency_s", np.nan), ("latency_s", -np.inf))  # fmt: skip
     for col, value in cases:
-        bad = df.assign(**{col: df[col].where(df.index != 3, value)})
-        if np.isnan(value):  # blank: no observation, as before
+        bad = df.assign(**{col: df[col].astype(object).where(df.index != 3, value)})
+        if value is np.nan:  # blank: no observation, as before
             assert cell_data(bad).cells["latency_n"].sum() == cell_data(df).cells["latency_n"].sum() - 1
             continue
         with pytest.raises(ValueError, match=f"{col} must be a finite number >= 0 or blank: 1 rows"):

@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -393,7 +393,7 @@ class Gateway:
         gpt-3.5's count of a Chinese prompt was 2.5x Gemma's own: one filling 41% of its window was refused.
         """
         own = self._own_tokens(entry, messages)
-        return int(litellm.token_counter(model="gpt-3.5-turbo", messages=messages)) if own is None else own
+        return _gpt35_tokens(messages) if own is None else own
 
     def _own_tokens(self, entry: ModelEntry, messages: list[dict[str, Any]]) -> int | None:
         """The prompt's size by the model's own tokenizer; None where the gateway has none (a remote model, a
@@ -442,20 +442,20 @@ class Gateway:
         """What the window check counts for `turns` messages whose texts, joined, are `prompt` (`system`:
         one of them a system message, where a chat template adds no default one), by `model`'s own
         tokenizer; None where the gateway has no such tokenizer: the router's estimate stands."""
-        return self._count(model, prompt, turns, system, self._own_tokens)
-
-    def prompt_tokens(self, model: str, prompt: str, turns: int = 1, system: bool = False) -> int | None:
-        """What the window check counts, as `own_prompt_tokens`, or by gpt-3.5's tokenizer where the model
-        has none at hand (a remote model, a GGUF not found), as the check does; None for a model the catalog
-        does not name."""
-        return self._count(model, prompt, turns, system, self._prompt_tokens)
-
-    def _count(self, model: str, prompt: str, turns: int, system: bool, count: Callable) -> int | None:
         if model not in self.catalog.names():
             return None
         shape = [{"role": "system", "content": "-"}] if system and turns > 1 else []
-        one = count(self.catalog.get(model), [*shape, {"role": "user", "content": prompt}])
+        one = self._own_tokens(self.catalog.get(model), [*shape, {"role": "user", "content": prompt}])
         return None if one is None else one + CHAT_TOKENS_PER_MESSAGE * (max(turns, 1) - 1 - len(shape))
+
+    def prompt_tokens(self, model: str, prompt: str, turns: int = 1, system: bool = False) -> int | None:
+        """What the window check counts, as `own_prompt_tokens`, or by gpt-3.5's tokenizer where the model
+        has none at hand (a remote model, a GGUF not found), as the check does (its 3 tokens a message; the
+        joined text's blank lines stand for the rest); None for a model the catalog does not name."""
+        own = self.own_prompt_tokens(model, prompt, turns, system)
+        if own is not None or model not in self.catalog.names():
+            return own
+        return _gpt35_tokens([{"role": "user", "content": prompt}]) + 3 * (max(turns, 1) - 1)
 
     def chat(
         self,
@@ -704,8 +704,8 @@ class StreamedChat:
 
     def close(self) -> None:
         """Stop reading: release the connection and end the span (nothing to do once the stream ended).
-        Safe from another thread while one is blocked reading (a server whose client left): closing the
-        response ends that read."""
+        Safe from another thread while one is reading (a server whose client left): that read stops at its
+        next chunk, or at its timeout where the server sends none, and releases the connection."""
         self._closed.set()
         ref, self._gen = self._gen, None
         gen = ref() if ref is not None else None
@@ -754,6 +754,8 @@ class StreamedChat:
                     self._returned = returned
                 except Exception as e:
                     raise _failure(self.requested_model, e, midway=True) from None
+            if self._closed.is_set():  # closed between two reads: the stream was cut, the answer not done
+                raise GeneratorExit
             latency = time.perf_counter() - self._t0
             built = litellm.stream_chunk_builder(chunks, messages=self._messages)
             if built is None or not built.choices:
@@ -789,6 +791,10 @@ class StreamedChat:
             elif outcome is not None:
                 _span_error(self._span, outcome)
         self._span.end()
+
+
+def _gpt35_tokens(messages: list[dict[str, Any]]) -> int:
+    return int(litellm.token_counter(model="gpt-3.5-turbo", messages=messages))
 
 
 def _close_response(resp: Any) -> None:

@@ -93,7 +93,10 @@ def cell_data(
         if col not in df.columns:
             df[col] = np.nan
         values = pd.to_numeric(df[col], errors="coerce")
-        bad = df.loc[~values.isna() & ~(np.isfinite(values) & (values >= 0)), ["task", "model", col]]
+        blank = df[col].isna() | df[col].astype(str).str.strip().eq("")
+        text = values.isna() & ~blank  # "1,050", "$0.01": not a number
+        out_of_range = values.notna() & ~(np.isfinite(values) & (values >= 0))
+        bad = df.loc[text | out_of_range, ["task", "model", col]]
         if len(bad):  # inf failed the fit inside PyMC's sampler; a negative cost was counted as a free call
             first = bad.iloc[0].tolist()
             raise ValueError(f"{col} must be a finite number >= 0 or blank: {len(bad)} rows, e.g. {first}")
