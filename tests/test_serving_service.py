@@ -562,6 +562,22 @@ def _named(memory, name):
     return found[-1]
 
 
+def _rag_where_search_raises(search, service, offline_env, monkeypatch, tmp_path) -> list:
+    """/v1/rag and /rag answers of a service of its own (whose errors reach the test as they would the
+    server) over a tiny real index whose keyword search is `search`."""
+    from pipelines.index.keyword import TantivyIndex
+
+    service.close()
+    for k, v in offline_env.items():
+        monkeypatch.setenv(k, v)
+    _serve_a_tiny_index(tmp_path, monkeypatch)
+    monkeypatch.setenv("SM_ROUTER_DIR", offline_env["SM_ROUTER_DIR"])
+    monkeypatch.setattr(TantivyIndex, "search", search)
+    key = {"Authorization": f"Bearer {KEYS[0]}"}
+    with TestClient(_asgi_app(), raise_server_exceptions=True) as c:
+        return [c.post(path, json={"question": PII_PROMPT}, headers=key) for path in ("/v1/rag", "/rag")]
+
+
 def test_a_failed_retrieval_leaves_the_question_out_of_its_span_the_log_and_the_server(
     client, spans, service, offline_env, caplog, monkeypatch, tmp_path
 ):
@@ -575,20 +591,11 @@ def test_a_failed_retrieval_leaves_the_question_out_of_its_span_the_log_and_the_
 
     from opensearchpy.exceptions import RequestError
 
-    from pipelines.index.keyword import TantivyIndex
-
     def refusing(self, query, k=100):
         raise RequestError(400, "search_phase_execution_exception", f"failed to create query: {query}")
 
-    service.close()  # a service of its own, whose errors reach the test as they would the server
-    for k, v in offline_env.items():
-        monkeypatch.setenv(k, v)
-    _serve_a_tiny_index(tmp_path, monkeypatch)
-    monkeypatch.setenv("SM_ROUTER_DIR", offline_env["SM_ROUTER_DIR"])
-    monkeypatch.setattr(TantivyIndex, "search", refusing)
-    key = {"Authorization": f"Bearer {KEYS[0]}"}
-    with caplog.at_level(logging.ERROR), TestClient(_asgi_app(), raise_server_exceptions=True) as c:
-        answers = [c.post(path, json={"question": PII_PROMPT}, headers=key) for path in ("/v1/rag", "/rag")]
+    with caplog.at_level(logging.ERROR):
+        answers = _rag_where_search_raises(refusing, service, offline_env, monkeypatch, tmp_path)
     for r in answers:
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
         _no_trace(r)
@@ -639,20 +646,11 @@ def test_a_retrieval_engine_that_cannot_be_reached_is_a_503_with_retry_after(
 
     from opensearchpy.exceptions import ConnectionError as Unreachable
 
-    from pipelines.index.keyword import TantivyIndex
-
     def unreachable(self, query, k=100):
         raise Unreachable("N/A", "Connection refused", OSError(111, "Connection refused"))
 
-    service.close()
-    for k, v in offline_env.items():
-        monkeypatch.setenv(k, v)
-    _serve_a_tiny_index(tmp_path, monkeypatch)
-    monkeypatch.setenv("SM_ROUTER_DIR", offline_env["SM_ROUTER_DIR"])
-    monkeypatch.setattr(TantivyIndex, "search", unreachable)
-    key = {"Authorization": f"Bearer {KEYS[0]}"}
-    with caplog.at_level(logging.ERROR), TestClient(_asgi_app(), raise_server_exceptions=True) as c:
-        answers = [c.post(path, json={"question": PII_PROMPT}, headers=key) for path in ("/v1/rag", "/rag")]
+    with caplog.at_level(logging.ERROR):
+        answers = _rag_where_search_raises(unreachable, service, offline_env, monkeypatch, tmp_path)
     for r in answers:
         assert r.status_code == 503 and r.json()["error"]["type"] == "engine_unavailable", r.text
         assert r.headers["Retry-After"] == "10"
