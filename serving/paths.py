@@ -11,6 +11,7 @@ for the routes and handlers, which answer as before (a 404 that names the path t
 
 from typing import Any
 
+from starlette._utils import get_route_path
 from starlette.routing import Match, Mount
 
 UNKNOWN = "/{unknown}"
@@ -18,15 +19,22 @@ _SENT = "stratmaster.sent"  # the scope's path, raw path and query string as sen
 
 
 def path_label(routes: list[Any], scope: dict[str, Any]) -> str:
-    """The path as metrics and logs may show it: as sent where a route takes it (with any method), a
-    mounted app's prefix and `/{file}` where that app has no routes of its own (static files: any name
-    may be asked for, found or not), else `UNKNOWN`."""
+    """The path as metrics and logs may show it: as sent where a route takes it (with any method), its
+    template where the route takes a parameter (`/v1/models/{model_id}`), a mounted app's prefix and
+    `/{file}` where that app has no routes of its own (static files: any name may be asked for, found or
+    not), else `UNKNOWN`."""
     for route in routes:
         match, child = route.matches(scope)
         if match is Match.NONE:
             continue
+        included = getattr(getattr(route, "original_router", None), "routes", None)
+        if included is not None:  # FastAPI's included router (BentoML's for a service's methods)
+            return path_label(included, scope)  # its routes, matched as it does (UNKNOWN under a prefix)
         if not isinstance(route, Mount):
-            return scope["path"]
+            if not getattr(route, "param_convertors", None):
+                return scope["path"]
+            mounted_at = scope["path"][: len(scope["path"]) - len(get_route_path(scope))]
+            return mounted_at + route.path_format
         if not route.routes:
             return f"{route.path}/{{file}}"
         return path_label(route.routes, {**scope, **child})

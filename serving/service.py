@@ -59,7 +59,7 @@ from serving.http import (
 )
 from serving.metrics import record_call, record_prompt_log_dropped
 from serving.openapi import json_body
-from serving.paths import UNKNOWN, PathAsSent, path_label
+from serving.paths import PathAsSent, path_label
 from serving.paths import install as hide_unknown_paths
 from serving.readiness import Readiness
 from serving.routing import Choice, ModelResolver, RoutingError, has_system, prompt_of
@@ -84,8 +84,9 @@ log = logging.getLogger("stratmaster.serving")
 
 def _untraced(scope: Any) -> bool:
     """FastAPI's HTTP span records the path and query string as sent: not for a request with a query (no
-    endpoint takes one) or to a path that is no endpoint's (a 404's path is free text from the client)."""
-    return bool(scope.get("query_string")) or path_label(api.routes, scope) == UNKNOWN
+    endpoint takes one), to a path that is no endpoint's (a 404's path is free text from the client) or to
+    one whose route takes a parameter (`/v1/models/{model_id}`: the id is the client's text too)."""
+    return bool(scope.get("query_string")) or path_label(api.routes, scope) != scope["path"]
 
 
 # FastAPI's own telemetry keeps its HTTP server span; its per-operation spans (fastapi.dependencies,
@@ -518,9 +519,8 @@ class StratMaster:
             log_unexpected(e)
             return _typed_error(ctx, HTTPFailure(500, INTERNAL_ERROR, "server_error"))
 
-    @api.get("/models")
-    async def models(self, request: Request):
-        self._authorize(request)
+    def _model_cards(self) -> list[dict[str, Any]]:
+        """OpenAI's model objects: the router's policies (where a router is loaded), then the catalog's."""
         data: list[dict[str, Any]] = []
         if self.router is not None:
             for name in ("router", "router:max_utility", "router:budget"):
@@ -549,7 +549,24 @@ class StratMaster:
                     },
                 }
             )
-        return {"object": "list", "data": data}
+        return data
+
+    @api.get("/models")
+    async def models(self, request: Request):
+        self._authorize(request)
+        return {"object": "list", "data": self._model_cards()}
+
+    @api.get("/models/{model_id:path}")
+    async def model(self, model_id: str, request: Request):
+        """One model object, as the OpenAI SDK's `models.retrieve(id)` asks (ids may hold a '/')."""
+        self._authorize(request)
+        for card in self._model_cards():
+            if card["id"] == model_id:
+                return card
+        raise HTTPFailure(
+            404, f"The model {model_id!r} does not exist; GET /v1/models lists them", "invalid_request_error",
+            extra={"param": "model", "code": "model_not_found"},
+        )  # fmt: skip
 
     @api.get("/artifacts")
     async def list_artifacts(self, request: Request):

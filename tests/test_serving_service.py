@@ -214,6 +214,7 @@ def test_the_request_timeout_still_answers_504():
 def test_every_api_endpoint_needs_a_valid_key(client, headers):
     for method, path, body in [
         ("GET", "/v1/models", None),
+        ("GET", "/v1/models/router", None),
         ("POST", "/v1/route", {"prompt": "hi"}),
         (
             "POST",
@@ -267,6 +268,19 @@ def test_models_lists_router_and_catalog_with_availability(client):
         "available": False,
         "unavailable_reason": "OPENAI_API_KEY is not set",
     }
+
+
+def test_one_model_is_retrieved_by_id_as_the_openai_sdk_asks(client):
+    listed = {m["id"]: m for m in client.get("/v1/models", headers=AUTH).json()["data"]}
+    for name in ("router", "router:budget", "smollm2-135m", "gpt-4o"):
+        r = client.get(f"/v1/models/{name}", headers=AUTH)
+        assert r.status_code == 200 and r.json() == listed[name], r.text
+    for unknown in ("gpt-5", "mistralai/mixtral-8x7b-chat", "router:nope"):  # a '/' is part of an id
+        r = client.get(f"/v1/models/{unknown}", headers=AUTH)
+        assert r.status_code == 404, r.text
+        error = r.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model"
+        assert unknown in error["message"]
 
 
 # -- /v1/route ------------------------------------------------------------------------------------------
@@ -699,12 +713,16 @@ def test_a_path_no_endpoint_has_is_no_metric_label(client, caplog):
             client.websocket_connect("/jane.doe@example.com/ws").__enter__()
         assert client.post("/v1/route", json={"prompt": "hi"}, headers=AUTH).is_success
         assert client.get("/v1/models", headers=AUTH).is_success
+        assert client.get("/v1/models/jane.doe@example.com", headers=AUTH).status_code == 404
+        assert client.get("/v1/models/smollm2-135m", headers=AUTH).is_success
     metrics = client.get("/metrics").text
     assert [ln for ln in metrics.splitlines() if "jane" in ln] == []
     server_side = [r for r in caplog.records if not r.name.startswith("httpx")]  # not the test's client
     assert [r.getMessage() for r in server_side if "jane" in r.getMessage()] == []
     assert 'endpoint="/{unknown}"' in metrics and 'endpoint="/static_content/{file}"' in metrics
     assert 'endpoint="/v1/route"' in metrics and 'endpoint="/v1/models"' in metrics  # known paths as sent
+    assert 'endpoint="/v1/models/{model_id}"' in metrics  # a parameter's template, not the id sent
+    assert 'endpoint="/v1/models/smollm2-135m"' not in metrics
 
 
 def test_route_spans_carry_the_decision_and_never_the_pii_prompt(client, spans):
@@ -1007,6 +1025,9 @@ def test_the_openai_sdk_works_unchanged(live):
     assert chunks and all(c.model in LOCAL for c in chunks)
     assert chunks[0].model_extra["stratmaster"]["routing"]["policy"] == "max_utility"
     assert [m.id for m in sdk.models.list()][:1] == ["router"]
+    assert sdk.models.retrieve("router:budget").id == "router:budget"
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("gpt-5")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(
             base_url="http://testserver/v1", api_key="wrong", http_client=httpx.Client(transport=transport)
