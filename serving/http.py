@@ -212,13 +212,25 @@ def log_unexpected(exc: BaseException) -> None:
     log.error("unhandled %s", _type_and_place(exc))
 
 
+def _client_fault(exc: BaseException) -> bool:
+    """A typed method's body that failed validation, or a BentoML error with a 4xx status: the client's
+    mistake (the methods turn every failure of their own into a response, so none reaches BentoML)."""
+    from pydantic import ValidationError
+
+    status = getattr(getattr(exc, "error_code", None), "value", None)
+    return isinstance(exc, ValidationError) or (isinstance(status, int) and 400 <= status < 500)
+
+
 class TypeOnly(logging.Filter):
     """A log record's exception cut to its type and where it happened (`log_unexpected`'s form): the
     message and traceback text go. BentoML logs a typed method's invalid body with pydantic's error, which
-    names an unexpected key as sent (`hide_input_in_errors` hides values only)."""
+    names an unexpected key as sent (`hide_input_in_errors` hides values only), and at ERROR: a client's
+    mistake is logged at INFO instead, as its 4xx in the access log is, so that ERROR means the server's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
+            if record.levelno > logging.INFO and _client_fault(record.exc_info[1]):
+                record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
             try:
                 message = record.getMessage()
             except Exception:  # arguments that do not fit the format: logging's own handler reports those
