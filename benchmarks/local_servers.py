@@ -4,7 +4,9 @@ run: seconds per request for SmolLM2 answering alone, for SmolLM2 answering two 
 parallel slots: the serving bench's RAG phase at 2 users), and for SmolLM2 and Gemma answering one
 request each at the same time.
 
-    .venv/bin/python benchmarks/local_servers.py [--rounds 3]
+    .venv/bin/python benchmarks/local_servers.py [--rounds 3] [--spincounts 300,3000]
+
+`--spincounts` measures "short" at each spin count given (default: SM_LOCAL_OMP_SPINCOUNT's).
 
 A request is ~400 tokens of this README with 32 tokens out, prompt cache off. The servers run as the project
 starts them (`pipelines.llm.servers.start`), from a scratch run folder, on ports 8191-8192.
@@ -59,9 +61,9 @@ def at_once(settings: Settings, ports: list[int], i: int, out: list[float]) -> N
         raise RuntimeError(f"{len(failed)} of {len(ports)} requests failed: {failed[0]!r}") from failed[0]
 
 
-def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, float, float]:
+def measure(policy: str, rounds: int, run_dir: Path, spincount: int) -> tuple[float, float, float, float]:
     s = Settings(run_dir=run_dir, model_cache_dir=Settings().models_dir, local_base_port=8191,
-                 local_omp_wait_policy=policy)  # fmt: skip
+                 local_omp_wait_policy=policy, local_omp_spincount=spincount)  # fmt: skip
     entries = load_catalog(s).local()
     ports = [servers.start(e, s).port for e in entries]
     try:
@@ -82,12 +84,16 @@ def measure(policy: str, rounds: int, run_dir: Path) -> tuple[float, float, floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--spincounts", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[Settings().local_omp_spincount])  # fmt: skip
     args = ap.parse_args()
-    print(f"{'wait policy':12s} {'alone s':>8s} {'2 on one s':>10s} {'both s':>8s} {'both max s':>10s}")
+    print(f"{'wait policy':18s} {'alone s':>8s} {'2 on one s':>10s} {'both s':>8s} {'both max s':>10s}")
+    runs = [("default", 0), ("passive", 0), *(("short", n) for n in args.spincounts)]
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in ("default", "passive", "short"):
-            alone, two, both, worst = measure(policy, args.rounds, Path(tmp))
-            print(f"{policy:12s} {alone:8.2f} {two:10.2f} {both:8.2f} {worst:10.2f}", flush=True)
+        for policy, spins in runs:
+            alone, two, both, worst = measure(policy, args.rounds, Path(tmp), spins)
+            name = f"short, {spins} spins" if policy == "short" else policy
+            print(f"{name:18s} {alone:8.2f} {two:10.2f} {both:8.2f} {worst:10.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,10 @@ class Settings(BaseSettings):
     # "short" where one server's threads take every core (spin `local_omp_spincount` times, then sleep), so
     # that a second busy server (or the embedder) does not make them spin against each other for long
     local_omp_wait_policy: Literal["auto", "default", "passive", "short"] = "auto"
-    local_omp_spincount: int = Field(default=300, ge=0)
+    # 1,000: on a Sapphire Rapids VM 0.81x the time of 300 for a request alone and for two on one server,
+    # 1.09x with both servers busy, where 3,000 took 1.4x and 30,000 4.1x (benchmarks/local_servers.py,
+    # 2026-12-06)
+    local_omp_spincount: int = Field(default=1000, ge=0)
     local_ready_timeout_s: float = Field(default=60.0, gt=0)
     # the stated CPU-hour price from which local models' $/1k tokens are derived
     cpu_hour_usd: float = Field(default=0.10, ge=0)

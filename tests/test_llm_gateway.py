@@ -619,8 +619,8 @@ def test_servers_spin_briefly_where_one_servers_threads_take_every_core(monkeypa
         env = servers.server_env(Settings(**kw))
         return env.get("OMP_WAIT_POLICY"), env.get("GOMP_SPINCOUNT")
 
-    assert policy(local_threads=2) == (None, "300") and policy(local_threads=1) == (None, None)
-    assert policy(local_threads=2, local_omp_spincount=1000) == (None, "1000")
+    assert policy(local_threads=2) == (None, "1000") and policy(local_threads=1) == (None, None)
+    assert policy(local_threads=2, local_omp_spincount=300) == (None, "300")
     assert policy(local_threads=2, local_omp_wait_policy="default") == (None, None)
     assert policy(local_threads=1, local_omp_wait_policy="passive") == ("passive", None)
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")  # the user's own choice stays, and rules the spin

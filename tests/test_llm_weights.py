@@ -57,7 +57,9 @@ def test_the_served_weights_follow_the_cpu(smol, model_settings, monkeypatch):
     with pytest.raises(weights.WeightsError, match="unsupported file type 'Q4_0'"):
         weights.converted_copy(shipped, model_settings.models_dir, "Q4_0")  # a lossy requant is refused
     monkeypatch.setattr(weights, "native_bf16", lambda: True)
-    assert weights.weights_path(smol, model_settings).name == f"{shipped.stem}.BF16.gguf"
+    assert weights.weights_path(smol, model_settings).name == f"{shipped.stem}.Q8_0.gguf"  # no cpu_bf16
+    in_bf16 = smol.model_copy(update={"local": smol.local.model_copy(update={"cpu_bf16": True})})
+    assert weights.weights_path(in_bf16, model_settings).name == f"{shipped.stem}.BF16.gguf"
     gemma = next(e for e in load_catalog(model_settings).local() if e.name == "gemma3-270m")
     assert weights.weights_path(gemma, model_settings) == weights.shipped_path(gemma, model_settings)
 

@@ -37,8 +37,8 @@ class LocalServing(BaseModel):
     # strings that llama-cpp-python's handler would have added (sent with every request to the model)
     chat_template: str | None = None
     stop: list[str] = Field(default_factory=list)
-    # Serve a BF16 copy of the shipped weights where the CPU computes bf16 natively, and a copy in
-    # `no_bf16_type` elsewhere when set (pipelines/llm/weights.py)
+    # Serve a BF16 copy of the shipped weights where `cpu_bf16` is set and the CPU computes bf16 natively,
+    # and a copy in `no_bf16_type` otherwise, when set (pipelines/llm/weights.py)
     cpu_bf16: bool = False
     no_bf16_type: CopyType | None = None
     flash_attn: bool = False

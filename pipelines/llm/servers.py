@@ -233,7 +233,7 @@ def server_env(settings: Settings) -> dict[str, str]:
     times per token, and by default spin there for 300,000 turns before they sleep: where one server's
     threads take every core, two busy servers spin against each other (91 s a request against 7 s). Passive
     threads sleep at once, and pay a wake-up at every barrier (a 26-token chat answer 2.5x as slow). "short"
-    spins `local_omp_spincount` (300) turns, then sleeps: nearly passive's figure with both servers busy and
+    spins `local_omp_spincount` (1,000) turns, then sleeps: nearly passive's figure with both servers busy and
     nearly the default's with one (figures: README, benchmarks/local_servers.py). "default" leaves OpenMP's
     own. A policy or spin count in the environment is kept. Secrets (provider keys, the workbench's own)
     are left out: a model server has no use for them."""
