@@ -15,6 +15,7 @@ starts them (`pipelines.llm.servers.start`), from a scratch run folder, on ports
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -87,6 +88,9 @@ def main() -> None:
     ap.add_argument("--spincounts", type=lambda v: [int(x) for x in v.split(",")],
                     default=[Settings().local_omp_spincount])  # fmt: skip
     args = ap.parse_args()
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):  # the servers would keep them, whatever a row says
+        if os.environ.pop(var, None) is not None:
+            print(f"{var} unset for this benchmark, which sets the policy and spin count itself")
     print(f"{'wait policy':18s} {'alone s':>8s} {'2 on one s':>10s} {'both s':>8s} {'both max s':>10s}")
     runs = [("default", 0), ("passive", 0), *(("short", n) for n in args.spincounts)]
     with tempfile.TemporaryDirectory() as tmp:

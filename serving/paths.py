@@ -33,8 +33,11 @@ def path_label(routes: list[Any], scope: dict[str, Any]) -> str:
         if not isinstance(route, Mount):
             if not getattr(route, "param_convertors", None):
                 return scope["path"]
+            template = getattr(route, "path_format", None)  # a Host route's parameters are no path's
+            if not isinstance(template, str):
+                return UNKNOWN
             mounted_at = scope["path"][: len(scope["path"]) - len(get_route_path(scope))]
-            return mounted_at + route.path_format
+            return mounted_at + template
         if not route.routes:
             return f"{route.path}/{{file}}"
         return path_label(route.routes, {**scope, **child})
@@ -58,7 +61,7 @@ def install() -> None:
                 label = (
                     path_label(app.routes, {**scope, "type": "http"}) if scope["type"] == "http" else UNKNOWN
                 )
-                if label != scope["path"]:
+                if label != scope["path"] or scope.get("query_string"):  # no endpoint takes a query
                     sent = {k: scope[k] for k in ("path", "raw_path", "query_string") if k in scope}
                     hidden = {"path": label, "raw_path": label.encode(), "query_string": b"", _SENT: sent}
                     scope = {**scope, **hidden}

@@ -558,11 +558,20 @@ class StratMaster:
 
     @api.get("/models/{model_id:path}")
     async def model(self, model_id: str, request: Request):
-        """One model object, as the OpenAI SDK's `models.retrieve(id)` asks (ids may hold a '/')."""
+        """One model object, as the OpenAI SDK's `models.retrieve(id)` asks (ids may hold a '/'); any policy
+        a chat request takes (`router:budget-0.25`) is one; `/v1/models/` is the list, as before."""
         self._authorize(request)
-        for card in self._model_cards():
-            if card["id"] == model_id:
-                return card
+        cards = {card["id"]: card for card in self._model_cards()}
+        if not model_id:
+            return {"object": "list", "data": list(cards.values())}
+        if model_id in cards:
+            return cards[model_id]
+        if self.router is not None and model_id.startswith("router:"):
+            try:
+                self.resolver.policy(model_id.partition(":")[2])
+                return {**cards["router"], "id": model_id}
+            except RoutingError:
+                pass
         raise HTTPFailure(
             404, f"The model {model_id!r} does not exist; GET /v1/models lists them", "invalid_request_error",
             extra={"param": "model", "code": "model_not_found"},

@@ -275,7 +275,10 @@ def test_one_model_is_retrieved_by_id_as_the_openai_sdk_asks(client):
     for name in ("router", "router:budget", "smollm2-135m", "gpt-4o"):
         r = client.get(f"/v1/models/{name}", headers=AUTH)
         assert r.status_code == 200 and r.json() == listed[name], r.text
-    for unknown in ("gpt-5", "mistralai/mixtral-8x7b-chat", "router:nope"):  # a '/' is part of an id
+    budget = client.get("/v1/models/router:budget-0.25", headers=AUTH)  # any policy a chat request takes
+    assert budget.status_code == 200 and budget.json() == {**listed["router"], "id": "router:budget-0.25"}
+    assert client.get("/v1/models/", headers=AUTH).json()["data"] == list(listed.values())  # the list
+    for unknown in ("gpt-5", "mistralai/mixtral-8x7b-chat", "router:nope", "router:budget-2"):
         r = client.get(f"/v1/models/{unknown}", headers=AUTH)
         assert r.status_code == 404, r.text
         error = r.json()["error"]
@@ -357,6 +360,29 @@ def test_a_typed_body_with_personal_data_in_a_key_leaves_it_out_of_the_log(clien
     # a client's mistake: logged at INFO, as its 400 in the access log is, not as the server's ERROR
     logged = [r for r in caplog.records if "ValidationError" in r.getMessage()]
     assert logged and all(r.levelno == logging.INFO for r in logged)
+
+
+def test_only_bentoml_apps_4xx_is_logged_as_a_clients_mistake():
+    """What reaches the server's own log (uvicorn's) escaped the app: a bug, at ERROR whatever its type."""
+    import logging
+
+    from pydantic import BaseModel, ValidationError
+
+    from serving.http import TypeOnly
+
+    class Body(BaseModel):
+        prompt: str
+
+    try:
+        Body.model_validate({"prompt": 1})
+    except ValidationError as e:
+        exc_info = (type(e), e, e.__traceback__)
+    levels = {}
+    for name in ("bentoml._internal.server.http_app", "uvicorn.error"):
+        record = logging.LogRecord(name, logging.ERROR, __file__, 1, "Exception", None, exc_info)
+        TypeOnly().filter(record)
+        levels[name] = record.levelno
+    assert levels == {"bentoml._internal.server.http_app": logging.INFO, "uvicorn.error": logging.ERROR}
 
 
 def test_typed_bentoml_route_gives_the_v1_decision_with_bentoml_errors(client):
@@ -717,6 +743,7 @@ def test_a_path_no_endpoint_has_is_no_metric_label(client, caplog):
         assert client.post("/v1/route", json={"prompt": "hi"}, headers=AUTH).is_success
         assert client.get("/v1/models", headers=AUTH).is_success
         assert client.get("/v1/models/jane.doe@example.com", headers=AUTH).status_code == 404
+        assert client.get("/v1/models?who=jane.doe@example.com", headers=AUTH).is_success  # a query: hidden
         assert client.get("/v1/models/smollm2-135m", headers=AUTH).is_success
     metrics = client.get("/metrics").text
     assert [ln for ln in metrics.splitlines() if "jane" in ln] == []

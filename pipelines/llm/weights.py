@@ -31,8 +31,9 @@ def converted_copy(source: Path, models_dir: Path, file_type: str = "BF16") -> P
     own quantizer.
 
     Each CopyType holds the shipped 4-bit weights' values (BF16 and F16 to 16-bit rounding, Q8_0
-    to 8 bits a value), in a type whose kernels read prompts faster on some CPUs: BF16 where the CPU has bf16
-    dot products, Q8_0 on AVX2 (catalog.py); the file is two to three times the size of a 4-bit one."""
+    to 8 bits a value), in a type whose kernels read prompts faster (the catalog's `no_bf16_type` Q8_0, or
+    BF16 for an entry with `cpu_bf16` on a CPU with bf16 dot products); the file is two to three times the
+    size of a 4-bit one."""
     if file_type not in get_args(CopyType):
         raise WeightsError(f"unsupported file type {file_type!r}: one of {', '.join(get_args(CopyType))}")
     target = models_dir / f"{source.stem}.{file_type}.gguf"
