@@ -11,6 +11,10 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from router_models.utility.model import FitConfig
+
+_DEFAULT = FitConfig()  # the asset's sampler settings are the CLI's defaults
+
 app = typer.Typer(help="The Bayesian utility model per task x model.", no_args_is_help=True)
 
 
@@ -27,8 +31,8 @@ def fit(
     priors: Annotated[
         Path | None, typer.Option("--priors", exists=True, help="leaderboard priors CSV")
     ] = None,
-    draws: Annotated[int, typer.Option(min=1, help="posterior draws per chain")] = 2000,
-    tune: Annotated[int, typer.Option(min=0, help="tuning steps per chain")] = 2000,
+    draws: Annotated[int, typer.Option(min=1, help="posterior draws per chain")] = _DEFAULT.draws,
+    tune: Annotated[int, typer.Option(min=0, help="tuning steps per chain")] = _DEFAULT.tune,
     # r_hat compares chains: with one it is undefined and the fit always fails its checks, after the whole run
     chains: Annotated[int, typer.Option(min=2, help="chains (r_hat needs at least 2)")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc")] = "nutpie",
@@ -40,7 +44,6 @@ def fit(
 ) -> None:
     """Fit, then write utility_posterior.nc, summary.json, quality_forest.png and calibration.png."""
     from router_models.utility.data import outcome_table_from_files
-    from router_models.utility.model import FitConfig
     from router_models.utility.pipeline import fit_posterior
     from router_models.utility.priors import leaderboard_priors
 
