@@ -11,10 +11,6 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from router_models.utility.model import FitConfig
-
-_DEFAULT = FitConfig()  # the asset's sampler settings are the CLI's defaults
-
 app = typer.Typer(help="The Bayesian utility model per task x model.", no_args_is_help=True)
 
 
@@ -31,8 +27,9 @@ def fit(
     priors: Annotated[
         Path | None, typer.Option("--priors", exists=True, help="leaderboard priors CSV")
     ] = None,
-    draws: Annotated[int, typer.Option(min=1, help="posterior draws per chain")] = _DEFAULT.draws,
-    tune: Annotated[int, typer.Option(min=0, help="tuning steps per chain")] = _DEFAULT.tune,
+    # None: the asset's (FitConfig); imported in the command, as PyMC's stack is heavy for `--help`
+    draws: Annotated[int | None, typer.Option(min=1, help="draws per chain (default: the asset's)")] = None,
+    tune: Annotated[int | None, typer.Option(min=0, help="tuning steps (default: the asset's)")] = None,
     # r_hat compares chains: with one it is undefined and the fit always fails its checks, after the whole run
     chains: Annotated[int, typer.Option(min=2, help="chains (r_hat needs at least 2)")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc")] = "nutpie",
@@ -44,6 +41,7 @@ def fit(
 ) -> None:
     """Fit, then write utility_posterior.nc, summary.json, quality_forest.png and calibration.png."""
     from router_models.utility.data import outcome_table_from_files
+    from router_models.utility.model import FitConfig
     from router_models.utility.pipeline import fit_posterior
     from router_models.utility.priors import leaderboard_priors
 
@@ -67,8 +65,8 @@ def fit(
             if table.empty:
                 raise typer.BadParameter("no scored outcome rows", param_hint="--outcomes")
             prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
-            config = FitConfig(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,  # type: ignore[arg-type]
-                               centered=centered)  # fmt: skip
+            sizes = {k: v for k, v in (("draws", draws), ("tune", tune)) if v is not None}
+            config = FitConfig(chains=chains, seed=seed, sampler=sampler, centered=centered, **sizes)  # type: ignore[arg-type]
             art = fit_posterior(table, prior_table, staging, config)
         except ValidationError:  # a bad SM_ setting: the console script says it in one line per field
             raise
