@@ -237,6 +237,21 @@ def test_the_automatic_form_fits_a_few_well_measured_cells_without_divergences()
     assert fit.diagnostics["divergences"] <= 3
 
 
+def test_cells_of_two_rows_fit_without_divergences():
+    """A cell's log-location was sampled as itself: with 2 rows its posterior width followed the cell's
+    log-sd, a funnel. On these 12 cells of 2 rows (costs and latencies) at target_accept 0.8 the fit diverged
+    12 times in 1,600 draws (14, 32 and 50 in 4,000 on three simulated sets); the demo's fit, whose local
+    models have 2 rows a cell, about once in 12,000 draws at 0.995, which failed its check in CI. The diagonal
+    mass matrix, as then, so that the test sees the parametrization alone."""
+    df, _ = simulate_outcomes(
+        [f"t{i}" for i in range(3)], [f"m{i}" for i in range(4)], 2, seed=3, latency=True
+    )
+    fit = fit_utility(
+        cell_data(df), None, FitConfig(draws=400, tune=400, target_accept=0.8, low_rank_mass_matrix=False)
+    )
+    assert fit.diagnostics["divergences"] <= 1  # 0 here; 1 allowed for the compiled code's rounding (above)
+
+
 def test_a_parameter_whose_chains_never_moved_fails_the_r_hat_check():
     """r_hat max and ESS min left NaN out (np.nanmax): an element frozen in every chain, whose r_hat is
     NaN, passed as converged."""

@@ -42,12 +42,14 @@ class FitConfig:
     # measured on the RouterBench outcomes, 4 x (1000 + 1000), 2 cores: nutpie 40 CPU-s to compile and
     # 2.5 CPU-s to sample; PyMC's own NUTS 190 CPU-s to sample. nutpie it is.
     sampler: Literal["nutpie", "pymc"] = "nutpie"
-    # 0.99: at 0.95 the demo's fit had 1 and 4 divergences in 8,000 draws in two CI runs on a Sapphire Rapids
-    # VM (its micro-bench latencies differ run to run) and 0 in a third; a smaller step is NUTS's remedy.
-    # 0.995: at 0.99 two CI runs' fits of 2026-12-06 had 1 divergence in 12,000 draws each (the second with
-    # the task-level log-sd); both runs' data at 0.995, this seed: none (r_hat 1.0024 and 1.0055), though
-    # seed 1 on the second still had 1
-    target_accept: float = 0.995
+    # 0.95 again since 2026-12-06 (it had gone to 0.99 and 0.995 against ~1 divergence in 12,000 draws, which
+    # came from a funnel, removed in _lognormal_block). Two CI runs' demo data, 4 x 3,000 draws: 2 of 10 fits
+    # (seeds 1-5) had 1 divergence with the diagonal mass matrix, none of 14 (seeds 1-6 and this one) with the
+    # low-rank one below
+    target_accept: float = 0.95
+    # nutpie's low-rank modified mass matrix: on the demo's data ESS bulk min ~11,400 against ~4,300 with the
+    # diagonal one (2,300 at 0.995), r_hat 1.0014-1.002, 47 s against 40 s a fit (pymc's sampler ignores it)
+    low_rank_mass_matrix: bool = True
     prior_sd: float = 0.5
     weak_prior_sd: float = 1.5
     prior_predictive_draws: int = 500
@@ -91,7 +93,13 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
     Where the cells hold few rows (median under 30) the levels are sampled non-centred (as offsets in sd
     units): with a day's micro-bench latencies (2 rows in each of 4 cells, no latency for RouterBench's 11
     models) the centred log-sds mixed at ESS 104 in 4,000 draws, the global level tied to 13 model levels
-    that the data hardly moved."""
+    that the data hardly moved.
+
+    An observed cell's location is sampled centred on its data, loc = mean - sd / sqrt(n) * z with
+    z ~ Normal(0, 1) (exactly the likelihood of the cell's mean log; loc's prior is a potential): sampled
+    as loc itself, its width followed the cell's sd, a funnel that NUTS fell into where a 2-row cell's
+    log-sd went low (about 1 divergence in 12,000 draws of the demo's fit, its draws 3 to 4 posterior sds
+    low in a local model's log-sd)."""
     cells = data.stat_cells(kind)
     center = float(np.average(cells[f"{kind}_logmean"], weights=cells[f"{kind}_n"]))
     nt, _ = coords_sizes
@@ -101,36 +109,42 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
     # to the model's level alone, each Winogrande cell sat 5 prior sds from it, and NUTS diverged in the
     # tension (1 in 12,000 draws in a CI run of the demo's fit, at target_accept 0.99)
     ls_t = _zerosum(pm, f"{kind}_logsd_task", 1.0, ("task",), (nt,))
+
+    def offset(name, dims):
+        return pm.Normal(f"{kind}_{name}_z", 0.0, 1.0, dims=dims)
+
     if float(cells[f"{kind}_n"].median()) >= 30:
         c_m = pm.Normal(f"{kind}_model", center, 1.5, dims="model")  # RouterBench model log-costs: sd 1.4
-        loc = pm.Normal(f"{kind}_loc", c_m[None, :] + c_t[:, None], 1.0, dims=("task", "model"))
         ls_g = pm.Normal(f"{kind}_logsd_global", -1.0, 1.0)
         ls_m = pm.Normal(f"{kind}_logsd_model", ls_g, 0.3, dims="model")
         ls = pm.Normal(f"{kind}_logsd", ls_m[None, :] + ls_t[:, None], 0.3, dims=("task", "model"))
     else:
-
-        def offset(name, dims):
-            return pm.Normal(f"{kind}_{name}_z", 0.0, 1.0, dims=dims)
-
         c_m = pm.Deterministic(f"{kind}_model", center + 1.5 * offset("model", "model"), dims="model")
-        loc = pm.Deterministic(f"{kind}_loc", c_m[None, :] + c_t[:, None] + offset("loc", ("task", "model")),
-                               dims=("task", "model"))  # fmt: skip
         ls_g = pm.Deterministic(f"{kind}_logsd_global", -1.0 + offset("logsd_global", ()))
         ls_m = pm.Deterministic(f"{kind}_logsd_model", ls_g + 0.3 * offset("logsd_model", "model"),
                                 dims="model")  # fmt: skip
         ls_z = ls_t[:, None] + 0.3 * offset("logsd", ("task", "model"))
         ls = pm.Deterministic(f"{kind}_logsd", ls_m[None, :] + ls_z, dims=("task", "model"))
     sd = pt.exp(ls)
+    prior_loc = c_m[None, :] + c_t[:, None]
     ti, mi = cells["t"].to_numpy(), cells["m"].to_numpy()
     n = cells[f"{kind}_n"].to_numpy(dtype=float)
+    # the cells' indices and counts stay in the fit's constant data: posterior.py reads which models
+    # have latency rows from latency_m
     t_idx = pm.Data(f"{kind}_t", ti, dims=f"{kind}_cell")
     m_idx = pm.Data(f"{kind}_m", mi, dims=f"{kind}_cell")
     n_data = pm.Data(f"{kind}_n", n, dims=f"{kind}_cell")
-    pm.Normal(
-        f"{kind}_logmean_obs", loc[t_idx, m_idx], sd[t_idx, m_idx] / pt.sqrt(n_data),
-        observed=cells[f"{kind}_logmean"].to_numpy(), dims=f"{kind}_cell",
-    )  # fmt: skip
-    multi = cells[f"{kind}_n"].to_numpy() >= 2
+    z_obs = offset("loc_data", f"{kind}_cell")
+    loc_obs = cells[f"{kind}_logmean"].to_numpy() - sd[t_idx, m_idx] / pt.sqrt(n_data) * z_obs
+    pm.Potential(f"{kind}_loc_prior", pm.logp(pm.Normal.dist(prior_loc[t_idx, m_idx], 1.0), loc_obs).sum())
+    loc = pt.set_subtensor(prior_loc[ti, mi], loc_obs)
+    free = np.ones(coords_sizes, dtype=bool)
+    free[ti, mi] = False
+    if free.any():  # cells without rows: their prior, non-centred
+        fi, fm = np.nonzero(free)
+        loc = pt.set_subtensor(loc[fi, fm], prior_loc[fi, fm] + offset("loc_free", f"{kind}_free_cell"))
+    loc = pm.Deterministic(f"{kind}_loc", loc, dims=("task", "model"))
+    multi = n >= 2
     if multi.any():  # sum of squared log deviations: sigma^2 * chi2(n - 1)
         nn = n[multi]
         ss = np.maximum(cells[f"{kind}_logss"].to_numpy()[multi], 1e-8 * nn)
@@ -167,6 +181,10 @@ def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
     for kind in ("cost", "latency"):
         sc = data.stat_cells(kind)
         coords[f"{kind}_cell"] = [f"{a}|{b}" for a, b in zip(sc["task"], sc["model"], strict=True)]
+        seen = set(coords[f"{kind}_cell"])
+        coords[f"{kind}_free_cell"] = [
+            f"{a}|{b}" for a in data.tasks for b in data.models if f"{a}|{b}" not in seen
+        ]
     gc = data.graded_cells
     coords["graded_cell"] = [f"{a}|{b}" for a, b in zip(gc["task"], gc["model"], strict=True)]
     with pm.Model(coords=coords) as model:
@@ -281,11 +299,13 @@ def fit_utility(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
     start = time.perf_counter()
     model = build_model(data, priors, config)
     prior, prior_report = prior_predictive_check(model, data, config.prior_predictive_draws, config.seed)
-    kwargs = dict(
+    kwargs: dict[str, object] = dict(
         draws=config.draws, tune=config.tune, chains=config.chains, cores=min(config.cores, config.chains),
         random_seed=config.seed, target_accept=config.target_accept, progressbar=False,
         nuts_sampler=config.sampler,
     )  # fmt: skip
+    if config.sampler == "nutpie":
+        kwargs["nuts_sampler_kwargs"] = {"low_rank_modified_mass_matrix": config.low_rank_mass_matrix}
     with model:
         idata = pm.sample(**kwargs)
     idata.extend(prior)
