@@ -86,9 +86,9 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
     """Log-normal cost or latency per (task, model); returns the expected value per cell.
 
     The cell location and log-sd are pooled towards model + task effects with fixed scales: enough
-    to predict cells without observations, and no learned scale (hence no funnel) to slow NUTS. The model
-    log-sd is pooled across models: with a free N(-1, 1) per model, a model with no rows drew log-sds
-    whose exp(sd^2 / 2) put its expected cost at 1e10 to 1e30 USD.
+    to predict cells without observations, and no learned scale (hence no funnel between the levels) to
+    slow NUTS. The model log-sd is pooled across models: with a free N(-1, 1) per model, a model with no
+    rows drew log-sds whose exp(sd^2 / 2) put its expected cost at 1e10 to 1e30 USD.
 
     Where the cells hold few rows (median under 30) the levels are sampled non-centred (as offsets in sd
     units): with a day's micro-bench latencies (2 rows in each of 4 cells, no latency for RouterBench's 11
@@ -308,8 +308,14 @@ def fit_utility(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
         kwargs["nuts_sampler_kwargs"] = {"low_rank_modified_mass_matrix": config.low_rank_mass_matrix}
     with model:
         idata = pm.sample(**kwargs)
+    # sample_prior_predictive leaves Potentials out, so an observed cell's location (and expected value)
+    # drawn there is centred on its data: not its prior, and not kept
+    data_centred = [f"{k}_{v}" for k in ("cost", "latency") for v in ("loc", "expected", "loc_data_z")]
+    prior.prior = prior.prior.drop_vars([v for v in data_centred if v in prior.prior])
     idata.extend(prior)
-    names = [rv.name for rv in model.free_RVs] + ["quality"]
+    # the cells' cost and latency locations are deterministic now (their free variables are z-scores):
+    # checked as themselves too
+    names = [rv.name for rv in model.free_RVs] + ["quality", "cost_loc", "latency_loc"]
     diag = diagnostics(idata, names)
     diag["fit_seconds"] = time.perf_counter() - start
     diag["sampler"] = config.sampler
