@@ -36,7 +36,7 @@ def fit(
     seed: Annotated[int, typer.Option(help="random seed")] = 20261130,
     centered: Annotated[
         bool | None,
-        typer.Option("--centered/--non-centered", help="the cell effects' form (default: by data size)"),
+        typer.Option("--centered/--non-centered", help="the task and cell effects' form (default: by data)"),
     ] = None,
 ) -> None:
     """Fit, then write utility_posterior.nc, summary.json, quality_forest.png and calibration.png."""

@@ -53,7 +53,8 @@ class FitConfig:
     prior_sd: float = 0.5
     weak_prior_sd: float = 1.5
     prior_predictive_draws: int = 500
-    # hierarchical cell effects: centred (many prompts per cell, many cells) or not; None picks (centred_auto)
+    # the hierarchical task and task x model effects centred or not, both; None picks by the data
+    # (centered_auto for the task x model effects, centered_tasks for the task effects)
     centered: bool | None = None
     # the share of prompts the calibration check holds out of a second fit (0: checked in sample)
     holdout: float = 0.2
@@ -165,15 +166,19 @@ def centered_auto(observed_n: pd.Series) -> bool:
     return len(observed_n) >= 24 and float(observed_n.median()) >= 300
 
 
-def centered_tasks(cells: pd.DataFrame) -> bool:
-    """The task effects centred where the tasks' rows pin them down: a median of 300 rows or more a task.
-    Non-centred, a task effect the data fix makes its offset the inverse of their scale (sigma_beta), a
-    funnel of its own: on the 10 x 13 bench data set (about 2,500 rows a task), whose cells are too few rows
-    for the centred cell effects, that form diverged 0, 2, 7 and 5 times in 12,000 draws without leaderboard
-    priors and 0, 1, 1 with them (sigma_beta 6-7 posterior sds high), the centred one never. With a few rows
-    a task it is the centred form that diverges (3 tasks x 4 models x 2 rows: 13-373 against 0)."""
+def centered_tasks(cells: pd.DataFrame, centered_cells: bool) -> bool:
+    """The task effects centred where the task x model effects are, or where every task has 300 scored rows
+    or more. Non-centred, a task effect the data fix makes its offset (beta / sigma_beta) follow the inverse
+    of the scale, a funnel of its own: on the 10 x 13 bench data set (about 2,500 rows a task), whose cells
+    hold too few rows for the centred cell effects, that form diverged 0, 2, 7 and 5 times in 12,000 draws
+    over four seeds without leaderboard priors and 0, 1, 1 over three with them (sigma_beta 6-7 posterior
+    sds high); the centred one in none of the seven. With a few rows in a task it is the centred form that
+    diverges: 3 tasks x 4 models x 2 rows, 13-373 against 0; 4 tasks of 500 rows a cell and 3 of 2 rows
+    whose difficulties differ little (sigma_beta 0.1), 514 against 0 (a review's simulation)."""
+    if centered_cells:
+        return True
     rows = cells.groupby("task")["n"].sum()
-    return len(rows) > 0 and float(rows.median()) >= 300
+    return len(rows) > 0 and float(rows.min()) >= 300
 
 
 def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig | None = None):
@@ -184,7 +189,11 @@ def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
     config = config or FitConfig()
     nt, nm = len(data.tasks), len(data.models)
     observed_n = data.cells.loc[data.cells["n"] > 0, "n"]
-    centered = config.centered if config.centered is not None else centered_auto(observed_n)
+    if config.centered is not None:
+        centered_cells = centered_beta = config.centered
+    else:
+        centered_cells = centered_auto(observed_n)
+        centered_beta = centered_tasks(data.cells, centered_cells)
     ap = alpha_priors(priors, data.models, config.prior_sd, config.weak_prior_sd)
     coords: dict[str, list[str] | np.ndarray] = {"task": data.tasks, "model": data.models}
     bc = data.binary_cells
@@ -208,12 +217,12 @@ def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
         pm.Deterministic("alpha", model_level - mu, dims="model")
         sigma_beta = pm.HalfNormal("sigma_beta", 1.5)
         tau_gamma = pm.HalfNormal("tau_gamma", 1.0)
-        if config.centered if config.centered is not None else centered_tasks(data.cells):
+        if centered_beta:
             beta = _zerosum(pm, "beta", sigma_beta, ("task",), (nt,))
         else:
             beta = _zerosum(pm, "beta_z", 1.0, ("task",), (nt,)) * sigma_beta
             beta = pm.Deterministic("beta", beta, dims="task")
-        if centered:
+        if centered_cells:
             gamma = _zerosum(pm, "gamma", tau_gamma, ("task", "model"), (nt, nm))
         else:
             gamma = _zerosum(pm, "gamma_z", 1.0, ("task", "model"), (nt, nm)) * tau_gamma
