@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ class FitConfig:
     draws: int = 3000  # at target_accept 0.99 with 2,000, r_hat 1.012 in a CI run (the check's limit: 1.01)
     tune: int = 2000
     chains: int = 4
-    cores: int = 2
+    cores: int | None = None  # threads (pymc: processes) for the chains; None: every CPU, one a chain at most
     seed: int = 20261130
     # measured on the RouterBench outcomes, 4 x (1000 + 1000), 2 cores: nutpie 40 CPU-s to compile and
     # 2.5 CPU-s to sample; PyMC's own NUTS 190 CPU-s to sample. nutpie it is.
@@ -320,14 +321,19 @@ def fit_utility(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
     config = config or FitConfig()
     start = time.perf_counter()
     model = build_model(data, priors, config)
+    cores = min(config.cores or os.cpu_count() or 1, config.chains)
     prior, prior_report = prior_predictive_check(model, data, config.prior_predictive_draws, config.seed)
     kwargs: dict[str, object] = dict(
-        draws=config.draws, tune=config.tune, chains=config.chains, cores=min(config.cores, config.chains),
+        draws=config.draws, tune=config.tune, chains=config.chains, cores=cores,
         random_seed=config.seed, target_accept=config.target_accept, progressbar=False,
         nuts_sampler=config.sampler,
     )  # fmt: skip
     if config.sampler == "nutpie":
-        kwargs["nuts_sampler_kwargs"] = {"low_rank_modified_mass_matrix": config.low_rank_mass_matrix}
+        # pymc passes neither cores nor its own thread count on to nutpie, which ran min(chains, CPUs) threads
+        kwargs["nuts_sampler_kwargs"] = {
+            "low_rank_modified_mass_matrix": config.low_rank_mass_matrix,
+            "cores": cores,
+        }
     with model:
         idata = pm.sample(**kwargs)
     # sample_prior_predictive leaves Potentials out, so an observed cell's location (and expected value)
