@@ -269,17 +269,27 @@ def test_task_effects_the_data_pin_down_are_sampled_centred():
     assert fit.diagnostics["divergences"] <= 1  # 0 here; 1 allowed for the compiled code's rounding
 
 
-def test_task_effects_stay_non_centred_while_a_task_has_few_rows():
-    """Most tasks well measured, a few with 2 rows a cell: centred, those tasks' effects funnel with the
-    scale where the tasks differ little (514 divergences in 2,000 draws against 0 non-centred, in a review's
-    simulation with sigma_beta 0.1); a median of the tasks' rows had picked the centred form."""
+def test_a_task_of_few_rows_keeps_the_task_effects_non_centred_where_the_cells_are():
+    """Which form is picked (nothing is sampled). Most tasks well measured, a few with 2 rows a cell, where
+    the tasks differ little: centred, those tasks' effects funnel with the scale (514 divergences in 2,000
+    draws against 0 non-centred, in a review's simulation of these data); a median of the tasks' rows had
+    picked the centred form. Where the cell effects are centred, the task effects follow them, as before."""
     n = np.array([[500] * 3] * 4 + [[2] * 3] * 3)  # 4 tasks of 500 rows a cell, 3 of 2, over 3 models
-    df, _ = simulate_outcomes([f"t{i}" for i in range(7)], [f"m{i}" for i in range(3)], n, seed=1)
+    df, _ = simulate_outcomes(
+        [f"t{i}" for i in range(7)], [f"m{i}" for i in range(3)], n, seed=1, sigma_beta=0.1
+    )
     data = cell_data(df)
     assert not centered_tasks(data.cells, centered_cells=False)
-    assert centered_tasks(data.cells, centered_cells=True)  # where the cells are centred, as before
+    assert centered_tasks(data.cells, centered_cells=True)
     model = build_model(data, None, FitConfig())
     assert "beta_z" in {rv.name for rv in model.free_RVs}
+
+
+def test_a_core_count_under_one_is_refused():
+    df, _ = simulate_outcomes(["t0", "t1"], ["m0", "m1"], 5, seed=1)
+    for cores in (0, -2):
+        with pytest.raises(ValueError, match="cores must be 1 or more"):
+            fit_utility(cell_data(df), None, FitConfig(cores=cores))
 
 
 def test_a_parameter_whose_chains_never_moved_fails_the_r_hat_check():
