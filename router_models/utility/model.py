@@ -177,7 +177,9 @@ def centered_tasks(cells: pd.DataFrame, centered_cells: bool) -> bool:
     task it is the centred form that diverges: 3 tasks x 4 models x 2 rows, 13-373 against 0; 4 tasks of 500
     rows a cell and 3 of 2 rows whose difficulties differ little (sigma_beta 0.1), 514 against 0 (a review's
     simulation). Where the cell effects are centred the task effects stay centred as they were before this
-    rule, a task of few rows among them or not (the demo's fits: every task has thousands of rows)."""
+    rule, a task of few rows among them or not; neither form is clean there (4 tasks of 500 rows a cell and 2
+    of 2 rows, 6 models, 4 x 1,000 draws, two seeds at sigma_beta 0.1 and 0.8: centred 51 divergences in one
+    fit and none in three, non-centred 2-6 in each). The demo's tasks have thousands of rows each."""
     if centered_cells:
         return True
     rows = cells.groupby("task")["n"].sum()
