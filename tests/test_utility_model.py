@@ -261,7 +261,7 @@ def test_task_effects_the_data_pin_down_are_sampled_centred():
     sets, r_hat up to 1.018), the centred form none."""
     df, _ = simulate_outcomes([f"t{i}" for i in range(4)], [f"m{i}" for i in range(3)], 500, seed=1)
     data = cell_data(df)
-    assert not centered_auto(data.cells["n"]) and centered_tasks(data.cells, centered_cells=False)
+    assert not centered_auto(data.cells["n"]) and centered_tasks(data.cells)
     fit = fit_utility(
         data, None, FitConfig(draws=500, tune=500, target_accept=0.8, low_rank_mass_matrix=False)
     )
@@ -279,10 +279,16 @@ def test_a_task_of_few_rows_keeps_the_task_effects_non_centred_where_the_cells_a
         [f"t{i}" for i in range(7)], [f"m{i}" for i in range(3)], n, seed=1, sigma_beta=0.1
     )
     data = cell_data(df)
-    assert not centered_tasks(data.cells, centered_cells=False)
-    assert centered_tasks(data.cells, centered_cells=True)
+    assert not centered_tasks(data.cells)
     model = build_model(data, None, FitConfig())
     assert "beta_z" in {rv.name for rv in model.free_RVs}
+    # 36 cells, a median of 500 rows: the cell effects centred, and the task effects with them
+    n = np.array([[500] * 6] * 4 + [[2] * 6] * 2)
+    df, _ = simulate_outcomes([f"t{i}" for i in range(6)], [f"m{i}" for i in range(6)], n, seed=1)
+    data = cell_data(df)
+    assert not centered_tasks(data.cells) and centered_auto(data.cells.loc[data.cells["n"] > 0, "n"])
+    free = {rv.name for rv in build_model(data, None, FitConfig()).free_RVs}
+    assert "beta" in free and "gamma" in free
 
 
 def test_a_core_count_under_one_is_refused():

@@ -60,6 +60,10 @@ class FitConfig:
     # the share of prompts the calibration check holds out of a second fit (0: checked in sample)
     holdout: float = 0.2
 
+    def __post_init__(self) -> None:
+        if self.cores is not None and self.cores < 1:
+            raise ValueError(f"FitConfig.cores must be 1 or more (or None: every CPU), not {self.cores}")
+
     def hash(self, priors_table: pd.DataFrame | None = None) -> str:
         """Everything that changes the posterior (not draws-independent settings like cores), the model's
         code included: an edited prior or likelihood must not reuse the old fit."""
@@ -158,32 +162,34 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
     return pm.Deterministic(f"{kind}_expected", share * pt.exp(loc + sd**2 / 2), dims=("task", "model"))
 
 
+WELL_MEASURED_ROWS = 300  # rows that pin an effect down, for the choice of centred forms
+
+
 def centered_auto(observed_n: pd.Series) -> bool:
     """The centred form where the cells pin their effects down: a median of 300 rows or more in at least 24
     observed cells. With fewer cells the spread of the task x model effects (tau_gamma) is loosely known
     and the centred form's funnel diverges, even with hundreds of rows a cell. Fits of data simulated from
     the model (seed 1, the default sampler settings), divergences centred / not: 3 tasks x 4 models x 200
     rows 491 / 0, x 400 rows 73 / 2; 3 x 11 x 300 rows 0 / 1; the demo's 43 cells (median 887) centred."""
-    return len(observed_n) >= 24 and float(observed_n.median()) >= 300
+    return len(observed_n) >= 24 and float(observed_n.median()) >= WELL_MEASURED_ROWS
 
 
-def centered_tasks(cells: pd.DataFrame, centered_cells: bool) -> bool:
-    """The task effects centred where the task x model effects are, or where every task has 300 scored rows
-    or more. Non-centred, a task effect the data fix makes its offset (beta / sigma_beta) follow the inverse
-    of the scale, a funnel of its own: on the 10 x 13 bench data set (about 2,500 rows a task), whose cells
-    hold too few rows for the centred cell effects, that form diverged 0, 2, 7 and 5 times in 12,000 draws
-    over four seeds without leaderboard priors and 0, 1, 1 over three with them (sigma_beta 6-7 posterior
-    sds high); the centred one in none of these seven, nor in the benchmark's own run. With a few rows in a
-    task it is the centred form that diverges: 3 tasks x 4 models x 2 rows, 13-373 against 0; 4 tasks of 500
-    rows a cell and 3 of 2 rows whose difficulties differ little (sigma_beta 0.1), 514 against 0 (a review's
-    simulation). Where the cell effects are centred the task effects stay centred as they were before this
-    rule, a task of few rows among them or not; neither form is clean there (4 tasks of 500 rows a cell and 2
-    of 2 rows, 6 models, 4 x 1,000 draws, two seeds at sigma_beta 0.1 and 0.8: centred 51 divergences in one
-    fit and none in three, non-centred 2-6 in each). The demo's tasks have thousands of rows each."""
-    if centered_cells:
-        return True
+def centered_tasks(cells: pd.DataFrame) -> bool:
+    """The task effects centred where every task has 300 scored rows or more (or where the task x model
+    effects are centred: `build_model`). Non-centred, a task effect the data fix makes its offset (beta /
+    sigma_beta) follow the inverse of the scale, a funnel of its own: on the 10 x 13 bench data set (about
+    2,500 rows a task), whose cells hold too few rows for the centred cell effects, that form diverged 0, 2, 7
+    and 5 times in 12,000 draws over four seeds without leaderboard priors and 0, 1, 1 over three with them
+    (sigma_beta 6-7 posterior sds high); the centred one in none of these seven, nor in the benchmark's own
+    run. With a few rows in a task it is the centred form that diverges: 3 tasks x 4 models x 2 rows, 13-373
+    against 0; 4 tasks of 500 rows a cell and 3 of 2 rows whose difficulties differ little (sigma_beta 0.1),
+    514 against 0 (a review's simulation). Where the cell effects are centred the task effects stay centred as
+    they were before this rule, a task of few rows among them or not; neither form is clean there (4 tasks of
+    500 rows a cell and 2 of 2 rows, 6 models, 4 x 1,000 draws, two seeds at sigma_beta 0.1 and 0.8: centred
+    51 divergences in one fit and none in three, non-centred 2-6 in each). The demo's tasks have thousands of
+    rows each."""
     rows = cells.groupby("task")["n"].sum()
-    return len(rows) > 0 and float(rows.min()) >= 300
+    return len(rows) > 0 and float(rows.min()) >= WELL_MEASURED_ROWS
 
 
 def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig | None = None):
@@ -198,7 +204,7 @@ def build_model(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
         centered_cells = centered_beta = config.centered
     else:
         centered_cells = centered_auto(observed_n)
-        centered_beta = centered_tasks(data.cells, centered_cells)
+        centered_beta = centered_cells or centered_tasks(data.cells)
     ap = alpha_priors(priors, data.models, config.prior_sd, config.weak_prior_sd)
     coords: dict[str, list[str] | np.ndarray] = {"task": data.tasks, "model": data.models}
     bc = data.binary_cells
@@ -323,8 +329,6 @@ def fit_utility(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
     import pymc as pm
 
     config = config or FitConfig()
-    if config.cores is not None and config.cores < 1:
-        raise ValueError(f"FitConfig.cores must be 1 or more (or None: every CPU), not {config.cores}")
     start = time.perf_counter()
     model = build_model(data, priors, config)
     cores = min(config.cores if config.cores is not None else os.cpu_count() or 1, config.chains)
