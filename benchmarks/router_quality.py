@@ -181,6 +181,60 @@ def ceiling_table(outcomes, fractions=(0.05, 0.1, 0.2, 0.3, 0.5)) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def difficulty_table(prompts, outcomes, emb, folds: int, seed: int = 0) -> pd.DataFrame:
+    """What a router would need to know of each prompt: told its task and its difficulty (how many models
+    answer it right, in three classes or as the count), choosing by each model's mean score there, in
+    sample; then the classes predicted from the prompt's embedding and length out of fold (still told the
+    task), with the AUC of the easiest and hardest class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    scores = outcomes.pivot(index="prompt_id", columns="model", values="score").fillna(0.0)
+    scores = scores.reindex(prompts["prompt_id"])
+    count = (scores.to_numpy() >= 0.5).sum(axis=1)
+    cls = np.digitize(count, [len(scores.columns) // 3 + 1, 2 * len(scores.columns) // 3 + 1])
+    task = prompts["task"].to_numpy()
+    cost = outcomes.merge(prompts[["prompt_id", "task"]], on="prompt_id")
+    cost = cost.groupby(["task", "model"])["cost_usd"].mean().rename("predicted_cost_usd").reset_index()
+
+    def router(table: np.ndarray) -> dict:
+        pred = pd.DataFrame(table, index=scores.index, columns=scores.columns).stack()
+        pred = (
+            pred.rename("predicted_score").reset_index().merge(prompts[["prompt_id", "task"]], on="prompt_id")
+        )
+        s = summary(pred.merge(cost, on=["task", "model"]), outcomes)
+        return {
+            "gap_recovered": s["gap_recovered"],
+            "cost_ratio_to_match_best": s["cost_ratio_to_match_best"],
+        }
+
+    def in_sample(key: np.ndarray) -> np.ndarray:
+        frame = scores.assign(_t=task, _k=key)
+        return frame.groupby(["_t", "_k"]).transform("mean").to_numpy()
+
+    rows = [
+        {"router": "told task and difficulty class (in sample)", **router(in_sample(cls))},
+        {"router": "told task and count of models right (in sample)", **router(in_sample(count))},
+    ]
+    x = np.hstack(
+        [emb, pd.get_dummies(task).to_numpy(float), np.log1p(prompts["prompt"].str.len().to_numpy())[:, None]]
+    )
+    fold = fold_ids(len(prompts), folds, seed, question_groups(prompts))
+    proba, table = np.zeros((len(prompts), 3)), np.zeros(scores.shape)
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        proba[test] = LogisticRegression(max_iter=2000).fit(x[train], cls[train]).predict_proba(x[test])
+        for t in np.unique(task):
+            base = scores.to_numpy()[train & (task == t)]
+            by_cls = [scores.to_numpy()[train & (task == t) & (cls == c)] for c in range(3)]
+            q = np.stack([b.mean(0) if len(b) else base.mean(0) for b in by_cls])
+            table[test & (task == t)] = proba[test & (task == t)] @ q
+    easy, hard = roc_auc_score(cls == 2, proba[:, 2]), roc_auc_score(cls == 0, proba[:, 0])
+    auc = f"AUC easiest {easy:.2f}, hardest {hard:.2f}"
+    rows.append({"router": f"told task, class predicted out of fold ({auc})", **router(table)})
+    return pd.DataFrame(rows)
+
+
 def latency(prompts, outcomes, embedder: str, n: int = 200) -> dict[str, float]:
     from router_models.router.signals import Constraints
     from router_models.router.train import train_router
@@ -240,6 +294,14 @@ def main() -> None:
         "fraction of its cost and goes no higher:"
     )
     print(ceiling_table(outcomes).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(
+        "\nDifficulty: what a router told each prompt's difficulty would recover, and what the prompt tells:"
+    )
+    print(
+        difficulty_table(prompts, outcomes, emb, args.folds).to_string(
+            index=False, float_format=lambda v: f"{v:.3f}"
+        )
+    )
     if not args.skip_cascade:
         replay = replay_data(data_dir, prompts, outcomes)
         print(
