@@ -97,6 +97,7 @@ def _env(settings) -> dict[str, str]:
 
 
 def test_resume_after_sigkill_loses_and_duplicates_nothing(gateway, model_settings, tmp_path):
+    total = 40  # enough calls left after the first batch that the kill lands mid-run on a fast machine
     src = tmp_path / "p.jsonl"
     src.write_text(
         "".join(
@@ -109,7 +110,7 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(gateway, model_settin
                 }
             )
             + "\n"
-            for i in range(10)
+            for i in range(total)
         )
     )
     out = tmp_path / "run"
@@ -122,13 +123,13 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(gateway, model_settin
     proc.send_signal(signal.SIGKILL)  # mid-run: one batch committed, the next in flight
     proc.wait()
     before = collect_outcomes(out)
-    assert 2 <= len(before) < 10
+    assert 2 <= len(before) < total
     r = subprocess.run(cmd, env=_env(model_settings), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     done_before, ran = map(int, r.stdout.split("REPORT")[1].split())
     after = collect_outcomes(out)
-    assert done_before == len(before) and ran == 10 - len(before)  # only the missing cells ran
-    assert sorted(after["prompt_id"]) == [f"r{i:02d}" for i in range(10)]  # none lost, none duplicated
+    assert done_before == len(before) and ran == total - len(before)  # only the missing cells ran
+    assert sorted(after["prompt_id"]) == [f"r{i:02d}" for i in range(total)]  # none lost, none duplicated
     kept = after.set_index("prompt_id").loc[before["prompt_id"], "latency_s"].to_numpy()
     assert (kept == before["latency_s"].to_numpy()).all()  # committed rows untouched by the resume
     assert set(after["run_id"]) == {"resume-test"}
@@ -194,11 +195,9 @@ def app_():
 
 def test_cli_run_where_every_call_fails_writes_the_table_and_exits_1(tmp_path, monkeypatch):
     """Nothing listens on the models' ports: the rows are kept (a rerun retries them); the exit says so."""
-    import socket
+    from conftest import free_ports
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_ports(2)  # ports nothing listens on (the two local models'), outside the ephemeral range
     monkeypatch.setenv("SM_LOCAL_BASE_PORT", str(port))
     monkeypatch.setenv("SM_RUN_DIR", str(tmp_path / "runs"))
     out = tmp_path / "o.csv"

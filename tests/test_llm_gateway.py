@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port_pair
+from conftest import free_port_pair, free_ports
 from typer.testing import CliRunner
 
 from pipelines.llm import servers
@@ -756,9 +756,7 @@ def test_a_slow_reader_does_not_make_the_model_slow_to_the_latency_rule(local_se
 
 def test_stream_falls_back_to_the_other_local_model(fresh, model_settings):
     """smollm2's address points at a closed port: the Router falls back to gemma before streaming."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_ports()  # nothing listens there; outside the ephemeral range, no connection takes it
     smol = fresh.catalog.get("smollm2-135m").model_copy(update={"api_base": f"http://127.0.0.1:{closed}/v1"})
     gw = Gateway(model_settings, Catalog(models=[smol, fresh.catalog.get("gemma3-270m")]))
     call = gw.stream("smollm2-135m", HELLO, max_tokens=8)
@@ -773,9 +771,7 @@ def test_a_dead_endpoint_cools_down_only_its_own_gateways_model(fresh, model_set
     """LiteLLM's Routers hear each other's failures and cool down by deployment id: a Gateway whose smollm2
     points at a closed port must not send another Gateway's healthy smollm2 to gemma (it did while the id
     was the bare name)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_ports()  # nothing listens there; outside the ephemeral range, no connection takes it
     smol = fresh.catalog.get("smollm2-135m").model_copy(update={"api_base": f"http://127.0.0.1:{closed}/v1"})
     broken = Gateway(model_settings, Catalog(models=[smol, fresh.catalog.get("gemma3-270m")]))
     for _ in range(3):  # more failures than allowed_fails: the broken deployment is cooled down
@@ -787,9 +783,7 @@ def test_a_dead_endpoint_cools_down_only_its_own_gateways_model(fresh, model_set
 def test_a_fallback_keeps_the_answering_models_stop_strings_next_to_the_callers(fresh, model_settings):
     """LiteLLM lets a caller's `stop` replace the deployment's: when smollm2 is down and gemma answers a call
     that brought its own stop list, gemma still gets its chat format's `###`, streamed and not."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_ports()  # nothing listens there; outside the ephemeral range, no connection takes it
     smol = fresh.catalog.get("smollm2-135m").model_copy(update={"api_base": f"http://127.0.0.1:{closed}/v1"})
     gw = Gateway(model_settings, Catalog(models=[smol, fresh.catalog.get("gemma3-270m")]))
     question = [{"role": "user", "content": "What is the capital of France?"}]
