@@ -32,8 +32,11 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     one), renamed onto `path` when the block ends and removed if it fails: a reader sees the old content or
     the new, never part of it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as e:
+        raise naming(e, path) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -65,7 +68,16 @@ def check_writable_beside(path: str | Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # a file where a folder should be
         raise NotADirectoryError(f"{path}: {parent} is a file, not a folder") from None
-    Path(tempfile.mkdtemp(dir=parent, prefix=f".{Path(path).name}.")).rmdir()
+    try:
+        Path(tempfile.mkdtemp(dir=parent, prefix=f".{Path(path).name}.")).rmdir()
+    except OSError as e:
+        raise naming(e, path) from None
+
+
+def naming(e: OSError, path: str | Path) -> OSError:
+    """`e` as the same kind of error about `path`: a failure to make a temporary name beside `path` named
+    that name (".x.2bzh9bwd"), which the user never gave."""
+    return type(e)(e.errno, e.strerror, str(path)) if e.errno is not None else e
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

@@ -394,6 +394,8 @@ def test_a_model_scored_only_on_prompts_left_out_is_not_in_the_panel(tables, tmp
     assert res.exit_code == 0, res.output
     assert lone not in json.loads(res.stdout)["models"] and len(json.loads(res.stdout)["models"]) == 10
     json.loads((tmp_path / "r" / "manifest.json").read_text(), parse_constant=pytest.fail)  # no NaN
+    # and said: a model with no score on these prompts (a column left blank) was dropped without a word
+    assert f"scores 1 model on none of these prompts: not candidates: {lone}" in res.stderr, res.stderr
 
 
 def test_the_strongest_model_is_judged_on_prompts_every_model_answered(tables, tmp_path):
@@ -421,3 +423,89 @@ def test_a_source_id_shared_by_every_prompt_names_no_question(tables, tmp_path):
     by_task = p.assign(source_id=p["task"])  # three names, one per task: each fold would lack a task
     assert pd.Series(fold_ids(len(p), 3, groups=question_groups(by_task))).nunique() == 3
     assert (question_groups(by_task) == question_groups(p[["prompt"]])).all()
+
+
+def test_train_names_prompts_and_outcomes_that_share_no_id(tables, tmp_path):
+    """Outcomes of other prompts (or a prompts file with a header only) were "a router needs at least two
+    models in the outcome table, found []", though the table held 11."""
+    p, o = tables["train"]
+    test_prompts, _ = tables["test"]
+    for prompts in (test_prompts, p.iloc[:0]):
+        said = _said(_train(tables, tmp_path, tmp_path / "r", prompts=prompts, outcomes=o))
+        assert "no scored outcome row has a prompt_id of the prompts table" in said, said
+
+
+def test_evaluate_says_what_it_counts_as_0_and_which_models_it_judges_without(router, tables, tmp_path):
+    """A model's blank scores counted as 0 and a router model missing from the outcomes was left out of the
+    judging, both without a word: GPT-4 blank made Mixtral the 'best single model'. They still count as the
+    reference metrics count them (../shared/tools: a missing score is 0), and are said."""
+    _, o = tables["test"]
+    strong = "gpt-4-1106-preview"
+    blank = o.assign(score=o["score"].where(o["model"] != strong))
+    res = _evaluate(router, tables, tmp_path, blank)
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    rows = int((o["model"] == strong).sum())
+    assert f"{rows} outcome rows of {tmp_path / 'o.csv'} have no score and count as 0 ({strong} {rows})" in (
+        res.stderr
+    )
+    assert result["unscored_rows"] == rows and result["best_single"] != strong
+    assert result["aiq_single_models_hull"] == pytest.approx(
+        metrics.summary(o[["prompt_id", "model"]].assign(predicted_score=0.0), blank.fillna({"score": 0.0}))[
+            "aiq_single_models_hull"
+        ]
+    )
+    res = _evaluate(router, tables, tmp_path, o[o["model"] != strong])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["router_models_not_in_outcomes"] == [strong]
+    assert f"1 model of the router's not in the outcome table: judged without them: {strong}" in res.stderr
+    res = _evaluate(router, tables, tmp_path, o)
+    assert res.exit_code == 0 and res.stderr == "", res.stderr
+    assert json.loads(res.stdout)["unscored_rows"] == 0
+
+
+def test_a_hand_edited_manifest_or_a_damaged_array_is_one_line(router, tables, tmp_path):
+    """The manifest has no checksum of its own: a policy of an unknown kind, a model entry with a key too
+    many and a truncated predictor.npz (its checksum updated) were tracebacks (TypeError, BadZipFile)."""
+    import hashlib
+
+    manifest = json.loads((router / "manifest.json").read_text())
+    model = manifest["models"][0]
+    policy = {**manifest, "policy": {"kind": "zzz"}}
+    metadata = {
+        **manifest,
+        "metadata": {**manifest["metadata"], model: {**manifest["metadata"][model], "x": 1}},
+    }
+    tables["test"][0].to_csv(tmp_path / "p.csv", index=False)
+    for name, content in (("policy", policy), ("metadata", metadata), ("npz", manifest)):
+        bad = tmp_path / name
+        shutil.copytree(router, bad)
+        if name == "npz":
+            data = (bad / "predictor.npz").read_bytes()
+            (bad / "predictor.npz").write_bytes(data[: len(data) // 2])
+            files = {**content["files"], "predictor.npz": hashlib.sha256(data[: len(data) // 2]).hexdigest()}
+            content = {**content, "files": files}
+        (bad / "manifest.json").write_text(json.dumps(content))
+        with pytest.raises(ArtifactError, match="does not describe a router this code can load"):
+            load_router(bad)
+        args = [
+            "predict",
+            "--router",
+            str(bad),
+            "--prompts",
+            str(tmp_path / "p.csv"),
+            "--out",
+            str(tmp_path / "x.csv"),
+        ]
+        assert "undo the edit or retrain" in _said(runner.invoke(app, args))
+
+
+def test_an_out_that_cannot_be_written_is_named_as_given(router, tables, tmp_path):
+    """The error named the temporary file beside it ('/proc/.x.csv.sqc3k963.csv'), and predict exited 1
+    where train exited 2."""
+    tables["test"][0].to_csv(tmp_path / "p.csv", index=False)
+    args = ["predict", "--router", str(router), "--prompts", str(tmp_path / "p.csv"), "--out", "/proc/x.csv"]
+    said = _said(runner.invoke(app, args))
+    assert "'/proc/x.csv'" in said and ".x.csv." not in said, said
+    said = _said(_train(tables, tmp_path, "/proc/x"))
+    assert "'/proc/x'" in said and ".x." not in said, said

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import zipfile
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,6 +133,17 @@ REQUIRED_FILES = ("predictor.npz", "task_classifier.npz", "cost_model.npz", "rul
 def load_router(path: str | Path) -> Router:
     path = Path(path)
     manifest = read_manifest(path)
+    try:
+        return _load_checked(path, manifest)
+    except (KeyError, TypeError, AttributeError, zipfile.BadZipFile) as e:  # ArtifactErrors pass through
+        # the manifest has no checksum of its own: a hand edit reached a constructor as a traceback
+        raise ArtifactError(
+            f"{path}: its {MANIFEST} does not describe a router this code can load "
+            f"({type(e).__name__}: {e}); undo the edit or retrain"
+        ) from None
+
+
+def _load_checked(path: Path, manifest: dict[str, Any]) -> Router:
     unlisted = [f for f in REQUIRED_FILES if f not in manifest["files"]]
     if unlisted:  # read below by name: a file the manifest does not list was loaded unchecked
         raise ArtifactError(f"{path}: its {MANIFEST} lists no checksum for {', '.join(unlisted)}; retrain")

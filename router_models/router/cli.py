@@ -73,6 +73,10 @@ def finite_or_null(result: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in result.items()}
 
 
+def _models(names: list[str]) -> str:
+    return f"{len(names)} model{'' if len(names) == 1 else 's'}"
+
+
 def _fail(why: object) -> NoReturn:
     typer.echo(f"error: {why}", err=True)
     raise typer.Exit(2) from None
@@ -158,6 +162,9 @@ def train(
             }
         )
     )
+    if unscored := sorted(set(o["model"].astype(str)) - set(router.models)):
+        said = f"{outcomes} scores {_models(unscored)} on none of these prompts: not candidates"
+        typer.echo(f"warning: {said}: {', '.join(unscored)}", err=True)
     left_out = ~o["prompt_id"].isin(set(p["prompt_id"]))
     if left_out.any():  # a subset of the prompts trains on a subset of the table: said, not silent
         typer.echo(f"warning: {int(left_out.sum())} outcome rows of {o.loc[left_out, 'prompt_id'].nunique()} "
@@ -194,7 +201,10 @@ def predict(
         r = load_router(router)
         pred = r.predict_frame(df)
         write_table(pred[["prompt_id", "model", "predicted_score", "predicted_cost_usd"]], out)
-    except ValueError as e:  # not a router's folder, an --out that is not .csv/.parquet
+    except (
+        ValueError,
+        OSError,
+    ) as e:  # not a router's folder, an --out that is not .csv/.parquet or writable
         _fail(e)
     typer.echo(
         json.dumps({"predictions": str(out), "rows": len(pred), "prompts": len(df), "models": r.models})
@@ -233,10 +243,22 @@ def evaluate(
     if len(shared) < 2:  # the router would choose among fewer than two of the table's models
         _fail(f"{outcomes} shares {len(shared)} models with the router, the metrics need 2 or more: "
               f"its models are {sorted(set(o['model']))}, the router's {r.models}")  # fmt: skip
-    unknown = sorted(set(o["model"]) - set(r.models))
+    unknown, absent = sorted(set(o["model"]) - set(r.models)), sorted(set(r.models) - set(o["model"]))
+    for names, said in (
+        (unknown, "in the baselines and the oracle the router never picks"),
+        (absent, "of the router's not in the outcome table: judged without them"),
+    ):
+        if names:
+            typer.echo(f"warning: {_models(names)} {said}: {', '.join(names)}", err=True)
+    unscored = o.loc[o["score"].isna(), "model"].value_counts()
+    if len(unscored):  # the reference metrics (../shared/tools) count them as 0, and so do these
+        per_model = ", ".join(f"{m} {n}" for m, n in unscored.head(5).items())
+        typer.echo(f"warning: {int(unscored.sum())} outcome rows of {outcomes} have no score and count as 0 "
+                   f"({per_model}{', ...' if len(unscored) > 5 else ''})", err=True)  # fmt: skip
     pred = r.predict_frame(p[p["prompt_id"].isin(set(o["prompt_id"]))])
     result: dict[str, Any] = dict(summary(pred, o))
     result.update({"predictor": r.predictor.name, "models_not_in_router": unknown})
+    result.update({"router_models_not_in_outcomes": absent, "unscored_rows": int(unscored.sum())})
     path = plot or Settings().run_dir / "router_eval" / f"{router.resolve().name}.png"
     try:
         result["plot"] = str(pareto_plot(pred, o, path, title=f"router ({r.predictor.name})"))

@@ -47,6 +47,10 @@ def panel(
     # the panel is the models scored on these prompts: one scored only on prompts left out would be kept with
     # no evidence, priced at $0 and chosen
     scored = scored[scored["prompt_id"].isin(prompts["prompt_id"])]
+    if scored.empty:  # "a router needs at least two models, found []" said nothing of the cause
+        raise ValueError(
+            "no scored outcome row has a prompt_id of the prompts table: are they the same prompts?"
+        )
     prompts = prompts[prompts["prompt_id"].isin(scored["prompt_id"])].reset_index(drop=True)
     models = sorted(scored["model"].unique())
     if len(models) < 2:
