@@ -509,3 +509,21 @@ def test_an_out_that_cannot_be_written_is_named_as_given(router, tables, tmp_pat
     assert "'/proc/x.csv'" in said and ".x.csv." not in said, said
     said = _said(_train(tables, tmp_path, "/proc/x"))
     assert "'/proc/x'" in said and ".x." not in said, said
+
+
+def test_what_train_predict_and_evaluate_said_nothing_of(router, tables, tmp_path):
+    """Prompts without a task trained a router with no task classifier; a header-only prompts file wrote a
+    header-only predictions file; a refused --out suffix left the folders it named made; an outcome score
+    off the unit scale was refused without naming the file."""
+    p, o = tables["train"]
+    res = _train(tables, tmp_path, tmp_path / "r", prompts=p.drop(columns="task"))
+    assert res.exit_code == 0 and "has a task column: the router learns no task classifier" in res.stderr
+    p.iloc[:0].to_csv(tmp_path / "none.csv", index=False)
+    args = ["predict", "--router", str(router), "--prompts", str(tmp_path / "none.csv")]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "pred.csv")])
+    assert res.exit_code == 0 and "holds no prompt" in res.stderr, res.output
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "a" / "b" / "pred.txt")])
+    assert "expected a .parquet or .csv file" in _said(res) and not (tmp_path / "a").exists()
+    test_o = tables["test"][1]
+    said = _said(_evaluate(router, tables, tmp_path, test_o.assign(score=test_o["score"] * 10)))
+    assert f"{tmp_path / 'o.csv'}: outcome column 'score' needs numbers in [0, 1]" in said, said

@@ -92,8 +92,7 @@ def check_unique_prompt_ids(df: pd.DataFrame, source: str | Path) -> None:
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically (temp file in the same folder, then rename): a reader never sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix not in (".parquet", ".csv"):
+    if path.suffix not in (".parquet", ".csv"):  # before atomic_path makes the folders
         raise ValueError(f"{path}: expected a .parquet or .csv file")
     with atomic_path(path, suffix=path.suffix) as tmp:
         if path.suffix == ".parquet":

@@ -132,6 +132,9 @@ def train(
     p, o = _read_prompts(prompts, "left out of training"), _read(outcomes)
     if prior_table is not None:
         _check_prior_covers(table, o, prior_table)
+    if "task" not in p and "task" not in o:  # said: on a RouterBench slice such a router did markedly worse
+        said = "has a task column: the router learns no task classifier and takes every prompt as one task"
+        typer.echo(f"warning: neither {prompts} nor {outcomes} {said}", err=True)
     cache_dir = Settings().run_dir / "cache" / "embeddings"  # a bad SM_ setting: main() says it in one line
     try:
         check_writable_beside(out)  # before the training, not after it
@@ -201,11 +204,10 @@ def predict(
         r = load_router(router)
         pred = r.predict_frame(df)
         write_table(pred[["prompt_id", "model", "predicted_score", "predicted_cost_usd"]], out)
-    except (
-        ValueError,
-        OSError,
-    ) as e:  # not a router's folder, an --out that is not .csv/.parquet or writable
+    except (ValueError, OSError) as e:  # not a router's folder; an --out not .csv/.parquet, or not writable
         _fail(e)
+    if df.empty:
+        typer.echo(f"warning: {prompts} holds no prompt: {out} has the header only", err=True)
     typer.echo(
         json.dumps({"predictions": str(out), "rows": len(pred), "prompts": len(df), "models": r.models})
     )
@@ -236,9 +238,12 @@ def evaluate(
         _fail(f"{len(orphans)} prompt_ids of {outcomes} are not in {prompts}: {orphans[:3]}")
     try:
         r = load_router(router)
-        o = check_outcomes(o)
     except ValueError as e:
         _fail(e)
+    try:
+        o = check_outcomes(o)
+    except ValueError as e:
+        _fail(f"{outcomes}: {e}")
     shared = sorted(set(o["model"]) & set(r.models))
     if len(shared) < 2:  # the router would choose among fewer than two of the table's models
         _fail(f"{outcomes} shares {len(shared)} models with the router, the metrics need 2 or more: "

@@ -235,4 +235,4 @@ def draw_pareto(ax: Any, predictions: pd.DataFrame, outcomes: pd.DataFrame, titl
         ax.set_xlabel("mean cost per prompt (USD: every model and operating point costs 0)")
     ax.set_ylabel("mean quality")
     ax.set_title(title or "Router cost-quality curve")
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")  # "lower right" hid a dear, weak model (claude-v2 on RouterBench)
