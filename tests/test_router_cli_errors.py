@@ -527,3 +527,22 @@ def test_what_train_predict_and_evaluate_said_nothing_of(router, tables, tmp_pat
     test_o = tables["test"][1]
     said = _said(_evaluate(router, tables, tmp_path, test_o.assign(score=test_o["score"] * 10)))
     assert f"{tmp_path / 'o.csv'}: outcome column 'score' needs numbers in [0, 1]" in said, said
+
+
+def test_the_per_token_price_is_learned_from_within_a_task(router, tables):
+    """The cost model was fitted on the task classifier's soft probabilities, where prompt lengths barely vary
+    within a task: GPT-4's price per input token came out as 0 and a 20k-token prompt was priced below
+    GPT-3.5's. Fitted on each prompt's own task, it is the list price's order (GPT-4 $0.01 per 1k input
+    tokens, GPT-3.5 $0.001), and a long prompt costs what it should."""
+    r = load_router(router)
+    per_1k = dict(zip(r.models, r.cost_model.coef[0], strict=True))
+    assert 0.007 < per_1k["gpt-4-1106-preview"] < 0.013, per_1k
+    assert 0.0005 < per_1k["gpt-3.5-turbo-1106"] < 0.0015, per_1k
+    long = pd.DataFrame({"prompt_id": ["long"], "prompt": ["Summarise the quarterly filing below. " * 3000]})
+    cost = r.predict_frame(long).set_index("model")["predicted_cost_usd"]
+    assert cost["gpt-4-1106-preview"] > 0.14 and cost["gpt-4-1106-preview"] > 5 * cost["gpt-3.5-turbo-1106"]
+    from router_models.router.signals import Constraints
+
+    d = r.route(long["prompt"][0], Constraints(max_cost_usd=0.05))  # GPT-4 would bill about $0.29
+    gpt4 = next(c for c in d.candidates if c.model == "gpt-4-1106-preview")
+    assert d.model != gpt4.model and gpt4.excluded_by is not None, d.explanation

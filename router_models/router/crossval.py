@@ -86,7 +86,7 @@ def cross_val_predictions(
             x_te = Features(x_te.emb, onehot, x_te.log_tokens, x_te.task_names)
         fitted = get_predictor(name, **(params or {})).fit(x_tr, y[tr], models, tasks_tr)
         q = fitted.predict(x_te)
-        c = CostModel.fit(tok_tr, x_tr.task_proba, cost[tr]).predict(tok_te, x_te.task_proba)
+        c = CostModel.fit(tok_tr, tasks_tr, len(clf.classes), cost[tr]).predict(tok_te, x_te.task_proba)
         m = len(models)
         out.append(
             pd.DataFrame(

@@ -126,7 +126,7 @@ def train_router(
     task_clf = TaskClassifier.fit(emb, labels)
     x, tokens = make_features(texts, emb, task_clf)
     tasks = np.array([task_clf.classes.index(t) for t in labels])
-    cost_model = CostModel.fit(tokens, x.task_proba, cost)
+    cost_model = CostModel.fit(tokens, tasks, len(task_clf.classes), cost)
     fitted = get_predictor(predictor, **(predictor_params or {})).fit(x, y, models, tasks)
     quality = np.nanmean(y, axis=0)
     strongest = strongest_model(y, models)
