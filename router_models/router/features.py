@@ -74,7 +74,7 @@ class CostModel:
     so a short prompt is never predicted dearer than a long one of the same task. It is fitted on each
     training prompt's own task (one-hot), then predicts with the classifier's probabilities: fitted on those
     soft probabilities, the per-token price was barely identified (prompt lengths vary little within a
-    task), GPT-4's came out at 0 to 0.0027 $ per 1k tokens against its list price's 0.01, and a 25k-token
+    task), GPT-4's came out at 0 to 0.0027 $ per 1k tokens against its list price's 0.01, and a 28k-token
     prompt was priced below GPT-3.5's.
     """
 
