@@ -330,6 +330,19 @@ def test_cli_ask_refuses_an_unknown_model_and_reports_a_gateway_error_in_one_lin
     _one_line_error(res, 1, "OPENAI_API_KEY is not set")
 
 
+def test_cli_ask_keeps_a_questions_personal_data_from_a_remote_model_and_refuses_an_empty_one(cli_run):
+    """A question with an e-mail address and a phone number went in clear to a remote --model (the service
+    sends such a question to a local model); an empty question was "no source matches" after loading."""
+    env, _ = cli_run
+    question = "Mail jane.roe@example.org or call 415-555-2671: what caused INC-20731?"
+    args = ["ask", question, "--model", "gpt-4o", "--mode", "bm25"]
+    res = CliRunner().invoke(app, args, env={**env, "OPENAI_API_KEY": "sk-never-used"})
+    _one_line_error(res, 2, "personal data (EMAIL_ADDRESS, PHONE_NUMBER)", "gpt-4o is not a local model")
+    assert "jane.roe" not in res.output and "2671" not in res.output
+    for blank in ("", "  \n"):
+        _one_line_error(CliRunner().invoke(app, ["ask", blank], env=env), 2, "the question is empty")
+
+
 def test_cli_an_index_another_process_holds_is_one_line_and_ask_opens_only_its_mode(tmp_path):
     """Local Qdrant and Ladybug lock their folder while a client has it open: `ask` and `ingest` were a
     RuntimeError traceback when another process held one, and `ask --mode bm25` opened (and failed on) the

@@ -195,12 +195,20 @@ def ask(
 
     if mode not in MODES:
         raise typer.BadParameter(f"choose one of {', '.join(MODES)}", param_hint="--mode")
+    if not question.strip():  # answered "No indexed source matches this question" after 40 s of loading
+        _fail("the question is empty")
     s = Settings()
     gateway = Gateway(s)
     try:  # before the retrieval: with nothing retrieved, an unknown model answered "no answer", exit 0
-        gateway.catalog.get(model)
+        entry = gateway.catalog.get(model)
     except KeyError as e:
         raise typer.BadParameter(str(e.args[0]), param_hint="--model") from None
+    if entry.privacy != "local":  # the service sends such a question to a local model; here one is named
+        from router_models.router.signals import detect_pii  # the router's check, as /v1/rag applies it
+
+        if found := detect_pii(question):
+            _fail(f"the question holds personal data ({', '.join(found)}) and {model} is not a local model: "
+                  "ask a local one (--model) or leave the personal data out")  # fmt: skip
     _check_embedder(s)
     try:
         r = open_retriever(s, modes=(mode,))  # only the indexes the mode reads
