@@ -412,6 +412,37 @@ def test_cli_evaluate_refuses_a_corpus_with_none_of_the_qrels_documents(beir, tm
     assert res.exit_code == 2 and "no query in the qrels has a relevant document" in res.output, res.output
 
 
+def test_cli_evaluate_says_what_lowers_its_scores(beir, tmp_path):
+    """A qrels query without text scored 0 while the output counted only the queries run; a judged
+    document missing from the corpus and a malformed corpus record lowered the scores without a word."""
+    import shutil
+
+    settings, corpus, _ = beir
+    copy = shutil.copytree(corpus, tmp_path / "copy")
+    with open(copy / "corpus.jsonl", "a") as f:
+        f.write('\n{"_id": "broken", "text": \n')
+    with open(copy / "qrels.tsv", "a") as f:
+        f.write("ghost-query\tx1\t1\n" + f"{next(iter(QUERIES))}\tghost-doc\t1\n")
+    args = ["evaluate", "--corpus", str(copy), "--queries", str(copy / "queries.jsonl"),
+            "--qrels", str(copy / "qrels.tsv"), "--retriever", "bm25",
+            "--index-dir", str(tmp_path / "ix")]  # fmt: skip
+    res = CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (obj["queries"], obj["qrels_queries"], obj["ingest"]["skipped"]) == (
+        len(QUERIES),
+        len(QUERIES) + 1,
+        1,
+    )
+    for said in (
+        f"warning: 1 queries of {copy / 'qrels.tsv'} have no text in {copy / 'queries.jsonl'}: each scores 0",
+        f"warning: 2 of the {len({d for _, d in QUERIES.values()}) + 2} documents the qrels name are not in "
+        "the corpus: none is found",
+        "warning: 1 corpus records were skipped, first corpus.jsonl",
+    ):
+        assert said in res.stderr, res.stderr
+
+
 def test_cli_evaluate_over_an_index_another_process_holds_is_one_line(beir):
     """Two evaluations of one corpus share its index folder: the second was a RuntimeError traceback."""
     import subprocess

@@ -43,7 +43,20 @@ def evaluate(
         _check_embedder(s)
     index_dir = index_dir or default_index_dir(s, corpus)
     # a corpus none of the qrels' documents are in is refused before the indexing; its ingest is reported
-    _, ingested = _labelled_chunks(s, corpus, index_dir, qids, labels)
+    chunks, ingested = _labelled_chunks(s, corpus, index_dir, qids, labels)
+    from pipelines.index.base import doc_id_of
+
+    named = set().union(*labels.values())
+    absent = named - set(chunks["chunk_id"].map(doc_id_of))
+    skipped = ingested.get("skipped", [])
+    first = f", first {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
+    for count, said in (  # each lowers the scores: said, not left to a count in the JSON
+        (len(labels) - len(qids), f"queries of {qrels} have no text in {queries}: each scores 0"),
+        (len(absent), f"of the {len(named)} documents the qrels name are not in the corpus: none is found"),
+        (len(skipped), f"corpus records were skipped{first}"),
+    ):
+        if count:
+            typer.echo(f"warning: {count} {said}", err=True)
     try:
         print(json.dumps(run_eval(s, corpus, queries, qrels, retriever, index_dir, progress, ingested)))
     except ValueError as e:

@@ -96,8 +96,9 @@ def run_queries(retriever: Retriever, queries: dict[str, str], qids: list[str], 
 
 
 def score_run(run: dict[str, list[str]], qrels: dict[str, set[str]], latencies: list[float]) -> dict:
+    # the means are over every qrels query, as the reference metrics take them: one without text scores 0
     return {"ndcg@10": round(ndcg_at_10(run, qrels), 4), "recall@100": round(recall_at_100(run, qrels), 4),
-            "queries": len(run), **percentiles_ms(latencies)}  # fmt: skip
+            "queries": len(run), "qrels_queries": len(qrels), **percentiles_ms(latencies)}  # fmt: skip
 
 
 def evaluate(
@@ -120,7 +121,8 @@ def evaluate(
                 for k, v in reports.items() if k != "ingest"}  # fmt: skip
     ingest = reports["ingest"]
     return {"retriever": retriever, **score_run(run, qrels, latencies), "index_dir": str(index_dir),
-            "ingest": {k: ingest[k] for k in ("docs_total", "chunks_total", "chunks_written", "seconds")},
+            "ingest": {**{k: ingest[k] for k in ("docs_total", "chunks_total", "chunks_written", "seconds")},
+                       "skipped": len(ingest.get("skipped", []))},
             "indexing": indexing}  # fmt: skip
 
 
