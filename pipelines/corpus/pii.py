@@ -3,7 +3,8 @@
 The default (`pii_spacy_model="blank"`) runs a blank spaCy English pipeline (tokenizer only, saved to disk on
 first use) with Presidio's pattern recognizers and catches DEFAULT_ENTITIES: e-mail addresses, phone numbers
 (9+ digits, i.e. with an area code), credit-card numbers (Luhn-checked), IBANs (checksummed), IP addresses and
-US social security numbers (123-45-6789). An e-mail address counts on a public
+US social security numbers (3-2-4 digits with dashes; not those never issued, such as 123-45-6789 or
+000-12-3456, which Presidio's recognizer leaves out). An e-mail address counts on a public
 suffix (Presidio's check, on tldextract's bundled list) or on a private-use top-level domain such as
 `.internal` or `.local` (`jane.doe@ward7.internal`); code such as `q@k.transpose` is no address.
 Names, places and organisations need an NER model: set `SM_PII_SPACY_MODEL` to an installed spaCy pipeline
