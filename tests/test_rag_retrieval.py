@@ -591,3 +591,11 @@ def test_a_sync_stopped_while_adding_keeps_every_chunk_it_had(tmp_path):
     report = sync_index(TantivyIndex(tmp_path / "keyword"), chunks("doc#new", "other#x"))
     assert (report.added, report.deleted) == (1, 1)
     assert TantivyIndex(tmp_path / "keyword").indexed_ids() == {"doc#new", "other#x"}
+
+
+def test_the_cli_help_names_every_retrieval_mode():
+    """`--retriever` and `--mode` listed five of the six modes (not hybrid_convex) though both take it."""
+    from pipelines.rag.cli import MODES_HELP
+    from pipelines.rag.retrieve import MODES
+
+    assert MODES_HELP.split(" | ") == list(MODES)

@@ -10,6 +10,9 @@ import typer
 
 from pipelines.settings import Settings
 
+# pipelines.rag.retrieve.MODES, spelled out: importing it (pandas, tantivy) slowed `stratmaster --help`
+MODES_HELP = "bm25 | dense | hybrid | hybrid_rrf | hybrid_convex | hybrid_graph"
+
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Hybrid RAG: indexes, evaluation, answers."
 )
@@ -22,7 +25,7 @@ def evaluate(
     qrels: Path = typer.Option(
         ..., exists=True, dir_okay=False, help="qrels .tsv (query-id, corpus-id, score)"
     ),
-    retriever: str = typer.Option("hybrid", help="bm25 | dense | hybrid | hybrid_rrf | hybrid_graph"),
+    retriever: str = typer.Option("hybrid", help=MODES_HELP),
     index_dir: Path | None = typer.Option(None, help="where the store and indexes live (reused if built)"),
     progress: bool = typer.Option(False, help="show the embedding progress bar"),
 ) -> None:
@@ -198,7 +201,7 @@ def ask(
     question: str,
     model: str = typer.Option("smollm2-135m", help="catalog model name"),
     k: int = typer.Option(4, min=1, help="chunks given to the model"),
-    mode: str = typer.Option("hybrid", help="retrieval mode"),
+    mode: str = typer.Option("hybrid", help=f"retrieval mode: {MODES_HELP}"),
 ) -> None:
     """Answer a question from the ingested corpus with citations (chunk ids), through the gateway."""
     from pipelines.index.base import IndexInUse, IndexMissing
