@@ -599,3 +599,32 @@ def test_the_cli_help_names_every_retrieval_mode():
     from pipelines.rag.retrieve import MODES
 
     assert MODES_HELP.split(" | ") == list(MODES)
+
+
+def test_ask_warns_after_an_ingest_that_stopped_before_the_indexes_caught_up(tmp_path, monkeypatch):
+    """Ctrl-C during the embedding left the store committed and the dense index empty; `ask --mode dense`
+    then said "No indexed source matches", exit 0, and hybrid answered from BM25 alone, without a word."""
+    import pipelines.index.build as build
+
+    env, corpus = _cli_ingest(tmp_path)
+    args = ["ask", "what caused INC-20731", "--model", "nosuch"]  # stops at the model, after the warning
+    assert "did not finish" not in CliRunner().invoke(app, args, env=env).stderr
+    (corpus / "new.md").write_text(DOCS["battery"])
+    real = build.build_dense_index
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "build_dense_index", interrupted)
+    assert CliRunner().invoke(app, ["ingest", str(corpus)], env=env).exit_code != 0
+    assert _docs_in_store(env) == 4  # the store moved on; the dense index did not
+    said = CliRunner().invoke(app, args, env=env).stderr
+    assert "warning: an ingest into this run folder did not finish: the indexes may lag the store" in said
+    empty = tmp_path / "empty"
+    empty.mkdir()  # a refused ingest changes nothing, and leaves the warning standing
+    assert CliRunner().invoke(app, ["ingest", str(empty)], env=env).exit_code == 2
+    assert "did not finish" in CliRunner().invoke(app, args, env=env).stderr
+    monkeypatch.setattr(build, "build_dense_index", real)
+    res = CliRunner().invoke(app, ["ingest", str(corpus)], env=env)
+    assert res.exit_code == 0 and json.loads(res.stdout)["dense"]["added"] > 0, res.output
+    assert "did not finish" not in CliRunner().invoke(app, args, env=env).stderr

@@ -12,6 +12,7 @@ from pipelines.settings import Settings
 
 # pipelines.rag.retrieve.MODES, spelled out: importing it (pandas, tantivy) slowed `stratmaster --help`
 MODES_HELP = "bm25 | dense | hybrid | hybrid_rrf | hybrid_convex | hybrid_graph"
+PENDING = ".ingest-pending"  # in the index folder while `ingest` may have left the indexes behind the store
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Hybrid RAG: indexes, evaluation, answers."
@@ -176,14 +177,22 @@ def ingest(
 
     s = Settings()
     _check_embedder(s)  # before the ingest: the indexes it brings up to date embed with it
+    # there from before the store may change until every index has caught up with it: an ingest stopped
+    # between the two (Ctrl-C during the embedding) left indexes that `ask` read without a word
+    pending = s.run_dir / "index" / PENDING
+    unfinished = pending.exists()
+    pending.parent.mkdir(parents=True, exist_ok=True)
+    pending.touch()
     try:
         out = {"ingest": ingest_corpus(s, source, allow_empty=allow_empty).to_dict()}
-    except (ValueError, FileNotFoundError, NotADirectoryError, ConcurrentIngest) as e:
+    except (ValueError, FileNotFoundError, NotADirectoryError, ConcurrentIngest, MaxRetryError, S3Error) as e:
+        if not unfinished:  # the store is as it was, and so are the indexes
+            pending.unlink(missing_ok=True)
+        if isinstance(e, MaxRetryError):  # S3 down or unreachable: where, and why (no URL, no keys)
+            _fail(f"cannot reach the object store at {s.s3_endpoint}: {str(e.reason).split('>: ')[-1]}", 1)
+        if isinstance(e, S3Error):
+            _fail(f"the object store at {s.s3_endpoint} refused: {e.code}: {e.message}", 1)
         _fail(e)  # no source, no folder, a file, no document (over a store that holds some), another run
-    except MaxRetryError as e:  # S3 down or unreachable: where, and why in a few words (no URL, no keys)
-        _fail(f"cannot reach the object store at {s.s3_endpoint}: {str(e.reason).split('>: ')[-1]}", 1)
-    except S3Error as e:
-        _fail(f"the object store at {s.s3_endpoint} refused: {e.code}: {e.message}", 1)
     for name, build in (
         ("keyword", build_keyword_index),
         ("dense", build_dense_index),
@@ -193,6 +202,7 @@ def ingest(
             out[name] = build(s).to_dict()
         except IndexInUse as e:
             _fail(f"{e}; the store is ingested: run ingest again once it is free to update the indexes", 1)
+    pending.unlink(missing_ok=True)
     print(json.dumps(out, indent=1))
 
 
@@ -214,6 +224,9 @@ def ask(
     if not question.strip():  # answered "No indexed source matches this question" after 40 s of loading
         _fail("the question is empty")
     s = Settings()
+    if (s.run_dir / "index" / PENDING).exists():
+        typer.echo("warning: an ingest into this run folder did not finish: the indexes may lag the store "
+                   "(run `stratmaster retrieval ingest` again)", err=True)  # fmt: skip
     gateway = Gateway(s)
     try:  # before the retrieval: with nothing retrieved, an unknown model answered "no answer", exit 0
         entry = gateway.catalog.get(model)
