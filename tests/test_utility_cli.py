@@ -313,6 +313,11 @@ def test_an_out_that_cannot_be_written_or_one_chain_is_refused_before_the_fit(ro
     assert "outcome rows" not in res.output and len(res.output.strip().splitlines()) == 1  # no fit ran
     res = CliRunner().invoke(app, [*base, "--chains", "1", "--out", str(tmp_path / "fit")])
     assert res.exit_code == 2 and "--chains" in res.output, res.output
+    # values --help allowed: a Rust panic (nutpie, no tuning) and an OverflowError, after the compile
+    for extra, said in ((["--tune", "0"], "nutpie needs at least 1 tuning step, not 0"),
+                        (["--seed", str(2**64)], "--seed"), (["--seed", "-1"], "--seed")):  # fmt: skip
+        res = CliRunner().invoke(app, [*base, *extra, "--chains", "2", "--out", str(tmp_path / "fit")])
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
     assert sorted(f.name for f in tmp_path.iterdir()) == ["a-file"]
 
 

@@ -33,7 +33,7 @@ def fit(
     # r_hat compares chains: with one it is undefined and the fit always fails its checks, after the whole run
     chains: Annotated[int, typer.Option(min=2, help="chains (r_hat needs at least 2)")] = 4,
     sampler: Annotated[str, typer.Option(help="nutpie | pymc")] = "nutpie",
-    seed: Annotated[int, typer.Option(help="random seed")] = 20261130,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="random seed")] = 20261130,
     centered: Annotated[
         bool | None,
         typer.Option("--centered/--non-centered", help="the task and cell effects' form (default: by data)"),

@@ -63,6 +63,12 @@ class FitConfig:
     def __post_init__(self) -> None:
         if self.cores is not None and self.cores < 1:
             raise ValueError(f"FitConfig.cores must be 1 or more (or None: every CPU), not {self.cores}")
+        if (
+            self.sampler == "nutpie" and self.tune < 1
+        ):  # a Rust panic after the compile ("early_end < num_tune")
+            raise ValueError(f"nutpie needs at least 1 tuning step, not {self.tune}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range: an OverflowError after the compile
+            raise ValueError(f"the seed must lie in 0 to 2**32 - 1, not {self.seed}")
 
     def hash(self, priors_table: pd.DataFrame | None = None) -> str:
         """Everything that changes the posterior (not draws-independent settings like cores), the model's
