@@ -145,18 +145,20 @@ def test_a_resume_retries_the_calls_that_failed(gateway, model_settings, ten_pro
 
     prompts = ten_prompts.head(4)
     down = model_settings.model_copy(update={"local_base_port": free_port_pair(), "request_timeout_s": 5})
-    first = run_bench(prompts, MODELS[:1], Gateway(down, load_catalog(down)), tmp_path, progress=False)
+    first = run_bench(
+        prompts, MODELS[:1], Gateway(down, load_catalog(down)), tmp_path, max_tokens=8, progress=False
+    )
     assert first.errors_by_model == {MODELS[0]: 4}
     second = run_bench(prompts, MODELS[:1], gateway, tmp_path, max_tokens=8, progress=False)
     assert (second.cells_done_before, second.cells_run) == (0, 4)
     df = collect_outcomes(tmp_path)
     assert len(df) == 4 and not df["error"].fillna("").str.contains("Connection|refused").any()
-    assert run_bench(prompts, MODELS[:1], gateway, tmp_path, progress=False).cells_run == 0
+    assert run_bench(prompts, MODELS[:1], gateway, tmp_path, max_tokens=8, progress=False).cells_run == 0
 
     from pipelines.bench.runner import _lock
 
     with _lock(tmp_path), pytest.raises(RuntimeError, match="another bench run"):  # another run writing it
-        run_bench(prompts, MODELS[:1], gateway, tmp_path, progress=False)
+        run_bench(prompts, MODELS[:1], gateway, tmp_path, max_tokens=8, progress=False)
 
 
 def test_cli_run_writes_the_table_and_prints_accuracy(gateway, model_settings, tmp_path, monkeypatch):
@@ -208,3 +210,17 @@ def test_cli_run_where_every_call_fails_writes_the_table_and_exits_1(tmp_path, m
     assert "every call failed" in r.output and "error rate smollm2-135m: 100.0%" in r.output
     df = read_table(out)
     assert len(df) == 2 and df["error"].notna().all()
+    # a resume at another cap reused the answers of the first without a word; a hand-edited record was a
+    # KeyError traceback; an --out that is a folder failed after every call, naming a temporary file
+    again = [*args[:8], "16", *args[9:]]
+    r = CliRunner().invoke(app_(), again)
+    assert r.exit_code == 2 and "answered at --max-tokens 8: resume it at that cap" in r.output, r.output
+    record = out.with_name(out.name + ".parts") / "run.json"
+    record.write_text('{"foo": 1}')
+    r = CliRunner().invoke(app_(), args)
+    assert r.exit_code == 2 and f"{record} is no bench run's record (KeyError" in r.output, r.output
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    r = CliRunner().invoke(app_(), [*args[:-2], str(folder), "--no-start-servers"])
+    assert r.exit_code == 2 and f"--out {folder} is a folder" in r.output, r.output
+    assert not (tmp_path / "folder.csv.parts").exists()  # refused before any call

@@ -36,6 +36,20 @@ def _print_accuracy(df) -> None:
     Console().print(t)
 
 
+def _check_out(out: Path) -> None:
+    """An --out that is a folder, or where no file can be written, as a one-line error (exit 2)."""
+    from pipelines.files import check_writable_beside
+
+    if out.is_dir():
+        typer.echo(f"error: --out {out} is a folder, not a file", err=True)
+        raise typer.Exit(2)
+    try:
+        check_writable_beside(out)
+    except OSError as e:
+        typer.echo(f"error: --out {out}: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("run")
 def run(
     prompt_set: str = typer.Option(
@@ -64,6 +78,7 @@ def run(
 
     if out.suffix not in (".parquet", ".csv"):
         raise typer.BadParameter(f"{out}: expected a .parquet or .csv file", param_hint="--out")
+    _check_out(out)  # before the calls: an --out that is a folder failed after every one of them
     settings = Settings()
     try:
         prompts = load_prompt_set(prompt_set, settings)
@@ -199,6 +214,7 @@ def lm_eval_cmd(
 
     if out.suffix not in (".parquet", ".csv"):
         raise typer.BadParameter(f"{out}: expected a .parquet or .csv file", param_hint="--out")
+    _check_out(out)  # before the evaluation, whose results a bad --out threw away
     settings = Settings()
     try:
         entry = load_catalog(settings).get(model)

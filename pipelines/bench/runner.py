@@ -122,19 +122,31 @@ def _lock(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _run_id(out_dir: Path, run_id: str | None) -> str:
+def _run_id(out_dir: Path, run_id: str | None, max_tokens: int | None = None) -> str:
+    """The folder's run id (a new one for a new folder, recorded with the token cap its answers had)."""
     manifest = out_dir / "run.json"
     if manifest.exists():
-        saved = json.loads(manifest.read_text())["run_id"]
+        try:  # a hand-edited record was a KeyError traceback
+            record = json.loads(manifest.read_text())
+            saved = str(record["run_id"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{manifest} is no bench run's record ({type(e).__name__}: {e})") from None
         if run_id and run_id != saved:
             raise ValueError(
                 f"{out_dir} holds run {saved!r}; resume it with that run_id or use another folder"
             )
+        # a resume at another cap kept the answers written at the first one and said nothing (folders
+        # from before the cap was recorded have none to compare)
+        if "max_tokens" in record and record["max_tokens"] != max_tokens:
+            cap = record["max_tokens"] or "0 (each task's default)"
+            raise ValueError(f"{out_dir} holds run {saved!r}, answered at --max-tokens {cap}: resume it at "
+                             "that cap or use another folder")  # fmt: skip
         return saved
     run_id = run_id or datetime.now(UTC).strftime("bench-%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".run.", suffix=".tmp")
+    record = {"run_id": run_id, "created_at": datetime.now(UTC).isoformat(), "max_tokens": max_tokens}
     with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"run_id": run_id, "created_at": datetime.now(UTC).isoformat()}))
+        f.write(json.dumps(record))
     publish_mode(tmp)
     os.replace(tmp, manifest)
     return run_id
@@ -247,7 +259,7 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _lock(out_dir):
-        run_id = _run_id(out_dir, run_id)
+        run_id = _run_id(out_dir, run_id, max_tokens)
         done = committed_cells(out_dir)
         todo = pending_cells(prompts, models, done)
         total = len(prompts) * len(models)
