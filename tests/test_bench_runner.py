@@ -224,3 +224,6 @@ def test_cli_run_where_every_call_fails_writes_the_table_and_exits_1(tmp_path, m
     r = CliRunner().invoke(app_(), [*args[:-2], str(folder), "--no-start-servers"])
     assert r.exit_code == 2 and f"--out {folder} is a folder" in r.output, r.output
     assert not (tmp_path / "folder.csv.parts").exists()  # refused before any call
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a table of failed rows, exit 1, was all it gave
+    r = CliRunner().invoke(app_(), [*args[:4], "smollm2-135m,gpt-4o", *args[5:]])
+    assert r.exit_code == 2 and "gpt-4o cannot be called: OPENAI_API_KEY is not set" in r.output, r.output

@@ -18,7 +18,9 @@ def resolve_models(spec: str, catalog) -> list[str]:
         if item == "local":
             names += [e.name for e in catalog.available() if e.privacy == "local"]
         else:
-            catalog.get(item)  # unknown names fail here, listing the catalog
+            entry = catalog.get(item)  # unknown names fail here, listing the catalog
+            if why := entry.unavailable_reason():  # every call would fail, and the run write a table of errors
+                raise KeyError(f"{item} cannot be called: {why}")
             names.append(item)
     return list(dict.fromkeys(names))
 
