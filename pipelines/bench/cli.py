@@ -19,7 +19,7 @@ def resolve_models(spec: str, catalog) -> list[str]:
             names += [e.name for e in catalog.available() if e.privacy == "local"]
         else:
             entry = catalog.get(item)  # unknown names fail here, listing the catalog
-            if why := entry.unavailable_reason():  # every call would fail, and the run write a table of errors
+            if why := entry.unavailable_reason():  # every call would fail: a table of errors
                 raise KeyError(f"{item} cannot be called: {why}")
             names.append(item)
     return list(dict.fromkeys(names))
