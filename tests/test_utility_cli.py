@@ -467,3 +467,20 @@ def test_a_held_out_fit_that_fails_leaves_the_fit_and_checks_in_sample(tmp_path,
     blanked = table.assign(score=table["score"].where(~held))  # the held-out prompts' rows unscored
     art = up.fit_posterior(blanked, None, tmp_path / "blanked", cfg, 1.0, 0.0)
     assert art.notes[0] == "calibration: in sample" and len(art.calibration) == 2
+
+
+def test_rows_without_a_score_are_counted_and_a_model_left_with_none_is_named(routerbench_slice, tmp_path):
+    """Blank scores were dropped without a word, and a model whose scores were all blank left the fit so."""
+    p, o, _ = routerbench_slice
+    table = pd.read_csv(o, dtype={"prompt_id": str})
+    gone = "claude-v2"
+    table.loc[table["model"] == gone, "score"] = np.nan
+    blank = int(table["score"].isna().sum())
+    # --tune 0 is refused once the table is read, before any fit: the warning is all that runs
+    args = ["fit", "--prompts", str(p), "--outcomes", str(_written(table, tmp_path / "o.csv")),
+            "--tune", "0", "--out", str(tmp_path / "fit")]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "nutpie needs at least 1 tuning step" in res.output, res.output
+    said = f"warning: {blank} rows of {tmp_path / 'o.csv'} have no score and are left out"
+    said += f"; not fitted, no scored row: {gone}"
+    assert said in res.stderr, res.stderr

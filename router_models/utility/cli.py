@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -64,8 +65,15 @@ def fit(
             table = outcome_table_from_files(prompts, outcomes)
             if table.empty:
                 raise typer.BadParameter("no scored outcome rows", param_hint="--outcomes")
+            if unscored := table.attrs.get("unscored_rows"):
+                gone = table.attrs.get("unscored_models") or []
+                left = f"; not fitted, no scored row: {', '.join(gone)}" if gone else ""
+                typer.echo(
+                    f"warning: {unscored} rows of {outcomes} have no score and are left out{left}", err=True
+                )
             prior_table = leaderboard_priors(priors)  # the package snapshot, overlaid by --priors
             sizes = {k: v for k, v in (("draws", draws), ("tune", tune)) if v is not None}
+            sizes["progress"] = sys.stderr.isatty()  # minutes of sampling said nothing
             config = FitConfig(chains=chains, seed=seed, sampler=sampler, centered=centered, **sizes)  # type: ignore[arg-type]
             art = fit_posterior(table, prior_table, staging, config)
         except ValidationError:  # a bad SM_ setting: the console script says it in one line per field

@@ -32,7 +32,11 @@ def outcome_table_from_files(prompts: str | Path | None, outcomes: str | Path) -
             pr = read_table(prompts)
         except ValueError as e:
             raise ValueError(f"{prompts}: {e}") from None
-    return joined_outcomes(out, pr, outcomes, prompts)
+    table = joined_outcomes(out, pr, outcomes, prompts)
+    # said by the CLI: a model whose scores were all blank left the fit without a word
+    table.attrs["unscored_rows"] = int(pd.to_numeric(out["score"], errors="coerce").isna().sum())
+    table.attrs["unscored_models"] = sorted(set(out["model"].astype(str)) - set(table["model"].astype(str)))
+    return table
 
 
 def data_version(outcomes: pd.DataFrame) -> str:

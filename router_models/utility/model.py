@@ -39,6 +39,7 @@ class FitConfig:
     tune: int = 2000
     chains: int = 4
     cores: int | None = None  # threads (pymc: processes) for the chains; None: every CPU, one a chain at most
+    progress: bool = False  # the sampler's progress bar (the CLI's on a terminal; a log has no use for it)
     seed: int = 20261130
     # measured on the RouterBench outcomes, 4 x (1000 + 1000), 2 cores: nutpie 40 CPU-s to compile and
     # 2.5 CPU-s to sample; PyMC's own NUTS 190 CPU-s to sample. nutpie it is.
@@ -75,7 +76,7 @@ class FitConfig:
         code included: an edited prior or likelihood must not reuse the old fit."""
         from router_models.utility.registry import code_version
 
-        payload = {k: v for k, v in asdict(self).items() if k not in ("cores",)}
+        payload = {k: v for k, v in asdict(self).items() if k not in ("cores", "progress")}
         payload["code"] = code_version()
         if priors_table is not None:
             payload["priors"] = priors_table[["model", "alpha_mu", "alpha_sigma"]].round(9).values.tolist()
@@ -341,7 +342,7 @@ def fit_utility(data: CellData, priors: pd.DataFrame | None, config: FitConfig |
     prior, prior_report = prior_predictive_check(model, data, config.prior_predictive_draws, config.seed)
     kwargs: dict[str, object] = dict(
         draws=config.draws, tune=config.tune, chains=config.chains, cores=cores,
-        random_seed=config.seed, target_accept=config.target_accept, progressbar=False,
+        random_seed=config.seed, target_accept=config.target_accept, progressbar=config.progress,
         nuts_sampler=config.sampler,
     )  # fmt: skip
     if config.sampler == "nutpie":
