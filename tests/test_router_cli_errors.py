@@ -125,6 +125,11 @@ def test_evaluate_refuses_outcomes_sharing_fewer_than_two_models_with_the_router
     assert "at least two models" in _said(_evaluate(router, tables, tmp_path, one))
 
 
+def _predict(router, tmp_path):
+    args = ["predict", "--router", str(router), "--prompts", str(tmp_path / "p.csv")]
+    return runner.invoke(app, [*args, "--out", str(tmp_path / "x.csv")])
+
+
 def test_a_malformed_manifest_is_an_artifact_error(router, tables, tmp_path):
     """`[]` was an AttributeError, a manifest without `files` a KeyError."""
     manifest = json.loads((router / "manifest.json").read_text())
@@ -139,16 +144,7 @@ def test_a_malformed_manifest_is_an_artifact_error(router, tables, tmp_path):
         (bad / "manifest.json").write_text(json.dumps(content))
         with pytest.raises(ArtifactError, match=re.escape(needle)):
             load_router(bad)
-        args = [
-            "predict",
-            "--router",
-            str(bad),
-            "--prompts",
-            str(tmp_path / "p.csv"),
-            "--out",
-            str(tmp_path / "x.csv"),
-        ]
-        assert needle in _said(runner.invoke(app, args))
+        assert needle in _said(_predict(bad, tmp_path))
 
 
 def test_a_file_the_manifest_does_not_check_or_models_out_of_step_are_artifact_errors(router, tmp_path):
@@ -488,16 +484,7 @@ def test_a_hand_edited_manifest_or_a_damaged_array_is_one_line(router, tables, t
         (bad / "manifest.json").write_text(json.dumps(content))
         with pytest.raises(ArtifactError, match="does not describe a router this code can load"):
             load_router(bad)
-        args = [
-            "predict",
-            "--router",
-            str(bad),
-            "--prompts",
-            str(tmp_path / "p.csv"),
-            "--out",
-            str(tmp_path / "x.csv"),
-        ]
-        assert "undo the edit or retrain" in _said(runner.invoke(app, args))
+        assert "undo the edit or retrain" in _said(_predict(bad, tmp_path))
 
 
 def test_an_out_that_cannot_be_written_is_named_as_given(router, tables, tmp_path):
