@@ -223,7 +223,8 @@ def difficulty_table(prompts, outcomes, emb, folds: int, seed: int = 0) -> pd.Da
     proba, table = np.zeros((len(prompts), 3)), np.zeros(scores.shape)
     for k in range(folds):
         train, test = fold != k, fold == k
-        proba[test] = LogisticRegression(max_iter=2000).fit(x[train], cls[train]).predict_proba(x[test])
+        clf = LogisticRegression(max_iter=2000).fit(x[train], cls[train])
+        proba[np.ix_(test, clf.classes_)] = clf.predict_proba(x[test])  # a class a fold lacks stays at 0
         for t in np.unique(task):
             base = scores.to_numpy()[train & (task == t)]
             by_cls = [scores.to_numpy()[train & (task == t) & (cls == c)] for c in range(3)]

@@ -34,6 +34,13 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (
+        FileExistsError,
+        NotADirectoryError,
+    ):  # a file where a folder should be (mkdir named another path)
+        file = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise NotADirectoryError(f"{path}: {file} is a file, not a folder") from None
+    try:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     except OSError as e:
         raise naming(e, path) from None

@@ -496,6 +496,10 @@ def test_an_out_that_cannot_be_written_is_named_as_given(router, tables, tmp_pat
     assert "'/proc/x.csv'" in said and ".x.csv." not in said, said
     said = _said(_train(tables, tmp_path, "/proc/x"))
     assert "'/proc/x'" in said and ".x." not in said, said
+    (tmp_path / "afile").write_text("")  # mkdir's "File exists" named the --out, not the file in the way
+    args = ["predict", "--router", str(router), "--prompts", str(tmp_path / "p.csv")]
+    said = _said(runner.invoke(app, [*args, "--out", str(tmp_path / "afile" / "x.csv")]))
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in said, said
 
 
 def test_what_train_predict_and_evaluate_said_nothing_of(router, tables, tmp_path):
@@ -518,7 +522,7 @@ def test_what_train_predict_and_evaluate_said_nothing_of(router, tables, tmp_pat
 
 def test_the_per_token_price_is_learned_from_within_a_task(router, tables):
     """The cost model was fitted on the task classifier's soft probabilities, where prompt lengths barely vary
-    within a task: GPT-4's price per input token came out as 0 and a 20k-token prompt was priced below
+    within a task: GPT-4's price per input token came out as 0 and a 28k-token prompt was priced below
     GPT-3.5's. Fitted on each prompt's own task, it is the list price's order (GPT-4 $0.01 per 1k input
     tokens, GPT-3.5 $0.001), and a long prompt costs what it should."""
     r = load_router(router)

@@ -258,6 +258,7 @@ def run_bench(prompts: pd.DataFrame, models: list[str], gateway: Any, out_dir: s
         raise ValueError("the prompt set has duplicate prompt_id values")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    max_tokens = max_tokens or None  # 0 and None both mean each task's default (_call), and compare equal
     with _lock(out_dir):
         run_id = _run_id(out_dir, run_id, max_tokens)
         done = committed_cells(out_dir)

@@ -52,7 +52,11 @@ def evaluate(
 
     named = set().union(*labels.values())
     absent = named - set(chunks["chunk_id"].map(doc_id_of))
-    skipped = ingested.get("skipped", [])
+    from pipelines.corpus.ingest import LEFT_OUT
+
+    skipped = [
+        r for r in ingested.get("skipped", []) if r.get("reason") != LEFT_OUT
+    ]  # not a README beside it
     first = f", first {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
     for count, said in (  # each lowers the scores: said, not left to a count in the JSON
         (len(labels) - len(qids), f"queries of {qrels} have no text in {queries}: each scores 0"),
