@@ -16,7 +16,7 @@ from pipelines.bench.nightly import (
     check_scores_in_range,
     recent_outcomes,
 )
-from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table
+from pipelines.bench.outcomes import OUTCOME_COLUMNS, read_table, write_table
 from pipelines.bench.runner import _commit, collect_outcomes
 from pipelines.settings import Settings
 
@@ -211,6 +211,45 @@ def test_rescore_gives_stored_answers_todays_scores_without_calling_a_model(tmp_
     assert (
         r.exit_code == 2 and "no bench run folder" in r.output and not (tmp_path / "bench" / ".lock").exists()
     )
+
+
+def test_rescore_rewrites_the_runs_table_and_refuses_another_sets_run_and_a_damaged_part(
+    tmp_path, monkeypatch
+):
+    """`bench rescore OUT.parts` changed the folder's scores and left the --out table `bench run` had written
+    from it with the old ones; a run of another prompt set exited 0 having rescored nothing; a damaged part
+    was a pyarrow traceback."""
+    import json
+
+    monkeypatch.setenv("SM_RUN_DIR", str(tmp_path / "run"))
+    pfile = tmp_path / "prompts.jsonl"
+    mc = {"prompt_id": "mc", "task": "arc-challenge", "prompt": "Pick.\nA. red\nB. blue", "reference": "B"}
+    pfile.write_text(json.dumps(mc) + "\n")
+    base = {"task": "arc-challenge", "cost_usd": 0.0, "latency_s": 1.0, "ttft_s": 0.5, "input_tokens": 1,
+            "output_tokens": 1, "run_id": "r", "prompt": "", "score": 0.0, "error": None,
+            "response": "B"}  # fmt: skip
+    folder = tmp_path / "out.csv.parts"
+    _commit(
+        [{**base, "prompt_id": "mc", "model": "m"}, {**base, "prompt_id": "mc", "model": "other"}], folder
+    )
+    write_table(collect_outcomes(folder).iloc[:1], tmp_path / "out.csv")  # `bench run --models m`
+    r = CliRunner().invoke(app, ["rescore", str(folder), "--prompt-set", str(pfile)])
+    assert r.exit_code == 0 and "out.csv rewritten" in r.output, r.output
+    table = read_table(tmp_path / "out.csv")
+    assert table[["prompt_id", "model", "score"]].values.tolist() == [["mc", "m", 1.0]]  # its cell, rescored
+
+    other = tmp_path / "other.jsonl"
+    other.write_text(
+        json.dumps({"prompt_id": "x", "task": "extraction", "prompt": "?", "reference": "y"}) + "\n"
+    )
+    r = CliRunner().invoke(app, ["rescore", str(folder), "--prompt-set", str(other)])
+    assert r.exit_code == 2 and "none of its rows answers a prompt of the prompt set" in r.output, r.output
+
+    part = sorted(folder.glob("part-*.parquet"))[-1]
+    part.write_bytes(part.read_bytes()[:100])
+    r = CliRunner().invoke(app, ["rescore", str(folder), "--prompt-set", str(pfile)])
+    assert r.exit_code == 2 and part.name in r.output and "not a readable part" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
 
 
 def test_the_nightly_bench_rescores_the_partitions_the_refit_reads(tmp_path):

@@ -136,7 +136,8 @@ def rescore_cmd(
         None, "--prompt-set", help="the prompts they answered (file or name); default: the prompt_set asset's"
     ),
 ) -> None:
-    """Score stored answers again with today's scorers, calling no model (a judge's ratings stay)."""
+    """Score stored answers again with today's scorers, calling no model (a judge's ratings stay). The
+    outcome table that `bench run --out OUT` wrote from a folder OUT.parts is rewritten from it too."""
     from pipelines.bench.outcomes import read_table
     from pipelines.bench.prompts import PromptSetError, load_prompt_set, prompt_set_path
     from pipelines.bench.runner import rescore
@@ -159,15 +160,41 @@ def rescore_cmd(
     for folder in folders:
         try:
             n = rescore(prompts, folder)
-        except (FileNotFoundError, RuntimeError) as e:  # no such folder; a run writing it now
-            typer.echo(f"error: {e}", err=True)
+            table = _refresh_table(folder)
+        except (FileNotFoundError, RuntimeError, ValueError) as e:  # no such folder; a run writing it; a
+            typer.echo(f"error: {e}", err=True)  # damaged part
             failed = True
             continue
+        rewritten = f"; {table} rewritten from it" if table else ""
         typer.echo(f"{folder}: {n['changed']} scores changed, {n['unchanged']} unchanged; left as they were: "
                    f"{n['needs_judge']} for a judge, {n['no_answer']} without an answer, {n['no_prompt']} "
-                   "whose prompt is not in the prompt set")  # fmt: skip
+                   f"whose prompt is not in the prompt set{rewritten}")  # fmt: skip
+        if n["no_prompt"] and n["no_prompt"] == sum(n.values()):
+            typer.echo(f"error: {folder}: none of its rows answers a prompt of the prompt set (another set's "
+                       "run? name its prompts with --prompt-set)", err=True)  # fmt: skip
+            failed = True
     if failed:
         raise typer.Exit(2)
+
+
+def _refresh_table(folder: Path) -> Path | None:
+    """The outcome table `bench run --out OUT` wrote from the folder OUT.parts (its default --work-dir),
+    rewritten with the folder's newest rows of the cells it holds; None where there is no such table."""
+    from pipelines.bench.outcomes import read_table, write_table
+    from pipelines.bench.runner import collect_outcomes
+
+    table = folder.with_name(folder.name.removesuffix(".parts"))
+    if table == folder or table.suffix not in (".parquet", ".csv") or not table.is_file():
+        return None
+
+    def cells(df):
+        import pandas as pd
+
+        return pd.MultiIndex.from_frame(df[["prompt_id", "model"]].astype(str))
+
+    latest = collect_outcomes(folder)
+    write_table(latest[cells(latest).isin(cells(read_table(table)))].reset_index(drop=True), table)
+    return table
 
 
 @app.command("import-routerbench")

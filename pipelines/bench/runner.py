@@ -72,8 +72,20 @@ def _latest_rows(out_dir: Path, columns: list[str] | None = None) -> pd.DataFram
     parts = sorted(out_dir.glob(PART_GLOB))
     if not parts:
         return None
-    df = pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+    df = pd.concat([_read_part(p, columns) for p in parts], ignore_index=True)
     return df.drop_duplicates(["prompt_id", "model"], keep="last")
+
+
+def _read_part(path: Path, columns: list[str] | None) -> pd.DataFrame:
+    """A committed part; a damaged one (a part is written whole, so a disk's fault or a hand's edit) is a
+    ValueError naming it and what moving it aside does."""
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(
+            f"{path}: not a readable part ({type(e).__name__}: {e}); move it out of the folder "
+            "and its cells count as not run (the next run calls them again)"
+        ) from None
 
 
 def failed_call(error: Any) -> bool:
