@@ -52,7 +52,7 @@ def test_prior_predictive_covers_the_data(recovery):
     assert fit.prior_check["cells"] == 20
     assert fit.prior_check["observed_inside_prior_98"] >= 0.9
     assert "quality" in fit.idata.prior and "cost_logsd" in fit.idata.prior
-    # an observed cell's location is drawn from its data there (a Potential carries its prior): not kept
+    # an observed cell's location is drawn given its data there (a Potential carries the rest): not kept
     assert "cost_loc" not in fit.idata.prior and "latency_expected" not in fit.idata.prior
 
 

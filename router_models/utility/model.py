@@ -108,11 +108,14 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
     models) the centred log-sds mixed at ESS 104 in 4,000 draws, the global level tied to 13 model levels
     that the data hardly moved.
 
-    An observed cell's location is sampled centred on its data, loc = mean - sd / sqrt(n) * z with
-    z ~ Normal(0, 1) (exactly the likelihood of the cell's mean log; loc's prior is a potential): sampled
-    as loc itself, its width followed the cell's sd, a funnel that NUTS fell into where a 2-row cell's
-    log-sd went low (about 1 divergence in 12,000 draws of the demo's fit, its draws 3 to 4 posterior sds
-    low in a local model's log-sd)."""
+    An observed cell's location is sampled as a z-score of its Normal conditional given the cell's mean log
+    and its prior, and the mean log's marginal likelihood (loc integrated out) is a potential: exactly the
+    same posterior, with no scale of z that follows the cell's log-sd. Sampled as loc itself, loc's width
+    followed the cell's sd, a funnel where a 2-row cell's log-sd went low (about 1 divergence in 12,000
+    draws of the demo's fit, 3 to 4 posterior sds low in a local model's log-sd); sampled as
+    loc = mean - sd / sqrt(n) * z with loc's prior a potential, z's width followed 1 / sd instead, a funnel
+    where the log-sds went high (1 divergence in a CI run of the demo's fit, the latency log-sds 2.7 to 3.5
+    posterior sds high)."""
     cells = data.stat_cells(kind)
     center = float(np.average(cells[f"{kind}_logmean"], weights=cells[f"{kind}_n"]))
     nt, _ = coords_sizes
@@ -147,9 +150,16 @@ def _lognormal_block(pm, pt, data: CellData, kind: str, coords_sizes: tuple[int,
     t_idx = pm.Data(f"{kind}_t", ti, dims=f"{kind}_cell")
     m_idx = pm.Data(f"{kind}_m", mi, dims=f"{kind}_cell")
     n_data = pm.Data(f"{kind}_n", n, dims=f"{kind}_cell")
+    # loc | data is Normal (the cell's mean log with sd / sqrt(n), and its prior with sd 1): loc is drawn as a
+    # z-score of that conditional and the mean log's marginal likelihood given the prior enters as a potential
+    mean_log = cells[f"{kind}_logmean"].to_numpy()
+    var_mean = sd[t_idx, m_idx] ** 2 / n_data
+    loc_prior = prior_loc[t_idx, m_idx]
+    post_var = var_mean / (var_mean + 1.0)
     z_obs = offset("loc_data", f"{kind}_cell")
-    loc_obs = cells[f"{kind}_logmean"].to_numpy() - sd[t_idx, m_idx] / pt.sqrt(n_data) * z_obs
-    pm.Potential(f"{kind}_loc_prior", pm.logp(pm.Normal.dist(prior_loc[t_idx, m_idx], 1.0), loc_obs).sum())
+    loc_obs = (mean_log + var_mean * loc_prior) / (var_mean + 1.0) + pt.sqrt(post_var) * z_obs
+    pm.Potential(f"{kind}_mean_marginal",
+                 pm.logp(pm.Normal.dist(loc_prior, pt.sqrt(var_mean + 1.0)), mean_log).sum())  # fmt: skip
     loc = pt.set_subtensor(prior_loc[ti, mi], loc_obs)
     free = np.ones(coords_sizes, dtype=bool)
     free[ti, mi] = False
