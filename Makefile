@@ -55,7 +55,7 @@ test: setup
 	bash scripts/test.sh
 
 # every figure that needs only `make setup` (15 min; more on the first run, which builds the SciFact indexes);
-# rag_context.py and reports.py read `make demo`'s run folder, and bench-serving has its own target
+# rag_context.py, reports.py and utility_divergences.py read `make demo`'s run folder, and bench-serving has its own target
 bench: setup
 	$(PY) benchmarks/gateway.py
 	$(PY) benchmarks/local_llm.py
