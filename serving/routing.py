@@ -17,7 +17,7 @@ from router_models.router.decision import Decision, explain
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.router import Router
 from router_models.router.rules import ModelInfo
-from router_models.router.signals import Constraints, detect_pii
+from router_models.router.signals import Constraints, detect_pii, estimate_tokens
 
 UNAVAILABLE = "not_callable"
 WINDOW = "context_window"  # the rule's name: the router's estimate passed, the model's own count did not
@@ -135,7 +135,31 @@ class ModelResolver:
         reason = self.catalog.get(model).unavailable_reason()
         if reason:
             raise RoutingError(f"model {model!r} is unavailable: {reason}", status=400)
+        why = self.breaks_limits(model, prompt if sent is None else sent, constraints, p95 or {})
+        if why:
+            raise RoutingError(f"{why}; name another model or use 'router'", status=422)
         return Choice(model, "request", None)
+
+    def breaks_limits(
+        self, model: str, sent: str, constraints: Constraints, p95: dict[str, float]
+    ) -> str | None:
+        """Why a catalog model the caller named must not take `sent`, as the router's rules would rule: a
+        model that is not local for a local_only request or for text that holds personal data (the rules run
+        first, whoever chose), a recent p95 over the latency SLO, a predicted cost over the cap."""
+        e = self.catalog.get(model)
+        if e.privacy != "local":
+            if constraints.privacy == "local_only":
+                return f"{model} is not a local model (privacy: {e.privacy}) and the request is local_only"
+            if pii := detect_pii(sent):
+                found = ", ".join(pii)
+                return f"the request holds personal data ({found}) and {model} is not local ({e.privacy})"
+        slo, cap = constraints.latency_slo_s, constraints.max_cost_usd
+        if slo is not None and p95.get(model, 0.0) > slo:
+            return f"{model}'s recent p95 latency ({p95[model]:.2f} s) breaks the {slo:g} s SLO"
+        out_tokens = constraints.expected_output_tokens
+        if cap is not None and (cost := e.cost_usd(estimate_tokens(sent), out_tokens)) > cap:
+            return f"{model}'s predicted cost (${cost:.3g}) is over max_cost_usd (${cap:g})"
+        return None
 
     def route(
         self,

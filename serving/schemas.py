@@ -51,6 +51,13 @@ class Message(ApiModel):
             data["content"] = "\n".join(p["text"] for p in parts)
         return data
 
+    @field_validator("content")
+    @classmethod
+    def _not_blank(cls, content: str) -> str:  # routed, then refused by the gateway naming a model it chose
+        if not content.strip():
+            raise ValueError("a message's content holds only white space")
+        return content
+
 
 class ChatRequest(ApiModel):
     """OpenAI fields the service does not use (top_p, user, ...) are accepted and ignored; those that would
@@ -130,6 +137,8 @@ class RouteRequest(ApiModel):
     def _one_input(self) -> RouteRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` or `messages`")
+        if self.prompt is not None and not self.prompt.strip():  # /v1/rag refused " ", /v1/route routed it
+            raise ValueError("`prompt` holds only white space")
         if not (self.model == "router" or self.model.startswith("router:")):
             raise ValueError("`model` must be 'router' or 'router:<policy>' for a routing decision")
         return self

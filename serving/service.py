@@ -461,7 +461,14 @@ class StratMaster:
         chars = self.settings.rag_context_chars
         if hits:
             messages = build_messages(req.question, hits, chars)
-            if choice.chosen_by != "request":  # routed on the question: its sources may not fit the window,
+            if choice.chosen_by == "request":  # a named model: the rules hold for the sources it is sent too
+                why = await run_in_threadpool(
+                    self.resolver.breaks_limits, choice.model, prompt_of(messages), constraints, self._p95()
+                )
+                if why:
+                    raise HTTPFailure(422, f"{why} (with the question's sources); name another model or use "
+                                      "'router'", "invalid_request_error")  # fmt: skip
+            else:  # routed on the question: its sources may not fit the window,
                 sent, turns = prompt_of(messages), len(messages)  # or hold personal data it did not
                 why = await run_in_threadpool(
                     self.resolver.overflow, choice.model, sent, turns, constraints, has_system(messages)

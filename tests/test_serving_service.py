@@ -314,6 +314,25 @@ def test_pii_prompt_is_routed_to_a_local_model_even_when_remote_is_callable(clie
     assert cands["gpt-4o"]["excluded_by"] == cands["gpt-4o-mini"]["excluded_by"] == "pii_local_only"
 
 
+def test_a_named_remote_model_keeps_the_rules_and_the_constraints(client, monkeypatch):
+    """A request that named a catalog model skipped the rules: gpt-4o was sent a prompt with an e-mail
+    address, a local_only request and one over its cost cap (a failed remote call fell back, so each got a
+    200). The rules run first, whoever chose: a 422 that says which one, before any call."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")  # remote becomes callable; no call is made
+
+    def chat(content: str, **constraints: object):
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}], "max_tokens": 8}
+        return client.post("/v1/chat/completions", json={**body, "constraints": constraints}, headers=AUTH)
+
+    r = chat(PII_PROMPT)
+    assert r.status_code == 422 and "personal data (EMAIL_ADDRESS)" in r.text, r.text
+    assert "jane.doe" not in r.text
+    r = chat("2+2?", privacy="local_only")
+    assert r.status_code == 422 and "gpt-4o is not a local model" in r.text, r.text
+    r = chat("2+2?", max_cost_usd=0.0)
+    assert r.status_code == 422 and "over max_cost_usd" in r.text, r.text
+
+
 def test_route_policies_and_constraints(client):
     r = client.post("/v1/route", json={"prompt": "2+2?", "model": "router:max_utility"}, headers=AUTH)
     assert r.status_code == 200 and r.json()["routing"]["policy"] == "max_utility"
@@ -336,6 +355,9 @@ def test_route_policies_and_constraints(client):
         ({"prompt": "x" * 8000, "constraints": {"privacy": "local_only"}}, 422, "No model can take"),
         # no length limit: a 500,000-character name came back whole in the error (and went into the span)
         ({"prompt": "hi", "model": "router:" + "x" * 500_000}, 422, "at most 200 characters"),
+        # white space alone was routed (200) here, and refused on /v1/rag
+        ({"prompt": " \n "}, 422, "`prompt` holds only white space"),
+        ({"messages": [{"role": "user", "content": "  "}]}, 422, "content holds only white space"),
     ],
 )
 def test_route_errors_are_4xx_with_a_reason(client, body, status, needle):
@@ -580,6 +602,17 @@ def test_personal_data_in_a_rag_questions_sources_keeps_it_local(shared_data, tm
     assert cands["gpt-4o"]["excluded_by"] == cands["gpt-4o-mini"]["excluded_by"] == "pii_local_only"
     same = resolver.resolve("router", question, Constraints(), turns=len(clean), sent=prompt_of(clean))
     assert same.model == first.model  # sources without personal data change nothing
+    # a named model is not routed again: /v1/rag refuses it where its sources break the rules
+    assert "personal data (EMAIL_ADDRESS)" in resolver.breaks_limits(
+        "gpt-4o", prompt_of(leaky), Constraints(), {}
+    )
+    assert resolver.breaks_limits("gpt-4o", prompt_of(clean), Constraints(), {}) is None
+    assert (
+        resolver.breaks_limits("smollm2-135m", prompt_of(leaky), Constraints(privacy="local_only"), {})
+        is None
+    )
+    slow = resolver.breaks_limits("gpt-4o", question, Constraints(latency_slo_s=2.0), {"gpt-4o": 3.5})
+    assert slow == "gpt-4o's recent p95 latency (3.50 s) breaks the 2 s SLO"
 
 
 # -- tracing -----------------------------------------------------------------------------------------------
@@ -787,6 +820,12 @@ MSG = [{"role": "user", "content": "hi"}]
             "role",
         ),
         (json.dumps({"model": "router", "messages": MSG, "max_tokens": 0}).encode(), 422, "max_tokens"),
+        # routed, then a 400 naming the model the router chose ("smollm2-135m: message 0 has empty content")
+        (
+            json.dumps({"model": "router", "messages": [{"role": "user", "content": " \t"}]}).encode(),
+            422,
+            "messages.0.content: Value error, a message's content holds only white space",
+        ),
         (json.dumps({"model": "no-such-model", "messages": MSG}).encode(), 404, "unknown model"),
         (json.dumps({"model": "gpt-4o", "messages": MSG}).encode(), 400, "OPENAI_API_KEY is not set"),
         (json.dumps({"model": "router", "messages": MSG, "pad": "x" * (1 << 20)}).encode(), 413, "exceeds"),
