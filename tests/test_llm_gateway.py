@@ -305,7 +305,7 @@ def test_an_upstream_error_that_quotes_the_prompt_reaches_no_message_or_span(mod
     assert "078-05-1120" not in "".join(s.to_json() for s in spans)
 
 
-def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, model_settings):
+def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, model_settings, caplog):
     from router_models.cli import app
 
     shared, gateway = gateway, Gateway(model_settings, gateway.catalog)  # its own Router
@@ -318,9 +318,12 @@ def test_killed_server_falls_back_to_the_other_model_and_status_tells(gateway, m
             break
         time.sleep(0.1)
     try:
-        r = gateway.chat("smollm2-135m", HELLO, max_tokens=8)
+        with caplog.at_level("WARNING", logger="pipelines.llm.gateway"):
+            r = gateway.chat("smollm2-135m", HELLO, max_tokens=8)
         assert r.fallback_used and r.model == "gemma3-270m" and r.requested_model == "smollm2-135m"
         assert r.text.strip()
+        # the failure the fallback hid is in the log (a broken API key had left no line), by model and type
+        assert any(m.startswith("a call to smollm2-135m failed (") for m in caplog.messages), caplog.messages
         # the model that failed counts as timed out; the stand-in's time holds the failure's, so it is not
         # booked. Once benched, a call falls back at once: the dead model's time was the stand-in's, so the
         # latency rule saw it fast

@@ -524,7 +524,7 @@ class Gateway:
             span.end()
             raise err from None
         finally:
-            outage = _outage(model, _FAILURES.pop(call))
+            outage = _settle(model, call)
         answered = self._answered(resp, entry)
         return StreamedChat(self, entry, answered, messages, span, resp, chunks, head, t0, ttft, outage)
 
@@ -547,7 +547,7 @@ class Gateway:
         except Exception as e:
             raise _failure(entry.name, e) from None
         finally:
-            outage = _outage(entry.name, _FAILURES.pop(call))
+            outage = _settle(entry.name, call)
         latency = time.perf_counter() - t0
         if resp is None:
             raise GatewayError(_UNPROCESSABLE.format(model=entry.name))
@@ -824,6 +824,19 @@ REQUEST_FAULT_STATUSES = (400, 413, 422)
 # LiteLLM's OpenAI client, under `drop_params`, answers a second 422 in a row (llama-cpp-python's server
 # validating a request: a role it does not know) with None, and its Router books that as a success
 _UNPROCESSABLE = "{model}: request refused: the model server answered 422"
+
+
+def _settle(model: str, call: str) -> bool:
+    """Log each failed attempt of a call (by model, type and status: an upstream's text may quote the
+    prompt) and say whether `model` failed for an outage (`_outage`). A broken API key whose calls a fallback
+    answered had left no line in any log."""
+    failures = _FAILURES.pop(call)
+    for m, e in failures:
+        if e is not None:
+            status = getattr(e, "status_code", None)
+            said = f", status {status}" if status else ""
+            log.warning("a call to %s failed (%s%s)", m, type(e).__name__, said)
+    return _outage(model, failures)
 
 
 def _outage(model: str, failures: list[tuple[str | None, BaseException | None]]) -> bool:
