@@ -296,6 +296,15 @@ def test_ssns_and_addresses_on_private_domains_are_redacted_as_the_router_finds_
     out, counts = redactor.redact("Record 536-22-1234; samples 536221234 and 94110-1234 were sequenced.")
     assert out == "Record <US_SSN>; samples 536221234 and 94110-1234 were sequenced."
     assert counts == {"US_SSN": 1}
+    # after a label that says SSN, Presidio's other forms too (spaces, dots, none: they were kept)
+    for labelled in (
+        "SSN: 536.22.1234",
+        "her SSN 536 22 1234",
+        "social security no. 536221234",
+        "SS# 536221234",
+    ):
+        out, counts = redactor.redact(f"The form gives {labelled} for the patient.")
+        assert counts == {"US_SSN": 1} and "1234 " not in out and "<US_SSN> for" in out, out
     kept = (
         "Results went to build@host.v2; attention is q@k.transpose(-2, -1); Au@Ag.NPs were used. "
         "Cohorts: Jones 234 56 2011, Lee 198.61.2013."

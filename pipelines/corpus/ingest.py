@@ -101,8 +101,9 @@ def _config(settings: Settings) -> dict:
     v3: chunk ids hash the title too, and a BEIR file keeps the first of records sharing an `_id`; v4: phone
     numbers with any separators and long texts in overlapping windows, no chunk inside the one before it,
     title-only records chunked; v5: US social security numbers, and e-mail addresses on private domains; v6:
-    a word over 100 characters in slices; v7: phone numbers with up to 8 separators between digits)."""
-    return {"v": 7, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
+    a word over 100 characters in slices; v7: phone numbers with up to 8 separators between digits; v8: SSNs
+    in any of Presidio's forms right after a label that says SSN)."""
+    return {"v": 8, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 
 

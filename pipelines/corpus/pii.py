@@ -25,8 +25,11 @@ MIN_PHONE_DIGITS = 9  # shorter digit runs in prose are mostly measurements, not
 # Presidio also takes a bare 9-digit run (or 5-4, 3-6 digits) as an SSN, scored 0.05 and raised by context
 # words where the spaCy model has lemmas: in papers those are accession numbers and the like. Only 3-2-4
 # digits with dashes count (the router's check takes spaces and dots too: a flattened table's row of numbers,
-# `234 56 2011`, would be one).
+# `234 56 2011`, would be one), and any of Presidio's forms right after a label that says SSN ("SSN:
+# 536.22.1234", "social security no. 536221234": they were kept).
 _SSN_SHAPE = re.compile(r"\d{3}-\d{2}-\d{4}")
+_SSN_LABEL = re.compile(r"(?i)(?:\bssn|social[\s-]+security(?:[\s-]+(?:number|no))?|\bss\s*#)\W{0,4}$")
+_SSN_TRIGGER = re.compile(r"\d{3}-\d{2}-\d{4}|(?i:\bssn|social[\s-]+security|\bss\s*#)")
 # Top-level domains for private use, which no public suffix list holds: RFC 2606/6761/6762/9476, ICANN's
 # `.internal` (2024), the names it withheld (`.corp`, `.home`, `.mail`) and common unofficial ones.
 PRIVATE_TLDS = frozenset({"internal", "local", "localdomain", "localhost", "localnet", "lan", "home", "corp",
@@ -45,7 +48,7 @@ _TRIGGERS = {
     "CREDIT_CARD": re.compile(r"\d(?:[\s\-]?\d){11,}"),
     "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
     "IP_ADDRESS": re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
-    "US_SSN": _SSN_SHAPE,
+    "US_SSN": _SSN_TRIGGER,
 }
 
 
@@ -155,7 +158,8 @@ class Redactor:
         if r.entity_type == "IP_ADDRESS":
             return _plausible_ip(span)
         if r.entity_type == "US_SSN":
-            return _SSN_SHAPE.fullmatch(span) is not None
+            label = _SSN_LABEL.search(text[max(0, r.start - 40) : r.start])
+            return _SSN_SHAPE.fullmatch(span) is not None or label is not None
         return True
 
     def _analyze(self, text: str, wanted: list[str]) -> list:
