@@ -545,6 +545,29 @@ def test_a_retriever_where_no_index_was_built_is_an_error_and_makes_nothing(tmp_
     _one_line_error(res, 1, "no keyword index at", "build the indexes first")
 
 
+def test_a_dense_index_of_another_embedder_is_an_error_and_makes_nothing(tmp_path):
+    """Searched with another SM_EMBEDDER than the build's, local mode made an empty collection for it beside
+    the build's and answered "No indexed source matches this question." (exit 0)."""
+    import pandas as pd
+
+    from pipelines.index.base import IndexMissing
+    from pipelines.index.vector import open_dense_index
+
+    chunks = pd.DataFrame(
+        {"chunk_id": ["d#0"], "doc_id": ["d"], "title": [""], "text": ["Aspirin and risk."], "source": ["d"]}
+    )
+    built = open_dense_index(Settings(run_dir=tmp_path, embedder="static"), tmp_path / "index")
+    built.upsert(chunks)
+    built.close()
+    with pytest.raises(IndexMissing, match="another embedder .stratmaster_chunks__") as e:
+        open_dense_index(Settings(run_dir=tmp_path, embedder="minilm"), tmp_path / "index", must_exist=True)
+    assert "set SM_EMBEDDER as the build did" in str(e.value)
+    again = open_dense_index(Settings(run_dir=tmp_path, embedder="static"), tmp_path / "index")
+    names = [c.name for c in again.client.get_collections().collections]
+    again.close()
+    assert len(names) == 1, names  # nothing made for the other embedder
+
+
 def test_k_below_one_is_an_error_and_a_query_with_nothing_to_match_finds_nothing(every_index):
     """k=-1 cut the last hit off, k=0 was a panic inside tantivy (no `except Exception` catches it); a query
     of punctuation or a zero-width space got confident dense hits (every chunk at 0.0 for the latter)."""

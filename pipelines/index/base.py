@@ -37,10 +37,10 @@ class IndexMissing(FileNotFoundError):
     """A retriever was opened where no embedded index was built: it had made an empty one there and
     answered every query with nothing."""
 
-    def __init__(self, kind: str, path: object) -> None:
+    def __init__(self, kind: str, path: object, hint: str | None = None) -> None:
         super().__init__(
-            f"no {kind} index at {path}: build the indexes first (`stratmaster retrieval ingest DOCS`, "
-            "or `make demo`)"
+            f"no {kind} index at {path}: "
+            + (hint or "build the indexes first (`stratmaster retrieval ingest DOCS`, or `make demo`)")
         )
 
 

@@ -130,9 +130,16 @@ class QdrantIndex:
             self.client = QdrantClient(url=url, port=None, api_key=api_key, timeout=60, **tls)
             self.location = f"{url}/collections/{self.collection}"
         if not self.client.collection_exists(self.collection):
-            if must_exist:  # to search: a server's collection is not made on the spot either, as none built
+            if must_exist:  # to search: a collection is not made on the spot (it answered every query with
+                # nothing, and stayed), as none built
+                others = [c.name for c in self.client.get_collections().collections
+                          if c.name.startswith(f"{collection}__")]  # fmt: skip
                 self.client.close()
-                raise IndexMissing("dense", self.location)
+                hint = None
+                if others:  # the embedder names the collection: SM_EMBEDDER other than the build's
+                    hint = (f"it holds vectors of another embedder ({', '.join(others)}), not of "
+                            f"{embedder.name}: set SM_EMBEDDER as the build did, or build again")  # fmt: skip
+                raise IndexMissing("dense", self.location, hint)
             self._create()
 
     def _create(self) -> None:
@@ -267,4 +274,6 @@ def open_dense_index(
             must_exist=must_exist, ca_certs=settings.qdrant_ca_certs or None,
         )  # fmt: skip
     path = require_index(Path(index_dir or settings.run_dir / "index") / "qdrant", "dense", must_exist)
-    return QdrantIndex(embedder, settings.qdrant_collection, path=path, progress=progress)
+    return QdrantIndex(
+        embedder, settings.qdrant_collection, path=path, progress=progress, must_exist=must_exist
+    )
