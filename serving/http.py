@@ -3,8 +3,6 @@
 import json
 import logging
 import math
-import socket
-import sys
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -86,36 +84,6 @@ def upstream_failure(e: "GatewayError", retry_after_s: float = RETRY_AFTER_S) ->
         503, "the model call failed, its fallbacks too; retry later", "upstream_unavailable",
         {"Retry-After": str(max(1, math.ceil(retry_after_s)))},
     )  # fmt: skip
-
-
-# errors of a connection that failed or timed out, as the engines' clients raise them (module, class names);
-# the clients' own wrappers (opensearch-py's ConnectionError, qdrant-client's ResponseHandlingException) also
-# wrap bugs and malformed answers, so they count only for what they wrap
-_TRANSPORT = (
-    ("opensearchpy.exceptions", ("ConnectionTimeout",)),
-    ("nebula3.Exception", ("IOErrorException",)),
-    ("httpx", ("TransportError",)),
-    ("urllib3.exceptions", ("TimeoutError", "ProtocolError")),
-)
-
-
-def engine_unreachable(e: BaseException) -> bool:
-    """Whether `e` says a retrieval engine's server cannot be reached (an outage, worth a retry): a
-    connection or timeout error, itself, its explicit cause or an error a client's wrapper holds in its args
-    (a malformed answer or a bug wrapped alike is no outage). Only clients already imported are asked about:
-    an engine in use has been."""
-    kinds: list[type] = [ConnectionError, TimeoutError, socket.gaierror]  # refused, reset, timed out, no DNS
-    for module, names in _TRANSPORT:
-        if module in sys.modules:
-            kinds += [getattr(sys.modules[module], n) for n in names if hasattr(sys.modules[module], n)]
-    todo, seen = [e], 0
-    while todo and seen < 20:  # a bounded walk of what `e` wraps
-        err = todo.pop()
-        seen += 1
-        if isinstance(err, tuple(kinds)):
-            return True
-        todo += [a for a in (err.__cause__, *getattr(err, "args", ())) if isinstance(a, BaseException)]
-    return False
 
 
 def engine_failure() -> HTTPFailure:

@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
 
 from pipelines.bench.prompt_log import PromptLog, PromptLogWriter
+from pipelines.index.base import engine_unreachable
 from pipelines.llm.catalog import load_catalog
 from pipelines.settings import Settings
 from pipelines.tracing import setup_tracing
@@ -50,7 +51,6 @@ from serving.http import (
     PlainErrorsAsJSON,
     Unexpected,
     engine_failure,
-    engine_unreachable,
     error_response,
     log_unexpected,
     read_body,

@@ -280,6 +280,24 @@ def _docs_in_store(env) -> int:
     return load_chunks(Settings(run_dir=env["SM_RUN_DIR"]))["doc_id"].nunique()
 
 
+def test_cli_ingest_with_an_index_server_down_is_one_line(tmp_path):
+    """An OpenSearch or Qdrant server that cannot be reached was a traceback of 300 lines, after the store
+    had been ingested; now one line that says so and what to do."""
+    from conftest import free_ports
+
+    port = free_ports()  # nothing listens there
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "e4471.md").write_text(DOCS["e4471"])
+    env = {"SM_RUN_DIR": str(tmp_path / "run"), "SM_EMBEDDER": "static", "SM_CORPUS_DIR": None,
+           "SM_OBJECT_STORE": "local"}  # fmt: skip
+    down = f"http://127.0.0.1:{port}"
+    for backend in ({"SM_KEYWORD_BACKEND": "opensearch", "SM_OPENSEARCH_URL": down},
+                    {"SM_VECTOR_BACKEND": "qdrant_server", "SM_QDRANT_URL": down}):  # fmt: skip
+        res = CliRunner().invoke(app, ["ingest", str(corpus)], env={**env, **backend})
+        _one_line_error(res, 1, "index's server", "the store is ingested: run ingest again once it is up")
+
+
 def test_cli_ingest_of_an_empty_or_wrong_source_removes_nothing(tmp_path):
     """`retrieval ingest <empty folder>` removed every document from the store and every index, exit 0; a
     file was "corpus folder not found"."""
@@ -410,6 +428,24 @@ def test_cli_evaluate_refuses_a_corpus_with_none_of_the_qrels_documents(beir, tm
             "--index-dir", str(tmp_path / "ix")]  # fmt: skip
     res = CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
     assert res.exit_code == 2 and "no query in the qrels has a relevant document" in res.output, res.output
+
+
+def test_cli_evaluate_refuses_the_runs_own_index_and_a_store_another_ingest_holds(beir, tmp_path):
+    """--index-dir at the run's own index folder replaced the run's indexes with the evaluation corpus's
+    (958 chunks down to 44); a second evaluation of a corpus another was ingesting was a 50-line traceback."""
+    from pipelines.corpus.store import LocalStore
+
+    settings, corpus, _ = beir
+    args = ["evaluate", "--corpus", str(corpus), "--queries", str(corpus / "queries.jsonl"),
+            "--qrels", str(corpus / "qrels.tsv"), "--retriever", "bm25", "--index-dir"]  # fmt: skip
+    env = {"SM_RUN_DIR": str(settings.run_dir)}
+    for ours in (settings.run_dir / "index", settings.run_dir):
+        res = CliRunner().invoke(app, [*args, str(ours)], env=env)
+        _one_line_error(res, 2, "holds the run's own store or indexes", "give a folder of its own")
+    with LocalStore(tmp_path / "ix" / "store").exclusive("ingest") as held:
+        assert held
+        res = CliRunner().invoke(app, [*args, str(tmp_path / "ix")], env=env)
+    _one_line_error(res, 2, "another ingest is running on")
 
 
 def test_cli_evaluate_says_what_lowers_its_scores(beir, tmp_path):

@@ -690,7 +690,7 @@ def test_only_a_connection_that_failed_counts_as_an_engine_outage():
     from opensearchpy.exceptions import ConnectionTimeout, RequestError
     from qdrant_client.http.exceptions import ResponseHandlingException
 
-    from serving.http import engine_unreachable
+    from pipelines.index.base import engine_unreachable
 
     try:
         pydantic.TypeAdapter(int).validate_python("high")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -124,3 +126,33 @@ def sync_index(
         unchanged=len(want & have), total=len(want), seconds=round(time.perf_counter() - t0, 3),
         version=content_version(want, index.backend, salt),
     )  # fmt: skip
+
+
+# errors of a connection that failed or timed out, as the engines' clients raise them (module, class names);
+# the clients' own wrappers (opensearch-py's ConnectionError, qdrant-client's ResponseHandlingException) also
+# wrap bugs and malformed answers, so they count only for what they wrap
+_TRANSPORT = (
+    ("opensearchpy.exceptions", ("ConnectionTimeout",)),
+    ("nebula3.Exception", ("IOErrorException",)),
+    ("httpx", ("TransportError",)),
+    ("urllib3.exceptions", ("TimeoutError", "ProtocolError")),
+)
+
+
+def engine_unreachable(e: BaseException) -> bool:
+    """Whether `e` says a retrieval engine's server cannot be reached (an outage, worth a retry): a
+    connection or timeout error, itself, its explicit cause or an error a client's wrapper holds in its args
+    (a malformed answer or a bug wrapped alike is no outage). Only clients already imported are asked about:
+    an engine in use has been."""
+    kinds: list[type] = [ConnectionError, TimeoutError, socket.gaierror]  # refused, reset, timed out, no DNS
+    for module, names in _TRANSPORT:
+        if module in sys.modules:
+            kinds += [getattr(sys.modules[module], n) for n in names if hasattr(sys.modules[module], n)]
+    todo, seen = [e], 0
+    while todo and seen < 20:  # a bounded walk of what `e` wraps
+        err = todo.pop()
+        seen += 1
+        if isinstance(err, tuple(kinds)):
+            return True
+        todo += [a for a in (err.__cause__, *getattr(err, "args", ())) if isinstance(a, BaseException)]
+    return False

@@ -94,15 +94,22 @@ def _check_embedder(s: Settings) -> None:
 def _labelled_chunks(s: Settings, corpus: Path, index_dir: Path, qids: list[str], labels: dict):
     """`corpus` ingested into index_dir's store: its chunks and the ingest's report; a usage error when no
     query in the qrels has a relevant document in it (a corpus of other documents scored nDCG@10 0.0)."""
-    from pipelines.corpus.ingest import ingest_corpus, load_chunks
+    from pipelines.corpus.ingest import ConcurrentIngest, ingest_corpus, load_chunks
     from pipelines.corpus.store import LocalStore
     from pipelines.index.base import doc_id_of
 
+    ours = {s.run_dir.resolve(), (s.run_dir / "index").resolve()}
+    if index_dir.resolve() in ours:  # the evaluation's corpus replaced the run's store and indexes
+        raise typer.BadParameter(
+            f"{index_dir} holds the run's own store or indexes (`retrieval ingest`'s, the service's): the "
+            "evaluation corpus would replace them; give a folder of its own",
+            param_hint="--index-dir",
+        )
     store = LocalStore(index_dir / "store")
     try:
         report = ingest_corpus(s, str(corpus), store=store)
-    except ValueError as e:  # a corpus with no document, over a store that holds some
-        _fail(e)
+    except (ValueError, ConcurrentIngest) as e:  # a corpus with no document, over a store that holds some;
+        _fail(e)  # another evaluation of this corpus ingesting now
     chunks = load_chunks(s, store)
     docs = set(chunks["chunk_id"].map(doc_id_of))
     if not any(labels[q] & docs for q in qids):
@@ -176,7 +183,7 @@ def ingest(
     from urllib3.exceptions import MaxRetryError
 
     from pipelines.corpus.ingest import ConcurrentIngest, ingest_corpus
-    from pipelines.index.base import IndexInUse
+    from pipelines.index.base import IndexInUse, engine_unreachable
     from pipelines.index.build import build_dense_index, build_graph_index, build_keyword_index
 
     s = Settings()
@@ -206,6 +213,11 @@ def ingest(
             out[name] = build(s).to_dict()
         except IndexInUse as e:
             _fail(f"{e}; the store is ingested: run ingest again once it is free to update the indexes", 1)
+        except Exception as e:  # an engine's server down: a traceback of 300 lines, the store ingested
+            if not engine_unreachable(e):
+                raise
+            _fail(f"cannot reach the {name} index's server ({type(e).__name__}); the store is ingested: run "
+                  "ingest again once it is up to update the indexes", 1)  # fmt: skip
     pending.unlink(missing_ok=True)
     print(json.dumps(out, indent=1))
 
