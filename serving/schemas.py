@@ -60,20 +60,21 @@ class Message(ApiModel):
 
 
 class ChatRequest(ApiModel):
-    """OpenAI fields the service does not use (top_p, user, ...) are accepted and ignored; those that would
-    change the answer or ask for what it cannot give (n > 1, tools or the legacy functions, a JSON response
-    format, logprobs) are refused."""
+    """OpenAI fields the service does not use (top_p, seed, user, ...) are accepted and ignored; those that
+    would change the answer or ask for what it cannot give (n > 1, tools or the legacy functions, a JSON
+    response format, logprobs, presence or frequency penalties, a logit bias) are refused."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, max_length=200, description="router, router:<policy> or a catalog name")
     messages: list[Message] = Field(min_length=1, max_length=200)
-    max_tokens: int | None = Field(default=None, ge=1, le=8192)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
-    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0, description="null means 0")
-    stream: bool | None = Field(default=False, description="null means false")
+    # strict: OpenAI refuses `"max_tokens": true` (read as 1 token here), `"10"` and `"stream": "yes"`
+    max_tokens: int | None = Field(default=None, ge=1, le=8192, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192, strict=True)
+    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0, strict=True, description="null means 0")
+    stream: bool | None = Field(default=False, strict=True, description="null means false")
     stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
-    n: int | None = Field(default=None, ge=1, le=1, description="one choice only")
+    n: int | None = Field(default=None, ge=1, le=1, strict=True, description="one choice only")
     constraints: ApiConstraints = Field(default_factory=ApiConstraints, description="routing constraints")
 
     @model_validator(mode="before")
@@ -87,8 +88,12 @@ class ChatRequest(ApiModel):
             if data.get("logprobs") or data.get("top_logprobs"):
                 raise ValueError("logprobs are not supported: the gateway does not return them")
             fmt = data.get("response_format")
-            if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-                raise ValueError(f"response_format {fmt.get('type')!r} is not supported, only 'text'")
+            kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+            if kind not in (None, "text"):  # a string ("json") passed unchecked, and was ignored
+                raise ValueError(f"response_format {str(kind)[:40]!r} is not supported, only 'text'")
+            for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
+                if data.get(name):  # they would change the answer, and no call passes them on
+                    raise ValueError(f"{name} is not supported: the gateway does not pass it on")
         return data
 
     @model_validator(mode="after")

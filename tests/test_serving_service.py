@@ -826,6 +826,15 @@ MSG = [{"role": "user", "content": "hi"}]
             422,
             "messages.0.content: Value error, a message's content holds only white space",
         ),
+        # coerced: true was 1 token, "10" ten, "yes" a stream; a string format and the penalties were ignored
+        (json.dumps({"model": "router", "messages": MSG, "max_tokens": True}).encode(), 422, "max_tokens"),
+        (json.dumps({"model": "router", "messages": MSG, "stream": "yes"}).encode(), 422, "stream"),
+        (json.dumps({"model": "router", "messages": MSG, "response_format": "json"}).encode(), 422, "'json'"),
+        (
+            json.dumps({"model": "router", "messages": MSG, "presence_penalty": 0.5}).encode(),
+            422,
+            "presence_penalty is not supported",
+        ),
         (json.dumps({"model": "no-such-model", "messages": MSG}).encode(), 404, "unknown model"),
         (json.dumps({"model": "gpt-4o", "messages": MSG}).encode(), 400, "OPENAI_API_KEY is not set"),
         (json.dumps({"model": "router", "messages": MSG, "pad": "x" * (1 << 20)}).encode(), 413, "exceeds"),
