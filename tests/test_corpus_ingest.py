@@ -711,6 +711,14 @@ def test_a_corpus_jsonl_among_documents_drops_none_of_them(env, tmp_path):
     assert sorted(load_chunks(settings, store).doc_id) == ["c1"]
     left = "left out: a BEIR folder's corpus is corpus.jsonl"
     assert r.skipped == [{"path": "beta.md", "reason": left}, {"path": "docs/alpha.txt", "reason": left}]
+    # a document whose name only starts like BEIR's queries is a document left out, with its record (it
+    # was dropped without one); one that makes no folder BEIR is ingested
+    (src / "queries_log.md").write_text("# Log\n\nQueries.")
+    r = ingest_corpus(settings, str(src), store=store)
+    assert {"path": "queries_log.md", "reason": left} in r.skipped
+    (src / "queries.jsonl").unlink()
+    ingest_corpus(settings, str(src), store=store)
+    assert "queries_log.md" in set(load_chunks(settings, store).doc_id)
 
 
 class AfterCommit(LocalStore):

@@ -235,14 +235,20 @@ def _read_parquet(store: ObjectStore, key: str) -> pd.DataFrame:
 
 
 BEIR_CORPUS = "corpus.jsonl"  # at the top of a BEIR folder (with its queries or qrels): its only corpus file
-_BEIR_LABELS = ("queries", "qrels")
 LEFT_OUT = f"left out: a BEIR folder's corpus is {BEIR_CORPUS}"
+
+
+def beir_label(key: str) -> bool:
+    """Whether `key` is a BEIR folder's queries or relevance judgements (`queries.jsonl`, `qrels/*.tsv`, or
+    a `qrels.tsv` beside them): any name starting "queries" or "qrels" had counted, and a `queries_log.md`
+    among a team's documents was dropped without a record."""
+    return key in ("queries.jsonl", "qrels.tsv") or (key.startswith("qrels/") and key.endswith(".tsv"))
 
 
 def beir_folder(keys: Iterable[str]) -> bool:
     """Whether a folder with these keys is a BEIR folder: BEIR_CORPUS next to its queries or qrels."""
     keys = set(keys)
-    return BEIR_CORPUS in keys and any(k.startswith(_BEIR_LABELS) for k in keys)
+    return BEIR_CORPUS in keys and any(beir_label(k) for k in keys)
 
 
 STORE_PREFIXES = ("corpus/", "utility/")  # what the workbench writes to its store: chunks, posteriors
@@ -259,7 +265,7 @@ def _corpus_files(
     src: ObjectStore, include: str | None, store: ObjectStore | None = None
 ) -> tuple[dict[str, int | None], set[str]]:
     """Files, key -> size, and symbolic links, key -> None (recorded, not followed), and which of them are
-    left out: in a BEIR folder (BEIR_CORPUS next to `queries*` or `qrels*`) only BEIR_CORPUS is corpus; its
+    left out: in a BEIR folder (BEIR_CORPUS next to its `beir_label`s) only BEIR_CORPUS is corpus; its
     queries and qrels are not listed, and any other file is left out with a record (a `corpus.jsonl` among a
     team's documents had dropped every other file from the store, unrecorded). The store's own objects are
     never corpus (in the source, they were ingested as documents and changed on every run)."""
@@ -270,7 +276,7 @@ def _corpus_files(
     if include:
         listing = {k: v for k, v in listing.items() if fnmatch.fnmatch(k, include)}
     elif beir_folder(listing):
-        listing = {k: v for k, v in listing.items() if not k.startswith(_BEIR_LABELS)}
+        listing = {k: v for k, v in listing.items() if not beir_label(k)}
         return dict(sorted(listing.items())), set(listing) - {BEIR_CORPUS}
     return dict(sorted(listing.items())), set()
 
