@@ -829,6 +829,8 @@ class FakeQdrant:
             return 200, {"title": "qdrant - vector search engine", "version": "1.20.0"}
         if path.endswith("/exists"):
             return 200, {"result": {"exists": False}, **ok}
+        if method == "GET" and path == "/collections":  # none, as `exists` says
+            return 200, {"result": {"collections": []}, **ok}
         if method == "PUT" and path.startswith("/collections/"):
             name = path.rsplit("/", 1)[1]
             error = f"Wrong input: Collection `{name}` already exists!"
