@@ -598,6 +598,10 @@ class StratMaster:
         if self.registry_rows is None:
             raise HTTPFailure(404, "no registry snapshot is loaded (model stratmaster-registry)", "not_found")
         rows = self.registry_rows if task is None else self.registry_rows[self.registry_rows.task == task]
+        if task is not None and rows.empty:  # a misspelt task read as one with no rows (200, [])
+            known = ", ".join(sorted(map(str, self.registry_rows.task.unique())))[:2000]
+            raise HTTPFailure(404, f"no task {task[:200]!r} in the registry snapshot; its tasks: {known}",
+                              "not_found")  # fmt: skip
         cols = ["task", "model", "quality_mean", "quality_p05", "quality_p95", "cost_usd_mean"]
         cols.append("utility_mean")
         data = json.loads(rows[[c for c in cols if c in rows.columns]].to_json(orient="records"))

@@ -238,6 +238,8 @@ def test_a_real_bentoml_serve_answers_the_openai_sdk(served, built):
     assert arts["router"]["labels"]["router_version"] == "rv1"
     reg = httpx.get(f"{served['base']}/v1/registry", params={"task": "qa"}, headers=auth).json()
     assert reg["fit"]["fit_id"] == built["fit_id"] and {r["model"] for r in reg["rows"]} == LOCAL
+    none = httpx.get(f"{served['base']}/v1/registry", params={"task": "qaa"}, headers=auth)
+    assert none.status_code == 404 and "its tasks: math, qa" in none.text, none.text  # was 200 with no rows
     rag = httpx.post(f"{served['base']}/v1/rag", headers=auth, timeout=120,
                      json={"question": "How tall is the Eiffel Tower?", "k": 1, "max_tokens": 4})  # fmt: skip
     assert rag.status_code == 200, rag.text
