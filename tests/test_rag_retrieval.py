@@ -312,6 +312,7 @@ def test_cli_ingest_of_an_empty_or_wrong_source_removes_nothing(tmp_path):
     res = CliRunner().invoke(app, ["ingest", str(empty), "--allow-empty"], env=env)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["ingest"]["docs_total"] == 0 and _docs_in_store(env) == 0
+    assert "warning: the store holds no document (0 files seen, 0 skipped" in res.stderr  # it said nothing
 
 
 def test_cli_an_unknown_embedder_is_refused_before_ingest_and_ask(cli_run, tmp_path):

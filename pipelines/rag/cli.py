@@ -220,6 +220,10 @@ def ingest(
                   "ingest again once it is up to update the indexes", 1)  # fmt: skip
     pending.unlink(missing_ok=True)
     print(json.dumps(out, indent=1))
+    got = out["ingest"]
+    if not got["docs_total"]:  # an empty folder, or one of unreadable files, into a fresh run said nothing
+        typer.echo(f"warning: the store holds no document ({got['files_seen']} files seen, "
+                   f"{len(got['skipped'])} skipped: the report's `skipped` says why)", err=True)  # fmt: skip
 
 
 @app.command()
