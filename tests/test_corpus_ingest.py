@@ -364,6 +364,16 @@ def test_a_title_only_edit_gives_new_chunk_ids_so_the_indexes_replace_them(env):
     assert new.loc["page.html", "text"] == old.loc["page.html", "text"]
 
 
+def test_an_spacy_model_not_installed_is_refused_before_any_file(env):
+    """SM_PII_SPACY_MODEL naming no installed pipeline: Presidio tried to download it, and ingest recorded
+    every file as a name that "could not be read (ConnectionError)", exit 0."""
+    settings, corpus, store = env
+    wrong = settings.model_copy(update={"pii_spacy_model": "en_core_web_nonexistent"})
+    with pytest.raises(ValueError, match="'en_core_web_nonexistent' is no installed spaCy pipeline"):
+        ingest_corpus(wrong, str(corpus), store=store)
+    assert not store.list()  # nothing written
+
+
 def test_beir_lines_fail_alone(env, tmp_path):
     """A repeated _id, a bad byte, a NUL or a U+2028 inside a JSON string each cost at most their own line:
     before, one bad byte or NUL skipped the whole file, U+2028 split a record, and a repeated _id merged two

@@ -42,6 +42,7 @@ import pandas as pd
 
 from pipelines.corpus.chunking import chunk_text
 from pipelines.corpus.parsers import SUPPORTED, Document, SkipFile, parse_file
+from pipelines.corpus.pii import check_spacy_model
 from pipelines.corpus.store import ObjectStore, StoreConflict, open_source, open_store
 from pipelines.settings import Settings
 
@@ -301,6 +302,7 @@ def ingest_corpus(
         raise NotADirectoryError(
             f"{spec} is a file, not a folder: ingest reads a folder or s3://bucket/prefix"
         )
+    check_spacy_model(settings.pii_spacy_model)
     src = open_source(spec, settings)
     store = store or open_store(settings)
     with store.exclusive("ingest") as held:

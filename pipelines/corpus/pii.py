@@ -59,6 +59,21 @@ def may_hold_pii(text: str, spacy_model: str = "blank", name: bool = False) -> b
     return spacy_model != "blank" or any(rx.search(r) for r in readings for rx in _TRIGGERS.values())
 
 
+def check_spacy_model(name: str) -> None:
+    """A ValueError where `name` (SM_PII_SPACY_MODEL) is no installed spaCy pipeline: Presidio tried to
+    download it on the first text that needed the engine, and ingest recorded every file as a name that
+    "could not be read (ConnectionError)"."""
+    if name == "blank":
+        return
+    import spacy.util
+
+    if not (spacy.util.is_package(name) or (Path(name) / "config.cfg").is_file()):
+        raise ValueError(
+            f"SM_PII_SPACY_MODEL={name!r} is no installed spaCy pipeline (pip install it, give its folder, "
+            "or use 'blank': the pattern recognizers alone)"
+        )
+
+
 def _blank_model_path(cache_dir: Path) -> Path:
     import spacy
 
