@@ -258,6 +258,54 @@ def _quoting_server(status: int):
         srv.server_close()
 
 
+def test_a_stream_the_server_cuts_short_is_an_error_not_a_whole_answer(model_settings):
+    """A server whose stream closed after one chunk, with no finish reason and no [DONE]: LiteLLM ended it
+    as if the model had stopped, and the service told its client "finish_reason": "stop" for half an
+    answer. A stream that ends with its finish reason is an answer."""
+    import http.server
+    import json
+
+    def chunk(delta: dict, finish: str | None) -> bytes:
+        body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+    class Streams(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the body ends where the connection closes
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(chunk({"role": "assistant", "content": "Hello"}, None))
+            if self.server.whole:
+                self.wfile.write(chunk({}, "length") + b"data: [DONE]\n\n")
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Streams)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        entry = ModelEntry(
+            name="cut", litellm_model="openai/cut", provider="vllm", privacy="local", context_window=4096,
+            cost_per_1k_input_usd=0.001, cost_per_1k_output_usd=0.001, api_base=f"http://127.0.0.1:{srv.server_address[1]}/v1",
+        )  # fmt: skip
+        gw = Gateway(model_settings.model_copy(update={"num_retries": 0}), Catalog(models=[entry]))
+        srv.whole = False
+        with pytest.raises(
+            GatewayError, match="cut: the stream broke after it started .it ended with no finish"
+        ):
+            gw.chat("cut", HELLO, max_tokens=8, stream=True)
+        srv.whole = True
+        r = gw.chat("cut", HELLO, max_tokens=8, stream=True)
+        assert (r.text, r.finish_reason) == ("Hello", "length")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 @pytest.mark.parametrize("status", [413, 422])
 def test_a_request_the_server_cannot_process_is_refused_not_an_outage(model_settings, status):
     """A 422 was 'answered 400' and a 413 a failed call (the service's client was told to retry later).

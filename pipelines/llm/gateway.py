@@ -680,6 +680,8 @@ class StreamedChat:
         self._gateway, self._entry, self._messages = gateway, entry, messages
         self._span, self._resp, self._chunks, self._head, self._t0 = span, resp, chunks, head, t0
         self._outage = outage
+        # the wrappers that read the server's stream, held now: the Router's generator frame ends with it
+        self._streams = _inner_streams(resp) or [resp]
         # a weak reference: the generator's frame holds this object, so a strong one made a cycle, and a
         # reader that broke out of its loop and dropped both left the server writing till the cyclic GC ran
         self._gen: weakref.ref[Generator[str, None, None]] | None = None
@@ -756,6 +758,9 @@ class StreamedChat:
                     raise _failure(self.requested_model, e, midway=True) from None
             if self._closed.is_set():  # closed between two reads: the stream was cut, the answer not done
                 raise GeneratorExit
+            if _cut_short(self._streams):
+                cut = "it ended with no finish reason"
+                raise GatewayError(f"{self.requested_model}: the stream broke after it started ({cut})")
             latency = time.perf_counter() - self._t0
             built = litellm.stream_chunk_builder(chunks, messages=self._messages)
             if built is None or not built.choices:
@@ -793,8 +798,30 @@ class StreamedChat:
         self._span.end()
 
 
+def _cut_short(streams: list[Any]) -> bool:
+    """Whether LiteLLM's stream wrapper that answered (the first of `streams`: a fallback's, else the
+    model's) ended with no chunk that gave a finish reason: a server whose connection closed midway,
+    cleanly. LiteLLM then ends the stream as if the model had stopped ("stop"), and the client was told the
+    answer was whole. (None, or a wrapper of another kind, says nothing: False.)"""
+    answered = streams[0] if streams else None
+    return getattr(answered, "received_finish_reason", "") is None and not getattr(
+        answered, "intermittent_finish_reason", None
+    )
+
+
 def _gpt35_tokens(messages: list[dict[str, Any]]) -> int:
     return int(litellm.token_counter(model="gpt-3.5-turbo", messages=messages))
+
+
+def _inner_streams(resp: Any) -> list[Any]:
+    """The streams the Router's fallback wrapper `resp` reads (the model's, and a fallback's once it has
+    one), from its generator's suspended frame; none where it is running in another thread or ended."""
+    gen = getattr(resp, "_sync_generator", None)
+    frame = getattr(gen, "gi_frame", None)
+    if frame is None or getattr(gen, "gi_running", True):
+        return []
+    found = (frame.f_locals.get(name) for name in ("fallback_response", "model_response"))
+    return [s for s in found if s is not None]
 
 
 def _close_response(resp: Any) -> None:
@@ -802,11 +829,7 @@ def _close_response(resp: Any) -> None:
     reads them in a generator whose own close leaves their HTTP connections open (the server writing on)
     till the cyclic GC runs: they are found in its suspended frame and closed too. A frame another thread
     is running is left to that thread, which calls this again when it stops."""
-    gen = getattr(resp, "_sync_generator", None)
-    frame = getattr(gen, "gi_frame", None)
-    inner = []
-    if frame is not None and not getattr(gen, "gi_running", True):
-        inner = [frame.f_locals.get(name) for name in ("fallback_response", "model_response")]
+    inner = _inner_streams(resp)
     for stream in (resp, *inner, *(getattr(r, "completion_stream", None) for r in inner)):
         close = getattr(stream, "close", None)
         if callable(close):
