@@ -132,8 +132,11 @@ class QdrantIndex:
         if not self.client.collection_exists(self.collection):
             if must_exist:  # to search: a collection is not made on the spot (it answered every query with
                 # nothing, and stayed), as none built
-                others = [c.name for c in self.client.get_collections().collections
-                          if c.name.startswith(f"{collection}__")]  # fmt: skip
+                try:  # for the hint alone: a key that may not list collections gets none
+                    listed = [c.name for c in self.client.get_collections().collections]
+                except Exception:
+                    listed = []
+                others = [c for c in listed if c.startswith(f"{collection}__")]
                 self.client.close()
                 hint = None
                 if others:  # the embedder names the collection: SM_EMBEDDER other than the build's
