@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from pipelines.llm.catalog import Catalog
+from pipelines.llm.catalog import Catalog, ModelEntry
 from router_models.router.decision import Decision, explain
 from router_models.router.policies import Budget, MaxUtility
 from router_models.router.router import Router
@@ -153,13 +153,7 @@ class ModelResolver:
             if pii := detect_pii(sent):
                 found = ", ".join(pii)
                 return f"the request holds personal data ({found}) and {model} is not local ({e.privacy})"
-        slo, cap = constraints.latency_slo_s, constraints.max_cost_usd
-        if slo is not None and p95.get(model, 0.0) > slo:
-            return f"{model}'s recent p95 latency ({p95[model]:.2f} s) breaks the {slo:g} s SLO"
-        out_tokens = constraints.expected_output_tokens
-        if cap is not None and (cost := e.cost_usd(estimate_tokens(sent), out_tokens)) > cap:
-            return f"{model}'s predicted cost (${cost:.3g}) is over max_cost_usd (${cap:g})"
-        return None
+        return _over_limits(e, estimate_tokens(sent), constraints, p95)
 
     def route(
         self,
@@ -263,14 +257,9 @@ class ModelResolver:
         needed = int(decision.signals["tokens_needed"])  # the router computed the request's signals
         local = [e for e in self.catalog.available() if e.privacy == "local" and e.is_local_server]
         why: dict[str, str | None] = {}
-        slo, cap = constraints.latency_slo_s, constraints.max_cost_usd
         for e in local:  # the request's limits, the router's estimate, then the model's own count
-            out_tokens = constraints.expected_output_tokens
-            cost = e.cost_usd(needed - out_tokens, out_tokens)
-            if slo is not None and p95.get(e.name, 0.0) > slo:
-                why[e.name] = f"{e.name}'s recent p95 latency ({p95[e.name]:.2f} s) breaks the {slo:g} s SLO"
-            elif cap is not None and cost > cap:
-                why[e.name] = f"{e.name}'s predicted cost (${cost:.3g}) is over max_cost_usd (${cap:g})"
+            if over := _over_limits(e, needed - constraints.expected_output_tokens, constraints, p95):
+                why[e.name] = over
             elif e.context_window < needed:
                 why[e.name] = f"{e.name}'s window ({e.context_window} tokens) is under the {needed} needed"
             else:
@@ -293,6 +282,19 @@ class ModelResolver:
         decision.model = pick
         decision.binding = PANEL_FALLBACK
         return Choice(pick, PANEL_FALLBACK, _as_dict(decision))
+
+
+def _over_limits(
+    e: ModelEntry, input_tokens: int, constraints: Constraints, p95: dict[str, float]
+) -> str | None:
+    """Why catalog model `e` breaks the request's latency SLO (its recent p95) or cost cap (its catalog
+    price for `input_tokens` in and the tokens reserved out), or None."""
+    slo, cap = constraints.latency_slo_s, constraints.max_cost_usd
+    if slo is not None and p95.get(e.name, 0.0) > slo:
+        return f"{e.name}'s recent p95 latency ({p95[e.name]:.2f} s) breaks the {slo:g} s SLO"
+    if cap is not None and (cost := e.cost_usd(input_tokens, constraints.expected_output_tokens)) > cap:
+        return f"{e.name}'s predicted cost (${cost:.3g}) is over max_cost_usd (${cap:g})"
+    return None
 
 
 class _Size:
