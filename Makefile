@@ -63,6 +63,7 @@ bench: setup
 	$(PY) benchmarks/rag_layouts.py
 	$(PY) benchmarks/microbench.py
 	$(PY) benchmarks/router_quality.py
+	$(PY) benchmarks/pii_signals.py
 	$(PY) benchmarks/utility_fit.py
 	$(PY) benchmarks/retrieval.py
 

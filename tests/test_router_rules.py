@@ -18,7 +18,15 @@ from router_models.router.policies import MaxUtility
 from router_models.router.predictors.baselines import GlobalMean
 from router_models.router.router import Router
 from router_models.router.rules import ModelInfo, Rule, RuleError, apply_rules, load_rules
-from router_models.router.signals import PII_MIN_SCORE, Constraints, _detect_pii, detect_pii
+from router_models.router.signals import (
+    PII_MARGIN_CHARS,
+    PII_MIN_SCORE,
+    PII_PIECE_CHARS,
+    Constraints,
+    _detect_pii,
+    _pieces,
+    detect_pii,
+)
 
 PANEL = [
     ModelInfo("remote-strong", "remote", 128_000),
@@ -289,6 +297,71 @@ def test_pii_triggers_skip_recognizers_without_changing_a_flag(shared_data):
 @example("1640")  # a valid German number to Presidio, under the trigger's five digits: no phone number
 def test_pii_triggers_agree_on_generated_digit_and_punctuation_strings(text):
     assert _detect_pii(text, PII_MIN_SCORE) == _detect_pii(text, PII_MIN_SCORE, gated=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30_000), st.integers(1, 3_000)), max_size=12),
+    st.integers(0, 30_000),
+    st.integers(1, PII_MARGIN_CHARS),
+    st.sampled_from(" x\n"),
+)
+def test_pii_pieces_hold_every_short_span_that_meets_a_trigger_match(matches, at, width, filler):
+    """A recognizer's match overlaps one of its trigger's: every span up to PII_MARGIN_CHARS long that does
+    lies whole in one piece, and no piece is longer than PII_PIECE_CHARS."""
+    text = filler * 34_000
+    spans = sorted({(lo, min(lo + n, len(text))) for lo, n in matches})
+    pieces = _pieces(text, spans)
+    assert all(hi - lo <= PII_PIECE_CHARS for lo, hi in pieces)
+    lo, hi = at, at + width
+    if any(a < hi and lo < b for a, b in spans):
+        assert any(a <= lo and hi <= b for a, b in pieces), (lo, hi)
+
+
+def test_pii_after_a_long_table_of_numbers_is_not_missed():
+    """Read whole, Presidio's phone recognizer gives up after 65,535 tries (phonenumbers' max_tries): a phone
+    number after a table of 100,000 3-digit numbers was not found, and the prompt could go to a remote model.
+    Pieces are read each afresh; past PHONE_SCAN_CHARS of number-like text without a phone number, the text
+    counts as holding one."""
+    rng = np.random.default_rng(0)
+    table = " ".join(str(v) for v in rng.integers(100, 1000, size=100_000))
+    assert detect_pii(table + "\nReach me at (415) 555-2671 today.") == ("UNCHECKED_PHONE_NUMBER",)
+    prose = "The committee met and adjourned without a vote. " * 5_000  # nothing number-like
+    assert detect_pii(prose + "Reach me at (415) 555-2671 today.") == ("PHONE_NUMBER",)
+    assert detect_pii(f"{prose}Row 7: 3.2 and 41.5 kg. {prose}") == ()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "call (415) 555-2671",
+                "4111 1111 1111 1111",
+                "ssn 536-22-1234",
+                "a@b.co",
+                "10.0.0.1",
+                "GB82 WEST 1234 5698 7654 32",
+                "12 345",
+                "2024",
+                "3.14",
+                "- 17 -",
+                "\n",
+                "words here",
+            ]
+        ),  # fmt: skip
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(st.integers(0, 6_000), min_size=1, max_size=8),
+)
+def test_reading_pieces_finds_what_reading_the_whole_text_does(items, where):
+    """Long letter-free runs are cut into pieces: whatever a whole read finds, the pieces find too."""
+    text = " ".join(str(v) for v in np.random.default_rng(len(items)).integers(0, 100, size=2_000))
+    for item, at in zip(items, where, strict=False):
+        text = f"{text[:at]} {item} {text[at:]}"
+    whole = set(_detect_pii(text, PII_MIN_SCORE, gated=False))
+    assert whole <= set(_detect_pii(text, PII_MIN_SCORE))
 
 
 def test_a_model_whose_privacy_is_left_blank_counts_as_remote(tmp_path):

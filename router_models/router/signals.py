@@ -26,6 +26,14 @@ PII_CACHE_MAX_CHARS = 16_000
 # digit or a literal, which the regex engine skips to: on RouterBench prompts (1,500 characters) detection
 # took 138-167 us per prompt when the IBAN and IP triggers began with a letter class and an optional hex run,
 # and 63-74 us now (a /v1/route worker spent 8% of its CPU here under load).
+# Recognizers read the text around their triggers' matches, in pieces of at most PII_PIECE_CHARS, and one
+# that finds something stops there (a cut through a long run of numbers may find a phone number where the
+# whole run is none: the flag can only widen). The phone recognizer tries every digit group (phonenumbers,
+# about 25 us a try and region): it reads at most PHONE_SCAN_CHARS of pieces, and a text with more
+# number-like text and no phone number in that much counts as holding one (UNCHECKED_PHONE_NUMBER). Read
+# whole, a 1 MB table of integers took 15 s (0.5 s now), and one of 3-digit numbers hid a phone number after
+# it: phonenumbers gives up after 65,535 tries (benchmarks/pii_signals.py).
+PII_PIECE_CHARS, PII_MARGIN_CHARS, PHONE_SCAN_CHARS = 4_000, 256, 32_000
 PHONE_MIN_DIGITS = 5  # to flag a prompt as private; redaction (pipelines/corpus/pii.py) wants 9
 _DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){" + str(PHONE_MIN_DIGITS - 1) + ",}")
 
@@ -140,24 +148,64 @@ def _detect_pii_cached(text: str, min_score: float) -> tuple[str, ...]:
 
 
 def _detect_pii(text: str, min_score: float, gated: bool = True) -> tuple[str, ...]:
+    """`gated`: each recognizer reads only the pieces of text around its triggers' matches, in order, and
+    stops at its first finding; otherwise it reads the whole text (the reference the tests compare with)."""
     found: set[str] = set()
-    searched: dict[re.Pattern[str], bool] = {}  # the phone and SSN recognizers share a trigger
-
-    def matches(trigger: re.Pattern[str]) -> bool:
-        if trigger not in searched:
-            searched[trigger] = trigger.search(text) is not None
-        return searched[trigger]
-
+    spans: dict[re.Pattern[str], list[tuple[int, int]]] = {}  # the phone and SSN recognizers share a trigger
     for rec, triggers in _recognizers():
-        if gated and not any(matches(t) for t in triggers):
-            continue
-        for res in rec.analyze(text, entities=rec.supported_entities, nlp_artifacts=None):
-            short = res.entity_type == "PHONE_NUMBER" and (
-                sum(c.isdigit() for c in text[res.start : res.end]) < PHONE_MIN_DIGITS
-            )
-            if res.score >= min_score and not short:
-                found.add(res.entity_type)
+        if not gated:
+            pieces = [text]
+        else:
+            for t in triggers:
+                if t not in spans:
+                    spans[t] = [(m.start(), m.end()) for m in t.finditer(text)]
+            matched = sorted(m for t in triggers for m in spans[t])
+            pieces = [text[lo:hi] for lo, hi in _pieces(text, matched)]
+        read = 0
+        for piece in pieces:
+            if gated and read >= PHONE_SCAN_CHARS and "PHONE_NUMBER" in rec.supported_entities:
+                found.add("UNCHECKED_PHONE_NUMBER")  # more number-like text than it reads: none ruled out
+                break
+            read += len(piece)
+            results = rec.analyze(piece, rec.supported_entities, None)
+            if kept := {r.entity_type for r in results if _kept(piece, r, min_score)}:
+                found |= kept
+                break
     return tuple(sorted(found))
+
+
+def _kept(text: str, res: Any, min_score: float) -> bool:
+    short = res.entity_type == "PHONE_NUMBER" and (
+        sum(c.isdigit() for c in text[res.start : res.end]) < PHONE_MIN_DIGITS
+    )
+    return res.score >= min_score and not short
+
+
+def _pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) of the text around trigger matches: each match widened by PII_MARGIN_CHARS either side,
+    overlapping spans merged, and a span over PII_PIECE_CHARS cut into pieces that overlap by
+    2 * PII_MARGIN_CHARS, after a space where one is near. A recognizer's match overlaps a trigger match, so
+    one up to PII_MARGIN_CHARS long lies whole in a piece."""
+    merged: list[list[int]] = []
+    for lo, hi in matches:
+        lo, hi = max(0, lo - PII_MARGIN_CHARS), min(len(text), hi + PII_MARGIN_CHARS)
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    pieces = []
+    for lo, hi in merged:
+        while hi - lo > PII_PIECE_CHARS:
+            end = lo + PII_PIECE_CHARS
+            space = max(
+                text.rfind(" ", end - PII_PIECE_CHARS // 8, end),
+                text.rfind("\n", end - PII_PIECE_CHARS // 8, end),
+            )
+            end = space + 1 if space >= 0 else end
+            pieces.append((lo, end))
+            lo = end - 2 * PII_MARGIN_CHARS
+        pieces.append((lo, hi))
+    return pieces
 
 
 def request_signals(
