@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/pii_signals.py [--chars 1000000]
 
-Prints, per prompt shape, what each way finds and its seconds, and the ratio. The whole read is how the
-check ran until 2026-12-07 (each triggered recognizer read the whole text); `router_models/router/signals.py`
-says why pieces. Shapes: RouterBench prompts joined (prose), a table of integers, one of floats, one of
-3-digit numbers with a phone number after it, and prose with a phone number at its end.
+Prints, per prompt shape, what each way finds and its seconds, and the ratio. The whole read (each
+recognizer reads the whole text, and the phone recognizer tries every candidate) is what the tests compare
+the pieces with; `router_models/router/signals.py` says why pieces. Shapes: RouterBench prompts joined
+(prose), prose with a phone number at its end, a table of integers, one of floats, and one of 3-digit
+numbers with a phone number after it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -334,6 +335,17 @@ def test_a_phone_number_written_with_unicode_dashes_is_redacted(tmp_path):
     for number in ("415–555–2671", "415—555—2671", "(415) 555‐2671"):
         out, counts = get_redactor("blank", str(tmp_path)).redact(f"Please call Jane at {number} today.")
         assert counts == {"PHONE_NUMBER": 1} and number not in out, number
+
+
+def test_a_phone_number_after_a_long_numbered_list_is_redacted(tmp_path):
+    """phonenumbers gives up on a text after 65,535 candidates (its max_tries): after a numbered list
+    '3. 7. 1. ...' (98,000 characters, one analysis window) a phone number reached the store in clear."""
+    from pipelines.corpus.pii import get_redactor
+
+    digits = np.random.default_rng(0).integers(0, 10, size=50_000)
+    text = ". ".join(str(v) for v in digits)[:98_000] + " Reach me at (415) 555-2671 today."
+    out, counts = get_redactor("blank", str(tmp_path)).redact(text)
+    assert "555-2671" not in out and counts == {"PHONE_NUMBER": 1}
 
 
 @pytest.mark.parametrize("entity", ["4111 1111 1111 1111", "+1 415 555 2671", "jane.roe@example.com"])

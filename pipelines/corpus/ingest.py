@@ -103,8 +103,9 @@ def _config(settings: Settings) -> dict:
     numbers with any separators and long texts in overlapping windows, no chunk inside the one before it,
     title-only records chunked; v5: US social security numbers, and e-mail addresses on private domains; v6:
     a word over 100 characters in slices; v7: phone numbers with up to 8 separators between digits; v8: SSNs
-    in any of Presidio's forms right after a label that says SSN)."""
-    return {"v": 8, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
+    in any of Presidio's forms right after a label that says SSN; v9: phone numbers past phonenumbers' 65,535
+    tries in one analysis window)."""
+    return {"v": 9, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN")
 NER_ENTITIES = ("PERSON", "LOCATION", "ORGANIZATION")
@@ -84,6 +86,29 @@ def _blank_model_path(cache_dir: Path) -> Path:
     return path
 
 
+def phone_recognizer() -> Any:
+    """Presidio's PhoneRecognizer, trying every candidate: phonenumbers gives up on a text after 65,535 of
+    them (its `max_tries`), so a phone number after some 60,000 characters of a numbered list went unfound."""
+    import phonenumbers
+    from presidio_analyzer import EntityRecognizer
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    class EveryCandidatePhoneRecognizer(PhoneRecognizer):
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list:
+            results, leniency = [], 1 if self.leniency is None else self.leniency  # Presidio's default: VALID
+            for region in self.supported_regions:
+                matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency, max_tries=sys.maxsize)
+                for match in matcher:
+                    try:  # the region the number names, as Presidio's own recognizer reports it
+                        named = phonenumbers.region_code_for_number(phonenumbers.parse(match.raw_string))
+                    except phonenumbers.NumberParseException:
+                        named = region
+                    results.append(self._get_recognizer_result(match, text, named, nlp_artifacts))
+            return EntityRecognizer.remove_duplicates(results)
+
+    return EveryCandidatePhoneRecognizer()
+
+
 def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
     import tldextract
     from presidio_analyzer.predefined_recognizers import (
@@ -91,7 +116,6 @@ def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
         EmailRecognizer,
         IbanRecognizer,
         IpRecognizer,
-        PhoneRecognizer,
         SpacyRecognizer,
         UsSsnRecognizer,
     )
@@ -107,7 +131,7 @@ def _recognizers(entities: tuple[str, ...], with_ner: bool) -> list:
             return offline_tld(pattern_text).suffix != "" or tld in PRIVATE_TLDS
 
     by_entity = {
-        "EMAIL_ADDRESS": OfflineEmailRecognizer, "PHONE_NUMBER": PhoneRecognizer,
+        "EMAIL_ADDRESS": OfflineEmailRecognizer, "PHONE_NUMBER": phone_recognizer,
         "CREDIT_CARD": CreditCardRecognizer, "IBAN_CODE": IbanRecognizer, "IP_ADDRESS": IpRecognizer,
         "US_SSN": UsSsnRecognizer,
     }  # fmt: skip

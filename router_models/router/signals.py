@@ -27,12 +27,12 @@ PII_CACHE_MAX_CHARS = 16_000
 # took 138-167 us per prompt when the IBAN and IP triggers began with a letter class and an optional hex run,
 # and 63-74 us now (a /v1/route worker spent 8% of its CPU here under load).
 # Recognizers read the text around their triggers' matches, in pieces of at most PII_PIECE_CHARS, and one
-# that finds something stops there (a cut through a long run of numbers may find a phone number where the
-# whole run is none: the flag can only widen). The phone recognizer tries every digit group (phonenumbers,
-# about 25 us a try and region): it reads at most PHONE_SCAN_CHARS of pieces, and a text with more
-# number-like text and no phone number in that much counts as holding one (UNCHECKED_PHONE_NUMBER). Read
-# whole, a 1 MB table of integers took 15 s (0.5 s now), and one of 3-digit numbers hid a phone number after
-# it: phonenumbers gives up after 65,535 tries (benchmarks/pii_signals.py).
+# that finds something stops there. The phone recognizer tries every digit group (phonenumbers, about 25 us
+# a try and region): it reads at most PHONE_SCAN_CHARS of pieces, and a text with more number-like text and
+# no phone number in that much counts as holding one (UNCHECKED_PHONE_NUMBER), as does a run of digits and
+# punctuation too long for one piece (how phonenumbers splits it into numbers depends on where it starts).
+# Read whole, a 1 MB table of integers took 15 s (0.3 s now), and one of 3-digit numbers hid a phone number
+# after it: phonenumbers gave up after 65,535 tries (benchmarks/pii_signals.py).
 PII_PIECE_CHARS, PII_MARGIN_CHARS, PHONE_SCAN_CHARS = 4_000, 256, 32_000
 PHONE_MIN_DIGITS = 5  # to flag a prompt as private; redaction (pipelines/corpus/pii.py) wants 9
 _DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){" + str(PHONE_MIN_DIGITS - 1) + ",}")
@@ -104,9 +104,10 @@ def _recognizers() -> tuple[tuple[Any, tuple[re.Pattern[str], ...]], ...]:
         EmailRecognizer,
         IbanRecognizer,
         IpRecognizer,
-        PhoneRecognizer,
         UsSsnRecognizer,
     )
+
+    from pipelines.corpus.pii import phone_recognizer
 
     class AnyEmailRecognizer(EmailRecognizer):
         """E-mail addresses without the top-level-domain check: that check downloads the public suffix list
@@ -122,7 +123,7 @@ def _recognizers() -> tuple[tuple[Any, tuple[re.Pattern[str], ...]], ...]:
 
     return (  # (recognizer, its triggers: it runs when one of them matches)
         (AnyEmailRecognizer(), (re.compile("@"),)),
-        (PhoneRecognizer(), (_DIGIT_RUN,)),
+        (phone_recognizer(), (_DIGIT_RUN,)),
         (CreditCardRecognizer(), (re.compile(r"\d(?:[\s\-]?\d){11,}"),)),
         # two letters, maybe a space or dash, two digits: written from the first digit back
         (IbanRecognizer(), (re.compile(r"\d(?:(?<=[A-Za-z]{2}\d)|(?<=[A-Za-z]{2}[ \-]\d))\d"),)),
@@ -153,18 +154,17 @@ def _detect_pii(text: str, min_score: float, gated: bool = True) -> tuple[str, .
     found: set[str] = set()
     spans: dict[re.Pattern[str], list[tuple[int, int]]] = {}  # the phone and SSN recognizers share a trigger
     for rec, triggers in _recognizers():
-        if not gated:
-            pieces = [text]
-        else:
+        pieces, blind = [text], False
+        if gated:
             for t in triggers:
                 if t not in spans:
                     spans[t] = [(m.start(), m.end()) for m in t.finditer(text)]
-            matched = sorted(m for t in triggers for m in spans[t])
-            pieces = [text[lo:hi] for lo, hi in _pieces(text, matched)]
-        read = 0
+            bounds, blind = _pieces(text, sorted(m for t in triggers for m in spans[t]))
+            pieces = [text[lo:hi] for lo, hi in bounds]
+        phone, read = gated and "PHONE_NUMBER" in rec.supported_entities, 0
         for piece in pieces:
-            if gated and read >= PHONE_SCAN_CHARS and "PHONE_NUMBER" in rec.supported_entities:
-                found.add("UNCHECKED_PHONE_NUMBER")  # more number-like text than it reads: none ruled out
+            if phone and (blind or read >= PHONE_SCAN_CHARS):  # a phone number could not be ruled out
+                found.add("UNCHECKED_PHONE_NUMBER")
                 break
             read += len(piece)
             results = rec.analyze(piece, rec.supported_entities, None)
@@ -181,11 +181,15 @@ def _kept(text: str, res: Any, min_score: float) -> bool:
     return res.score >= min_score and not short
 
 
-def _pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(start, end) of the text around trigger matches: each match widened by PII_MARGIN_CHARS either side,
-    overlapping spans merged, and a span over PII_PIECE_CHARS cut into pieces that overlap by
-    2 * PII_MARGIN_CHARS, after a space where one is near. A recognizer's match overlaps a trigger match, so
-    one up to PII_MARGIN_CHARS long lies whole in a piece."""
+def _pieces(text: str, matches: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], bool]:
+    """(start, end) of the text around trigger matches, and whether a cut fell inside a run of numbers.
+
+    Each match is widened by PII_MARGIN_CHARS either side, overlapping spans are merged, and a span over
+    PII_PIECE_CHARS is cut into pieces that overlap by 2 * PII_MARGIN_CHARS. A recognizer's match overlaps a
+    trigger match, so one up to PII_MARGIN_CHARS long lies whole in a piece. Cuts fall just after a letter:
+    phonenumbers splits a run of digits and punctuation into candidates from the run's start, so a piece
+    that starts or ends inside the run may read other numbers in it than the whole text does. Where no
+    letter is near, the cut is made anyway and said (a phone number there is not ruled out)."""
     merged: list[list[int]] = []
     for lo, hi in matches:
         lo, hi = max(0, lo - PII_MARGIN_CHARS), min(len(text), hi + PII_MARGIN_CHARS)
@@ -193,19 +197,28 @@ def _pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]]:
             merged[-1][1] = max(merged[-1][1], hi)
         else:
             merged.append([lo, hi])
-    pieces = []
+    pieces, blind = [], False
+    slack, overlap = PII_PIECE_CHARS // 8, 2 * PII_MARGIN_CHARS
     for lo, hi in merged:
         while hi - lo > PII_PIECE_CHARS:
-            end = lo + PII_PIECE_CHARS
-            space = max(
-                text.rfind(" ", end - PII_PIECE_CHARS // 8, end),
-                text.rfind("\n", end - PII_PIECE_CHARS // 8, end),
-            )
-            end = space + 1 if space >= 0 else end
+            end = _after_letter(text, lo + PII_PIECE_CHARS - slack, lo + PII_PIECE_CHARS)
+            nxt = _after_letter(text, (end or 0) - overlap - slack, (end or 0) - overlap)
+            if end is None or nxt is None:
+                blind, end = True, lo + PII_PIECE_CHARS
+                nxt = end - overlap
             pieces.append((lo, end))
-            lo = end - 2 * PII_MARGIN_CHARS
+            lo = nxt
         pieces.append((lo, hi))
-    return pieces
+    return pieces, blind
+
+
+_LAST_LETTER = re.compile(r".*[^\W\d_]", re.DOTALL)
+
+
+def _after_letter(text: str, lo: int, hi: int) -> int | None:
+    """The position just after the last letter in text[lo:hi], or None where it holds none."""
+    m = _LAST_LETTER.match(text, max(lo, 0), hi)
+    return m.end() if m else None
 
 
 def request_signals(
