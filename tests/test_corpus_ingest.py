@@ -1006,6 +1006,28 @@ def test_an_unreadable_folder_keeps_its_own_files_not_those_of_a_folder_redacted
     }
 
 
+def test_text_saved_as_utf16_or_utf32_with_its_mark_is_read_and_redacted(env, tmp_path):
+    """Windows' "Unicode" (UTF-16 LE with a byte-order mark) was skipped as binary content; a BEIR file in
+    UTF-16 too. Without the mark it stays unreadable, and says what it lacks."""
+    settings, _, _ = env
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_bytes("Café notes: write to jane.doe@example.com.".encode("utf-16"))
+    (src / "plan.md").write_bytes("# Plan\nStep one, € budget.".encode("utf-32"))
+    (src / "corpus.jsonl").write_bytes(
+        '{"_id": "d1", "title": "T", "text": "Naïve claim."}\n'.encode("utf-16")
+    )
+    (src / "bare.txt").write_bytes("No mark here.".encode("utf-16-le"))
+    store = LocalStore(tmp_path / "store")
+    r = ingest_corpus(settings, str(src), store=store)
+    assert [(s["path"], s["reason"]) for s in r.skipped] == [
+        ("bare.txt", "binary content (NUL bytes; UTF-16 text needs its byte-order mark)")
+    ], r.skipped
+    texts = set(load_chunks(settings, store)["text"])
+    assert {"Café notes: write to <EMAIL_ADDRESS>.", "# Plan\nStep one, € budget."} < texts, texts
+    assert any("Naïve claim." in t for t in texts), texts
+
+
 def test_nuls_that_end_a_finished_file_are_no_sync_padding(env, tmp_path):
     """Any file ending in NUL was taken for one a sync had begun, its last version kept for good: a finished
     PDF with NULs after %%EOF, and text saved again as UTF-16 (which ends in NUL) and so unreadable."""

@@ -104,7 +104,7 @@ def _config(settings: Settings) -> dict:
     title-only records chunked; v5: US social security numbers, and e-mail addresses on private domains; v6:
     a word over 100 characters in slices; v7: phone numbers with up to 8 separators between digits; v8: SSNs
     in any of Presidio's forms right after a label that says SSN; v9: phone numbers past phonenumbers' 65,535
-    tries in one analysis window)."""
+    tries in one analysis window, and UTF-16 and UTF-32 text with a byte-order mark read)."""
     return {"v": 9, "chunk_tokens": settings.chunk_tokens, "chunk_overlap": settings.chunk_overlap,
             "pii_spacy_model": settings.pii_spacy_model}  # fmt: skip
 

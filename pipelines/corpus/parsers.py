@@ -6,6 +6,7 @@ goes on with the next file.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import re
@@ -32,11 +33,29 @@ class Document:
     source: str
 
 
+# byte-order marks of the encodings a text file may be saved in besides UTF-8 (Windows' "Unicode" is
+# UTF-16 LE with its mark); UTF-32's come first, as UTF-32 LE's begins with UTF-16 LE's
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+
+
+def _as_utf8(data: bytes) -> bytes:
+    """A text file that opens with a UTF-16 or UTF-32 byte-order mark, as UTF-8; any other as it is."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding).encode("utf-8")
+            except UnicodeDecodeError as e:
+                mark = f"not {encoding.upper()} text, though it opens with its byte-order mark"
+                raise SkipFile(f"{mark} (byte {e.start})") from None
+    return data
+
+
 def _decode_text(data: bytes) -> str:
     """UTF-8 text; NULs near its start make it binary (a file saved as something unreadable), one further in
     is dropped (NUL padding at a file's end is `parse_file`'s: the file is not yet whole)."""
     if b"\x00" in data[:8192]:
-        raise SkipFile("binary content (NUL bytes)")
+        raise SkipFile("binary content (NUL bytes; UTF-16 text needs its byte-order mark)")
     try:
         return data.decode("utf-8-sig").replace("\x00", "")
     except UnicodeDecodeError as e:
@@ -147,6 +166,8 @@ def parse_file(name: str, data: bytes) -> tuple[list[Document], list[str]]:
     stem = PurePosixPath(name).stem
     if suffix not in SUPPORTED:
         raise SkipFile(f"unsupported file type {suffix or '(none)'!r}")
+    if suffix != ".pdf":
+        data = _as_utf8(data)
     if not data.strip():
         raise SkipFile("empty file")
     if _padded(data, suffix):  # a sync pads a file it has begun with NULs: its last version stays
