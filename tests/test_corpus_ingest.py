@@ -448,6 +448,34 @@ def test_a_document_over_a_million_characters_is_redacted_in_pieces(env, tmp_pat
     assert "<EMAIL_ADDRESS>" in text and EMAIL not in text
 
 
+def test_a_rerun_names_known_files_without_the_pii_engine(env, tmp_path, monkeypatch):
+    """Every run redacted every file name again, and a name that might hold PII (any digits) built the PII
+    engine, about 18 s, to find the names the manifest already had. A new name is still redacted."""
+    import pipelines.corpus.pii as pii
+
+    settings, _, _ = env
+    src = tmp_path / "src"
+    (src / "jane.doe@example.com").mkdir(parents=True)
+    (src / "jane.doe@example.com" / "2401.12345v2.txt").write_text("Notes on retrieval.")
+    (src / "call 415-555-2671.txt").write_text("Notes on ranking.")
+    store = LocalStore(tmp_path / "store")
+    first = ingest_corpus(settings, str(src), store=store)
+    names = set(json.loads(store.get(MANIFEST))["files"])
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the PII engine was built")
+
+    monkeypatch.setattr(pii, "get_redactor", no_engine)
+    again = ingest_corpus(settings, str(src), store=store)
+    assert not again.did_work and set(json.loads(store.get(MANIFEST))["files"]) == names
+    assert again.files_unchanged == first.files_processed == 2
+    (src / "call 415-555-2671.txt").rename(src / "call 415-555-2672.txt")
+    monkeypatch.undo()
+    third = ingest_corpus(settings, str(src), store=store)
+    after = set(json.loads(store.get(MANIFEST))["files"])
+    assert third.files_unchanged == 1 and not any("555" in n or "jane" in n for n in after), after
+
+
 def test_pii_in_file_names_is_kept_nowhere(env, tmp_path):
     """File names were kept as they were, as doc ids, sources, chunk-id prefixes, manifest keys and skip
     records: an e-mail address or phone number in a name reached the store, every index and the Bento."""

@@ -130,8 +130,8 @@ def name_key(store: ObjectStore) -> bytes:
         return store.get(NAME_KEY)
 
 
-def name_digest(name: str, key: bytes) -> str:
-    return hmac.new(key, name.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:12]
+def name_digest(name: str, key: bytes, size: int = 12) -> str:
+    return hmac.new(key, name.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:size]
 
 
 def readable(name: str) -> str:
@@ -360,10 +360,13 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
 
     listing, left_out = _corpus_files(src, include, store)
     raw_of: dict[str, str] = {}
+    # the name each source key was given last run (same config), by its keyed digest: no name is redacted
+    # again, and a run with no new name builds no PII engine (about 18 s)
+    named = {f["key"]: n for n, f in old_files.items() if "key" in f}  # 128 bits: no two names share one
     for raw, size in listing.items():
         report.files_seen += 1
-        try:
-            name = safe_name(raw, proc.redact_name, key)  # the only name that is kept from here on
+        try:  # the safe name is the only name that is kept from here on
+            name = named.get(name_digest(raw, key, 32)) or safe_name(raw, proc.redact_name, key)
         except Exception as e:  # no name to keep: the record names its digest
             name = f"<UNREADABLE_NAME>~{name_digest(raw, key)}"
             reason = f"error: the name could not be read ({type(e).__name__})"
@@ -413,7 +416,7 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     # each record knows its folders by keyed digests (a redacted folder name may stand for several)
     for n, raw in raw_of.items():
         if n in files:
-            files[n] = {**files[n], "dirs": _folder_digests(raw, key)}
+            files[n] = {**files[n], "key": name_digest(raw, key, 32), "dirs": _folder_digests(raw, key)}
     # a folder that could not be listed (no permission) still holds its files: they keep their last versions
     for folder in src.unreadable:
         shown = safe_name(f"{folder}/x", proc.redact_name, key).rsplit("/", 1)[0] if folder else ""
