@@ -19,11 +19,14 @@ from router_models.router.predictors.baselines import GlobalMean
 from router_models.router.router import Router
 from router_models.router.rules import ModelInfo, Rule, RuleError, apply_rules, load_rules
 from router_models.router.signals import (
+    _DIGIT_RUN,
     PII_MARGIN_CHARS,
     PII_MIN_SCORE,
     PII_PIECE_CHARS,
     Constraints,
     _detect_pii,
+    _phone_breaks,
+    _phone_pieces,
     _pieces,
     detect_pii,
 )
@@ -304,34 +307,81 @@ def test_pii_triggers_agree_on_generated_digit_and_punctuation_strings(text):
     st.lists(st.tuples(st.integers(0, 30_000), st.integers(1, 3_000)), max_size=12),
     st.integers(0, 30_000),
     st.integers(1, PII_MARGIN_CHARS),
-    st.sampled_from(" x\n"),
 )
-def test_pii_pieces_hold_every_short_span_that_meets_a_trigger_match(matches, at, width, filler):
+def test_pii_pieces_hold_every_short_span_that_meets_a_trigger_match(matches, at, width):
     """A recognizer's match overlaps one of its trigger's: every span up to PII_MARGIN_CHARS long that does
-    lies whole in one piece, and no piece is longer than PII_PIECE_CHARS. Cuts fall after a letter, and
-    where there is none the pieces say so."""
-    text = filler * 34_000
+    lies whole in one piece, and no piece is longer than PII_PIECE_CHARS."""
+    text = "x" * 34_000
     spans = sorted({(lo, min(lo + n, len(text))) for lo, n in matches})
-    pieces, blind = _pieces(text, spans)
+    pieces = _pieces(text, spans)
     assert all(hi - lo <= PII_PIECE_CHARS for lo, hi in pieces)
-    cut = any(a < b for (_, b), (a, _) in zip(pieces, pieces[1:], strict=False))  # pieces of one span overlap
-    assert blind == (cut and filler != "x")
     lo, hi = at, at + width
     if any(a < hi and lo < b for a, b in spans):
         assert any(a <= lo and hi <= b for a, b in pieces), (lo, hi)
+
+
+PHONE_ALPHABET = "0123456789 -.x()/+\n\tabcextnio,;:#~\u30fc\uff58"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=PHONE_ALPHABET, max_size=60))
+def test_no_phone_number_candidate_holds_a_break(text):
+    """`_phone_breaks` are characters phonenumbers' candidate pattern never takes in: a piece cut just after
+    one reads the numbers the whole text does."""
+    import phonenumbers.phonenumbermatcher as pm
+
+    breaks, _ = _phone_breaks()
+    for m in pm._PATTERN.finditer(text):
+        assert not breaks.search(m.group()), m.group()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["1920x1080", "12 345", "x", "ext", "\n", "be", ". ", "(415)"]), max_size=3_000)
+)
+def test_phone_pieces_start_and_end_after_a_break_and_cover_the_triggers(words):
+    text = " ".join(words)
+    matches = [(m.start(), m.end()) for m in _DIGIT_RUN.finditer(text)]
+    pieces = _phone_pieces(text, matches)
+    if pieces is None:  # a run with no break for a whole piece
+        return
+    breaks, _ = _phone_breaks()
+    for lo, hi in pieces:
+        assert hi - lo <= PII_PIECE_CHARS
+        assert lo == 0 or breaks.fullmatch(text[lo - 1]), (lo, text[lo - 5 : lo + 5])
+        assert hi == len(text) or breaks.fullmatch(text[hi - 1]), (hi, text[hi - 5 : hi + 5])
+    for a, b in matches:
+        assert any(lo <= a and b <= hi for lo, hi in pieces) or any(lo <= a < hi for lo, hi in pieces), (a, b)
 
 
 def test_pii_after_a_long_table_of_numbers_is_not_missed():
     """Read whole, Presidio's phone recognizer gives up after 65,535 tries (phonenumbers' max_tries): a phone
     number after a table of 100,000 3-digit numbers was not found, and the prompt could go to a remote model.
     Pieces are read each afresh; past PHONE_SCAN_CHARS of number-like text without a phone number, the text
-    counts as holding one."""
+    counts as holding one, as does a run of numbers too long for one piece."""
     rng = np.random.default_rng(0)
-    table = " ".join(str(v) for v in rng.integers(100, 1000, size=100_000))
-    assert detect_pii(table + "\nReach me at (415) 555-2671 today.") == ("UNCHECKED_PHONE_NUMBER",)
+    rows = ["; ".join(str(v) for v in rng.integers(100, 1000, size=10)) for _ in range(10_000)]
+    phone = "\nReach me at (415) 555-2671 today."
+    assert detect_pii("\n".join(rows) + phone) == ("UNCHECKED_PHONE_NUMBER",)
+    assert detect_pii(" ".join(rows) + phone) == ("UNCHECKED_PHONE_NUMBER",)  # one run: not cut
     prose = "The committee met and adjourned without a vote. " * 5_000  # nothing number-like
     assert detect_pii(prose + "Reach me at (415) 555-2671 today.") == ("PHONE_NUMBER",)
     assert detect_pii(f"{prose}Row 7: 3.2 and 41.5 kg. {prose}") == ()
+
+
+def test_a_phone_number_in_a_run_joined_by_x_is_read_as_the_whole_text_reads_it():
+    """'x' is punctuation to phonenumbers: pieces cut after a letter began inside a run of sizes, and read
+    other numbers in it than the whole text does (the number was missed). A run too long for one piece now
+    counts as holding a phone number; a shorter one is read whole."""
+    sizes = ["1920x1080"] * 600
+    sizes.insert(416, "(415) 555-2671")
+    long_run, short_run = (
+        "Sizes: " + " ".join(sizes) + " end.",
+        "Note " + "x".join(["1"] * 131) + " 415-555-2671 done",
+    )
+    for text, flag in ((long_run, "UNCHECKED_PHONE_NUMBER"), (short_run, "PHONE_NUMBER")):
+        assert _detect_pii(text, PII_MIN_SCORE, gated=False) == ("PHONE_NUMBER",)
+        assert _detect_pii(text, PII_MIN_SCORE) == (flag,)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -351,6 +401,9 @@ def test_pii_after_a_long_table_of_numbers_is_not_missed():
                 "- 17 -",
                 "\n",
                 "words here",
+                "1920x1080",
+                "555-2671 ext. 22",
+                "x 415 555 2671",
             ]
         ),  # fmt: skip
         min_size=1,
@@ -358,14 +411,20 @@ def test_pii_after_a_long_table_of_numbers_is_not_missed():
     ),
     st.lists(st.integers(0, 6_000), min_size=1, max_size=8),
 )
-@pytest.mark.parametrize("base", ["numbers", "report"])
+@pytest.mark.parametrize("base", ["numbers", "report", "sizes"])
 def test_reading_pieces_finds_what_reading_the_whole_text_does(base, items, where):
-    """Texts over a piece are cut: after a letter in a report, inside the run in a table of numbers, where a
-    phone number then counts as not ruled out. Whatever a whole read finds, the pieces flag too."""
+    """Texts over a piece are cut: a report after a letter, lines of sizes after a line break, a table of
+    numbers with no break nowhere (a phone number then counts as not ruled out). Whatever a whole read finds,
+    the pieces flag too."""
+    rng = np.random.default_rng(len(items))
     if base == "numbers":
-        text = " ".join(str(v) for v in np.random.default_rng(len(items)).integers(0, 100, size=2_000))
-    else:
+        text = " ".join(str(v) for v in rng.integers(0, 100, size=2_000))
+    elif base == "report":
         text = "Units 12,345 rose to 67,890 in Q3 (table 2). " * 140
+    else:
+        text = "\n".join(
+            " ".join(f"{w}x{h}" for w, h in rng.integers(100, 4000, size=(8, 2))) for _ in range(80)
+        )
     for item, at in zip(items, where, strict=False):
         text = f"{text[:at]} {item} {text[at:]}"
     whole = set(_detect_pii(text, PII_MIN_SCORE, gated=False))

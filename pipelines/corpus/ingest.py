@@ -362,11 +362,11 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
     raw_of: dict[str, str] = {}
     # the name each source key was given last run (same config), by its keyed digest: no name is redacted
     # again, and a run with no new name builds no PII engine (about 18 s)
-    named = {f["key"]: n for n, f in old_files.items() if "key" in f}  # 128 bits: no two names share one
+    known_names = {f["key"]: n for n, f in old_files.items() if "key" in f}  # 128-bit digests
     for raw, size in listing.items():
         report.files_seen += 1
         try:  # the safe name is the only name that is kept from here on
-            name = named.get(name_digest(raw, key, 32)) or safe_name(raw, proc.redact_name, key)
+            name = known_names.get(name_digest(raw, key, 32)) or safe_name(raw, proc.redact_name, key)
         except Exception as e:  # no name to keep: the record names its digest
             name = f"<UNREADABLE_NAME>~{name_digest(raw, key)}"
             reason = f"error: the name could not be read ({type(e).__name__})"

@@ -20,19 +20,22 @@ PII_CACHE_MAX_CHARS = 16_000
 # A recognizer runs only where its trigger matches: each trigger is a necessary condition of every match the
 # recognizer can make (so the flag is the same; tests/test_router_rules.py checks it on RouterBench), and
 # most prompts skip the phone (1.2 ms) and IP (0.5 ms) recognizers. A phone number counts with 5+ digits
-# split by punctuation or spaces (Presidio also takes German 4-digit numbers: "1640", a year to a reader);
+# split by punctuation or spaces (Presidio also takes German 4-digit numbers: "1640", a year to a reader;
+# one with an extension, "1640 x5", is the exception: its fifth digit is the extension's, and it is missed);
 # SSNs 9 digits; cards 13+ digits with single '-' or ' '; IBANs a country code and
 # 2 digits; IPs a dotted quad or two colons with at most 4 hex digits between. Each trigger starts with a
 # digit or a literal, which the regex engine skips to: on RouterBench prompts (1,500 characters) detection
 # took 138-167 us per prompt when the IBAN and IP triggers began with a letter class and an optional hex run,
 # and 63-74 us now (a /v1/route worker spent 8% of its CPU here under load).
-# Recognizers read the text around their triggers' matches, in pieces of at most PII_PIECE_CHARS, and one
-# that finds something stops there. The phone recognizer tries every digit group (phonenumbers, about 25 us
-# a try and region): it reads at most PHONE_SCAN_CHARS of pieces, and a text with more number-like text and
-# no phone number in that much counts as holding one (UNCHECKED_PHONE_NUMBER), as does a run of digits and
-# punctuation too long for one piece (how phonenumbers splits it into numbers depends on where it starts).
-# Read whole, a 1 MB table of integers took 15 s (0.3 s now), and one of 3-digit numbers hid a phone number
-# after it: phonenumbers gave up after 65,535 tries (benchmarks/pii_signals.py).
+# Recognizers read pieces of the text around their triggers' matches, of at most PII_PIECE_CHARS, and one
+# that finds something stops there. Read whole, Presidio's e-mail pattern takes time quadratic in a run of
+# word characters and dots: 77 s for 40,000 characters of `a.a.a.` and an address after them. The phone
+# recognizer tries every digit group (phonenumbers, about 25 us a try and region) and splits a run of
+# digits and punctuation into numbers from the run's start: its pieces begin and end at a character no
+# number can hold (`_phone_pieces`). It reads at most PHONE_SCAN_CHARS of them, and a text with more, or
+# with a run too long for one piece, counts as holding one (UNCHECKED_PHONE_NUMBER). Read whole, a 1 MB
+# table of integers took 15 s, and one of 3-digit numbers hid a phone number after it: phonenumbers gave
+# up after 65,535 tries (benchmarks/pii_signals.py).
 PII_PIECE_CHARS, PII_MARGIN_CHARS, PHONE_SCAN_CHARS = 4_000, 256, 32_000
 PHONE_MIN_DIGITS = 5  # to flag a prompt as private; redaction (pipelines/corpus/pii.py) wants 9
 _DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){" + str(PHONE_MIN_DIGITS - 1) + ",}")
@@ -154,16 +157,21 @@ def _detect_pii(text: str, min_score: float, gated: bool = True) -> tuple[str, .
     found: set[str] = set()
     spans: dict[re.Pattern[str], list[tuple[int, int]]] = {}  # the phone and SSN recognizers share a trigger
     for rec, triggers in _recognizers():
-        pieces, blind = [text], False
+        phone = gated and "PHONE_NUMBER" in rec.supported_entities
+        pieces = [text]
         if gated:
             for t in triggers:
                 if t not in spans:
                     spans[t] = [(m.start(), m.end()) for m in t.finditer(text)]
-            bounds, blind = _pieces(text, sorted(m for t in triggers for m in spans[t]))
+            matched = sorted(m for t in triggers for m in spans[t])
+            bounds = _phone_pieces(text, matched) if phone else _pieces(text, matched)
+            if bounds is None:  # a run of digits and punctuation too long for one piece
+                found.add("UNCHECKED_PHONE_NUMBER")
+                continue
             pieces = [text[lo:hi] for lo, hi in bounds]
-        phone, read = gated and "PHONE_NUMBER" in rec.supported_entities, 0
+        read = 0
         for piece in pieces:
-            if phone and (blind or read >= PHONE_SCAN_CHARS):  # a phone number could not be ruled out
+            if phone and read >= PHONE_SCAN_CHARS:  # more number-like text than it reads
                 found.add("UNCHECKED_PHONE_NUMBER")
                 break
             read += len(piece)
@@ -181,15 +189,11 @@ def _kept(text: str, res: Any, min_score: float) -> bool:
     return res.score >= min_score and not short
 
 
-def _pieces(text: str, matches: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], bool]:
-    """(start, end) of the text around trigger matches, and whether a cut fell inside a run of numbers.
-
-    Each match is widened by PII_MARGIN_CHARS either side, overlapping spans are merged, and a span over
-    PII_PIECE_CHARS is cut into pieces that overlap by 2 * PII_MARGIN_CHARS. A recognizer's match overlaps a
-    trigger match, so one up to PII_MARGIN_CHARS long lies whole in a piece. Cuts fall just after a letter:
-    phonenumbers splits a run of digits and punctuation into candidates from the run's start, so a piece
-    that starts or ends inside the run may read other numbers in it than the whole text does. Where no
-    letter is near, the cut is made anyway and said (a phone number there is not ruled out)."""
+def _pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end) of the text around trigger matches: each match widened by PII_MARGIN_CHARS either side,
+    overlapping spans merged, and a span over PII_PIECE_CHARS cut into pieces that overlap by
+    2 * PII_MARGIN_CHARS, after a space where one is near. A recognizer's match overlaps a trigger match, so
+    one up to PII_MARGIN_CHARS long lies whole in a piece (an e-mail address may be 64 + 1 + 255)."""
     merged: list[list[int]] = []
     for lo, hi in matches:
         lo, hi = max(0, lo - PII_MARGIN_CHARS), min(len(text), hi + PII_MARGIN_CHARS)
@@ -197,28 +201,70 @@ def _pieces(text: str, matches: list[tuple[int, int]]) -> tuple[list[tuple[int, 
             merged[-1][1] = max(merged[-1][1], hi)
         else:
             merged.append([lo, hi])
-    pieces, blind = [], False
-    slack, overlap = PII_PIECE_CHARS // 8, 2 * PII_MARGIN_CHARS
+    pieces = []
     for lo, hi in merged:
         while hi - lo > PII_PIECE_CHARS:
-            end = _after_letter(text, lo + PII_PIECE_CHARS - slack, lo + PII_PIECE_CHARS)
-            nxt = _after_letter(text, (end or 0) - overlap - slack, (end or 0) - overlap)
-            if end is None or nxt is None:
-                blind, end = True, lo + PII_PIECE_CHARS
-                nxt = end - overlap
+            end = lo + PII_PIECE_CHARS
+            space = max(
+                text.rfind(" ", end - PII_PIECE_CHARS // 8, end),
+                text.rfind("\n", end - PII_PIECE_CHARS // 8, end),
+            )
+            end = space + 1 if space >= 0 else end
             pieces.append((lo, end))
-            lo = nxt
+            lo = end - 2 * PII_MARGIN_CHARS
         pieces.append((lo, hi))
-    return pieces, blind
+    return pieces
 
 
-_LAST_LETTER = re.compile(r".*[^\W\d_]", re.DOTALL)
+def _phone_pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
+    """(start, end) of the text around the phone trigger's matches, each piece starting and ending just
+    after a character that no phone-number candidate can hold (`_phone_breaks`: a newline, most letters):
+    phonenumbers splits a run of digits and punctuation into candidates from the run's start, so a piece
+    that began inside a run could read other numbers in it than the whole text does. The run around each
+    match is taken whole, and a span over PII_PIECE_CHARS is cut after its last such character; None where a
+    piece has none (a run of number-like text longer than a piece)."""
+    breaks, last_break = _phone_breaks()
+    spans: list[list[int]] = []
+    for lo, hi in matches:
+        if spans and hi <= spans[-1][1]:  # inside the run already taken (the search below would be quadratic)
+            continue
+        if not spans or lo > spans[-1][1]:
+            start = spans[-1][1] if spans else 0
+            m = last_break.match(text, start, lo)
+            lo = m.end() if m else start
+        after = breaks.search(text, hi)
+        hi = after.end() if after else len(text)
+        if spans and lo <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], hi)
+        else:
+            spans.append([lo, hi])
+    pieces = []
+    for lo, hi in spans:
+        while hi - lo > PII_PIECE_CHARS:
+            m = last_break.match(text, lo, lo + PII_PIECE_CHARS)
+            if m is None:
+                return None
+            pieces.append((lo, m.end()))
+            lo = m.end()
+        pieces.append((lo, hi))
+    return pieces
 
 
-def _after_letter(text: str, lo: int, hi: int) -> int | None:
-    """The position just after the last letter in text[lo:hi], or None where it holds none."""
-    m = _LAST_LETTER.match(text, max(lo, 0), hi)
-    return m.end() if m else None
+@cache
+def _phone_breaks() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """A character no phone-number candidate can hold, and text up to the last one: any outside the
+    characters phonenumbers' candidate pattern matches between or before digits, or names (its extension
+    labels, "ext", "anexo", "int"; either case). A newline is one, as are most letters."""
+    import phonenumbers.phonenumbermatcher as pm
+
+    pattern = pm._PATTERN  # private: tests/test_router_rules.py checks the breaks against phonenumbers
+    soft = {"\t"} | {v for c in pattern.pattern for form in (c, c.lower(), c.upper()) for v in form}
+    for cp in range(0x10000):
+        ch = chr(cp)
+        if not 0xD800 <= cp <= 0xDFFF and (pattern.fullmatch(f"1{ch}1") or pattern.fullmatch(f"{ch}1")):
+            soft.add(ch)
+    breaks = "[^\\d" + "".join(re.escape(c) for c in sorted(soft)) + "]"
+    return re.compile(breaks), re.compile(".*" + breaks, re.DOTALL)
 
 
 def request_signals(
