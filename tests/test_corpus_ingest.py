@@ -337,6 +337,20 @@ def test_a_phone_number_written_with_unicode_dashes_is_redacted(tmp_path):
         assert counts == {"PHONE_NUMBER": 1} and number not in out, number
 
 
+def test_addresses_are_redacted_in_pieces_around_each_at_sign(tmp_path):
+    """Presidio's e-mail pattern read a whole window in time quadratic in a base64 run (2.3 s for 20,000
+    characters, minutes for 100,000): it reads pieces around each `@` now, and the offsets come back whole."""
+    import base64
+
+    from pipelines.corpus.pii import get_redactor
+
+    blob = base64.b64encode(bytes(range(256)) * 60).decode()  # 20,480 characters
+    text = f"jane.doe@example.com wrote: data:image/png;base64,{blob} Reply to bob+x@mail.example.org now."
+    out, counts = get_redactor("blank", str(tmp_path)).redact(text)
+    assert out == f"<EMAIL_ADDRESS> wrote: data:image/png;base64,{blob} Reply to <EMAIL_ADDRESS> now."
+    assert counts == {"EMAIL_ADDRESS": 2}
+
+
 def test_a_phone_number_after_a_long_numbered_list_is_redacted(tmp_path):
     """phonenumbers gives up on a text after 65,535 candidates (its max_tries): after a numbered list
     '3. 7. 1. ...' (98,000 characters, one analysis window) a phone number reached the store in clear."""

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from pipelines.corpus.pii import pieces_around
 from router_models.router.cascade import Cascade, CascadeRefused
 from router_models.router.features import CostModel, TaskClassifier
 from router_models.router.policies import MaxUtility
@@ -27,7 +28,6 @@ from router_models.router.signals import (
     _detect_pii,
     _phone_breaks,
     _phone_pieces,
-    _pieces,
     detect_pii,
 )
 
@@ -313,7 +313,7 @@ def test_pii_pieces_hold_every_short_span_that_meets_a_trigger_match(matches, at
     lies whole in one piece, and no piece is longer than PII_PIECE_CHARS."""
     text = "x" * 34_000
     spans = sorted({(lo, min(lo + n, len(text))) for lo, n in matches})
-    pieces = _pieces(text, spans)
+    pieces = pieces_around(text, spans, PII_MARGIN_CHARS, PII_PIECE_CHARS)
     assert all(hi - lo <= PII_PIECE_CHARS for lo, hi in pieces)
     lo, hi = at, at + width
     if any(a < hi and lo < b for a, b in spans):

@@ -165,6 +165,34 @@ def _windows(size: int, limit: int = PIECE_CHARS, overlap: int = OVERLAP_CHARS) 
     return [(lo, min(lo + limit, size)) for lo in starts]
 
 
+def pieces_around(
+    text: str, matches: list[tuple[int, int]], margin: int, limit: int
+) -> list[tuple[int, int]]:
+    """(start, end) of the text around `matches` (sorted (start, end) pairs): each widened by `margin`
+    either side, overlapping spans merged, and a span over `limit` cut into pieces that overlap by 2 *
+    `margin`, after a space where one is near. A match of a pattern that overlaps one of `matches` lies
+    whole in a piece when it is up to `margin` long (an e-mail address around its `@`: at most 64 + 1 + 255
+    by RFC 5321). Presidio's e-mail pattern, read over a whole text, takes time quadratic in a run of word
+    characters and dots (a base64 blob): 2.3 s for 20,000 characters, minutes for 100,000."""
+    merged: list[list[int]] = []
+    for lo, hi in matches:
+        lo, hi = max(0, lo - margin), min(len(text), hi + margin)
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    pieces = []
+    for lo, hi in merged:
+        while hi - lo > limit:
+            end = lo + limit
+            space = max(text.rfind(" ", end - limit // 8, end), text.rfind("\n", end - limit // 8, end))
+            end = space + 1 if space >= 0 else end
+            pieces.append((lo, end))
+            lo = end - 2 * margin
+        pieces.append((lo, hi))
+    return pieces
+
+
 class Redactor:
     """`redact(text) -> (text with <ENTITY_TYPE> placeholders, counts per entity type)`."""
 
@@ -203,8 +231,13 @@ class Redactor:
 
     def _analyze(self, text: str, wanted: list[str]) -> list:
         found = []
-        for lo, hi in _windows(len(text)):
-            for r in self._analyzer.analyze(text[lo:hi], language="en", entities=wanted):
+        rest = [e for e in wanted if e != "EMAIL_ADDRESS"]
+        parts = [(lo, hi, rest) for lo, hi in _windows(len(text))] if rest else []
+        if len(rest) < len(wanted):  # e-mail addresses in pieces around each `@` (pieces_around says why)
+            ats = [(m.start(), m.end()) for m in re.finditer("@", text)]
+            parts += [(lo, hi, ["EMAIL_ADDRESS"]) for lo, hi in pieces_around(text, ats, 256, PIECE_CHARS)]
+        for lo, hi, entities in parts:
+            for r in self._analyzer.analyze(text[lo:hi], language="en", entities=entities):
                 r.start, r.end = r.start + lo, r.end + lo
                 found.append(r)
         # the anonymizer merges a result seen from two windows (or cut by a window's edge) into one

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from pipelines.corpus.pii import pieces_around
+
 # Presidio's pattern scores: a phone number scores 0.4 without the context enhancer, an IP 0.6, an e-mail 0.5.
 PII_MIN_SCORE = 0.4
 CHARS_PER_TOKEN = 4.0
@@ -164,7 +166,11 @@ def _detect_pii(text: str, min_score: float, gated: bool = True) -> tuple[str, .
                 if t not in spans:
                     spans[t] = [(m.start(), m.end()) for m in t.finditer(text)]
             matched = sorted(m for t in triggers for m in spans[t])
-            bounds = _phone_pieces(text, matched) if phone else _pieces(text, matched)
+            bounds = (
+                _phone_pieces(text, matched)
+                if phone
+                else pieces_around(text, matched, PII_MARGIN_CHARS, PII_PIECE_CHARS)
+            )
             if bounds is None:  # a run of digits and punctuation too long for one piece
                 found.add("UNCHECKED_PHONE_NUMBER")
                 continue
@@ -187,33 +193,6 @@ def _kept(text: str, res: Any, min_score: float) -> bool:
         sum(c.isdigit() for c in text[res.start : res.end]) < PHONE_MIN_DIGITS
     )
     return res.score >= min_score and not short
-
-
-def _pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """(start, end) of the text around trigger matches: each match widened by PII_MARGIN_CHARS either side,
-    overlapping spans merged, and a span over PII_PIECE_CHARS cut into pieces that overlap by
-    2 * PII_MARGIN_CHARS, after a space where one is near. A recognizer's match overlaps a trigger match, so
-    one up to PII_MARGIN_CHARS long lies whole in a piece (an e-mail address may be 64 + 1 + 255)."""
-    merged: list[list[int]] = []
-    for lo, hi in matches:
-        lo, hi = max(0, lo - PII_MARGIN_CHARS), min(len(text), hi + PII_MARGIN_CHARS)
-        if merged and lo <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    pieces = []
-    for lo, hi in merged:
-        while hi - lo > PII_PIECE_CHARS:
-            end = lo + PII_PIECE_CHARS
-            space = max(
-                text.rfind(" ", end - PII_PIECE_CHARS // 8, end),
-                text.rfind("\n", end - PII_PIECE_CHARS // 8, end),
-            )
-            end = space + 1 if space >= 0 else end
-            pieces.append((lo, end))
-            lo = end - 2 * PII_MARGIN_CHARS
-        pieces.append((lo, hi))
-    return pieces
 
 
 def _phone_pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
