@@ -320,7 +320,7 @@ def test_pii_pieces_hold_every_short_span_that_meets_a_trigger_match(matches, at
         assert any(a <= lo and hi <= b for a, b in pieces), (lo, hi)
 
 
-PHONE_ALPHABET = "0123456789 -.x()/+\n\tabcextnio,;:#~\u30fc\uff58"
+PHONE_ALPHABET = "0123456789 -.x()/+\n\tabcextnio,;:#~\u30fc\uff58\u0131\u0130\u017f\u1c81\u1c82"
 
 
 @settings(max_examples=500, deadline=None)
@@ -348,7 +348,7 @@ def test_phone_pieces_start_and_end_after_a_break_and_cover_the_triggers(words):
     breaks, _ = _phone_breaks()
     for lo, hi in pieces:
         assert hi - lo <= PII_PIECE_CHARS
-        assert lo == 0 or breaks.fullmatch(text[lo - 1]), (lo, text[lo - 5 : lo + 5])
+        assert lo == 0 or breaks.fullmatch(text[lo]), (lo, text[lo - 5 : lo + 5])  # kept: it is context
         assert hi == len(text) or breaks.fullmatch(text[hi - 1]), (hi, text[hi - 5 : hi + 5])
     for a, b in matches:
         assert any(lo <= a and b <= hi for lo, hi in pieces) or any(lo <= a < hi for lo, hi in pieces), (a, b)
@@ -382,6 +382,23 @@ def test_a_phone_number_in_a_run_joined_by_x_is_read_as_the_whole_text_reads_it(
     for text, flag in ((long_run, "UNCHECKED_PHONE_NUMBER"), (short_run, "PHONE_NUMBER")):
         assert _detect_pii(text, PII_MIN_SCORE, gated=False) == ("PHONE_NUMBER",)
         assert _detect_pii(text, PII_MIN_SCORE) == (flag,)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Ab1640" + " 1" * 19 + " 3-04012345678 ok",  # the letter before the run rejects '1640' read whole
+        "Call 4155552671\u0131nt5 now",  # dotless i: 'int' to phonenumbers, which ignores case
+        "Call 4155552671exten\u017fion5 now",  # long s
+        "Numbers:\n" + "7\n" * 1994 + "1\u1c81\u043e\u0431 9-4155552671 ok",  # a cut, with a Cyrillic fold
+    ],
+)
+def test_a_phone_piece_keeps_the_character_before_it_and_case_folds_are_no_breaks(text):
+    """From a review: a piece began just after its break, so phonenumbers did not see the letter before a
+    candidate and read the run otherwise; and 'ı', 'ſ' and other case folds of its extension labels were
+    taken for breaks. Each text was missed."""
+    assert _detect_pii(text, PII_MIN_SCORE, gated=False) == ("PHONE_NUMBER",)
+    assert _detect_pii(text, PII_MIN_SCORE) == ("PHONE_NUMBER",)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -32,12 +32,12 @@ PII_CACHE_MAX_CHARS = 16_000
 # Recognizers read pieces of the text around their triggers' matches, of at most PII_PIECE_CHARS, and one
 # that finds something stops there. Read whole, Presidio's e-mail pattern takes time quadratic in a run of
 # word characters and dots: 77 s for 40,000 characters of `a.a.a.` and an address after them. The phone
-# recognizer tries every digit group (phonenumbers, about 25 us a try and region) and splits a run of
-# digits and punctuation into numbers from the run's start: its pieces begin and end at a character no
-# number can hold (`_phone_pieces`). It reads at most PHONE_SCAN_CHARS of them, and a text with more, or
-# with a run too long for one piece, counts as holding one (UNCHECKED_PHONE_NUMBER). Read whole, a 1 MB
-# table of integers took 15 s, and one of 3-digit numbers hid a phone number after it: phonenumbers gave
-# up after 65,535 tries (benchmarks/pii_signals.py).
+# recognizer tries every digit group (phonenumbers, about 25 us a try and region), splits a run of digits
+# and punctuation into numbers from the run's start, and rejects one right after a letter: its pieces
+# begin at, and end just after, a character no number can hold (`_phone_pieces`). It reads at most
+# PHONE_SCAN_CHARS of them, and a text with more, or with a run too long for one piece, counts as holding
+# one (UNCHECKED_PHONE_NUMBER). Read whole, a 1 MB table of integers took 15 s, and one of 3-digit numbers
+# hid a phone number after it: phonenumbers gave up after 65,535 tries (benchmarks/pii_signals.py).
 PII_PIECE_CHARS, PII_MARGIN_CHARS, PHONE_SCAN_CHARS = 4_000, 256, 32_000
 PHONE_MIN_DIGITS = 5  # to flag a prompt as private; redaction (pipelines/corpus/pii.py) wants 9
 _DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){" + str(PHONE_MIN_DIGITS - 1) + ",}")
@@ -196,11 +196,12 @@ def _kept(text: str, res: Any, min_score: float) -> bool:
 
 
 def _phone_pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
-    """(start, end) of the text around the phone trigger's matches, each piece starting and ending just
+    """(start, end) of the text around the phone trigger's matches, each piece starting at and ending just
     after a character that no phone-number candidate can hold (`_phone_breaks`: a newline, most letters):
     phonenumbers splits a run of digits and punctuation into candidates from the run's start, so a piece
-    that began inside a run could read other numbers in it than the whole text does. The run around each
-    match is taken whole, and a span over PII_PIECE_CHARS is cut after its last such character; None where a
+    that began inside a run could read other numbers in it than the whole text does, and it checks the
+    character before a candidate (a letter there rejects it), which the piece keeps. The run around each
+    match is taken whole, and a span over PII_PIECE_CHARS is cut at its last such character; None where a
     piece has none (a run of number-like text longer than a piece)."""
     breaks, last_break = _phone_breaks()
     spans: list[list[int]] = []
@@ -210,7 +211,7 @@ def _phone_pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, 
         if not spans or lo > spans[-1][1]:
             start = spans[-1][1] if spans else 0
             m = last_break.match(text, start, lo)
-            lo = m.end() if m else start
+            lo = m.end() - 1 if m else start
         after = breaks.search(text, hi)
         hi = after.end() if after else len(text)
         if spans and lo <= spans[-1][1]:
@@ -220,27 +221,31 @@ def _phone_pieces(text: str, matches: list[tuple[int, int]]) -> list[tuple[int, 
     pieces = []
     for lo, hi in spans:
         while hi - lo > PII_PIECE_CHARS:
-            m = last_break.match(text, lo, lo + PII_PIECE_CHARS)
+            m = last_break.match(text, lo + 1, lo + PII_PIECE_CHARS)
             if m is None:
                 return None
             pieces.append((lo, m.end()))
-            lo = m.end()
+            lo = m.end() - 1  # the break again: the next piece sees what precedes its first candidate
         pieces.append((lo, hi))
     return pieces
 
 
 @cache
 def _phone_breaks() -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """A character no phone-number candidate can hold, and text up to the last one: any outside the
-    characters phonenumbers' candidate pattern matches between or before digits, or names (its extension
-    labels, "ext", "anexo", "int"; either case). A newline is one, as are most letters."""
+    """A character no phone-number candidate can hold, and text up to the last one: any but those that
+    phonenumbers' candidate pattern matches between or before digits, or that match a character of its
+    source (its extension labels, "ext", "anexo", "int") under its flags (ignoring case: "ı" is an "i").
+    A newline is one, as are most letters."""
     import phonenumbers.phonenumbermatcher as pm
 
     pattern = pm._PATTERN  # private: tests/test_router_rules.py checks the breaks against phonenumbers
-    soft = {"\t"} | {v for c in pattern.pattern for form in (c, c.lower(), c.upper()) for v in form}
+    source = re.compile("[" + "".join(re.escape(c) for c in set(pattern.pattern)) + "]", pattern.flags)
+    soft = {"\t"}
     for cp in range(0x10000):
         ch = chr(cp)
-        if not 0xD800 <= cp <= 0xDFFF and (pattern.fullmatch(f"1{ch}1") or pattern.fullmatch(f"{ch}1")):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        if source.fullmatch(ch) or pattern.fullmatch(f"1{ch}1") or pattern.fullmatch(f"{ch}1"):
             soft.add(ch)
     breaks = "[^\\d" + "".join(re.escape(c) for c in sorted(soft)) + "]"
     return re.compile(breaks), re.compile(".*" + breaks, re.DOTALL)
