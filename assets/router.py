@@ -33,6 +33,7 @@ TRAINING_CODE = (
     PIPELINES / "index" / "embeddings.py",
     PIPELINES / "hardware.py",
     PIPELINES / "bench" / "outcomes.py",
+    PIPELINES / "corpus" / "pii.py",  # the PII flag's phone recognizer and pieces
 )
 
 
