@@ -130,7 +130,7 @@ def scan_source(spec: str, settings: Settings, previous: Fingerprints) -> Finger
     # folder is listed again by its names as they are (a name with PII is not shown), only where it holds
     # BEIR's corpus file, whose name is always shown: not on every tick
     beir = {digest: fp for digest, fp in found.items() if fp[3] == BEIR_CORPUS}
-    return beir if beir and beir_folder([*src.list(), *src.links()]) else found
+    return beir if beir and beir_folder([*src.list(), *src.unread()]) else found
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -683,7 +684,8 @@ def test_a_document_with_no_token_to_index_is_recorded(env, tmp_path):
 
 def test_links_are_recorded_not_followed_and_hidden_folders_are_left_out(env, tmp_path):
     """A link to a file or folder (one could lead out of the source) was left out without a trace; files in
-    hidden folders (`.git/description`, text) were ingested though hidden files were not."""
+    hidden folders (`.git/description`, text) were ingested though hidden files were not. A named pipe was
+    left out without a trace too (reading one waits for a writer): it is recorded, never opened."""
     settings, _, store = env
     src, elsewhere = tmp_path / "src", tmp_path / "elsewhere"
     (src / ".git").mkdir(parents=True)
@@ -693,12 +695,14 @@ def test_links_are_recorded_not_followed_and_hidden_folders_are_left_out(env, tm
     (elsewhere / "secret.txt").write_text("Outside the source folder.")
     (src / "linked.txt").symlink_to(elsewhere / "secret.txt")
     (src / "linked_dir").symlink_to(elsewhere)
+    os.mkfifo(src / "pipe.txt")
     r = ingest_corpus(settings, str(src), store=store)
     assert {s["path"]: s["reason"] for s in r.skipped} == {
         "linked.txt": "a symbolic link: not followed", "linked_dir": "a symbolic link: not followed",
+        "pipe.txt": "a named pipe: not a regular file, not read",
     }  # fmt: skip
     assert set(load_chunks(settings, store).doc_id) == {"ok.txt"}
-    assert r.files_seen == 3
+    assert r.files_seen == 4
 
 
 def test_pii_an_inline_html_tag_splits_is_redacted(env, tmp_path):

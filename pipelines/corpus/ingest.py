@@ -265,13 +265,13 @@ def store_keys_in(src: ObjectStore, store: ObjectStore) -> tuple[str, ...]:
 
 def _corpus_files(
     src: ObjectStore, include: str | None, store: ObjectStore | None = None
-) -> tuple[dict[str, int | None], set[str]]:
-    """Files, key -> size, and symbolic links, key -> None (recorded, not followed), and which of them are
+) -> tuple[dict[str, int | str], set[str]]:
+    """Files, key -> size, and what is not read (links, named pipes, ...), key -> why, and which of them are
     left out: in a BEIR folder (BEIR_CORPUS next to its `beir_label`s) only BEIR_CORPUS is corpus; its
     queries and qrels are not listed, and any other file is left out with a record (a `corpus.jsonl` among a
     team's documents had dropped every other file from the store, unrecorded). The store's own objects are
     never corpus (in the source, they were ingested as documents and changed on every run)."""
-    listing: dict[str, int | None] = {**src.list(), **dict.fromkeys(src.links())}
+    listing: dict[str, int | str] = {**src.list(), **src.unread()}
     own = store_keys_in(src, store) if store is not None else ()
     if own:
         listing = {k: v for k, v in listing.items() if not k.startswith(own)}
@@ -377,8 +377,8 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
         if raw in left_out:
             report.skipped.append({"path": name, "reason": LEFT_OUT})
             continue
-        if size is None:
-            report.skipped.append({"path": name, "reason": "a symbolic link: not followed"})
+        if isinstance(size, str):  # not a regular file: why it is not read
+            report.skipped.append({"path": name, "reason": size})
             continue
         if size > max_bytes:
             report.skipped.append({"path": name, "reason": f"oversized ({size} bytes > {max_bytes})"})

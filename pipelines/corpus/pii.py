@@ -165,6 +165,11 @@ def _windows(size: int, limit: int = PIECE_CHARS, overlap: int = OVERLAP_CHARS) 
     return [(lo, min(lo + limit, size)) for lo in starts]
 
 
+# how far either side of a trigger's match (an `@`) a recognizer reads: an e-mail address's parts, 64 and 255
+# characters at most (RFC 5321), each fit
+MARGIN_CHARS = 256
+
+
 def pieces_around(
     text: str, matches: list[tuple[int, int]], margin: int, limit: int
 ) -> list[tuple[int, int]]:
@@ -235,7 +240,8 @@ class Redactor:
         parts = [(lo, hi, rest) for lo, hi in _windows(len(text))] if rest else []
         if len(rest) < len(wanted):  # e-mail addresses in pieces around each `@` (pieces_around says why)
             ats = [(m.start(), m.end()) for m in re.finditer("@", text)]
-            parts += [(lo, hi, ["EMAIL_ADDRESS"]) for lo, hi in pieces_around(text, ats, 256, PIECE_CHARS)]
+            pieces = pieces_around(text, ats, MARGIN_CHARS, PIECE_CHARS)
+            parts += [(lo, hi, ["EMAIL_ADDRESS"]) for lo, hi in pieces]
         for lo, hi, entities in parts:
             for r in self._analyzer.analyze(text[lo:hi], language="en", entities=entities):
                 r.start, r.end = r.start + lo, r.end + lo

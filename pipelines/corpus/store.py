@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import io
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -19,6 +20,15 @@ from urllib.parse import urlparse
 
 from pipelines.files import hidden, write_atomic
 from pipelines.settings import Settings
+
+# kinds of file a folder's listing leaves out, and why (each is recorded by ingest, never read)
+SPECIAL_FILES = (
+    (stat.S_ISLNK, "a symbolic link: not followed"),
+    (stat.S_ISFIFO, "a named pipe: not a regular file, not read"),
+    (stat.S_ISSOCK, "a socket: not a regular file, not read"),
+    (stat.S_ISCHR, "a device: not a regular file, not read"),
+    (stat.S_ISBLK, "a device: not a regular file, not read"),
+)
 
 
 class StoreConflict(Exception):
@@ -35,7 +45,7 @@ class ObjectStore(Protocol):
     def get_tagged(self, key: str) -> tuple[bytes, str] | None: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str = "") -> dict[str, int]: ...
-    def links(self, prefix: str = "") -> tuple[str, ...]: ...
+    def unread(self, prefix: str = "") -> dict[str, str]: ...
     def delete(self, key: str) -> None: ...
     def exclusive(self, name: str) -> contextlib.AbstractContextManager[bool]: ...
 
@@ -90,10 +100,18 @@ class LocalStore:
                     out[key] = p.stat().st_size
         return dict(sorted(out.items()))
 
-    def links(self, prefix: str = "") -> tuple[str, ...]:
-        """Symbolic links below a prefix (to files or folders), which `list` leaves out: never followed, as
-        one could lead out of the root."""
-        return tuple(sorted(key for p, key in self._visible(prefix) if p.is_symlink()))
+    def unread(self, prefix: str = "") -> dict[str, str]:
+        """What `list` leaves out below a prefix that is no folder, key -> why: symbolic links (to files or
+        folders; never followed, as one could lead out of the root), named pipes (reading one waits for a
+        writer), sockets and devices."""
+        out = {}
+        for p, key in self._visible(prefix):
+            with contextlib.suppress(FileNotFoundError):  # gone since the listing
+                mode = p.lstat().st_mode
+                kind = next((k for test, k in SPECIAL_FILES if test(mode)), None)
+                if kind:
+                    out[key] = kind
+        return dict(sorted(out.items()))
 
     def _visible(self, prefix: str) -> Iterator[tuple[Path, str]]:
         """Paths below the root and their keys, outside hidden files and folders (`.git/`, temp files).
@@ -225,8 +243,8 @@ class S3Store:
         listed = ((o.object_name[n:], o.size or 0) for o in objs if not o.is_dir)
         return dict(sorted((k, size) for k, size in listed if not hidden(PurePosixPath(k))))
 
-    def links(self, prefix: str = "") -> tuple[str, ...]:
-        return ()  # S3 has none
+    def unread(self, prefix: str = "") -> dict[str, str]:
+        return {}  # S3 has only objects
 
     def delete(self, key: str) -> None:
         self.client.remove_object(self.bucket, self._key(key))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from pipelines.corpus.pii import pieces_around
+from pipelines.corpus.pii import MARGIN_CHARS, pieces_around
 
 # Presidio's pattern scores: a phone number scores 0.4 without the context enhancer, an IP 0.6, an e-mail 0.5.
 PII_MIN_SCORE = 0.4
@@ -38,7 +38,7 @@ PII_CACHE_MAX_CHARS = 16_000
 # PHONE_SCAN_CHARS of them, and a text with more, or with a run too long for one piece, counts as holding
 # one (UNCHECKED_PHONE_NUMBER). Read whole, a 1 MB table of integers took 15 s, and one of 3-digit numbers
 # hid a phone number after it: phonenumbers gave up after 65,535 tries (benchmarks/pii_signals.py).
-PII_PIECE_CHARS, PII_MARGIN_CHARS, PHONE_SCAN_CHARS = 4_000, 256, 32_000
+PII_PIECE_CHARS, PII_MARGIN_CHARS, PHONE_SCAN_CHARS = 4_000, MARGIN_CHARS, 32_000
 PHONE_MIN_DIGITS = 5  # to flag a prompt as private; redaction (pipelines/corpus/pii.py) wants 9
 _DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){" + str(PHONE_MIN_DIGITS - 1) + ",}")
 
