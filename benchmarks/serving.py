@@ -9,7 +9,7 @@ concurrent users each send a request, wait for the answer and send the next, for
                  on this machine, the reference the route phases are compared with (ratio printed)
   route          POST /v1/route, distinct prompts: RouterBench's in turn, a tag after each from the second
                  pass on and at every later --route-users level (no text repeats in a run, so the router's
-                 embedding and PII caches never answer; the pool holds 2,193 prompts, a phase sends ~13,000)
+                 embedding and PII caches never answer; the pool holds 2,225 prompts, a phase sends ~13,000)
   route-repeat   POST /v1/route, a pool of 32 prompts (what the router's embedding/PII caches save)
   chat           POST /v1/chat/completions, model smollm2-135m, short questions, 32 tokens
   chat-stream    the same with stream=true: time to first token and to the last byte
