@@ -40,6 +40,8 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     ):  # a file where a folder should be (mkdir named another path)
         file = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
         raise NotADirectoryError(f"{path}: {file} is a file, not a folder") from None
+    if path.is_dir():  # found when the rename failed, naming the temporary file
+        raise IsADirectoryError(f"{path} is a folder, not a file")
     try:
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     except OSError as e:

@@ -138,6 +138,20 @@ def test_import_routerbench_cli_writes_the_outcome_table(shared_data, tmp_path):
         o.to_csv(bad / "outcomes_train.csv", index=False)
         r = CliRunner().invoke(app, ["import-routerbench", str(bad), "--out", str(bad / "o.parquet")])
         assert r.exit_code == 2 and name in r.output and not (bad / "o.parquet").exists(), (name, r.output)
+    # no cost column imported a table of empty costs (exit 0), which `router train` refused; an --out that is
+    # an input file replaced it; an --out that is a folder named a temporary file
+    prompts.to_csv(bad / "prompts_train.csv", index=False)
+    outcomes.drop(columns="cost_usd").to_csv(bad / "outcomes_train.csv", index=False)
+    r = CliRunner().invoke(app, ["import-routerbench", str(bad), "--out", str(bad / "o.parquet")])
+    assert r.exit_code == 2 and "outcomes_train.csv: no cost_usd column" in r.output, r.output
+    outcomes.to_csv(bad / "outcomes_train.csv", index=False)
+    given = (bad / "outcomes_train.csv").read_bytes()
+    r = CliRunner().invoke(app, ["import-routerbench", str(bad), "--out", str(bad / "outcomes_train.csv")])
+    assert r.exit_code == 2 and "is one of the files it imports" in r.output, r.output
+    assert (bad / "outcomes_train.csv").read_bytes() == given
+    (bad / "o.csv").mkdir()
+    r = CliRunner().invoke(app, ["import-routerbench", str(bad), "--out", str(bad / "o.csv")])
+    assert r.exit_code == 2 and f"{bad / 'o.csv'} is a folder, not a file" in r.output, r.output
 
 
 def test_rag_rows_join_a_runs_answers_with_their_contexts():
@@ -249,6 +263,11 @@ def test_rescore_rewrites_the_runs_table_and_refuses_another_sets_run_and_a_dama
     part.write_bytes(part.read_bytes()[:100])
     r = CliRunner().invoke(app, ["rescore", str(folder), "--prompt-set", str(pfile)])
     assert r.exit_code == 2 and part.name in r.output and "not a readable part" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    # a parquet file with other columns was read as a part: a KeyError's traceback
+    pd.DataFrame({"prompt_id": ["mc"], "model": ["m"]}).to_parquet(part)
+    r = CliRunner().invoke(app, ["rescore", str(folder), "--prompt-set", str(pfile)])
+    assert r.exit_code == 2 and f"{part.name}: not a part of a bench run (it lacks task" in r.output, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
 
 

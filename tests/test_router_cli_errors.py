@@ -515,6 +515,18 @@ def test_what_train_predict_and_evaluate_said_nothing_of(router, tables, tmp_pat
     assert res.exit_code == 0 and "holds no prompt" in res.stderr, res.output
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "a" / "b" / "pred.txt")])
     assert "expected a .parquet or .csv file" in _said(res) and not (tmp_path / "a").exists()
+    # an --out that was the prompts file was replaced by the predictions, exit 0; a folder named a temp file
+    p.head(3).to_csv(tmp_path / "three.csv", index=False)
+    given = (tmp_path / "three.csv").read_bytes()
+    args = ["predict", "--router", str(router), "--prompts", str(tmp_path / "three.csv")]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "." / "three.csv")])
+    assert res.exit_code == 2 and "is the --prompts file" in _said(res), res.output
+    assert (tmp_path / "three.csv").read_bytes() == given
+    (tmp_path / "folder.csv").mkdir()
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "folder.csv")])
+    assert res.exit_code == 2 and f"{tmp_path / 'folder.csv'} is a folder, not a file" in _said(res), (
+        res.output
+    )
     test_o = tables["test"][1]
     said = _said(_evaluate(router, tables, tmp_path, test_o.assign(score=test_o["score"] * 10)))
     assert f"{tmp_path / 'o.csv'}: outcome column 'score' needs numbers in [0, 1]" in said, said

@@ -484,3 +484,59 @@ def test_rows_without_a_score_are_counted_and_a_model_left_with_none_is_named(ro
     said = f"warning: {blank} rows of {tmp_path / 'o.csv'} have no score and are left out"
     said += f"; not fitted, no scored row: {gone}"
     assert said in res.stderr, res.stderr
+
+
+def test_a_fit_replaces_the_one_at_out_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The fit's files replaced their namesakes one at a time: where one could not be (a permission, a full
+    disk), --out held files of two fits (new plots beside the old posterior) and the new fit was deleted."""
+    import os
+
+    from router_models.utility import cli
+
+    src, dest = tmp_path / ".staging", tmp_path / "out"
+    src.mkdir(), dest.mkdir()
+    for name in ("calibration.png", "summary.json", "utility_posterior.nc"):
+        (src / name).write_text(f"new {name}")
+        (dest / name).write_text(f"old {name}")
+    (dest / "notes.txt").write_text("the user's")
+    real, calls = os.replace, []
+
+    def failing(a, b):  # the third new file cannot be written, once (a full disk, say)
+        calls.append(b)
+        if str(b).endswith("out/utility_posterior.nc") and calls.count(b) == 1:
+            raise PermissionError(1, "Operation not permitted", str(b))
+        real(a, b)
+
+    monkeypatch.setattr(cli.os, "replace", failing)
+    with pytest.raises(PermissionError):
+        cli._move_files(src, dest)
+    assert {p.name: p.read_text() for p in dest.iterdir()} == {
+        "calibration.png": "old calibration.png", "summary.json": "old summary.json",
+        "utility_posterior.nc": "old utility_posterior.nc", "notes.txt": "the user's",
+    }  # fmt: skip
+    assert {p.name: p.read_text() for p in src.iterdir()} == {
+        n: f"new {n}" for n in ("calibration.png", "summary.json", "utility_posterior.nc")
+    }
+    monkeypatch.setattr(cli.os, "replace", real)
+    cli._move_files(src, dest)  # and with nothing in the way, every file is the new fit's
+    assert {p.name: p.read_text()[:3] for p in dest.iterdir()} == {
+        "calibration.png": "new", "summary.json": "new", "utility_posterior.nc": "new", "notes.txt": "the",
+    }  # fmt: skip
+    assert not list(src.iterdir())
+
+
+def test_a_table_without_costs_is_said_to_leave_cost_out_of_utility(tmp_path):
+    """An outcome table whose cost column is missing (misnamed, say) made utility the quality alone, unsaid;
+    a missing latency was said."""
+    import router_models.utility.pipeline as up
+    from router_models.utility.model import FitConfig
+
+    rng = np.random.default_rng(2)
+    table = pd.DataFrame(
+        {"prompt_id": f"q{i}", "task": "qa", "model": m, "score": float(rng.random() < 0.6)}
+        for i in range(30) for m in ("a", "b")
+    )  # fmt: skip
+    cfg = FitConfig(draws=50, tune=50, chains=2, cores=1, sampler="pymc", prior_predictive_draws=20)
+    art = up.fit_posterior(table, None, tmp_path / "fit", cfg, 100.0, 0.0)
+    assert "no cost observations (no cost_usd values): cost contributes 0 to utility" in art.notes, art.notes
+    assert np.allclose(art.summary["utility_mean"], art.summary["quality_mean"])

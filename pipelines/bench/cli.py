@@ -208,12 +208,15 @@ def import_routerbench(
     from pipelines.settings import Settings
 
     out = out or Settings().run_dir / "bench" / f"routerbench_{split}.parquet"
+    if out.resolve() in {(data_dir / f"{kind}_{split}.csv").resolve() for kind in ("prompts", "outcomes")}:
+        typer.echo(f"error: --out {out} is one of the files it imports: name another", err=True)
+        raise typer.Exit(2)
     try:
         df = routerbench_outcome_table(data_dir, split)
         if df.empty:  # wrote a table of 0 rows, exit 0
             raise ValueError(f"{data_dir}: no scored outcome row in outcomes_{split}.csv")
         write_table(df, out)
-    except (FileNotFoundError, ValueError) as e:  # a missing file; an --out that is no table
+    except (OSError, ValueError) as e:  # a missing file; an --out that is no table, or cannot be written
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except KeyError as e:

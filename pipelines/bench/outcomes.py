@@ -127,6 +127,8 @@ def load_routerbench(data_dir: str | Path, split: str = "train") -> tuple[pd.Dat
         outcomes = read_table(outcomes_path)
     except ValueError as e:
         raise ValueError(f"{outcomes_path}: {e}") from None
+    if "cost_usd" not in outcomes:  # imported with an empty cost, which `router train` refused a step later
+        raise ValueError(f"{outcomes_path}: no cost_usd column (it has {list(outcomes.columns)})")
     return prompts, outcomes
 
 

@@ -79,13 +79,14 @@ def _latest_rows(out_dir: Path, columns: list[str] | None = None) -> pd.DataFram
 def _read_part(path: Path, columns: list[str] | None) -> pd.DataFrame:
     """A committed part; a damaged one (a part is written whole, so a disk's fault or a hand's edit) is a
     ValueError naming it and what moving it aside does."""
+    move = "move it out of the folder and its cells count as not run (the next run calls them again)"
     try:
-        return pd.read_parquet(path, columns=columns)
+        df = pd.read_parquet(path, columns=columns)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise ValueError(
-            f"{path}: not a readable part ({type(e).__name__}: {e}); move it out of the folder "
-            "and its cells count as not run (the next run calls them again)"
-        ) from None
+        raise ValueError(f"{path}: not a readable part ({type(e).__name__}: {e}); {move}") from None
+    if missing := [c for c in columns or [*OUTCOME_COLUMNS, "response"] if c not in df]:  # a KeyError later
+        raise ValueError(f"{path}: not a part of a bench run (it lacks {', '.join(missing)}); {move}")
+    return df
 
 
 def failed_call(error: Any) -> bool:

@@ -199,6 +199,8 @@ def predict(
     from pipelines.bench.outcomes import write_table
     from router_models.router.artifact import load_router
 
+    if out.resolve() == prompts.resolve():  # the prompts were replaced by the predictions, exit 0
+        _fail(f"--out {out} is the --prompts file: name another")
     df = _read_prompts(prompts)
     try:
         r = load_router(router)

@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from pipelines.files import publish_mode
+
 app = typer.Typer(help="The Bayesian utility model per task x model.", no_args_is_help=True)
 
 
@@ -85,7 +87,17 @@ def fit(
         # a fit that failed its checks must not replace a good one at --out: it goes to <out>.failed to be
         # looked at (the Dagster asset does not register such a fit either)
         dest = out.with_name(f"{out.name}.failed") if failed else out
-        _move_files(staging, dest)
+        try:
+            _move_files(staging, dest)
+        except OSError as e:  # a file of the fit before could not be replaced: it is kept whole
+            kept = staging.with_name(f"{out.name}.unsaved")
+            shutil.rmtree(kept, ignore_errors=True)
+            os.replace(staging, kept)
+            publish_mode(kept)
+            why = f"{e.strerror or e}: {e.filename}"
+            typer.echo(f"error: the fit could not be written to {dest} ({why}); {dest} is as it was, and the "
+                       f"new fit is in {kept}", err=True)  # fmt: skip
+            raise typer.Exit(1) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # empty once its files moved; a fit that raised left some
     d = art.fit.diagnostics
@@ -118,7 +130,23 @@ def _advice(failed: list[str]) -> str:
 
 def _move_files(src: Path, dest: Path) -> None:
     """Move the fit's files from `src` into the folder `dest` (a sibling: renames), each replacing its
-    namesake; other files in `dest` stay (--out may be a folder that holds more than a fit)."""
+    namesake; other files in `dest` stay (--out may be a folder that holds more than a fit). All or none:
+    where one cannot be moved (an OSError), those moved go back to `src` and the files they replaced back
+    to `dest` (a fit's files, mixed with another's, had disagreed with each other)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.iterdir()):
-        os.replace(f, dest / f.name)
+    replaced = Path(tempfile.mkdtemp(dir=dest, prefix=".replaced."))  # hidden; renames, on dest's disk
+    moved: list[str] = []
+    try:
+        for f in sorted(src.iterdir()):
+            if (dest / f.name).exists():
+                os.replace(dest / f.name, replaced / f.name)
+            os.replace(f, dest / f.name)
+            moved.append(f.name)
+    except OSError:
+        for name in moved:
+            os.replace(dest / name, src / name)
+        for f in replaced.iterdir():
+            os.replace(f, dest / f.name)
+        raise
+    finally:
+        shutil.rmtree(replaced, ignore_errors=True)

@@ -238,6 +238,8 @@ def fit_posterior(
         data.cells[["task", "model", "n"]].rename(columns={"n": "n_obs"}), on=["task", "model"], how="left"
     )
     notes = [f"calibration: {how}"]
+    if post.cost is None:  # a misnamed cost column made utility quality alone, unsaid
+        notes.append("no cost observations (no cost_usd values): cost contributes 0 to utility")
     if not post.latency_in_utility:
         notes.append("no latency observations: latency contributes 0 to utility")
     if post.latency_in_utility and not post.latency_observed.all():
