@@ -842,6 +842,8 @@ def test_a_source_with_no_document_removes_nothing_unless_asked(env, tmp_path):
             ingest_corpus(settings, str(src), store=store)
         assert type(e.value).__name__ == "EmptyCorpus"  # the module's own error, for callers to catch
         assert store.get(MANIFEST) == manifest and store.list() == objects, src
+        # why the files were skipped was in no message: the first is said
+        assert (src == empty) != ("skipped, first blank.md: " in str(e.value)), str(e.value)
     assert len(load_chunks(settings, store)) == first.chunks_total
     r = ingest_corpus(settings, str(empty), store=store, allow_empty=True)
     assert r.docs_total == 0 and r.files_removed == first.files_seen

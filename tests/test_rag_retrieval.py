@@ -429,6 +429,13 @@ def test_cli_evaluate_refuses_a_corpus_with_none_of_the_qrels_documents(beir, tm
             "--index-dir", str(tmp_path / "ix")]  # fmt: skip
     res = CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
     assert res.exit_code == 2 and "no query in the qrels has a relevant document" in res.output, res.output
+    # a corpus ingest skipped whole said only that: why it was skipped was in the store's manifest alone
+    # (over the store of the run before: its --allow-empty advice named a flag evaluate does not have)
+    (other / "corpus.jsonl").write_bytes(b'{"_id": "x1", "text": "Caf\xe9 au lait."}\n')  # Latin-1
+    res = CliRunner().invoke(app, args, env={"SM_RUN_DIR": str(settings.run_dir)})
+    said = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 2 and "(no document; ingest skipped 1, first corpus.jsonl: " in said, said
+    assert "not UTF-8" in said, said
 
 
 def test_cli_evaluate_refuses_the_runs_own_index_and_a_store_another_ingest_holds(beir, tmp_path):

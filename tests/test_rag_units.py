@@ -54,6 +54,13 @@ def test_a_malformed_queries_file_or_qrels_that_match_no_query_are_clear_errors(
         (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n' + bad + "\n")
         with pytest.raises(ValueError, match="q.jsonl line 2"):  # was searched as the word "None"
             load_queries(tmp_path / "q.jsonl")
+    # an _id again with another text: the last was evaluated, unsaid; again with the same text is one query
+    (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n{"_id": 1, "text": "x"}\n'
+                                      '{"_id": "q1", "text": "ibuprofen"}\n')  # fmt: skip
+    with pytest.raises(ValueError, match="q.jsonl line 3: _id 'q1' again \\(line 1\\), with another text"):
+        load_queries(tmp_path / "q.jsonl")
+    (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n' * 2)
+    assert load_queries(tmp_path / "q.jsonl") == {"q1": "aspirin"}
     (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "aspirin"}\n')
     (tmp_path / "qrels.csv").write_text("query-id,corpus-id,score\nq1,d1,1\n")  # not tab-separated
     with pytest.raises(ValueError, match="qrels.csv line 2: not query-id, corpus-id and a finite score"):

@@ -509,6 +509,10 @@ def test_what_train_predict_and_evaluate_said_nothing_of(router, tables, tmp_pat
     p, o = tables["train"]
     res = _train(tables, tmp_path, tmp_path / "r", prompts=p.drop(columns="task"))
     assert res.exit_code == 0 and "has a task column: the router learns no task classifier" in res.stderr
+    untasked = p.assign(task=p["task"].where(p.index % 50 != 0))  # blank cells: a task class "all", unsaid
+    res = _train(tables, tmp_path, tmp_path / "r", prompts=untasked)
+    n = int(untasked["task"].isna().sum())
+    assert res.exit_code == 0 and f"warning: {n} rows of {tmp_path / 'tp.csv'} have no task" in res.stderr
     p.iloc[:0].to_csv(tmp_path / "none.csv", index=False)
     args = ["predict", "--router", str(router), "--prompts", str(tmp_path / "none.csv")]
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "pred.csv")])

@@ -435,10 +435,13 @@ def _ingest(settings: Settings, src: ObjectStore, store: ObjectStore, include: s
         for f in files.values():
             if f.get("chunk_key") and f["chunk_key"] not in before:
                 store.delete(f["chunk_key"])
+        first = next(
+            (f", first {r['path']}: {r['reason']}" for r in report.skipped if r["reason"] != LEFT_OUT), ""
+        )
         raise EmptyCorpus(
             f"{src.uri} holds no document to ingest ({report.files_seen} files seen, {len(report.skipped)} "
-            f"skipped): this would remove all {held} documents from {store.uri}; to do that on purpose, "
-            "pass --allow-empty (allow_empty=True)"
+            f"skipped{first}): this would remove all {held} documents from {store.uri}; to do that on "
+            "purpose, pass --allow-empty (allow_empty=True)"
         )
     # records that changed with nothing to redo (a manifest from before `dirs`) are committed too, once
     if report.did_work or manifest.get("config") != config or files != manifest["files"]:

@@ -94,7 +94,7 @@ def _check_embedder(s: Settings) -> None:
 def _labelled_chunks(s: Settings, corpus: Path, index_dir: Path, qids: list[str], labels: dict):
     """`corpus` ingested into index_dir's store: its chunks and the ingest's report; a usage error when no
     query in the qrels has a relevant document in it (a corpus of other documents scored nDCG@10 0.0)."""
-    from pipelines.corpus.ingest import ConcurrentIngest, ingest_corpus, load_chunks
+    from pipelines.corpus.ingest import LEFT_OUT, ConcurrentIngest, ingest_corpus, load_chunks
     from pipelines.corpus.store import LocalStore
     from pipelines.index.base import doc_id_of
 
@@ -107,13 +107,21 @@ def _labelled_chunks(s: Settings, corpus: Path, index_dir: Path, qids: list[str]
         )
     store = LocalStore(index_dir / "store")
     try:
-        report = ingest_corpus(s, str(corpus), store=store)
-    except (ValueError, ConcurrentIngest) as e:  # a corpus with no document, over a store that holds some;
-        _fail(e)  # another evaluation of this corpus ingesting now
+        # the store mirrors the corpus evaluated: one now without a document empties it (said below)
+        report = ingest_corpus(s, str(corpus), store=store, allow_empty=True)
+    except (ValueError, ConcurrentIngest) as e:  # another evaluation of this corpus ingesting now
+        _fail(e)
     chunks = load_chunks(s, store)
     docs = set(chunks["chunk_id"].map(doc_id_of))
-    if not any(labels[q] & docs for q in qids):
-        raise typer.BadParameter("no query in the qrels has a relevant document in the corpus")
+    if not any(labels[q] & docs for q in qids):  # why, where ingest skipped something (not UTF-8, say)
+        skipped = [r for r in report.skipped if r.get("reason") != LEFT_OUT]
+        why = (
+            f"; ingest skipped {len(skipped)}, first {skipped[0]['path']}: {skipped[0]['reason']}"
+            if skipped
+            else ""
+        )
+        held = f"{len(docs)} documents" if docs else "no document"
+        raise typer.BadParameter(f"no query in the qrels has a relevant document in the corpus ({held}{why})")
     return chunks, report.to_dict()
 
 

@@ -20,8 +20,10 @@ def _lines(path: str | Path):
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
-    """BEIR queries (.jsonl of {"_id", "text"}); a malformed line is a ValueError naming it."""
-    queries = {}
+    """BEIR queries (.jsonl of {"_id", "text"}); a malformed line, or an `_id` again with another text (the
+    last was kept, unsaid), is a ValueError naming it."""
+    queries: dict[str, str] = {}
+    first_line: dict[str, int] = {}
     for i, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
@@ -32,9 +34,12 @@ def load_queries(path: str | Path) -> dict[str, str]:
                 raise TypeError(
                     f"_id must be a string or an integer and text a string, got {qid!r:.40}, {text!r:.40}"
                 )
-            queries[str(qid)] = text
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path} line {i}: not a JSON object with _id and text ({e!r})") from None
+        if queries.setdefault(str(qid), text) != text:
+            raise ValueError(f"{path} line {i}: _id {str(qid)!r:.60} again (line {first_line[str(qid)]}), "
+                             "with another text")  # fmt: skip
+        first_line.setdefault(str(qid), i)
     return queries
 
 

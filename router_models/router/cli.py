@@ -135,6 +135,13 @@ def train(
     if "task" not in p and "task" not in o:  # said: on a RouterBench slice such a router did markedly worse
         said = "has a task column: the router learns no task classifier and takes every prompt as one task"
         typer.echo(f"warning: neither {prompts} nor {outcomes} {said}", err=True)
+    for table, path in ((p, prompts), (o, outcomes)):  # the task the router learns: the prompts', else these
+        if "task" in table:
+            blank = table["task"].isna() | table["task"].astype(str).str.strip().eq("")
+            if blank.any():  # were learned as a task class of their own, unsaid
+                typer.echo(f"warning: {int(blank.sum())} rows of {path} have no task: the router learns them "
+                           "as a task of their own", err=True)  # fmt: skip
+            break
     cache_dir = Settings().run_dir / "cache" / "embeddings"  # a bad SM_ setting: main() says it in one line
     try:
         check_writable_beside(out)  # before the training, not after it
