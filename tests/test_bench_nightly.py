@@ -119,6 +119,7 @@ def test_import_routerbench_cli_writes_the_outcome_table(shared_data, tmp_path):
     for name, (p, o) in {
         "repeats prompt_id": (pd.concat([prompts, prompts.head(1)]), outcomes),
         "score 'yes' is not a number": (prompts, outcomes.astype({"score": object}).assign(score="yes")),
+        "score 7.0 is outside [0, 1]": (prompts, outcomes.assign(score=7.0)),  # was np.float64(7.0)
     }.items():
         p.to_csv(bad / "prompts_train.csv", index=False)
         o.to_csv(bad / "outcomes_train.csv", index=False)

@@ -183,7 +183,7 @@ def joined_outcomes(
         pairs = sorted(set(zip(out.loc[twice, "prompt_id"], out.loc[twice, "model"], strict=True)))
         raise ValueError(f"{source}: {len(pairs)} (prompt_id, model) pairs have several rows: {pairs[:3]}")
     if (bad := ~out["score"].between(0, 1)).any():  # 7 read as an accuracy of 7.000
-        raise ValueError(f"{source}: score {out['score'][bad].iloc[0]!r} is outside [0, 1]")
+        raise ValueError(f"{source}: score {float(out['score'][bad].iloc[0])} is outside [0, 1]")
     for col in OUTCOME_COLUMNS:
         if col not in out.columns:
             out[col] = np.nan
