@@ -377,6 +377,14 @@ def test_file_errors_are_one_line_and_a_prior_table_must_name_the_models(tables,
         assert (
             "names none of the outcome table's models" if code else f"no rows for {len(models) - 3} models"
         ) in (res.stderr)
+    # a (task, model) pair of several rows was averaged without a word
+    table = pd.DataFrame({"task": "arc", "model": [models[0], models[0]], "quality_mean": [0.5, 0.99],
+                          "quality_sd": [0.1, 0.01]})  # fmt: skip
+    table.to_csv(tmp_path / "prior.csv", index=False)
+    res = runner.invoke(app, args, env={"SM_RUN_DIR": str(tmp_path / "run")})
+    assert res.exit_code == 2 and f"1 (task, model) pairs have several rows: [('arc', '{models[0]}')]" in (
+        res.stderr
+    ), res.output
 
 
 def test_a_model_scored_only_on_prompts_left_out_is_not_in_the_panel(tables, tmp_path):

@@ -191,6 +191,10 @@ def _check_prior_covers(table: pd.DataFrame, outcomes: pd.DataFrame, path: Path)
 
     if models and not models & named:
         _fail(f"--prior-table {path} names none of the outcome table's models ({some(models)})")
+    # rows of one pair were averaged, unsaid
+    if {"task", "model"} <= set(table.columns) and (twice := table.duplicated(["task", "model"])).any():
+        pairs = sorted(set(zip(table.loc[twice, "task"], table.loc[twice, "model"], strict=True)))
+        _fail(f"--prior-table {path}: {len(pairs)} (task, model) pairs have several rows: {pairs[:3]}")
     if missing := models - named:
         typer.echo(f"warning: --prior-table {path} has no rows for {len(missing)} models ({some(missing)}): "
                    "their prior is the training outcomes'", err=True)  # fmt: skip
