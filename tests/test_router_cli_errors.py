@@ -269,7 +269,8 @@ def test_the_pareto_plot_shows_models_and_points_that_cost_nothing(router, table
 
 
 def test_a_folder_given_for_a_file_is_a_usage_error(router, tmp_path, monkeypatch, capsys):
-    """It exited 1, a failure's code, where the same mistake with other paths exits 2."""
+    """It exited 1, a failure's code, where the same mistake with other paths exits 2; a folder without a
+    table's suffix said its path twice and not that it was a folder."""
     from router_models.cli import main
 
     (tmp_path / "prompts.csv").mkdir()
@@ -278,7 +279,16 @@ def test_a_folder_given_for_a_file_is_a_usage_error(router, tmp_path, monkeypatc
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit) as exit_:
         main()
-    assert exit_.value.code == 2 and "Is a directory" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "prompts.csv: a folder, not a .parquet" in capsys.readouterr().err
+    (tmp_path / "prompts").mkdir()
+    monkeypatch.setattr("sys.argv", [a.replace("prompts.csv", "prompts") for a in argv])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    said = capsys.readouterr().err
+    assert (
+        exit_.value.code == 2
+        and said == f"error: {tmp_path / 'prompts'}: a folder, not a .parquet or .csv file\n"
+    )
 
 
 def test_train_says_how_many_outcome_rows_its_prompts_left_out(tables, tmp_path):

@@ -48,6 +48,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     import warnings
 
     path = Path(path)
+    if path.is_dir():  # callers name the path
+        raise ValueError("a folder, not a .parquet or .csv file")
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
     elif path.suffix == ".csv":
@@ -58,7 +60,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             except pd.errors.ParserWarning:
                 raise ValueError("a row has more fields than the header (an unquoted comma?)") from None
     else:
-        raise ValueError(f"{path}: expected a .parquet or .csv file")
+        raise ValueError("expected a .parquet or .csv file")
 
     def where(mask: pd.Series) -> str:  # a CSV's prompts may span lines: count rows, not lines
         i = int(mask.to_numpy().argmax())
