@@ -95,3 +95,19 @@ def test_pareto_plot_writes_a_png(outcomes, tmp_path):
     pred = _noisy_predictions(outcomes, 0.5, True, seed=3)
     path = metrics.pareto_plot(pred, outcomes, tmp_path / "pareto.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cost_near_floats_limit_is_evaluated_and_plotted_without_numpys_warnings(tmp_path):
+    """A cost of 1e308 (finite, so accepted) printed numpy's and matplotlib's overflow warnings, with their
+    source lines, among the figures."""
+    import warnings
+
+    outcomes = pd.DataFrame({"prompt_id": ["a", "a", "b", "b"], "model": ["x", "y", "x", "y"],
+                             "score": [1.0, 0.0, 0.0, 1.0],
+                             "cost_usd": [1e308, 0.001, 0.002, 0.001]})  # fmt: skip
+    pred = metrics.oracle_predictions(outcomes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = metrics.summary(pred, outcomes)
+        metrics.pareto_plot(pred, outcomes, tmp_path / "p.png")
+    assert result["n_models"] == 2 and (tmp_path / "p.png").stat().st_size > 0

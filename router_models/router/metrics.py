@@ -120,7 +120,8 @@ def router_points(
     idx = np.arange(len(scores))
     realised, predicted = [], []
     for lam in lams:
-        choice = (s_val - lam * c_val).argmax(1)
+        with np.errstate(over="ignore"):  # a cost near float's limit is an infinite one here
+            choice = (s_val - lam * c_val).argmax(1)
         realised.append((costs.to_numpy()[idx, choice].mean(), scores.to_numpy()[idx, choice].mean()))
         # over the choices that have a prediction (the fill-ins above only rank)
         predicted.append((_mean(pc.to_numpy()[idx, choice]), _mean(ps.to_numpy()[idx, choice])))
@@ -206,8 +207,9 @@ def pareto_plot(predictions: pd.DataFrame, outcomes: pd.DataFrame, path: str | P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    draw_pareto(ax, predictions, outcomes, title)
-    return save_figure(fig, path, dpi=120)
+    with np.errstate(over="ignore"):  # a cost near float's limit (1e308) reaches the log scale's edge
+        draw_pareto(ax, predictions, outcomes, title)
+        return save_figure(fig, path, dpi=120)
 
 
 def draw_pareto(ax: Any, predictions: pd.DataFrame, outcomes: pd.DataFrame, title: str = "") -> None:
