@@ -94,7 +94,7 @@ def fit(
             shutil.rmtree(kept, ignore_errors=True)
             os.replace(staging, kept)
             publish_mode(kept)
-            why = f"{e.strerror or e}: {e.filename}"
+            why = f"{e.strerror or e}: {e.filename or dest}"
             typer.echo(f"error: the fit could not be written to {dest} ({why}); {dest} is as it was, and the "
                        f"new fit is in {kept}", err=True)  # fmt: skip
             raise typer.Exit(1) from None
